@@ -1,0 +1,172 @@
+"""Validate a YOLO-format data set before training: one clear message per problem, naming file and line."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+REQUIRED_KEYS = ("train", "val", "names")
+
+
+class DataError(ValueError):
+    """The data set cannot be trained on; `problems` lists every `file:line: message` found."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        shown = "\n".join(f"  {p}" for p in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        super().__init__(f"{len(problems)} problem(s) in the data set:\n{shown}{more}")
+
+
+@dataclass
+class SplitReport:
+    images: int = 0
+    instances: dict[str, int] = field(default_factory=dict)
+    background_images: int = 0  # images with an empty label file
+
+
+@dataclass
+class DataReport:
+    yaml_path: str
+    root: str
+    names: list[str]
+    splits: dict[str, SplitReport]
+    content_hash: str
+
+    def as_dict(self) -> dict:
+        return {
+            "yaml": self.yaml_path, "root": self.root, "names": self.names, "nc": len(self.names),
+            "content_hash": self.content_hash,
+            "splits": {k: {"images": v.images, "background_images": v.background_images, "instances": v.instances}
+                       for k, v in self.splits.items()},
+        }
+
+
+def load_data_yaml(path: str | Path) -> tuple[dict, Path, list[str]]:
+    """Parse data.yaml and resolve its root the way Ultralytics does (`path:` key, else the yaml's folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError([f"{path}: data yaml not found"])
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise DataError([f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML ({getattr(e, 'problem', e)})"]) from e
+    if not isinstance(cfg, dict):
+        raise DataError([f"{path}: expected a mapping with keys {', '.join(REQUIRED_KEYS)}"])
+    missing = [k for k in REQUIRED_KEYS if k not in cfg]
+    if missing:
+        raise DataError([f"{path}: missing key(s) {', '.join(missing)} (need train, val, names; nc optional)"])
+    names = cfg["names"]
+    names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
+    if "nc" in cfg and cfg["nc"] != len(names):
+        raise DataError([f"{path}: nc is {cfg['nc']} but names lists {len(names)} classes"])
+    root = Path(cfg.get("path") or path.parent)
+    if not root.is_absolute():
+        root = (path.parent / root).resolve()
+    return cfg, root, names
+
+
+def split_images(root: Path, spec: str | list[str], yaml_path: Path, split: str) -> list[Path]:
+    images: list[Path] = []
+    for entry in [spec] if isinstance(spec, str) else spec:
+        p = Path(entry) if Path(entry).is_absolute() else root / entry
+        if p.is_dir():
+            images += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file() and p.suffix == ".txt":
+            images += [(p.parent / line.strip()).resolve() for line in p.read_text().splitlines() if line.strip()]
+        else:
+            raise DataError([f"{yaml_path}: {split}: folder {p} does not exist"])
+    return images
+
+
+def label_path(image: Path) -> Path:
+    """Ultralytics' rule: the last 'images' folder in the path becomes 'labels', suffix .txt."""
+    parts = list(image.parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            break
+    return Path(*parts).with_suffix(".txt")
+
+
+def check_image(image: Path) -> str | None:
+    try:
+        with Image.open(image) as im:
+            im.verify()
+        with Image.open(image) as im:
+            im.load()  # verify() does not decode pixel data; a truncated file fails here
+            if min(im.size) < 10:
+                return f"{image}: image is only {im.size[0]}x{im.size[1]} px"
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        return f"{image}: unreadable or corrupt image ({e})"
+    return None
+
+
+def check_labels(label: Path, nc: int) -> tuple[list[str], list[int]]:
+    problems, classes = [], []
+    for n, line in enumerate(label.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 5:
+            problems.append(f"{label}:{n}: expected 5 fields 'class cx cy w h', found {len(fields)}")
+            continue
+        try:
+            cls, *coords = int(fields[0]), *map(float, fields[1:])
+        except ValueError:
+            problems.append(f"{label}:{n}: class must be an integer and coordinates numbers: {line.strip()!r}")
+            continue
+        if not 0 <= cls < nc:
+            problems.append(f"{label}:{n}: class id {cls} out of range (nc = {nc}, valid 0..{nc - 1})")
+        bad = [v for v in coords if not 0.0 <= v <= 1.0]
+        if bad:
+            problems.append(f"{label}:{n}: coordinates must be normalised to [0, 1], found {bad[0]:g}")
+        elif coords[2] <= 0 or coords[3] <= 0:
+            problems.append(f"{label}:{n}: box width and height must be > 0")
+        classes.append(cls)
+    return problems, classes
+
+
+def check_dataset(path: str | Path, progress: Callable[[int], None] | None = None) -> DataReport:
+    """Read every image header and label line; raise DataError listing all problems, else report counts."""
+    path = Path(path)
+    cfg, root, names = load_data_yaml(path)
+    problems: list[str] = []
+    splits: dict[str, SplitReport] = {}
+    digest = hashlib.sha256(path.read_bytes())
+    for split in ("train", "val", "test"):
+        if not cfg.get(split):
+            continue
+        images = split_images(root, cfg[split], path, split)
+        if not images:
+            problems.append(f"{path}: {split}: no images found under {cfg[split]}")
+        report = SplitReport(instances={n: 0 for n in names})
+        for image in images:
+            report.images += 1
+            if (msg := check_image(image)) is not None:
+                problems.append(msg)
+            label = label_path(image)
+            if not label.is_file():
+                problems.append(f"{image}: label file missing, expected {label} (write an empty file for an image with no objects)")
+            else:
+                label_problems, classes = check_labels(label, len(names))
+                problems += label_problems
+                report.background_images += not classes and not label_problems
+                for c in classes:
+                    if 0 <= c < len(names):
+                        report.instances[names[c]] += 1
+                digest.update(image.name.encode() + label.read_bytes())
+            digest.update(str(image.stat().st_size).encode())
+            if progress:
+                progress(1)
+        splits[split] = report
+    if problems:
+        raise DataError(problems)
+    return DataReport(str(path), str(root), names, splits, digest.hexdigest()[:16])

@@ -1,0 +1,67 @@
+"""Registry schema as an ordered list of migrations; PRAGMA user_version holds how many have run."""
+
+MIGRATIONS: list[str] = [
+    # 1: runs, their epochs and artefacts; series and their members
+    """
+    CREATE TABLE runs (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        name          TEXT NOT NULL UNIQUE,
+        variant       TEXT NOT NULL,
+        series        TEXT,
+        status        TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'interrupted')),
+        recipe_json   TEXT NOT NULL,
+        data_path     TEXT NOT NULL,
+        data_hash     TEXT NOT NULL,
+        class_names   TEXT NOT NULL,
+        weights_source TEXT,
+        weights_transferred TEXT,
+        device        TEXT,
+        versions_json TEXT NOT NULL,
+        save_dir      TEXT,
+        started_at    TEXT NOT NULL,
+        ended_at      TEXT,
+        duration_s    REAL,
+        pid           INTEGER,
+        pid_started   TEXT,
+        host          TEXT,
+        error         TEXT
+    );
+    CREATE TABLE epochs (
+        run_id     INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        epoch      INTEGER NOT NULL,
+        box_loss   REAL,
+        cls_loss   REAL,
+        dfl_loss   REAL,
+        precision  REAL,
+        recall     REAL,
+        map50      REAL,
+        map50_95   REAL,
+        lr         REAL,
+        epoch_time_s REAL,
+        recorded_at TEXT NOT NULL,
+        PRIMARY KEY (run_id, epoch)
+    );
+    CREATE TABLE artifacts (
+        run_id     INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        kind       TEXT NOT NULL,
+        path       TEXT NOT NULL,
+        meta_json  TEXT,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (run_id, kind, path)
+    );
+    CREATE TABLE series (
+        name       TEXT PRIMARY KEY,
+        spec_json  TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE series_members (
+        series   TEXT NOT NULL REFERENCES series(name) ON DELETE CASCADE,
+        variant  TEXT NOT NULL,
+        run_id   INTEGER REFERENCES runs(id),
+        PRIMARY KEY (series, variant)
+    );
+    CREATE INDEX epochs_by_run ON epochs(run_id);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
