@@ -53,7 +53,7 @@ def process_alive(pid: int | None, started: str | None) -> bool:
 
 class Registry:
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path else default_path()
+        self.path = (Path(path) if path else default_path()).resolve()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.conn.row_factory = sqlite3.Row
@@ -175,6 +175,7 @@ class Registry:
         row["recipe"] = json.loads(row.pop("recipe_json"))
         row["versions"] = json.loads(row.pop("versions_json"))
         row["class_names"] = json.loads(row["class_names"])
+        row["best"] = json.loads(row.pop("best_json")) if row["best_json"] else None
         row["epochs"] = self.epochs(run_id)
         row["artifacts"] = [
             {**dict(a), "meta": json.loads(a["meta_json"]) if a["meta_json"] else None}

@@ -21,6 +21,7 @@ MIGRATIONS: list[str] = [
         started_at    TEXT NOT NULL,
         ended_at      TEXT,
         duration_s    REAL,
+        best_json     TEXT,
         pid           INTEGER,
         pid_started   TEXT,
         host          TEXT,

@@ -56,6 +56,24 @@ def model_yaml(variant: VariantSpec | str, nc: int = 80, names: list[str] | None
     return d
 
 
+def format_model_yaml(d: dict) -> str:
+    """Model YAML the way Ultralytics writes it: one flow-style row per layer."""
+    import yaml
+
+    def flow(x) -> str:
+        return yaml.safe_dump(x, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+    lines = []
+    for key, value in d.items():
+        if key in ("backbone", "head"):
+            lines += [f"{key}:"] + [f"  - {flow(row)}  # {i}" for i, row in enumerate(value, start=0 if key == "backbone" else len(d["backbone"]))]
+        elif isinstance(value, dict):
+            lines += [f"{key}:"] + [f"  {k}: {flow(v)}" for k, v in value.items()]
+        else:
+            lines.append(f"{key}: {flow(value)}")
+    return "\n".join(lines) + "\n"
+
+
 def activation_expr(spec: VariantSpec) -> str:
     torch_name = activations()[spec.activation]["torch"]
     return f"nn.{torch_name}({spec.slope:g})" if spec.slope is not None else f"nn.{torch_name}()"

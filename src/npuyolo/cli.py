@@ -1,0 +1,325 @@
+"""The `npuyolo` command line: a thin layer over the stage packages (imports stay inside commands)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Build, train, check and report NPU-ready YOLO11 detectors.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+variants_app = typer.Typer(help="Model variants: NPU optimization levels x activations.", invoke_without_command=True)
+runs_app = typer.Typer(help="Runs recorded in the registry.", invoke_without_command=True)
+series_app = typer.Typer(help="Series: several variants, one recipe, one data set.", no_args_is_help=True)
+data_app = typer.Typer(help="Data sets: synthesize and check.", no_args_is_help=True)
+app.add_typer(variants_app, name="variants")
+app.add_typer(runs_app, name="runs")
+app.add_typer(series_app, name="series")
+app.add_typer(data_app, name="data")
+
+console = Console(width=None if sys.stdout.isatty() else 160)  # no truncated tables when piped
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+RegistryOpt = Annotated[Optional[Path], typer.Option("--registry", envvar="NPUYOLO_REGISTRY", help="SQLite registry file [default: runs/npuyolo.db]")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def user_errors(fn):
+    """Turn expected failures (bad input, unknown names) into one red line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from npuyolo.data.check import DataError
+        from npuyolo.registry.db import RegistryError
+        from npuyolo.variants.spec import VariantError
+
+        user = (DataError, RegistryError, VariantError, FileNotFoundError, ValueError)
+        try:
+            from npuyolo.train.trainer import TrainError
+
+            user = (*user, TrainError)
+        except ImportError:  # pragma: no cover
+            pass
+        try:
+            return fn(*args, **kwargs)
+        except user as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def fmt(v, digits: int = 3) -> str:
+    return "-" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+
+
+def open_registry(path: Path | None):
+    from npuyolo.registry.db import Registry
+
+    return Registry(path)
+
+
+# ---------------------------------------------------------------------------------------------- variants
+@variants_app.callback()
+@user_errors
+def variants_list(ctx: typer.Context, as_json: JsonOpt = False,
+                  scale: Annotated[str, typer.Option(help="Width/depth scale: n, s, m, l, x.")] = "n") -> None:
+    """List every level x activation variant."""
+    if ctx.invoked_subcommand:
+        return
+    from npuyolo.variants.spec import all_variants, levels
+
+    rows = [{"name": v.name, "level": f"L{v.level}", "activation": v.activation, "slope": v.slope, "scale": v.scale,
+             **v.settings.model_dump(include={"activation_scope", "attention", "sppf_pool", "head"})} for v in all_variants(scale)]
+    if as_json:
+        return print_json(rows)
+    table = Table(title="npuyolo variants (levels are cumulative)")
+    for col in ("name", "activation_scope", "attention", "sppf_pool", "head"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["activation_scope"], r["attention"], r["sppf_pool"], r["head"])
+    console.print(table)
+    for lv in levels().values():
+        console.print(f"[bold]{lv.name}[/] {lv.title}: {lv.summary}", highlight=False)
+
+
+@variants_app.command("show")
+@user_errors
+def variants_show(name: str, nc: Annotated[int, typer.Option(help="Number of classes.")] = 80,
+                  imgsz: Annotated[int, typer.Option(help="Input size for GFLOPs.")] = 640, as_json: JsonOpt = False) -> None:
+    """Print a variant's Ultralytics model YAML, parameter count and GFLOPs."""
+    from npuyolo.variants.build import activation_census, build_model, format_model_yaml, model_summary, model_yaml
+    from npuyolo.variants.spec import parse_variant
+
+    spec = parse_variant(name)
+    d = model_yaml(spec, nc=nc)
+    model = build_model(d, nc=nc)
+    info = {"name": spec.name, **model_summary(model, imgsz), "imgsz": imgsz, "activations": activation_census(model),
+            "level": spec.settings.model_dump(), "yaml": d}
+    if as_json:
+        return print_json(info)
+    console.print(f"# {spec.name}: {spec.settings.summary}", highlight=False)
+    sys.stdout.write(format_model_yaml(d))
+    console.print(f"parameters: {info['parameters']:,}   GFLOPs@{imgsz}: {info['gflops']:.2f}   activations: {info['activations']}")
+
+
+# ---------------------------------------------------------------------------------------------- export
+@app.command()
+@user_errors
+def export(model: Annotated[str, typer.Argument(help="Variant name (untrained), run id/name, or .pt checkpoint.")],
+           imgsz: Annotated[int, typer.Option(help="Static input size.")] = 640,
+           head: Annotated[Optional[str], typer.Option(help="npu (L4 cut) or ultralytics [default: the level's head]")] = None,
+           out: Annotated[Optional[Path], typer.Option(help="Output .onnx file.")] = None,
+           nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
+           registry: RegistryOpt = None) -> None:
+    """Write a static-shape ONNX file."""
+    from npuyolo.deploy.export import export_onnx
+    from npuyolo.resolve import resolve_model
+
+    if head not in (None, "npu", "ultralytics"):
+        raise ValueError(f"--head must be npu or ultralytics, got {head!r}")
+    if imgsz % 32:
+        raise ValueError(f"--imgsz must be a multiple of 32, got {imgsz}")
+    resolved = resolve_model(model, registry, nc=nc)
+    out = out or Path(f"{resolved.label}-{head or 'default'}-{imgsz}.onnx")
+    path = export_onnx(resolved.model, out, imgsz=imgsz, head=head)
+    if resolved.run_id is not None:
+        open_registry(registry).add_artifact(resolved.run_id, f"onnx/{head or 'default'}", path.resolve(), {"imgsz": imgsz})
+    console.print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------------------- train
+@app.command()
+@user_errors
+def train(variant: Annotated[Optional[str], typer.Option(help="Variant, e.g. L4-leaky.")] = None,
+          data: Annotated[Optional[Path], typer.Option(help="data.yaml (YOLO format).")] = None,
+          recipe: Annotated[Optional[Path], typer.Option(help="Recipe YAML over the report's defaults.")] = None,
+          epochs: Annotated[Optional[int], typer.Option()] = None,
+          batch: Annotated[Optional[int], typer.Option()] = None,
+          imgsz: Annotated[Optional[int], typer.Option()] = None,
+          lr0: Annotated[Optional[float], typer.Option()] = None,
+          lr_final: Annotated[Optional[float], typer.Option()] = None,
+          momentum: Annotated[Optional[float], typer.Option()] = None,
+          weight_decay: Annotated[Optional[float], typer.Option()] = None,
+          warmup_epochs: Annotated[Optional[float], typer.Option()] = None,
+          seed: Annotated[Optional[int], typer.Option()] = None,
+          workers: Annotated[Optional[int], typer.Option()] = None,
+          device: Annotated[Optional[str], typer.Option(help="cpu, 0, 0,1 ...")] = None,
+          fraction: Annotated[Optional[float], typer.Option(help="Use this share of the training images.")] = None,
+          plots: Annotated[Optional[bool], typer.Option("--plots/--no-plots", help="Ultralytics training plots.")] = None,
+          weights: Annotated[Optional[Path], typer.Option(help="Local .pt to transfer matching tensors from.")] = None,
+          name: Annotated[Optional[str], typer.Option(help="Run name [default: <variant>-<id>].")] = None,
+          resume: Annotated[Optional[str], typer.Option(help="Continue this interrupted run (id or name).")] = None,
+          registry: RegistryOpt = None) -> None:
+    """Train a variant with the report's recipe (SGD lr0 0.003 -> 0.0001, 100 epochs, 640 px, seed 0)."""
+    from npuyolo.train.recipe import Recipe
+    from npuyolo.train.trainer import TrainError, resume_run, train_variant
+
+    reg = open_registry(registry)
+    try:
+        if resume:
+            result = resume_run(resume, reg)
+        else:
+            if not variant or not data:
+                raise TrainError("--variant and --data are required (or --resume RUN)")
+            r = Recipe.load(recipe, epochs=epochs, batch=batch, imgsz=imgsz, lr0=lr0, lr_final=lr_final, momentum=momentum,
+                            weight_decay=weight_decay, warmup_epochs=warmup_epochs, seed=seed, workers=workers,
+                            device=device, fraction=fraction, plots=plots)
+            result = train_variant(variant, data, r, reg, name=name, weights=weights)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: the run is marked 'interrupted'; continue it with `npuyolo train --resume RUN`")
+        raise typer.Exit(130) from None
+    print_run(reg.run(result.run_id))
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def print_run(run: dict) -> None:
+    console.print(f"[bold]run {run['id']}[/] {run['name']}  variant {run['variant']}  status [bold]{run['status']}[/]", highlight=False)
+    console.print(f"data {run['data_path']} (hash {run['data_hash']})  device {run['device']}  weights {run['weights_source'] or 'none (from scratch)'}"
+                  + (f" transferred {run['weights_transferred']}" if run.get("weights_transferred") else ""), highlight=False)
+    console.print(f"started {run['started_at']}  ended {run['ended_at'] or '-'}  train time {fmt(run['duration_s'], 1)} s", highlight=False)
+    if run.get("error"):
+        console.print(f"[red]{run['error']}[/]", highlight=False)
+    table = Table(title="epochs")
+    for col in ("epoch", "box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50", "map50_95", "lr"):
+        table.add_column(col, justify="right")
+    for e in run["epochs"]:
+        table.add_row(str(e["epoch"]), *(fmt(e[k], 4) for k in ("box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50", "map50_95")), fmt(e["lr"], 6))
+    console.print(table)
+    if run.get("best"):
+        b = run["best"]
+        console.print(f"best.pt validation: P {fmt(b['precision'])} R {fmt(b['recall'])} mAP50 {fmt(b['map50'])} mAP50-95 {fmt(b['map50_95'])}")
+    for a in run["artifacts"]:
+        console.print(f"  {a['kind']}: {a['path']}", highlight=False)
+
+
+@runs_app.callback()
+@user_errors
+def runs_list(ctx: typer.Context, as_json: JsonOpt = False, series: Annotated[Optional[str], typer.Option(help="Only this series.")] = None,
+              registry: RegistryOpt = None) -> None:
+    """List runs."""
+    if ctx.invoked_subcommand:
+        ctx.obj = registry
+        return
+    rows = open_registry(registry).runs(series)
+    if as_json:
+        return print_json(rows)
+    table = Table(title="runs")
+    for col in ("id", "name", "variant", "series", "status", "epochs", "mAP50", "mAP50-95", "train s", "started"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["id"]), r["name"], r["variant"], r["series"] or "-", r["status"], str(r["epochs"]),
+                      fmt(r["map50"]), fmt(r["map50_95"]), fmt(r["duration_s"], 0), r["started_at"])
+    console.print(table)
+
+
+@runs_app.command("show")
+@user_errors
+def runs_show(ctx: typer.Context, run: str, as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """Print one run: recipe, epochs, artefacts."""
+    record = open_registry(registry or ctx.obj).run(run)
+    if as_json:
+        return print_json(record)
+    print_run(record)
+    console.print("recipe: " + json.dumps(record["recipe"], sort_keys=True), highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------- series
+@series_app.command("run")
+@user_errors
+def series_run(spec_file: Annotated[Path, typer.Argument(help="series.yaml: name, data, variants, recipe.")],
+               registry: RegistryOpt = None) -> None:
+    """Train every member (skipping finished ones, resuming interrupted ones), then rank them."""
+    from npuyolo.train.series import SeriesSpec, run_series
+
+    if not spec_file.is_file():
+        raise FileNotFoundError(f"series file not found: {spec_file}")
+    spec = SeriesSpec.load(spec_file)
+    reg = open_registry(registry)
+    try:
+        rows = run_series(spec, reg, on_member=lambda v, a: console.rule(f"[bold]{spec.name}[/]: {v} ({a})"))
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted[/]: run `npuyolo series run {spec_file}` again to continue")
+        raise typer.Exit(130) from None
+    print_ranking(spec.name, rows)
+
+
+@series_app.command("rank")
+@user_errors
+def series_rank(name: str, as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """Rank a series' members by mAP50, mAP50-95, precision and recall."""
+    from npuyolo.train.series import rank_series
+
+    rows = rank_series(name, open_registry(registry))
+    if as_json:
+        return print_json(rows)
+    print_ranking(name, rows)
+
+
+def print_ranking(name: str, rows: list[dict]) -> None:
+    table = Table(title=f"series {name}: final-epoch metrics (rank)")
+    for col in ("variant", "run", "status", "mAP50", "mAP50-95", "precision", "recall"):
+        table.add_column(col)
+    for r in rows:
+        cells = [f"{fmt(r[m])} (#{r['rank_' + m]})" if r[m] is not None else "-" for m in ("map50", "map50_95", "precision", "recall")]
+        table.add_row(r["variant"], fmt(r["run_id"]), r["status"], *cells)
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------- data
+@data_app.command("synth")
+@user_errors
+def data_synth(out: Path, train: Annotated[int, typer.Option(help="Training images.")] = 400,
+               val: Annotated[int, typer.Option(help="Validation images.")] = 100,
+               imgsz: Annotated[int, typer.Option(help="Image side in px.")] = 320,
+               seed: Annotated[int, typer.Option()] = 0) -> None:
+    """Write a synthetic traffic-sign set (6 classes) in YOLO format with a data.yaml."""
+    from rich.progress import Progress
+
+    from npuyolo.data.synth import CLASSES, synthesize
+
+    if train < 1 or val < 1:
+        raise ValueError("--train and --val must be at least 1")
+    with Progress(console=err) as progress:
+        task = progress.add_task("drawing signs", total=train + val)
+        path = synthesize(out, train, val, imgsz, seed, progress=lambda n: progress.advance(task, n))
+    console.print(f"wrote {path} ({train} train / {val} val images, classes: {', '.join(CLASSES)})", highlight=False)
+
+
+@data_app.command("check")
+@user_errors
+def data_check(data: Path, as_json: JsonOpt = False) -> None:
+    """Validate a data set and print per-split image and per-class instance counts."""
+    from npuyolo.data.check import check_dataset
+
+    report = check_dataset(data).as_dict()
+    if as_json:
+        return print_json(report)
+    table = Table(title=f"{data}  ({report['nc']} classes, content hash {report['content_hash']})")
+    table.add_column("split")
+    table.add_column("images", justify="right")
+    table.add_column("background", justify="right")
+    for n in report["names"]:
+        table.add_column(n, justify="right")
+    for split, s in report["splits"].items():
+        table.add_row(split, str(s["images"]), str(s["background_images"]), *(str(s["instances"][n]) for n in report["names"]))
+    console.print(table)
+    console.print("[green]OK[/]: no problems found")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,89 @@
+"""A series: variants trained with one recipe on one data set, then ranked metric by metric."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from npuyolo.registry.db import Registry
+from npuyolo.train.recipe import Recipe
+from npuyolo.variants.spec import parse_variant
+
+RANK_METRICS = ("map50", "map50_95", "precision", "recall")
+
+
+class SeriesSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    data: str
+    variants: list[str] = Field(min_length=1)
+    recipe: dict = Field(default_factory=dict, description="overrides over the default recipe")
+    recipe_file: str | None = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> SeriesSpec:
+        path = Path(path)
+        spec = cls(**yaml.safe_load(path.read_text(encoding="utf-8")))
+        base = path.resolve().parent
+        spec.data = str(base / spec.data) if not Path(spec.data).is_absolute() else spec.data
+        if spec.recipe_file and not Path(spec.recipe_file).is_absolute():
+            spec.recipe_file = str(base / spec.recipe_file)
+        spec.variants = [parse_variant(v).name for v in spec.variants]  # fail early on a bad name
+        return spec
+
+    def resolved_recipe(self) -> Recipe:
+        return Recipe.load(self.recipe_file, **self.recipe)
+
+
+def run_series(spec: SeriesSpec, registry: Registry, on_member: Callable[[str, str], None] | None = None,
+               verbose: bool = True) -> list[dict]:
+    """Train each member in order; finished members are skipped, interrupted or failed ones resumed."""
+    from npuyolo.train.trainer import resume_run, train_variant
+
+    recipe = spec.resolved_recipe()
+    registry.upsert_series(spec.name, {**spec.model_dump(), "recipe_resolved": recipe.model_dump()})
+    members = {m["variant"]: m for m in registry.series(spec.name)["members"]}
+    for variant in spec.variants:
+        member = members[variant]
+        if member["status"] == "finished":
+            action = "skip"
+        elif member["run_id"] is not None:
+            action = "resume"
+        else:
+            action = "train"
+        if on_member:
+            on_member(variant, action)
+        if action == "resume":
+            resume_run(member["run_id"], registry, verbose=verbose)
+        elif action == "train":
+            train_variant(variant, spec.data, recipe, registry, name=f"{spec.name}-{variant}",
+                                   series=spec.name, verbose=verbose, on_created=lambda rid, v=variant: registry.set_series_member(spec.name, v, rid))
+    return rank_series(spec.name, registry)
+
+
+def final_metrics(registry: Registry, run_id: int) -> dict:
+    epochs = registry.epochs(run_id)
+    return {k: epochs[-1][k] for k in RANK_METRICS} if epochs else {k: None for k in RANK_METRICS}
+
+
+def rank_rows(rows: list[dict]) -> list[dict]:
+    """Add `rank_<metric>` (1 = best, ties share a rank) for each metric among rows that have it."""
+    for metric in RANK_METRICS:
+        values = sorted({r[metric] for r in rows if r.get(metric) is not None}, reverse=True)
+        for r in rows:
+            r[f"rank_{metric}"] = values.index(r[metric]) + 1 if r.get(metric) is not None else None
+    return sorted(rows, key=lambda r: (r["rank_map50"] is None, r["rank_map50"] or 0, r["rank_map50_95"] or 0))
+
+
+def rank_series(name: str, registry: Registry) -> list[dict]:
+    """Members ranked by their final-epoch metrics; unfinished members are listed, unranked."""
+    rows = []
+    for m in registry.series(name)["members"]:
+        finished = m["status"] == "finished"
+        metrics = final_metrics(registry, m["run_id"]) if finished else {k: None for k in RANK_METRICS}
+        rows.append({"variant": m["variant"], "run_id": m["run_id"], "status": m["status"] or "not started", **metrics})
+    return rank_rows(rows)
