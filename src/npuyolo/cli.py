@@ -225,7 +225,8 @@ def runs_list(ctx: typer.Context, as_json: JsonOpt = False, series: Annotated[Op
 
 @runs_app.command("show")
 @user_errors
-def runs_show(ctx: typer.Context, run: str, as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+def runs_show(ctx: typer.Context, run: str, as_json: JsonOpt = False,
+              registry: Annotated[Optional[Path], typer.Option("--registry", help="SQLite registry file [default: the group's]")] = None) -> None:
     """Print one run: recipe, epochs, artefacts."""
     record = open_registry(registry or ctx.obj).run(run)
     if as_json:

@@ -29,14 +29,21 @@ def local_font(font: str = "Arial.ttf") -> Path:
 
 
 def install_guards() -> None:
-    """Swap Ultralytics' downloading font lookup for `local_font` everywhere it was imported."""
+    """Swap Ultralytics' downloading helpers for local-only behaviour.
+
+    - font lookup (`check_font` downloads Arial) -> `local_font`;
+    - its PIL.Image.open patch pip-installs pi-heif the first time an image is unreadable -> marked as
+      already registered, so an unreadable image raises instead of installing a package.
+    """
     global _GUARDED
     if _GUARDED:
         return
     import ultralytics.data.utils as data_utils
     import ultralytics.utils.checks as checks
+    import ultralytics.utils.patches as patches
     import ultralytics.utils.plotting as plotting
 
     for module in (checks, data_utils, plotting):
         module.check_font = local_font
+    patches._pil_plugins_registered = True
     _GUARDED = True

@@ -1,0 +1,126 @@
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from npuyolo.cli import app
+from npuyolo.data.check import DataError, check_dataset
+from npuyolo.data.synth import CLASSES, synthesize
+
+runner = CliRunner()
+
+
+def digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.suffix in (".jpg", ".txt"):
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def test_synth_is_deterministic_per_seed(tmp_path):
+    a = synthesize(tmp_path / "a", 6, 2, 96, seed=3)
+    b = synthesize(tmp_path / "b", 6, 2, 96, seed=3)
+    c = synthesize(tmp_path / "c", 6, 2, 96, seed=4)
+    assert digest(a.parent) == digest(b.parent) != digest(c.parent)
+
+
+def test_synth_writes_a_valid_yolo_set_with_all_sign_classes(tmp_path):
+    data = synthesize(tmp_path / "s", 60, 10, 128, seed=0)
+    cfg = yaml.safe_load(data.read_text())
+    assert cfg["nc"] == len(CLASSES) >= 6 and set(cfg["names"].values()) == set(CLASSES)
+    report = check_dataset(data)
+    assert report.splits["train"].images == 60 and report.splits["val"].images == 10
+    counts = report.splits["train"].instances
+    assert all(counts[c] > 0 for c in CLASSES), counts
+    boxes = [list(map(float, line.split()[1:])) for f in (tmp_path / "s/labels/train").glob("*.txt") for line in f.read_text().splitlines()]
+    widths = [b[2] for b in boxes]
+    assert min(widths) < 0.12 and max(widths) > 0.25  # varied scale
+    per_image = [len(f.read_text().splitlines()) for f in (tmp_path / "s/labels/train").glob("*.txt")]
+    assert max(per_image) >= 3  # several signs per image
+
+
+def test_check_counts_roadsign_like_layout(synth_data):
+    report = check_dataset(synth_data).as_dict()
+    assert set(report["splits"]) == {"train", "val"} and report["nc"] == 6
+    assert report["splits"]["train"]["images"] == 24
+
+
+def _break(data_yaml: Path, how: str) -> str:
+    """Apply one kind of damage; return a fragment the error must contain."""
+    root = data_yaml.parent
+    label = sorted((root / "labels/train").glob("*.txt"))[0]
+    image = sorted((root / "images/train").glob("*.jpg"))[0]
+    if how == "missing_key":
+        cfg = yaml.safe_load(data_yaml.read_text())
+        del cfg["val"]
+        data_yaml.write_text(yaml.safe_dump(cfg))
+        return "missing key(s) val"
+    if how == "missing_folder":
+        cfg = yaml.safe_load(data_yaml.read_text())
+        cfg["val"] = "images/nowhere"
+        data_yaml.write_text(yaml.safe_dump(cfg))
+        return "does not exist"
+    if how == "corrupt_image":
+        image.write_bytes(b"not an image at all")
+        return f"{image}: unreadable or corrupt image"
+    if how == "truncated_image":
+        image.write_bytes(image.read_bytes()[:300])
+        return f"{image}: unreadable or corrupt image"
+    if how == "field_count":
+        label.write_text("0 0.5 0.5 0.2\n")
+        return f"{label}:1: expected 5 fields"
+    if how == "class_id":
+        label.write_text("0 0.5 0.5 0.2 0.2\n6 0.5 0.5 0.2 0.2\n")
+        return f"{label}:2: class id 6 out of range"
+    if how == "coords":
+        label.write_text("1 0.5 1.3 0.2 0.2\n")
+        return f"{label}:1: coordinates must be normalised to [0, 1]"
+    if how == "missing_label":
+        label.unlink()
+        return "label file missing"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["missing_key", "missing_folder", "corrupt_image", "truncated_image", "field_count",
+                                 "class_id", "coords", "missing_label"])
+def test_check_rejects_bad_input_with_file_and_line(data_copy, how):
+    expected = _break(data_copy, how)
+    with pytest.raises(DataError) as e:
+        check_dataset(data_copy)
+    assert expected in str(e.value)
+    result = runner.invoke(app, ["data", "check", str(data_copy)])
+    assert result.exit_code == 2
+    assert "error" in result.output and expected.split(":")[-1].strip()[:20] in result.output.replace("\n", "")
+
+
+def test_empty_label_file_is_a_background_image_not_an_error(data_copy):
+    before = check_dataset(data_copy).splits["train"].background_images
+    label = sorted((data_copy.parent / "labels/train").glob("*.txt"))
+    nonempty = next(f for f in label if f.read_text().strip())
+    nonempty.write_text("")
+    assert check_dataset(data_copy).splits["train"].background_images == before + 1
+
+
+def test_missing_yaml_and_invalid_yaml(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        check_dataset(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(DataError, match="not valid YAML"):
+        check_dataset(bad)
+
+
+def test_data_check_json(synth_data):
+    result = runner.invoke(app, ["data", "check", str(synth_data), "--json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["splits"]["val"]["images"] == 8
+
+
+def test_data_synth_cli(tmp_path):
+    result = runner.invoke(app, ["data", "synth", str(tmp_path / "o"), "--train", "3", "--val", "2", "--imgsz", "64"])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "o/images/train").glob("*.jpg"))) == 3

@@ -1,0 +1,87 @@
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from npuyolo.registry.db import Registry, RegistryError
+from npuyolo.registry.schema import SCHEMA_VERSION
+
+
+def new_run(reg: Registry, **kw) -> int:
+    args = dict(name=None, variant="L4-leaky", recipe={"epochs": 2}, data_path="/d/data.yaml", data_hash="abc",
+                class_names=["a", "b"], weights_source=None, device="cpu", versions={"torch": "x"})
+    return reg.create_run(**{**args, **kw})
+
+
+def test_schema_is_migrated_and_versioned(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    assert reg.schema_version == SCHEMA_VERSION
+    reg.close()
+    reg = Registry(tmp_path / "r.db")  # re-open: no migration re-run
+    assert reg.schema_version == SCHEMA_VERSION
+
+
+def test_newer_schema_is_refused(tmp_path):
+    Registry(tmp_path / "r.db").close()
+    con = sqlite3.connect(tmp_path / "r.db")
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.close()
+    with pytest.raises(RegistryError, match="Upgrade npuyolo"):
+        Registry(tmp_path / "r.db")
+
+
+def test_run_lifecycle(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg)
+    assert reg.run(rid)["name"] == f"L4-leaky-{rid}" and reg.run(rid)["status"] == "running"
+    reg.record_epoch(rid, 1, box_loss=1.0, map50=0.1, epoch_time_s=2.0)
+    reg.record_epoch(rid, 2, box_loss=0.5, map50=0.3, epoch_time_s=3.0)
+    reg.add_artifact(rid, "weights/best", "/x/best.pt")
+    reg.set_status(rid, "finished")
+    run = reg.run(f"L4-leaky-{rid}")
+    assert run["status"] == "finished" and run["duration_s"] == 5.0 and run["ended_at"]
+    assert [e["epoch"] for e in run["epochs"]] == [1, 2] and run["epochs"][1]["map50"] == 0.3
+    assert run["artifacts"][0]["path"] == "/x/best.pt"
+    assert reg.runs()[0]["map50"] == 0.3
+
+
+def test_unknown_run_and_bad_epoch_field(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    with pytest.raises(RegistryError, match="no run '42'"):
+        reg.run(42)
+    rid = new_run(reg)
+    with pytest.raises(ValueError):
+        reg.record_epoch(rid, 1, bogus=1.0)
+
+
+def test_failed_write_rolls_back(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg)
+    with pytest.raises(RuntimeError):
+        with reg.tx() as c:
+            c.execute("UPDATE runs SET status = 'failed' WHERE id = ?", (rid,))
+            raise RuntimeError("boom")
+    assert reg.run(rid)["status"] == "running"
+
+
+def test_dead_process_runs_are_marked_interrupted_on_open(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg)
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    reg.update_run(rid, pid=proc.pid, pid_started="1")  # a process that has exited
+    alive = new_run(reg)  # owned by this (live) test process
+    reg.close()
+    reg = Registry(tmp_path / "r.db")
+    assert reg.run(rid)["status"] == "interrupted"
+    assert reg.run(alive)["status"] == "running"
+
+
+def test_truncate_epochs(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg)
+    for e in range(1, 5):
+        reg.record_epoch(rid, e, box_loss=float(e))
+    assert reg.truncate_epochs(rid, 2) == 2
+    assert [e["epoch"] for e in reg.epochs(rid)] == [1, 2]

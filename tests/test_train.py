@@ -1,0 +1,208 @@
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from npuyolo.cli import app
+from npuyolo.registry.db import Registry
+from npuyolo.train.recipe import Recipe
+from npuyolo.train.series import SeriesSpec, rank_rows, run_series
+from npuyolo.train.trainer import TrainError, resume_run, train_variant
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every attempt to reach the network or pip is recorded and refused."""
+    attempts: list[str] = []
+
+    def refuse(what):
+        def _refuse(*args, **kwargs):
+            attempts.append(f"{what} {args[:2]}")
+            raise OSError(f"network disabled in tests ({what})")
+        return _refuse
+
+    monkeypatch.setattr(socket.socket, "connect", refuse("socket.connect"))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("getaddrinfo"))
+    monkeypatch.setattr(socket, "create_connection", refuse("create_connection"))
+    import ultralytics.utils.checks as checks
+    import ultralytics.utils.downloads as downloads
+
+    for name in ("safe_download", "download"):
+        monkeypatch.setattr(downloads, name, refuse(f"ultralytics.{name}"))
+    original_asset = downloads.attempt_download_asset
+
+    def local_asset_only(file, *a, **k):  # Ultralytics routes local paths through it too; only misses download
+        if Path(str(file)).is_file():
+            return original_asset(file, *a, **k)
+        return refuse("ultralytics.attempt_download_asset")(file)
+
+    monkeypatch.setattr(downloads, "attempt_download_asset", local_asset_only)
+
+    original_popen = subprocess.Popen
+
+    def guarded_popen(cmd, *a, **k):
+        if "pip" in str(cmd):
+            attempts.append(f"pip {cmd}")
+            raise OSError("pip disabled in tests")
+        return original_popen(cmd, *a, **k)
+
+    monkeypatch.setattr(subprocess, "Popen", guarded_popen)
+    monkeypatch.setattr(checks, "AUTOINSTALL", checks.AUTOINSTALL)  # restored after the test
+    return attempts
+
+
+def test_one_epoch_train_records_one_finished_run_offline(synth_data, tiny_recipe, tmp_path, no_network):
+    from ultralytics.utils import ONLINE
+    from ultralytics.utils.checks import AUTOINSTALL
+
+    assert not ONLINE and not AUTOINSTALL
+    reg = Registry(tmp_path / "reg" / "npuyolo.db")
+    result = train_variant("L4-leaky", synth_data, tiny_recipe, reg, verbose=False)
+    assert no_network == []
+    runs = reg.runs()
+    assert len(runs) == 1 and runs[0]["status"] == "finished" and runs[0]["epochs"] == 1
+    run = reg.run(result.run_id)
+    epoch = run["epochs"][0]
+    assert epoch["epoch"] == 1 and all(epoch[k] is not None and epoch[k] >= 0 for k in ("box_loss", "cls_loss", "dfl_loss", "lr", "map50"))
+    assert run["recipe"]["lr0"] == 0.003 and run["recipe"]["epochs"] == 1
+    assert run["class_names"][0] == "speed_limit" and len(run["data_hash"]) == 16
+    assert run["versions"]["torch"] and run["device"] == "cpu" and run["duration_s"] > 0
+    kinds = {a["kind"]: a["path"] for a in run["artifacts"]}
+    assert Path(kinds["weights/best"]).is_file() and Path(kinds["weights/last"]).is_file()
+    built = yaml.safe_load(Path(kinds["model_yaml"]).read_text())
+    assert built["npuyolo"]["variant"] == "L4-leaky" and built["nc"] == 6
+    assert run["best"] is not None and "map50" in run["best"]
+    # the trained checkpoint is the variant: LeakyReLU everywhere, cascaded pools, no attention
+    from npuyolo.deploy.export import load_weights
+    from npuyolo.variants.build import activation_census
+
+    model = load_weights(kinds["weights/best"])
+    assert set(activation_census(model)) == {"LeakyReLU"}
+
+
+def test_train_cli_checks_data_first(data_copy):
+    label = sorted((data_copy.parent / "labels/train").glob("*.txt"))[0]
+    label.write_text("9 0.5 0.5 0.1 0.1\n")
+    result = runner.invoke(app, ["train", "--variant", "L4-relu", "--data", str(data_copy), "--epochs", "1", "--imgsz", "64"])
+    assert result.exit_code == 2 and "class id 9 out of range" in result.output
+    assert runner.invoke(app, ["runs", "--json"]).stdout.strip() == "[]"  # nothing registered
+
+
+def test_weights_transfer_is_counted(synth_data, tiny_recipe, tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    first = train_variant("L4-relu", synth_data, tiny_recipe, reg, verbose=False)
+    best = next(a["path"] for a in reg.run(first.run_id)["artifacts"] if a["kind"] == "weights/best")
+    second = train_variant("L4-leaky", synth_data, tiny_recipe, reg, weights=best, verbose=False)
+    run = reg.run(second.run_id)
+    moved, total = map(int, run["weights_transferred"].split("/"))
+    assert moved == total > 400 and run["weights_source"] == str(Path(best).resolve())
+    with pytest.raises(TrainError, match="never downloads"):
+        train_variant("L4-relu", synth_data, tiny_recipe, reg, weights="yolo11n.pt", verbose=False)
+
+
+def _epochs_in(db: Path, run_id: int) -> int:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT COUNT(*) FROM epochs WHERE run_id = ?", (run_id,)).fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_sigkill_mid_run_then_resume_finishes(synth_data, tmp_path):
+    db = tmp_path / "kill" / "npuyolo.db"
+    env = {**os.environ, "NPUYOLO_REGISTRY": str(db), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "npuyolo.cli", "train", "--variant", "L4-relu", "--data", str(synth_data),
+           "--epochs", "5", "--imgsz", "64", "--batch", "8", "--workers", "0"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while _epochs_in(db, 1) < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    reg = Registry(db)  # opening the registry notices the dead process
+    run = reg.run(1)
+    assert run["status"] == "interrupted" and 1 <= len(run["epochs"]) < 5
+    result = runner.invoke(app, ["train", "--resume", "1", "--registry", str(db)])
+    assert result.exit_code == 0, result.output
+    run = Registry(db).run(1)
+    assert run["status"] == "finished"
+    assert [e["epoch"] for e in run["epochs"]] == [1, 2, 3, 4, 5]
+    with pytest.raises(TrainError, match="already finished"):
+        resume_run(1, Registry(db))
+
+
+def test_ctrl_c_marks_run_interrupted(synth_data, tmp_path):
+    db = tmp_path / "int" / "npuyolo.db"
+    env = {**os.environ, "NPUYOLO_REGISTRY": str(db)}
+    cmd = [sys.executable, "-m", "npuyolo.cli", "train", "--variant", "L4-relu", "--data", str(synth_data),
+           "--epochs", "50", "--imgsz", "64", "--batch", "8", "--workers", "0"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while _epochs_in(db, 1) < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "--resume" in stderr
+    assert Registry(db).run(1)["status"] == "interrupted"
+
+
+def test_series_runs_members_skips_finished_and_ranks(synth_data, tmp_path):
+    spec_file = tmp_path / "series.yaml"
+    spec_file.write_text(yaml.safe_dump({"name": "v3", "data": str(synth_data), "variants": ["L4-relu", "L4-leaky"],
+                                         "recipe": {"epochs": 1, "imgsz": 64, "batch": 8, "workers": 0}}))
+    db = tmp_path / "s.db"
+    result = runner.invoke(app, ["series", "run", str(spec_file), "--registry", str(db)])
+    assert result.exit_code == 0, result.output
+    reg = Registry(db)
+    assert [r["name"] for r in reg.runs()] == ["v3-L4-relu", "v3-L4-leaky"]
+    actions = []
+    run_series(SeriesSpec.load(spec_file), reg, on_member=lambda v, a: actions.append((v, a)), verbose=False)
+    assert actions == [("L4-relu", "skip"), ("L4-leaky", "skip")] and len(reg.runs()) == 2
+    ranked = json.loads(runner.invoke(app, ["series", "rank", "v3", "--json", "--registry", str(db)]).stdout)
+    assert {r["variant"] for r in ranked} == {"L4-relu", "L4-leaky"} and all(r["rank_map50"] >= 1 for r in ranked)
+    missing = runner.invoke(app, ["series", "rank", "nope", "--registry", str(db)])
+    assert missing.exit_code == 2 and "no series 'nope'" in missing.output
+
+
+def test_rank_rows_ranks_each_metric():
+    rows = [
+        {"variant": "a", "map50": 0.9, "map50_95": 0.5, "precision": 0.7, "recall": 0.8},
+        {"variant": "b", "map50": 0.8, "map50_95": 0.6, "precision": 0.7, "recall": 0.9},
+        {"variant": "c", "map50": None, "map50_95": None, "precision": None, "recall": None},
+    ]
+    ranked = rank_rows(rows)
+    assert [r["variant"] for r in ranked] == ["a", "b", "c"]
+    assert (ranked[0]["rank_map50"], ranked[0]["rank_map50_95"], ranked[0]["rank_recall"]) == (1, 2, 2)
+    assert ranked[0]["rank_precision"] == ranked[1]["rank_precision"] == 1  # a tie shares the rank
+    assert ranked[2]["rank_map50"] is None
+
+
+def test_runs_cli(synth_data, tiny_recipe, tmp_path):
+    db = tmp_path / "c.db"
+    train_variant("L2-relu6", synth_data, tiny_recipe, Registry(db), verbose=False)
+    listed = json.loads(runner.invoke(app, ["runs", "--json", "--registry", str(db)]).stdout)
+    assert listed[0]["variant"] == "L2-relu6"
+    shown = runner.invoke(app, ["runs", "--registry", str(db), "show", "1"])
+    assert shown.exit_code == 0 and "L2-relu6" in shown.stdout and "recipe:" in shown.stdout
+    missing = runner.invoke(app, ["runs", "--registry", str(db), "show", "99"])
+    assert missing.exit_code == 2 and "no run '99'" in missing.output
+    out = tmp_path / "m.onnx"
+    exported = runner.invoke(app, ["export", "1", "--imgsz", "64", "--out", str(out), "--registry", str(db)])
+    assert exported.exit_code == 0, exported.output and out.is_file()
+    assert any(a["kind"].startswith("onnx/") for a in Registry(db).run(1)["artifacts"])
