@@ -101,6 +101,11 @@ def _attach_registry(trainer: NpuyoloTrainer, registry: Registry, run_id: int) -
     trainer.add_callback("on_pretrain_routine_end", on_pretrain_routine_end)
 
 
+def model_yaml_path(save_dir: Path, scale: str, variant: str) -> Path:
+    """Named like Ultralytics' own YAMLs (yolo11n-...), which is how plain Ultralytics infers the scale."""
+    return save_dir / f"yolo11{scale}-{variant}.yaml"
+
+
 @dataclass
 class RunResult:
     run_id: int
@@ -147,7 +152,7 @@ def train_variant(variant: str, data: str | Path, recipe: Recipe, registry: Regi
     run_name = registry.run(run_id)["name"]
     save_dir = registry.path.parent / "train" / run_name
     save_dir.mkdir(parents=True, exist_ok=True)
-    yaml_path = save_dir / "model.yaml"
+    yaml_path = model_yaml_path(save_dir, spec.scale, spec.name)
     yaml_path.write_text(yaml.safe_dump(model_yaml(spec, nc=len(report.names), names=report.names), sort_keys=False))
     registry.add_artifact(run_id, "model_yaml", yaml_path)
     overrides = {
@@ -175,7 +180,7 @@ def resume_run(ref: str | int, registry: Registry, verbose: bool = True) -> RunR
         trainer = NpuyoloTrainer(overrides={"model": str(last), "resume": str(last), "data": run["data_path"], "verbose": verbose})
     else:  # killed before the first checkpoint: start over with the recorded recipe
         registry.truncate_epochs(run["id"], 0)
-        yaml_path = save_dir / "model.yaml"
+        yaml_path = Path(next((a["path"] for a in run["artifacts"] if a["kind"] == "model_yaml"), save_dir / "model.yaml"))
         if not yaml_path.exists():
             raise TrainError(f"run {run['name']} has neither {last} nor {yaml_path}; nothing to resume from")
         recipe = Recipe(**run["recipe"])
