@@ -18,10 +18,12 @@ variants_app = typer.Typer(help="Model variants: NPU optimization levels x activ
 runs_app = typer.Typer(help="Runs recorded in the registry.", invoke_without_command=True)
 series_app = typer.Typer(help="Series: several variants, one recipe, one data set.", no_args_is_help=True)
 data_app = typer.Typer(help="Data sets: synthesize and check.", no_args_is_help=True)
+npu_app = typer.Typer(help="NPU compatibility: target profiles, per-node placement, graph rewrites.", no_args_is_help=True)
 app.add_typer(variants_app, name="variants")
 app.add_typer(runs_app, name="runs")
 app.add_typer(series_app, name="series")
 app.add_typer(data_app, name="data")
+app.add_typer(npu_app, name="npu")
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # no truncated tables when piped
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -36,10 +38,13 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from npuyolo.data.check import DataError
+        from npuyolo.npu.graph import GraphError
+        from npuyolo.npu.profiles import TargetError
+        from npuyolo.npu.rewrite import RewriteError
         from npuyolo.registry.db import RegistryError
         from npuyolo.variants.spec import VariantError
 
-        user = (DataError, RegistryError, VariantError, FileNotFoundError, ValueError)
+        user = (DataError, RegistryError, VariantError, GraphError, TargetError, RewriteError, FileNotFoundError, ValueError)
         try:
             from npuyolo.train.trainer import TrainError
 
@@ -316,6 +321,76 @@ def data_check(data: Path, as_json: JsonOpt = False) -> None:
         table.add_row(split, str(s["images"]), str(s["background_images"]), *(str(s["instances"][n]) for n in report["names"]))
     console.print(table)
     console.print("[green]OK[/]: no problems found")
+
+
+# ---------------------------------------------------------------------------------------------- npu
+@npu_app.command("targets")
+@user_errors
+def npu_targets(as_json: JsonOpt = False) -> None:
+    """List NPU target profiles with their sources."""
+    from npuyolo.npu.profiles import targets
+
+    profiles = targets()
+    if as_json:
+        return print_json({name: p.model_dump() for name, p in profiles.items()})
+    table = Table(title="NPU targets (rules: op -> npu/cpu/unknown + constraints, each with a source)")
+    for col in ("target", "title", "fallback", "rules", "fused activations", "sources"):
+        table.add_column(col)
+    for p in profiles.values():
+        table.add_row(p.name, p.title, p.fallback, str(len(p.ops)), ", ".join(p.fusable_activations), "; ".join(p.sources.values()))
+    console.print(table)
+
+
+@npu_app.command("check")
+@user_errors
+def npu_check(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx or variant name.")],
+              target: Annotated[list[str], typer.Option("--target", "-t", help="Target profile (repeatable).")],
+              imgsz: Annotated[int, typer.Option(help="Export size for non-ONNX models.")] = 640,
+              head: Annotated[Optional[str], typer.Option(help="npu or ultralytics [default: the level's head]")] = None,
+              nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
+              nodes: Annotated[bool, typer.Option("--nodes", help="Also print every node not on the NPU.")] = False,
+              as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """Place every ONNX node on each target and report shares, partitions and fallbacks."""
+    from npuyolo.npu.check import check_model, record
+
+    reg = open_registry(registry)
+    result = check_model(model, target, reg, imgsz=imgsz, head=head, nc=nc)
+    record(result, reg, head)
+    if as_json:
+        return print_json([{**r.as_dict(), "onnx": result.onnx_paths[r.target], "notes": result.notes.get(r.target, [])}
+                           for r in result.reports])
+    table = Table(title=f"NPU compatibility of {result.model_ref}")
+    for col in ("target", "nodes", "NPU share", "share (fused act.)", "MAC share", "partitions NPU/host", "transitions", "fallback ops", "unknown ops"):
+        table.add_column(col)
+    for r in result.reports:
+        table.add_row(r.target, str(r.nodes_total), f"{r.share_nodes:.1%}", f"{r.share_nodes_fused:.1%}", f"{r.share_macs:.1%}",
+                      f"{r.partitions_npu}/{r.partitions_host}", str(r.transitions),
+                      ", ".join(f"{k}×{v}" for k, v in r.fallback_ops.items()) or "-",
+                      ", ".join(f"{k}×{v}" for k, v in r.unknown_ops.items()) or "-")
+    console.print(table)
+    for r in result.reports:
+        for note in result.notes.get(r.target, []):
+            console.print(f"[dim]{r.target}: {note}[/]", highlight=False)
+        if nodes:
+            t = Table(title=f"{r.target}: nodes not on the NPU")
+            for col in ("node", "op", "placement", "reason", "source"):
+                t.add_column(col)
+            for p in r.placements:
+                if p.placement in ("cpu", "unknown"):
+                    t.add_row(p.name, p.op, p.placement, p.reason, p.source or "-")
+            console.print(t)
+
+
+@npu_app.command("rewrite")
+@user_errors
+def npu_rewrite(model: Annotated[Path, typer.Argument(help="ONNX file.")],
+                leaky: Annotated[str, typer.Option(help="relu-decomp (a*x + (1-a)*relu(x)), relu-exact or max.")] = "relu-decomp",
+                out: Annotated[Optional[Path], typer.Option(help="Output file [default: MODEL.<method>.onnx].")] = None) -> None:
+    """Replace every LeakyRelu with an equivalent built from ReLU-NPU ops."""
+    from npuyolo.npu.rewrite import rewrite_file
+
+    dst, count = rewrite_file(model, out, leaky)
+    console.print(f"rewrote {count} LeakyRelu node(s) as {leaky}: {dst}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover

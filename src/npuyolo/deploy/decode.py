@@ -30,8 +30,12 @@ def dfl(box_logits: np.ndarray, reg_max: int) -> np.ndarray:
     return (x * np.arange(reg_max, dtype=np.float32)[None, None, :, None]).sum(axis=2)
 
 
-def decode_npu_outputs(outputs: Sequence[np.ndarray], strides: Sequence[int], reg_max: int = 16) -> np.ndarray:
-    """[box_s8, cls_s8, box_s16, cls_s16, ...] -> [B, 4 + nc, A] like Ultralytics' Detect (xywh pixels, probs)."""
+def decode_npu_outputs(outputs: Sequence[np.ndarray], strides: Sequence[int], reg_max: int = 16,
+                       class_sigmoid_in_graph: bool = True) -> np.ndarray:
+    """[box_s8, cls_s8, box_s16, cls_s16, ...] -> [B, 4 + nc, A] like Ultralytics' Detect (xywh pixels, probs).
+
+    `class_sigmoid_in_graph=False` for exports whose class outputs are logits (targets without an NPU sigmoid).
+    """
     boxes, scores = outputs[0::2], outputs[1::2]
     if len(boxes) != len(strides) or len(scores) != len(strides):
         raise ValueError(f"expected {2 * len(strides)} NPU-head outputs (boxes and scores per stride), got {len(outputs)}")
@@ -39,6 +43,8 @@ def decode_npu_outputs(outputs: Sequence[np.ndarray], strides: Sequence[int], re
     shapes = [tuple(x.shape[2:]) for x in boxes]
     box_flat = np.concatenate([x.reshape(b, 4 * reg_max, -1) for x in boxes], axis=2).astype(np.float32)
     cls_flat = np.concatenate([x.reshape(b, x.shape[1], -1) for x in scores], axis=2).astype(np.float32)
+    if not class_sigmoid_in_graph:
+        cls_flat = 1.0 / (1.0 + np.exp(-cls_flat))
     anchors, stride_col = make_anchors(shapes, strides)
     dist = dfl(box_flat, reg_max)  # [B, 4, A]: left, top, right, bottom in grid cells
     anchors_t = anchors.T[None]  # [1, 2, A]

@@ -36,8 +36,12 @@ def default_head(model: torch.nn.Module) -> Head:
     return (getattr(model, "yaml", {}) or {}).get("npuyolo", {}).get("head", "ultralytics")
 
 
-def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head: Head | None = None, simplify: bool = True) -> Path:
-    """Write a batch-1, static-shape ONNX file; `head='npu'` cuts the graph before DFL and decode."""
+def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head: Head | None = None, simplify: bool = True,
+                class_sigmoid: bool = True) -> Path:
+    """Write a batch-1, static-shape ONNX file; `head='npu'` cuts the graph before DFL and decode.
+
+    `class_sigmoid=False` (NPU head only) leaves the class sigmoid to the host decode, for targets without one.
+    """
     head = head or default_head(model)
     model = copy.deepcopy(model).float().eval()
     model.fuse(verbose=False) if hasattr(model, "fuse") else None
@@ -46,7 +50,7 @@ def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head:
         raise ValueError(f"last layer is {type(detect).__name__}, not a Detect head")
     strides = [int(s) for s in detect.stride.tolist()]
     if head == "npu":
-        net, outputs = NPUHeadModel(model), output_names(strides)
+        net, outputs = NPUHeadModel(model, class_sigmoid=class_sigmoid), output_names(strides)
     else:
         detect.export, detect.format, detect.dynamic = True, "onnx", False
         net, outputs = model, ["output0"]
@@ -70,6 +74,7 @@ def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head:
         "strides": json.dumps(strides),
         "reg_max": str(detect.reg_max),
         "nc": str(detect.nc),
+        "class_sigmoid": "in_graph" if head != "npu" or class_sigmoid else "host",
         "names": json.dumps({int(k): v for k, v in names.items()}),
     }
     del proto.metadata_props[:]

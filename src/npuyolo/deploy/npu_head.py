@@ -13,10 +13,11 @@ class NPUHeadModel(nn.Module):
     [B, nc, H, W]. The class sigmoid stays in: Rockchip and Hailo keep it on-chip for better quantization.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, class_sigmoid: bool = True):
         super().__init__()
         self.model = model
         self.detect = model.model[-1]
+        self.class_sigmoid = class_sigmoid  # False: raw class logits, the host applies the sigmoid
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         saved: list[torch.Tensor | None] = []
@@ -28,7 +29,8 @@ class NPUHeadModel(nn.Module):
         feats = [x if j == -1 else saved[j] for j in self.detect.f]
         outputs: list[torch.Tensor] = []
         for i in range(self.detect.nl):
-            outputs += [self.detect.cv2[i](feats[i]), self.detect.cv3[i](feats[i]).sigmoid()]
+            scores = self.detect.cv3[i](feats[i])
+            outputs += [self.detect.cv2[i](feats[i]), scores.sigmoid() if self.class_sigmoid else scores]
         return tuple(outputs)
 
 

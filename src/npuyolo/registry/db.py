@@ -201,6 +201,24 @@ class Registry:
             args = (series,)
         return [dict(r) for r in self.conn.execute(q + " ORDER BY r.id", args)]
 
+    # -- NPU checks -----------------------------------------------------------------------------------
+    def add_npu_check(self, *, run_id: int | None, model_ref: str, onnx_path: str, head: str | None, report: dict) -> int:
+        with self.tx() as c:
+            cur = c.execute(
+                "INSERT INTO npu_checks (run_id, model_ref, onnx_path, target, head, share_nodes, share_nodes_fused, share_macs,"
+                " partitions_npu, partitions_host, transitions, report_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, model_ref, onnx_path, report["target"], head, report["share_nodes"], report["share_nodes_fused"],
+                 report["share_macs"], report["partitions_npu"], report["partitions_host"], report["transitions"],
+                 json.dumps(report), now()))
+            return cur.lastrowid
+
+    def npu_checks(self, run_id: int | None = None, model_ref: str | None = None) -> list[dict]:
+        """Latest check per target for a run (or a model reference), report included."""
+        where, args = ("run_id = ?", (run_id,)) if run_id is not None else ("model_ref = ?", (model_ref,))
+        rows = self.conn.execute(
+            f"SELECT * FROM npu_checks WHERE id IN (SELECT MAX(id) FROM npu_checks WHERE {where} GROUP BY target) ORDER BY target", args)
+        return [{**{k: r[k] for k in r.keys() if k != "report_json"}, "report": json.loads(r["report_json"])} for r in rows]
+
     # -- series ---------------------------------------------------------------------------------------
     def upsert_series(self, name: str, spec: dict) -> None:
         with self.tx() as c:

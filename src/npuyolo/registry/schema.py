@@ -63,6 +63,26 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX epochs_by_run ON epochs(run_id);
     """,
+    # 2: NPU compatibility checks (per model and target), optionally tied to a run
+    """
+    CREATE TABLE npu_checks (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id       INTEGER REFERENCES runs(id) ON DELETE CASCADE,
+        model_ref    TEXT NOT NULL,
+        onnx_path    TEXT NOT NULL,
+        target       TEXT NOT NULL,
+        head         TEXT,
+        share_nodes  REAL NOT NULL,
+        share_nodes_fused REAL NOT NULL,
+        share_macs   REAL NOT NULL,
+        partitions_npu INTEGER NOT NULL,
+        partitions_host INTEGER NOT NULL,
+        transitions  INTEGER NOT NULL,
+        report_json  TEXT NOT NULL,
+        created_at   TEXT NOT NULL
+    );
+    CREATE INDEX npu_checks_by_run ON npu_checks(run_id, target);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,64 @@
+"""`npu check`: resolve a model, export what each target needs, analyze, record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from npuyolo.npu.analyze import TargetReport, analyze
+from npuyolo.npu.graph import load_graph
+from npuyolo.npu.profiles import TargetProfile, target
+
+
+@dataclass
+class CheckResult:
+    model_ref: str
+    run_id: int | None
+    reports: list[TargetReport]
+    onnx_paths: dict[str, str]  # target -> analyzed file
+    notes: dict[str, list[str]] = field(default_factory=dict)
+
+
+def sigmoid_on_npu(profile: TargetProfile) -> bool:
+    rule = profile.rule("Sigmoid")
+    return rule is not None and rule.place == "npu"
+
+
+def check_model(ref: str, target_names: list[str], registry=None, imgsz: int = 640, head: str | None = None,
+                nc: int = 80, workdir: Path | None = None) -> CheckResult:
+    """Analyze an ONNX file as it is, or export a variant/run/checkpoint the way each target needs it.
+
+    For the NPU head the class sigmoid stays in the graph unless the target has no NPU sigmoid; then it
+    moves to the host decode (as Hailo and Rockchip move what their NPU lacks), and the note says so.
+    """
+    profiles = [target(t) for t in target_names]
+    if ref.endswith(".onnx"):
+        g = load_graph(ref)
+        return CheckResult(ref, None, [analyze(g, p) for p in profiles], {p.name: ref for p in profiles})
+
+    from npuyolo.deploy.export import default_head, export_onnx
+    from npuyolo.resolve import resolve_model
+
+    resolved = resolve_model(ref, registry.path if registry else None, nc=nc)
+    head = head or default_head(resolved.model)
+    workdir = workdir or ((registry.path.parent if registry else Path("runs")) / "npu" / resolved.label)
+    graphs: dict[bool, tuple[str, object]] = {}
+    reports, paths, notes = [], {}, {}
+    for p in profiles:
+        keep_sigmoid = head != "npu" or sigmoid_on_npu(p)
+        if keep_sigmoid not in graphs:
+            out = workdir / f"{resolved.label}-{head}-{imgsz}{'' if keep_sigmoid else '-logits'}.onnx"
+            export_onnx(resolved.model, out, imgsz=imgsz, head=head, class_sigmoid=keep_sigmoid)
+            graphs[keep_sigmoid] = (str(out), load_graph(out))
+        path, g = graphs[keep_sigmoid]
+        reports.append(analyze(g, p))
+        paths[p.name] = path
+        if not keep_sigmoid:
+            notes.setdefault(p.name, []).append("class sigmoid moved to the host decode (no NPU Sigmoid on this target)")
+    return CheckResult(resolved.label, resolved.run_id, reports, paths, notes)
+
+
+def record(result: CheckResult, registry, head: str | None) -> None:
+    for r in result.reports:
+        registry.add_npu_check(run_id=result.run_id, model_ref=result.model_ref, onnx_path=result.onnx_paths[r.target],
+                               head=head, report={**r.as_dict(), "notes": result.notes.get(r.target, [])})

@@ -1,0 +1,81 @@
+"""NPU target profiles: one YAML per target in targets/, every rule with its source."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, field_validator
+
+Placement = Literal["npu", "cpu", "unknown"]
+
+
+class OpRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    place: Placement
+    constraints: dict[str, Any] = {}
+    source: str
+
+    @field_validator("constraints")
+    @classmethod
+    def _known(cls, v: dict) -> dict:
+        from npuyolo.npu.constraints import CONSTRAINTS
+
+        unknown = set(v) - set(CONSTRAINTS)
+        if unknown:
+            raise ValueError(f"unknown constraint(s) {sorted(unknown)}; known: {sorted(CONSTRAINTS)}")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _cited(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("every rule needs a source")
+        return v
+
+
+class TargetProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    title: str
+    fallback: Literal["per_op", "single_subgraph"]
+    fallback_note: str
+    deploy_dtype: str
+    dtypes: list[str]
+    fusable_activations: list[str]
+    fusion_source: str
+    sources: dict[str, str]
+    note: str | None = None
+    ops: dict[str, OpRule]
+
+    def rule(self, op_type: str) -> OpRule | None:
+        return self.ops.get(op_type)
+
+
+class TargetError(ValueError):
+    """An unknown target name."""
+
+
+def _files():
+    return resources.files("npuyolo.npu").joinpath("targets")
+
+
+@cache
+def targets() -> dict[str, TargetProfile]:
+    found = {}
+    for f in sorted(_files().iterdir(), key=lambda p: p.name):
+        if f.name.endswith(".yaml"):
+            profile = TargetProfile(**yaml.safe_load(f.read_text(encoding="utf-8")))
+            found[profile.name] = profile
+    return found
+
+
+def target(name: str) -> TargetProfile:
+    try:
+        return targets()[name]
+    except KeyError:
+        raise TargetError(f"unknown target {name!r}; targets: {', '.join(targets())}") from None

@@ -1,0 +1,96 @@
+"""Graph rewrites that make a model run on ReLU-only NPUs without retraining.
+
+LeakyRelu(x, a) has exact equivalents built from ops such NPUs run:
+- relu-decomp: a*x + (1-a)*Relu(x)              (Mul, Relu, Mul, Add; equal up to float rounding)
+- relu-exact:  Relu(x) - a*Relu(-x)             (Relu, Mul, Relu, Mul, Sub; bit-exact in IEEE floats)
+- max:         Max(x, a*x)                       (Mul, Max; exact for 0 < a < 1; needs an NPU Max)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+Method = Literal["relu-decomp", "relu-exact", "max"]
+METHODS: tuple[str, ...] = ("relu-decomp", "relu-exact", "max")
+
+
+class RewriteError(ValueError):
+    """A rewrite that does not apply (unknown method, nothing to rewrite)."""
+
+
+def _const(graph: onnx.GraphProto, cache: dict[float, str], value: float) -> str:
+    if value not in cache:
+        name = f"npuyolo_const_{len(cache)}"
+        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.float32), name))
+        cache[value] = name
+    return cache[value]
+
+
+def _replacement(node: onnx.NodeProto, method: str, const) -> list[onnx.NodeProto]:
+    alpha = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "alpha"), 0.01)
+    x, y, base = node.input[0], node.output[0], node.name or node.output[0]
+    if method == "relu-decomp":
+        return [
+            helper.make_node("Relu", [x], [f"{base}/relu"], name=f"{base}/relu"),
+            helper.make_node("Mul", [x, const(alpha)], [f"{base}/ax"], name=f"{base}/ax"),
+            helper.make_node("Mul", [f"{base}/relu", const(1.0 - alpha)], [f"{base}/br"], name=f"{base}/br"),
+            helper.make_node("Add", [f"{base}/ax", f"{base}/br"], [y], name=f"{base}/add"),
+        ]
+    if method == "relu-exact":
+        return [
+            helper.make_node("Relu", [x], [f"{base}/pos"], name=f"{base}/pos"),
+            helper.make_node("Mul", [x, const(-1.0)], [f"{base}/negx"], name=f"{base}/negx"),
+            helper.make_node("Relu", [f"{base}/negx"], [f"{base}/neg"], name=f"{base}/neg"),
+            helper.make_node("Mul", [f"{base}/neg", const(alpha)], [f"{base}/aneg"], name=f"{base}/aneg"),
+            helper.make_node("Sub", [f"{base}/pos", f"{base}/aneg"], [y], name=f"{base}/sub"),
+        ]
+    if method == "max":
+        return [
+            helper.make_node("Mul", [x, const(alpha)], [f"{base}/ax"], name=f"{base}/ax"),
+            helper.make_node("Max", [x, f"{base}/ax"], [y], name=f"{base}/max"),
+        ]
+    raise RewriteError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+
+
+def rewrite_leaky(model: onnx.ModelProto, method: str = "relu-decomp") -> tuple[onnx.ModelProto, int]:
+    """A copy of `model` with every LeakyRelu replaced; returns it and how many were replaced."""
+    if method not in METHODS:
+        raise RewriteError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    consts: dict[float, str] = {}
+    new_nodes, count = [], 0
+    for node in g.node:
+        if node.op_type == "LeakyRelu":
+            new_nodes += _replacement(node, method, lambda v: _const(g, consts, float(v)))
+            count += 1
+        else:
+            new_nodes.append(node)
+    del g.node[:]
+    g.node.extend(new_nodes)
+    meta = {p.key: p for p in out.metadata_props}
+    if "npuyolo_rewrite" in meta:
+        meta["npuyolo_rewrite"].value += f",leaky:{method}"
+    else:
+        out.metadata_props.add(key="npuyolo_rewrite", value=f"leaky:{method}")
+    onnx.checker.check_model(out)
+    return out, count
+
+
+def rewrite_file(src: str | Path, dst: str | Path | None = None, method: str = "relu-decomp") -> tuple[Path, int]:
+    from npuyolo.npu.graph import load_graph
+
+    src = Path(src)
+    g = load_graph(src)  # same validation as `npu check`
+    model, count = rewrite_leaky(g.model, method)
+    if count == 0:
+        raise RewriteError(f"{src}: no LeakyRelu nodes to rewrite")
+    dst = Path(dst) if dst else src.with_name(f"{src.stem}.{method}.onnx")
+    onnx.save(model, str(dst))
+    return dst, count
