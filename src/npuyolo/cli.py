@@ -41,10 +41,11 @@ def user_errors(fn):
         from npuyolo.npu.graph import GraphError
         from npuyolo.npu.profiles import TargetError
         from npuyolo.npu.rewrite import RewriteError
+        from npuyolo.report.facts import ReportError
         from npuyolo.registry.db import RegistryError
         from npuyolo.variants.spec import VariantError
 
-        user = (DataError, RegistryError, VariantError, GraphError, TargetError, RewriteError, FileNotFoundError, ValueError)
+        user = (DataError, RegistryError, VariantError, GraphError, TargetError, RewriteError, ReportError, FileNotFoundError, ValueError)
         try:
             from npuyolo.train.trainer import TrainError
 
@@ -391,6 +392,37 @@ def npu_rewrite(model: Annotated[Path, typer.Argument(help="ONNX file.")],
 
     dst, count = rewrite_file(model, out, leaky)
     console.print(f"rewrote {count} LeakyRelu node(s) as {leaky}: {dst}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------- reports
+@app.command()
+@user_errors
+def report(run: Annotated[str, typer.Argument(help="Run id or name.")],
+           compare: Annotated[Optional[str], typer.Option(help="Run to compare with (e.g. the ReLU twin).")] = None,
+           lang: Annotated[str, typer.Option(help="ko or en.")] = "en",
+           fmt: Annotated[str, typer.Option("--format", help="md or html (one self-contained file).")] = "md",
+           out: Annotated[Optional[Path], typer.Option(help="Output folder [default: <registry dir>/reports/<run>].")] = None,
+           registry: RegistryOpt = None) -> None:
+    """Write a training report from the registry (every number is a recorded one)."""
+    from npuyolo.report.render import render_run
+
+    reg = open_registry(registry)
+    out = out or reg.path.parent / "reports" / str(reg.resolve(run))
+    path = render_run(reg, run, out, lang=lang, fmt=fmt, compare=compare)
+    console.print(f"wrote {path}", highlight=False)
+
+
+@series_app.command("report")
+@user_errors
+def series_report(name: str, lang: Annotated[str, typer.Option(help="ko or en.")] = "en",
+                  target: Annotated[str, typer.Option(help="NPU target for the accuracy vs compatibility plot.")] = "relu-only",
+                  out: Annotated[Optional[Path], typer.Option(help="Output folder.")] = None, registry: RegistryOpt = None) -> None:
+    """Write the series overview: ranking table, all members' curves, accuracy vs NPU compatibility."""
+    from npuyolo.report.render import render_series
+
+    reg = open_registry(registry)
+    path = render_series(reg, name, out or reg.path.parent / "reports" / f"series-{name}", lang=lang, target=target)
+    console.print(f"wrote {path}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover

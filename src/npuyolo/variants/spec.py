@@ -20,6 +20,8 @@ class LevelSettings(BaseModel):
     name: str
     title: str
     summary: str
+    title_ko: str
+    summary_ko: str
     activation_scope: Literal["backbone", "all"]
     attention: Literal["c2psa", "none"]
     sppf_pool: Literal["5x5", "3x3x2"]

@@ -1,0 +1,152 @@
+"""Everything a report states, computed from registry records in one place (pure functions).
+
+Templates only format these values; judgements (strengths, recommendations) are rules over them,
+so no sentence can claim what the numbers do not show.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+METRICS = ("map50", "map50_95", "precision", "recall")
+LOSSES = ("box_loss", "cls_loss", "dfl_loss")
+GOOD_SHARE = 0.95  # a target is "deployable as is" at or above this NPU node share
+
+
+class ReportError(LookupError):
+    """Nothing to report on (unknown run, empty series)."""
+
+
+def pct_change(first: float | None, last: float | None) -> float | None:
+    """Relative change in percent; None when it cannot be computed."""
+    if first in (None, 0) or last is None:
+        return None
+    return (last - first) / first * 100.0
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b in (None, 0):
+        return None
+    return a / b
+
+
+@dataclass
+class Judgement:
+    kind: str  # strength | weakness | recommendation | strategy
+    key: str  # template key (translated per language)
+    values: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunFacts:
+    run: dict
+    final: dict | None
+    first: dict | None
+    improvement_factor: float | None
+    loss_reduction_pct: dict[str, float | None]
+    lr_final_over_initial_pct: float | None
+    series_ranks: dict[str, int] | None
+    series_size: int | None
+    series_tied: dict[str, bool]
+    compare: dict | None
+    compare_final: dict | None
+    diffs_pp: dict[str, float | None]
+    npu: list[dict]
+    int8: list[dict]
+    judgements: list[Judgement]
+
+
+def final_and_first(run: dict) -> tuple[dict | None, dict | None]:
+    epochs = run.get("epochs") or []
+    return (epochs[-1], epochs[0]) if epochs else (None, None)
+
+
+def npu_rows(checks: list[dict]) -> list[dict]:
+    rows = []
+    for c in checks:
+        r = c["report"]
+        rows.append({"target": r["target"], "share_nodes": r["share_nodes"], "share_nodes_fused": r["share_nodes_fused"],
+                     "share_macs": r["share_macs"], "partitions_host": r["partitions_host"], "transitions": r["transitions"],
+                     "fallback_ops": r["fallback_ops"], "unknown_ops": r["unknown_ops"], "notes": r.get("notes", [])})
+    return rows
+
+
+def judge(facts: RunFacts) -> list[Judgement]:
+    out: list[Judgement] = []
+    run, final = facts.run, facts.final
+    if facts.series_ranks:
+        for m, rank in facts.series_ranks.items():
+            if facts.series_tied.get(m):
+                continue  # a shared rank says nothing about this run against the others
+            if rank == 1 and facts.series_size and facts.series_size > 1:
+                out.append(Judgement("strength", "series_first", {"metric": m, "size": facts.series_size}))
+            elif facts.series_size and rank == facts.series_size and facts.series_size > 1:
+                out.append(Judgement("weakness", "series_last", {"metric": m, "rank": rank, "size": facts.series_size}))
+    if facts.compare_final:
+        for m in METRICS:
+            d = facts.diffs_pp.get(m)
+            if d is not None and d > 0:
+                out.append(Judgement("strength", "beats_compare", {"metric": m, "pp": d, "other": facts.compare["name"]}))
+            elif d is not None and d < 0:
+                out.append(Judgement("weakness", "behind_compare", {"metric": m, "pp": -d, "other": facts.compare["name"]}))
+    if final and final.get("recall") is not None and final.get("precision") is not None and final["precision"] - final["recall"] >= 0.05:
+        out.append(Judgement("weakness", "recall_below_precision", {"p": final["precision"], "r": final["recall"]}))
+    if facts.improvement_factor is not None and facts.improvement_factor > 1:
+        out.append(Judgement("strength", "learned", {"factor": facts.improvement_factor}))
+    leaky_fallback = False
+    for row in facts.npu:
+        if row["share_nodes"] >= GOOD_SHARE:
+            out.append(Judgement("strength", "npu_ready", {"target": row["target"], "share": row["share_nodes"]}))
+            out.append(Judgement("strategy", "deploy_as_is", {"target": row["target"], "share": row["share_nodes"]}))
+        else:
+            ops = ", ".join(f"{k}×{v}" for k, v in {**row["fallback_ops"], **row["unknown_ops"]}.items())
+            out.append(Judgement("weakness", "npu_fallback", {"target": row["target"], "share": row["share_nodes"], "ops": ops,
+                                                              "transitions": row["transitions"]}))
+            if "LeakyRelu" in row["fallback_ops"] and len(row["fallback_ops"]) == 1:
+                leaky_fallback = True
+                out.append(Judgement("recommendation", "leaky_rewrite", {"target": row["target"]}))
+                out.append(Judgement("strategy", "rewrite_then_deploy", {"target": row["target"]}))
+            elif row["fallback_ops"]:
+                out.append(Judgement("strategy", "hybrid_cpu", {"target": row["target"], "ops": ops}))
+    if leaky_fallback and facts.compare and "relu" in facts.compare["variant"].split("-")[1]:
+        out.append(Judgement("recommendation", "distill_to_relu", {"other": facts.compare["name"]}))
+    if not facts.npu:
+        out.append(Judgement("recommendation", "run_npu_check", {"run": run["id"]}))
+    if not facts.int8:
+        out.append(Judgement("recommendation", "run_int8", {"run": run["id"]}))
+    return out
+
+
+def run_facts(registry, ref, compare_ref=None) -> RunFacts:
+    from npuyolo.registry.db import RegistryError
+    from npuyolo.train.series import rank_series
+
+    try:
+        run = registry.run(ref)
+    except RegistryError as e:
+        raise ReportError(str(e)) from None
+    final, first = final_and_first(run)
+    compare = registry.run(compare_ref) if compare_ref is not None else None
+    compare_final = final_and_first(compare)[0] if compare else None
+    ranks, size, tied = None, None, {}
+    if run["series"] and final:
+        ranked = rank_series(run["series"], registry)
+        me = next((r for r in ranked if r["run_id"] == run["id"]), None)
+        if me and me["rank_map50"] is not None:
+            ranks = {m: me[f"rank_{m}"] for m in METRICS}
+            size = sum(r["rank_map50"] is not None for r in ranked)
+            tied = {m: sum(r[f"rank_{m}"] == me[f"rank_{m}"] for r in ranked) > 1 for m in METRICS}
+    recipe = run["recipe"]
+    facts = RunFacts(
+        run=run, final=final, first=first,
+        improvement_factor=ratio(final["map50"], first["map50"]) if final and first else None,
+        loss_reduction_pct={k: (-pct_change(first[k], final[k]) if pct_change(first[k], final[k]) is not None else None)
+                            for k in LOSSES} if final and first else {k: None for k in LOSSES},
+        lr_final_over_initial_pct=ratio(recipe.get("lr_final"), recipe.get("lr0")) * 100 if recipe.get("lr0") else None,
+        series_ranks=ranks, series_size=size, series_tied=tied, compare=compare, compare_final=compare_final,
+        diffs_pp={m: ((final[m] - compare_final[m]) * 100 if final and compare_final and final[m] is not None
+                      and compare_final[m] is not None else None) for m in METRICS},
+        npu=npu_rows(registry.npu_checks(run_id=run["id"])), int8=[], judgements=[],
+    )
+    facts.judgements = judge(facts)
+    return facts

@@ -1,0 +1,79 @@
+"""PNG plots for reports (matplotlib, Agg backend, DejaVu Sans: nothing to download)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+METRIC_LABELS = {"map50": "mAP50", "map50_95": "mAP50-95", "precision": "precision", "recall": "recall"}
+LOSS_LABELS = {"box_loss": "box loss", "cls_loss": "cls loss", "dfl_loss": "dfl loss"}
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _series(epochs: list[dict], key: str) -> tuple[list[int], list[float]]:
+    pts = [(e["epoch"], e[key]) for e in epochs if e.get(key) is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def metric_curves(epochs: list[dict], path: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for key, label in METRIC_LABELS.items():
+        ax.plot(*_series(epochs, key), marker="o", ms=3, label=label)
+    ax.set(xlabel="epoch", ylabel="value", title=title, ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def loss_curves(epochs: list[dict], path: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for key, label in LOSS_LABELS.items():
+        ax.plot(*_series(epochs, key), marker="o", ms=3, label=label)
+    ax.set(xlabel="epoch", ylabel="train loss", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def compare_curves(runs: list[dict], path: Path, metric: str = "map50") -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for run in runs:
+        axes[0].plot(*_series(run["epochs"], metric), marker="o", ms=3, label=run["name"])
+        axes[1].plot(*_series(run["epochs"], "box_loss"), marker="o", ms=3, label=run["name"])
+    axes[0].set(xlabel="epoch", ylabel=METRIC_LABELS[metric], title=f"{METRIC_LABELS[metric]} per epoch")
+    axes[1].set(xlabel="epoch", ylabel="box loss", title="box loss per epoch")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def npu_bars(rows: list[dict], path: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.45 * max(1, len(rows))))
+    names = [r["target"] for r in rows]
+    ax.barh(names, [r["share_nodes"] * 100 for r in rows], color="#4c72b0", label="nodes on NPU")
+    ax.barh(names, [r["share_macs"] * 100 for r in rows], color="none", edgecolor="#dd8452", lw=1.5, label="MACs on NPU")
+    ax.set(xlim=(0, 100), xlabel="% on NPU", title=title)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def accuracy_vs_npu(points: list[dict], path: Path, target: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for p in points:
+        ax.scatter(p["share"] * 100, p["map50"], s=40)
+        ax.annotate(p["variant"], (p["share"] * 100, p["map50"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set(xlabel=f"NPU node share on {target} (%)", ylabel="final mAP50", title="accuracy vs NPU compatibility")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,149 @@
+"""Render run and series reports (Markdown or one self-contained HTML file) with their PNG plots."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from npuyolo.report import plots
+from npuyolo.report.facts import METRICS, ReportError, RunFacts, run_facts
+from npuyolo.variants.spec import parse_variant
+
+LANGS = ("en", "ko")
+METRIC_NAMES = {"map50": "mAP50", "map50_95": "mAP50-95", "precision": "precision", "recall": "recall"}
+METRIC_NAMES_KO = {"map50": "mAP50", "map50_95": "mAP50-95", "precision": "정밀도", "recall": "재현율"}
+LOSS_NAMES = {"box_loss": "box loss", "cls_loss": "cls loss", "dfl_loss": "DFL loss"}
+LOSS_NAMES_KO = {"box_loss": "Box 손실", "cls_loss": "Cls 손실", "dfl_loss": "DFL 손실"}
+STATUS_KO = {"running": "학습 중", "finished": "완료", "failed": "실패", "interrupted": "중단됨"}
+NOTES_KO = {"class sigmoid moved to the host decode (no NPU Sigmoid on this target)":
+            "이 타깃에는 NPU Sigmoid 가 없어 클래스 시그모이드를 호스트 디코딩으로 옮겼습니다"}
+
+
+def _num(fmt: str):
+    return lambda v: "n/a" if v is None else format(v, fmt)
+
+
+def tidy_markdown(text: str) -> str:
+    """Blank lines where Markdown needs them (around tables, headings, images, lists), never more than one."""
+    out: list[str] = []
+    for line in text.splitlines():
+        prev = out[-1] if out else ""
+        kind = lambda s: ("table" if s.startswith("|") else "heading" if s.startswith("#") else "image" if s.startswith("![")
+                          else "list" if s.startswith("- ") else "fence" if s.startswith("```") else "text" if s.strip() else "blank")
+        a, b = kind(prev), kind(line)
+        in_fence = sum(l.startswith("```") for l in out) % 2 == 1
+        if not in_fence and a != "blank" and b != "blank" and out and (a != b or b in ("heading", "image")) and not (a == "text" and b == "fence"):
+            out.append("")
+        out.append(line)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip() + "\n"
+
+
+def _hms(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    s = int(round(seconds))
+    return f"{s // 3600}h {s % 3600 // 60:02d}m {s % 60:02d}s"
+
+
+def environment() -> Environment:
+    env = Environment(loader=PackageLoader("npuyolo.report", "templates"), undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.globals.update(
+        f1=_num(".1f"), f2=_num(".2f"), f3=_num(".3f"), f4=_num(".4f"), hms=_hms,
+        num=lambda v: "n/a" if v is None else (f"{v:g}" if isinstance(v, float) else str(v)),
+        pct=lambda v: "n/a" if v is None else f"{v * 100:.1f}%",
+        signed_pp=lambda v: "n/a" if v is None else f"{v:+.1f} pp",
+        signed_pp_ko=lambda v: "n/a" if v is None else f"{v:+.1f}%p",
+        ops=lambda a, b: ", ".join(f"{k}×{v}" for k, v in {**a, **b}.items()) or "-",
+        metric_names=METRIC_NAMES, metric_names_ko=METRIC_NAMES_KO, loss_names=LOSS_NAMES, loss_names_ko=LOSS_NAMES_KO,
+        status_ko=STATUS_KO, note_ko=lambda n: NOTES_KO.get(n, n),
+    )
+    return env
+
+
+def activation_label(spec) -> str:
+    names = {"silu": "SiLU", "relu": "ReLU", "relu6": "ReLU6", "leaky": "LeakyReLU", "hardswish": "HardSwish"}
+    label = names.get(spec.activation, spec.activation)
+    return f"{label}({spec.slope:g})" if spec.slope is not None else label
+
+
+def to_html(markdown_text: str, folder: Path, title: str) -> str:
+    """One self-contained HTML file: Markdown rendered, every PNG embedded as a data URI."""
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
+
+    def embed(m: re.Match) -> str:
+        png = folder / m.group(1)
+        data = base64.b64encode(png.read_bytes()).decode() if png.is_file() else ""
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="([^"]+\.png)"', embed, body)
+    style = ("body{font-family:'DejaVu Sans','Noto Sans KR',sans-serif;max-width:980px;margin:2em auto;line-height:1.45}"
+             "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #bbb;padding:3px 8px}"
+             "th{background:#eef}img{max-width:100%}code,pre{background:#f4f4f4}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style></head><body>{body}</body></html>\n"
+
+
+def render_run(registry, ref, out: Path, lang: str = "en", fmt: str = "md", compare=None) -> Path:
+    if lang not in LANGS:
+        raise ValueError(f"--lang must be one of {', '.join(LANGS)}")
+    if fmt not in ("md", "html"):
+        raise ValueError("--format must be md or html")
+    facts = run_facts(registry, ref, compare)
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_plots(facts, out)
+    env = environment()
+    say = env.get_template(f"say_{lang}.j2").module.say
+    spec = parse_variant(facts.run["variant"])
+    text = env.get_template(f"run_{lang}.md.j2").render(
+        f=facts, spec=spec, level=spec.settings, act_label=activation_label(spec), say=say, registry_path=str(registry.path))
+    text = tidy_markdown(text)
+    name = f"report_{facts.run['id']}_{lang}"
+    if fmt == "md":
+        path = out / f"{name}.md"
+        path.write_text(text, encoding="utf-8")
+    else:
+        path = out / f"{name}.html"
+        path.write_text(to_html(text, out, facts.run["name"]), encoding="utf-8")
+    return path
+
+
+def write_run_plots(facts: RunFacts, out: Path) -> None:
+    run = facts.run
+    if run["epochs"]:
+        plots.metric_curves(run["epochs"], out / "metrics.png", f"{run['name']}: validation metrics")
+        plots.loss_curves(run["epochs"], out / "losses.png", f"{run['name']}: training losses")
+    if facts.compare and facts.compare["epochs"] and run["epochs"]:
+        plots.compare_curves([run, facts.compare], out / "compare.png")
+    if facts.npu:
+        plots.npu_bars(facts.npu, out / "npu.png", f"{run['name']}: NPU compatibility")
+
+
+def render_series(registry, name: str, out: Path, lang: str = "en", target: str = "relu-only") -> Path:
+    from npuyolo.train.series import rank_series
+
+    rows = rank_series(name, registry)
+    ranked = [r for r in rows if r["rank_map50"] is not None]
+    if not ranked:
+        raise ReportError(f"series {name!r} has no finished member yet; run `npuyolo series run` first")
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [registry.run(r["run_id"]) for r in ranked]
+    plots.compare_curves(runs, out / "series_curves.png")
+    points = []
+    for r in ranked:
+        check = next((c for c in registry.npu_checks(run_id=r["run_id"]) if c["target"] == target), None)
+        r["npu_share"] = check["share_nodes"] if check else None
+        if check:
+            points.append({"variant": r["variant"], "share": check["share_nodes"], "map50": r["map50"]})
+    if points:
+        plots.accuracy_vs_npu(points, out / "accuracy_vs_npu.png", target)
+    env = environment()
+    text = env.get_template(f"series_{lang}.md.j2").render(name=name, rows=rows, target=target, has_scatter=bool(points),
+                                                            metrics=METRICS)
+    path = out / f"series_{name}_{lang}.md"
+    path.write_text(tidy_markdown(text), encoding="utf-8")
+    return path

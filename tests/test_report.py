@@ -1,0 +1,164 @@
+import re
+from html.parser import HTMLParser
+
+import pytest
+from typer.testing import CliRunner
+
+from npuyolo.cli import app
+from npuyolo.registry.db import Registry
+from npuyolo.report.facts import run_facts
+from npuyolo.report.render import render_run, render_series
+
+runner = CliRunner()
+RECIPE = {"epochs": 3, "batch": 16, "imgsz": 640, "optimizer": "SGD", "lr0": 0.003, "lr_final": 0.0001, "momentum": 0.9,
+          "weight_decay": 0.001, "warmup_epochs": 5, "seed": 0, "workers": 2}
+LEAKY = [  # epoch rows as a real run records them
+    dict(box_loss=2.0, cls_loss=4.0, dfl_loss=1.6, precision=0.40, recall=0.30, map50=0.20, map50_95=0.10, lr=0.001),
+    dict(box_loss=1.5, cls_loss=2.5, dfl_loss=1.4, precision=0.70, recall=0.60, map50=0.65, map50_95=0.45, lr=0.002),
+    dict(box_loss=1.2, cls_loss=1.6, dfl_loss=1.3, precision=0.901, recall=0.819, map50=0.901, map50_95=0.769, lr=0.0001),
+]
+RELU_FINAL = dict(box_loss=1.25, cls_loss=1.7, dfl_loss=1.32, precision=0.88, recall=0.83, map50=0.878, map50_95=0.75, lr=0.0001)
+
+
+def npu_report(target, share, fallback):
+    return {"target": target, "share_nodes": share, "share_nodes_fused": share, "share_macs": 1.0, "partitions_npu": 1,
+            "partitions_host": len(fallback), "transitions": 2 * sum(fallback.values()), "fallback_ops": fallback,
+            "unknown_ops": {}, "placements": [], "notes": []}
+
+
+@pytest.fixture
+def recorded(tmp_path):
+    """A tiny recorded series: LeakyReLU run (+ NPU checks), its ReLU twin, and a run that died at epoch 0."""
+    reg = Registry(tmp_path / "r.db")
+    reg.upsert_series("v3", {"variants": ["L4-leaky", "L4-relu", "L4-relu6"]})
+
+    def run(variant, rows, status="finished"):
+        rid = reg.create_run(name=f"v3-{variant}", variant=variant, recipe=RECIPE, data_path="/data/signs.yaml",
+                             data_hash="abcd", class_names=["stop", "speedlimit"], weights_source=None, device="cpu",
+                             versions={"torch": "2.14.1"}, series="v3")
+        for i, row in enumerate(rows, start=1):
+            reg.record_epoch(rid, i, **row, epoch_time_s=10.0)
+        reg.set_status(rid, status, error="CUDA out of memory" if status == "failed" else None)
+        reg.set_series_member("v3", variant, rid)
+        return rid
+
+    leaky = run("L4-leaky", LEAKY)
+    relu = run("L4-relu", [LEAKY[0], LEAKY[1], RELU_FINAL])
+    dead = run("L4-relu6", [], status="failed")
+    reg.add_npu_check(run_id=leaky, model_ref="v3-L4-leaky", onnx_path="/x.onnx", head="npu",
+                      report=npu_report("relu-only", 0.638, {"LeakyRelu": 83}))
+    reg.add_npu_check(run_id=leaky, model_ref="v3-L4-leaky", onnx_path="/x.onnx", head="npu",
+                      report=npu_report("rknn-rk3588", 1.0, {}))
+    return reg, leaky, relu, dead
+
+
+SECTIONS = {
+    "en": ["training report", "## 1. Final-epoch metrics", "## 2. Standing in the series", "## 3. Training setup",
+           "## 4. Progress", "## 5. Comparison", "## 6. NPU compatibility and deployment", "Deployment strategies",
+           "**Strengths**", "**Weaknesses**", "**Key results**", "**Recommended use and next steps**",
+           "## 8. Training metadata", "## Conclusion"],
+    "ko": ["학습 보고서", "## 1. 최종 에폭 성능", "## 2. 시리즈 내 순위", "## 3. 학습 설정", "## 4. 학습 진행 분석", "## 5. 비교",
+           "## 6. NPU 호환성과 배포", "배포 전략", "**강점**", "**약점**", "**핵심 결과**", "**권장 용도와 다음 단계**",
+           "## 8. 학습 메타데이터", "## 결론"],
+}
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_report_has_every_section_with_the_right_numbers(recorded, tmp_path, lang):
+    reg, leaky, relu, _ = recorded
+    text = render_run(reg, leaky, tmp_path / lang, lang=lang, compare=relu).read_text(encoding="utf-8")
+    for heading in SECTIONS[lang]:
+        assert heading in text, heading
+    for value in ("0.901", "0.769", "0.819", "1.2000", "1.6000", "LeakyReLU(0.1)", "0.003", "0.0001", "SGD", "seed: 0",
+                  "63.8%", "100.0%", "LeakyRelu×83", "stop, speedlimit"):
+        assert value in text, value
+    assert "3.3%" in text and "10%" not in text  # the user's report claimed a "10%" final lr
+    for png in ("metrics.png", "losses.png", "compare.png", "npu.png"):
+        assert (tmp_path / lang / png).stat().st_size > 1000
+
+
+def test_consistency_every_derived_figure_recomputed(recorded, tmp_path):
+    reg, leaky, relu, _ = recorded
+    text = render_run(reg, leaky, tmp_path, lang="en", compare=relu).read_text()
+    first, last = LEAKY[0], LEAKY[-1]
+    assert f"({last['map50'] / first['map50']:.2f}×)" in text  # improvement factor 4.50×
+    for k in ("box_loss", "cls_loss", "dfl_loss"):
+        assert f"({(first[k] - last[k]) / first[k] * 100:.1f}% lower)" in text
+    for m in ("map50", "map50_95", "precision", "recall"):
+        assert f"{(last[m] - RELU_FINAL[m]) * 100:+.1f} pp" in text
+    assert f"({RECIPE['lr_final'] / RECIPE['lr0'] * 100:.1f}% of lr0)" in text
+    # every 3- or 4-decimal number printed is a recorded value
+    recorded_values = {f"{v:.3f}" for row in (*LEAKY, RELU_FINAL) for v in row.values()}
+    recorded_values |= {f"{v:.4f}" for row in (*LEAKY, RELU_FINAL) for v in row.values()}
+    recorded_values |= {"0.003", "0.001", "0.000"}  # recipe values and the untrained best.pt
+    for number in re.findall(r"(?<![\d.])\d+\.\d{3,4}(?![\d])", text):
+        assert number in recorded_values, number
+
+
+def test_judgements_follow_the_numbers(recorded, tmp_path):
+    reg, leaky, relu, _ = recorded
+    facts = run_facts(reg, leaky, relu)
+    keys = {(j.kind, j.key, j.values.get("metric") or j.values.get("target")) for j in facts.judgements}
+    assert ("strength", "series_first", "map50") in keys  # 0.901 > 0.878
+    assert ("strength", "series_first", "recall") not in keys  # 0.819 < 0.83: not #1
+    assert ("weakness", "series_last", "recall") in keys
+    assert ("recommendation", "leaky_rewrite", "relu-only") in keys  # LeakyRelu is the only fallback there
+    assert ("strategy", "deploy_as_is", "rknn-rk3588") in keys
+    assert ("recommendation", "distill_to_relu", None) in keys
+    relu_facts = run_facts(reg, relu, leaky)
+    relu_keys = {j.key for j in relu_facts.judgements}
+    assert "leaky_rewrite" not in relu_keys and "run_npu_check" in relu_keys  # no NPU check for the ReLU twin
+
+
+def test_missing_data_is_named_with_its_command(recorded, tmp_path):
+    reg, leaky, relu, dead = recorded
+    text = render_run(reg, relu, tmp_path / "relu", lang="en").read_text()
+    assert "No NPU check recorded for this run" in text and f"npuyolo npu check {relu}" in text
+    assert "No comparison run given" in text and "no INT8 deployment recorded" in text
+    dead_text = render_run(reg, dead, tmp_path / "dead", lang="ko").read_text(encoding="utf-8")
+    assert "기록된 에폭이 없습니다" in dead_text and f"npuyolo train --resume {dead}" in dead_text
+    assert "CUDA out of memory" in dead_text
+
+
+def test_bad_references_give_clear_messages(recorded, tmp_path):
+    reg, *_ = recorded
+    result = runner.invoke(app, ["report", "999", "--registry", str(reg.path)])
+    assert result.exit_code == 2 and "no run '999'" in result.output
+    reg.upsert_series("empty", {"variants": ["L4-relu"]})
+    result = runner.invoke(app, ["series", "report", "empty", "--registry", str(reg.path), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2 and "no finished member" in result.output
+    result = runner.invoke(app, ["report", "1", "--lang", "fr", "--registry", str(reg.path), "--out", str(tmp_path / "f")])
+    assert result.exit_code == 2 and "--lang" in result.output
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs, self.links = [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.srcs.append(a.get("src", ""))
+        if tag in ("link", "script") and (a.get("href") or a.get("src")):
+            self.links.append(a)
+
+
+def test_html_is_one_self_contained_file(recorded, tmp_path):
+    reg, leaky, relu, _ = recorded
+    path = render_run(reg, leaky, tmp_path, lang="ko", fmt="html", compare=relu)
+    html = path.read_text(encoding="utf-8")
+    parser = _Images()
+    parser.feed(html)
+    assert len(parser.srcs) == 4 and all(s.startswith("data:image/png;base64,") and len(s) > 2000 for s in parser.srcs)
+    assert parser.links == [] and "<table>" in html and "학습 보고서" in html
+
+
+def test_series_report(recorded, tmp_path):
+    reg, leaky, *_ = recorded
+    path = render_series(reg, "v3", tmp_path, lang="en")
+    text = path.read_text()
+    assert "| L4-leaky | 1 | finished | 0.901 (#1)" in text and "| L4-relu6 | 3 | failed | - |" in text
+    assert (tmp_path / "series_curves.png").is_file() and (tmp_path / "accuracy_vs_npu.png").is_file()
+    ko = render_series(reg, "v3", tmp_path / "ko", lang="ko").read_text(encoding="utf-8")
+    assert "시리즈 개요" in ko and "검사 안 함" in ko
