@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -18,12 +19,14 @@ variants_app = typer.Typer(help="Model variants: NPU optimization levels x activ
 runs_app = typer.Typer(help="Runs recorded in the registry.", invoke_without_command=True)
 series_app = typer.Typer(help="Series: several variants, one recipe, one data set.", no_args_is_help=True)
 data_app = typer.Typer(help="Data sets: synthesize and check.", no_args_is_help=True)
+deploy_app = typer.Typer(help="Deployment: INT8 quantization, evaluation of ONNX artefacts, latency.", no_args_is_help=True)
 npu_app = typer.Typer(help="NPU compatibility: target profiles, per-node placement, graph rewrites.", no_args_is_help=True)
 app.add_typer(variants_app, name="variants")
 app.add_typer(runs_app, name="runs")
 app.add_typer(series_app, name="series")
 app.add_typer(data_app, name="data")
 app.add_typer(npu_app, name="npu")
+app.add_typer(deploy_app, name="deploy")
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # no truncated tables when piped
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -42,10 +45,11 @@ def user_errors(fn):
         from npuyolo.npu.profiles import TargetError
         from npuyolo.npu.rewrite import RewriteError
         from npuyolo.report.facts import ReportError
+        from npuyolo.deploy.evaluate import DeployError
         from npuyolo.registry.db import RegistryError
         from npuyolo.variants.spec import VariantError
 
-        user = (DataError, RegistryError, VariantError, GraphError, TargetError, RewriteError, ReportError, FileNotFoundError, ValueError)
+        user = (DataError, RegistryError, VariantError, GraphError, TargetError, RewriteError, ReportError, DeployError, FileNotFoundError, ValueError)
         try:
             from npuyolo.train.trainer import TrainError
 
@@ -392,6 +396,74 @@ def npu_rewrite(model: Annotated[Path, typer.Argument(help="ONNX file.")],
 
     dst, count = rewrite_file(model, out, leaky)
     console.print(f"rewrote {count} LeakyRelu node(s) as {leaky}: {dst}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------- deploy
+@deploy_app.command("quantize")
+@user_errors
+def deploy_quantize(run: Annotated[str, typer.Argument(help="Run id or name.")],
+                    data: Annotated[Path, typer.Option(help="data.yaml; calibration images come from its train split only.")],
+                    calib: Annotated[int, typer.Option(help="Calibration images.")] = 200,
+                    method: Annotated[str, typer.Option(help="minmax, entropy or percentile.")] = "minmax",
+                    per_channel: Annotated[bool, typer.Option("--per-channel", help="Per-channel weight scales.")] = False,
+                    keep_float: Annotated[Optional[list[str]], typer.Option("--keep-float", help="Node name to keep float (repeatable).")] = None,
+                    auto_float: Annotated[int, typer.Option(help="Also keep the N most sensitive Conv nodes float (by SQNR).")] = 0,
+                    imgsz: Annotated[Optional[int], typer.Option(help="Export size [default: the run's].")] = None,
+                    registry: RegistryOpt = None) -> None:
+    """Export a run to ONNX (L4: NPU head cut) and quantize it to INT8 (ONNX Runtime, QDQ)."""
+    from npuyolo.deploy.service import quantize_run
+
+    with err.status("calibrating and quantizing..."):
+        info = quantize_run(open_registry(registry), run, data, calib=calib, method=method, per_channel=per_channel,
+                            keep_float=keep_float, auto_float=auto_float, imgsz=imgsz)
+    console.print(f"FP32: {info['fp32']}\nINT8: {info['int8']}  ({len(info['calibration_images'])} train images, {method}"
+                  f"{', per-channel' if per_channel else ''}; float nodes: {', '.join(info['keep_float']) or 'none'})", highlight=False)
+
+
+@deploy_app.command("eval")
+@user_errors
+def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written by npuyolo.")],
+                data: Annotated[Path, typer.Option(help="data.yaml; its val split is scored.")],
+                as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """Score the deployed model (ONNX Runtime + host decode + NMS) with Ultralytics' metrics."""
+    from npuyolo.deploy.service import evaluate_artefact
+
+    with err.status("evaluating..."), contextlib.redirect_stdout(sys.stderr):  # Ultralytics' progress stays off stdout
+        r = evaluate_artefact(open_registry(registry), artefact, data)
+    if as_json:
+        return print_json(r)
+    console.print(f"{r['kind'].upper()} {artefact}: P {r['precision']:.3f}  R {r['recall']:.3f}  mAP50 {r['map50']:.3f}  "
+                  f"mAP50-95 {r['map50_95']:.3f}  ({r['images']} val images at {r['imgsz']} px)", highlight=False)
+    table = Table(title="per class" + (" (drop vs FP32 in mAP50 points)" if "drop_pp_per_class" in r else ""))
+    for col in ("class", "P", "R", "mAP50", "mAP50-95", *(["mAP50 drop"] if "drop_pp_per_class" in r else [])):
+        table.add_column(col)
+    for c, v in r["per_class"].items():
+        drop = [f"{r['drop_pp_per_class'][c]:+.2f}"] if "drop_pp_per_class" in r else []
+        table.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['map50']:.3f}", f"{v['map50_95']:.3f}", *drop)
+    console.print(table)
+    if "drop_pp" in r:
+        console.print(f"INT8 drop vs FP32: mAP50 {r['drop_pp']['map50']:.2f} points, mAP50-95 {r['drop_pp']['map50_95']:.2f} points")
+
+
+@deploy_app.command("bench")
+@user_errors
+def deploy_bench(artefact: Annotated[Path, typer.Argument(help="ONNX file.")],
+                 runs: Annotated[int, typer.Option(help="Timed runs (after 10 warm-up runs).")] = 50,
+                 threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads [default: all cores].")] = None,
+                 as_json: JsonOpt = False) -> None:
+    """ONNX Runtime CPU latency: model alone and the whole pipeline (pre-process, model, decode, NMS)."""
+    from npuyolo.deploy.latency import bench_onnx
+
+    r = bench_onnx(artefact, runs=runs, threads=threads)
+    if as_json:
+        return print_json(r)
+    table = Table(title=f"{artefact} at {r['imgsz']} px, {r['threads']} threads, {r['macs'] / 1e9:.2f} GMACs")
+    for col in ("part", "p50 ms", "p90 ms", "p99 ms", "throughput /s"):
+        table.add_column(col, justify="right")
+    for part in ("model", "pipeline"):
+        s = r[part]
+        table.add_row(part, f"{s['p50_ms']:.2f}", f"{s['p90_ms']:.2f}", f"{s['p99_ms']:.2f}", f"{s['throughput_fps']:.1f}")
+    console.print(table)
 
 
 # ---------------------------------------------------------------------------------------------- reports

@@ -219,6 +219,23 @@ class Registry:
             f"SELECT * FROM npu_checks WHERE id IN (SELECT MAX(id) FROM npu_checks WHERE {where} GROUP BY target) ORDER BY target", args)
         return [{**{k: r[k] for k in r.keys() if k != "report_json"}, "report": json.loads(r["report_json"])} for r in rows]
 
+    # -- deployment evaluations ---------------------------------------------------------------------------
+    def add_deploy_eval(self, *, run_id: int | None, artefact: str, precision_kind: str, result: dict) -> int:
+        with self.tx() as c:
+            return c.execute(
+                "INSERT INTO deploy_evals (run_id, artefact, precision_kind, map50, map50_95, precision, recall, result_json,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, artefact, precision_kind, result["map50"], result["map50_95"], result["precision"], result["recall"],
+                 json.dumps(result), now())).lastrowid
+
+    def deploy_evals(self, run_id: int) -> list[dict]:
+        rows = self.conn.execute("SELECT * FROM deploy_evals WHERE run_id = ? ORDER BY id", (run_id,))
+        return [{**{k: r[k] for k in r.keys() if k != "result_json"}, "result": json.loads(r["result_json"])} for r in rows]
+
+    def artifact_run(self, path: str | Path) -> int | None:
+        row = self.conn.execute("SELECT run_id FROM artifacts WHERE path = ? ORDER BY created_at DESC", (str(Path(path).resolve()),)).fetchone()
+        return row["run_id"] if row else None
+
     # -- series ---------------------------------------------------------------------------------------
     def upsert_series(self, name: str, spec: dict) -> None:
         with self.tx() as c:

@@ -83,6 +83,21 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX npu_checks_by_run ON npu_checks(run_id, target);
     """,
+    # 3: evaluations of deployed artefacts (FP32 / INT8 ONNX) with per-class metrics
+    """
+    CREATE TABLE deploy_evals (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id      INTEGER REFERENCES runs(id) ON DELETE CASCADE,
+        artefact    TEXT NOT NULL,
+        precision_kind TEXT NOT NULL,
+        map50       REAL NOT NULL,
+        map50_95    REAL NOT NULL,
+        precision   REAL NOT NULL,
+        recall      REAL NOT NULL,
+        result_json TEXT NOT NULL,
+        created_at  TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,65 @@
+"""ONNX Runtime CPU latency of a model alone and of the whole pipeline (pre-process, model, decode, NMS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from npuyolo.deploy.decode import decode_npu_outputs, nms
+from npuyolo.deploy.evaluate import DeployError, session
+from npuyolo.deploy.export import onnx_metadata
+from npuyolo.deploy.quantize import letterbox
+
+
+def _stats(ms: list[float]) -> dict:
+    return {"p50_ms": statistics.median(ms), "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": statistics.fmean(ms), "throughput_fps": 1000.0 / statistics.fmean(ms), "runs": len(ms)}
+
+
+def model_macs(path: str | Path) -> int:
+    from npuyolo.npu.graph import load_graph, macs
+
+    g = load_graph(path)
+    return sum(macs(n, g) for n in g.nodes)
+
+
+def bench_onnx(path: str | Path, runs: int = 50, warmup: int = 10, threads: int | None = None, image: np.ndarray | None = None) -> dict:
+    """Timed runs after warm-up, model alone and end to end on one BGR image (a fixed random one by default)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeployError(f"artefact not found: {path}")
+    if runs < 1:
+        raise DeployError("--runs must be at least 1")
+    meta = onnx_metadata(path)
+    imgsz = json.loads(meta.get("imgsz", "[640, 640]"))[0]
+    sess = session(path, threads)
+    name = sess.get_inputs()[0].name
+    image = image if image is not None else np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    x = letterbox(image, imgsz)[None]
+    head = meta.get("npuyolo_head", "ultralytics")
+    strides, reg_max = json.loads(meta.get("strides", "[8, 16, 32]")), int(meta.get("reg_max", 16))
+    sig = meta.get("class_sigmoid", "in_graph") == "in_graph"
+
+    def pipeline() -> None:
+        raw = sess.run(None, {name: letterbox(image, imgsz)[None]})
+        pred = decode_npu_outputs(raw, strides, reg_max, sig) if head == "npu" else raw[0]
+        nms(pred, conf=0.25, iou=0.7)
+
+    for _ in range(warmup):
+        sess.run(None, {name: x})
+        pipeline()
+    model_ms, pipe_ms = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, {name: x})
+        model_ms.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        pipeline()
+        pipe_ms.append((time.perf_counter() - t) * 1000)
+    return {"artefact": str(path), "imgsz": imgsz, "threads": threads or os.cpu_count(), "macs": model_macs(path),
+            "model": _stats(model_ms), "pipeline": _stats(pipe_ms)}

@@ -1,0 +1,134 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from npuyolo.cli import app
+from npuyolo.deploy.evaluate import DeployError, evaluate_onnx, onnx_predictor, torch_predictor, validate
+from npuyolo.deploy.export import export_onnx
+from npuyolo.deploy.latency import bench_onnx
+from npuyolo.deploy.quantize import calibration_images, quantize_onnx
+from npuyolo.registry.db import Registry
+from npuyolo.train.trainer import train_variant
+from npuyolo.variants.build import build_model
+
+runner = CliRunner()
+
+
+def randomised(variant: str, nc: int = 6):
+    """Untrained weights predict nothing; perturbed weights with neutral class priors give real detections."""
+    model = build_model(variant, nc=nc, names=["speed_limit", "warning", "stop", "mandatory", "yield", "no_entry"][:nc])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.03)
+        for branch in model.model[-1].cv3:
+            branch[-1].bias.fill_(-1.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("head", ["npu", "ultralytics"])
+def test_fp32_onnx_eval_equals_pytorch_val(synth_data, tmp_path, head):
+    model = randomised("L4-leaky")
+    path = export_onnx(model, tmp_path / "m.onnx", imgsz=96, head=head)
+    onnx_predict, _ = onnx_predictor(path)
+    x = torch.rand(2, 3, 96, 96)
+    torch_out, onnx_out = torch_predictor(model)(x), onnx_predict(x)
+    assert torch_out.shape == onnx_out.shape
+    torch.testing.assert_close(onnx_out, torch_out, rtol=1e-3, atol=1e-2)  # fused-BN export vs unfused module
+    deployed = evaluate_onnx(path, synth_data)
+    reference = validate(torch_predictor(model), synth_data, 96, model.names)
+    assert deployed["images"] == reference["images"] == 8
+    for m in ("map50", "map50_95", "precision", "recall"):
+        assert abs(deployed[m] - reference[m]) <= 0.002, m
+    assert deployed["per_class"] and set(deployed["per_class"]) <= set(model.names.values())
+
+
+def test_calibration_reads_train_images_only(synth_data, tmp_path, monkeypatch):
+    import cv2
+
+    picked = calibration_images(synth_data, 10)
+    assert len(picked) == 10 and all("/images/train/" in str(p) for p in picked)
+    assert picked == calibration_images(synth_data, 10)  # deterministic
+    opened: list[str] = []
+    real_imread = cv2.imread
+    monkeypatch.setattr(cv2, "imread", lambda p, *a: (opened.append(str(p)), real_imread(p, *a))[1])
+    fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    info = quantize_onnx(fp32, tmp_path / "int8.onnx", synth_data, calib=12, method="minmax")
+    assert opened and all("/images/train/" in p for p in opened) and not any("/images/val/" in p for p in opened)
+    assert len(info["calibration_images"]) == 12
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_int8_quantize_eval_and_drop_recorded(synth_data, tiny_recipe, tmp_path):
+    db = tmp_path / "r.db"
+    train_variant("L4-relu", synth_data, tiny_recipe, Registry(db), verbose=False)
+    result = runner.invoke(app, ["deploy", "quantize", "1", "--data", str(synth_data), "--calib", "8", "--per-channel",
+                                 "--auto-float", "2", "--registry", str(db)])
+    assert result.exit_code == 0, result.output
+    run = Registry(db).run(1)
+    arts = {a["kind"]: a for a in run["artifacts"]}
+    assert arts["onnx/int8"]["meta"]["calibration_count"] == 8 and len(arts["onnx/int8"]["meta"]["auto_float"]) == 2
+    kept = arts["onnx/int8"]["meta"]["keep_float"]
+    int8 = onnx.load(arts["onnx/int8"]["path"])
+    float_convs = {n.name for n in int8.graph.node if n.op_type == "Conv"} & set(kept)
+    assert len(float_convs) == 2  # the chosen sensitive convs stayed float
+    evaluated = runner.invoke(app, ["deploy", "eval", arts["onnx/int8"]["path"], "--data", str(synth_data), "--json", "--registry", str(db)])
+    assert evaluated.exit_code == 0, evaluated.output
+    r = json.loads(evaluated.stdout)
+    assert r["kind"] == "int8" and "drop_pp" in r and "fp32" in r and set(r["drop_pp_per_class"]) == set(r["per_class"])
+    kinds = [e["precision_kind"] for e in Registry(db).deploy_evals(1)]
+    assert sorted(kinds) == ["fp32", "int8"]
+
+
+def test_keep_float_by_name(synth_data, tmp_path):
+    fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    first_conv = next(n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv")
+    info = quantize_onnx(fp32, tmp_path / "q.onnx", synth_data, calib=4, keep_float=[first_conv])
+    assert info["keep_float"] == [first_conv]
+    with pytest.raises(DeployError, match="no node named 'nope'"):
+        quantize_onnx(fp32, tmp_path / "q2.onnx", synth_data, calib=4, keep_float=["nope"])
+
+
+def test_bad_deploy_input(synth_data, tmp_path):
+    fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    with pytest.raises(DeployError, match="at least 1"):
+        quantize_onnx(fp32, tmp_path / "q.onnx", synth_data, calib=0)
+    with pytest.raises(DeployError, match="data yaml not found"):
+        evaluate_onnx(fp32, tmp_path / "missing.yaml")
+    empty = tmp_path / "empty"
+    (empty / "images" / "train").mkdir(parents=True)
+    (empty / "images" / "val").mkdir(parents=True)
+    (empty / "data.yaml").write_text("train: images/train\nval: images/val\nnames: {0: a}\n")
+    with pytest.raises(DeployError, match="no training images"):
+        calibration_images(empty / "data.yaml", 5)
+    foreign = tmp_path / "foreign.onnx"  # an ONNX model without the outputs/metadata npuyolo expects
+    proto = onnx.load(str(fp32))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(foreign))
+    with pytest.raises(DeployError, match="no npuyolo metadata"):
+        evaluate_onnx(foreign, synth_data)
+    result = runner.invoke(app, ["deploy", "eval", str(foreign), "--data", str(synth_data)])
+    assert result.exit_code == 2 and "no npuyolo metadata" in result.output
+    wrong = onnx.load(str(fp32))
+    del wrong.graph.output[1:]
+    onnx.save(wrong, str(tmp_path / "wrong.onnx"))
+    with pytest.raises(DeployError, match="box/score output pairs"):
+        evaluate_onnx(tmp_path / "wrong.onnx", synth_data)
+
+
+def test_latency_bench_reports_percentiles(tmp_path):
+    path = export_onnx(randomised("L4-relu"), tmp_path / "m.onnx", imgsz=64, head="npu")
+    r = bench_onnx(path, runs=5, warmup=1, threads=1)
+    for part in ("model", "pipeline"):
+        s = r[part]
+        assert s["runs"] == 5 and 0 < s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] and s["throughput_fps"] > 0
+    assert r["pipeline"]["p50_ms"] >= r["model"]["p50_ms"] * 0.5 and r["macs"] > 1e6
+    out = runner.invoke(app, ["deploy", "bench", str(path), "--runs", "3", "--json"])
+    assert out.exit_code == 0 and json.loads(out.stdout)["model"]["runs"] == 3
