@@ -62,6 +62,7 @@ def test_calibration_reads_train_images_only(synth_data, tmp_path, monkeypatch):
     info = quantize_onnx(fp32, tmp_path / "int8.onnx", synth_data, calib=12, method="minmax")
     assert opened and all("/images/train/" in p for p in opened) and not any("/images/val/" in p for p in opened)
     assert len(info["calibration_images"]) == 12
+    onnx.checker.check_model(onnx.load(str(tmp_path / "int8.onnx")))  # valid, no duplicate metadata
     ops = {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 

@@ -49,7 +49,14 @@ def recorded(tmp_path):
                       report=npu_report("relu-only", 0.638, {"LeakyRelu": 83}))
     reg.add_npu_check(run_id=leaky, model_ref="v3-L4-leaky", onnx_path="/x.onnx", head="npu",
                       report=npu_report("rknn-rk3588", 1.0, {}))
+    fp32 = {"map50": 0.534, "map50_95": 0.374, "precision": 0.831, "recall": 0.522, "per_class": {}}
+    int8 = {"map50": 0.5249, "map50_95": 0.3732, "precision": 0.809, "recall": 0.525, "per_class": {}}
+    reg.add_deploy_eval(run_id=leaky, artefact="/d/leaky-fp32.onnx", precision_kind="fp32", result=fp32)
+    reg.add_deploy_eval(run_id=leaky, artefact="/d/leaky-int8.onnx", precision_kind="int8", result=int8)
     return reg, leaky, relu, dead
+
+
+INT8_EVALS = ({"map50": 0.534, "map50_95": 0.374}, {"map50": 0.5249, "map50_95": 0.3732})
 
 
 SECTIONS = {
@@ -87,10 +94,13 @@ def test_consistency_every_derived_figure_recomputed(recorded, tmp_path):
     for m in ("map50", "map50_95", "precision", "recall"):
         assert f"{(last[m] - RELU_FINAL[m]) * 100:+.1f} pp" in text
     assert f"({RECIPE['lr_final'] / RECIPE['lr0'] * 100:.1f}% of lr0)" in text
+    fp32, int8 = INT8_EVALS
+    assert f"| leaky-int8.onnx | INT8 | {int8['map50']:.3f} | {int8['map50_95']:.3f} | {(fp32['map50'] - int8['map50']) * 100:.2f} points |" in text
     # every 3- or 4-decimal number printed is a recorded value
     recorded_values = {f"{v:.3f}" for row in (*LEAKY, RELU_FINAL) for v in row.values()}
     recorded_values |= {f"{v:.4f}" for row in (*LEAKY, RELU_FINAL) for v in row.values()}
     recorded_values |= {"0.003", "0.001", "0.000"}  # recipe values and the untrained best.pt
+    recorded_values |= {f"{v:.3f}" for e in INT8_EVALS for v in e.values()}
     for number in re.findall(r"(?<![\d.])\d+\.\d{3,4}(?![\d])", text):
         assert number in recorded_values, number
 
@@ -105,6 +115,7 @@ def test_judgements_follow_the_numbers(recorded, tmp_path):
     assert ("recommendation", "leaky_rewrite", "relu-only") in keys  # LeakyRelu is the only fallback there
     assert ("strategy", "deploy_as_is", "rknn-rk3588") in keys
     assert ("recommendation", "distill_to_relu", None) in keys
+    assert any(j.key == "int8_drop" and j.kind == "strength" and abs(j.values["pp"] - 0.91) < 1e-9 for j in facts.judgements)
     relu_facts = run_facts(reg, relu, leaky)
     relu_keys = {j.key for j in relu_facts.judgements}
     assert "leaky_rewrite" not in relu_keys and "run_npu_check" in relu_keys  # no NPU check for the ReLU twin
@@ -114,7 +125,7 @@ def test_missing_data_is_named_with_its_command(recorded, tmp_path):
     reg, leaky, relu, dead = recorded
     text = render_run(reg, relu, tmp_path / "relu", lang="en").read_text()
     assert "No NPU check recorded for this run" in text and f"npuyolo npu check {relu}" in text
-    assert "No comparison run given" in text and "no INT8 deployment recorded" in text
+    assert "No comparison run given" in text and "no INT8 deployment recorded" in text and f"npuyolo deploy quantize {relu}" in text
     dead_text = render_run(reg, dead, tmp_path / "dead", lang="ko").read_text(encoding="utf-8")
     assert "기록된 에폭이 없습니다" in dead_text and f"npuyolo train --resume {dead}" in dead_text
     assert "CUDA out of memory" in dead_text

@@ -132,10 +132,12 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
         keep += [c["node"] for c in chosen if c["node"] not in keep]
     run(keep, out)
     model = onnx.load(str(out))
-    for k, v in meta.items():
+    props = {p.key: p.value for p in model.metadata_props} | meta | {
+        "npuyolo_quant": json.dumps({"method": method, "calib": len(paths), "per_channel": per_channel, "keep_float": keep})}
+    del model.metadata_props[:]
+    for k, v in props.items():
         model.metadata_props.add(key=k, value=v)
-    model.metadata_props.add(key="npuyolo_quant", value=json.dumps({"method": method, "calib": len(paths), "per_channel": per_channel,
-                                                                     "keep_float": keep}))
+    onnx.checker.check_model(model)
     onnx.save(model, str(out))
     prepared.unlink(missing_ok=True)
     return {"int8": str(out), "calibration_images": [str(p) for p in paths], "method": method, "per_channel": per_channel,

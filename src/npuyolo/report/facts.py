@@ -71,6 +71,24 @@ def npu_rows(checks: list[dict]) -> list[dict]:
     return rows
 
 
+def deploy_rows(evals: list[dict]) -> list[dict]:
+    """Latest evaluation per artefact; INT8 rows carry their drop against the latest FP32 evaluation."""
+    latest = {}
+    for e in evals:
+        latest[e["artefact"]] = e
+    fp32 = [e for e in latest.values() if e["precision_kind"] == "fp32"]
+    base = fp32[-1] if fp32 else None
+    rows = []
+    for e in latest.values():
+        drop = (base["map50"] - e["map50"]) * 100 if base and e["precision_kind"] == "int8" else None
+        rows.append({"artefact": e["artefact"].rsplit("/", 1)[-1], "kind": e["precision_kind"], "map50": e["map50"],
+                     "map50_95": e["map50_95"], "drop_pp": drop})
+    return rows
+
+
+INT8_OK_DROP_PP = 1.0  # the issue's target: <= 1 mAP50 point
+
+
 def judge(facts: RunFacts) -> list[Judgement]:
     out: list[Judgement] = []
     run, final = facts.run, facts.final
@@ -112,7 +130,11 @@ def judge(facts: RunFacts) -> list[Judgement]:
         out.append(Judgement("recommendation", "distill_to_relu", {"other": facts.compare["name"]}))
     if not facts.npu:
         out.append(Judgement("recommendation", "run_npu_check", {"run": run["id"]}))
-    if not facts.int8:
+    int8 = [r for r in facts.int8 if r["drop_pp"] is not None]
+    for r in int8:
+        kind = "strength" if r["drop_pp"] <= INT8_OK_DROP_PP else "weakness"
+        out.append(Judgement(kind, "int8_drop", {"artefact": r["artefact"], "pp": r["drop_pp"]}))
+    if not int8:
         out.append(Judgement("recommendation", "run_int8", {"run": run["id"]}))
     return out
 
@@ -146,7 +168,7 @@ def run_facts(registry, ref, compare_ref=None) -> RunFacts:
         series_ranks=ranks, series_size=size, series_tied=tied, compare=compare, compare_final=compare_final,
         diffs_pp={m: ((final[m] - compare_final[m]) * 100 if final and compare_final and final[m] is not None
                       and compare_final[m] is not None else None) for m in METRICS},
-        npu=npu_rows(registry.npu_checks(run_id=run["id"])), int8=[], judgements=[],
+        npu=npu_rows(registry.npu_checks(run_id=run["id"])), int8=deploy_rows(registry.deploy_evals(run["id"])), judgements=[],
     )
     facts.judgements = judge(facts)
     return facts
