@@ -59,12 +59,12 @@ def compare_curves(runs: list[dict], path: Path, metric: str = "map50") -> Path:
 
 
 def npu_bars(rows: list[dict], path: Path, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.45 * max(1, len(rows))))
+    fig, ax = plt.subplots(figsize=(6.4, 1.2 + 0.45 * max(1, len(rows))))
     names = [r["target"] for r in rows]
     ax.barh(names, [r["share_nodes"] * 100 for r in rows], color="#4c72b0", label="nodes on NPU")
     ax.barh(names, [r["share_macs"] * 100 for r in rows], color="none", edgecolor="#dd8452", lw=1.5, label="MACs on NPU")
     ax.set(xlim=(0, 100), xlabel="% on NPU", title=title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
