@@ -70,8 +70,9 @@ def sensitive_nodes(fp32: Path, int8: Path, reader: ImageReader, count: int, wor
                                                          create_activation_matching, modify_model_output_intermediate_tensors)
 
     aug_f, aug_q = workdir / "debug_fp32.onnx", workdir / "debug_int8.onnx"
-    modify_model_output_intermediate_tensors(fp32, aug_f, op_types_for_saving=["Conv"])
-    modify_model_output_intermediate_tensors(int8, aug_q, op_types_for_saving=["Conv"])
+    acts = ["Conv", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Mul", "HardSwish"]
+    modify_model_output_intermediate_tensors(fp32, aug_f, op_types_for_saving=acts)
+    modify_model_output_intermediate_tensors(int8, aug_q, op_types_for_saving=[*acts, "DequantizeLinear"])
     reader.rewind()
     float_acts = collect_activations(str(aug_f), reader)
     reader.rewind()
