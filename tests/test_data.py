@@ -124,3 +124,15 @@ def test_data_synth_cli(tmp_path):
     result = runner.invoke(app, ["data", "synth", str(tmp_path / "o"), "--train", "3", "--val", "2", "--imgsz", "64"])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "o/images/train").glob("*.jpg"))) == 3
+
+
+def test_check_cache_reuses_clean_reports_and_notices_changes(data_copy, tmp_path):
+    cache = tmp_path / "cache"
+    first = check_dataset(data_copy, cache_dir=cache)
+    assert len(list(cache.glob("datacheck-*.json"))) == 1
+    again = check_dataset(data_copy, cache_dir=cache)
+    assert again.as_dict() == first.as_dict()
+    label = sorted((data_copy.parent / "labels/train").glob("*.txt"))[0]
+    label.write_text("0 0.5 0.5 0.2\n")  # a change invalidates the cached report
+    with pytest.raises(DataError, match="expected 5 fields"):
+        check_dataset(data_copy, cache_dir=cache)

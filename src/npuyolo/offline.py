@@ -8,6 +8,7 @@ still reach out (font downloads) with local-only versions.
 from __future__ import annotations
 
 import os
+from functools import cache
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "true")  # ultralytics.utils.is_online() -> False: no events, no hub
@@ -17,6 +18,7 @@ os.environ.setdefault("YOLO_VERBOSE", "true")
 _GUARDED = False
 
 
+@cache
 def local_font(font: str = "Arial.ttf") -> Path:
     """A font that exists on disk: the Ultralytics config copy if present, else matplotlib's DejaVu Sans."""
     from matplotlib import font_manager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,10 +135,45 @@ def check_labels(label: Path, nc: int) -> tuple[list[str], list[int]]:
     return problems, classes
 
 
-def check_dataset(path: str | Path, progress: Callable[[int], None] | None = None) -> DataReport:
-    """Read every image header and label line; raise DataError listing all problems, else report counts."""
+def fingerprint(path: Path, cfg: dict, root: Path) -> str:
+    """Cheap identity of a data set: yaml bytes, every image's path, size and mtime, every label's bytes."""
+    h = hashlib.sha256(path.read_bytes())
+    for split in ("train", "val", "test"):
+        if cfg.get(split):
+            for image in split_images(root, cfg[split], path, split):
+                st = image.stat()
+                h.update(f"{image}:{st.st_size}:{st.st_mtime_ns}".encode())
+                label = label_path(image)
+                h.update(label.read_bytes() if label.is_file() else b"<missing>")
+    return h.hexdigest()[:24]
+
+
+def check_dataset(path: str | Path, progress: Callable[[int], None] | None = None, cache_dir: Path | None = None) -> DataReport:
+    """Read every image header and label line; raise DataError listing all problems, else report counts.
+
+    With `cache_dir`, a report for an unchanged data set (same fingerprint) is reused instead of decoding
+    every image again; only clean reports are cached.
+    """
     path = Path(path)
     cfg, root, names = load_data_yaml(path)
+    cached = None
+    if cache_dir is not None:
+        try:
+            cached = Path(cache_dir) / f"datacheck-{fingerprint(path, cfg, root)}.json"
+        except (DataError, OSError):
+            cached = None
+        if cached is not None and cached.is_file():
+            d = json.loads(cached.read_text())
+            return DataReport(d["yaml"], d["root"], d["names"], {k: SplitReport(v["images"], v["instances"], v["background_images"])
+                                                                  for k, v in d["splits"].items()}, d["content_hash"])
+    report = _check(path, cfg, root, names, progress)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(report.as_dict()))
+    return report
+
+
+def _check(path: Path, cfg: dict, root: Path, names: list[str], progress: Callable[[int], None] | None) -> DataReport:
     problems: list[str] = []
     splits: dict[str, SplitReport] = {}
     digest = hashlib.sha256(path.read_bytes())

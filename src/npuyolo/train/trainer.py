@@ -142,7 +142,7 @@ def train_variant(variant: str, data: str | Path, recipe: Recipe, registry: Regi
     """Check the data, register the run, train it with Ultralytics, record every epoch."""
     spec = parse_variant(variant)
     data = Path(data).resolve()
-    report = check_dataset(data)
+    report = check_dataset(data, cache_dir=registry.path.parent / "cache")
     if weights is not None and not Path(weights).is_file():
         raise TrainError(f"--weights {weights}: no such file (npuyolo never downloads weights; pass a local .pt)")
     run_id = registry.create_run(name=name, variant=spec.name, recipe=recipe.model_dump(), data_path=str(data),
