@@ -19,6 +19,7 @@ variants_app = typer.Typer(help="Model variants: NPU optimization levels x activ
 runs_app = typer.Typer(help="Runs recorded in the registry.", invoke_without_command=True)
 series_app = typer.Typer(help="Series: several variants, one recipe, one data set.", no_args_is_help=True)
 data_app = typer.Typer(help="Data sets: synthesize and check.", no_args_is_help=True)
+hybrid_app = typer.Typer(help="Hybrid activations: LeakyReLU only in the stages where it pays.", no_args_is_help=True)
 deploy_app = typer.Typer(help="Deployment: INT8 quantization, evaluation of ONNX artefacts, latency.", no_args_is_help=True)
 npu_app = typer.Typer(help="NPU compatibility: target profiles, per-node placement, graph rewrites.", no_args_is_help=True)
 app.add_typer(variants_app, name="variants")
@@ -27,6 +28,7 @@ app.add_typer(series_app, name="series")
 app.add_typer(data_app, name="data")
 app.add_typer(npu_app, name="npu")
 app.add_typer(deploy_app, name="deploy")
+app.add_typer(hybrid_app, name="hybrid")
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # no truncated tables when piped
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -463,6 +465,32 @@ def deploy_bench(artefact: Annotated[Path, typer.Argument(help="ONNX file.")],
     for part in ("model", "pipeline"):
         s = r[part]
         table.add_row(part, f"{s['p50_ms']:.2f}", f"{s['p90_ms']:.2f}", f"{s['p99_ms']:.2f}", f"{s['throughput_fps']:.1f}")
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------- hybrid
+@hybrid_app.command("search")
+@user_errors
+def hybrid_search_cmd(data: Annotated[Path, typer.Option(help="data.yaml.")],
+                      candidate: Annotated[Optional[list[str]], typer.Option("--candidate", help="Hybrid variant (repeatable) [default: 5 maps].")] = None,
+                      budget: Annotated[int, typer.Option(help="Training epochs per candidate.")] = 10,
+                      imgsz: Annotated[int, typer.Option()] = 640,
+                      target: Annotated[str, typer.Option(help="NPU target for the compatibility axis.")] = "relu-only",
+                      name: Annotated[str, typer.Option(help="Series name.")] = "hybrid",
+                      as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """Train hybrid candidates as a series, check each on a target, rank mAP against NPU share (Pareto front)."""
+    from npuyolo.train.hybrid import hybrid_search
+
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        rows = hybrid_search(open_registry(registry), data, candidate, budget=budget, imgsz=imgsz, target=target, name=name)
+    if as_json:
+        return print_json(rows)
+    table = Table(title=f"hybrid search {name}: mAP50 vs NPU share on {target} (* = Pareto front)")
+    for col in ("variant", "run", "mAP50", "mAP50-95", f"NPU share ({target})", "Pareto"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["variant"], fmt(r["run_id"]), fmt(r["map50"]), fmt(r["map50_95"]),
+                      f"{r['npu_share']:.1%}" if r["npu_share"] is not None else "-", "*" if r["pareto"] else "")
     console.print(table)
 
 

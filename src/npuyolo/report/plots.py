@@ -72,8 +72,12 @@ def npu_bars(rows: list[dict], path: Path, title: str) -> Path:
 def accuracy_vs_npu(points: list[dict], path: Path, target: str) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for p in points:
-        ax.scatter(p["share"] * 100, p["map50"], s=40)
-        ax.annotate(p["variant"], (p["share"] * 100, p["map50"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        ax.scatter(p["share"] * 100, p["map50"], s=40, color="#c44e52" if p.get("pareto") else "#4c72b0")
+        ax.annotate(p["variant"], (p["share"] * 100, p["map50"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    front = sorted((p["share"] * 100, p["map50"]) for p in points if p.get("pareto"))
+    if len(front) > 1:
+        ax.plot(*zip(*front), color="#c44e52", lw=1, ls="--", label="Pareto front")
+        ax.legend(fontsize=8)
     ax.set(xlabel=f"NPU node share on {target} (%)", ylabel="final mAP50", title="accuracy vs NPU compatibility")
     ax.grid(alpha=0.3)
     return _save(fig, path)

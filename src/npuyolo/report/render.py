@@ -64,10 +64,18 @@ def environment() -> Environment:
     return env
 
 
+ACT_NAMES = {"silu": "SiLU", "relu": "ReLU", "relu6": "ReLU6", "leaky": "LeakyReLU", "hardswish": "HardSwish"}
+
+
+def _act_label(activation: str, slope: float | None) -> str:
+    label = ACT_NAMES.get(activation, activation)
+    return f"{label}({slope:g})" if slope is not None else label
+
+
 def activation_label(spec) -> str:
-    names = {"silu": "SiLU", "relu": "ReLU", "relu6": "ReLU6", "leaky": "LeakyReLU", "hardswish": "HardSwish"}
-    label = names.get(spec.activation, spec.activation)
-    return f"{label}({spec.slope:g})" if spec.slope is not None else label
+    if spec.stage_activations is not None:
+        return "hybrid (" + ", ".join(f"{stage} {_act_label(*v)}" for stage, v in spec.stage_activations.items()) + ")"
+    return _act_label(spec.activation, spec.slope)
 
 
 def to_html(markdown_text: str, folder: Path, title: str) -> str:
@@ -133,12 +141,16 @@ def render_series(registry, name: str, out: Path, lang: str = "en", target: str 
     out.mkdir(parents=True, exist_ok=True)
     runs = [registry.run(r["run_id"]) for r in ranked]
     plots.compare_curves(runs, out / "series_curves.png")
-    points = []
+    from npuyolo.train.hybrid import pareto_front
+
     for r in ranked:
         check = next((c for c in registry.npu_checks(run_id=r["run_id"]) if c["target"] == target), None)
         r["npu_share"] = check["share_nodes"] if check else None
-        if check:
-            points.append({"variant": r["variant"], "share": check["share_nodes"], "map50": r["map50"]})
+    front = {ranked[i]["variant"] for i in pareto_front(ranked)}
+    for r in rows:
+        r["pareto"] = r["variant"] in front
+    points = [{"variant": r["variant"], "share": r["npu_share"], "map50": r["map50"], "pareto": r["pareto"]}
+              for r in ranked if r["npu_share"] is not None]
     if points:
         plots.accuracy_vs_npu(points, out / "accuracy_vs_npu.png", target)
     env = environment()

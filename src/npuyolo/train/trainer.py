@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,9 +104,14 @@ def _attach_registry(trainer: NpuyoloTrainer, registry: Registry, run_id: int) -
     trainer.add_callback("on_pretrain_routine_end", on_pretrain_routine_end)
 
 
+def path_safe(name: str) -> str:
+    """Run and variant names as folder/file names (hybrid names carry ':', ',' and '=')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
 def model_yaml_path(save_dir: Path, scale: str, variant: str) -> Path:
     """Named like Ultralytics' own YAMLs (yolo11n-...), which is how plain Ultralytics infers the scale."""
-    return save_dir / f"yolo11{scale}-{variant}.yaml"
+    return save_dir / f"yolo11{scale}-{path_safe(variant)}.yaml"
 
 
 @dataclass
@@ -152,14 +158,14 @@ def train_variant(variant: str, data: str | Path, recipe: Recipe, registry: Regi
     if on_created:
         on_created(run_id)
     run_name = registry.run(run_id)["name"]
-    save_dir = registry.path.parent / "train" / run_name
+    save_dir = registry.path.parent / "train" / path_safe(run_name)
     save_dir.mkdir(parents=True, exist_ok=True)
     yaml_path = model_yaml_path(save_dir, spec.scale, spec.name)
     yaml_path.write_text(yaml.safe_dump(model_yaml(spec, nc=len(report.names), names=report.names), sort_keys=False))
     registry.add_artifact(run_id, "model_yaml", yaml_path)
     overrides = {
         **recipe.ultralytics_args(),
-        "model": str(yaml_path), "data": str(data), "project": str(save_dir.parent), "name": run_name,
+        "model": str(yaml_path), "data": str(data), "project": str(save_dir.parent), "name": save_dir.name,
         "exist_ok": True, "pretrained": str(Path(weights).resolve()) if weights else False, "verbose": verbose,
         "amp": False,
     }
@@ -173,7 +179,7 @@ def resume_run(ref: str | int, registry: Registry, verbose: bool = True) -> RunR
         raise TrainError(f"run {run['name']} already finished; start a new run instead")
     if run["status"] == "running":
         raise TrainError(f"run {run['name']} is still running (pid {run['pid']})")
-    save_dir = Path(run["save_dir"] or registry.path.parent / "train" / run["name"])
+    save_dir = Path(run["save_dir"] or registry.path.parent / "train" / path_safe(run["name"]))
     last = save_dir / "weights" / "last.pt"
     registry.claim_run(run["id"])
     if last.exists():
@@ -188,7 +194,7 @@ def resume_run(ref: str | int, registry: Registry, verbose: bool = True) -> RunR
         recipe = Recipe(**run["recipe"])
         trainer = NpuyoloTrainer(overrides={
             **recipe.ultralytics_args(), "model": str(yaml_path), "data": run["data_path"], "project": str(save_dir.parent),
-            "name": run["name"], "exist_ok": True, "pretrained": run["weights_source"] or False, "verbose": verbose, "amp": False,
+            "name": save_dir.name, "exist_ok": True, "pretrained": run["weights_source"] or False, "verbose": verbose, "amp": False,
         })
     return _run_trainer(trainer, registry, run["id"])
 

@@ -40,7 +40,7 @@ def model_yaml(variant: VariantSpec | str, nc: int = 80, names: list[str] | None
         for row in d["backbone"]:
             if row[2] == "C2PSA":
                 row[2], row[3] = ATTENTION_FREE_BLOCK[0], list(ATTENTION_FREE_BLOCK[1])
-    if lv.activation_scope == "all" and spec.activation != "silu":
+    if lv.activation_scope == "all" and spec.activation not in ("silu", "hybrid"):
         d["activation"] = activation_expr(spec)  # lets plain Ultralytics build the same graph from this YAML
     d["npuyolo"] = {
         "variant": spec.name,
@@ -51,6 +51,8 @@ def model_yaml(variant: VariantSpec | str, nc: int = 80, names: list[str] | None
         "sppf_pool": lv.sppf_pool,
         "head": lv.head,
     }
+    if spec.stage_activations is not None:
+        d["npuyolo"]["activation_map"] = {stage: list(v) for stage, v in spec.stage_activations.items()}
     if names:
         d["names"] = {i: n for i, n in enumerate(names)}
     return d
@@ -126,8 +128,12 @@ def apply_transforms(model: DetectionModel) -> DetectionModel:
     if not cfg:
         return model
     stages = Stages.of(model.yaml)
-    scope = list(stages.backbone) if cfg["activation_scope"] == "backbone" else [*stages.backbone, *stages.neck, *stages.head]
-    set_activation(model, scope, cfg["activation"], cfg["slope"])
+    if cfg.get("activation_map"):  # hybrid: the map, not the level, says where each activation goes
+        for stage, (activation, slope) in cfg["activation_map"].items():
+            set_activation(model, getattr(stages, stage), activation, slope)
+    else:
+        scope = list(stages.backbone) if cfg["activation_scope"] == "backbone" else [*stages.backbone, *stages.neck, *stages.head]
+        set_activation(model, scope, cfg["activation"], cfg["slope"])
     if cfg["sppf_pool"] == "3x3x2":
         cascade_sppf_pools(model)
     return model

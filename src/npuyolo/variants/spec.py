@@ -11,6 +11,8 @@ import yaml
 from pydantic import BaseModel
 
 SCALES = ("n", "s", "m", "l", "x")
+STAGES = ("backbone", "neck", "head")
+HYBRID_RE = re.compile(r"^L(?P<level>\d+)-hybrid(?:-(?P<scale>[nsmlx]))?:(?P<map>[a-z0-9.=,]+)$")
 NAME_RE = re.compile(r"^L(?P<level>\d+)-(?P<body>[a-z][a-z0-9.]*?)(?:-(?P<scale>[nsmlx]))?$")
 
 
@@ -37,9 +39,17 @@ class VariantSpec(BaseModel):
     activation: str
     slope: float | None = None
     scale: str = "n"
+    stage_activations: dict[str, tuple[str, float | None]] | None = None  # hybrid: per-stage activation
+
+    @property
+    def is_hybrid(self) -> bool:
+        return self.stage_activations is not None
 
     @property
     def name(self) -> str:
+        if self.stage_activations is not None:
+            parts = [f"{stage}={_act_token(*self.stage_activations[stage])}" for stage in STAGES]
+            return f"L{self.level}-hybrid" + ("" if self.scale == "n" else f"-{self.scale}") + ":" + ",".join(parts)
         act = self.activation
         if self.slope is not None and self.slope != default_slope(self.activation):
             act += f"{self.slope:g}"
@@ -79,11 +89,41 @@ def default_slope(activation: str) -> float | None:
     return activations().get(activation, {}).get("default_slope")
 
 
+def _act_token(activation: str, slope: float | None) -> str:
+    return activation + (f"{slope:g}" if slope is not None and slope != default_slope(activation) else "")
+
+
+def _parse_activation(token: str, name: str) -> tuple[str, float | None]:
+    act, slope = _split_activation(token)
+    if act not in activations():
+        raise VariantError(f"unknown activation {act!r} in {name!r}; activations: {', '.join(activations())}")
+    if slope is not None and default_slope(act) is None:
+        raise VariantError(f"activation {act!r} takes no slope (only {', '.join(a for a in activations() if default_slope(a))})")
+    return act, float(slope) if slope else default_slope(act)
+
+
+def parse_hybrid(name: str, m: re.Match) -> VariantSpec:
+    """`L4-hybrid:backbone=relu,neck=leaky,head=leaky`; a stage left out keeps SiLU (stock)."""
+    level = int(m["level"])
+    if f"L{level}" not in levels():
+        raise VariantError(f"unknown level L{level} in {name!r}; levels: {', '.join(levels())}")
+    stages: dict[str, tuple[str, float | None]] = {stage: ("silu", None) for stage in STAGES}
+    for item in m["map"].split(","):
+        stage, _, token = item.partition("=")
+        if stage not in STAGES or not token:
+            raise VariantError(f"bad hybrid map item {item!r} in {name!r}: expected <stage>=<activation>, stages {', '.join(STAGES)}")
+        stages[stage] = _parse_activation(token, name)
+    return VariantSpec(level=level, activation="hybrid", slope=None, scale=m["scale"] or "n", stage_activations=stages)
+
+
 def parse_variant(name: str) -> VariantSpec:
+    if (h := HYBRID_RE.match(name.strip())) is not None:
+        return parse_hybrid(name, h)
     m = NAME_RE.match(name.strip())
     if not m:
         raise VariantError(
-            f"bad variant name {name!r}: expected L<level>-<activation>[-<scale>], e.g. L4-leaky, L2-relu6, L0-silu-s"
+            f"bad variant name {name!r}: expected L<level>-<activation>[-<scale>], e.g. L4-leaky, L2-relu6, L0-silu-s,"
+            " or L<level>-hybrid:backbone=<act>,neck=<act>,head=<act>"
         )
     level, scale = int(m["level"]), m["scale"] or "n"
     act, slope = _split_activation(m["body"])
