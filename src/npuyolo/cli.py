@@ -48,10 +48,11 @@ def user_errors(fn):
         from npuyolo.npu.rewrite import RewriteError
         from npuyolo.report.facts import ReportError
         from npuyolo.deploy.evaluate import DeployError
+        from npuyolo.prune.prune import PruneError
         from npuyolo.registry.db import RegistryError
         from npuyolo.variants.spec import VariantError
 
-        user = (DataError, RegistryError, VariantError, GraphError, TargetError, RewriteError, ReportError, DeployError, FileNotFoundError, ValueError)
+        user = (DataError, RegistryError, VariantError, GraphError, TargetError, RewriteError, ReportError, DeployError, PruneError, FileNotFoundError, ValueError)
         try:
             from npuyolo.train.trainer import TrainError
 
@@ -465,6 +466,32 @@ def deploy_bench(artefact: Annotated[Path, typer.Argument(help="ONNX file.")],
     for part in ("model", "pipeline"):
         s = r[part]
         table.add_row(part, f"{s['p50_ms']:.2f}", f"{s['p90_ms']:.2f}", f"{s['p99_ms']:.2f}", f"{s['throughput_fps']:.1f}")
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------- prune
+@app.command()
+@user_errors
+def prune(run: Annotated[str, typer.Argument(help="Run id or name (attention-free level, L2 and up).")],
+          ratio: Annotated[float, typer.Option(help="Share of each prunable layer's channels to remove.")] = 0.3,
+          method: Annotated[str, typer.Option(help="l1 (weight magnitude) or group-norm (dependency-group L2 norm).")] = "l1",
+          finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs (a new run, the parent's recipe).")] = 10,
+          data: Annotated[Optional[Path], typer.Option(help="data.yaml [default: the parent run's].")] = None,
+          as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """Remove channels with a dependency-graph pruner, fine-tune, record size, mAP and latency before/after."""
+    from npuyolo.prune.prune import prune_run
+
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        r = prune_run(open_registry(registry), run, ratio=ratio, method=method, finetune_epochs=finetune_epochs, data=data)
+    if as_json:
+        return print_json(r)
+    table = Table(title=f"prune {method} {ratio:g} of run {r['parent_run']} -> run {r['run_id']}")
+    for col in ("model", "parameters", "GFLOPs", "mAP50", "mAP50-95", "ORT p50 ms"):
+        table.add_column(col, justify="right")
+    for label, key, lat in (("parent", "before", "parent"), ("pruned", "pruned_before_finetune", None), ("pruned + fine-tuned", "after", "pruned")):
+        v = r[key]
+        table.add_row(label, f"{v['parameters']:,}", f"{v['gflops']:.2f}", f"{v['map50']:.3f}", f"{v['map50_95']:.3f}",
+                      f"{r['ort_p50_ms'][lat]:.1f}" if lat else "-")
     console.print(table)
 
 

@@ -29,6 +29,8 @@ def load_weights(path: str | Path) -> torch.nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     model, _ = load_checkpoint(str(path), device="cpu")
+    if hasattr(model, "student_model"):  # a distillation checkpoint: the student is the model
+        model = model.student_model
     return model.float()
 
 

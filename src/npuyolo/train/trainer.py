@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import re
@@ -35,6 +36,13 @@ class NpuyoloTrainer(DetectionTrainer):
     transferred: tuple[int, int] | None = None
 
     def get_model(self, cfg=None, weights=None, verbose=True):
+        source = ((weights.get("ema") or weights["model"]) if isinstance(weights, dict) else weights) if weights else None
+        if source is not None and ((getattr(source, "yaml", {}) or {}).get("npuyolo") or {}).get("pruned"):
+            # a pruned model is its own architecture: fine-tune the module itself, not a rebuild from YAML
+            model = self.set_model_names_for_load(copy.deepcopy(source).float())
+            n = len(model.state_dict())
+            self.transferred = (n, n)
+            return model
         if isinstance(cfg, (str, Path)):
             cfg = yaml.safe_load(Path(cfg).read_text(encoding="utf-8"))
         names = list(self.data["names"].values()) if isinstance(self.data["names"], dict) else list(self.data["names"])
