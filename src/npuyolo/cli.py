@@ -49,10 +49,11 @@ def user_errors(fn):
         from npuyolo.report.facts import ReportError
         from npuyolo.deploy.evaluate import DeployError
         from npuyolo.prune.prune import PruneError
+        from npuyolo.distill.run import DistillError
         from npuyolo.registry.db import RegistryError
         from npuyolo.variants.spec import VariantError
 
-        user = (DataError, RegistryError, VariantError, GraphError, TargetError, RewriteError, ReportError, DeployError, PruneError, FileNotFoundError, ValueError)
+        user = (DataError, RegistryError, VariantError, GraphError, TargetError, RewriteError, ReportError, DeployError, PruneError, DistillError, FileNotFoundError, ValueError)
         try:
             from npuyolo.train.trainer import TrainError
 
@@ -467,6 +468,40 @@ def deploy_bench(artefact: Annotated[Path, typer.Argument(help="ONNX file.")],
         s = r[part]
         table.add_row(part, f"{s['p50_ms']:.2f}", f"{s['p90_ms']:.2f}", f"{s['p99_ms']:.2f}", f"{s['throughput_fps']:.1f}")
     console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------- distill
+@app.command()
+@user_errors
+def distill(teacher: Annotated[str, typer.Option(help="Teacher run id or name (e.g. an L4-leaky run).")],
+            student_variant: Annotated[str, typer.Option(help="Student variant, e.g. L4-relu.")],
+            data: Annotated[Path, typer.Option(help="data.yaml.")],
+            alpha: Annotated[float, typer.Option(help="Weight of the class-score distillation term.")] = 1.0,
+            beta: Annotated[float, typer.Option(help="Weight of the box-distribution (DFL) KL term.")] = 1.0,
+            gamma: Annotated[float, typer.Option(help="Weight of neck feature imitation (1x1 adapters); 0 = off.")] = 0.0,
+            temperature: Annotated[float, typer.Option(help="Softening temperature.")] = 2.0,
+            recipe: Annotated[Optional[Path], typer.Option(help="Recipe YAML over the report's defaults.")] = None,
+            epochs: Annotated[Optional[int], typer.Option()] = None,
+            batch: Annotated[Optional[int], typer.Option()] = None,
+            imgsz: Annotated[Optional[int], typer.Option()] = None,
+            lr0: Annotated[Optional[float], typer.Option()] = None,
+            workers: Annotated[Optional[int], typer.Option()] = None,
+            device: Annotated[Optional[str], typer.Option()] = None,
+            name: Annotated[Optional[str], typer.Option(help="Run name.")] = None,
+            registry: RegistryOpt = None) -> None:
+    """Train a student (e.g. L4-relu) with detection loss plus distillation from a trained teacher (e.g. L4-leaky)."""
+    from npuyolo.distill.run import distill as run_distill
+    from npuyolo.train.recipe import Recipe
+
+    reg = open_registry(registry)
+    r = Recipe.load(recipe, epochs=epochs, batch=batch, imgsz=imgsz, lr0=lr0, workers=workers, device=device)
+    try:
+        result = run_distill(reg, teacher, student_variant, data, r, alpha=alpha, beta=beta, gamma=gamma,
+                             temperature=temperature, name=name)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: continue with `npuyolo train --resume RUN`")
+        raise typer.Exit(130) from None
+    print_run(reg.run(result.run_id))
 
 
 # ---------------------------------------------------------------------------------------------- prune

@@ -139,16 +139,16 @@ class Registry:
         self.update_run(run_id, status=status, ended_at=ended, error=error, pid=None,
                         duration_s=duration if duration is not None else 0.0)
 
-    def record_epoch(self, run_id: int, epoch: int, **values: float | None) -> None:
+    def record_epoch(self, run_id: int, epoch: int, extra: dict | None = None, **values: float | None) -> None:
         unknown = set(values) - set(EPOCH_FIELDS)
         if unknown:
             raise ValueError(f"unknown epoch fields {sorted(unknown)}")
         row = {k: values.get(k) for k in EPOCH_FIELDS}
         with self.tx() as c:
             c.execute(
-                f"INSERT OR REPLACE INTO epochs (run_id, epoch, {', '.join(EPOCH_FIELDS)}, recorded_at)"
-                f" VALUES (?, ?, {', '.join('?' * len(EPOCH_FIELDS))}, ?)",
-                (run_id, epoch, *row.values(), now()),
+                f"INSERT OR REPLACE INTO epochs (run_id, epoch, {', '.join(EPOCH_FIELDS)}, extra_json, recorded_at)"
+                f" VALUES (?, ?, {', '.join('?' * len(EPOCH_FIELDS))}, ?, ?)",
+                (run_id, epoch, *row.values(), json.dumps(extra) if extra else None, now()),
             )
 
     def truncate_epochs(self, run_id: int, keep_upto: int) -> int:
@@ -187,7 +187,8 @@ class Registry:
 
     def epochs(self, run_id: int) -> list[dict]:
         rows = self.conn.execute("SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,)).fetchall()
-        return [{k: r[k] for k in ("epoch", *EPOCH_FIELDS)} for r in rows]
+        return [{**{k: r[k] for k in ("epoch", *EPOCH_FIELDS)}, **({"extra": json.loads(r["extra_json"])} if r["extra_json"] else {})}
+                for r in rows]
 
     def runs(self, series: str | None = None) -> list[dict]:
         q = ("SELECT r.id, r.name, r.variant, r.series, r.status, r.started_at, r.duration_s,"

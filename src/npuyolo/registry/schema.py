@@ -98,6 +98,10 @@ MIGRATIONS: list[str] = [
         created_at  TEXT NOT NULL
     );
     """,
+    # 4: per-epoch extra loss terms (e.g. distillation terms) as JSON
+    """
+    ALTER TABLE epochs ADD COLUMN extra_json TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

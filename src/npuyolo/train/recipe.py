@@ -36,6 +36,7 @@ class Recipe(BaseModel):
     plots: bool = False
     fraction: float = Field(1.0, gt=0, le=1)
     ultralytics: dict[str, Any] = Field(default_factory=dict, description="any other Ultralytics train argument")
+    distill: dict[str, Any] | None = Field(None, description="teacher and loss weights of a distillation run")
 
     @field_validator("imgsz")
     @classmethod
@@ -63,7 +64,7 @@ class Recipe(BaseModel):
         return cls(**values)
 
     def ultralytics_args(self) -> dict[str, Any]:
-        args = self.model_dump(exclude={"lr_final", "ultralytics"})
+        args = self.model_dump(exclude={"lr_final", "ultralytics", "distill"})
         args["lrf"] = self.lrf
         if args["device"] is None:
             args.pop("device")

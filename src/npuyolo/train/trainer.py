@@ -56,6 +56,46 @@ class NpuyoloTrainer(DetectionTrainer):
         return model
 
 
+class NpuyoloDistillTrainer(NpuyoloTrainer):
+    """Trains the student with Ultralytics' distillation loop, using npuyolo's logit + feature KD model."""
+
+    kd: dict = {}
+
+    def _wrap(self) -> None:
+        from ultralytics.nn.distill_model import DistillationModel
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        from npuyolo.distill.model import KDDistillationModel
+
+        model = unwrap_model(self.model)
+        if isinstance(model, KDDistillationModel) or not self.args.distill_model:
+            return
+        projector = None
+        if isinstance(model, DistillationModel):  # resumed: Ultralytics rebuilt its own class around our weights
+            projector = model.projector.state_dict()
+            teacher, student = model.teacher_model, model.student_model
+        else:
+            teacher, student = self.args.distill_model, model
+        student.args = self.args
+        self.model = KDDistillationModel(teacher_model=teacher, student_model=student, **self.kd)
+        if projector is not None:
+            self.model.projector.load_state_dict(projector)
+
+    def setup_model(self):
+        ckpt = super().setup_model()
+        if ckpt is not None:  # resume: rebuild our class around the checkpoint's student
+            self._wrap()
+        return ckpt
+
+    def set_model_attributes(self):
+        super().set_model_attributes()
+        self._wrap()
+
+
+def distill_trainer(kd: dict) -> type[NpuyoloDistillTrainer]:
+    return type("BoundDistillTrainer", (NpuyoloDistillTrainer,), {"kd": dict(kd)})
+
+
 def software_versions() -> dict[str, str]:
     """Versions from the modules themselves (importlib.metadata scans site-packages: ~1.5 s here)."""
     import importlib
@@ -95,7 +135,9 @@ def _attach_registry(trainer: NpuyoloTrainer, registry: Registry, run_id: int) -
         row = {k: (float(v) if v is not None else None) for k, v in _epoch_row(t).items()}
         if trained["pending"]:
             # runs after last.pt is saved, so every recorded epoch is also in the checkpoint a resume starts from
-            registry.record_epoch(run_id, t.epoch + 1, **row)
+            extra = {k.split("/", 1)[1]: v for k, v in t.label_loss_items(t.tloss, prefix="train").items()
+                     if k not in ("train/box_loss", "train/cls_loss", "train/dfl_loss")} if t.tloss else {}
+            registry.record_epoch(run_id, t.epoch + 1, extra=extra or None, **row)
             trained["pending"] = False
         else:  # Ultralytics' final_eval: validation of best.pt after the last epoch
             best = {k: row[k] for k in ("precision", "recall", "map50", "map50_95")}
@@ -177,7 +219,17 @@ def train_variant(variant: str, data: str | Path, recipe: Recipe, registry: Regi
         "exist_ok": True, "pretrained": str(Path(weights).resolve()) if weights else False, "verbose": verbose,
         "amp": False,
     }
-    return _run_trainer(NpuyoloTrainer(overrides=overrides), registry, run_id)
+    return _run_trainer(_trainer_for(recipe)(overrides=_with_teacher(overrides, recipe)), registry, run_id)
+
+
+def _trainer_for(recipe: Recipe) -> type[NpuyoloTrainer]:
+    if recipe.distill:
+        return distill_trainer({k: recipe.distill[k] for k in ("alpha", "beta", "gamma", "temperature")})
+    return NpuyoloTrainer
+
+
+def _with_teacher(overrides: dict, recipe: Recipe) -> dict:
+    return {**overrides, "distill_model": recipe.distill["teacher_weights"]} if recipe.distill else overrides
 
 
 def resume_run(ref: str | int, registry: Registry, verbose: bool = True) -> RunResult:
@@ -193,17 +245,18 @@ def resume_run(ref: str | int, registry: Registry, verbose: bool = True) -> RunR
     if last.exists():
         ckpt_epoch = int(torch.load(last, map_location="cpu", weights_only=False).get("epoch", -1))
         registry.truncate_epochs(run["id"], ckpt_epoch + 1)
-        trainer = NpuyoloTrainer(overrides={"model": str(last), "resume": str(last), "data": run["data_path"], "verbose": verbose})
+        recipe = Recipe(**run["recipe"])
+        trainer = _trainer_for(recipe)(overrides={"model": str(last), "resume": str(last), "data": run["data_path"], "verbose": verbose})
     else:  # killed before the first checkpoint: start over with the recorded recipe
         registry.truncate_epochs(run["id"], 0)
         yaml_path = Path(next((a["path"] for a in run["artifacts"] if a["kind"] == "model_yaml"), save_dir / "model.yaml"))
         if not yaml_path.exists():
             raise TrainError(f"run {run['name']} has neither {last} nor {yaml_path}; nothing to resume from")
         recipe = Recipe(**run["recipe"])
-        trainer = NpuyoloTrainer(overrides={
+        trainer = _trainer_for(recipe)(overrides=_with_teacher({
             **recipe.ultralytics_args(), "model": str(yaml_path), "data": run["data_path"], "project": str(save_dir.parent),
             "name": save_dir.name, "exist_ok": True, "pretrained": run["weights_source"] or False, "verbose": verbose, "amp": False,
-        })
+        }, recipe))
     return _run_trainer(trainer, registry, run["id"])
 
 

@@ -1,0 +1,29 @@
+"""`npuyolo distill`: train a student variant against a trained teacher run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from npuyolo.train.recipe import Recipe
+
+
+class DistillError(ValueError):
+    """A teacher or student the distillation cannot use."""
+
+
+def distill(registry, teacher: str, student_variant: str, data: str | Path, recipe: Recipe, *, alpha: float = 1.0,
+            beta: float = 1.0, gamma: float = 0.0, temperature: float = 2.0, name: str | None = None, verbose: bool = True):
+    from npuyolo.train.trainer import train_variant
+    from npuyolo.variants.spec import parse_variant
+
+    t = registry.run(teacher)
+    weights = next((a["path"] for a in reversed(t["artifacts"]) if a["kind"] == "weights/best"), None)
+    if weights is None or not Path(weights).is_file():
+        raise DistillError(f"teacher run {t['name']} has no best weights on disk (status {t['status']})")
+    if temperature <= 0 or min(alpha, beta, gamma) < 0:
+        raise DistillError("--temperature must be > 0 and --alpha/--beta/--gamma >= 0")
+    spec = parse_variant(student_variant)
+    recipe = recipe.model_copy(update={"distill": {"teacher_run": t["id"], "teacher_variant": t["variant"],
+                                                   "teacher_weights": str(Path(weights).resolve()), "alpha": alpha,
+                                                   "beta": beta, "gamma": gamma, "temperature": temperature}})
+    return train_variant(spec.name, data, recipe, registry, name=name or f"{spec.name}-distilled-from-{t['id']}", verbose=verbose)
