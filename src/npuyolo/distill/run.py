@@ -16,14 +16,23 @@ def distill(registry, teacher: str, student_variant: str, data: str | Path, reci
     from npuyolo.train.trainer import train_variant
     from npuyolo.variants.spec import parse_variant
 
-    t = registry.run(teacher)
-    weights = next((a["path"] for a in reversed(t["artifacts"]) if a["kind"] == "weights/best"), None)
-    if weights is None or not Path(weights).is_file():
-        raise DistillError(f"teacher run {t['name']} has no best weights on disk (status {t['status']})")
+    if str(teacher).endswith(".pt"):  # a checkpoint from elsewhere (e.g. another registry or machine)
+        if not Path(teacher).is_file():
+            raise DistillError(f"teacher checkpoint not found: {teacher}")
+        from npuyolo.deploy.export import load_weights
+
+        variant = (load_weights(teacher).yaml.get("npuyolo") or {}).get("variant", "ultralytics")
+        t, weights = {"id": None, "variant": variant, "name": Path(teacher).stem}, teacher
+    else:
+        t = registry.run(teacher)
+        weights = next((a["path"] for a in reversed(t["artifacts"]) if a["kind"] == "weights/best"), None)
+        if weights is None or not Path(weights).is_file():
+            raise DistillError(f"teacher run {t['name']} has no best weights on disk (status {t['status']})")
     if temperature <= 0 or min(alpha, beta, gamma) < 0:
         raise DistillError("--temperature must be > 0 and --alpha/--beta/--gamma >= 0")
     spec = parse_variant(student_variant)
     recipe = recipe.model_copy(update={"distill": {"teacher_run": t["id"], "teacher_variant": t["variant"],
                                                    "teacher_weights": str(Path(weights).resolve()), "alpha": alpha,
                                                    "beta": beta, "gamma": gamma, "temperature": temperature}})
-    return train_variant(spec.name, data, recipe, registry, name=name or f"{spec.name}-distilled-from-{t['id']}", verbose=verbose)
+    return train_variant(spec.name, data, recipe, registry, name=name or f"{spec.name}-distilled-from-{t['id'] or t['name']}",
+                         verbose=verbose)
