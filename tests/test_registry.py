@@ -85,3 +85,13 @@ def test_truncate_epochs(tmp_path):
         reg.record_epoch(rid, e, box_loss=float(e))
     assert reg.truncate_epochs(rid, 2) == 2
     assert [e["epoch"] for e in reg.epochs(rid)] == [1, 2]
+
+
+def test_names_are_unique_and_derived_names_get_a_suffix(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    new_run(reg, name="a-pruned0.3")
+    with pytest.raises(RegistryError, match="already exists"):
+        new_run(reg, name="a-pruned0.3")
+    assert reg.unique_name("a-pruned0.3") == "a-pruned0.3-2"
+    new_run(reg, name="a-pruned0.3-2")
+    assert reg.unique_name("a-pruned0.3") == "a-pruned0.3-3" and reg.unique_name("fresh") == "fresh"

@@ -34,5 +34,5 @@ def distill(registry, teacher: str, student_variant: str, data: str | Path, reci
     recipe = recipe.model_copy(update={"distill": {"teacher_run": t["id"], "teacher_variant": t["variant"],
                                                    "teacher_weights": str(Path(weights).resolve()), "alpha": alpha,
                                                    "beta": beta, "gamma": gamma, "temperature": temperature}})
-    return train_variant(spec.name, data, recipe, registry, name=name or f"{spec.name}-distilled-from-{t['id'] or t['name']}",
-                         verbose=verbose)
+    name = name or registry.unique_name(f"{spec.name}-distilled-from-{t['id'] or t['name']}")
+    return train_variant(spec.name, data, recipe, registry, name=name, verbose=verbose)

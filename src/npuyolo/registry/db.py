@@ -101,9 +101,18 @@ class Registry:
             self.set_status(run_id, "interrupted", error="process ended without closing the run (killed?)")
         return dead
 
+    def unique_name(self, base: str) -> str:
+        """`base`, or `base-2`, `base-3`... when a run already has that name (re-runs of derived runs)."""
+        taken = {r[0] for r in self.conn.execute("SELECT name FROM runs WHERE name = ? OR name LIKE ?", (base, f"{base}-%"))}
+        if base not in taken:
+            return base
+        return next(f"{base}-{i}" for i in range(2, len(taken) + 3) if f"{base}-{i}" not in taken)
+
     def create_run(self, *, name: str | None, variant: str, recipe: dict, data_path: str, data_hash: str,
                    class_names: list[str], weights_source: str | None, device: str, versions: dict,
                    series: str | None = None) -> int:
+        if name and self.conn.execute("SELECT 1 FROM runs WHERE name = ?", (name,)).fetchone():
+            raise RegistryError(f"a run named {name!r} already exists in {self.path}; choose another --name")
         with self.tx() as c:
             cur = c.execute(
                 "INSERT INTO runs (name, variant, series, status, recipe_json, data_path, data_hash, class_names,"
