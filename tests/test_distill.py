@@ -89,3 +89,32 @@ def test_distill_run_records_teacher_and_terms(synth_data, tiny_recipe, tmp_path
     missing = runner.invoke(app, ["distill", "--teacher", "99", "--student-variant", "L4-relu", "--data", str(synth_data),
                                   "--registry", str(db)])
     assert missing.exit_code == 2 and "no run '99'" in missing.output
+
+
+def test_distill_run_resumes_after_sigkill(synth_data, tiny_recipe, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .test_train import _epochs_in
+
+    db = tmp_path / "kd" / "npuyolo.db"
+    teacher = train_variant("L4-leaky", synth_data, tiny_recipe, Registry(db), verbose=False)
+    env = {**os.environ, "NPUYOLO_REGISTRY": str(db)}
+    cmd = [sys.executable, "-m", "npuyolo.cli", "distill", "--teacher", str(teacher.run_id), "--student-variant", "L4-relu",
+           "--data", str(synth_data), "--epochs", "4", "--imgsz", "64", "--batch", "8", "--workers", "0"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while _epochs_in(db, 2) < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "distillation ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert Registry(db).run(2)["status"] == "interrupted"
+    result = runner.invoke(app, ["train", "--resume", "2", "--registry", str(db)])
+    assert result.exit_code == 0, result.output
+    run = Registry(db).run(2)
+    assert run["status"] == "finished" and [e["epoch"] for e in run["epochs"]] == [1, 2, 3, 4]
+    assert all("kd_cls" in e["extra"] for e in run["epochs"])  # resumed with npuyolo's KD terms, not Ultralytics' own
