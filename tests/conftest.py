@@ -40,3 +40,51 @@ def _isolated_registry(tmp_path, monkeypatch):
 
 def pytest_report_header(config):
     return f"npuyolo tests; roadsign4 present: {ROADSIGN4.is_dir()}; cpus: {os.cpu_count()}"
+
+
+def perturbed(model, scale: float = 0.05, seed: int = 0, class_bias: float | None = None):
+    """Untrained YOLO heads predict near-constant outputs; small random weight noise makes tests meaningful.
+
+    The DFL conv (fixed bin values, requires_grad False) is left alone; `class_bias` resets the class priors
+    so that NMS keeps boxes.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * scale)
+        if class_bias is not None:
+            for branch in model.model[-1].cv3:
+                branch[-1].bias.fill_(class_bias)
+    return model.eval()
+
+
+def kill_after_first_epoch(cmd: list[str], db, run_id: int, env_extra: dict | None = None) -> None:
+    """Start an npuyolo training command, SIGKILL it once the registry shows its first epoch."""
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "NPUYOLO_REGISTRY": str(db), **(env_extra or {})}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while epochs_in(db, run_id) < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def epochs_in(db, run_id: int) -> int:
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT COUNT(*) FROM epochs WHERE run_id = ?", (run_id,)).fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        return 0

@@ -16,20 +16,15 @@ from npuyolo.registry.db import Registry
 from npuyolo.train.trainer import train_variant
 from npuyolo.variants.build import build_model
 
+from .conftest import perturbed
+
 runner = CliRunner()
 
 
 def randomised(variant: str, nc: int = 6):
     """Untrained weights predict nothing; perturbed weights with neutral class priors give real detections."""
     model = build_model(variant, nc=nc, names=["speed_limit", "warning", "stop", "mandatory", "yield", "no_entry"][:nc])
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.03)
-        for branch in model.model[-1].cv3:
-            branch[-1].bias.fill_(-1.0)
-    return model.eval()
+    return perturbed(model, scale=0.03, class_bias=-1.0)
 
 
 @pytest.mark.parametrize("head", ["npu", "ultralytics"])

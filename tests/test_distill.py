@@ -10,18 +10,15 @@ from npuyolo.registry.db import Registry
 from npuyolo.train.trainer import train_variant
 from npuyolo.variants.build import build_model
 
+from .conftest import perturbed
+
 runner = CliRunner()
 
 
 def _models():
     from ultralytics.cfg import get_cfg
 
-    teacher = build_model("L4-leaky", nc=3)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in teacher.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
+    teacher = perturbed(build_model("L4-leaky", nc=3))
     student = build_model("L4-relu", nc=3)
     student.args = get_cfg(overrides={"imgsz": 64})
     return teacher, student
@@ -92,26 +89,15 @@ def test_distill_run_records_teacher_and_terms(synth_data, tiny_recipe, tmp_path
 
 
 def test_distill_run_resumes_after_sigkill(synth_data, tiny_recipe, tmp_path):
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
-    from .test_train import _epochs_in
+    from .conftest import kill_after_first_epoch
 
     db = tmp_path / "kd" / "npuyolo.db"
     teacher = train_variant("L4-leaky", synth_data, tiny_recipe, Registry(db), verbose=False)
-    env = {**os.environ, "NPUYOLO_REGISTRY": str(db)}
-    cmd = [sys.executable, "-m", "npuyolo.cli", "distill", "--teacher", str(teacher.run_id), "--student-variant", "L4-relu",
-           "--data", str(synth_data), "--epochs", "4", "--imgsz", "64", "--batch", "8", "--workers", "0"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while _epochs_in(db, 2) < 1 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "distillation ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_epoch([sys.executable, "-m", "npuyolo.cli", "distill", "--teacher", str(teacher.run_id),
+                            "--student-variant", "L4-relu", "--data", str(synth_data), "--epochs", "4", "--imgsz", "64",
+                            "--batch", "8", "--workers", "0"], db, run_id=2)
     assert Registry(db).run(2)["status"] == "interrupted"
     result = runner.invoke(app, ["train", "--resume", "2", "--registry", str(db)])
     assert result.exit_code == 0, result.output

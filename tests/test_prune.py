@@ -13,17 +13,13 @@ from npuyolo.registry.db import Registry
 from npuyolo.train.trainer import train_variant
 from npuyolo.variants.build import build_model
 
+from .conftest import perturbed
+
 runner = CliRunner()
 
 
 def test_c2f_split_is_exact():
-    model = build_model("L4-relu", nc=4)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
-    model.eval()
+    model = perturbed(build_model("L4-relu", nc=4))
     x = torch.rand(1, 3, 96, 96)
     with torch.no_grad():
         before = model(x)[0].clone()

@@ -2,7 +2,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from npuyolo.cli import app
+
+from .conftest import epochs_in, kill_after_first_epoch
 from npuyolo.registry.db import Registry
 from npuyolo.train.recipe import Recipe
 from npuyolo.train.series import SeriesSpec, rank_rows, run_series
@@ -111,29 +112,10 @@ def test_weights_transfer_is_counted(synth_data, tiny_recipe, tmp_path):
         train_variant("L4-relu", synth_data, tiny_recipe, reg, weights="yolo11n.pt", verbose=False)
 
 
-def _epochs_in(db: Path, run_id: int) -> int:
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute("SELECT COUNT(*) FROM epochs WHERE run_id = ?", (run_id,)).fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.OperationalError:
-        return 0
-
-
 def test_sigkill_mid_run_then_resume_finishes(synth_data, tmp_path):
     db = tmp_path / "kill" / "npuyolo.db"
-    env = {**os.environ, "NPUYOLO_REGISTRY": str(db), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "npuyolo.cli", "train", "--variant", "L4-relu", "--data", str(synth_data),
-           "--epochs", "5", "--imgsz", "64", "--batch", "8", "--workers", "0"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while _epochs_in(db, 1) < 1 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "training ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_epoch([sys.executable, "-m", "npuyolo.cli", "train", "--variant", "L4-relu", "--data", str(synth_data),
+                            "--epochs", "5", "--imgsz", "64", "--batch", "8", "--workers", "0"], db, run_id=1)
     reg = Registry(db)  # opening the registry notices the dead process
     run = reg.run(1)
     assert run["status"] == "interrupted" and 1 <= len(run["epochs"]) < 5
@@ -153,7 +135,7 @@ def test_ctrl_c_marks_run_interrupted(synth_data, tmp_path):
            "--epochs", "50", "--imgsz", "64", "--batch", "8", "--workers", "0"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    while _epochs_in(db, 1) < 1 and proc.poll() is None and time.time() < deadline:
+    while epochs_in(db, 1) < 1 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)

@@ -15,6 +15,8 @@ from npuyolo.deploy.npu_head import NPUHeadModel
 from npuyolo.variants.build import Stages, activation_census, build_model, cascade_sppf_pools, forward_check, model_yaml
 from npuyolo.variants.spec import VariantError, activations, all_variants, levels, parse_variant
 
+from .conftest import perturbed
+
 runner = CliRunner()
 GRID = [v.name for v in all_variants()]
 
@@ -122,15 +124,7 @@ def test_l3_model_output_equals_l2_model_output_exactly():
 
 
 def _randomised(model):
-    """Untrained heads predict near-constant boxes; random weights make the decode test meaningful."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:  # the DFL conv holds the fixed bin values 0..15, not weights
-                p.add_(torch.randn_like(p) * 0.05)
-        for branch in model.model[-1].cv3:
-            branch[-1].bias.zero_()  # class scores near 0.5 instead of the 0.01 prior, so NMS keeps boxes
-    return model.eval()
+    return perturbed(model, seed=1, class_bias=0.0)
 
 
 def test_l4_host_decode_equals_ultralytics_decode_in_torch():
