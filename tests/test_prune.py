@@ -58,6 +58,11 @@ def test_prune_run_records_and_keeps_npu_share(synth_data, tiny_recipe, tmp_path
     assert any(a["kind"] == "prune/report" and a["meta"]["before"]["parameters"] for a in run["artifacts"])
     tuned = load_weights(next(a["path"] for a in run["artifacts"] if a["kind"] == "weights/best"))
     assert sum(p.numel() for p in tuned.parameters()) == r["after"]["parameters"]  # fine-tuned the pruned net
+    import numpy as np
+    from ultralytics import YOLO
+
+    plain = YOLO(r["pruned_checkpoint"])  # loadable and usable by Ultralytics itself
+    assert len(plain.predict(np.zeros((64, 64, 3), dtype=np.uint8), imgsz=64, verbose=False)) == 1
     reg = Registry(db)
     parent = {x.target: x.share_nodes for x in check_model("1", ["relu-only", "rknn-rk3588"], reg, imgsz=64).reports}
     child = {x.target: x.share_nodes for x in check_model(str(r["run_id"]), ["relu-only", "rknn-rk3588"], reg, imgsz=64).reports}
