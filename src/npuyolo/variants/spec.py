@@ -104,9 +104,7 @@ def _parse_activation(token: str, name: str) -> tuple[str, float | None]:
 
 def parse_hybrid(name: str, m: re.Match) -> VariantSpec:
     """`L4-hybrid:backbone=relu,neck=leaky,head=leaky`; a stage left out keeps SiLU (stock)."""
-    level = int(m["level"])
-    if f"L{level}" not in levels():
-        raise VariantError(f"unknown level L{level} in {name!r}; levels: {', '.join(levels())}")
+    level = _check_level(int(m["level"]), name)
     stages: dict[str, tuple[str, float | None]] = {stage: ("silu", None) for stage in STAGES}
     for item in m["map"].split(","):
         stage, _, token = item.partition("=")
@@ -125,15 +123,15 @@ def parse_variant(name: str) -> VariantSpec:
             f"bad variant name {name!r}: expected L<level>-<activation>[-<scale>], e.g. L4-leaky, L2-relu6, L0-silu-s,"
             " or L<level>-hybrid:backbone=<act>,neck=<act>,head=<act>"
         )
-    level, scale = int(m["level"]), m["scale"] or "n"
-    act, slope = _split_activation(m["body"])
+    level = _check_level(int(m["level"]), name)
+    act, slope = _parse_activation(m["body"], name)
+    return VariantSpec(level=level, activation=act, slope=slope, scale=m["scale"] or "n")
+
+
+def _check_level(level: int, name: str) -> int:
     if f"L{level}" not in levels():
         raise VariantError(f"unknown level L{level} in {name!r}; levels: {', '.join(levels())}")
-    if act not in activations():
-        raise VariantError(f"unknown activation {act!r} in {name!r}; activations: {', '.join(activations())}")
-    if slope is not None and default_slope(act) is None:
-        raise VariantError(f"activation {act!r} takes no slope (only {', '.join(a for a in activations() if default_slope(a))})")
-    return VariantSpec(level=level, activation=act, slope=float(slope) if slope else default_slope(act), scale=scale)
+    return level
 
 
 def _split_activation(body: str) -> tuple[str, str | None]:
