@@ -36,8 +36,10 @@ class NpuyoloTrainer(DetectionTrainer):
     transferred: tuple[int, int] | None = None
 
     def get_model(self, cfg=None, weights=None, verbose=True):
+        from npuyolo.prune.prune import is_pruned
+
         source = ((weights.get("ema") or weights["model"]) if isinstance(weights, dict) else weights) if weights else None
-        if source is not None and ((getattr(source, "yaml", {}) or {}).get("npuyolo") or {}).get("pruned"):
+        if source is not None and is_pruned(source):
             # a pruned model is its own architecture: fine-tune the module itself, not a rebuild from YAML
             model = self.set_model_names_for_load(copy.deepcopy(source).float())
             n = len(model.state_dict())
@@ -48,8 +50,7 @@ class NpuyoloTrainer(DetectionTrainer):
         names = list(self.data["names"].values()) if isinstance(self.data["names"], dict) else list(self.data["names"])
         model = build_model(cfg, nc=self.data["nc"], names=names, verbose=False)
         model = self.set_model_names_for_load(model)
-        if weights:
-            source = (weights.get("ema") or weights["model"]) if isinstance(weights, dict) else weights
+        if source is not None:
             model.load(weights, verbose=verbose)
             sd = model.state_dict()
             self.transferred = (len(intersect_dicts(source.float().state_dict(), sd)), len(sd))
