@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from npuyolo.train.recipe import Recipe
+from npuyolo.train.recipe import Recipe, RecipeError
 
 
 def test_defaults_are_the_reports_recipe():
@@ -23,9 +23,9 @@ def test_yaml_then_flags_override(tmp_path):
 
 
 def test_bad_recipes_are_rejected(tmp_path):
-    with pytest.raises(ValidationError, match="multiple of 32"):
+    with pytest.raises(RecipeError, match="imgsz: .*multiple of 32"):
         Recipe.load(imgsz=100)
     f = tmp_path / "r.yaml"
     f.write_text("epoch: 3\n")  # typo
-    with pytest.raises(ValidationError):
+    with pytest.raises(RecipeError, match="r.yaml: epoch: Extra inputs are not permitted"):
         Recipe.load(f)

@@ -81,6 +81,10 @@ def test_one_epoch_train_records_one_finished_run_offline(synth_data, tiny_recip
     assert run["versions"]["torch"] and run["device"] == "cpu" and run["duration_s"] > 0
     kinds = {a["kind"]: a["path"] for a in run["artifacts"]}
     assert Path(kinds["weights/best"]).is_file() and Path(kinds["weights/last"]).is_file()
+    # the run's own folder holds its weights; checkpoints were renamed into place, the spare previous one removed
+    wdir = Path(kinds["weights/best"]).parent
+    assert wdir.parent == Path(run.save_dir) == reg.root / "train" / f"{run.id}-L4-leaky-1"
+    assert not list(wdir.glob("*partial*")) and not (wdir / "last.prev.pt").exists()
     built = yaml.safe_load(Path(kinds["model_yaml"]).read_text())
     assert built["npuyolo"]["variant"] == "L4-leaky" and built["nc"] == 6
     assert run["best"] is not None and "map50" in run["best"]

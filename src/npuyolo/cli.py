@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(help="Build, train, check and report NPU-ready YOLO11 detectors.", no_args_is_help=True,
@@ -38,32 +39,19 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 
 def user_errors(fn):
-    """Turn expected failures (bad input, unknown names) into one red line and exit code 2."""
+    """Turn npuyolo's own errors (bad input, unknown names, unusable files) into one red line and exit code 2.
+
+    Anything else is a bug and keeps its traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from npuyolo.data.check import DataError
-        from npuyolo.npu.graph import GraphError
-        from npuyolo.npu.profiles import TargetError
-        from npuyolo.npu.rewrite import RewriteError
-        from npuyolo.report.facts import ReportError
-        from npuyolo.deploy.evaluate import DeployError
-        from npuyolo.prune.prune import PruneError
-        from npuyolo.distill.run import DistillError
-        from npuyolo.registry.db import RegistryError
-        from npuyolo.variants.spec import VariantError
+        from npuyolo.errors import NpuyoloError
 
-        user = (DataError, RegistryError, VariantError, GraphError, TargetError, RewriteError, ReportError, DeployError, PruneError, DistillError, FileNotFoundError, ValueError)
-        try:
-            from npuyolo.train.trainer import TrainError
-
-            user = (*user, TrainError)
-        except ImportError:  # pragma: no cover
-            pass
         try:
             return fn(*args, **kwargs)
-        except user as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
+        except NpuyoloError as e:
+            err.print("[bold red]error:[/] " + escape(str(e)), highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -77,10 +65,11 @@ def fmt(v, digits: int = 3) -> str:
     return "-" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
 
 
-def open_registry(path: Path | None):
+def open_registry(path: Path | None, readonly: bool = False):
+    """The registry; read commands open it read-only (no file created, nothing written, not even reaping)."""
     from npuyolo.registry.db import Registry
 
-    return Registry(path)
+    return Registry(path, readonly=readonly)
 
 
 # ---------------------------------------------------------------------------------------------- variants
@@ -137,19 +126,21 @@ def export(model: Annotated[str, typer.Argument(help="Variant name (untrained), 
            nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
            registry: RegistryOpt = None) -> None:
     """Write a static-shape ONNX file."""
-    from npuyolo.deploy.export import export_onnx
+    from npuyolo.deploy.export import ExportError, check_imgsz, export_onnx
     from npuyolo.resolve import resolve_model
 
     if head not in (None, "npu", "ultralytics"):
-        raise ValueError(f"--head must be npu or ultralytics, got {head!r}")
-    if imgsz % 32:
-        raise ValueError(f"--imgsz must be a multiple of 32, got {imgsz}")
-    resolved = resolve_model(model, registry, nc=nc)
-    out = out or Path(f"{resolved.label}-{head or 'default'}-{imgsz}.onnx")
+        raise ExportError(f"--head must be npu or ultralytics, got {head!r}")
+    check_imgsz(imgsz)
+    reg = None if model.endswith((".pt", ".onnx")) or Path(model).is_file() else open_registry(registry)
+    resolved = resolve_model(model, reg, nc=nc)
+    name = f"{resolved.label}-{head or 'default'}-{imgsz}.onnx"
+    if out is None:  # a run's exports live in its own folder; anything else in the working directory
+        out = reg.run_dir(reg.run(resolved.run_id), "export") / name if resolved.run_id is not None else Path(name)
     path = export_onnx(resolved.model, out, imgsz=imgsz, head=head)
     if resolved.run_id is not None:
-        open_registry(registry).add_artifact(resolved.run_id, f"onnx/{head or 'default'}", path.resolve(), {"imgsz": imgsz})
-    console.print(f"wrote {path}")
+        reg.add_artifact(resolved.run_id, f"onnx/{head or 'default'}", path.resolve(), {"imgsz": imgsz})
+    console.print(f"wrote {path}", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -173,7 +164,8 @@ def train(variant: Annotated[Optional[str], typer.Option(help="Variant, e.g. L4-
           plots: Annotated[Optional[bool], typer.Option("--plots/--no-plots", help="Ultralytics training plots.")] = None,
           weights: Annotated[Optional[Path], typer.Option(help="Local .pt to transfer matching tensors from.")] = None,
           name: Annotated[Optional[str], typer.Option(help="Run name [default: <variant>-<id>].")] = None,
-          resume: Annotated[Optional[str], typer.Option(help="Continue this interrupted run (id or name).")] = None,
+          resume: Annotated[Optional[str], typer.Option(help="Continue this interrupted run (id, #id or name).")] = None,
+          from_checkpoint: Annotated[str, typer.Option("--from", help="With --resume: last, previous (the checkpoint before last) or best.")] = "last",
           registry: RegistryOpt = None) -> None:
     """Train a variant with the report's recipe (SGD lr0 0.003 -> 0.0001, 100 epochs, 640 px, seed 0)."""
     from npuyolo.train.recipe import Recipe
@@ -182,7 +174,7 @@ def train(variant: Annotated[Optional[str], typer.Option(help="Variant, e.g. L4-
     reg = open_registry(registry)
     try:
         if resume:
-            result = resume_run(resume, reg)
+            result = resume_run(resume, reg, source=from_checkpoint)
         else:
             if not variant or not data:
                 raise TrainError("--variant and --data are required (or --resume RUN)")
@@ -198,12 +190,12 @@ def train(variant: Annotated[Optional[str], typer.Option(help="Variant, e.g. L4-
 
 # ---------------------------------------------------------------------------------------------- runs
 def print_run(run: dict) -> None:
-    console.print(f"[bold]run {run['id']}[/] {run['name']}  variant {run['variant']}  status [bold]{run['status']}[/]", highlight=False)
-    console.print(f"data {run['data_path']} (hash {run['data_hash']})  device {run['device']}  weights {run['weights_source'] or 'none (from scratch)'}"
-                  + (f" transferred {run['weights_transferred']}" if run.get("weights_transferred") else ""), highlight=False)
+    console.print(f"[bold]run {run['id']}[/] {escape(run['name'])}  variant {run['variant']}  status [bold]{run['status']}[/]", highlight=False)
+    console.print(escape(f"data {run['data_path']} (hash {run['data_hash']})  device {run['device']}  weights {run['weights_source'] or 'none (from scratch)'}"
+                  + (f" transferred {run['weights_transferred']}" if run.get("weights_transferred") else "")), highlight=False)
     console.print(f"started {run['started_at']}  ended {run['ended_at'] or '-'}  train time {fmt(run['duration_s'], 1)} s", highlight=False)
     if run.get("error"):
-        console.print(f"[red]{run['error']}[/]", highlight=False)
+        console.print(f"[red]{escape(run['error'])}[/]", highlight=False)
     table = Table(title="epochs")
     for col in ("epoch", "box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50", "map50_95", "lr"):
         table.add_column(col, justify="right")
@@ -214,7 +206,7 @@ def print_run(run: dict) -> None:
         b = run["best"]
         console.print(f"best.pt validation: P {fmt(b['precision'])} R {fmt(b['recall'])} mAP50 {fmt(b['map50'])} mAP50-95 {fmt(b['map50_95'])}")
     for a in run["artifacts"]:
-        console.print(f"  {a['kind']}: {a['path']}", highlight=False)
+        console.print(escape(f"  {a['kind']}: {a['path']}"), highlight=False)
 
 
 @runs_app.callback()
@@ -225,7 +217,7 @@ def runs_list(ctx: typer.Context, as_json: JsonOpt = False, series: Annotated[Op
     if ctx.invoked_subcommand:
         ctx.obj = registry
         return
-    rows = open_registry(registry).runs(series)
+    rows = open_registry(registry, readonly=True).runs(series)
     if as_json:
         return print_json(rows)
     table = Table(title="runs")
@@ -242,7 +234,7 @@ def runs_list(ctx: typer.Context, as_json: JsonOpt = False, series: Annotated[Op
 def runs_show(ctx: typer.Context, run: str, as_json: JsonOpt = False,
               registry: Annotated[Optional[Path], typer.Option("--registry", help="SQLite registry file [default: the group's]")] = None) -> None:
     """Print one run: recipe, epochs, artefacts."""
-    record = open_registry(registry or ctx.obj).run(run)
+    record = open_registry(registry or ctx.obj, readonly=True).run(run).as_dict()
     if as_json:
         return print_json(record)
     print_run(record)
@@ -257,8 +249,6 @@ def series_run(spec_file: Annotated[Path, typer.Argument(help="series.yaml: name
     """Train every member (skipping finished ones, resuming interrupted ones), then rank them."""
     from npuyolo.train.series import SeriesSpec, run_series
 
-    if not spec_file.is_file():
-        raise FileNotFoundError(f"series file not found: {spec_file}")
     spec = SeriesSpec.load(spec_file)
     reg = open_registry(registry)
     try:
@@ -275,7 +265,7 @@ def series_rank(name: str, as_json: JsonOpt = False, registry: RegistryOpt = Non
     """Rank a series' members by mAP50, mAP50-95, precision and recall."""
     from npuyolo.train.series import rank_series
 
-    rows = rank_series(name, open_registry(registry))
+    rows = rank_series(name, open_registry(registry, readonly=True))
     if as_json:
         return print_json(rows)
     print_ranking(name, rows)
@@ -301,10 +291,11 @@ def data_synth(out: Path, train: Annotated[int, typer.Option(help="Training imag
     """Write a synthetic traffic-sign set (6 classes) in YOLO format with a data.yaml."""
     from rich.progress import Progress
 
+    from npuyolo.data.check import DataError
     from npuyolo.data.synth import CLASSES, synthesize
 
     if train < 1 or val < 1:
-        raise ValueError("--train and --val must be at least 1")
+        raise DataError(["--train and --val must be at least 1"])
     with Progress(console=err) as progress:
         task = progress.add_task("drawing signs", total=train + val)
         path = synthesize(out, train, val, imgsz, seed, progress=lambda n: progress.advance(task, n))
@@ -568,8 +559,8 @@ def report(run: Annotated[str, typer.Argument(help="Run id or name.")],
     """Write a training report from the registry (every number is a recorded one)."""
     from npuyolo.report.render import render_run
 
-    reg = open_registry(registry)
-    out = out or reg.path.parent / "reports" / str(reg.resolve(run))
+    reg = open_registry(registry, readonly=True)
+    out = out or reg.run_dir(reg.run(run), "reports")
     path = render_run(reg, run, out, lang=lang, fmt=fmt, compare=compare)
     console.print(f"wrote {path}", highlight=False)
 
@@ -582,8 +573,11 @@ def series_report(name: str, lang: Annotated[str, typer.Option(help="ko or en.")
     """Write the series overview: ranking table, all members' curves, accuracy vs NPU compatibility."""
     from npuyolo.report.render import render_series
 
-    reg = open_registry(registry)
-    path = render_series(reg, name, out or reg.path.parent / "reports" / f"series-{name}", lang=lang, target=target)
+    from npuyolo.paths import slug
+
+    reg = open_registry(registry, readonly=True)
+    reg.series(name)  # an unknown series fails before any folder is made
+    path = render_series(reg, name, out or reg.output_dir("reports", f"series-{slug(name, 'series')}"), lang=lang, target=target)
     console.print(f"wrote {path}", highlight=False)
 
 

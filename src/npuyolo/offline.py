@@ -1,8 +1,13 @@
-"""Keep Ultralytics from touching the network: no downloads, no telemetry, no pip installs.
+"""Keep Ultralytics from touching the network and from running code it should not.
 
 The environment switches must be set before `ultralytics` is first imported, which is why the
-package imports this module first. `install_guards()` then replaces the few helpers that would
-still reach out (font downloads) with local-only versions.
+package imports this module first. `install_guards()` (called once, by `npuyolo.ultra`, the one
+module through which npuyolo imports Ultralytics) then:
+
+- swaps the helpers that would still reach out (font downloads, pi-heif auto-install) for local ones;
+- turns on Ultralytics' safe-load mode for this process: checkpoints load with `torch.load(weights_only=True)`
+  against an allow-list of known model classes, and model YAML activations are parsed, never `eval`-ed.
+  npuyolo's own module classes join the allow-list through `trust_npuyolo_classes()`, before any load.
 """
 
 from __future__ import annotations
@@ -31,16 +36,13 @@ def local_font(font: str = "Arial.ttf") -> Path:
 
 
 def install_guards() -> None:
-    """Swap Ultralytics' downloading helpers for local-only behaviour.
-
-    - font lookup (`check_font` downloads Arial) -> `local_font`;
-    - its PIL.Image.open patch pip-installs pi-heif the first time an image is unreadable -> marked as
-      already registered, so an unreadable image raises instead of installing a package.
-    """
+    """Local-only fonts, no pip, and safe checkpoint loading for every Ultralytics load in this process."""
     global _GUARDED
     if _GUARDED:
         return
+    _GUARDED = True
     import ultralytics.data.utils as data_utils
+    import ultralytics.nn.tasks as tasks
     import ultralytics.utils.checks as checks
     import ultralytics.utils.patches as patches
     import ultralytics.utils.plotting as plotting
@@ -48,4 +50,25 @@ def install_guards() -> None:
     for module in (checks, data_utils, plotting):
         module.check_font = local_font
     patches._pil_plugins_registered = True
-    _GUARDED = True
+    tasks.SAFE_LOAD = True  # torch_safe_load(), parse_model() read this module global at call time
+
+
+# npuyolo's own nn.Module classes that its checkpoints may hold: code we ship, not code a file brings
+TRUSTED_CLASSES = ("npuyolo.prune.modules.C2fSplit", "npuyolo.distill.model.KDDistillationModel")
+
+
+@cache
+def trust_npuyolo_classes() -> None:
+    """Add TRUSTED_CLASSES to torch's weights_only allow-list, before any checkpoint load.
+
+    Not done at import: those modules themselves import Ultralytics through `npuyolo.ultra`.
+    """
+    import importlib
+
+    import torch
+
+    classes = []
+    for dotted in TRUSTED_CLASSES:
+        module, _, name = dotted.rpartition(".")
+        classes.append(getattr(importlib.import_module(module), name))
+    torch.serialization.add_safe_globals(classes)

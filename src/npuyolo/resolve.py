@@ -1,4 +1,4 @@
-"""Resolve what a user names as a model: a variant name, a run id/name, or a .pt checkpoint."""
+"""Resolve what a user names as a model: a variant name, a run (`7`, `#7` or its name), or a .pt checkpoint."""
 
 from __future__ import annotations
 
@@ -7,29 +7,32 @@ from pathlib import Path
 
 import torch
 
+from npuyolo.paths import slug
+
 
 @dataclass
 class ResolvedModel:
     model: torch.nn.Module
-    label: str
+    label: str  # safe as a file-name part
     run_id: int | None = None
 
 
-def resolve_model(ref: str, registry_path: Path | None = None, nc: int = 80) -> ResolvedModel:
-    from npuyolo.deploy.export import load_weights
+def resolve_model(ref: str, registry=None, nc: int = 80) -> ResolvedModel:
+    """A .pt is loaded safely (never runs code from the file); a variant is built untrained; anything else is a run."""
     from npuyolo.registry.db import Registry, RegistryError
     from npuyolo.variants.build import build_model
-    from npuyolo.variants.spec import NAME_RE, parse_variant
+    from npuyolo.variants.checkpoint import load_weights
+    from npuyolo.variants.spec import HYBRID_RE, NAME_RE, parse_variant
 
     if ref.endswith(".pt") or Path(ref).is_file():
-        return ResolvedModel(load_weights(ref), Path(ref).stem)
-    if NAME_RE.match(ref):
+        return ResolvedModel(load_weights(ref), slug(Path(ref).stem, "model"))
+    if NAME_RE.match(ref) or HYBRID_RE.match(ref):
         spec = parse_variant(ref)
-        return ResolvedModel(build_model(spec, nc=nc), spec.name)
-    registry = Registry(registry_path)
+        return ResolvedModel(build_model(spec, nc=nc), slug(spec.name, "model"))
+    if not isinstance(registry, Registry):
+        registry = Registry(registry, readonly=True)
     run = registry.run(ref)
-    weights = {a["kind"]: a["path"] for a in run["artifacts"]}
-    path = weights.get("weights/best") or weights.get("weights/last")
-    if not path or not Path(path).is_file():
-        raise RegistryError(f"run {run['name']} has no weights on disk (status {run['status']})")
-    return ResolvedModel(load_weights(path), run["name"], run["id"])
+    path = run.artifact_path("weights/best", "weights/last")
+    if path is None:
+        raise RegistryError(f"run {run.name} has no weights on disk (status {run.status})")
+    return ResolvedModel(load_weights(path), slug(run.name), run.id)

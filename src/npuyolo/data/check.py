@@ -11,18 +11,23 @@ from pathlib import Path
 import yaml
 from PIL import Image, UnidentifiedImageError
 
+from npuyolo.errors import NpuyoloError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 REQUIRED_KEYS = ("train", "val", "names")
 
 
-class DataError(ValueError):
+class DataError(NpuyoloError, ValueError):
     """The data set cannot be trained on; `problems` lists every `file:line: message` found."""
 
     def __init__(self, problems: list[str]):
         self.problems = problems
+        if len(problems) == 1:  # the common case reads as one line
+            super().__init__(problems[0])
+            return
         shown = "\n".join(f"  {p}" for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        super().__init__(f"{len(problems)} problem(s) in the data set:\n{shown}{more}")
+        super().__init__(f"{len(problems)} problems in the data set:\n{shown}{more}")
 
 
 @dataclass
@@ -56,6 +61,8 @@ def load_data_yaml(path: str | Path) -> tuple[dict, Path, list[str]]:
         raise DataError([f"{path}: data yaml not found"])
     try:
         cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError([f"{path}: not UTF-8 text ({e.reason})"]) from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise DataError([f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML ({getattr(e, 'problem', e)})"]) from e
@@ -64,14 +71,55 @@ def load_data_yaml(path: str | Path) -> tuple[dict, Path, list[str]]:
     missing = [k for k in REQUIRED_KEYS if k not in cfg]
     if missing:
         raise DataError([f"{path}: missing key(s) {', '.join(missing)} (need train, val, names; nc optional)"])
-    names = cfg["names"]
-    names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
-    if "nc" in cfg and cfg["nc"] != len(names):
-        raise DataError([f"{path}: nc is {cfg['nc']} but names lists {len(names)} classes"])
-    root = Path(cfg.get("path") or path.parent)
+    names = parse_names(cfg["names"], path)
+    nc = cfg.get("nc", len(names))
+    if isinstance(nc, bool) or not isinstance(nc, int):
+        raise DataError([f"{path}: nc must be a whole number, got {nc!r} ({type(nc).__name__})"])
+    if nc != len(names):
+        raise DataError([f"{path}: nc is {nc} but names lists {len(names)} classes"])
+    for split in ("train", "val", "test"):
+        if split in cfg and not _is_split_spec(cfg[split], optional=split == "test"):
+            raise DataError([f"{path}: {split} must be a folder, a .txt list or a list of them, got {cfg[split]!r}"])
+    raw_root = cfg.get("path")
+    if raw_root is not None and not isinstance(raw_root, str):
+        raise DataError([f"{path}: path must be a folder name, got {raw_root!r} ({type(raw_root).__name__})"])
+    root = Path(raw_root or path.parent)
     if not root.is_absolute():
         root = (path.parent / root).resolve()
     return cfg, root, names
+
+
+def _is_split_spec(value, optional: bool) -> bool:
+    if value is None or value == "":
+        return optional
+    if isinstance(value, str):
+        return True
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
+
+
+def parse_names(names, path: Path) -> list[str]:
+    """`names:` as a list or an {id: name} mapping with ids 0..n-1; a bare string is refused (it is not a list of classes)."""
+    if isinstance(names, dict):
+        keys = list(names)
+        if not all(isinstance(k, int) and not isinstance(k, bool) for k in keys):
+            raise DataError([f"{path}: names keys must all be class ids 0..n-1 (integers), got {keys!r}"])
+        if sorted(keys) != list(range(len(keys))):
+            raise DataError([f"{path}: names ids must be 0..{len(keys) - 1} without gaps, got {sorted(keys)}"])
+        values = [names[k] for k in sorted(keys)]
+    elif isinstance(names, list):
+        values = names
+    else:
+        hint = " (write a list: names: [person])" if isinstance(names, str) else ""
+        raise DataError([f"{path}: names must be a list or a mapping of class names, got {names!r}{hint}"])
+    if not values:
+        raise DataError([f"{path}: names is empty; a detector needs at least one class"])
+    bad = [v for v in values if not isinstance(v, (str, int, float)) or isinstance(v, bool) or str(v).strip() == ""]
+    if bad:
+        raise DataError([f"{path}: every class name must be a non-empty text, got {bad[0]!r}"])
+    values = [str(v) for v in values]
+    if len(set(values)) != len(values):
+        raise DataError([f"{path}: class names repeat: {sorted({v for v in values if values.count(v) > 1})}"])
+    return values
 
 
 def split_images(root: Path, spec: str | list[str], yaml_path: Path, split: str) -> list[Path]:
@@ -105,7 +153,9 @@ def check_image(image: Path) -> str | None:
             im.load()  # verify() does not decode pixel data; a truncated file fails here
             if min(im.size) < 10:
                 return f"{image}: image is only {im.size[0]}x{im.size[1]} px"
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except Image.DecompressionBombError as e:
+        return f"{image}: refused: {e}"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         return f"{image}: unreadable or corrupt image ({e})"
     return None
 
@@ -169,7 +219,9 @@ def check_dataset(path: str | Path, progress: Callable[[int], None] | None = Non
     report = _check(path, cfg, root, names, progress)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        cached.write_text(json.dumps(report.as_dict()))
+        from npuyolo.paths import write_text
+
+        write_text(cached, json.dumps(report.as_dict()))
     return report
 
 

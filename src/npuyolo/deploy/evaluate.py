@@ -17,17 +17,13 @@ import torch
 
 from npuyolo.deploy.decode import decode_npu_outputs
 from npuyolo.deploy.export import onnx_metadata
-from npuyolo.offline import install_guards
-
-install_guards()
-
-from ultralytics.data.utils import check_det_dataset  # noqa: E402
-from ultralytics.models.yolo.detect import DetectionValidator  # noqa: E402
+from npuyolo.errors import NpuyoloError
+from npuyolo.ultra import DetectionValidator, check_det_dataset
 
 Predict = Callable[[torch.Tensor], torch.Tensor]  # [B, 3, H, W] in [0, 1] -> [B, 4 + nc, anchors]
 
 
-class DeployError(ValueError):
+class DeployError(NpuyoloError, ValueError):
     """An artefact or data set the deploy tools cannot use."""
 
 

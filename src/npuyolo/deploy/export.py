@@ -12,30 +12,25 @@ import onnx
 import torch
 
 from npuyolo.deploy.npu_head import NPUHeadModel, output_names
-from npuyolo.offline import install_guards
+from npuyolo.errors import NpuyoloError
+from npuyolo.paths import atomic_path
+from npuyolo.ultra import Detect
+from npuyolo.variants.checkpoint import default_head, load_weights, model_meta
 
-install_guards()
-
-from ultralytics.nn.modules import Detect  # noqa: E402
-from ultralytics.nn.tasks import load_checkpoint  # noqa: E402
+__all__ = ["ExportError", "default_head", "export_onnx", "load_weights", "onnx_metadata"]
 
 Head = Literal["npu", "ultralytics"]
 OPSET = 17
 
 
-def load_weights(path: str | Path) -> torch.nn.Module:
-    """A DetectionModel from a .pt checkpoint (EMA weights when present), in float32 on the CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    model, _ = load_checkpoint(str(path), device="cpu")
-    if hasattr(model, "student_model"):  # a distillation checkpoint: the student is the model
-        model = model.student_model
-    return model.float()
+class ExportError(NpuyoloError, ValueError):
+    """A model or setting that cannot be exported (bad image size, unknown head...)."""
 
 
-def default_head(model: torch.nn.Module) -> Head:
-    return (getattr(model, "yaml", {}) or {}).get("npuyolo", {}).get("head", "ultralytics")
+def check_imgsz(imgsz: int, flag: str = "--imgsz") -> int:
+    if not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
+        raise ExportError(f"{flag} must be a positive multiple of 32 (the model's largest stride), got {imgsz}")
+    return imgsz
 
 
 def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head: Head | None = None, simplify: bool = True,
@@ -44,12 +39,15 @@ def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head:
 
     `class_sigmoid=False` (NPU head only) leaves the class sigmoid to the host decode, for targets without one.
     """
+    check_imgsz(imgsz)
     head = head or default_head(model)
+    if head not in ("npu", "ultralytics"):
+        raise ExportError(f"--head must be npu or ultralytics, got {head!r}")
     model = copy.deepcopy(model).float().eval()
     model.fuse(verbose=False) if hasattr(model, "fuse") else None
     detect = model.model[-1]
     if not isinstance(detect, Detect):
-        raise ValueError(f"last layer is {type(detect).__name__}, not a Detect head")
+        raise ExportError(f"last layer is {type(detect).__name__}, not a Detect head")
     strides = [int(s) for s in detect.stride.tolist()]
     if head == "npu":
         net, outputs = NPUHeadModel(model, class_sigmoid=class_sigmoid), output_names(strides)
@@ -57,36 +55,47 @@ def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head:
         detect.export, detect.format, detect.dynamic = True, "onnx", False
         net, outputs = model, ["output0"]
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     im = torch.zeros(1, 3, imgsz, imgsz)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net(im)  # builds anchors; also fails early on shape errors
-        torch.onnx.export(net, im, str(out), opset_version=OPSET, input_names=["images"], output_names=outputs, dynamo=False)
-    proto = onnx.load(str(out))
-    if simplify:
-        import onnxslim
+    with atomic_path(out) as tmp:  # a killed export never leaves a metadata-less file under the final name
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net(im)  # builds anchors; also fails early on shape errors
+            torch.onnx.export(net, im, str(tmp), opset_version=OPSET, input_names=["images"], output_names=outputs, dynamo=False)
+        proto = onnx.load(str(tmp))
+        if simplify:
+            import onnxslim
 
-        proto = onnxslim.slim(proto)
-    names = getattr(model, "names", None) or {i: f"class{i}" for i in range(detect.nc)}
-    meta = {
-        "npuyolo_head": head,
-        "variant": (model.yaml.get("npuyolo") or {}).get("variant", "ultralytics"),
-        "imgsz": json.dumps([imgsz, imgsz]),
-        "strides": json.dumps(strides),
-        "reg_max": str(detect.reg_max),
-        "nc": str(detect.nc),
-        "class_sigmoid": "in_graph" if head != "npu" or class_sigmoid else "host",
-        "names": json.dumps({int(k): v for k, v in names.items()}),
-    }
-    del proto.metadata_props[:]
-    for k, v in meta.items():
-        proto.metadata_props.add(key=k, value=str(v))
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(out))
+            proto = onnxslim.slim(proto)
+        names = getattr(model, "names", None) or {i: f"class{i}" for i in range(detect.nc)}
+        meta = {
+            "npuyolo_head": head,
+            "variant": model_meta(model).get("variant", "ultralytics"),
+            "imgsz": json.dumps([imgsz, imgsz]),
+            "strides": json.dumps(strides),
+            "reg_max": str(detect.reg_max),
+            "nc": str(detect.nc),
+            "class_sigmoid": "in_graph" if head != "npu" or class_sigmoid else "host",
+            "names": json.dumps({int(k): v for k, v in names.items()}),
+        }
+        set_metadata(proto, meta)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
     return out
 
 
+def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=str(v))
+
+
 def onnx_metadata(path: str | Path) -> dict[str, str]:
-    proto = onnx.load(str(path), load_external_data=False)
+    """An ONNX file's metadata; a missing or unreadable file is one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"ONNX file not found: {path}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError and friends: not an ONNX model at all
+        raise ExportError(f"{path}: not a readable ONNX model ({type(e).__name__})") from e
     return {p.key: p.value for p in proto.metadata_props}

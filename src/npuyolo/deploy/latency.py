@@ -36,7 +36,9 @@ def bench_onnx(path: str | Path, runs: int = 50, warmup: int = 10, threads: int 
     if runs < 1:
         raise DeployError("--runs must be at least 1")
     meta = onnx_metadata(path)
-    imgsz = json.loads(meta.get("imgsz", "[640, 640]"))[0]
+    if "npuyolo_head" not in meta:
+        raise DeployError(f"{path}: no npuyolo metadata (input size, head, strides); bench an export written by npuyolo")
+    imgsz = json.loads(meta["imgsz"])[0]
     sess = session(path, threads)
     name = sess.get_inputs()[0].name
     image = image if image is not None else np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)

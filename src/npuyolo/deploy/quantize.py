@@ -14,6 +14,8 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from npuyolo.data.check import IMAGE_SUFFIXES, load_data_yaml, split_images
 from npuyolo.deploy.evaluate import DeployError
+from npuyolo.deploy.export import onnx_metadata, set_metadata
+from npuyolo.paths import atomic_path
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
 
@@ -106,7 +108,9 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
     """Quantize `fp32` to INT8 QDQ; returns what was done (calibration files, nodes kept float, ...)."""
     if method not in METHODS:
         raise DeployError(f"--method must be one of {', '.join(METHODS)}")
-    meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
+    meta = onnx_metadata(fp32)
+    if "imgsz" not in meta:
+        raise DeployError(f"{fp32}: no npuyolo metadata; quantize an export written by npuyolo")
     imgsz = json.loads(meta["imgsz"])[0]
     paths = calibration_images(data, calib, seed)
     reader = ImageReader(paths, imgsz)
@@ -131,15 +135,14 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
         chosen = sensitive_nodes(prepared, probe, ImageReader(paths[: min(8, len(paths))], imgsz), auto_float, out.parent)
         probe.unlink(missing_ok=True)
         keep += [c["node"] for c in chosen if c["node"] not in keep]
-    run(keep, out)
-    model = onnx.load(str(out))
-    props = {p.key: p.value for p in model.metadata_props} | meta | {
-        "npuyolo_quant": json.dumps({"method": method, "calib": len(paths), "per_channel": per_channel, "keep_float": keep})}
-    del model.metadata_props[:]
-    for k, v in props.items():
-        model.metadata_props.add(key=k, value=v)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(out))
+    with atomic_path(out) as tmp:  # the INT8 tag and the weights appear under the final name together, or not at all
+        run(keep, tmp)
+        model = onnx.load(str(tmp))
+        props = {p.key: p.value for p in model.metadata_props} | meta | {
+            "npuyolo_quant": json.dumps({"method": method, "calib": len(paths), "per_channel": per_channel, "keep_float": keep})}
+        set_metadata(model, props)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(tmp))
     prepared.unlink(missing_ok=True)
     return {"int8": str(out), "calibration_images": [str(p) for p in paths], "method": method, "per_channel": per_channel,
             "keep_float": keep, "auto_float": chosen}

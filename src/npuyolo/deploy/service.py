@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from npuyolo.deploy.evaluate import DeployError, evaluate_onnx
-from npuyolo.deploy.export import default_head, export_onnx, onnx_metadata
+from npuyolo.deploy.export import check_imgsz, default_head, export_onnx, onnx_metadata
 from npuyolo.deploy.quantize import quantize_onnx
+from npuyolo.paths import slug
 
 
 def quantize_run(registry, ref: str, data: str | Path, *, calib: int = 200, method: str = "minmax", per_channel: bool = False,
@@ -15,25 +16,30 @@ def quantize_run(registry, ref: str, data: str | Path, *, calib: int = 200, meth
     """Export the run's best weights (L4: NPU head cut) to FP32 ONNX and quantize it; both become run artefacts."""
     from npuyolo.resolve import resolve_model
 
-    if not Path(data).is_file():
-        raise DeployError(f"data yaml not found: {data}")
-    resolved = resolve_model(ref, registry.path)
+    from npuyolo.data.check import check_dataset
+
+    check_dataset(data, cache_dir=registry.root / "cache")
+    if imgsz is not None:
+        check_imgsz(imgsz)
+    if registry.readonly:
+        raise DeployError("quantize records artefacts; open the registry writable")
+    resolved = resolve_model(ref, registry)
     if resolved.run_id is None:
         raise DeployError(f"{ref!r} is not a run; quantize takes a run id or name (train one with `npuyolo train`)")
     run = registry.run(resolved.run_id)
-    imgsz = imgsz or run["recipe"]["imgsz"]
-    out_dir = out_dir or registry.path.parent / "deploy" / run["name"]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    imgsz = imgsz or run.recipe["imgsz"]
+    out_dir = out_dir or registry.run_dir(run, "deploy")
     head = default_head(resolved.model)
-    fp32 = export_onnx(resolved.model, out_dir / f"{run['name']}-{head}-{imgsz}-fp32.onnx", imgsz=imgsz, head=head)
+    stem = slug(run.name)
+    fp32 = export_onnx(resolved.model, out_dir / f"{stem}-{head}-{imgsz}-fp32.onnx", imgsz=imgsz, head=head)
     tag = f"{method}{'-pc' if per_channel else ''}{f'-float{auto_float}' if auto_float else ''}{'-keep' if keep_float else ''}"
-    int8 = out_dir / f"{run['name']}-{head}-{imgsz}-int8-{tag}.onnx"
+    int8 = out_dir / f"{stem}-{head}-{imgsz}-int8-{tag}.onnx"
     info = quantize_onnx(fp32, int8, data, calib=calib, method=method, per_channel=per_channel, keep_float=keep_float,
-                         auto_float=auto_float, seed=run["recipe"].get("seed", 0))
-    registry.add_artifact(run["id"], "onnx/fp32", fp32.resolve(), {"imgsz": imgsz, "head": head})
-    registry.add_artifact(run["id"], "onnx/int8", int8.resolve(), {k: v for k, v in info.items() if k != "calibration_images"}
+                         auto_float=auto_float, seed=run.recipe.get("seed", 0))
+    registry.add_artifact(run.id, "onnx/fp32", fp32.resolve(), {"imgsz": imgsz, "head": head})
+    registry.add_artifact(run.id, "onnx/int8", int8.resolve(), {k: v for k, v in info.items() if k != "calibration_images"}
                           | {"calibration_count": len(info["calibration_images"])})
-    return {"run_id": run["id"], "fp32": str(fp32), **info}
+    return {"run_id": run.id, "fp32": str(fp32), **info}
 
 
 def precision_kind(path: str | Path) -> str:
@@ -42,20 +48,24 @@ def precision_kind(path: str | Path) -> str:
 
 def evaluate_artefact(registry, path: str | Path, data: str | Path) -> dict:
     """Score an ONNX artefact; for a run's INT8 artefact also score its FP32 twin and report the drop per class."""
+    from npuyolo.data.check import check_dataset
+
     path = Path(path)
+    onnx_metadata(path)  # a missing or garbage file fails here, before the data set is read
+    check_dataset(data, cache_dir=registry.root / "cache")
     result = evaluate_onnx(path, data)
     kind = precision_kind(path)
     run_id = registry.artifact_run(path)
     out = {"kind": kind, "run_id": run_id, **result}
-    if run_id is not None:
+    if run_id is not None and not registry.readonly:
         registry.add_deploy_eval(run_id=run_id, artefact=str(path.resolve()), precision_kind=kind, result=result)
         if kind == "int8":
-            fp32 = [a["path"] for a in registry.run(run_id)["artifacts"] if a["kind"] == "onnx/fp32"]
-            if fp32 and Path(fp32[-1]).is_file():
-                done = [e for e in registry.deploy_evals(run_id) if e["artefact"] == fp32[-1]]
-                base = done[-1]["result"] if done else evaluate_onnx(fp32[-1], data)
+            fp32 = registry.run(run_id).artifact_path("onnx/fp32")
+            if fp32 is not None:
+                done = [e for e in registry.deploy_evals(run_id) if e["artefact"] == str(fp32)]
+                base = done[-1]["result"] if done else evaluate_onnx(fp32, data)
                 if not done:
-                    registry.add_deploy_eval(run_id=run_id, artefact=fp32[-1], precision_kind="fp32", result=base)
+                    registry.add_deploy_eval(run_id=run_id, artefact=str(fp32), precision_kind="fp32", result=base)
                 out["fp32"] = base
                 out["drop_pp"] = {m: (base[m] - result[m]) * 100 for m in ("map50", "map50_95", "precision", "recall")}
                 out["drop_pp_per_class"] = {c: (base["per_class"][c]["map50"] - v["map50"]) * 100

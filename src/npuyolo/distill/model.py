@@ -12,11 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from npuyolo.offline import install_guards
-
-install_guards()
-
-from ultralytics.nn.distill_model import DistillationModel  # noqa: E402
+from npuyolo.ultra import DistillationModel
 
 KD_TERMS = ("kd_cls", "kd_box", "kd_feat")
 

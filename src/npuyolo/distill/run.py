@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from npuyolo.errors import NpuyoloError
 from npuyolo.train.recipe import Recipe
 
 
-class DistillError(ValueError):
+class DistillError(NpuyoloError, ValueError):
     """A teacher or student the distillation cannot use."""
 
 
@@ -19,20 +20,21 @@ def distill(registry, teacher: str, student_variant: str, data: str | Path, reci
     if str(teacher).endswith(".pt"):  # a checkpoint from elsewhere (e.g. another registry or machine)
         if not Path(teacher).is_file():
             raise DistillError(f"teacher checkpoint not found: {teacher}")
-        from npuyolo.deploy.export import load_weights
+        from npuyolo.variants.checkpoint import load_weights, model_meta
 
-        variant = (load_weights(teacher).yaml.get("npuyolo") or {}).get("variant", "ultralytics")
+        variant = model_meta(load_weights(teacher)).get("variant", "ultralytics")
         t, weights = {"id": None, "variant": variant, "name": Path(teacher).stem}, teacher
     else:
-        t = registry.run(teacher)
-        weights = next((a["path"] for a in reversed(t["artifacts"]) if a["kind"] == "weights/best"), None)
-        if weights is None or not Path(weights).is_file():
-            raise DistillError(f"teacher run {t['name']} has no best weights on disk (status {t['status']})")
+        run = registry.run(teacher)
+        weights = run.artifact_path("weights/best")
+        if weights is None:
+            raise DistillError(f"teacher run {run.name} has no best weights on disk (status {run.status})")
+        t = {"id": run.id, "variant": run.variant, "name": run.name}
     if temperature <= 0 or min(alpha, beta, gamma) < 0:
         raise DistillError("--temperature must be > 0 and --alpha/--beta/--gamma >= 0")
     spec = parse_variant(student_variant)
     recipe = recipe.model_copy(update={"distill": {"teacher_run": t["id"], "teacher_variant": t["variant"],
                                                    "teacher_weights": str(Path(weights).resolve()), "alpha": alpha,
                                                    "beta": beta, "gamma": gamma, "temperature": temperature}})
-    name = name or registry.unique_name(f"{spec.name}-distilled-from-{t['id'] or t['name']}")
+    name = name or registry.unique_name(f"{spec.name}-distilled-from-{t['id'] or t['name'][:60]}")
     return train_variant(spec.name, data, recipe, registry, name=name, verbose=verbose)

@@ -37,11 +37,18 @@ def check_model(ref: str, target_names: list[str], registry=None, imgsz: int = 6
         return CheckResult(ref, None, [analyze(g, p) for p in profiles], {p.name: ref for p in profiles})
 
     from npuyolo.deploy.export import default_head, export_onnx
+    from npuyolo.paths import safe_join
     from npuyolo.resolve import resolve_model
 
-    resolved = resolve_model(ref, registry.path if registry else None, nc=nc)
+    resolved = resolve_model(ref, registry, nc=nc)
     head = head or default_head(resolved.model)
-    workdir = workdir or ((registry.path.parent if registry else Path("runs")) / "npu" / resolved.label)
+    if workdir is None:
+        if registry is not None and resolved.run_id is not None:
+            workdir = registry.run_dir(registry.run(resolved.run_id), "npu")
+        elif registry is not None:
+            workdir = registry.output_dir("npu", resolved.label)
+        else:
+            workdir = safe_join("runs", "npu", resolved.label)
     graphs: dict[bool, tuple[str, object]] = {}
     reports, paths, notes = [], {}, {}
     for p in profiles:

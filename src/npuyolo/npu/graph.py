@@ -9,8 +9,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
+from npuyolo.errors import NpuyoloError
 
-class GraphError(ValueError):
+
+class GraphError(NpuyoloError, ValueError):
     """Not an ONNX model we can analyze: unreadable, truncated, invalid or dynamic-shaped."""
 
 

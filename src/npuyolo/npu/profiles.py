@@ -9,6 +9,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from npuyolo.errors import NpuyoloError
+
 Placement = Literal["npu", "cpu", "unknown"]
 
 
@@ -56,7 +58,7 @@ class TargetProfile(BaseModel):
         return self.ops.get(op_type)
 
 
-class TargetError(ValueError):
+class TargetError(NpuyoloError, ValueError):
     """An unknown target name."""
 
 

@@ -15,11 +15,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from npuyolo.errors import NpuyoloError
+
 Method = Literal["relu-decomp", "relu-exact", "max"]
 METHODS: tuple[str, ...] = ("relu-decomp", "relu-exact", "max")
 
 
-class RewriteError(ValueError):
+class RewriteError(NpuyoloError, ValueError):
     """A rewrite that does not apply (unknown method, nothing to rewrite)."""
 
 

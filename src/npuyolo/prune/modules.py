@@ -11,12 +11,7 @@ import copy
 import torch
 from torch import nn
 
-from npuyolo.offline import install_guards
-
-install_guards()
-
-from ultralytics.nn.modules import Conv  # noqa: E402
-from ultralytics.nn.modules.block import C2f  # noqa: E402
+from npuyolo.ultra import C2f, Conv
 
 LAYER_ATTRS = ("i", "f", "type", "np")  # what Ultralytics' parse_model sets on each top-level layer
 

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import torch
 
+from npuyolo.errors import NpuyoloError
+from npuyolo.paths import atomic_path
 from npuyolo.prune.modules import split_c2f
 
 METHODS = ("l1", "group-norm")
 
 
-class PruneError(ValueError):
+class PruneError(NpuyoloError, ValueError):
     """A model or setting the pruner cannot handle."""
 
 
@@ -62,14 +64,10 @@ def prune_model(model: torch.nn.Module, ratio: float, method: str = "l1", imgsz:
 
 def save_checkpoint(model: torch.nn.Module, path: Path, extra: dict | None = None) -> Path:
     """An Ultralytics-style checkpoint (`model` holds the module), loadable by `load_checkpoint` and YOLO()."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"date": datetime.now(timezone.utc).isoformat(), "model": copy.deepcopy(model).float(), "ema": None,
-                "epoch": -1, "train_args": extra or {}}, path)
+    with atomic_path(path) as tmp:
+        torch.save({"date": datetime.now(timezone.utc).isoformat(), "model": copy.deepcopy(model).float(), "ema": None,
+                    "epoch": -1, "train_args": extra or {}}, tmp)
     return path
-
-
-def is_pruned(model: torch.nn.Module) -> bool:
-    return bool(((getattr(model, "yaml", {}) or {}).get("npuyolo") or {}).get("pruned"))
 
 
 def prune_run(registry, ref: str, *, ratio: float = 0.3, method: str = "l1", finetune_epochs: int = 10,
@@ -79,33 +77,33 @@ def prune_run(registry, ref: str, *, ratio: float = 0.3, method: str = "l1", fin
     from npuyolo.deploy.export import export_onnx, load_weights
     from npuyolo.deploy.latency import bench_onnx
     from npuyolo.train.recipe import Recipe
-    from npuyolo.train.trainer import path_safe, train_variant
+    from npuyolo.train.trainer import train_variant
 
     parent = registry.run(ref)
-    best = next((a["path"] for a in reversed(parent["artifacts"]) if a["kind"] == "weights/best"), None)
-    if best is None or not Path(best).is_file():
-        raise PruneError(f"run {parent['name']} has no best weights on disk (status {parent['status']})")
+    best = parent.artifact_path("weights/best")
+    if best is None:
+        raise PruneError(f"run {parent.name} has no best weights on disk (status {parent.status})")
     if finetune_epochs < 1:
         raise PruneError("--finetune-epochs must be at least 1 (a pruned model needs fine-tuning to recover)")
-    data = Path(data or parent["data_path"])
-    recipe = Recipe(**{**parent["recipe"], "epochs": finetune_epochs, "warmup_epochs": 0})
+    data = Path(data or parent.data_path)
+    recipe = Recipe(**{**parent.recipe, "epochs": finetune_epochs, "warmup_epochs": 0})
     imgsz = recipe.imgsz
     model = load_weights(best)
     pruned = prune_model(model, ratio, method, imgsz)
-    out = registry.path.parent / "prune" / path_safe(parent["name"])
+    out = registry.run_dir(parent, "prune")
     ckpt = save_checkpoint(pruned, out / f"pruned-{method}-{ratio:g}.pt", {"imgsz": imgsz})
     names = model.names
     before = {**count(model, imgsz), **_scores(validate(torch_predictor(model), data, imgsz, names))}
     pruned_only = {**count(pruned, imgsz), **_scores(validate(torch_predictor(pruned), data, imgsz, names))}
-    result = train_variant(parent["variant"], data, recipe, registry, name=registry.unique_name(f"{parent['name']}-pruned{ratio:g}-{method}"),
+    result = train_variant(parent.variant, data, recipe, registry, name=registry.unique_name(f"{parent.name[:80]}-pruned{ratio:g}-{method}"),
                            weights=ckpt, series=None, verbose=verbose)
-    tuned = load_weights(next(a["path"] for a in registry.run(result.run_id)["artifacts"] if a["kind"] == "weights/best"))
+    tuned = load_weights(registry.run(result.run_id).artifact_path("weights/best"))
     after = {**count(tuned, imgsz), **_scores(validate(torch_predictor(tuned), data, imgsz, names))}
     latency = {}
     for label, m in (("parent", model), ("pruned", tuned)):
         onnx_path = export_onnx(m, out / f"{label}.onnx", imgsz=imgsz)
         latency[label] = bench_onnx(onnx_path, runs=bench_runs, warmup=3)["model"]["p50_ms"]
-    report = {"parent_run": parent["id"], "ratio": ratio, "method": method, "finetune_epochs": finetune_epochs,
+    report = {"parent_run": parent.id, "ratio": ratio, "method": method, "finetune_epochs": finetune_epochs,
               "before": before, "pruned_before_finetune": pruned_only, "after": after, "ort_p50_ms": latency,
               "pruned_checkpoint": str(ckpt)}
     registry.add_artifact(result.run_id, "prune/report", ckpt, report)

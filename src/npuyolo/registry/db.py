@@ -6,20 +6,104 @@ import json
 import os
 import socket
 import sqlite3
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from npuyolo.errors import NpuyoloError
+from npuyolo.paths import claim_dir, safe_join, slug
 from npuyolo.registry.schema import MIGRATIONS, SCHEMA_VERSION
+
+__all__ = ["Artifact", "Registry", "RegistryError", "RunRecord", "default_path", "validate_run_name"]
 
 DEFAULT_PATH = Path("runs") / "npuyolo.db"
 EPOCH_FIELDS = ("box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50", "map50_95", "lr", "epoch_time_s")
+MAX_NAME_CHARS = 100
+# sqlite messages that mean "the file or disk", not "our SQL": shown to the user as one line
+_STORAGE_ERRORS = ("disk is full", "readonly", "read-only", "locked", "disk I/O", "unable to open", "not a database",
+                   "malformed", "no such table")
 
 
-class RegistryError(LookupError):
-    """A run or series that is not in the registry, or a registry newer than this code."""
+class RegistryError(NpuyoloError, LookupError):
+    """A run or series that is not in the registry, or a registry file npuyolo cannot use."""
+
+
+def validate_run_name(name: str) -> str:
+    """A run name a user chose: readable (any script), one line, not mistakable for an id or a path trick."""
+    name = unicodedata.normalize("NFC", name).strip()
+    if not name:
+        raise RegistryError("--name must not be empty")
+    if len(name) > MAX_NAME_CHARS:
+        raise RegistryError(f"--name is {len(name)} characters; at most {MAX_NAME_CHARS}")
+    if name.isdigit() or name.startswith("#"):
+        raise RegistryError(f"--name {name!r} would read as a run id; names need a non-digit and must not start with '#'")
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        raise RegistryError("--name must not contain control characters")
+    return name
+
+
+@dataclass
+class Artifact:
+    kind: str
+    path: str
+    meta: dict | None
+    created_at: str
+
+
+@dataclass
+class RunRecord:
+    """One run as recorded; `artifact(kind)` is the one lookup for its files (latest of a kind wins)."""
+
+    id: int
+    name: str
+    variant: str
+    series: str | None
+    status: str
+    recipe: dict
+    data_path: str
+    data_hash: str
+    class_names: list[str]
+    weights_source: str | None
+    weights_transferred: str | None
+    device: str | None
+    versions: dict
+    save_dir: str | None
+    started_at: str
+    ended_at: str | None
+    duration_s: float | None
+    best: dict | None
+    pid: int | None
+    pid_started: str | None
+    host: str | None
+    error: str | None
+    epochs: list[dict] = field(default_factory=list)
+    artifacts: list[Artifact] = field(default_factory=list)
+
+    def artifact(self, kind: str) -> Artifact | None:
+        found = [a for a in self.artifacts if a.kind == kind]
+        return found[-1] if found else None
+
+    def artifact_path(self, *kinds: str) -> Path | None:
+        """The first of `kinds` whose latest artefact is on disk (e.g. 'weights/best', 'weights/last')."""
+        for kind in kinds:
+            a = self.artifact(kind)
+            if a is not None and Path(a.path).is_file():
+                return Path(a.path)
+        return None
+
+    def __getitem__(self, key: str) -> Any:  # read-only mapping view for templates and older callers
+        value = getattr(self, key)
+        return [asdict(a) for a in value] if key == "artifacts" else value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 def now() -> str:
@@ -52,31 +136,92 @@ def process_alive(pid: int | None, started: str | None) -> bool:
 
 
 class Registry:
-    def __init__(self, path: str | Path | None = None):
+    """The run registry. `readonly=True` never writes (no file created, no migration, no reaping), for read commands."""
+
+    def __init__(self, path: str | Path | None = None, readonly: bool = False):
         self.path = (Path(path) if path else default_path()).resolve()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA foreign_keys = ON")
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self._migrate()
-        self.reap_dead_runs()
+        self.readonly = readonly
+        if self.path.is_dir():
+            raise RegistryError(f"{self.path} is a folder; --registry names the SQLite file (e.g. runs/npuyolo.db)")
+        if readonly:
+            self.conn = self._open_readonly()
+        else:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise RegistryError(f"cannot create the registry folder {self.path.parent}: {e.strerror or e}") from e
+            self.conn = self._connect(str(self.path))
+            with self._storage_errors():
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                self._migrate()
+                self.reap_dead_runs()
+        self.root = self.path.parent
+
+    def _connect(self, target: str, uri: bool = False) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(target, timeout=30, isolation_level=None, uri=uri)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # fails here on a file that is not SQLite
+        except sqlite3.DatabaseError as e:
+            raise RegistryError(f"{self.path}: not an npuyolo registry ({e})") from e
+        return conn
+
+    def _open_readonly(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise RegistryError(f"no registry at {self.path}: nothing recorded there yet (a mistyped --registry?)")
+        try:
+            conn = self._connect(f"{self.path.as_uri()}?mode=ro", uri=True)
+        except RegistryError:  # read-only media: no -shm can be created next to a WAL file; nobody writes there anyway
+            conn = self._connect(f"{self.path.as_uri()}?mode=ro&immutable=1", uri=True)
+        version = self._check_version(conn)
+        if version < SCHEMA_VERSION:  # an older registry: upgrade a private in-memory copy, leave the file as it is
+            memory = sqlite3.connect(":memory:", isolation_level=None)
+            conn.backup(memory)
+            conn.close()
+            memory.row_factory = sqlite3.Row
+            self.conn = memory
+            self._migrate()
+            return memory
+        return conn
+
+    def _check_version(self, conn: sqlite3.Connection) -> int:
+        with self._storage_errors():
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if version < 0 or version > SCHEMA_VERSION:
+            raise RegistryError(f"{self.path} has schema version {version}; this npuyolo knows 0..{SCHEMA_VERSION}"
+                                + ("; Upgrade npuyolo to read it" if version > SCHEMA_VERSION else " (not written by npuyolo)"))
+        if (version == 0 and tables) or (version > 0 and "runs" not in tables):
+            raise RegistryError(f"{self.path} is an SQLite file but not an npuyolo registry (tables: {', '.join(sorted(tables)) or 'none'})")
+        return version
+
+    @contextmanager
+    def _storage_errors(self) -> Iterator[None]:
+        """Full disk, read-only file, corrupt database: one line naming the file instead of a traceback."""
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            if any(m in str(e) for m in _STORAGE_ERRORS):
+                raise RegistryError(f"registry {self.path}: {e}") from e
+            raise
 
     # -- plumbing -------------------------------------------------------------------------------------
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        if self.readonly and self.conn.execute("PRAGMA database_list").fetchone()["file"]:
+            raise RegistryError(f"registry {self.path} was opened read-only")
+        with self._storage_errors():
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
 
     def _migrate(self) -> None:
-        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise RegistryError(f"{self.path} has schema v{version}; this npuyolo knows up to v{SCHEMA_VERSION}. Upgrade npuyolo.")
+        version = self._check_version(self.conn)
         for v in range(version, SCHEMA_VERSION):
             with self.tx() as c:
                 for statement in MIGRATIONS[v].split(";"):
@@ -92,18 +237,21 @@ class Registry:
         self.conn.close()
 
     # -- runs -----------------------------------------------------------------------------------------
+    def _dead(self, row) -> bool:
+        return row["status"] == "running" and row["host"] == socket.gethostname() and not process_alive(row["pid"], row["pid_started"])
+
     def reap_dead_runs(self) -> list[int]:
         """Mark 'running' runs whose process on this host is gone as interrupted (e.g. after SIGKILL)."""
-        host = socket.gethostname()
-        rows = self.conn.execute("SELECT id, pid, pid_started, host FROM runs WHERE status = 'running'").fetchall()
-        dead = [r["id"] for r in rows if r["host"] == host and not process_alive(r["pid"], r["pid_started"])]
+        rows = self.conn.execute("SELECT id, status, pid, pid_started, host FROM runs WHERE status = 'running'").fetchall()
+        dead = [r["id"] for r in rows if self._dead(r)]
         for run_id in dead:
             self.set_status(run_id, "interrupted", error="process ended without closing the run (killed?)")
         return dead
 
-    def unique_name(self, base: str) -> str:
-        """`base`, or `base-2`, `base-3`... when a run already has that name (re-runs of derived runs)."""
-        taken = {r[0] for r in self.conn.execute("SELECT name FROM runs WHERE name = ? OR name LIKE ?", (base, f"{base}-%"))}
+    def unique_name(self, base: str, conn: sqlite3.Connection | None = None) -> str:
+        """`base`, or `base-2`, `base-3`... when a run already has that name (re-runs, auto-names)."""
+        c = conn or self.conn
+        taken = {r[0] for r in c.execute("SELECT name FROM runs WHERE name = ? OR name LIKE ?", (base, f"{base}-%"))}
         if base not in taken:
             return base
         return next(f"{base}-{i}" for i in range(2, len(taken) + 3) if f"{base}-{i}" not in taken)
@@ -111,21 +259,40 @@ class Registry:
     def create_run(self, *, name: str | None, variant: str, recipe: dict, data_path: str, data_hash: str,
                    class_names: list[str], weights_source: str | None, device: str, versions: dict,
                    series: str | None = None) -> int:
-        if name and self.conn.execute("SELECT 1 FROM runs WHERE name = ?", (name,)).fetchone():
-            raise RegistryError(f"a run named {name!r} already exists in {self.path}; choose another --name")
+        """Insert a run and claim its own folder `train/<id>-<name>` (never shared with another run)."""
+        if name is not None:
+            name = validate_run_name(name)
         with self.tx() as c:
+            if name and c.execute("SELECT 1 FROM runs WHERE name = ?", (name,)).fetchone():
+                raise RegistryError(f"a run named {name!r} already exists in {self.path}; choose another --name")
             cur = c.execute(
                 "INSERT INTO runs (name, variant, series, status, recipe_json, data_path, data_hash, class_names,"
                 " weights_source, device, versions_json, started_at, pid, pid_started, host)"
                 " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name or f"pending-{os.getpid()}-{now()}", variant, series, json.dumps(recipe, sort_keys=True),
+                (name or f"#pending-{os.getpid()}-{now()}", variant, series, json.dumps(recipe, sort_keys=True),
                  data_path, data_hash, json.dumps(class_names), weights_source, device, json.dumps(versions, sort_keys=True),
                  now(), os.getpid(), process_started(os.getpid()), socket.gethostname()),
             )
             run_id = cur.lastrowid
             if not name:
-                c.execute("UPDATE runs SET name = ? WHERE id = ?", (f"{variant}-{run_id}", run_id))
+                name = self.unique_name(f"{variant}-{run_id}", c)
+                c.execute("UPDATE runs SET name = ? WHERE id = ?", (name, run_id))
+            save_dir = claim_dir(self.root / "train", f"{run_id}-{slug(name)}")
+            c.execute("UPDATE runs SET save_dir = ? WHERE id = ?", (str(save_dir), run_id))
         return run_id
+
+    def run_dir(self, run: RunRecord, *parts: str) -> Path:
+        """A folder inside the run's own folder (created), e.g. `run_dir(run, "deploy")`."""
+        base = Path(run.save_dir) if run.save_dir else self.root / "train" / f"{run.id}-{slug(run.name)}"
+        path = safe_join(base, *parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def output_dir(self, *parts: str) -> Path:
+        """A folder under the registry's folder for outputs that belong to no run (series reports, variant checks)."""
+        path = safe_join(self.root, *parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def update_run(self, run_id: int, **fields: Any) -> None:
         if not fields:
@@ -171,28 +338,33 @@ class Registry:
                       (run_id, kind, str(path), json.dumps(meta) if meta else None, now()))
 
     def resolve(self, ref: str | int) -> int:
-        """A run id from an id or a name."""
-        ref = str(ref)
-        row = self.conn.execute("SELECT id FROM runs WHERE id = ? OR name = ?", (int(ref) if ref.isdigit() else -1, ref)).fetchone()
+        """A run id from `7`, `#7` (ids) or a name; names never consist of digits alone, so the two cannot clash."""
+        ref = str(ref).strip()
+        digits = ref[1:] if ref.startswith("#") else ref
+        if digits.isdigit():
+            row = self.conn.execute("SELECT id FROM runs WHERE id = ?", (int(digits),)).fetchone()
+        else:
+            row = self.conn.execute("SELECT id FROM runs WHERE name = ?", (ref,)).fetchone()
         if row is None:
             raise RegistryError(f"no run {ref!r} in {self.path}; `npuyolo runs` lists them")
         return row["id"]
 
-    def run(self, ref: str | int) -> dict:
+    def run(self, ref: str | int) -> RunRecord:
         run_id = self.resolve(ref)
         row = dict(self.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
-        row["recipe"] = json.loads(row.pop("recipe_json"))
-        row["versions"] = json.loads(row.pop("versions_json"))
-        row["class_names"] = json.loads(row["class_names"])
-        row["best"] = json.loads(row.pop("best_json")) if row["best_json"] else None
-        row["epochs"] = self.epochs(run_id)
-        row["artifacts"] = [
-            {**dict(a), "meta": json.loads(a["meta_json"]) if a["meta_json"] else None}
-            for a in self.conn.execute("SELECT kind, path, meta_json, created_at FROM artifacts WHERE run_id = ? ORDER BY created_at", (run_id,))
-        ]
-        for a in row["artifacts"]:
-            a.pop("meta_json")
-        return row
+        if self.readonly and self._dead(row):
+            row["status"], row["error"] = "interrupted", "process ended without closing the run (killed?)"
+        artifacts = [Artifact(a["kind"], a["path"], json.loads(a["meta_json"]) if a["meta_json"] else None, a["created_at"])
+                     for a in self.conn.execute("SELECT kind, path, meta_json, created_at FROM artifacts WHERE run_id = ?"
+                                                " ORDER BY rowid", (run_id,))]
+        return RunRecord(
+            id=row["id"], name=row["name"], variant=row["variant"], series=row["series"], status=row["status"],
+            recipe=json.loads(row["recipe_json"]), data_path=row["data_path"], data_hash=row["data_hash"],
+            class_names=json.loads(row["class_names"]), weights_source=row["weights_source"],
+            weights_transferred=row["weights_transferred"], device=row["device"], versions=json.loads(row["versions_json"]),
+            save_dir=row["save_dir"], started_at=row["started_at"], ended_at=row["ended_at"], duration_s=row["duration_s"],
+            best=json.loads(row["best_json"]) if row["best_json"] else None, pid=row["pid"], pid_started=row["pid_started"],
+            host=row["host"], error=row["error"], epochs=self.epochs(run_id), artifacts=artifacts)
 
     def epochs(self, run_id: int) -> list[dict]:
         rows = self.conn.execute("SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,)).fetchall()
@@ -200,7 +372,7 @@ class Registry:
                 for r in rows]
 
     def runs(self, series: str | None = None) -> list[dict]:
-        q = ("SELECT r.id, r.name, r.variant, r.series, r.status, r.started_at, r.duration_s,"
+        q = ("SELECT r.id, r.name, r.save_dir, r.variant, r.series, r.status, r.started_at, r.duration_s,"
              " (SELECT COUNT(*) FROM epochs e WHERE e.run_id = r.id) AS epochs,"
              " (SELECT map50 FROM epochs e WHERE e.run_id = r.id ORDER BY epoch DESC LIMIT 1) AS map50,"
              " (SELECT map50_95 FROM epochs e WHERE e.run_id = r.id ORDER BY epoch DESC LIMIT 1) AS map50_95"
@@ -209,7 +381,13 @@ class Registry:
         if series:
             q += " WHERE r.series = ?"
             args = (series,)
-        return [dict(r) for r in self.conn.execute(q + " ORDER BY r.id", args)]
+        rows = [dict(r) for r in self.conn.execute(q + " ORDER BY r.id", args)]
+        if self.readonly:  # show what reaping would record, without writing it
+            live = {r["id"]: r for r in self.conn.execute("SELECT id, status, pid, pid_started, host FROM runs WHERE status = 'running'")}
+            for r in rows:
+                if r["id"] in live and self._dead(live[r["id"]]):
+                    r["status"] = "interrupted"
+        return rows
 
     # -- NPU checks -----------------------------------------------------------------------------------
     def add_npu_check(self, *, run_id: int | None, model_ref: str, onnx_path: str, head: str | None, report: dict) -> int:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from npuyolo.errors import NpuyoloError
+
 METRICS = ("map50", "map50_95", "precision", "recall")
 LOSSES = ("box_loss", "cls_loss", "dfl_loss")
 GOOD_SHARE = 0.95  # a target is "deployable as is" at or above this NPU node share
 
 
-class ReportError(LookupError):
+class ReportError(NpuyoloError, LookupError):
     """Nothing to report on (unknown run, empty series)."""
 
 
@@ -148,7 +150,12 @@ def run_facts(registry, ref, compare_ref=None) -> RunFacts:
     except RegistryError as e:
         raise ReportError(str(e)) from None
     final, first = final_and_first(run)
-    compare = registry.run(compare_ref) if compare_ref is not None else None
+    try:
+        compare = registry.run(compare_ref) if compare_ref is not None else None
+    except RegistryError as e:
+        raise ReportError(f"--compare: {e}") from None
+    if compare is not None and compare.id == run.id:
+        raise ReportError(f"--compare names run {run.id} itself; compare with another run (e.g. its ReLU twin)")
     compare_final = final_and_first(compare)[0] if compare else None
     ranks, size, tied = None, None, {}
     if run["series"] and final:

@@ -14,9 +14,14 @@ LOSS_LABELS = {"box_loss": "box loss", "cls_loss": "cls loss", "dfl_loss": "dfl 
 
 
 def _save(fig, path: Path) -> Path:
+    from npuyolo.paths import atomic_path
+
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

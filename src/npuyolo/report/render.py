@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import html
 import re
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from npuyolo.errors import UnsafePathError
+from npuyolo.paths import safe_join, slug, write_text
 from npuyolo.report import plots
 from npuyolo.report.facts import METRICS, ReportError, RunFacts, run_facts
 from npuyolo.variants.spec import parse_variant
@@ -48,8 +51,9 @@ def _hms(seconds: float | None) -> str:
     return f"{s // 3600}h {s % 3600 // 60:02d}m {s % 60:02d}s"
 
 
-def environment() -> Environment:
-    env = Environment(loader=PackageLoader("npuyolo.report", "templates"), undefined=StrictUndefined,
+def environment(html_output: bool = False) -> Environment:
+    """Templates write Markdown; for HTML output every value is autoescaped, so a hostile name stays text."""
+    env = Environment(loader=PackageLoader("npuyolo.report", "templates"), undefined=StrictUndefined, autoescape=html_output,
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.globals.update(
         f1=_num(".1f"), f2=_num(".2f"), f3=_num(".3f"), f4=_num(".4f"), hms=_hms,
@@ -78,33 +82,47 @@ def activation_label(spec) -> str:
     return _act_label(spec.activation, spec.slope)
 
 
-def to_html(markdown_text: str, folder: Path, title: str) -> str:
-    """One self-contained HTML file: Markdown rendered, every PNG embedded as a data URI."""
+def markdown_to_html(markdown_text: str) -> str:
+    """Markdown -> HTML with raw HTML and links switched off: the report's own text never needs them, names might."""
     import markdown
 
-    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"])
+    md = markdown.Markdown(extensions=["tables", "fenced_code"])
+    md.preprocessors.deregister("html_block")
+    for pattern in ("html", "link", "reference", "short_reference", "autolink", "automail"):
+        if pattern in md.inlinePatterns:
+            md.inlinePatterns.deregister(pattern)
+    return md.convert(markdown_text)
+
+
+def to_html(markdown_text: str, folder: Path, title: str) -> str:
+    """One self-contained HTML file: Markdown rendered, every PNG of `folder` embedded as a data URI."""
+    body = markdown_to_html(markdown_text)
 
     def embed(m: re.Match) -> str:
-        png = folder / m.group(1)
-        data = base64.b64encode(png.read_bytes()).decode() if png.is_file() else ""
+        try:
+            png = safe_join(folder, html.unescape(m.group(1)))
+        except UnsafePathError:
+            png = None
+        data = base64.b64encode(png.read_bytes()).decode() if png is not None and png.is_file() else ""
         return f'src="data:image/png;base64,{data}"'
 
     body = re.sub(r'src="([^"]+\.png)"', embed, body)
     style = ("body{font-family:'DejaVu Sans','Noto Sans KR',sans-serif;max-width:980px;margin:2em auto;line-height:1.45}"
              "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #bbb;padding:3px 8px}"
              "th{background:#eef}img{max-width:100%}code,pre{background:#f4f4f4}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style></head><body>{body}</body></html>\n"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>"
+            f"</head><body>{body}</body></html>\n")
 
 
 def render_run(registry, ref, out: Path, lang: str = "en", fmt: str = "md", compare=None) -> Path:
     if lang not in LANGS:
-        raise ValueError(f"--lang must be one of {', '.join(LANGS)}")
+        raise ReportError(f"--lang must be one of {', '.join(LANGS)}, got {lang!r}")
     if fmt not in ("md", "html"):
-        raise ValueError("--format must be md or html")
+        raise ReportError(f"--format must be md or html, got {fmt!r}")
     facts = run_facts(registry, ref, compare)
-    out.mkdir(parents=True, exist_ok=True)
+    _make_dir(out)
     write_run_plots(facts, out)
-    env = environment()
+    env = environment(html_output=fmt == "html")
     say = env.get_template(f"say_{lang}.j2").module.say
     spec = parse_variant(facts.run["variant"])
     text = env.get_template(f"run_{lang}.md.j2").render(
@@ -112,12 +130,15 @@ def render_run(registry, ref, out: Path, lang: str = "en", fmt: str = "md", comp
     text = tidy_markdown(text)
     name = f"report_{facts.run['id']}_{lang}"
     if fmt == "md":
-        path = out / f"{name}.md"
-        path.write_text(text, encoding="utf-8")
-    else:
-        path = out / f"{name}.html"
-        path.write_text(to_html(text, out, facts.run["name"]), encoding="utf-8")
-    return path
+        return write_text(out / f"{name}.md", text)
+    return write_text(out / f"{name}.html", to_html(text, out, facts.run["name"]))
+
+
+def _make_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, a read-only mount...
+        raise ReportError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
 
 
 def write_run_plots(facts: RunFacts, out: Path) -> None:
@@ -138,7 +159,7 @@ def render_series(registry, name: str, out: Path, lang: str = "en", target: str 
     ranked = [r for r in rows if r["rank_map50"] is not None]
     if not ranked:
         raise ReportError(f"series {name!r} has no finished member yet; run `npuyolo series run` first")
-    out.mkdir(parents=True, exist_ok=True)
+    _make_dir(out)
     runs = [registry.run(r["run_id"]) for r in ranked]
     plots.compare_curves(runs, out / "series_curves.png")
     from npuyolo.train.hybrid import pareto_front
@@ -156,6 +177,4 @@ def render_series(registry, name: str, out: Path, lang: str = "en", target: str 
     env = environment()
     text = env.get_template(f"series_{lang}.md.j2").render(name=name, rows=rows, target=target, has_scatter=bool(points),
                                                             metrics=METRICS)
-    path = out / f"series_{name}_{lang}.md"
-    path.write_text(tidy_markdown(text), encoding="utf-8")
-    return path
+    return write_text(out / f"series_{slug(name, 'series')}_{lang}.md", tidy_markdown(text))

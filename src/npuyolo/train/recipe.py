@@ -8,7 +8,36 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from npuyolo.errors import NpuyoloError
+
+
+class RecipeError(NpuyoloError, ValueError):
+    """A recipe or series file that is not a mapping of known settings."""
+
+
+def load_mapping(path: str | Path, what: str) -> dict:
+    """A YAML file that must hold a mapping (recipe, series): anything else is one clear error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{what} file not found: {path}")
+    try:
+        value = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        mark = getattr(e, "problem_mark", None)
+        raise RecipeError(f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML ({getattr(e, 'problem', None) or e})") from e
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RecipeError(f"{path}: a {what} file must be a mapping of settings (key: value), not a {type(value).__name__}")
+    return value
+
+
+def validation_message(e: ValidationError, source: str) -> str:
+    """Pydantic's errors as one line: `source: field: message; field: message`."""
+    parts = [f"{'.'.join(str(x) for x in err['loc']) or 'value'}: {err['msg']}" for err in e.errors()]
+    return f"{source}: " + "; ".join(parts)
 
 
 def default_workers() -> int:
@@ -59,9 +88,12 @@ class Recipe(BaseModel):
         """Defaults, then the YAML file, then non-None overrides (CLI flags)."""
         values = cls.default().model_dump()
         if path:
-            values.update(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
+            values.update(load_mapping(path, "recipe"))
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            raise RecipeError(validation_message(e, str(path) if path else "recipe")) from e
 
     def ultralytics_args(self) -> dict[str, Any]:
         args = self.model_dump(exclude={"lr_final", "ultralytics", "distill"})

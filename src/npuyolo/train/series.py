@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from pydantic import ValidationError
+
 from npuyolo.registry.db import Registry
-from npuyolo.train.recipe import Recipe
+from npuyolo.train.recipe import Recipe, RecipeError, load_mapping, validation_message
 from npuyolo.variants.spec import parse_variant
 
 RANK_METRICS = ("map50", "map50_95", "precision", "recall")
@@ -18,7 +19,7 @@ RANK_METRICS = ("map50", "map50_95", "precision", "recall")
 class SeriesSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: str = Field(min_length=1, max_length=60)
     data: str
     variants: list[str] = Field(min_length=1)
     recipe: dict = Field(default_factory=dict, description="overrides over the default recipe")
@@ -27,7 +28,12 @@ class SeriesSpec(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> SeriesSpec:
         path = Path(path)
-        spec = cls(**yaml.safe_load(path.read_text(encoding="utf-8")))
+        try:
+            spec = cls(**load_mapping(path, "series"))
+        except ValidationError as e:
+            raise RecipeError(validation_message(e, str(path))) from e
+        if len(set(spec.variants)) != len(spec.variants):
+            raise RecipeError(f"{path}: variants lists a member twice")
         base = path.resolve().parent
         spec.data = str(base / spec.data) if not Path(spec.data).is_absolute() else spec.data
         if spec.recipe_file and not Path(spec.recipe_file).is_absolute():

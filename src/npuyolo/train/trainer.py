@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import errno
 import json
+import os
 import platform
-import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,19 +16,21 @@ import torch
 import yaml
 
 from npuyolo.data.check import check_dataset
-from npuyolo.offline import install_guards
-from npuyolo.registry.db import Registry, RegistryError
+from npuyolo.errors import CheckpointError, NpuyoloError
+from npuyolo.paths import slug, write_text
+from npuyolo.registry.db import Registry, RegistryError, RunRecord, validate_run_name
 from npuyolo.train.recipe import Recipe
+from npuyolo.ultra import DetectionTrainer, intersect_dicts
 from npuyolo.variants.build import build_model, model_yaml
+from npuyolo.variants.checkpoint import is_pruned, read_checkpoint, trust_npuyolo_classes
 from npuyolo.variants.spec import parse_variant
 
-install_guards()
+PREVIOUS = "last.prev.pt"  # the checkpoint before last.pt, kept while a run trains
+# OS errors a user fixes (space, permissions, read-only media): one line, and the run is recorded failed with it
+_USER_OS_ERRORS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG, errno.EPERM}
 
-from ultralytics.models.yolo.detect import DetectionTrainer  # noqa: E402
-from ultralytics.utils.torch_utils import intersect_dicts  # noqa: E402
 
-
-class TrainError(RuntimeError):
+class TrainError(NpuyoloError, RuntimeError):
     """A run that cannot start or continue (bad resume target, missing checkpoint...)."""
 
 
@@ -36,8 +40,6 @@ class NpuyoloTrainer(DetectionTrainer):
     transferred: tuple[int, int] | None = None
 
     def get_model(self, cfg=None, weights=None, verbose=True):
-        from npuyolo.prune.prune import is_pruned
-
         source = ((weights.get("ema") or weights["model"]) if isinstance(weights, dict) else weights) if weights else None
         if source is not None and is_pruned(source):
             # a pruned model is its own architecture: fine-tune the module itself, not a rebuild from YAML
@@ -56,6 +58,37 @@ class NpuyoloTrainer(DetectionTrainer):
             self.transferred = (len(intersect_dicts(source.float().state_dict(), sd)), len(sd))
         return model
 
+    def save_model(self):
+        """Ultralytics' checkpoints, written atomically; the previous last.pt is kept as last.prev.pt.
+
+        A process killed mid-write leaves only a `.partial` file; last.pt is always a complete checkpoint.
+        """
+        final_last, final_best = self.last, self.best
+        tmp_last, tmp_best = (p.with_name(f".{p.name}.partial") for p in (final_last, final_best))
+        self.last, self.best = tmp_last, tmp_best
+        try:
+            saved = super().save_model()
+        finally:
+            self.last, self.best = final_last, final_best
+        if tmp_last.exists():
+            if final_last.exists():
+                keep_previous(final_last)
+            os.replace(tmp_last, final_last)
+        if tmp_best.exists():
+            os.replace(tmp_best, final_best)
+        return saved
+
+
+def keep_previous(last: Path) -> None:
+    """last.pt -> last.prev.pt without a moment where last.pt is missing (hard link, or a copy where links fail)."""
+    prev, staged = last.with_name(PREVIOUS), last.with_name(f".{PREVIOUS}.partial")
+    staged.unlink(missing_ok=True)
+    try:
+        os.link(last, staged)
+    except OSError:
+        shutil.copyfile(last, staged)
+    os.replace(staged, prev)
+
 
 class NpuyoloDistillTrainer(NpuyoloTrainer):
     """Trains the student with Ultralytics' distillation loop, using npuyolo's logit + feature KD model."""
@@ -63,10 +96,8 @@ class NpuyoloDistillTrainer(NpuyoloTrainer):
     kd: dict = {}
 
     def _wrap(self) -> None:
-        from ultralytics.nn.distill_model import DistillationModel
-        from ultralytics.utils.torch_utils import unwrap_model
-
         from npuyolo.distill.model import KDDistillationModel
+        from npuyolo.ultra import DistillationModel, unwrap_model
 
         model = unwrap_model(self.model)
         if isinstance(model, KDDistillationModel) or not self.args.distill_model:
@@ -155,14 +186,9 @@ def _attach_registry(trainer: NpuyoloTrainer, registry: Registry, run_id: int) -
     trainer.add_callback("on_pretrain_routine_end", on_pretrain_routine_end)
 
 
-def path_safe(name: str) -> str:
-    """Run and variant names as folder/file names (hybrid names carry ':', ',' and '=')."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-
-
 def model_yaml_path(save_dir: Path, scale: str, variant: str) -> Path:
     """Named like Ultralytics' own YAMLs (yolo11n-...), which is how plain Ultralytics infers the scale."""
-    return save_dir / f"yolo11{scale}-{path_safe(variant)}.yaml"
+    return save_dir / f"yolo11{scale}-{slug(variant, 'model')}.yaml"
 
 
 @dataclass
@@ -173,24 +199,46 @@ class RunResult:
     save_dir: Path
 
 
-def _run_trainer(trainer: NpuyoloTrainer, registry: Registry, run_id: int) -> RunResult:
-    """Train, then close the run in the registry whatever happens (finished / interrupted / failed)."""
-    _attach_registry(trainer, registry, run_id)
+def preflight(overrides: dict) -> None:
+    """Catch what Ultralytics would reject while building its trainer (unknown keys, absent devices) before a run exists."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.utils.torch_utils import select_device
+
     try:
+        args = get_cfg(overrides={k: v for k, v in overrides.items() if k != "distill_model"})
+        if args.device not in (None, ""):
+            select_device(args.device, verbose=False)
+    except (SyntaxError, ValueError, TypeError, KeyError) as e:
+        raise TrainError(" ".join(str(e).replace("ERROR ❌️", "").split())) from e
+
+
+def _run_trainer(build: Callable[[], NpuyoloTrainer], registry: Registry, run_id: int) -> RunResult:
+    """Build and train, then close the run in the registry whatever happens (finished / interrupted / failed).
+
+    A failure while the trainer is built is recorded too (`failed`, with its message), never left `running`.
+    """
+    trust_npuyolo_classes()  # Ultralytics' own loads (resume, teacher, pretrained) may meet npuyolo modules
+    try:
+        trainer = build()
+        _attach_registry(trainer, registry, run_id)
         trainer.train()
     except KeyboardInterrupt:
         registry.set_status(run_id, "interrupted", error="stopped by the user (Ctrl-C)")
         raise
     except BaseException as e:
-        registry.set_status(run_id, "failed", error=f"{type(e).__name__}: {e}")
+        message = " ".join(f"{type(e).__name__}: {e}".split())[:2000]
+        registry.set_status(run_id, "failed", error=message)
+        if isinstance(e, OSError) and e.errno in _USER_OS_ERRORS:
+            raise TrainError(f"run {run_id} failed: {e}") from e
         raise
     wdir = Path(trainer.save_dir) / "weights"
     for kind in ("best", "last"):
         if (wdir / f"{kind}.pt").exists():
             registry.add_artifact(run_id, f"weights/{kind}", wdir / f"{kind}.pt")
+    (wdir / PREVIOUS).unlink(missing_ok=True)  # only needed while the run could still be resumed
     registry.set_status(run_id, "finished")
     run = registry.run(run_id)
-    return RunResult(run_id, run["name"], run["status"], Path(trainer.save_dir))
+    return RunResult(run_id, run.name, run.status, Path(trainer.save_dir))
 
 
 def train_variant(variant: str, data: str | Path, recipe: Recipe, registry: Registry, *, name: str | None = None,
@@ -199,28 +247,35 @@ def train_variant(variant: str, data: str | Path, recipe: Recipe, registry: Regi
     """Check the data, register the run, train it with Ultralytics, record every epoch."""
     spec = parse_variant(variant)
     data = Path(data).resolve()
-    report = check_dataset(data, cache_dir=registry.path.parent / "cache")
-    if weights is not None and not Path(weights).is_file():
-        raise TrainError(f"--weights {weights}: no such file (npuyolo never downloads weights; pass a local .pt)")
+    if name is not None:
+        name = validate_run_name(name)
+    report = check_dataset(data, cache_dir=registry.root / "cache")
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise TrainError(f"--weights {weights}: no such file (npuyolo never downloads weights; pass a local .pt)")
+        read_checkpoint(weights)  # refuses a corrupt file or one whose pickle would run code, before a run exists
+    base = {
+        **recipe.ultralytics_args(), "data": str(data), "exist_ok": True, "verbose": verbose, "amp": False,
+        "pretrained": str(Path(weights).resolve()) if weights else False,
+    }
+    preflight({**base, "model": "yolo11n.yaml"})
     run_id = registry.create_run(name=name, variant=spec.name, recipe=recipe.model_dump(), data_path=str(data),
                                  data_hash=report.content_hash, class_names=report.names,
                                  weights_source=str(Path(weights).resolve()) if weights else None,
                                  device=recipe.device or "auto", versions=software_versions(), series=series)
     if on_created:
         on_created(run_id)
-    run_name = registry.run(run_id)["name"]
-    save_dir = registry.path.parent / "train" / path_safe(run_name)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    yaml_path = model_yaml_path(save_dir, spec.scale, spec.name)
-    yaml_path.write_text(yaml.safe_dump(model_yaml(spec, nc=len(report.names), names=report.names), sort_keys=False))
-    registry.add_artifact(run_id, "model_yaml", yaml_path)
-    overrides = {
-        **recipe.ultralytics_args(),
-        "model": str(yaml_path), "data": str(data), "project": str(save_dir.parent), "name": save_dir.name,
-        "exist_ok": True, "pretrained": str(Path(weights).resolve()) if weights else False, "verbose": verbose,
-        "amp": False,
-    }
-    return _run_trainer(_trainer_for(recipe)(overrides=_with_teacher(overrides, recipe)), registry, run_id)
+    run = registry.run(run_id)
+    save_dir = Path(run.save_dir)
+
+    def build() -> NpuyoloTrainer:
+        yaml_path = model_yaml_path(save_dir, spec.scale, spec.name)
+        write_text(yaml_path, yaml.safe_dump(model_yaml(spec, nc=len(report.names), names=report.names), sort_keys=False))
+        registry.add_artifact(run_id, "model_yaml", yaml_path)
+        overrides = {**base, "model": str(yaml_path), "project": str(save_dir.parent), "name": save_dir.name}
+        return _trainer_for(recipe)(overrides=_with_teacher(overrides, recipe))
+
+    return _run_trainer(build, registry, run_id)
 
 
 def _trainer_for(recipe: Recipe) -> type[NpuyoloTrainer]:
@@ -233,32 +288,71 @@ def _with_teacher(overrides: dict, recipe: Recipe) -> dict:
     return {**overrides, "distill_model": recipe.distill["teacher_weights"]} if recipe.distill else overrides
 
 
-def resume_run(ref: str | int, registry: Registry, verbose: bool = True) -> RunResult:
+RESUME_SOURCES = ("last", "previous", "best")
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    return int(read_checkpoint(path).get("epoch", -1))
+
+
+def _resume_checkpoint(run: RunRecord, save_dir: Path, source: str) -> tuple[Path, int] | None:
+    """The checkpoint a resume starts from and its epoch; None when the run never wrote one.
+
+    A corrupt last.pt is explained with the alternatives that do load (previous checkpoint, best.pt).
+    """
+    if source not in RESUME_SOURCES:
+        raise TrainError(f"--from must be one of {', '.join(RESUME_SOURCES)}, got {source!r}")
+    wdir = save_dir / "weights"
+    files = {"last": wdir / "last.pt", "previous": wdir / PREVIOUS, "best": wdir / "best.pt"}
+    chosen = files[source]
+    if source == "last" and not chosen.exists():
+        return None
+    if not chosen.exists():
+        raise TrainError(f"run {run.name} has no {chosen.name} to resume from")
+    try:
+        return chosen, _checkpoint_epoch(chosen)
+    except CheckpointError as e:
+        offers = []
+        for alt in ("previous", "best"):
+            if alt != source and files[alt].exists():
+                try:
+                    offers.append(f"`npuyolo train --resume {run.id} --from {alt}` (epoch {_checkpoint_epoch(files[alt]) + 1})")
+                except CheckpointError:
+                    pass
+        hint = ("; resume from a good checkpoint with " + " or ".join(offers)) if offers else "; no other checkpoint of this run loads"
+        raise TrainError(f"{e}{hint}") from e
+
+
+def resume_run(ref: str | int, registry: Registry, verbose: bool = True, source: str = "last") -> RunResult:
     """Continue an interrupted or failed run from its last checkpoint (or from the start if it has none)."""
     run = registry.run(ref)
-    if run["status"] == "finished":
-        raise TrainError(f"run {run['name']} already finished; start a new run instead")
-    if run["status"] == "running":
-        raise TrainError(f"run {run['name']} is still running (pid {run['pid']})")
-    save_dir = Path(run["save_dir"] or registry.path.parent / "train" / path_safe(run["name"]))
-    last = save_dir / "weights" / "last.pt"
-    registry.claim_run(run["id"])
-    if last.exists():
-        ckpt_epoch = int(torch.load(last, map_location="cpu", weights_only=False).get("epoch", -1))
-        registry.truncate_epochs(run["id"], ckpt_epoch + 1)
-        recipe = Recipe(**run["recipe"])
-        trainer = _trainer_for(recipe)(overrides={"model": str(last), "resume": str(last), "data": run["data_path"], "verbose": verbose})
-    else:  # killed before the first checkpoint: start over with the recorded recipe
-        registry.truncate_epochs(run["id"], 0)
-        yaml_path = Path(next((a["path"] for a in run["artifacts"] if a["kind"] == "model_yaml"), save_dir / "model.yaml"))
+    if run.status == "finished":
+        raise TrainError(f"run {run.name} already finished; start a new run instead")
+    if run.status == "running":
+        raise TrainError(f"run {run.name} is still running (pid {run.pid})")
+    save_dir = Path(run.save_dir) if run.save_dir else registry.run_dir(run)
+    found = _resume_checkpoint(run, save_dir, source)
+    recipe = Recipe(**run.recipe)
+    if found is None:  # killed before the first checkpoint: start over with the recorded recipe
+        yaml_art = run.artifact("model_yaml")
+        yaml_path = Path(yaml_art.path) if yaml_art else save_dir / "model.yaml"
         if not yaml_path.exists():
-            raise TrainError(f"run {run['name']} has neither {last} nor {yaml_path}; nothing to resume from")
-        recipe = Recipe(**run["recipe"])
-        trainer = _trainer_for(recipe)(overrides=_with_teacher({
-            **recipe.ultralytics_args(), "model": str(yaml_path), "data": run["data_path"], "project": str(save_dir.parent),
-            "name": save_dir.name, "exist_ok": True, "pretrained": run["weights_source"] or False, "verbose": verbose, "amp": False,
-        }, recipe))
-    return _run_trainer(trainer, registry, run["id"])
+            raise TrainError(f"run {run.name} has neither a checkpoint nor {yaml_path}; nothing to resume from")
+        overrides = _with_teacher({
+            **recipe.ultralytics_args(), "model": str(yaml_path), "data": run.data_path, "project": str(save_dir.parent),
+            "name": save_dir.name, "exist_ok": True, "pretrained": run.weights_source or False, "verbose": verbose, "amp": False,
+        }, recipe)
+        keep_epochs = 0
+    else:
+        checkpoint, epoch = found
+        last = save_dir / "weights" / "last.pt"
+        if checkpoint != last and last.exists():
+            os.replace(last, last.with_name("last.pt.corrupt"))  # kept for inspection; the resume writes a new last.pt
+        overrides = {"model": str(checkpoint), "resume": str(checkpoint), "data": run.data_path, "verbose": verbose}
+        keep_epochs = epoch + 1
+    registry.claim_run(run.id)
+    registry.truncate_epochs(run.id, keep_epochs)
+    return _run_trainer(lambda: _trainer_for(recipe)(overrides=overrides), registry, run.id)
 
 
 __all__ = ["NpuyoloTrainer", "RegistryError", "RunResult", "TrainError", "resume_run", "train_variant"]

@@ -12,14 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from npuyolo.offline import install_guards
+from npuyolo.ultra import SPPF, Conv, DetectionModel, get_flops, yaml_model_load
 from npuyolo.variants.spec import VariantSpec, activations, parse_variant
-
-install_guards()
-
-from ultralytics.nn.modules import SPPF, Conv  # noqa: E402
-from ultralytics.nn.tasks import DetectionModel, yaml_model_load  # noqa: E402
-from ultralytics.utils.torch_utils import get_flops  # noqa: E402
 
 ATTENTION_FREE_BLOCK = ["C3k2", [1024, True]]  # replaces [-1, 2, C2PSA, [1024]]; +0.3% GFLOPs at scale n
 

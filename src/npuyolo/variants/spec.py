@@ -10,6 +10,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel
 
+from npuyolo.errors import NpuyoloError
+
 SCALES = ("n", "s", "m", "l", "x")
 STAGES = ("backbone", "neck", "head")
 HYBRID_RE = re.compile(r"^L(?P<level>\d+)-hybrid(?:-(?P<scale>[nsmlx]))?:(?P<map>[a-z0-9.=,]+)$")
@@ -60,7 +62,7 @@ class VariantSpec(BaseModel):
         return levels()[f"L{self.level}"]
 
 
-class VariantError(ValueError):
+class VariantError(NpuyoloError, ValueError):
     """A variant name that does not parse or names an unknown level/activation."""
 
 
@@ -99,17 +101,24 @@ def _parse_activation(token: str, name: str) -> tuple[str, float | None]:
         raise VariantError(f"unknown activation {act!r} in {name!r}; activations: {', '.join(activations())}")
     if slope is not None and default_slope(act) is None:
         raise VariantError(f"activation {act!r} takes no slope (only {', '.join(a for a in activations() if default_slope(a))})")
-    return act, float(slope) if slope else default_slope(act)
+    value = float(slope) if slope else default_slope(act)
+    if value is not None and not 0 <= value < 1:
+        raise VariantError(f"slope {value:g} in {name!r} must be in [0, 1): a LeakyReLU slope of 1 or more is not an activation")
+    return act, value
 
 
 def parse_hybrid(name: str, m: re.Match) -> VariantSpec:
     """`L4-hybrid:backbone=relu,neck=leaky,head=leaky`; a stage left out keeps SiLU (stock)."""
     level = _check_level(int(m["level"]), name)
     stages: dict[str, tuple[str, float | None]] = {stage: ("silu", None) for stage in STAGES}
+    seen: set[str] = set()
     for item in m["map"].split(","):
         stage, _, token = item.partition("=")
         if stage not in STAGES or not token:
             raise VariantError(f"bad hybrid map item {item!r} in {name!r}: expected <stage>=<activation>, stages {', '.join(STAGES)}")
+        if stage in seen:
+            raise VariantError(f"stage {stage!r} is given twice in {name!r}; give each stage once")
+        seen.add(stage)
         stages[stage] = _parse_activation(token, name)
     return VariantSpec(level=level, activation="hybrid", slope=None, scale=m["scale"] or "n", stage_activations=stages)
 

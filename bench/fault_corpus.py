@@ -1,0 +1,220 @@
+"""Replay bad inputs and faults through the real CLI (one process each) and print what every one did.
+
+For each case: the exit code, the first line of what it said, whether the registry still passes SQLite's
+integrity check, and whether a finished "precious" run's files and records are untouched. Clean means:
+exit 2 with one `error:` line (or 0 where the input is legal), integrity ok, precious intact, no marker file
+from a hostile checkpoint, nothing written outside the work folder.
+
+    python bench/fault_corpus.py [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+
+class Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.read_bytes() if p.is_file() else b"<missing>")
+    return h.hexdigest()
+
+
+def setup(work: Path) -> dict:
+    from npuyolo.data.synth import synthesize
+    from npuyolo.registry.db import Registry
+    from npuyolo.train.recipe import Recipe
+    from npuyolo.variants.build import build_model
+
+    data = synthesize(work / "data", n_train=12, n_val=4, imgsz=96, seed=0)
+    db = work / "reg" / "npuyolo.db"
+    reg = Registry(db)
+    rid = reg.create_run(name="precious", variant="L4-relu", recipe=Recipe.load(epochs=1, imgsz=64, workers=0).model_dump(),
+                         data_path=str(data), data_hash="h", class_names=["a"] * 6, weights_source=None, device="cpu", versions={})
+    run = reg.run(rid)
+    best = Path(run.save_dir) / "weights" / "best.pt"
+    best.parent.mkdir(parents=True)
+    torch.save({"epoch": 0, "model": None, "ema": build_model("L4-relu", nc=6, verbose=False).half(), "train_args": {}}, best)
+    reg.add_artifact(rid, "weights/best", best)
+    reg.record_epoch(rid, 1, map50=0.1, map50_95=0.05, precision=0.2, recall=0.1, box_loss=1, cls_loss=1, dfl_loss=1)
+    reg.set_status(rid, "finished")
+    interrupted = reg.create_run(name="stopped", variant="L4-relu", recipe=run.recipe, data_path=str(data), data_hash="h",
+                                 class_names=["a"] * 6, weights_source=None, device="cpu", versions={})
+    reg.set_status(interrupted, "interrupted")
+    reg.close()
+    marker = work / "PWNED"
+    evil = work / "evil.pt"
+    torch.save({"epoch": 0, "model": Payload(marker), "ema": None}, evil)
+    cfg = yaml.safe_load(data.read_text())
+
+    def data_variant(name: str, **changes) -> Path:
+        c = dict(cfg)
+        c.update(changes)
+        p = work / f"data-{name}.yaml"
+        p.write_text(yaml.safe_dump(c))
+        return p
+
+    files = {
+        "data": data, "db": db, "evil": evil, "marker": marker, "best": best,
+        "names_null": data_variant("names_null", names=None), "names_str": data_variant("names_str", names="person"),
+        "names_mixed": data_variant("names_mixed", names={0: "a", "b": "c"}), "path_int": data_variant("path_int", path=5),
+        "nc_str": data_variant("nc_str", nc="6"), "val_empty": data_variant("val_empty", val=""),
+        "nc_wrong": data_variant("nc_wrong", nc=3), "val_missing_dir": data_variant("val_missing", val="nowhere"),
+    }
+    for name, text in {"list": "- a\n", "string": "hello\n", "int": "5\n", "invalid": "a: [1,\n", "unknown_key": "epoch: 3\n",
+                       "ul_key": "ultralytics: {no_such_key: 1}\n", "neg_epochs": "epochs: -1\n"}.items():
+        (work / f"recipe-{name}.yaml").write_text(text)
+        files[f"recipe_{name}"] = work / f"recipe-{name}.yaml"
+    for name, text in {"list": "- a\n", "string": "x\n", "invalid": "name: [\n", "no_variants": "name: s\ndata: d.yaml\nvariants: []\n",
+                       "dup": f"name: s\ndata: {data}\nvariants: [L4-relu, L4-relu]\n",
+                       "traversal": f"name: ../../../X\ndata: {data}\nvariants: [L4-nope]\n"}.items():
+        (work / f"series-{name}.yaml").write_text(text)
+        files[f"series_{name}"] = work / f"series-{name}.yaml"
+    (work / "garbage.onnx").write_bytes(b"\x00garbage" * 64)
+    files["garbage_onnx"] = work / "garbage.onnx"
+    (work / "empty.pt").write_bytes(b"")
+    files["empty_pt"] = work / "empty.pt"
+    (work / "trunc.pt").write_bytes(best.read_bytes()[:4000])
+    files["trunc_pt"] = work / "trunc.pt"
+    (work / "a-file").write_text("x")
+    files["a_file"] = work / "a-file"
+    (work / "garbage.db").write_bytes(b"not sqlite" * 100)
+    files["garbage_db"] = work / "garbage.db"
+    (work / "dir.db").mkdir()
+    files["dir_db"] = work / "dir.db"
+    neg = sqlite3.connect(work / "neg.db")
+    neg.execute("PRAGMA user_version = -1")
+    neg.close()
+    files["neg_db"] = work / "neg.db"
+    return files
+
+
+def cases(f: dict) -> list[tuple[str, list[str], dict, int]]:
+    """(case, argv, env extras, expected exit code)."""
+    d, evil = str(f["data"]), str(f["evil"])
+    T = ["train", "--variant", "L4-relu", "--data", d, "--epochs", "1", "--imgsz", "64"]
+    out = []
+    add = lambda case, argv, code=2, env=None: out.append((case, [str(a) for a in argv], env or {}, code))
+    # untrusted code
+    add("export a code-carrying .pt", ["export", evil, "--imgsz", "64", "--out", f["data"].parent / "e.onnx"])
+    add("npu check a code-carrying .pt", ["npu", "check", evil, "-t", "relu-only", "--imgsz", "64"])
+    add("train --weights a code-carrying .pt", [*T, "--weights", evil])
+    add("distill --teacher a code-carrying .pt", ["distill", "--teacher", evil, "--student-variant", "L4-relu", "--data", d, "--epochs", "1"])
+    add("export an empty .pt", ["export", f["empty_pt"], "--imgsz", "64"])
+    add("export a truncated .pt", ["export", f["trunc_pt"], "--imgsz", "64"])
+    # names and paths
+    add("train --name of 300 characters", [*T, "--name", "x" * 300])
+    add("train --name made of digits", [*T, "--name", "12"])
+    add("train --name '#3'", [*T, "--name", "#3"])
+    add("train --name 'precious' (taken)", [*T, "--name", "precious"])
+    add("train --name with a newline", [*T, "--name", "a\nb"])
+    add("train --device cuda:7", [*T, "--device", "cuda:7"])
+    add("train --resume a finished run", ["train", "--resume", "precious"])
+    add("train --resume unknown run", ["train", "--resume", "nope"])
+    add("train --resume --from nonsense", ["train", "--resume", "stopped", "--from", "nonsense"])
+    add("train --resume --from best (none)", ["train", "--resume", "stopped", "--from", "best"])
+    add("train without --data", ["train", "--variant", "L4-relu"])
+    add("train unknown variant", ["train", "--variant", "L9-relu", "--data", d])
+    add("train leaky slope 1.5", ["train", "--variant", "L4-leaky1.5", "--data", d])
+    add("train duplicate hybrid stage", ["train", "--variant", "L4-hybrid:backbone=relu,backbone=leaky", "--data", d])
+    # data.yaml
+    for key, label in (("names_null", "names: null"), ("names_str", "names: 'person'"), ("names_mixed", "names: mixed key types"),
+                       ("path_int", "path: 5"), ("nc_str", "nc: '6'"), ("val_empty", "val: ''"), ("nc_wrong", "nc disagrees with names"),
+                       ("val_missing_dir", "val folder missing")):
+        add(f"data check {label}", ["data", "check", f[key]])
+    add("data check a missing yaml", ["data", "check", f["data"].parent / "nope.yaml"])
+    # recipes and series
+    for name in ("list", "string", "int", "invalid", "unknown_key", "ul_key", "neg_epochs"):
+        add(f"train --recipe {name}", ["train", "--variant", "L4-relu", "--data", d, "--recipe", f[f"recipe_{name}"]])
+    for name in ("list", "string", "invalid", "no_variants", "dup", "traversal"):
+        add(f"series run {name}", ["series", "run", f[f"series_{name}"]])
+    add("series run missing file", ["series", "run", f["data"].parent / "nope.yaml"])
+    # sizes
+    for size in ("0", "-32", "50"):
+        add(f"export --imgsz {size}", ["export", "L4-relu", "--imgsz", size])
+    add("deploy quantize --imgsz 50", ["deploy", "quantize", "precious", "--data", d, "--imgsz", "50"])
+    add("deploy quantize --calib 0", ["deploy", "quantize", "precious", "--data", d, "--calib", "0"])
+    # ONNX artefacts
+    add("deploy eval garbage ONNX", ["deploy", "eval", f["garbage_onnx"], "--data", d])
+    add("deploy bench garbage ONNX", ["deploy", "bench", f["garbage_onnx"]])
+    add("deploy eval missing ONNX", ["deploy", "eval", f["data"].parent / "none.onnx", "--data", d])
+    add("npu check garbage ONNX", ["npu", "check", f["garbage_onnx"], "-t", "relu-only"])
+    add("npu check unknown target", ["npu", "check", "L4-relu", "-t", "no-such-npu"])
+    add("npu rewrite garbage ONNX", ["npu", "rewrite", f["garbage_onnx"]])
+    # reports
+    add("report --compare itself", ["report", "precious", "--compare", "precious"])
+    add("report unknown run", ["report", "nope"])
+    add("report --out under a file", ["report", "precious", "--out", f["a_file"] / "sub"])
+    add("report --lang fr", ["report", "precious", "--lang", "fr"])
+    add("series report unknown", ["series", "report", "nope"])
+    add("prune --ratio 1.5", ["prune", "precious", "--ratio", "1.5"])
+    # registry files
+    add("runs on a garbage registry", ["runs"], env={"NPUYOLO_REGISTRY": str(f["garbage_db"])})
+    add("runs on a directory registry", ["runs"], env={"NPUYOLO_REGISTRY": str(f["dir_db"])})
+    add("runs on user_version -1", ["runs"], env={"NPUYOLO_REGISTRY": str(f["neg_db"])})
+    add("runs on a mistyped --registry", ["runs", "--registry", f["data"].parent / "typo" / "r.db"])
+    add("runs (legal)", ["runs"], code=0)
+    add("runs show '#1' (legal)", ["runs", "show", "#1"], code=0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keep", type=Path, help="keep the work folder here")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="npuyolo-faults-"))
+    f = setup(work)
+    before = digest([f["best"]])
+    env0 = {**os.environ, "NPUYOLO_REGISTRY": str(f["db"]), "COLUMNS": "200"}
+    rows, clean = [], 0
+    t0 = time.time()
+    for case, argv, env, expected in cases(f):
+        p = subprocess.run([sys.executable, "-m", "npuyolo.cli", *argv], env={**env0, **env}, cwd=work, capture_output=True,
+                           text=True, timeout=300)
+        said = [line for line in (p.stderr + p.stdout).splitlines() if line.strip()]
+        first = next((line for line in said if line.startswith("error:")), said[0] if said else "")
+        integrity = sqlite3.connect(f["db"]).execute("PRAGMA integrity_check").fetchone()[0]
+        con = sqlite3.connect(f["db"])
+        precious_ok = digest([f["best"]]) == before and con.execute("SELECT status FROM runs WHERE name='precious'").fetchone()[0] == "finished"
+        phantom = con.execute("SELECT COUNT(*) FROM runs WHERE status = 'running'").fetchone()[0]
+        con.close()
+        traceback = "Traceback" in p.stderr
+        ok = (p.returncode == expected and integrity == "ok" and precious_ok and not f["marker"].exists() and not traceback
+              and phantom == 0 and (expected != 2 or first.startswith("error:")))
+        clean += ok
+        rows.append((case, p.returncode, first[:110], integrity, "yes" if precious_ok else "NO", "clean" if ok else "NOT CLEAN"))
+    outside = [p for p in (work.parent / "X", work.parent / "etc") if p.exists()]
+    print(f"| case | exit | first line | registry | precious run intact | verdict |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |")
+    print(f"\n{clean} of {len(rows)} cases clean; marker file from hostile pickles: {'PRESENT' if f['marker'].exists() else 'absent'}; "
+          f"written outside the work folder: {outside or 'nothing'}; {time.time() - t0:.0f} s")
+    if args.keep:
+        shutil.copytree(work, args.keep, dirs_exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    sys.exit(0 if clean == len(rows) else 1)
+
+
+if __name__ == "__main__":
+    main()

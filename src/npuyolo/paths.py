@@ -1,0 +1,84 @@
+"""Every path built from a user-given name goes through here: it cannot leave its root, and writes are atomic.
+
+- `slug(name)` keeps a name readable (Unicode letters stay) but safe as one path component;
+- `safe_join(root, *parts)` refuses anything that would resolve outside `root`;
+- `claim_dir(parent, stem)` creates a folder no one else owns (exclusive mkdir, suffix on collision);
+- `atomic_path(dst)` / `write_text` / `write_bytes`: write under a temporary name, `os.replace` on success,
+  so a killed process never leaves a half-written artefact under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from npuyolo.errors import UnsafePathError
+
+__all__ = ["MAX_COMPONENT_BYTES", "atomic_path", "claim_dir", "safe_join", "slug", "write_bytes", "write_text"]
+
+MAX_COMPONENT_BYTES = 96  # well under every file system's 255-byte limit, leaving room for suffixes
+
+
+def slug(name: str, fallback: str = "run") -> str:
+    """`name` as one path component: letters and digits of any script, '.', '-', '_'; anything else -> '_'.
+
+    Leading and trailing dots and underscores are dropped (no hidden files, no '..'), and the result is cut to
+    MAX_COMPONENT_BYTES of UTF-8.
+    """
+    name = unicodedata.normalize("NFC", str(name))
+    out = "".join(c if (c.isalnum() or c in "._-") else "_" for c in name).strip("._")
+    while len(out.encode("utf-8")) > MAX_COMPONENT_BYTES:
+        out = out[:-1].rstrip("._")
+    return out or fallback
+
+
+def safe_join(root: str | Path, *parts: str | Path) -> Path:
+    """`root / parts...`, refused if the result (links resolved) is not inside `root`."""
+    base = Path(root).resolve()
+    path = base.joinpath(*(str(p) for p in parts)).resolve()
+    if path != base and base not in path.parents:
+        raise UnsafePathError(f"{'/'.join(str(p) for p in parts)!r} would write outside {base}")
+    return path
+
+
+def claim_dir(parent: str | Path, stem: str) -> Path:
+    """A new folder `parent/stem` (or `stem-2`, `stem-3`...) created by this call alone: never shared, never reused."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        candidate = safe_join(parent, stem if i == 1 else f"{stem}-{i}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise UnsafePathError(f"no free folder name for {stem!r} in {parent}")
+
+
+@contextmanager
+def atomic_path(dst: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `dst`; on success it replaces `dst` in one step, on failure it is removed."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(dst: str | Path, text: str) -> Path:
+    with atomic_path(dst) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(dst)
+
+
+def write_bytes(dst: str | Path, data: bytes) -> Path:
+    with atomic_path(dst) as tmp:
+        tmp.write_bytes(data)
+    return Path(dst)

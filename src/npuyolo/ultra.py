@@ -1,0 +1,24 @@
+"""The one door to Ultralytics: guards installed once (offline, safe loading), then the names npuyolo uses."""
+
+from __future__ import annotations
+
+from npuyolo import offline  # noqa: F401  (environment switches before the first Ultralytics import)
+
+import ultralytics  # noqa: E402,F401  (imported here so every name below comes after the switches)
+from ultralytics.data.utils import check_det_dataset  # noqa: E402
+from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator  # noqa: E402
+from ultralytics.nn.modules import SPPF, Conv, Detect  # noqa: E402
+from ultralytics.nn.modules.block import C2f  # noqa: E402
+from ultralytics.nn.distill_model import DistillationModel  # noqa: E402
+from ultralytics.nn.tasks import DetectionModel, load_checkpoint, torch_safe_load, yaml_model_load  # noqa: E402
+from ultralytics.utils.torch_utils import get_flops, intersect_dicts, unwrap_model  # noqa: E402
+
+__all__ = ["C2f", "SPPF", "Conv", "Detect", "DetectionModel", "DistillationModel", "DetectionTrainer", "DetectionValidator", "check_det_dataset",
+           "get_flops", "intersect_dicts", "load_checkpoint", "torch_safe_load", "unwrap_model", "yaml_model_load"]
+
+
+def _install() -> None:
+    offline.install_guards()
+
+
+_install()
