@@ -20,8 +20,8 @@ npuyolo runs
 npuyolo export demo-v3-L4-leaky --imgsz 160 --head npu --out "$OUT/L4-leaky-npu-head.onnx"
 
 # INT8: quantize the LeakyReLU run (NPU head cut, calibration on train images), score it, time it
-npuyolo deploy quantize demo-v3-L4-leaky --data "$OUT/synth/data.yaml" --calib 100
-int8=$(ls "$OUT"/runs/deploy/demo-v3-L4-leaky/*int8*.onnx | head -1)
+int8=$(npuyolo deploy quantize demo-v3-L4-leaky --data "$OUT/synth/data.yaml" --calib 100 --json \
+  | python3 -c "import json,sys; print(json.load(sys.stdin)['int8'])")
 npuyolo deploy eval "$int8" --data "$OUT/synth/data.yaml"
 npuyolo deploy bench "$int8" --runs 30
 

@@ -404,13 +404,15 @@ def deploy_quantize(run: Annotated[str, typer.Argument(help="Run id or name.")],
                     keep_float: Annotated[Optional[list[str]], typer.Option("--keep-float", help="Node name to keep float (repeatable).")] = None,
                     auto_float: Annotated[int, typer.Option(help="Also keep the N most sensitive Conv nodes float (by SQNR).")] = 0,
                     imgsz: Annotated[Optional[int], typer.Option(help="Export size [default: the run's].")] = None,
-                    registry: RegistryOpt = None) -> None:
+                    as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Export a run to ONNX (L4: NPU head cut) and quantize it to INT8 (ONNX Runtime, QDQ)."""
     from npuyolo.deploy.service import quantize_run
 
-    with err.status("calibrating and quantizing..."):
+    with err.status("calibrating and quantizing..."), contextlib.redirect_stdout(sys.stderr):
         info = quantize_run(open_registry(registry), run, data, calib=calib, method=method, per_channel=per_channel,
                             keep_float=keep_float, auto_float=auto_float, imgsz=imgsz)
+    if as_json:
+        return print_json({k: v for k, v in info.items() if k != "calibration_images"} | {"calibration_count": len(info["calibration_images"])})
     console.print(f"FP32: {info['fp32']}\nINT8: {info['int8']}  ({len(info['calibration_images'])} train images, {method}"
                   f"{', per-channel' if per_channel else ''}; float nodes: {', '.join(info['keep_float']) or 'none'})", highlight=False)
 
