@@ -22,6 +22,7 @@ series_app = typer.Typer(help="Series: several variants, one recipe, one data se
 data_app = typer.Typer(help="Data sets: synthesize and check.", no_args_is_help=True)
 hybrid_app = typer.Typer(help="Hybrid activations: LeakyReLU only in the stages where it pays.", no_args_is_help=True)
 deploy_app = typer.Typer(help="Deployment: INT8 quantization, evaluation of ONNX artefacts, latency.", no_args_is_help=True)
+study_app = typer.Typer(help="Studies: several routes x seeds on equal terms, summarised with their spread.", no_args_is_help=True)
 npu_app = typer.Typer(help="NPU compatibility: target profiles, per-node placement, graph rewrites.", no_args_is_help=True)
 app.add_typer(variants_app, name="variants")
 app.add_typer(runs_app, name="runs")
@@ -30,6 +31,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(npu_app, name="npu")
 app.add_typer(deploy_app, name="deploy")
 app.add_typer(hybrid_app, name="hybrid")
+app.add_typer(study_app, name="study")
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # no truncated tables when piped
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -166,8 +168,12 @@ def train(variant: Annotated[Optional[str], typer.Option(help="Variant, e.g. L4-
           name: Annotated[Optional[str], typer.Option(help="Run name [default: <variant>-<id>].")] = None,
           resume: Annotated[Optional[str], typer.Option(help="Continue this interrupted run (id, #id or name).")] = None,
           from_checkpoint: Annotated[str, typer.Option("--from", help="With --resume: last, previous (the checkpoint before last) or best.")] = "last",
+          act_anneal: Annotated[Optional[str], typer.Option("--act-anneal", help="Train a ReLU variant through this LeakyReLU (e.g. leaky0.1), slope annealed to exactly 0.")] = None,
+          anneal_epochs: Annotated[Optional[str], typer.Option("--anneal-epochs", help="START:END epochs of the slope's fall (from 1) [default: 1:half of training].")] = None,
+          anneal_schedule: Annotated[str, typer.Option("--anneal-schedule", help="linear or cosine.")] = "linear",
           registry: RegistryOpt = None) -> None:
     """Train a variant with the report's recipe (SGD lr0 0.003 -> 0.0001, 100 epochs, 640 px, seed 0)."""
+    from npuyolo.train.anneal import with_anneal
     from npuyolo.train.recipe import Recipe
     from npuyolo.train.trainer import TrainError, resume_run, train_variant
 
@@ -181,6 +187,7 @@ def train(variant: Annotated[Optional[str], typer.Option(help="Variant, e.g. L4-
             r = Recipe.load(recipe, epochs=epochs, batch=batch, imgsz=imgsz, lr0=lr0, lr_final=lr_final, momentum=momentum,
                             weight_decay=weight_decay, warmup_epochs=warmup_epochs, seed=seed, workers=workers,
                             device=device, fraction=fraction, plots=plots)
+            r = with_anneal(r, act_anneal, anneal_epochs, anneal_schedule)
             result = train_variant(variant, data, r, reg, name=name, weights=weights)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: the run is marked 'interrupted'; continue it with `npuyolo train --resume RUN`")
@@ -580,6 +587,77 @@ def series_report(name: str, lang: Annotated[str, typer.Option(help="ko or en.")
     reg = open_registry(registry, readonly=True)
     reg.series(name)  # an unknown series fails before any folder is made
     path = render_series(reg, name, out or reg.output_dir("reports", f"series-{slug(name, 'series')}"), lang=lang, target=target)
+    console.print(f"wrote {path}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------- studies
+@study_app.command("relu-gap")
+@user_errors
+def study_relu_gap(data: Annotated[Path, typer.Option(help="data.yaml.")],
+                   epochs: Annotated[int, typer.Option(help="Training epochs of every member.")] = 12,
+                   imgsz: Annotated[int, typer.Option(help="Training and export size.")] = 160,
+                   seeds: Annotated[str, typer.Option(help="Comma-separated seeds, e.g. 0,1,2.")] = "0,1",
+                   target: Annotated[Optional[list[str]], typer.Option("--target", "-t", help="NPU target (repeatable) [default: relu-only].")] = None,
+                   variant: Annotated[Optional[list[str]], typer.Option("--variant", help="Extra variant to train alongside (repeatable).")] = None,
+                   anneal: Annotated[str, typer.Option(help="LeakyReLU the annealed route starts from.")] = "leaky0.1",
+                   recipe: Annotated[Optional[Path], typer.Option(help="Recipe YAML over the report's defaults.")] = None,
+                   name: Annotated[str, typer.Option(help="Study (series) name.")] = "relu-gap",
+                   out: Annotated[Optional[Path], typer.Option(help="Report folder [default: <registry dir>/reports/study-<name>].")] = None,
+                   as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """Train L4-leaky, L4-relu, L4-relu distilled and L4-relu annealed on the same seeds; report each route's gap and spread."""
+    from dataclasses import asdict
+
+    from npuyolo.paths import slug
+    from npuyolo.report.render import render_study
+    from npuyolo.study.relu_gap import StudyError, relu_gap_study
+    from npuyolo.train.recipe import load_mapping
+
+    try:
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+    except ValueError:
+        raise StudyError(f"--seeds takes comma-separated integers, got {seeds!r}") from None
+    reg = open_registry(registry)
+    overrides = load_mapping(recipe, "recipe") if recipe else {}
+    try:
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            rows = relu_gap_study(reg, data, name=name, epochs=epochs, imgsz=imgsz, seeds=seed_list, targets=target,
+                                  recipe=overrides, extra_variants=variant, anneal=anneal,
+                                  on_member=lambda m, a: err.rule(f"[bold]{escape(name)}[/]: {escape(m)} ({a})"))
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted[/]: run the same `npuyolo study relu-gap` again to continue")
+        raise typer.Exit(130) from None
+    folder = out or reg.output_dir("reports", f"study-{slug(name, 'study')}")
+    reports = [str(render_study(reg, name, folder, lang=lang)) for lang in ("en", "ko")]
+    if as_json:
+        return print_json({"study": name, "rows": [asdict(r) for r in rows], "reports": reports})
+    print_study(name, rows)
+    for r in reports:
+        console.print(f"wrote {r}", highlight=False)
+
+
+def print_study(name: str, rows) -> None:
+    table = Table(title=f"study {name}: best.pt mAP50 over seeds")
+    for col in ("route", "variant", "runs", "mAP50 mean ± sd", "range", "mAP50-95 mean", "gap to leaky", "beyond spread", "cost s"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.route, r.variant, ", ".join(fmt(x) for x in r.runs), f"{fmt(r.mean['map50'])} ± {fmt(r.std['map50'])}",
+                      fmt(r.spread["map50"]), fmt(r.mean["map50_95"]),
+                      "-" if r.route == "leaky" or r.gap_pp["map50"] is None else f"{r.gap_pp['map50']:+.1f} pp",
+                      {None: "-", True: "yes", False: "no"}[r.beyond_spread["map50"]], fmt(r.cost_s, 0))
+    console.print(table)
+
+
+@study_app.command("report")
+@user_errors
+def study_report(name: str, lang: Annotated[str, typer.Option(help="ko or en.")] = "en",
+                 out: Annotated[Optional[Path], typer.Option(help="Output folder.")] = None, registry: RegistryOpt = None) -> None:
+    """Write a study's report again from the registry (e.g. after more seeds finished)."""
+    from npuyolo.paths import slug
+    from npuyolo.report.render import render_study
+
+    reg = open_registry(registry, readonly=True)
+    reg.series(name)
+    path = render_study(reg, name, out or reg.output_dir("reports", f"study-{slug(name, 'study')}"), lang=lang)
     console.print(f"wrote {path}", highlight=False)
 
 

@@ -13,7 +13,8 @@ class DistillError(NpuyoloError, ValueError):
 
 
 def distill(registry, teacher: str, student_variant: str, data: str | Path, recipe: Recipe, *, alpha: float = 1.0,
-            beta: float = 1.0, gamma: float = 0.0, temperature: float = 2.0, name: str | None = None, verbose: bool = True):
+            beta: float = 1.0, gamma: float = 0.0, temperature: float = 2.0, name: str | None = None, verbose: bool = True,
+            series: str | None = None, on_created=None):
     from npuyolo.train.trainer import train_variant
     from npuyolo.variants.spec import parse_variant
 
@@ -37,4 +38,4 @@ def distill(registry, teacher: str, student_variant: str, data: str | Path, reci
                                                    "teacher_weights": str(Path(weights).resolve()), "alpha": alpha,
                                                    "beta": beta, "gamma": gamma, "temperature": temperature}})
     name = name or registry.unique_name(f"{spec.name}-distilled-from-{t['id'] or t['name'][:60]}")
-    return train_variant(spec.name, data, recipe, registry, name=name, verbose=verbose)
+    return train_variant(spec.name, data, recipe, registry, name=name, verbose=verbose, series=series, on_created=on_created)

@@ -86,3 +86,17 @@ def accuracy_vs_npu(points: list[dict], path: Path, target: str) -> Path:
     ax.set(xlabel=f"NPU node share on {target} (%)", ylabel="final mAP50", title="accuracy vs NPU compatibility")
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def route_bars(rows: list[dict], path: Path, title: str) -> Path:
+    """Mean mAP50 per route as bars, every seed's value as a dot: the spread is visible, not summarised away."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    labels = [f"{r['route']}\n{r['variant']}" for r in rows]
+    means = [(r["mean"]["map50"] or 0.0) for r in rows]
+    ax.bar(labels, means, color=["#4c72b0" if r["route"] == "leaky" else "#dd8452" for r in rows], alpha=0.8)
+    for i, r in enumerate(rows):
+        ax.scatter([i] * len(r["map50"]), r["map50"], color="black", s=14, zorder=3)
+    ax.set(ylabel="mAP50 (best.pt)", title=title, ylim=(0, max([*means, *(v for r in rows for v in r["map50"]), 0.05]) * 1.15))
+    ax.grid(axis="y", alpha=0.3)
+    ax.tick_params(axis="x", labelsize=8)
+    return _save(fig, path)

@@ -178,3 +178,31 @@ def render_series(registry, name: str, out: Path, lang: str = "en", target: str 
     text = env.get_template(f"series_{lang}.md.j2").render(name=name, rows=rows, target=target, has_scatter=bool(points),
                                                             metrics=METRICS)
     return write_text(out / f"series_{slug(name, 'series')}_{lang}.md", tidy_markdown(text))
+
+
+UNDERTRAINED_MAP50 = 0.05  # below this L4-leaky has not learned yet: gaps between near-zero scores mean nothing
+HOW_KO = {"plain": "일반 학습", "distilled from the same seed's L4-leaky": "같은 시드의 L4-leaky에서 증류",
+          "annealed from LeakyReLU to ReLU": "LeakyReLU에서 ReLU로 어닐링"}
+
+
+def render_study(registry, name: str, out: Path, lang: str = "en") -> Path:
+    """The relu-gap study's table, plot and verdicts, from its recorded runs."""
+    from dataclasses import asdict
+
+    from npuyolo.study.relu_gap import study_table
+
+    if lang not in LANGS:
+        raise ReportError(f"--lang must be one of {', '.join(LANGS)}, got {lang!r}")
+    rows = study_table(registry, name)
+    spec = registry.series(name)["spec"]
+    _make_dir(out)
+    plots.route_bars([asdict(r) for r in rows], out / "study_map50.png", f"{name}: best.pt mAP50 per route (mean, seeds as dots)")
+    leaky = next((r for r in rows if r.route == "leaky"), None)
+    undertrained = leaky is None or leaky.mean["map50"] is None or leaky.mean["map50"] < UNDERTRAINED_MAP50
+    close = [] if undertrained else [r.route for r in rows if r.route != "leaky" and r.variant.endswith("relu")
+                                     and r.gap_pp["map50"] is not None and r.gap_pp["map50"] >= -0.5]
+    env = environment()
+    text = env.get_template(f"study_{lang}.md.j2").render(
+        name=name, rows=rows, seeds=spec["seeds"], targets=spec["targets"], data=spec["data"], recipe=spec["recipe_resolved"],
+        close=close, how_ko=HOW_KO, undertrained=undertrained, floor=UNDERTRAINED_MAP50)
+    return write_text(out / f"study_{slug(name, 'study')}_{lang}.md", tidy_markdown(text))

@@ -66,6 +66,7 @@ class Recipe(BaseModel):
     fraction: float = Field(1.0, gt=0, le=1)
     ultralytics: dict[str, Any] = Field(default_factory=dict, description="any other Ultralytics train argument")
     distill: dict[str, Any] | None = Field(None, description="teacher and loss weights of a distillation run")
+    act_anneal: dict[str, Any] | None = Field(None, description="LeakyReLU -> ReLU slope schedule (train/anneal.py)")
 
     @field_validator("imgsz")
     @classmethod
@@ -96,7 +97,7 @@ class Recipe(BaseModel):
             raise RecipeError(validation_message(e, str(path) if path else "recipe")) from e
 
     def ultralytics_args(self) -> dict[str, Any]:
-        args = self.model_dump(exclude={"lr_final", "ultralytics", "distill"})
+        args = self.model_dump(exclude={"lr_final", "ultralytics", "distill", "act_anneal"})
         args["lrf"] = self.lrf
         if args["device"] is None:
             args.pop("device")

@@ -128,6 +128,46 @@ def distill_trainer(kd: dict) -> type[NpuyoloDistillTrainer]:
     return type("BoundDistillTrainer", (NpuyoloDistillTrainer,), {"kd": dict(kd)})
 
 
+class AnnealMixin:
+    """Sets the LeakyReLU slope of the annealed positions at the start of every epoch (model and EMA alike).
+
+    While the slope is above 0 no best.pt is kept (and early stopping does not count), so the run's best
+    weights always come from the pure-ReLU epochs. The slope is a function of the epoch, so a resume
+    continues the schedule where it stopped.
+    """
+
+    schedule = None  # AnnealSchedule, bound by anneal_trainer()
+    act_slope: float | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_callback("on_train_epoch_start", AnnealMixin._apply_slope)
+
+    @staticmethod
+    def _apply_slope(trainer) -> None:
+        from npuyolo.train.anneal import set_slope
+        from npuyolo.ultra import unwrap_model
+
+        trainer.act_slope = trainer.schedule.slope_at(trainer.epoch + 1)
+        for model in (unwrap_model(trainer.model), trainer.ema.ema if trainer.ema else None):
+            if model is not None:
+                set_slope(getattr(model, "student_model", model), trainer.act_slope)
+
+    def validate(self):
+        metrics, fitness = super().validate()
+        if self.act_slope:  # still annealing: this is not a ReLU model yet
+            self.best_fitness = None
+            self.stopper.best_fitness, self.stopper.best_epoch = 0.0, self.epoch + 1
+        return metrics, fitness
+
+    def epoch_extra(self) -> dict:
+        return {"act_slope": self.act_slope} if self.act_slope is not None else {}
+
+
+def anneal_trainer(base: type[NpuyoloTrainer], schedule) -> type[NpuyoloTrainer]:
+    return type(f"Annealed{base.__name__}", (AnnealMixin, base), {"schedule": schedule})
+
+
 def software_versions() -> dict[str, str]:
     """Versions from the modules themselves (importlib.metadata scans site-packages: ~1.5 s here)."""
     import importlib
@@ -169,6 +209,7 @@ def _attach_registry(trainer: NpuyoloTrainer, registry: Registry, run_id: int) -
             # runs after last.pt is saved, so every recorded epoch is also in the checkpoint a resume starts from
             extra = {k.split("/", 1)[1]: v for k, v in t.label_loss_items(t.tloss, prefix="train").items()
                      if k not in ("train/box_loss", "train/cls_loss", "train/dfl_loss")} if t.tloss else {}
+            extra.update(t.epoch_extra() if hasattr(t, "epoch_extra") else {})
             registry.record_epoch(run_id, t.epoch + 1, extra=extra or None, **row)
             trained["pending"] = False
         else:  # Ultralytics' final_eval: validation of best.pt after the last epoch
@@ -249,6 +290,8 @@ def train_variant(variant: str, data: str | Path, recipe: Recipe, registry: Regi
     data = Path(data).resolve()
     if name is not None:
         name = validate_run_name(name)
+    if recipe.act_anneal and not _has_relu(spec):
+        raise TrainError(f"--act-anneal anneals into ReLU, but {spec.name} has no ReLU stage; use e.g. L4-relu")
     report = check_dataset(data, cache_dir=registry.root / "cache")
     if weights is not None:
         if not Path(weights).is_file():
@@ -278,10 +321,21 @@ def train_variant(variant: str, data: str | Path, recipe: Recipe, registry: Regi
     return _run_trainer(build, registry, run_id)
 
 
+def _has_relu(spec) -> bool:
+    if spec.stage_activations is not None:
+        return any(act == "relu" for act, _ in spec.stage_activations.values())
+    return spec.activation == "relu"
+
+
 def _trainer_for(recipe: Recipe) -> type[NpuyoloTrainer]:
+    base = NpuyoloTrainer
     if recipe.distill:
-        return distill_trainer({k: recipe.distill[k] for k in ("alpha", "beta", "gamma", "temperature")})
-    return NpuyoloTrainer
+        base = distill_trainer({k: recipe.distill[k] for k in ("alpha", "beta", "gamma", "temperature")})
+    if recipe.act_anneal:
+        from npuyolo.train.anneal import AnnealSchedule
+
+        return anneal_trainer(base, AnnealSchedule(**recipe.act_anneal))
+    return base
 
 
 def _with_teacher(overrides: dict, recipe: Recipe) -> dict:
