@@ -136,3 +136,37 @@ def test_check_cache_reuses_clean_reports_and_notices_changes(data_copy, tmp_pat
     label.write_text("0 0.5 0.5 0.2\n")  # a change invalidates the cached report
     with pytest.raises(DataError, match="expected 5 fields"):
         check_dataset(data_copy, cache_dir=cache)
+
+
+def test_synth_set_still_works_after_a_move(synth_data, tmp_path):
+    import shutil
+
+    from npuyolo.data.check import check_dataset
+
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(synth_data.parent, moved)
+    assert "path" not in yaml.safe_load((moved / "data.yaml").read_text())
+    report = check_dataset(moved / "data.yaml")
+    assert Path(report.root) == moved.resolve() and report.splits["train"].images == 24
+
+
+@pytest.mark.parametrize("layout", ["relative_to_cwd", "absolute", "none"])
+def test_dataset_root_is_the_one_ultralytics_reads(synth_data, tmp_path, monkeypatch, layout):
+    import shutil
+
+    from ultralytics.data.utils import check_det_dataset
+
+    from npuyolo.data.check import load_data_yaml
+
+    shutil.copytree(synth_data.parent, tmp_path / "sets" / "signs")
+    cfg = yaml.safe_load((tmp_path / "sets" / "signs" / "data.yaml").read_text())
+    if layout == "relative_to_cwd":
+        cfg["path"] = "sets/signs"  # Ultralytics reads a relative path: from the working directory
+    elif layout == "absolute":
+        cfg["path"] = str(tmp_path / "sets" / "signs")
+    (tmp_path / "cfg").mkdir()
+    target = tmp_path / ("cfg" if layout != "none" else "sets/signs") / "data.yaml"
+    target.write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    _, root, _ = load_data_yaml(target)
+    assert root == Path(check_det_dataset(str(target))["path"]).resolve() == (tmp_path / "sets" / "signs").resolve()

@@ -56,7 +56,7 @@ def test_hybrid_search_trains_checks_and_marks_the_front(synth_data, tmp_path):
     from npuyolo.report.render import render_series
 
     text = render_series(reg, "hy", tmp_path / "rep", target="relu-only").read_text()
-    assert "Pareto" in text and "yes" in text and (tmp_path / "rep" / "accuracy_vs_npu.png").is_file()
+    assert "Pareto" in text and "yes" in text and (tmp_path / "rep" / "series_hy_accuracy_vs_npu.png").is_file()
     again = json.loads(runner.invoke(app, ["hybrid", "search", "--data", str(synth_data), "--candidate", candidates[0],
                                            "--candidate", candidates[1], "--budget", "1", "--imgsz", "64", "--name", "hy",
                                            "--registry", str(reg.path), "--json"]).stdout)

@@ -80,8 +80,9 @@ def test_report_has_every_section_with_the_right_numbers(recorded, tmp_path, lan
                   "63.8%", "100.0%", "LeakyRelu×83", "stop, speedlimit"):
         assert value in text, value
     assert "3.3%" in text and "10%" not in text  # the user's report claimed a "10%" final lr
-    for png in ("metrics.png", "losses.png", "compare.png", "npu.png"):
-        assert (tmp_path / lang / png).stat().st_size > 1000
+    for kind in ("metrics", "losses", "compare", "npu"):
+        png = f"run{leaky}_vs_run{relu}_{kind}.png"
+        assert (tmp_path / lang / png).stat().st_size > 1000 and f"]({png})" in text
 
 
 def test_consistency_every_derived_figure_recomputed(recorded, tmp_path):
@@ -170,6 +171,16 @@ def test_series_report(recorded, tmp_path):
     path = render_series(reg, "v3", tmp_path, lang="en")
     text = path.read_text()
     assert "| L4-leaky | 1 | finished | 0.901 (#1)" in text and "| L4-relu6 | 3 | failed | - |" in text
-    assert (tmp_path / "series_curves.png").is_file() and (tmp_path / "accuracy_vs_npu.png").is_file()
+    assert (tmp_path / "series_v3_curves.png").is_file() and (tmp_path / "series_v3_accuracy_vs_npu.png").is_file()
+    html = render_series(reg, "v3", tmp_path / "html", lang="en", fmt="html").read_text()
+    assert html.startswith("<!doctype html>") and "<table>" in html and html.count('src="data:image/png;base64,i') == 2
     ko = render_series(reg, "v3", tmp_path / "ko", lang="ko").read_text(encoding="utf-8")
     assert "시리즈 개요" in ko and "검사 안 함" in ko
+
+
+def test_two_reports_in_one_folder_keep_their_own_plots(recorded, tmp_path):
+    reg, leaky, relu, _ = recorded
+    a = render_run(reg, leaky, tmp_path, lang="en").read_text()
+    b = render_run(reg, relu, tmp_path, lang="en").read_text()
+    assert f"run{leaky}_metrics.png" in a and f"run{relu}_metrics.png" in b
+    assert (tmp_path / f"run{leaky}_metrics.png").read_bytes() != (tmp_path / f"run{relu}_metrics.png").read_bytes()

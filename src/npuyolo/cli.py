@@ -14,16 +14,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+MARKUP = None  # help texts are plain: "[default: ...]" must not be read as Rich markup and vanish
 app = typer.Typer(help="Build, train, check and report NPU-ready YOLO11 detectors.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
-variants_app = typer.Typer(help="Model variants: NPU optimization levels x activations.", invoke_without_command=True)
-runs_app = typer.Typer(help="Runs recorded in the registry.", invoke_without_command=True)
-series_app = typer.Typer(help="Series: several variants, one recipe, one data set.", no_args_is_help=True)
-data_app = typer.Typer(help="Data sets: synthesize and check.", no_args_is_help=True)
-hybrid_app = typer.Typer(help="Hybrid activations: LeakyReLU only in the stages where it pays.", no_args_is_help=True)
-deploy_app = typer.Typer(help="Deployment: INT8 quantization, evaluation of ONNX artefacts, latency.", no_args_is_help=True)
-study_app = typer.Typer(help="Studies: several routes x seeds on equal terms, summarised with their spread.", no_args_is_help=True)
-npu_app = typer.Typer(help="NPU compatibility: target profiles, per-node placement, graph rewrites.", no_args_is_help=True)
+                  pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=MARKUP)
+variants_app = typer.Typer(help="Model variants: NPU optimization levels x activations.", invoke_without_command=True, rich_markup_mode=MARKUP)
+runs_app = typer.Typer(help="Runs recorded in the registry.", invoke_without_command=True, rich_markup_mode=MARKUP)
+series_app = typer.Typer(help="Series: several variants, one recipe, one data set.", no_args_is_help=True, rich_markup_mode=MARKUP)
+data_app = typer.Typer(help="Data sets: synthesize and check.", no_args_is_help=True, rich_markup_mode=MARKUP)
+hybrid_app = typer.Typer(help="Hybrid activations: LeakyReLU only in the stages where it pays.", no_args_is_help=True, rich_markup_mode=MARKUP)
+deploy_app = typer.Typer(help="Deployment: INT8 quantization, evaluation of ONNX artefacts, latency.", no_args_is_help=True, rich_markup_mode=MARKUP)
+study_app = typer.Typer(help="Studies: several routes x seeds on equal terms, summarised with their spread.", no_args_is_help=True, rich_markup_mode=MARKUP)
+npu_app = typer.Typer(help="NPU compatibility: target profiles, per-node placement, graph rewrites.", no_args_is_help=True, rich_markup_mode=MARKUP)
 app.add_typer(variants_app, name="variants")
 app.add_typer(runs_app, name="runs")
 app.add_typer(series_app, name="series")
@@ -38,6 +39,20 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 RegistryOpt = Annotated[Optional[Path], typer.Option("--registry", envvar="NPUYOLO_REGISTRY", help="SQLite registry file [default: runs/npuyolo.db]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from npuyolo import __version__
+
+        sys.stdout.write(f"npuyolo {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                       help="Print the version and exit.")] = False) -> None:
+    """Build, train, check and report NPU-ready YOLO11 detectors."""
 
 
 def user_errors(fn):
@@ -57,6 +72,20 @@ def user_errors(fn):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def quiet_stdout(as_json: bool):
+    """With --json, stdout carries the JSON alone: Ultralytics' progress and logs go to stderr."""
+    return contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+
+
+def print_result(run, as_json: bool) -> None:
+    """A created or continued run: its record as JSON, or the usual summary."""
+    if as_json:
+        return print_json({"run_id": run.id, "name": run.name, "status": run.status, "save_dir": run.save_dir,
+                           "weights": {a.kind.split("/", 1)[1]: a.path for a in run.artifacts if a.kind.startswith("weights/")},
+                           "best": run.best})
+    print_run(run)
 
 
 def print_json(obj) -> None:
@@ -122,46 +151,50 @@ def variants_show(name: str, nc: Annotated[int, typer.Option(help="Number of cla
 @app.command()
 @user_errors
 def export(model: Annotated[str, typer.Argument(help="Variant name (untrained), run id/name, or .pt checkpoint.")],
-           imgsz: Annotated[int, typer.Option(help="Static input size.")] = 640,
+           imgsz: Annotated[Optional[int], typer.Option(help="Static input size [default: a run's training size, else 640].")] = None,
            head: Annotated[Optional[str], typer.Option(help="npu (L4 cut) or ultralytics [default: the level's head]")] = None,
            out: Annotated[Optional[Path], typer.Option(help="Output .onnx file.")] = None,
            nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
-           registry: RegistryOpt = None) -> None:
-    """Write a static-shape ONNX file."""
+           as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """Write a static-shape ONNX file (a run's goes to its folder's export/, anything else to the working directory)."""
     from npuyolo.deploy.export import ExportError, check_imgsz, export_onnx
     from npuyolo.resolve import resolve_model
 
     if head not in (None, "npu", "ultralytics"):
         raise ExportError(f"--head must be npu or ultralytics, got {head!r}")
-    check_imgsz(imgsz)
     reg = None if model.endswith((".pt", ".onnx")) or Path(model).is_file() else open_registry(registry)
     resolved = resolve_model(model, reg, nc=nc)
+    if imgsz is None:
+        imgsz = reg.run(resolved.run_id).recipe.get("imgsz", 640) if resolved.run_id is not None else 640
+    check_imgsz(imgsz)
     name = f"{resolved.label}-{head or 'default'}-{imgsz}.onnx"
     if out is None:  # a run's exports live in its own folder; anything else in the working directory
         out = reg.run_dir(reg.run(resolved.run_id), "export") / name if resolved.run_id is not None else Path(name)
     path = export_onnx(resolved.model, out, imgsz=imgsz, head=head)
     if resolved.run_id is not None:
         reg.add_artifact(resolved.run_id, f"onnx/{head or 'default'}", path.resolve(), {"imgsz": imgsz})
+    if as_json:
+        return print_json({"onnx": str(path.resolve()), "run_id": resolved.run_id, "imgsz": imgsz, "head": head})
     console.print(f"wrote {path}", highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------- train
 @app.command()
 @user_errors
-def train(variant: Annotated[Optional[str], typer.Option(help="Variant, e.g. L4-leaky.")] = None,
-          data: Annotated[Optional[Path], typer.Option(help="data.yaml (YOLO format).")] = None,
+def train(variant: Annotated[Optional[str], typer.Option(help="Variant, e.g. L4-leaky. Required (unless --resume).")] = None,
+          data: Annotated[Optional[Path], typer.Option(help="data.yaml (YOLO format). Required (unless --resume).")] = None,
           recipe: Annotated[Optional[Path], typer.Option(help="Recipe YAML over the report's defaults.")] = None,
-          epochs: Annotated[Optional[int], typer.Option()] = None,
-          batch: Annotated[Optional[int], typer.Option()] = None,
-          imgsz: Annotated[Optional[int], typer.Option()] = None,
-          lr0: Annotated[Optional[float], typer.Option()] = None,
-          lr_final: Annotated[Optional[float], typer.Option()] = None,
-          momentum: Annotated[Optional[float], typer.Option()] = None,
-          weight_decay: Annotated[Optional[float], typer.Option()] = None,
-          warmup_epochs: Annotated[Optional[float], typer.Option()] = None,
-          seed: Annotated[Optional[int], typer.Option()] = None,
-          workers: Annotated[Optional[int], typer.Option()] = None,
-          device: Annotated[Optional[str], typer.Option(help="cpu, 0, 0,1 ...")] = None,
+          epochs: Annotated[Optional[int], typer.Option(help="[default: 100, the recipe's]")] = None,
+          batch: Annotated[Optional[int], typer.Option(help="[default: 16]")] = None,
+          imgsz: Annotated[Optional[int], typer.Option(help="Training size, a multiple of 32 [default: 640]")] = None,
+          lr0: Annotated[Optional[float], typer.Option(help="Initial learning rate [default: 0.003]")] = None,
+          lr_final: Annotated[Optional[float], typer.Option(help="Final learning rate [default: 0.0001]")] = None,
+          momentum: Annotated[Optional[float], typer.Option(help="SGD momentum [default: 0.9]")] = None,
+          weight_decay: Annotated[Optional[float], typer.Option(help="[default: 0.001]")] = None,
+          warmup_epochs: Annotated[Optional[float], typer.Option(help="[default: 5]")] = None,
+          seed: Annotated[Optional[int], typer.Option(help="[default: 0]")] = None,
+          workers: Annotated[Optional[int], typer.Option(help="Data loader workers [default: min(8, CPUs)]")] = None,
+          device: Annotated[Optional[str], typer.Option(help="cpu, 0, 0,1 ... [default: Ultralytics' choice]")] = None,
           fraction: Annotated[Optional[float], typer.Option(help="Use this share of the training images.")] = None,
           plots: Annotated[Optional[bool], typer.Option("--plots/--no-plots", help="Ultralytics training plots.")] = None,
           weights: Annotated[Optional[Path], typer.Option(help="Local .pt to transfer matching tensors from.")] = None,
@@ -171,28 +204,32 @@ def train(variant: Annotated[Optional[str], typer.Option(help="Variant, e.g. L4-
           act_anneal: Annotated[Optional[str], typer.Option("--act-anneal", help="Train a ReLU variant through this LeakyReLU (e.g. leaky0.1), slope annealed to exactly 0.")] = None,
           anneal_epochs: Annotated[Optional[str], typer.Option("--anneal-epochs", help="START:END epochs of the slope's fall (from 1) [default: 1:half of training].")] = None,
           anneal_schedule: Annotated[str, typer.Option("--anneal-schedule", help="linear or cosine.")] = "linear",
-          registry: RegistryOpt = None) -> None:
+          as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Train a variant with the report's recipe (SGD lr0 0.003 -> 0.0001, 100 epochs, 640 px, seed 0)."""
+    reg = open_registry(registry)
+    try:
+        with quiet_stdout(as_json):
+            result = _train(reg, variant, data, recipe, resume, from_checkpoint, name, weights, act_anneal, anneal_epochs,
+                            anneal_schedule, dict(epochs=epochs, batch=batch, imgsz=imgsz, lr0=lr0, lr_final=lr_final,
+                                                  momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+                                                  seed=seed, workers=workers, device=device, fraction=fraction, plots=plots))
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: the run is marked 'interrupted'; continue it with `npuyolo train --resume RUN`")
+        raise typer.Exit(130) from None
+    print_result(reg.run(result.run_id), as_json)
+
+
+def _train(reg, variant, data, recipe, resume, from_checkpoint, name, weights, act_anneal, anneal_epochs, anneal_schedule, flags):
     from npuyolo.train.anneal import with_anneal
     from npuyolo.train.recipe import Recipe
     from npuyolo.train.trainer import TrainError, resume_run, train_variant
 
-    reg = open_registry(registry)
-    try:
-        if resume:
-            result = resume_run(resume, reg, source=from_checkpoint)
-        else:
-            if not variant or not data:
-                raise TrainError("--variant and --data are required (or --resume RUN)")
-            r = Recipe.load(recipe, epochs=epochs, batch=batch, imgsz=imgsz, lr0=lr0, lr_final=lr_final, momentum=momentum,
-                            weight_decay=weight_decay, warmup_epochs=warmup_epochs, seed=seed, workers=workers,
-                            device=device, fraction=fraction, plots=plots)
-            r = with_anneal(r, act_anneal, anneal_epochs, anneal_schedule)
-            result = train_variant(variant, data, r, reg, name=name, weights=weights)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]: the run is marked 'interrupted'; continue it with `npuyolo train --resume RUN`")
-        raise typer.Exit(130) from None
-    print_run(reg.run(result.run_id))
+    if resume:
+        return resume_run(resume, reg, source=from_checkpoint)
+    if not variant or not data:
+        raise TrainError("--variant and --data are required (or --resume RUN)")
+    r = with_anneal(Recipe.load(recipe, **flags), act_anneal, anneal_epochs, anneal_schedule)
+    return train_variant(variant, data, r, reg, name=name, weights=weights)
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -252,17 +289,20 @@ def runs_show(ctx: typer.Context, run: str, as_json: JsonOpt = False,
 @series_app.command("run")
 @user_errors
 def series_run(spec_file: Annotated[Path, typer.Argument(help="series.yaml: name, data, variants, recipe.")],
-               registry: RegistryOpt = None) -> None:
+               as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Train every member (skipping finished ones, resuming interrupted ones), then rank them."""
     from npuyolo.train.series import SeriesSpec, run_series
 
     spec = SeriesSpec.load(spec_file)
     reg = open_registry(registry)
     try:
-        rows = run_series(spec, reg, on_member=lambda v, a: console.rule(f"[bold]{spec.name}[/]: {v} ({a})"))
+        with quiet_stdout(as_json):
+            rows = run_series(spec, reg, on_member=lambda v, a: err.rule(f"[bold]{escape(spec.name)}[/]: {v} ({a})"))
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted[/]: run `npuyolo series run {spec_file}` again to continue")
         raise typer.Exit(130) from None
+    if as_json:
+        return print_json({"series": spec.name, "members": rows})
     print_ranking(spec.name, rows)
 
 
@@ -294,7 +334,7 @@ def print_ranking(name: str, rows: list[dict]) -> None:
 def data_synth(out: Path, train: Annotated[int, typer.Option(help="Training images.")] = 400,
                val: Annotated[int, typer.Option(help="Validation images.")] = 100,
                imgsz: Annotated[int, typer.Option(help="Image side in px.")] = 320,
-               seed: Annotated[int, typer.Option()] = 0) -> None:
+               seed: Annotated[int, typer.Option()] = 0, as_json: JsonOpt = False) -> None:
     """Write a synthetic traffic-sign set (6 classes) in YOLO format with a data.yaml."""
     from rich.progress import Progress
 
@@ -306,6 +346,8 @@ def data_synth(out: Path, train: Annotated[int, typer.Option(help="Training imag
     with Progress(console=err) as progress:
         task = progress.add_task("drawing signs", total=train + val)
         path = synthesize(out, train, val, imgsz, seed, progress=lambda n: progress.advance(task, n))
+    if as_json:
+        return print_json({"data": str(Path(path).resolve()), "train": train, "val": val, "classes": list(CLASSES)})
     console.print(f"wrote {path} ({train} train / {val} val images, classes: {', '.join(CLASSES)})", highlight=False)
 
 
@@ -352,7 +394,7 @@ def npu_targets(as_json: JsonOpt = False) -> None:
 @user_errors
 def npu_check(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx or variant name.")],
               target: Annotated[list[str], typer.Option("--target", "-t", help="Target profile (repeatable).")],
-              imgsz: Annotated[int, typer.Option(help="Export size for non-ONNX models.")] = 640,
+              imgsz: Annotated[Optional[int], typer.Option(help="Export size for non-ONNX models [default: a run's training size, else 640].")] = None,
               head: Annotated[Optional[str], typer.Option(help="npu or ultralytics [default: the level's head]")] = None,
               nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
               nodes: Annotated[bool, typer.Option("--nodes", help="Also print every node not on the NPU.")] = False,
@@ -392,11 +434,14 @@ def npu_check(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx
 @user_errors
 def npu_rewrite(model: Annotated[Path, typer.Argument(help="ONNX file.")],
                 leaky: Annotated[str, typer.Option(help="relu-decomp (a*x + (1-a)*relu(x)), relu-exact or max.")] = "relu-decomp",
-                out: Annotated[Optional[Path], typer.Option(help="Output file [default: MODEL.<method>.onnx].")] = None) -> None:
+                out: Annotated[Optional[Path], typer.Option(help="Output file [default: MODEL.<method>.onnx].")] = None,
+                as_json: JsonOpt = False) -> None:
     """Replace every LeakyRelu with an equivalent built from ReLU-NPU ops."""
     from npuyolo.npu.rewrite import rewrite_file
 
     dst, count = rewrite_file(model, out, leaky)
+    if as_json:
+        return print_json({"onnx": str(Path(dst).resolve()), "rewritten": count, "method": leaky})
     console.print(f"rewrote {count} LeakyRelu node(s) as {leaky}: {dst}", highlight=False)
 
 
@@ -488,7 +533,7 @@ def distill(teacher: Annotated[str, typer.Option(help="Teacher run id or name (e
             workers: Annotated[Optional[int], typer.Option()] = None,
             device: Annotated[Optional[str], typer.Option()] = None,
             name: Annotated[Optional[str], typer.Option(help="Run name.")] = None,
-            registry: RegistryOpt = None) -> None:
+            as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Train a student (e.g. L4-relu) with detection loss plus distillation from a trained teacher (e.g. L4-leaky)."""
     from npuyolo.distill.run import distill as run_distill
     from npuyolo.train.recipe import Recipe
@@ -496,12 +541,13 @@ def distill(teacher: Annotated[str, typer.Option(help="Teacher run id or name (e
     reg = open_registry(registry)
     r = Recipe.load(recipe, epochs=epochs, batch=batch, imgsz=imgsz, lr0=lr0, workers=workers, device=device)
     try:
-        result = run_distill(reg, teacher, student_variant, data, r, alpha=alpha, beta=beta, gamma=gamma,
-                             temperature=temperature, name=name)
+        with quiet_stdout(as_json):
+            result = run_distill(reg, teacher, student_variant, data, r, alpha=alpha, beta=beta, gamma=gamma,
+                                 temperature=temperature, name=name)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: continue with `npuyolo train --resume RUN`")
         raise typer.Exit(130) from None
-    print_run(reg.run(result.run_id))
+    print_result(reg.run(result.run_id), as_json)
 
 
 # ---------------------------------------------------------------------------------------------- prune
@@ -510,7 +556,7 @@ def distill(teacher: Annotated[str, typer.Option(help="Teacher run id or name (e
 def prune(run: Annotated[str, typer.Argument(help="Run id or name (attention-free level, L2 and up).")],
           ratio: Annotated[float, typer.Option(help="Share of each prunable layer's channels to remove.")] = 0.3,
           method: Annotated[str, typer.Option(help="l1 (weight magnitude) or group-norm (dependency-group L2 norm).")] = "l1",
-          finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs (a new run, the parent's recipe).")] = 10,
+          finetune_epochs: Annotated[int, typer.Option("--epochs", "--finetune-epochs", help="Fine-tuning epochs (a new run, the parent's recipe).")] = 10,
           data: Annotated[Optional[Path], typer.Option(help="data.yaml [default: the parent run's].")] = None,
           as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Remove channels with a dependency-graph pruner, fine-tune, record size, mAP and latency before/after."""
@@ -535,9 +581,9 @@ def prune(run: Annotated[str, typer.Argument(help="Run id or name (attention-fre
 @user_errors
 def hybrid_search_cmd(data: Annotated[Path, typer.Option(help="data.yaml.")],
                       candidate: Annotated[Optional[list[str]], typer.Option("--candidate", help="Hybrid variant (repeatable) [default: 5 maps].")] = None,
-                      budget: Annotated[int, typer.Option(help="Training epochs per candidate.")] = 10,
+                      budget: Annotated[int, typer.Option("--epochs", "--budget", help="Training epochs per candidate.")] = 10,
                       imgsz: Annotated[int, typer.Option()] = 640,
-                      target: Annotated[str, typer.Option(help="NPU target for the compatibility axis.")] = "relu-only",
+                      target: Annotated[str, typer.Option("--target", "-t", help="NPU target for the compatibility axis.")] = "relu-only",
                       name: Annotated[str, typer.Option(help="Series name.")] = "hybrid",
                       as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Train hybrid candidates as a series, check each on a target, rank mAP against NPU share (Pareto front)."""
@@ -563,31 +609,77 @@ def report(run: Annotated[str, typer.Argument(help="Run id or name.")],
            compare: Annotated[Optional[str], typer.Option(help="Run to compare with (e.g. the ReLU twin).")] = None,
            lang: Annotated[str, typer.Option(help="ko or en.")] = "en",
            fmt: Annotated[str, typer.Option("--format", help="md or html (one self-contained file).")] = "md",
-           out: Annotated[Optional[Path], typer.Option(help="Output folder [default: <registry dir>/reports/<run>].")] = None,
-           registry: RegistryOpt = None) -> None:
+           out: Annotated[Optional[Path], typer.Option(help="Output folder [default: the run's folder, reports/].")] = None,
+           as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Write a training report from the registry (every number is a recorded one)."""
     from npuyolo.report.render import render_run
 
     reg = open_registry(registry, readonly=True)
     out = out or reg.run_dir(reg.run(run), "reports")
     path = render_run(reg, run, out, lang=lang, fmt=fmt, compare=compare)
+    if as_json:
+        return print_json({"report": str(Path(path).resolve()), "folder": str(Path(out).resolve())})
     console.print(f"wrote {path}", highlight=False)
 
 
 @series_app.command("report")
 @user_errors
 def series_report(name: str, lang: Annotated[str, typer.Option(help="ko or en.")] = "en",
-                  target: Annotated[str, typer.Option(help="NPU target for the accuracy vs compatibility plot.")] = "relu-only",
-                  out: Annotated[Optional[Path], typer.Option(help="Output folder.")] = None, registry: RegistryOpt = None) -> None:
+                  target: Annotated[str, typer.Option("--target", "-t", help="NPU target for the accuracy vs compatibility plot.")] = "relu-only",
+                  fmt: Annotated[str, typer.Option("--format", help="md or html (one self-contained file).")] = "md",
+                  out: Annotated[Optional[Path], typer.Option(help="Output folder [default: <registry dir>/reports/series-<name>].")] = None,
+                  as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Write the series overview: ranking table, all members' curves, accuracy vs NPU compatibility."""
-    from npuyolo.report.render import render_series
-
     from npuyolo.paths import slug
+    from npuyolo.report.render import render_series
 
     reg = open_registry(registry, readonly=True)
     reg.series(name)  # an unknown series fails before any folder is made
-    path = render_series(reg, name, out or reg.output_dir("reports", f"series-{slug(name, 'series')}"), lang=lang, target=target)
+    path = render_series(reg, name, out or reg.output_dir("reports", f"series-{slug(name, 'series')}"), lang=lang, target=target,
+                         fmt=fmt)
+    if as_json:
+        return print_json({"report": str(Path(path).resolve())})
     console.print(f"wrote {path}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------- predict
+@app.command()
+@user_errors
+def predict(model: Annotated[str, typer.Argument(help="Run id/name, .pt checkpoint, or npuyolo ONNX file (either head, INT8, rewritten).")],
+            source: Annotated[str, typer.Argument(help="Image, folder, glob pattern (quote it: 'imgs/*.jpg') or video (.mp4/.avi/.mov/.mkv).")],
+            conf: Annotated[float, typer.Option(help="Confidence threshold, in (0, 1].")] = 0.25,
+            iou: Annotated[float, typer.Option(help="NMS IoU threshold, in (0, 1].")] = 0.7,
+            imgsz: Annotated[Optional[int], typer.Option(help="Input size [default: the ONNX file's, the run's, else 640].")] = None,
+            out: Annotated[Optional[Path], typer.Option(help="Output folder [default: the run's predict/, else ./predict/<model>].")] = None,
+            max_det: Annotated[int, typer.Option("--max-det", help="Most boxes kept per image.")] = 300,
+            as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """Detect objects: annotated images/videos, predictions.json and predictions.csv (ONNX decoded on the host like the .pt)."""
+    from rich.progress import Progress
+
+    from npuyolo.deploy.predict import run_predict, stdout_to_stderr
+
+    with Progress(console=err, transient=True) as progress, stdout_to_stderr():
+        task = progress.add_task("predicting", total=None, visible=False)
+
+        def start(total: int) -> None:
+            progress.update(task, total=total or None, visible=total > 1)
+
+        r = run_predict(model, source, conf=conf, iou=iou, imgsz=imgsz, out=out, max_det=max_det, registry=registry,
+                        on_start=start, on_frame=lambda: progress.advance(task))
+    if as_json:
+        return print_json(r.as_dict())
+    frames = sum(d.frame is not None for d in r.detections)
+    total = sum(len(d.boxes) for d in r.detections)
+    console.print(f"{r.model} ({r.kind}, {r.imgsz} px, conf {r.conf:g}, iou {r.iou:g}): {len(r.detections) - frames} image(s)"
+                  f"{f' + {frames} video frame(s)' if frames else ''}, {total} detection(s)", highlight=False)
+    if r.per_class:
+        table = Table(title="detections per class")
+        table.add_column("class")
+        table.add_column("boxes", justify="right")
+        for name, count in r.per_class.items():
+            table.add_row(escape(name), str(count))
+        console.print(table)
+    console.print(escape(f"wrote {len(r.annotated)} annotated file(s), {r.json_path.name} and {r.csv_path.name} to {r.out}"), highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------- studies

@@ -83,10 +83,21 @@ def load_data_yaml(path: str | Path) -> tuple[dict, Path, list[str]]:
     raw_root = cfg.get("path")
     if raw_root is not None and not isinstance(raw_root, str):
         raise DataError([f"{path}: path must be a folder name, got {raw_root!r} ({type(raw_root).__name__})"])
-    root = Path(raw_root or path.parent)
-    if not root.is_absolute():
-        root = (path.parent / root).resolve()
-    return cfg, root, names
+    return cfg, dataset_root(raw_root, path), names
+
+
+def dataset_root(raw_root: str | None, yaml_path: Path) -> Path:
+    """The folder Ultralytics' check_det_dataset will read: `path:` as given (a relative one from the working
+    directory, else under Ultralytics' datasets_dir), or the yaml's own folder when there is no `path:`.
+    Checking any other folder than the one training reads would check the wrong files."""
+    if not raw_root:
+        return yaml_path.resolve().parent
+    root = Path(raw_root)
+    if not root.exists() and not root.is_absolute():
+        from ultralytics.utils import DATASETS_DIR
+
+        root = DATASETS_DIR / root
+    return root.resolve()
 
 
 def _is_split_spec(value, optional: bool) -> bool:
@@ -126,6 +137,8 @@ def split_images(root: Path, spec: str | list[str], yaml_path: Path, split: str)
     images: list[Path] = []
     for entry in [spec] if isinstance(spec, str) else spec:
         p = Path(entry) if Path(entry).is_absolute() else root / entry
+        if not p.exists() and entry.startswith("../"):  # Ultralytics' own fallback for '../images/...'
+            p = root / entry[3:]
         if p.is_dir():
             images += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
         elif p.is_file() and p.suffix == ".txt":

@@ -191,8 +191,7 @@ def synthesize(out: str | Path, n_train: int = 400, n_val: int = 100, imgsz: int
             if progress:
                 progress(1)
     data_yaml = out / "data.yaml"
-    data_yaml.write_text(yaml.safe_dump({
-        "path": str(out.resolve()),
+    data_yaml.write_text(yaml.safe_dump({  # no `path:`: the set works wherever it is moved or copied
         "train": "images/train",
         "val": "images/val",
         "nc": len(CLASSES),

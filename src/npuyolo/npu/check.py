@@ -24,7 +24,7 @@ def sigmoid_on_npu(profile: TargetProfile) -> bool:
     return rule is not None and rule.place == "npu"
 
 
-def check_model(ref: str, target_names: list[str], registry=None, imgsz: int = 640, head: str | None = None,
+def check_model(ref: str, target_names: list[str], registry=None, imgsz: int | None = None, head: str | None = None,
                 nc: int = 80, workdir: Path | None = None) -> CheckResult:
     """Analyze an ONNX file as it is, or export a variant/run/checkpoint the way each target needs it.
 
@@ -41,6 +41,12 @@ def check_model(ref: str, target_names: list[str], registry=None, imgsz: int = 6
     from npuyolo.resolve import resolve_model
 
     resolved = resolve_model(ref, registry, nc=nc)
+    if imgsz is None:  # a run is checked at the size it was trained for, as it will be deployed
+        run_imgsz = registry.run(resolved.run_id).recipe.get("imgsz") if registry is not None and resolved.run_id else None
+        imgsz = run_imgsz or (getattr(resolved.model, "args", {}) or {}).get("imgsz") or 640
+    from npuyolo.deploy.export import check_imgsz
+
+    check_imgsz(int(imgsz))
     head = head or default_head(resolved.model)
     if workdir is None:
         if registry is not None and resolved.run_id is not None:

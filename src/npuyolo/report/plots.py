@@ -9,6 +9,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+
+def _hangul_fallback() -> None:
+    """Run names may be Korean: DejaVu Sans first, the shipped OFL Korean font (report/fonts) for glyphs it lacks."""
+    from importlib.resources import files
+
+    from matplotlib import font_manager
+
+    from npuyolo.report.webfont import FAMILY, FONT_FILE
+
+    font_manager.fontManager.addfont(str(files("npuyolo.report").joinpath("fonts", FONT_FILE)))
+    matplotlib.rcParams["font.family"] = ["DejaVu Sans", FAMILY]
+
+
+_hangul_fallback()
 METRIC_LABELS = {"map50": "mAP50", "map50_95": "mAP50-95", "precision": "precision", "recall": "recall"}
 LOSS_LABELS = {"box_loss": "box loss", "cls_loss": "cls loss", "dfl_loss": "dfl loss"}
 

@@ -11,7 +11,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from npuyolo.errors import UnsafePathError
 from npuyolo.paths import safe_join, slug, write_text
-from npuyolo.report import plots
+from npuyolo.report import plots, webfont
 from npuyolo.report.facts import METRICS, ReportError, RunFacts, run_facts
 from npuyolo.variants.spec import parse_variant
 
@@ -22,7 +22,7 @@ LOSS_NAMES = {"box_loss": "box loss", "cls_loss": "cls loss", "dfl_loss": "DFL l
 LOSS_NAMES_KO = {"box_loss": "Box 손실", "cls_loss": "Cls 손실", "dfl_loss": "DFL 손실"}
 STATUS_KO = {"running": "학습 중", "finished": "완료", "failed": "실패", "interrupted": "중단됨"}
 NOTES_KO = {"class sigmoid moved to the host decode (no NPU Sigmoid on this target)":
-            "이 타깃에는 NPU Sigmoid 가 없어 클래스 시그모이드를 호스트 디코딩으로 옮겼습니다"}
+            "이 타깃에는 NPU Sigmoid가 없어 클래스 시그모이드를 호스트 디코딩으로 옮겼습니다"}
 
 
 def _num(fmt: str):
@@ -107,9 +107,11 @@ def to_html(markdown_text: str, folder: Path, title: str) -> str:
         return f'src="data:image/png;base64,{data}"'
 
     body = re.sub(r'src="([^"]+\.png)"', embed, body)
-    style = ("body{font-family:'DejaVu Sans','Noto Sans KR',sans-serif;max-width:980px;margin:2em auto;line-height:1.45}"
-             "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #bbb;padding:3px 8px}"
-             "th{background:#eef}img{max-width:100%}code,pre{background:#f4f4f4}")
+    face = webfont.font_face_css(title + markdown_text)  # Hangul: a subset of the shipped OFL font, embedded
+    first = f"'{webfont.FAMILY}'," if face else ""
+    style = (f"{face}body{{font-family:{first}'DejaVu Sans','Noto Sans KR',sans-serif;max-width:980px;margin:2em auto;"
+             "line-height:1.45}table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #bbb;padding:3px 8px}"
+             f"th{{background:#eef}}img{{max-width:100%}}code,pre{{background:#f4f4f4;font-family:'DejaVu Sans Mono',{first}monospace}}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>"
             f"</head><body>{body}</body></html>\n")
 
@@ -121,12 +123,12 @@ def render_run(registry, ref, out: Path, lang: str = "en", fmt: str = "md", comp
         raise ReportError(f"--format must be md or html, got {fmt!r}")
     facts = run_facts(registry, ref, compare)
     _make_dir(out)
-    write_run_plots(facts, out)
+    img = write_run_plots(facts, out)
     env = environment(html_output=fmt == "html")
     say = env.get_template(f"say_{lang}.j2").module.say
     spec = parse_variant(facts.run["variant"])
     text = env.get_template(f"run_{lang}.md.j2").render(
-        f=facts, spec=spec, level=spec.settings, act_label=activation_label(spec), say=say, registry_path=str(registry.path))
+        f=facts, spec=spec, level=spec.settings, act_label=activation_label(spec), say=say, registry_path=str(registry.path), img=img)
     text = tidy_markdown(text)
     name = f"report_{facts.run['id']}_{lang}"
     if fmt == "md":
@@ -141,18 +143,22 @@ def _make_dir(out: Path) -> None:
         raise ReportError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
 
 
-def write_run_plots(facts: RunFacts, out: Path) -> None:
+def write_run_plots(facts: RunFacts, out: Path) -> dict[str, str]:
+    """The run's plots, named after the run (two reports in one folder never overwrite each other's images)."""
     run = facts.run
+    stem = f"run{run['id']}" + (f"_vs_run{facts.compare['id']}" if facts.compare else "")
+    img = {k: f"{stem}_{k}.png" for k in ("metrics", "losses", "compare", "npu")}
     if run["epochs"]:
-        plots.metric_curves(run["epochs"], out / "metrics.png", f"{run['name']}: validation metrics")
-        plots.loss_curves(run["epochs"], out / "losses.png", f"{run['name']}: training losses")
+        plots.metric_curves(run["epochs"], out / img["metrics"], f"{run['name']}: validation metrics")
+        plots.loss_curves(run["epochs"], out / img["losses"], f"{run['name']}: training losses")
     if facts.compare and facts.compare["epochs"] and run["epochs"]:
-        plots.compare_curves([run, facts.compare], out / "compare.png")
+        plots.compare_curves([run, facts.compare], out / img["compare"])
     if facts.npu:
-        plots.npu_bars(facts.npu, out / "npu.png", f"{run['name']}: NPU compatibility")
+        plots.npu_bars(facts.npu, out / img["npu"], f"{run['name']}: NPU compatibility")
+    return img
 
 
-def render_series(registry, name: str, out: Path, lang: str = "en", target: str = "relu-only") -> Path:
+def render_series(registry, name: str, out: Path, lang: str = "en", target: str = "relu-only", fmt: str = "md") -> Path:
     from npuyolo.train.series import rank_series
 
     rows = rank_series(name, registry)
@@ -161,7 +167,11 @@ def render_series(registry, name: str, out: Path, lang: str = "en", target: str 
         raise ReportError(f"series {name!r} has no finished member yet; run `npuyolo series run` first")
     _make_dir(out)
     runs = [registry.run(r["run_id"]) for r in ranked]
-    plots.compare_curves(runs, out / "series_curves.png")
+    if fmt not in ("md", "html"):
+        raise ReportError(f"--format must be md or html, got {fmt!r}")
+    stem = f"series_{slug(name, 'series')}"
+    img = {"curves": f"{stem}_curves.png", "scatter": f"{stem}_accuracy_vs_npu.png"}
+    plots.compare_curves(runs, out / img["curves"])
     from npuyolo.train.hybrid import pareto_front
 
     for r in ranked:
@@ -173,11 +183,14 @@ def render_series(registry, name: str, out: Path, lang: str = "en", target: str 
     points = [{"variant": r["variant"], "share": r["npu_share"], "map50": r["map50"], "pareto": r["pareto"]}
               for r in ranked if r["npu_share"] is not None]
     if points:
-        plots.accuracy_vs_npu(points, out / "accuracy_vs_npu.png", target)
-    env = environment()
-    text = env.get_template(f"series_{lang}.md.j2").render(name=name, rows=rows, target=target, has_scatter=bool(points),
+        plots.accuracy_vs_npu(points, out / img["scatter"], target)
+    env = environment(html_output=fmt == "html")
+    text = env.get_template(f"series_{lang}.md.j2").render(name=name, rows=rows, target=target, has_scatter=bool(points), img=img,
                                                             metrics=METRICS)
-    return write_text(out / f"series_{slug(name, 'series')}_{lang}.md", tidy_markdown(text))
+    text = tidy_markdown(text)
+    if fmt == "html":
+        return write_text(out / f"{stem}_{lang}.html", to_html(text, out, f"series {name}"))
+    return write_text(out / f"{stem}_{lang}.md", text)
 
 
 UNDERTRAINED_MAP50 = 0.05  # below this L4-leaky has not learned yet: gaps between near-zero scores mean nothing
@@ -196,7 +209,8 @@ def render_study(registry, name: str, out: Path, lang: str = "en") -> Path:
     rows = study_table(registry, name)
     spec = registry.series(name)["spec"]
     _make_dir(out)
-    plots.route_bars([asdict(r) for r in rows], out / "study_map50.png", f"{name}: best.pt mAP50 per route (mean, seeds as dots)")
+    img = {"map50": f"study_{slug(name, 'study')}_map50.png"}
+    plots.route_bars([asdict(r) for r in rows], out / img["map50"], f"{name}: best.pt mAP50 per route (mean, seeds as dots)")
     leaky = next((r for r in rows if r.route == "leaky"), None)
     undertrained = leaky is None or leaky.mean["map50"] is None or leaky.mean["map50"] < UNDERTRAINED_MAP50
     close = [] if undertrained else [r.route for r in rows if r.route != "leaky" and r.variant.endswith("relu")
@@ -204,5 +218,5 @@ def render_study(registry, name: str, out: Path, lang: str = "en") -> Path:
     env = environment()
     text = env.get_template(f"study_{lang}.md.j2").render(
         name=name, rows=rows, seeds=spec["seeds"], targets=spec["targets"], data=spec["data"], recipe=spec["recipe_resolved"],
-        close=close, how_ko=HOW_KO, undertrained=undertrained, floor=UNDERTRAINED_MAP50)
+        close=close, how_ko=HOW_KO, undertrained=undertrained, floor=UNDERTRAINED_MAP50, img=img)
     return write_text(out / f"study_{slug(name, 'study')}_{lang}.md", tidy_markdown(text))

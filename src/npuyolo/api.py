@@ -1,0 +1,150 @@
+"""npuyolo's Python API: a `Workspace` (one registry) whose methods mirror the CLI and return typed records.
+
+    from npuyolo import Workspace
+    ws = Workspace("runs/npuyolo.db")
+    run = ws.train("L4-leaky", "data.yaml", epochs=30, imgsz=320)
+    ws.check(run.id, ["relu-only", "rknn-rk3588"])
+    q = ws.quantize(run.id, "data.yaml", per_channel=True)
+    print(ws.evaluate(q["int8"], "data.yaml")["map50"])
+    ws.report(run.id, lang="ko", fmt="html")
+
+Errors a user can fix raise `npuyolo.NpuyoloError` subclasses; nothing here prints tables or exits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Workspace"]
+
+
+class Workspace:
+    """One registry and its run folders. `registry=None` uses NPUYOLO_REGISTRY or runs/npuyolo.db."""
+
+    def __init__(self, registry: str | Path | None = None):
+        from npuyolo.registry.db import default_path
+
+        self.registry_path = Path(registry) if registry else default_path()
+
+    def _registry(self, readonly: bool = False):
+        from npuyolo.registry.db import Registry
+
+        return Registry(self.registry_path, readonly=readonly)
+
+    # -- training ---------------------------------------------------------------------------------------
+    def train(self, variant: str, data: str | Path, *, recipe: str | Path | None = None, name: str | None = None,
+              weights: str | Path | None = None, act_anneal: str | None = None, anneal_epochs: str | None = None,
+              anneal_schedule: str = "linear", verbose: bool = True, **overrides: Any):
+        """Train a variant (recipe file, then `overrides` such as epochs=30, imgsz=320); returns its RunRecord."""
+        from npuyolo.train.anneal import with_anneal
+        from npuyolo.train.recipe import Recipe
+        from npuyolo.train.trainer import train_variant
+
+        reg = self._registry()
+        r = with_anneal(Recipe.load(recipe, **overrides), act_anneal, anneal_epochs, anneal_schedule)
+        return reg.run(train_variant(variant, data, r, reg, name=name, weights=weights, verbose=verbose).run_id)
+
+    def resume(self, run: str | int, source: str = "last", verbose: bool = True):
+        """Continue an interrupted run from its `last`, `previous` or `best` checkpoint."""
+        from npuyolo.train.trainer import resume_run
+
+        reg = self._registry()
+        return reg.run(resume_run(run, reg, verbose=verbose, source=source).run_id)
+
+    def series(self, spec_file: str | Path, verbose: bool = True) -> list[dict]:
+        """Train a series file's members (skipping finished, resuming interrupted); returns the ranking."""
+        from npuyolo.train.series import SeriesSpec, run_series
+
+        return run_series(SeriesSpec.load(spec_file), self._registry(), verbose=verbose)
+
+    def distill(self, teacher: str | int, student_variant: str, data: str | Path, *, name: str | None = None,
+                alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.0, temperature: float = 2.0, verbose: bool = True,
+                **overrides: Any):
+        from npuyolo.distill.run import distill
+        from npuyolo.train.recipe import Recipe
+
+        reg = self._registry()
+        result = distill(reg, str(teacher), student_variant, data, Recipe.load(None, **overrides), alpha=alpha, beta=beta,
+                         gamma=gamma, temperature=temperature, name=name, verbose=verbose)
+        return reg.run(result.run_id)
+
+    def study_relu_gap(self, data: str | Path, **kwargs: Any):
+        """L4-leaky vs L4-relu vs distilled vs annealed over seeds; see `npuyolo.study.relu_gap.relu_gap_study`."""
+        from npuyolo.study.relu_gap import relu_gap_study
+
+        return relu_gap_study(self._registry(), data, **kwargs)
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def run(self, ref: str | int):
+        return self._registry(readonly=True).run(ref)
+
+    def runs(self, series: str | None = None) -> list[dict]:
+        return self._registry(readonly=True).runs(series)
+
+    def rank(self, series: str) -> list[dict]:
+        from npuyolo.train.series import rank_series
+
+        return rank_series(series, self._registry(readonly=True))
+
+    # -- NPU and deployment ----------------------------------------------------------------------------------
+    def check(self, model: str | int, targets: list[str], *, imgsz: int | None = None, head: str | None = None, nc: int = 80,
+              record: bool = True):
+        """Per-node NPU placement of a variant, run, .pt or .onnx on each target (recorded in the registry)."""
+        from npuyolo.npu.check import check_model
+        from npuyolo.npu.check import record as record_check
+
+        reg = self._registry()
+        result = check_model(str(model), targets, reg, imgsz=imgsz, head=head, nc=nc)
+        if record:
+            record_check(result, reg, head)
+        return result
+
+    def export(self, model: str | int, out: str | Path, *, imgsz: int = 640, head: str | None = None, nc: int = 80) -> Path:
+        from npuyolo.deploy.export import export_onnx
+        from npuyolo.resolve import resolve_model
+
+        resolved = resolve_model(str(model), self._registry(readonly=True) if not str(model).endswith(".pt") else None, nc=nc)
+        return export_onnx(resolved.model, out, imgsz=imgsz, head=head)
+
+    def quantize(self, run: str | int, data: str | Path, **kwargs: Any) -> dict:
+        """FP32 + INT8 QDQ ONNX of a run (calibrated on train images only); see `deploy.service.quantize_run`."""
+        from npuyolo.deploy.service import quantize_run
+
+        return quantize_run(self._registry(), str(run), data, **kwargs)
+
+    def evaluate(self, artefact: str | Path, data: str | Path) -> dict:
+        """mAP of an ONNX artefact with Ultralytics' validator (and the INT8 drop for a run's INT8 file)."""
+        from npuyolo.deploy.service import evaluate_artefact
+
+        return evaluate_artefact(self._registry(), artefact, data)
+
+    def bench(self, artefact: str | Path, runs: int = 50, threads: int | None = None) -> dict:
+        from npuyolo.deploy.latency import bench_onnx
+
+        return bench_onnx(artefact, runs=runs, threads=threads)
+
+    def predict(self, model: str | int, source: str | Path, **kwargs: Any):
+        """Detections of a run, .pt or ONNX artefact on an image, folder, glob or video."""
+        from npuyolo.deploy import predict as predict_module
+
+        return predict_module.predict_source(str(model), source, registry=self._registry(readonly=True), **kwargs)
+
+    # -- reports ------------------------------------------------------------------------------------------
+    def report(self, run: str | int, *, compare: str | int | None = None, lang: str = "en", fmt: str = "md",
+               out: str | Path | None = None) -> Path:
+        from npuyolo.report.render import render_run
+
+        reg = self._registry(readonly=True)
+        folder = Path(out) if out else reg.run_dir(reg.run(run), "reports")
+        return render_run(reg, run, folder, lang=lang, fmt=fmt, compare=compare)
+
+    def series_report(self, name: str, *, lang: str = "en", fmt: str = "md", target: str = "relu-only",
+                      out: str | Path | None = None) -> Path:
+        from npuyolo.paths import slug
+        from npuyolo.report.render import render_series
+
+        reg = self._registry(readonly=True)
+        reg.series(name)
+        folder = Path(out) if out else reg.output_dir("reports", f"series-{slug(name, 'series')}")
+        return render_series(reg, name, folder, lang=lang, target=target, fmt=fmt)

@@ -1,0 +1,75 @@
+"""One consistent CLI: --version, help that shows defaults, --json results scripts can read, run-sized checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+from npuyolo import __version__
+from npuyolo.cli import app
+from npuyolo.registry.db import Registry
+from npuyolo.train.recipe import Recipe
+from npuyolo.variants.build import build_model
+
+runner = CliRunner()
+
+
+def invoke(*args, registry: Path | None = None):
+    return runner.invoke(app, [str(a) for a in args], env={"NPUYOLO_REGISTRY": str(registry)} if registry else {})
+
+
+def finished_run(tmp_path: Path, imgsz: int = 64) -> tuple[Path, int]:
+    """A finished run with best weights on disk (an untrained L4-relu), without training."""
+    db = tmp_path / "r.db"
+    reg = Registry(db)
+    rid = reg.create_run(name="trained", variant="L4-relu", recipe=Recipe.load(epochs=1, imgsz=imgsz, workers=0).model_dump(),
+                         data_path="d.yaml", data_hash="h", class_names=[f"c{i}" for i in range(6)], weights_source=None,
+                         device="cpu", versions={})
+    best = Path(reg.run(rid).save_dir) / "weights" / "best.pt"
+    best.parent.mkdir(parents=True)
+    torch.save({"epoch": -1, "model": None, "ema": build_model("L4-relu", nc=6, names=[f"c{i}" for i in range(6)]).half(),
+                "train_args": {"imgsz": imgsz}}, best)
+    reg.add_artifact(rid, "weights/best", best)
+    reg.record_epoch(rid, 1, map50=0.1, map50_95=0.05, precision=0.2, recall=0.1, box_loss=1, cls_loss=1, dfl_loss=1)
+    reg.set_status(rid, "finished")
+    return db, rid
+
+
+def test_version():
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.stdout.strip() == f"npuyolo {__version__}"
+
+
+def test_help_shows_defaults_and_required_options():
+    text = " ".join(invoke("train", "--help").stdout.split())
+    assert "[default: <variant>-<id>]" in text and "[default: runs/npuyolo.db]" in text and "[default: 100, the recipe's]" in text
+    assert "Required (unless --resume)" in text
+    assert "-t" in invoke("hybrid", "search", "--help").stdout and "--epochs" in invoke("hybrid", "search", "--help").stdout
+    assert "--epochs" in invoke("prune", "--help").stdout
+
+
+def test_json_results_for_scripts(tmp_path):
+    db, rid = finished_run(tmp_path)
+    synth = json.loads(invoke("data", "synth", tmp_path / "d", "--train", "4", "--val", "2", "--imgsz", "64", "--json").stdout)
+    assert Path(synth["data"]).is_file()
+    exported = json.loads(invoke("export", rid, "--json", registry=db).stdout)
+    assert Path(exported["onnx"]).is_file() and exported["run_id"] == rid and exported["imgsz"] == 64  # the run's size
+    assert Path(exported["onnx"]).parent == Path(Registry(db, readonly=True).run(rid).save_dir) / "export"
+    leaky = json.loads(invoke("export", "L4-leaky", "--imgsz", "64", "--out", tmp_path / "l.onnx", "--json").stdout)
+    rewritten = json.loads(invoke("npu", "rewrite", leaky["onnx"], "--json").stdout)
+    assert rewritten["rewritten"] == 83 and Path(rewritten["onnx"]).is_file()
+    report = json.loads(invoke("report", rid, "--json", registry=db).stdout)
+    assert Path(report["report"]).is_file() and Path(report["folder"]).parent == Path(Registry(db, readonly=True).run(rid).save_dir)
+
+
+def test_npu_check_of_a_run_uses_its_training_size(tmp_path):
+    db, rid = finished_run(tmp_path, imgsz=96)
+    rows = json.loads(invoke("npu", "check", rid, "-t", "relu-only", "--json", registry=db).stdout)
+    assert "-npu-96" in Path(rows[0]["onnx"]).name
+    import onnx
+
+    dims = onnx.load(rows[0]["onnx"]).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3, 96, 96]
