@@ -1,5 +1,7 @@
 # npuyolo: `make demo` runs the main job on synthetic signs, `make test` runs the test suite.
-PY ?= python3
+# The interpreter: the active venv, else python3 — or, where python3 is a PEP 668 "externally managed" system
+# Python (stock Debian/Ubuntu), a project .venv created once (see scripts/pick_python.sh).
+PY := $(shell scripts/pick_python.sh)
 OUT ?= demo_out
 
 .PHONY: install demo test bench
@@ -8,7 +10,7 @@ install:
 	$(PY) -m pip install -q -e ".[dev]"
 
 demo: install
-	bash scripts/demo.sh $(OUT)
+	PATH="$$($(PY) -c 'import os, sys; print(os.path.dirname(sys.executable))'):$$PATH" bash scripts/demo.sh $(OUT)
 
 test: install
 	$(PY) -m pytest -q

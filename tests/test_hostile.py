@@ -367,7 +367,7 @@ def test_broken_registry_files_are_one_line_errors(tmp_path, kind):
 
 # ------------------------------------------------------------------------------------------------ low: clear errors
 def _data_yaml(tmp_path, synth_data, **changes) -> Path:
-    cfg = yaml.safe_load(synth_data.read_text())
+    cfg = {**yaml.safe_load(synth_data.read_text()), "path": str(synth_data.parent)}
     for k, v in changes.items():
         if v is ...:
             cfg.pop(k, None)
@@ -512,3 +512,123 @@ def test_every_error_class_is_an_npuyolo_error():
     for cls in (DataError, DeployError, DistillError, GraphError, TargetError, RewriteError, PruneError, ReportError,
                 RecipeError, TrainError, VariantError, RegistryError, CheckpointError):
         assert issubclass(cls, NpuyoloError)
+
+
+# ------------------------------------------------------------------------------------------------ second round (hostile tester)
+def test_resume_refuses_a_planted_best_pt_that_ultralytics_would_open_at_the_end(tmp_path, evil_pt):
+    from npuyolo.train.trainer import TrainError, resume_run
+
+    path, marker = evil_pt
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg)
+    reg.set_status(rid, "interrupted")
+    wdir = Path(reg.run(rid).save_dir) / "weights"
+    save_ultralytics_checkpoint(wdir / "last.pt", epoch=0)
+    (wdir / "best.pt").write_bytes(path.read_bytes())
+    with pytest.raises(TrainError, match="best.pt: refused to load"):
+        resume_run(rid, reg)
+    assert not marker.exists() and reg.run(rid).status == "interrupted"
+
+
+def test_ultralytics_own_checkpoint_loads_are_weights_only(tmp_path, evil_pt):
+    import npuyolo.ultra  # noqa: F401  (installs the guards)
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    path, marker = evil_pt
+    strip_optimizer(path)  # called by Ultralytics' final_eval on best.pt / last.pt; it logs and skips what it cannot load
+    assert not marker.exists()
+
+
+def test_names_that_look_like_markup_stay_text_in_tables(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    new_run(reg, name="[/bold] oops [link=https://evil.example]x[/link]")
+    r = cli("runs", registry=tmp_path / "r.db")
+    assert r.exit_code == 0 and "[/bold] oops" in " ".join(r.output.split())
+
+
+def test_markdown_tricks_in_names_stay_text(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg, name="x ![p](https://evil.example/name.gif)",
+                  class_names=["![t](https://evil.example/pixel.gif)", "![j](javascript:alert(1))", "a|b|c", "last"])
+    reg.record_epoch(rid, 1, map50=0.1, map50_95=0.05, precision=0.2, recall=0.1)
+    reg.set_status(rid, "finished")
+    from npuyolo.report.render import render_run
+
+    html = render_run(reg, rid, tmp_path / "out", lang="en", fmt="html").read_text()
+    assert "evil.example" not in "".join(html.split("<img")[1:]).split(">")[0]
+    assert not [tag for tag in html.split("<img")[1:] if 'src="data:image/png' not in tag.split(">")[0]]
+    assert "a|b|c, last" in html  # the pipe did not end the table cell
+    md = render_run(reg, rid, tmp_path / "md", lang="en").read_text()
+    assert "a\\|b\\|c" in md and "!\\[t\\](https://evil.example/pixel.gif)" in md
+
+
+def test_series_names_that_slug_alike_get_their_own_folders(tmp_path):
+    from npuyolo.paths import unique_slug
+
+    assert unique_slug("a/b") != unique_slug("a_b") and unique_slug("a_b") == "a_b"
+
+
+def test_read_commands_leave_no_wal_or_shm_behind(tmp_path):
+    db = tmp_path / "r.db"
+    reg = Registry(db)
+    new_run(reg)
+    reg.close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    for args in (["runs"], ["runs", "show", "1"], ["series", "rank", "nope"]):
+        cli(*args, registry=db)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("r.db")) == ["r.db"]
+
+
+def test_exporting_a_variant_creates_no_registry(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["export", "L4-relu", "--imgsz", "64", "--out", str(tmp_path / "x.onnx")],
+                           env={"NPUYOLO_REGISTRY": ""})
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["export", "L4-relu", "--nc", "0", "--imgsz", "64", "--out", "{tmp}/x.onnx"], "--nc must be at least 1"),
+    (["variants", "show", "L4-relu", "--nc", "0"], "--nc must be at least 1"),
+    (["export", "L4-relu", "--imgsz", "64", "--out", "{tmp}"], "is a folder"),
+    (["export", "L4-relu", "--imgsz", "64", "--out", "{tmp}/nodir/"], "is a folder"),
+    (["export", "L4-relu", "--imgsz", "64", "--out", "/proc/x.onnx"], "--out /proc/x.onnx"),
+    (["data", "synth", "{tmp}/d", "--imgsz", "0"], "--imgsz must be at least 32"),
+    (["data", "synth", "{tmp}/d", "--seed", "-5"], "--seed must be 0 or more"),
+    (["data", "synth", "{tmp}/afile"], "is a file"),
+    (["variants", "show", "L4-relu", "--imgsz", "0"], "multiple of 32"),
+])
+def test_more_bad_inputs_are_one_line_errors(tmp_path, args, expect):
+    (tmp_path / "afile").write_text("x")
+    assert expect in one_line_error(cli(*(a.format(tmp=tmp_path) for a in args)))
+
+
+def test_bad_recipe_values_are_refused(synth_data, tmp_path):
+    for flags, expect in ((["--seed", "99999999999999999999"], "seed"), (["--warmup-epochs", "-3"], "warmup_epochs")):
+        r = cli("train", "--variant", "L4-relu", "--data", synth_data, *flags, registry=tmp_path / "r.db")
+        assert expect in one_line_error(r)
+    assert Registry(tmp_path / "r.db").runs() == []
+
+
+def test_quantize_refuses_negative_auto_float(tmp_path, synth_data):
+    from npuyolo.deploy.evaluate import DeployError
+    from npuyolo.deploy.quantize import quantize_onnx
+
+    with pytest.raises(DeployError, match="--auto-float"):
+        quantize_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", synth_data, auto_float=-1)
+
+
+def test_a_run_cannot_be_named_like_a_variant(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    with pytest.raises(RegistryError, match="reads as a variant"):
+        new_run(reg, name="L4-leaky")
+
+
+def test_partial_files_of_killed_writers_are_cleaned_up(tmp_path):
+    from npuyolo.paths import write_text
+
+    stale = tmp_path / ".report.md.partial-4194000"  # a pid that does not exist
+    stale.write_text("half")
+    write_text(tmp_path / "report.md", "whole")
+    assert not stale.exists() and (tmp_path / "report.md").read_text() == "whole"

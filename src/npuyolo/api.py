@@ -141,10 +141,10 @@ class Workspace:
 
     def series_report(self, name: str, *, lang: str = "en", fmt: str = "md", target: str = "relu-only",
                       out: str | Path | None = None) -> Path:
-        from npuyolo.paths import slug
+        from npuyolo.paths import unique_slug
         from npuyolo.report.render import render_series
 
         reg = self._registry(readonly=True)
         reg.series(name)
-        folder = Path(out) if out else reg.output_dir("reports", f"series-{slug(name, 'series')}")
+        folder = Path(out) if out else reg.output_dir("reports", f"series-{unique_slug(name, 'series')}")
         return render_series(reg, name, folder, lang=lang, target=target, fmt=fmt)

@@ -12,7 +12,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Table as RichTable
+from rich.text import Text
 
 MARKUP = None  # help texts are plain: "[default: ...]" must not be read as Rich markup and vanish
 app = typer.Typer(help="Build, train, check and report NPU-ready YOLO11 detectors.", no_args_is_help=True,
@@ -39,6 +40,19 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 RegistryOpt = Annotated[Optional[Path], typer.Option("--registry", envvar="NPUYOLO_REGISTRY", help="SQLite registry file [default: runs/npuyolo.db]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+class Table(RichTable):
+    """A Rich table whose title, headers and cells are plain text: a run or class named '[/bold]' stays text."""
+
+    def __init__(self, *args, title=None, **kwargs):
+        super().__init__(*args, title=Text(title) if isinstance(title, str) else title, **kwargs)
+
+    def add_column(self, header="", *args, **kwargs):
+        return super().add_column(Text(header) if isinstance(header, str) else header, *args, **kwargs)
+
+    def add_row(self, *cells, **kwargs):
+        return super().add_row(*(Text(c) if isinstance(c, str) else c for c in cells), **kwargs)
 
 
 def _version(value: bool) -> None:
@@ -135,6 +149,9 @@ def variants_show(name: str, nc: Annotated[int, typer.Option(help="Number of cla
     from npuyolo.variants.build import activation_census, build_model, format_model_yaml, model_summary, model_yaml
     from npuyolo.variants.spec import parse_variant
 
+    from npuyolo.deploy.export import check_imgsz
+
+    check_imgsz(imgsz)
     spec = parse_variant(name)
     d = model_yaml(spec, nc=nc)
     model = build_model(d, nc=nc)
@@ -142,7 +159,7 @@ def variants_show(name: str, nc: Annotated[int, typer.Option(help="Number of cla
             "level": spec.settings.model_dump(), "yaml": d}
     if as_json:
         return print_json(info)
-    console.print(f"# {spec.name}: {spec.settings.summary}", highlight=False)
+    console.print(f"# {spec.name}: {spec.settings.summary}", highlight=False, markup=False)
     sys.stdout.write(format_model_yaml(d))
     console.print(f"parameters: {info['parameters']:,}   GFLOPs@{imgsz}: {info['gflops']:.2f}   activations: {info['activations']}")
 
@@ -153,7 +170,7 @@ def variants_show(name: str, nc: Annotated[int, typer.Option(help="Number of cla
 def export(model: Annotated[str, typer.Argument(help="Variant name (untrained), run id/name, or .pt checkpoint.")],
            imgsz: Annotated[Optional[int], typer.Option(help="Static input size [default: a run's training size, else 640].")] = None,
            head: Annotated[Optional[str], typer.Option(help="npu (L4 cut) or ultralytics [default: the level's head]")] = None,
-           out: Annotated[Optional[Path], typer.Option(help="Output .onnx file.")] = None,
+           out: Annotated[Optional[str], typer.Option(help="Output .onnx file.")] = None,
            nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
            as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Write a static-shape ONNX file (a run's goes to its folder's export/, anything else to the working directory)."""
@@ -162,7 +179,10 @@ def export(model: Annotated[str, typer.Argument(help="Variant name (untrained), 
 
     if head not in (None, "npu", "ultralytics"):
         raise ExportError(f"--head must be npu or ultralytics, got {head!r}")
-    reg = None if model.endswith((".pt", ".onnx")) or Path(model).is_file() else open_registry(registry)
+    from npuyolo.variants.spec import HYBRID_RE, NAME_RE
+
+    is_run = not (model.endswith((".pt", ".onnx")) or Path(model).is_file() or NAME_RE.match(model) or HYBRID_RE.match(model))
+    reg = open_registry(registry) if is_run else None  # exporting a variant or a file touches no registry
     resolved = resolve_model(model, reg, nc=nc)
     if imgsz is None:
         imgsz = reg.run(resolved.run_id).recipe.get("imgsz", 640) if resolved.run_id is not None else 640
@@ -175,7 +195,7 @@ def export(model: Annotated[str, typer.Argument(help="Variant name (untrained), 
         reg.add_artifact(resolved.run_id, f"onnx/{head or 'default'}", path.resolve(), {"imgsz": imgsz})
     if as_json:
         return print_json({"onnx": str(path.resolve()), "run_id": resolved.run_id, "imgsz": imgsz, "head": head})
-    console.print(f"wrote {path}", highlight=False)
+    console.print(f"wrote {path}", highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -237,7 +257,7 @@ def print_run(run: dict) -> None:
     console.print(f"[bold]run {run['id']}[/] {escape(run['name'])}  variant {run['variant']}  status [bold]{run['status']}[/]", highlight=False)
     console.print(escape(f"data {run['data_path']} (hash {run['data_hash']})  device {run['device']}  weights {run['weights_source'] or 'none (from scratch)'}"
                   + (f" transferred {run['weights_transferred']}" if run.get("weights_transferred") else "")), highlight=False)
-    console.print(f"started {run['started_at']}  ended {run['ended_at'] or '-'}  train time {fmt(run['duration_s'], 1)} s", highlight=False)
+    console.print(f"started {run['started_at']}  ended {run['ended_at'] or '-'}  train time {fmt(run['duration_s'], 1)} s", highlight=False, markup=False)
     if run.get("error"):
         console.print(f"[red]{escape(run['error'])}[/]", highlight=False)
     table = Table(title="epochs")
@@ -250,7 +270,7 @@ def print_run(run: dict) -> None:
         b = run["best"]
         console.print(f"best.pt validation: P {fmt(b['precision'])} R {fmt(b['recall'])} mAP50 {fmt(b['map50'])} mAP50-95 {fmt(b['map50_95'])}")
     for a in run["artifacts"]:
-        console.print(escape(f"  {a['kind']}: {a['path']}"), highlight=False)
+        console.print(escape(f"  {a['kind']}: {a['path']}"), highlight=False, markup=False)
 
 
 @runs_app.callback()
@@ -282,7 +302,7 @@ def runs_show(ctx: typer.Context, run: str, as_json: JsonOpt = False,
     if as_json:
         return print_json(record)
     print_run(record)
-    console.print("recipe: " + json.dumps(record["recipe"], sort_keys=True), highlight=False)
+    console.print("recipe: " + json.dumps(record["recipe"], sort_keys=True), highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------------------------------------- series
@@ -299,7 +319,7 @@ def series_run(spec_file: Annotated[Path, typer.Argument(help="series.yaml: name
         with quiet_stdout(as_json):
             rows = run_series(spec, reg, on_member=lambda v, a: err.rule(f"[bold]{escape(spec.name)}[/]: {v} ({a})"))
     except KeyboardInterrupt:
-        err.print(f"[yellow]interrupted[/]: run `npuyolo series run {spec_file}` again to continue")
+        err.print(f"[yellow]interrupted[/]: run `npuyolo series run {escape(str(spec_file))}` again to continue")
         raise typer.Exit(130) from None
     if as_json:
         return print_json({"series": spec.name, "members": rows})
@@ -339,16 +359,17 @@ def data_synth(out: Path, train: Annotated[int, typer.Option(help="Training imag
     from rich.progress import Progress
 
     from npuyolo.data.check import DataError
-    from npuyolo.data.synth import CLASSES, synthesize
+    from npuyolo.data.synth import CLASSES, check_synth_args, synthesize
 
     if train < 1 or val < 1:
         raise DataError(["--train and --val must be at least 1"])
+    check_synth_args(out, imgsz, seed)
     with Progress(console=err) as progress:
         task = progress.add_task("drawing signs", total=train + val)
         path = synthesize(out, train, val, imgsz, seed, progress=lambda n: progress.advance(task, n))
     if as_json:
         return print_json({"data": str(Path(path).resolve()), "train": train, "val": val, "classes": list(CLASSES)})
-    console.print(f"wrote {path} ({train} train / {val} val images, classes: {', '.join(CLASSES)})", highlight=False)
+    console.print(f"wrote {path} ({train} train / {val} val images, classes: {', '.join(CLASSES)})", highlight=False, markup=False)
 
 
 @data_app.command("check")
@@ -419,7 +440,7 @@ def npu_check(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx
     console.print(table)
     for r in result.reports:
         for note in result.notes.get(r.target, []):
-            console.print(f"[dim]{r.target}: {note}[/]", highlight=False)
+            console.print(f"[dim]{r.target}: {escape(note)}[/]", highlight=False)
         if nodes:
             t = Table(title=f"{r.target}: nodes not on the NPU")
             for col in ("node", "op", "placement", "reason", "source"):
@@ -442,7 +463,7 @@ def npu_rewrite(model: Annotated[Path, typer.Argument(help="ONNX file.")],
     dst, count = rewrite_file(model, out, leaky)
     if as_json:
         return print_json({"onnx": str(Path(dst).resolve()), "rewritten": count, "method": leaky})
-    console.print(f"rewrote {count} LeakyRelu node(s) as {leaky}: {dst}", highlight=False)
+    console.print(f"rewrote {count} LeakyRelu node(s) as {leaky}: {dst}", highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------------------------------------- deploy
@@ -466,7 +487,7 @@ def deploy_quantize(run: Annotated[str, typer.Argument(help="Run id or name.")],
     if as_json:
         return print_json({k: v for k, v in info.items() if k != "calibration_images"} | {"calibration_count": len(info["calibration_images"])})
     console.print(f"FP32: {info['fp32']}\nINT8: {info['int8']}  ({len(info['calibration_images'])} train images, {method}"
-                  f"{', per-channel' if per_channel else ''}; float nodes: {', '.join(info['keep_float']) or 'none'})", highlight=False)
+                  f"{', per-channel' if per_channel else ''}; float nodes: {', '.join(info['keep_float']) or 'none'})", highlight=False, markup=False)
 
 
 @deploy_app.command("eval")
@@ -619,7 +640,7 @@ def report(run: Annotated[str, typer.Argument(help="Run id or name.")],
     path = render_run(reg, run, out, lang=lang, fmt=fmt, compare=compare)
     if as_json:
         return print_json({"report": str(Path(path).resolve()), "folder": str(Path(out).resolve())})
-    console.print(f"wrote {path}", highlight=False)
+    console.print(f"wrote {path}", highlight=False, markup=False)
 
 
 @series_app.command("report")
@@ -630,16 +651,16 @@ def series_report(name: str, lang: Annotated[str, typer.Option(help="ko or en.")
                   out: Annotated[Optional[Path], typer.Option(help="Output folder [default: <registry dir>/reports/series-<name>].")] = None,
                   as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Write the series overview: ranking table, all members' curves, accuracy vs NPU compatibility."""
-    from npuyolo.paths import slug
+    from npuyolo.paths import unique_slug
     from npuyolo.report.render import render_series
 
     reg = open_registry(registry, readonly=True)
     reg.series(name)  # an unknown series fails before any folder is made
-    path = render_series(reg, name, out or reg.output_dir("reports", f"series-{slug(name, 'series')}"), lang=lang, target=target,
+    path = render_series(reg, name, out or reg.output_dir("reports", f"series-{unique_slug(name, 'series')}"), lang=lang, target=target,
                          fmt=fmt)
     if as_json:
         return print_json({"report": str(Path(path).resolve())})
-    console.print(f"wrote {path}", highlight=False)
+    console.print(f"wrote {path}", highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------------------------------------- predict
@@ -658,14 +679,16 @@ def predict(model: Annotated[str, typer.Argument(help="Run id/name, .pt checkpoi
 
     from npuyolo.deploy.predict import run_predict, stdout_to_stderr
 
-    with Progress(console=err, transient=True) as progress, stdout_to_stderr():
-        task = progress.add_task("predicting", total=None, visible=False)
+    with contextlib.ExitStack() as stack, stdout_to_stderr():
+        bars: list = []
 
-        def start(total: int) -> None:
-            progress.update(task, total=total or None, visible=total > 1)
+        def start(total: int) -> None:  # a bar on stderr for many images or video frames, on a terminal only
+            if total > 1:
+                progress = stack.enter_context(Progress(console=err, transient=True, disable=not err.is_terminal))
+                bars.append((progress, progress.add_task("predicting", total=total)))
 
         r = run_predict(model, source, conf=conf, iou=iou, imgsz=imgsz, out=out, max_det=max_det, registry=registry,
-                        on_start=start, on_frame=lambda: progress.advance(task))
+                        on_start=start, on_frame=lambda: [p.advance(t) for p, t in bars])
     if as_json:
         return print_json(r.as_dict())
     frames = sum(d.frame is not None for d in r.detections)
@@ -679,7 +702,7 @@ def predict(model: Annotated[str, typer.Argument(help="Run id/name, .pt checkpoi
         for name, count in r.per_class.items():
             table.add_row(escape(name), str(count))
         console.print(table)
-    console.print(escape(f"wrote {len(r.annotated)} annotated file(s), {r.json_path.name} and {r.csv_path.name} to {r.out}"), highlight=False)
+    console.print(escape(f"wrote {len(r.annotated)} annotated file(s), {r.json_path.name} and {r.csv_path.name} to {r.out}"), highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------------------------------------- studies
@@ -699,7 +722,7 @@ def study_relu_gap(data: Annotated[Path, typer.Option(help="data.yaml.")],
     """Train L4-leaky, L4-relu, L4-relu distilled and L4-relu annealed on the same seeds; report each route's gap and spread."""
     from dataclasses import asdict
 
-    from npuyolo.paths import slug
+    from npuyolo.paths import unique_slug
     from npuyolo.report.render import render_study
     from npuyolo.study.relu_gap import StudyError, relu_gap_study
     from npuyolo.train.recipe import load_mapping
@@ -718,13 +741,13 @@ def study_relu_gap(data: Annotated[Path, typer.Option(help="data.yaml.")],
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted[/]: run the same `npuyolo study relu-gap` again to continue")
         raise typer.Exit(130) from None
-    folder = out or reg.output_dir("reports", f"study-{slug(name, 'study')}")
+    folder = out or reg.output_dir("reports", f"study-{unique_slug(name, 'study')}")
     reports = [str(render_study(reg, name, folder, lang=lang)) for lang in ("en", "ko")]
     if as_json:
         return print_json({"study": name, "rows": [asdict(r) for r in rows], "reports": reports})
     print_study(name, rows)
     for r in reports:
-        console.print(f"wrote {r}", highlight=False)
+        console.print(f"wrote {r}", highlight=False, markup=False)
 
 
 def print_study(name: str, rows) -> None:
@@ -744,13 +767,13 @@ def print_study(name: str, rows) -> None:
 def study_report(name: str, lang: Annotated[str, typer.Option(help="ko or en.")] = "en",
                  out: Annotated[Optional[Path], typer.Option(help="Output folder.")] = None, registry: RegistryOpt = None) -> None:
     """Write a study's report again from the registry (e.g. after more seeds finished)."""
-    from npuyolo.paths import slug
+    from npuyolo.paths import unique_slug
     from npuyolo.report.render import render_study
 
     reg = open_registry(registry, readonly=True)
     reg.series(name)
-    path = render_study(reg, name, out or reg.output_dir("reports", f"study-{slug(name, 'study')}"), lang=lang)
-    console.print(f"wrote {path}", highlight=False)
+    path = render_study(reg, name, out or reg.output_dir("reports", f"study-{unique_slug(name, 'study')}"), lang=lang)
+    console.print(f"wrote {path}", highlight=False, markup=False)
 
 
 def main() -> None:  # pragma: no cover

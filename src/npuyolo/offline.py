@@ -51,6 +51,23 @@ def install_guards() -> None:
         module.check_font = local_font
     patches._pil_plugins_registered = True
     tasks.SAFE_LOAD = True  # torch_safe_load(), parse_model() read this module global at call time
+    import ultralytics.utils.torch_utils as torch_utils
+
+    unsafe = patches.torch_load
+
+    def safe_torch_load(f, *args, **kwargs):
+        """Ultralytics' torch_load with weights_only=True by default (strip_optimizer and friends load files too)."""
+        kwargs.setdefault("weights_only", True)
+        if kwargs["weights_only"] and isinstance(f, (str, os.PathLike)):
+            from npuyolo.offline import trust_npuyolo_classes
+
+            trust_npuyolo_classes()
+            with tasks._SafeLoad.loading(f):
+                return unsafe(f, *args, **kwargs)
+        return unsafe(f, *args, **kwargs)
+
+    patches.torch_load = safe_torch_load  # imports inside functions
+    torch_utils.torch_load = safe_torch_load  # strip_optimizer's module-level name
 
 
 # npuyolo's own nn.Module classes that its checkpoints may hold: code we ship, not code a file brings

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from npuyolo.errors import UnsafePathError
 
-__all__ = ["MAX_COMPONENT_BYTES", "atomic_path", "claim_dir", "safe_join", "slug", "write_bytes", "write_text"]
+__all__ = ["MAX_COMPONENT_BYTES", "atomic_path", "claim_dir", "safe_join", "slug", "unique_slug", "write_bytes", "write_text"]
 
 MAX_COMPONENT_BYTES = 96  # well under every file system's 255-byte limit, leaving room for suffixes
 
@@ -33,6 +33,16 @@ def slug(name: str, fallback: str = "run") -> str:
     while len(out.encode("utf-8")) > MAX_COMPONENT_BYTES:
         out = out[:-1].rstrip("._")
     return out or fallback
+
+
+def unique_slug(name: str, fallback: str = "run") -> str:
+    """`slug(name)`, plus a short hash of the exact name when slugging changed it: 'a/b' and 'a_b' stay apart."""
+    import hashlib
+
+    s = slug(name, fallback)
+    if s == unicodedata.normalize("NFC", str(name)):
+        return s
+    return f"{s[:MAX_COMPONENT_BYTES - 8]}-{hashlib.sha1(str(name).encode('utf-8')).hexdigest()[:6]}"
 
 
 def safe_join(root: str | Path, *parts: str | Path) -> Path:
@@ -63,6 +73,7 @@ def atomic_path(dst: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `dst`; on success it replaces `dst` in one step, on failure it is removed."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(dst)
     tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
     try:
         yield tmp
@@ -70,6 +81,14 @@ def atomic_path(dst: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _remove_stale_partials(dst: Path) -> None:
+    """Temporary files of writers that were killed (their pid is gone) are garbage: remove them."""
+    for stale in dst.parent.glob(f".{dst.name}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            stale.unlink(missing_ok=True)
 
 
 def write_text(dst: str | Path, text: str) -> Path:

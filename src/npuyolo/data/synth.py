@@ -174,10 +174,28 @@ def compose(imgsz: int, rng: np.random.Generator, max_signs: int = 4) -> tuple[n
     return np.clip(img, 0, 255).astype(np.uint8), labels
 
 
+def check_synth_args(out: str | Path, imgsz: int, seed: int) -> Path:
+    """The output folder, created; refuses sizes too small to draw signs in, negative seeds, a file in the way."""
+    from npuyolo.data.check import DataError
+
+    out = Path(out)
+    if imgsz < 32:
+        raise DataError([f"--imgsz must be at least 32 px to draw signs, got {imgsz}"])
+    if seed < 0:
+        raise DataError([f"--seed must be 0 or more, got {seed}"])
+    if out.exists() and not out.is_dir():
+        raise DataError([f"{out} is a file; name a folder to write the data set into"])
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError([f"{out}: cannot create the folder ({e.strerror or e})"]) from None
+    return out
+
+
 def synthesize(out: str | Path, n_train: int = 400, n_val: int = 100, imgsz: int = 320, seed: int = 0,
                progress: Callable[[int], None] | None = None) -> Path:
     """Write images/, labels/ (one file per image, empty for background) and data.yaml; returns the yaml path."""
-    out = Path(out)
+    out = check_synth_args(out, imgsz, seed)
     for split, n, split_id in (("train", n_train, 0), ("val", n_val, 1)):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -54,32 +55,50 @@ def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head:
     else:
         detect.export, detect.format, detect.dynamic = True, "onnx", False
         net, outputs = model, ["output0"]
-    out = Path(out)
+    out = check_out_file(out)
     im = torch.zeros(1, 3, imgsz, imgsz)
-    with atomic_path(out) as tmp:  # a killed export never leaves a metadata-less file under the final name
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            net(im)  # builds anchors; also fails early on shape errors
-            torch.onnx.export(net, im, str(tmp), opset_version=OPSET, input_names=["images"], output_names=outputs, dynamo=False)
-        proto = onnx.load(str(tmp))
-        if simplify:
-            import onnxslim
+    try:
+        with atomic_path(out) as tmp:  # a killed export never leaves a metadata-less file under the final name
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                net(im)  # builds anchors; also fails early on shape errors
+                torch.onnx.export(net, im, str(tmp), opset_version=OPSET, input_names=["images"], output_names=outputs, dynamo=False)
+            proto = onnx.load(str(tmp))
+            if simplify:
+                import onnxslim
 
-            proto = onnxslim.slim(proto)
-        names = getattr(model, "names", None) or {i: f"class{i}" for i in range(detect.nc)}
-        meta = {
-            "npuyolo_head": head,
-            "variant": model_meta(model).get("variant", "ultralytics"),
-            "imgsz": json.dumps([imgsz, imgsz]),
-            "strides": json.dumps(strides),
-            "reg_max": str(detect.reg_max),
-            "nc": str(detect.nc),
-            "class_sigmoid": "in_graph" if head != "npu" or class_sigmoid else "host",
-            "names": json.dumps({int(k): v for k, v in names.items()}),
-        }
-        set_metadata(proto, meta)
-        onnx.checker.check_model(proto)
-        onnx.save(proto, str(tmp))
+                proto = onnxslim.slim(proto)
+            names = getattr(model, "names", None) or {i: f"class{i}" for i in range(detect.nc)}
+            meta = {
+                "npuyolo_head": head,
+                "variant": model_meta(model).get("variant", "ultralytics"),
+                "imgsz": json.dumps([imgsz, imgsz]),
+                "strides": json.dumps(strides),
+                "reg_max": str(detect.reg_max),
+                "nc": str(detect.nc),
+                "class_sigmoid": "in_graph" if head != "npu" or class_sigmoid else "host",
+                "names": json.dumps({int(k): v for k, v in names.items()}),
+            }
+            set_metadata(proto, meta)
+            onnx.checker.check_model(proto)
+            onnx.save(proto, str(tmp))
+    except OSError as e:  # full disk, a path the OS refuses
+        raise ExportError(f"--out {out}: cannot write ({e.strerror or e})") from None
+    return out
+
+
+def check_out_file(out: str | Path) -> Path:
+    """An output *file* path that can be written: not a folder, not 'dir/', its folder creatable."""
+    text = str(out)
+    out = Path(out)
+    if text.endswith(("/", "\\")) or out.is_dir():
+        raise ExportError(f"--out {text} is a folder; name the .onnx file to write")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"--out {text}: cannot create {out.parent} ({e.strerror or e})") from None
+    if not os.access(out.parent, os.W_OK):
+        raise ExportError(f"--out {text}: {out.parent} is not writable")
     return out
 
 

@@ -106,8 +106,8 @@ class PredictResult:
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def as_dict(self) -> dict:
-        return {"model": self.model, "model_path": self.model_path, "kind": self.kind, "run_id": self.run_id, "imgsz": self.imgsz, "conf": self.conf, "iou": self.iou,
-                "out": str(self.out), "files": {"json": str(self.json_path), "csv": str(self.csv_path),
+        return {"model": self.model, "model_path": self.model_path, "kind": self.kind, "run_id": self.run_id, "imgsz": self.imgsz,
+                "conf": self.conf, "iou": self.iou, "out": str(self.out), "files": {"json": str(self.json_path), "csv": str(self.csv_path),
                                                  "annotated": [str(p) for p in self.annotated]},
                 "images": len(self.detections), "detections": sum(len(d.boxes) for d in self.detections),
                 "per_class": self.per_class, "predictions": [detections_dict(d) for d in self.detections]}

@@ -108,6 +108,8 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
     """Quantize `fp32` to INT8 QDQ; returns what was done (calibration files, nodes kept float, ...)."""
     if method not in METHODS:
         raise DeployError(f"--method must be one of {', '.join(METHODS)}")
+    if auto_float < 0:
+        raise DeployError(f"--auto-float must be 0 or more Conv nodes, got {auto_float}")
     meta = onnx_metadata(fp32)
     if "imgsz" not in meta:
         raise DeployError(f"{fp32}: no npuyolo metadata; quantize an export written by npuyolo")

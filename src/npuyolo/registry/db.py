@@ -43,6 +43,10 @@ def validate_run_name(name: str) -> str:
         raise RegistryError(f"--name {name!r} would read as a run id; names need a non-digit and must not start with '#'")
     if any(unicodedata.category(c).startswith("C") for c in name):
         raise RegistryError("--name must not contain control characters")
+    from npuyolo.variants.spec import HYBRID_RE, NAME_RE
+
+    if NAME_RE.match(name) or HYBRID_RE.match(name):
+        raise RegistryError(f"--name {name!r} reads as a variant name (an untrained model); add something, e.g. {name}-run")
     return name
 
 
@@ -170,9 +174,10 @@ class Registry:
     def _open_readonly(self) -> sqlite3.Connection:
         if not self.path.is_file():
             raise RegistryError(f"no registry at {self.path}: nothing recorded there yet (a mistyped --registry?)")
-        try:
+        wal = Path(f"{self.path}-wal")
+        if wal.exists():  # a writer is active (or died): read through its WAL; the -shm beside it already exists
             conn = self._connect(f"{self.path.as_uri()}?mode=ro", uri=True)
-        except RegistryError:  # read-only media: no -shm can be created next to a WAL file; nobody writes there anyway
+        else:  # nothing pending in a WAL: read the file as it is, creating no -wal/-shm beside it (read-only media too)
             conn = self._connect(f"{self.path.as_uri()}?mode=ro&immutable=1", uri=True)
         version = self._check_version(conn)
         if version < SCHEMA_VERSION:  # an older registry: upgrade a private in-memory copy, leave the file as it is

@@ -10,7 +10,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from npuyolo.errors import UnsafePathError
-from npuyolo.paths import safe_join, slug, write_text
+from npuyolo.paths import safe_join, slug, unique_slug, write_text
 from npuyolo.report import plots, webfont
 from npuyolo.report.facts import METRICS, ReportError, RunFacts, run_facts
 from npuyolo.variants.spec import parse_variant
@@ -23,6 +23,29 @@ LOSS_NAMES_KO = {"box_loss": "Box 손실", "cls_loss": "Cls 손실", "dfl_loss":
 STATUS_KO = {"running": "학습 중", "finished": "완료", "failed": "실패", "interrupted": "중단됨"}
 NOTES_KO = {"class sigmoid moved to the host decode (no NPU Sigmoid on this target)":
             "이 타깃에는 NPU Sigmoid가 없어 클래스 시그모이드를 호스트 디코딩으로 옮겼습니다"}
+
+
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`[]|"})
+
+
+def md_text(value):
+    """A user-given string (run, series or class name, path, error) as literal Markdown text.
+
+    Backslash-escapes what could start a link or image, a code span or a table cell; HTML characters are left
+    to the HTML autoescaping, so the .md stays readable.
+    """
+    return value.translate(_MD_SPECIAL) if isinstance(value, str) else value
+
+
+def md_safe_run(run):
+    """The run as templates see it: every free-text field a user controls made literal Markdown."""
+    if run is None:
+        return None
+    from dataclasses import replace
+
+    return replace(run, name=md_text(run.name), series=md_text(run.series), error=md_text(run.error),
+                   data_path=md_text(run.data_path), weights_source=md_text(run.weights_source), device=md_text(run.device),
+                   class_names=[md_text(c) for c in run.class_names])
 
 
 def _num(fmt: str):
@@ -107,6 +130,8 @@ def to_html(markdown_text: str, folder: Path, title: str) -> str:
         return f'src="data:image/png;base64,{data}"'
 
     body = re.sub(r'src="([^"]+\.png)"', embed, body)
+    # only the report's own plots, embedded above, may be images: nothing is fetched from elsewhere when it opens
+    body = re.sub(r'<img\b[^>]*\bsrc="(?!data:image/png;base64,)[^"]*"[^>]*>', "", body)
     face = webfont.font_face_css(title + markdown_text)  # Hangul: a subset of the shipped OFL font, embedded
     first = f"'{webfont.FAMILY}'," if face else ""
     style = (f"{face}body{{font-family:{first}'DejaVu Sans','Noto Sans KR',sans-serif;max-width:980px;margin:2em auto;"
@@ -124,6 +149,8 @@ def render_run(registry, ref, out: Path, lang: str = "en", fmt: str = "md", comp
     facts = run_facts(registry, ref, compare)
     _make_dir(out)
     img = write_run_plots(facts, out)
+    title = facts.run.name
+    facts.run, facts.compare = md_safe_run(facts.run), md_safe_run(facts.compare)
     env = environment(html_output=fmt == "html")
     say = env.get_template(f"say_{lang}.j2").module.say
     spec = parse_variant(facts.run["variant"])
@@ -133,7 +160,7 @@ def render_run(registry, ref, out: Path, lang: str = "en", fmt: str = "md", comp
     name = f"report_{facts.run['id']}_{lang}"
     if fmt == "md":
         return write_text(out / f"{name}.md", text)
-    return write_text(out / f"{name}.html", to_html(text, out, facts.run["name"]))
+    return write_text(out / f"{name}.html", to_html(text, out, title))
 
 
 def _make_dir(out: Path) -> None:
@@ -169,7 +196,7 @@ def render_series(registry, name: str, out: Path, lang: str = "en", target: str 
     runs = [registry.run(r["run_id"]) for r in ranked]
     if fmt not in ("md", "html"):
         raise ReportError(f"--format must be md or html, got {fmt!r}")
-    stem = f"series_{slug(name, 'series')}"
+    stem = f"series_{unique_slug(name, 'series')}"
     img = {"curves": f"{stem}_curves.png", "scatter": f"{stem}_accuracy_vs_npu.png"}
     plots.compare_curves(runs, out / img["curves"])
     from npuyolo.train.hybrid import pareto_front
@@ -185,7 +212,7 @@ def render_series(registry, name: str, out: Path, lang: str = "en", target: str 
     if points:
         plots.accuracy_vs_npu(points, out / img["scatter"], target)
     env = environment(html_output=fmt == "html")
-    text = env.get_template(f"series_{lang}.md.j2").render(name=name, rows=rows, target=target, has_scatter=bool(points), img=img,
+    text = env.get_template(f"series_{lang}.md.j2").render(name=md_text(name), rows=rows, target=target, has_scatter=bool(points), img=img,
                                                             metrics=METRICS)
     text = tidy_markdown(text)
     if fmt == "html":
@@ -209,7 +236,7 @@ def render_study(registry, name: str, out: Path, lang: str = "en") -> Path:
     rows = study_table(registry, name)
     spec = registry.series(name)["spec"]
     _make_dir(out)
-    img = {"map50": f"study_{slug(name, 'study')}_map50.png"}
+    img = {"map50": f"study_{unique_slug(name, 'study')}_map50.png"}
     plots.route_bars([asdict(r) for r in rows], out / img["map50"], f"{name}: best.pt mAP50 per route (mean, seeds as dots)")
     leaky = next((r for r in rows if r.route == "leaky"), None)
     undertrained = leaky is None or leaky.mean["map50"] is None or leaky.mean["map50"] < UNDERTRAINED_MAP50
@@ -217,6 +244,6 @@ def render_study(registry, name: str, out: Path, lang: str = "en") -> Path:
                                      and r.gap_pp["map50"] is not None and r.gap_pp["map50"] >= -0.5]
     env = environment()
     text = env.get_template(f"study_{lang}.md.j2").render(
-        name=name, rows=rows, seeds=spec["seeds"], targets=spec["targets"], data=spec["data"], recipe=spec["recipe_resolved"],
+        name=md_text(name), rows=rows, seeds=spec["seeds"], targets=spec["targets"], data=md_text(spec["data"]), recipe=spec["recipe_resolved"],
         close=close, how_ko=HOW_KO, undertrained=undertrained, floor=UNDERTRAINED_MAP50, img=img)
-    return write_text(out / f"study_{slug(name, 'study')}_{lang}.md", tidy_markdown(text))
+    return write_text(out / f"study_{unique_slug(name, 'study')}_{lang}.md", tidy_markdown(text))

@@ -55,8 +55,8 @@ class Recipe(BaseModel):
     lr_final: float = Field(0.0001, gt=0)
     momentum: float = 0.9
     weight_decay: float = 0.001
-    warmup_epochs: float = 5
-    seed: int = 0
+    warmup_epochs: float = Field(5, ge=0)
+    seed: int = Field(0, ge=0, lt=2**32)
     deterministic: bool = True
     workers: int = Field(default_factory=default_workers, ge=0)
     patience: int = 100

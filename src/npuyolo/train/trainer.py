@@ -359,6 +359,12 @@ def _resume_checkpoint(run: RunRecord, save_dir: Path, source: str) -> tuple[Pat
     wdir = save_dir / "weights"
     files = {"last": wdir / "last.pt", "previous": wdir / PREVIOUS, "best": wdir / "best.pt"}
     chosen = files[source]
+    for other in (p for k, p in files.items() if k != source and p.exists()):
+        try:  # Ultralytics itself opens best.pt again at the end of training (strip_optimizer, final validation)
+            read_checkpoint(other)
+        except CheckpointError as e:
+            if "refused" in str(e):
+                raise TrainError(f"{e}; move it away before resuming this run") from e
     if source == "last" and not chosen.exists():
         return None
     if not chosen.exists():

@@ -135,6 +135,10 @@ def apply_transforms(model: DetectionModel) -> DetectionModel:
 
 def build_model(variant: VariantSpec | str | dict, nc: int = 80, names: list[str] | None = None, verbose: bool = False) -> DetectionModel:
     """A fresh (untrained) model of a variant, or of a model YAML dict that carries an `npuyolo` block."""
+    if not isinstance(nc, int) or nc < 1:
+        from npuyolo.variants.spec import VariantError
+
+        raise VariantError(f"--nc must be at least 1 class, got {nc}")
     yaml_dict = copy.deepcopy(variant) if isinstance(variant, dict) else model_yaml(variant, nc, names)
     model = DetectionModel(yaml_dict, nc=nc, verbose=verbose)
     if names:
