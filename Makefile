@@ -3,11 +3,13 @@
 # Python (stock Debian/Ubuntu), a project .venv created once (see scripts/pick_python.sh).
 PY := $(shell scripts/pick_python.sh)
 OUT ?= demo_out
+# which Ultralytics distribution a fresh environment gets (an installed one is kept): headless or ultralytics
+ULTRALYTICS_EXTRA ?= $(shell $(PY) -c "import importlib.metadata as m; m.version('ultralytics'); print('ultralytics')" 2>/dev/null || echo headless)
 
 .PHONY: install demo test bench
 
 install:
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,mlflow,$(ULTRALYTICS_EXTRA)]"
 
 demo: install
 	PATH="$$($(PY) -c 'import os, sys; print(os.path.dirname(sys.executable))'):$$PATH" bash scripts/demo.sh $(OUT)

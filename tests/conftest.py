@@ -29,7 +29,7 @@ def data_copy(synth_data, tmp_path) -> Path:
 
 @pytest.fixture
 def tiny_recipe() -> Recipe:
-    return Recipe.load(epochs=1, imgsz=64, batch=8, workers=0)
+    return Recipe.load(epochs=1, imgsz=64, batch=8, workers=0, plots=False)  # plots cost seconds; one report test keeps them
 
 
 @pytest.fixture(autouse=True)

@@ -32,8 +32,28 @@ def test_workspace_train_check_quantize_evaluate_report(synth_data, tmp_path):
     q = ws.quantize(run.id, synth_data, calib=4)
     result = ws.evaluate(q["int8"], synth_data)
     assert result["kind"] == "int8" and "drop_pp" in result
+    # best.pt scored through the same square pipeline as the ONNX files, so the two agree like for like
+    assert result["pt"]["imgsz"] == result["fp32"]["imgsz"] == 64
+    assert abs(result["pt"]["map50"] - result["fp32"]["map50"]) <= 0.005
+    assert "The PT row is best.pt" in ws.report(run.id, lang="en").read_text()
     report = ws.report(run.id, lang="ko")
     assert report.is_file() and report.parent == Path(run.save_dir) / "reports"
     assert [r["id"] for r in ws.runs()] == [run.id]
     with pytest.raises(NpuyoloError):
         ws.run("no-such-run")
+
+
+def test_no_ultralytics_distribution_is_forced_over_an_existing_one():
+    import tomllib
+
+    meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert not [d for d in meta["dependencies"] if d.startswith("ultralytics")]
+    assert meta["optional-dependencies"]["ultralytics"][0].startswith("ultralytics>=")
+    assert meta["optional-dependencies"]["headless"][0].startswith("ultralytics-opencv-headless>=")
+
+
+def test_a_missing_ultralytics_is_one_clear_error():
+    code = ("import sys; sys.modules['ultralytics'] = None\n"
+            "try:\n    import npuyolo.ultra\nexcept Exception as e:\n    print(type(e).__name__, '|', e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert out.startswith("MissingUltralyticsError |") and "npuyolo[headless]" in out

@@ -165,10 +165,10 @@ def test_korean_report_in_a_browser(browser, korean_report):
     body = browser.js("document.body.innerText")
     assert HOSTILE_NAME in body and HOSTILE_CLASS in body and "학습 보고서" in body
     # every image is an embedded PNG that decoded
-    images = browser.js("[...document.images].map(i => [i.src.slice(0, 22), i.complete, i.naturalWidth, i.naturalHeight])")
+    images = browser.js("[...document.images].map(i => [i.src.split(',')[0], i.complete, i.naturalWidth, i.naturalHeight])")
     assert len(images) >= 2
     for src, complete, width, height in images:
-        assert src == "data:image/png;base64," and complete and width > 0 and height > 0
+        assert src in ("data:image/png;base64", "data:image/jpeg;base64") and complete and width > 0 and height > 0
     # the embedded font loaded, and Hangul is laid out with it, not with a fallback
     assert browser.js(f"[...document.fonts].filter(f => f.family.replace(/[\"']/g, '') === '{webfont.FAMILY}')"
                       ".map(f => f.status)") == ["loaded"]

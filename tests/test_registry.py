@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import sqlite3
 import subprocess
 import sys
@@ -95,3 +97,40 @@ def test_names_are_unique_and_derived_names_get_a_suffix(tmp_path):
     assert reg.unique_name("a-pruned0.3") == "a-pruned0.3-2"
     new_run(reg, name="a-pruned0.3-2")
     assert reg.unique_name("a-pruned0.3") == "a-pruned0.3-3" and reg.unique_name("fresh") == "fresh"
+
+
+def test_runs_export_to_mlflow(tmp_path, monkeypatch):
+    """Registry runs land in an MLflow store with params, per-epoch metrics and artefacts; a second export skips them."""
+    import json
+
+    import mlflow
+    from typer.testing import CliRunner
+
+    from npuyolo.cli import app
+    from npuyolo.train.recipe import Recipe
+
+    reg = Registry(tmp_path / "r.db")
+    rid = reg.create_run(name="leaky", variant="L4-leaky", recipe=Recipe.load(epochs=2).model_dump(), data_path="d.yaml",
+                         data_hash="h", class_names=["a"], weights_source=None, device="cpu", versions={})
+    for e in (1, 2):
+        reg.record_epoch(rid, e, map50=0.1 * e, map50_95=0.05 * e, precision=0.3, recall=0.2, extra={"act_slope": 0.1 / e})
+    reports = Path(reg.run(rid).save_dir) / "reports"
+    reports.mkdir()
+    (reports / "report_1_en.md").write_text("# report\n")
+    reg.set_status(rid, "finished")
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runner = CliRunner()
+    r = runner.invoke(app, ["runs", "export", "--mlflow", uri, "--json"], env={"NPUYOLO_REGISTRY": str(reg.path)})
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert rows[0]["action"] == "exported"
+    client = mlflow.MlflowClient(uri)
+    got = client.get_run(rows[0]["mlflow_run_id"])
+    assert got.data.params["recipe.lr0"] == "0.003" and got.data.tags["npuyolo.variant"] == "L4-leaky"
+    assert [m.value for m in client.get_metric_history(got.info.run_id, "map50")] == [0.1, 0.2]
+    assert [m.step for m in client.get_metric_history(got.info.run_id, "extra/act_slope")] == [1, 2]
+    assert [a.path for a in client.list_artifacts(got.info.run_id, "reports")] == ["reports/report_1_en.md"]
+    assert Registry(reg.path).run(rid).artifact("tracker/mlflow").meta["run_id"] == got.info.run_id
+    again = json.loads(runner.invoke(app, ["runs", "export", "--mlflow", uri, "--json"], env={"NPUYOLO_REGISTRY": str(reg.path)}).stdout)
+    assert again[0]["action"] == "already exported"

@@ -184,3 +184,38 @@ def test_two_reports_in_one_folder_keep_their_own_plots(recorded, tmp_path):
     b = render_run(reg, relu, tmp_path, lang="en").read_text()
     assert f"run{leaky}_metrics.png" in a and f"run{relu}_metrics.png" in b
     assert (tmp_path / f"run{leaky}_metrics.png").read_bytes() != (tmp_path / f"run{relu}_metrics.png").read_bytes()
+
+
+@pytest.mark.slow
+def test_report_shows_ultralytics_validation_plots(synth_data, tiny_recipe, tmp_path):
+    from npuyolo.registry.db import Registry
+    from npuyolo.train.trainer import train_variant
+
+    reg = Registry(tmp_path / "r.db")
+    run = train_variant("L4-relu", synth_data, tiny_recipe.model_copy(update={"plots": True}), reg, verbose=False)
+    html = render_run(reg, run.run_id, tmp_path / "out", lang="en", fmt="html").read_text()
+    assert (tmp_path / "out" / f"run{run.run_id}_confusion.png").is_file() and (tmp_path / "out" / f"run{run.run_id}_val_pred.jpg").is_file()
+    assert 'alt="confusion matrix" src="data:image/png;base64,' in html and 'alt="val predictions" src="data:image/jpeg;base64,' in html
+
+
+def test_series_plot_includes_the_recommended_rewrite_and_it_dominates_relu(tmp_path):
+    from npuyolo.npu.check import check_model
+    from npuyolo.train.recipe import Recipe
+
+    reg = Registry(tmp_path / "r.db")
+    reg.upsert_series("v", {"variants": ["L4-leaky", "L4-relu"], "name": "v"})
+    for variant, map50 in (("L4-leaky", 0.471), ("L4-relu", 0.295)):
+        rid = reg.create_run(name=f"v-{variant}-run", variant=variant, recipe=Recipe.load(imgsz=64).model_dump(), data_path="d",
+                             data_hash="h", class_names=["a"], weights_source=None, device="cpu", versions={}, series="v")
+        reg.set_series_member("v", variant, rid)
+        reg.record_epoch(rid, 1, map50=map50, map50_95=map50 / 2, precision=0.5, recall=0.4)
+        reg.set_status(rid, "finished")
+        checked = check_model(variant, ["relu-only"], None, imgsz=64, nc=1, workdir=tmp_path / variant)  # as `npu check` does
+        reg.add_npu_check(run_id=rid, model_ref=variant, onnx_path=checked.onnx_paths["relu-only"], head="npu",
+                          report=checked.reports[0].as_dict())
+    text = render_series(reg, "v", tmp_path / "out", lang="en", target="relu-only").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| L4-leaky + relu-decomp"))
+    assert "| derived | 0.471 |" in row and "100.0%" in row and row.rstrip().endswith("| yes |")
+    relu = next(line for line in text.splitlines() if line.startswith("| L4-relu |"))
+    assert not relu.rstrip().endswith("| yes |")  # dominated: same placement, lower accuracy
+    assert (tmp_path / "out" / "series_v_accuracy_vs_npu.png").is_file()

@@ -192,3 +192,29 @@ def test_runs_cli(synth_data, tiny_recipe, tmp_path):
     exported = runner.invoke(app, ["export", "1", "--imgsz", "64", "--out", str(out), "--registry", str(db)])
     assert exported.exit_code == 0, exported.output and out.is_file()
     assert any(a["kind"].startswith("onnx/") for a in Registry(db).run(1)["artifacts"])
+
+
+def test_trackers_stay_off_unless_the_recipe_names_them(synth_data, tiny_recipe, monkeypatch):
+    """Ultralytics would add W&B/MLflow/... callbacks whenever their package is installed; npuyolo keeps only those named."""
+    import npuyolo.train.trainer as trainer
+
+    def fake_wandb(t):
+        pass
+
+    def fake_tensorboard(t):
+        pass
+
+    fake_wandb.__module__, fake_tensorboard.__module__ = "ultralytics.utils.callbacks.wb", "ultralytics.utils.callbacks.tensorboard"
+    seen = {}
+
+    def fake_integrations(instance):  # what Ultralytics does when wandb and tensorboard are installed and enabled
+        instance.callbacks["on_pretrain_routine_start"] += [fake_wandb, fake_tensorboard]
+        seen[id(instance)] = True
+
+    monkeypatch.setattr(trainer, "_ultralytics_add_integration_callbacks", fake_integrations)
+    overrides = {**tiny_recipe.ultralytics_args(), "model": "yolo11n.yaml", "data": str(synth_data)}
+    default = trainer._trainer_for(tiny_recipe)(overrides=overrides)
+    chosen = trainer._trainer_for(tiny_recipe.model_copy(update={"trackers": ["tensorboard"]}))(overrides=overrides)
+    assert len(seen) == 2  # the filter ran where Ultralytics adds integrations, before on_pretrain_routine_start fired
+    assert fake_wandb not in default.callbacks["on_pretrain_routine_start"] and fake_tensorboard not in default.callbacks["on_pretrain_routine_start"]
+    assert fake_tensorboard in chosen.callbacks["on_pretrain_routine_start"] and fake_wandb not in chosen.callbacks["on_pretrain_routine_start"]

@@ -305,6 +305,29 @@ def runs_show(ctx: typer.Context, run: str, as_json: JsonOpt = False,
     console.print("recipe: " + json.dumps(record["recipe"], sort_keys=True), highlight=False, markup=False)
 
 
+@runs_app.command("export")
+@user_errors
+def runs_export(ctx: typer.Context, mlflow: Annotated[str, typer.Option("--mlflow", help="MLflow tracking URI to copy runs into, e.g. sqlite:///mlflow.db.")],
+                run: Annotated[Optional[list[str]], typer.Option("--run", help="Run to export (repeatable) [default: all].")] = None,
+                experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "npuyolo",
+                as_json: JsonOpt = False,
+                registry: Annotated[Optional[Path], typer.Option("--registry", help="SQLite registry file [default: the group's]")] = None) -> None:
+    """Copy runs (recipe, per-epoch metrics, NPU checks, INT8 results, reports) into MLflow for `mlflow ui`."""
+    from npuyolo.registry.mlflow_export import export_runs
+
+    with quiet_stdout(True):
+        rows = export_runs(open_registry(registry or ctx.obj), mlflow, run, experiment)
+    if as_json:
+        return print_json(rows)
+    table = Table(title=f"exported to {mlflow} (experiment {experiment})")
+    for col in ("run", "name", "MLflow run", "action"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["run_id"]), r["name"], r["mlflow_run_id"], r["action"])
+    console.print(table)
+    console.print(f"compare them with: mlflow ui --backend-store-uri {mlflow}", highlight=False, markup=False)
+
+
 # ---------------------------------------------------------------------------------------------- series
 @series_app.command("run")
 @user_errors
@@ -676,6 +699,7 @@ def predict(model: Annotated[str, typer.Argument(help="Run id/name, .pt checkpoi
             as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Detect objects: annotated images/videos, predictions.json and predictions.csv (ONNX decoded on the host like the .pt)."""
     from rich.progress import Progress
+    from rich.text import Text
 
     from npuyolo.deploy.predict import run_predict, stdout_to_stderr
 
@@ -700,9 +724,9 @@ def predict(model: Annotated[str, typer.Argument(help="Run id/name, .pt checkpoi
         table.add_column("class")
         table.add_column("boxes", justify="right")
         for name, count in r.per_class.items():
-            table.add_row(escape(name), str(count))
+            table.add_row(Text(name), str(count))  # a class named '[b]' stays text
         console.print(table)
-    console.print(escape(f"wrote {len(r.annotated)} annotated file(s), {r.json_path.name} and {r.csv_path.name} to {r.out}"), highlight=False, markup=False)
+    console.print(f"wrote {len(r.annotated)} annotated file(s), {r.json_path.name} and {r.csv_path.name} to {r.out}", highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------------------------------------- studies

@@ -4,7 +4,24 @@ from __future__ import annotations
 
 from npuyolo import offline  # noqa: F401  (environment switches before the first Ultralytics import)
 
-import ultralytics  # noqa: E402,F401  (imported here so every name below comes after the switches)
+from npuyolo.errors import NpuyoloError  # noqa: E402
+
+SUPPORTED = ((8, 4, 100), (8, 5, 0))  # [from, to): the Ultralytics versions npuyolo is built and tested against
+
+
+class MissingUltralyticsError(NpuyoloError, ImportError):
+    """Ultralytics is absent or outside the supported versions."""
+
+
+try:
+    import ultralytics  # noqa: E402  (imported here so every name below comes after the switches)
+except ImportError as e:
+    raise MissingUltralyticsError(
+        "Ultralytics is not installed: pip install 'npuyolo[ultralytics]' (desktop) or 'npuyolo[headless]' (servers);"
+        " an existing Ultralytics install (either distribution) is used as it is") from e
+_version = tuple(int(x) for x in ultralytics.__version__.split(".")[:3] if x.isdigit())
+if not SUPPORTED[0] <= _version < SUPPORTED[1]:
+    raise MissingUltralyticsError(f"Ultralytics {ultralytics.__version__} is installed; npuyolo needs >= 8.4.100, < 8.5")
 from ultralytics.data.utils import check_det_dataset  # noqa: E402
 from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator  # noqa: E402
 from ultralytics.nn.modules import SPPF, Conv, Detect  # noqa: E402

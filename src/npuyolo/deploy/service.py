@@ -46,6 +46,28 @@ def precision_kind(path: str | Path) -> str:
     return "int8" if "npuyolo_quant" in onnx_metadata(path) else "fp32"
 
 
+def checkpoint_baseline(registry, run_id: int, data, imgsz: int) -> dict | None:
+    """The run's best.pt scored through the same square-letterbox pipeline as its ONNX files (once, then recorded).
+
+    Ultralytics' validation during training batches images as rectangles (rect=True), which a static-shape ONNX
+    cannot do; comparing the ONNX score with that figure mixes two pipelines. This is the like-for-like number.
+    """
+    from npuyolo.deploy.evaluate import torch_predictor, validate
+    from npuyolo.variants.checkpoint import load_weights
+
+    run = registry.run(run_id)
+    best = run.artifact_path("weights/best")
+    if best is None:
+        return None
+    done = [e for e in registry.deploy_evals(run_id) if e["precision_kind"] == "pt" and e["result"].get("imgsz") == imgsz]
+    if done:
+        return done[-1]["result"]
+    model = load_weights(best)
+    result = {"artefact": str(best), **validate(torch_predictor(model), data, imgsz, dict(model.names))}
+    registry.add_deploy_eval(run_id=run_id, artefact=str(best), precision_kind="pt", result=result)
+    return result
+
+
 def evaluate_artefact(registry, path: str | Path, data: str | Path) -> dict:
     """Score an ONNX artefact; for a run's INT8 artefact also score its FP32 twin and report the drop per class."""
     from npuyolo.data.check import check_dataset
@@ -59,6 +81,7 @@ def evaluate_artefact(registry, path: str | Path, data: str | Path) -> dict:
     out = {"kind": kind, "run_id": run_id, **result}
     if run_id is not None and not registry.readonly:
         registry.add_deploy_eval(run_id=run_id, artefact=str(path.resolve()), precision_kind=kind, result=result)
+        out["pt"] = checkpoint_baseline(registry, run_id, data, result["imgsz"])
         if kind == "int8":
             fp32 = registry.run(run_id).artifact_path("onnx/fp32")
             if fp32 is not None:

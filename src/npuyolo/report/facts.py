@@ -85,7 +85,7 @@ def deploy_rows(evals: list[dict]) -> list[dict]:
         drop = (base["map50"] - e["map50"]) * 100 if base and e["precision_kind"] == "int8" else None
         rows.append({"artefact": e["artefact"].rsplit("/", 1)[-1], "kind": e["precision_kind"], "map50": e["map50"],
                      "map50_95": e["map50_95"], "drop_pp": drop})
-    return rows
+    return sorted(rows, key=lambda r: {"pt": 0, "fp32": 1}.get(r["kind"], 2))
 
 
 INT8_OK_DROP_PP = 1.0  # the target: <= 1 mAP50 point

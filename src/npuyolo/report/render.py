@@ -20,7 +20,7 @@ METRIC_NAMES = {"map50": "mAP50", "map50_95": "mAP50-95", "precision": "precisio
 METRIC_NAMES_KO = {"map50": "mAP50", "map50_95": "mAP50-95", "precision": "정밀도", "recall": "재현율"}
 LOSS_NAMES = {"box_loss": "box loss", "cls_loss": "cls loss", "dfl_loss": "DFL loss"}
 LOSS_NAMES_KO = {"box_loss": "Box 손실", "cls_loss": "Cls 손실", "dfl_loss": "DFL 손실"}
-STATUS_KO = {"running": "학습 중", "finished": "완료", "failed": "실패", "interrupted": "중단됨"}
+STATUS_KO = {"running": "학습 중", "finished": "완료", "failed": "실패", "interrupted": "중단됨", "derived": "파생"}
 NOTES_KO = {"class sigmoid moved to the host decode (no NPU Sigmoid on this target)":
             "이 타깃에는 NPU Sigmoid가 없어 클래스 시그모이드를 호스트 디코딩으로 옮겼습니다"}
 
@@ -123,15 +123,15 @@ def to_html(markdown_text: str, folder: Path, title: str) -> str:
 
     def embed(m: re.Match) -> str:
         try:
-            png = safe_join(folder, html.unescape(m.group(1)))
+            image = safe_join(folder, html.unescape(m.group(1)))
         except UnsafePathError:
-            png = None
-        data = base64.b64encode(png.read_bytes()).decode() if png is not None and png.is_file() else ""
-        return f'src="data:image/png;base64,{data}"'
+            image = None
+        data = base64.b64encode(image.read_bytes()).decode() if image is not None and image.is_file() else ""
+        return f'src="data:image/{"png" if m.group(2) == "png" else "jpeg"};base64,{data}"'
 
-    body = re.sub(r'src="([^"]+\.png)"', embed, body)
-    # only the report's own plots, embedded above, may be images: nothing is fetched from elsewhere when it opens
-    body = re.sub(r'<img\b[^>]*\bsrc="(?!data:image/png;base64,)[^"]*"[^>]*>', "", body)
+    body = re.sub(r'src="([^"]+\.(png|jpg))"', embed, body)
+    # only the report's own images, embedded above, may stay: nothing is fetched from elsewhere when it opens
+    body = re.sub(r'<img\b[^>]*\bsrc="(?!data:image/(?:png|jpeg);base64,)[^"]*"[^>]*>', "", body)
     face = webfont.font_face_css(title + markdown_text)  # Hangul: a subset of the shipped OFL font, embedded
     first = f"'{webfont.FAMILY}'," if face else ""
     style = (f"{face}body{{font-family:{first}'DejaVu Sans','Noto Sans KR',sans-serif;max-width:980px;margin:2em auto;"
@@ -175,6 +175,7 @@ def write_run_plots(facts: RunFacts, out: Path) -> dict[str, str]:
     run = facts.run
     stem = f"run{run['id']}" + (f"_vs_run{facts.compare['id']}" if facts.compare else "")
     img = {k: f"{stem}_{k}.png" for k in ("metrics", "losses", "compare", "npu")}
+    img.update(copy_validation_plots(run, out, f"run{run['id']}"))
     if run["epochs"]:
         plots.metric_curves(run["epochs"], out / img["metrics"], f"{run['name']}: validation metrics")
         plots.loss_curves(run["epochs"], out / img["losses"], f"{run['name']}: training losses")
@@ -183,6 +184,50 @@ def write_run_plots(facts: RunFacts, out: Path) -> dict[str, str]:
     if facts.npu:
         plots.npu_bars(facts.npu, out / img["npu"], f"{run['name']}: NPU compatibility")
     return img
+
+
+def rewrite_point(check: dict, target: str) -> dict | None:
+    """Placement of a checked graph after `npu rewrite --leaky relu-decomp` (exact: the accuracy is the run's own).
+
+    None when the graph has no LeakyRelu or its ONNX file is gone. Computed, never recorded: a report only reads.
+    """
+    from npuyolo.npu.analyze import analyze
+    from npuyolo.npu.graph import GraphError, load_graph
+    from npuyolo.npu.profiles import target as get_target
+    from npuyolo.npu.rewrite import rewrite_leaky
+
+    path = Path(check.get("onnx_path") or "")
+    if not path.is_file():
+        return None
+    try:
+        model, count = rewrite_leaky(load_graph(path).model, "relu-decomp")
+        if not count:
+            return None
+        report = analyze(load_graph(model), get_target(target))
+    except GraphError:
+        return None
+    return {"npu_share": report.share_nodes, "rewritten": count}
+
+
+VALIDATION_PLOTS = {"confusion": ("confusion_matrix_normalized.png", "png"), "val_pred": ("val_batch0_pred.jpg", "jpg")}
+
+
+def copy_validation_plots(run, out: Path, stem: str) -> dict[str, str]:
+    """Ultralytics' own validation plots of the run (confusion matrix, predicted val images), when it made them."""
+    import shutil
+
+    found = {}
+    save_dir = Path(run["save_dir"]) if run.get("save_dir") else None
+    for key, (name, ext) in VALIDATION_PLOTS.items():
+        src = save_dir / name if save_dir else None
+        if src is not None and src.is_file():
+            dst = out / f"{stem}_{key}.{ext}"
+            from npuyolo.paths import atomic_path
+
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
+            found[key] = dst.name
+    return {k: found.get(k) for k in VALIDATION_PLOTS}
 
 
 def render_series(registry, name: str, out: Path, lang: str = "en", target: str = "relu-only", fmt: str = "md") -> Path:
@@ -201,9 +246,16 @@ def render_series(registry, name: str, out: Path, lang: str = "en", target: str 
     plots.compare_curves(runs, out / img["curves"])
     from npuyolo.train.hybrid import pareto_front
 
+    derived = []
     for r in ranked:
         check = next((c for c in registry.npu_checks(run_id=r["run_id"]) if c["target"] == target), None)
         r["npu_share"] = check["share_nodes"] if check else None
+        rewritten = rewrite_point(check, target) if check else None
+        if rewritten is not None:  # what the report recommends: the same weights, LeakyReLU rewritten exactly
+            derived.append({**r, **rewritten, "variant": f"{r['variant']} + relu-decomp", "derived_from": r["variant"],
+                            "status": "derived"})
+    ranked += derived
+    rows += derived
     front = {ranked[i]["variant"] for i in pareto_front(ranked)}
     for r in rows:
         r["pareto"] = r["variant"] in front

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -62,8 +62,10 @@ class Recipe(BaseModel):
     patience: int = 100
     close_mosaic: int = 10
     device: str | None = None
-    plots: bool = False
+    plots: bool = True  # Ultralytics' own plots: confusion matrix, PR/F1 curves, labelled val batches (shown in reports)
     fraction: float = Field(1.0, gt=0, le=1)
+    trackers: list[Literal["tensorboard", "mlflow", "wandb", "clearml", "comet", "dvc", "neptune"]] = Field(
+        default_factory=list, description="experiment trackers to let Ultralytics feed (off unless named; the registry is always on)")
     ultralytics: dict[str, Any] = Field(default_factory=dict, description="any other Ultralytics train argument")
     distill: dict[str, Any] | None = Field(None, description="teacher and loss weights of a distillation run")
     act_anneal: dict[str, Any] | None = Field(None, description="LeakyReLU -> ReLU slope schedule (train/anneal.py)")
@@ -97,7 +99,7 @@ class Recipe(BaseModel):
             raise RecipeError(validation_message(e, str(path) if path else "recipe")) from e
 
     def ultralytics_args(self) -> dict[str, Any]:
-        args = self.model_dump(exclude={"lr_final", "ultralytics", "distill", "act_anneal"})
+        args = self.model_dump(exclude={"lr_final", "ultralytics", "distill", "act_anneal", "trackers"})
         args["lrf"] = self.lrf
         if args["device"] is None:
             args.pop("device")

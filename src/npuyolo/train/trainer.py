@@ -34,10 +34,26 @@ class TrainError(NpuyoloError, RuntimeError):
     """A run that cannot start or continue (bad resume target, missing checkpoint...)."""
 
 
+TRACKER_MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wb", "clearml": "clearml", "comet": "comet",
+                   "dvc": "dvc", "neptune": "neptune", "raytune": "raytune", "platform": "platform"}
+
+
 class NpuyoloTrainer(DetectionTrainer):
-    """DetectionTrainer that builds npuyolo variants (YAML edits + module transforms) and counts transfers."""
+    """DetectionTrainer that builds npuyolo variants (YAML edits + module transforms) and counts transfers.
+
+    Ultralytics adds tracker callbacks (W&B, ClearML, Comet, MLflow, TensorBoard...) whenever their package is
+    installed and its setting is on; npuyolo keeps only the trackers the recipe names (`trackers:`), so nothing
+    reports anywhere unless the user asked for it.
+    """
 
     transferred: tuple[int, int] | None = None
+    trackers: tuple[str, ...] = ()
+
+    def drop_unrequested_trackers(self) -> None:
+        allowed = {f"ultralytics.utils.callbacks.{TRACKER_MODULES[t]}" for t in self.trackers}
+        for event, funcs in self.callbacks.items():
+            self.callbacks[event] = [f for f in funcs if not _is_tracker(f) or getattr(f, "__module__", "") in allowed]
+
 
     def get_model(self, cfg=None, weights=None, verbose=True):
         source = ((weights.get("ema") or weights["model"]) if isinstance(weights, dict) else weights) if weights else None
@@ -77,6 +93,37 @@ class NpuyoloTrainer(DetectionTrainer):
         if tmp_best.exists():
             os.replace(tmp_best, final_best)
         return saved
+
+
+_ultralytics_add_integration_callbacks = None  # Ultralytics' own function, wrapped below
+
+
+def _install_tracker_filter() -> None:
+    """Filter right where Ultralytics adds its tracker callbacks, before `on_pretrain_routine_start` (where W&B,
+    ClearML... open their runs) fires. Other Ultralytics trainers in the process are left exactly as they were."""
+    global _ultralytics_add_integration_callbacks
+    import ultralytics.utils.callbacks as package
+    import ultralytics.utils.callbacks.base as base
+
+    if getattr(base.add_integration_callbacks, "npuyolo_filter", False):
+        return
+    _ultralytics_add_integration_callbacks = base.add_integration_callbacks
+
+    def add_integration_callbacks(instance):
+        _ultralytics_add_integration_callbacks(instance)
+        if isinstance(instance, NpuyoloTrainer):
+            instance.drop_unrequested_trackers()
+
+    add_integration_callbacks.npuyolo_filter = True
+    base.add_integration_callbacks = package.add_integration_callbacks = add_integration_callbacks
+
+
+_install_tracker_filter()
+
+
+def _is_tracker(func) -> bool:
+    module = getattr(func, "__module__", "") or ""
+    return module.startswith("ultralytics.utils.callbacks.") and module.rsplit(".", 1)[-1] in TRACKER_MODULES.values()
 
 
 def keep_previous(last: Path) -> None:
@@ -328,9 +375,10 @@ def _has_relu(spec) -> bool:
 
 
 def _trainer_for(recipe: Recipe) -> type[NpuyoloTrainer]:
-    base = NpuyoloTrainer
+    base = type("TrackedTrainer", (NpuyoloTrainer,), {"trackers": tuple(recipe.trackers)}) if recipe.trackers else NpuyoloTrainer
     if recipe.distill:
-        base = distill_trainer({k: recipe.distill[k] for k in ("alpha", "beta", "gamma", "temperature")})
+        base = type("BoundDistillTrainer", (distill_trainer({k: recipe.distill[k] for k in ("alpha", "beta", "gamma", "temperature")}),),
+                    {"trackers": tuple(recipe.trackers)})
     if recipe.act_anneal:
         from npuyolo.train.anneal import AnnealSchedule
 
