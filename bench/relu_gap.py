@@ -10,6 +10,7 @@ wall time; the reports land in WORK/runs/reports/study-relu-gap/.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -36,14 +37,27 @@ def main() -> None:
     targets = [x for t in (args.target or ["relu-only", "rknn-rk3588", "edgetpu"]) for x in ("-t", t)]
     t0 = time.time()
     cmd = [sys.executable, "-m", "npuyolo.cli", "study", "relu-gap", "--data", str(data), "--epochs", str(args.epochs),
-           "--imgsz", str(args.imgsz), "--seeds", args.seeds, "--recipe", str(recipe), *targets,
+           "--imgsz", str(args.imgsz), "--seeds", args.seeds, "--recipe", str(recipe), *targets, "--json",
            "--registry", str(args.work / "runs" / "npuyolo.db")]
     out = subprocess.run(cmd, capture_output=True, text=True)
-    sys.stdout.write(out.stdout[out.stdout.find("study relu-gap") - 60 if "study relu-gap" in out.stdout else 0:])
     if out.returncode:
         sys.stderr.write(out.stderr[-4000:])
         sys.exit(out.returncode)
-    print(f"wall time: {time.time() - t0:.0f} s")
+    result = json.loads(out.stdout)
+    print(f"relu-gap study: {args.epochs} epochs at {args.imgsz} px, seeds {args.seeds}, data {data}")
+    print("| route | runs | mAP50 mean ± sd (range) | mAP50-95 mean ± sd | gap to L4-leaky | beyond spread | train s |"
+          + "".join(f" {t} |" for t in args.target or ["relu-only", "rknn-rk3588", "edgetpu"]))
+    print("|---|---|---|---|---|---|---|" + "---|" * len(args.target or [1, 2, 3]))
+    f = lambda v, d=3: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    for r in result["rows"]:
+        gap = "-" if r["route"] == "leaky" or r["gap_pp"]["map50"] is None else f"{r['gap_pp']['map50']:+.1f} pp"
+        beyond = {None: "-", True: "yes", False: "no"}[r["beyond_spread"]["map50"]]
+        npu = "".join(f" {r['npu'][t]['share_nodes'] * 100:.1f}% |" if t in r["npu"] else " - |"
+                      for t in (args.target or ["relu-only", "rknn-rk3588", "edgetpu"]))
+        print(f"| {r['route']} ({r['variant']}) | {', '.join(map(str, r['runs']))} | {f(r['mean']['map50'])} ± {f(r['std']['map50'])}"
+              f" ({f(r['spread']['map50'])}) | {f(r['mean']['map50_95'])} ± {f(r['std']['map50_95'])} | {gap} | {beyond} |"
+              f" {f(r['cost_s'], 0)} |{npu}")
+    print(f"reports: {', '.join(result['reports'])}\nwall time: {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":
