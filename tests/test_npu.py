@@ -19,7 +19,7 @@ from .conftest import ROADSIGN4
 
 runner = CliRunner()
 TARGETS = {"rknn-rk3588", "rknn-rk3566", "hailo-8", "deepx-dx-m1", "ethos-u55", "ethos-u85", "tidl", "furiosa-warboy",
-           "edgetpu", "imx500", "relu-only"}
+           "edgetpu", "imx500", "relu-only", "nxp-neutron", "amd-dpu"}
 
 
 # ---------------------------------------------------------------------------------------------- tiny graphs
@@ -143,7 +143,12 @@ def test_resize_mode_and_scale_constraints():
     assert place(resize("nearest", 4), "ethos-u55")[1]["Resize_1"].placement == "npu"
     assert "not in [2, 4, 8]" in place(resize("nearest", 3), "ethos-u55")[1]["Resize_1"].reason
     assert place(resize("nearest", 3), "tidl")[1]["Resize_1"].placement == "cpu"  # power of 2 only
-    assert place(resize("nearest", 3), "deepx-dx-m1")[1]["Resize_1"].placement == "npu"  # integer scale
+    def resize_coord(mode):
+        g = G()
+        return g.model(g.op("Resize", ["x", "", g.const([1, 1, 3, 3])], mode="nearest", coordinate_transformation_mode=mode))
+
+    assert place(resize_coord("pytorch_half_pixel"), "deepx-dx-m1")[1]["Resize_1"].placement == "npu"  # integer scale
+    assert "'asymmetric' not in" in place(resize_coord("asymmetric"), "deepx-dx-m1")[1]["Resize_1"].reason
 
 
 def test_slope_clip_and_dtype_constraints():
@@ -160,7 +165,10 @@ def test_slope_clip_and_dtype_constraints():
     hs = g.op("HardSwish", ["x"])
     assert place(g.model(hs), "ethos-u55")[1]["HardSwish_1"].placement == "npu"  # int8 deployment
     int16 = target("ethos-u55").model_copy(update={"deploy_dtype": "int16"})
-    assert "data type int16" in place(g.model(hs), int16)[1]["HardSwish_1"].reason
+    assert place(g.model(hs), int16)[1]["HardSwish_1"].placement == "npu"  # Vela 5.2 dropped 3.10's int8-only rule
+    int8_only = custom(ops={"HardSwish": {"place": "npu", "constraints": {"dtype_in": ["int8", "uint8"]}, "source": "test"}},
+                       deploy_dtype="int16")
+    assert "data type int16" in place(g.model(hs), int8_only)[1]["HardSwish_1"].reason
 
 
 def test_fusion_with_preceding_conv():
@@ -196,12 +204,12 @@ def test_requires_fusion():
 def test_edge_tpu_single_subgraph():
     g = G()
     a = g.conv("x")
-    lr = g.op("LeakyRelu", [a], alpha=0.1)  # unknown on Edge TPU
+    lr = g.op("LeakyRelu", [a], alpha=0.1)  # not supported on Edge TPU (google-coral/edgetpu#597)
     b = g.conv(lr)
     r = g.op("Relu", [b])
     report, p = place(g.model(r), "edgetpu")
-    assert p["Conv_1"].placement == "npu" and p["LeakyRelu_2"].placement == "unknown"
-    assert p["Conv_3"].placement == "unknown" and "only one accelerator subgraph" in p["Conv_3"].reason
+    assert p["Conv_1"].placement == "npu" and p["LeakyRelu_2"].placement == "cpu"
+    assert p["Conv_3"].placement == "cpu" and "only one accelerator subgraph" in p["Conv_3"].reason
     assert report.share_nodes == 0.25
     cpu_blocker = custom(fallback="single_subgraph")
     g = G()

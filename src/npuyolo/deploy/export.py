@@ -68,6 +68,9 @@ def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head:
                 import onnxslim
 
                 proto = onnxslim.slim(proto)
+            from npuyolo.npu.normalize import slices_to_split
+
+            slices_to_split(proto)  # C3k2's chunk as one Split, whatever this torch's exporter wrote
             names = getattr(model, "names", None) or {i: f"class{i}" for i in range(detect.nc)}
             meta = {
                 "npuyolo_head": head,

@@ -33,7 +33,13 @@ def check_model(ref: str, target_names: list[str], registry=None, imgsz: int | N
     """
     profiles = [target(t) for t in target_names]
     if ref.endswith(".onnx"):
-        g = load_graph(ref)
+        import onnx
+
+        from npuyolo.npu.normalize import slices_to_split
+
+        model = load_graph(ref).model  # validated, with its errors
+        slices_to_split(model)  # the same placement whichever exporter wrote the chunk
+        g = load_graph(model)
         return CheckResult(ref, None, [analyze(g, p) for p in profiles], {p.name: ref for p in profiles})
 
     from npuyolo.deploy.export import default_head, export_onnx

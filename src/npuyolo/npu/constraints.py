@@ -70,6 +70,23 @@ def _resize_scale(v, node, g, dtype):
     return None
 
 
+def _resize_coord_in(v, node, g, dtype):
+    mode = attr(node, "coordinate_transformation_mode", b"half_pixel")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    return f"coordinate_transformation_mode {mode!r} not in {v}" if mode not in v else None
+
+
+def _resize_scale_max(v, node, g, dtype):
+    scales = resize_scales(node, g)
+    return f"scale {scales} exceeds {v}" if not scales or max(scales) > v else None
+
+
+def _slice_const_len(v, node, g, dtype):
+    """TIDL: starts/ends/axes (and steps) as constants with one value per dimension."""
+    lengths = [len(g.constants[n].reshape(-1)) if n in g.constants else None for n in node.input[1:4]]
+    return None if all(n == v for n in lengths) else f"slice parameters have {lengths} values, not {v} constants each"
+
+
 def _resize_scale_in(v, node, g, dtype):
     scales = resize_scales(node, g)
     return f"scale {scales} not in {v}" if not scales or any(s not in v for s in scales) else None
@@ -115,6 +132,9 @@ CONSTRAINTS: dict[str, Check] = {
     "resize_mode_in": _resize_mode_in,
     "resize_scale": _resize_scale,
     "resize_scale_in": _resize_scale_in,
+    "resize_scale_max": _resize_scale_max,
+    "resize_coord_in": _resize_coord_in,
+    "slice_const_len": _slice_const_len,
     "slope_in": _slope_in,
     "clip_ranges": _clip_ranges,
     "clip_min_le_zero_lt_max": _clip_min_le_zero_lt_max,
