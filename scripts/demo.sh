@@ -17,7 +17,7 @@ YAML
 npuyolo series run "$OUT/series.yaml"
 npuyolo series rank demo-v3
 npuyolo runs
-npuyolo export demo-v3-L4-leaky --imgsz 160 --head npu --out "$OUT/L4-leaky-npu-head.onnx"
+npuyolo export demo-v3-L4-leaky --head npu --out "$OUT/L4-leaky-npu-head.onnx"   # the run's own 160 px
 
 # INT8: quantize the LeakyReLU run (NPU head cut, calibration on train images), score it, time it
 int8=$(npuyolo deploy quantize demo-v3-L4-leaky --data "$OUT/synth/data.yaml" --calib 100 --json \
@@ -27,9 +27,9 @@ npuyolo deploy bench "$int8" --runs 30
 
 # NPU compatibility of every member, then the LeakyReLU rewrite for the ReLU-only target
 for member in L0-silu L4-relu L4-leaky; do
-  npuyolo npu check "demo-v3-$member" -t relu-only -t rknn-rk3588 -t edgetpu -t ethos-u55 --imgsz 160
+  npuyolo npu check "demo-v3-$member" -t relu-only -t rknn-rk3588 -t edgetpu -t ethos-u55 -t nxp-neutron -t amd-dpu
 done
-leaky_onnx=$(npuyolo npu check demo-v3-L4-leaky -t relu-only --imgsz 160 --json | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['onnx'])")
+leaky_onnx=$(npuyolo npu check demo-v3-L4-leaky -t relu-only --json | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['onnx'])")
 npuyolo npu rewrite "$leaky_onnx" --leaky relu-decomp --out "$OUT/L4-leaky-relu-decomp.onnx"
 npuyolo npu check "$OUT/L4-leaky-relu-decomp.onnx" -t relu-only
 
@@ -38,5 +38,6 @@ for lang in ko en; do
   npuyolo report demo-v3-L4-leaky --compare demo-v3-L4-relu --lang $lang --format md --out "$OUT/reports"
   npuyolo report demo-v3-L4-leaky --compare demo-v3-L4-relu --lang $lang --format html --out "$OUT/reports"
   npuyolo series report demo-v3 --lang $lang --out "$OUT/reports/series"
+  npuyolo series report demo-v3 --lang $lang --format html --out "$OUT/reports/series"
 done
 echo "demo done: registry $NPUYOLO_REGISTRY, reports in $OUT/reports, ONNX in $OUT"
