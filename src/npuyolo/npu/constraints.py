@@ -53,10 +53,19 @@ def _axis_length_max(v, node, g, dtype):
     return f"axis length {max(lengths)} exceeds {v}" if lengths and max(lengths) > v else None
 
 
-def _resize_mode_in(v, node, g, dtype):
-    mode = attr(node, "mode", b"nearest")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    return f"mode {mode!r} not in {v}" if mode not in v else None
+def _string_attr_in(name: str, default: bytes) -> Check:
+    """A check that a string attribute (e.g. Resize's mode) takes one of the listed values; ONNX's default if absent."""
+
+    def check(v, node, g, dtype):
+        value = attr(node, name, default)
+        value = value.decode() if isinstance(value, bytes) else value
+        return f"{name} {value!r} not in {v}" if value not in v else None
+
+    return check
+
+
+_resize_mode_in = _string_attr_in("mode", b"nearest")
+_resize_coord_in = _string_attr_in("coordinate_transformation_mode", b"half_pixel")
 
 
 def _resize_scale(v, node, g, dtype):
@@ -68,12 +77,6 @@ def _resize_scale(v, node, g, dtype):
     if v == "power_of_2" and (len(set(scales)) > 1 or any(s != int(s) or int(s) & (int(s) - 1) for s in scales)):
         return f"scale {scales} not the same power of 2 on H and W"
     return None
-
-
-def _resize_coord_in(v, node, g, dtype):
-    mode = attr(node, "coordinate_transformation_mode", b"half_pixel")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    return f"coordinate_transformation_mode {mode!r} not in {v}" if mode not in v else None
 
 
 def _resize_scale_max(v, node, g, dtype):
