@@ -218,3 +218,26 @@ def test_trackers_stay_off_unless_the_recipe_names_them(synth_data, tiny_recipe,
     assert len(seen) == 2  # the filter ran where Ultralytics adds integrations, before on_pretrain_routine_start fired
     assert fake_wandb not in default.callbacks["on_pretrain_routine_start"] and fake_tensorboard not in default.callbacks["on_pretrain_routine_start"]
     assert fake_tensorboard in chosen.callbacks["on_pretrain_routine_start"] and fake_wandb not in chosen.callbacks["on_pretrain_routine_start"]
+
+
+def test_the_registry_records_where_named_trackers_logged(tmp_path, monkeypatch):
+    import mlflow
+
+    from npuyolo.train.trainer import record_trackers
+
+    reg = Registry(tmp_path / "r.db")
+    rid = reg.create_run(name="t-run", variant="L4-relu", recipe={}, data_path="d", data_hash="h", class_names=["a"],
+                         weights_source=None, device="cpu", versions={})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run() as active:  # what Ultralytics' MLflow callback leaves behind after training
+        pass
+
+    class Finished:
+        trackers = ("tensorboard", "mlflow")
+        save_dir = tmp_path / "train" / "1-t-run"
+
+    record_trackers(reg, rid, Finished())
+    run = reg.run(rid)
+    assert run.artifact("tracker/tensorboard").meta["logdir"] == str(Finished.save_dir)
+    assert run.artifact("tracker/mlflow").meta == {"uri": uri, "run_id": active.info.run_id}

@@ -106,6 +106,16 @@ def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def duration(seconds: float | None) -> str:
+    """42.3 s, 12 min 05 s, 3 h 02 min: how long a run took, the way a person reads it."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+
 def fmt(v, digits: int = 3) -> str:
     return "-" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
 
@@ -257,7 +267,7 @@ def print_run(run: dict) -> None:
     console.print(f"[bold]run {run['id']}[/] {escape(run['name'])}  variant {run['variant']}  status [bold]{run['status']}[/]", highlight=False)
     console.print(escape(f"data {run['data_path']} (hash {run['data_hash']})  device {run['device']}  weights {run['weights_source'] or 'none (from scratch)'}"
                   + (f" transferred {run['weights_transferred']}" if run.get("weights_transferred") else "")), highlight=False)
-    console.print(f"started {run['started_at']}  ended {run['ended_at'] or '-'}  train time {fmt(run['duration_s'], 1)} s", highlight=False, markup=False)
+    console.print(f"started {run['started_at']}  ended {run['ended_at'] or '-'}  train time {duration(run['duration_s'])}", highlight=False, markup=False)
     if run.get("error"):
         console.print(f"[red]{escape(run['error'])}[/]", highlight=False)
     table = Table(title="epochs")
@@ -285,11 +295,11 @@ def runs_list(ctx: typer.Context, as_json: JsonOpt = False, series: Annotated[Op
     if as_json:
         return print_json(rows)
     table = Table(title="runs")
-    for col in ("id", "name", "variant", "series", "status", "epochs", "mAP50", "mAP50-95", "train s", "started"):
+    for col in ("id", "name", "variant", "series", "status", "epochs", "mAP50", "mAP50-95", "train time", "started"):
         table.add_column(col)
     for r in rows:
         table.add_row(str(r["id"]), r["name"], r["variant"], r["series"] or "-", r["status"], str(r["epochs"]),
-                      fmt(r["map50"]), fmt(r["map50_95"]), fmt(r["duration_s"], 0), r["started_at"])
+                      fmt(r["map50"]), fmt(r["map50_95"]), duration(r["duration_s"]), r["started_at"])
     console.print(table)
 
 

@@ -136,7 +136,7 @@ def to_html(markdown_text: str, folder: Path, title: str) -> str:
     first = f"'{webfont.FAMILY}'," if face else ""
     style = (f"{face}body{{font-family:{first}'DejaVu Sans','Noto Sans KR',sans-serif;max-width:980px;margin:2em auto;"
              "line-height:1.45}table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #bbb;padding:3px 8px}"
-             f"th{{background:#eef}}img{{max-width:100%}}code,pre{{background:#f4f4f4;font-family:'DejaVu Sans Mono',{first}monospace}}")
+             f"th{{background:#eef}}img{{max-width:100%}}pre{{white-space:pre-wrap;overflow-wrap:anywhere}}code,pre{{background:#f4f4f4;font-family:'DejaVu Sans Mono',{first}monospace}}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>"
             f"</head><body>{body}</body></html>\n")
 

@@ -324,9 +324,27 @@ def _run_trainer(build: Callable[[], NpuyoloTrainer], registry: Registry, run_id
         if (wdir / f"{kind}.pt").exists():
             registry.add_artifact(run_id, f"weights/{kind}", wdir / f"{kind}.pt")
     (wdir / PREVIOUS).unlink(missing_ok=True)  # only needed while the run could still be resumed
+    record_trackers(registry, run_id, trainer)
     registry.set_status(run_id, "finished")
     run = registry.run(run_id)
     return RunResult(run_id, run.name, run.status, Path(trainer.save_dir))
+
+
+def record_trackers(registry: Registry, run_id: int, trainer) -> None:
+    """Where the trackers the recipe named put this run: TensorBoard's log folder, MLflow's run id and URI."""
+    trackers = getattr(trainer, "trackers", ()) or ()
+    if "tensorboard" in trackers:
+        registry.add_artifact(run_id, "tracker/tensorboard", Path(trainer.save_dir), {"logdir": str(trainer.save_dir)})
+    if "mlflow" in trackers:
+        try:
+            import mlflow
+
+            last = mlflow.last_active_run()
+        except Exception:  # mlflow absent or its store unreadable: nothing to point at
+            last = None
+        if last is not None:
+            uri = mlflow.get_tracking_uri()
+            registry.add_artifact(run_id, "tracker/mlflow", f"{uri}#{last.info.run_id}", {"uri": uri, "run_id": last.info.run_id})
 
 
 def train_variant(variant: str, data: str | Path, recipe: Recipe, registry: Registry, *, name: str | None = None,
