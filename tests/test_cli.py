@@ -73,3 +73,19 @@ def test_npu_check_of_a_run_uses_its_training_size(tmp_path):
 
     dims = onnx.load(rows[0]["onnx"]).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [1, 3, 96, 96]
+
+
+def test_json_stdout_is_json_alone_even_with_ultralytics_logging(synth_data, tmp_path):
+    """Ultralytics' logger holds its own stdout stream; `--json` must move it too (a real process, not CliRunner)."""
+    import os
+    import subprocess
+    import sys
+
+    from npuyolo.deploy.export import export_onnx
+
+    onnx_path = export_onnx(build_model("L4-relu", nc=6), tmp_path / "m.onnx", imgsz=64)
+    env = {**os.environ, "NPUYOLO_REGISTRY": str(tmp_path / "r.db")}
+    out = subprocess.run([sys.executable, "-m", "npuyolo.cli", "deploy", "eval", str(onnx_path), "--data", str(synth_data), "--json"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["kind"] == "fp32"  # the whole of stdout is the JSON document

@@ -129,3 +129,25 @@ def test_latency_bench_reports_percentiles(tmp_path):
     assert r["pipeline"]["p50_ms"] >= r["model"]["p50_ms"] * 0.5 and r["macs"] > 1e6
     out = runner.invoke(app, ["deploy", "bench", str(path), "--runs", "3", "--json"])
     assert out.exit_code == 0 and json.loads(out.stdout)["model"]["runs"] == 3
+
+
+def test_cross_layer_equalization_is_exact_in_fp32_and_recorded(synth_data, tmp_path):
+    import onnxruntime as ort
+
+    from npuyolo.deploy.equalize import equalize
+    from npuyolo.deploy.quantize import quantize_onnx
+
+    fp32 = export_onnx(randomised("L4-leaky"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    model = onnx.load(str(fp32))
+    pairs = equalize(model)
+    assert pairs == 30  # Conv -> LeakyReLU -> Conv chains with single consumers
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    before = ort.InferenceSession(str(fp32)).run(None, {"images": x})
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"images": x})
+    assert all(np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(a).max()) for a, b in zip(before, after))
+    silu = onnx.load(str(export_onnx(randomised("L0-silu"), tmp_path / "silu.onnx", imgsz=64)))
+    assert equalize(silu) == 0  # SiLU is not positively homogeneous: nothing may be rescaled
+    info = quantize_onnx(fp32, tmp_path / "q.onnx", synth_data, calib=4, cle=True)
+    assert info["cle_pairs"] == 30
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "q.onnx")).metadata_props}
+    assert json.loads(meta["npuyolo_quant"])["cle_pairs"] == 30

@@ -88,9 +88,13 @@ def user_errors(fn):
     return wrapper
 
 
-def quiet_stdout(as_json: bool):
-    """With --json, stdout carries the JSON alone: Ultralytics' progress and logs go to stderr."""
-    return contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+def quiet_stdout(as_json: bool = True):
+    """With --json, stdout carries the JSON alone: prints, Ultralytics' progress and its logger go to stderr."""
+    if not as_json:
+        return contextlib.nullcontext()
+    from npuyolo.ultra import stdout_to_stderr
+
+    return stdout_to_stderr()
 
 
 def print_result(run, as_json: bool) -> None:
@@ -510,13 +514,14 @@ def deploy_quantize(run: Annotated[str, typer.Argument(help="Run id or name.")],
                     keep_float: Annotated[Optional[list[str]], typer.Option("--keep-float", help="Node name to keep float (repeatable).")] = None,
                     auto_float: Annotated[int, typer.Option(help="Also keep the N most sensitive Conv nodes float (by SQNR).")] = 0,
                     imgsz: Annotated[Optional[int], typer.Option(help="Export size [default: the run's].")] = None,
+                    cle: Annotated[bool, typer.Option("--cle", help="Cross-layer equalization before quantizing (exact in FP32; ReLU/LeakyReLU chains).")] = False,
                     as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Export a run to ONNX (L4: NPU head cut) and quantize it to INT8 (ONNX Runtime, QDQ)."""
     from npuyolo.deploy.service import quantize_run
 
-    with err.status("calibrating and quantizing..."), contextlib.redirect_stdout(sys.stderr):
+    with err.status("calibrating and quantizing..."), quiet_stdout():
         info = quantize_run(open_registry(registry), run, data, calib=calib, method=method, per_channel=per_channel,
-                            keep_float=keep_float, auto_float=auto_float, imgsz=imgsz)
+                            keep_float=keep_float, auto_float=auto_float, imgsz=imgsz, cle=cle)
     if as_json:
         return print_json({k: v for k, v in info.items() if k != "calibration_images"} | {"calibration_count": len(info["calibration_images"])})
     console.print(f"FP32: {info['fp32']}\nINT8: {info['int8']}  ({len(info['calibration_images'])} train images, {method}"
@@ -531,7 +536,7 @@ def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written
     """Score the deployed model (ONNX Runtime + host decode + NMS) with Ultralytics' metrics."""
     from npuyolo.deploy.service import evaluate_artefact
 
-    with err.status("evaluating..."), contextlib.redirect_stdout(sys.stderr):  # Ultralytics' progress stays off stdout
+    with err.status("evaluating..."), quiet_stdout():  # Ultralytics' progress stays off stdout
         r = evaluate_artefact(open_registry(registry), artefact, data)
     if as_json:
         return print_json(r)
@@ -616,7 +621,7 @@ def prune(run: Annotated[str, typer.Argument(help="Run id or name (attention-fre
     """Remove channels with a dependency-graph pruner, fine-tune, record size, mAP and latency before/after."""
     from npuyolo.prune.prune import prune_run
 
-    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+    with quiet_stdout(as_json):
         r = prune_run(open_registry(registry), run, ratio=ratio, method=method, finetune_epochs=finetune_epochs, data=data)
     if as_json:
         return print_json(r)
@@ -643,7 +648,7 @@ def hybrid_search_cmd(data: Annotated[Path, typer.Option(help="data.yaml.")],
     """Train hybrid candidates as a series, check each on a target, rank mAP against NPU share (Pareto front)."""
     from npuyolo.train.hybrid import hybrid_search
 
-    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+    with quiet_stdout(as_json):
         rows = hybrid_search(open_registry(registry), data, candidate, budget=budget, imgsz=imgsz, target=target, name=name)
     if as_json:
         return print_json(rows)
@@ -768,7 +773,7 @@ def study_relu_gap(data: Annotated[Path, typer.Option(help="data.yaml.")],
     reg = open_registry(registry)
     overrides = load_mapping(recipe, "recipe") if recipe else {}
     try:
-        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        with quiet_stdout(as_json):
             rows = relu_gap_study(reg, data, name=name, epochs=epochs, imgsz=imgsz, seeds=seed_list, targets=target,
                                   recipe=overrides, extra_variants=variant, anneal=anneal,
                                   on_member=lambda m, a: err.rule(f"[bold]{escape(name)}[/]: {escape(m)} ({a})"))

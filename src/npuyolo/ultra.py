@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+
 from npuyolo import offline  # noqa: F401  (environment switches before the first Ultralytics import)
 
 from npuyolo.errors import NpuyoloError  # noqa: E402
@@ -30,8 +35,28 @@ from ultralytics.nn.distill_model import DistillationModel  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint, torch_safe_load, yaml_model_load  # noqa: E402
 from ultralytics.utils.torch_utils import get_flops, intersect_dicts, unwrap_model  # noqa: E402
 
-__all__ = ["C2f", "SPPF", "Conv", "Detect", "DetectionModel", "DistillationModel", "DetectionTrainer", "DetectionValidator", "check_det_dataset",
+__all__ = ["stdout_to_stderr", "C2f", "SPPF", "Conv", "Detect", "DetectionModel", "DistillationModel", "DetectionTrainer", "DetectionValidator", "check_det_dataset",
            "get_flops", "intersect_dicts", "load_checkpoint", "torch_safe_load", "unwrap_model", "yaml_model_load"]
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """stdout (prints and Ultralytics' logger, whose handler holds its own stream) goes to stderr meanwhile.
+
+    `--json` commands print their JSON alone on stdout; `redirect_stdout` by itself misses the logger.
+    """
+    from ultralytics.utils import LOGGER
+
+    swapped = []
+    for h in LOGGER.handlers:
+        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stdout, sys.__stdout__):
+            swapped.append((h, h.setStream(sys.stderr)))
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for h, stream in swapped:
+            h.setStream(stream)
 
 
 def _install() -> None:

@@ -37,6 +37,8 @@ from npuyolo.paths import slug, write_bytes, write_text
 __all__ = ["Box", "ImageDetections", "PredictError", "PredictResult", "Predictor", "detect", "list_sources", "load_predictor",
            "predict_source", "run_predict", "stdout_to_stderr"]
 
+from npuyolo.ultra import stdout_to_stderr  # noqa: E402  (re-exported: predict's callers import it from here)
+
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv"}
 GLOB_CHARS = set("*?[")
 CSV_FIELDS = ["source", "frame", "width", "height", "x1", "y1", "x2", "y2", "conf", "cls", "name"]
@@ -446,18 +448,3 @@ def run_predict(model: str, source: str | Path, *, conf: float = 0.25, iou: floa
     return result
 
 
-@contextlib.contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """stdout (prints and Ultralytics' logger, whose handler holds its own stream) goes to stderr meanwhile."""
-    from ultralytics.utils import LOGGER
-
-    swapped = []
-    for h in LOGGER.handlers:
-        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stdout, sys.__stdout__):
-            swapped.append((h, h.setStream(sys.stderr)))
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        for h, stream in swapped:
-            h.setStream(stream)

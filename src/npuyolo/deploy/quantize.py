@@ -104,7 +104,7 @@ def sensitive_nodes(fp32: Path, int8: Path, reader: ImageReader, count: int, wor
 
 
 def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, method: str = "minmax", per_channel: bool = False,
-                  keep_float: list[str] | None = None, auto_float: int = 0, seed: int = 0) -> dict:
+                  keep_float: list[str] | None = None, auto_float: int = 0, seed: int = 0, cle: bool = False) -> dict:
     """Quantize `fp32` to INT8 QDQ; returns what was done (calibration files, nodes kept float, ...)."""
     if method not in METHODS:
         raise DeployError(f"--method must be one of {', '.join(METHODS)}")
@@ -118,6 +118,13 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
     reader = ImageReader(paths, imgsz)
     prepared = out.with_name(out.stem + ".prep.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    equalized = 0
+    if cle:  # exact in FP32 (ReLU/LeakyReLU are positively homogeneous); evens per-channel ranges for INT8
+        from npuyolo.deploy.equalize import equalize
+
+        model = onnx.load(str(prepared))
+        equalized = equalize(model)
+        onnx.save(model, str(prepared))
     names = {n.name for n in onnx.load(str(prepared)).graph.node}
     keep = list(keep_float or [])
     missing = [k for k in keep if k not in names]
@@ -141,10 +148,11 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
         run(keep, tmp)
         model = onnx.load(str(tmp))
         props = {p.key: p.value for p in model.metadata_props} | meta | {
-            "npuyolo_quant": json.dumps({"method": method, "calib": len(paths), "per_channel": per_channel, "keep_float": keep})}
+            "npuyolo_quant": json.dumps({"method": method, "calib": len(paths), "per_channel": per_channel, "keep_float": keep,
+                                         "cle_pairs": equalized})}
         set_metadata(model, props)
         onnx.checker.check_model(model)
         onnx.save(model, str(tmp))
     prepared.unlink(missing_ok=True)
     return {"int8": str(out), "calibration_images": [str(p) for p in paths], "method": method, "per_channel": per_channel,
-            "keep_float": keep, "auto_float": chosen}
+            "keep_float": keep, "auto_float": chosen, "cle_pairs": equalized}

@@ -12,7 +12,7 @@ from npuyolo.paths import slug
 
 def quantize_run(registry, ref: str, data: str | Path, *, calib: int = 200, method: str = "minmax", per_channel: bool = False,
                  keep_float: list[str] | None = None, auto_float: int = 0, imgsz: int | None = None,
-                 out_dir: Path | None = None) -> dict:
+                 out_dir: Path | None = None, cle: bool = False) -> dict:
     """Export the run's best weights (L4: NPU head cut) to FP32 ONNX and quantize it; both become run artefacts."""
     from npuyolo.resolve import resolve_model
 
@@ -32,10 +32,11 @@ def quantize_run(registry, ref: str, data: str | Path, *, calib: int = 200, meth
     head = default_head(resolved.model)
     stem = slug(run.name)
     fp32 = export_onnx(resolved.model, out_dir / f"{stem}-{head}-{imgsz}-fp32.onnx", imgsz=imgsz, head=head)
-    tag = f"{method}{'-pc' if per_channel else ''}{f'-float{auto_float}' if auto_float else ''}{'-keep' if keep_float else ''}"
+    tag = (f"{method}{'-pc' if per_channel else ''}{'-cle' if cle else ''}{f'-float{auto_float}' if auto_float else ''}"
+           f"{'-keep' if keep_float else ''}")
     int8 = out_dir / f"{stem}-{head}-{imgsz}-int8-{tag}.onnx"
     info = quantize_onnx(fp32, int8, data, calib=calib, method=method, per_channel=per_channel, keep_float=keep_float,
-                         auto_float=auto_float, seed=run.recipe.get("seed", 0))
+                         auto_float=auto_float, seed=run.recipe.get("seed", 0), cle=cle)
     registry.add_artifact(run.id, "onnx/fp32", fp32.resolve(), {"imgsz": imgsz, "head": head})
     registry.add_artifact(run.id, "onnx/int8", int8.resolve(), {k: v for k, v in info.items() if k != "calibration_images"}
                           | {"calibration_count": len(info["calibration_images"])})
