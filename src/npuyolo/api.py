@@ -19,6 +19,18 @@ from typing import Any
 __all__ = ["Workspace"]
 
 
+def _known(func, kwargs: dict) -> None:
+    """An unknown keyword is the caller's mistake: one NpuyoloError naming it and the accepted ones."""
+    import inspect
+
+    from npuyolo.errors import NpuyoloError
+
+    accepted = [p for p in inspect.signature(func).parameters if p not in ("registry", "data", "ref")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise NpuyoloError(f"unknown option(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}")
+
+
 class Workspace:
     """One registry and its run folders. `registry=None` uses NPUYOLO_REGISTRY or runs/npuyolo.db."""
 
@@ -73,6 +85,7 @@ class Workspace:
         """L4-leaky vs L4-relu vs distilled vs annealed over seeds; see `npuyolo.study.relu_gap.relu_gap_study`."""
         from npuyolo.study.relu_gap import relu_gap_study
 
+        _known(relu_gap_study, kwargs)
         return relu_gap_study(self._registry(), data, **kwargs)
 
     # -- reading ------------------------------------------------------------------------------------------
@@ -100,17 +113,22 @@ class Workspace:
             record_check(result, reg, head)
         return result
 
-    def export(self, model: str | int, out: str | Path, *, imgsz: int = 640, head: str | None = None, nc: int = 80) -> Path:
+    def export(self, model: str | int, out: str | Path, *, imgsz: int | None = None, head: str | None = None, nc: int = 80) -> Path:
+        """Static-shape ONNX; a run exports at the size it was trained at unless `imgsz` says otherwise."""
         from npuyolo.deploy.export import export_onnx
         from npuyolo.resolve import resolve_model
 
-        resolved = resolve_model(str(model), self._registry(readonly=True) if not str(model).endswith(".pt") else None, nc=nc)
+        reg = self._registry(readonly=True) if not str(model).endswith(".pt") else None
+        resolved = resolve_model(str(model), reg, nc=nc)
+        if imgsz is None:
+            imgsz = reg.run(resolved.run_id).recipe.get("imgsz", 640) if resolved.run_id is not None else 640
         return export_onnx(resolved.model, out, imgsz=imgsz, head=head)
 
     def quantize(self, run: str | int, data: str | Path, **kwargs: Any) -> dict:
         """FP32 + INT8 QDQ ONNX of a run (calibrated on train images only); see `deploy.service.quantize_run`."""
         from npuyolo.deploy.service import quantize_run
 
+        _known(quantize_run, kwargs)
         return quantize_run(self._registry(), str(run), data, **kwargs)
 
     def evaluate(self, artefact: str | Path, data: str | Path) -> dict:
@@ -124,11 +142,14 @@ class Workspace:
 
         return bench_onnx(artefact, runs=runs, threads=threads)
 
-    def predict(self, model: str | int, source: str | Path, **kwargs: Any):
-        """Detections of a run, .pt or ONNX artefact on an image, folder, glob or video."""
-        from npuyolo.deploy import predict as predict_module
+    def predict(self, model: str | int, source: str | Path, *, conf: float = 0.25, iou: float = 0.7, imgsz: int | None = None,
+                out: str | Path | None = None, max_det: int = 300):
+        """Detections of a run, .pt or ONNX artefact on an image, folder, glob or video; annotated copies and
+        predictions.json/.csv are written to `out` (a run's predict/ folder by default). Returns a PredictResult."""
+        from npuyolo.deploy.predict import run_predict
 
-        return predict_module.predict_source(str(model), source, registry=self._registry(readonly=True), **kwargs)
+        return run_predict(str(model), source, conf=conf, iou=iou, imgsz=imgsz, out=out, max_det=max_det,
+                           registry=self.registry_path)  # opened (read-only) only when MODEL is a run
 
     # -- reports ------------------------------------------------------------------------------------------
     def report(self, run: str | int, *, compare: str | int | None = None, lang: str = "en", fmt: str = "md",

@@ -259,6 +259,11 @@ def _train(reg, variant, data, recipe, resume, from_checkpoint, name, weights, a
     from npuyolo.train.trainer import TrainError, resume_run, train_variant
 
     if resume:
+        given = [f"--{k.replace('_', '-')}" for k, v in {**flags, "variant": variant, "data": data, "recipe": recipe, "name": name,
+                 "weights": weights, "act_anneal": act_anneal, "anneal_epochs": anneal_epochs}.items() if v is not None]
+        if given:
+            raise TrainError(f"--resume continues a run with its own recorded recipe; drop {', '.join(given)}"
+                             " (or start a new run without --resume)")
         return resume_run(resume, reg, source=from_checkpoint)
     if not variant or not data:
         raise TrainError("--variant and --data are required (or --resume RUN)")
@@ -329,8 +334,13 @@ def runs_export(ctx: typer.Context, mlflow: Annotated[str, typer.Option("--mlflo
     """Copy runs (recipe, per-epoch metrics, NPU checks, INT8 results, reports) into MLflow for `mlflow ui`."""
     from npuyolo.registry.mlflow_export import export_runs
 
+    from npuyolo.registry.db import RegistryError, default_path
+
+    path = Path(registry or ctx.obj or default_path())
+    if not path.is_file():
+        raise RegistryError(f"no registry at {path.resolve()}: nothing recorded there yet (a mistyped --registry?)")
     with quiet_stdout(True):
-        rows = export_runs(open_registry(registry or ctx.obj), mlflow, run, experiment)
+        rows = export_runs(open_registry(path), mlflow, run, experiment)
     if as_json:
         return print_json(rows)
     table = Table(title=f"exported to {mlflow} (experiment {experiment})")

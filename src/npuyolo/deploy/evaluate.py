@@ -27,6 +27,21 @@ class DeployError(NpuyoloError, ValueError):
     """An artefact or data set the deploy tools cannot use."""
 
 
+def check_metadata(path, meta: dict[str, str]) -> None:
+    """npuyolo's metadata must parse as it was written; a hand-edited or damaged file is one clear error."""
+    try:
+        size = json.loads(meta["imgsz"])
+        names = json.loads(meta["names"])
+        strides = json.loads(meta.get("strides", "[8, 16, 32]"))
+        ok = (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v >= 32 for v in size)
+              and isinstance(names, dict) and all(str(k).lstrip("-").isdigit() for k in names)
+              and isinstance(strides, list) and strides and int(meta.get("reg_max", 16)) > 0)
+    except (KeyError, ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise DeployError(f"{path}: damaged npuyolo metadata (imgsz/names/strides); export it again with `npuyolo export`")
+
+
 def session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     if threads:
@@ -40,6 +55,7 @@ def onnx_predictor(path: str | Path, threads: int | None = None) -> tuple[Predic
     meta = onnx_metadata(path)
     if "npuyolo_head" not in meta:
         raise DeployError(f"{path}: no npuyolo metadata; export it with `npuyolo export` (or `deploy quantize`)")
+    check_metadata(path, meta)
     sess = session(path, threads)
     outputs = [o.name for o in sess.get_outputs()]
     head = meta["npuyolo_head"]

@@ -149,14 +149,16 @@ def load_predictor(ref: str, registry=None, imgsz: int | None = None) -> Predict
         from npuyolo.resolve import resolve_model
 
         resolved = resolve_model(str(path))
-        return _torch_predictor(resolved.model, imgsz or 640, resolved.label, path=str(path))
+        trained = (getattr(resolved.model, "args", None) or {}).get("imgsz")  # the size it was trained at, if recorded
+        size = imgsz or (int(trained) if isinstance(trained, int) and trained >= 32 and trained % 32 == 0 else 640)
+        return _torch_predictor(resolved.model, size, resolved.label, path=str(path))
     return _run_predictor(ref, registry, imgsz)
 
 
 def _onnx_predictor(path: Path, imgsz: int | None) -> Predictor:
     from npuyolo.deploy.evaluate import onnx_predictor
 
-    forward, meta = onnx_predictor(path)
+    forward, meta = onnx_predictor(path)  # validates the npuyolo metadata
     size = json.loads(meta["imgsz"])[0]
     if imgsz is not None and imgsz != size:
         raise PredictError(f"{path} has a fixed {size} px input; drop --imgsz or pass --imgsz {size}"
@@ -224,7 +226,10 @@ def is_video(path: Path) -> bool:
 
 
 def read_image(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error as e:  # e.g. a header declaring more pixels than OpenCV will allocate
+        raise PredictError(f"unreadable image: {path} ({' '.join(str(e).split())[-120:]})") from None
     if image is None:
         raise PredictError(f"unreadable image: {path}")
     return image
@@ -398,16 +403,27 @@ class AnnotatedWriter:
             tmp.unlink(missing_ok=True)
 
 
-def output_dir(out: str | Path | None, predictor: Predictor) -> Path:
+MARKER = ".npuyolo-predict"  # in every folder predict writes: only such folders may be written into again
+
+
+def output_dir(out: str | Path | None, predictor: Predictor, sources: list[Path] | None = None) -> Path:
+    """The output folder: new, empty, or one an earlier `predict` wrote. Never the sources' own folder, never a
+    folder holding other files — annotated copies keep the source names and would replace them."""
     if out is None:
         out = predictor.default_out() if predictor.default_out is not None else Path("predict") / predictor.label
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PredictError(f"--out {out} is an existing file; give a folder")
+    resolved = out.resolve()
+    if any(resolved == Path(s).resolve().parent for s in sources or []):
+        raise PredictError(f"--out {out} is where the source images are; annotated copies would replace them")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise PredictError(f"--out {out} already holds files npuyolo did not write; give a new or empty folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise PredictError(f"cannot create the output folder {out}: {e.strerror or e}") from None
+    (out / MARKER).touch()
     return out
 
 
@@ -424,7 +440,7 @@ def run_predict(model: str, source: str | Path, *, conf: float = 0.25, iou: floa
         raise PredictError(f"--out {out} is an existing file; give a folder")
     paths = list_sources(source)
     predictor = load_predictor(model, registry, imgsz)
-    folder = output_dir(out, predictor)
+    folder = output_dir(out, predictor, paths)
     if on_start is not None:
         on_start(frame_count(paths))
     writer = AnnotatedWriter(folder, predictor.names)

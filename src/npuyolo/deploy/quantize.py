@@ -24,7 +24,7 @@ def letterbox(image: np.ndarray, size: int) -> np.ndarray:
     """BGR uint8 image -> [3, size, size] float32 RGB in [0, 1], aspect kept, grey (114) padding like Ultralytics."""
     h, w = image.shape[:2]
     r = min(size / h, size / w)
-    nh, nw = round(h * r), round(w * r)
+    nh, nw = max(1, round(h * r)), max(1, round(w * r))  # a 2x3000 image must not round to 0 rows
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
     canvas = np.full((size, size, 3), 114, np.uint8)
     top, left = (size - nh) // 2, (size - nw) // 2

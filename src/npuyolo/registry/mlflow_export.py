@@ -38,6 +38,17 @@ def _metric_key(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", "/".join(parts))
 
 
+def artifact_location(uri: str) -> str | None:
+    """For a SQLite store, artefacts go next to its file (MLflow's default is ./mlruns in the working directory)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    path = uri.split(":///", 1)[1] if ":///" in uri else ""
+    if not path or path == ":memory:":
+        raise MlflowExportError(f"MLflow store {uri!r} names no database file; e.g. sqlite:///mlflow.db")
+    db = Path(path).expanduser().resolve()
+    return (db.parent / "mlruns").as_uri()
+
+
 def export_runs(registry, uri: str, runs: list[str] | None = None, experiment: str = "npuyolo") -> list[dict]:
     """Export the named runs (default: every run) to `uri`; returns one row per run: id, name, mlflow run id, action."""
     try:
@@ -46,10 +57,12 @@ def export_runs(registry, uri: str, runs: list[str] | None = None, experiment: s
     except ImportError as e:
         raise MlflowExportError("MLflow is not installed: pip install 'npuyolo[mlflow]'") from e
     ids = [registry.resolve(r) for r in runs] if runs else [r["id"] for r in registry.runs()]
+    artifacts = artifact_location(uri)
     try:
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)
-        exp = client.get_experiment_by_name(experiment) or client.get_experiment(client.create_experiment(experiment))
+        exp = client.get_experiment_by_name(experiment) or client.get_experiment(
+            client.create_experiment(experiment, artifact_location=artifacts))
     except Exception as e:  # a bad URI, an unwritable file: the store's own message, on one line
         raise MlflowExportError(f"MLflow store {uri}: {' '.join(str(e).split())[:300]}") from e
     rows = []

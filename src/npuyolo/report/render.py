@@ -25,27 +25,32 @@ NOTES_KO = {"class sigmoid moved to the host decode (no NPU Sigmoid on this targ
             "이 타깃에는 NPU Sigmoid가 없어 클래스 시그모이드를 호스트 디코딩으로 옮겼습니다"}
 
 
-_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`[]|"})
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`[]|*_"})
+_HTML_SPECIAL = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 
 
-def md_text(value):
+def md_text(value, html_output: bool = True):
     """A user-given string (run, series or class name, path, error) as literal Markdown text.
 
-    Backslash-escapes what could start a link or image, a code span or a table cell; HTML characters are left
-    to the HTML autoescaping, so the .md stays readable.
+    Backslash-escapes what could start a link or image, a code span, emphasis or a table cell. For HTML output
+    the template engine's autoescaping handles <, > and &; for a .md file they become entities here, so raw
+    HTML in a name stays text in any Markdown viewer.
     """
-    return value.translate(_MD_SPECIAL) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    value = value.translate(_MD_SPECIAL)
+    return value if html_output else value.translate(_HTML_SPECIAL)
 
 
-def md_safe_run(run):
+def md_safe_run(run, html_output: bool = True):
     """The run as templates see it: every free-text field a user controls made literal Markdown."""
     if run is None:
         return None
     from dataclasses import replace
 
-    return replace(run, name=md_text(run.name), series=md_text(run.series), error=md_text(run.error),
-                   data_path=md_text(run.data_path), weights_source=md_text(run.weights_source), device=md_text(run.device),
-                   class_names=[md_text(c) for c in run.class_names])
+    t = lambda v: md_text(v, html_output)  # noqa: E731
+    return replace(run, name=t(run.name), series=t(run.series), error=t(run.error), data_path=t(run.data_path),
+                   weights_source=t(run.weights_source), device=t(run.device), class_names=[t(c) for c in run.class_names])
 
 
 def _num(fmt: str):
@@ -78,6 +83,7 @@ def environment(html_output: bool = False) -> Environment:
     """Templates write Markdown; for HTML output every value is autoescaped, so a hostile name stays text."""
     env = Environment(loader=PackageLoader("npuyolo.report", "templates"), undefined=StrictUndefined, autoescape=html_output,
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["oneline"] = lambda v: " ".join(str(v).split())  # raw values inside a code block: one line each
     env.globals.update(
         f1=_num(".1f"), f2=_num(".2f"), f3=_num(".3f"), f4=_num(".4f"), hms=_hms,
         num=lambda v: "n/a" if v is None else (f"{v:g}" if isinstance(v, float) else str(v)),
@@ -149,13 +155,14 @@ def render_run(registry, ref, out: Path, lang: str = "en", fmt: str = "md", comp
     facts = run_facts(registry, ref, compare)
     _make_dir(out)
     img = write_run_plots(facts, out)
-    title = facts.run.name
-    facts.run, facts.compare = md_safe_run(facts.run), md_safe_run(facts.compare)
+    title, raw = facts.run.name, facts.run
+    facts.run, facts.compare = md_safe_run(facts.run, fmt == "html"), md_safe_run(facts.compare, fmt == "html")
     env = environment(html_output=fmt == "html")
     say = env.get_template(f"say_{lang}.j2").module.say
     spec = parse_variant(facts.run["variant"])
     text = env.get_template(f"run_{lang}.md.j2").render(
-        f=facts, spec=spec, level=spec.settings, act_label=activation_label(spec), say=say, registry_path=str(registry.path), img=img)
+        f=facts, spec=spec, level=spec.settings, act_label=activation_label(spec), say=say, registry_path=str(registry.path), img=img,
+        raw=raw)
     text = tidy_markdown(text)
     name = f"report_{facts.run['id']}_{lang}"
     if fmt == "md":
@@ -264,7 +271,7 @@ def render_series(registry, name: str, out: Path, lang: str = "en", target: str 
     if points:
         plots.accuracy_vs_npu(points, out / img["scatter"], target)
     env = environment(html_output=fmt == "html")
-    text = env.get_template(f"series_{lang}.md.j2").render(name=md_text(name), rows=rows, target=target, has_scatter=bool(points), img=img,
+    text = env.get_template(f"series_{lang}.md.j2").render(name=md_text(name, fmt == "html"), rows=rows, target=target, has_scatter=bool(points), img=img,
                                                             metrics=METRICS)
     text = tidy_markdown(text)
     if fmt == "html":
@@ -296,6 +303,7 @@ def render_study(registry, name: str, out: Path, lang: str = "en") -> Path:
                                      and r.gap_pp["map50"] is not None and r.gap_pp["map50"] >= -0.5]
     env = environment()
     text = env.get_template(f"study_{lang}.md.j2").render(
-        name=md_text(name), rows=rows, seeds=spec["seeds"], targets=spec["targets"], data=md_text(spec["data"]), recipe=spec["recipe_resolved"],
+        name=md_text(name, False), rows=rows, seeds=spec["seeds"], targets=spec["targets"], data=md_text(spec["data"], False),
+        recipe=spec["recipe_resolved"],
         close=close, how_ko=HOW_KO, undertrained=undertrained, floor=UNDERTRAINED_MAP50, img=img)
     return write_text(out / f"study_{unique_slug(name, 'study')}_{lang}.md", tidy_markdown(text))

@@ -135,6 +135,14 @@ def relu_gap_study(registry, data: str | Path, *, name: str = "relu-gap", epochs
     from npuyolo.train.trainer import resume_run, train_variant
     from npuyolo.variants.spec import parse_variant
 
+    from npuyolo.data.check import check_dataset
+    from npuyolo.registry.db import RegistryError
+
+    if isinstance(seeds, str):
+        try:
+            seeds = [int(x) for x in seeds.split(",") if x.strip()]
+        except ValueError:
+            raise StudyError(f"seeds takes integers, e.g. [0, 1] or '0,1', got {seeds!r}") from None
     seeds = sorted(set(seeds if seeds is not None else [0, 1]))
     if not seeds or any(s < 0 for s in seeds):
         raise StudyError("--seeds takes one or more non-negative integers, e.g. 0,1,2")
@@ -146,7 +154,17 @@ def relu_gap_study(registry, data: str | Path, *, name: str = "relu-gap", epochs
     for v in extra_variants or []:
         spec = parse_variant(v)
         routes[spec.name] = (spec.name, "plain")
+    name = name.strip() if isinstance(name, str) else name
+    if not name or len(name) > 60 or any(not c.isprintable() for c in name):
+        raise StudyError(f"--name must be 1 to 60 printable characters, got {name!r}")
+    try:
+        existing = registry.series(name)
+    except RegistryError:
+        existing = None
+    if existing is not None and existing["spec"].get("kind") != KIND:
+        raise StudyError(f"{name!r} is already an ordinary series; give the study another --name")
     data = Path(data).resolve()
+    check_dataset(data, cache_dir=registry.root / "cache")  # before anything is written
     base = Recipe.load(**{**(recipe or {}), "epochs": epochs, "imgsz": imgsz})
     labels = [member_label(route, seed) for seed in seeds for route in routes]
     spec = {"kind": KIND, "name": name, "data": str(data), "variants": labels, "routes": list(routes), "seeds": seeds,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from npuyolo.errors import NpuyoloError
 
@@ -76,6 +76,23 @@ class Recipe(BaseModel):
         if v % 32:
             raise ValueError(f"imgsz must be a multiple of 32 (the model's largest stride), got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _anneal_schedule_checked(self) -> Recipe:
+        """A schedule from a recipe file gets the same checks as --act-anneal (slope, window within epochs)."""
+        if self.act_anneal is not None:
+            from npuyolo.train.anneal import AnnealError, parse_anneal
+
+            keys = {"source", "slope", "start", "end", "shape"}
+            a = self.act_anneal
+            if set(a) != keys:
+                raise ValueError(f"act_anneal needs exactly {sorted(keys)}, got {sorted(a)}")
+            try:
+                checked = parse_anneal(f"{a['source']}{a['slope']}", self.epochs, f"{a['start']}:{a['end']}", a["shape"])
+            except (AnnealError, TypeError) as e:
+                raise ValueError(str(e)) from None
+            self.act_anneal = checked.as_dict()
+        return self
 
     @property
     def lrf(self) -> float:
