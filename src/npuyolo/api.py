@@ -121,7 +121,7 @@ class Workspace:
         reg = self._registry(readonly=True) if not str(model).endswith(".pt") else None
         resolved = resolve_model(str(model), reg, nc=nc)
         if imgsz is None:
-            imgsz = reg.run(resolved.run_id).recipe.get("imgsz", 640) if resolved.run_id is not None else 640
+            imgsz = resolved.trained_imgsz if resolved.run_id is not None and resolved.trained_imgsz else 640
         return export_onnx(resolved.model, out, imgsz=imgsz, head=head)
 
     def quantize(self, run: str | int, data: str | Path, **kwargs: Any) -> dict:
@@ -156,16 +156,10 @@ class Workspace:
                out: str | Path | None = None) -> Path:
         from npuyolo.report.render import render_run
 
-        reg = self._registry(readonly=True)
-        folder = Path(out) if out else reg.run_dir(reg.run(run), "reports")
-        return render_run(reg, run, folder, lang=lang, fmt=fmt, compare=compare)
+        return render_run(self._registry(readonly=True), run, out, lang=lang, fmt=fmt, compare=compare)
 
     def series_report(self, name: str, *, lang: str = "en", fmt: str = "md", target: str = "relu-only",
                       out: str | Path | None = None) -> Path:
-        from npuyolo.paths import unique_slug
         from npuyolo.report.render import render_series
 
-        reg = self._registry(readonly=True)
-        reg.series(name)
-        folder = Path(out) if out else reg.output_dir("reports", f"series-{unique_slug(name, 'series')}")
-        return render_series(reg, name, folder, lang=lang, target=target, fmt=fmt)
+        return render_series(self._registry(readonly=True), name, out, lang=lang, target=target, fmt=fmt)

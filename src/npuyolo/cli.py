@@ -199,7 +199,7 @@ def export(model: Annotated[str, typer.Argument(help="Variant name (untrained), 
     reg = open_registry(registry) if is_run else None  # exporting a variant or a file touches no registry
     resolved = resolve_model(model, reg, nc=nc)
     if imgsz is None:
-        imgsz = reg.run(resolved.run_id).recipe.get("imgsz", 640) if resolved.run_id is not None else 640
+        imgsz = resolved.trained_imgsz if resolved.run_id is not None and resolved.trained_imgsz else 640
     check_imgsz(imgsz)
     name = f"{resolved.label}-{head or 'default'}-{imgsz}.onnx"
     if out is None:  # a run's exports live in its own folder; anything else in the working directory
@@ -334,13 +334,10 @@ def runs_export(ctx: typer.Context, mlflow: Annotated[str, typer.Option("--mlflo
     """Copy runs (recipe, per-epoch metrics, NPU checks, INT8 results, reports) into MLflow for `mlflow ui`."""
     from npuyolo.registry.mlflow_export import export_runs
 
-    from npuyolo.registry.db import RegistryError, default_path
+    from npuyolo.registry.db import Registry
 
-    path = Path(registry or ctx.obj or default_path())
-    if not path.is_file():
-        raise RegistryError(f"no registry at {path.resolve()}: nothing recorded there yet (a mistyped --registry?)")
     with quiet_stdout(True):
-        rows = export_runs(open_registry(path), mlflow, run, experiment)
+        rows = export_runs(Registry(registry or ctx.obj, create=False), mlflow, run, experiment)
     if as_json:
         return print_json(rows)
     table = Table(title=f"exported to {mlflow} (experiment {experiment})")
@@ -683,11 +680,9 @@ def report(run: Annotated[str, typer.Argument(help="Run id or name.")],
     """Write a training report from the registry (every number is a recorded one)."""
     from npuyolo.report.render import render_run
 
-    reg = open_registry(registry, readonly=True)
-    out = out or reg.run_dir(reg.run(run), "reports")
-    path = render_run(reg, run, out, lang=lang, fmt=fmt, compare=compare)
+    path = render_run(open_registry(registry, readonly=True), run, out, lang=lang, fmt=fmt, compare=compare)
     if as_json:
-        return print_json({"report": str(Path(path).resolve()), "folder": str(Path(out).resolve())})
+        return print_json({"report": str(Path(path).resolve()), "folder": str(Path(path).resolve().parent)})
     console.print(f"wrote {path}", highlight=False, markup=False)
 
 
@@ -699,13 +694,9 @@ def series_report(name: str, lang: Annotated[str, typer.Option(help="ko or en.")
                   out: Annotated[Optional[Path], typer.Option(help="Output folder [default: <registry dir>/reports/series-<name>].")] = None,
                   as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Write the series overview: ranking table, all members' curves, accuracy vs NPU compatibility."""
-    from npuyolo.paths import unique_slug
     from npuyolo.report.render import render_series
 
-    reg = open_registry(registry, readonly=True)
-    reg.series(name)  # an unknown series fails before any folder is made
-    path = render_series(reg, name, out or reg.output_dir("reports", f"series-{unique_slug(name, 'series')}"), lang=lang, target=target,
-                         fmt=fmt)
+    path = render_series(open_registry(registry, readonly=True), name, out, lang=lang, target=target, fmt=fmt)
     if as_json:
         return print_json({"report": str(Path(path).resolve())})
     console.print(f"wrote {path}", highlight=False, markup=False)
@@ -771,7 +762,6 @@ def study_relu_gap(data: Annotated[Path, typer.Option(help="data.yaml.")],
     """Train L4-leaky, L4-relu, L4-relu distilled and L4-relu annealed on the same seeds; report each route's gap and spread."""
     from dataclasses import asdict
 
-    from npuyolo.paths import unique_slug
     from npuyolo.report.render import render_study
     from npuyolo.study.relu_gap import StudyError, relu_gap_study
     from npuyolo.train.recipe import load_mapping
@@ -790,8 +780,7 @@ def study_relu_gap(data: Annotated[Path, typer.Option(help="data.yaml.")],
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted[/]: run the same `npuyolo study relu-gap` again to continue")
         raise typer.Exit(130) from None
-    folder = out or reg.output_dir("reports", f"study-{unique_slug(name, 'study')}")
-    reports = [str(render_study(reg, name, folder, lang=lang)) for lang in ("en", "ko")]
+    reports = [str(render_study(reg, name, out, lang=lang)) for lang in ("en", "ko")]
     if as_json:
         return print_json({"study": name, "rows": [asdict(r) for r in rows], "reports": reports})
     print_study(name, rows)
@@ -816,12 +805,9 @@ def print_study(name: str, rows) -> None:
 def study_report(name: str, lang: Annotated[str, typer.Option(help="ko or en.")] = "en",
                  out: Annotated[Optional[Path], typer.Option(help="Output folder.")] = None, registry: RegistryOpt = None) -> None:
     """Write a study's report again from the registry (e.g. after more seeds finished)."""
-    from npuyolo.paths import unique_slug
     from npuyolo.report.render import render_study
 
-    reg = open_registry(registry, readonly=True)
-    reg.series(name)
-    path = render_study(reg, name, out or reg.output_dir("reports", f"study-{unique_slug(name, 'study')}"), lang=lang)
+    path = render_study(open_registry(registry, readonly=True), name, out, lang=lang)
     console.print(f"wrote {path}", highlight=False, markup=False)
 
 

@@ -15,6 +15,12 @@ class ResolvedModel:
     model: torch.nn.Module
     label: str  # safe as a file-name part
     run_id: int | None = None
+    trained_imgsz: int | None = None  # the size it was trained at (a run's recipe, a checkpoint's args), if known
+
+
+def _checkpoint_imgsz(model: torch.nn.Module) -> int | None:
+    size = (getattr(model, "args", None) or {}).get("imgsz")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 32 and size % 32 == 0 else None
 
 
 def resolve_model(ref: str, registry=None, nc: int = 80) -> ResolvedModel:
@@ -25,7 +31,8 @@ def resolve_model(ref: str, registry=None, nc: int = 80) -> ResolvedModel:
     from npuyolo.variants.spec import HYBRID_RE, NAME_RE, parse_variant
 
     if ref.endswith(".pt") or Path(ref).is_file():
-        return ResolvedModel(load_weights(ref), slug(Path(ref).stem, "model"))
+        model = load_weights(ref)
+        return ResolvedModel(model, slug(Path(ref).stem, "model"), trained_imgsz=_checkpoint_imgsz(model))
     if NAME_RE.match(ref) or HYBRID_RE.match(ref):
         spec = parse_variant(ref)
         return ResolvedModel(build_model(spec, nc=nc), slug(spec.name, "model"))
@@ -35,4 +42,4 @@ def resolve_model(ref: str, registry=None, nc: int = 80) -> ResolvedModel:
     path = run.artifact_path("weights/best", "weights/last")
     if path is None:
         raise RegistryError(f"run {run.name} has no weights on disk (status {run.status})")
-    return ResolvedModel(load_weights(path), slug(run.name), run.id)
+    return ResolvedModel(load_weights(path), slug(run.name), run.id, trained_imgsz=run.recipe.get("imgsz"))

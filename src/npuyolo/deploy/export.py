@@ -28,9 +28,9 @@ class ExportError(NpuyoloError, ValueError):
     """A model or setting that cannot be exported (bad image size, unknown head...)."""
 
 
-def check_imgsz(imgsz: int, flag: str = "--imgsz") -> int:
-    if not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
-        raise ExportError(f"{flag} must be a positive multiple of 32 (the model's largest stride), got {imgsz}")
+def check_imgsz(imgsz: int, flag: str = "--imgsz", error: type[Exception] = ExportError) -> int:
+    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
+        raise error(f"{flag} must be a positive multiple of 32 (the model's largest stride), got {imgsz}")
     return imgsz
 
 

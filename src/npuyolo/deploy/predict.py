@@ -123,8 +123,10 @@ def check_settings(conf: float, iou: float, max_det: int, imgsz: int | None) -> 
         raise PredictError(f"--iou must be in (0, 1], got {iou}")
     if max_det < 1:
         raise PredictError(f"--max-det must be at least 1, got {max_det}")
-    if imgsz is not None and (isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32):
-        raise PredictError(f"--imgsz must be a positive multiple of 32 (the model's largest stride), got {imgsz}")
+    if imgsz is not None:
+        from npuyolo.deploy.export import check_imgsz
+
+        check_imgsz(imgsz, error=PredictError)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -149,9 +151,7 @@ def load_predictor(ref: str, registry=None, imgsz: int | None = None) -> Predict
         from npuyolo.resolve import resolve_model
 
         resolved = resolve_model(str(path))
-        trained = (getattr(resolved.model, "args", None) or {}).get("imgsz")  # the size it was trained at, if recorded
-        size = imgsz or (int(trained) if isinstance(trained, int) and trained >= 32 and trained % 32 == 0 else 640)
-        return _torch_predictor(resolved.model, size, resolved.label, path=str(path))
+        return _torch_predictor(resolved.model, imgsz or resolved.trained_imgsz or 640, resolved.label, path=str(path))
     return _run_predictor(ref, registry, imgsz)
 
 
@@ -191,7 +191,7 @@ def _run_predictor(ref: str, registry, imgsz: int | None) -> Predictor:
                                " or an .onnx file") from None
         raise PredictError(f"unknown model {ref!r}: not a file and not a run ({e})") from None
     resolved = resolve_model(str(run.id), reg)
-    size = imgsz or int(run.recipe.get("imgsz") or 640)
+    size = imgsz or int(resolved.trained_imgsz or 640)
     path = run.artifact_path("weights/best", "weights/last")
     return _torch_predictor(resolved.model, size, resolved.label, path=str(path), run_id=run.id,
                             default_out=lambda: reg.run_dir(run, "predict"))

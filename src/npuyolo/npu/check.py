@@ -48,8 +48,7 @@ def check_model(ref: str, target_names: list[str], registry=None, imgsz: int | N
 
     resolved = resolve_model(ref, registry, nc=nc)
     if imgsz is None:  # a run is checked at the size it was trained for, as it will be deployed
-        run_imgsz = registry.run(resolved.run_id).recipe.get("imgsz") if registry is not None and resolved.run_id else None
-        imgsz = run_imgsz or (getattr(resolved.model, "args", {}) or {}).get("imgsz") or 640
+        imgsz = resolved.trained_imgsz or 640
     from npuyolo.deploy.export import check_imgsz
 
     check_imgsz(int(imgsz))

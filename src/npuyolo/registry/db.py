@@ -140,13 +140,16 @@ def process_alive(pid: int | None, started: str | None) -> bool:
 
 
 class Registry:
-    """The run registry. `readonly=True` never writes (no file created, no migration, no reaping), for read commands."""
+    """The run registry. `readonly=True` never writes (no file created, no migration, no reaping), for read commands;
+    `create=False` writes to an existing registry only (a command that adds to runs, never starts a registry)."""
 
-    def __init__(self, path: str | Path | None = None, readonly: bool = False):
+    def __init__(self, path: str | Path | None = None, readonly: bool = False, create: bool = True):
         self.path = (Path(path) if path else default_path()).resolve()
         self.readonly = readonly
         if self.path.is_dir():
             raise RegistryError(f"{self.path} is a folder; --registry names the SQLite file (e.g. runs/npuyolo.db)")
+        if (readonly or not create) and not self.path.is_file():
+            raise RegistryError(f"no registry at {self.path}: nothing recorded there yet (a mistyped --registry?)")
         if readonly:
             self.conn = self._open_readonly()
         else:
@@ -172,8 +175,6 @@ class Registry:
         return conn
 
     def _open_readonly(self) -> sqlite3.Connection:
-        if not self.path.is_file():
-            raise RegistryError(f"no registry at {self.path}: nothing recorded there yet (a mistyped --registry?)")
         wal = Path(f"{self.path}-wal")
         if wal.exists():  # a writer is active (or died): read through its WAL; the -shm beside it already exists
             conn = self._connect(f"{self.path.as_uri()}?mode=ro", uri=True)
@@ -377,7 +378,7 @@ class Registry:
                 for r in rows]
 
     def runs(self, series: str | None = None) -> list[dict]:
-        q = ("SELECT r.id, r.name, r.save_dir, r.variant, r.series, r.status, r.started_at, r.duration_s,"
+        q = ("SELECT r.id, r.name, r.save_dir, r.pid, r.pid_started, r.host, r.variant, r.series, r.status, r.started_at, r.duration_s,"
              " (SELECT COUNT(*) FROM epochs e WHERE e.run_id = r.id) AS epochs,"
              " (SELECT map50 FROM epochs e WHERE e.run_id = r.id ORDER BY epoch DESC LIMIT 1) AS map50,"
              " (SELECT map50_95 FROM epochs e WHERE e.run_id = r.id ORDER BY epoch DESC LIMIT 1) AS map50_95"
@@ -387,11 +388,11 @@ class Registry:
             q += " WHERE r.series = ?"
             args = (series,)
         rows = [dict(r) for r in self.conn.execute(q + " ORDER BY r.id", args)]
-        if self.readonly:  # show what reaping would record, without writing it
-            live = {r["id"]: r for r in self.conn.execute("SELECT id, status, pid, pid_started, host FROM runs WHERE status = 'running'")}
-            for r in rows:
-                if r["id"] in live and self._dead(live[r["id"]]):
-                    r["status"] = "interrupted"
+        for r in rows:
+            if self.readonly and self._dead(r):  # show what reaping would record, without writing it
+                r["status"] = "interrupted"
+            for k in ("pid", "pid_started", "host"):
+                del r[k]
         return rows
 
     # -- NPU checks -----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from npuyolo.errors import UnsafePathError
-from npuyolo.paths import safe_join, slug, unique_slug, write_text
+from npuyolo.paths import atomic_path, safe_join, slug, unique_slug, write_text
 from npuyolo.report import plots, webfont
 from npuyolo.report.facts import METRICS, ReportError, RunFacts, run_facts
 from npuyolo.variants.spec import parse_variant
@@ -147,12 +147,14 @@ def to_html(markdown_text: str, folder: Path, title: str) -> str:
             f"</head><body>{body}</body></html>\n")
 
 
-def render_run(registry, ref, out: Path, lang: str = "en", fmt: str = "md", compare=None) -> Path:
+def render_run(registry, ref, out: Path | None = None, lang: str = "en", fmt: str = "md", compare=None) -> Path:
+    """A run's report; `out` defaults to the run's own folder, reports/."""
     if lang not in LANGS:
         raise ReportError(f"--lang must be one of {', '.join(LANGS)}, got {lang!r}")
     if fmt not in ("md", "html"):
         raise ReportError(f"--format must be md or html, got {fmt!r}")
     facts = run_facts(registry, ref, compare)
+    out = Path(out) if out else registry.run_dir(facts.run, "reports")
     _make_dir(out)
     img = write_run_plots(facts, out)
     title, raw = facts.run.name, facts.run
@@ -229,21 +231,22 @@ def copy_validation_plots(run, out: Path, stem: str) -> dict[str, str]:
         src = save_dir / name if save_dir else None
         if src is not None and src.is_file():
             dst = out / f"{stem}_{key}.{ext}"
-            from npuyolo.paths import atomic_path
-
             with atomic_path(dst) as tmp:
                 shutil.copyfile(src, tmp)
             found[key] = dst.name
     return {k: found.get(k) for k in VALIDATION_PLOTS}
 
 
-def render_series(registry, name: str, out: Path, lang: str = "en", target: str = "relu-only", fmt: str = "md") -> Path:
+def render_series(registry, name: str, out: Path | None = None, lang: str = "en", target: str = "relu-only",
+                  fmt: str = "md") -> Path:
+    """The series overview; `out` defaults to <registry dir>/reports/series-<name>."""
     from npuyolo.train.series import rank_series
 
     rows = rank_series(name, registry)
     ranked = [r for r in rows if r["rank_map50"] is not None]
     if not ranked:
         raise ReportError(f"series {name!r} has no finished member yet; run `npuyolo series run` first")
+    out = Path(out) if out else registry.output_dir("reports", f"series-{unique_slug(name, 'series')}")
     _make_dir(out)
     runs = [registry.run(r["run_id"]) for r in ranked]
     if fmt not in ("md", "html"):
@@ -284,8 +287,8 @@ HOW_KO = {"plain": "일반 학습", "distilled from the same seed's L4-leaky": "
           "annealed from LeakyReLU to ReLU": "LeakyReLU에서 ReLU로 어닐링"}
 
 
-def render_study(registry, name: str, out: Path, lang: str = "en") -> Path:
-    """The relu-gap study's table, plot and verdicts, from its recorded runs."""
+def render_study(registry, name: str, out: Path | None = None, lang: str = "en") -> Path:
+    """The relu-gap study's table, plot and verdicts, from its recorded runs; `out` defaults to reports/study-<name>."""
     from dataclasses import asdict
 
     from npuyolo.study.relu_gap import study_table
@@ -294,6 +297,7 @@ def render_study(registry, name: str, out: Path, lang: str = "en") -> Path:
         raise ReportError(f"--lang must be one of {', '.join(LANGS)}, got {lang!r}")
     rows = study_table(registry, name)
     spec = registry.series(name)["spec"]
+    out = Path(out) if out else registry.output_dir("reports", f"study-{unique_slug(name, 'study')}")
     _make_dir(out)
     img = {"map50": f"study_{unique_slug(name, 'study')}_map50.png"}
     plots.route_bars([asdict(r) for r in rows], out / img["map50"], f"{name}: best.pt mAP50 per route (mean, seeds as dots)")
