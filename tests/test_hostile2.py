@@ -166,3 +166,13 @@ def test_api_refuses_unknown_options_and_reads_seed_strings(tmp_path, synth_data
         ws.study_relu_gap(synth_data, epoch=2)
     with pytest.raises(NpuyoloError, match="annealing needs at least 2 epochs"):
         ws.study_relu_gap(synth_data, seeds="0,1", epochs=1)  # the string was read; the epochs check speaks
+
+
+def test_predict_never_runs_a_checkpoints_code(tmp_path, images):
+    from .test_hostile import Payload
+
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pt"
+    torch.save({"epoch": 0, "model": Payload(marker), "ema": None}, evil)
+    assert "refused to load" in one_line_error(cli("predict", evil, images, "--out", tmp_path / "o"))
+    assert not marker.exists() and not (tmp_path / "o").exists()

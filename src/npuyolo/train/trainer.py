@@ -393,14 +393,16 @@ def _has_relu(spec) -> bool:
 
 
 def _trainer_for(recipe: Recipe) -> type[NpuyoloTrainer]:
-    base = type("TrackedTrainer", (NpuyoloTrainer,), {"trackers": tuple(recipe.trackers)}) if recipe.trackers else NpuyoloTrainer
+    """The trainer class a recipe needs: distillation, annealing and named trackers layered on NpuyoloTrainer."""
+    base = NpuyoloTrainer
     if recipe.distill:
-        base = type("BoundDistillTrainer", (distill_trainer({k: recipe.distill[k] for k in ("alpha", "beta", "gamma", "temperature")}),),
-                    {"trackers": tuple(recipe.trackers)})
+        base = distill_trainer({k: recipe.distill[k] for k in ("alpha", "beta", "gamma", "temperature")})
+    if recipe.trackers:
+        base = type(f"Tracked{base.__name__}", (base,), {"trackers": tuple(recipe.trackers)})
     if recipe.act_anneal:
         from npuyolo.train.anneal import AnnealSchedule
 
-        return anneal_trainer(base, AnnealSchedule(**recipe.act_anneal))
+        base = anneal_trainer(base, AnnealSchedule(**recipe.act_anneal))
     return base
 
 
