@@ -9,7 +9,7 @@ ULTRALYTICS_EXTRA ?= $(shell $(PY) -c "import importlib.metadata as m; m.version
 .PHONY: install demo test bench
 
 install:
-	$(PY) -m pip install -q -e ".[dev,mlflow,$(ULTRALYTICS_EXTRA)]"
+	$(PY) -m pip install -q -e ".[dev,mlflow,qat,$(ULTRALYTICS_EXTRA)]"
 
 demo: install
 	PATH="$$($(PY) -c 'import os, sys; print(os.path.dirname(sys.executable))'):$$PATH" bash scripts/demo.sh $(OUT)

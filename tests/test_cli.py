@@ -89,3 +89,33 @@ def test_json_stdout_is_json_alone_even_with_ultralytics_logging(synth_data, tmp
                          capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout)["kind"] == "fp32"  # the whole of stdout is the JSON document
+
+
+def test_nested_stdout_redirects_leave_ultralytics_logger_working():
+    """A --json command whose work also redirects stdout (e.g. loading a QAT checkpoint) left the logger's stream as None."""
+    import io
+    import logging
+    import sys
+
+    from npuyolo.ultra import stdout_to_stderr
+    from ultralytics.utils import LOGGER
+
+    handlers = [h for h in LOGGER.handlers if isinstance(h, logging.StreamHandler)]
+    assert handlers
+    original = [h.setStream(sys.stdout) or h.stream for h in handlers]  # as in a real process: the logger writes to stdout
+    before = [h.stream for h in handlers]
+    err = io.StringIO()
+    real_err, sys.stderr = sys.stderr, err
+    try:
+        with stdout_to_stderr():
+            with stdout_to_stderr():
+                LOGGER.info("inner")
+            between = [h.stream for h in handlers]
+            LOGGER.info("between")
+        after = [h.stream for h in handlers]
+    finally:
+        sys.stderr = real_err
+        for h, stream in zip(handlers, original):
+            h.setStream(stream)
+    assert after == before and all(s is not None for s in between)
+    assert "inner" in err.getvalue() and "between" in err.getvalue() and "Logging error" not in err.getvalue()

@@ -516,23 +516,66 @@ def npu_rewrite(model: Annotated[Path, typer.Argument(help="ONNX file.")],
 def deploy_quantize(run: Annotated[str, typer.Argument(help="Run id or name.")],
                     data: Annotated[Path, typer.Option(help="data.yaml; calibration images come from its train split only.")],
                     calib: Annotated[int, typer.Option(help="Calibration images.")] = 200,
-                    method: Annotated[str, typer.Option(help="minmax, entropy or percentile.")] = "minmax",
+                    method: Annotated[str, typer.Option(help="minmax, entropy (KL, 2048 bins) or percentile.")] = "minmax",
+                    percentile: Annotated[Optional[float], typer.Option(help="With --method percentile: share of values kept [default: 99.999].")] = None,
+                    sweep: Annotated[bool, typer.Option("--sweep", help="Try minmax, percentile 99.99/99.999 and entropy; keep the most faithful to FP32 on held-back train images.")] = False,
+                    holdout: Annotated[int, typer.Option(help="With --sweep: held-back train images (never val, never calibration).")] = 50,
                     per_channel: Annotated[bool, typer.Option("--per-channel", help="Per-channel weight scales.")] = False,
+                    bias_correct: Annotated[bool, typer.Option("--bias-correct", help="Remove the mean shift weight rounding adds to each Conv (Nagel et al. 2019).")] = False,
+                    ends: Annotated[Optional[str], typer.Option(help="First Conv and output Convs at higher precision: int16 (still integer) or float.")] = None,
+                    target: Annotated[Optional[str], typer.Option(help="With --ends: refuse what this NPU target's profile cannot run.")] = None,
                     keep_float: Annotated[Optional[list[str]], typer.Option("--keep-float", help="Node name to keep float (repeatable).")] = None,
                     auto_float: Annotated[int, typer.Option(help="Also keep the N most sensitive Conv nodes float (by SQNR).")] = 0,
                     imgsz: Annotated[Optional[int], typer.Option(help="Export size [default: the run's].")] = None,
                     cle: Annotated[bool, typer.Option("--cle", help="Cross-layer equalization before quantizing (exact in FP32; ReLU/LeakyReLU chains).")] = False,
                     as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
-    """Export a run to ONNX (L4: NPU head cut) and quantize it to INT8 (ONNX Runtime, QDQ)."""
+    """Export a run to ONNX (L4: NPU head cut) and quantize it to INT8 (ONNX Runtime, QDQ over the whole graph)."""
     from npuyolo.deploy.service import quantize_run
 
     with err.status("calibrating and quantizing..."), quiet_stdout():
         info = quantize_run(open_registry(registry), run, data, calib=calib, method=method, per_channel=per_channel,
-                            keep_float=keep_float, auto_float=auto_float, imgsz=imgsz, cle=cle)
+                            keep_float=keep_float, auto_float=auto_float, imgsz=imgsz, cle=cle, percentile=percentile,
+                            bias_correct=bias_correct, ends=ends, target=target, sweep=sweep, holdout=holdout)
+    print_quantized(info, as_json)
+
+
+def print_quantized(info: dict, as_json: bool) -> None:
     if as_json:
-        return print_json({k: v for k, v in info.items() if k != "calibration_images"} | {"calibration_count": len(info["calibration_images"])})
-    console.print(f"FP32: {info['fp32']}\nINT8: {info['int8']}  ({len(info['calibration_images'])} train images, {method}"
-                  f"{', per-channel' if per_channel else ''}; float nodes: {', '.join(info['keep_float']) or 'none'})", highlight=False, markup=False)
+        return print_json({k: v for k, v in info.items() if k not in ("calibration_images", "holdout_images")}
+                          | {"calibration_count": len(info["calibration_images"])})
+    console.print(f"FP32: {info['fp32']}\nINT8: {info['int8']}  ({len(info['calibration_images'])} train images, {info['calibration']}"
+                  f"{', per-channel' if info['per_channel'] else ''}{', bias-corrected' if info['bias_corrected'] else ''}"
+                  f"{', ends ' + info['ends'] if info['ends'] else ''}; float nodes: {', '.join(info['keep_float']) or 'none'})",
+                  highlight=False, markup=False)
+    if info["sweep"]:
+        table = Table(title=f"calibration sweep on {info['holdout']} held-back train images (fidelity to FP32)")
+        table.add_column("calibration")
+        table.add_column("SQNR dB", justify="right")
+        for row in info["sweep"]:
+            table.add_row(row["calibration"] + (" *" if row["calibration"] == info["calibration"] else ""), f"{row['sqnr_db']:.2f}")
+        console.print(table)
+
+
+@deploy_app.command("qat")
+@user_errors
+def deploy_qat(run: Annotated[str, typer.Argument(help="Trained run id or name (the parent).")],
+               data: Annotated[Optional[Path], typer.Option(help="data.yaml [default: the parent run's].")] = None,
+               epochs: Annotated[int, typer.Option(help="Fine-tuning epochs with INT8 fake-quantization.")] = 5,
+               lr0: Annotated[Optional[float], typer.Option(help="Learning rate [default: a tenth of the parent's lr0].")] = None,
+               calib: Annotated[int, typer.Option(help="Calibration images for the INT8 export.")] = 200,
+               per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales of the export (QAT trains per-channel).")] = True,
+               bias_correct: Annotated[bool, typer.Option("--bias-correct", help="Bias correction in the export.")] = False,
+               ends: Annotated[Optional[str], typer.Option(help="int16 or float first/output Convs in the export.")] = None,
+               as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """Quantization-aware fine-tuning (NVIDIA ModelOpt through Ultralytics) as a new run, then its INT8 QDQ export."""
+    from npuyolo.deploy.qat import qat_run
+
+    with quiet_stdout(as_json):
+        info = qat_run(open_registry(registry), run, data, epochs=epochs, lr0=lr0, calib=calib, per_channel=per_channel,
+                       bias_correct=bias_correct, ends=ends, verbose=not as_json)
+    if not as_json:
+        console.print(f"QAT run {info['qat_run']} ({info['qat_name']}) from run {info['parent_run']}", highlight=False, markup=False)
+    print_quantized(info, as_json)
 
 
 @deploy_app.command("eval")

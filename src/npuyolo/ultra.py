@@ -33,9 +33,9 @@ from ultralytics.nn.modules import SPPF, Conv, Detect  # noqa: E402
 from ultralytics.nn.modules.block import C2f  # noqa: E402
 from ultralytics.nn.distill_model import DistillationModel  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint, torch_safe_load, yaml_model_load  # noqa: E402
-from ultralytics.utils.torch_utils import get_flops, intersect_dicts, unwrap_model  # noqa: E402
+from ultralytics.utils.torch_utils import get_flops, intersect_dicts, is_qat, strip_qat, unwrap_model  # noqa: E402
 
-__all__ = ["stdout_to_stderr", "C2f", "SPPF", "Conv", "Detect", "DetectionModel", "DistillationModel", "DetectionTrainer", "DetectionValidator", "check_det_dataset",
+__all__ = ["is_qat", "strip_qat", "stdout_to_stderr", "C2f", "SPPF", "Conv", "Detect", "DetectionModel", "DistillationModel", "DetectionTrainer", "DetectionValidator", "check_det_dataset",
            "get_flops", "intersect_dicts", "load_checkpoint", "torch_safe_load", "unwrap_model", "yaml_model_load"]
 
 
@@ -49,7 +49,9 @@ def stdout_to_stderr() -> Iterator[None]:
 
     swapped = []
     for h in LOGGER.handlers:
-        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stdout, sys.__stdout__):
+        stream = getattr(h, "stream", None)
+        # nested: sys.stdout is already stderr, and setStream(same) returns None, which would be restored
+        if isinstance(h, logging.StreamHandler) and stream in (sys.stdout, sys.__stdout__) and stream is not sys.stderr:
             swapped.append((h, h.setStream(sys.stderr)))
     try:
         with contextlib.redirect_stdout(sys.stderr):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -103,18 +107,135 @@ def sensitive_nodes(fp32: Path, int8: Path, reader: ImageReader, count: int, wor
     return [{"node": producer[t], "tensor": t, "sqnr_db": float(s)} for s, t in ranked[:count]]
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """How activation ranges are read from the calibration images (ORT's calibrators)."""
+
+    method: str = "minmax"
+    percentile: float | None = None  # percentile only: the share of values the range keeps, e.g. 99.999
+
+    @property
+    def label(self) -> str:
+        return f"percentile{self.percentile:g}" if self.method == "percentile" else self.method
+
+    def extra_options(self) -> dict:
+        return {"CalibPercentile": self.percentile} if self.method == "percentile" and self.percentile is not None else {}
+
+
+ENTROPY_BINS = 512  # KL histogram bins (128 of them the INT8 levels); ORT's threshold search is Python loops, 2048 bins cost minutes
+
+
+def entropy_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path) -> dict[str, tuple[float, float]]:
+    """Tensor -> (rmin, rmax) by KL-divergence calibration with enough bins to mean something.
+
+    `quantize_static(calibrate_method=Entropy)` builds its calibrator with 128 bins and 128 quantized bins, so its
+    only candidate threshold is the full range: measured here, its scales equal MinMax's to the last bit. ORT's own
+    `create_calibrator` takes the bin counts, so we calibrate with it and hand the ranges over as overrides. The KL
+    threshold is symmetric around 0; it is clipped to the values actually seen, so a ReLU tensor keeps [0, t].
+    """
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    with tempfile.TemporaryDirectory(prefix="npuyolo-entropy-", dir=workdir) as tmp:
+        cal = create_calibrator(str(model_path), None, str(Path(tmp) / "augmented.onnx"), calibrate_method=CalibrationMethod.Entropy,
+                                extra_options={"symmetric": False, "num_bins": ENTROPY_BINS, "num_quantized_bins": 128})
+        reader.rewind()
+        cal.collect_data(reader)
+        with contextlib.redirect_stdout(sys.stderr):  # ORT prints bin counts; stdout may carry --json
+            data = cal.compute_data()
+    reader.rewind()
+    ranges = {}
+    for name, td in data.data.items():
+        lo, hi = (float(v) for v in td.range_value)
+        hist, edges = np.asarray(td.hist), np.asarray(td.bins, np.float64)  # ORT stores the edges as `bins`
+        seen = np.nonzero(hist)[0]
+        if seen.size:  # the histogram spans [-max|x|, max|x|]; its occupied bins give the values really seen
+            lo, hi = max(lo, float(edges[seen[0]])), min(hi, float(edges[seen[-1] + 1]))
+        ranges[name] = (min(lo, 0.0), max(hi, 0.0))
+    return ranges
+
+
+# what `--sweep` tries; the best on held-back *train* images wins (never val: val is what the drop is measured on)
+SWEEP = (Calibration("minmax"), Calibration("percentile", 99.99), Calibration("percentile", 99.999), Calibration("entropy"))
+ENDS = {"int16": "int16", "float": "float16"}  # --ends value -> the profile dtype a target must list to allow it
+
+
+def ends_allowed(value: str, target: str) -> None:
+    """`--ends` only where the target's profile lists a wider type than int8 (its `dtypes`, with their sources)."""
+    from npuyolo.npu.profiles import target as load_target, targets
+
+    if value not in ENDS:
+        raise DeployError(f"--ends must be one of {', '.join(ENDS)}, got {value!r}")
+    profile = load_target(target)
+    wanted = ENDS[value]
+    if wanted not in profile.dtypes and not (value == "float" and "float32" in profile.dtypes):
+        able = sorted(n for n, p in targets().items() if wanted in p.dtypes)
+        raise DeployError(f"--ends {value}: {target} runs {'/'.join(profile.dtypes)} only (its profile); "
+                          f"targets with {wanted}: {', '.join(able) or 'none'}")
+
+
+def holdout_images(data: str | Path, count: int, exclude: list[Path], seed: int = 0) -> list[Path]:
+    """`count` training images not used for calibration: what a calibration sweep is judged on (val stays unseen)."""
+    cfg, root, _ = load_data_yaml(data)
+    val = set(split_images(root, cfg["val"], Path(data), "val"))
+    taken = set(exclude)
+    pool = sorted(p for p in split_images(root, cfg["train"], Path(data), "train")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and p not in val and p not in taken)
+    if not pool:
+        raise DeployError(f"{data}: every training image is used for calibration; lower --calib to leave some for --sweep")
+    rng = np.random.default_rng(seed + 1)
+    return [pool[i] for i in sorted(rng.choice(len(pool), size=min(count, len(pool)), replace=False))]
+
+
+def _outputs(model_path: Path, reader: ImageReader) -> list[list[np.ndarray]]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    reader.rewind()
+    found = []
+    while (feed := reader.get_next()) is not None:
+        found.append(sess.run(None, feed))
+    reader.rewind()
+    return found
+
+
+def sqnr_db(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
+    """Mean over outputs of 10 log10(signal / noise) against FP32: how faithfully INT8 reproduces every head output.
+
+    Chosen over mAP on the held-back images: the model has trained on them, so their mAP rewards noise that happens
+    to help there; fidelity to the FP32 model is what a calibration can promise.
+    """
+    per_output = []
+    for k in range(len(reference[0])):
+        ref = np.concatenate([r[k].ravel() for r in reference]).astype(np.float64)
+        got = np.concatenate([c[k].ravel() for c in candidate]).astype(np.float64)
+        noise = float(((ref - got) ** 2).sum())
+        per_output.append(10 * np.log10(float((ref ** 2).sum()) / noise) if noise > 0 else 99.0)
+    return float(np.mean(per_output))
+
+
 def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, method: str = "minmax", per_channel: bool = False,
-                  keep_float: list[str] | None = None, auto_float: int = 0, seed: int = 0, cle: bool = False) -> dict:
-    """Quantize `fp32` to INT8 QDQ; returns what was done (calibration files, nodes kept float, ...)."""
+                  keep_float: list[str] | None = None, auto_float: int = 0, seed: int = 0, cle: bool = False,
+                  percentile: float | None = None, bias_correct: bool = False, ends: str | None = None,
+                  sweep: bool = False, holdout: int = 50) -> dict:
+    """Quantize `fp32` to INT8 QDQ; returns what was done (calibration, nodes kept float or 16-bit, sweep scores...)."""
     if method not in METHODS:
         raise DeployError(f"--method must be one of {', '.join(METHODS)}")
+    if percentile is not None and not (50.0 < percentile <= 100.0):
+        raise DeployError(f"--percentile must be in (50, 100], got {percentile:g}")
+    if ends is not None and ends not in ENDS:
+        raise DeployError(f"--ends must be one of {', '.join(ENDS)}, got {ends!r}")
     if auto_float < 0:
         raise DeployError(f"--auto-float must be 0 or more Conv nodes, got {auto_float}")
+    if sweep and holdout < 1:
+        raise DeployError(f"--holdout must be at least 1 training image, got {holdout}")
     meta = onnx_metadata(fp32)
     if "imgsz" not in meta:
         raise DeployError(f"{fp32}: no npuyolo metadata; quantize an export written by npuyolo")
     imgsz = json.loads(meta["imgsz"])[0]
     paths = calibration_images(data, calib, seed)
+    held = holdout_images(data, holdout, paths, seed) if sweep else []
     reader = ImageReader(paths, imgsz)
     prepared = out.with_name(out.stem + ".prep.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
@@ -125,34 +246,97 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
         model = onnx.load(str(prepared))
         equalized = equalize(model)
         onnx.save(model, str(prepared))
-    names = {n.name for n in onnx.load(str(prepared)).graph.node}
+    graph = onnx.load(str(prepared))
+    names = {n.name for n in graph.graph.node}
     keep = list(keep_float or [])
     missing = [k for k in keep if k not in names]
     if missing:
         raise DeployError(f"--keep-float: no node named {missing[0]!r} in {fp32.name}")
+    from npuyolo.deploy.qdq import end_convs
 
-    def run(exclude: list[str], dst: Path) -> None:
+    end_nodes = end_convs(graph) if ends else []
+    if ends == "float":
+        keep += [n for n in end_nodes if n not in keep]
+    overrides = _int16_overrides(graph, end_nodes) if ends == "int16" else {}
+
+    entropy_cache: dict[str, tuple[float, float]] = {}
+
+    def run(exclude: list[str], dst: Path, cal: Calibration) -> None:
+        extra = {"ActivationSymmetric": False, "WeightSymmetric": True, **cal.extra_options()}
+        tensor_overrides = {k: [dict(d) for d in v] for k, v in overrides.items()}
+        if cal.method == "entropy":
+            if not entropy_cache:
+                entropy_cache.update(entropy_ranges(prepared, reader, out.parent))
+            inits = {i.name for i in onnx.load(str(prepared)).graph.initializer}
+            for name, (lo, hi) in entropy_cache.items():
+                if name not in inits and hi > lo:
+                    tensor_overrides.setdefault(name, [{}])[0].update({"rmin": np.float32(lo), "rmax": np.float32(hi)})
+        if tensor_overrides:
+            extra["TensorQuantOverrides"] = tensor_overrides
+        if overrides:
+            extra["UseQDQContribOps"] = True  # 16-bit Q/DQ below opset 21
         reader.rewind()
         quantize_static(str(prepared), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=METHODS[method],
-                        nodes_to_exclude=exclude or None, extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=METHODS["minmax" if cal.method == "entropy" else cal.method],
+                        nodes_to_exclude=exclude or None, extra_options=extra)
 
+    chosen_cal = Calibration(method, percentile if method == "percentile" else None)
+    corrected = 0
+    if bias_correct:  # weights are rounded the same way whatever the calibration: one probe serves every run below
+        from npuyolo.deploy.bias_correction import conv_input_means, correct_biases
+        from npuyolo.deploy.qdq import quantized_conv_weights
+
+        probe = out.with_name(out.stem + ".wprobe.onnx")
+        run(keep, probe, chosen_cal)
+        wq = quantized_conv_weights(onnx.load(str(probe)))
+        probe.unlink(missing_ok=True)
+        model = onnx.load(str(prepared))
+        corrected = correct_biases(model, wq, conv_input_means(model, reader))
+        onnx.save(model, str(prepared))
+    swept: list[dict] = []
+    if sweep:
+        with tempfile.TemporaryDirectory(prefix="npuyolo-sweep-", dir=out.parent) as tmp:
+            held_reader = ImageReader(held, imgsz)
+            reference = _outputs(prepared, held_reader)
+            for cal in SWEEP:
+                candidate = Path(tmp) / f"{cal.label}.onnx"
+                run(keep, candidate, cal)
+                swept.append({"calibration": cal.label, "method": cal.method, "percentile": cal.percentile,
+                              "sqnr_db": sqnr_db(reference, _outputs(candidate, held_reader))})
+        best = max(swept, key=lambda r: r["sqnr_db"])
+        chosen_cal = Calibration(best["method"], best["percentile"])
     chosen: list[dict] = []
     if auto_float:
         probe = out.with_name(out.stem + ".probe.onnx")
-        run(keep, probe)
+        run(keep, probe, chosen_cal)
         chosen = sensitive_nodes(prepared, probe, ImageReader(paths[: min(8, len(paths))], imgsz), auto_float, out.parent)
         probe.unlink(missing_ok=True)
         keep += [c["node"] for c in chosen if c["node"] not in keep]
+    settings = {"method": chosen_cal.method, "percentile": chosen_cal.percentile, "calib": len(paths), "per_channel": per_channel,
+                "keep_float": keep, "cle_pairs": equalized, "bias_corrected": corrected, "ends": ends,
+                "int16_nodes": end_nodes if ends == "int16" else [], "sweep": swept, "holdout": len(held)}
     with atomic_path(out) as tmp:  # the INT8 tag and the weights appear under the final name together, or not at all
-        run(keep, tmp)
+        run(keep, tmp, chosen_cal)
         model = onnx.load(str(tmp))
-        props = {p.key: p.value for p in model.metadata_props} | meta | {
-            "npuyolo_quant": json.dumps({"method": method, "calib": len(paths), "per_channel": per_channel, "keep_float": keep,
-                                         "cle_pairs": equalized})}
+        props = {p.key: p.value for p in model.metadata_props} | meta | {"npuyolo_quant": json.dumps(settings)}
         set_metadata(model, props)
         onnx.checker.check_model(model)
         onnx.save(model, str(tmp))
     prepared.unlink(missing_ok=True)
-    return {"int8": str(out), "calibration_images": [str(p) for p in paths], "method": method, "per_channel": per_channel,
-            "keep_float": keep, "auto_float": chosen, "cle_pairs": equalized}
+    return {"int8": str(out), "calibration_images": [str(p) for p in paths], "holdout_images": [str(p) for p in held],
+            "auto_float": chosen, "calibration": chosen_cal.label, **settings}
+
+
+def _int16_overrides(graph: onnx.ModelProto, convs: list[str]) -> dict:
+    """16-bit activations in and out of the end Convs, 16-bit weights (ORT TensorQuantOverrides)."""
+    inits = {i.name for i in graph.graph.initializer}
+    overrides: dict[str, list[dict]] = {}
+    for node in graph.graph.node:
+        if node.name not in convs:
+            continue
+        overrides[node.input[1]] = [{"quant_type": QuantType.QInt16, "symmetric": True}]
+        for t in (node.input[0], node.output[0]):
+            if t not in inits:
+                overrides[t] = [{"quant_type": QuantType.QUInt16}]
+    return overrides

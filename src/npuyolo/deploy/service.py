@@ -12,7 +12,8 @@ from npuyolo.paths import slug
 
 def quantize_run(registry, ref: str, data: str | Path, *, calib: int = 200, method: str = "minmax", per_channel: bool = False,
                  keep_float: list[str] | None = None, auto_float: int = 0, imgsz: int | None = None,
-                 out_dir: Path | None = None, cle: bool = False) -> dict:
+                 out_dir: Path | None = None, cle: bool = False, percentile: float | None = None, bias_correct: bool = False,
+                 ends: str | None = None, target: str | None = None, sweep: bool = False, holdout: int = 50) -> dict:
     """Export the run's best weights (L4: NPU head cut) to FP32 ONNX and quantize it; both become run artefacts."""
     from npuyolo.resolve import resolve_model
 
@@ -23,6 +24,10 @@ def quantize_run(registry, ref: str, data: str | Path, *, calib: int = 200, meth
         check_imgsz(imgsz)
     if registry.readonly:
         raise DeployError("quantize records artefacts; open the registry writable")
+    if ends is not None and target is not None:
+        from npuyolo.deploy.quantize import ends_allowed
+
+        ends_allowed(ends, target)
     resolved = resolve_model(ref, registry)
     if resolved.run_id is None:
         raise DeployError(f"{ref!r} is not a run; quantize takes a run id or name (train one with `npuyolo train`)")
@@ -32,14 +37,16 @@ def quantize_run(registry, ref: str, data: str | Path, *, calib: int = 200, meth
     head = default_head(resolved.model)
     stem = slug(run.name)
     fp32 = export_onnx(resolved.model, out_dir / f"{stem}-{head}-{imgsz}-fp32.onnx", imgsz=imgsz, head=head)
-    tag = (f"{method}{'-pc' if per_channel else ''}{'-cle' if cle else ''}{f'-float{auto_float}' if auto_float else ''}"
-           f"{'-keep' if keep_float else ''}")
+    cal = "sweep" if sweep else (f"percentile{percentile:g}" if method == "percentile" and percentile else method)
+    tag = (f"{cal}{'-pc' if per_channel else ''}{'-cle' if cle else ''}{'-bc' if bias_correct else ''}"
+           f"{f'-ends{ends}' if ends else ''}{f'-float{auto_float}' if auto_float else ''}{'-keep' if keep_float else ''}")
     int8 = out_dir / f"{stem}-{head}-{imgsz}-int8-{tag}.onnx"
     info = quantize_onnx(fp32, int8, data, calib=calib, method=method, per_channel=per_channel, keep_float=keep_float,
-                         auto_float=auto_float, seed=run.recipe.get("seed", 0), cle=cle)
+                         auto_float=auto_float, seed=run.recipe.get("seed", 0), cle=cle, percentile=percentile,
+                         bias_correct=bias_correct, ends=ends, sweep=sweep, holdout=holdout)
     registry.add_artifact(run.id, "onnx/fp32", fp32.resolve(), {"imgsz": imgsz, "head": head})
-    registry.add_artifact(run.id, "onnx/int8", int8.resolve(), {k: v for k, v in info.items() if k != "calibration_images"}
-                          | {"calibration_count": len(info["calibration_images"])})
+    registry.add_artifact(run.id, "onnx/int8", int8.resolve(), {k: v for k, v in info.items() if k not in ("calibration_images", "holdout_images")}
+                          | {"calibration_count": len(info["calibration_images"]), "target": target})
     return {"run_id": run.id, "fp32": str(fp32), **info}
 
 

@@ -6,13 +6,14 @@ against an allow-list of known model classes), with failures turned into one cle
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
 
 from npuyolo.errors import CheckpointError
 from npuyolo.offline import trust_npuyolo_classes
-from npuyolo.ultra import load_checkpoint, torch_safe_load
+from npuyolo.ultra import is_qat, load_checkpoint, stdout_to_stderr, strip_qat, torch_safe_load
 
 __all__ = ["default_head", "is_pruned", "load_weights", "model_meta", "read_checkpoint", "trust_npuyolo_classes"]
 
@@ -61,15 +62,26 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_weights(path: str | Path) -> torch.nn.Module:
-    """A DetectionModel from a .pt checkpoint (EMA weights when present), in float32 on the CPU."""
+    """A DetectionModel from a .pt checkpoint (EMA weights when present), in float32 on the CPU.
+
+    A QAT checkpoint (`deploy qat`) comes back as its plain fine-tuned weights: Ultralytics re-applies ModelOpt's
+    fake-quantizers on load, and they are stripped again here, because npuyolo's INT8 graph is made by
+    `deploy quantize` (full-graph QDQ), not by ModelOpt's Conv-input Q/DQ export.
+    """
     path = Path(path)
-    read_checkpoint(path)  # the one place that explains refusals; load_checkpoint below then loads the same way
+    ckpt = read_checkpoint(path)  # the one place that explains refusals; load_checkpoint below then loads the same way
+    if ckpt.get("modelopt") and importlib.util.find_spec("modelopt") is None:
+        raise CheckpointError(f"{path}: a quantization-aware (QAT) checkpoint; loading it needs NVIDIA ModelOpt: "
+                              "pip install 'npuyolo[qat]'")
     try:
-        model, _ = load_checkpoint(str(path), device="cpu")
+        with stdout_to_stderr():  # ModelOpt prints how many quantizers it inserted
+            model, _ = load_checkpoint(str(path), device="cpu")
     except Exception as e:
         raise _explain(path, e) from e
     if hasattr(model, "student_model"):  # a distillation checkpoint: the student is the model
         model = model.student_model
+    if is_qat(model):
+        strip_qat(model)
     return model.float()
 
 

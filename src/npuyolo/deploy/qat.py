@@ -1,0 +1,57 @@
+"""Quantization-aware fine-tuning of a trained run, then the same full-graph INT8 export as post-training quantization.
+
+The fake-quantization is NVIDIA ModelOpt's INT8 (per-channel weights, per-tensor activations), wired into training by
+Ultralytics itself (`quantize=8`): ModelOpt is maintained, Ultralytics already saves, resumes and strips its state in
+checkpoints, so npuyolo adds no observers of its own. The fine-tuned float weights are then quantized by
+`deploy quantize`'s route (ONNX Runtime QDQ over the whole graph, NPU head cut), so the QAT artefact is
+full-integer and is taken by `deploy eval/bench`, `predict` and `npu check` like any other.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from npuyolo.deploy.evaluate import DeployError
+
+__all__ = ["qat_run"]
+
+
+def qat_run(registry, ref: str, data: str | Path | None = None, *, epochs: int = 5, lr0: float | None = None,
+            calib: int = 200, per_channel: bool = True, bias_correct: bool = False, ends: str | None = None,
+            verbose: bool = True) -> dict:
+    """Fine-tune run `ref` with INT8 fake-quantization as a new run (its parent recorded), then export its INT8 QDQ."""
+    from npuyolo.deploy.service import quantize_run
+    from npuyolo.resolve import resolve_model
+    from npuyolo.train.recipe import Recipe
+    from npuyolo.train.trainer import train_variant
+
+    if importlib.util.find_spec("modelopt") is None:
+        raise DeployError("deploy qat needs NVIDIA ModelOpt (the fake-quantization Ultralytics trains with): "
+                          "pip install 'npuyolo[qat]'")
+    if epochs < 1:
+        raise DeployError(f"--epochs must be at least 1, got {epochs}")
+    if lr0 is not None and not lr0 > 0:
+        raise DeployError(f"--lr0 must be positive, got {lr0:g}")
+    if registry.readonly:
+        raise DeployError("qat records a new run; open the registry writable")
+    resolved = resolve_model(ref, registry)
+    if resolved.run_id is None:
+        raise DeployError(f"{ref!r} is not a run; qat fine-tunes a trained run (id or name)")
+    parent = registry.run(resolved.run_id)
+    best = parent.artifact_path("weights/best")
+    if best is None:
+        raise DeployError(f"run {parent.name} has no best weights on disk (status {parent.status})")
+    data = Path(data or parent.data_path)
+    base = Recipe(**parent.recipe)
+    lr0 = lr0 if lr0 is not None else base.lr0 * 0.1  # fine-tuning near a minimum: a tenth of the parent's start
+    recipe = Recipe(**{**parent.recipe, "epochs": epochs, "warmup_epochs": 0, "lr0": lr0, "lr_final": min(base.lr_final, lr0),
+                       "distill": None, "act_anneal": None, "ultralytics": {**base.ultralytics, "quantize": 8}})
+    result = train_variant(parent.variant, data, recipe, registry, name=registry.unique_name(f"{parent.name[:80]}-qat"),
+                           weights=best, verbose=verbose)
+    if result.status != "finished":
+        raise DeployError(f"QAT run {result.name} ended {result.status}; resume it with `npuyolo train --resume {result.run_id}`")
+    registry.add_artifact(result.run_id, "qat/parent", best, {"parent_run": parent.id, "parent_name": parent.name, "epochs": epochs,
+                                                               "lr0": lr0, "fake_quant": "nvidia-modelopt INT8 (Ultralytics quantize=8)"})
+    info = quantize_run(registry, str(result.run_id), data, calib=calib, per_channel=per_channel, bias_correct=bias_correct, ends=ends)
+    return {"parent_run": parent.id, "qat_run": result.run_id, "qat_name": result.name, **info}

@@ -1,0 +1,186 @@
+"""INT8 routes of issue 15: bias correction, 16-bit ends, calibration sweep, real entropy calibration, QAT, full-integer."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+from typer.testing import CliRunner
+
+from npuyolo.cli import app
+from npuyolo.deploy.bias_correction import correct_biases
+from npuyolo.deploy.evaluate import DeployError
+from npuyolo.deploy.export import export_onnx
+from npuyolo.deploy.qdq import end_convs, float_compute_nodes, is_full_integer, quantized_conv_weights
+from npuyolo.deploy.quantize import ImageReader, calibration_images, ends_allowed, quantize_onnx
+from npuyolo.registry.db import Registry
+from npuyolo.train.trainer import train_variant
+
+from .test_deploy import randomised
+
+runner = CliRunner()
+
+
+def _conv_model(weight: np.ndarray, bias: np.ndarray, group: int = 1) -> onnx.ModelProto:
+    c_in = weight.shape[1] * group
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", group=group)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, weight.shape[0], 4, 4])],
+                              [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("group", [1, 3])
+def test_bias_correction_cancels_the_mean_shift_of_rounded_weights(group):
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 1, (6, 6 // group, 1, 1)).astype(np.float32)
+    w[:, :, 0, 0] += rng.uniform(-0.013, 0.013, w.shape[:2]).astype(np.float32)  # off the INT8 grid
+    b = rng.normal(0, 0.1, 6).astype(np.float32)
+    wq = np.round(w / (np.abs(w).max() / 127)) * (np.abs(w).max() / 127)  # per-tensor symmetric INT8 codes
+    mean = np.linspace(0.5, 3.0, 6)  # inputs after a ReLU: a large positive mean the rounding error multiplies
+    x = np.broadcast_to(mean[None, :, None, None], (1, 6, 4, 4)).astype(np.float32)
+    exact = _run(_conv_model(w, b, group), x)
+    rounded = _run(_conv_model(wq.astype(np.float32), b, group), x)
+    assert np.abs(rounded - exact).max() > 1e-3  # the shift is real
+    model = _conv_model(w, b, group)
+    assert correct_biases(model, {"conv": wq}, {"conv": mean}) == 1
+    b_corrected = numpy_helper.to_array(model.graph.initializer[1])
+    fixed = _run(_conv_model(wq.astype(np.float32), b_corrected, group), x)
+    np.testing.assert_allclose(fixed, exact, atol=1e-5)  # at the mean input, rounded weights + corrected bias == FP32
+
+
+def test_quantized_weights_are_read_back_exactly(synth_data, tmp_path):
+    fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    quantize_onnx(fp32, tmp_path / "q.onnx", synth_data, calib=4, per_channel=True)
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    wq = quantized_conv_weights(q)
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    assert len(wq) == len(convs) > 20
+    f = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(fp32)).graph.initializer}
+    some = next(n for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv")
+    rounded = wq[some.name]
+    scale = np.abs(f[some.input[1]]).reshape(rounded.shape[0], -1).max(axis=1) / 127
+    np.testing.assert_allclose(rounded, np.round(f[some.input[1]] / scale[:, None, None, None]) * scale[:, None, None, None], rtol=1e-5, atol=1e-7)
+
+
+def test_bias_corrected_export_is_recorded_and_full_integer(synth_data, tmp_path):
+    fp32 = export_onnx(randomised("L4-leaky"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    info = quantize_onnx(fp32, tmp_path / "bc.onnx", synth_data, calib=6, bias_correct=True)
+    n_convs = sum(n.op_type == "Conv" for n in onnx.load(str(fp32)).graph.node)
+    assert info["bias_corrected"] == n_convs
+    q = onnx.load(str(tmp_path / "bc.onnx"))
+    assert json.loads({p.key: p.value for p in q.metadata_props}["npuyolo_quant"])["bias_corrected"] == n_convs
+    assert is_full_integer(q)
+    plain = quantize_onnx(fp32, tmp_path / "plain.onnx", synth_data, calib=6)
+    bias = lambda m: {i.name: numpy_helper.to_array(i) for i in m.graph.initializer if i.data_type == TensorProto.INT32}  # noqa: E731
+    assert plain["bias_corrected"] == 0 and bias(q).keys() == bias(onnx.load(str(tmp_path / "plain.onnx"))).keys()
+    assert any(not np.array_equal(v, bias(onnx.load(str(tmp_path / "plain.onnx")))[k]) for k, v in bias(q).items())
+
+
+def test_full_integer_check_tells_conv_only_int8_apart(synth_data, tmp_path):
+    fp32 = export_onnx(randomised("L4-leaky"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    assert len(float_compute_nodes(onnx.load(str(fp32)))) > 100  # FP32: everything computes in float
+    quantize_onnx(fp32, tmp_path / "full.onnx", synth_data, calib=4)
+    assert is_full_integer(onnx.load(str(tmp_path / "full.onnx")))
+    reader = ImageReader(calibration_images(synth_data, 4), 64)
+    quantize_static(str(fp32), str(tmp_path / "conv_only.onnx"), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # Ultralytics' INT8 ONNX route
+    left = {n.op_type for n in float_compute_nodes(onnx.load(str(tmp_path / "conv_only.onnx")))}
+    assert {"LeakyRelu", "Add", "Concat"} <= left and "Conv" not in left
+
+
+def test_int16_ends_stay_integer_and_run(synth_data, tmp_path):
+    fp32 = export_onnx(randomised("L4-leaky"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    graph = onnx.load(str(fp32))
+    ends = end_convs(graph)
+    first = next(n for n in graph.graph.node if n.op_type == "Conv")
+    assert ends[0] == first.name and len(ends) == 1 + len(graph.graph.output)  # one Conv per head output
+    info = quantize_onnx(fp32, tmp_path / "i16.onnx", synth_data, calib=4, per_channel=True, ends="int16")
+    assert info["int16_nodes"] == ends and info["keep_float"] == []
+    q = onnx.load(str(tmp_path / "i16.onnx"))
+    assert is_full_integer(q)
+    inits = {i.name: i for i in q.graph.initializer}
+    by_out = {o: n for n in q.graph.node for o in n.output}
+    conv = next(n for n in q.graph.node if n.name == ends[0])
+    dq_in, dq_w = by_out[conv.input[0]], by_out[conv.input[1]]
+    assert inits[dq_in.input[2]].data_type == TensorProto.UINT16 and inits[dq_w.input[0]].data_type == TensorProto.INT16
+    middle = next(n for n in q.graph.node if n.op_type == "Conv" and n.name not in ends)
+    assert inits[by_out[middle.input[1]].input[0]].data_type == TensorProto.INT8  # the rest stays INT8
+    out = ort.InferenceSession(str(tmp_path / "i16.onnx"), providers=["CPUExecutionProvider"]).run(None, {"images": np.zeros((1, 3, 64, 64), np.float32)})
+    assert all(np.isfinite(o).all() for o in out)
+    float_ends = quantize_onnx(fp32, tmp_path / "f.onnx", synth_data, calib=4, ends="float")
+    assert float_ends["keep_float"] == ends
+
+
+def test_ends_follow_the_target_profile():
+    ends_allowed("int16", "ethos-u55")
+    ends_allowed("float", "rknn-rk3588")
+    with pytest.raises(DeployError, match="edgetpu runs int8 only.*ethos-u55"):
+        ends_allowed("int16", "edgetpu")
+    with pytest.raises(DeployError, match="must be one of"):
+        ends_allowed("int4", "hailo-8")
+
+
+def test_entropy_is_real_kl_calibration_not_minmax(synth_data, tmp_path):
+    fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+
+    def act_scales(path):
+        m = onnx.load(str(path))
+        inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+        return [float(inits[n.input[1]]) for n in m.graph.node if n.op_type == "QuantizeLinear" and inits[n.input[1]].size == 1]
+
+    quantize_onnx(fp32, tmp_path / "mm.onnx", synth_data, calib=6)
+    info = quantize_onnx(fp32, tmp_path / "kl.onnx", synth_data, calib=6, method="entropy")
+    mm, kl = act_scales(tmp_path / "mm.onnx"), act_scales(tmp_path / "kl.onnx")
+    assert info["calibration"] == "entropy" and len(mm) == len(kl)
+    assert sum(k < m * 0.99 for m, k in zip(mm, kl)) >= 1  # KL clips some ranges: not ORT's 128-bin path, which equals MinMax
+
+
+def test_sweep_judges_on_held_back_train_images_never_val(synth_data, tmp_path, monkeypatch):
+    import cv2
+
+    opened: list[str] = []
+    real_imread = cv2.imread
+    monkeypatch.setattr(cv2, "imread", lambda p, *a: (opened.append(str(p)), real_imread(p, *a))[1])
+    fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    info = quantize_onnx(fp32, tmp_path / "s.onnx", synth_data, calib=6, sweep=True, holdout=4, bias_correct=True)
+    assert opened and not any("/images/val/" in p for p in opened)
+    assert len(info["holdout_images"]) == 4 and not set(info["holdout_images"]) & set(info["calibration_images"])
+    assert all("/images/train/" in p for p in info["holdout_images"])
+    labels = [r["calibration"] for r in info["sweep"]]
+    assert labels == ["minmax", "percentile99.99", "percentile99.999", "entropy"]
+    best = max(info["sweep"], key=lambda r: r["sqnr_db"])
+    assert info["calibration"] == best["calibration"] and all(np.isfinite(r["sqnr_db"]) for r in info["sweep"])
+    with pytest.raises(DeployError, match="lower --calib"):
+        quantize_onnx(fp32, tmp_path / "s2.onnx", synth_data, calib=10_000, sweep=True)
+
+
+@pytest.mark.slow
+def test_qat_fine_tunes_a_run_and_exports_full_integer_int8(synth_data, tiny_recipe, tmp_path):
+    db = tmp_path / "r.db"
+    train_variant("L4-leaky", synth_data, tiny_recipe, Registry(db), verbose=False)
+    result = runner.invoke(app, ["deploy", "qat", "1", "--epochs", "1", "--calib", "6", "--json", "--registry", str(db)])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["parent_run"] == 1 and info["qat_run"] == 2
+    child = Registry(db).run(2)
+    assert child.status == "finished" and child.recipe["ultralytics"]["quantize"] == 8 and child.recipe["epochs"] == 1
+    assert child.artifact("qat/parent").meta["parent_run"] == 1
+    int8 = onnx.load(info["int8"])
+    assert is_full_integer(int8) and not [n for n in float_compute_nodes(int8) if n.op_type == "Conv"]
+    ort.InferenceSession(info["int8"], providers=["CPUExecutionProvider"])
+    evaluated = runner.invoke(app, ["deploy", "eval", info["int8"], "--data", str(synth_data), "--json", "--registry", str(db)])
+    assert evaluated.exit_code == 0, evaluated.output
+    r = json.loads(evaluated.stdout)
+    assert r["kind"] == "int8" and "drop_pp" in r
+    from npuyolo.variants.checkpoint import load_weights
+
+    model = load_weights(child.artifact_path("weights/best"))  # plain fine-tuned weights: no fake-quantizers left
+    assert not any(type(m).__name__ == "TensorQuantizer" for m in model.modules())
