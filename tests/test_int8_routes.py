@@ -184,3 +184,18 @@ def test_qat_fine_tunes_a_run_and_exports_full_integer_int8(synth_data, tiny_rec
 
     model = load_weights(child.artifact_path("weights/best"))  # plain fine-tuned weights: no fake-quantizers left
     assert not any(type(m).__name__ == "TensorQuantizer" for m in model.modules())
+
+
+def test_npu_check_places_an_int8_artefact_like_its_fp32_graph(synth_data, tmp_path):
+    """Q/DQ pairs are fused by NPU compilers; before folding them, an INT8 file showed 400+ 'unknown' Q/DQ ops."""
+    from npuyolo.npu.check import check_model
+
+    fp32 = export_onnx(randomised("L4-leaky"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    quantize_onnx(fp32, tmp_path / "q.onnx", synth_data, calib=4, per_channel=True, ends="int16")
+    targets = ["ethos-u55", "edgetpu", "nxp-neutron"]
+    ref = {r.target: r for r in check_model(str(fp32), targets).reports}
+    got = {r.target: r for r in check_model(str(tmp_path / "q.onnx"), targets).reports}
+    for t in targets:
+        assert got[t].nodes_total == ref[t].nodes_total and not got[t].unknown_ops
+        assert (got[t].share_nodes, got[t].fallback_ops, got[t].partitions_npu) == (ref[t].share_nodes, ref[t].fallback_ops, ref[t].partitions_npu)
+        assert got[t].share_macs == pytest.approx(ref[t].share_macs)

@@ -35,9 +35,10 @@ def check_model(ref: str, target_names: list[str], registry=None, imgsz: int | N
     if ref.endswith(".onnx"):
         import onnx
 
-        from npuyolo.npu.normalize import slices_to_split
+        from npuyolo.npu.normalize import fold_qdq, slices_to_split
 
         model = load_graph(ref).model  # validated, with its errors
+        fold_qdq(model)  # an INT8 artefact is placed like the graph it quantizes
         slices_to_split(model)  # the same placement whichever exporter wrote the chunk
         g = load_graph(model)
         return CheckResult(ref, None, [analyze(g, p) for p in profiles], {p.name: ref for p in profiles})

@@ -5,6 +5,11 @@ C3k2's `chunk` exports as one Split with older torch exporters and as a pair of 
 same model would score differently by exporter version. `slices_to_split` rewrites every group of constant,
 unit-step Slices that tile one axis of one tensor exactly into the Split an older exporter would have written:
 same tensors, same values.
+
+An INT8 QDQ artefact (`deploy quantize`, `deploy qat`) wraps every tensor in QuantizeLinear/DequantizeLinear.
+NPU compilers fuse those pairs into their integer kernels; they are not operators that run anywhere.
+`fold_qdq` removes them (weights dequantized back into float initializers), so an INT8 file is placed like
+the graph it quantizes.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-__all__ = ["slices_to_split"]
+__all__ = ["fold_qdq", "slices_to_split"]
 
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -81,3 +86,55 @@ def slices_to_split(model: onnx.ModelProto) -> int:
         model.graph.node.extend(kept)
         made += 1
     return made
+
+
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+
+
+def fold_qdq(model: onnx.ModelProto) -> int:
+    """Remove every QuantizeLinear/DequantizeLinear in place (any domain); returns how many nodes were removed."""
+    qdq = [n for n in model.graph.node if n.op_type in QDQ_OPS]
+    if not qdq:
+        return 0
+    consts = {init.name: init for init in model.graph.initializer}
+    source: dict[str, str] = {}  # tensor a Q/DQ wrote -> the float tensor it stands for
+    for node in qdq:
+        source[node.output[0]] = node.input[0]
+    # a DQ of a constant (weights, bias): becomes a float initializer under the DQ's output name
+    for node in qdq:
+        if node.op_type == "DequantizeLinear" and node.input[0] in consts:
+            q = numpy_helper.to_array(consts[node.input[0]]).astype(np.float64)
+            scale = numpy_helper.to_array(consts[node.input[1]]).astype(np.float64)
+            zero = numpy_helper.to_array(consts[node.input[2]]).astype(np.float64) if len(node.input) > 2 and node.input[2] in consts else 0.0
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            if np.ndim(scale) == 1 and scale.size > 1 and q.ndim > 1:
+                shape = [1] * q.ndim
+                shape[axis] = -1
+                scale, zero = scale.reshape(shape), (np.reshape(zero, shape) if np.ndim(zero) else zero)
+            model.graph.initializer.append(numpy_helper.from_array(((q - zero) * scale).astype(np.float32), node.output[0]))
+            source.pop(node.output[0])
+
+    def resolve(name: str) -> str:
+        while name in source:
+            name = source[name]
+        return name
+
+    graph_outputs = {o.name for o in model.graph.output}
+    kept = [n for n in model.graph.node if n.op_type not in QDQ_OPS]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            node.input[i] = resolve(name)
+    for out in model.graph.output:  # an output written by a DQ: the float tensor under it takes the output's name
+        real = resolve(out.name)
+        if real != out.name:
+            for node in kept:
+                node.output[:] = [out.name if o == real else o for o in node.output]
+                node.input[:] = [out.name if i == real else i for i in node.input]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    used = {i for n in kept for i in n.input} | graph_outputs
+    alive = [init for init in model.graph.initializer if init.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(alive)
+    del model.graph.value_info[:]  # types of removed tensors (uint8/int16) no longer hold
+    return len(qdq)
