@@ -1,0 +1,211 @@
+"""Vendor compilers as referees: parsers on recorded real logs (no compiler needed), the install/list plumbing,
+and — only where `npuyolo compilers install rknn` was run — a real RKNN build."""
+
+import json
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+from npuyolo.cli import app
+from npuyolo.compilers import envs
+from npuyolo.compilers.rknn import IO_OPS, failed_rule, map_to_onnx, parse_layer_table, parse_memory, parse_rewrites, parse_version
+
+FIX = Path(__file__).parent / "fixtures" / "compilers"
+runner = CliRunner()
+
+
+def log(name: str) -> str:
+    return (FIX / name).read_text(encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------ parsers (recorded logs)
+def test_layer_table_of_a_real_rk3566_build():
+    """RKNN-Toolkit2 2.5.0, L0-silu (Ultralytics head) on rk3566: the attention Softmax and the DFL/decode
+    Reshapes + Softmax are the CPU rows (shared/research/real-compilers.md saw the same five)."""
+    rows = parse_layer_table(log("rknn-L0-silu-rk3566.stdout"))
+    assert [r.id for r in rows][:3] == [0, 1, 2]
+    assert rows[0].op_type == "InputOperator" and rows[-1].op_type == "OutputOperator"
+    work = [r for r in rows if r.op_type not in IO_OPS]
+    cpu = [r.full_name for r in work if r.target == "CPU"]
+    assert cpu == ["exSoftmax13:/model.10/m/m.0/attn/Softmax", "Reshape:/model.23/dfl/Reshape", "exSoftmax13:/model.23/dfl/Softmax",
+                   "Reshape:/model.23/Sigmoid_output_0_rs", "Reshape:output0-rs"]
+    conv = next(r for r in rows if r.id == 1)
+    assert (conv.op_type, conv.target, conv.node, conv.output_shape) == ("ConvExSwish", "NPU", "/model.0/conv/Conv", "(1,16,320,320)")
+    assert all(r.target in ("NPU", "CPU") for r in rows)
+
+
+def test_memory_version_and_rewrites():
+    out, err = log("rknn-L0-silu-rk3566.stdout"), log("rknn-L0-silu-rk3566.stderr")
+    assert parse_memory(out) == {"internal_kb": pytest.approx(12256.2), "weight_kb": pytest.approx(2878.44)}
+    assert parse_version(err) == "2.5.0"
+    rewrites = parse_rewrites(err)
+    assert rewrites[0].rule == "fuse_sigmoid_mul_to_exswish"
+    assert rewrites[0].removed == ["/model.0/act/Sigmoid", "/model.0/act/Mul"] and rewrites[0].added == ["/model.0/act/Mul_2exswish"]
+    removal = next(r for r in rewrites if r.rule == "reduce_tp_in_mesh_forward")  # a removal that adds nothing
+    assert removal.removed == ["/model.23/dfl/Transpose"] and removal.added == []
+    assert parse_layer_table("no table in here\n") == [] and parse_memory("") == {}
+
+
+def test_failed_rule_from_the_tools_suggestion_or_its_traceback():
+    assert failed_rule(log("rknn-fail-sdpa.stderr")) == "fuse_exmatmul_add_mul_exsoftmax13_exmatmul_to_sdpa"
+    assert failed_rule(log("rknn-fail-rs-split.stderr")) == "seperate_conv_rs_split"
+    assert failed_rule(log("rknn-L0-silu-rk3566.stderr")) is None
+
+
+def _graph_nodes():
+    """A slice of L0-silu with its real node names (what map_to_onnx receives: name, op, inputs, outputs)."""
+    return [
+        ("/model.10/cv1/conv/Conv", "Conv", ["x"], ["c1"]),
+        ("/model.10/cv1/act/Sigmoid", "Sigmoid", ["c1"], ["s1"]),
+        ("/model.10/cv1/act/Mul", "Mul", ["c1", "s1"], ["a1"]),
+        ("/model.10/m/m.0/attn/MatMul", "MatMul", ["q", "k"], ["mm"]),
+        ("/model.10/m/m.0/attn/Softmax", "Softmax", ["mm"], ["sm"]),
+        ("/model.10/m/m.0/attn/proj/conv/Conv", "Conv", ["sm"], ["p"]),
+        ("/model.10/m/m.0/Add", "Add", ["a1", "p"], ["r"]),
+        ("/model.23/dfl/Reshape", "Reshape", ["r"], ["d1"]),
+        ("/model.23/dfl/Transpose", "Transpose", ["d1"], ["d2"]),
+        ("/model.99/NotInTheLog", "Mul", ["zz"], ["zz2"]),
+    ]
+
+
+def test_mapping_chain_row_derived_rewrite_fused():
+    rows = parse_layer_table(log("rknn-L0-silu-rk3566.stdout"))
+    maps = {m.node: m for m in map_to_onnx(_graph_nodes(), rows, parse_rewrites(log("rknn-L0-silu-rk3566.stderr")))}
+    got = {name: (m.target, m.via) for name, m in maps.items()}
+    assert got["/model.10/cv1/conv/Conv"] == ("NPU", "row")
+    assert got["/model.10/cv1/act/Sigmoid"] == ("NPU", "fused")  # SiLU fused: row OpType ConvExSwish
+    assert got["/model.10/cv1/act/Mul"] == ("NPU", "fused")
+    assert got["/model.10/m/m.0/attn/MatMul"] == ("NPU", "derived")  # row 'exMatMul:.../MatMul#1'
+    assert maps["/model.10/m/m.0/attn/MatMul"].row == "exMatMul:/model.10/m/m.0/attn/MatMul#1"
+    assert got["/model.10/m/m.0/attn/Softmax"] == ("CPU", "row")
+    assert got["/model.10/m/m.0/attn/proj/conv/Conv"] == ("NPU", "derived")  # '..._ConvAdd'
+    assert got["/model.10/m/m.0/Add"] == ("NPU", "fused")  # the Add that ConvAdd absorbed
+    assert got["/model.23/dfl/Reshape"] == ("CPU", "row")
+    assert got["/model.23/dfl/Transpose"] == ("CPU", "rewrite")  # swapped with the (CPU) Softmax, then merged
+    assert got["/model.99/NotInTheLog"] == (None, None)  # never guessed
+
+
+def test_derived_names_prefer_the_longest_of_ours_and_skip_output_tensors():
+    from npuyolo.compilers.rknn import LayerRow
+
+    def row(i, op, name, target="NPU"):
+        return LayerRow(i, op, "INT8", target, "", "", 0.0, f"{op}:{name}")
+
+    rows = [row(1, "Transpose", "/a/Transpose_1_output_0_rs#1", "CPU"), row(2, "Conv", "/a/LeakyRelu_output_0_conv", "CPU")]
+    nodes = [("/a/Transpose", "Transpose", [], ["t0"]), ("/a/Transpose_1", "Transpose", [], ["t1"]),
+             ("/a/LeakyRelu", "LeakyRelu", [], ["l"])]
+    got = {m.node: m.target for m in map_to_onnx(nodes, rows, [])}
+    # '_output_' after a name is a new node on that tensor: neither Transpose_1 nor LeakyRelu is that row
+    assert got == {"/a/Transpose": None, "/a/Transpose_1": None, "/a/LeakyRelu": None}
+    rows = [row(1, "Transpose", "/a/Transpose_1#1", "CPU")]
+    got = {m.node: m.target for m in map_to_onnx(nodes, rows, [])}
+    assert got == {"/a/Transpose": None, "/a/Transpose_1": "CPU", "/a/LeakyRelu": None}
+
+
+def test_agreement_lists_every_disagreement():
+    """Our rk3566 profile against the recorded build: Softmax agrees (CPU both), the DFL Reshape does not."""
+    from npuyolo.compilers.compile import agreement
+    from npuyolo.compilers.rknn import RknnBuild
+    from npuyolo.npu.analyze import analyze
+    from npuyolo.npu.graph import load_graph
+    from npuyolo.npu.profiles import target
+
+    w = numpy_helper.from_array(__import__("numpy").ones((4, 4, 1, 1), "float32"), "w")
+    shape = numpy_helper.from_array(__import__("numpy").array([1, 4, 16], "int64"), "shape")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="/model.10/cv1/conv/Conv"),
+             helper.make_node("Softmax", ["c"], ["s"], name="/model.10/m/m.0/attn/Softmax", axis=1),
+             helper.make_node("Reshape", ["s", "shape"], ["y"], name="/model.23/dfl/Reshape")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16])], [w, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ours = analyze(load_graph(model), target("rknn-rk3566"))
+    rows = parse_layer_table(log("rknn-L0-silu-rk3566.stdout"))
+    build = RknnBuild("rknn-toolkit2", "2.5.0", "rk3566", "x.onnx", "x.log", 0.0, [], rows,
+                      map_to_onnx([(n.name, n.op_type, list(n.input), list(n.output)) for n in nodes], rows, []), {}, 0)
+    a = agreement(ours, build)
+    assert (a.nodes, a.mapped, a.agree) == (3, 3, 2) and a.share == pytest.approx(2 / 3)
+    [d] = a.disagreements
+    assert (d["node"], d["op"], d["ours"], d["compiler"]) == ("/model.23/dfl/Reshape", "Reshape", "npu", "CPU")
+    assert d["our_reason"] == "supported"
+
+
+# ------------------------------------------------------------------------------------ install / list plumbing
+@pytest.fixture
+def compilers_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("NPUYOLO_COMPILERS_DIR", str(tmp_path / "compilers"))
+    return tmp_path / "compilers"
+
+
+def test_missing_compiler_is_one_line_naming_the_install_command(compilers_dir, tmp_path):
+    r = runner.invoke(app, ["npu", "compile", "L4-leaky", "--compiler", "rknn", "--target", "rk3588", "--data", str(tmp_path / "d.yaml")])
+    assert r.exit_code == 2
+    assert "npuyolo compilers install rknn" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["npu", "compile", "L4-leaky", "--compiler", "rknn", "--target", "ethos-u55", "--data", "d.yaml"])
+    assert r.exit_code == 2 and "rk3588" in r.output
+    r = runner.invoke(app, ["compilers", "install", "nope"])
+    assert r.exit_code == 2 and "unknown compiler" in r.output
+
+
+def test_list_and_a_half_finished_install(compilers_dir):
+    r = runner.invoke(app, ["compilers", "list", "--json"])
+    assert r.exit_code == 0, r.output
+    listed = json.loads(r.stdout)
+    assert listed["root"] == str(compilers_dir)
+    assert {c["name"]: c["installed"] for c in listed["compilers"]} == {"rknn": False, "vela": False}
+    (compilers_dir / "rknn" / "venv").mkdir(parents=True)  # an install killed before its manifest: not installed
+    assert envs.installed("rknn") is None
+    manifest = {"name": "rknn", "version": "2.5.0", "python": str(compilers_dir / "gone" / "python"), "venv": "v",
+                "installed_at": "t", "pins": []}
+    (compilers_dir / "rknn" / "manifest.json").write_text(json.dumps(manifest))
+    assert envs.installed("rknn") is None  # its interpreter was deleted
+    (compilers_dir / "rknn" / "manifest.json").write_text(json.dumps({**manifest, "python": sys.executable}))
+    assert envs.require("rknn").version == "2.5.0"
+    r = runner.invoke(app, ["compilers", "list"])
+    assert "2.5.0" in r.output and "npuyolo compilers install vela" in r.output
+
+
+def test_install_makes_a_venv_and_writes_the_manifest_last(compilers_dir, monkeypatch):
+    """The real install path, offline: a spec with no packages to fetch (the venv's own pip is the 'compiler')."""
+    fake = envs.CompilerSpec(name="rknn", title="t", distribution="pip", steps=(), check="import json", licence="l")
+    monkeypatch.setitem(envs.COMPILERS, "rknn", fake)
+    (compilers_dir / "rknn").mkdir(parents=True)
+    (compilers_dir / "rknn" / "leftover").write_text("from a killed install")
+    env = envs.install("rknn")
+    assert Path(env.python).is_file() and env.version and not (compilers_dir / "rknn" / "leftover").exists()
+    assert json.loads((compilers_dir / "rknn" / "manifest.json").read_text())["python"] == env.python
+    assert envs.install("rknn") == env  # installed: kept as it is
+    failing = envs.CompilerSpec(name="rknn", title="t", distribution="pip", steps=(), check="import no_such_module_here", licence="l")
+    monkeypatch.setitem(envs.COMPILERS, "rknn", failing)
+    with pytest.raises(envs.CompilerError, match="install.log"):
+        envs.install("rknn", force=True)
+    assert envs.installed("rknn") is None  # no manifest for a failed install
+
+
+# ------------------------------------------------------------------------------------ the real compiler
+RKNN = envs.installed("rknn")
+
+
+@pytest.mark.skipif(RKNN is None, reason="RKNN-Toolkit2 is not installed: run `npuyolo compilers install rknn` to run this test")
+def test_real_rknn_build_referees_L4_leaky(synth_data, tmp_path):
+    from npuyolo.registry.db import Registry
+
+    r = runner.invoke(app, ["npu", "check", "L4-leaky", "--target", "rk3588", "--referee", "rknn", "--imgsz", "320",
+                            "--data", str(synth_data), "--json"])
+    assert r.exit_code == 0, r.output
+    [res] = json.loads(r.stdout)
+    b, a = res["build"], res["agreement"]
+    assert b["compiler"] == "rknn-toolkit2" and b["version"] == RKNN.version and b["platform"] == "rk3588"
+    assert b["summary"]["rows_cpu"] == 0 and b["summary"]["rows"] > 100  # L4-leaky is all NPU on rk3588
+    assert b["memory"]["weight_kb"] > 0 and Path(b["log"]).is_file()
+    assert "Network Layer Information Table" in Path(b["log"]).read_text()
+    assert a["mapped"] == a["nodes"] and a["share"] == 1.0 and a["disagreements"] == []
+    assert "training images" in res["calibration"]
+    assert len((Path(b["log"]).parent / "calib-320.txt").read_text().split()) == 8
+    reg = Registry(readonly=True)
+    [row] = reg.compiler_runs(model_ref="L4-leaky")
+    assert row["target"] == "rknn-rk3588" and row["version"] == RKNN.version
+    assert len(row["result"]["build"]["mappings"]) == a["nodes"]
