@@ -124,11 +124,16 @@ def listing() -> list[dict]:
     return rows
 
 
+def clean_env() -> dict[str, str]:
+    """The caller's environment without Python path variables: a compiler venv sees only its own packages."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+
+
 def _run(cmd: list[str], log: Path) -> None:
     with log.open("a", encoding="utf-8") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=clean_env())
     if done.returncode != 0:
         raise CompilerError(f"`{' '.join(cmd[:4])} ...` failed (exit {done.returncode}); see {log}")
 
@@ -155,7 +160,7 @@ def install(name: str, force: bool = False, python: str | None = None) -> Compil
         _run([str(py), "-m", "pip", "install", "--disable-pip-version-check", *step], log)
     _run([str(py), "-c", s.check], log)
     version = subprocess.run([str(py), "-c", f"import importlib.metadata as m; print(m.version({s.distribution!r}))"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+                             capture_output=True, text=True, check=True, env=clean_env()).stdout.strip()
     env = CompilerEnv(name=name, version=version, python=str(py), venv=str(venv),
                       installed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), pins=[list(x) for x in s.steps])
     write_text(folder / "manifest.json", json.dumps(asdict(env), indent=2))

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from npuyolo.compilers.envs import CompilerError, require
+from npuyolo.compilers.envs import CompilerError, clean_env, require
 
 __all__ = ["LayerRow", "Mapping", "Rewrite", "RknnBuild", "compile_onnx", "failed_rule", "map_to_onnx", "parse_layer_table",
            "parse_memory", "parse_rewrites", "parse_version"]
@@ -251,6 +251,9 @@ class RknnBuild:
 
 
 DRIVER = Path(__file__).with_name("rknn_driver.py")
+
+
+
 MAX_RULE_RETRIES = 3
 
 
@@ -276,8 +279,8 @@ def compile_onnx(onnx_path: Path, platform: str, dataset_list: Path, workdir: Pa
                "--dataset", str(Path(dataset_list).resolve()), "--out", str(out.resolve())]
         for rule in disabled:
             cmd += ["--disable-rule", rule]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=timeout)
+        try:  # the venv must not see our PYTHONPATH (npuyolo's src, another numpy): only its own packages
+            done = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=timeout, env=clean_env())
         except subprocess.TimeoutExpired:
             raise CompilerError(f"rknn build of {onnx_path.name} for {platform} took over {timeout:.0f} s") from None
         texts.append(f"### attempt {len(texts) + 1}: disable_rules={disabled}\n### stdout\n{done.stdout}\n### stderr\n{done.stderr}\n")

@@ -7,7 +7,12 @@ server and writes ~/.android/adbkey, and no board is needed to compile.
 """
 
 import argparse
+import os
 import sys
+
+# this file's folder also holds npuyolo's own rknn.py: as the script's folder it would shadow the toolkit's `rknn`
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 
 def main() -> int:
