@@ -89,6 +89,23 @@ def test_mapping_chain_row_derived_rewrite_fused():
     assert got["/model.99/NotInTheLog"] == (None, None)  # never guessed
 
 
+def test_a_rewritten_conv_and_its_relu_reach_the_row_the_rewrite_became():
+    """L2-relu on rk3588 (recorded log, two attempts): fuse_concat_conv removed /model.13/cv1/conv/Conv and added
+    '/model.6/cv2/act/Relu_output_0_conv', whose row is named with a suffix ('..._ConvAddRelu'); the Relu after the
+    removed Conv has no row and is fused there."""
+    from npuyolo.compilers.rknn import split_log
+
+    out, err = split_log(log("rknn-L2-relu-rk3588.log"))
+    assert "seperate_conv_rs_split" not in err and "fuse_concat_conv" in err  # the last attempt, not the failed first
+    rows = parse_layer_table(out)
+    assert parse_memory(out) == {"internal_kb": pytest.approx(37006.2), "weight_kb": pytest.approx(3633.44)}
+    nodes = [("/model.11/Resize", "Resize", ["a"], ["u"]), ("/model.12/Concat", "Concat", ["u", "b"], ["c"]),
+             ("/model.13/cv1/conv/Conv", "Conv", ["c", "w"], ["v"]), ("/model.13/cv1/act/Relu", "Relu", ["v"], ["r"])]
+    got = {m.node: (m.target, m.via) for m in map_to_onnx(nodes, rows, parse_rewrites(err))}
+    assert got == {"/model.11/Resize": ("NPU", "row"), "/model.12/Concat": ("NPU", "rewrite"),
+                   "/model.13/cv1/conv/Conv": ("NPU", "rewrite"), "/model.13/cv1/act/Relu": ("NPU", "fused")}
+
+
 def test_derived_names_prefer_the_longest_of_ours_and_skip_output_tensors():
     from npuyolo.compilers.rknn import LayerRow
 

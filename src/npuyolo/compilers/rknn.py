@@ -20,7 +20,7 @@ from pathlib import Path
 from npuyolo.compilers.envs import CompilerError, clean_env, require
 
 __all__ = ["LayerRow", "Mapping", "Rewrite", "RknnBuild", "compile_onnx", "failed_rule", "map_to_onnx", "parse_layer_table",
-           "parse_memory", "parse_rewrites", "parse_version"]
+           "parse_memory", "parse_rewrites", "parse_version", "split_log"]
 
 TARGETS = {"rk3588": "rknn-rk3588", "rk3566": "rknn-rk3566"}  # compiler platform -> our profile
 IO_OPS = {"InputOperator", "OutputOperator"}  # placeholders for the graph's inputs and outputs: not work
@@ -126,6 +126,13 @@ def failed_rule(stderr: str) -> str | None:
     return frames[-1] if frames else None
 
 
+def split_log(text: str) -> tuple[str, str]:
+    """(stdout, stderr) of the last attempt in a log file written by `compile_onnx`."""
+    last = text.rsplit("### attempt ", 1)[-1]
+    out, _, err = last.partition("\n### stderr\n")
+    return out.partition("\n### stdout\n")[2], err
+
+
 # -------------------------------------------------------------------------------------------- mapping
 # Row OpTypes that name what they absorbed: ConvLeakyReluAdd = Conv + LeakyRelu + Add; exSwish = Sigmoid * x.
 _FUSED_PARTS = {"Relu": "Relu", "LeakyRelu": "LeakyRelu", "Clip": "Clip", "Sigmoid": "Sigmoid", "HardSwish": "HardSwish",
@@ -164,21 +171,28 @@ def map_to_onnx(nodes: list[tuple[str, str, list[str], list[str]]], rows: list[L
     Anything else stays unmapped (target None): reported, never guessed.
     """
     by_name = {r.node: r for r in rows if r.op_type not in IO_OPS}
-    ours = {n[0] for n in nodes}
-    derived: dict[str, list[LayerRow]] = {}
-    for r in by_name.values():
-        if r.node in ours:
-            continue
-        cuts = [i for i, c in enumerate(r.node) if c in "#_"]
-        # '<node>_output_0_conv' is a new node fed by <node>'s output tensor, not <node> itself
-        i = next((i for i in reversed(cuts) if r.node[:i] in ours), None)  # the longest name of ours it extends
-        if i is not None and not r.node[i:].startswith("_output"):
-            owner = r.node[:i]
-            derived.setdefault(owner, []).append(r)
     added_for: dict[str, list[str]] = {}
     for rw in rewrites:
         for removed in rw.removed:
             added_for.setdefault(removed, []).extend(rw.added)
+    ours = {n[0] for n in nodes}
+    added = {a for rw in rewrites for a in rw.added} - ours
+
+    def extensions(names: set[str]) -> dict[str, list[LayerRow]]:
+        """Rows named `<name>#1`, `<name>_ConvAdd`...: the longest of `names` they extend. '<name>_output_0_conv' is a
+        new node fed by <name>'s output tensor, not <name> itself, and does not count."""
+        found: dict[str, list[LayerRow]] = {}
+        for r in by_name.values():
+            if r.node in names or r.node in ours:  # an exact name is a row of its own, not an extension
+                continue
+            cuts = [i for i, c in enumerate(r.node) if c in "#_"]
+            i = next((i for i in reversed(cuts) if r.node[:i] in names), None)
+            if i is not None and not r.node[i:].startswith("_output"):
+                found.setdefault(r.node[:i], []).append(r)
+        return found
+
+    derived = extensions(ours)
+    derived_added = extensions(added)  # rewrites' new nodes get suffixes too ('..._conv' -> '..._conv_ConvAddRelu')
 
     def via_rewrites(name: str, seen: frozenset = frozenset()) -> list[LayerRow]:
         found = []
@@ -187,29 +201,30 @@ def map_to_onnx(nodes: list[tuple[str, str, list[str], list[str]]], rows: list[L
                 continue
             if new in by_name:
                 found.append(by_name[new])
+            elif new in derived_added:
+                found.extend(derived_added[new])
             else:
                 found.extend(via_rewrites(new, seen | {name}))
         return found
 
     out: list[Mapping] = []
-    producer_row: dict[str, LayerRow] = {}  # tensor -> row of the node that produced it (for fusion)
+    producer_rows: dict[str, list[LayerRow]] = {}  # tensor -> the row(s) its producer became (for fusion)
     for name, op, inputs, outputs in nodes:
-        row, via = by_name.get(name), "row"
+        row, via, rows_of_node = by_name.get(name), "row", []
         if row is None and len({r.target for r in derived.get(name, [])}) == 1:
             row, via = derived[name][0], "derived"
         if row is None:
             hits = via_rewrites(name)
-            targets = {h.target for h in hits}
-            if len(targets) == 1:
-                row, via = hits[0], "rewrite"
+            if len({h.target for h in hits}) == 1:
+                row, via, rows_of_node = hits[0], "rewrite", hits
         if row is None:
-            upstream = [producer_row[t] for t in inputs if t in producer_row]
+            upstream = [r for t in inputs for r in producer_rows.get(t, [])]
             fused = [r for r in upstream if _absorbs(r.op_type, op)]
             if fused:
                 row, via = fused[0], "fused"
         if row is not None:
             for t in outputs:
-                producer_row[t] = row
+                producer_rows[t] = rows_of_node or [row]
         out.append(Mapping(name, op, row.target if row else None, via if row else None, row.full_name if row else None))
     return out
 
