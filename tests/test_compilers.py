@@ -226,3 +226,50 @@ def test_real_rknn_build_referees_L4_leaky(synth_data, tmp_path):
     [row] = reg.compiler_runs(model_ref="L4-leaky")
     assert row["target"] == "rknn-rk3588" and row["version"] == RKNN.version
     assert len(row["result"]["build"]["mappings"]) == a["nodes"]
+
+
+# ------------------------------------------------------------------------------------ profile fixes from the referee
+def _analyze(nodes, inits, out_shape: dict, profile):
+    import numpy as np
+
+    from npuyolo.npu.analyze import analyze
+    from npuyolo.npu.graph import load_graph
+    from npuyolo.npu.profiles import target
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 4, 4])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, shape) for o, shape in out_shape.items()],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    report = analyze(load_graph(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])), target(profile))
+    return {p.name: p for p in report.placements}
+
+
+@pytest.mark.parametrize("profile", ["rknn-rk3588", "rknn-rk3566"])
+def test_rknn_div_by_a_constant_is_npu_by_a_tensor_is_not(profile):
+    """RKNN-Toolkit2 2.5.0 turned the head's Div by a constant into an NPU Mul; the PDF lists Div as float16 only."""
+    import numpy as np
+
+    nodes = [helper.make_node("Div", ["x", "two"], ["h"], name="by_const"), helper.make_node("Div", ["x", "h"], ["y"], name="by_tensor")]
+    p = _analyze(nodes, {"two": np.array(2.0, "float32")}, {"y": [1, 64, 4, 4]}, profile)
+    assert p["by_const"].placement == "npu" and "RKNN-Toolkit2 2.5.0 build log" in p["by_const"].source
+    assert p["by_tensor"].placement == "cpu" and "const_input" in p["by_tensor"].reason
+
+
+def test_rk3566_layout_ops_feeding_only_the_cpu_softmax_run_on_the_cpu():
+    """The DFL chain Reshape -> Transpose -> Softmax: the compiler put all three on the CPU of rk3566 (build log);
+    a Reshape that also feeds an NPU op stays on the NPU; on rk3588 (Softmax on the NPU) nothing moves."""
+    import numpy as np
+
+    nodes = [helper.make_node("Reshape", ["x", "s1"], ["r"], name="dfl/Reshape"),
+             helper.make_node("Transpose", ["r"], ["t"], name="dfl/Transpose", perm=[0, 2, 1, 3]),
+             helper.make_node("Softmax", ["t"], ["y"], name="dfl/Softmax", axis=1),
+             helper.make_node("Reshape", ["x", "s1"], ["r2"], name="shared/Reshape"),
+             helper.make_node("Softmax", ["r2"], ["y2"], name="other/Softmax", axis=1),
+             helper.make_node("Relu", ["r2"], ["y3"], name="other/Relu")]
+    inits = {"s1": np.array([1, 4, 16, 16], "int64")}
+    outs = {"y": [1, 16, 4, 16], "y2": [1, 4, 16, 16], "y3": [1, 4, 16, 16]}
+    rk66 = _analyze(nodes, inits, outs, "rknn-rk3566")
+    assert {n: rk66[n].placement for n in ("dfl/Reshape", "dfl/Transpose", "dfl/Softmax")} == {n: "cpu" for n in ("dfl/Reshape", "dfl/Transpose", "dfl/Softmax")}
+    assert "runs with them on the CPU" in rk66["dfl/Reshape"].reason and "build log" in rk66["dfl/Reshape"].source
+    assert rk66["shared/Reshape"].placement == "npu"
+    rk88 = _analyze(nodes, inits, outs, "rknn-rk3588")
+    assert rk88["dfl/Reshape"].placement == rk88["dfl/Transpose"].placement == rk88["dfl/Softmax"].placement == "npu"

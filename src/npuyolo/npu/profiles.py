@@ -52,6 +52,9 @@ class TargetProfile(BaseModel):
     fusion_source: str
     sources: dict[str, str]
     note: str | None = None
+    # ops that a compiler runs beside their consumers when every consumer is on the CPU (layout glue)
+    host_follow_ops: list[str] = []
+    host_follow_source: str | None = None
     ops: dict[str, OpRule]
 
     def rule(self, op_type: str) -> OpRule | None:
