@@ -219,3 +219,19 @@ def test_series_plot_includes_the_recommended_rewrite_and_it_dominates_relu(tmp_
     relu = next(line for line in text.splitlines() if line.startswith("| L4-relu |"))
     assert not relu.rstrip().endswith("| yes |")  # dominated: same placement, lower accuracy
     assert (tmp_path / "out" / "series_v_accuracy_vs_npu.png").is_file()
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_report_says_which_placement_a_compiler_checked(recorded, tmp_path, lang):
+    """rknn-rk3588 was refereed by RKNN-Toolkit2 (a recorded compile); relu-only was not: modelled from documents."""
+    reg, leaky, relu, _ = recorded
+    reg.add_compiler_run(run_id=leaky, model_ref="v3-L4-leaky", onnx_path="/x.onnx", compiler="rknn-toolkit2", version="2.5.0",
+                         target="rknn-rk3588", log_path="/x.log",
+                         result={"agreement": {"agree": 221, "mapped": 223, "share": 221 / 223}})
+    text = render_run(reg, leaky, tmp_path / lang, lang=lang).read_text(encoding="utf-8")
+    if lang == "en":
+        assert "- rknn-rk3588: placement checked by a compiler (rknn-toolkit2 2.5.0: 221 of 223 mapped nodes" in text
+        assert "- relu-only: placement modelled from documents" in text
+    else:
+        assert "- rknn-rk3588: 컴파일러로 확인한 배치 (rknn-toolkit2 2.5.0: 매핑된 노드 223개 중 221개" in text
+        assert "- relu-only: 문서 기반으로 모델링한 배치" in text

@@ -58,7 +58,7 @@ COMPILERS: dict[str, CompilerSpec] = {
         name="vela", title="Arm Vela (Ethos-U55/U65/U85)", distribution="ethos-u-vela",
         steps=(("ethos-u-vela==5.2.0",),
                ("tensorflow==2.19.*", "tf_keras==2.19.*", "onnx2tf==1.28.*", "onnx>=1.16,<1.19", "onnx_graphsurgeon", "sng4onnx",
-                "psutil", "ai-edge-litert")),
+                "onnxruntime", "psutil", "ai-edge-litert")),
         check="import ethosu.vela, onnx2tf, tensorflow",
         licence="Apache-2.0"),
 }

@@ -10,9 +10,6 @@ import argparse
 import os
 import sys
 
-# this file's folder also holds npuyolo's own rknn.py: as the script's folder it would shadow the toolkit's `rknn`
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 
 def main() -> int:
@@ -23,6 +20,9 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--disable-rule", action="append", default=[])
     a = ap.parse_args()
+    # this file's folder also holds npuyolo's own rknn.py: as the script's folder it would shadow the toolkit's `rknn`
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     from rknn.api import RKNN
 
     rknn = RKNN(verbose=True)
