@@ -273,3 +273,67 @@ def test_rk3566_layout_ops_feeding_only_the_cpu_softmax_run_on_the_cpu():
     assert rk66["shared/Reshape"].placement == "npu"
     rk88 = _analyze(nodes, inits, outs, "rknn-rk3588")
     assert rk88["dfl/Reshape"].placement == rk88["dfl/Transpose"].placement == rk88["dfl/Softmax"].placement == "npu"
+
+
+# ------------------------------------------------------------------------------------ Vela (Ethos-U)
+def test_vela_summary_all_on_the_npu():
+    """Vela 5.2.0 on onnx2tf's full-integer L4-leaky (320 px), Ethos-U55-128: every operator on the NPU."""
+    from npuyolo.compilers.vela import parse_summary_csv, parse_vela
+
+    net = parse_vela(log("vela-L4-leaky-320-u55-128.stdout"))
+    assert (net["accelerator"], net["system_config"], net["memory_mode"]) == ("Ethos_U55_128", "Ethos_U55_High_End_Embedded", "Shared_Sram")
+    assert (net["npu_ops"], net["cpu_ops"], net["cpu_operators"]) == (223, 0, [])
+    assert net["clock_mhz"] == 500 and net["sram_kib"] == pytest.approx(740.77) and net["off_chip_flash_kib"] == pytest.approx(2723.83)
+    assert net["macs"] == 821800000
+    perf = parse_summary_csv(log("vela-L4-leaky-320-u55-128.summary.csv"))
+    assert perf["accelerator"] == "Ethos_U55_128" and perf["inference_ms"] == pytest.approx(21.053246)
+    assert perf["inferences_per_second"] == pytest.approx(47.4986, rel=1e-4)
+
+
+def test_vela_lists_cpu_operators():
+    """The float-I/O TFLite (`*_integer_quant`) on Ethos-U85-256: its input Quantize and six output Dequantize run on
+    the CPU — why npuyolo compiles the full-integer file."""
+    from npuyolo.compilers.vela import parse_summary_csv, parse_vela
+
+    net = parse_vela(log("vela-L4-leaky-320-u85-256-float-io.stdout"))
+    assert (net["accelerator"], net["npu_ops"], net["cpu_ops"]) == ("Ethos_U85_256", 223, 7)
+    assert net["cpu_operators"][0] == {"op": "Passthrough", "name": "tfl.quantize"}
+    assert [c["name"] for c in net["cpu_operators"][1:]] == [f"PartitionedCall:{i}" for i in (2, 0, 3, 5, 1, 4)]
+    assert net["dram_kib"] == pytest.approx(4402.52) and net["clock_mhz"] == 1000
+    assert parse_summary_csv(log("vela-L4-leaky-320-u85-256-float-io.summary.csv"))["inference_ms"] == pytest.approx(6.740171)
+    assert parse_vela("nothing") == {"cpu_operators": []} and parse_summary_csv("") == {}
+
+
+def test_vela_calibration_writes_onnx2tf_sample_so_nothing_is_fetched(tmp_path):
+    import numpy as np
+
+    from npuyolo.compilers.compile import calibration_arrays
+    from npuyolo.compilers.vela import SAMPLE_NAME, write_calibration_npy
+
+    arrays, what = calibration_arrays(None, 64, count=3)
+    path = write_calibration_npy(arrays, tmp_path)
+    data, sample = np.load(path), np.load(tmp_path / SAMPLE_NAME)
+    assert data.shape == (3, 64, 64, 3) and data.dtype == np.float32 and 0 <= data.min() and data.max() <= 1
+    assert sample.shape == (20, 128, 128, 3) and sample.dtype == np.float32
+    assert "synthetic" in what
+
+
+VELA = envs.installed("vela")
+
+
+@pytest.mark.skipif(VELA is None, reason="Vela is not installed: run `npuyolo compilers install vela` to run this test")
+def test_real_vela_compile_of_L4_leaky(synth_data):
+    """onnx2tf + Vela for real (~1-2 min): full-integer TFLite, every operator on the U55, a time estimate, recorded."""
+    from npuyolo.registry.db import Registry
+
+    r = runner.invoke(app, ["npu", "compile", "L4-leaky", "--compiler", "vela", "--target", "ethos-u55-128", "--imgsz", "160",
+                            "--data", str(synth_data), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    b = res["build"]
+    assert b["compiler"] == "vela" and b["version"] == VELA.version and b["tflite"].endswith("_full_integer_quant.tflite")
+    assert b["network"]["cpu_ops"] == 0 and b["network"]["npu_ops"] > 100 and b["performance"]["inference_ms"] > 0
+    calib = Path(b["tflite"]).parents[1] / "calib"
+    assert (calib / "calibration_image_sample_data_20x128x128x3_float32.npy").is_file()  # ours: onnx2tf fetched nothing
+    [row] = Registry(readonly=True).compiler_runs(model_ref="L4-leaky")
+    assert (row["compiler"], row["target"]) == ("vela", "ethos-u55")

@@ -466,7 +466,7 @@ def npu_check(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx
               head: Annotated[Optional[str], typer.Option(help="npu or ultralytics [default: the level's head]")] = None,
               nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
               nodes: Annotated[bool, typer.Option("--nodes", help="Also print every node not on the NPU.")] = False,
-              referee: Annotated[Optional[str], typer.Option(help="Also compile with this vendor compiler (rknn) and compare placement node by node.")] = None,
+              referee: Annotated[Optional[str], typer.Option(help="Also compile with this vendor compiler (rknn: node by node; vela: by operator counts) and compare.")] = None,
               data: Annotated[Optional[Path], typer.Option(help="With --referee: data.yaml whose train images calibrate [default: synthetic images].")] = None,
               as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Place every ONNX node on each target and report shares, partitions and fallbacks."""
@@ -525,18 +525,26 @@ def _npu_referee(model, targets, compiler, data, reg, imgsz, head, nc, as_json) 
 
 def print_referee(results) -> None:
     table = Table(title="NPU placement: profile vs compiler")
-    for col in ("target", "compiler", "nodes", "mapped", "agree", "agreement", "profile CPU/unknown", "compiler CPU rows", "memory KB (int/weights)"):
+    for col in ("target", "compiler", "nodes", "mapped", "agree", "agreement", "profile CPU/unknown", "compiler CPU ops",
+                "memory KiB", "est. ms"):
         table.add_column(col)
     for r in results:
         a, b, s = r.agreement, r.build, r.build.summary()
+        memory = ", ".join(f"{k.removesuffix('_kb').removesuffix('_kib')} {v:.0f}" for k, v in b.memory.items()) or "-"
         table.add_row(r.profile, f"{b.compiler} {b.version}", str(a.nodes), str(a.mapped), str(a.agree),
-                      "-" if a.share is None else f"{a.share:.1%}", f"{r.ours.nodes_cpu}/{r.ours.nodes_unknown}", str(s["rows_cpu"]),
-                      f"{b.memory.get('internal_kb', 0):.0f}/{b.memory.get('weight_kb', 0):.0f}")
+                      "-" if a.share is None else f"{a.share:.1%}", f"{r.ours.nodes_cpu}/{r.ours.nodes_unknown}",
+                      f"{s['rows_cpu']}/{s['rows']}", memory, "-" if s.get("inference_ms") is None else f"{s['inference_ms']:.1f}")
     console.print(table)
     for r in results:
+        s = r.build.summary()
         for note in r.build.notes:
             console.print(f"[dim]{r.profile}: {escape(note)}[/]", highlight=False)
-        if r.agreement.disagreements:
+        if not r.build.mappings:  # Vela: TFLite operators, not our nodes; compared by counts
+            console.print(f"{r.profile}: {r.build.compiler} places TFLite operators ({s['rows_npu']} NPU, {s['rows_cpu']} CPU"
+                          f"{': ' + ', '.join(s['cpu_rows']) if s['cpu_rows'] else ''}); the profile puts {r.ours.nodes_cpu} of "
+                          f"{r.ours.nodes_total} nodes on the CPU and leaves {r.ours.nodes_unknown} unknown (log: {r.build.log})",
+                          highlight=False, markup=False)
+        elif r.agreement.disagreements:
             t = Table(title=f"{r.profile}: disagreements (log: {r.build.log})")
             for col in ("node", "op", "profile", "profile's reason", "compiler", "compiler row"):
                 t.add_column(col)
@@ -551,8 +559,8 @@ def print_referee(results) -> None:
 @npu_app.command("compile")
 @user_errors
 def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx or variant name.")],
-                compiler: Annotated[str, typer.Option(help="Vendor compiler: rknn.")],
-                target: Annotated[str, typer.Option("--target", "-t", help="Compiler target: rk3588 or rk3566.")],
+                compiler: Annotated[str, typer.Option(help="Vendor compiler: rknn or vela.")],
+                target: Annotated[str, typer.Option("--target", "-t", help="Compiler target: rk3588, rk3566 (rknn); ethos-u55-128, ethos-u85-256 (vela).")],
                 data: Annotated[Path, typer.Option(help="data.yaml: its train images (never val) calibrate the INT8 build.")],
                 imgsz: Annotated[Optional[int], typer.Option(help="Export size for non-ONNX models [default: a run's training size, else 640].")] = None,
                 head: Annotated[Optional[str], typer.Option(help="npu or ultralytics [default: the level's head]")] = None,
@@ -568,12 +576,15 @@ def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .on
     if as_json:
         return print_json(res.as_dict(with_nodes=True))
     s = res.build.summary()
-    console.print(f"{res.build.compiler} {res.build.version} on {res.build.platform}: {s['rows_npu']} NPU / {s['rows_cpu']} CPU layers "
-                  f"in {res.build.seconds:.1f} s; {s['nodes_mapped']}/{s['nodes']} of our nodes mapped; "
-                  f"memory {res.build.memory.get('internal_kb', 0):.0f} KB internal, {res.build.memory.get('weight_kb', 0):.0f} KB weights",
-                  highlight=False, markup=False)
+    memory = ", ".join(f"{k.removesuffix('_kb').removesuffix('_kib')} {v:.0f} KiB" for k, v in res.build.memory.items()) or "not reported"
+    mapped = f"{s['nodes_mapped']}/{s['nodes']} of our nodes mapped" if res.build.mappings else "TFLite operators, compared by counts"
+    console.print(f"{res.build.compiler} {res.build.version} on {res.build.platform}: {s['rows_npu']} NPU / {s['rows_cpu']} CPU "
+                  f"operators in {res.build.seconds:.1f} s; {mapped}; memory {memory}", highlight=False, markup=False)
     for row in s["cpu_rows"]:
         console.print(f"  CPU: {row}", highlight=False, markup=False)
+    if s.get("inference_ms") is not None:
+        console.print(f"estimated inference time ({res.build.platform}, Vela's default system config): {s['inference_ms']:.1f} ms",
+                      highlight=False, markup=False)
     console.print(f"log: {res.build.log}" + (f"; model: {res.build.rknn_file}" if res.build.rknn_file else ""), highlight=False, markup=False)
     print_referee([res])
 

@@ -13,10 +13,12 @@ import numpy as np
 from npuyolo.compilers.envs import CompilerError
 from npuyolo.npu.analyze import TargetReport
 
-__all__ = ["Agreement", "CompileResult", "agreement", "compile_model", "profile_for", "record", "write_calibration"]
+__all__ = ["Agreement", "CompileResult", "agreement", "calibration_arrays", "compile_model", "profile_for", "record",
+           "write_calibration"]
 
 # compiler -> {its target name: our profile}
-PROFILES = {"rknn": {"rk3588": "rknn-rk3588", "rk3566": "rknn-rk3566"}}
+PROFILES = {"rknn": {"rk3588": "rknn-rk3588", "rk3566": "rknn-rk3566"},
+            "vela": {"ethos-u55-128": "ethos-u55", "ethos-u85-256": "ethos-u85"}}
 CALIB_IMAGES = 8  # placement does not depend on the values; a handful keeps quantization meaningful and fast
 
 
@@ -31,17 +33,14 @@ def profile_for(compiler: str, target: str) -> tuple[str, str]:
     raise CompilerError(f"--target {target!r} is not a {compiler} target; {compiler} targets: {names}")
 
 
-def write_calibration(data: str | Path | None, imgsz: int, workdir: Path, count: int = CALIB_IMAGES) -> tuple[Path, str]:
-    """Letterboxed PNGs at the model's size and a list file naming them; returns (list file, what they are).
+def calibration_arrays(data: str | Path | None, imgsz: int, count: int = CALIB_IMAGES) -> tuple[list[np.ndarray], str]:
+    """Letterboxed [3, imgsz, imgsz] RGB float32 in [0, 1], and what they are.
 
     With `data`, training images only (validation images are never candidates). Without it, synthetic sign images
     drawn by npuyolo itself (nothing is fetched): enough for placement, which does not depend on the values.
     """
     from npuyolo.deploy.quantize import letterbox
 
-    folder = workdir / f"calib-{imgsz}"
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = []
     if data is not None:
         from npuyolo.deploy.quantize import calibration_images
 
@@ -58,15 +57,23 @@ def write_calibration(data: str | Path | None, imgsz: int, workdir: Path, count:
         rng = np.random.default_rng(0)
         images = [compose(imgsz, rng)[0] for _ in range(count)]
         what = f"{count} synthetic images (no --data given; placement does not depend on calibration values)"
-    for i, image in enumerate(images):
-        chw = letterbox(np.ascontiguousarray(image), imgsz)  # RGB, [0, 1]
+    return [letterbox(np.ascontiguousarray(image), imgsz) for image in images], what
+
+
+def write_calibration(data: str | Path | None, imgsz: int, workdir: Path, count: int = CALIB_IMAGES) -> tuple[Path, str]:
+    """PNG files of `calibration_arrays` and a list file naming them (RKNN's dataset format)."""
+    from npuyolo.paths import write_text
+
+    arrays, what = calibration_arrays(data, imgsz, count)
+    folder = workdir / f"calib-{imgsz}"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, chw in enumerate(arrays):
         bgr = (chw.transpose(1, 2, 0) * 255).round().astype(np.uint8)[..., ::-1]
         dst = folder / f"{i:03d}.png"
         cv2.imwrite(str(dst), bgr)
         lines.append(str(dst.resolve()))
     listing = workdir / f"calib-{imgsz}.txt"
-    from npuyolo.paths import write_text
-
     write_text(listing, "\n".join(lines) + "\n")
     return listing, what
 
@@ -110,7 +117,7 @@ class CompileResult:
     model_ref: str
     run_id: int | None
     profile: str
-    build: object  # RknnBuild
+    build: object  # RknnBuild | VelaBuild
     calibration: str
     ours: TargetReport
     agreement: Agreement
@@ -143,13 +150,17 @@ def compile_model(ref: str, compiler: str, target: str, data: str | Path | None,
     dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
     size = int(dims[-1].dim_value)
     folder = onnx_path.parent / f"{compiler}-{platform}"
-    calib, what = write_calibration(data, size, folder)
     if compiler == "rknn":
         from npuyolo.compilers.rknn import compile_onnx
 
+        calib, what = write_calibration(data, size, folder)
         build = compile_onnx(onnx_path, platform, calib, folder)
-    else:  # pragma: no cover - profile_for refuses others
-        raise CompilerError(f"unknown compiler {compiler!r}")
+    else:
+        from npuyolo.compilers.vela import compile_onnx as vela_compile
+        from npuyolo.compilers.vela import write_calibration_npy
+
+        arrays, what = calibration_arrays(data, size)
+        build = vela_compile(onnx_path, platform, write_calibration_npy(arrays, folder / "calib"), folder)
     return CompileResult(model_ref=check.model_ref, run_id=check.run_id, profile=profile, build=build, calibration=what,
                          ours=ours, agreement=agreement(ours, build))
 
