@@ -337,3 +337,11 @@ def test_real_vela_compile_of_L4_leaky(synth_data):
     assert (calib / "calibration_image_sample_data_20x128x128x3_float32.npy").is_file()  # ours: onnx2tf fetched nothing
     [row] = Registry(readonly=True).compiler_runs(model_ref="L4-leaky")
     assert (row["compiler"], row["target"]) == ("vela", "ethos-u55")
+
+
+def test_api_compile_names_the_install_command(compilers_dir, tmp_path):
+    from npuyolo import Workspace
+    from npuyolo.compilers.envs import CompilerMissingError
+
+    with pytest.raises(CompilerMissingError, match="npuyolo compilers install vela"):
+        Workspace(tmp_path / "r.db").compile("L4-leaky", "vela", "ethos-u55-128", None)
