@@ -235,3 +235,11 @@ def test_report_says_which_placement_a_compiler_checked(recorded, tmp_path, lang
     else:
         assert "- rknn-rk3588: 컴파일러로 확인한 배치 (rknn-toolkit2 2.5.0: 매핑된 노드 223개 중 221개" in text
         assert "- relu-only: 문서 기반으로 모델링한 배치" in text
+    series = render_series(reg, "v3", tmp_path / f"s-{lang}", lang=lang, target="rknn-rk3588").read_text(encoding="utf-8")
+    modelled = render_series(reg, "v3", tmp_path / f"m-{lang}", lang=lang, target="relu-only").read_text(encoding="utf-8")
+    if lang == "en":
+        assert "Placement on rknn-rk3588 was checked by a compiler for L4-leaky (rknn-toolkit2 2.5.0)" in series
+        assert "Placement on relu-only is modelled from documents" in modelled
+    else:
+        assert "rknn-rk3588 배치는 L4-leaky(rknn-toolkit2 2.5.0)에 대해 컴파일러로 확인했고" in series
+        assert "relu-only 배치는 문서 기반으로 모델링한 값입니다" in modelled
