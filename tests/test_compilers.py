@@ -226,6 +226,12 @@ def test_real_rknn_build_referees_L4_leaky(synth_data, tmp_path):
     [row] = reg.compiler_runs(model_ref="L4-leaky")
     assert row["target"] == "rknn-rk3588" and row["version"] == RKNN.version
     assert len(row["result"]["build"]["mappings"]) == a["nodes"]
+    # an .onnx file is compiled as the analyzer sees it (chunk as Split), in its own folder beside the registry
+    r = runner.invoke(app, ["npu", "compile", res["onnx"], "--compiler", "rknn", "--target", "rk3588", "--data", str(synth_data), "--json"])
+    assert r.exit_code == 0, r.output
+    again = json.loads(r.stdout)
+    assert again["agreement"]["mapped"] == again["agreement"]["agree"] == a["nodes"]
+    assert Path(again["onnx"]).parent.parent.name.startswith("onnx-") and again["onnx"] != res["onnx"]
 
 
 # ------------------------------------------------------------------------------------ profile fixes from the referee

@@ -147,9 +147,25 @@ def compile_model(ref: str, compiler: str, target: str, data: str | Path | None,
     ours = check.reports[0]
     import onnx
 
+    if ref.endswith(".onnx"):  # the user's file: work beside the registry, on the graph the analyzer saw
+        from npuyolo.npu.normalize import slices_to_split
+        from npuyolo.paths import safe_join, slug
+
+        name = f"onnx-{slug(onnx_path.stem, 'model')}"  # apart from a variant's own npu/<variant>/ folder
+        base = registry.output_dir("npu", name) if registry is not None else safe_join("runs", "npu", name)
+        folder = base / f"{compiler}-{platform}"
+        folder.mkdir(parents=True, exist_ok=True)
+        model = onnx.load(str(onnx_path))
+        slices_to_split(model)  # chunk as Split, as `npu check` analyses it: same node names on both sides
+        onnx_path = folder / f"{slug(onnx_path.stem, 'model')}.onnx"
+        from npuyolo.paths import atomic_path
+
+        with atomic_path(onnx_path) as tmp:
+            onnx.save(model, str(tmp))
+    else:
+        folder = onnx_path.parent / f"{compiler}-{platform}"
     dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
     size = int(dims[-1].dim_value)
-    folder = onnx_path.parent / f"{compiler}-{platform}"
     if compiler == "rknn":
         from npuyolo.compilers.rknn import compile_onnx
 
