@@ -351,3 +351,12 @@ def test_api_compile_names_the_install_command(compilers_dir, tmp_path):
 
     with pytest.raises(CompilerMissingError, match="npuyolo compilers install vela"):
         Workspace(tmp_path / "r.db").compile("L4-leaky", "vela", "ethos-u55-128", None)
+
+
+def test_fused_row_names_are_read_as_whole_ops():
+    from npuyolo.compilers.rknn import fused_parts
+
+    assert fused_parts("ConvLeakyReluAdd") == ["LeakyRelu", "Add"]
+    assert fused_parts("ConvAddRelu") == ["Add", "Relu"] and fused_parts("ConvExSwish") == ["Swish"]
+    assert fused_parts("ConvHardSwish") == ["HardSwish"] and fused_parts("Conv") == []
+    assert fused_parts("exMatMul") == [] and fused_parts("ConvSomethingNew") == []  # a MatMul absorbs no Mul

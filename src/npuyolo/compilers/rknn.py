@@ -134,9 +134,25 @@ def split_log(text: str) -> tuple[str, str]:
 
 
 # -------------------------------------------------------------------------------------------- mapping
-# Row OpTypes that name what they absorbed: ConvLeakyReluAdd = Conv + LeakyRelu + Add; exSwish = Sigmoid * x.
-_FUSED_PARTS = {"Relu": "Relu", "LeakyRelu": "LeakyRelu", "Clip": "Clip", "Sigmoid": "Sigmoid", "HardSwish": "HardSwish",
-                "Swish": "Swish", "Add": "Add", "Mul": "Mul", "PRelu": "PRelu", "Sub": "Sub"}
+# Row OpTypes that name what they absorbed: ConvLeakyReluAdd = Conv + LeakyRelu + Add; ConvExSwish = Conv + SiLU.
+_FUSED_PARTS = ("LeakyRelu", "HardSwish", "Sigmoid", "PRelu", "Swish", "Relu", "Clip", "Add", "Mul", "Sub")  # longest first
+
+
+def fused_parts(row_op: str) -> list[str]:
+    """The ops a fused row names after its Conv: 'ConvLeakyReluAdd' -> [LeakyRelu, Add]; 'exMatMul' -> []."""
+    if not row_op.startswith("Conv"):
+        return []
+    rest, parts = row_op[len("Conv"):], []
+    while rest:
+        if rest.startswith(("Ex", "ex")):
+            rest = rest[2:]
+            continue
+        part = next((p for p in _FUSED_PARTS if rest.startswith(p)), None)
+        if part is None:
+            return []  # a name we cannot read: claim nothing
+        parts.append(part)
+        rest = rest[len(part):]
+    return parts
 
 
 @dataclass
@@ -151,10 +167,10 @@ class Mapping:
 
 
 def _absorbs(row_op: str, node_op: str) -> bool:
-    """Does a fused row OpType (e.g. ConvLeakyReluAdd, ConvSigmoid, exSwish) contain this op?"""
-    if node_op in ("Sigmoid", "Mul") and "swish" in row_op.lower() and "hardswish" not in row_op.lower():
-        return True  # SiLU = Sigmoid + Mul, fused as Swish / exSwish
-    return node_op in _FUSED_PARTS and node_op in re.sub(r"^(Conv|ex)", "", row_op)
+    """Does a fused Conv row (ConvLeakyReluAdd, ConvSigmoid, ConvExSwish) contain this op? SiLU's Sigmoid and Mul
+    are one Swish."""
+    parts = fused_parts(row_op)
+    return node_op in parts or (node_op in ("Sigmoid", "Mul") and "Swish" in parts)
 
 
 def map_to_onnx(nodes: list[tuple[str, str, list[str], list[str]]], rows: list[LayerRow], rewrites: list[Rewrite]) -> list[Mapping]:
