@@ -68,9 +68,10 @@ def npu_rows(checks: list[dict], compiles: list[dict] | None = None) -> list[dic
     profile (`npu compile` / `npu check --referee`), else None: the placement is modelled from documents."""
     referee = {}
     for c in compiles or []:
-        a = c["result"].get("agreement", {})
+        a, summary = c["result"].get("agreement", {}), c["result"].get("build", {}).get("summary", {})
         referee[c["target"]] = {"compiler": c["compiler"], "version": c["version"], "agree": a.get("agree"),
-                                "mapped": a.get("mapped"), "share": a.get("share")}
+                                "mapped": a.get("mapped"), "share": a.get("share"), "ops_npu": summary.get("rows_npu"),
+                                "ops_cpu": summary.get("rows_cpu"), "inference_ms": summary.get("inference_ms")}
     rows = []
     for c in checks:
         r = c["report"]
