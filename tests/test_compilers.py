@@ -158,9 +158,14 @@ def compilers_dir(tmp_path, monkeypatch):
 
 
 def test_missing_compiler_is_one_line_naming_the_install_command(compilers_dir, tmp_path):
-    r = runner.invoke(app, ["npu", "compile", "L4-leaky", "--compiler", "rknn", "--target", "rk3588", "--data", str(tmp_path / "d.yaml")])
+    db = tmp_path / "fresh" / "r.db"
+    r = runner.invoke(app, ["npu", "compile", "L4-leaky", "--compiler", "rknn", "--target", "rk3588", "--data", str(tmp_path / "d.yaml"),
+                            "--registry", str(db)])
     assert r.exit_code == 2
     assert "npuyolo compilers install rknn" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["npu", "check", "L4-leaky", "-t", "rk3566", "--referee", "rknn", "--registry", str(db)])
+    assert r.exit_code == 2 and "npuyolo compilers install rknn" in r.output
+    assert not db.parent.exists()  # nothing created for a command that could not run
     r = runner.invoke(app, ["npu", "compile", "L4-leaky", "--compiler", "rknn", "--target", "ethos-u55", "--data", "d.yaml"])
     assert r.exit_code == 2 and "rk3588" in r.output
     r = runner.invoke(app, ["compilers", "install", "nope"])

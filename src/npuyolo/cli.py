@@ -472,9 +472,15 @@ def npu_check(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx
     """Place every ONNX node on each target and report shares, partitions and fallbacks."""
     from npuyolo.npu.check import check_model, record
 
-    reg = open_registry(registry)
     if referee is not None:
-        return _npu_referee(model, target, referee, data, reg, imgsz, head, nc, as_json)
+        from npuyolo.compilers.compile import profile_for
+        from npuyolo.compilers.envs import require
+
+        for t in target:  # every target and the compiler checked before a registry is opened or a slow export starts
+            profile_for(referee, t)
+        require(referee)
+        return _npu_referee(model, target, referee, data, open_registry(registry), imgsz, head, nc, as_json)
+    reg = open_registry(registry)
     result = check_model(model, target, reg, imgsz=imgsz, head=head, nc=nc)
     record(result, reg, head)
     if as_json:
@@ -504,13 +510,11 @@ def npu_check(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx
 
 def _npu_referee(model, targets, compiler, data, reg, imgsz, head, nc, as_json) -> None:
     """`npu check --referee`: our placement beside the compiler's, every disagreement listed."""
-    from npuyolo.compilers.compile import compile_model, profile_for, record as record_compile
+    from npuyolo.compilers.compile import compile_model, record as record_compile
     from npuyolo.npu.check import CheckResult, record
 
     results = []
     with quiet_stdout(as_json):
-        for t in targets:
-            profile_for(compiler, t)  # every target checked before the first slow export
         for t in targets:
             res = compile_model(model, compiler, t, data, reg, imgsz=imgsz, head=head, nc=nc)
             record_compile(res, reg)
@@ -567,8 +571,11 @@ def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .on
                 nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
                 as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Compile with a real vendor compiler (installed by `npuyolo compilers install`) and record its placement."""
-    from npuyolo.compilers.compile import compile_model, record
+    from npuyolo.compilers.compile import compile_model, profile_for, record
+    from npuyolo.compilers.envs import require
 
+    profile_for(compiler, target)
+    require(compiler)  # a missing compiler is one line, before any registry is created
     reg = open_registry(registry)
     with quiet_stdout(as_json):
         res = compile_model(model, compiler, target, data, reg, imgsz=imgsz, head=head, nc=nc)
