@@ -227,6 +227,8 @@ def test_real_rknn_build_referees_L4_leaky(synth_data, tmp_path):
     assert a["mapped"] == a["nodes"] and a["share"] == 1.0 and a["disagreements"] == []
     assert "training images" in res["calibration"]
     assert len((Path(b["log"]).parent / "calib-320.txt").read_text().split()) == 8
+    r = runner.invoke(app, ["npu", "compile", "L4-leaky", "--compiler", "rknn", "--target", "rk3588", "--data", "/no/such/data.yaml"])
+    assert r.exit_code == 2 and "data yaml not found" in r.output  # said before any export
     reg = Registry(readonly=True)
     [row] = reg.compiler_runs(model_ref="L4-leaky")
     assert row["target"] == "rknn-rk3588" and row["version"] == RKNN.version

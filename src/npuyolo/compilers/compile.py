@@ -142,6 +142,10 @@ def compile_model(ref: str, compiler: str, target: str, data: str | Path | None,
 
     platform, profile = profile_for(compiler, target)
     require(compiler)  # before a minute of export: a missing compiler is the first thing the user hears
+    if data is not None:  # a wrong data.yaml, too, before the export
+        from npuyolo.deploy.quantize import calibration_images
+
+        calibration_images(data, 1)
     check = check_model(ref, [profile], registry, imgsz=imgsz, head=head, nc=nc, workdir=workdir)
     onnx_path = Path(check.onnx_paths[profile])
     ours = check.reports[0]
