@@ -116,10 +116,13 @@ def write_calibration_npy(images_rgb01: list[np.ndarray], folder: Path) -> Path:
 
 def to_tflite(onnx_path: Path, calib_npy: Path, workdir: Path, timeout: float = 1800) -> tuple[Path, str]:
     """onnx2tf with INT8 calibration on our data; returns the full-integer TFLite file and onnx2tf's output."""
+    import onnx
+
     env = require("vela")
     out_dir = workdir / "tflite"
+    input_name = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name  # 'images' in npuyolo's exports
     cmd = [str(env.bin / "onnx2tf"), "-i", str(Path(onnx_path).resolve()), "-o", str(out_dir.resolve()), "-oiqt",
-           "-cind", "images", str(calib_npy.resolve()), "[[[[0.0,0.0,0.0]]]]", "[[[[1.0,1.0,1.0]]]]"]
+           "-cind", input_name, str(calib_npy.resolve()), "[[[[0.0,0.0,0.0]]]]", "[[[[1.0,1.0,1.0]]]]"]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=calib_npy.parent, timeout=timeout, env=clean_env())
     except subprocess.TimeoutExpired:
