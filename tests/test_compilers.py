@@ -367,3 +367,15 @@ def test_fused_row_names_are_read_as_whole_ops():
     assert fused_parts("ConvAddRelu") == ["Add", "Relu"] and fused_parts("ConvExSwish") == ["Swish"]
     assert fused_parts("ConvHardSwish") == ["HardSwish"] and fused_parts("Conv") == []
     assert fused_parts("exMatMul") == [] and fused_parts("ConvSomethingNew") == []  # a MatMul absorbs no Mul
+
+
+def test_a_host_follow_rule_needs_its_source():
+    import yaml
+    from pydantic import ValidationError
+
+    from npuyolo.npu.profiles import TargetProfile, _files
+
+    raw = yaml.safe_load(_files().joinpath("rknn-rk3566.yaml").read_text(encoding="utf-8"))
+    assert TargetProfile(**raw).host_follow_ops == ["Reshape", "Transpose"]
+    with pytest.raises(ValidationError, match="host_follow_source"):
+        TargetProfile(**{**raw, "host_follow_source": " "})
