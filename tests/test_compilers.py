@@ -379,3 +379,25 @@ def test_a_host_follow_rule_needs_its_source():
     assert TargetProfile(**raw).host_follow_ops == ["Reshape", "Transpose"]
     with pytest.raises(ValidationError, match="host_follow_source"):
         TargetProfile(**{**raw, "host_follow_source": " "})
+
+
+@pytest.mark.skipif(RKNN is None, reason="RKNN-Toolkit2 is not installed: run `npuyolo compilers install rknn` to run this test")
+def test_real_rknn_compile_of_a_run_is_kept_with_the_run(synth_data, tiny_recipe, tmp_path):
+    """A run compiles at its training size; the log lands in the run's folder and is listed as the run's artefact."""
+    from npuyolo.registry.db import Registry
+    from npuyolo.train.trainer import train_variant
+
+    db = tmp_path / "r.db"
+    run = train_variant("L4-relu", synth_data, tiny_recipe, Registry(db), verbose=False)
+    r = runner.invoke(app, ["npu", "compile", str(run.run_id), "--compiler", "rknn", "--target", "rk3566", "--data", str(synth_data),
+                            "--registry", str(db), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["run_id"] == run.run_id and res["agreement"]["share"] == 1.0
+    reg = Registry(db, readonly=True)
+    record = reg.run(run.run_id)
+    log = Path(record.artifact_path("compiler/rknn-toolkit2/rk3566/log"))
+    assert log.is_file() and Path(record.save_dir) in log.parents and "Network Layer Information Table" in log.read_text()
+    assert "-64.onnx" in res["onnx"]  # the size it was trained at
+    [row] = reg.compiler_runs(run_id=run.run_id)
+    assert row["target"] == "rknn-rk3566" and row["log_path"] == str(log)
