@@ -317,6 +317,24 @@ def test_vela_lists_cpu_operators():
     assert parse_vela("nothing") == {"cpu_operators": []} and parse_summary_csv("") == {}
 
 
+def test_vela_whole_graph_agreement():
+    """Vela's operators are not our nodes: agreement is whether both sides put everything on the NPU."""
+    from types import SimpleNamespace
+
+    from npuyolo.compilers.compile import agreement
+    from npuyolo.compilers.vela import VelaBuild, parse_vela
+
+    def build(name):
+        return VelaBuild("vela", "5.2.0", "ethos-u85-256", "x.onnx", "x.tflite", "x.log", 0.0, parse_vela(log(name)), {})
+
+    place = SimpleNamespace(placement="npu")
+    all_npu = SimpleNamespace(target="ethos-u85", nodes_cpu=0, nodes_unknown=0, placements=[place] * 223)
+    a = agreement(all_npu, build("vela-L4-leaky-320-u55-128.stdout"))
+    assert (a.basis, a.share, a.mapped) == ("whole graph", 1.0, 0) and "vela: 0 CPU of 223 operators" in a.verdict
+    b = agreement(all_npu, build("vela-L4-leaky-320-u85-256-float-io.stdout"))  # 7 CPU operators: the profile said none
+    assert b.share == 0.0 and "vela: 7 CPU of 230 operators" in b.verdict and "profile: 0 CPU and 0 unknown of 223 nodes" in b.verdict
+
+
 def test_vela_calibration_writes_onnx2tf_sample_so_nothing_is_fetched(tmp_path):
     import numpy as np
 
@@ -346,6 +364,8 @@ def test_real_vela_compile_of_L4_leaky(synth_data):
     b = res["build"]
     assert b["compiler"] == "vela" and b["version"] == VELA.version and b["tflite"].endswith("_full_integer_quant.tflite")
     assert b["network"]["cpu_ops"] == 0 and b["network"]["npu_ops"] > 100 and b["performance"]["inference_ms"] > 0
+    a = res["agreement"]
+    assert (a["basis"], a["share"]) == ("whole graph", 1.0) and "vela: 0 CPU of" in a["verdict"]
     calib = Path(b["tflite"]).parents[1] / "calib"
     assert (calib / "calibration_image_sample_data_20x128x128x3_float32.npy").is_file()  # ours: onnx2tf fetched nothing
     [row] = Registry(readonly=True).compiler_runs(model_ref="L4-leaky")

@@ -536,18 +536,17 @@ def print_referee(results) -> None:
         a, b, s = r.agreement, r.build, r.build.summary()
         memory = ", ".join(f"{k.removesuffix('_kb').removesuffix('_kib')} {v:.0f}" for k, v in b.memory.items()) or "-"
         table.add_row(r.profile, f"{b.compiler} {b.version}", str(a.nodes), str(a.mapped), str(a.agree),
-                      "-" if a.share is None else f"{a.share:.1%}", f"{r.ours.nodes_cpu}/{r.ours.nodes_unknown}",
+                      "-" if a.share is None else f"{a.share:.1%}" + ("" if a.basis == "nodes" else f" ({a.basis})"),
+                      f"{r.ours.nodes_cpu}/{r.ours.nodes_unknown}",
                       f"{s['rows_cpu']}/{s['rows']}", memory, "-" if s.get("inference_ms") is None else f"{s['inference_ms']:.1f}")
     console.print(table)
     for r in results:
         s = r.build.summary()
         for note in r.build.notes:
             console.print(f"[dim]{r.profile}: {escape(note)}[/]", highlight=False)
-        if not r.build.mappings:  # Vela: TFLite operators, not our nodes; compared by counts
-            console.print(f"{r.profile}: {r.build.compiler} places TFLite operators ({s['rows_npu']} NPU, {s['rows_cpu']} CPU"
-                          f"{': ' + ', '.join(s['cpu_rows']) if s['cpu_rows'] else ''}); the profile puts {r.ours.nodes_cpu} of "
-                          f"{r.ours.nodes_total} nodes on the CPU and leaves {r.ours.nodes_unknown} unknown (log: {r.build.log})",
-                          highlight=False, markup=False)
+        if r.agreement.basis != "nodes":  # Vela: TFLite operators, not our nodes; compared on the whole graph
+            cpu = f" ({', '.join(s['cpu_rows'])})" if s["cpu_rows"] else ""
+            console.print(f"{r.profile}: {r.agreement.verdict}{cpu} (log: {r.build.log})", highlight=False, markup=False)
         elif r.agreement.disagreements:
             t = Table(title=f"{r.profile}: disagreements (log: {r.build.log})")
             for col in ("node", "op", "profile", "profile's reason", "compiler", "compiler row"):

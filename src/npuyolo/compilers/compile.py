@@ -88,15 +88,28 @@ class Agreement:
     nodes: int
     mapped: int
     agree: int
-    share: float | None  # agree / mapped
+    share: float | None  # agree / mapped; with basis "whole graph": 1.0 when both sides agree on all-NPU or not
     disagreements: list[dict] = field(default_factory=list)
     unmapped: list[dict] = field(default_factory=list)
+    basis: str = "nodes"  # "nodes" (RKNN: node by node) | "whole graph" (Vela: TFLite operators are not our nodes)
+    verdict: str | None = None
 
 
 def agreement(ours: TargetReport, build) -> Agreement:
-    """Per node: our npu/cpu/unknown vs the compiler's NPU/CPU; unknown never agrees (we did not decide)."""
+    """Per node: our npu/cpu/unknown vs the compiler's NPU/CPU; unknown never agrees (we did not decide).
+
+    A compiler without per-node mappings (Vela) is compared on the whole graph: does each side put everything on
+    the NPU? The verdict says both counts."""
     theirs = {m.node: m for m in build.mappings}
     work = [p for p in ours.placements if p.placement != "n/a"]
+    network = getattr(build, "network", None)
+    if not theirs and network is not None:
+        ours_all = ours.nodes_cpu == 0 and ours.nodes_unknown == 0
+        cpu = network.get("cpu_ops", 0)
+        verdict = (f"profile: {ours.nodes_cpu} CPU and {ours.nodes_unknown} unknown of {len(work)} nodes; "
+                   f"{build.compiler}: {cpu} CPU of {cpu + network.get('npu_ops', 0)} operators")
+        return Agreement(target=ours.target, compiler=build.compiler, version=build.version, nodes=len(work), mapped=0, agree=0,
+                         share=1.0 if ours_all == (cpu == 0) else 0.0, basis="whole graph", verdict=verdict)
     mapped, disagreements, unmapped = 0, [], []
     for p in work:
         m = theirs.get(p.name)
