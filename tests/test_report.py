@@ -219,3 +219,35 @@ def test_series_plot_includes_the_recommended_rewrite_and_it_dominates_relu(tmp_
     relu = next(line for line in text.splitlines() if line.startswith("| L4-relu |"))
     assert not relu.rstrip().endswith("| yes |")  # dominated: same placement, lower accuracy
     assert (tmp_path / "out" / "series_v_accuracy_vs_npu.png").is_file()
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_report_says_which_placement_a_compiler_checked(recorded, tmp_path, lang):
+    """rknn-rk3588 was refereed by RKNN-Toolkit2 (a recorded compile); relu-only was not: modelled from documents."""
+    reg, leaky, relu, _ = recorded
+    reg.add_compiler_run(run_id=leaky, model_ref="v3-L4-leaky", onnx_path="/x.onnx", compiler="rknn-toolkit2", version="2.5.0",
+                         target="rknn-rk3588", log_path="/x.log",
+                         result={"agreement": {"agree": 221, "mapped": 223, "share": 221 / 223}})
+    reg.add_npu_check(run_id=leaky, model_ref="v3-L4-leaky", onnx_path="/x.onnx", head="npu", report=npu_report("ethos-u55", 1.0, {}))
+    reg.add_compiler_run(run_id=leaky, model_ref="v3-L4-leaky", onnx_path="/x.onnx", compiler="vela", version="5.2.0",
+                         target="ethos-u55", log_path="/v.log",
+                         result={"agreement": {"agree": 0, "mapped": 0, "share": None},
+                                 "build": {"summary": {"rows_npu": 308, "rows_cpu": 0, "inference_ms": 173.6}}})
+    text = render_run(reg, leaky, tmp_path / lang, lang=lang).read_text(encoding="utf-8")
+    if lang == "en":
+        assert "- rknn-rk3588: placement checked by a compiler (rknn-toolkit2 2.5.0: 221 of 223 mapped nodes" in text
+        assert "- relu-only: placement modelled from documents" in text
+        assert ("- ethos-u55: placement checked by a compiler (vela 5.2.0: 308 operators on the NPU, 0 on the CPU; "
+                "estimated NPU inference time 173.6 ms)") in text
+    else:
+        assert "- rknn-rk3588: 컴파일러로 확인한 배치 (rknn-toolkit2 2.5.0: 매핑된 노드 223개 중 221개" in text
+        assert "- relu-only: 문서 기반으로 모델링한 배치" in text
+        assert "- ethos-u55: 컴파일러로 확인한 배치 (vela 5.2.0: NPU 연산 308개, CPU 연산 0개; 추정 NPU 추론 시간 173.6 ms)" in text
+    series = render_series(reg, "v3", tmp_path / f"s-{lang}", lang=lang, target="rknn-rk3588").read_text(encoding="utf-8")
+    modelled = render_series(reg, "v3", tmp_path / f"m-{lang}", lang=lang, target="relu-only").read_text(encoding="utf-8")
+    if lang == "en":
+        assert "Placement on rknn-rk3588 was checked by a compiler for L4-leaky (rknn-toolkit2 2.5.0)" in series
+        assert "Placement on relu-only is modelled from documents" in modelled
+    else:
+        assert "rknn-rk3588 배치는 L4-leaky(rknn-toolkit2 2.5.0)에 대해 컴파일러로 확인했고" in series
+        assert "relu-only 배치는 문서 기반으로 모델링한 값입니다" in modelled

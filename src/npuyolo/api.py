@@ -113,6 +113,19 @@ class Workspace:
             record_check(result, reg, head)
         return result
 
+    def compile(self, model: str | int, compiler: str, target: str, data: str | Path | None, *, imgsz: int | None = None,
+                head: str | None = None, nc: int = 80, record: bool = True):
+        """Compile with a real vendor compiler (`npuyolo compilers install rknn|vela` first); placement beside the
+        profile's, recorded in the registry. See `npuyolo.compilers.compile.compile_model`."""
+        from npuyolo.compilers.compile import compile_model
+        from npuyolo.compilers.compile import record as record_compile
+
+        reg = self._registry()
+        result = compile_model(str(model), compiler, target, data, reg, imgsz=imgsz, head=head, nc=nc)
+        if record:
+            record_compile(result, reg)
+        return result
+
     def export(self, model: str | int, out: str | Path, *, imgsz: int | None = None, head: str | None = None, nc: int = 80) -> Path:
         """Static-shape ONNX; a run exports at the size it was trained at unless `imgsz` says otherwise."""
         from npuyolo.deploy.export import export_onnx

@@ -34,6 +34,9 @@ app.add_typer(npu_app, name="npu")
 app.add_typer(deploy_app, name="deploy")
 app.add_typer(hybrid_app, name="hybrid")
 app.add_typer(study_app, name="study")
+compilers_app = typer.Typer(help="Vendor NPU compilers as referees, each in its own environment (installed only on request).",
+                            no_args_is_help=True, rich_markup_mode=MARKUP)
+app.add_typer(compilers_app, name="compilers")
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # no truncated tables when piped
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -463,10 +466,20 @@ def npu_check(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx
               head: Annotated[Optional[str], typer.Option(help="npu or ultralytics [default: the level's head]")] = None,
               nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
               nodes: Annotated[bool, typer.Option("--nodes", help="Also print every node not on the NPU.")] = False,
+              referee: Annotated[Optional[str], typer.Option(help="Also compile with this vendor compiler (rknn: node by node; vela: by operator counts) and compare.")] = None,
+              data: Annotated[Optional[Path], typer.Option(help="With --referee: data.yaml whose train images calibrate [default: synthetic images].")] = None,
               as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Place every ONNX node on each target and report shares, partitions and fallbacks."""
     from npuyolo.npu.check import check_model, record
 
+    if referee is not None:
+        from npuyolo.compilers.compile import profile_for
+        from npuyolo.compilers.envs import require
+
+        for t in target:  # every target and the compiler checked before a registry is opened or a slow export starts
+            profile_for(referee, t)
+        require(referee)
+        return _npu_referee(model, target, referee, data, open_registry(registry), imgsz, head, nc, as_json)
     reg = open_registry(registry)
     result = check_model(model, target, reg, imgsz=imgsz, head=head, nc=nc)
     record(result, reg, head)
@@ -493,6 +506,132 @@ def npu_check(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx
                 if p.placement in ("cpu", "unknown"):
                     t.add_row(p.name, p.op, p.placement, p.reason, p.source or "-")
             console.print(t)
+
+
+def _npu_referee(model, targets, compiler, data, reg, imgsz, head, nc, as_json) -> None:
+    """`npu check --referee`: our placement beside the compiler's, every disagreement listed."""
+    from npuyolo.compilers.compile import compile_model, record as record_compile
+    from npuyolo.npu.check import CheckResult, record
+
+    results = []
+    with quiet_stdout(as_json):
+        for t in targets:
+            res = compile_model(model, compiler, t, data, reg, imgsz=imgsz, head=head, nc=nc)
+            record_compile(res, reg)
+            record(CheckResult(res.model_ref, res.run_id, [res.ours], {res.profile: res.build.onnx},
+                               {res.profile: [f"referee {res.build.compiler} {res.build.version}: {res.agreement.agree}/"
+                                              f"{res.agreement.mapped} mapped nodes agree"]}), reg, head)
+            results.append(res)
+    if as_json:
+        return print_json([r.as_dict() for r in results])
+    print_referee(results)
+
+
+def print_referee(results) -> None:
+    table = Table(title="NPU placement: profile vs compiler")
+    for col in ("target", "compiler", "nodes", "mapped", "agree", "agreement", "profile CPU/unknown", "compiler CPU ops",
+                "memory KiB", "est. ms"):
+        table.add_column(col)
+    for r in results:
+        a, b, s = r.agreement, r.build, r.build.summary()
+        memory = ", ".join(f"{k.removesuffix('_kb').removesuffix('_kib')} {v:.0f}" for k, v in b.memory.items()) or "-"
+        table.add_row(r.profile, f"{b.compiler} {b.version}", str(a.nodes), str(a.mapped), str(a.agree),
+                      "-" if a.share is None else f"{a.share:.1%}" + ("" if a.basis == "nodes" else f" ({a.basis})"),
+                      f"{r.ours.nodes_cpu}/{r.ours.nodes_unknown}",
+                      f"{s['rows_cpu']}/{s['rows']}", memory, "-" if s.get("inference_ms") is None else f"{s['inference_ms']:.1f}")
+    console.print(table)
+    for r in results:
+        s = r.build.summary()
+        for note in r.build.notes:
+            console.print(f"[dim]{r.profile}: {escape(note)}[/]", highlight=False)
+        if r.agreement.basis != "nodes":  # Vela: TFLite operators, not our nodes; compared on the whole graph
+            cpu = f" ({', '.join(s['cpu_rows'])})" if s["cpu_rows"] else ""
+            console.print(f"{r.profile}: {r.agreement.verdict}{cpu} (log: {r.build.log})", highlight=False, markup=False)
+        elif r.agreement.disagreements:
+            t = Table(title=f"{r.profile}: disagreements (log: {r.build.log})")
+            for col in ("node", "op", "profile", "profile's reason", "compiler", "compiler row"):
+                t.add_column(col)
+            for d in r.agreement.disagreements:
+                t.add_row(d["node"], d["op"], d["ours"], d["our_reason"], d["compiler"], d["compiler_row"] or "-")
+            console.print(t)
+        else:
+            console.print(f"{r.profile}: no disagreement on {r.agreement.mapped} mapped nodes "
+                          f"({r.agreement.nodes - r.agreement.mapped} not mappable from the log)", highlight=False, markup=False)
+
+
+@npu_app.command("compile")
+@user_errors
+def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx or variant name.")],
+                compiler: Annotated[str, typer.Option(help="Vendor compiler: rknn or vela.")],
+                target: Annotated[str, typer.Option("--target", "-t", help="Compiler target: rk3588, rk3566 (rknn); ethos-u55-128, ethos-u85-256 (vela).")],
+                data: Annotated[Path, typer.Option(help="data.yaml: its train images (never val) calibrate the INT8 build.")],
+                imgsz: Annotated[Optional[int], typer.Option(help="Export size for non-ONNX models [default: a run's training size, else 640].")] = None,
+                head: Annotated[Optional[str], typer.Option(help="npu or ultralytics [default: the level's head]")] = None,
+                nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
+                as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """Compile with a real vendor compiler (installed by `npuyolo compilers install`) and record its placement."""
+    from npuyolo.compilers.compile import compile_model, profile_for, record
+    from npuyolo.compilers.envs import require
+
+    profile_for(compiler, target)
+    require(compiler)  # a missing compiler is one line, before any registry is created
+    reg = open_registry(registry)
+    with quiet_stdout(as_json):
+        res = compile_model(model, compiler, target, data, reg, imgsz=imgsz, head=head, nc=nc)
+        record(res, reg)
+    if as_json:
+        return print_json(res.as_dict(with_nodes=True))
+    s = res.build.summary()
+    memory = ", ".join(f"{k.removesuffix('_kb').removesuffix('_kib')} {v:.0f} KiB" for k, v in res.build.memory.items()) or "not reported"
+    mapped = f"{s['nodes_mapped']}/{s['nodes']} of our nodes mapped" if res.build.mappings else "TFLite operators, compared by counts"
+    console.print(f"{res.build.compiler} {res.build.version} on {res.build.platform}: {s['rows_npu']} NPU / {s['rows_cpu']} CPU "
+                  f"operators in {res.build.seconds:.1f} s; {mapped}; memory {memory}", highlight=False, markup=False)
+    for row in s["cpu_rows"]:
+        console.print(f"  CPU: {row}", highlight=False, markup=False)
+    if s.get("inference_ms") is not None:
+        console.print(f"estimated inference time ({res.build.platform}, Vela's default system config): {s['inference_ms']:.1f} ms",
+                      highlight=False, markup=False)
+    console.print(f"log: {res.build.log}" + (f"; model: {res.build.rknn_file}" if res.build.rknn_file else ""), highlight=False, markup=False)
+    print_referee([res])
+
+
+# ---------------------------------------------------------------------------------------------- compilers
+@compilers_app.command("list")
+@user_errors
+def compilers_list(as_json: JsonOpt = False) -> None:
+    """Known vendor compilers: installed version and where their environment lives."""
+    from npuyolo.compilers.envs import compilers_root, listing
+
+    rows = listing()
+    if as_json:
+        return print_json({"root": str(compilers_root()), "compilers": rows})
+    table = Table(title=f"NPU compilers (environments under {compilers_root()})")
+    for col in ("compiler", "title", "installed", "version", "path"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["title"], "yes" if r["installed"] else f"no: npuyolo compilers install {r['name']}",
+                      r["version"] or "-", r["path"])
+    console.print(table)
+
+
+@compilers_app.command("install")
+@user_errors
+def compilers_install(name: Annotated[str, typer.Argument(help="rknn or vela.")],
+                      force: Annotated[bool, typer.Option("--force", help="Reinstall even if installed.")] = False,
+                      as_json: JsonOpt = False) -> None:
+    """Create the compiler's own virtual environment and pip-install its pinned packages (this downloads)."""
+    from dataclasses import asdict
+
+    from npuyolo.compilers.envs import COMPILERS, install, spec
+
+    s = spec(name)
+    if not as_json:
+        err.print(f"installing {s.title} into its own environment (pip output: install.log beside it)...", highlight=False, markup=False)
+    env = install(name, force=force)
+    if as_json:
+        return print_json({**asdict(env), "licence": COMPILERS[name].licence})
+    console.print(f"{name} {env.version} installed: {env.python}", highlight=False, markup=False)
+    console.print(f"licence: {s.licence}", highlight=False, markup=False)
 
 
 @npu_app.command("rewrite")

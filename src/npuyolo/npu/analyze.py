@@ -102,6 +102,22 @@ def _fusions(g: Graph, placed: list[NodePlacement], profile: TargetProfile) -> N
             placed[i].placement, placed[i].reason = "cpu", "constraint requires_fusion: only supported fused after a Conv"
 
 
+def _host_follow(g: Graph, placed: list[NodePlacement], profile: TargetProfile) -> None:
+    """Layout ops whose every consumer runs on the CPU run there too (RKNN puts the DFL Reshape/Transpose with the
+    CPU Softmax on rk3566). Walked backwards so a Reshape -> Transpose -> CPU chain moves whole."""
+    follow = set(profile.host_follow_ops)
+    nodes = g.nodes
+    for i in reversed(range(len(nodes))):
+        p = placed[i]
+        if p.op not in follow or p.placement != "npu":
+            continue
+        consumers = [j for out in nodes[i].output for j in g.consumers.get(out, [])]
+        if consumers and all(placed[j].placement == "cpu" for j in consumers):
+            p.placement, p.fused_into = "cpu", None
+            p.reason = f"{p.op} feeding only CPU ops ({', '.join(sorted({placed[j].op for j in consumers}))}) runs with them on the CPU"
+            p.source = profile.host_follow_source
+
+
 def _single_subgraph(placed: list[NodePlacement]) -> None:
     """Edge TPU: one accelerator subgraph; everything after the first unmapped op leaves the TPU."""
     blocker: NodePlacement | None = None
@@ -128,6 +144,8 @@ def analyze(g: Graph, profile: TargetProfile) -> TargetReport:
         where, reason, source = _place(node, g, profile)
         placed.append(NodePlacement(node.name, node.op_type, where, reason, source, macs(node, g)))
     _fusions(g, placed, profile)
+    if profile.host_follow_ops:
+        _host_follow(g, placed, profile)
     if profile.fallback == "single_subgraph":
         _single_subgraph(placed)
 

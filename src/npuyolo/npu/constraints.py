@@ -124,6 +124,12 @@ def _dtype_in(v, node, g, dtype):
     return f"data type {dtype} not in {v}" if dtype not in v else None
 
 
+def _const_input(v, node, g, dtype):
+    """Input number `v` must be a constant (an initializer or a Constant node), e.g. a Div by a fixed number."""
+    name = node.input[v] if len(node.input) > v else ""
+    return None if name in g.constants else f"input {v} ({name or 'absent'}) is not a constant"
+
+
 CONSTRAINTS: dict[str, Check] = {
     "kernel_max": _kernel_max,
     "kernel_in": _kernel_in,
@@ -142,6 +148,7 @@ CONSTRAINTS: dict[str, Check] = {
     "clip_ranges": _clip_ranges,
     "clip_min_le_zero_lt_max": _clip_min_le_zero_lt_max,
     "dtype_in": _dtype_in,
+    "const_input": _const_input,
     "requires_fusion": lambda v, node, g, dtype: None,  # decided after fusion detection (analyze.py)
 }
 

@@ -7,7 +7,7 @@ from importlib import resources
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from npuyolo.errors import NpuyoloError
 
@@ -52,7 +52,16 @@ class TargetProfile(BaseModel):
     fusion_source: str
     sources: dict[str, str]
     note: str | None = None
+    # ops that a compiler runs beside their consumers when every consumer is on the CPU (layout glue)
+    host_follow_ops: list[str] = []
+    host_follow_source: str | None = None
     ops: dict[str, OpRule]
+
+    @model_validator(mode="after")
+    def _follow_cited(self) -> "TargetProfile":
+        if self.host_follow_ops and not (self.host_follow_source or "").strip():
+            raise ValueError("host_follow_ops needs a host_follow_source")
+        return self
 
     def rule(self, op_type: str) -> OpRule | None:
         return self.ops.get(op_type)

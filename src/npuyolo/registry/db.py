@@ -413,6 +413,23 @@ class Registry:
             f"SELECT * FROM npu_checks WHERE id IN (SELECT MAX(id) FROM npu_checks WHERE {where} GROUP BY target) ORDER BY target", args)
         return [{**{k: r[k] for k in r.keys() if k != "report_json"}, "report": json.loads(r["report_json"])} for r in rows]
 
+    # -- vendor compiler runs (referees) ------------------------------------------------------------------
+    def add_compiler_run(self, *, run_id: int | None, model_ref: str, onnx_path: str, compiler: str, version: str, target: str,
+                         log_path: str, result: dict) -> int:
+        with self.tx() as c:
+            return c.execute(
+                "INSERT INTO compiler_runs (run_id, model_ref, onnx_path, compiler, version, target, log_path, result_json, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, model_ref, onnx_path, compiler, version, target, log_path, json.dumps(result), now())).lastrowid
+
+    def compiler_runs(self, run_id: int | None = None, model_ref: str | None = None) -> list[dict]:
+        """Latest compile per (compiler, target) for a run (or a model reference), result included."""
+        where, args = ("run_id = ?", (run_id,)) if run_id is not None else ("model_ref = ?", (model_ref,))
+        rows = self.conn.execute(
+            f"SELECT * FROM compiler_runs WHERE id IN (SELECT MAX(id) FROM compiler_runs WHERE {where} GROUP BY compiler, target)"
+            " ORDER BY target", args)
+        return [{**{k: r[k] for k in r.keys() if k != "result_json"}, "result": json.loads(r["result_json"])} for r in rows]
+
     # -- deployment evaluations ---------------------------------------------------------------------------
     def add_deploy_eval(self, *, run_id: int | None, artefact: str, precision_kind: str, result: dict) -> int:
         with self.tx() as c:

@@ -102,6 +102,22 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE epochs ADD COLUMN extra_json TEXT;
     """,
+    # 5: vendor compiler runs (referees): per-node placement, memory and the log file, per model and target
+    """
+    CREATE TABLE compiler_runs (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id       INTEGER REFERENCES runs(id) ON DELETE CASCADE,
+        model_ref    TEXT NOT NULL,
+        onnx_path    TEXT NOT NULL,
+        compiler     TEXT NOT NULL,
+        version      TEXT NOT NULL,
+        target       TEXT NOT NULL,
+        log_path     TEXT NOT NULL,
+        result_json  TEXT NOT NULL,
+        created_at   TEXT NOT NULL
+    );
+    CREATE INDEX compiler_runs_by_run ON compiler_runs(run_id, target);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

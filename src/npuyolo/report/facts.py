@@ -63,11 +63,19 @@ def final_and_first(run: dict) -> tuple[dict | None, dict | None]:
     return (epochs[-1], epochs[0]) if epochs else (None, None)
 
 
-def npu_rows(checks: list[dict]) -> list[dict]:
+def npu_rows(checks: list[dict], compiles: list[dict] | None = None) -> list[dict]:
+    """One row per checked target; `checked_by` names the vendor compiler whose placement was compared with the
+    profile (`npu compile` / `npu check --referee`), else None: the placement is modelled from documents."""
+    referee = {}
+    for c in compiles or []:
+        a, summary = c["result"].get("agreement", {}), c["result"].get("build", {}).get("summary", {})
+        referee[c["target"]] = {"compiler": c["compiler"], "version": c["version"], "agree": a.get("agree"),
+                                "mapped": a.get("mapped"), "share": a.get("share"), "ops_npu": summary.get("rows_npu"),
+                                "ops_cpu": summary.get("rows_cpu"), "inference_ms": summary.get("inference_ms")}
     rows = []
     for c in checks:
         r = c["report"]
-        rows.append({"target": r["target"], "share_nodes": r["share_nodes"], "share_nodes_fused": r["share_nodes_fused"],
+        rows.append({"checked_by": referee.get(r["target"]),"target": r["target"], "share_nodes": r["share_nodes"], "share_nodes_fused": r["share_nodes_fused"],
                      "share_macs": r["share_macs"], "partitions_host": r["partitions_host"], "transitions": r["transitions"],
                      "fallback_ops": r["fallback_ops"], "unknown_ops": r["unknown_ops"], "notes": r.get("notes", [])})
     return rows
@@ -175,7 +183,7 @@ def run_facts(registry, ref, compare_ref=None) -> RunFacts:
         series_ranks=ranks, series_size=size, series_tied=tied, compare=compare, compare_final=compare_final,
         diffs_pp={m: ((final[m] - compare_final[m]) * 100 if final and compare_final and final[m] is not None
                       and compare_final[m] is not None else None) for m in METRICS},
-        npu=npu_rows(registry.npu_checks(run_id=run["id"])), int8=deploy_rows(registry.deploy_evals(run["id"])), judgements=[],
+        npu=npu_rows(registry.npu_checks(run_id=run["id"]), registry.compiler_runs(run_id=run["id"])), int8=deploy_rows(registry.deploy_evals(run["id"])), judgements=[],
     )
     facts.judgements = judge(facts)
     return facts

@@ -256,8 +256,11 @@ def render_series(registry, name: str, out: Path | None = None, lang: str = "en"
     plots.compare_curves(runs, out / img["curves"])
     from npuyolo.train.hybrid import pareto_front
 
-    derived = []
+    derived, checked_by = [], []  # checked_by: members whose placement on `target` a vendor compiler checked
     for r in ranked:
+        for c in registry.compiler_runs(run_id=r["run_id"]):
+            if c["target"] == target:
+                checked_by.append({"variant": r["variant"], "compiler": c["compiler"], "version": c["version"]})
         check = next((c for c in registry.npu_checks(run_id=r["run_id"]) if c["target"] == target), None)
         r["npu_share"] = check["share_nodes"] if check else None
         rewritten = rewrite_point(check, target) if check else None
@@ -275,7 +278,7 @@ def render_series(registry, name: str, out: Path | None = None, lang: str = "en"
         plots.accuracy_vs_npu(points, out / img["scatter"], target)
     env = environment(html_output=fmt == "html")
     text = env.get_template(f"series_{lang}.md.j2").render(name=md_text(name, fmt == "html"), rows=rows, target=target, has_scatter=bool(points), img=img,
-                                                            metrics=METRICS)
+                                                            metrics=METRICS, checked_by=checked_by)
     text = tidy_markdown(text)
     if fmt == "html":
         return write_text(out / f"{stem}_{lang}.html", to_html(text, out, f"series {name}"))

@@ -1,0 +1,210 @@
+"""`npu compile` and `npu check --referee`: export as our analyzer sees it, calibrate on train images, run the
+vendor compiler in its own venv, map its placement back to our nodes, compare, record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from npuyolo.compilers.envs import CompilerError
+from npuyolo.npu.analyze import TargetReport
+
+__all__ = ["Agreement", "CompileResult", "agreement", "calibration_arrays", "compile_model", "profile_for", "record",
+           "write_calibration"]
+
+# compiler -> {its target name: our profile}
+PROFILES = {"rknn": {"rk3588": "rknn-rk3588", "rk3566": "rknn-rk3566"},
+            "vela": {"ethos-u55-128": "ethos-u55", "ethos-u85-256": "ethos-u85"}}
+CALIB_IMAGES = 8  # placement does not depend on the values; a handful keeps quantization meaningful and fast
+
+
+def profile_for(compiler: str, target: str) -> tuple[str, str]:
+    """(compiler's platform name, our profile name) from either spelling: rk3588 or rknn-rk3588."""
+    if compiler not in PROFILES:
+        raise CompilerError(f"--compiler must be one of {', '.join(PROFILES)}, got {compiler!r}")
+    for platform, profile in PROFILES[compiler].items():
+        if target in (platform, profile):
+            return platform, profile
+    names = ", ".join(PROFILES[compiler])
+    raise CompilerError(f"--target {target!r} is not a {compiler} target; {compiler} targets: {names}")
+
+
+def calibration_arrays(data: str | Path | None, imgsz: int, count: int = CALIB_IMAGES) -> tuple[list[np.ndarray], str]:
+    """Letterboxed [3, imgsz, imgsz] RGB float32 in [0, 1], and what they are.
+
+    With `data`, training images only (validation images are never candidates). Without it, synthetic sign images
+    drawn by npuyolo itself (nothing is fetched): enough for placement, which does not depend on the values.
+    """
+    from npuyolo.deploy.quantize import letterbox
+
+    if data is not None:
+        from npuyolo.deploy.quantize import calibration_images
+
+        images = []
+        for p in calibration_images(data, count):
+            image = cv2.imread(str(p))
+            if image is None:
+                raise CompilerError(f"calibration image unreadable: {p}")
+            images.append(image)
+        what = f"{len(images)} training images of {data}"
+    else:
+        from npuyolo.data.synth import compose
+
+        rng = np.random.default_rng(0)
+        images = [compose(imgsz, rng)[0] for _ in range(count)]
+        what = f"{count} synthetic images (no --data given; placement does not depend on calibration values)"
+    return [letterbox(np.ascontiguousarray(image), imgsz) for image in images], what
+
+
+def write_calibration(data: str | Path | None, imgsz: int, workdir: Path, count: int = CALIB_IMAGES) -> tuple[Path, str]:
+    """PNG files of `calibration_arrays` and a list file naming them (RKNN's dataset format)."""
+    from npuyolo.paths import write_text
+
+    arrays, what = calibration_arrays(data, imgsz, count)
+    folder = workdir / f"calib-{imgsz}"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, chw in enumerate(arrays):
+        bgr = (chw.transpose(1, 2, 0) * 255).round().astype(np.uint8)[..., ::-1]
+        dst = folder / f"{i:03d}.png"
+        cv2.imwrite(str(dst), bgr)
+        lines.append(str(dst.resolve()))
+    listing = workdir / f"calib-{imgsz}.txt"
+    write_text(listing, "\n".join(lines) + "\n")
+    return listing, what
+
+
+@dataclass
+class Agreement:
+    """Our profile's placement beside the compiler's, on the nodes the compiler's log could be mapped to."""
+
+    target: str
+    compiler: str
+    version: str
+    nodes: int
+    mapped: int
+    agree: int
+    share: float | None  # agree / mapped; with basis "whole graph": 1.0 when both sides agree on all-NPU or not
+    disagreements: list[dict] = field(default_factory=list)
+    unmapped: list[dict] = field(default_factory=list)
+    basis: str = "nodes"  # "nodes" (RKNN: node by node) | "whole graph" (Vela: TFLite operators are not our nodes)
+    verdict: str | None = None
+
+
+def agreement(ours: TargetReport, build) -> Agreement:
+    """Per node: our npu/cpu/unknown vs the compiler's NPU/CPU; unknown never agrees (we did not decide).
+
+    A compiler without per-node mappings (Vela) is compared on the whole graph: does each side put everything on
+    the NPU? The verdict says both counts."""
+    theirs = {m.node: m for m in build.mappings}
+    work = [p for p in ours.placements if p.placement != "n/a"]
+    network = getattr(build, "network", None)
+    if not theirs and network is not None:
+        ours_all = ours.nodes_cpu == 0 and ours.nodes_unknown == 0
+        cpu = network.get("cpu_ops", 0)
+        verdict = (f"profile: {ours.nodes_cpu} CPU and {ours.nodes_unknown} unknown of {len(work)} nodes; "
+                   f"{build.compiler}: {cpu} CPU of {cpu + network.get('npu_ops', 0)} operators")
+        return Agreement(target=ours.target, compiler=build.compiler, version=build.version, nodes=len(work), mapped=0, agree=0,
+                         share=1.0 if ours_all == (cpu == 0) else 0.0, basis="whole graph", verdict=verdict)
+    mapped, disagreements, unmapped = 0, [], []
+    for p in work:
+        m = theirs.get(p.name)
+        if m is None or m.target is None:
+            unmapped.append({"node": p.name, "op": p.op, "ours": p.placement})
+            continue
+        mapped += 1
+        if p.placement != m.target.lower():
+            disagreements.append({"node": p.name, "op": p.op, "ours": p.placement, "our_reason": p.reason, "source": p.source,
+                                  "compiler": m.target, "compiler_row": m.row, "mapped_via": m.via})
+    agree = mapped - len(disagreements)
+    return Agreement(target=ours.target, compiler=build.compiler, version=build.version, nodes=len(work), mapped=mapped, agree=agree,
+                     share=agree / mapped if mapped else None, disagreements=disagreements, unmapped=unmapped)
+
+
+@dataclass
+class CompileResult:
+    model_ref: str
+    run_id: int | None
+    profile: str
+    build: object  # RknnBuild | VelaBuild
+    calibration: str
+    ours: TargetReport
+    agreement: Agreement
+
+    def as_dict(self, with_nodes: bool = False) -> dict:
+        from dataclasses import asdict
+
+        build = self.build.as_dict()
+        if not with_nodes:
+            build.pop("rows")
+            build.pop("mappings")
+        return {"model_ref": self.model_ref, "run_id": self.run_id, "profile": self.profile, "calibration": self.calibration,
+                "onnx": self.build.onnx, "build": build, "agreement": asdict(self.agreement),
+                "ours": self.ours.as_dict(with_nodes=False)}
+
+
+def compile_model(ref: str, compiler: str, target: str, data: str | Path | None, registry=None, imgsz: int | None = None,
+                  head: str | None = None, nc: int = 80, workdir: Path | None = None) -> CompileResult:
+    """Export + analyze exactly as `npu check` does for this target, then compile that same ONNX file."""
+    from npuyolo.compilers.envs import require
+    from npuyolo.npu.check import check_model
+
+    platform, profile = profile_for(compiler, target)
+    require(compiler)  # before a minute of export: a missing compiler is the first thing the user hears
+    if data is not None:  # a wrong data.yaml, too, before the export
+        from npuyolo.deploy.quantize import calibration_images
+
+        calibration_images(data, 1)
+    check = check_model(ref, [profile], registry, imgsz=imgsz, head=head, nc=nc, workdir=workdir)
+    onnx_path = Path(check.onnx_paths[profile])
+    ours = check.reports[0]
+    import onnx
+
+    if ref.endswith(".onnx"):  # the user's file: work beside the registry, on the graph the analyzer saw
+        from npuyolo.npu.normalize import slices_to_split
+        from npuyolo.paths import safe_join, slug
+
+        name = f"onnx-{slug(onnx_path.stem, 'model')}"  # apart from a variant's own npu/<variant>/ folder
+        base = registry.output_dir("npu", name) if registry is not None else safe_join("runs", "npu", name)
+        folder = base / f"{compiler}-{platform}"
+        folder.mkdir(parents=True, exist_ok=True)
+        model = onnx.load(str(onnx_path))
+        slices_to_split(model)  # chunk as Split, as `npu check` analyses it: same node names on both sides
+        onnx_path = folder / f"{slug(onnx_path.stem, 'model')}.onnx"
+        from npuyolo.paths import atomic_path
+
+        with atomic_path(onnx_path) as tmp:
+            onnx.save(model, str(tmp))
+    else:
+        folder = onnx_path.parent / f"{compiler}-{platform}"
+    dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    size = int(dims[-1].dim_value)
+    if compiler == "rknn":
+        from npuyolo.compilers.rknn import compile_onnx
+
+        calib, what = write_calibration(data, size, folder)
+        build = compile_onnx(onnx_path, platform, calib, folder)
+    else:
+        from npuyolo.compilers.vela import compile_onnx as vela_compile
+        from npuyolo.compilers.vela import write_calibration_npy
+
+        arrays, what = calibration_arrays(data, size)
+        build = vela_compile(onnx_path, platform, write_calibration_npy(arrays, folder / "calib"), folder)
+    return CompileResult(model_ref=check.model_ref, run_id=check.run_id, profile=profile, build=build, calibration=what,
+                         ours=ours, agreement=agreement(ours, build))
+
+
+def record(result: CompileResult, registry) -> int:
+    """One registry row per compile (per-node placement inside); for a run, the log also becomes a run artefact."""
+    b = result.build
+    row = registry.add_compiler_run(run_id=result.run_id, model_ref=result.model_ref, onnx_path=b.onnx, compiler=b.compiler,
+                                    version=b.version, target=result.profile, log_path=b.log,
+                                    result=result.as_dict(with_nodes=True))
+    if result.run_id is not None:
+        registry.add_artifact(result.run_id, f"compiler/{b.compiler}/{b.platform}/log", b.log,
+                              {"version": b.version, "agreement": result.agreement.share})
+    return row

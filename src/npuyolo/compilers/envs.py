@@ -1,0 +1,167 @@
+"""Vendor NPU compilers in their own virtual environments, created only by `npuyolo compilers install NAME`.
+
+RKNN-Toolkit2 pins an old torch/onnx/numpy and Vela's TFLite route needs TensorFlow: neither can share the
+project's environment. Each compiler gets `<root>/<name>/venv` (root: $NPUYOLO_COMPILERS_DIR, else
+~/.cache/npuyolo/compilers) and a `manifest.json` written last, atomically: a folder without a manifest is an
+unfinished install and counts as not installed. Nothing here installs anything unless the user asked for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from npuyolo.errors import NpuyoloError
+from npuyolo.paths import write_text
+
+__all__ = ["COMPILERS", "CompilerEnv", "CompilerError", "CompilerMissingError", "CompilerSpec", "compilers_root", "install",
+           "installed", "listing", "require"]
+
+
+class CompilerError(NpuyoloError):
+    """A compiler install or run that failed in a way the user can act on (log file named)."""
+
+
+class CompilerMissingError(CompilerError):
+    """The compiler's environment is not installed: the message names the install command."""
+
+
+@dataclass(frozen=True)
+class CompilerSpec:
+    name: str
+    title: str
+    distribution: str  # the PyPI distribution whose version is the compiler's version
+    steps: tuple[tuple[str, ...], ...]  # pip install argument lists, run in order inside the venv
+    check: str  # a Python statement that must succeed inside the venv once installed
+    licence: str
+
+
+COMPILERS: dict[str, CompilerSpec] = {
+    # shared/research/real-compilers.md: the wheel's own pins (torch <= 2.4) conflict with the machine; --no-deps
+    # plus its runtime list works. It imports pkg_resources (setuptools < 81) and needs some torch to import.
+    "rknn": CompilerSpec(
+        name="rknn", title="Rockchip RKNN-Toolkit2 (rk3588, rk3566)", distribution="rknn-toolkit2",
+        steps=(("--no-deps", "rknn-toolkit2==2.5.0"),
+               ("numpy<=1.26.4", "onnx>=1.16.1,<=1.18.0", "onnxruntime", "protobuf>=4.21.6,<=4.25.4", "psutil", "ruamel.yaml",
+                "scipy", "tqdm", "opencv-python-headless", "fast-histogram", "pillow", "setuptools<81", "torch==2.13.0")),
+        check="from rknn.api import RKNN",
+        licence="RKNN SDK License: use solely for developing and testing applications for Rockchip products; no reverse "
+                "engineering. npuyolo reads only the compiler's printed log, never .rknn internals."),
+    # Vela itself is small; the full-integer TFLite it needs comes from onnx2tf + TensorFlow (~8 GB).
+    "vela": CompilerSpec(
+        name="vela", title="Arm Vela (Ethos-U55/U65/U85)", distribution="ethos-u-vela",
+        steps=(("ethos-u-vela==5.2.0",),
+               ("tensorflow==2.19.*", "tf_keras==2.19.*", "onnx2tf==1.28.*", "onnx>=1.16,<1.19", "onnx_graphsurgeon", "sng4onnx",
+                "onnxruntime", "psutil", "ai-edge-litert")),
+        check="import ethosu.vela, onnx2tf, tensorflow",
+        licence="Apache-2.0"),
+}
+
+
+@dataclass
+class CompilerEnv:
+    """An installed compiler: what `compilers list` shows and what a compile run records."""
+
+    name: str
+    version: str
+    python: str
+    venv: str
+    installed_at: str
+    pins: list[list[str]]
+
+    @property
+    def bin(self) -> Path:
+        return Path(self.python).parent
+
+
+def compilers_root() -> Path:
+    root = os.environ.get("NPUYOLO_COMPILERS_DIR")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "npuyolo" / "compilers"
+
+
+def spec(name: str) -> CompilerSpec:
+    try:
+        return COMPILERS[name]
+    except KeyError:
+        raise CompilerError(f"unknown compiler {name!r}; compilers: {', '.join(COMPILERS)}") from None
+
+
+def _folder(name: str) -> Path:
+    return compilers_root() / spec(name).name
+
+
+def installed(name: str) -> CompilerEnv | None:
+    """The manifest of an installed compiler whose interpreter is still there; else None."""
+    manifest = _folder(name) / "manifest.json"
+    try:
+        env = CompilerEnv(**json.loads(manifest.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+    return env if Path(env.python).is_file() else None
+
+
+def require(name: str) -> CompilerEnv:
+    env = installed(name)
+    if env is None:
+        raise CompilerMissingError(f"the {name} compiler is not installed (looked in {_folder(name)}); "
+                                   f"install it with `npuyolo compilers install {name}`")
+    return env
+
+
+def listing() -> list[dict]:
+    rows = []
+    for name, s in COMPILERS.items():
+        env = installed(name)
+        rows.append({"name": name, "title": s.title, "installed": env is not None, "version": env.version if env else None,
+                     "python": env.python if env else None, "path": str(_folder(name)),
+                     "installed_at": env.installed_at if env else None, "licence": s.licence})
+    return rows
+
+
+def clean_env() -> dict[str, str]:
+    """The caller's environment without Python path variables: a compiler venv sees only its own packages."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+
+
+def _run(cmd: list[str], log: Path) -> None:
+    with log.open("a", encoding="utf-8") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=clean_env())
+    if done.returncode != 0:
+        raise CompilerError(f"`{' '.join(cmd[:4])} ...` failed (exit {done.returncode}); see {log}")
+
+
+def install(name: str, force: bool = False, python: str | None = None) -> CompilerEnv:
+    """Create `<root>/<name>/venv`, pip-install the pinned packages, verify the import, write the manifest last.
+
+    An existing install is kept unless `force`; a folder without a manifest (an install that was killed) is removed
+    first. pip output goes to `<root>/<name>/install.log`.
+    """
+    s = spec(name)
+    folder = _folder(name)
+    current = installed(name)
+    if current is not None and not force:
+        return current
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    log = folder / "install.log"
+    venv = folder / "venv"
+    _run([python or sys.executable, "-m", "venv", str(venv)], log)
+    py = venv / "bin" / "python"
+    for step in s.steps:
+        _run([str(py), "-m", "pip", "install", "--disable-pip-version-check", *step], log)
+    _run([str(py), "-c", s.check], log)
+    version = subprocess.run([str(py), "-c", f"import importlib.metadata as m; print(m.version({s.distribution!r}))"],
+                             capture_output=True, text=True, check=True, env=clean_env()).stdout.strip()
+    env = CompilerEnv(name=name, version=version, python=str(py), venv=str(venv),
+                      installed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), pins=[list(x) for x in s.steps])
+    write_text(folder / "manifest.json", json.dumps(asdict(env), indent=2))
+    return env
