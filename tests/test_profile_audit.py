@@ -123,3 +123,41 @@ def test_amd_dpu_runs_leakyrelu_only_at_26_over_256(reports):
     assert placement(reports["L4-leaky"]["amd-dpu"], "LeakyRelu") == {"cpu"}  # trained at 0.1: not what the DPU runs
     assert placement(reports["L4-leaky0.1015625"]["amd-dpu"], "LeakyRelu") == {"npu"}  # the variant that fits exactly
     assert reports["L4-leaky0.1015625"]["amd-dpu"].share_nodes == reports["L4-relu"]["amd-dpu"].share_nodes
+
+
+def test_hailo_follows_the_model_zoo_cut_at_the_six_head_convs(tmp_path):
+    """hailo_model_zoo yolov11n.yaml parses up to cv2.x.2/cv3.x.2: attention and splits on chip, DFL+decode on host."""
+    result = check_model("L0-silu", ["hailo-8"], None, imgsz=64, nc=2, workdir=tmp_path / "l0")
+    r = result.reports[0]
+    assert not r.unknown_ops and r.partitions_host == 1 and r.partitions_npu == 1
+    by_name = {p.name: p for p in r.placements}
+    for p in r.placements:  # C2PSA attention runs on the chip (the profile under-counted it as CPU/unknown)
+        if "/attn/" in p.name and p.placement != "n/a":
+            assert p.placement == "npu", p
+    ends = [n for n in by_name if n.endswith(("cv2.0.2/Conv", "cv3.2.2/Conv"))]
+    assert len(ends) == 2 and all(by_name[n].placement == "npu" for n in ends)
+    host = [p for p in r.placements if p.placement == "cpu"]
+    assert host and all(p.reason.startswith("after the vendor's end nodes") for p in host)
+    assert {"Softmax", "Div"} <= {p.op for p in host}  # DFL softmax and the decode
+    l4 = check_model("L4-leaky", ["hailo-8"], None, imgsz=64, nc=2, workdir=tmp_path / "l4").reports[0]
+    assert l4.share_nodes == 1.0 and not l4.fallback_ops  # the NPU head's class sigmoid fuses into its end conv
+
+
+def test_end_nodes_must_cite_a_source():
+    from pydantic import ValidationError
+
+    from npuyolo.npu.profiles import TargetProfile
+
+    base = target("hailo-8").model_dump()
+    with pytest.raises(ValidationError, match="end_nodes_source"):
+        TargetProfile(**{**base, "end_nodes_source": None})
+
+
+def test_edgetpu_maps_no_activation_larger_than_documented(tmp_path):
+    """YOLOv8n maps whole at 224 px, not at 320 (ultralytics#4754); at 640 px 13 of 257 ops (#4719)."""
+    small = check_model("L4-relu", ["edgetpu"], None, imgsz=224, nc=2, workdir=tmp_path / "224").reports[0]
+    large = check_model("L4-relu", ["edgetpu"], None, imgsz=320, nc=2, workdir=tmp_path / "320").reports[0]
+    assert small.share_nodes == 1.0
+    first = next(p for p in large.placements if p.op == "Conv")
+    assert first.placement == "cpu" and "larger than the largest activation" in first.reason and "#4754" in first.source
+    assert large.share_nodes == 0.0  # single subgraph: nothing after the first unmapped op stays on the TPU

@@ -7,9 +7,12 @@ graph itself, so a fallback in the middle of the network costs more than one at 
 
 from __future__ import annotations
 
+import re
+
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import onnx
 
 from npuyolo.npu.constraints import CONSTRAINTS, effective_dtype
@@ -64,6 +67,13 @@ def _place(node: onnx.NodeProto, g: Graph, profile: TargetProfile) -> tuple[str,
         return "unknown", f"no rule for {node.op_type} in {profile.name}", None
     if rule.place != "npu":
         return rule.place, f"{node.op_type} runs on {rule.place.upper()} on {profile.name}", rule.source
+    if profile.max_tensor_elems is not None:
+        for out in node.output:
+            shape = g.shapes.get(out)
+            elems = int(np.prod(shape)) if shape and all(isinstance(d, int) and d > 0 for d in shape) else 0
+            if elems > profile.max_tensor_elems:
+                return "cpu", (f"output {'x'.join(map(str, shape))} ({elems} values) is larger than the largest activation"
+                               f" documented to map ({profile.max_tensor_elems})"), profile.max_tensor_source
     dtype = effective_dtype(node, g, profile.deploy_dtype)
     for key, value in rule.constraints.items():
         why = CONSTRAINTS[key](value, node, g, dtype)
@@ -118,6 +128,35 @@ def _host_follow(g: Graph, placed: list[NodePlacement], profile: TargetProfile) 
             p.source = profile.host_follow_source
 
 
+def _after_end_nodes(g: Graph, placed: list[NodePlacement], profile: TargetProfile) -> None:
+    """Everything downstream of the vendor's end nodes runs on the host; an activation the target fuses into an end
+    node (its only consumer, e.g. Hailo's output sigmoid) stays on the chip with it."""
+    patterns = [re.compile(p) for p in profile.end_nodes]
+    nodes = g.nodes
+    ends = {i for i, n in enumerate(nodes) if any(p.search(n.name) for p in patterns)}
+    if not ends:
+        return
+    fused = set()
+    for i in ends:
+        consumers = g.consumers.get(nodes[i].output[0], [])
+        if len(consumers) == 1 and nodes[consumers[0]].op_type in profile.fusable_activations:
+            fused.add(consumers[0])
+    frontier = [j for i in ends | fused for out in nodes[i].output for j in g.consumers.get(out, []) if j not in fused]
+    seen: set[int] = set()
+    while frontier:
+        j = frontier.pop()
+        if j in seen or j in ends:
+            continue
+        seen.add(j)
+        frontier += [k for out in nodes[j].output for k in g.consumers.get(out, [])]
+    for j in seen:
+        p = placed[j]
+        if p.placement == "n/a":
+            continue
+        p.placement, p.fused_into, p.source = "cpu", None, profile.end_nodes_source
+        p.reason = "after the vendor's end nodes: host post-processing"
+
+
 def _single_subgraph(placed: list[NodePlacement]) -> None:
     """Edge TPU: one accelerator subgraph; everything after the first unmapped op leaves the TPU."""
     blocker: NodePlacement | None = None
@@ -146,6 +185,8 @@ def analyze(g: Graph, profile: TargetProfile) -> TargetReport:
     _fusions(g, placed, profile)
     if profile.host_follow_ops:
         _host_follow(g, placed, profile)
+    if profile.end_nodes:
+        _after_end_nodes(g, placed, profile)
     if profile.fallback == "single_subgraph":
         _single_subgraph(placed)
 

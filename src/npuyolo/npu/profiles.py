@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from functools import cache
 from importlib import resources
 from typing import Any, Literal
@@ -55,12 +57,25 @@ class TargetProfile(BaseModel):
     # ops that a compiler runs beside their consumers when every consumer is on the CPU (layout glue)
     host_follow_ops: list[str] = []
     host_follow_source: str | None = None
+    # a vendor's published cut (regexes on ONNX node names): these nodes are the last on the chip, all after them
+    # is host post-processing (Hailo's model zoo ends YOLO11n at the six head convs)
+    end_nodes: list[str] = []
+    end_nodes_source: str | None = None
+    # the largest activation (elements of one output tensor) a compiler is documented to map; larger ones leave it
+    max_tensor_elems: int | None = None
+    max_tensor_source: str | None = None
     ops: dict[str, OpRule]
 
     @model_validator(mode="after")
     def _follow_cited(self) -> "TargetProfile":
         if self.host_follow_ops and not (self.host_follow_source or "").strip():
             raise ValueError("host_follow_ops needs a host_follow_source")
+        if self.max_tensor_elems is not None and not (self.max_tensor_source or "").strip():
+            raise ValueError("max_tensor_elems needs a max_tensor_source")
+        if self.end_nodes and not (self.end_nodes_source or "").strip():
+            raise ValueError("end_nodes needs an end_nodes_source")
+        for pattern in self.end_nodes:
+            re.compile(pattern)
         return self
 
     def rule(self, op_type: str) -> OpRule | None:
