@@ -353,21 +353,56 @@ def runs_export(ctx: typer.Context, mlflow: Annotated[str, typer.Option("--mlflo
 @series_app.command("run")
 @user_errors
 def series_run(spec_file: Annotated[Path, typer.Argument(help="series.yaml: name, data, variants, recipe.")],
-               as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+               as_json: JsonOpt = False, registry: RegistryOpt = None,
+               executor: Annotated[str, typer.Option(help="local (one member after another, here) or ray (members in parallel as Ray tasks).")] = "local",
+               address: Annotated[Optional[str], typer.Option(help="Ray cluster: auto or ray://HOST:PORT [default: a local Ray runtime].")] = None,
+               gpus_per_member: Annotated[float, typer.Option(help="GPUs per member with --executor ray (fractions share a GPU, e.g. 0.25).")] = 0.0,
+               cpus_per_member: Annotated[float, typer.Option(help="CPUs per member with --executor ray.")] = 1.0,
+               max_parallel: Annotated[Optional[int], typer.Option(help="Members training at once with --executor ray [default: as resources allow].")] = None,
+               max_retries: Annotated[int, typer.Option(help="Retries of a member whose Ray worker died (from its last checkpoint).")] = 1) -> None:
     """Train every member (skipping finished ones, resuming interrupted ones), then rank them."""
+    from npuyolo.train.executors import EXECUTORS, ExecutorError
     from npuyolo.train.series import SeriesSpec, run_series
 
+    if executor not in EXECUTORS:
+        raise ExecutorError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "local" and (address or gpus_per_member or cpus_per_member != 1.0 or max_parallel is not None):
+        raise ExecutorError("--address, --gpus-per-member, --cpus-per-member and --max-parallel need --executor ray")
     spec = SeriesSpec.load(spec_file)
     reg = open_registry(registry)
     try:
-        with quiet_stdout(as_json):
-            rows = run_series(spec, reg, on_member=lambda v, a: err.rule(f"[bold]{escape(spec.name)}[/]: {v} ({a})"))
+        if executor == "ray":
+            rows = _series_on_ray(spec, reg, as_json, address, gpus_per_member, cpus_per_member, max_parallel, max_retries)
+        else:
+            with quiet_stdout(as_json):
+                rows = run_series(spec, reg, on_member=lambda v, a: err.rule(f"[bold]{escape(spec.name)}[/]: {v} ({a})"))
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted[/]: run `npuyolo series run {escape(str(spec_file))}` again to continue")
         raise typer.Exit(130) from None
     if as_json:
         return print_json({"series": spec.name, "members": rows})
     print_ranking(spec.name, rows)
+
+
+def _series_on_ray(spec, reg, as_json: bool, address, gpus: float, cpus: float, max_parallel, max_retries: int) -> list[dict]:
+    """The series as Ray tasks; one live table of members on stderr (none with --json)."""
+    from rich.live import Live
+
+    from npuyolo.train.executors import RayExecutor, RayOptions, progress_table, require_ray
+    from npuyolo.train.series import run_series
+
+    require_ray()
+    options = RayOptions(address=address, gpus_per_member=gpus, cpus_per_member=cpus, max_parallel=max_parallel,
+                         max_retries=max_retries)
+    title = f"series {spec.name} on Ray"
+    live = contextlib.nullcontext() if as_json else Live(console=err, refresh_per_second=2, transient=False)
+
+    def show(states) -> None:
+        if not as_json:
+            live.update(progress_table(states, title))
+
+    with quiet_stdout(as_json), live:
+        return run_series(spec, reg, executor=RayExecutor(options, on_progress=show), verbose=False)
 
 
 @series_app.command("rank")

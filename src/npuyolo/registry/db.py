@@ -84,6 +84,7 @@ class RunRecord:
     pid_started: str | None
     host: str | None
     error: str | None
+    amp: bool | None = None  # trained with mixed precision (None: not recorded)
     epochs: list[dict] = field(default_factory=list)
     artifacts: list[Artifact] = field(default_factory=list)
 
@@ -370,7 +371,8 @@ class Registry:
             weights_transferred=row["weights_transferred"], device=row["device"], versions=json.loads(row["versions_json"]),
             save_dir=row["save_dir"], started_at=row["started_at"], ended_at=row["ended_at"], duration_s=row["duration_s"],
             best=json.loads(row["best_json"]) if row["best_json"] else None, pid=row["pid"], pid_started=row["pid_started"],
-            host=row["host"], error=row["error"], epochs=self.epochs(run_id), artifacts=artifacts)
+            host=row["host"], error=row["error"], amp=None if row.get("amp") is None else bool(row["amp"]),
+            epochs=self.epochs(run_id), artifacts=artifacts)
 
     def epochs(self, run_id: int) -> list[dict]:
         rows = self.conn.execute("SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,)).fetchall()

@@ -102,6 +102,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE epochs ADD COLUMN extra_json TEXT;
     """,
+    # 5: whether the run trained with mixed precision (1/0; NULL: recorded before npuyolo kept it)
+    """
+    ALTER TABLE runs ADD COLUMN amp INTEGER;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

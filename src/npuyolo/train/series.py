@@ -46,13 +46,18 @@ class SeriesSpec(BaseModel):
 
 
 def run_series(spec: SeriesSpec, registry: Registry, on_member: Callable[[str, str], None] | None = None,
-               verbose: bool = True) -> list[dict]:
-    """Train each member in order; finished members are skipped, interrupted or failed ones resumed."""
-    from npuyolo.train.trainer import resume_run, train_variant
+               verbose: bool = True, executor=None) -> list[dict]:
+    """Train each member; finished members are skipped, interrupted or failed ones resumed.
+
+    `executor` None trains here, one member after another; a `RayExecutor` trains them as Ray tasks while this
+    process alone writes the registry. Either way a re-run continues where the last one stopped.
+    """
+    from npuyolo.train.trainer import prepare_resume, resume_run, train_variant
 
     recipe = spec.resolved_recipe()
     registry.upsert_series(spec.name, {**spec.model_dump(), "recipe_resolved": recipe.model_dump()})
     members = {m["variant"]: m for m in registry.series(spec.name)["members"]}
+    jobs = []
     for variant in spec.variants:
         member = members[variant]
         if member["status"] == "finished":
@@ -61,6 +66,9 @@ def run_series(spec: SeriesSpec, registry: Registry, on_member: Callable[[str, s
             action = "resume"
         else:
             action = "train"
+        if executor is not None:
+            jobs.append(_job(spec, recipe, registry, variant, action, member["run_id"]))
+            continue
         if on_member:
             on_member(variant, action)
         if action == "resume":
@@ -68,7 +76,25 @@ def run_series(spec: SeriesSpec, registry: Registry, on_member: Callable[[str, s
         elif action == "train":
             train_variant(variant, spec.data, recipe, registry, name=f"{spec.name}-{variant}",
                                    series=spec.name, verbose=verbose, on_created=lambda rid, v=variant: registry.set_series_member(spec.name, v, rid))
+    if executor is not None:
+        executor.run(jobs, registry, prepare_retry=lambda run_id: prepare_resume(run_id, registry, verbose=False))
     return rank_series(spec.name, registry)
+
+
+def _job(spec: SeriesSpec, recipe: Recipe, registry: Registry, variant: str, action: str, run_id: int | None):
+    """A member for an executor: its run is registered (or re-claimed) on this process when it is dispatched."""
+    from npuyolo.train.executors import MemberJob
+    from npuyolo.train.trainer import prepare_resume, prepare_variant
+
+    if action == "resume":
+        prepare = lambda: prepare_resume(run_id, registry, verbose=False)  # noqa: E731
+        epochs = Recipe(**registry.run(run_id).recipe).epochs
+    else:
+        prepare = lambda: prepare_variant(variant, spec.data, recipe, registry, name=f"{spec.name}-{variant}",  # noqa: E731
+                                          series=spec.name, verbose=False,
+                                          on_created=lambda rid: registry.set_series_member(spec.name, variant, rid))
+        epochs = recipe.epochs
+    return MemberJob(variant, action, prepare, epochs, run_id)
 
 
 def final_metrics(registry: Registry, run_id: int) -> dict:
