@@ -6,7 +6,7 @@ OUT ?= demo_out
 # which Ultralytics distribution a fresh environment gets (an installed one is kept): headless or ultralytics
 ULTRALYTICS_EXTRA ?= $(shell $(PY) -c "import importlib.metadata as m; m.version('ultralytics'); print('ultralytics')" 2>/dev/null || echo headless)
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench test-ray
 
 install:
 	$(PY) -m pip install -q -e ".[dev,mlflow,$(ULTRALYTICS_EXTRA)]"
@@ -16,6 +16,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# the Ray executor's tests (tests/test_ray_executor.py skips without Ray): installs the `ray` extra first
+test-ray:
+	$(PY) -m pip install -q -e ".[dev,mlflow,ray,$(ULTRALYTICS_EXTRA)]"
+	$(PY) -m pytest -q tests/test_ray_executor.py
 
 bench: install
 	$(PY) bench/train_overhead.py

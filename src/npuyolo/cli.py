@@ -369,6 +369,10 @@ def series_run(spec_file: Annotated[Path, typer.Argument(help="series.yaml: name
     if executor == "local" and (address or gpus_per_member or cpus_per_member != 1.0 or max_parallel is not None):
         raise ExecutorError("--address, --gpus-per-member, --cpus-per-member and --max-parallel need --executor ray")
     spec = SeriesSpec.load(spec_file)
+    if executor == "ray":
+        from npuyolo.train.executors import require_ray
+
+        require_ray()  # before the registry is opened (or created)
     reg = open_registry(registry)
     try:
         if executor == "ray":
@@ -388,10 +392,9 @@ def _series_on_ray(spec, reg, as_json: bool, address, gpus: float, cpus: float, 
     """The series as Ray tasks; one live table of members on stderr (none with --json)."""
     from rich.live import Live
 
-    from npuyolo.train.executors import RayExecutor, RayOptions, progress_table, require_ray
+    from npuyolo.train.executors import RayExecutor, RayOptions, progress_table
     from npuyolo.train.series import run_series
 
-    require_ray()
     options = RayOptions(address=address, gpus_per_member=gpus, cpus_per_member=cpus, max_parallel=max_parallel,
                          max_retries=max_retries)
     title = f"series {spec.name} on Ray"

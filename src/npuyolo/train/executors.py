@@ -124,6 +124,17 @@ def train_member(prepared: PreparedRun, queue, attempt: int, exit_after_epoch: i
     return prepared.run_id
 
 
+def worker_env() -> dict | None:
+    """Ray runtime_env so that workers import the same npuyolo as the driver (a source checkout on PYTHONPATH too)."""
+    import npuyolo
+
+    src = str(Path(npuyolo.__file__).resolve().parents[1])
+    paths = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if src in paths:  # absolute: a worker's current folder is not the driver's
+        return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
+    return None
+
+
 def _fault_epoch() -> int | None:
     value = os.environ.get(FAULT_ENV, "").strip()
     return int(value) if value.isdigit() and int(value) > 0 else None
@@ -143,21 +154,11 @@ class RayExecutor:
             return False
         try:
             ray.init(address=self.options.address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, runtime_env=self._runtime_env())
+                     configure_logging=False, runtime_env=worker_env())
         except (ConnectionError, ValueError, RuntimeError) as e:
             where = self.options.address or "a local runtime"
             raise ExecutorError(f"Ray: cannot start or reach {where}: {' '.join(str(e).split())[:300]}") from e
         return True
-
-    def _runtime_env(self) -> dict | None:
-        """Workers import the same npuyolo as the driver (a source checkout on PYTHONPATH included)."""
-        import npuyolo
-
-        src = str(Path(npuyolo.__file__).resolve().parents[1])
-        path = os.environ.get("PYTHONPATH", "")
-        if src in path.split(os.pathsep):
-            return {"env_vars": {"PYTHONPATH": path}}
-        return None
 
     def _check_resources(self, ray) -> None:
         total = ray.cluster_resources()
@@ -246,6 +247,7 @@ class RayExecutor:
                         failures.append(f"{state.variant} (run {state.run_id}): {message.splitlines()[0][:300]}")
                     except ray.exceptions.RayError as e:  # worker process or node gone: resume from the checkpoint
                         self._close(registry, state, "interrupted", f"worker lost ({type(e).__name__}); attempt {state.attempt + 1}")
+                        progress()
                         if state.attempt < o.max_retries:
                             state.attempt += 1
                             dispatch(state, prepare_retry(state.run_id))
@@ -304,4 +306,4 @@ def progress_table(states: list[MemberState], title: str):
 
 
 __all__ = ["EXECUTORS", "FAULT_ENV", "ExecutorError", "MemberJob", "MemberState", "RayExecutor", "RayOptions",
-           "progress_table", "require_ray", "train_member"]
+           "progress_table", "require_ray", "train_member", "worker_env"]

@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import yaml
@@ -108,11 +109,26 @@ def _install_tracker_filter() -> None:
     if getattr(base.add_integration_callbacks, "npuyolo_filter", False):
         return
     _ultralytics_add_integration_callbacks = base.add_integration_callbacks
+    package_name = package.__name__
 
     def add_integration_callbacks(instance):
-        _ultralytics_add_integration_callbacks(instance)
-        if isinstance(instance, NpuyoloTrainer):
-            instance.drop_unrequested_trackers()
+        if not isinstance(instance, NpuyoloTrainer):
+            return _ultralytics_add_integration_callbacks(instance)
+        # trackers the recipe did not name are not even imported (Ray Tune's, for one, would import all of Ray)
+        allowed = {f".{TRACKER_MODULES[t]}" for t in instance.trackers}
+        real_import = base.import_module
+
+        def import_requested(name, package=None):
+            if package == package_name and name.lstrip(".") in TRACKER_MODULES.values() and name not in allowed:
+                return SimpleNamespace(callbacks={})
+            return real_import(name, package)
+
+        base.import_module = import_requested
+        try:
+            _ultralytics_add_integration_callbacks(instance)
+        finally:
+            base.import_module = real_import
+        instance.drop_unrequested_trackers()
 
     add_integration_callbacks.npuyolo_filter = True
     base.add_integration_callbacks = package.add_integration_callbacks = add_integration_callbacks
