@@ -67,8 +67,10 @@ def main() -> None:
                                   RayExecutor(RayOptions(max_parallel=1, cpus_per_member=cpus)))
     ray_par, reg_p = timed_series(spec, work / "rayp" / "npuyolo.db", RayExecutor(RayOptions(cpus_per_member=1)))
 
-    print(f"machine: {platform.processor() or platform.machine()}, {cpus} CPUs; torch threads in this process: "
-          f"{__import__('torch').get_num_threads()}")
+    from ultralytics.utils import NUM_THREADS
+
+    print(f"machine: {platform.processor() or platform.machine()}, {cpus} CPUs; Ultralytics trains on CPU with "
+          f"{NUM_THREADS} torch thread(s) per member (min(8, CPUs - 1)), serial or not")
     print(f"series: {len(VARIANTS)} members ({', '.join(VARIANTS)}), {args.train} train images, {args.epochs} epochs "
           f"at {args.imgsz} px, batch 16, workers 0")
     print(f"serial (local)                 wall {serial:7.1f} s   members' train time {sum(member_seconds(reg_s)):6.1f} s "
