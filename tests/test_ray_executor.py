@@ -122,3 +122,35 @@ def test_ctrl_c_on_the_driver_interrupts_all_members_and_a_rerun_continues(ray_r
     assert {r["status"] for r in rows} == {"finished"} and {r["run_id"] for r in rows} == set(before)  # same runs
     for run_id in before:
         assert [e["epoch"] for e in reg.run(run_id).epochs] == [1, 2, 3]
+
+
+def test_an_error_inside_a_member_marks_it_failed_with_its_message(ray_runtime, synth_data, tmp_path):
+    from npuyolo.train.executors import ExecutorError
+
+    path = series_file(tmp_path, synth_data, "bad", ["L4-relu"], epochs=1)
+    spec = yaml.safe_load(path.read_text())
+    spec["recipe"]["optimizer"] = "NoSuchOptimizer"  # passes the driver's checks, fails when the worker builds the optimizer
+    path.write_text(yaml.safe_dump(spec))
+    reg = Registry(tmp_path / "reg" / "npuyolo.db")
+    with pytest.raises(ExecutorError, match=r"1 member\(s\) failed: L4-relu \(run 1\): .*NoSuchOptimizer"):
+        run_series(SeriesSpec.load(path), reg, verbose=False, executor=RayExecutor(RayOptions(max_retries=1)))
+    run = reg.run(1)
+    assert run.status == "failed" and "NoSuchOptimizer" in run.error and "\n" not in run.error and run.epochs == []
+
+
+def test_cli_json_carries_the_ranking_alone(ray_runtime, synth_data, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from npuyolo.cli import app
+
+    spec_file = series_file(tmp_path, synth_data, "cli", ["L4-relu"], epochs=1)
+    result = CliRunner().invoke(app, ["series", "run", str(spec_file), "--registry", str(tmp_path / "r.db"),
+                                      "--executor", "ray", "--cpus-per-member", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["series"] == "cli" and out["members"][0]["status"] == "finished"
+    too_many = CliRunner().invoke(app, ["series", "run", str(spec_file), "--registry", str(tmp_path / "r2.db"),
+                                        "--executor", "ray", "--cpus-per-member", "64"])
+    assert too_many.exit_code == 2 and "the Ray cluster has 2 CPUs" in too_many.output

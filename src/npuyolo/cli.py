@@ -350,62 +350,56 @@ def runs_export(ctx: typer.Context, mlflow: Annotated[str, typer.Option("--mlflo
 
 
 # ---------------------------------------------------------------------------------------------- series
+ExecutorOpt = Annotated[str, typer.Option(help="local (one member after another, here) or ray (members in parallel as Ray tasks).")]
+AddressOpt = Annotated[Optional[str], typer.Option(help="Ray cluster: auto or ray://HOST:PORT [default: a local Ray runtime].")]
+GpusOpt = Annotated[float, typer.Option(help="GPUs per member with --executor ray (fractions share a GPU, e.g. 0.25).")]
+CpusOpt = Annotated[float, typer.Option(help="CPUs per member with --executor ray.")]
+ParallelOpt = Annotated[Optional[int], typer.Option(help="Members training at once with --executor ray [default: as resources allow].")]
+RetriesOpt = Annotated[int, typer.Option(help="Retries of a member whose Ray worker died, from its last checkpoint (--executor ray).")]
+
+
+@contextlib.contextmanager
+def series_executor(kind: str, title: str, as_json: bool, **flags):
+    """The executor a series command asked for (None: local), with its live member table on stderr (not with --json).
+
+    Only flags that differ from their defaults are passed on, so `--executor local` refuses Ray-only flags.
+    """
+    from npuyolo.train.executors import RayOptions, make_executor, progress_table
+
+    defaults = RayOptions()
+    flags = {k: v for k, v in flags.items() if v != getattr(defaults, k)}
+    if kind != "ray" or as_json:
+        yield make_executor(kind, **flags)
+        return
+    from rich.live import Live
+
+    with Live(console=err, refresh_per_second=2) as live:
+        yield make_executor(kind, on_progress=lambda states: live.update(progress_table(states, title)), **flags)
+
+
 @series_app.command("run")
 @user_errors
 def series_run(spec_file: Annotated[Path, typer.Argument(help="series.yaml: name, data, variants, recipe.")],
-               as_json: JsonOpt = False, registry: RegistryOpt = None,
-               executor: Annotated[str, typer.Option(help="local (one member after another, here) or ray (members in parallel as Ray tasks).")] = "local",
-               address: Annotated[Optional[str], typer.Option(help="Ray cluster: auto or ray://HOST:PORT [default: a local Ray runtime].")] = None,
-               gpus_per_member: Annotated[float, typer.Option(help="GPUs per member with --executor ray (fractions share a GPU, e.g. 0.25).")] = 0.0,
-               cpus_per_member: Annotated[float, typer.Option(help="CPUs per member with --executor ray.")] = 1.0,
-               max_parallel: Annotated[Optional[int], typer.Option(help="Members training at once with --executor ray [default: as resources allow].")] = None,
-               max_retries: Annotated[int, typer.Option(help="Retries of a member whose Ray worker died (from its last checkpoint).")] = 1) -> None:
+               as_json: JsonOpt = False, registry: RegistryOpt = None, executor: ExecutorOpt = "local",
+               address: AddressOpt = None, gpus_per_member: GpusOpt = 0.0, cpus_per_member: CpusOpt = 1.0,
+               max_parallel: ParallelOpt = None, max_retries: RetriesOpt = 1) -> None:
     """Train every member (skipping finished ones, resuming interrupted ones), then rank them."""
-    from npuyolo.train.executors import EXECUTORS, ExecutorError
     from npuyolo.train.series import SeriesSpec, run_series
 
-    if executor not in EXECUTORS:
-        raise ExecutorError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
-    if executor == "local" and (address or gpus_per_member or cpus_per_member != 1.0 or max_parallel is not None):
-        raise ExecutorError("--address, --gpus-per-member, --cpus-per-member and --max-parallel need --executor ray")
     spec = SeriesSpec.load(spec_file)
-    if executor == "ray":
-        from npuyolo.train.executors import require_ray
-
-        require_ray()  # before the registry is opened (or created)
-    reg = open_registry(registry)
     try:
-        if executor == "ray":
-            rows = _series_on_ray(spec, reg, as_json, address, gpus_per_member, cpus_per_member, max_parallel, max_retries)
-        else:
+        with series_executor(executor, f"series {spec.name} on Ray", as_json, address=address, gpus_per_member=gpus_per_member,
+                             cpus_per_member=cpus_per_member, max_parallel=max_parallel, max_retries=max_retries) as runner:
+            reg = open_registry(registry)  # after the executor checks: a missing Ray or a bad flag registers nothing
             with quiet_stdout(as_json):
-                rows = run_series(spec, reg, on_member=lambda v, a: err.rule(f"[bold]{escape(spec.name)}[/]: {v} ({a})"))
+                on_member = None if runner else (lambda v, a: err.rule(f"[bold]{escape(spec.name)}[/]: {v} ({a})"))
+                rows = run_series(spec, reg, on_member=on_member, executor=runner, verbose=runner is None)
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted[/]: run `npuyolo series run {escape(str(spec_file))}` again to continue")
         raise typer.Exit(130) from None
     if as_json:
         return print_json({"series": spec.name, "members": rows})
     print_ranking(spec.name, rows)
-
-
-def _series_on_ray(spec, reg, as_json: bool, address, gpus: float, cpus: float, max_parallel, max_retries: int) -> list[dict]:
-    """The series as Ray tasks; one live table of members on stderr (none with --json)."""
-    from rich.live import Live
-
-    from npuyolo.train.executors import RayExecutor, RayOptions, progress_table
-    from npuyolo.train.series import run_series
-
-    options = RayOptions(address=address, gpus_per_member=gpus, cpus_per_member=cpus, max_parallel=max_parallel,
-                         max_retries=max_retries)
-    title = f"series {spec.name} on Ray"
-    live = contextlib.nullcontext() if as_json else Live(console=err, refresh_per_second=2, transient=False)
-
-    def show(states) -> None:
-        if not as_json:
-            live.update(progress_table(states, title))
-
-    with quiet_stdout(as_json), live:
-        return run_series(spec, reg, executor=RayExecutor(options, on_progress=show), verbose=False)
 
 
 @series_app.command("rank")
@@ -689,12 +683,17 @@ def hybrid_search_cmd(data: Annotated[Path, typer.Option(help="data.yaml.")],
                       imgsz: Annotated[int, typer.Option()] = 640,
                       target: Annotated[str, typer.Option("--target", "-t", help="NPU target for the compatibility axis.")] = "relu-only",
                       name: Annotated[str, typer.Option(help="Series name.")] = "hybrid",
-                      as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+                      as_json: JsonOpt = False, registry: RegistryOpt = None, executor: ExecutorOpt = "local",
+                      address: AddressOpt = None, gpus_per_member: GpusOpt = 0.0, cpus_per_member: CpusOpt = 1.0,
+                      max_parallel: ParallelOpt = None, max_retries: RetriesOpt = 1) -> None:
     """Train hybrid candidates as a series, check each on a target, rank mAP against NPU share (Pareto front)."""
     from npuyolo.train.hybrid import hybrid_search
 
-    with quiet_stdout(as_json):
-        rows = hybrid_search(open_registry(registry), data, candidate, budget=budget, imgsz=imgsz, target=target, name=name)
+    with series_executor(executor, f"hybrid search {name} on Ray", as_json, address=address, gpus_per_member=gpus_per_member,
+                         cpus_per_member=cpus_per_member, max_parallel=max_parallel, max_retries=max_retries) as runner:
+        with quiet_stdout(as_json):
+            rows = hybrid_search(open_registry(registry), data, candidate, budget=budget, imgsz=imgsz, target=target,
+                                 name=name, executor=runner)
     if as_json:
         return print_json(rows)
     table = Table(title=f"hybrid search {name}: mAP50 vs NPU share on {target} (* = Pareto front)")

@@ -168,20 +168,37 @@ class RayExecutor:
         if o.gpus_per_member > total.get("GPU", 0):
             raise ExecutorError(f"--gpus-per-member {o.gpus_per_member:g}: the Ray cluster has {total.get('GPU', 0):g} GPUs")
 
-    def run(self, jobs: list[MemberJob], registry, prepare_retry: Callable[[int], PreparedRun]) -> list[MemberState]:
-        """Train every job that is not `skip`; retry members whose worker died (from their last checkpoint)."""
+    def open(self) -> None:
+        """Start (or join) Ray and check it can hold one member; series call this before registering anything."""
+        if getattr(self, "_ray", None) is not None:
+            return
         ray = require_ray()
-        from ray.util.queue import Queue
-
-        started = self._start(ray)
+        self._started = self._start(ray)
+        self._ray = ray
         try:
             self._check_resources(ray)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop the local Ray runtime this executor started (one it found running is left as it was)."""
+        ray, self._ray = getattr(self, "_ray", None), None
+        if ray is not None and self._started:
+            ray.shutdown()
+
+    def run(self, jobs: list[MemberJob], registry, prepare_retry: Callable[[int], PreparedRun]) -> list[MemberState]:
+        """Train every job that is not `skip`; retry members whose worker died (from their last checkpoint)."""
+        self.open()
+        ray = self._ray
+        from ray.util.queue import Queue
+
+        try:
             queue = Queue()
             task = ray.remote(max_retries=0)(train_member)  # retries are the driver's: it re-claims the run first
             return self._loop(ray, task, queue, jobs, registry, prepare_retry)
         finally:
-            if started:
-                ray.shutdown()
+            self.close()
 
     def _loop(self, ray, task, queue, jobs, registry, prepare_retry) -> list[MemberState]:
         o = self.options
@@ -239,12 +256,15 @@ class RayExecutor:
                     except ray.exceptions.TaskCancelledError:
                         self._close(registry, state, "interrupted", "cancelled")
                     except ray.exceptions.RayTaskError as e:  # an exception in npuyolo/Ultralytics: recorded, not retried
-                        cause = e.as_instanceof_cause() if hasattr(e, "as_instanceof_cause") else e
-                        message = " ".join(f"{type(cause).__name__}: {cause}".split())[:2000]
+                        if state.status == "failed" and state.error:  # the worker's own one-line record
+                            message = state.error
+                        else:
+                            cause = getattr(e, "cause", None) or e
+                            message = " ".join(f"{type(cause).__name__}: {cause}".split())[:2000]
                         if registry.run(state.run_id).status == "running":
                             registry.set_status(state.run_id, "failed", error=message)
                         state.status, state.error = "failed", message
-                        failures.append(f"{state.variant} (run {state.run_id}): {message.splitlines()[0][:300]}")
+                        failures.append(f"{state.variant} (run {state.run_id}): {message[:300]}")
                     except ray.exceptions.RayError as e:  # worker process or node gone: resume from the checkpoint
                         self._close(registry, state, "interrupted", f"worker lost ({type(e).__name__}); attempt {state.attempt + 1}")
                         progress()
@@ -287,6 +307,23 @@ class RayExecutor:
             state.status = registry.run(state.run_id).status
 
 
+def make_executor(kind: str = "local", on_progress: Callable[[list[MemberState]], None] | None = None,
+                  **options) -> RayExecutor | None:
+    """None for `local` (members train in this process); a RayExecutor for `ray`, checked before anything is registered."""
+    if kind not in EXECUTORS:
+        raise ExecutorError(f"--executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
+    if kind == "local":
+        if options:
+            flags = ", ".join("--" + k.replace("_", "-") for k in sorted(options))
+            raise ExecutorError(f"{flags} need --executor ray")
+        return None
+    require_ray()
+    unknown = set(options) - set(RayOptions.__dataclass_fields__)
+    if unknown:
+        raise ExecutorError(f"unknown Ray options: {', '.join(sorted(unknown))}")
+    return RayExecutor(RayOptions(**options), on_progress=on_progress)
+
+
 def progress_table(states: list[MemberState], title: str):
     """The live table of members (Rich), one row each: epoch, mAP50, ETA, status."""
     from rich.table import Table
@@ -305,5 +342,5 @@ def progress_table(states: list[MemberState], title: str):
     return table
 
 
-__all__ = ["EXECUTORS", "FAULT_ENV", "ExecutorError", "MemberJob", "MemberState", "RayExecutor", "RayOptions",
+__all__ = ["EXECUTORS", "FAULT_ENV", "ExecutorError", "MemberJob", "MemberState", "RayExecutor", "RayOptions", "make_executor",
            "progress_table", "require_ray", "train_member", "worker_env"]

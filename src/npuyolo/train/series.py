@@ -52,9 +52,19 @@ def run_series(spec: SeriesSpec, registry: Registry, on_member: Callable[[str, s
     `executor` None trains here, one member after another; a `RayExecutor` trains them as Ray tasks while this
     process alone writes the registry. Either way a re-run continues where the last one stopped.
     """
+    recipe = spec.resolved_recipe()
+    if executor is not None:
+        executor.open()  # Ray up and large enough before anything is registered
+        try:
+            return _run_series(spec, recipe, registry, on_member, verbose, executor)
+        finally:
+            executor.close()
+    return _run_series(spec, recipe, registry, on_member, verbose, None)
+
+
+def _run_series(spec, recipe, registry, on_member, verbose, executor) -> list[dict]:
     from npuyolo.train.trainer import prepare_resume, resume_run, train_variant
 
-    recipe = spec.resolved_recipe()
     registry.upsert_series(spec.name, {**spec.model_dump(), "recipe_resolved": recipe.model_dump()})
     members = {m["variant"]: m for m in registry.series(spec.name)["members"]}
     jobs = []
