@@ -154,3 +154,12 @@ def test_cli_json_carries_the_ranking_alone(ray_runtime, synth_data, tmp_path):
     too_many = CliRunner().invoke(app, ["series", "run", str(spec_file), "--registry", str(tmp_path / "r2.db"),
                                         "--executor", "ray", "--cpus-per-member", "64"])
     assert too_many.exit_code == 2 and "the Ray cluster has 2 CPUs" in too_many.output
+
+
+def test_core_imports_leave_ray_out():
+    """Ray is imported by the executor when used, never by `import npuyolo...` (the core install stays light)."""
+    code = ("import sys, npuyolo.cli, npuyolo.api, npuyolo.train.series, npuyolo.train.executors, npuyolo.train.trainer; "
+            "assert 'ray' not in sys.modules, 'ray imported'")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)

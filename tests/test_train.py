@@ -296,3 +296,9 @@ def test_ray_executor_without_ray_is_one_line(monkeypatch, synth_data, tmp_path)
     assert not (tmp_path / "r.db").exists()  # refused before anything was registered
     wrong = runner.invoke(app, ["series", "run", str(spec_file), "--max-parallel", "2", "--registry", str(tmp_path / "r.db")])
     assert wrong.exit_code == 2 and "need --executor ray" in wrong.output
+    from npuyolo import Workspace
+    from npuyolo.train.executors import ExecutorError
+
+    with pytest.raises(ExecutorError, match=r"pip install 'npuyolo\[ray\]'"):
+        Workspace(tmp_path / "api.db").series(spec_file, executor="ray")
+    assert not (tmp_path / "r.db").exists() and not (tmp_path / "api.db").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,6 +13,9 @@ from pydantic import ValidationError
 from npuyolo.registry.db import Registry
 from npuyolo.train.recipe import Recipe, RecipeError, load_mapping, validation_message
 from npuyolo.variants.spec import parse_variant
+
+if TYPE_CHECKING:  # Ray stays out of core imports
+    from npuyolo.train.executors import RayExecutor
 
 RANK_METRICS = ("map50", "map50_95", "precision", "recall")
 
@@ -46,7 +50,7 @@ class SeriesSpec(BaseModel):
 
 
 def run_series(spec: SeriesSpec, registry: Registry, on_member: Callable[[str, str], None] | None = None,
-               verbose: bool = True, executor=None) -> list[dict]:
+               verbose: bool = True, executor: RayExecutor | None = None) -> list[dict]:
     """Train each member; finished members are skipped, interrupted or failed ones resumed.
 
     `executor` None trains here, one member after another; a `RayExecutor` trains them as Ray tasks while this
