@@ -163,3 +163,25 @@ def test_core_imports_leave_ray_out():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
                                                         os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
+
+
+def test_asha_stops_a_hopeless_candidate_before_its_budget(ray_runtime, synth_data, tmp_path):
+    """Two candidates, 4 epochs each; one cannot learn (lr0 1e-12, no warm-up). One trial at a time, the good one
+    first, so the rung comparison is deterministic: the hopeless one is stopped at the first rung (epoch 1)."""
+    from npuyolo.train.executors import AshaExecutor, MemberJob
+    from npuyolo.train.recipe import Recipe
+    from npuyolo.train.trainer import prepare_variant
+
+    reg = Registry(tmp_path / "reg" / "npuyolo.db")
+    steps = {"warmup_epochs": 0, "ultralytics": {"nbs": 8}}  # an optimizer step every batch from the first (no accumulation)
+    good = Recipe.load(epochs=4, lr0=0.02, **steps, **RECIPE)
+    hopeless = Recipe.load(epochs=4, lr0=1e-12, lr_final=1e-12, **steps, **RECIPE)
+    jobs = [MemberJob(label, "train", lambda r=recipe, n=label: prepare_variant("L4-relu", synth_data, r, reg, name=n, verbose=False), 4)
+            for label, recipe in (("good", good), ("hopeless", hopeless))]
+    states = AshaExecutor(RayOptions(max_parallel=1), grace_epochs=1, metric="val_loss").run(jobs, reg)
+    first, second = reg.run("good"), reg.run("hopeless")
+    assert first.status == "finished" and [e["epoch"] for e in first.epochs] == [1, 2, 3, 4]
+    assert second.status == "stopped" and [e["epoch"] for e in second.epochs] == [1], second.error
+    assert "after epoch 1 of 4" in second.error and second.artifact("weights/last")  # its checkpoint stays usable
+    assert [s.status for s in states] == ["finished", "stopped"]
+    assert reg.run("good").artifact("weights/best") and not list((reg.root / "train").glob("*/*.partial"))

@@ -367,7 +367,7 @@ def series_executor(kind: str, title: str, as_json: bool, **flags):
     from npuyolo.train.executors import RayOptions, make_executor, progress_table
 
     defaults = RayOptions()
-    flags = {k: v for k, v in flags.items() if v != getattr(defaults, k)}
+    flags = {k: v for k, v in flags.items() if not hasattr(defaults, k) or v != getattr(defaults, k)}
     if kind != "ray" or as_json:
         yield make_executor(kind, **flags)
         return
@@ -685,22 +685,26 @@ def hybrid_search_cmd(data: Annotated[Path, typer.Option(help="data.yaml.")],
                       name: Annotated[str, typer.Option(help="Series name.")] = "hybrid",
                       as_json: JsonOpt = False, registry: RegistryOpt = None, executor: ExecutorOpt = "local",
                       address: AddressOpt = None, gpus_per_member: GpusOpt = 0.0, cpus_per_member: CpusOpt = 1.0,
-                      max_parallel: ParallelOpt = None, max_retries: RetriesOpt = 1) -> None:
+                      max_parallel: ParallelOpt = None, max_retries: RetriesOpt = 1,
+                      scheduler: Annotated[Optional[str], typer.Option(help="asha: stop weak candidates early (Ray Tune's ASHA; needs --executor ray).")] = None,
+                      grace_epochs: Annotated[int, typer.Option(help="With --scheduler asha: epochs every candidate trains before it can be stopped.")] = 1,
+                      asha_metric: Annotated[str, typer.Option(help="With --scheduler asha: map50_95, map50 or val_loss.")] = "map50_95") -> None:
     """Train hybrid candidates as a series, check each on a target, rank mAP against NPU share (Pareto front)."""
     from npuyolo.train.hybrid import hybrid_search
 
+    asha = {"scheduler": scheduler, "grace_epochs": grace_epochs, "asha_metric": asha_metric} if scheduler else {}
     with series_executor(executor, f"hybrid search {name} on Ray", as_json, address=address, gpus_per_member=gpus_per_member,
-                         cpus_per_member=cpus_per_member, max_parallel=max_parallel, max_retries=max_retries) as runner:
+                         cpus_per_member=cpus_per_member, max_parallel=max_parallel, max_retries=max_retries, **asha) as runner:
         with quiet_stdout(as_json):
             rows = hybrid_search(open_registry(registry), data, candidate, budget=budget, imgsz=imgsz, target=target,
                                  name=name, executor=runner)
     if as_json:
         return print_json(rows)
     table = Table(title=f"hybrid search {name}: mAP50 vs NPU share on {target} (* = Pareto front)")
-    for col in ("variant", "run", "mAP50", "mAP50-95", f"NPU share ({target})", "Pareto"):
+    for col in ("variant", "run", "status", "epochs", "mAP50", "mAP50-95", f"NPU share ({target})", "Pareto"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["variant"], fmt(r["run_id"]), fmt(r["map50"]), fmt(r["map50_95"]),
+        table.add_row(r["variant"], fmt(r["run_id"]), r["status"], str(r.get("epochs", "-")), fmt(r["map50"]), fmt(r["map50_95"]),
                       f"{r['npu_share']:.1%}" if r["npu_share"] is not None else "-", "*" if r["pareto"] else "")
     console.print(table)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from npuyolo.errors import NpuyoloError
 from npuyolo.paths import claim_dir, safe_join, slug
-from npuyolo.registry.schema import MIGRATIONS, SCHEMA_VERSION
+from npuyolo.registry.schema import MIGRATIONS, SCHEMA_VERSION, widen_status_check
 
 __all__ = ["Artifact", "Registry", "RegistryError", "RunRecord", "default_path", "validate_run_name"]
 
@@ -231,9 +231,12 @@ class Registry:
         version = self._check_version(self.conn)
         for v in range(version, SCHEMA_VERSION):
             with self.tx() as c:
-                for statement in MIGRATIONS[v].split(";"):
-                    if statement.strip():
-                        c.execute(statement)
+                if MIGRATIONS[v].startswith("status:"):  # a status value added to runs' CHECK constraint
+                    widen_status_check(c, MIGRATIONS[v].split(":", 1)[1])
+                else:
+                    for statement in MIGRATIONS[v].split(";"):
+                        if statement.strip():
+                            c.execute(statement)
                 c.execute(f"PRAGMA user_version = {v + 1}")
 
     @property

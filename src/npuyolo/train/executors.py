@@ -219,21 +219,7 @@ class RayExecutor:
                 prepared, queue, state.attempt, fault if state.attempt == 0 else None)
             in_flight[ref] = state
 
-        def drain() -> bool:
-            n = queue.size()
-            items = queue.get_nowait_batch(n) if n else []
-            for run_id, attempt, op, args, kwargs in items:
-                state = by_run.get(run_id)
-                if state is None or attempt != state.attempt:
-                    continue  # a late record of a dead attempt: its run was re-claimed since
-                getattr(RegistrySink(registry, run_id), op)(*args, **kwargs)
-                if op == "record_epoch":
-                    state.epoch, state.map50 = args[0], kwargs.get("map50")
-                    if kwargs.get("epoch_time_s"):
-                        state.epoch_times.append(kwargs["epoch_time_s"])
-                elif op == "set_status":
-                    state.status, state.error = args[0], kwargs.get("error")
-            return bool(items)
+        drain = _drainer(queue, registry, by_run)
 
         def progress() -> None:
             if self.on_progress:
@@ -307,9 +293,218 @@ class RayExecutor:
             state.status = registry.run(state.run_id).status
 
 
+# what ASHA compares at each rung: (Ultralytics metric key, mode); val_loss = box + cls + dfl validation loss
+ASHA_METRICS = {"map50_95": ("metrics/mAP50-95(B)", "max"), "map50": ("metrics/mAP50(B)", "max"), "val_loss": (None, "min")}
+
+
+def _metric(trainer, metric: str) -> float:
+    m = trainer.metrics or {}
+    if metric == "val_loss":
+        return float(sum(m.get(f"val/{k}_loss", 0.0) for k in ("box", "cls", "dfl")))
+    return float(m.get(ASHA_METRICS[metric][0], 0.0))
+
+
+class _ScheduledSink(RecordSink):
+    """Passes records on; a run the scheduler stopped before its budget ends `stopped`, not `finished`."""
+
+    def __init__(self, sink: RecordSink, budget: int, metric: str):
+        self.sink, self.budget, self.metric = sink, budget, metric
+        self.stopped_at: int | None = None
+
+    def record_epoch(self, epoch, extra=None, **row):
+        self.sink.record_epoch(epoch, extra=extra, **row)
+
+    def update_run(self, **fields):
+        self.sink.update_run(**fields)
+
+    def add_artifact(self, kind, path, meta=None):
+        self.sink.add_artifact(kind, path, meta)
+
+    def set_status(self, status, error=None):
+        if status == "finished" and self.stopped_at is not None and self.stopped_at < self.budget:
+            status, error = "stopped", f"stopped early by ASHA after epoch {self.stopped_at} of {self.budget} ({self.metric} behind)"
+        self.sink.set_status(status, error=error)
+
+
+def tune_member(config: dict, queue=None, prepared: dict | None = None, metric: str = "map50_95") -> None:
+    """Body of a Ray Tune trial: like `train_member`, and each trained epoch is also reported to Tune's scheduler.
+
+    When the scheduler stops the trial, `tune.report` raises SystemExit in this thread; the trainer is told to stop
+    after this epoch instead, so it ends as Ultralytics ends any run (final validation of best.pt, checkpoints closed).
+    """
+    from ray import tune
+
+    from npuyolo.train.trainer import train_into
+    from npuyolo.ultra import stdout_to_stderr
+
+    run = prepared[config["member"]]
+    sink = _ScheduledSink(QueueSink(queue, run.run_id, 0), int(run.recipe.epochs), metric)
+
+    def report_epochs(trainer) -> None:
+        trained = {"pending": False}
+
+        def mark(t) -> None:
+            trained["pending"] = True
+
+        def report(t) -> None:  # after the registry callback: the epoch is on its way to the driver first
+            if trained["pending"]:
+                trained["pending"] = False
+                try:
+                    tune.report({"score": _metric(t, metric), "epoch": t.epoch + 1})
+                except SystemExit:  # Tune's way of saying "stop this trial"
+                    sink.stopped_at, t.stop = t.epoch + 1, True
+
+        trainer.add_callback("on_train_epoch_end", mark)
+        trainer.add_callback("on_fit_epoch_end", report)
+
+    with stdout_to_stderr():
+        train_into(run.build, sink, f"run {run.run_id}", on_trainer=report_epochs)
+
+
+class AshaExecutor(RayExecutor):
+    """Members as Ray Tune trials under ASHA: all start, the weak ones are stopped at a rung (after `grace_epochs`,
+    then at grace x reduction_factor^k epochs) and recorded `stopped` with the epochs they reached.
+
+    Ultralytics' own tuner does the same (`model.tune(use_ray=True)`); here each trial is a registered run whose
+    records flow to the driver as with `RayExecutor`. A trial whose worker dies is recorded `interrupted` (no retry).
+    """
+
+    def __init__(self, options: RayOptions | None = None, grace_epochs: int = 1, metric: str = "map50_95",
+                 reduction_factor: int = 2, on_progress: Callable[[list[MemberState]], None] | None = None):
+        super().__init__(options, on_progress)
+        if grace_epochs < 1:
+            raise ExecutorError("--grace-epochs must be at least 1")
+        if metric not in ASHA_METRICS:
+            raise ExecutorError(f"--asha-metric must be one of {', '.join(ASHA_METRICS)}, got {metric!r}")
+        if reduction_factor < 2:
+            raise ExecutorError("the ASHA reduction factor must be at least 2")
+        self.grace_epochs, self.metric, self.reduction_factor = grace_epochs, metric, reduction_factor
+
+    def run(self, jobs: list[MemberJob], registry, prepare_retry=None) -> list[MemberState]:
+        import threading
+
+        self.open()
+        ray = self._ray
+        from ray import tune
+        from ray.tune.schedulers import ASHAScheduler
+        from ray.util.queue import Queue
+
+        o = self.options
+        states = [MemberState(j.variant, j.action, j.epochs, j.run_id, status="finished" if j.action == "skip" else "queued")
+                  for j in jobs]
+        todo = [(j, s) for j, s in zip(jobs, states) if j.action != "skip"]
+        if not todo:
+            self.close()
+            return states
+        by_run: dict[int, MemberState] = {}
+        prepared: dict[str, PreparedRun] = {}
+        members: dict[str, MemberState] = {}
+        try:
+            queue = Queue()
+            for i, (job, state) in enumerate(todo):
+                run = job.prepare()
+                prepared[str(i)], members[str(i)] = run, state
+                state.run_id, state.status = run.run_id, "running"
+                state.epoch = len(registry.epochs(run.run_id))
+                by_run[run.run_id] = state
+            drain = _drainer(queue, registry, by_run)
+            budget = max(s.epochs for s in members.values())
+            # max_t one past the budget: a trial that trains its whole budget ends by returning (final validation,
+            # artefacts, `finished`), never by the scheduler stopping it at its last epoch
+            scheduler = ASHAScheduler(time_attr="training_iteration", metric="score", mode=ASHA_METRICS[self.metric][1],
+                                      max_t=budget + 1, grace_period=min(self.grace_epochs, budget),
+                                      reduction_factor=self.reduction_factor)
+            trainable = tune.with_resources(tune.with_parameters(tune_member, queue=queue, prepared=prepared, metric=self.metric),
+                                            {"cpu": o.cpus_per_member, "gpu": o.gpus_per_member})
+            tuner = tune.Tuner(
+                trainable, param_space={"member": tune.grid_search(list(prepared))},
+                tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=o.max_parallel, reuse_actors=False),
+                run_config=tune.RunConfig(name=f"asha-{'-'.join(str(r.run_id) for r in prepared.values())}",
+                                          storage_path=str(registry.root / "tune"), verbose=0,
+                                          failure_config=tune.FailureConfig(max_failures=0)))
+            outcome: dict = {}
+
+            def fit() -> None:
+                try:
+                    outcome["grid"] = tuner.fit()
+                except BaseException as e:  # re-raised in the driver's thread below
+                    outcome["error"] = e
+
+            thread = threading.Thread(target=fit, name="npuyolo-asha", daemon=True)
+            thread.start()
+            if self.on_progress:
+                self.on_progress(states)
+            while thread.is_alive():
+                thread.join(0.5)
+                if drain() and self.on_progress:
+                    self.on_progress(states)
+            drain()
+            if "error" in outcome:
+                raise outcome["error"]
+            for result in outcome["grid"]:
+                self._close_trial(registry, members[result.config["member"]], result.error)
+        except BaseException:
+            for state in members.values():
+                if registry.run(state.run_id).status == "running":
+                    registry.set_status(state.run_id, "interrupted", error="stopped by the user (Ctrl-C)")
+                state.status = registry.run(state.run_id).status
+            raise
+        finally:
+            self.close()
+        if self.on_progress:
+            self.on_progress(states)
+        return states
+
+    def _close_trial(self, registry, state: MemberState, error) -> None:
+        """A trial the worker did not close itself: stopped by ASHA (no error) or lost (error)."""
+        run = registry.run(state.run_id)
+        if run.status != "running":
+            state.status = run.status
+            return
+        if error is not None:
+            registry.set_status(state.run_id, "interrupted", error=" ".join(f"worker lost: {error}".split())[:2000])
+        else:
+            reached = len(registry.epochs(state.run_id))
+            wdir = Path(run.save_dir) / "weights"
+            for kind in ("best", "last"):  # what it had trained stays usable (resume, export)
+                if (wdir / f"{kind}.pt").exists():
+                    registry.add_artifact(state.run_id, f"weights/{kind}", wdir / f"{kind}.pt")
+            registry.set_status(state.run_id, "stopped",
+                                error=f"stopped early by ASHA after epoch {reached} of {state.epochs} ({self.metric} behind)")
+        state.status = registry.run(state.run_id).status
+
+
+def _drainer(queue, registry, by_run: dict[int, MemberState]) -> Callable[[], bool]:
+    """A function that applies every queued worker record to the registry (and the progress states)."""
+
+    def drain() -> bool:
+        n = queue.size()
+        items = queue.get_nowait_batch(n) if n else []
+        for run_id, attempt, op, args, kwargs in items:
+            state = by_run.get(run_id)
+            if state is None or attempt != state.attempt:
+                continue  # a late record of a dead attempt: its run was re-claimed since
+            getattr(RegistrySink(registry, run_id), op)(*args, **kwargs)
+            if op == "record_epoch":
+                state.epoch, state.map50 = args[0], kwargs.get("map50")
+                if kwargs.get("epoch_time_s"):
+                    state.epoch_times.append(kwargs["epoch_time_s"])
+            elif op == "set_status":
+                state.status, state.error = args[0], kwargs.get("error")
+        return bool(items)
+
+    return drain
+
+
 def make_executor(kind: str = "local", on_progress: Callable[[list[MemberState]], None] | None = None,
+                  scheduler: str | None = None, grace_epochs: int = 1, asha_metric: str = "map50_95",
                   **options) -> RayExecutor | None:
-    """None for `local` (members train in this process); a RayExecutor for `ray`, checked before anything is registered."""
+    """None for `local` (members train in this process); a RayExecutor for `ray` (an AshaExecutor with
+    `scheduler="asha"`), checked before anything is registered."""
+    if scheduler not in (None, "asha"):
+        raise ExecutorError(f"--scheduler must be asha, got {scheduler!r}")
+    if scheduler and kind != "ray":
+        raise ExecutorError("--scheduler asha needs --executor ray")
     if kind not in EXECUTORS:
         raise ExecutorError(f"--executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
     if kind == "local":
@@ -321,6 +516,12 @@ def make_executor(kind: str = "local", on_progress: Callable[[list[MemberState]]
     unknown = set(options) - set(RayOptions.__dataclass_fields__)
     if unknown:
         raise ExecutorError(f"unknown Ray options: {', '.join(sorted(unknown))}")
+    if scheduler == "asha":
+        try:
+            import ray.tune  # noqa: F401
+        except ImportError as e:
+            raise ExecutorError("--scheduler asha needs Ray Tune: pip install 'npuyolo[ray]'") from e
+        return AshaExecutor(RayOptions(**options), grace_epochs=grace_epochs, metric=asha_metric, on_progress=on_progress)
     return RayExecutor(RayOptions(**options), on_progress=on_progress)
 
 
@@ -342,5 +543,5 @@ def progress_table(states: list[MemberState], title: str):
     return table
 
 
-__all__ = ["EXECUTORS", "FAULT_ENV", "ExecutorError", "MemberJob", "MemberState", "RayExecutor", "RayOptions", "make_executor",
+__all__ = ["ASHA_METRICS", "AshaExecutor", "EXECUTORS", "FAULT_ENV", "ExecutorError", "MemberJob", "MemberState", "RayExecutor", "RayOptions", "make_executor",
            "progress_table", "require_ray", "train_member", "worker_env"]

@@ -74,7 +74,7 @@ def _run_series(spec, recipe, registry, on_member, verbose, executor) -> list[di
     jobs = []
     for variant in spec.variants:
         member = members[variant]
-        if member["status"] == "finished":
+        if member["status"] in ("finished", "stopped"):  # stopped: ended early by a scheduler (ASHA), on purpose
             action = "skip"
         elif member["run_id"] is not None:
             action = "resume"
@@ -126,10 +126,12 @@ def rank_rows(rows: list[dict]) -> list[dict]:
 
 
 def rank_series(name: str, registry: Registry) -> list[dict]:
-    """Members ranked by their final-epoch metrics; unfinished members are listed, unranked."""
+    """Members ranked by their final-epoch metrics; unfinished members (stopped early too) are listed, unranked,
+    with the epochs they reached."""
     rows = []
     for m in registry.series(name)["members"]:
         finished = m["status"] == "finished"
         metrics = final_metrics(registry, m["run_id"]) if finished else {k: None for k in RANK_METRICS}
-        rows.append({"variant": m["variant"], "run_id": m["run_id"], "status": m["status"] or "not started", **metrics})
+        rows.append({"variant": m["variant"], "run_id": m["run_id"], "status": m["status"] or "not started",
+                     "epochs": len(registry.epochs(m["run_id"])) if m["run_id"] is not None else 0, **metrics})
     return rank_rows(rows)
