@@ -411,7 +411,8 @@ class AshaExecutor(RayExecutor):
             budget = max(s.epochs for s in members.values())
             # max_t one past the budget: a trial that trains its whole budget ends by returning (final validation,
             # artefacts, `finished`), never by the scheduler stopping it at its last epoch
-            scheduler = ASHAScheduler(time_attr="training_iteration", metric="score", mode=ASHA_METRICS[self.metric][1],
+            # rungs count trained epochs (reported "epoch"), so a candidate resumed from its checkpoint keeps its place
+            scheduler = ASHAScheduler(time_attr="epoch", metric="score", mode=ASHA_METRICS[self.metric][1],
                                       max_t=budget + 1, grace_period=min(self.grace_epochs, budget),
                                       reduction_factor=self.reduction_factor)
             trainable = tune.with_resources(tune.with_parameters(tune_member, queue=queue, prepared=prepared, metric=self.metric),
