@@ -262,6 +262,8 @@ def test_amp_requested_on_cpu_is_recorded_off_and_nothing_downloads(synth_data, 
         monkeypatch.undo()
     assert no_network == [] and len(checked) == 1  # the check ran (AMP was asked for) and reached nothing
     assert run.status == "finished" and run.amp is False and run.device == "cpu"
+    shown = runner.invoke(app, ["runs", "--registry", str(reg.path), "show", str(run.id)])
+    assert "AMP off" in shown.stdout and json.loads(runner.invoke(app, ["runs", "--registry", str(reg.path), "show", str(run.id), "--json"]).stdout)["amp"] is False
     off = tiny_recipe.model_copy(update={"ultralytics": {"amp": False}})
     assert reg.run(train_variant("L4-relu", synth_data, off, reg, verbose=False).run_id).amp is False
 

@@ -275,7 +275,8 @@ def _train(reg, variant, data, recipe, resume, from_checkpoint, name, weights, a
 def print_run(run: dict) -> None:
     console.print(f"[bold]run {run['id']}[/] {escape(run['name'])}  variant {run['variant']}  status [bold]{run['status']}[/]", highlight=False)
     console.print(escape(f"data {run['data_path']} (hash {run['data_hash']})  device {run['device']}  weights {run['weights_source'] or 'none (from scratch)'}"
-                  + (f" transferred {run['weights_transferred']}" if run.get("weights_transferred") else "")), highlight=False)
+                  + (f" transferred {run['weights_transferred']}" if run.get("weights_transferred") else "")
+                  + ("" if run.get("amp") is None else f"  AMP {'on' if run['amp'] else 'off'}")), highlight=False)
     console.print(f"started {run['started_at']}  ended {run['ended_at'] or '-'}  train time {duration(run['duration_s'])}", highlight=False, markup=False)
     if run.get("error"):
         console.print(f"[red]{escape(run['error'])}[/]", highlight=False)
