@@ -29,3 +29,22 @@ def test_bad_recipes_are_rejected(tmp_path):
     f.write_text("epoch: 3\n")  # typo
     with pytest.raises(RecipeError, match="r.yaml: epoch: Extra inputs are not permitted"):
         Recipe.load(f)
+
+
+def test_cache_and_workers_reach_ultralytics(tmp_path):
+    from npuyolo.train.trainer import preflight
+
+    f = tmp_path / "r.yaml"
+    f.write_text("cache: disk\nworkers: 3\n")
+    args = Recipe.load(f).ultralytics_args()
+    assert (args["cache"], args["workers"]) == ("disk", 3)
+    assert Recipe.load(cache="ram").ultralytics_args()["cache"] == "ram"
+    assert Recipe.default().ultralytics_args()["cache"] is False  # the default reads images every epoch
+    f.write_text("cache: false\n")
+    assert Recipe.load(f).cache is False
+    for value in ("ram", "disk", False):
+        preflight({**Recipe.load(cache=value).ultralytics_args(), "model": "yolo11n.yaml"})  # Ultralytics accepts each
+    with pytest.raises(RecipeError, match="cache"):
+        Recipe.load(cache="nvme")
+    with pytest.raises(RecipeError, match="workers"):
+        Recipe.load(workers=-1)

@@ -134,3 +134,31 @@ def test_runs_export_to_mlflow(tmp_path, monkeypatch):
     assert Registry(reg.path).run(rid).artifact("tracker/mlflow").meta["run_id"] == got.info.run_id
     again = json.loads(runner.invoke(app, ["runs", "export", "--mlflow", uri, "--json"], env={"NPUYOLO_REGISTRY": str(reg.path)}).stdout)
     assert again[0]["action"] == "already exported"
+
+
+def test_registry_from_before_amp_and_stopped_is_upgraded_in_place(tmp_path):
+    """Schema 4 (no `amp` column, no `stopped` status) -> current: rows and epochs kept, `stopped` allowed, the
+    status check still refusing anything else; a read-only open of the old file upgrades only its in-memory copy."""
+    from npuyolo.registry.schema import MIGRATIONS
+
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db, isolation_level=None)
+    for v in range(4):
+        con.executescript(MIGRATIONS[v])
+    con.execute("PRAGMA user_version = 4")
+    con.execute("INSERT INTO runs (name, variant, status, recipe_json, data_path, data_hash, class_names, versions_json,"
+                " started_at) VALUES ('old', 'L4-relu', 'finished', '{}', '/d', 'h', '[]', '{}', 'then')")
+    con.execute("INSERT INTO epochs (run_id, epoch, map50, recorded_at) VALUES (1, 1, 0.5, 'then')")
+    con.close()
+    assert Registry(db, readonly=True).run("old").amp is None and sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 4
+    reg = Registry(db)
+    assert reg.schema_version == SCHEMA_VERSION and reg.run("old").epochs[0]["map50"] == 0.5 and reg.run("old").amp is None
+    rid = new_run(reg)
+    reg.set_status(rid, "stopped", error="stopped early")
+    reg.update_run(rid, amp=1)
+    assert reg.run(rid).status == "stopped" and reg.run(rid).amp is True
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        reg.set_status(rid, "bogus")
+    assert reg.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    reg.close()
+    assert Registry(db).schema_version == SCHEMA_VERSION  # re-open: nothing re-run

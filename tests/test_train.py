@@ -241,3 +241,66 @@ def test_the_registry_records_where_named_trackers_logged(tmp_path, monkeypatch)
     run = reg.run(rid)
     assert run.artifact("tracker/tensorboard").meta["logdir"] == str(Finished.save_dir)
     assert run.artifact("tracker/mlflow").meta == {"uri": uri, "run_id": active.info.run_id}
+
+
+def test_amp_requested_on_cpu_is_recorded_off_and_nothing_downloads(synth_data, tiny_recipe, tmp_path, no_network):
+    """AMP is no longer forced off: the recipe's setting reaches Ultralytics, whose self-check (which would download
+    yolo26n.pt) is replaced by an offline one; on CPU it says no, and the run records what was used."""
+    import ultralytics.engine.trainer as engine
+
+    from npuyolo.offline import offline_check_amp
+
+    assert engine.check_amp is offline_check_amp
+    checked = []
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(engine, "check_amp", lambda model: checked.append(model) or offline_check_amp(model))
+    try:
+        recipe = tiny_recipe.model_copy(update={"ultralytics": {"amp": True}})
+        reg = Registry(tmp_path / "reg" / "npuyolo.db")
+        run = reg.run(train_variant("L4-relu", synth_data, recipe, reg, verbose=False).run_id)
+    finally:
+        monkeypatch.undo()
+    assert no_network == [] and len(checked) == 1  # the check ran (AMP was asked for) and reached nothing
+    assert run.status == "finished" and run.amp is False and run.device == "cpu"
+    shown = runner.invoke(app, ["runs", "--registry", str(reg.path), "show", str(run.id)])
+    assert "AMP off" in shown.stdout and json.loads(runner.invoke(app, ["runs", "--registry", str(reg.path), "show", str(run.id), "--json"]).stdout)["amp"] is False
+    off = tiny_recipe.model_copy(update={"ultralytics": {"amp": False}})
+    assert reg.run(train_variant("L4-relu", synth_data, off, reg, verbose=False).run_id).amp is False
+
+
+def test_offline_amp_check_follows_the_device_and_ultralytics_bad_gpu_list(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from npuyolo.offline import offline_check_amp
+
+    model = torch.nn.Conv2d(3, 4, 1)
+    assert offline_check_amp(model) is False  # CPU: AMP is for accelerators
+
+    class OnCuda:  # offline_check_amp looks only at where the first parameter lives
+        def parameters(self):
+            yield SimpleNamespace(device=torch.device("cuda", 0))
+
+    fake = OnCuda()
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert offline_check_amp(fake) is True
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce GTX 1660 Ti")
+    assert offline_check_amp(fake) is False
+
+
+def test_ray_executor_without_ray_is_one_line(monkeypatch, synth_data, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump({"name": "s", "data": str(synth_data), "variants": ["L4-relu"], "recipe": {"epochs": 1}}))
+    result = runner.invoke(app, ["series", "run", str(spec_file), "--executor", "ray", "--registry", str(tmp_path / "r.db")])
+    assert result.exit_code == 2 and "pip install 'npuyolo[ray]'" in result.output
+    assert not (tmp_path / "r.db").exists()  # refused before anything was registered
+    wrong = runner.invoke(app, ["series", "run", str(spec_file), "--max-parallel", "2", "--registry", str(tmp_path / "r.db")])
+    assert wrong.exit_code == 2 and "need --executor ray" in wrong.output
+    from npuyolo import Workspace
+    from npuyolo.train.executors import ExecutorError
+
+    with pytest.raises(ExecutorError, match=r"pip install 'npuyolo\[ray\]'"):
+        Workspace(tmp_path / "api.db").series(spec_file, executor="ray")
+    assert not (tmp_path / "r.db").exists() and not (tmp_path / "api.db").exists()

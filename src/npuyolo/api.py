@@ -64,11 +64,18 @@ class Workspace:
         reg = self._registry()
         return reg.run(resume_run(run, reg, verbose=verbose, source=source).run_id)
 
-    def series(self, spec_file: str | Path, verbose: bool = True) -> list[dict]:
-        """Train a series file's members (skipping finished, resuming interrupted); returns the ranking."""
+    def series(self, spec_file: str | Path, verbose: bool = True, executor: str = "local", **ray_options: Any) -> list[dict]:
+        """Train a series file's members (skipping finished, resuming interrupted); returns the ranking.
+
+        `executor="ray"` trains them as Ray tasks; `ray_options` are `RayOptions` fields (address, gpus_per_member,
+        cpus_per_member, max_parallel, max_retries).
+        """
+        from npuyolo.train.executors import make_executor
         from npuyolo.train.series import SeriesSpec, run_series
 
-        return run_series(SeriesSpec.load(spec_file), self._registry(), verbose=verbose)
+        spec = SeriesSpec.load(spec_file)
+        runner = make_executor(executor, **ray_options)  # before the registry: a missing Ray creates nothing
+        return run_series(spec, self._registry(), verbose=verbose, executor=runner)
 
     def distill(self, teacher: str | int, student_variant: str, data: str | Path, *, name: str | None = None,
                 alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.0, temperature: float = 2.0, verbose: bool = True,

@@ -278,7 +278,8 @@ def _train(reg, variant, data, recipe, resume, from_checkpoint, name, weights, a
 def print_run(run: dict) -> None:
     console.print(f"[bold]run {run['id']}[/] {escape(run['name'])}  variant {run['variant']}  status [bold]{run['status']}[/]", highlight=False)
     console.print(escape(f"data {run['data_path']} (hash {run['data_hash']})  device {run['device']}  weights {run['weights_source'] or 'none (from scratch)'}"
-                  + (f" transferred {run['weights_transferred']}" if run.get("weights_transferred") else "")), highlight=False)
+                  + (f" transferred {run['weights_transferred']}" if run.get("weights_transferred") else "")
+                  + ("" if run.get("amp") is None else f"  AMP {'on' if run['amp'] else 'off'}")), highlight=False)
     console.print(f"started {run['started_at']}  ended {run['ended_at'] or '-'}  train time {duration(run['duration_s'])}", highlight=False, markup=False)
     if run.get("error"):
         console.print(f"[red]{escape(run['error'])}[/]", highlight=False)
@@ -353,18 +354,50 @@ def runs_export(ctx: typer.Context, mlflow: Annotated[str, typer.Option("--mlflo
 
 
 # ---------------------------------------------------------------------------------------------- series
+ExecutorOpt = Annotated[str, typer.Option(help="local (one member after another, here) or ray (members in parallel as Ray tasks).")]
+AddressOpt = Annotated[Optional[str], typer.Option(help="Ray cluster: auto or ray://HOST:PORT [default: a local Ray runtime].")]
+GpusOpt = Annotated[float, typer.Option(help="GPUs per member with --executor ray (fractions share a GPU, e.g. 0.25).")]
+CpusOpt = Annotated[float, typer.Option(help="CPUs per member with --executor ray.")]
+ParallelOpt = Annotated[Optional[int], typer.Option(help="Members training at once with --executor ray [default: as resources allow].")]
+RetriesOpt = Annotated[int, typer.Option(help="Retries of a member whose Ray worker died, from its last checkpoint (--executor ray).")]
+
+
+@contextlib.contextmanager
+def series_executor(kind: str, title: str, as_json: bool, **flags):
+    """The executor a series command asked for (None: local), with its live member table on stderr (not with --json).
+
+    Only flags that differ from their defaults are passed on, so `--executor local` refuses Ray-only flags.
+    """
+    from npuyolo.train.executors import RayOptions, make_executor, progress_table
+
+    defaults = RayOptions()
+    flags = {k: v for k, v in flags.items() if not hasattr(defaults, k) or v != getattr(defaults, k)}
+    if kind != "ray" or as_json:
+        yield make_executor(kind, **flags)
+        return
+    from rich.live import Live
+
+    with Live(console=err, refresh_per_second=2) as live:
+        yield make_executor(kind, on_progress=lambda states: live.update(progress_table(states, title)), **flags)
+
+
 @series_app.command("run")
 @user_errors
 def series_run(spec_file: Annotated[Path, typer.Argument(help="series.yaml: name, data, variants, recipe.")],
-               as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+               as_json: JsonOpt = False, registry: RegistryOpt = None, executor: ExecutorOpt = "local",
+               address: AddressOpt = None, gpus_per_member: GpusOpt = 0.0, cpus_per_member: CpusOpt = 1.0,
+               max_parallel: ParallelOpt = None, max_retries: RetriesOpt = 1) -> None:
     """Train every member (skipping finished ones, resuming interrupted ones), then rank them."""
     from npuyolo.train.series import SeriesSpec, run_series
 
     spec = SeriesSpec.load(spec_file)
-    reg = open_registry(registry)
     try:
-        with quiet_stdout(as_json):
-            rows = run_series(spec, reg, on_member=lambda v, a: err.rule(f"[bold]{escape(spec.name)}[/]: {v} ({a})"))
+        with series_executor(executor, f"series {spec.name} on Ray", as_json, address=address, gpus_per_member=gpus_per_member,
+                             cpus_per_member=cpus_per_member, max_parallel=max_parallel, max_retries=max_retries) as runner:
+            reg = open_registry(registry)  # after the executor checks: a missing Ray or a bad flag registers nothing
+            with quiet_stdout(as_json):
+                on_member = None if runner else (lambda v, a: err.rule(f"[bold]{escape(spec.name)}[/]: {v} ({a})"))
+                rows = run_series(spec, reg, on_member=on_member, executor=runner, verbose=runner is None)
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted[/]: run `npuyolo series run {escape(str(spec_file))}` again to continue")
         raise typer.Exit(130) from None
@@ -833,19 +866,28 @@ def hybrid_search_cmd(data: Annotated[Path, typer.Option(help="data.yaml.")],
                       imgsz: Annotated[int, typer.Option()] = 640,
                       target: Annotated[str, typer.Option("--target", "-t", help="NPU target for the compatibility axis.")] = "relu-only",
                       name: Annotated[str, typer.Option(help="Series name.")] = "hybrid",
-                      as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+                      as_json: JsonOpt = False, registry: RegistryOpt = None, executor: ExecutorOpt = "local",
+                      address: AddressOpt = None, gpus_per_member: GpusOpt = 0.0, cpus_per_member: CpusOpt = 1.0,
+                      max_parallel: ParallelOpt = None, max_retries: RetriesOpt = 1,
+                      scheduler: Annotated[Optional[str], typer.Option(help="asha: stop weak candidates early (Ray Tune's ASHA; needs --executor ray).")] = None,
+                      grace_epochs: Annotated[int, typer.Option(help="With --scheduler asha: epochs every candidate trains before it can be stopped.")] = 1,
+                      asha_metric: Annotated[str, typer.Option(help="With --scheduler asha: map50_95, map50 or val_loss.")] = "map50_95") -> None:
     """Train hybrid candidates as a series, check each on a target, rank mAP against NPU share (Pareto front)."""
     from npuyolo.train.hybrid import hybrid_search
 
-    with quiet_stdout(as_json):
-        rows = hybrid_search(open_registry(registry), data, candidate, budget=budget, imgsz=imgsz, target=target, name=name)
+    asha = {"scheduler": scheduler, "grace_epochs": grace_epochs, "asha_metric": asha_metric} if scheduler else {}
+    with series_executor(executor, f"hybrid search {name} on Ray", as_json, address=address, gpus_per_member=gpus_per_member,
+                         cpus_per_member=cpus_per_member, max_parallel=max_parallel, max_retries=max_retries, **asha) as runner:
+        with quiet_stdout(as_json):
+            rows = hybrid_search(open_registry(registry), data, candidate, budget=budget, imgsz=imgsz, target=target,
+                                 name=name, executor=runner)
     if as_json:
         return print_json(rows)
     table = Table(title=f"hybrid search {name}: mAP50 vs NPU share on {target} (* = Pareto front)")
-    for col in ("variant", "run", "mAP50", "mAP50-95", f"NPU share ({target})", "Pareto"):
+    for col in ("variant", "run", "status", "epochs", "mAP50", "mAP50-95", f"NPU share ({target})", "Pareto"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["variant"], fmt(r["run_id"]), fmt(r["map50"]), fmt(r["map50_95"]),
+        table.add_row(r["variant"], fmt(r["run_id"]), r["status"], str(r.get("epochs", "-")), fmt(r["map50"]), fmt(r["map50_95"]),
                       f"{r['npu_share']:.1%}" if r["npu_share"] is not None else "-", "*" if r["pareto"] else "")
     console.print(table)
 

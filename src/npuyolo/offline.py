@@ -68,6 +68,36 @@ def install_guards() -> None:
 
     patches.torch_load = safe_torch_load  # imports inside functions
     torch_utils.torch_load = safe_torch_load  # strip_optimizer's module-level name
+    import ultralytics.engine.trainer as engine_trainer
+
+    checks.check_amp = engine_trainer.check_amp = offline_check_amp  # the trainer calls its module-level name
+
+
+# GPUs Ultralytics' own check_amp() knows to give NaN losses or zero mAP under AMP (same pattern, same verdict)
+_AMP_BAD_GPUS = r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400|t550|t600|t1000|t1200|t2000|k40m)"
+
+
+def offline_check_amp(model) -> bool:
+    """Ultralytics' AMP self-check without its download of yolo26n.pt: AMP on CUDA unless the GPU is a known bad one.
+
+    Ultralytics' check returns False on CPU/MPS and on those GPUs before it downloads anything; what it adds on
+    other CUDA GPUs is a comparison of FP32 vs AMP boxes of a downloaded model on a bundled image, which is skipped.
+    `ultralytics: {amp: false}` in the recipe still turns AMP off (the trainer never calls the check then).
+    """
+    import re
+
+    import torch
+    from ultralytics.utils import LOGGER
+
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return False
+    gpu = torch.cuda.get_device_name(device)
+    if re.search(_AMP_BAD_GPUS, gpu, re.IGNORECASE):
+        LOGGER.warning(f"AMP: off on {gpu} (known NaN losses / zero mAP with mixed precision)")
+        return False
+    LOGGER.info(f"AMP: on ({gpu}; npuyolo's offline check, no weights downloaded)")
+    return True
 
 
 # npuyolo's own nn.Module classes that its checkpoints may hold: code we ship, not code a file brings

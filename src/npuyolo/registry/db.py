@@ -16,7 +16,7 @@ from typing import Any
 
 from npuyolo.errors import NpuyoloError
 from npuyolo.paths import claim_dir, safe_join, slug
-from npuyolo.registry.schema import MIGRATIONS, SCHEMA_VERSION
+from npuyolo.registry.schema import MIGRATIONS, SCHEMA_VERSION, widen_status_check
 
 __all__ = ["Artifact", "Registry", "RegistryError", "RunRecord", "default_path", "validate_run_name"]
 
@@ -84,6 +84,7 @@ class RunRecord:
     pid_started: str | None
     host: str | None
     error: str | None
+    amp: bool | None = None  # trained with mixed precision (None: not recorded)
     epochs: list[dict] = field(default_factory=list)
     artifacts: list[Artifact] = field(default_factory=list)
 
@@ -230,9 +231,12 @@ class Registry:
         version = self._check_version(self.conn)
         for v in range(version, SCHEMA_VERSION):
             with self.tx() as c:
-                for statement in MIGRATIONS[v].split(";"):
-                    if statement.strip():
-                        c.execute(statement)
+                if MIGRATIONS[v].startswith("status:"):  # a status value added to runs' CHECK constraint
+                    widen_status_check(c, MIGRATIONS[v].split(":", 1)[1])
+                else:
+                    for statement in MIGRATIONS[v].split(";"):
+                        if statement.strip():
+                            c.execute(statement)
                 c.execute(f"PRAGMA user_version = {v + 1}")
 
     @property
@@ -370,7 +374,8 @@ class Registry:
             weights_transferred=row["weights_transferred"], device=row["device"], versions=json.loads(row["versions_json"]),
             save_dir=row["save_dir"], started_at=row["started_at"], ended_at=row["ended_at"], duration_s=row["duration_s"],
             best=json.loads(row["best_json"]) if row["best_json"] else None, pid=row["pid"], pid_started=row["pid_started"],
-            host=row["host"], error=row["error"], epochs=self.epochs(run_id), artifacts=artifacts)
+            host=row["host"], error=row["error"], amp=None if row.get("amp") is None else bool(row["amp"]),
+            epochs=self.epochs(run_id), artifacts=artifacts)
 
     def epochs(self, run_id: int) -> list[dict]:
         rows = self.conn.execute("SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,)).fetchall()

@@ -118,6 +118,35 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX compiler_runs_by_run ON compiler_runs(run_id, target);
     """,
+    # 6: whether the run trained with mixed precision (1/0; NULL: recorded before npuyolo kept it)
+    """
+    ALTER TABLE runs ADD COLUMN amp INTEGER;
+    """,
+    # 7: status 'stopped': a candidate an early-stopping scheduler (ASHA) ended before its budget
+    "status:stopped",
 ]
+
+
+def widen_status_check(conn, status: str) -> None:
+    """Allow one more run status in runs' CHECK constraint, in place.
+
+    SQLite cannot ALTER a CHECK constraint, and rebuilding `runs` would cascade-delete its epochs; SQLite documents
+    editing the stored CREATE TABLE text instead (writable_schema, schema_version + 1) for changes that leave
+    the stored rows valid, as adding an allowed value does. Runs inside the migration's transaction.
+    """
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()[0]
+    old = "'interrupted')"
+    if f"'{status}'" in sql:
+        return
+    if old not in sql:
+        raise ValueError("runs.status CHECK constraint not as expected")
+    version = conn.execute("PRAGMA schema_version").fetchone()[0]
+    conn.execute("PRAGMA writable_schema = ON")
+    try:
+        conn.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'runs'",
+                     (sql.replace(old, f"'interrupted', '{status}')", 1),))
+        conn.execute(f"PRAGMA schema_version = {version + 1}")
+    finally:
+        conn.execute("PRAGMA writable_schema = OFF")
 
 SCHEMA_VERSION = len(MIGRATIONS)

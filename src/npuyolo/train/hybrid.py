@@ -45,8 +45,12 @@ def npu_shares(registry, rows: list[dict], target: str, imgsz: int) -> None:
 
 
 def hybrid_search(registry, data: str | Path, candidates: list[str] | None = None, budget: int = 10, imgsz: int = 640,
-                  target: str = "relu-only", name: str = "hybrid", recipe: dict | None = None, verbose: bool = True) -> list[dict]:
-    """Train every candidate as one series (same recipe, `budget` epochs), check it on `target`, mark the Pareto front."""
+                  target: str = "relu-only", name: str = "hybrid", recipe: dict | None = None, verbose: bool = True,
+                  executor=None) -> list[dict]:
+    """Train every candidate as one series (same recipe, `budget` epochs), check it on `target`, mark the Pareto front.
+
+    `executor` (a `RayExecutor`) trains the candidates in parallel; without it they train one after another here.
+    """
     from npuyolo.npu.profiles import target as get_target
     from npuyolo.variants.spec import parse_variant
 
@@ -54,7 +58,7 @@ def hybrid_search(registry, data: str | Path, candidates: list[str] | None = Non
     variants = [parse_variant(v).name for v in (candidates or DEFAULT_CANDIDATES)]
     spec = SeriesSpec(name=name, data=str(Path(data).resolve()), variants=variants,
                       recipe={**(recipe or {}), "epochs": budget, "imgsz": imgsz})
-    run_series(spec, registry, verbose=verbose)
+    run_series(spec, registry, verbose=verbose, executor=executor)
     rows = rank_series(name, registry)
     npu_shares(registry, rows, target, imgsz)
     front = set(pareto_front(rows))

@@ -59,6 +59,9 @@ class Recipe(BaseModel):
     seed: int = Field(0, ge=0, lt=2**32)
     deterministic: bool = True
     workers: int = Field(default_factory=default_workers, ge=0)
+    # Ultralytics' image cache: ram (faster epochs; Ultralytics warns it may break determinism) or disk (.npy files
+    # written beside the images, so the data folder must be writable); false reads images every epoch
+    cache: Literal["ram", "disk"] | bool = False
     patience: int = 100
     close_mosaic: int = 10
     device: str | None = None

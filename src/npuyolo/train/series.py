@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,6 +13,9 @@ from pydantic import ValidationError
 from npuyolo.registry.db import Registry
 from npuyolo.train.recipe import Recipe, RecipeError, load_mapping, validation_message
 from npuyolo.variants.spec import parse_variant
+
+if TYPE_CHECKING:  # Ray stays out of core imports
+    from npuyolo.train.executors import RayExecutor
 
 RANK_METRICS = ("map50", "map50_95", "precision", "recall")
 
@@ -46,21 +50,39 @@ class SeriesSpec(BaseModel):
 
 
 def run_series(spec: SeriesSpec, registry: Registry, on_member: Callable[[str, str], None] | None = None,
-               verbose: bool = True) -> list[dict]:
-    """Train each member in order; finished members are skipped, interrupted or failed ones resumed."""
-    from npuyolo.train.trainer import resume_run, train_variant
+               verbose: bool = True, executor: RayExecutor | None = None) -> list[dict]:
+    """Train each member; finished members are skipped, interrupted or failed ones resumed.
 
+    `executor` None trains here, one member after another; a `RayExecutor` trains them as Ray tasks while this
+    process alone writes the registry. Either way a re-run continues where the last one stopped.
+    """
     recipe = spec.resolved_recipe()
+    if executor is not None:
+        executor.open()  # Ray up and large enough before anything is registered
+        try:
+            return _run_series(spec, recipe, registry, on_member, verbose, executor)
+        finally:
+            executor.close()
+    return _run_series(spec, recipe, registry, on_member, verbose, None)
+
+
+def _run_series(spec, recipe, registry, on_member, verbose, executor) -> list[dict]:
+    from npuyolo.train.trainer import prepare_resume, resume_run, train_variant
+
     registry.upsert_series(spec.name, {**spec.model_dump(), "recipe_resolved": recipe.model_dump()})
     members = {m["variant"]: m for m in registry.series(spec.name)["members"]}
+    jobs = []
     for variant in spec.variants:
         member = members[variant]
-        if member["status"] == "finished":
+        if member["status"] in ("finished", "stopped"):  # stopped: ended early by a scheduler (ASHA), on purpose
             action = "skip"
         elif member["run_id"] is not None:
             action = "resume"
         else:
             action = "train"
+        if executor is not None:
+            jobs.append(_job(spec, recipe, registry, variant, action, member["run_id"]))
+            continue
         if on_member:
             on_member(variant, action)
         if action == "resume":
@@ -68,7 +90,25 @@ def run_series(spec: SeriesSpec, registry: Registry, on_member: Callable[[str, s
         elif action == "train":
             train_variant(variant, spec.data, recipe, registry, name=f"{spec.name}-{variant}",
                                    series=spec.name, verbose=verbose, on_created=lambda rid, v=variant: registry.set_series_member(spec.name, v, rid))
+    if executor is not None:
+        executor.run(jobs, registry, prepare_retry=lambda run_id: prepare_resume(run_id, registry, verbose=False))
     return rank_series(spec.name, registry)
+
+
+def _job(spec: SeriesSpec, recipe: Recipe, registry: Registry, variant: str, action: str, run_id: int | None):
+    """A member for an executor: its run is registered (or re-claimed) on this process when it is dispatched."""
+    from npuyolo.train.executors import MemberJob
+    from npuyolo.train.trainer import prepare_resume, prepare_variant
+
+    if action == "resume":
+        prepare = lambda: prepare_resume(run_id, registry, verbose=False)  # noqa: E731
+        epochs = Recipe(**registry.run(run_id).recipe).epochs
+    else:
+        prepare = lambda: prepare_variant(variant, spec.data, recipe, registry, name=f"{spec.name}-{variant}",  # noqa: E731
+                                          series=spec.name, verbose=False,
+                                          on_created=lambda rid: registry.set_series_member(spec.name, variant, rid))
+        epochs = recipe.epochs
+    return MemberJob(variant, action, prepare, epochs, run_id)
 
 
 def final_metrics(registry: Registry, run_id: int) -> dict:
@@ -86,10 +126,12 @@ def rank_rows(rows: list[dict]) -> list[dict]:
 
 
 def rank_series(name: str, registry: Registry) -> list[dict]:
-    """Members ranked by their final-epoch metrics; unfinished members are listed, unranked."""
+    """Members ranked by their final-epoch metrics; unfinished members (stopped early too) are listed, unranked,
+    with the epochs they reached."""
     rows = []
     for m in registry.series(name)["members"]:
         finished = m["status"] == "finished"
         metrics = final_metrics(registry, m["run_id"]) if finished else {k: None for k in RANK_METRICS}
-        rows.append({"variant": m["variant"], "run_id": m["run_id"], "status": m["status"] or "not started", **metrics})
+        rows.append({"variant": m["variant"], "run_id": m["run_id"], "status": m["status"] or "not started",
+                     "epochs": len(registry.epochs(m["run_id"])) if m["run_id"] is not None else 0, **metrics})
     return rank_rows(rows)

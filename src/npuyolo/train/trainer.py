@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import yaml
@@ -108,11 +109,26 @@ def _install_tracker_filter() -> None:
     if getattr(base.add_integration_callbacks, "npuyolo_filter", False):
         return
     _ultralytics_add_integration_callbacks = base.add_integration_callbacks
+    package_name = package.__name__
 
     def add_integration_callbacks(instance):
-        _ultralytics_add_integration_callbacks(instance)
-        if isinstance(instance, NpuyoloTrainer):
-            instance.drop_unrequested_trackers()
+        if not isinstance(instance, NpuyoloTrainer):
+            return _ultralytics_add_integration_callbacks(instance)
+        # trackers the recipe did not name are not even imported (Ray Tune's, for one, would import all of Ray)
+        allowed = {f".{TRACKER_MODULES[t]}" for t in instance.trackers}
+        real_import = base.import_module
+
+        def import_requested(name, package=None):
+            if package == package_name and name.lstrip(".") in TRACKER_MODULES.values() and name not in allowed:
+                return SimpleNamespace(callbacks={})
+            return real_import(name, package)
+
+        base.import_module = import_requested
+        try:
+            _ultralytics_add_integration_callbacks(instance)
+        finally:
+            base.import_module = real_import
+        instance.drop_unrequested_trackers()
 
     add_integration_callbacks.npuyolo_filter = True
     base.add_integration_callbacks = package.add_integration_callbacks = add_integration_callbacks
@@ -244,7 +260,39 @@ def _epoch_row(trainer: DetectionTrainer) -> dict:
     }
 
 
-def _attach_registry(trainer: NpuyoloTrainer, registry: Registry, run_id: int) -> None:
+class RecordSink:
+    """Where a training process sends what the registry keeps about its run: epochs, run fields, artefacts, status.
+
+    Local runs write straight into the registry (`RegistrySink`); a run trained by a Ray worker sends the same
+    calls back to the driver (`npuyolo.train.executors`), which alone opens the registry.
+    """
+
+    def record_epoch(self, epoch: int, extra: dict | None = None, **row: float | None) -> None: ...
+    def update_run(self, **fields) -> None: ...
+    def add_artifact(self, kind: str, path: str | Path, meta: dict | None = None) -> None: ...
+    def set_status(self, status: str, error: str | None = None) -> None: ...
+
+
+class RegistrySink(RecordSink):
+    """The registry itself, for one run: every call is one transaction, as before."""
+
+    def __init__(self, registry: Registry, run_id: int):
+        self.registry, self.run_id = registry, run_id
+
+    def record_epoch(self, epoch, extra=None, **row):
+        self.registry.record_epoch(self.run_id, epoch, extra=extra, **row)
+
+    def update_run(self, **fields):
+        self.registry.update_run(self.run_id, **fields)
+
+    def add_artifact(self, kind, path, meta=None):
+        self.registry.add_artifact(self.run_id, kind, path, meta)
+
+    def set_status(self, status, error=None):
+        self.registry.set_status(self.run_id, status, error=error)
+
+
+def _attach_registry(trainer: NpuyoloTrainer, sink: RecordSink) -> None:
     trained = {"pending": False}
 
     def on_train_epoch_end(t: DetectionTrainer) -> None:
@@ -257,17 +305,18 @@ def _attach_registry(trainer: NpuyoloTrainer, registry: Registry, run_id: int) -
             extra = {k.split("/", 1)[1]: v for k, v in t.label_loss_items(t.tloss, prefix="train").items()
                      if k not in ("train/box_loss", "train/cls_loss", "train/dfl_loss")} if t.tloss else {}
             extra.update(t.epoch_extra() if hasattr(t, "epoch_extra") else {})
-            registry.record_epoch(run_id, t.epoch + 1, extra=extra or None, **row)
+            sink.record_epoch(t.epoch + 1, extra=extra or None, **row)
             trained["pending"] = False
         else:  # Ultralytics' final_eval: validation of best.pt after the last epoch
             best = {k: row[k] for k in ("precision", "recall", "map50", "map50_95")}
-            registry.update_run(run_id, best_json=json.dumps({"weights": str(t.best), **best}))
+            sink.update_run(best_json=json.dumps({"weights": str(t.best), **best}))
 
     def on_pretrain_routine_end(t: NpuyoloTrainer) -> None:
-        fields = {"device": str(t.device), "save_dir": str(t.save_dir)}
+        # t.amp is what Ultralytics trains with, after its (here offline) AMP check: recorded, not assumed
+        fields = {"device": str(t.device), "save_dir": str(t.save_dir), "amp": int(bool(getattr(t, "amp", False)))}
         if t.transferred:
             fields["weights_transferred"] = f"{t.transferred[0]}/{t.transferred[1]}"
-        registry.update_run(run_id, **fields)
+        sink.update_run(**fields)
 
     trainer.add_callback("on_train_epoch_end", on_train_epoch_end)
     trainer.add_callback("on_fit_epoch_end", on_fit_epoch_end)
@@ -300,41 +349,55 @@ def preflight(overrides: dict) -> None:
         raise TrainError(" ".join(str(e).replace("ERROR ❌️", "").split())) from e
 
 
-def _run_trainer(build: Callable[[], NpuyoloTrainer], registry: Registry, run_id: int) -> RunResult:
-    """Build and train, then close the run in the registry whatever happens (finished / interrupted / failed).
+def train_into(build: Callable[[], NpuyoloTrainer], sink: RecordSink, label: str,
+               on_trainer: Callable[[NpuyoloTrainer], None] | None = None) -> Path:
+    """Build and train, then close the run through `sink` whatever happens (finished / interrupted / failed).
 
     A failure while the trainer is built is recorded too (`failed`, with its message), never left `running`.
+    Returns the run's folder. `on_trainer` sees the built trainer before it trains (executors add callbacks).
     """
     trust_npuyolo_classes()  # Ultralytics' own loads (resume, teacher, pretrained) may meet npuyolo modules
     try:
         trainer = build()
-        _attach_registry(trainer, registry, run_id)
+        _attach_registry(trainer, sink)
+        if on_trainer:
+            on_trainer(trainer)
         trainer.train()
     except KeyboardInterrupt:
-        registry.set_status(run_id, "interrupted", error="stopped by the user (Ctrl-C)")
+        sink.set_status("interrupted", error="stopped by the user (Ctrl-C)")
         raise
     except BaseException as e:
         message = " ".join(f"{type(e).__name__}: {e}".split())[:2000]
-        registry.set_status(run_id, "failed", error=message)
+        sink.set_status("failed", error=message)
         if isinstance(e, OSError) and e.errno in _USER_OS_ERRORS:
-            raise TrainError(f"run {run_id} failed: {e}") from e
+            raise TrainError(f"{label} failed: {e}") from e
         raise
     wdir = Path(trainer.save_dir) / "weights"
     for kind in ("best", "last"):
         if (wdir / f"{kind}.pt").exists():
-            registry.add_artifact(run_id, f"weights/{kind}", wdir / f"{kind}.pt")
+            sink.add_artifact(f"weights/{kind}", wdir / f"{kind}.pt")
     (wdir / PREVIOUS).unlink(missing_ok=True)  # only needed while the run could still be resumed
-    record_trackers(registry, run_id, trainer)
-    registry.set_status(run_id, "finished")
+    sink_trackers(sink, trainer)
+    sink.set_status("finished")
+    return Path(trainer.save_dir)
+
+
+def _run_trainer(build: Callable[[], NpuyoloTrainer], registry: Registry, run_id: int) -> RunResult:
+    """Train in this process, writing straight into the registry."""
+    save_dir = train_into(build, RegistrySink(registry, run_id), f"run {run_id}")
     run = registry.run(run_id)
-    return RunResult(run_id, run.name, run.status, Path(trainer.save_dir))
+    return RunResult(run_id, run.name, run.status, save_dir)
 
 
 def record_trackers(registry: Registry, run_id: int, trainer) -> None:
+    sink_trackers(RegistrySink(registry, run_id), trainer)
+
+
+def sink_trackers(sink: RecordSink, trainer) -> None:
     """Where the trackers the recipe named put this run: TensorBoard's log folder, MLflow's run id and URI."""
     trackers = getattr(trainer, "trackers", ()) or ()
     if "tensorboard" in trackers:
-        registry.add_artifact(run_id, "tracker/tensorboard", Path(trainer.save_dir), {"logdir": str(trainer.save_dir)})
+        sink.add_artifact("tracker/tensorboard", Path(trainer.save_dir), {"logdir": str(trainer.save_dir)})
     if "mlflow" in trackers:
         try:
             import mlflow
@@ -344,13 +407,38 @@ def record_trackers(registry: Registry, run_id: int, trainer) -> None:
             last = None
         if last is not None:
             uri = mlflow.get_tracking_uri()
-            registry.add_artifact(run_id, "tracker/mlflow", f"{uri}#{last.info.run_id}", {"uri": uri, "run_id": last.info.run_id})
+            sink.add_artifact("tracker/mlflow", f"{uri}#{last.info.run_id}", {"uri": uri, "run_id": last.info.run_id})
+
+
+@dataclass
+class PreparedRun:
+    """A run the registry holds (`running`, folder claimed), with what its trainer is built from.
+
+    Made in the process that owns the registry; `build()` can run there or in a worker that never opens it.
+    """
+
+    run_id: int
+    recipe: Recipe
+    overrides: dict
+    action: str = "train"  # train | resume
+
+    def build(self) -> NpuyoloTrainer:
+        return _trainer_for(self.recipe)(overrides=dict(self.overrides))
 
 
 def train_variant(variant: str, data: str | Path, recipe: Recipe, registry: Registry, *, name: str | None = None,
                   weights: str | Path | None = None, series: str | None = None, verbose: bool = True,
                   on_created: Callable[[int], None] | None = None) -> RunResult:
     """Check the data, register the run, train it with Ultralytics, record every epoch."""
+    prepared = prepare_variant(variant, data, recipe, registry, name=name, weights=weights, series=series,
+                               verbose=verbose, on_created=on_created)
+    return _run_trainer(prepared.build, registry, prepared.run_id)
+
+
+def prepare_variant(variant: str, data: str | Path, recipe: Recipe, registry: Registry, *, name: str | None = None,
+                    weights: str | Path | None = None, series: str | None = None, verbose: bool = True,
+                    on_created: Callable[[int], None] | None = None) -> PreparedRun:
+    """Check the data, register the run and write its model YAML; training is left to the caller."""
     spec = parse_variant(variant)
     data = Path(data).resolve()
     if name is not None:
@@ -362,8 +450,8 @@ def train_variant(variant: str, data: str | Path, recipe: Recipe, registry: Regi
         if not Path(weights).is_file():
             raise TrainError(f"--weights {weights}: no such file (npuyolo never downloads weights; pass a local .pt)")
         read_checkpoint(weights)  # refuses a corrupt file or one whose pickle would run code, before a run exists
-    base = {
-        **recipe.ultralytics_args(), "data": str(data), "exist_ok": True, "verbose": verbose, "amp": False,
+    base = {  # AMP as the recipe says (Ultralytics' default: on); npuyolo's offline check keeps it off on CPU
+        **recipe.ultralytics_args(), "data": str(data), "exist_ok": True, "verbose": verbose,
         "pretrained": str(Path(weights).resolve()) if weights else False,
     }
     preflight({**base, "model": "yolo11n.yaml"})
@@ -373,17 +461,18 @@ def train_variant(variant: str, data: str | Path, recipe: Recipe, registry: Regi
                                  device=recipe.device or "auto", versions=software_versions(), series=series)
     if on_created:
         on_created(run_id)
-    run = registry.run(run_id)
-    save_dir = Path(run.save_dir)
-
-    def build() -> NpuyoloTrainer:
+    save_dir = Path(registry.run(run_id).save_dir)
+    try:
         yaml_path = model_yaml_path(save_dir, spec.scale, spec.name)
         write_text(yaml_path, yaml.safe_dump(model_yaml(spec, nc=len(report.names), names=report.names), sort_keys=False))
         registry.add_artifact(run_id, "model_yaml", yaml_path)
-        overrides = {**base, "model": str(yaml_path), "project": str(save_dir.parent), "name": save_dir.name}
-        return _trainer_for(recipe)(overrides=_with_teacher(overrides, recipe))
-
-    return _run_trainer(build, registry, run_id)
+    except BaseException as e:  # recorded like a failed build: never left `running`
+        registry.set_status(run_id, "failed", error=" ".join(f"{type(e).__name__}: {e}".split())[:2000])
+        if isinstance(e, OSError) and e.errno in _USER_OS_ERRORS:
+            raise TrainError(f"run {run_id} failed: {e}") from e
+        raise
+    overrides = {**base, "model": str(yaml_path), "project": str(save_dir.parent), "name": save_dir.name}
+    return PreparedRun(run_id, recipe, _with_teacher(overrides, recipe))
 
 
 def _has_relu(spec) -> bool:
@@ -453,6 +542,12 @@ def _resume_checkpoint(run: RunRecord, save_dir: Path, source: str) -> tuple[Pat
 
 def resume_run(ref: str | int, registry: Registry, verbose: bool = True, source: str = "last") -> RunResult:
     """Continue an interrupted or failed run from its last checkpoint (or from the start if it has none)."""
+    prepared = prepare_resume(ref, registry, verbose=verbose, source=source)
+    return _run_trainer(prepared.build, registry, prepared.run_id)
+
+
+def prepare_resume(ref: str | int, registry: Registry, verbose: bool = True, source: str = "last") -> PreparedRun:
+    """Claim an interrupted or failed run again and drop the epochs its checkpoint does not hold."""
     run = registry.run(ref)
     if run.status == "finished":
         raise TrainError(f"run {run.name} already finished; start a new run instead")
@@ -468,7 +563,7 @@ def resume_run(ref: str | int, registry: Registry, verbose: bool = True, source:
             raise TrainError(f"run {run.name} has neither a checkpoint nor {yaml_path}; nothing to resume from")
         overrides = _with_teacher({
             **recipe.ultralytics_args(), "model": str(yaml_path), "data": run.data_path, "project": str(save_dir.parent),
-            "name": save_dir.name, "exist_ok": True, "pretrained": run.weights_source or False, "verbose": verbose, "amp": False,
+            "name": save_dir.name, "exist_ok": True, "pretrained": run.weights_source or False, "verbose": verbose,
         }, recipe)
         keep_epochs = 0
     else:
@@ -480,7 +575,8 @@ def resume_run(ref: str | int, registry: Registry, verbose: bool = True, source:
         keep_epochs = epoch + 1
     registry.claim_run(run.id)
     registry.truncate_epochs(run.id, keep_epochs)
-    return _run_trainer(lambda: _trainer_for(recipe)(overrides=overrides), registry, run.id)
+    return PreparedRun(run.id, recipe, overrides, action="resume")
 
 
-__all__ = ["NpuyoloTrainer", "RegistryError", "RunResult", "TrainError", "resume_run", "train_variant"]
+__all__ = ["NpuyoloTrainer", "PreparedRun", "RecordSink", "RegistryError", "RegistrySink", "RunResult", "TrainError",
+           "prepare_resume", "prepare_variant", "resume_run", "train_into", "train_variant"]
