@@ -79,9 +79,14 @@ def test_bias_corrected_export_is_recorded_and_full_integer(synth_data, tmp_path
     assert json.loads({p.key: p.value for p in q.metadata_props}["npuyolo_quant"])["bias_corrected"] == n_convs
     assert is_full_integer(q)
     plain = quantize_onnx(fp32, tmp_path / "plain.onnx", synth_data, calib=6)
-    bias = lambda m: {i.name: numpy_helper.to_array(i) for i in m.graph.initializer if i.data_type == TensorProto.INT32}  # noqa: E731
-    assert plain["bias_corrected"] == 0 and bias(q).keys() == bias(onnx.load(str(tmp_path / "plain.onnx"))).keys()
-    assert any(not np.array_equal(v, bias(onnx.load(str(tmp_path / "plain.onnx")))[k]) for k, v in bias(q).items())
+    def conv_bias(m):  # Conv name -> the INT32 bias it computes with
+        inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+        dq = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
+        return {n.name: inits[dq[n.input[2]].input[0]] for n in m.graph.node if n.op_type == "Conv" and len(n.input) > 2}
+
+    corrected, uncorrected = conv_bias(q), conv_bias(onnx.load(str(tmp_path / "plain.onnx")))
+    assert plain["bias_corrected"] == 0 and corrected.keys() == uncorrected.keys()
+    assert sum(not np.array_equal(v, uncorrected[k]) for k, v in corrected.items()) > n_convs // 2
 
 
 def test_full_integer_check_tells_conv_only_int8_apart(synth_data, tmp_path):
@@ -199,3 +204,35 @@ def test_npu_check_places_an_int8_artefact_like_its_fp32_graph(synth_data, tmp_p
         assert got[t].nodes_total == ref[t].nodes_total and not got[t].unknown_ops
         assert (got[t].share_nodes, got[t].fallback_ops, got[t].partitions_npu) == (ref[t].share_nodes, ref[t].fallback_ops, ref[t].partitions_npu)
         assert got[t].share_macs == pytest.approx(ref[t].share_macs)
+
+
+def test_bias_correction_gives_shared_biases_their_own_copy():
+    """Untrained exports share one bias tensor among many Convs; one Conv's correction must not reach the others."""
+    rng = np.random.default_rng(1)
+    w = rng.normal(0, 1, (4, 4, 1, 1)).astype(np.float32)
+    b = np.zeros(4, np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y1"], name="c1"), helper.make_node("Conv", ["x", "w", "b"], ["y2"], name="c2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 4, 2, 2]) for y in ("y1", "y2")],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert correct_biases(model, {"c1": w + 0.01}, {"c1": np.ones(4)}) == 1
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    c1, c2 = model.graph.node
+    assert c1.input[2] != "b" and c2.input[2] == "b" and np.array_equal(inits["b"], b)
+    np.testing.assert_allclose(inits[c1.input[2]], -0.04 * np.ones(4), atol=1e-6)
+
+
+def test_convs_kept_float_keep_their_fp32_bias(synth_data, tmp_path):
+    fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    info = quantize_onnx(fp32, tmp_path / "q.onnx", synth_data, calib=4, auto_float=2, bias_correct=True)
+    kept = [c["node"] for c in info["auto_float"]]
+    assert len(kept) == 2 and info["bias_corrected"] > 0
+    ref = onnx.load(str(fp32))
+    ref_inits = {i.name: numpy_helper.to_array(i) for i in ref.graph.initializer}
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    q_inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    for name in kept:
+        before = next(n for n in ref.graph.node if n.name == name)
+        after = next(n for n in q.graph.node if n.name == name)
+        np.testing.assert_array_equal(q_inits[after.input[2]], ref_inits[before.input[2]])

@@ -19,6 +19,10 @@ __all__ = ["conv_input_means", "correct_biases"]
 def correct_biases(model: onnx.ModelProto, quantized: dict[str, np.ndarray], input_means: dict[str, np.ndarray]) -> int:
     """Subtract (W_q - W) E[x] from every Conv bias in place; returns how many Convs were corrected."""
     inits = {i.name: i for i in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
     corrected = 0
     for node in model.graph.node:
         if node.op_type != "Conv" or node.name not in quantized or node.name not in input_means or node.input[1] not in inits:
@@ -37,7 +41,14 @@ def correct_biases(model: onnx.ModelProto, quantized: dict[str, np.ndarray], inp
         shift = ((wq - w).reshape(out_ch, in_per_group, -1).sum(axis=2) * per_out).sum(axis=1)
         if len(node.input) > 2 and node.input[2] in inits:
             b = numpy_helper.to_array(inits[node.input[2]])
-            inits[node.input[2]].CopyFrom(numpy_helper.from_array((b.astype(np.float64) - shift).astype(b.dtype), node.input[2]))
+            fixed = (b.astype(np.float64) - shift).astype(b.dtype)
+            if uses.get(node.input[2], 0) > 1:  # a bias tensor shared by several Convs: this Conv gets its own copy
+                name = f"{node.name}_bias_corrected"
+                model.graph.initializer.append(numpy_helper.from_array(fixed, name))
+                uses[node.input[2]] -= 1
+                node.input[2] = name
+            else:
+                inits[node.input[2]].CopyFrom(numpy_helper.from_array(fixed, node.input[2]))
         else:
             name = f"{node.name}_bias_corrected"
             model.graph.initializer.append(numpy_helper.from_array((-shift).astype(np.float32), name))
