@@ -194,17 +194,30 @@ def test_install_makes_a_venv_and_writes_the_manifest_last(compilers_dir, monkey
     """The real install path, offline: a spec with no packages to fetch (the venv's own pip is the 'compiler')."""
     fake = envs.CompilerSpec(name="rknn", title="t", distribution="pip", steps=(), check="import json", licence="l")
     monkeypatch.setitem(envs.COMPILERS, "rknn", fake)
-    (compilers_dir / "rknn").mkdir(parents=True)
-    (compilers_dir / "rknn" / "leftover").write_text("from a killed install")
+    (compilers_dir / "rknn" / "venv-killed").mkdir(parents=True)  # a killed install of ours
+    (compilers_dir / "rknn" / envs.MARKER).write_text("")
     env = envs.install("rknn")
-    assert Path(env.python).is_file() and env.version and not (compilers_dir / "rknn" / "leftover").exists()
+    assert Path(env.python).is_file() and env.version and not (compilers_dir / "rknn" / "venv-killed").exists()
     assert json.loads((compilers_dir / "rknn" / "manifest.json").read_text())["python"] == env.python
     assert envs.install("rknn") == env  # installed: kept as it is
     failing = envs.CompilerSpec(name="rknn", title="t", distribution="pip", steps=(), check="import no_such_module_here", licence="l")
     monkeypatch.setitem(envs.COMPILERS, "rknn", failing)
     with pytest.raises(envs.CompilerError, match="install.log"):
         envs.install("rknn", force=True)
-    assert envs.installed("rknn") is None  # no manifest for a failed install
+    assert envs.installed("rknn") == env  # a failed --force keeps the working install
+    monkeypatch.setitem(envs.COMPILERS, "rknn", fake)
+    again = envs.install("rknn", force=True)
+    assert again.venv != env.venv and not Path(env.venv).exists() and Path(again.python).is_file()
+
+
+def test_install_never_deletes_a_folder_it_did_not_make(compilers_dir):
+    """NPUYOLO_COMPILERS_DIR=~/src would have removed a user's own ~/src/rknn (review finding; failed before)."""
+    mine = compilers_dir / "rknn" / "src" / "important.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("user's work")
+    with pytest.raises(envs.CompilerError, match="not made by npuyolo"):
+        envs.install("rknn", python="/bin/false")
+    assert mine.read_text() == "user's work"
 
 
 # ------------------------------------------------------------------------------------ the real compiler
@@ -421,3 +434,68 @@ def test_real_rknn_compile_of_a_run_is_kept_with_the_run(synth_data, tiny_recipe
     assert "-64.onnx" in res["onnx"]  # the size it was trained at
     [row] = reg.compiler_runs(run_id=run.run_id)
     assert row["target"] == "rknn-rk3566" and row["log_path"] == str(log)
+
+
+def _fake_vela(compilers_dir, stdout_file: str | None, summary_file: str | None):
+    """A 'vela' that prints a recorded log and writes <tflite stem>_summary_x.csv, as Vela 5.2 does (review tests)."""
+    venv = compilers_dir / "vela" / "venv-fake"
+    (venv / "bin").mkdir(parents=True)
+    script = venv / "bin" / "vela"
+    out = f"print(open({str(FIX / stdout_file)!r}).read())" if stdout_file else "print('Warning: nothing to report')"
+    csv_line = (f"import shutil; shutil.copy({str(FIX / summary_file)!r}, str(od / (Path(sys.argv[1]).stem + '_summary_x.csv')))"
+                if summary_file else "")
+    script.write_text(f"#!{sys.executable}\nimport sys\nfrom pathlib import Path\n{out}\n"
+                      f"od = Path(sys.argv[sys.argv.index('--output-dir') + 1]); od.mkdir(parents=True, exist_ok=True)\n{csv_line}\n")
+    script.chmod(0o755)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    manifest = {"name": "vela", "version": "5.2.0", "python": str(venv / "bin" / "python"), "venv": str(venv), "installed_at": "t", "pins": []}
+    (compilers_dir / "vela" / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_vela_reads_its_own_summary_and_refuses_an_unreadable_log(compilers_dir, tmp_path):
+    """Before: the last *_summary_*.csv in a shared folder was read (another model's time), and a log without an
+    operator summary counted as '0 CPU operators' (100 % agreement)."""
+    from npuyolo.compilers import vela
+
+    tflite = tmp_path / "model_full_integer_quant.tflite"
+    tflite.write_bytes(b"not read by the fake")
+    _fake_vela(compilers_dir, "vela-L4-leaky-320-u55-128.stdout", "vela-L4-leaky-320-u55-128.summary.csv")
+    stale = tmp_path / "work" / "vela-ethos-u55-128" / "zzz_other_model_summary_x.csv"
+    stale.parent.mkdir(parents=True)
+    stale.write_text((FIX / "vela-L4-leaky-320-u85-256-float-io.summary.csv").read_text())
+    build = vela.compile_onnx(tmp_path / "m.onnx", "ethos-u55-128", tmp_path / "c.npy", tmp_path / "work", tflite=tflite)
+    expected = vela.parse_summary_csv((FIX / "vela-L4-leaky-320-u55-128.summary.csv").read_text())
+    assert build.performance == expected and build.performance != vela.parse_summary_csv(stale.read_text())
+    (compilers_dir / "vela" / "venv-fake").rename(compilers_dir / "vela" / "old")
+    import shutil
+
+    shutil.rmtree(compilers_dir / "vela" / "old")
+    _fake_vela(compilers_dir, None, None)
+    with pytest.raises(envs.CompilerError, match="no operator summary"):
+        vela.compile_onnx(tmp_path / "m.onnx", "ethos-u55-128", tmp_path / "c.npy", tmp_path / "work2", tflite=tflite)
+
+
+def test_compile_with_a_wrong_data_yaml_creates_no_registry(compilers_dir, tmp_path):
+    _fake_vela(compilers_dir, None, None)
+    db = tmp_path / "fresh" / "r.db"
+    r = runner.invoke(app, ["npu", "compile", "L4-relu", "--compiler", "vela", "-t", "ethos-u55-128", "--data",
+                            str(tmp_path / "missing.yaml"), "--registry", str(db)])
+    assert r.exit_code == 2 and "Traceback" not in r.output and not db.exists()
+
+
+def test_rknn_calibration_list_has_no_spaces_whatever_the_registry_path(tmp_path):
+    """RKNN splits a dataset line on spaces (one path per input): a registry under 'My Runs/' broke the build."""
+    from npuyolo.compilers.rknn import _local_dataset
+
+    images = tmp_path / "My Runs" / "calib 160"
+    images.mkdir(parents=True)
+    for i in range(3):
+        (images / f"{i}.png").write_bytes(b"png%d" % i)
+    listing = tmp_path / "My Runs" / "calib.txt"
+    listing.write_text("\n".join(str(images / f"{i}.png") for i in range(3)) + "\n")
+    work = tmp_path / "work dir"
+    work.mkdir()
+    local = _local_dataset(listing, work)
+    lines = local.read_text().split()
+    assert len(lines) == 3 and all(" " not in x and not x.startswith("/") for x in lines)
+    assert [(work / x).read_bytes() for x in lines] == [b"png0", b"png1", b"png2"]

@@ -512,6 +512,7 @@ def npu_check(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx
         for t in target:  # every target and the compiler checked before a registry is opened or a slow export starts
             profile_for(referee, t)
         require(referee)
+        _check_calibration_data(data)
         return _npu_referee(model, target, referee, data, open_registry(registry), imgsz, head, nc, as_json)
     reg = open_registry(registry)
     result = check_model(model, target, reg, imgsz=imgsz, head=head, nc=nc)
@@ -539,6 +540,14 @@ def npu_check(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx
                 if p.placement in ("cpu", "unknown"):
                     t.add_row(p.name, p.op, p.placement, p.reason, p.source or "-")
             console.print(t)
+
+
+def _check_calibration_data(data: Path | None) -> None:
+    """A wrong data.yaml is one line before a registry file is created."""
+    if data is not None:
+        from npuyolo.deploy.quantize import calibration_images
+
+        calibration_images(data, 1)
 
 
 def _npu_referee(model, targets, compiler, data, reg, imgsz, head, nc, as_json) -> None:
@@ -608,6 +617,7 @@ def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .on
 
     profile_for(compiler, target)
     require(compiler)  # a missing compiler is one line, before any registry is created
+    _check_calibration_data(data)
     reg = open_registry(registry)
     with quiet_stdout(as_json):
         res = compile_model(model, compiler, target, data, reg, imgsz=imgsz, head=head, nc=nc)

@@ -72,7 +72,7 @@ def write_calibration(data: str | Path | None, imgsz: int, workdir: Path, count:
         bgr = (chw.transpose(1, 2, 0) * 255).round().astype(np.uint8)[..., ::-1]
         dst = folder / f"{i:03d}.png"
         cv2.imwrite(str(dst), bgr)
-        lines.append(str(dst.resolve()))
+        lines.append(str(dst.relative_to(workdir)))  # relative to the list file (rknn.compile_onnx copies them beside it)
     listing = workdir / f"calib-{imgsz}.txt"
     write_text(listing, "\n".join(lines) + "\n")
     return listing, what
@@ -170,17 +170,22 @@ def compile_model(ref: str, compiler: str, target: str, data: str | Path | None,
 
         name = f"onnx-{slug(onnx_path.stem, 'model')}"  # apart from a variant's own npu/<variant>/ folder
         base = registry.output_dir("npu", name) if registry is not None else safe_join("runs", "npu", name)
-        folder = base / f"{compiler}-{platform}"
+        folder = base / f"{compiler}-{platform}-{slug(onnx_path.stem, 'model')}"
         folder.mkdir(parents=True, exist_ok=True)
         model = onnx.load(str(onnx_path))
+        from npuyolo.npu.normalize import fold_qdq
+
+        fold_qdq(model)  # an INT8 artefact: the compiler quantizes itself, like the graph `npu check` placed
         slices_to_split(model)  # chunk as Split, as `npu check` analyses it: same node names on both sides
         onnx_path = folder / f"{slug(onnx_path.stem, 'model')}.onnx"
         from npuyolo.paths import atomic_path
 
         with atomic_path(onnx_path) as tmp:
             onnx.save(model, str(tmp))
-    else:
-        folder = onnx_path.parent / f"{compiler}-{platform}"
+    else:  # one folder per compiled file: exports at other sizes/heads never share (or overwrite) logs
+        from npuyolo.paths import slug
+
+        folder = onnx_path.parent / f"{compiler}-{platform}-{slug(onnx_path.stem, 'model')}"
     dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
     size = int(dims[-1].dim_value)
     if compiler == "rknn":

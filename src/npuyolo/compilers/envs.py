@@ -1,7 +1,7 @@
 """Vendor NPU compilers in their own virtual environments, created only by `npuyolo compilers install NAME`.
 
 RKNN-Toolkit2 pins an old torch/onnx/numpy and Vela's TFLite route needs TensorFlow: neither can share the
-project's environment. Each compiler gets `<root>/<name>/venv` (root: $NPUYOLO_COMPILERS_DIR, else
+project's environment. Each compiler gets `<root>/<name>/venv-<time>` (root: $NPUYOLO_COMPILERS_DIR, else
 ~/.cache/npuyolo/compilers) and a `manifest.json` written last, atomically: a folder without a manifest is an
 unfinished install and counts as not installed. Nothing here installs anything unless the user asked for it.
 """
@@ -138,30 +138,46 @@ def _run(cmd: list[str], log: Path) -> None:
         raise CompilerError(f"`{' '.join(cmd[:4])} ...` failed (exit {done.returncode}); see {log}")
 
 
-def install(name: str, force: bool = False, python: str | None = None) -> CompilerEnv:
-    """Create `<root>/<name>/venv`, pip-install the pinned packages, verify the import, write the manifest last.
+MARKER = ".npuyolo-compiler"  # written first into every folder npuyolo creates here: only such folders are ever deleted from
 
-    An existing install is kept unless `force`; a folder without a manifest (an install that was killed) is removed
-    first. pip output goes to `<root>/<name>/install.log`.
+
+def install(name: str, force: bool = False, python: str | None = None) -> CompilerEnv:
+    """Create a venv under `<root>/<name>/`, pip-install the pinned packages, verify the import, write the manifest last.
+
+    An existing install is kept unless `force`; with `force` the old venv stays in use until the new one works. A
+    folder npuyolo did not create (no marker) is never touched. Leftovers of killed installs are removed. pip
+    output goes to `<root>/<name>/install.log`.
     """
     s = spec(name)
     folder = _folder(name)
     current = installed(name)
     if current is not None and not force:
         return current
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+    if folder.exists() and not (folder / MARKER).is_file() and any(folder.iterdir()):
+        raise CompilerError(f"{folder} exists and was not made by npuyolo; move it away or set NPUYOLO_COMPILERS_DIR "
+                            "to another folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text("made by `npuyolo compilers install`; its venvs may be replaced\n", encoding="utf-8")
+    keep = Path(current.venv).name if current is not None else None
+    for entry in folder.iterdir():  # leftovers of killed installs (never the venv in use)
+        if entry.name.startswith("venv") and entry.name != keep and entry.is_dir():
+            shutil.rmtree(entry)
     log = folder / "install.log"
-    venv = folder / "venv"
-    _run([python or sys.executable, "-m", "venv", str(venv)], log)
-    py = venv / "bin" / "python"
-    for step in s.steps:
-        _run([str(py), "-m", "pip", "install", "--disable-pip-version-check", *step], log)
-    _run([str(py), "-c", s.check], log)
-    version = subprocess.run([str(py), "-c", f"import importlib.metadata as m; print(m.version({s.distribution!r}))"],
-                             capture_output=True, text=True, check=True, env=clean_env()).stdout.strip()
+    venv = folder / f"venv-{datetime.now(timezone.utc).strftime('%Y%m%d%H%M%S%f')}"
+    try:
+        _run([python or sys.executable, "-m", "venv", str(venv)], log)
+        py = venv / "bin" / "python"
+        for step in s.steps:
+            _run([str(py), "-m", "pip", "install", "--disable-pip-version-check", *step], log)
+        _run([str(py), "-c", s.check], log)
+        version = subprocess.run([str(py), "-c", f"import importlib.metadata as m; print(m.version({s.distribution!r}))"],
+                                 capture_output=True, text=True, check=True, env=clean_env()).stdout.strip()
+    except BaseException:
+        shutil.rmtree(venv, ignore_errors=True)  # the install in use (if any) is untouched
+        raise
     env = CompilerEnv(name=name, version=version, python=str(py), venv=str(venv),
                       installed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), pins=[list(x) for x in s.steps])
-    write_text(folder / "manifest.json", json.dumps(asdict(env), indent=2))
+    write_text(folder / "manifest.json", json.dumps(asdict(env), indent=2))  # the switch to the new venv
+    if keep is not None and (folder / keep).is_dir():
+        shutil.rmtree(folder / keep)
     return env

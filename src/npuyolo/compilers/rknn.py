@@ -288,6 +288,28 @@ DRIVER = Path(__file__).with_name("rknn_driver.py")
 MAX_RULE_RETRIES = 3
 
 
+def _local_dataset(listing: Path, workdir: Path) -> Path:
+    """The calibration images copied under `workdir`, listed by relative names: RKNN splits a dataset line on spaces
+    (one path per model input), so a path with a space in it (a user's registry folder) would break the build."""
+    import shutil
+
+    base = listing.parent
+    folder = workdir / "calib"
+    folder.mkdir(exist_ok=True)
+    names = []
+    for i, line in enumerate(x.strip() for x in listing.read_text(encoding="utf-8").splitlines()):
+        if not line:
+            continue
+        src = Path(line) if Path(line).is_absolute() else base / line
+        dst = folder / f"{i:03d}{src.suffix}"
+        if src.resolve() != dst.resolve():
+            shutil.copyfile(src, dst)
+        names.append(f"calib/{dst.name}")
+    local = workdir / "calib.txt"
+    local.write_text("\n".join(names) + "\n", encoding="utf-8")
+    return local
+
+
 def compile_onnx(onnx_path: Path, platform: str, dataset_list: Path, workdir: Path, timeout: float = 900) -> RknnBuild:
     """Run the driver inside the rknn venv; on a build that dies inside a graph rule, retry with that rule disabled.
 
@@ -300,6 +322,7 @@ def compile_onnx(onnx_path: Path, platform: str, dataset_list: Path, workdir: Pa
         raise CompilerError(f"--target must be one of {', '.join(TARGETS)} for the rknn compiler, got {platform!r}")
     env = require("rknn")
     workdir.mkdir(parents=True, exist_ok=True)
+    dataset_list = _local_dataset(Path(dataset_list), workdir)
     log = workdir / f"rknn-{platform}.log"
     out = workdir / f"{onnx_path.stem}-{platform}.rknn"
     disabled: list[str] = []
@@ -307,7 +330,7 @@ def compile_onnx(onnx_path: Path, platform: str, dataset_list: Path, workdir: Pa
     texts = []
     for _ in range(MAX_RULE_RETRIES + 1):
         cmd = [env.python, str(DRIVER), "--onnx", str(Path(onnx_path).resolve()), "--target", platform,
-               "--dataset", str(Path(dataset_list).resolve()), "--out", str(out.resolve())]
+               "--dataset", dataset_list.name, "--out", str(out.resolve())]
         for rule in disabled:
             cmd += ["--disable-rule", rule]
         try:  # the venv must not see our PYTHONPATH (npuyolo's src, another numpy): only its own packages

@@ -149,15 +149,22 @@ def compile_onnx(onnx_path: Path, accelerator: str, calib_npy: Path, workdir: Pa
     out_dir = workdir / f"vela-{accelerator}"
     cmd = [str(env.bin / "vela"), str(tflite), "--accelerator-config", accelerator, "--show-cpu-operations",
            "--verbose-performance", "--output-dir", str(out_dir)]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=900, env=clean_env())
     log = workdir / f"vela-{accelerator}.log"
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=900, env=clean_env())
+    except subprocess.TimeoutExpired:
+        raise CompilerError(f"vela did not finish within 900 s on {tflite.name} for {accelerator}") from None
     log.write_text(f"$ {' '.join(cmd)}\n### stdout\n{done.stdout}\n### stderr\n{done.stderr}\n", encoding="utf-8")
     if done.returncode != 0:
         tail = next((x for x in reversed(done.stderr.strip().splitlines()) if x.strip()), "no output")
         raise CompilerError(f"vela failed on {tflite.name} for {accelerator} ({tail.strip()[:200]}); see {log}")
     network = parse_vela(done.stdout)
-    summaries = sorted(out_dir.glob("*_summary_*.csv"))
-    performance = parse_summary_csv(summaries[-1].read_text(encoding="utf-8")) if summaries else {}
+    if "npu_ops" not in network:  # an unreadable log must not pass for "0 CPU operators"
+        raise CompilerError(f"vela's output for {tflite.name} has no operator summary npuyolo can read; see {log}")
+    summaries = sorted(out_dir.glob(f"{tflite.stem}_summary_*.csv"))
+    if not summaries:
+        raise CompilerError(f"vela wrote no {tflite.stem}_summary_*.csv in {out_dir}; see {log}")
+    performance = parse_summary_csv(summaries[-1].read_text(encoding="utf-8"))
     memory = {k: v for k, v in network.items() if k.endswith("_kib")}
     return VelaBuild(compiler="vela", version=env.version, platform=accelerator, onnx=str(onnx_path), tflite=str(tflite), log=str(log),
                      seconds=round(time.perf_counter() - started, 2), network=network, performance=performance, memory=memory, notes=notes)
