@@ -92,7 +92,10 @@ def test_retries_exhausted_leave_the_member_interrupted_and_a_rerun_continues(ra
     monkeypatch.setenv(FAULT_ENV, "1")
     spec = SeriesSpec.load(series_file(tmp_path, synth_data, "noretry", ["L4-relu"], epochs=2))
     reg = Registry(tmp_path / "reg" / "npuyolo.db")
-    run_series(spec, reg, verbose=False, executor=RayExecutor(RayOptions(max_retries=0)))
+    from npuyolo.train.executors import ExecutorError
+
+    with pytest.raises(ExecutorError, match="left interrupted"):  # before: returned normally, the CLI exited 0
+        run_series(spec, reg, verbose=False, executor=RayExecutor(RayOptions(max_retries=0)))
     run = reg.run(1)
     assert run.status == "interrupted" and "worker lost" in run.error and [e["epoch"] for e in run.epochs] == [1]
     monkeypatch.delenv(FAULT_ENV)

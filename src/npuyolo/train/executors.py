@@ -257,6 +257,9 @@ class RayExecutor:
                         if state.attempt < o.max_retries:
                             state.attempt += 1
                             dispatch(state, prepare_retry(state.run_id))
+                        else:  # retries used up: the series did not finish, and the exit status must say so
+                            failures.append(f"{state.variant} (run {state.run_id}): worker lost {state.attempt + 1} time(s);"
+                                            " left interrupted, run the series again to continue")
                     changed = True
                 if changed:
                     progress()
