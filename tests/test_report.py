@@ -80,6 +80,9 @@ def test_report_has_every_section_with_the_right_numbers(recorded, tmp_path, lan
                   "63.8%", "100.0%", "LeakyRelu×83", "stop, speedlimit"):
         assert value in text, value
     assert "3.3%" in text and "10%" not in text  # the user's report claimed a "10%" final lr
+    # the NPU table leads with what a deployment feels: CPU-fallback count, host partitions, MAC share (issue 9)
+    row = next(line for line in text.splitlines() if line.startswith("| relu-only |"))
+    assert row.split(" | ")[1:5] == ["83", "1", "100.0%", "63.8%"]
     for kind in ("metrics", "losses", "compare", "npu"):
         png = f"run{leaky}_vs_run{relu}_{kind}.png"
         assert (tmp_path / lang / png).stat().st_size > 1000 and f"]({png})" in text
@@ -171,6 +174,7 @@ def test_series_report(recorded, tmp_path):
     path = render_series(reg, "v3", tmp_path, lang="en")
     text = path.read_text()
     assert "| L4-leaky | 1 | finished | 0.901 (#1)" in text and "| L4-relu6 | 3 | failed | - |" in text
+    assert "CPU-fallback ops / host partitions / MAC share / node share" in text and "| 83 / 1 / 100.0% / 63.8% |" in text
     assert (tmp_path / "series_v3_curves.png").is_file() and (tmp_path / "series_v3_accuracy_vs_npu.png").is_file()
     html = render_series(reg, "v3", tmp_path / "html", lang="en", fmt="html").read_text()
     assert html.startswith("<!doctype html>") and "<table>" in html and html.count('src="data:image/png;base64,i') == 2

@@ -215,7 +215,8 @@ def rewrite_point(check: dict, target: str) -> dict | None:
         report = analyze(load_graph(model), get_target(target))
     except GraphError:
         return None
-    return {"npu_share": report.share_nodes, "rewritten": count}
+    return {"npu_share": report.share_nodes, "rewritten": count, "npu_fallbacks": report.nodes_cpu,
+            "npu_host_partitions": report.partitions_host, "npu_mac_share": report.share_macs}
 
 
 VALIDATION_PLOTS = {"confusion": ("confusion_matrix_normalized.png", "png"), "val_pred": ("val_batch0_pred.jpg", "jpg")}
@@ -263,6 +264,9 @@ def render_series(registry, name: str, out: Path | None = None, lang: str = "en"
                 checked_by.append({"variant": r["variant"], "compiler": c["compiler"], "version": c["version"]})
         check = next((c for c in registry.npu_checks(run_id=r["run_id"]) if c["target"] == target), None)
         r["npu_share"] = check["share_nodes"] if check else None
+        if check:  # what a deployment feels first: ops falling back, host partitions, the share of the work (MACs)
+            r["npu_fallbacks"] = sum((check["report"].get("fallback_ops") or {}).values())
+            r["npu_host_partitions"], r["npu_mac_share"] = check["partitions_host"], check["share_macs"]
         rewritten = rewrite_point(check, target) if check else None
         if rewritten is not None:  # what the report recommends: the same weights, LeakyReLU rewritten exactly
             derived.append({**r, **rewritten, "variant": f"{r['variant']} + relu-decomp", "derived_from": r["variant"],
