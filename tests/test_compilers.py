@@ -280,6 +280,16 @@ def test_rknn_div_by_a_constant_is_npu_by_a_tensor_is_not(profile):
     assert p["by_tensor"].placement == "cpu" and "const_input" in p["by_tensor"].reason
 
 
+def test_ethos_u55_div_by_a_constant_is_npu_as_vela_placed_it():
+    """Vela 5.2 (via onnx2tf) ran every L0/L2 head's Div by a constant on the U55; the profile had no Div rule (unknown)."""
+    import numpy as np
+
+    nodes = [helper.make_node("Div", ["x", "two"], ["h"], name="by_const"), helper.make_node("Div", ["x", "h"], ["y"], name="by_tensor")]
+    p = _analyze(nodes, {"two": np.array(2.0, "float32")}, {"y": [1, 64, 4, 4]}, "ethos-u55")
+    assert p["by_const"].placement == "npu" and "Vela 5.2" in p["by_const"].source
+    assert p["by_tensor"].placement == "cpu" and "const_input" in p["by_tensor"].reason
+
+
 def test_rk3566_layout_ops_feeding_only_the_cpu_softmax_run_on_the_cpu():
     """The DFL chain Reshape -> Transpose -> Softmax: the compiler put all three on the CPU of rk3566 (build log);
     a Reshape that also feeds an NPU op stays on the NPU; on rk3588 (Softmax on the NPU) nothing moves."""
