@@ -32,7 +32,7 @@ def main() -> int:
     rknn.config(**config)
     steps = (("load_onnx", lambda: rknn.load_onnx(model=a.onnx)),
              ("build", lambda: rknn.build(do_quantization=True, dataset=a.dataset)),
-             ("export_rknn", lambda: rknn.export_rknn(a.out)))
+             ("export_rknn", lambda: rknn.export_rknn(a.out + ".partial")))  # renamed below: never a half-written .rknn
     for name, step in steps:
         ret = step()
         if ret != 0:
@@ -40,6 +40,7 @@ def main() -> int:
             rknn.release()
             return 3
     rknn.release()
+    os.replace(a.out + ".partial", a.out)
     print("NPUYOLO-DRIVER: ok", flush=True)
     return 0
 
