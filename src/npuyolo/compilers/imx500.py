@@ -20,41 +20,55 @@ from pathlib import Path
 
 from npuyolo.compilers.envs import CompilerError, clean_env, require
 
-__all__ = ["Imx500Build", "compile_model", "parse_activations", "parse_driver", "parse_error", "parse_memory", "parse_version",
+__all__ = ["Imx500Build", "compile_model", "parse_activations", "parse_driver", "parse_error", "parse_memory", "converter_ran",
            "write_data_yaml"]
 
 PLATFORM = "imx500"
 CALIB_IMAGES = 16  # MCT's mixed-precision search wants 10 representative images; 8 makes it warn and repeat
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_UNITS = {"B": 1 / 1e6, "KB": 1 / 1e3, "MB": 1.0, "GB": 1e3}  # the converter's MB are decimal (8 MB sensor memory)
+_UNITS = {"B": 1 / 2**20, "KB": 1 / 2**10, "MB": 1.0, "GB": 2**10}  # dnnParams.xml: 8388480 B of L2 = "8.00MB"
 
 
 def _clean(text: str) -> list[str]:
     return [_ANSI.sub("", x).rstrip() for x in text.splitlines()]
 
 
-def parse_memory(log: str) -> dict:
-    """Memory the converted network needs and what the sensor has, in MB, from the converter's report line(s).
+_REPORT_KEYS = {"Memory Usage": "used_mb", "Total Memory Available On Chip": "available_mb",
+                "Runtime Memory Physical Size": "runtime_mb", "Model Memory Physical Size": "model_mb", "Reserved Memory": "reserved_mb"}
 
-    Missing facts are absent from the dict, never invented."""
+
+def _mb(value: str) -> float | None:
+    m = re.fullmatch(r"\s*([\d.]+)\s*(B|KB|MB|GB)\s*", value, re.I)
+    return round(float(m.group(1)) * _UNITS[m.group(2).upper()], 6) if m else None
+
+
+def parse_memory(log: str) -> dict:
+    """The converter's memory report (`<model>_MemoryReport.json`, which npuyolo appends to the log): MB used of MB
+    on the chip, runtime vs model (coefficient) memory, utilization and the converter's own fit verdict.
+
+    The top-level report comes first; the per-network entries repeat some keys and are not read. Missing facts are
+    absent from the dict, never invented."""
     out: dict = {}
-    for line in _clean(log):
-        m = re.search(r"Total Memory Usage \(MB\)\s*[:=]?\s*([\d.]+)", line, re.I) or \
-            re.search(r"memory usage[^\d]*([\d.]+)\s*(B|KB|MB|GB)\b.*?(?:of|/)\s*([\d.]+)\s*(B|KB|MB|GB)", line, re.I)
-        if m and m.lastindex == 1:
-            out["used_mb"] = float(m.group(1))
-        elif m:
-            out["used_mb"] = float(m.group(1)) * _UNITS[m.group(2).upper()]
-            out["available_mb"] = float(m.group(3)) * _UNITS[m.group(4).upper()]
-        m = re.search(r"Available Memory \(MB\)\s*[:=]?\s*([\d.]+)", line, re.I)
-        if m:
-            out["available_mb"] = float(m.group(1))
-        m = re.search(r"Memory Utilization\s*[:=]?\s*([\d.]+)\s*%", line, re.I)
-        if m:
-            out["utilization_pct"] = float(m.group(1))
-    if "used_mb" in out and "available_mb" in out:
+    for key, value in re.findall(r'"([A-Za-z ]+)":\s*("[^"]*"|true|false)', log):
+        value = value.strip('"')
+        if key in _REPORT_KEYS and _REPORT_KEYS[key] not in out:
+            mb = _mb(value)
+            if mb is not None:
+                out[_REPORT_KEYS[key]] = mb
+        elif key == "Memory Utilization" and "utilization_pct" not in out:
+            m = re.fullmatch(r"([\d.]+)\s*%", value)
+            if m:
+                out["utilization_pct"] = float(m.group(1))
+        elif key == "Fit In Chip" and "fits" not in out:
+            out["fits"] = value == "true"
+    if "fits" not in out and "used_mb" in out and "available_mb" in out:
         out["fits"] = out["used_mb"] <= out["available_mb"]
     return out
+
+
+def converter_ran(log: str) -> bool:
+    """Did Sony's converter start (as opposed to a failure in Ultralytics or MCT before it)?"""
+    return bool(re.search(r"Starting SDSPconv|Converting \S*model_imx\.onnx", log))
 
 
 _ACTIVATIONS = ("PReLU", "LeakyReLU", "ReLU6", "ReLU", "SiLU", "Swish", "HardSwish", "Hardswish", "Sigmoid", "Tanh", "Softmax")
@@ -68,14 +82,6 @@ def parse_activations(text: str) -> dict[str, int]:
         if n:
             counts[name] = n
     return counts
-
-
-def parse_version(log: str) -> str | None:
-    for line in _clean(log):
-        m = re.search(r"imx500[-_ ]converter.*?(\d+\.\d+\.\d+)", line, re.I) or re.search(r"Converter version[:\s]+(\d+\.\d+\.\d+)", line, re.I)
-        if m:
-            return m.group(1)
-    return None
 
 
 def parse_driver(stdout: str) -> dict | None:
@@ -93,7 +99,7 @@ def parse_error(log: str) -> str | None:
     """The line that says why the build failed: the converter's own error line, else the last exception line."""
     lines = [x.strip() for x in _clean(log) if x.strip()]
     for line in lines:
-        if re.match(r"(?:\[?ERROR\]?|Error:|FATAL)", line) and "NPUYOLO-DRIVER" not in line:
+        if re.match(r"(?:[\d-]+ [\d:.,]+ )?(?:\[?ERROR\]?|Error:|FATAL)", line) and "NPUYOLO-DRIVER" not in line:
             return line[:300]
     for line in reversed(lines):
         if re.match(r"[A-Za-z_.]*(Error|Exception)\b.*:", line):
@@ -117,6 +123,7 @@ class Imx500Build:
     activations: dict
     output: str | None  # the exported folder (packerOut.zip for the camera)
     calibration: str = ""
+    converter_ran: bool = False
     notes: list[str] = field(default_factory=list)
     mappings: list = field(default_factory=list)
     rows: list = field(default_factory=list)
@@ -171,6 +178,9 @@ def compile_model(model, workdir: Path, data: str | Path | None, imgsz: int = 64
     m.names = dict(enumerate(names)) if isinstance(names, list) else dict(names)
     torch.save({"model": m, "ema": None, "train_args": {"imgsz": imgsz}, "date": None}, weights)
     log = workdir / "imx500.log"
+    import shutil
+
+    shutil.rmtree(workdir / "model_imx_model", ignore_errors=True)  # never read a previous run's memory report
     cmd = [str(env.python), str(_driver()), "--weights", str(weights.resolve()), "--data", str(data_yaml.resolve()),
            "--imgsz", str(imgsz)]
     run_env = {**clean_env(), "YOLO_AUTOINSTALL": "false", "YOLO_OFFLINE": "true", "PYTHONUNBUFFERED": "1"}
@@ -183,6 +193,9 @@ def compile_model(model, workdir: Path, data: str | Path | None, imgsz: int = 64
     except subprocess.TimeoutExpired:
         raise CompilerError(f"the IMX500 export took over {timeout:.0f} s; see {log}") from None
     seconds = round(time.perf_counter() - started, 1)
+    for report in sorted(workdir.glob("*_imx_model/*_MemoryReport.json")):  # the memory report lives in a file: keep it in the log
+        with log.open("a", encoding="utf-8") as f:
+            f.write(f"### {report.name}\n{report.read_text(encoding='utf-8')}\n")
     text = log.read_text(encoding="utf-8", errors="replace")
     result = parse_driver(text) or {"ok": False, "error": f"the driver exited with code {done.returncode} without a result"}
     ok = bool(result.get("ok")) and done.returncode == 0
@@ -192,9 +205,10 @@ def compile_model(model, workdir: Path, data: str | Path | None, imgsz: int = 64
     if onnx_path is not None and Path(onnx_path).is_file():
         activations = _graph_activations(Path(onnx_path)) or activations
     error = None if ok else (parse_error(text) or result.get("error"))
-    return Imx500Build(compiler="imx500", version=parse_version(text) or env.version, platform=PLATFORM,
+    return Imx500Build(compiler="imx500", version=env.version, platform=PLATFORM,
                        onnx=str(onnx_path) if onnx_path and Path(onnx_path).is_file() else "", log=str(log), seconds=seconds,
-                       ok=ok, error=error, memory=parse_memory(text), activations=activations, output=output, calibration=what)
+                       ok=ok, error=error, memory=parse_memory(text), activations=activations, output=output, calibration=what,
+                       converter_ran=converter_ran(text))
 
 
 def _graph_activations(onnx_path: Path) -> dict[str, int]:
