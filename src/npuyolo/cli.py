@@ -499,7 +499,7 @@ def npu_check(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx
               head: Annotated[Optional[str], typer.Option(help="npu or ultralytics [default: the level's head]")] = None,
               nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
               nodes: Annotated[bool, typer.Option("--nodes", help="Also print every node not on the NPU.")] = False,
-              referee: Annotated[Optional[str], typer.Option(help="Also compile with this vendor compiler (rknn: node by node; vela: by operator counts) and compare.")] = None,
+              referee: Annotated[Optional[str], typer.Option(help="Also compile with this vendor compiler (rknn: node by node; vela: by operator counts; imx500: pass/fail and memory fit) and compare.")] = None,
               data: Annotated[Optional[Path], typer.Option(help="With --referee: data.yaml whose train images calibrate [default: synthetic images].")] = None,
               as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Place every ONNX node on each target and report shares, partitions and fallbacks."""
@@ -568,6 +568,8 @@ def print_referee(results) -> None:
     for r in results:
         a, b, s = r.agreement, r.build, r.build.summary()
         memory = ", ".join(f"{k.removesuffix('_kb').removesuffix('_kib')} {v:.0f}" for k, v in b.memory.items()) or "-"
+        if b.compiler == "imx500":  # MB of the sensor's memory, the converter's own unit
+            memory = f"{b.memory['used_mb']:.2f}/{b.memory['available_mb']:.2f} MB" if "used_mb" in b.memory and "available_mb" in b.memory else "-"
         table.add_row(r.profile, f"{b.compiler} {b.version}", str(a.nodes), str(a.mapped), str(a.agree),
                       "-" if a.share is None else f"{a.share:.1%}" + ("" if a.basis == "nodes" else f" ({a.basis})"),
                       f"{r.ours.nodes_cpu}/{r.ours.nodes_unknown}",
