@@ -141,3 +141,23 @@ def test_real_imx500_compile_of_L0_silu(synth_data, tmp_path):
 
     rows = Registry(db, readonly=True).compiler_runs(model_ref=res["model_ref"])
     assert [x["compiler"] for x in rows] == ["imx500"]
+
+
+def test_whole_graph_agreement_and_the_gate_decides_nothing():
+    from types import SimpleNamespace
+
+    from npuyolo.compilers.compile import imx_agreement
+
+    ours = SimpleNamespace(target="imx500", nodes_cpu=0, nodes_unknown=0, placements=[SimpleNamespace(placement="npu")] * 3)
+    mem = {"used_mb": 7.05, "available_mb": 8.0, "fits": True}
+
+    def build(ok, ran, memory=None, error=None):
+        return Imx500Build(compiler="imx500", version="3.19.2", platform="imx500", onnx="", log="l", seconds=1.0, ok=ok,
+                           error=error, memory=memory or {}, activations={}, output=None, converter_ran=ran)
+
+    a = imx_agreement(ours, build(True, True, mem))
+    assert a.share == 1.0 and a.basis == "whole graph" and "7.05 of 8.00 MB" in a.verdict
+    assert imx_agreement(ours, build(True, True, {**mem, "used_mb": 8.5, "fits": False})).share == 0.0
+    gate = imx_agreement(ours, build(False, False, error="IMX export only supported for YOLOv8n and YOLO11n models."))
+    assert gate.share is None and "YOLO11n" in gate.verdict
+    assert imx_agreement(ours, build(False, True, error="layer rejected")).share == 0.0

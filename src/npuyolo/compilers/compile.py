@@ -133,7 +133,9 @@ def imx_agreement(ours: TargetReport, build) -> Agreement:
     ours_all = ours.nodes_cpu == 0 and ours.nodes_unknown == 0
     fits = build.memory.get("fits")
     verdict = (f"profile: {ours.nodes_cpu} CPU and {ours.nodes_unknown} unknown of {len(work)} nodes; imx500: "
-               + ("compiled" + (f", {build.memory['used_mb']:.2f} of {build.memory['available_mb']:.2f} MB" if fits is not None else "")
+               + ("compiled" + (f", {build.memory['used_mb']:.2f} of {build.memory['available_mb']:.2f} MB"
+                                if {"used_mb", "available_mb"} <= build.memory.keys() else "")
+                  + ("" if fits is not False else ", does NOT fit the sensor")
                   if build.ok else f"failed ({build.error})"))
     share = None if not build.ok and not build.converter_ran else 1.0 if ours_all == (build.ok and fits is not False) else 0.0
     return Agreement(target=ours.target, compiler=build.compiler, version=build.version, nodes=len(work), mapped=0, agree=0,
