@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from npuyolo.cli import app
 from npuyolo.compilers import envs
-from npuyolo.compilers.imx500 import (Imx500Build, converter_ran, parse_activations, parse_driver, parse_error, parse_memory,
-                                      write_data_yaml)
+from npuyolo.compilers.imx500 import (Imx500Build, activation_layers, converter_ran, parse_activations, parse_driver, parse_error,
+                                      parse_l2memory, parse_layer_types, parse_memory, write_data_yaml)
 
 FIX = Path(__file__).parent / "fixtures" / "compilers"
 runner = CliRunner()
@@ -32,6 +32,20 @@ def test_a_real_L0_silu_conversion_passes_and_fits():
     assert m == {"runtime_mb": 4.48, "model_mb": 2.57, "reserved_mb": 0.000977, "used_mb": 7.05, "available_mb": 8.0,
                  "utilization_pct": 89.0, "fits": True}
     assert parse_error(text) is None and converter_ran(text)
+
+
+def test_a_real_L1_leaky_conversion_turns_leaky_into_prelu():
+    """L1-leaky through `npu compile` (16 roadsign4 training images): fits like L0-silu; the converter's own graph
+    holds Prelu layers (MCT's ONNX still says LeakyRelu), and PReLU's slopes cost a few KB of coefficients."""
+    text = log("imx500-L1-leaky-640.log")
+    assert parse_driver(text)["ok"] is True and converter_ran(text)
+    assert parse_memory(text)["used_mb"] == 7.05 and parse_memory(text)["fits"] is True
+    assert parse_l2memory(text) == {"total_bytes": 8388480, "coefficients_bytes": 2698784, "reserved_bytes": 1024,
+                                    "runtime_bytes": 4699136}
+    assert parse_l2memory("no xml") == {}
+    layers = parse_layer_types(log("imx500-L1-leaky-640-layers.pbtxt"))
+    assert layers == {"Convolution": 1, "Prelu": 2, "Softmax": 1, "Sigmoid": 1, "MultiClassNms": 1}
+    assert activation_layers(layers) == {"Prelu": 2, "Softmax": 1, "Sigmoid": 1}
 
 
 def test_ultralytics_model_gate_is_the_error_line():

@@ -645,6 +645,8 @@ def _print_imx500(res) -> None:
     m = b.memory
     memory = (f"{m['used_mb']:.2f} MB of {m['available_mb']:.2f} MB ({'fits' if m.get('fits') else 'does NOT fit'})"
               if "used_mb" in m and "available_mb" in m else "memory not reported")
+    if "coefficients_bytes" in m:
+        memory += f", coefficients {m['coefficients_bytes'] / 1024:.1f} KiB"
     acts = ", ".join(f"{k}×{v}" for k, v in b.activations.items()) or "-"
     verdict = "compiled" if b.ok else "FAILED"
     console.print(f"imx500 {b.version}: {verdict} in {b.seconds:.0f} s; {memory}; activations: {acts}", highlight=False, markup=False)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from npuyolo.compilers.envs import CompilerError, clean_env, require
 
-__all__ = ["Imx500Build", "compile_model", "parse_activations", "parse_driver", "parse_error", "parse_memory", "converter_ran",
+__all__ = ["Imx500Build", "activation_layers", "compile_model", "parse_activations", "parse_l2memory", "parse_layer_types", "parse_driver", "parse_error", "parse_memory", "converter_ran",
            "write_data_yaml"]
 
 PLATFORM = "imx500"
@@ -84,6 +84,31 @@ def parse_activations(text: str) -> dict[str, int]:
     return counts
 
 
+def parse_layer_types(pbtxt: str) -> dict[str, int]:
+    """Layer types of the converter's own graph (`model_imx.pbtxt`, written beside packerOut.zip): {type: count}.
+    This is where LeakyReLU shows as `Prelu` and SiLU as `Swish` (MCT's ONNX still says LeakyRelu / Sigmoid*Mul)."""
+    counts: dict[str, int] = {}
+    for t in re.findall(r'^layer \{\n\s+name: "[^"\n]*"\n\s+type: "([^"]+)"', pbtxt, re.M):
+        counts[t] = counts.get(t, 0) + 1
+    return counts
+
+
+def activation_layers(layer_types: dict[str, int]) -> dict[str, int]:
+    return {t: n for t, n in layer_types.items() if re.search(r"relu|swish|silu|sigmoid|tanh|softmax|gelu|hardswish", t, re.I)}
+
+
+def parse_l2memory(text: str) -> dict:
+    """Exact bytes from dnnParams.xml's `<l2memory .../>` (npuyolo appends that line to the log): the report's MB
+    round PReLU's extra coefficients away."""
+    m = re.search(r"<l2memory ([^>]*)/?>", text)
+    if not m:
+        return {}
+    attrs = dict(re.findall(r'(\w+)="(\d+)"', m.group(1)))
+    keys = {"totalSize": "total_bytes", "coefficientsSize": "coefficients_bytes", "networksRuntimeSize": "runtime_bytes",
+            "reservedMemorySize": "reserved_bytes"}
+    return {keys[k]: int(v) for k, v in attrs.items() if k in keys}
+
+
 def parse_driver(stdout: str) -> dict | None:
     """The driver's last `NPUYOLO-DRIVER: {json}` line."""
     for line in reversed(stdout.splitlines()):
@@ -120,10 +145,11 @@ class Imx500Build:
     ok: bool
     error: str | None
     memory: dict
-    activations: dict
+    activations: dict  # activation layer types: the converter's (Prelu, Swish) when it ran, else MCT's ONNX ops
     output: str | None  # the exported folder (packerOut.zip for the camera)
     calibration: str = ""
     converter_ran: bool = False
+    layers: dict = field(default_factory=dict)  # layer types of the converter's graph (model_imx.pbtxt)
     notes: list[str] = field(default_factory=list)
     mappings: list = field(default_factory=list)
     rows: list = field(default_factory=list)
@@ -196,19 +222,28 @@ def compile_model(model, workdir: Path, data: str | Path | None, imgsz: int = 64
     for report in sorted(workdir.glob("*_imx_model/*_MemoryReport.json")):  # the memory report lives in a file: keep it in the log
         with log.open("a", encoding="utf-8") as f:
             f.write(f"### {report.name}\n{report.read_text(encoding='utf-8')}\n")
+    for params in sorted(workdir.glob("*_imx_model/dnnParams.xml")):
+        line = re.search(r"<l2memory [^>]*>", params.read_text(encoding="utf-8", errors="replace"))
+        if line:
+            with log.open("a", encoding="utf-8") as f:
+                f.write(f"### {params.name}\n{line.group(0)}\n")
     text = log.read_text(encoding="utf-8", errors="replace")
     result = parse_driver(text) or {"ok": False, "error": f"the driver exited with code {done.returncode} without a result"}
     ok = bool(result.get("ok")) and done.returncode == 0
     output = result.get("output")
     onnx_path = Path(output) / "model_imx.onnx" if output else next(iter(sorted(workdir.glob("*_imx_model/model_imx.onnx"))), None)
-    activations = parse_activations(text)
+    activations, layers = parse_activations(text), {}
     if onnx_path is not None and Path(onnx_path).is_file():
         activations = _graph_activations(Path(onnx_path)) or activations
+    pbtxt = sorted(workdir.glob("*_imx_model/*.pbtxt"))
+    if pbtxt:  # the converter's own graph: its layer types are what runs on the sensor
+        layers = parse_layer_types(pbtxt[0].read_text(encoding="utf-8", errors="replace"))
+        activations = activation_layers(layers) or activations
     error = None if ok else (parse_error(text) or result.get("error"))
     return Imx500Build(compiler="imx500", version=env.version, platform=PLATFORM,
                        onnx=str(onnx_path) if onnx_path and Path(onnx_path).is_file() else "", log=str(log), seconds=seconds,
-                       ok=ok, error=error, memory=parse_memory(text), activations=activations, output=output, calibration=what,
-                       converter_ran=converter_ran(text))
+                       ok=ok, error=error, memory={**parse_memory(text), **parse_l2memory(text)}, activations=activations,
+                       output=output, calibration=what, converter_ran=converter_ran(text), layers=layers)
 
 
 def _graph_activations(onnx_path: Path) -> dict[str, int]:
