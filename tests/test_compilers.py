@@ -177,7 +177,7 @@ def test_list_and_a_half_finished_install(compilers_dir):
     assert r.exit_code == 0, r.output
     listed = json.loads(r.stdout)
     assert listed["root"] == str(compilers_dir)
-    assert {c["name"]: c["installed"] for c in listed["compilers"]} == {"rknn": False, "vela": False}
+    assert {c["name"]: c["installed"] for c in listed["compilers"]} == {"rknn": False, "vela": False, "imx500": False}
     (compilers_dir / "rknn" / "venv").mkdir(parents=True)  # an install killed before its manifest: not installed
     assert envs.installed("rknn") is None
     manifest = {"name": "rknn", "version": "2.5.0", "python": str(compilers_dir / "gone" / "python"), "venv": "v",

@@ -122,7 +122,7 @@ class Workspace:
 
     def compile(self, model: str | int, compiler: str, target: str, data: str | Path | None, *, imgsz: int | None = None,
                 head: str | None = None, nc: int = 80, record: bool = True):
-        """Compile with a real vendor compiler (`npuyolo compilers install rknn|vela` first); placement beside the
+        """Compile with a real vendor compiler (`npuyolo compilers install rknn|vela|imx500` first); placement beside the
         profile's, recorded in the registry. See `npuyolo.compilers.compile.compile_model`."""
         from npuyolo.compilers.compile import compile_model
         from npuyolo.compilers.compile import record as record_compile

@@ -499,7 +499,7 @@ def npu_check(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx
               head: Annotated[Optional[str], typer.Option(help="npu or ultralytics [default: the level's head]")] = None,
               nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
               nodes: Annotated[bool, typer.Option("--nodes", help="Also print every node not on the NPU.")] = False,
-              referee: Annotated[Optional[str], typer.Option(help="Also compile with this vendor compiler (rknn: node by node; vela: by operator counts) and compare.")] = None,
+              referee: Annotated[Optional[str], typer.Option(help="Also compile with this vendor compiler (rknn: node by node; vela: by operator counts; imx500: pass/fail and memory fit) and compare.")] = None,
               data: Annotated[Optional[Path], typer.Option(help="With --referee: data.yaml whose train images calibrate [default: synthetic images].")] = None,
               as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Place every ONNX node on each target and report shares, partitions and fallbacks."""
@@ -577,6 +577,8 @@ def print_referee(results) -> None:
     for r in results:
         a, b, s = r.agreement, r.build, r.build.summary()
         memory = ", ".join(f"{k.removesuffix('_kb').removesuffix('_kib')} {v:.0f}" for k, v in b.memory.items()) or "-"
+        if b.compiler == "imx500":  # MB of the sensor's memory, the converter's own unit
+            memory = f"{b.memory['used_mb']:.2f}/{b.memory['available_mb']:.2f} MB" if "used_mb" in b.memory and "available_mb" in b.memory else "-"
         table.add_row(r.profile, f"{b.compiler} {b.version}", str(a.nodes), str(a.mapped), str(a.agree),
                       "-" if a.share is None else f"{a.share:.1%}" + ("" if a.basis == "nodes" else f" ({a.basis})"),
                       f"{r.ours.nodes_cpu}/{r.ours.nodes_unknown}",
@@ -604,9 +606,9 @@ def print_referee(results) -> None:
 @npu_app.command("compile")
 @user_errors
 def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx or variant name.")],
-                compiler: Annotated[str, typer.Option(help="Vendor compiler: rknn or vela.")],
-                target: Annotated[str, typer.Option("--target", "-t", help="Compiler target: rk3588, rk3566 (rknn); ethos-u55-128, ethos-u85-256 (vela).")],
-                data: Annotated[Path, typer.Option(help="data.yaml: its train images (never val) calibrate the INT8 build.")],
+                compiler: Annotated[str, typer.Option(help="Vendor compiler: rknn, vela or imx500.")],
+                target: Annotated[Optional[str], typer.Option("--target", "-t", help="Compiler target: rk3588, rk3566 (rknn); ethos-u55-128, ethos-u85-256 (vela); imx500 (imx500, the default there).")] = None,
+                data: Annotated[Optional[Path], typer.Option(help="data.yaml: its train images (never val) calibrate the INT8 build [imx500: default synthetic images].")] = None,
                 imgsz: Annotated[Optional[int], typer.Option(help="Export size for non-ONNX models [default: a run's training size, else 640].")] = None,
                 head: Annotated[Optional[str], typer.Option(help="npu or ultralytics [default: the level's head]")] = None,
                 nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
@@ -615,6 +617,14 @@ def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .on
     from npuyolo.compilers.compile import compile_model, profile_for, record
     from npuyolo.compilers.envs import require
 
+    from npuyolo.compilers.envs import CompilerError
+
+    if target is None and compiler == "imx500":
+        target = "imx500"
+    if target is None:
+        raise CompilerError(f"--target is required for the {compiler} compiler")
+    if data is None and compiler != "imx500":
+        raise CompilerError(f"--data is required for the {compiler} compiler: its train images calibrate the INT8 build")
     profile_for(compiler, target)
     require(compiler)  # a missing compiler is one line, before any registry is created
     _check_calibration_data(data)
@@ -624,6 +634,8 @@ def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .on
         record(res, reg)
     if as_json:
         return print_json(res.as_dict(with_nodes=True))
+    if compiler == "imx500":
+        return _print_imx500(res)
     s = res.build.summary()
     memory = ", ".join(f"{k.removesuffix('_kb').removesuffix('_kib')} {v:.0f} KiB" for k, v in res.build.memory.items()) or "not reported"
     mapped = f"{s['nodes_mapped']}/{s['nodes']} of our nodes mapped" if res.build.mappings else "TFLite operators, compared by counts"
@@ -636,6 +648,23 @@ def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .on
                       highlight=False, markup=False)
     console.print(f"log: {res.build.log}" + (f"; model: {res.build.rknn_file}" if res.build.rknn_file else ""), highlight=False, markup=False)
     print_referee([res])
+
+
+def _print_imx500(res) -> None:
+    b = res.build
+    m = b.memory
+    memory = (f"{m['used_mb']:.2f} MB of {m['available_mb']:.2f} MB ({'fits' if m.get('fits') else 'does NOT fit'})"
+              if "used_mb" in m and "available_mb" in m else "memory not reported")
+    if "coefficients_bytes" in m:
+        memory += f", coefficients {m['coefficients_bytes'] / 1024:.1f} KiB"
+    acts = ", ".join(f"{k}×{v}" for k, v in b.activations.items()) or "-"
+    verdict = "compiled" if b.ok else "FAILED"
+    console.print(f"imx500 {b.version}: {verdict} in {b.seconds:.0f} s; {memory}; activations: {acts}", highlight=False, markup=False)
+    if b.error:
+        console.print(f"  error: {b.error}", highlight=False, markup=False)
+    console.print(f"calibration: {b.calibration}", highlight=False, markup=False)
+    console.print(f"profile vs compiler: {res.agreement.verdict}", highlight=False, markup=False)
+    console.print(f"log: {b.log}" + (f"; model: {b.output}" if b.output else ""), highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------------------------------------- compilers
@@ -659,7 +688,7 @@ def compilers_list(as_json: JsonOpt = False) -> None:
 
 @compilers_app.command("install")
 @user_errors
-def compilers_install(name: Annotated[str, typer.Argument(help="rknn or vela.")],
+def compilers_install(name: Annotated[str, typer.Argument(help="rknn, vela or imx500.")],
                       force: Annotated[bool, typer.Option("--force", help="Reinstall even if installed.")] = False,
                       as_json: JsonOpt = False) -> None:
     """Create the compiler's own virtual environment and pip-install its pinned packages (this downloads)."""

@@ -18,7 +18,8 @@ __all__ = ["Agreement", "CompileResult", "agreement", "calibration_arrays", "com
 
 # compiler -> {its target name: our profile}
 PROFILES = {"rknn": {"rk3588": "rknn-rk3588", "rk3566": "rknn-rk3566"},
-            "vela": {"ethos-u55-128": "ethos-u55", "ethos-u85-256": "ethos-u85"}}
+            "vela": {"ethos-u55-128": "ethos-u55", "ethos-u85-256": "ethos-u85"},
+            "imx500": {"imx500": "imx500"}}
 CALIB_IMAGES = 8  # placement does not depend on the values; a handful keeps quantization meaningful and fast
 
 
@@ -125,6 +126,22 @@ def agreement(ours: TargetReport, build) -> Agreement:
                      share=agree / mapped if mapped else None, disagreements=disagreements, unmapped=unmapped)
 
 
+def imx_agreement(ours: TargetReport, build) -> Agreement:
+    """IMX500 runs a whole model on the sensor or nothing: our "all on the NPU" against the converter's pass (and its
+    memory fit). A build that failed before the converter ran (Ultralytics' own model gate) decides nothing: share None."""
+    work = [p for p in ours.placements if p.placement != "n/a"]
+    ours_all = ours.nodes_cpu == 0 and ours.nodes_unknown == 0
+    fits = build.memory.get("fits")
+    verdict = (f"profile: {ours.nodes_cpu} CPU and {ours.nodes_unknown} unknown of {len(work)} nodes; imx500: "
+               + ("compiled" + (f", {build.memory['used_mb']:.2f} of {build.memory['available_mb']:.2f} MB"
+                                if {"used_mb", "available_mb"} <= build.memory.keys() else "")
+                  + ("" if fits is not False else ", does NOT fit the sensor")
+                  if build.ok else f"failed ({build.error})"))
+    share = None if not build.ok and not build.converter_ran else 1.0 if ours_all == (build.ok and fits is not False) else 0.0
+    return Agreement(target=ours.target, compiler=build.compiler, version=build.version, nodes=len(work), mapped=0, agree=0,
+                     share=share, basis="whole graph", verdict=verdict)
+
+
 @dataclass
 class CompileResult:
     model_ref: str
@@ -155,6 +172,9 @@ def compile_model(ref: str, compiler: str, target: str, data: str | Path | None,
 
     platform, profile = profile_for(compiler, target)
     require(compiler)  # before a minute of export: a missing compiler is the first thing the user hears
+    if compiler == "imx500" and ref.endswith(".onnx"):
+        raise CompilerError("the imx500 compiler converts a PyTorch model (Ultralytics' format='imx' quantizes it with "
+                            "model-compression-toolkit first): give a variant name, a run or a .pt, not an .onnx file")
     if data is not None:  # a wrong data.yaml, too, before the export
         from npuyolo.deploy.quantize import calibration_images
 
@@ -188,6 +208,14 @@ def compile_model(ref: str, compiler: str, target: str, data: str | Path | None,
         folder = onnx_path.parent / f"{compiler}-{platform}-{slug(onnx_path.stem, 'model')}"
     dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
     size = int(dims[-1].dim_value)
+    if compiler == "imx500":
+        from npuyolo.compilers.imx500 import compile_model as imx_compile
+        from npuyolo.resolve import resolve_model
+
+        resolved = resolve_model(ref, registry, nc=nc)  # the same model check_model exported, as a torch module
+        build = imx_compile(resolved.model, onnx_path.parent / "imx500", data, imgsz=size)
+        return CompileResult(model_ref=check.model_ref, run_id=check.run_id, profile=profile, build=build,
+                             calibration=build.calibration, ours=ours, agreement=imx_agreement(ours, build))
     if compiler == "rknn":
         from npuyolo.compilers.rknn import compile_onnx
 

