@@ -88,3 +88,10 @@ def epochs_in(db, run_id: int) -> int:
             con.close()
     except sqlite3.OperationalError:
         return 0
+
+
+@pytest.fixture
+def compilers_dir(tmp_path, monkeypatch):
+    """An empty compilers folder: no vendor compiler installed, whatever this machine has."""
+    monkeypatch.setenv("NPUYOLO_COMPILERS_DIR", str(tmp_path / "compilers"))
+    return tmp_path / "compilers"

@@ -151,12 +151,6 @@ def test_agreement_lists_every_disagreement():
 
 
 # ------------------------------------------------------------------------------------ install / list plumbing
-@pytest.fixture
-def compilers_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NPUYOLO_COMPILERS_DIR", str(tmp_path / "compilers"))
-    return tmp_path / "compilers"
-
-
 def test_missing_compiler_is_one_line_naming_the_install_command(compilers_dir, tmp_path):
     db = tmp_path / "fresh" / "r.db"
     r = runner.invoke(app, ["npu", "compile", "L4-leaky", "--compiler", "rknn", "--target", "rk3588", "--data", str(tmp_path / "d.yaml"),

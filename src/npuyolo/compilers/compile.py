@@ -73,7 +73,9 @@ def write_calibration(data: str | Path | None, imgsz: int, workdir: Path, count:
         bgr = (chw.transpose(1, 2, 0) * 255).round().astype(np.uint8)[..., ::-1]
         dst = folder / f"{i:03d}.png"
         cv2.imwrite(str(dst), bgr)
-        lines.append(str(dst.relative_to(workdir)))  # relative to the list file (rknn.compile_onnx copies them beside it)
+        # "./" + relative to the list file: Ultralytics resolves such lines against the list's folder, and RKNN gets
+        # copies beside its own list (rknn.compile_onnx): no absolute path, so no space from a user's folder name
+        lines.append(f"./{dst.relative_to(workdir).as_posix()}")
     listing = workdir / f"calib-{imgsz}.txt"
     write_text(listing, "\n".join(lines) + "\n")
     return listing, what
