@@ -304,3 +304,31 @@ def test_ray_executor_without_ray_is_one_line(monkeypatch, synth_data, tmp_path)
     with pytest.raises(ExecutorError, match=r"pip install 'npuyolo\[ray\]'"):
         Workspace(tmp_path / "api.db").series(spec_file, executor="ray")
     assert not (tmp_path / "r.db").exists() and not (tmp_path / "api.db").exists()
+
+
+def test_a_run_trained_on_disk_but_recorded_interrupted_is_closed_not_retrained(synth_data, tiny_recipe, tmp_path):
+    """A stop between Ultralytics' final strip of last.pt and the final record (seen: Ctrl-C on a Ray driver) left the
+    run interrupted; resuming it failed with Ultralytics' 'nothing to resume' and a series re-run marked it failed."""
+    import sqlite3
+
+    db = tmp_path / "r.db"
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump({"name": "raced", "data": str(synth_data), "variants": ["L4-relu"],
+                                         "recipe": tiny_recipe.model_dump(exclude_defaults=True)}))
+    spec = SeriesSpec.load(spec_file)
+    run_series(spec, Registry(db), verbose=False)
+    con = sqlite3.connect(db)
+    with con:  # what the race leaves: the weights artefacts and the final status never recorded
+        con.execute("UPDATE runs SET status = 'interrupted', error = 'stopped by the user (Ctrl-C)' WHERE id = 1")
+        con.execute("DELETE FROM artifacts WHERE run_id = 1 AND kind LIKE 'weights/%'")
+    con.close()
+    epochs = [e["epoch"] for e in Registry(db).run(1).epochs]
+    rows = run_series(spec, Registry(db), verbose=False)
+    run = Registry(db).run(1)
+    assert rows[0]["status"] == "finished" and run.status == "finished" and run.artifact_path("weights/best") is not None
+    assert [e["epoch"] for e in run.epochs] == epochs and len(Registry(db).runs()) == 1  # nothing trained again
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("UPDATE runs SET status = 'interrupted' WHERE id = 1")
+    con.close()
+    assert resume_run(1, Registry(db), verbose=False).status == "finished"

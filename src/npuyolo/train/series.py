@@ -67,7 +67,7 @@ def run_series(spec: SeriesSpec, registry: Registry, on_member: Callable[[str, s
 
 
 def _run_series(spec, recipe, registry, on_member, verbose, executor) -> list[dict]:
-    from npuyolo.train.trainer import prepare_resume, resume_run, train_variant
+    from npuyolo.train.trainer import close_if_trained, prepare_resume, resume_run, train_variant
 
     registry.upsert_series(spec.name, {**spec.model_dump(), "recipe_resolved": recipe.model_dump()})
     members = {m["variant"]: m for m in registry.series(spec.name)["members"]}
@@ -75,6 +75,8 @@ def _run_series(spec, recipe, registry, on_member, verbose, executor) -> list[di
     for variant in spec.variants:
         member = members[variant]
         if member["status"] in ("finished", "stopped"):  # stopped: ended early by a scheduler (ASHA), on purpose
+            action = "skip"
+        elif member["run_id"] is not None and close_if_trained(member["run_id"], registry):  # trained, end not recorded
             action = "skip"
         elif member["run_id"] is not None:
             action = "resume"

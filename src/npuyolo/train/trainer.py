@@ -540,8 +540,40 @@ def _resume_checkpoint(run: RunRecord, save_dir: Path, source: str) -> tuple[Pat
         raise TrainError(f"{e}{hint}") from e
 
 
+def close_if_trained(ref: str | int, registry: Registry) -> bool:
+    """Record as finished a run whose training completed on disk but whose end never reached the registry.
+
+    Ultralytics strips last.pt at the end of training (epoch -1); a stop that lands between that and the final
+    record (a Ctrl-C on a Ray driver, a kill) leaves the run `interrupted` with nothing left to train, and resuming
+    it fails. With every epoch recorded it is closed as finished; otherwise the gap is named.
+    """
+    run = registry.run(ref)
+    if run.status in ("finished", "running"):
+        return False
+    wdir = (Path(run.save_dir) if run.save_dir else registry.run_dir(run)) / "weights"
+    last = wdir / "last.pt"
+    try:
+        if not last.exists() or _checkpoint_epoch(last) != -1:
+            return False
+    except CheckpointError:
+        return False
+    if len(run.epochs) < run.recipe["epochs"]:
+        raise TrainError(f"run {run.name} finished training on disk, but only {len(run.epochs)} of its {run.recipe['epochs']} "
+                         f"epochs were recorded; its weights are in {wdir}")
+    sink = RegistrySink(registry, run.id)
+    for kind in ("best", "last"):
+        if (wdir / f"{kind}.pt").exists():
+            sink.add_artifact(f"weights/{kind}", wdir / f"{kind}.pt")
+    (wdir / PREVIOUS).unlink(missing_ok=True)
+    sink.set_status("finished")
+    return True
+
+
 def resume_run(ref: str | int, registry: Registry, verbose: bool = True, source: str = "last") -> RunResult:
     """Continue an interrupted or failed run from its last checkpoint (or from the start if it has none)."""
+    if source == "last" and close_if_trained(ref, registry):
+        run = registry.run(ref)
+        return RunResult(run.id, run.name, run.status, Path(run.save_dir) if run.save_dir else registry.run_dir(run))
     prepared = prepare_resume(ref, registry, verbose=verbose, source=source)
     return _run_trainer(prepared.build, registry, prepared.run_id)
 
@@ -578,5 +610,5 @@ def prepare_resume(ref: str | int, registry: Registry, verbose: bool = True, sou
     return PreparedRun(run.id, recipe, overrides, action="resume")
 
 
-__all__ = ["NpuyoloTrainer", "PreparedRun", "RecordSink", "RegistryError", "RegistrySink", "RunResult", "TrainError",
+__all__ = ["close_if_trained", "NpuyoloTrainer", "PreparedRun", "RecordSink", "RegistryError", "RegistrySink", "RunResult", "TrainError",
            "prepare_resume", "prepare_variant", "resume_run", "train_into", "train_variant"]
