@@ -9,7 +9,6 @@ from collections import defaultdict
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 __all__ = ["end_convs", "float_compute_nodes", "is_full_integer", "quantized_conv_weights"]
 
@@ -63,7 +62,7 @@ def end_convs(model: onnx.ModelProto) -> list[str]:
     These are the layers whose INT8 error reaches the boxes and scores undiluted; a target with a wider integer or
     a float type keeps them there.
     """
-    made_by, users = _producers(model), _consumers(model)
+    made_by = _producers(model)
     inputs = {i.name for i in model.graph.input}
     names: list[str] = []
     for node in model.graph.node:
@@ -80,6 +79,8 @@ def end_convs(model: onnx.ModelProto) -> list[str]:
 
 def quantized_conv_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Conv name -> the float weight its QDQ graph actually computes with (int8 codes times scale)."""
+    from npuyolo.npu.normalize import dequantize_constant
+
     inits = {i.name: i for i in model.graph.initializer}
     made_by = _producers(model)
     weights = {}
@@ -87,16 +88,6 @@ def quantized_conv_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         if node.op_type != "Conv" or len(node.input) < 2:
             continue
         dq = made_by.get(node.input[1])
-        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
-            continue
-        q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
-        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
-        zero = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64) if len(dq.input) > 2 and dq.input[2] else 0.0
-        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-        if np.ndim(scale) == 1 and scale.size > 1:
-            shape = [1] * q.ndim
-            shape[axis] = -1
-            scale = scale.reshape(shape)
-            zero = np.reshape(zero, shape) if np.ndim(zero) else zero
-        weights[node.name] = (q - zero) * scale
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+            weights[node.name] = dequantize_constant(dq, inits)
     return weights

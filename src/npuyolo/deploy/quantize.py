@@ -187,11 +187,9 @@ def holdout_images(data: str | Path, count: int, exclude: list[Path], seed: int 
 
 
 def _outputs(model_path: Path, reader: ImageReader) -> list[list[np.ndarray]]:
-    import onnxruntime as ort
+    from npuyolo.deploy.evaluate import session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    sess = session(model_path)
     reader.rewind()
     found = []
     while (feed := reader.get_next()) is not None:
@@ -247,6 +245,7 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
         equalized = equalize(model)
         onnx.save(model, str(prepared))
     graph = onnx.load(str(prepared))
+    initializer_names = {i.name for i in graph.graph.initializer}
     names = {n.name for n in graph.graph.node}
     keep = list(keep_float or [])
     missing = [k for k in keep if k not in names]
@@ -267,9 +266,8 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
         if cal.method == "entropy":
             if not entropy_cache:
                 entropy_cache.update(entropy_ranges(prepared, reader, out.parent))
-            inits = {i.name for i in onnx.load(str(prepared)).graph.initializer}
             for name, (lo, hi) in entropy_cache.items():
-                if name not in inits and hi > lo:
+                if name not in initializer_names and hi > lo:
                     tensor_overrides.setdefault(name, [{}])[0].update({"rmin": np.float32(lo), "rmax": np.float32(hi)})
         if tensor_overrides:
             extra["TensorQuantOverrides"] = tensor_overrides

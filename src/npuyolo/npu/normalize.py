@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-__all__ = ["fold_qdq", "slices_to_split"]
+__all__ = ["dequantize_constant", "fold_qdq", "slices_to_split"]
 
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -91,6 +91,19 @@ def slices_to_split(model: onnx.ModelProto) -> int:
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
+def dequantize_constant(dq: onnx.NodeProto, consts: dict[str, onnx.TensorProto]) -> np.ndarray:
+    """The float value a DequantizeLinear of constant codes computes: (q - zero_point) * scale, per-axis or per-tensor."""
+    q = numpy_helper.to_array(consts[dq.input[0]]).astype(np.float64)
+    scale = numpy_helper.to_array(consts[dq.input[1]]).astype(np.float64)
+    zero = numpy_helper.to_array(consts[dq.input[2]]).astype(np.float64) if len(dq.input) > 2 and dq.input[2] in consts else 0.0
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    if np.ndim(scale) == 1 and scale.size > 1 and q.ndim > 1:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale, zero = scale.reshape(shape), (np.reshape(zero, shape) if np.ndim(zero) else zero)
+    return (q - zero) * scale
+
+
 def fold_qdq(model: onnx.ModelProto) -> int:
     """Remove every QuantizeLinear/DequantizeLinear in place (any domain); returns how many nodes were removed."""
     qdq = [n for n in model.graph.node if n.op_type in QDQ_OPS]
@@ -103,15 +116,8 @@ def fold_qdq(model: onnx.ModelProto) -> int:
     # a DQ of a constant (weights, bias): becomes a float initializer under the DQ's output name
     for node in qdq:
         if node.op_type == "DequantizeLinear" and node.input[0] in consts:
-            q = numpy_helper.to_array(consts[node.input[0]]).astype(np.float64)
-            scale = numpy_helper.to_array(consts[node.input[1]]).astype(np.float64)
-            zero = numpy_helper.to_array(consts[node.input[2]]).astype(np.float64) if len(node.input) > 2 and node.input[2] in consts else 0.0
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-            if np.ndim(scale) == 1 and scale.size > 1 and q.ndim > 1:
-                shape = [1] * q.ndim
-                shape[axis] = -1
-                scale, zero = scale.reshape(shape), (np.reshape(zero, shape) if np.ndim(zero) else zero)
-            model.graph.initializer.append(numpy_helper.from_array(((q - zero) * scale).astype(np.float32), node.output[0]))
+            value = dequantize_constant(node, consts).astype(np.float32)
+            model.graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
             source.pop(node.output[0])
 
     def resolve(name: str) -> str:
