@@ -1,0 +1,323 @@
+"""The user's experiment at the report's full budget, on real photos (roadsign4), one member at a time or side by side.
+
+The recipe is the report's (100 epochs, batch 16, SGD lr0 0.003 -> 0.0001, momentum 0.9, weight decay 0.001, 5 warm-up
+epochs, seed 0, deterministic); only the size and the device change with the machine:
+
+    # the CPU (2 cores): 320 px, members one after another, none started that cannot finish before the deadline
+    python bench/seed_experiment.py train --imgsz 320 --work /tmp/seed320 --deadline-min 150
+    # a GPU: 640 px, the report's pair side by side (two processes on the one GPU), data cached in RAM
+    python bench/seed_experiment.py train --imgsz 640 --device 0 --parallel 2 --cache ram --work /tmp/seed640
+    # then, on any machine holding the work folder: best.pt, the registry row as JSON, ko/en reports
+    python bench/seed_experiment.py finish --work /tmp/seed320 --out bench/seed_experiment
+    # and the deployment figures of each finished member (FP32/INT8 eval, NPU placement)
+    python bench/seed_experiment.py post --work /tmp/seed320 --out bench/seed_experiment
+
+Members: L4-leaky and L4-relu (the report's pair), L0-silu (stock YOLO11n), L4-relu-anneal (L4-relu trained through
+LeakyReLU 0.1 annealed to 0). The work folder holds a copy of the data set, the registry and every run folder; a member
+is finished only when its run is `finished` at the full epoch count, and only finished members are ever copied out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import npuyolo  # noqa: F401  (offline guards before Ultralytics)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "roadsign4" / "data.yaml"
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    variant: str
+    act_anneal: str | None = None
+
+
+MEMBERS = {m.name: m for m in (
+    Member("L4-leaky", "L4-leaky"),
+    Member("L4-relu", "L4-relu"),
+    Member("L0-silu", "L0-silu"),
+    Member("L4-relu-anneal", "L4-relu", act_anneal="leaky0.1"),
+)}
+# the user's report, for the table beside ours
+REPORT = {"L4-leaky": {"map50": 0.901, "map50_95": 0.769, "precision": 0.901, "recall": 0.819}}
+
+
+def log(msg: str) -> None:
+    print(f"[seed {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def machine() -> dict:
+    """What the figures were measured on: CPU model and count, GPU name when one trained."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version()}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001  (a machine description never fails the experiment)
+        pass
+    return info
+
+
+def copy_data(data: Path, work: Path) -> Path:
+    """A writable copy (Ultralytics writes label caches beside the labels); reused when already there."""
+    dest = work / data.parent.name
+    if not (dest / data.name).is_file():
+        tmp = work / f".{data.parent.name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(data.parent, tmp)
+        tmp.rename(dest)
+    return dest / data.name
+
+
+def registry_path(work: Path) -> Path:
+    return work / "runs" / "npuyolo.db"
+
+
+def run_name(member: str, imgsz: int) -> str:
+    return f"seed{imgsz}-{member}"  # a bare variant name would read as an untrained model
+
+
+def finished_run(reg, member: str, args):
+    """The member's run if it finished at the full budget, else None."""
+    epochs = args.epochs
+    for row in reg.runs():
+        if row["name"] == run_name(member, args.imgsz) and row["status"] == "finished":
+            run = reg.run(row["id"])
+            if run.recipe.get("epochs") == epochs and len(run.epochs) == epochs:
+                return run
+    return None
+
+
+def train_one(member: Member, args, data: Path) -> None:
+    from npuyolo.api import Workspace
+
+    overrides = {"epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch}
+    if args.device is not None:
+        overrides["device"] = args.device
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+    if args.cache:
+        overrides["cache"] = args.cache
+    if args.amp is not None:
+        overrides["ultralytics"] = {"amp": args.amp}
+    ws = Workspace(registry_path(args.work))
+    t = time.time()
+    run = ws.train(member.variant, data, name=run_name(member.name, args.imgsz), act_anneal=member.act_anneal, verbose=True, **overrides)
+    best = run.best or {}
+    log(f"{member.name}: run #{run.id} {run.status} in {time.time() - t:.0f} s; mAP50 {best.get('map50')}")
+
+
+def cmd_train(args) -> int:
+    from npuyolo.registry.db import Registry
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    data = copy_data(args.data.resolve(), args.work)
+    reg = Registry(registry_path(args.work))  # created once here, before any member process opens it
+    todo = [MEMBERS[m] for m in args.members if finished_run(reg, m, args) is None]
+    reg.close()
+    deadline = time.time() + args.deadline_min * 60 if args.deadline_min else None
+    log(f"machine {machine()}; members to train: {[m.name for m in todo]}; {args.epochs} epochs at {args.imgsz} px")
+    if args.parallel > 1:
+        return train_side_by_side(todo, args, deadline)
+    for member in todo:
+        if deadline is not None and args.member_min and time.time() + args.member_min * 60 > deadline:
+            log(f"{member.name}: not started: about {args.member_min:.0f} min needed, "
+                f"{(deadline - time.time()) / 60:.0f} min left before the deadline")
+            continue
+        if deadline is None:
+            train_one(member, args, data)
+            continue
+        # a member never outlives the deadline: it trains in its own process, ended when the deadline comes
+        t = time.time()
+        code = run_member_process(member, args, deadline - time.time())
+        if code != 0:
+            log(f"{member.name}: ended with exit code {code}")
+        else:  # the next member is judged by what this one measured, when that is longer than the estimate
+            args.member_min = max(args.member_min or 0, (time.time() - t) / 60)
+    return 0
+
+
+def member_command(member: Member, args) -> list[str]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "train", "--members", member.name, "--work", str(args.work),
+           "--data", str(args.data), "--imgsz", str(args.imgsz), "--epochs", str(args.epochs), "--batch", str(args.batch)]
+    for flag, value in (("--device", args.device), ("--workers", args.workers), ("--cache", args.cache)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    if args.amp is not None:
+        cmd.append("--amp" if args.amp else "--no-amp")
+    return cmd
+
+
+def run_member_process(member: Member, args, seconds: float) -> int:
+    logfile = args.work / "logs" / f"{member.name}.log"
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    log(f"{member.name}: training (log {logfile}), ended after {seconds / 60:.0f} min if not done")
+    with open(logfile, "ab") as fh:
+        proc = subprocess.Popen(member_command(member, args), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return proc.wait(timeout=max(seconds, 1))
+        except subprocess.TimeoutExpired:
+            log(f"{member.name}: deadline reached; stopping it (it stays unfinished and is never copied out)")
+            proc.terminate()
+            try:
+                return proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                return proc.wait()
+
+
+def train_side_by_side(todo: list[Member], args, deadline: float | None) -> int:
+    """Members in their own processes, `parallel` at a time, on the one device (a GPU holds several nano models)."""
+    pending, running, codes = list(todo), {}, {}
+    args.work.joinpath("logs").mkdir(parents=True, exist_ok=True)
+    started = {}
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            member = pending.pop(0)
+            if deadline is not None and args.member_min and time.time() + args.member_min * 60 > deadline:
+                log(f"{member.name}: not started, too little time left")
+                continue
+            fh = open(args.work / "logs" / f"{member.name}.log", "ab")
+            running[member.name] = (subprocess.Popen(member_command(member, args), stdout=fh, stderr=subprocess.STDOUT,
+                                                     start_new_session=True), fh)
+            started[member.name] = time.time()
+            log(f"{member.name}: started")
+        time.sleep(2)
+        for name, (proc, fh) in list(running.items()):
+            if deadline is not None and time.time() > deadline and proc.poll() is None:
+                log(f"{name}: deadline reached; stopping it")
+                proc.terminate()
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            if proc.poll() is not None:
+                fh.close()
+                codes[name] = proc.returncode
+                log(f"{name}: exit {proc.returncode} after {time.time() - started[name]:.0f} s")
+                del running[name]
+    return 0 if all(c == 0 for c in codes.values()) else 1
+
+
+# -- after training ---------------------------------------------------------------------------------------------------
+def member_dir(args, member: str) -> Path:
+    return args.out / member
+
+
+def cmd_finish(args) -> int:
+    """Copy each finished member out: best.pt, the registry row as JSON, ko/en reports (Markdown with PNG plots)."""
+    from npuyolo.registry.db import Registry
+    from npuyolo.report.render import render_run
+
+    reg = Registry(registry_path(args.work), readonly=True)
+    for name in args.members:
+        run = finished_run(reg, name, args)
+        if run is None:
+            log(f"{name}: not finished at {args.epochs} epochs; nothing copied")
+            continue
+        out = member_dir(args, name)
+        out.mkdir(parents=True, exist_ok=True)
+        best = run.artifact_path("weights/best")
+        tmp = out / ".best.pt.partial"
+        shutil.copyfile(best, tmp)
+        tmp.replace(out / "best.pt")
+        record = run.as_dict()
+        record["machine"] = json.loads((args.work / "machine.json").read_text()) if (args.work / "machine.json").is_file() \
+            else machine()
+        record["wall_time_s"] = run.duration_s
+        write_json(out / "run.json", record)
+        for lang in ("en", "ko"):
+            render_run(reg, run.id, out / "reports", lang=lang, fmt="md")
+        log(f"{name}: copied to {out} (mAP50 {run.best and run.best.get('map50')})")
+    return 0
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def cmd_post(args) -> int:
+    """Deployment figures of each finished member: FP32 and INT8 (sweep, bias correction, per-channel) on val, NPU placement."""
+    from npuyolo.api import Workspace
+    from npuyolo.registry.db import Registry
+
+    ws = Workspace(registry_path(args.work))
+    data = copy_data(args.data.resolve(), args.work)
+    for name in args.members:
+        run = finished_run(Registry(registry_path(args.work), readonly=True), name, args)
+        if run is None:
+            continue
+        out = member_dir(args, name)
+        post_file = out / "post.json"
+        post = json.loads(post_file.read_text()) if post_file.is_file() else {}
+        if "int8" not in post:
+            t = time.time()
+            q = ws.quantize(run.id, data, sweep=True, bias_correct=True, per_channel=True)
+            fp32 = ws.evaluate(q["fp32"], data)
+            int8 = ws.evaluate(q["int8"], data)
+            post["fp32"] = {k: fp32.get(k) for k in ("map50", "map50_95", "precision", "recall")}
+            post["int8"] = {k: int8.get(k) for k in ("map50", "map50_95", "precision", "recall", "drop_map50")}
+            post["int8"]["route"] = {k: v for k, v in q.items() if k not in ("fp32", "int8")}
+            post["int8_seconds"] = round(time.time() - t)
+            write_json(post_file, post)
+        if "npu" not in post:
+            check = ws.check(run.id, args.targets)
+            post["npu"] = {t.target: {"cpu_fallback_ops": getattr(t, "cpu_fallback_ops", None),
+                                      "npu_share": getattr(t, "npu_share", None)} for t in getattr(check, "targets", [])} \
+                if hasattr(check, "targets") else json.loads(json.dumps(check, default=str))
+            write_json(post_file, post)
+        log(f"{name}: post {json.dumps(post, default=str)[:400]}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["train", "finish", "post"])
+    ap.add_argument("--members", nargs="+", default=list(MEMBERS), choices=list(MEMBERS))
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--work", type=Path, required=True, help="data copy, registry and run folders")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "seed_experiment")
+    ap.add_argument("--imgsz", type=int, default=320)
+    ap.add_argument("--epochs", type=int, default=100, help="the report's budget; fewer only for a smoke test")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--device", default=None, help="cpu, 0, ...")
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--cache", choices=["ram", "disk"], default=None)
+    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument("--parallel", type=int, default=1, help="members trained side by side (one process each)")
+    ap.add_argument("--deadline-min", type=float, default=None, help="no member runs past this many minutes from now")
+    ap.add_argument("--member-min", type=float, default=None, help="expected minutes per member: none starts that cannot finish")
+    ap.add_argument("-t", "--targets", nargs="+", default=["rknn-rk3588", "ethos-u55", "imx500", "relu-only"])
+    args = ap.parse_args(argv)
+    if args.command == "train":
+        (args.work).mkdir(parents=True, exist_ok=True)
+        if not (args.work / "machine.json").is_file():
+            write_json(args.work / "machine.json", machine())
+        return cmd_train(args)
+    return {"finish": cmd_finish, "post": cmd_post}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
