@@ -198,3 +198,10 @@ def test_python_api_plans_with_its_own_threshold(planned):
     assert all(r.conf == 0.5 for r in only.rows)
     assert only.chosen.placement.off_npu == 0 and only.chosen.candidate.name != "export+int8"
     assert set(plan.stages) >= {"export", "quantize", "evaluate", "place"} and plan.seconds > 0
+    from npuyolo.cli import console, print_plan
+
+    with console.capture() as captured:
+        print_plan(plan)
+    text = captured.get()
+    assert f"* {only.chosen.candidate.name}" in text and "export+int8" in text
+    assert f"relu-only: {only.chosen.candidate.name}; runner-up {only.runner_up.candidate.name} lost: " in text

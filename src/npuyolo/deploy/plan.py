@@ -213,12 +213,12 @@ def why_lost(winner: Row, loser: Row) -> str:
         return "no NPU time estimated"
     if loser.int8.map50 != winner.int8.map50:
         return f"lower INT8 mAP50: {loser.int8.map50:.3f} against {winner.int8.map50:.3f}"
-    return "tied on every axis (placement, NPU time, INT8 mAP50); the simpler artefact, listed first, is kept"
+    return "tied on every axis (placement, NPU time, INT8 mAP50); kept in candidate order (export, rewrites, re-slope, twin)"
 
 
 def rank(rows: list[Row]) -> tuple[Row, Row | None, str | None]:
     """Fewest ops off the NPU and host partitions, then lowest NPU time where a compiler estimates it, then highest
-    INT8 mAP50. A stable sort: on a full tie the candidate listed first (the simpler one) wins."""
+    INT8 mAP50. A stable sort: on a full tie the candidate listed first wins (the export before what is derived from it)."""
     if not rows:
         raise PlanError("no candidate to rank")
     ordered = sorted(rows, key=sort_key)
