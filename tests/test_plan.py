@@ -205,3 +205,14 @@ def test_python_api_plans_with_its_own_threshold(planned):
     text = captured.get()
     assert f"* {only.chosen.candidate.name}" in text and "export+int8" in text
     assert f"relu-only: {only.chosen.candidate.name}; runner-up {only.runner_up.candidate.name} lost: " in text
+
+
+def test_a_target_whose_compiler_is_missing_says_so(compilers_dir):
+    """Nothing is installed (an empty compilers folder): the row says so and the profile's placement stands."""
+    from npuyolo.deploy.plan import _compile
+
+    for name, compiler in (("ethos-u55", "vela"), ("rknn-rk3588", "rknn"), ("imx500", "imx500"), ("relu-only", None)):
+        p = Placement(1.0, 10, 0, 0, 0, {}, {})
+        _compile(p, compilers_dir / "never-read.onnx", name, None, None)
+        assert (p.compiler, p.compiler_status) == ((compiler, "compiler not installed") if compiler else (None, None))
+        assert p.npu_ms is None and p.off_npu == 0

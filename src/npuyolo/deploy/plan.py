@@ -364,10 +364,16 @@ def _twin(registry, run_id: int | None) -> str | None:
 
 def _compile(placement: Placement, fp32: Path, target: str, data, registry) -> None:
     """The vendor compiler's verdict on the FP32 graph (it quantizes itself), when one exists and is installed."""
-    if target not in COMPILER_OF:
-        return
     from npuyolo.compilers.envs import CompilerError, installed
 
+    if target == "imx500":  # its converter takes the PyTorch model, not a graph: `npu compile RUN --compiler imx500`
+        env = installed("imx500")
+        placement.compiler = "imx500" if env is None else f"imx500 {env.version}"
+        placement.compiler_status = ("compiler not installed" if env is None
+                                     else "not run by the plan (the converter takes the PyTorch model; use npu compile)")
+        return
+    if target not in COMPILER_OF:
+        return
     compiler, platform = COMPILER_OF[target]
     env = installed(compiler)
     placement.compiler = compiler if env is None else f"{compiler} {env.version}"
