@@ -6,6 +6,7 @@
     ws.check(run.id, ["relu-only", "rknn-rk3588"])
     q = ws.quantize(run.id, "data.yaml", per_channel=True)
     print(ws.evaluate(q["int8"], "data.yaml")["map50"])
+    plan = ws.plan(run.id, ["amd-dpu", "edgetpu"], "data.yaml")  # the verified best artefact per NPU
     ws.report(run.id, lang="ko", fmt="html")
 
 Errors a user can fix raise `npuyolo.NpuyoloError` subclasses; nothing here prints tables or exits.
@@ -156,6 +157,14 @@ class Workspace:
         from npuyolo.deploy.service import evaluate_artefact
 
         return evaluate_artefact(self._registry(), artefact, data)
+
+    def plan(self, model: str | int, targets: list[str], data: str | Path, **kwargs: Any):
+        """Every artefact that could serve each target, verified (placement, FP32/INT8 accuracy, accuracy at the
+        deployment threshold) and ranked; returns a `npuyolo.deploy.plan.Plan`. See `deploy.plan.build_plan`."""
+        from npuyolo.deploy.plan import build_plan
+
+        _known(build_plan, kwargs)
+        return build_plan(self._registry(), str(model), list(targets), data, **kwargs)
 
     def bench(self, artefact: str | Path, runs: int = 50, threads: int | None = None) -> dict:
         from npuyolo.deploy.latency import bench_onnx
