@@ -255,3 +255,14 @@ def test_scan_stops_after_the_folder_cap(data_copy, monkeypatch):
     assert "\n" not in str(e.value)
     monkeypatch.setattr(check, "MAX_SCAN_FOLDERS", 10_000)
     assert check.check_dataset(data_copy).splits["train"].images == 24  # the same set under the real cap is fine
+
+
+# ------------------------------------------------------------------------------------------ found on the way
+@pytest.mark.parametrize("text", ["1: 2\n", "name: s\ndata: d.yaml\nvariants: [L4-relu]\nrecipe: {1: 2}\n"])
+def test_settings_keyed_by_a_number_are_one_line(data_copy, text):
+    """`1: 2` in a recipe (or a series' recipe) reached Recipe(**values) and raised TypeError: keywords must be strings."""
+    f = data_copy.parent / "k.yaml"
+    f.write_text(text)
+    args = ("series", "run", f) if "variants" in text else ("train", "--variant", "L4-relu", "--data", data_copy, "--recipe", f)
+    result = cli(*args, registry=data_copy.parent / "r.db")
+    assert result.exit_code == 2 and "setting names must be text" in result.output, (result.output, result.exception)

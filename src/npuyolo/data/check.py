@@ -158,9 +158,12 @@ MAX_SCAN_FOLDERS = 10_000  # an images tree has a handful of folders; the whole 
 def too_broad(folder: Path) -> str | None:
     """Why `folder` is no images folder to search (the file system root, the home folder or one above it), else None."""
     folder = folder.resolve()
-    home = Path.home().resolve()
     if folder == Path(folder.anchor):
         return "the file system root"
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no HOME and no passwd entry: there is no home folder to protect
+        return None
     if folder == home or folder in home.parents:
         return "the home folder" if folder == home else "a folder above the home folder"
     return None

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from npuyolo.errors import NpuyoloError
-from npuyolo.yamlfile import SHORT_CHARS, YamlFileError, load_yaml
+from npuyolo.yamlfile import SHORT_CHARS, YamlFileError, load_yaml, short
 
 
 class RecipeError(NpuyoloError, ValueError):
@@ -31,7 +31,15 @@ def load_mapping(path: str | Path, what: str) -> dict:
         return {}
     if not isinstance(value, dict):
         raise RecipeError(f"{path}: a {what} file must be a mapping of settings (key: value), not a {type(value).__name__}")
+    refuse_unnamed_keys(value, str(path))
     return value
+
+
+def refuse_unnamed_keys(mapping: dict, source: str) -> None:
+    """Settings are named: a key like `1:` or `[a]:` would reach Python as a keyword argument and raise TypeError."""
+    bad = next((k for k in mapping if not isinstance(k, str)), None)
+    if bad is not None:
+        raise RecipeError(f"{source}: setting names must be text, got {short(bad)} ({type(bad).__name__})")
 
 
 def validation_message(e: ValidationError, source: str) -> str:
