@@ -192,6 +192,61 @@ def cases(f: dict) -> list[tuple[str, list[str], dict, int]]:
     return out
 
 
+def cases_r4_severe_b(f: dict) -> list[tuple[str, list[str], dict, int]]:
+    """Issue 21, severe 5-8: YAML alias bombs (data.yaml, recipe, series), an MLflow server that is down and the
+    registry given as MLflow's store, a FIFO named like an image, and `path: /` with `train: .`.
+
+    Builds its own files (bombs under 600 bytes, a copy of the data set with a FIFO, an ONNX to evaluate) in a
+    folder under the data set's; the registry is the corpus' own (NPUYOLO_REGISTRY).
+    """
+    from npuyolo.deploy.export import export_onnx
+    from npuyolo.variants.build import build_model
+
+    src = f["data"].parent
+    work = src / "r4-severe-b"
+    work.mkdir(exist_ok=True)
+    images = {s: (src / "images" / s).resolve() for s in ("train", "val")}
+    anchors = "\n".join(["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+                         + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]) + "\n"
+    inline = "[" + ", ".join(["&b0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+                             + [f"&b{i} [{', '.join([f'*b{i - 1}'] * 9)}]" for i in range(1, 8)]) + "]"
+    texts = {
+        "bomb-train.yaml": anchors + f"train: *l8\nval: {images['val']}\nnames: [a, b, c, d, e, f]\n",
+        "bomb-names.yaml": anchors + f"train: {images['train']}\nval: {images['val']}\nnames: *l8\n",
+        "bomb-recipe.yaml": f"ultralytics: {{mosaic: {inline}}}\n",
+        "bomb-series.yaml": f"name: bomb\ndata: {f['data']}\nvariants: [L4-relu]\nrecipe: {{ultralytics: {{mosaic: {inline}}}}}\n",
+        "root.yaml": "path: /\ntrain: .\nval: .\nnames: [a]\n",
+    }
+    for name, text in texts.items():
+        (work / name).write_text(text)
+    fifo = work / "fifo-set"
+    if not fifo.exists():
+        for sub in ("images", "labels"):
+            shutil.copytree(src / sub, fifo / sub)
+        os.mkfifo(fifo / "images" / "train" / "x.jpg")
+        (fifo / "labels" / "train" / "x.txt").write_text("")
+        (fifo / "data.yaml").write_text(f"path: {fifo}\ntrain: images/train\nval: images/val\n"
+                                        "names: [speed_limit, warning, stop, mandatory, yield, no_entry]\n")
+    onnx = work / "m.onnx"
+    if not onnx.exists():
+        export_onnx(build_model("L4-relu", nc=6, verbose=False), onnx, imgsz=64)
+    d = str(f["data"])
+    out = []
+    add = lambda case, argv, code=2, env=None: out.append((case, [str(a) for a in argv], env or {}, code))  # noqa: E731
+    add("data check alias bomb as train (r4)", ["data", "check", work / "bomb-train.yaml"])
+    add("data check alias bomb as names (r4)", ["data", "check", work / "bomb-names.yaml"])
+    add("train --recipe with an alias bomb (r4)", ["train", "--variant", "L4-relu", "--data", d, "--recipe", work / "bomb-recipe.yaml",
+                                                   "--epochs", "1", "--imgsz", "64"])
+    add("series run with an alias bomb recipe (r4)", ["series", "run", work / "bomb-series.yaml"])
+    add("runs export --mlflow to a dead server (r4)", ["runs", "export", "--mlflow", "http://127.0.0.1:9"])
+    add("runs export --mlflow into the registry (r4)", ["runs", "export", "--mlflow", f"sqlite:///{f['db']}"])
+    add("data check a FIFO named x.jpg (r4)", ["data", "check", fifo / "data.yaml"])
+    add("train on a set with a FIFO (r4)", ["train", "--variant", "L4-relu", "--data", fifo / "data.yaml", "--epochs", "1", "--imgsz", "64"])
+    add("deploy eval on a set with a FIFO (r4)", ["deploy", "eval", onnx, "--data", fifo / "data.yaml"])
+    add("data check path: / with train: . (r4)", ["data", "check", work / "root.yaml"])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", type=Path, help="keep the work folder here")

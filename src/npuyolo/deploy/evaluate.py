@@ -94,6 +94,9 @@ def validate(predict: Predict, data: str | Path, imgsz: int, names: dict[int, st
     data = Path(data)
     if not data.is_file():
         raise DeployError(f"data yaml not found: {data}")
+    from npuyolo.data.check import load_data_yaml
+
+    load_data_yaml(data)  # bounded parse first: Ultralytics' own loader would expand an alias bomb
     v = DetectionValidator(args=dict(data=str(data), imgsz=imgsz, batch=batch, conf=conf, iou=iou, rect=False, plots=False,
                                      split="val", workers=0, save_json=False, verbose=False, task="detect", mode="val"))
     v.data = check_det_dataset(str(data))
