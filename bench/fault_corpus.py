@@ -3,7 +3,8 @@
 For each case: the exit code, the first line of what it said, whether the registry still passes SQLite's
 integrity check, and whether a finished "precious" run's files and records are untouched. Clean means:
 exit 2 with one `error:` line (or 0 where the input is legal), integrity ok, precious intact, no marker file
-from a hostile checkpoint, nothing written outside the work folder.
+from a hostile checkpoint or data set, nothing written outside the work folder, done within CASE_TIMEOUT_S
+(a case still running then is killed and reported "hung").
 
     python bench/fault_corpus.py [--keep DIR]
 """
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import torch
 import yaml
+
+CASE_TIMEOUT_S = 30
 
 
 class Payload:
@@ -192,6 +195,62 @@ def cases(f: dict) -> list[tuple[str, list[str], dict, int]]:
     return out
 
 
+def cases_r4_severe_a(f: dict) -> list[tuple[str, list[str], dict, int]]:
+    """Issue 21, severe items 1-4: a data set's download: script, --out over the registry or a user's file, npu rewrite
+    into bad places, data synth over a data set it did not write. The download: scripts write the marker file."""
+    work = f["db"].parent.parent
+    r4 = work / "r4a"
+    out = []
+    add = lambda case, argv, code=2: out.append((case, [str(a) for a in argv], {}, code))
+    from onnx import TensorProto, helper, save
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])
+    model = helper.make_model(helper.make_graph([helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.1)], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    r4.mkdir(parents=True, exist_ok=True)
+    plain = r4 / "m.onnx"  # no npuyolo metadata: what npu rewrite takes
+    save(model, str(plain))
+    model.metadata_props.add(key="npuyolo_head", value="npu")
+    tagged = r4 / "base.onnx"  # npuyolo metadata: what deploy eval takes
+    save(model, str(tagged))
+    for name, download in (("py", f"open({str(f['marker'])!r}, 'w').write('ran')\n"), ("bash", f"bash -c 'touch {f['marker']}'"),
+                           ("url", "http://127.0.0.1:9/set.zip")):
+        folder = r4 / f"dl-{name}" / "set"
+        for sub in ("images", "labels"):
+            shutil.copytree(f["data"].parent / sub, folder / sub, dirs_exist_ok=True)
+        (folder / "data.yaml").write_text(yaml.safe_dump({"train": "images/train", "val": ["../images/val"],
+                                                          "names": [f"c{i}" for i in range(6)], "download": download}))
+        add(f"deploy eval, val: ['../images/val'] + {name} download:", ["deploy", "eval", tagged, "--data", folder / "data.yaml"])
+        add(f"train, val: ['../images/val'] + {name} download:",
+            ["train", "--variant", "L4-relu", "--data", folder / "data.yaml", "--epochs", "1", "--imgsz", "64"])
+    notes = r4 / "notes.onnx"
+    notes.write_text("a user's file")
+    link = r4 / "link.onnx"
+    if not link.is_symlink():
+        link.symlink_to(f["a_file"])
+    add("export RUN --out the registry", ["export", "precious", "--out", f["db"]])
+    add("export RUN --out the registry --force", ["export", "precious", "--out", f["db"], "--force"])
+    add("export --out a file npuyolo did not write", ["export", "L4-relu", "--imgsz", "64", "--out", notes])
+    add("export --out a symlink", ["export", "L4-relu", "--imgsz", "64", "--out", link])
+    add("npu rewrite --out the registry --force", ["npu", "rewrite", plain, "--out", f["db"], "--force"])
+    add("npu rewrite --out a file npuyolo did not write", ["npu", "rewrite", plain, "--out", notes])
+    add("npu rewrite --out a symlink", ["npu", "rewrite", plain, "--out", link])
+    add("npu rewrite --out /dev/null --force", ["npu", "rewrite", plain, "--out", "/dev/null", "--force"])
+    add("npu rewrite --out a folder", ["npu", "rewrite", plain, "--out", r4])
+    add("npu rewrite --out DIR/", ["npu", "rewrite", plain, "--out", f"{r4}/nodir/"])
+    add("npu rewrite --out under a file", ["npu", "rewrite", plain, "--out", f["a_file"] / "x.onnx"])
+    add("npu rewrite --out /proc/x.onnx", ["npu", "rewrite", plain, "--out", "/proc/x.onnx"])
+    add("npu rewrite --out a new file (legal)", ["npu", "rewrite", plain, "--out", r4 / "new" / "r.onnx"], code=0)
+    add("npu rewrite --out its own output again (legal)", ["npu", "rewrite", plain, "--out", r4 / "new" / "r.onnx"], code=0)
+    theirs = r4 / "theirs"
+    theirs.mkdir(exist_ok=True)
+    (theirs / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [mine]\n")
+    add("data synth into a data set it did not write", ["data", "synth", theirs, "--train", "2", "--val", "1", "--imgsz", "64"])
+    for what in ("a new folder", "the folder it wrote"):
+        add(f"data synth into {what} (legal)", ["data", "synth", r4 / "synth", "--train", "2", "--val", "1", "--imgsz", "64"], code=0)
+
+
 def cases_r4_severe_b(f: dict) -> list[tuple[str, list[str], dict, int]]:
     """Issue 21, severe 5-8: YAML alias bombs (data.yaml, recipe, series), an MLflow server that is down and the
     registry given as MLflow's store, a FIFO named like an image, and `path: /` with `train: .`.
@@ -257,9 +316,13 @@ def main() -> None:
     env0 = {**os.environ, "NPUYOLO_REGISTRY": str(f["db"]), "COLUMNS": "200"}
     rows, clean = [], 0
     t0 = time.time()
-    for case, argv, env, expected in cases(f):
-        p = subprocess.run([sys.executable, "-m", "npuyolo.cli", *argv], env={**env0, **env}, cwd=work, capture_output=True,
-                           text=True, timeout=300)
+    for case, argv, env, expected in cases(f) + cases_r4_severe_a(f) + cases_r4_severe_b(f):
+        try:
+            p = subprocess.run([sys.executable, "-m", "npuyolo.cli", *argv], env={**env0, **env}, cwd=work, capture_output=True,
+                               text=True, timeout=CASE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:  # killed by subprocess.run; a hang is a finding, not a crash of the corpus
+            rows.append((case, "-", f"hung: still running after {CASE_TIMEOUT_S} s, killed", "-", "-", "NOT CLEAN"))
+            continue
         said = [line for line in (p.stderr + p.stdout).splitlines() if line.strip()]
         first = next((line for line in said if line.startswith("error:")), said[0] if said else "")
         integrity = sqlite3.connect(f["db"]).execute("PRAGMA integrity_check").fetchone()[0]

@@ -134,8 +134,12 @@ class Workspace:
             record_compile(result, reg)
         return result
 
-    def export(self, model: str | int, out: str | Path, *, imgsz: int | None = None, head: str | None = None, nc: int = 80) -> Path:
-        """Static-shape ONNX; a run exports at the size it was trained at unless `imgsz` says otherwise."""
+    def export(self, model: str | int, out: str | Path, *, imgsz: int | None = None, head: str | None = None, nc: int = 80,
+               force: bool = False) -> Path:
+        """Static-shape ONNX; a run exports at the size it was trained at unless `imgsz` says otherwise.
+
+        `out` may replace an earlier npuyolo ONNX file; another existing file or a symlink only with `force`;
+        never the registry."""
         from npuyolo.deploy.export import export_onnx
         from npuyolo.resolve import resolve_model
 
@@ -143,7 +147,7 @@ class Workspace:
         resolved = resolve_model(str(model), reg, nc=nc)
         if imgsz is None:
             imgsz = resolved.trained_imgsz if resolved.run_id is not None and resolved.trained_imgsz else 640
-        return export_onnx(resolved.model, out, imgsz=imgsz, head=head)
+        return export_onnx(resolved.model, out, imgsz=imgsz, head=head, force=force, registry=self.registry_path)
 
     def quantize(self, run: str | int, data: str | Path, **kwargs: Any) -> dict:
         """FP32 + INT8 QDQ ONNX of a run (calibrated on train images only); see `deploy.service.quantize_run`."""

@@ -189,6 +189,7 @@ def export(model: Annotated[str, typer.Argument(help="Variant name (untrained), 
            head: Annotated[Optional[str], typer.Option(help="npu (L4 cut) or ultralytics [default: the level's head]")] = None,
            out: Annotated[Optional[str], typer.Option(help="Output .onnx file.")] = None,
            nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
+           force: Annotated[bool, typer.Option("--force", help="Let --out replace a file npuyolo did not write, or a symlink (never the registry).")] = False,
            as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Write a static-shape ONNX file (a run's goes to its folder's export/, anything else to the working directory)."""
     from npuyolo.deploy.export import ExportError, check_imgsz, export_onnx
@@ -207,7 +208,7 @@ def export(model: Annotated[str, typer.Argument(help="Variant name (untrained), 
     name = f"{resolved.label}-{head or 'default'}-{imgsz}.onnx"
     if out is None:  # a run's exports live in its own folder; anything else in the working directory
         out = reg.run_dir(reg.run(resolved.run_id), "export") / name if resolved.run_id is not None else Path(name)
-    path = export_onnx(resolved.model, out, imgsz=imgsz, head=head)
+    path = export_onnx(resolved.model, out, imgsz=imgsz, head=head, force=force, registry=registry)
     if resolved.run_id is not None:
         reg.add_artifact(resolved.run_id, f"onnx/{head or 'default'}", path.resolve(), {"imgsz": imgsz})
     if as_json:
@@ -710,12 +711,13 @@ def compilers_install(name: Annotated[str, typer.Argument(help="rknn, vela or im
 @user_errors
 def npu_rewrite(model: Annotated[Path, typer.Argument(help="ONNX file.")],
                 leaky: Annotated[str, typer.Option(help="relu-decomp (a*x + (1-a)*relu(x)), relu-exact or max.")] = "relu-decomp",
-                out: Annotated[Optional[Path], typer.Option(help="Output file [default: MODEL.<method>.onnx].")] = None,
+                out: Annotated[Optional[str], typer.Option(help="Output file [default: MODEL.<method>.onnx].")] = None,
+                force: Annotated[bool, typer.Option("--force", help="Let the output replace a file npuyolo did not write, or a symlink (never the registry).")] = False,
                 as_json: JsonOpt = False) -> None:
     """Replace every LeakyRelu with an equivalent built from ReLU-NPU ops."""
     from npuyolo.npu.rewrite import rewrite_file
 
-    dst, count = rewrite_file(model, out, leaky)
+    dst, count = rewrite_file(model, out, leaky, force=force)
     if as_json:
         return print_json({"onnx": str(Path(dst).resolve()), "rewritten": count, "method": leaky})
     console.print(f"rewrote {count} LeakyRelu node(s) as {leaky}: {dst}", highlight=False, markup=False)

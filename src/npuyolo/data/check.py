@@ -133,12 +133,27 @@ def parse_names(names, path: Path) -> list[str]:
     return values
 
 
+def split_paths(root: Path, spec: str | list[str], yaml_path: Path, split: str) -> list[Path]:
+    """The folders or .txt lists of one split, resolved exactly as Ultralytics' check_det_dataset does.
+
+    A single string falls back from '../x' to 'x' when the first does not exist; list entries never do. Any
+    other rule would let this check pass where Ultralytics then finds the split missing (and, before npuyolo
+    turned it off, ran the yaml's `download:` script).
+    """
+    try:
+        if isinstance(spec, str):
+            p = (root / spec).resolve()
+            if not p.exists() and spec.startswith("../"):
+                p = (root / spec[3:]).resolve()
+            return [p]
+        return [(root / entry).resolve() for entry in spec]
+    except (OSError, RuntimeError) as e:  # a symlink loop, a name the OS refuses
+        raise DataError([f"{yaml_path}: {split}: cannot resolve {spec!r} ({getattr(e, 'strerror', None) or e})"]) from None
+
+
 def split_images(root: Path, spec: str | list[str], yaml_path: Path, split: str) -> list[Path]:
     images: list[Path] = []
-    for entry in [spec] if isinstance(spec, str) else spec:
-        p = Path(entry) if Path(entry).is_absolute() else root / entry
-        if not p.exists() and entry.startswith("../"):  # Ultralytics' own fallback for '../images/...'
-            p = root / entry[3:]
+    for p in split_paths(root, spec, yaml_path, split):
         if p.is_dir():
             images += scan_images(p, yaml_path, split)
         elif p.is_file() and p.suffix == ".txt":

@@ -85,14 +85,28 @@ def rewrite_leaky(model: onnx.ModelProto, method: str = "relu-decomp") -> tuple[
     return out, count
 
 
-def rewrite_file(src: str | Path, dst: str | Path | None = None, method: str = "relu-decomp") -> tuple[Path, int]:
+def rewrite_file(src: str | Path, dst: str | Path | None = None, method: str = "relu-decomp", force: bool = False,
+                 registry: str | Path | None = None) -> tuple[Path, int]:
+    """Rewrite `src` into `dst` [default: beside it, SRC.<method>.onnx]: written under a temporary name, then renamed.
+
+    `dst` follows `npuyolo.paths.check_output_file` (an earlier npuyolo ONNX may be replaced; another file or a
+    symlink only with `force`; never the registry); a full disk or a refused write is one RewriteError.
+    """
+    from npuyolo.deploy.export import written_by_npuyolo
     from npuyolo.npu.graph import load_graph
+    from npuyolo.paths import atomic_path, check_output_file
 
     src = Path(src)
     g = load_graph(src)  # same validation as `npu check`
     model, count = rewrite_leaky(g.model, method)
     if count == 0:
         raise RewriteError(f"{src}: no LeakyRelu nodes to rewrite")
-    dst = Path(dst) if dst else src.with_name(f"{src.stem}.{method}.onnx")
-    onnx.save(model, str(dst))
+    label = "--out" if dst else "output"
+    dst = check_output_file(dst or src.with_name(f"{src.stem}.{method}.onnx"), registry=registry, force=force,
+                            ours=written_by_npuyolo, label=label, error=RewriteError)
+    try:
+        with atomic_path(dst) as tmp:
+            onnx.save(model, str(tmp))
+    except OSError as e:  # full disk, a place the OS refuses
+        raise RewriteError(f"{label} {dst}: cannot write ({e.strerror or e})") from None
     return dst, count
