@@ -118,11 +118,55 @@ class Calibration:
     def label(self) -> str:
         return f"percentile{self.percentile:g}" if self.method == "percentile" else self.method
 
-    def extra_options(self) -> dict:
-        return {"CalibPercentile": self.percentile} if self.method == "percentile" and self.percentile is not None else {}
-
 
 ENTROPY_BINS = 512  # KL histogram bins (128 of them the INT8 levels); ORT's threshold search is Python loops, 2048 bins cost minutes
+# images whose intermediate tensors ONNX Runtime's calibrators hold at once: its histogram calibrators (percentile,
+# entropy) keep every image's tensors until the reader ends (about 100 MB an image for YOLO11n at 640 px: 200
+# calibration images were 20 GB, and the process was killed for memory on a 24 GB machine), so they are fed in chunks
+CALIB_CHUNK = 16
+
+
+class ChunkReader(CalibrationDataReader):
+    """At most `size` images of `reader`, then the end; `exhausted` once `reader` itself has ended."""
+
+    def __init__(self, reader: CalibrationDataReader, size: int):
+        self.reader, self.size, self.count, self.exhausted = reader, size, 0, False
+
+    def get_next(self) -> dict | None:
+        if self.count >= self.size or self.exhausted:
+            return None
+        item = self.reader.get_next()
+        if item is None:
+            self.exhausted = True
+            return None
+        self.count += 1
+        return item
+
+
+def histogram_data(model_path: Path, reader: CalibrationDataReader, workdir: Path, method: CalibrationMethod,
+                   options: dict, chunk: int | None = None):
+    """ORT's histogram calibrator fed `chunk` images at a time (its histograms merge across calls); its TensorsData."""
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    chunk = chunk or CALIB_CHUNK
+    with tempfile.TemporaryDirectory(prefix="npuyolo-calib-", dir=workdir) as tmp:
+        cal = create_calibrator(str(model_path), None, str(Path(tmp) / "augmented.onnx"), calibrate_method=method,
+                                extra_options=options)
+        reader.rewind()
+        while True:
+            part = ChunkReader(reader, chunk)
+            try:
+                cal.collect_data(part)
+            except ValueError:  # ORT's "No data is collected": the images ended exactly at a chunk's border
+                if part.count == 0:
+                    break
+                raise
+            if part.exhausted:
+                break
+        with contextlib.redirect_stdout(sys.stderr):  # ORT prints bin counts; stdout may carry --json
+            data = cal.compute_data()
+    reader.rewind()
+    return data
 
 
 def entropy_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path) -> dict[str, tuple[float, float]]:
@@ -133,16 +177,8 @@ def entropy_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Pat
     `create_calibrator` takes the bin counts, so we calibrate with it and hand the ranges over as overrides. The KL
     threshold is symmetric around 0; it is clipped to the values actually seen, so a ReLU tensor keeps [0, t].
     """
-    from onnxruntime.quantization.calibrate import create_calibrator
-
-    with tempfile.TemporaryDirectory(prefix="npuyolo-entropy-", dir=workdir) as tmp:
-        cal = create_calibrator(str(model_path), None, str(Path(tmp) / "augmented.onnx"), calibrate_method=CalibrationMethod.Entropy,
-                                extra_options={"symmetric": False, "num_bins": ENTROPY_BINS, "num_quantized_bins": 128})
-        reader.rewind()
-        cal.collect_data(reader)
-        with contextlib.redirect_stdout(sys.stderr):  # ORT prints bin counts; stdout may carry --json
-            data = cal.compute_data()
-    reader.rewind()
+    data = histogram_data(model_path, reader, workdir, CalibrationMethod.Entropy,
+                          {"symmetric": False, "num_bins": ENTROPY_BINS, "num_quantized_bins": 128})
     ranges = {}
     for name, td in data.data.items():
         lo, hi = (float(v) for v in td.range_value)
@@ -152,6 +188,14 @@ def entropy_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Pat
             lo, hi = max(lo, float(edges[seen[0]])), min(hi, float(edges[seen[-1] + 1]))
         ranges[name] = (min(lo, 0.0), max(hi, 0.0))
     return ranges
+
+
+def percentile_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path, percentile: float | None,
+                      chunk: int | None = None) -> dict[str, tuple[float, float]]:
+    """Tensor -> (rmin, rmax) as `quantize_static(calibrate_method=Percentile)` computes them, in bounded memory."""
+    options = {} if percentile is None else {"percentile": percentile}
+    data = histogram_data(model_path, reader, workdir, CalibrationMethod.Percentile, options, chunk)
+    return {name: tuple(float(v) for v in td.range_value) for name, td in data.data.items()}
 
 
 # what `--sweep` tries; the best on held-back *train* images wins (never val: val is what the drop is measured on)
@@ -258,15 +302,19 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
         keep += [n for n in end_nodes if n not in keep]
     overrides = _int16_overrides(graph, end_nodes) if ends == "int16" else {}
 
-    entropy_cache: dict[str, tuple[float, float]] = {}
+    range_cache: dict[tuple, dict[str, tuple[float, float]]] = {}
 
     def run(exclude: list[str], dst: Path, cal: Calibration, graph: Path | None = None) -> None:
-        extra = {"ActivationSymmetric": False, "WeightSymmetric": True, **cal.extra_options()}
+        # MinMax merges chunk by chunk inside quantize_static; percentile and entropy ranges are computed here in
+        # chunks and handed over as overrides (quantize_static would hold every image's tensors at once)
+        extra = {"ActivationSymmetric": False, "WeightSymmetric": True, "CalibMaxIntermediateOutputs": CALIB_CHUNK}  # read at call time
         tensor_overrides = {k: [dict(d) for d in v] for k, v in overrides.items()}
-        if cal.method == "entropy":
-            if not entropy_cache:
-                entropy_cache.update(entropy_ranges(prepared, reader, out.parent))
-            for name, (lo, hi) in entropy_cache.items():
+        if cal.method in ("entropy", "percentile"):
+            key = (cal.method, cal.percentile)
+            if key not in range_cache:
+                range_cache[key] = (entropy_ranges(prepared, reader, out.parent) if cal.method == "entropy"
+                                    else percentile_ranges(prepared, reader, out.parent, cal.percentile))
+            for name, (lo, hi) in range_cache[key].items():
                 if name not in initializer_names and hi > lo:
                     tensor_overrides.setdefault(name, [{}])[0].update({"rmin": np.float32(lo), "rmax": np.float32(hi)})
         if tensor_overrides:
@@ -276,7 +324,7 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
         reader.rewind()
         quantize_static(str(graph or prepared), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=METHODS["minmax" if cal.method == "entropy" else cal.method],
+                        calibrate_method=METHODS["minmax"],
                         nodes_to_exclude=exclude or None, extra_options=extra)
 
     chosen_cal = Calibration(method, percentile if method == "percentile" else None)
