@@ -228,16 +228,24 @@ class Registry:
             self.conn.execute("COMMIT")
 
     def _migrate(self) -> None:
-        version = self._check_version(self.conn)
-        for v in range(version, SCHEMA_VERSION):
-            with self.tx() as c:
+        """Create or upgrade the schema in one exclusive transaction.
+
+        Several processes or threads may open a registry that does not exist yet (two trains on a new file, a series'
+        members, API threads): the first to take the write lock (BEGIN IMMEDIATE) creates every table; the others wait
+        for it, then read user_version again inside their own transaction and find nothing left to do.
+        """
+        if self._check_version(self.conn) >= SCHEMA_VERSION:
+            return
+        with self.tx() as c:
+            version = self._check_version(c)  # again, under the lock: another opener may have migrated meanwhile
+            for v in range(version, SCHEMA_VERSION):
                 if MIGRATIONS[v].startswith("status:"):  # a status value added to runs' CHECK constraint
                     widen_status_check(c, MIGRATIONS[v].split(":", 1)[1])
                 else:
                     for statement in MIGRATIONS[v].split(";"):
                         if statement.strip():
                             c.execute(statement)
-                c.execute(f"PRAGMA user_version = {v + 1}")
+            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @property
     def schema_version(self) -> int:
