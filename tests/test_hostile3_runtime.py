@@ -1,0 +1,138 @@
+"""Hostile input, round 4 (issue 21), the medium runtime items: races on a new registry, concurrent quantize and
+export, broken ONNX files at run time, run lookups, rewrite name clashes. Each reproducer failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+import threading
+from pathlib import Path
+
+import onnx
+import pytest
+
+from npuyolo.registry.db import Registry
+
+from .test_hostile import RUN_ARGS, cli, new_run, one_line_error
+
+
+# ------------------------------------------------------------------------------------------------ a new registry, at once
+def _open_registry(path: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        reg = Registry(path)
+        results.put(("ok", reg.schema_version))
+        reg.close()
+    except Exception as e:  # what a crashing opener raised, reported to the test
+        results.put(("error", repr(e)))
+
+
+def test_processes_opening_one_new_registry_at_once(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    for trial in range(3):
+        path = str(tmp_path / f"r{trial}.db")
+        barrier, results = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_open_registry, args=(path, barrier, results)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        got = [results.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        assert got == [("ok", Registry(path).schema_version)] * 6, got
+
+
+def test_threads_opening_one_new_registry_at_once(tmp_path):
+    class Results(list):
+        put = list.append
+
+    for trial in range(3):
+        path = str(tmp_path / f"r{trial}.db")
+        barrier, results = threading.Barrier(6), Results()
+        threads = [threading.Thread(target=_open_registry, args=(path, barrier, results)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert [r[0] for r in results] == ["ok"] * 6, results
+    reg = Registry(tmp_path / "r0.db")  # one transaction made every table, the newest status allowed included
+    run = new_run(reg)
+    reg.set_status(run, "stopped")
+    assert reg.run(run).status == "stopped"
+
+
+# ------------------------------------------------------------------------------------------------ broken ONNX at run time
+def _meta(model: onnx.ModelProto, **changes: str) -> None:
+    props = {p.key: p.value for p in model.metadata_props} | changes
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+
+
+def _external_outside(model: onnx.ModelProto) -> None:
+    init = max(model.graph.initializer, key=lambda i: len(i.raw_data))
+    init.ClearField("raw_data")
+    init.data_location = onnx.TensorProto.EXTERNAL
+    init.external_data.add(key="location", value="../../../../etc/hostname")
+
+
+def _cyclic(model: onnx.ModelProto) -> None:
+    model.graph.node[1].input[0] = model.graph.node[5].output[0]
+
+
+def _missing_input(model: onnx.ModelProto) -> None:
+    model.graph.node[3].input[0] = "nowhere"
+
+
+def _opset1(model: onnx.ModelProto) -> None:
+    model.opset_import[0].version = 1
+
+
+BROKEN = {
+    "external-data-outside": (_external_outside, "ONNX Runtime cannot load it"),
+    "cyclic": (_cyclic, "ONNX Runtime cannot load it"),
+    "missing-input": (_missing_input, "ONNX Runtime cannot load it"),
+    "opset1": (_opset1, "ONNX Runtime cannot load it"),
+    "size-differs": (lambda m: _meta(m, imgsz="[96, 96]"), "metadata says 1x3x96x96"),
+    "strides-text": (lambda m: _meta(m, strides='["a", "b", "c"]'), "damaged npuyolo metadata"),
+    "strides-zero": (lambda m: _meta(m, strides="[0, 0, 0]"), "damaged npuyolo metadata"),
+    "strides-float": (lambda m: _meta(m, strides="[8.5, 16, 32]"), "damaged npuyolo metadata"),
+    "strides-two": (lambda m: _meta(m, strides="[8, 16]"), "outputs do not match its metadata"),
+    "reg-max-8": (lambda m: _meta(m, reg_max="8"), "outputs do not match its metadata"),
+}
+
+
+@pytest.fixture(scope="module")
+def good_onnx(tmp_path_factory) -> Path:
+    from npuyolo.deploy.export import export_onnx
+    from npuyolo.variants.build import build_model
+
+    return export_onnx(build_model("L4-relu", nc=6), tmp_path_factory.mktemp("onnx") / "m.onnx", imgsz=64)
+
+
+def broken_onnx(good: Path, folder: Path, kind: str) -> Path:
+    model = onnx.load(str(good))
+    BROKEN[kind][0](model)
+    path = folder / kind / f"{kind}.onnx"
+    path.parent.mkdir(parents=True)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+def test_broken_onnx_is_one_error_in_eval_bench_and_predict(tmp_path, good_onnx, synth_data, kind):
+    path = broken_onnx(good_onnx, tmp_path, kind)
+    images = synth_data.parent / "images" / "val"
+    for args in (("predict", path, images, "--out", tmp_path / "out"), ("deploy", "bench", path, "--runs", "1"),
+                 ("deploy", "eval", path, "--data", synth_data)):
+        output = one_line_error(cli(*args))
+        assert BROKEN[kind][1] in output and "Traceback" not in output, (args[0], output)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_good_export_still_predicts_and_benches(tmp_path, good_onnx, synth_data):
+    from npuyolo.deploy.latency import bench_onnx
+
+    assert bench_onnx(good_onnx, runs=1, warmup=0)["imgsz"] == 64
+    r = cli("predict", good_onnx, synth_data.parent / "images" / "val", "--out", tmp_path / "out", "--json")
+    assert r.exit_code == 0, r.output
