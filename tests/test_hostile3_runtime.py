@@ -136,3 +136,23 @@ def test_the_good_export_still_predicts_and_benches(tmp_path, good_onnx, synth_d
     assert bench_onnx(good_onnx, runs=1, warmup=0)["imgsz"] == 64
     r = cli("predict", good_onnx, synth_data.parent / "images" / "val", "--out", tmp_path / "out", "--json")
     assert r.exit_code == 0, r.output
+
+
+# ------------------------------------------------------------------------------------------------ run lookups
+def test_a_name_typed_in_decomposed_unicode_finds_its_run(tmp_path):
+    import unicodedata
+
+    reg = Registry(tmp_path / "r.db")
+    for name in ("한국어 런", "café"):
+        run_id = new_run(reg, name=name)
+        typed = unicodedata.normalize("NFD", name)
+        assert typed != name and reg.resolve(typed) == run_id
+        r = cli("runs", "show", typed, "--json", registry=tmp_path / "r.db")
+        assert r.exit_code == 0 and json.loads(r.output)["id"] == run_id, r.output
+
+
+@pytest.mark.parametrize("ref", ["²", "#²", "99999999999999999999999", "#99999999999999999999999", "9223372036854775808"])
+def test_odd_digits_and_huge_ids_are_not_found(tmp_path, ref):
+    reg = Registry(tmp_path / "r.db")
+    new_run(reg, name="a")
+    assert "no run" in one_line_error(cli("runs", "show", ref, registry=tmp_path / "r.db"))

@@ -356,13 +356,20 @@ class Registry:
                       (run_id, kind, str(path), json.dumps(meta) if meta else None, now()))
 
     def resolve(self, ref: str | int) -> int:
-        """A run id from `7`, `#7` (ids) or a name; names never consist of digits alone, so the two cannot clash."""
-        ref = str(ref).strip()
+        """A run id from `7`, `#7` (ids) or a name; names never consist of digits alone, so the two cannot clash.
+
+        Names are looked up NFC-normalised, as validate_run_name stores them (a name typed in decomposed Unicode
+        is the same name). Only ASCII digits make an id ('²' is a digit to str.isdigit but not to int), and an id
+        beyond SQLite's 64-bit range is simply not there.
+        """
+        ref = unicodedata.normalize("NFC", str(ref)).strip()
         digits = ref[1:] if ref.startswith("#") else ref
-        if digits.isdigit():
-            row = self.conn.execute("SELECT id FROM runs WHERE id = ?", (int(digits),)).fetchone()
+        if digits.isascii() and digits.isdigit():
+            run_id = int(digits)
+            row = self.conn.execute("SELECT id FROM runs WHERE id = ?", (run_id,)).fetchone() if run_id < 2 ** 63 else None
         else:
             row = self.conn.execute("SELECT id FROM runs WHERE name = ?", (ref,)).fetchone()
+        ref = ref if len(ref) <= 60 else ref[:57] + "..."
         if row is None:
             raise RegistryError(f"no run {ref!r} in {self.path}; `npuyolo runs` lists them")
         return row["id"]
