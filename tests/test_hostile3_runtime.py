@@ -156,3 +156,33 @@ def test_odd_digits_and_huge_ids_are_not_found(tmp_path, ref):
     reg = Registry(tmp_path / "r.db")
     new_run(reg, name="a")
     assert "no run" in one_line_error(cli("runs", "show", ref, registry=tmp_path / "r.db"))
+
+
+# ------------------------------------------------------------------------------------------------ npu rewrite names
+def clashing_graph(path: Path) -> Path:
+    """x -> Relu 'n/relu' -> Mul by 'npuyolo_const_0' -> LeakyRelu 'n' -> y: the names a rewrite of 'n' would generate."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["n/relu"], name="n/relu"),
+             helper.make_node("Mul", ["n/relu", "npuyolo_const_0"], ["n/ax"], name="n/ax"),
+             helper.make_node("LeakyRelu", ["n/ax"], ["y"], name="n", alpha=0.1)]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 8, 8]) for n in ("x", "y")]
+    graph = helper.make_graph(nodes, "g", io[:1], io[1:], [numpy_helper.from_array(np.array(2.0, np.float32), "npuyolo_const_0")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("method", ["relu-decomp", "relu-exact", "max"])
+def test_rewrite_of_a_graph_already_using_generated_names(tmp_path, method):
+    import numpy as np
+    import onnxruntime as ort
+
+    src = clashing_graph(tmp_path / "clash.onnx")
+    dst = tmp_path / f"out-{method}.onnx"
+    r = cli("npu", "rewrite", src, "--leaky", method, "--out", dst)
+    assert r.exit_code == 0, r.output
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    assert np.allclose(run(src), run(dst), atol=1e-6)
+    assert not [n for n in onnx.load(str(dst)).graph.node if n.op_type == "LeakyRelu"]
