@@ -186,3 +186,33 @@ def test_rewrite_of_a_graph_already_using_generated_names(tmp_path, method):
     run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
     assert np.allclose(run(src), run(dst), atol=1e-6)
     assert not [n for n in onnx.load(str(dst)).graph.node if n.op_type == "LeakyRelu"]
+
+
+# ------------------------------------------------------------------------------------------------ exports from threads
+def test_workspace_export_from_threads(tmp_path):
+    from npuyolo import Workspace
+    from npuyolo.deploy.export import onnx_metadata
+
+    from .test_hostile2 import save_pt
+
+    pt = save_pt(tmp_path / "m.pt")
+    ws = Workspace(tmp_path / "r.db")
+    outs = [tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "same.onnx", tmp_path / "same.onnx"]
+    barrier, errors = threading.Barrier(len(outs)), []
+
+    def export(out: Path) -> None:
+        barrier.wait()
+        try:
+            ws.export(str(pt), out, imgsz=64)
+        except Exception as e:  # collected: the test reports what a thread raised
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=export, args=(out,)) for out in outs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert errors == []
+    for out in set(outs):
+        assert onnx_metadata(out)["imgsz"] == "[64, 64]"
+    assert not [p.name for p in tmp_path.iterdir() if ".partial-" in p.name]
