@@ -216,3 +216,67 @@ def test_workspace_export_from_threads(tmp_path):
     for out in set(outs):
         assert onnx_metadata(out)["imgsz"] == "[64, 64]"
     assert not [p.name for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+# ------------------------------------------------------------------------------------------------ quantize
+def test_a_failed_quantize_leaves_no_working_files(tmp_path, monkeypatch, synth_data, good_onnx):
+    import npuyolo.deploy.quantize as quantize
+
+    fp32 = Path(shutil.copy(good_onnx, tmp_path / "m.onnx"))
+
+    def boom(*a, **k):
+        raise RuntimeError("killed mid-quantize")
+
+    monkeypatch.setattr(quantize.onnx.checker, "check_model", boom)
+    with pytest.raises(RuntimeError, match="killed"):
+        quantize.quantize_onnx(fp32, tmp_path / "m-int8.onnx", synth_data, calib=2, bias_correct=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+# Two quantizes of one model, interleaved as they are with a full calibration set: the second has prepared its graph
+# and waits; the first runs to the end (and, before the fix, deleted the shared '.prep.onnx'); then the second goes on.
+QUANTIZE = """
+import sys, time
+from pathlib import Path
+import npuyolo.deploy.quantize as q
+
+fp32, out, data, me, sync = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5])
+real = q.quantize_static
+
+def wait_for(name):
+    deadline = time.time() + 120
+    while not (sync / name).exists():
+        assert time.time() < deadline, name
+        time.sleep(0.05)
+
+def interleaved(*a, **k):
+    if me == "first":
+        wait_for("second-prepared")
+    elif not (sync / "second-prepared").exists():
+        (sync / "second-prepared").touch()
+        wait_for("first-done")
+    return real(*a, **k)
+
+q.quantize_static = interleaved
+q.quantize_onnx(fp32, out, data, calib=4)
+(sync / f"{me}-done").touch()
+"""
+
+
+def test_two_quantizes_of_one_model_at_once(tmp_path, synth_data, good_onnx):
+    import subprocess
+    import sys
+
+    from npuyolo.deploy.export import onnx_metadata
+
+    work, sync = tmp_path / "deploy", tmp_path / "sync"
+    work.mkdir()
+    sync.mkdir()
+    fp32 = Path(shutil.copy(good_onnx, work / "m.onnx"))
+    out = work / "m-int8.onnx"
+    procs = [subprocess.Popen([sys.executable, "-c", QUANTIZE, str(fp32), str(out), str(synth_data), me, str(sync)],
+                              stderr=subprocess.PIPE, text=True) for me in ("first", "second")]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors[1][-600:]
+    assert "npuyolo_quant" in onnx_metadata(out)
+    assert sorted(p.name for p in work.iterdir()) == ["m-int8.onnx", "m.onnx"]
