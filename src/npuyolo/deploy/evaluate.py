@@ -131,7 +131,7 @@ def load_deployable(path: str | Path, threads: int | None = None) -> Deployable:
         want = [shape for s in strides for shape in ([1, 4 * reg_max, imgsz // s, imgsz // s], [1, len(names), imgsz // s, imgsz // s])]
         got = [_dims(o.shape) for o in outputs]
         if len(got) != len(want) or any(len(g) != 4 or any(a not in (b, "?") for a, b in zip(g, w)) for g, w in zip(got, want)):
-            raise DeployError(f"{path}: its outputs do not match its metadata (box/score pairs for strides {strides}, reg_max {reg_max},"
+            raise DeployError(f"{path}: its outputs do not match its metadata (expected box/score output pairs for strides {strides}, reg_max {reg_max},"
                               f" {len(names)} classes); export it again with `npuyolo export`")
     elif len(outputs) != 1:
         raise DeployError(f"{path}: expected one output for the Ultralytics head, got {[o.name for o in outputs]}")
