@@ -14,7 +14,7 @@ import pytest
 
 from npuyolo.registry.db import Registry
 
-from .test_hostile import RUN_ARGS, cli, new_run, one_line_error
+from .test_hostile import cli, new_run, one_line_error
 
 
 # ------------------------------------------------------------------------------------------------ a new registry, at once

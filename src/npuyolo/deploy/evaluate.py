@@ -93,6 +93,11 @@ def _dims(shape) -> list:
     return [d if isinstance(d, int) else "?" for d in shape]
 
 
+def _fits(dims: list, expected: list[int]) -> bool:
+    """A tensor shape matches the expected one; a symbolic dimension ('?') matches anything."""
+    return len(dims) == len(expected) and all(d in (e, "?") for d, e in zip(dims, expected))
+
+
 def load_deployable(path: str | Path, threads: int | None = None) -> Deployable:
     """The one loader for an ONNX file to run (eval, bench, predict): every way it can be unusable is one DeployError.
 
@@ -124,15 +129,16 @@ def load_deployable(path: str | Path, threads: int | None = None) -> Deployable:
     if len(inputs) != 1:
         raise DeployError(f"{path}: expected one image input, got {len(inputs)} ({', '.join(i.name for i in inputs)[:80]})")
     expected = [1, 3, imgsz, imgsz]
-    if _dims(inputs[0].shape) != expected:
+    if not _fits(_dims(inputs[0].shape), expected):
         raise DeployError(f"{path}: its input is {'x'.join(map(str, _dims(inputs[0].shape)))} but its metadata says "
                           f"{'x'.join(map(str, expected))}; export it again with `npuyolo export`")
     if head == "npu":
-        want = [shape for s in strides for shape in ([1, 4 * reg_max, imgsz // s, imgsz // s], [1, len(names), imgsz // s, imgsz // s])]
+        nc = int(meta["nc"]) if meta.get("nc", "").isdigit() else len(names)
+        want = [shape for s in strides for shape in ([1, 4 * reg_max, imgsz // s, imgsz // s], [1, nc, imgsz // s, imgsz // s])]
         got = [_dims(o.shape) for o in outputs]
-        if len(got) != len(want) or any(len(g) != 4 or any(a not in (b, "?") for a, b in zip(g, w)) for g, w in zip(got, want)):
-            raise DeployError(f"{path}: its outputs do not match its metadata (expected box/score output pairs for strides {strides}, reg_max {reg_max},"
-                              f" {len(names)} classes); export it again with `npuyolo export`")
+        if len(got) != len(want) or not all(_fits(g, w) for g, w in zip(got, want)):
+            raise DeployError(f"{path}: its outputs do not match its metadata (expected box/score output pairs for strides"
+                              f" {strides}, reg_max {reg_max}, {nc} classes); export it again with `npuyolo export`")
     elif len(outputs) != 1:
         raise DeployError(f"{path}: expected one output for the Ultralytics head, got {[o.name for o in outputs]}")
     return Deployable(path, sess, meta, head, imgsz, strides, reg_max, names,
