@@ -306,6 +306,85 @@ def cases_r4_severe_b(f: dict) -> list[tuple[str, list[str], dict, int]]:
     return out
 
 
+def cases_r4_medium_c(f: dict) -> list[tuple[str, list[str], dict, int]]:
+    """Issue 21, medium items reachable from one CLI call: broken or hand-edited ONNX files given to deploy eval,
+    deploy bench and predict; run lookups by a decomposed-Unicode name, '²' and a 23-digit id; npu rewrite of a graph
+    that already uses the names a rewrite generates. (The races: tests/test_hostile3_runtime.py.)"""
+    import unicodedata
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from npuyolo.deploy.export import export_onnx, set_metadata
+    from npuyolo.registry.db import Registry
+    from npuyolo.train.recipe import Recipe
+    from npuyolo.variants.build import build_model
+
+    root = f["data"].parent / "r4c"
+    root.mkdir(exist_ok=True)
+    good = export_onnx(build_model("L4-relu", nc=6, verbose=False), root / "good.onnx", imgsz=64)
+
+    def broken(name: str, edit) -> Path:
+        model = onnx.load(str(good))
+        edit(model)
+        path = root / name / f"{name}.onnx"
+        path.parent.mkdir(exist_ok=True)
+        onnx.save(model, str(path))
+        return path
+
+    def meta(**changes: str):
+        return lambda m: set_metadata(m, {p.key: p.value for p in m.metadata_props} | changes)
+
+    def external_outside(m: onnx.ModelProto) -> None:
+        init = max(m.graph.initializer, key=lambda i: len(i.raw_data))
+        init.ClearField("raw_data")
+        init.data_location = TensorProto.EXTERNAL
+        init.external_data.add(key="location", value="../../../../../etc/hostname")
+
+    def set_input(node: int, tensor: str):
+        return lambda m: m.graph.node[node].input.__setitem__(0, tensor)
+
+    onnx_files = {
+        "external data outside its folder": broken("ext", external_outside),
+        "a cyclic graph": broken("cyclic", lambda m: set_input(1, m.graph.node[5].output[0])(m)),
+        "a node input nothing produces": broken("missing", set_input(3, "nowhere")),
+        "opset 1": broken("opset1", lambda m: setattr(m.opset_import[0], "version", 1)),
+        "metadata size 96, graph 64": broken("size", meta(imgsz="[96, 96]")),
+        "strides [0,0,0]": broken("strides0", meta(strides="[0, 0, 0]")),
+        "strides as text": broken("strides_text", meta(strides='["a", "b", "c"]')),
+        "two strides for three scales": broken("strides2", meta(strides="[8, 16]")),
+        "reg_max 8 (graph has 16)": broken("regmax", meta(reg_max="8")),
+    }
+    out = []
+    add = lambda case, argv, code=2: out.append((case, [str(a) for a in argv], {}, code))  # noqa: E731
+    images = f["data"].parent / "images" / "val"
+    for what, path in onnx_files.items():
+        add(f"deploy eval: {what}", ["deploy", "eval", path, "--data", f["data"]])
+        add(f"deploy bench: {what}", ["deploy", "bench", path, "--runs", "1"])
+        add(f"predict: {what}", ["predict", path, images, "--out", root / f"pred-{path.stem}"])
+
+    reg = Registry(root / "names.db")
+    reg.create_run(name="café", variant="L4-relu", recipe=Recipe.load(epochs=1, imgsz=64, workers=0).model_dump(),
+                   data_path=str(f["data"]), data_hash="h", class_names=["a"] * 6, weights_source=None, device="cpu", versions={})
+    reg.set_status(1, "finished")
+    reg.close()
+    add("runs show: a name typed in NFD", ["runs", "show", unicodedata.normalize("NFD", "café"), "--registry", root / "names.db"], 0)
+    add("runs show ²", ["runs", "show", "²", "--registry", root / "names.db"])
+    add("runs show 99999999999999999999999", ["runs", "show", "99999999999999999999999", "--registry", root / "names.db"])
+
+    nodes = [helper.make_node("Relu", ["x"], ["n/relu"], name="n/relu"),
+             helper.make_node("Mul", ["n/relu", "npuyolo_const_0"], ["n/ax"], name="n/ax"),
+             helper.make_node("LeakyRelu", ["n/ax"], ["y"], name="n", alpha=0.1)]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 8, 8]) for n in ("x", "y")]
+    graph = helper.make_graph(nodes, "g", io[:1], io[1:], [numpy_helper.from_array(np.array(2.0, np.float32), "npuyolo_const_0")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(root / "clash.onnx"))
+    for method in ("relu-decomp", "relu-exact", "max"):
+        add(f"npu rewrite --leaky {method}: generated names already in the graph",
+            ["npu", "rewrite", root / "clash.onnx", "--leaky", method, "--out", root / f"clash-{method}.onnx"], 0)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", type=Path, help="keep the work folder here")
@@ -316,7 +395,7 @@ def main() -> None:
     env0 = {**os.environ, "NPUYOLO_REGISTRY": str(f["db"]), "COLUMNS": "200"}
     rows, clean = [], 0
     t0 = time.time()
-    for case, argv, env, expected in cases(f) + cases_r4_severe_a(f) + cases_r4_severe_b(f):
+    for case, argv, env, expected in cases(f) + cases_r4_severe_a(f) + cases_r4_severe_b(f) + cases_r4_medium_c(f):
         try:
             p = subprocess.run([sys.executable, "-m", "npuyolo.cli", *argv], env={**env0, **env}, cwd=work, capture_output=True,
                                text=True, timeout=CASE_TIMEOUT_S)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -21,6 +22,9 @@ __all__ = ["ExportError", "default_head", "export_onnx", "load_weights", "onnx_m
 
 Head = Literal["npu", "ultralytics"]
 OPSET = 17
+# torch.onnx.export keeps process-wide state (GLOBALS.in_onnx_export) and asserts it is not re-entered: two threads
+# exporting at once (Workspace.export from a thread pool) fail. One export at a time per process, then.
+_EXPORT_LOCK = threading.Lock()
 
 
 class ExportError(NpuyoloError, ValueError):
@@ -59,7 +63,7 @@ def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head:
     out = check_out_file(out, force=force, registry=registry)
     im = torch.zeros(1, 3, imgsz, imgsz)
     try:
-        with atomic_path(out) as tmp:  # a killed export never leaves a metadata-less file under the final name
+        with _EXPORT_LOCK, atomic_path(out) as tmp:  # a killed export never leaves a metadata-less file under the final name
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 net(im)  # builds anchors; also fails early on shape errors
