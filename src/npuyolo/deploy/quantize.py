@@ -154,6 +154,21 @@ def entropy_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Pat
     return ranges
 
 
+def minmax_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path) -> dict[str, tuple[float, float]]:
+    """Tensor -> (rmin, rmax) from ORT's MinMax calibrator, built as `quantize_static` builds it (asymmetric, no moving
+    average), so the ranges are the ones it would use (the scales match to the bit)."""
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    with tempfile.TemporaryDirectory(prefix="npuyolo-calib-", dir=workdir) as tmp:
+        calibrator = create_calibrator(str(model_path), None, str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.MinMax, extra_options={"symmetric": False})
+        reader.rewind()
+        calibrator.collect_data(reader)
+        data = calibrator.compute_data()
+    reader.rewind()
+    return {name: (float(np.min(td.range_value[0])), float(np.max(td.range_value[1]))) for name, td in data.data.items()}
+
+
 # what `--sweep` tries; the best on held-back *train* images wins (never val: val is what the drop is measured on)
 SWEEP = (Calibration("minmax"), Calibration("percentile", 99.99), Calibration("percentile", 99.999), Calibration("entropy"))
 ENDS = {"int16": "int16", "float": "float16"}  # --ends value -> the profile dtype a target must list to allow it
@@ -216,8 +231,13 @@ def sqnr_db(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]
 def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, method: str = "minmax", per_channel: bool = False,
                   keep_float: list[str] | None = None, auto_float: int = 0, seed: int = 0, cle: bool = False,
                   percentile: float | None = None, bias_correct: bool = False, ends: str | None = None,
-                  sweep: bool = False, holdout: int = 50) -> dict:
-    """Quantize `fp32` to INT8 QDQ; returns what was done (calibration, nodes kept float or 16-bit, sweep scores...)."""
+                  sweep: bool = False, holdout: int = 50, ranges: dict | None = None) -> dict:
+    """Quantize `fp32` to INT8 QDQ; returns what was done (calibration, nodes kept float or 16-bit, sweep scores...).
+
+    `ranges`: a dict the caller keeps per FP32 graph (same file, same `calib`, `seed` and `cle`). The activation
+    ranges each calibration reads are stored there and reused by later calls, so quantizing one graph through several
+    routes (`ends`) calibrates it once; ORT then gets them as overrides, which gives the same scales it would compute.
+    MinMax (without bias correction) and entropy ranges are shared; percentile ranges are recomputed each time."""
     if method not in METHODS:
         raise DeployError(f"--method must be one of {', '.join(METHODS)}")
     if percentile is not None and not (50.0 < percentile <= 100.0):
@@ -258,23 +278,30 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
         keep += [n for n in end_nodes if n not in keep]
     overrides = _int16_overrides(graph, end_nodes) if ends == "int16" else {}
 
-    entropy_cache: dict[str, tuple[float, float]] = {}
+    cache = {} if ranges is None else ranges  # calibration label -> tensor -> (rmin, rmax)
+    one_image = ImageReader(paths[:1], imgsz)  # ORT calibrates anyway; with every range overridden one image is enough
 
     def run(exclude: list[str], dst: Path, cal: Calibration, graph: Path | None = None) -> None:
         extra = {"ActivationSymmetric": False, "WeightSymmetric": True, **cal.extra_options()}
         tensor_overrides = {k: [dict(d) for d in v] for k, v in overrides.items()}
-        if cal.method == "entropy":
-            if not entropy_cache:
-                entropy_cache.update(entropy_ranges(prepared, reader, out.parent))
-            for name, (lo, hi) in entropy_cache.items():
+        # entropy always (ORT's own is MinMax, see entropy_ranges); MinMax when shared: its ranges give ORT's scales to
+        # the bit (tested), unless bias correction changes the graph ORT calibrates. Percentile is not shared: ORT's
+        # histogram inside quantize_static does not reproduce here
+        known = cal.method == "entropy" or (ranges is not None and cal.method == "minmax" and not bias_correct)
+        if known and cal.label not in cache:
+            cache[cal.label] = (entropy_ranges(prepared, reader, out.parent) if cal.method == "entropy"
+                                else minmax_ranges(prepared, reader, out.parent))
+        if known:
+            for name, (lo, hi) in cache[cal.label].items():
                 if name not in initializer_names and hi > lo:
                     tensor_overrides.setdefault(name, [{}])[0].update({"rmin": np.float32(lo), "rmax": np.float32(hi)})
         if tensor_overrides:
             extra["TensorQuantOverrides"] = tensor_overrides
         if overrides:
             extra["UseQDQContribOps"] = True  # 16-bit Q/DQ below opset 21
-        reader.rewind()
-        quantize_static(str(graph or prepared), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+        feed = one_image if known and cal.method != "entropy" else reader
+        feed.rewind()
+        quantize_static(str(graph or prepared), str(dst), feed, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=METHODS["minmax" if cal.method == "entropy" else cal.method],
                         nodes_to_exclude=exclude or None, extra_options=extra)
