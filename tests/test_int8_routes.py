@@ -270,3 +270,27 @@ def test_chunked_percentile_ranges_match_one_pass(synth_data, tmp_path):
     widths = np.array([whole[k][1] - whole[k][0] for k in whole])
     diffs = np.array([max(abs(whole[k][0] - parts[k][0]), abs(whole[k][1] - parts[k][1])) for k in whole])
     assert np.median(diffs / np.maximum(widths, 1e-9)) < 0.02 and np.max(diffs / np.maximum(widths, 1e-9)) < 0.25
+
+
+def test_shared_minmax_ranges_give_the_same_int8_files_with_one_calibration(synth_data, tmp_path, monkeypatch):
+    """`deploy plan` quantizes one graph through several routes: with `ranges` kept per graph, MinMax calibrates once
+    and every route's file is bit-identical to a fresh quantization (and the sweep's entropy ranges are kept too)."""
+    from npuyolo.deploy import quantize
+
+    fp32 = export_onnx(randomised("L4-leaky"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    calls = []
+    real = quantize.minmax_ranges
+    monkeypatch.setattr(quantize, "minmax_ranges", lambda *a: calls.append(a) or real(*a))
+
+    def initializers(path):
+        return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+    ranges: dict = {}
+    for ends in (None, "int16", "float"):
+        quantize_onnx(fp32, tmp_path / f"fresh-{ends}.onnx", synth_data, calib=6, ends=ends)
+        quantize_onnx(fp32, tmp_path / f"shared-{ends}.onnx", synth_data, calib=6, ends=ends, ranges=ranges)
+        fresh, shared = initializers(tmp_path / f"fresh-{ends}.onnx"), initializers(tmp_path / f"shared-{ends}.onnx")
+        assert fresh.keys() == shared.keys() and all(np.array_equal(fresh[k], shared[k]) for k in fresh), ends
+    assert len(calls) == 1 and set(ranges) == {"minmax"}  # calibrated once for the three routes
+    info = quantize_onnx(fp32, tmp_path / "p.onnx", synth_data, calib=6, method="percentile", percentile=99.99, ranges=ranges)
+    assert info["calibration"] == "percentile99.99" and set(ranges) == {"minmax", "percentile99.99"}

@@ -180,6 +180,7 @@ def test_series_report(recorded, tmp_path):
     assert html.startswith("<!doctype html>") and "<table>" in html and html.count('src="data:image/png;base64,i') == 2
     ko = render_series(reg, "v3", tmp_path / "ko", lang="ko").read_text(encoding="utf-8")
     assert "시리즈 개요" in ko and "검사 안 함" in ko
+    assert "Deployment plan" not in text and "배포 계획" not in ko  # no member has a recorded plan: no matrix
 
 
 def test_two_reports_in_one_folder_keep_their_own_plots(recorded, tmp_path):

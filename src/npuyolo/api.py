@@ -7,6 +7,7 @@
     q = ws.quantize(run.id, "data.yaml", per_channel=True)
     print(ws.evaluate(q["int8"], "data.yaml")["map50"])
     plan = ws.plan(run.id, ["amd-dpu", "edgetpu"], "data.yaml")  # the verified best artefact per NPU
+    ws.series_plan("s1", ["amd-dpu", "edgetpu"]).cells()  # variant -> target -> its best artefact
     ws.report(run.id, lang="ko", fmt="html")
 
 Errors a user can fix raise `npuyolo.NpuyoloError` subclasses; nothing here prints tables or exits.
@@ -169,6 +170,14 @@ class Workspace:
 
         _known(build_plan, kwargs)
         return build_plan(self._registry(), str(model), list(targets), data, **kwargs)
+
+    def series_plan(self, name: str, targets: list[str], data: str | Path | None = None, **kwargs: Any):
+        """`plan` for each finished member of a series (each recorded on its run): a `SeriesPlan` whose `cells()` say
+        which artefact of which variant to ship on which target. `data` defaults to the series' own data set."""
+        from npuyolo.deploy.plan import build_plan, build_series_plan
+
+        _known(build_plan, kwargs)
+        return build_series_plan(self._registry(), name, list(targets), data, **kwargs)
 
     def bench(self, artefact: str | Path, runs: int = 50, threads: int | None = None) -> dict:
         from npuyolo.deploy.latency import bench_onnx

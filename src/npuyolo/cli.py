@@ -419,6 +419,46 @@ def series_rank(name: str, as_json: JsonOpt = False, registry: RegistryOpt = Non
     print_ranking(name, rows)
 
 
+@series_app.command("plan")
+@user_errors
+def series_plan(name: str,
+                target: Annotated[list[str], typer.Option("--target", "-t", help="Target profile (repeatable).")],
+                data: Annotated[Optional[Path], typer.Option(help="data.yaml [default: the series' own].")] = None,
+                conf: Annotated[float, typer.Option(help="Deployment confidence threshold (what the NPU runtime bakes in).")] = 0.25,
+                calib: Annotated[int, typer.Option(help="Calibration images.")] = 100,
+                holdout: Annotated[int, typer.Option(help="Held-back train images the calibration sweep is judged on.")] = 50,
+                sweep: Annotated[bool, typer.Option("--sweep/--no-sweep", help="Calibrate with the sweep's choice, or with MinMax.")] = True,
+                imgsz: Annotated[Optional[int], typer.Option(help="Export size [default: each run's].")] = None,
+                as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """`deploy plan` for every finished member: which variant's artefact to ship on which NPU (variant x target)."""
+    from npuyolo.deploy.plan import build_series_plan
+
+    with err.status("planning each member..."), quiet_stdout():
+        sp = build_series_plan(open_registry(registry), name, target, data, conf=conf, calib=calib, holdout=holdout,
+                               imgsz=imgsz, sweep=sweep)
+    if as_json:
+        return print_json(sp.as_dict())
+    print_series_plan(sp)
+
+
+def print_series_plan(sp) -> None:
+    """One row per variant, one column per target; a cell is the chosen artefact, its NPU share and INT8 mAP50."""
+    table = Table(title=f"series {sp.series}: verified best artefact per variant and target")
+    table.add_column("variant", no_wrap=True)
+    for t in sp.targets:
+        table.add_column(t)
+    cells = sp.cells()
+    for variant, row in cells.items():
+        table.add_row(variant, *(f"{c['artefact']}\n{c['share_nodes']:.1%} NPU, {c['off_npu']} off, INT8 mAP50 {fmt(c['int8_map50'])}"
+                                 if (c := row.get(t)) else "-" for t in sp.targets))
+    console.print(table)
+    for variant, why in sp.skipped.items():
+        console.print(f"{variant}: {why}", highlight=False, markup=False, style="dim")
+    for variant, p in sp.plans.items():
+        console.print(f"{variant}: plan {p.path}", highlight=False, markup=False)
+    console.print(f"series plan: {len(sp.plans)} member(s) ({duration(sp.seconds)})", highlight=False, markup=False)
+
+
 def print_ranking(name: str, rows: list[dict]) -> None:
     table = Table(title=f"series {name}: final-epoch metrics (rank)")
     for col in ("variant", "run", "status", "mAP50", "mAP50-95", "precision", "recall"):

@@ -198,6 +198,23 @@ def percentile_ranges(model_path: Path, reader: CalibrationDataReader, workdir: 
     return {name: tuple(float(v) for v in td.range_value) for name, td in data.data.items()}
 
 
+def minmax_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path) -> dict[str, tuple[float, float]]:
+    """Tensor -> (rmin, rmax) from ORT's MinMax calibrator, built as `quantize_static` builds it (asymmetric, no moving
+    average), so the ranges are the ones it would use (the scales match to the bit); min and max merge exactly
+    across its chunks of CALIB_CHUNK images."""
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    with tempfile.TemporaryDirectory(prefix="npuyolo-calib-", dir=workdir) as tmp:
+        calibrator = create_calibrator(str(model_path), None, str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=CalibrationMethod.MinMax,
+                                       extra_options={"symmetric": False, "max_intermediate_outputs": CALIB_CHUNK})
+        reader.rewind()
+        calibrator.collect_data(reader)
+        data = calibrator.compute_data()
+    reader.rewind()
+    return {name: (float(np.min(td.range_value[0])), float(np.max(td.range_value[1]))) for name, td in data.data.items()}
+
+
 # what `--sweep` tries; the best on held-back *train* images wins (never val: val is what the drop is measured on)
 SWEEP = (Calibration("minmax"), Calibration("percentile", 99.99), Calibration("percentile", 99.999), Calibration("entropy"))
 ENDS = {"int16": "int16", "float": "float16"}  # --ends value -> the profile dtype a target must list to allow it
@@ -260,8 +277,13 @@ def sqnr_db(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]
 def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, method: str = "minmax", per_channel: bool = False,
                   keep_float: list[str] | None = None, auto_float: int = 0, seed: int = 0, cle: bool = False,
                   percentile: float | None = None, bias_correct: bool = False, ends: str | None = None,
-                  sweep: bool = False, holdout: int = 50) -> dict:
-    """Quantize `fp32` to INT8 QDQ; returns what was done (calibration, nodes kept float or 16-bit, sweep scores...)."""
+                  sweep: bool = False, holdout: int = 50, ranges: dict | None = None) -> dict:
+    """Quantize `fp32` to INT8 QDQ; returns what was done (calibration, nodes kept float or 16-bit, sweep scores...).
+
+    `ranges`: a dict the caller keeps per FP32 graph (same file, same `calib`, `seed` and `cle`). The activation
+    ranges each calibration reads are stored there and reused by later calls, so quantizing one graph through several
+    routes (`ends`) calibrates it once; ORT then gets them as overrides, which gives the same scales it would compute.
+    MinMax (without bias correction), percentile and entropy ranges are shared."""
     if method not in METHODS:
         raise DeployError(f"--method must be one of {', '.join(METHODS)}")
     if percentile is not None and not (50.0 < percentile <= 100.0):
@@ -307,27 +329,37 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
             keep += [n for n in end_nodes if n not in keep]
         overrides = _int16_overrides(graph, end_nodes) if ends == "int16" else {}
 
-        range_cache: dict[tuple, dict[str, tuple[float, float]]] = {}
+        cache = {} if ranges is None else ranges  # calibration label -> tensor -> (rmin, rmax)
+        # ORT calibrates anyway; with every MinMax range overridden one image is enough (entropy and percentile drop the
+        # tensors whose range is empty, which then keep ORT's MinMax over every image)
+        one_image = ImageReader(paths[:1], imgsz)
 
         def run(exclude: list[str], dst: Path, cal: Calibration, graph: Path | None = None) -> None:
-            # MinMax merges chunk by chunk inside quantize_static; percentile and entropy ranges are computed here in
-            # chunks and handed over as overrides (quantize_static would hold every image's tensors at once)
-            extra = {"ActivationSymmetric": False, "WeightSymmetric": True, "CalibMaxIntermediateOutputs": CALIB_CHUNK}  # read at call time
+            # Percentile and entropy ranges are computed here, CALIB_CHUNK images at a time, and handed over as overrides
+            # (quantize_static's own histogram calibrators would hold every image's tensors at once); MinMax too when the
+            # caller shares ranges between routes of one graph (its ranges give ORT's scales to the bit), unless bias
+            # correction changes the graph ORT calibrates. Otherwise MinMax merges chunk by chunk inside quantize_static.
+            extra = {"ActivationSymmetric": False, "WeightSymmetric": True, "CalibMaxIntermediateOutputs": CALIB_CHUNK}
             tensor_overrides = {k: [dict(d) for d in v] for k, v in overrides.items()}
-            if cal.method in ("entropy", "percentile"):
-                key = (cal.method, cal.percentile)
-                if key not in range_cache:
-                    range_cache[key] = (entropy_ranges(prepared, reader, work) if cal.method == "entropy"
-                                        else percentile_ranges(prepared, reader, work, cal.percentile))
-                for name, (lo, hi) in range_cache[key].items():
+            known = cal.method in ("entropy", "percentile") or (ranges is not None and cal.method == "minmax" and not bias_correct)
+            if known and cal.label not in cache:
+                if cal.method == "entropy":
+                    cache[cal.label] = entropy_ranges(prepared, reader, work)
+                elif cal.method == "percentile":
+                    cache[cal.label] = percentile_ranges(prepared, reader, work, cal.percentile)
+                else:
+                    cache[cal.label] = minmax_ranges(prepared, reader, work)
+            if known:
+                for name, (lo, hi) in cache[cal.label].items():
                     if name not in initializer_names and hi > lo:
                         tensor_overrides.setdefault(name, [{}])[0].update({"rmin": np.float32(lo), "rmax": np.float32(hi)})
             if tensor_overrides:
                 extra["TensorQuantOverrides"] = tensor_overrides
             if overrides:
                 extra["UseQDQContribOps"] = True  # 16-bit Q/DQ below opset 21
-            reader.rewind()
-            quantize_static(str(graph or prepared), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+            feed = one_image if known and cal.method == "minmax" else reader
+            feed.rewind()
+            quantize_static(str(graph or prepared), str(dst), feed, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=METHODS["minmax"],
                             nodes_to_exclude=exclude or None, extra_options=extra)

@@ -280,13 +280,36 @@ def render_series(registry, name: str, out: Path | None = None, lang: str = "en"
               for r in ranked if r["npu_share"] is not None]
     if points:
         plots.accuracy_vs_npu(points, out / img["scatter"], target)
+    plan_targets, plan_cells = series_plan_matrix(registry, ranked)
     env = environment(html_output=fmt == "html")
     text = env.get_template(f"series_{lang}.md.j2").render(name=md_text(name, fmt == "html"), rows=rows, target=target, has_scatter=bool(points), img=img,
-                                                            metrics=METRICS, checked_by=checked_by)
+                                                            metrics=METRICS, checked_by=checked_by, plan_targets=plan_targets,
+                                                            plan_cells=plan_cells)
     text = tidy_markdown(text)
     if fmt == "html":
         return write_text(out / f"{stem}_{lang}.html", to_html(text, out, f"series {name}"))
     return write_text(out / f"{stem}_{lang}.md", text)
+
+
+def series_plan_matrix(registry, members: list[dict]) -> tuple[list[str], dict[str, dict[str, dict]]]:
+    """variant x target from each member's latest recorded `deploy plan` (what `series plan` records on every run);
+    empty when no member has one. A plan file that is gone or unreadable leaves that member out."""
+    import json
+
+    from npuyolo.deploy.plan import matrix
+
+    plans = {}
+    for m in members:
+        if m.get("run_id") is None or m.get("status") == "derived":
+            continue
+        recorded = registry.run(m["run_id"]).artifact("plan")
+        if recorded is None:
+            continue
+        try:
+            plans[m["variant"]] = json.loads(Path(recorded.path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return matrix(plans)
 
 
 UNDERTRAINED_MAP50 = 0.05  # below this L4-leaky has not learned yet: gaps between near-zero scores mean nothing
