@@ -119,3 +119,16 @@ def test_nested_stdout_redirects_leave_ultralytics_logger_working():
             h.setStream(stream)
     assert after == before and all(s is not None for s in between)
     assert "inner" in err.getvalue() and "between" in err.getvalue() and "Logging error" not in err.getvalue()
+
+
+
+def test_an_absent_device_is_one_line_from_a_fresh_process(tmp_path, synth_data):
+    """Ultralytics logs its banner before it rejects a device; the user saw that line above the one error line."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "npuyolo.cli", "train", "--variant", "L4-relu", "--data", str(synth_data),
+                        "--epochs", "1", "--imgsz", "64", "--device", "cuda:7", "--registry", str(tmp_path / "r.db")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    said = [line for line in (p.stdout + p.stderr).splitlines() if line.strip()]
+    assert p.returncode == 2 and len(said) == 1 and said[0].startswith("error:"), said

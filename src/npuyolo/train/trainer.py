@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import errno
 import json
+import logging
 import os
 import platform
 import shutil
@@ -342,12 +343,18 @@ def preflight(overrides: dict) -> None:
     from ultralytics.cfg import get_cfg
     from ultralytics.utils.torch_utils import select_device
 
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel(logging.ERROR)  # Ultralytics logs its banner and a copy of the message before raising: one line only
     try:
         args = get_cfg(overrides={k: v for k, v in overrides.items() if k != "distill_model"})
         if args.device not in (None, ""):
             select_device(args.device, verbose=False)
     except (SyntaxError, ValueError, TypeError, KeyError) as e:
         raise TrainError(" ".join(str(e).replace("ERROR ❌️", "").split())) from e
+    finally:
+        LOGGER.setLevel(level)
 
 
 def train_into(build: Callable[[], NpuyoloTrainer], sink: RecordSink, label: str,
