@@ -75,17 +75,21 @@ def main_options(version: Annotated[bool, typer.Option("--version", callback=_ve
 def user_errors(fn):
     """Turn npuyolo's own errors (bad input, unknown names, unusable files) into one red line and exit code 2.
 
+    So is an OS error the user fixes (full disk, read-only or forbidden place) that no layer below named better.
     Anything else is a bug and keeps its traceback.
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from npuyolo.errors import NpuyoloError
+        from npuyolo.errors import NpuyoloError, storage_error
 
         try:
             return fn(*args, **kwargs)
-        except NpuyoloError as e:
-            err.print("[bold red]error:[/] " + escape(str(e)), highlight=False, soft_wrap=True)
+        except (NpuyoloError, OSError) as e:
+            said = e if isinstance(e, NpuyoloError) else storage_error(e)
+            if said is None:
+                raise
+            err.print("[bold red]error:[/] " + escape(str(said)), highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ import npuyolo.ultra  # noqa: F401  (Ultralytics only behind npuyolo's offline g
 from npuyolo.data.check import IMAGE_SUFFIXES
 from npuyolo.deploy.decode import nms
 from npuyolo.deploy.quantize import letterbox
-from npuyolo.errors import NpuyoloError
+from npuyolo.errors import NpuyoloError, storage_error
 from npuyolo.paths import slug, write_bytes, write_text
 
 __all__ = ["Box", "ImageDetections", "PredictError", "PredictResult", "Predictor", "detect", "list_sources", "load_predictor",
@@ -419,11 +420,15 @@ def output_dir(out: str | Path | None, predictor: Predictor, sources: list[Path]
         raise PredictError(f"--out {out} is where the source images are; annotated copies would replace them")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
         raise PredictError(f"--out {out} already holds files npuyolo did not write; give a new or empty folder")
+    existed = out.is_dir()
     try:
         out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).touch()
     except OSError as e:
-        raise PredictError(f"cannot create the output folder {out}: {e.strerror or e}") from None
-    (out / MARKER).touch()
+        if not existed:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise (storage_error(e, out, writing=True) or PredictError(f"cannot create the output folder {out}: {e.strerror or e}")) from None
     return out
 
 
@@ -450,17 +455,20 @@ def run_predict(model: str, source: str | Path, *, conf: float = 0.25, iou: floa
         if on_frame is not None:
             on_frame()
 
+    fresh = [p.name for p in folder.iterdir()] == [MARKER]  # made by this call (or empty): a failure removes it again
     try:
         detections = predict_source(predictor, paths, conf, iou, max_det, on_frame=each)
         writer.close()
+        result = PredictResult(predictor.label, predictor.kind if predictor.head is None else f"onnx/{predictor.head}",
+                               predictor.imgsz, conf, iou, folder, detections, writer.written,
+                               folder / "predictions.json", folder / "predictions.csv", predictor.run_id, predictor.path)
+        write_text(result.json_path, json.dumps(result.as_dict(), indent=2) + "\n")
+        write_text(result.csv_path, predictions_csv(detections))
     except BaseException:
         writer.abort()
+        if fresh:  # no half-filled folder (nor an empty one) is left behind
+            shutil.rmtree(folder, ignore_errors=True)
         raise
-    result = PredictResult(predictor.label, predictor.kind if predictor.head is None else f"onnx/{predictor.head}",
-                           predictor.imgsz, conf, iou, folder, detections, writer.written,
-                           folder / "predictions.json", folder / "predictions.csv", predictor.run_id, predictor.path)
-    write_text(result.json_path, json.dumps(result.as_dict(), indent=2) + "\n")
-    write_text(result.csv_path, predictions_csv(detections))
     return result
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from npuyolo.errors import NpuyoloError
-from npuyolo.paths import claim_dir, safe_join, slug
+from npuyolo.paths import claim_dir, make_dir, out_of_space, safe_join, slug
 from npuyolo.registry.schema import MIGRATIONS, SCHEMA_VERSION, widen_status_check
 
 __all__ = ["Artifact", "Registry", "RegistryError", "RunRecord", "default_path", "validate_run_name"]
@@ -111,6 +111,10 @@ class RunRecord:
         return asdict(self)
 
 
+def _is_io_error(e: sqlite3.DatabaseError) -> bool:
+    return (getattr(e, "sqlite_errorname", None) or "").startswith("SQLITE_IOERR") or "disk I/O error" in str(e)
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -172,8 +176,15 @@ class Registry:
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # fails here on a file that is not SQLite
         except sqlite3.DatabaseError as e:
-            raise RegistryError(f"{self.path}: not an npuyolo registry ({e})") from e
+            said = self._disk_full(e) or (f"registry {self.path}: {e}" if _is_io_error(e) else None)
+            raise RegistryError(said or f"{self.path}: not an npuyolo registry ({e})") from e
         return conn
+
+    def _disk_full(self, e: sqlite3.DatabaseError) -> str | None:
+        """'disk full' when SQLite says so, or says 'disk I/O error' (growing its -shm failed) on a full file system."""
+        if getattr(e, "sqlite_errorname", None) == "SQLITE_FULL" or "disk is full" in str(e) or (_is_io_error(e) and out_of_space(self.path)):
+            return f"registry {self.path}: disk full; free some space on its file system and retry"
+        return None
 
     def _open_readonly(self) -> sqlite3.Connection:
         wal = Path(f"{self.path}-wal")
@@ -209,8 +220,9 @@ class Registry:
         try:
             yield
         except sqlite3.DatabaseError as e:
-            if any(m in str(e) for m in _STORAGE_ERRORS):
-                raise RegistryError(f"registry {self.path}: {e}") from e
+            full = self._disk_full(e)
+            if full or any(m in str(e) for m in _STORAGE_ERRORS):
+                raise RegistryError(full or f"registry {self.path}: {e}") from e
             raise
 
     # -- plumbing -------------------------------------------------------------------------------------
@@ -294,15 +306,11 @@ class Registry:
     def run_dir(self, run: RunRecord, *parts: str) -> Path:
         """A folder inside the run's own folder (created), e.g. `run_dir(run, "deploy")`."""
         base = Path(run.save_dir) if run.save_dir else self.root / "train" / f"{run.id}-{slug(run.name)}"
-        path = safe_join(base, *parts)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return make_dir(safe_join(base, *parts))
 
     def output_dir(self, *parts: str) -> Path:
         """A folder under the registry's folder for outputs that belong to no run (series reports, variant checks)."""
-        path = safe_join(self.root, *parts)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return make_dir(safe_join(self.root, *parts))
 
     def update_run(self, run_id: int, **fields: Any) -> None:
         if not fields:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import errno
 import json
 import os
 import platform
@@ -17,7 +16,7 @@ import torch
 import yaml
 
 from npuyolo.data.check import check_dataset
-from npuyolo.errors import CheckpointError, NpuyoloError
+from npuyolo.errors import USER_OS_ERRNOS, CheckpointError, NpuyoloError
 from npuyolo.paths import slug, write_text
 from npuyolo.registry.db import Registry, RegistryError, RunRecord, validate_run_name
 from npuyolo.train.recipe import Recipe
@@ -28,7 +27,7 @@ from npuyolo.variants.spec import parse_variant
 
 PREVIOUS = "last.prev.pt"  # the checkpoint before last.pt, kept while a run trains
 # OS errors a user fixes (space, permissions, read-only media): one line, and the run is recorded failed with it
-_USER_OS_ERRORS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG, errno.EPERM}
+_USER_OS_ERRORS = USER_OS_ERRNOS
 
 
 class TrainError(NpuyoloError, RuntimeError):

@@ -1,0 +1,128 @@
+"""Fourth hostile round (issue 21), the environment: read-only and full disks, forged compiler manifests, huge
+declared inputs, odd files and API arguments. Each reproducer failed before its fix.
+
+Tests run as root, where chmod stops nothing: a read-only or full file system is simulated by refusing, under one
+folder, exactly the calls that a read-only bind mount or a full tmpfs refuses (opening for writing, mkdir, touch,
+unlink, rename; OpenCV's imwrite returns False), with the errno the kernel gives.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import functools
+import io
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from npuyolo.registry.db import Registry
+
+from .test_hostile import cli, new_run, one_line_error, save_ultralytics_checkpoint
+
+
+def finished_run(db: Path, name: str = "base") -> tuple[Registry, int]:
+    """A finished run with best weights (an untrained L4-relu) and one recorded epoch, as a 1-epoch train leaves it."""
+    reg = Registry(db)
+    rid = new_run(reg, name=name)
+    best = save_ultralytics_checkpoint(Path(reg.run(rid).save_dir) / "weights" / "best.pt")
+    reg.add_artifact(rid, "weights/best", best)
+    reg.record_epoch(rid, 1, map50=0.1, map50_95=0.05, precision=0.2, recall=0.1, box_loss=1, cls_loss=1, dfl_loss=1)
+    reg.set_status(rid, "finished")
+    return reg, rid
+
+
+def refuse_writes(monkeypatch, folder: Path, code: int) -> None:
+    """Under `folder`, every write fails with `code` (EROFS: a read-only mount; ENOSPC: a full disk, statvfs 0 free)."""
+    root = str(folder.resolve())
+    under = lambda p: str(Path(os.fsdecode(p)).absolute()).startswith(root)  # noqa: E731
+    fail = lambda p: OSError(code, os.strerror(code), os.fsdecode(p))  # noqa: E731
+    real_open = builtins.open
+
+    def guarded_open(file, mode="r", *a, **k):
+        if isinstance(file, (str, bytes, os.PathLike)) and any(c in mode for c in "wax+") and under(file):
+            raise fail(file)
+        return real_open(file, mode, *a, **k)
+
+    def guard(method):
+        def refused(self, *a, **k):
+            if under(self) and not (method.__name__ == "mkdir" and self.is_dir()):
+                raise fail(self)
+            return method(self, *a, **k)
+        return refused
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(io, "open", guarded_open)
+    for name in ("mkdir", "touch", "unlink", "rmdir"):
+        monkeypatch.setattr(Path, name, guard(getattr(Path, name)))
+    real_replace, real_imwrite = os.replace, cv2.imwrite
+    monkeypatch.setattr(os, "replace", lambda a, b, **k: (_ for _ in ()).throw(fail(b)) if under(b) else real_replace(a, b, **k))
+    monkeypatch.setattr(cv2, "imwrite", lambda p, *a, **k: False if under(p) else real_imwrite(p, *a, **k))
+    if code == errno.ENOSPC:
+        real_statvfs = os.statvfs
+        full = os.statvfs_result((4096, 4096, 1000, 0, 0, 1000, 0, 0, 0, 255))
+        monkeypatch.setattr(os, "statvfs", lambda p: full if under(p) else real_statvfs(p))
+
+
+# ------------------------------------------------------------------------------------ a read-only run folder
+@pytest.mark.parametrize("command,made", [
+    (["report", "base"], "reports"),  # the write fails, then the cleanup's unlink failed too and hid it
+    (["report", "base", "--format", "html"], "reports"),
+    (["predict", "base", "{images}"], "predict"),
+    (["npu", "check", "base", "-t", "relu-only", "--imgsz", "64"], None),
+    (["prune", "base", "--epochs", "1"], "prune"),
+])
+def test_a_read_only_run_folder_is_one_line_naming_it(tmp_path, synth_data, monkeypatch, command, made):
+    db = tmp_path / "r.db"
+    reg, rid = finished_run(db)
+    folder = Path(reg.run(rid).save_dir)
+    if made:
+        (folder / made).mkdir()
+    before = sorted(p.name for p in folder.rglob("*"))
+    refuse_writes(monkeypatch, folder, errno.EROFS)
+    images = synth_data.parent / "images" / "val"
+    out = one_line_error(cli(*(a.format(images=images) for a in command), registry=db))
+    assert str(folder) in out and "read-only" in out, out
+    monkeypatch.undo()
+    assert sorted(p.name for p in folder.rglob("*")) == before
+
+
+# ------------------------------------------------------------------------------------ a full disk
+@pytest.mark.parametrize("message", ["database or disk is full", "disk I/O error"])
+@pytest.mark.parametrize("command", [["runs"], ["train", "--variant", "L4-relu", "--data", "{data}", "--epochs", "1"]])
+def test_a_registry_on_a_full_disk_says_disk_full(tmp_path, synth_data, monkeypatch, message, command):
+    """Seen on a full tmpfs: SQLite cannot grow the -shm ('disk I/O error', SQLITE_IOERR_SHMSIZE) and npuyolo said
+    'not an npuyolo registry', although the file is fine and works again once space is freed."""
+    db = tmp_path / "reg" / "r.db"
+    finished_run(db)[0].close()
+
+    class FullDisk(sqlite3.Connection):
+        def execute(self, *a, **k):
+            raise sqlite3.OperationalError(message)
+
+    monkeypatch.setattr(sqlite3, "connect", functools.partial(sqlite3.connect, factory=FullDisk))
+    refuse_writes(monkeypatch, db.parent, errno.ENOSPC)
+    out = one_line_error(cli(*(a.format(data=synth_data) for a in command), registry=db))
+    assert "disk full" in out and "not an npuyolo registry" not in out, out
+    monkeypatch.undo()
+    assert cli("runs", registry=db).exit_code == 0
+
+
+def test_predict_report_and_synth_on_a_full_disk_are_one_line(tmp_path, synth_data, monkeypatch):
+    db = tmp_path / "r.db"
+    reg, rid = finished_run(db)
+    folder = Path(reg.run(rid).save_dir)
+    (folder / "reports").mkdir()
+    refuse_writes(monkeypatch, tmp_path, errno.ENOSPC)
+    assert "disk full" in one_line_error(cli("report", "base", registry=db))
+    assert "disk full" in one_line_error(cli("predict", "base", synth_data.parent / "images" / "val", "--out",
+                                             tmp_path / "pred", registry=db))
+    out = one_line_error(cli("data", "synth", tmp_path / "set", "--train", "2", "--val", "1", "--imgsz", "64"))
+    assert "disk full" in out and str(tmp_path / "set") in out
+    monkeypatch.undo()
+    assert not (tmp_path / "pred").exists()  # a failed predict leaves no (empty) output folder behind
