@@ -201,3 +201,103 @@ def test_npu_compile_refuses_a_huge_declared_input_before_allocating(compilers_d
     assert "4096" in out
     assert "4096" in one_line_error(cli("npu", "compile", "L4-relu", "--imgsz", "100000", "--compiler", "rknn", "--target",
                                         "rk3588", "--data", synth_data, registry=tmp_path / "r.db"))
+
+
+# ------------------------------------------------------------------------------------ odd files, clear words
+def test_a_registry_that_is_not_a_regular_file_is_refused(tmp_path):
+    """--registry /dev/null made SQLite create /dev/null-journal."""
+    journal = Path("/dev/null-journal")
+    existed = journal.exists()
+    try:
+        for command in (["runs"], ["npu", "check", "L4-relu", "-t", "relu-only", "--imgsz", "64"]):
+            assert "not a regular file" in one_line_error(cli(*command, registry=Path("/dev/null")))
+        assert journal.exists() == existed
+    finally:
+        if journal.exists() and not existed:
+            journal.unlink()
+
+
+@pytest.fixture
+def odd_files(tmp_path) -> dict[str, Path]:
+    (tmp_path / "x.onnx").mkdir()
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    os.mkfifo(tmp_path / "fifo.jpg")
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    return {"folder": tmp_path / "x.onnx", "empty": tmp_path / "empty.onnx", "fifo": tmp_path / "fifo.jpg",
+            "loop": tmp_path / "loop.jpg", "zero": Path("/dev/zero")}
+
+
+@pytest.mark.parametrize("command", [["deploy", "bench", "{f}"], ["deploy", "eval", "{f}", "--data", "{data}"],
+                                     ["predict", "{f}", "{images}"], ["npu", "check", "{f}", "-t", "relu-only"]])
+def test_a_folder_or_an_empty_file_given_as_onnx_says_so(tmp_path, odd_files, synth_data, command):
+    """Before: a folder named x.onnx was 'not found', a 0-byte file had 'no npuyolo metadata'."""
+    fill = dict(data=synth_data, images=synth_data.parent / "images" / "val")
+    for key, said in (("folder", "is a folder"), ("empty", "is empty (0 bytes)")):
+        out = one_line_error(cli(*(a.format(f=odd_files[key], **fill) for a in command), registry=tmp_path / "r.db"))
+        assert said in out, out
+
+
+@pytest.mark.parametrize("key,said", [("fifo", "not a regular file"), ("loop", "symlink loop"), ("zero", "not a regular file")])
+def test_a_fifo_a_symlink_loop_or_a_device_as_a_source_says_so(tmp_path, odd_files, key, said):
+    from .test_hostile2 import save_pt
+
+    out = one_line_error(cli("predict", save_pt(tmp_path / "m.pt"), odd_files[key], "--out", tmp_path / "o"))
+    assert said in out and "not found" not in out, out
+
+
+def test_upper_case_suffixes_are_the_same_files(tmp_path, synth_data):
+    """`npu check X.ONNX` said 'expected a .pt checkpoint'; a .PT checkpoint was refused as well."""
+    from npuyolo.deploy.export import export_onnx
+    from npuyolo.variants.build import build_model
+
+    from .test_hostile2 import save_pt
+
+    onnx_path = export_onnx(build_model("L4-relu", nc=6, verbose=False), tmp_path / "M.ONNX", imgsz=64)
+    r = cli("npu", "check", onnx_path, "-t", "relu-only", "--json", registry=tmp_path / "r.db")
+    assert r.exit_code == 0, r.output
+    pt = save_pt(tmp_path / "m.pt", imgsz=64).rename(tmp_path / "M.PT")
+    r = cli("export", pt, "--out", tmp_path / "e.onnx", registry=tmp_path / "r.db")
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("threads", ["-5", "0", "100000"])
+def test_bench_threads_are_bounded(tmp_path, threads):
+    """-5 was accepted; 100000 threads hung the machine."""
+    from npuyolo.deploy.export import export_onnx
+    from npuyolo.variants.build import build_model
+
+    onnx_path = export_onnx(build_model("L4-relu", nc=6, verbose=False), tmp_path / "m.onnx", imgsz=64)
+    assert "--threads must be 1.." in one_line_error(cli("deploy", "bench", onnx_path, "--threads", threads, "--runs", "1"))
+
+
+# ------------------------------------------------------------------------------------ the API's edge
+API_CALLS = {
+    "Workspace(bytes)": lambda ws, d: type(ws)(b"/tmp/x.db"),
+    "train(data=None)": lambda ws, d: ws.train("L4-relu", None, epochs=1),
+    "train(data=bytes)": lambda ws, d: ws.train("L4-relu", b"d.yaml", epochs=1),
+    "train(variant=None)": lambda ws, d: ws.train(None, d, epochs=1),
+    "series(None)": lambda ws, d: ws.series(None),
+    "study_relu_gap(None)": lambda ws, d: ws.study_relu_gap(None),
+    "check(targets=None)": lambda ws, d: ws.check("L4-relu", None, imgsz=64),
+    "check(targets=str)": lambda ws, d: ws.check("L4-relu", "relu-only", imgsz=64),
+    "export(out=None)": lambda ws, d: ws.export("L4-relu", None, imgsz=64),
+    "export(out=bytes)": lambda ws, d: ws.export("L4-relu", b"x.onnx", imgsz=64),
+    "export(imgsz='64')": lambda ws, d: ws.export("L4-relu", "x.onnx", imgsz="64"),
+    "evaluate(None)": lambda ws, d: ws.evaluate(None, d),
+    "evaluate(bytes)": lambda ws, d: ws.evaluate(b"x.onnx", d),
+    "bench(None)": lambda ws, d: ws.bench(None),
+    "predict(source=bytes)": lambda ws, d: ws.predict("x.pt", b"img.jpg"),
+    "predict(conf='0.5')": lambda ws, d: ws.predict("x.pt", "img.jpg", conf="0.5"),
+    "report(out=bytes)": lambda ws, d: ws.report("1", out=b"o"),
+}
+
+
+@pytest.mark.parametrize("call", list(API_CALLS))
+def test_api_arguments_of_the_wrong_type_are_one_npuyolo_error(tmp_path, synth_data, call):
+    """None, bytes or a str number raised a raw TypeError/AttributeError, or were shown as if right ('got 64')."""
+    from npuyolo import NpuyoloError, Workspace
+
+    with pytest.raises(NpuyoloError) as e:
+        API_CALLS[call](Workspace(tmp_path / "r.db"), synth_data)
+    said = str(e.value)
+    assert "must be" in said and "\n" not in said, said

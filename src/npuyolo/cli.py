@@ -202,7 +202,7 @@ def export(model: Annotated[str, typer.Argument(help="Variant name (untrained), 
         raise ExportError(f"--head must be npu or ultralytics, got {head!r}")
     from npuyolo.variants.spec import HYBRID_RE, NAME_RE
 
-    is_run = not (model.endswith((".pt", ".onnx")) or Path(model).is_file() or NAME_RE.match(model) or HYBRID_RE.match(model))
+    is_run = not (model.lower().endswith((".pt", ".onnx")) or Path(model).is_file() or NAME_RE.match(model) or HYBRID_RE.match(model))
     reg = open_registry(registry) if is_run else None  # exporting a variant or a file touches no registry
     resolved = resolve_model(model, reg, nc=nc)
     if imgsz is None:

@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from npuyolo.errors import UnsafePathError, storage_error
 
-__all__ = ["MAX_COMPONENT_BYTES", "atomic_path", "claim_dir", "make_dir", "out_of_space", "safe_join", "slug", "unique_slug", "write_bytes", "write_text"]
+__all__ = ["MAX_COMPONENT_BYTES", "atomic_path", "claim_dir", "file_problem", "make_dir", "out_of_space", "safe_join", "slug", "unique_slug", "write_bytes", "write_text"]
 
 MAX_COMPONENT_BYTES = 96  # well under every file system's 255-byte limit, leaving room for suffixes
 
@@ -85,6 +87,30 @@ def out_of_space(path: str | Path) -> bool:
         return False
     free = st.f_bfree if os.geteuid() == 0 else st.f_bavail  # root may use the reserved blocks too
     return free * st.f_frsize < LOW_SPACE_BYTES
+
+
+def file_problem(path: str | Path, empty_ok: bool = True) -> str | None:
+    """Why `path` is not a regular file to read, as words after its name ('not found', 'is a folder, not a file', 'is a
+    symlink loop', 'is not a regular file (...)', 'is empty (0 bytes)'), or None when it is one.
+
+    A FIFO or a device would block or never end when read; a folder named like a file is not "missing".
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symlink loop"
+        if e.errno == errno.ENOENT:
+            return "is a symbolic link to a missing file" if p.is_symlink() else "not found"
+        return f"cannot be read ({e.strerror or e})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (a FIFO, socket or device); only regular files are read"
+    if not empty_ok and st.st_size == 0:
+        return "is empty (0 bytes)"
+    return None
 
 
 def make_dir(path: str | Path) -> Path:

@@ -192,7 +192,7 @@ def compile_model(ref: str, compiler: str, target: str, data: str | Path | None,
 
     platform, profile = profile_for(compiler, target)
     require(compiler)  # before a minute of export: a missing compiler is the first thing the user hears
-    if compiler == "imx500" and ref.endswith(".onnx"):
+    if compiler == "imx500" and ref.lower().endswith(".onnx"):
         raise CompilerError("the imx500 compiler converts a PyTorch model (Ultralytics' format='imx' quantizes it with "
                             "model-compression-toolkit first): give a variant name, a run or a .pt, not an .onnx file")
     if imgsz is not None and not isinstance(imgsz, bool) and isinstance(imgsz, int) and imgsz > MAX_SIDE:
@@ -206,7 +206,7 @@ def compile_model(ref: str, compiler: str, target: str, data: str | Path | None,
     ours = check.reports[0]
     import onnx
 
-    if ref.endswith(".onnx"):  # the user's file: work beside the registry, on the graph the analyzer saw
+    if ref.lower().endswith(".onnx"):  # the user's file: work beside the registry, on the graph the analyzer saw
         from npuyolo.npu.normalize import slices_to_split
         from npuyolo.paths import safe_join, slug
 

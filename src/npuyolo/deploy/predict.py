@@ -33,7 +33,7 @@ from npuyolo.data.check import IMAGE_SUFFIXES
 from npuyolo.deploy.decode import nms
 from npuyolo.deploy.quantize import letterbox
 from npuyolo.errors import NpuyoloError, storage_error
-from npuyolo.paths import slug, write_bytes, write_text
+from npuyolo.paths import file_problem, slug, write_bytes, write_text
 
 __all__ = ["Box", "ImageDetections", "PredictError", "PredictResult", "Predictor", "detect", "list_sources", "load_predictor",
            "predict_source", "run_predict", "stdout_to_stderr"]
@@ -140,12 +140,15 @@ def load_predictor(ref: str, registry=None, imgsz: int | None = None) -> Predict
     if not ref:
         raise PredictError("MODEL is empty; give a run id or name, a .pt checkpoint or an .onnx file")
     path = Path(ref)
+    why = file_problem(path, empty_ok=False)
+    if ref.lower().endswith((".onnx", ".pt")) and why not in (None, "not found"):
+        raise PredictError(f"{ref} {why}")
     if ref.lower().endswith(".onnx"):
-        if not path.is_file():
+        if why is not None:
             raise PredictError(f"model not found: {ref}")
         return _onnx_predictor(path, imgsz)
     if ref.lower().endswith(".pt") or path.is_file():
-        if not path.is_file():
+        if why is not None:
             raise PredictError(f"model not found: {ref}")
         if path.suffix.lower() != ".pt":
             raise PredictError(f"{ref}: expected a .pt checkpoint or an .onnx file")
@@ -219,7 +222,8 @@ def list_sources(source: str | Path) -> list[Path]:
         if not files:
             raise PredictError(f"no images or videos matched {text!r}")
         return files
-    raise PredictError(f"source not found: {text}")
+    why = file_problem(path)
+    raise PredictError(f"source not found: {text}" if why == "not found" else f"source {text} {why}")
 
 
 def is_video(path: Path) -> bool:

@@ -153,6 +153,8 @@ class Registry:
         self.readonly = readonly
         if self.path.is_dir():
             raise RegistryError(f"{self.path} is a folder; --registry names the SQLite file (e.g. runs/npuyolo.db)")
+        if self.path.exists() and not self.path.is_file():  # /dev/null, a FIFO: SQLite would write <path>-journal beside it
+            raise RegistryError(f"{self.path} is not a regular file; --registry names the SQLite file (e.g. runs/npuyolo.db)")
         if (readonly or not create) and not self.path.is_file():
             raise RegistryError(f"no registry at {self.path}: nothing recorded there yet (a mistyped --registry?)")
         if readonly:
