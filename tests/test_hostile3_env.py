@@ -301,3 +301,42 @@ def test_api_arguments_of_the_wrong_type_are_one_npuyolo_error(tmp_path, synth_d
         API_CALLS[call](Workspace(tmp_path / "r.db"), synth_data)
     said = str(e.value)
     assert "must be" in said and "\n" not in said, said
+
+
+# ------------------------------------------------------------------------------------ the registry's own folders
+def test_a_read_command_never_writes_into_an_edited_save_dir(tmp_path):
+    """A registry whose save_dir was edited made `report` (a read command) write into that outside folder."""
+    db = tmp_path / "reg" / "r.db"
+    reg, rid = finished_run(db)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    con = sqlite3.connect(db)
+    con.execute("UPDATE runs SET save_dir = ? WHERE id = ?", (str(outside), rid))
+    con.commit()
+    con.close()
+    assert "outside the registry's folder" in one_line_error(cli("report", "base", registry=db))
+    assert list(outside.iterdir()) == []
+    r = cli("report", "base", "--out", tmp_path / "mine", registry=db)  # the user's own --out is still fine
+    assert r.exit_code == 0, r.output
+
+
+def test_deleting_the_registry_folder_during_a_train_fails_the_train(tmp_path, synth_data, monkeypatch):
+    """It ended with exit 0 and status 'finished', with nothing on disk."""
+    import shutil
+
+    import npuyolo.train.trainer as trainer
+
+    folder = tmp_path / "reg"
+    real = trainer._trainer_for
+
+    def deleting(recipe):
+        class Deleting(real(recipe)):
+            def train(self):
+                shutil.rmtree(folder)  # what `rm -rf runs/` does while the run trains
+
+        return Deleting
+
+    monkeypatch.setattr(trainer, "_trainer_for", deleting)
+    out = one_line_error(cli("train", "--variant", "L4-relu", "--data", synth_data, "--epochs", "1", "--imgsz", "64",
+                             "--workers", "0", registry=folder / "r.db"))
+    assert "deleted" in out, out

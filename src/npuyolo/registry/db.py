@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from npuyolo.errors import NpuyoloError
+from npuyolo.errors import NpuyoloError, UnsafePathError
 from npuyolo.paths import claim_dir, make_dir, out_of_space, safe_join, slug
 from npuyolo.registry.schema import MIGRATIONS, SCHEMA_VERSION, widen_status_check
 
@@ -306,8 +306,17 @@ class Registry:
         return run_id
 
     def run_dir(self, run: RunRecord, *parts: str) -> Path:
-        """A folder inside the run's own folder (created), e.g. `run_dir(run, "deploy")`."""
+        """A folder inside the run's own folder (created), e.g. `run_dir(run, "deploy")`.
+
+        Run folders live under the registry's folder; a recorded `save_dir` elsewhere (an edited registry) is refused
+        rather than written into.
+        """
         base = Path(run.save_dir) if run.save_dir else self.root / "train" / f"{run.id}-{slug(run.name)}"
+        try:
+            safe_join(self.root, base)
+        except UnsafePathError:
+            raise RegistryError(f"run {run.name}'s folder {base} is outside the registry's folder {self.root}; "
+                                "not writing there (was the registry edited or moved?)") from None
         return make_dir(safe_join(base, *parts))
 
     def output_dir(self, *parts: str) -> Path:

@@ -372,6 +372,9 @@ def train_into(build: Callable[[], NpuyoloTrainer], sink: RecordSink, label: str
             raise TrainError(f"{label} failed: {e}") from e
         raise
     wdir = Path(trainer.save_dir) / "weights"
+    if not Path(trainer.save_dir).is_dir():  # deleted while it trained: nothing on disk to call finished
+        sink.set_status("failed", error=f"the run's folder {trainer.save_dir} was deleted while it trained")
+        raise TrainError(f"{label} failed: its folder {trainer.save_dir} was deleted while it trained; nothing was kept")
     for kind in ("best", "last"):
         if (wdir / f"{kind}.pt").exists():
             sink.add_artifact(f"weights/{kind}", wdir / f"{kind}.pt")
@@ -384,6 +387,8 @@ def train_into(build: Callable[[], NpuyoloTrainer], sink: RecordSink, label: str
 def _run_trainer(build: Callable[[], NpuyoloTrainer], registry: Registry, run_id: int) -> RunResult:
     """Train in this process, writing straight into the registry."""
     save_dir = train_into(build, RegistrySink(registry, run_id), f"run {run_id}")
+    if not registry.path.is_file():  # SQLite kept writing into the deleted file: the record is gone with it
+        raise TrainError(f"run {run_id}: the registry {registry.path} was deleted while it trained; nothing was recorded")
     run = registry.run(run_id)
     return RunResult(run_id, run.name, run.status, save_dir)
 
