@@ -340,3 +340,17 @@ def test_deleting_the_registry_folder_during_a_train_fails_the_train(tmp_path, s
     out = one_line_error(cli("train", "--variant", "L4-relu", "--data", synth_data, "--epochs", "1", "--imgsz", "64",
                              "--workers", "0", registry=folder / "r.db"))
     assert "deleted" in out, out
+
+
+def test_a_second_series_run_at_once_does_not_talk_about_name(tmp_path, synth_data):
+    """The parallel `series run` that lost the race said "choose another --name"; series has no --name."""
+    db = tmp_path / "r.db"
+    reg = Registry(db)
+    new_run(reg, name="s-L4-relu")  # what the other `series run` registered a moment before this one
+    reg.close()
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: s\ndata: {synth_data}\nvariants: [L4-relu]\nrecipe: {{epochs: 1, imgsz: 64, workers: 0}}\n")
+    r = cli("series", "run", spec, registry=db)  # a member banner comes first, then the one error line
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert r.exit_code == 2 and len(errors) == 1 and "Traceback" not in r.output, r.output
+    assert "--name" not in errors[0] and "another run of this series" in errors[0], r.output

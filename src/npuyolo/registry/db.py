@@ -18,7 +18,7 @@ from npuyolo.errors import NpuyoloError, UnsafePathError
 from npuyolo.paths import claim_dir, make_dir, out_of_space, safe_join, slug
 from npuyolo.registry.schema import MIGRATIONS, SCHEMA_VERSION, widen_status_check
 
-__all__ = ["Artifact", "Registry", "RegistryError", "RunRecord", "default_path", "validate_run_name"]
+__all__ = ["Artifact", "NameTakenError", "Registry", "RegistryError", "RunRecord", "default_path", "validate_run_name"]
 
 DEFAULT_PATH = Path("runs") / "npuyolo.db"
 EPOCH_FIELDS = ("box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50", "map50_95", "lr", "epoch_time_s")
@@ -30,6 +30,14 @@ _STORAGE_ERRORS = ("disk is full", "readonly", "read-only", "locked", "disk I/O"
 
 class RegistryError(NpuyoloError, LookupError):
     """A run or series that is not in the registry, or a registry file npuyolo cannot use."""
+
+
+class NameTakenError(RegistryError):
+    """A run name already in the registry (`name` says which): callers that chose the name say what to do instead."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name
 
 
 def validate_run_name(name: str) -> str:
@@ -288,7 +296,7 @@ class Registry:
             name = validate_run_name(name)
         with self.tx() as c:
             if name and c.execute("SELECT 1 FROM runs WHERE name = ?", (name,)).fetchone():
-                raise RegistryError(f"a run named {name!r} already exists in {self.path}; choose another --name")
+                raise NameTakenError(f"a run named {name!r} already exists in {self.path}; choose another --name", name)
             cur = c.execute(
                 "INSERT INTO runs (name, variant, series, status, recipe_json, data_path, data_hash, class_names,"
                 " weights_source, device, versions_json, started_at, pid, pid_started, host)"
