@@ -279,6 +279,15 @@ def cases_r4_env_d(f: dict) -> list[tuple[str, list[str], dict, int]]:
 
         export_onnx(build_model("L4-relu", nc=6, verbose=False), upper, imgsz=64)
     add("npu check M.ONNX, upper-case suffix (legal)", ["npu", "check", upper, "-t", "relu-only"], code=0)
+    # a second `series run` at once: the member's run name was just taken by the first one
+    raced = work / "raced" / "npuyolo.db"
+    reg = Registry(raced)
+    taken = reg.create_run(name="s4-L4-relu", variant="L4-relu", recipe={"epochs": 1, "imgsz": 64}, data_path=d, data_hash="h",
+                           class_names=["a"] * 6, weights_source=None, device="cpu", versions={})
+    reg.set_status(taken, "interrupted")
+    reg.close()
+    (work / "s4.yaml").write_text(f"name: s4\ndata: {d}\nvariants: [L4-relu]\nrecipe: {{epochs: 1, imgsz: 64, workers: 0}}\n")
+    add("a second series run at once (member name just taken)", ["series", "run", work / "s4.yaml"], env={"NPUYOLO_REGISTRY": str(raced)})
     return out
 
 
