@@ -3,7 +3,8 @@
 For each case: the exit code, the first line of what it said, whether the registry still passes SQLite's
 integrity check, and whether a finished "precious" run's files and records are untouched. Clean means:
 exit 2 with one `error:` line (or 0 where the input is legal), integrity ok, precious intact, no marker file
-from a hostile checkpoint, nothing written outside the work folder.
+from a hostile checkpoint or data set, nothing written outside the work folder, done within CASE_TIMEOUT_S
+(a case still running then is killed and reported "hung").
 
     python bench/fault_corpus.py [--keep DIR]
 """
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import torch
 import yaml
+
+CASE_TIMEOUT_S = 30
 
 
 class Payload:
@@ -192,6 +195,196 @@ def cases(f: dict) -> list[tuple[str, list[str], dict, int]]:
     return out
 
 
+def cases_r4_severe_a(f: dict) -> list[tuple[str, list[str], dict, int]]:
+    """Issue 21, severe items 1-4: a data set's download: script, --out over the registry or a user's file, npu rewrite
+    into bad places, data synth over a data set it did not write. The download: scripts write the marker file."""
+    work = f["db"].parent.parent
+    r4 = work / "r4a"
+    out = []
+    add = lambda case, argv, code=2: out.append((case, [str(a) for a in argv], {}, code))
+    from onnx import TensorProto, helper, save
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])
+    model = helper.make_model(helper.make_graph([helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.1)], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    r4.mkdir(parents=True, exist_ok=True)
+    plain = r4 / "m.onnx"  # no npuyolo metadata: what npu rewrite takes
+    save(model, str(plain))
+    model.metadata_props.add(key="npuyolo_head", value="npu")
+    tagged = r4 / "base.onnx"  # npuyolo metadata: what deploy eval takes
+    save(model, str(tagged))
+    for name, download in (("py", f"open({str(f['marker'])!r}, 'w').write('ran')\n"), ("bash", f"bash -c 'touch {f['marker']}'"),
+                           ("url", "http://127.0.0.1:9/set.zip")):
+        folder = r4 / f"dl-{name}" / "set"
+        for sub in ("images", "labels"):
+            shutil.copytree(f["data"].parent / sub, folder / sub, dirs_exist_ok=True)
+        (folder / "data.yaml").write_text(yaml.safe_dump({"train": "images/train", "val": ["../images/val"],
+                                                          "names": [f"c{i}" for i in range(6)], "download": download}))
+        add(f"deploy eval, val: ['../images/val'] + {name} download:", ["deploy", "eval", tagged, "--data", folder / "data.yaml"])
+        add(f"train, val: ['../images/val'] + {name} download:",
+            ["train", "--variant", "L4-relu", "--data", folder / "data.yaml", "--epochs", "1", "--imgsz", "64"])
+    notes = r4 / "notes.onnx"
+    notes.write_text("a user's file")
+    link = r4 / "link.onnx"
+    if not link.is_symlink():
+        link.symlink_to(f["a_file"])
+    add("export RUN --out the registry", ["export", "precious", "--out", f["db"]])
+    add("export RUN --out the registry --force", ["export", "precious", "--out", f["db"], "--force"])
+    add("export --out a file npuyolo did not write", ["export", "L4-relu", "--imgsz", "64", "--out", notes])
+    add("export --out a symlink", ["export", "L4-relu", "--imgsz", "64", "--out", link])
+    add("npu rewrite --out the registry --force", ["npu", "rewrite", plain, "--out", f["db"], "--force"])
+    add("npu rewrite --out a file npuyolo did not write", ["npu", "rewrite", plain, "--out", notes])
+    add("npu rewrite --out a symlink", ["npu", "rewrite", plain, "--out", link])
+    add("npu rewrite --out /dev/null --force", ["npu", "rewrite", plain, "--out", "/dev/null", "--force"])
+    add("npu rewrite --out a folder", ["npu", "rewrite", plain, "--out", r4])
+    add("npu rewrite --out DIR/", ["npu", "rewrite", plain, "--out", f"{r4}/nodir/"])
+    add("npu rewrite --out under a file", ["npu", "rewrite", plain, "--out", f["a_file"] / "x.onnx"])
+    add("npu rewrite --out /proc/x.onnx", ["npu", "rewrite", plain, "--out", "/proc/x.onnx"])
+    add("npu rewrite --out a new file (legal)", ["npu", "rewrite", plain, "--out", r4 / "new" / "r.onnx"], code=0)
+    add("npu rewrite --out its own output again (legal)", ["npu", "rewrite", plain, "--out", r4 / "new" / "r.onnx"], code=0)
+    theirs = r4 / "theirs"
+    theirs.mkdir(exist_ok=True)
+    (theirs / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [mine]\n")
+    add("data synth into a data set it did not write", ["data", "synth", theirs, "--train", "2", "--val", "1", "--imgsz", "64"])
+    for what in ("a new folder", "the folder it wrote"):
+        add(f"data synth into {what} (legal)", ["data", "synth", r4 / "synth", "--train", "2", "--val", "1", "--imgsz", "64"], code=0)
+
+
+def cases_r4_severe_b(f: dict) -> list[tuple[str, list[str], dict, int]]:
+    """Issue 21, severe 5-8: YAML alias bombs (data.yaml, recipe, series), an MLflow server that is down and the
+    registry given as MLflow's store, a FIFO named like an image, and `path: /` with `train: .`.
+
+    Builds its own files (bombs under 600 bytes, a copy of the data set with a FIFO, an ONNX to evaluate) in a
+    folder under the data set's; the registry is the corpus' own (NPUYOLO_REGISTRY).
+    """
+    from npuyolo.deploy.export import export_onnx
+    from npuyolo.variants.build import build_model
+
+    src = f["data"].parent
+    work = src / "r4-severe-b"
+    work.mkdir(exist_ok=True)
+    images = {s: (src / "images" / s).resolve() for s in ("train", "val")}
+    anchors = "\n".join(["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+                         + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]) + "\n"
+    inline = "[" + ", ".join(["&b0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+                             + [f"&b{i} [{', '.join([f'*b{i - 1}'] * 9)}]" for i in range(1, 8)]) + "]"
+    texts = {
+        "bomb-train.yaml": anchors + f"train: *l8\nval: {images['val']}\nnames: [a, b, c, d, e, f]\n",
+        "bomb-names.yaml": anchors + f"train: {images['train']}\nval: {images['val']}\nnames: *l8\n",
+        "bomb-recipe.yaml": f"ultralytics: {{mosaic: {inline}}}\n",
+        "bomb-series.yaml": f"name: bomb\ndata: {f['data']}\nvariants: [L4-relu]\nrecipe: {{ultralytics: {{mosaic: {inline}}}}}\n",
+        "root.yaml": "path: /\ntrain: .\nval: .\nnames: [a]\n",
+    }
+    for name, text in texts.items():
+        (work / name).write_text(text)
+    fifo = work / "fifo-set"
+    if not fifo.exists():
+        for sub in ("images", "labels"):
+            shutil.copytree(src / sub, fifo / sub)
+        os.mkfifo(fifo / "images" / "train" / "x.jpg")
+        (fifo / "labels" / "train" / "x.txt").write_text("")
+        (fifo / "data.yaml").write_text(f"path: {fifo}\ntrain: images/train\nval: images/val\n"
+                                        "names: [speed_limit, warning, stop, mandatory, yield, no_entry]\n")
+    onnx = work / "m.onnx"
+    if not onnx.exists():
+        export_onnx(build_model("L4-relu", nc=6, verbose=False), onnx, imgsz=64)
+    d = str(f["data"])
+    out = []
+    add = lambda case, argv, code=2, env=None: out.append((case, [str(a) for a in argv], env or {}, code))  # noqa: E731
+    add("data check alias bomb as train (r4)", ["data", "check", work / "bomb-train.yaml"])
+    add("data check alias bomb as names (r4)", ["data", "check", work / "bomb-names.yaml"])
+    add("train --recipe with an alias bomb (r4)", ["train", "--variant", "L4-relu", "--data", d, "--recipe", work / "bomb-recipe.yaml",
+                                                   "--epochs", "1", "--imgsz", "64"])
+    add("series run with an alias bomb recipe (r4)", ["series", "run", work / "bomb-series.yaml"])
+    add("runs export --mlflow to a dead server (r4)", ["runs", "export", "--mlflow", "http://127.0.0.1:9"])
+    add("runs export --mlflow into the registry (r4)", ["runs", "export", "--mlflow", f"sqlite:///{f['db']}"])
+    add("data check a FIFO named x.jpg (r4)", ["data", "check", fifo / "data.yaml"])
+    add("train on a set with a FIFO (r4)", ["train", "--variant", "L4-relu", "--data", fifo / "data.yaml", "--epochs", "1", "--imgsz", "64"])
+    add("deploy eval on a set with a FIFO (r4)", ["deploy", "eval", onnx, "--data", fifo / "data.yaml"])
+    add("data check path: / with train: . (r4)", ["data", "check", work / "root.yaml"])
+    return out
+
+
+def cases_r4_medium_c(f: dict) -> list[tuple[str, list[str], dict, int]]:
+    """Issue 21, medium items reachable from one CLI call: broken or hand-edited ONNX files given to deploy eval,
+    deploy bench and predict; run lookups by a decomposed-Unicode name, '²' and a 23-digit id; npu rewrite of a graph
+    that already uses the names a rewrite generates. (The races: tests/test_hostile3_runtime.py.)"""
+    import unicodedata
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from npuyolo.deploy.export import export_onnx, set_metadata
+    from npuyolo.registry.db import Registry
+    from npuyolo.train.recipe import Recipe
+    from npuyolo.variants.build import build_model
+
+    root = f["data"].parent / "r4c"
+    root.mkdir(exist_ok=True)
+    good = export_onnx(build_model("L4-relu", nc=6, verbose=False), root / "good.onnx", imgsz=64)
+
+    def broken(name: str, edit) -> Path:
+        model = onnx.load(str(good))
+        edit(model)
+        path = root / name / f"{name}.onnx"
+        path.parent.mkdir(exist_ok=True)
+        onnx.save(model, str(path))
+        return path
+
+    def meta(**changes: str):
+        return lambda m: set_metadata(m, {p.key: p.value for p in m.metadata_props} | changes)
+
+    def external_outside(m: onnx.ModelProto) -> None:
+        init = max(m.graph.initializer, key=lambda i: len(i.raw_data))
+        init.ClearField("raw_data")
+        init.data_location = TensorProto.EXTERNAL
+        init.external_data.add(key="location", value="../../../../../etc/hostname")
+
+    def set_input(node: int, tensor: str):
+        return lambda m: m.graph.node[node].input.__setitem__(0, tensor)
+
+    onnx_files = {
+        "external data outside its folder": broken("ext", external_outside),
+        "a cyclic graph": broken("cyclic", lambda m: set_input(1, m.graph.node[5].output[0])(m)),
+        "a node input nothing produces": broken("missing", set_input(3, "nowhere")),
+        "opset 1": broken("opset1", lambda m: setattr(m.opset_import[0], "version", 1)),
+        "metadata size 96, graph 64": broken("size", meta(imgsz="[96, 96]")),
+        "strides [0,0,0]": broken("strides0", meta(strides="[0, 0, 0]")),
+        "strides as text": broken("strides_text", meta(strides='["a", "b", "c"]')),
+        "two strides for three scales": broken("strides2", meta(strides="[8, 16]")),
+        "reg_max 8 (graph has 16)": broken("regmax", meta(reg_max="8")),
+    }
+    out = []
+    add = lambda case, argv, code=2: out.append((case, [str(a) for a in argv], {}, code))  # noqa: E731
+    images = f["data"].parent / "images" / "val"
+    for what, path in onnx_files.items():
+        add(f"deploy eval: {what}", ["deploy", "eval", path, "--data", f["data"]])
+        add(f"deploy bench: {what}", ["deploy", "bench", path, "--runs", "1"])
+        add(f"predict: {what}", ["predict", path, images, "--out", root / f"pred-{path.stem}"])
+
+    reg = Registry(root / "names.db")
+    reg.create_run(name="café", variant="L4-relu", recipe=Recipe.load(epochs=1, imgsz=64, workers=0).model_dump(),
+                   data_path=str(f["data"]), data_hash="h", class_names=["a"] * 6, weights_source=None, device="cpu", versions={})
+    reg.set_status(1, "finished")
+    reg.close()
+    add("runs show: a name typed in NFD", ["runs", "show", unicodedata.normalize("NFD", "café"), "--registry", root / "names.db"], 0)
+    add("runs show ²", ["runs", "show", "²", "--registry", root / "names.db"])
+    add("runs show 99999999999999999999999", ["runs", "show", "99999999999999999999999", "--registry", root / "names.db"])
+
+    nodes = [helper.make_node("Relu", ["x"], ["n/relu"], name="n/relu"),
+             helper.make_node("Mul", ["n/relu", "npuyolo_const_0"], ["n/ax"], name="n/ax"),
+             helper.make_node("LeakyRelu", ["n/ax"], ["y"], name="n", alpha=0.1)]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 8, 8]) for n in ("x", "y")]
+    graph = helper.make_graph(nodes, "g", io[:1], io[1:], [numpy_helper.from_array(np.array(2.0, np.float32), "npuyolo_const_0")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(root / "clash.onnx"))
+    for method in ("relu-decomp", "relu-exact", "max"):
+        add(f"npu rewrite --leaky {method}: generated names already in the graph",
+            ["npu", "rewrite", root / "clash.onnx", "--leaky", method, "--out", root / f"clash-{method}.onnx"], 0)
+    return out
+
+
 def cases_r4_env_d(f: dict) -> list[tuple[str, list[str], dict, int]]:
     """Round 4 (issue 21), the environment: forged compiler manifests, huge declared inputs, odd files and registries.
 
@@ -301,9 +494,13 @@ def main() -> None:
     env0 = {**os.environ, "NPUYOLO_REGISTRY": str(f["db"]), "COLUMNS": "200"}
     rows, clean = [], 0
     t0 = time.time()
-    for case, argv, env, expected in cases(f):
-        p = subprocess.run([sys.executable, "-m", "npuyolo.cli", *argv], env={**env0, **env}, cwd=work, capture_output=True,
-                           text=True, timeout=300)
+    for case, argv, env, expected in cases(f) + cases_r4_severe_a(f) + cases_r4_severe_b(f) + cases_r4_medium_c(f):
+        try:
+            p = subprocess.run([sys.executable, "-m", "npuyolo.cli", *argv], env={**env0, **env}, cwd=work, capture_output=True,
+                               text=True, timeout=CASE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:  # killed by subprocess.run; a hang is a finding, not a crash of the corpus
+            rows.append((case, "-", f"hung: still running after {CASE_TIMEOUT_S} s, killed", "-", "-", "NOT CLEAN"))
+            continue
         said = [line for line in (p.stderr + p.stdout).splitlines() if line.strip()]
         first = next((line for line in said if line.startswith("error:")), said[0] if said else "")
         integrity = sqlite3.connect(f["db"]).execute("PRAGMA integrity_check").fetchone()[0]

@@ -277,16 +277,19 @@ def cmd_post(args) -> int:
             q = ws.quantize(run.id, data, sweep=True, bias_correct=True, per_channel=True)
             fp32 = ws.evaluate(q["fp32"], data)
             int8 = ws.evaluate(q["int8"], data)
-            post["fp32"] = {k: fp32.get(k) for k in ("map50", "map50_95", "precision", "recall")}
-            post["int8"] = {k: int8.get(k) for k in ("map50", "map50_95", "precision", "recall", "drop_map50")}
-            post["int8"]["route"] = {k: v for k, v in q.items() if k not in ("fp32", "int8")}
+            keys = ("map50", "map50_95", "precision", "recall")
+            post["pt"] = {k: (int8.get("pt") or {}).get(k) for k in keys}  # best.pt through the same letterbox pipeline
+            post["fp32"] = {k: fp32.get(k) for k in keys}
+            post["int8"] = {k: int8.get(k) for k in keys} | {"drop_pp": int8.get("drop_pp"), "file": Path(q["int8"]).name}
+            post["int8"]["route"] = {k: v for k, v in q.items()
+                                     if k not in ("fp32", "int8", "run_id", "calibration_images", "holdout_images")}
             post["int8_seconds"] = round(time.time() - t)
             write_json(post_file, post)
         if "npu" not in post:
             check = ws.check(run.id, args.targets)
-            post["npu"] = {t.target: {"cpu_fallback_ops": getattr(t, "cpu_fallback_ops", None),
-                                      "npu_share": getattr(t, "npu_share", None)} for t in getattr(check, "targets", [])} \
-                if hasattr(check, "targets") else json.loads(json.dumps(check, default=str))
+            post["npu"] = {r.target: {"cpu_fallback_ops": sum(r.fallback_ops.values()), "host_partitions": r.partitions_host,
+                                      "share_macs": round(r.share_macs, 4), "share_nodes": round(r.share_nodes, 4),
+                                      "fallback_ops": r.fallback_ops} for r in check.reports}
             write_json(post_file, post)
         log(f"{name}: post {json.dumps(post, default=str)[:400]}")
     return 0
@@ -309,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", type=int, default=1, help="members trained side by side (one process each)")
     ap.add_argument("--deadline-min", type=float, default=None, help="no member runs past this many minutes from now")
     ap.add_argument("--member-min", type=float, default=None, help="expected minutes per member: none starts that cannot finish")
-    ap.add_argument("-t", "--targets", nargs="+", default=["rknn-rk3588", "ethos-u55", "imx500", "relu-only"])
+    ap.add_argument("-t", "--targets", nargs="+", default=["rknn-rk3588", "rknn-rk3566", "ethos-u55", "imx500", "amd-dpu", "edgetpu", "relu-only"])
     args = ap.parse_args(argv)
     if args.command == "train":
         (args.work).mkdir(parents=True, exist_ok=True)

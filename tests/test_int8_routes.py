@@ -236,3 +236,37 @@ def test_convs_kept_float_keep_their_fp32_bias(synth_data, tmp_path):
         before = next(n for n in ref.graph.node if n.name == name)
         after = next(n for n in q.graph.node if n.name == name)
         np.testing.assert_array_equal(q_inits[after.input[2]], ref_inits[before.input[2]])
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_calibration_holds_a_bounded_number_of_images(synth_data, tmp_path, monkeypatch, method):
+    """ORT's histogram calibrators keep every image's tensors until the reader ends: 200 images at 640 px were 20 GB
+    and the process was killed for memory. npuyolo feeds them in chunks, whatever the calibration count."""
+    import onnxruntime.quantization.calibrate as calibrate
+
+    import npuyolo.deploy.quantize as quantize
+
+    held: list[int] = []
+    for cls in (calibrate.MinMaxCalibrater, calibrate.HistogramCalibrater):
+        real = cls.clear_collected_data
+        monkeypatch.setattr(cls, "clear_collected_data", lambda self, real=real: (held.append(len(self.intermediate_outputs)),
+                                                                                 real(self))[1])
+    monkeypatch.setattr(quantize, "CALIB_CHUNK", 2)
+    fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    info = quantize_onnx(fp32, tmp_path / "q.onnx", synth_data, calib=5, method=method, percentile=99.99 if method == "percentile" else None)
+    assert len(info["calibration_images"]) == 5
+    assert held and max(held) <= 2, held
+
+
+def test_chunked_percentile_ranges_match_one_pass(synth_data, tmp_path):
+    """Histograms merged over chunks give the ranges of one pass over all images (quantize_static's way)."""
+    from npuyolo.deploy.quantize import percentile_ranges
+
+    fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    reader = ImageReader(calibration_images(synth_data, 6), 64)
+    whole = percentile_ranges(fp32, reader, tmp_path, 99.99, chunk=6)
+    parts = percentile_ranges(fp32, reader, tmp_path, 99.99, chunk=2)
+    assert whole.keys() == parts.keys() and len(whole) > 50
+    widths = np.array([whole[k][1] - whole[k][0] for k in whole])
+    diffs = np.array([max(abs(whole[k][0] - parts[k][0]), abs(whole[k][1] - parts[k][1])) for k in whole])
+    assert np.median(diffs / np.maximum(widths, 1e-9)) < 0.02 and np.max(diffs / np.maximum(widths, 1e-9)) < 0.25

@@ -255,3 +255,41 @@ def test_report_says_which_placement_a_compiler_checked(recorded, tmp_path, lang
     else:
         assert "rknn-rk3588 배치는 L4-leaky(rknn-toolkit2 2.5.0)에 대해 컴파일러로 확인했고" in series
         assert "relu-only 배치는 문서 기반으로 모델링한 값입니다" in modelled
+
+
+
+def _rendered(recorded, tmp_path, lang):
+    from npuyolo.report.render import markdown_to_html
+
+    reg, leaky, _, _ = recorded
+    text = render_run(reg, leaky, tmp_path / lang, lang=lang).read_text(encoding="utf-8")
+    return text, markdown_to_html(text)
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_placement_bullets_are_one_list_item_each(recorded, tmp_path, lang):
+    """Issue 22: the placement bullets were glued into one line, and the NPU figure glued to them."""
+    _, page = _rendered(recorded, tmp_path, lang)
+    items = re.findall(r"<li>(.*?)</li>", page, flags=re.S)
+    placement = [i for i in items if "modelled from documents" in i or "모델링한 배치" in i]
+    assert [i.split(":")[0] for i in placement] == ["relu-only", "rknn-rk3588"]
+    assert all(i.count("modelled from documents") + i.count("모델링한 배치") == 1 for i in placement)
+    assert not [i for i in items if "<img" in i or "![" in i]
+    assert re.search(r"<p><img alt=\"npu\"", page)
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_conclusion_sentences_are_separated(recorded, tmp_path, lang):
+    """Issue 22: '...입니다 (...).amd-dpu에서는' had no space after the full stop."""
+    text, _ = _rendered(recorded, tmp_path, lang)
+    conclusion = text.split("## 결론" if lang == "ko" else "## Conclusion")[1].strip()
+    assert not re.findall(r"\.(?=[^\s\d])", conclusion), "a full stop glued to the next sentence"
+    assert ("1위). relu-only에서는" if lang == "ko" else "in mAP50). On relu-only") in conclusion
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_no_table_starts_with_an_empty_header_row(recorded, tmp_path, lang):
+    """Issue 22: the run and setup tables started with an empty header row (| | |)."""
+    text, page = _rendered(recorded, tmp_path, lang)
+    assert not re.findall(r"<th>\s*</th>", page)
+    assert "| | |" not in text

@@ -6,6 +6,7 @@
     ws.check(run.id, ["relu-only", "rknn-rk3588"])
     q = ws.quantize(run.id, "data.yaml", per_channel=True)
     print(ws.evaluate(q["int8"], "data.yaml")["map50"])
+    plan = ws.plan(run.id, ["amd-dpu", "edgetpu"], "data.yaml")  # the verified best artefact per NPU
     ws.report(run.id, lang="ko", fmt="html")
 
 Errors a user can fix raise `npuyolo.NpuyoloError` subclasses; nothing here prints tables or exits.
@@ -189,8 +190,12 @@ class Workspace:
             record_compile(result, reg)
         return result
 
-    def export(self, model: str | int, out: str | Path, *, imgsz: int | None = None, head: str | None = None, nc: int = 80) -> Path:
-        """Static-shape ONNX; a run exports at the size it was trained at unless `imgsz` says otherwise."""
+    def export(self, model: str | int, out: str | Path, *, imgsz: int | None = None, head: str | None = None, nc: int = 80,
+               force: bool = False) -> Path:
+        """Static-shape ONNX; a run exports at the size it was trained at unless `imgsz` says otherwise.
+
+        `out` may replace an earlier npuyolo ONNX file; another existing file or a symlink only with `force`;
+        never the registry."""
         from npuyolo.deploy.export import export_onnx
         from npuyolo.resolve import resolve_model
 
@@ -200,7 +205,7 @@ class Workspace:
         resolved = resolve_model(model, reg, nc=nc)
         if imgsz is None:
             imgsz = resolved.trained_imgsz if resolved.run_id is not None and resolved.trained_imgsz else 640
-        return export_onnx(resolved.model, out, imgsz=imgsz, head=head)
+        return export_onnx(resolved.model, out, imgsz=imgsz, head=head, force=force, registry=self.registry_path)
 
     def quantize(self, run: str | int, data: str | Path, **kwargs: Any) -> dict:
         """FP32 + INT8 QDQ ONNX of a run (calibrated on train images only); see `deploy.service.quantize_run`."""
@@ -216,6 +221,14 @@ class Workspace:
 
         artefact, data = _path(artefact, "artefact"), _path(data, "data")
         return evaluate_artefact(self._registry(), artefact, data)
+
+    def plan(self, model: str | int, targets: list[str], data: str | Path, **kwargs: Any):
+        """Every artefact that could serve each target, verified (placement, FP32/INT8 accuracy, accuracy at the
+        deployment threshold) and ranked; returns a `npuyolo.deploy.plan.Plan`. See `deploy.plan.build_plan`."""
+        from npuyolo.deploy.plan import build_plan
+
+        _known(build_plan, kwargs)
+        return build_plan(self._registry(), str(model), list(targets), data, **kwargs)
 
     def bench(self, artefact: str | Path, runs: int = 50, threads: int | None = None) -> dict:
         from npuyolo.deploy.latency import bench_onnx

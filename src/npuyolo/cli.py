@@ -193,6 +193,7 @@ def export(model: Annotated[str, typer.Argument(help="Variant name (untrained), 
            head: Annotated[Optional[str], typer.Option(help="npu (L4 cut) or ultralytics [default: the level's head]")] = None,
            out: Annotated[Optional[str], typer.Option(help="Output .onnx file.")] = None,
            nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
+           force: Annotated[bool, typer.Option("--force", help="Let --out replace a file npuyolo did not write, or a symlink (never the registry).")] = False,
            as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Write a static-shape ONNX file (a run's goes to its folder's export/, anything else to the working directory)."""
     from npuyolo.deploy.export import ExportError, check_imgsz, export_onnx
@@ -211,7 +212,7 @@ def export(model: Annotated[str, typer.Argument(help="Variant name (untrained), 
     name = f"{resolved.label}-{head or 'default'}-{imgsz}.onnx"
     if out is None:  # a run's exports live in its own folder; anything else in the working directory
         out = reg.run_dir(reg.run(resolved.run_id), "export") / name if resolved.run_id is not None else Path(name)
-    path = export_onnx(resolved.model, out, imgsz=imgsz, head=head)
+    path = export_onnx(resolved.model, out, imgsz=imgsz, head=head, force=force, registry=registry)
     if resolved.run_id is not None:
         reg.add_artifact(resolved.run_id, f"onnx/{head or 'default'}", path.resolve(), {"imgsz": imgsz})
     if as_json:
@@ -714,12 +715,13 @@ def compilers_install(name: Annotated[str, typer.Argument(help="rknn, vela or im
 @user_errors
 def npu_rewrite(model: Annotated[Path, typer.Argument(help="ONNX file.")],
                 leaky: Annotated[str, typer.Option(help="relu-decomp (a*x + (1-a)*relu(x)), relu-exact or max.")] = "relu-decomp",
-                out: Annotated[Optional[Path], typer.Option(help="Output file [default: MODEL.<method>.onnx].")] = None,
+                out: Annotated[Optional[str], typer.Option(help="Output file [default: MODEL.<method>.onnx].")] = None,
+                force: Annotated[bool, typer.Option("--force", help="Let the output replace a file npuyolo did not write, or a symlink (never the registry).")] = False,
                 as_json: JsonOpt = False) -> None:
     """Replace every LeakyRelu with an equivalent built from ReLU-NPU ops."""
     from npuyolo.npu.rewrite import rewrite_file
 
-    dst, count = rewrite_file(model, out, leaky)
+    dst, count = rewrite_file(model, out, leaky, force=force)
     if as_json:
         return print_json({"onnx": str(Path(dst).resolve()), "rewritten": count, "method": leaky})
     console.print(f"rewrote {count} LeakyRelu node(s) as {leaky}: {dst}", highlight=False, markup=False)
@@ -816,6 +818,53 @@ def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written
     console.print(table)
     if "drop_pp" in r:
         console.print(f"INT8 drop vs FP32: mAP50 {r['drop_pp']['map50']:.2f} points, mAP50-95 {r['drop_pp']['map50_95']:.2f} points")
+
+
+@deploy_app.command("plan")
+@user_errors
+def deploy_plan(model: Annotated[str, typer.Argument(help="Run id/name or .pt checkpoint.")],
+                target: Annotated[list[str], typer.Option("--target", "-t", help="Target profile (repeatable).")],
+                data: Annotated[Path, typer.Option(help="data.yaml: train images calibrate, val images score.")],
+                conf: Annotated[float, typer.Option(help="Deployment confidence threshold (what the NPU runtime bakes in).")] = 0.25,
+                calib: Annotated[int, typer.Option(help="Calibration images.")] = 100,
+                holdout: Annotated[int, typer.Option(help="Held-back train images the calibration sweep is judged on.")] = 50,
+                sweep: Annotated[bool, typer.Option("--sweep/--no-sweep", help="Calibrate with the sweep's choice, or with MinMax.")] = True,
+                imgsz: Annotated[Optional[int], typer.Option(help="Export size [default: the run's].")] = None,
+                as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """Build every artefact that could serve each target, verify each (placement, FP32/INT8 accuracy), choose."""
+    from npuyolo.deploy.plan import build_plan
+
+    with err.status("building and verifying candidates..."), quiet_stdout():
+        plan = build_plan(open_registry(registry), model, target, data, conf=conf, calib=calib, holdout=holdout,
+                          imgsz=imgsz, sweep=sweep)
+    if as_json:
+        return print_json(plan.as_dict())
+    print_plan(plan)
+
+
+def print_plan(plan) -> None:
+    table = Table(title=f"deployment plan for {plan.model_ref} (INT8 calibration {plan.calibration}; * chosen)")
+    for col in ("target", "artefact", "NPU share", "off NPU", "host parts", "NPU ms", "FP32 mAP50", "INT8 mAP50",
+                f"INT8/FP32 P/R/mAP50 at {plan.conf:g}"):
+        table.add_column(col, no_wrap=col == "artefact")
+    pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
+    for tp in plan.targets:
+        for i, r in enumerate(sorted(tp.rows, key=lambda r: r is not tp.chosen)):
+            p = r.placement
+            ms = fmt(p.npu_ms, 2) if p.npu_ms is not None else {"compiler not installed": "not installed"}.get(p.compiler_status, p.compiler_status or "-")
+            ret = r.retention
+            table.add_row(tp.target if i == 0 else "", ("* " if r is tp.chosen else "  ") + r.candidate.name, f"{p.share_nodes:.1%}",
+                          str(p.off_npu), str(p.partitions_host), ms, fmt(r.fp32.map50), fmt(r.int8.map50),
+                          f"{pct(ret['precision'])} / {pct(ret['recall'])} / {pct(ret['map50'])}")
+    console.print(table)
+    for tp in plan.targets:
+        line = f"{tp.target}: {tp.chosen.candidate.name}"
+        if tp.runner_up is not None:
+            line += f"; runner-up {tp.runner_up.candidate.name} lost: {tp.why_runner_up_lost}"
+        console.print(line, highlight=False, markup=False)
+        for note in tp.notes:
+            console.print(f"  {tp.target}: {note}", highlight=False, markup=False, style="dim")
+    console.print(f"plan: {plan.path} ({duration(plan.seconds)})", highlight=False, markup=False)
 
 
 @deploy_app.command("bench")

@@ -5,6 +5,7 @@ package imports this module first. `install_guards()` (called once, by `npuyolo.
 module through which npuyolo imports Ultralytics) then:
 
 - swaps the helpers that would still reach out (font downloads, pi-heif auto-install) for local ones;
+- never acts on a data set's `download:` value (a URL it would fetch, a shell or Python script it would run);
 - turns on Ultralytics' safe-load mode for this process: checkpoints load with `torch.load(weights_only=True)`
   against an allow-list of known model classes, and model YAML activations are parsed, never `eval`-ed.
   npuyolo's own module classes join the allow-list through `trust_npuyolo_classes()`, before any load.
@@ -71,6 +72,23 @@ def install_guards() -> None:
     import ultralytics.engine.trainer as engine_trainer
 
     checks.check_amp = engine_trainer.check_amp = offline_check_amp  # the trainer calls its module-level name
+    no_dataset_downloads(data_utils.check_det_dataset)
+
+
+def no_dataset_downloads(check_det_dataset) -> None:
+    """Make `autodownload=False` the default of Ultralytics' check_det_dataset, for every caller at once.
+
+    When a split is missing, that function fetches the yaml's `download:` URL, runs it with `bash`, or `exec`s
+    it as Python: a shared data set would run its author's code. Its trainer, validator and exporter import
+    the function by name and call it without `autodownload`, so changing the default on the one function
+    object reaches them all (rebinding the module attribute would not). A missing split then raises instead.
+    """
+    import inspect
+
+    params = list(inspect.signature(check_det_dataset).parameters.values())
+    if [p.name for p in params[1:3]] != ["autodownload", "split"]:  # a new signature must fail loudly, not run code
+        raise RuntimeError(f"unexpected signature of Ultralytics' check_det_dataset: {inspect.signature(check_det_dataset)}")
+    check_det_dataset.__defaults__ = (False, params[2].default)
 
 
 # GPUs Ultralytics' own check_amp() knows to give NaN losses or zero mAP under AMP (same pattern, same verdict)

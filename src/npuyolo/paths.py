@@ -4,7 +4,9 @@
 - `safe_join(root, *parts)` refuses anything that would resolve outside `root`;
 - `claim_dir(parent, stem)` creates a folder no one else owns (exclusive mkdir, suffix on collision);
 - `atomic_path(dst)` / `write_text` / `write_bytes`: write under a temporary name, `os.replace` on success,
-  so a killed process never leaves a half-written artefact under the final name.
+  so a killed process never leaves a half-written artefact under the final name;
+- `check_output_file(path, ...)`: the one rule for a user-named output *file* (never the registry, never a
+  file npuyolo did not write or a symlink unless forced).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import errno
 import os
 import stat
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from npuyolo.errors import UnsafePathError, storage_error
 
-__all__ = ["MAX_COMPONENT_BYTES", "atomic_path", "claim_dir", "file_problem", "make_dir", "out_of_space", "safe_join", "slug", "unique_slug", "write_bytes", "write_text"]
+__all__ = ["MAX_COMPONENT_BYTES", "atomic_path", "check_output_file", "claim_dir", "file_problem", "make_dir", "out_of_space", "safe_join",
+           "slug", "unique_slug", "write_bytes", "write_text"]
 
 MAX_COMPONENT_BYTES = 96  # well under every file system's 255-byte limit, leaving room for suffixes
 
@@ -165,3 +168,67 @@ def write_bytes(dst: str | Path, data: bytes) -> Path:
     with atomic_path(dst) as tmp:
         tmp.write_bytes(data)
     return Path(dst)
+
+
+def check_output_file(path: str | Path, *, registry: str | Path | None = None, force: bool = False,
+                      ours: Callable[[Path], bool] | None = None, label: str = "output",
+                      error: type[Exception] = UnsafePathError) -> Path:
+    """`path` as a file npuyolo may write (then through `atomic_path`), its folder created; else one-line `error`.
+
+    Always refused: a folder (or a name ending in '/'), anything that is not a regular file (a FIFO, a device),
+    the registry (`registry`, and the default one) with its journal files, a folder that cannot be created or
+    written. Refused unless `force`: a symlink (forced, the link itself is replaced, never its target, because
+    the write renames over it) and an existing file that `ours(path)` does not recognise as npuyolo's own.
+    Why: an output name is one typo away from the registry or a user's file, and a rename cannot be undone.
+    """
+    text = str(path)
+    path = Path(path)
+    hint = "; choose another name, or --force to overwrite it"
+    if text.endswith(("/", "\\")) or path.is_dir():
+        raise error(f"{label} {text} is a folder; name the file to write")
+    if _is_registry(path, registry):
+        raise error(f"{label} {text} is the npuyolo registry; every run's record is in it")
+    try:
+        st = path.lstat()
+    except (FileNotFoundError, NotADirectoryError):  # new, or under a file: the folder check below says which
+        st = None
+    except OSError as e:
+        raise error(f"{label} {text}: cannot use this path ({e.strerror or e})") from None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        if not force:
+            raise error(f"{label} {text} is a symbolic link{hint}")
+    elif st is not None and not stat.S_ISREG(st.st_mode):
+        raise error(f"{label} {text} is not a regular file; name a file to write")
+    elif st is not None and not force and not (ours is not None and ours(path)):
+        raise error(f"{label} {text} already exists and npuyolo did not write it{hint}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise error(f"{label} {text}: cannot create {path.parent} ({e.strerror or e})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise error(f"{label} {text}: {path.parent} is not writable")
+    return path
+
+
+def _is_registry(path: Path, registry: str | Path | None) -> bool:
+    """`path` names the registry this command uses or the default one, or one of their SQLite journal files."""
+    from npuyolo.registry.db import default_path  # late: the registry itself imports this module
+
+    def canonical(p: Path) -> Path:  # the folder resolved, the last component as written (a link is not followed)
+        try:
+            return p.parent.resolve() / p.name
+        except (OSError, RuntimeError):
+            return p.absolute()
+
+    target = canonical(path)
+    for db in {Path(registry), default_path()} if registry else {default_path()}:
+        for name in (db.name, f"{db.name}-journal", f"{db.name}-wal", f"{db.name}-shm"):
+            candidate = db.with_name(name)
+            if canonical(candidate) == target:
+                return True
+            try:
+                if candidate.exists() and path.exists() and os.path.samefile(candidate, path):
+                    return True  # a hard or symbolic link to it
+            except OSError:
+                continue
+    return False

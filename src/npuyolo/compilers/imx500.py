@@ -173,7 +173,7 @@ def write_data_yaml(data: str | Path | None, imgsz: int, workdir: Path, names: d
     calibrates on `val` by default), written as letterboxed PNGs (synthetic ones without `data`)."""
     import yaml
 
-    from npuyolo.compilers.compile import write_calibration
+    from npuyolo.compilers.calibration import write_calibration
     from npuyolo.paths import write_text
 
     listing, what = write_calibration(data, imgsz, workdir, count=CALIB_IMAGES)

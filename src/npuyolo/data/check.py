@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from PIL import Image, UnidentifiedImageError
 
 from npuyolo.errors import NpuyoloError
+from npuyolo.yamlfile import YamlFileError, load_yaml, short
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 REQUIRED_KEYS = ("train", "val", "names")
@@ -60,12 +62,9 @@ def load_data_yaml(path: str | Path) -> tuple[dict, Path, list[str]]:
     if not path.is_file():
         raise DataError([f"{path}: data yaml not found"])
     try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise DataError([f"{path}: not UTF-8 text ({e.reason})"]) from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise DataError([f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML ({getattr(e, 'problem', e)})"]) from e
+        cfg = load_yaml(path)  # bounded: an alias bomb is refused here, before Ultralytics ever reads the file
+    except YamlFileError as e:
+        raise DataError([str(e)]) from e
     if not isinstance(cfg, dict):
         raise DataError([f"{path}: expected a mapping with keys {', '.join(REQUIRED_KEYS)}"])
     missing = [k for k in REQUIRED_KEYS if k not in cfg]
@@ -74,15 +73,15 @@ def load_data_yaml(path: str | Path) -> tuple[dict, Path, list[str]]:
     names = parse_names(cfg["names"], path)
     nc = cfg.get("nc", len(names))
     if isinstance(nc, bool) or not isinstance(nc, int):
-        raise DataError([f"{path}: nc must be a whole number, got {nc!r} ({type(nc).__name__})"])
+        raise DataError([f"{path}: nc must be a whole number, got {short(nc)} ({type(nc).__name__})"])
     if nc != len(names):
         raise DataError([f"{path}: nc is {nc} but names lists {len(names)} classes"])
     for split in ("train", "val", "test"):
         if split in cfg and not _is_split_spec(cfg[split], optional=split == "test"):
-            raise DataError([f"{path}: {split} must be a folder, a .txt list or a list of them, got {cfg[split]!r}"])
+            raise DataError([f"{path}: {split} must be a folder, a .txt list or a list of them, got {short(cfg[split])}"])
     raw_root = cfg.get("path")
     if raw_root is not None and not isinstance(raw_root, str):
-        raise DataError([f"{path}: path must be a folder name, got {raw_root!r} ({type(raw_root).__name__})"])
+        raise DataError([f"{path}: path must be a folder name, got {short(raw_root)} ({type(raw_root).__name__})"])
     return cfg, dataset_root(raw_root, path), names
 
 
@@ -113,39 +112,116 @@ def parse_names(names, path: Path) -> list[str]:
     if isinstance(names, dict):
         keys = list(names)
         if not all(isinstance(k, int) and not isinstance(k, bool) for k in keys):
-            raise DataError([f"{path}: names keys must all be class ids 0..n-1 (integers), got {keys!r}"])
+            raise DataError([f"{path}: names keys must all be class ids 0..n-1 (integers), got {short(keys)}"])
         if sorted(keys) != list(range(len(keys))):
-            raise DataError([f"{path}: names ids must be 0..{len(keys) - 1} without gaps, got {sorted(keys)}"])
+            raise DataError([f"{path}: names ids must be 0..{len(keys) - 1} without gaps, got {short(sorted(keys))}"])
         values = [names[k] for k in sorted(keys)]
     elif isinstance(names, list):
         values = names
     else:
         hint = " (write a list: names: [person])" if isinstance(names, str) else ""
-        raise DataError([f"{path}: names must be a list or a mapping of class names, got {names!r}{hint}"])
+        raise DataError([f"{path}: names must be a list or a mapping of class names, got {short(names)}{hint}"])
     if not values:
         raise DataError([f"{path}: names is empty; a detector needs at least one class"])
     bad = [v for v in values if not isinstance(v, (str, int, float)) or isinstance(v, bool) or str(v).strip() == ""]
     if bad:
-        raise DataError([f"{path}: every class name must be a non-empty text, got {bad[0]!r}"])
+        raise DataError([f"{path}: every class name must be a non-empty text, got {short(bad[0])}"])
     values = [str(v) for v in values]
     if len(set(values)) != len(values):
-        raise DataError([f"{path}: class names repeat: {sorted({v for v in values if values.count(v) > 1})}"])
+        counts = Counter(values)  # not values.count(v) per name: quadratic on a long list
+        raise DataError([f"{path}: class names repeat: {short(sorted(v for v, n in counts.items() if n > 1))}"])
     return values
+
+
+def split_paths(root: Path, spec: str | list[str], yaml_path: Path, split: str) -> list[Path]:
+    """The folders or .txt lists of one split, resolved exactly as Ultralytics' check_det_dataset does.
+
+    A single string falls back from '../x' to 'x' when the first does not exist; list entries never do. Any
+    other rule would let this check pass where Ultralytics then finds the split missing (and, before npuyolo
+    turned it off, ran the yaml's `download:` script).
+    """
+    try:
+        if isinstance(spec, str):
+            p = (root / spec).resolve()
+            if not p.exists() and spec.startswith("../"):
+                p = (root / spec[3:]).resolve()
+            return [p]
+        return [(root / entry).resolve() for entry in spec]
+    except (OSError, RuntimeError) as e:  # a symlink loop, a name the OS refuses
+        raise DataError([f"{yaml_path}: {split}: cannot resolve {spec!r} ({getattr(e, 'strerror', None) or e})"]) from None
 
 
 def split_images(root: Path, spec: str | list[str], yaml_path: Path, split: str) -> list[Path]:
     images: list[Path] = []
-    for entry in [spec] if isinstance(spec, str) else spec:
-        p = Path(entry) if Path(entry).is_absolute() else root / entry
-        if not p.exists() and entry.startswith("../"):  # Ultralytics' own fallback for '../images/...'
-            p = root / entry[3:]
+    for p in split_paths(root, spec, yaml_path, split):
         if p.is_dir():
-            images += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+            images += scan_images(p, yaml_path, split)
         elif p.is_file() and p.suffix == ".txt":
-            images += [(p.parent / line.strip()).resolve() for line in p.read_text().splitlines() if line.strip()]
+            listed = [(p.parent / line.strip()).resolve() for line in p.read_text().splitlines() if line.strip()]
+            _refuse_irregular([q for q in listed if q.exists() and not q.is_file()])
+            images += listed
+        elif p.exists() and not p.is_file():
+            raise DataError([f"{yaml_path}: {split}: {p} is not a folder or a regular .txt file"])
         else:
             raise DataError([f"{yaml_path}: {split}: folder {p} does not exist"])
     return images
+
+
+MAX_SCAN_FOLDERS = 10_000  # an images tree has a handful of folders; the whole file system has hundreds of thousands
+
+
+def too_broad(folder: Path) -> str | None:
+    """Why `folder` is no images folder to search (the file system root, the home folder or one above it), else None."""
+    folder = folder.resolve()
+    if folder == Path(folder.anchor):
+        return "the file system root"
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no HOME and no passwd entry: there is no home folder to protect
+        return None
+    if folder == home or folder in home.parents:
+        return "the home folder" if folder == home else "a folder above the home folder"
+    return None
+
+
+def scan_images(folder: Path, yaml_path: Path, split: str) -> list[Path]:
+    """Image files under `folder`, sorted, found the way `Path.rglob` does (symlinked folders are not entered).
+
+    Bounded: the file system root and the home folder are refused outright, and the walk stops with one line
+    after MAX_SCAN_FOLDERS folders, so `path: /` with `train: .` cannot walk the whole disk (Ultralytics, which
+    lists the images again itself, never gets to). Only regular files are images: a FIFO named x.jpg would
+    block the first read of it forever (ours, then Ultralytics'), so it is refused here by name.
+    """
+    if (why := too_broad(folder)) is not None:
+        raise DataError([f"{yaml_path}: {split}: refusing to search {folder} ({why}) for images; name the images folder"])
+    images: list[Path] = []
+    odd: list[Path] = []
+    stack, visited = [folder], 0
+    while stack:  # iterative: a very deep tree is no RecursionError
+        current = stack.pop()
+        visited += 1
+        if visited > MAX_SCAN_FOLDERS:
+            raise DataError([f"{yaml_path}: {split}: stopped searching {folder} for images after {MAX_SCAN_FOLDERS} "
+                             "folders; name the images folder itself"])
+        try:
+            with os.scandir(current) as it:
+                entries = list(it)
+        except OSError:  # an unreadable folder is skipped, as rglob skips it
+            continue
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                stack.append(Path(e.path))
+            elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES:
+                (images if e.is_file() else odd).append(Path(e.path))
+    _refuse_irregular(odd)
+    return sorted(images)
+
+
+def _refuse_irregular(paths: list[Path]) -> None:
+    """Image or label names that are not regular files (FIFO, device, socket, dangling link): refused, never opened."""
+    if paths:
+        raise DataError([f"{q}: not a regular file (a FIFO, device, socket or broken link); only image files are read"
+                         for q in sorted(paths)])
 
 
 def label_path(image: Path) -> Path:
@@ -254,7 +330,9 @@ def _check(path: Path, cfg: dict, root: Path, names: list[str], progress: Callab
             if (msg := check_image(image)) is not None:
                 problems.append(msg)
             label = label_path(image)
-            if not label.is_file():
+            if label.exists() and not label.is_file():  # a FIFO would block the read: never opened
+                problems.append(f"{label}: not a regular file (a FIFO, device or socket); only label files are read")
+            elif not label.is_file():
                 problems.append(f"{image}: label file missing, expected {label} (write an empty file for an image with no objects)")
             else:
                 label_problems, classes = check_labels(label, len(names))

@@ -178,8 +178,13 @@ def compose(imgsz: int, rng: np.random.Generator, max_signs: int = 4) -> tuple[n
     return np.clip(img, 0, 255).astype(np.uint8), labels
 
 
+MARKER = ".npuyolo-synth"  # in every folder `synthesize` writes: only such folders may be written into again
+
+
 def check_synth_args(out: str | Path, imgsz: int, seed: int) -> Path:
-    """The output folder, created; refuses sizes too small to draw signs in, negative seeds, a file in the way."""
+    """The output folder, created and marked as npuyolo's; refuses sizes too small to draw signs in, negative seeds,
+    a file in the way, and a non-empty folder npuyolo did not write (its data.yaml, images and labels would be
+    replaced)."""
     from npuyolo.data.check import DataError
 
     out = Path(out)
@@ -190,7 +195,10 @@ def check_synth_args(out: str | Path, imgsz: int, seed: int) -> Path:
     if out.exists() and not out.is_dir():
         raise DataError([f"{out} is a file; name a folder to write the data set into"])
     try:
+        if out.is_dir() and not (out / MARKER).is_file() and any(out.iterdir()):
+            raise DataError([f"{out} already holds files npuyolo did not write; give a new or empty folder"])
         out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).touch()
     except OSError as e:
         raise (storage_error(e, out, writing=True) or DataError([f"{out}: cannot create the folder ({e.strerror or e})"])) from None
     return out

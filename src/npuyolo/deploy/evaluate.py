@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,18 +32,27 @@ class DeployError(NpuyoloError, ValueError):
 
 
 def check_metadata(path, meta: dict[str, str]) -> None:
-    """npuyolo's metadata must parse as it was written; a hand-edited or damaged file is one clear error."""
+    """npuyolo's metadata must parse as it was written; a hand-edited or damaged file is one clear error.
+
+    Strides must be positive whole numbers that divide the input size and reg_max a positive whole number: the
+    host decode multiplies and reshapes by them, so anything else ends in a NumPy error or silently wrong boxes.
+    """
+    def positive_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
     try:
         size = json.loads(meta["imgsz"])
         names = json.loads(meta["names"])
         strides = json.loads(meta.get("strides", "[8, 16, 32]"))
-        ok = (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v >= 32 for v in size)
+        reg_max = json.loads(meta.get("reg_max", "16"))
+        ok = (isinstance(size, list) and len(size) == 2 and all(positive_int(v) and v >= 32 for v in size)
               and isinstance(names, dict) and all(str(k).lstrip("-").isdigit() for k in names)
-              and isinstance(strides, list) and strides and int(meta.get("reg_max", 16)) > 0)
+              and isinstance(strides, list) and strides and all(positive_int(s) and size[0] % s == 0 == size[1] % s for s in strides)
+              and positive_int(reg_max))
     except (KeyError, ValueError, TypeError):
         ok = False
     if not ok:
-        raise DeployError(f"{path}: damaged npuyolo metadata (imgsz/names/strides); export it again with `npuyolo export`")
+        raise DeployError(f"{path}: damaged npuyolo metadata (imgsz/names/strides/reg_max); export it again with `npuyolo export`")
 
 
 def max_threads() -> int:
@@ -64,31 +75,101 @@ def session(path: str | Path, threads: int | None = None) -> ort.InferenceSessio
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def onnx_predictor(path: str | Path, threads: int | None = None) -> tuple[Predict, dict]:
-    """A batch-agnostic predict function for a static batch-1 export of either head."""
+@dataclass
+class Deployable:
+    """A checked npuyolo ONNX file in an ONNX Runtime session, with the metadata the host decode needs, parsed."""
+
+    path: Path
+    sess: ort.InferenceSession
+    meta: dict[str, str]
+    head: str
+    imgsz: int
+    strides: list[int]
+    reg_max: int
+    names: dict[int, str]
+    sigmoid_in_graph: bool
+    input_name: str
+
+    def decode(self, raw: list[np.ndarray]) -> np.ndarray:
+        """Session outputs -> [B, 4 + nc, anchors], as Ultralytics' Detect gives them."""
+        return decode_npu_outputs(raw, self.strides, self.reg_max, self.sigmoid_in_graph) if self.head == "npu" else raw[0]
+
+
+def _ort_message(e: Exception) -> str:
+    """ONNX Runtime's reason, without its '[ONNXRuntimeError] : 1 : FAIL : Load model from X failed:' preamble."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^Load model from .* failed:", "", text).strip()
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _dims(shape) -> list:
+    return [d if isinstance(d, int) else "?" for d in shape]
+
+
+def _fits(dims: list, expected: list[int]) -> bool:
+    """A tensor shape matches the expected one; a symbolic dimension ('?') matches anything."""
+    return len(dims) == len(expected) and all(d in (e, "?") for d, e in zip(dims, expected))
+
+
+def load_deployable(path: str | Path, threads: int | None = None) -> Deployable:
+    """The one loader for an ONNX file to run (eval, bench, predict): every way it can be unusable is one DeployError.
+
+    Checks, in order: the file and npuyolo's metadata (export.onnx_metadata, check_metadata); that ONNX Runtime
+    can load it (external data outside its folder, cycles, dangling inputs, unsupported opsets are refused there);
+    then that the graph is what the metadata describes: one 1x3xSxS input at the recorded size, and for the NPU
+    head one box/score pair per stride with 4*reg_max box channels on the stride's grid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DeployError(f"artefact not found: {path}")
     meta = onnx_metadata(path)
     if "npuyolo_head" not in meta:
         raise DeployError(f"{path}: no npuyolo metadata; export it with `npuyolo export` (or `deploy quantize`)")
-    check_metadata(path, meta)
-    sess = session(path, threads)
-    outputs = [o.name for o in sess.get_outputs()]
     head = meta["npuyolo_head"]
-    if head == "npu" and len(outputs) % 2:
-        raise DeployError(f"{path}: expected box/score output pairs for the NPU head, got {outputs}")
-    if head != "npu" and len(outputs) != 1:
-        raise DeployError(f"{path}: expected one output for the Ultralytics head, got {outputs}")
-    strides, reg_max = json.loads(meta["strides"]), int(meta["reg_max"])
-    sigmoid_in_graph = meta.get("class_sigmoid", "in_graph") == "in_graph"
-    name = sess.get_inputs()[0].name
+    if head not in ("npu", "ultralytics"):
+        raise DeployError(f"{path}: damaged npuyolo metadata (unknown head {head[:40]!r}); export it again with `npuyolo export`")
+    check_metadata(path, meta)
+    try:
+        sess = session(path, threads)
+    except Exception as e:  # ONNX Runtime's own exception types (Fail, InvalidGraph, InvalidArgument...) have no common base
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        raise DeployError(f"{path}: ONNX Runtime cannot load it ({_ort_message(e)})") from None
+    imgsz = json.loads(meta["imgsz"])[0]
+    strides, reg_max = json.loads(meta.get("strides", "[8, 16, 32]")), json.loads(meta.get("reg_max", "16"))
+    names = {int(k): v for k, v in json.loads(meta["names"]).items()}
+    inputs, outputs = sess.get_inputs(), sess.get_outputs()
+    if len(inputs) != 1:
+        raise DeployError(f"{path}: expected one image input, got {len(inputs)} ({', '.join(i.name for i in inputs)[:80]})")
+    expected = [1, 3, imgsz, imgsz]
+    if not _fits(_dims(inputs[0].shape), expected):
+        raise DeployError(f"{path}: its input is {'x'.join(map(str, _dims(inputs[0].shape)))} but its metadata says "
+                          f"{'x'.join(map(str, expected))}; export it again with `npuyolo export`")
+    if head == "npu":
+        nc = int(meta["nc"]) if meta.get("nc", "").isdigit() else len(names)
+        want = [shape for s in strides for shape in ([1, 4 * reg_max, imgsz // s, imgsz // s], [1, nc, imgsz // s, imgsz // s])]
+        got = [_dims(o.shape) for o in outputs]
+        if len(got) != len(want) or not all(_fits(g, w) for g, w in zip(got, want)):
+            raise DeployError(f"{path}: its outputs do not match its metadata (expected box/score output pairs for strides"
+                              f" {strides}, reg_max {reg_max}, {nc} classes); export it again with `npuyolo export`")
+    elif len(outputs) != 1:
+        raise DeployError(f"{path}: expected one output for the Ultralytics head, got {[o.name for o in outputs]}")
+    return Deployable(path, sess, meta, head, imgsz, strides, reg_max, names,
+                      meta.get("class_sigmoid", "in_graph") == "in_graph", inputs[0].name)
+
+
+def onnx_predictor(path: str | Path, threads: int | None = None) -> tuple[Predict, dict]:
+    """A batch-agnostic predict function for a static batch-1 export of either head."""
+    model = load_deployable(path, threads)
 
     def predict(images: torch.Tensor) -> torch.Tensor:
         out = []
         for im in images.numpy().astype(np.float32):
-            raw = sess.run(None, {name: im[None]})
-            out.append(decode_npu_outputs(raw, strides, reg_max, sigmoid_in_graph) if head == "npu" else raw[0])
+            out.append(model.decode(model.sess.run(None, {model.input_name: im[None]})))
         return torch.from_numpy(np.concatenate(out))
 
-    return predict, meta
+    return predict, model.meta
 
 
 def torch_predictor(model: torch.nn.Module) -> Predict:
@@ -108,6 +189,9 @@ def validate(predict: Predict, data: str | Path, imgsz: int, names: dict[int, st
     data = Path(data)
     if not data.is_file():
         raise DeployError(f"data yaml not found: {data}")
+    from npuyolo.data.check import load_data_yaml
+
+    load_data_yaml(data)  # bounded parse first: Ultralytics' own loader would expand an alias bomb
     v = DetectionValidator(args=dict(data=str(data), imgsz=imgsz, batch=batch, conf=conf, iou=iou, rect=False, plots=False,
                                      split="val", workers=0, save_json=False, verbose=False, task="detect", mode="val"))
     v.data = check_det_dataset(str(data))

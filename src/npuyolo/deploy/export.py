@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -14,7 +14,7 @@ import torch
 
 from npuyolo.deploy.npu_head import NPUHeadModel, output_names
 from npuyolo.errors import NpuyoloError
-from npuyolo.paths import atomic_path, file_problem
+from npuyolo.paths import atomic_path, check_output_file, file_problem
 from npuyolo.ultra import Detect
 from npuyolo.variants.checkpoint import default_head, load_weights, model_meta
 
@@ -22,6 +22,9 @@ __all__ = ["ExportError", "default_head", "export_onnx", "load_weights", "onnx_m
 
 Head = Literal["npu", "ultralytics"]
 OPSET = 17
+# torch.onnx.export keeps process-wide state (GLOBALS.in_onnx_export) and asserts it is not re-entered: two threads
+# exporting at once (Workspace.export from a thread pool) fail. One export at a time per process, then.
+_EXPORT_LOCK = threading.Lock()
 
 
 class ExportError(NpuyoloError, ValueError):
@@ -35,10 +38,12 @@ def check_imgsz(imgsz: int, flag: str = "--imgsz", error: type[Exception] = Expo
 
 
 def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head: Head | None = None, simplify: bool = True,
-                class_sigmoid: bool = True) -> Path:
+                class_sigmoid: bool = True, force: bool = False, registry: str | Path | None = None) -> Path:
     """Write a batch-1, static-shape ONNX file; `head='npu'` cuts the graph before DFL and decode.
 
     `class_sigmoid=False` (NPU head only) leaves the class sigmoid to the host decode, for targets without one.
+    `out` may replace an earlier npuyolo ONNX file; anything else already there (or a symlink) only with `force`,
+    and never the registry (see `npuyolo.paths.check_output_file`).
     """
     check_imgsz(imgsz)
     head = head or default_head(model)
@@ -55,10 +60,10 @@ def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head:
     else:
         detect.export, detect.format, detect.dynamic = True, "onnx", False
         net, outputs = model, ["output0"]
-    out = check_out_file(out)
+    out = check_out_file(out, force=force, registry=registry)
     im = torch.zeros(1, 3, imgsz, imgsz)
     try:
-        with atomic_path(out) as tmp:  # a killed export never leaves a metadata-less file under the final name
+        with _EXPORT_LOCK, atomic_path(out) as tmp:  # a killed export never leaves a metadata-less file under the final name
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 net(im)  # builds anchors; also fails early on shape errors
@@ -90,19 +95,19 @@ def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head:
     return out
 
 
-def check_out_file(out: str | Path) -> Path:
-    """An output *file* path that can be written: not a folder, not 'dir/', its folder creatable."""
-    text = str(out)
-    out = Path(out)
-    if text.endswith(("/", "\\")) or out.is_dir():
-        raise ExportError(f"--out {text} is a folder; name the .onnx file to write")
+def check_out_file(out: str | Path, force: bool = False, registry: str | Path | None = None) -> Path:
+    """An output .onnx path that may be written: `npuyolo.paths.check_output_file` with ONNX files npuyolo wrote as ours."""
+    return check_output_file(out, registry=registry, force=force, ours=written_by_npuyolo, label="--out", error=ExportError)
+
+
+def written_by_npuyolo(path: Path) -> bool:
+    """An ONNX file npuyolo wrote: its metadata has npuyolo's keys (`npuyolo_head` from export, `npuyolo_rewrite`)."""
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return False
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(f"--out {text}: cannot create {out.parent} ({e.strerror or e})") from None
-    if not os.access(out.parent, os.W_OK):
-        raise ExportError(f"--out {text}: {out.parent} is not writable")
-    return out
+        return any(k in ("npuyolo_head", "npuyolo_rewrite") for k in onnx_metadata(path))
+    except ExportError:
+        return False
 
 
 def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:

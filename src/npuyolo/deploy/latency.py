@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -10,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from npuyolo.deploy.decode import decode_npu_outputs, nms
-from npuyolo.deploy.evaluate import DeployError, check_threads, session
-from npuyolo.deploy.export import onnx_metadata
+from npuyolo.deploy.decode import nms
+from npuyolo.deploy.evaluate import DeployError, check_threads, load_deployable
 from npuyolo.paths import file_problem
 from npuyolo.deploy.quantize import letterbox
 
@@ -38,22 +36,14 @@ def bench_onnx(path: str | Path, runs: int = 50, warmup: int = 10, threads: int 
         raise DeployError(f"artefact not found: {path}" if why == "not found" else f"{path} {why}")
     if runs < 1:
         raise DeployError("--runs must be at least 1")
-    meta = onnx_metadata(path)
-    if "npuyolo_head" not in meta:
-        raise DeployError(f"{path}: no npuyolo metadata (input size, head, strides); bench an export written by npuyolo")
-    imgsz = json.loads(meta["imgsz"])[0]
-    sess = session(path, threads)
-    name = sess.get_inputs()[0].name
+    model = load_deployable(path, threads)  # a broken or hand-edited file is one error, not an ONNX Runtime traceback
+    imgsz, sess, name = model.imgsz, model.sess, model.input_name
     image = image if image is not None else np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
     x = letterbox(image, imgsz)[None]
-    head = meta.get("npuyolo_head", "ultralytics")
-    strides, reg_max = json.loads(meta.get("strides", "[8, 16, 32]")), int(meta.get("reg_max", 16))
-    sig = meta.get("class_sigmoid", "in_graph") == "in_graph"
 
     def pipeline() -> None:
         raw = sess.run(None, {name: letterbox(image, imgsz)[None]})
-        pred = decode_npu_outputs(raw, strides, reg_max, sig) if head == "npu" else raw[0]
-        nms(pred, conf=0.25, iou=0.7)
+        nms(model.decode(raw), conf=0.25, iou=0.7)
 
     for _ in range(warmup):
         sess.run(None, {name: x})

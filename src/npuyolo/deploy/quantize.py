@@ -118,11 +118,55 @@ class Calibration:
     def label(self) -> str:
         return f"percentile{self.percentile:g}" if self.method == "percentile" else self.method
 
-    def extra_options(self) -> dict:
-        return {"CalibPercentile": self.percentile} if self.method == "percentile" and self.percentile is not None else {}
-
 
 ENTROPY_BINS = 512  # KL histogram bins (128 of them the INT8 levels); ORT's threshold search is Python loops, 2048 bins cost minutes
+# images whose intermediate tensors ONNX Runtime's calibrators hold at once: its histogram calibrators (percentile,
+# entropy) keep every image's tensors until the reader ends (about 100 MB an image for YOLO11n at 640 px: 200
+# calibration images were 20 GB, and the process was killed for memory on a 24 GB machine), so they are fed in chunks
+CALIB_CHUNK = 16
+
+
+class ChunkReader(CalibrationDataReader):
+    """At most `size` images of `reader`, then the end; `exhausted` once `reader` itself has ended."""
+
+    def __init__(self, reader: CalibrationDataReader, size: int):
+        self.reader, self.size, self.count, self.exhausted = reader, size, 0, False
+
+    def get_next(self) -> dict | None:
+        if self.count >= self.size or self.exhausted:
+            return None
+        item = self.reader.get_next()
+        if item is None:
+            self.exhausted = True
+            return None
+        self.count += 1
+        return item
+
+
+def histogram_data(model_path: Path, reader: CalibrationDataReader, workdir: Path, method: CalibrationMethod,
+                   options: dict, chunk: int | None = None):
+    """ORT's histogram calibrator fed `chunk` images at a time (its histograms merge across calls); its TensorsData."""
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    chunk = chunk or CALIB_CHUNK
+    with tempfile.TemporaryDirectory(prefix="npuyolo-calib-", dir=workdir) as tmp:
+        cal = create_calibrator(str(model_path), None, str(Path(tmp) / "augmented.onnx"), calibrate_method=method,
+                                extra_options=options)
+        reader.rewind()
+        while True:
+            part = ChunkReader(reader, chunk)
+            try:
+                cal.collect_data(part)
+            except ValueError:  # ORT's "No data is collected": the images ended exactly at a chunk's border
+                if part.count == 0:
+                    break
+                raise
+            if part.exhausted:
+                break
+        with contextlib.redirect_stdout(sys.stderr):  # ORT prints bin counts; stdout may carry --json
+            data = cal.compute_data()
+    reader.rewind()
+    return data
 
 
 def entropy_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path) -> dict[str, tuple[float, float]]:
@@ -133,16 +177,8 @@ def entropy_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Pat
     `create_calibrator` takes the bin counts, so we calibrate with it and hand the ranges over as overrides. The KL
     threshold is symmetric around 0; it is clipped to the values actually seen, so a ReLU tensor keeps [0, t].
     """
-    from onnxruntime.quantization.calibrate import create_calibrator
-
-    with tempfile.TemporaryDirectory(prefix="npuyolo-entropy-", dir=workdir) as tmp:
-        cal = create_calibrator(str(model_path), None, str(Path(tmp) / "augmented.onnx"), calibrate_method=CalibrationMethod.Entropy,
-                                extra_options={"symmetric": False, "num_bins": ENTROPY_BINS, "num_quantized_bins": 128})
-        reader.rewind()
-        cal.collect_data(reader)
-        with contextlib.redirect_stdout(sys.stderr):  # ORT prints bin counts; stdout may carry --json
-            data = cal.compute_data()
-    reader.rewind()
+    data = histogram_data(model_path, reader, workdir, CalibrationMethod.Entropy,
+                          {"symmetric": False, "num_bins": ENTROPY_BINS, "num_quantized_bins": 128})
     ranges = {}
     for name, td in data.data.items():
         lo, hi = (float(v) for v in td.range_value)
@@ -152,6 +188,14 @@ def entropy_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Pat
             lo, hi = max(lo, float(edges[seen[0]])), min(hi, float(edges[seen[-1] + 1]))
         ranges[name] = (min(lo, 0.0), max(hi, 0.0))
     return ranges
+
+
+def percentile_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path, percentile: float | None,
+                      chunk: int | None = None) -> dict[str, tuple[float, float]]:
+    """Tensor -> (rmin, rmax) as `quantize_static(calibrate_method=Percentile)` computes them, in bounded memory."""
+    options = {} if percentile is None else {"percentile": percentile}
+    data = histogram_data(model_path, reader, workdir, CalibrationMethod.Percentile, options, chunk)
+    return {name: tuple(float(v) for v in td.range_value) for name, td in data.data.items()}
 
 
 # what `--sweep` tries; the best on held-back *train* images wins (never val: val is what the drop is measured on)
@@ -235,112 +279,119 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
     paths = calibration_images(data, calib, seed)
     held = holdout_images(data, holdout, paths, seed) if sweep else []
     reader = ImageReader(paths, imgsz)
-    prepared = out.with_name(out.stem + ".prep.onnx")
-    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    equalized = 0
-    if cle:  # exact in FP32 (ReLU/LeakyReLU are positively homogeneous); evens per-channel ranges for INT8
-        from npuyolo.deploy.equalize import equalize
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # every intermediate (prepared FP32, bias-corrected copy, probes, sweep candidates) lives in a folder of this call's
+    # own: two quantizes of one run at once never share a file, and a failure leaves nothing behind
+    with tempfile.TemporaryDirectory(prefix=f".{out.stem}.quantize-", dir=out.parent) as work_dir:
+        work = Path(work_dir)
+        prepared = work / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        equalized = 0
+        if cle:  # exact in FP32 (ReLU/LeakyReLU are positively homogeneous); evens per-channel ranges for INT8
+            from npuyolo.deploy.equalize import equalize
 
-        model = onnx.load(str(prepared))
-        equalized = equalize(model)
-        onnx.save(model, str(prepared))
-    graph = onnx.load(str(prepared))
-    initializer_names = {i.name for i in graph.graph.initializer}
-    names = {n.name for n in graph.graph.node}
-    keep = list(keep_float or [])
-    missing = [k for k in keep if k not in names]
-    if missing:
-        raise DeployError(f"--keep-float: no node named {missing[0]!r} in {fp32.name}")
-    from npuyolo.deploy.qdq import end_convs
+            model = onnx.load(str(prepared))
+            equalized = equalize(model)
+            onnx.save(model, str(prepared))
+        graph = onnx.load(str(prepared))
+        initializer_names = {i.name for i in graph.graph.initializer}
+        names = {n.name for n in graph.graph.node}
+        keep = list(keep_float or [])
+        missing = [k for k in keep if k not in names]
+        if missing:
+            raise DeployError(f"--keep-float: no node named {missing[0]!r} in {fp32.name}")
+        from npuyolo.deploy.qdq import end_convs
 
-    end_nodes = end_convs(graph) if ends else []
-    if ends == "float":
-        keep += [n for n in end_nodes if n not in keep]
-    overrides = _int16_overrides(graph, end_nodes) if ends == "int16" else {}
+        end_nodes = end_convs(graph) if ends else []
+        if ends == "float":
+            keep += [n for n in end_nodes if n not in keep]
+        overrides = _int16_overrides(graph, end_nodes) if ends == "int16" else {}
 
-    entropy_cache: dict[str, tuple[float, float]] = {}
+        range_cache: dict[tuple, dict[str, tuple[float, float]]] = {}
 
-    def run(exclude: list[str], dst: Path, cal: Calibration, graph: Path | None = None) -> None:
-        extra = {"ActivationSymmetric": False, "WeightSymmetric": True, **cal.extra_options()}
-        tensor_overrides = {k: [dict(d) for d in v] for k, v in overrides.items()}
-        if cal.method == "entropy":
-            if not entropy_cache:
-                entropy_cache.update(entropy_ranges(prepared, reader, out.parent))
-            for name, (lo, hi) in entropy_cache.items():
-                if name not in initializer_names and hi > lo:
-                    tensor_overrides.setdefault(name, [{}])[0].update({"rmin": np.float32(lo), "rmax": np.float32(hi)})
-        if tensor_overrides:
-            extra["TensorQuantOverrides"] = tensor_overrides
-        if overrides:
-            extra["UseQDQContribOps"] = True  # 16-bit Q/DQ below opset 21
-        reader.rewind()
-        quantize_static(str(graph or prepared), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=METHODS["minmax" if cal.method == "entropy" else cal.method],
-                        nodes_to_exclude=exclude or None, extra_options=extra)
+        def run(exclude: list[str], dst: Path, cal: Calibration, graph: Path | None = None) -> None:
+            # MinMax merges chunk by chunk inside quantize_static; percentile and entropy ranges are computed here in
+            # chunks and handed over as overrides (quantize_static would hold every image's tensors at once)
+            extra = {"ActivationSymmetric": False, "WeightSymmetric": True, "CalibMaxIntermediateOutputs": CALIB_CHUNK}  # read at call time
+            tensor_overrides = {k: [dict(d) for d in v] for k, v in overrides.items()}
+            if cal.method in ("entropy", "percentile"):
+                key = (cal.method, cal.percentile)
+                if key not in range_cache:
+                    range_cache[key] = (entropy_ranges(prepared, reader, work) if cal.method == "entropy"
+                                        else percentile_ranges(prepared, reader, work, cal.percentile))
+                for name, (lo, hi) in range_cache[key].items():
+                    if name not in initializer_names and hi > lo:
+                        tensor_overrides.setdefault(name, [{}])[0].update({"rmin": np.float32(lo), "rmax": np.float32(hi)})
+            if tensor_overrides:
+                extra["TensorQuantOverrides"] = tensor_overrides
+            if overrides:
+                extra["UseQDQContribOps"] = True  # 16-bit Q/DQ below opset 21
+            reader.rewind()
+            quantize_static(str(graph or prepared), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=METHODS["minmax"],
+                            nodes_to_exclude=exclude or None, extra_options=extra)
 
-    chosen_cal = Calibration(method, percentile if method == "percentile" else None)
-    # `prepared` stays the FP32 reference (sweep, sensitivity); bias correction goes into a copy made per choice of
-    # float nodes, because a Conv kept float must keep its own bias
-    corrected_graph = out.with_name(out.stem + ".bc.onnx")
-    correction = None
-    if bias_correct:  # weights round the same way whatever the calibration: one probe serves every run below
-        from npuyolo.deploy.bias_correction import conv_input_means
-        from npuyolo.deploy.qdq import quantized_conv_weights
+        chosen_cal = Calibration(method, percentile if method == "percentile" else None)
+        # `prepared` stays the FP32 reference (sweep, sensitivity); bias correction goes into a copy made per choice of
+        # float nodes, because a Conv kept float must keep its own bias
+        corrected_graph = work / "bias-corrected.onnx"
+        correction = None
+        if bias_correct:  # weights round the same way whatever the calibration: one probe serves every run below
+            from npuyolo.deploy.bias_correction import conv_input_means
+            from npuyolo.deploy.qdq import quantized_conv_weights
 
-        probe = out.with_name(out.stem + ".wprobe.onnx")
-        run(keep, probe, chosen_cal)
-        wq = quantized_conv_weights(onnx.load(str(probe)))
-        probe.unlink(missing_ok=True)
-        correction = (wq, conv_input_means(onnx.load(str(prepared)), reader))
+            probe = work / "weights-probe.onnx"
+            run(keep, probe, chosen_cal)
+            wq = quantized_conv_weights(onnx.load(str(probe)))
+            probe.unlink(missing_ok=True)
+            correction = (wq, conv_input_means(onnx.load(str(prepared)), reader))
 
-    def source(float_nodes: list[str]) -> tuple[Path, int]:
-        """The graph to quantize: FP32, or a copy whose quantized Convs (not `float_nodes`) are bias-corrected."""
-        if correction is None:
-            return prepared, 0
-        from npuyolo.deploy.bias_correction import correct_biases
+        def source(float_nodes: list[str]) -> tuple[Path, int]:
+            """The graph to quantize: FP32, or a copy whose quantized Convs (not `float_nodes`) are bias-corrected."""
+            if correction is None:
+                return prepared, 0
+            from npuyolo.deploy.bias_correction import correct_biases
 
-        model = onnx.load(str(prepared))
-        wq, means = correction
-        count = correct_biases(model, {k: v for k, v in wq.items() if k not in float_nodes}, means)
-        onnx.save(model, str(corrected_graph))
-        return corrected_graph, count
+            model = onnx.load(str(prepared))
+            wq, means = correction
+            count = correct_biases(model, {k: v for k, v in wq.items() if k not in float_nodes}, means)
+            onnx.save(model, str(corrected_graph))
+            return corrected_graph, count
 
-    swept: list[dict] = []
-    if sweep:
-        graph, _ = source(keep)
-        with tempfile.TemporaryDirectory(prefix="npuyolo-sweep-", dir=out.parent) as tmp:
-            held_reader = ImageReader(held, imgsz)
-            reference = _outputs(prepared, held_reader)
-            for cal in SWEEP:
-                candidate = Path(tmp) / f"{cal.label}.onnx"
-                run(keep, candidate, cal, graph)
-                swept.append({"calibration": cal.label, "method": cal.method, "percentile": cal.percentile,
-                              "sqnr_db": sqnr_db(reference, _outputs(candidate, held_reader))})
-        best = max(swept, key=lambda r: r["sqnr_db"])
-        chosen_cal = Calibration(best["method"], best["percentile"])
-    chosen: list[dict] = []
-    if auto_float:
-        probe = out.with_name(out.stem + ".probe.onnx")
-        run(keep, probe, chosen_cal, source(keep)[0])
-        chosen = sensitive_nodes(prepared, probe, ImageReader(paths[: min(8, len(paths))], imgsz), auto_float, out.parent)
-        probe.unlink(missing_ok=True)
-        keep += [c["node"] for c in chosen if c["node"] not in keep]
-    graph, corrected = source(keep)
-    settings = {"method": chosen_cal.method, "percentile": chosen_cal.percentile, "calib": len(paths), "per_channel": per_channel,
-                "keep_float": keep, "cle_pairs": equalized, "bias_corrected": corrected, "ends": ends,
-                "int16_nodes": end_nodes if ends == "int16" else [], "sweep": swept, "holdout": len(held)}
-    with atomic_path(out) as tmp:  # the INT8 tag and the weights appear under the final name together, or not at all
-        run(keep, tmp, chosen_cal, graph)
-        model = onnx.load(str(tmp))
-        props = {p.key: p.value for p in model.metadata_props} | meta | {"npuyolo_quant": json.dumps(settings)}
-        set_metadata(model, props)
-        onnx.checker.check_model(model)
-        onnx.save(model, str(tmp))
-    prepared.unlink(missing_ok=True)
-    corrected_graph.unlink(missing_ok=True)
-    return {"int8": str(out), "calibration_images": [str(p) for p in paths], "holdout_images": [str(p) for p in held],
-            "auto_float": chosen, "calibration": chosen_cal.label, **settings}
+        swept: list[dict] = []
+        if sweep:
+            graph, _ = source(keep)
+            with tempfile.TemporaryDirectory(prefix="sweep-", dir=work) as tmp:
+                held_reader = ImageReader(held, imgsz)
+                reference = _outputs(prepared, held_reader)
+                for cal in SWEEP:
+                    candidate = Path(tmp) / f"{cal.label}.onnx"
+                    run(keep, candidate, cal, graph)
+                    swept.append({"calibration": cal.label, "method": cal.method, "percentile": cal.percentile,
+                                  "sqnr_db": sqnr_db(reference, _outputs(candidate, held_reader))})
+            best = max(swept, key=lambda r: r["sqnr_db"])
+            chosen_cal = Calibration(best["method"], best["percentile"])
+        chosen: list[dict] = []
+        if auto_float:
+            probe = work / "probe.onnx"
+            run(keep, probe, chosen_cal, source(keep)[0])
+            chosen = sensitive_nodes(prepared, probe, ImageReader(paths[: min(8, len(paths))], imgsz), auto_float, work)
+            probe.unlink(missing_ok=True)
+            keep += [c["node"] for c in chosen if c["node"] not in keep]
+        graph, corrected = source(keep)
+        settings = {"method": chosen_cal.method, "percentile": chosen_cal.percentile, "calib": len(paths), "per_channel": per_channel,
+                    "keep_float": keep, "cle_pairs": equalized, "bias_corrected": corrected, "ends": ends,
+                    "int16_nodes": end_nodes if ends == "int16" else [], "sweep": swept, "holdout": len(held)}
+        with atomic_path(out) as tmp:  # the INT8 tag and the weights appear under the final name together, or not at all
+            run(keep, tmp, chosen_cal, graph)
+            model = onnx.load(str(tmp))
+            props = {p.key: p.value for p in model.metadata_props} | meta | {"npuyolo_quant": json.dumps(settings)}
+            set_metadata(model, props)
+            onnx.checker.check_model(model)
+            onnx.save(model, str(tmp))
+        return {"int8": str(out), "calibration_images": [str(p) for p in paths], "holdout_images": [str(p) for p in held],
+                "auto_float": chosen, "calibration": chosen_cal.label, **settings}
 
 
 def _int16_overrides(graph: onnx.ModelProto, convs: list[str]) -> dict:

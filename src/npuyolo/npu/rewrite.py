@@ -19,42 +19,65 @@ from npuyolo.errors import NpuyoloError
 
 Method = Literal["relu-decomp", "relu-exact", "max"]
 METHODS: tuple[str, ...] = ("relu-decomp", "relu-exact", "max")
+_PARTS = {"relu-decomp": ("relu", "ax", "br", "add"), "relu-exact": ("pos", "negx", "neg", "aneg", "sub"), "max": ("ax", "max")}
 
 
 class RewriteError(NpuyoloError, ValueError):
     """A rewrite that does not apply (unknown method, nothing to rewrite)."""
 
 
-def _const(graph: onnx.GraphProto, cache: dict[float, str], value: float) -> str:
+def _const(graph: onnx.GraphProto, cache: dict[float, str], value: float, fresh) -> str:
     if value not in cache:
-        name = f"npuyolo_const_{len(cache)}"
+        name = fresh(f"npuyolo_const_{len(cache)}")
         graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.float32), name))
         cache[value] = name
     return cache[value]
 
 
-def _replacement(node: onnx.NodeProto, method: str, const) -> list[onnx.NodeProto]:
+def _name_factory(graph: onnx.GraphProto):
+    """`fresh(name)`: `name`, or `name_2`, `name_3`... if the graph already has a tensor or node called that.
+
+    Generated names follow the LeakyRelu's name (`n/relu`); a graph may already hold such a name (an earlier
+    tool's output, a hand edit), and ONNX requires each tensor to be produced once.
+    """
+    taken = {i.name for i in (*graph.input, *graph.output, *graph.initializer, *graph.value_info)}
+    for n in graph.node:
+        taken.update([n.name, *n.input, *n.output])
+
+    def fresh(name: str) -> str:
+        candidate, i = name, 1
+        while candidate in taken:
+            i += 1
+            candidate = f"{name}_{i}"
+        taken.add(candidate)
+        return candidate
+
+    return fresh
+
+
+def _replacement(node: onnx.NodeProto, method: str, const, fresh) -> list[onnx.NodeProto]:
     alpha = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "alpha"), 0.01)
     x, y, base = node.input[0], node.output[0], node.name or node.output[0]
+    t = {part: fresh(f"{base}/{part}") for part in _PARTS.get(method, ())}  # new tensor and node names, unique in the graph
     if method == "relu-decomp":
         return [
-            helper.make_node("Relu", [x], [f"{base}/relu"], name=f"{base}/relu"),
-            helper.make_node("Mul", [x, const(alpha)], [f"{base}/ax"], name=f"{base}/ax"),
-            helper.make_node("Mul", [f"{base}/relu", const(1.0 - alpha)], [f"{base}/br"], name=f"{base}/br"),
-            helper.make_node("Add", [f"{base}/ax", f"{base}/br"], [y], name=f"{base}/add"),
+            helper.make_node("Relu", [x], [t["relu"]], name=t["relu"]),
+            helper.make_node("Mul", [x, const(alpha)], [t["ax"]], name=t["ax"]),
+            helper.make_node("Mul", [t["relu"], const(1.0 - alpha)], [t["br"]], name=t["br"]),
+            helper.make_node("Add", [t["ax"], t["br"]], [y], name=t["add"]),
         ]
     if method == "relu-exact":
         return [
-            helper.make_node("Relu", [x], [f"{base}/pos"], name=f"{base}/pos"),
-            helper.make_node("Mul", [x, const(-1.0)], [f"{base}/negx"], name=f"{base}/negx"),
-            helper.make_node("Relu", [f"{base}/negx"], [f"{base}/neg"], name=f"{base}/neg"),
-            helper.make_node("Mul", [f"{base}/neg", const(alpha)], [f"{base}/aneg"], name=f"{base}/aneg"),
-            helper.make_node("Sub", [f"{base}/pos", f"{base}/aneg"], [y], name=f"{base}/sub"),
+            helper.make_node("Relu", [x], [t["pos"]], name=t["pos"]),
+            helper.make_node("Mul", [x, const(-1.0)], [t["negx"]], name=t["negx"]),
+            helper.make_node("Relu", [t["negx"]], [t["neg"]], name=t["neg"]),
+            helper.make_node("Mul", [t["neg"], const(alpha)], [t["aneg"]], name=t["aneg"]),
+            helper.make_node("Sub", [t["pos"], t["aneg"]], [y], name=t["sub"]),
         ]
     if method == "max":
         return [
-            helper.make_node("Mul", [x, const(alpha)], [f"{base}/ax"], name=f"{base}/ax"),
-            helper.make_node("Max", [x, f"{base}/ax"], [y], name=f"{base}/max"),
+            helper.make_node("Mul", [x, const(alpha)], [t["ax"]], name=t["ax"]),
+            helper.make_node("Max", [x, t["ax"]], [y], name=t["max"]),
         ]
     raise RewriteError(f"unknown method {method!r}; methods: {', '.join(METHODS)}")
 
@@ -67,10 +90,11 @@ def rewrite_leaky(model: onnx.ModelProto, method: str = "relu-decomp") -> tuple[
     out.CopyFrom(model)
     g = out.graph
     consts: dict[float, str] = {}
+    fresh = _name_factory(g)
     new_nodes, count = [], 0
     for node in g.node:
         if node.op_type == "LeakyRelu":
-            new_nodes += _replacement(node, method, lambda v: _const(g, consts, float(v)))
+            new_nodes += _replacement(node, method, lambda v: _const(g, consts, float(v), fresh), fresh)
             count += 1
         else:
             new_nodes.append(node)
@@ -85,14 +109,28 @@ def rewrite_leaky(model: onnx.ModelProto, method: str = "relu-decomp") -> tuple[
     return out, count
 
 
-def rewrite_file(src: str | Path, dst: str | Path | None = None, method: str = "relu-decomp") -> tuple[Path, int]:
+def rewrite_file(src: str | Path, dst: str | Path | None = None, method: str = "relu-decomp", force: bool = False,
+                 registry: str | Path | None = None) -> tuple[Path, int]:
+    """Rewrite `src` into `dst` [default: beside it, SRC.<method>.onnx]: written under a temporary name, then renamed.
+
+    `dst` follows `npuyolo.paths.check_output_file` (an earlier npuyolo ONNX may be replaced; another file or a
+    symlink only with `force`; never the registry); a full disk or a refused write is one RewriteError.
+    """
+    from npuyolo.deploy.export import written_by_npuyolo
     from npuyolo.npu.graph import load_graph
+    from npuyolo.paths import atomic_path, check_output_file
 
     src = Path(src)
     g = load_graph(src)  # same validation as `npu check`
     model, count = rewrite_leaky(g.model, method)
     if count == 0:
         raise RewriteError(f"{src}: no LeakyRelu nodes to rewrite")
-    dst = Path(dst) if dst else src.with_name(f"{src.stem}.{method}.onnx")
-    onnx.save(model, str(dst))
+    label = "--out" if dst else "output"
+    dst = check_output_file(dst or src.with_name(f"{src.stem}.{method}.onnx"), registry=registry, force=force,
+                            ours=written_by_npuyolo, label=label, error=RewriteError)
+    try:
+        with atomic_path(dst) as tmp:
+            onnx.save(model, str(tmp))
+    except OSError as e:  # full disk, a place the OS refuses
+        raise RewriteError(f"{label} {dst}: cannot write ({e.strerror or e})") from None
     return dst, count

@@ -86,6 +86,9 @@ def prune_run(registry, ref: str, *, ratio: float = 0.3, method: str = "l1", fin
     if finetune_epochs < 1:
         raise PruneError("--finetune-epochs must be at least 1 (a pruned model needs fine-tuning to recover)")
     data = Path(data or parent.data_path)
+    from npuyolo.data.check import check_dataset
+
+    check_dataset(data, cache_dir=registry.root / "cache")  # npuyolo's bounded check before Ultralytics reads the set
     recipe = Recipe(**{**parent.recipe, "epochs": finetune_epochs, "warmup_epochs": 0})
     imgsz = recipe.imgsz
     model = load_weights(best)

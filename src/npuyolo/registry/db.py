@@ -250,16 +250,24 @@ class Registry:
             self.conn.execute("COMMIT")
 
     def _migrate(self) -> None:
-        version = self._check_version(self.conn)
-        for v in range(version, SCHEMA_VERSION):
-            with self.tx() as c:
+        """Create or upgrade the schema in one exclusive transaction.
+
+        Several processes or threads may open a registry that does not exist yet (two trains on a new file, a series'
+        members, API threads): the first to take the write lock (BEGIN IMMEDIATE) creates every table; the others wait
+        for it, then read user_version again inside their own transaction and find nothing left to do.
+        """
+        if self._check_version(self.conn) >= SCHEMA_VERSION:
+            return
+        with self.tx() as c:
+            version = self._check_version(c)  # again, under the lock: another opener may have migrated meanwhile
+            for v in range(version, SCHEMA_VERSION):
                 if MIGRATIONS[v].startswith("status:"):  # a status value added to runs' CHECK constraint
                     widen_status_check(c, MIGRATIONS[v].split(":", 1)[1])
                 else:
                     for statement in MIGRATIONS[v].split(";"):
                         if statement.strip():
                             c.execute(statement)
-                c.execute(f"PRAGMA user_version = {v + 1}")
+            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @property
     def schema_version(self) -> int:
@@ -375,13 +383,20 @@ class Registry:
                       (run_id, kind, str(path), json.dumps(meta) if meta else None, now()))
 
     def resolve(self, ref: str | int) -> int:
-        """A run id from `7`, `#7` (ids) or a name; names never consist of digits alone, so the two cannot clash."""
-        ref = str(ref).strip()
+        """A run id from `7`, `#7` (ids) or a name; names never consist of digits alone, so the two cannot clash.
+
+        Names are looked up NFC-normalised, as validate_run_name stores them (a name typed in decomposed Unicode
+        is the same name). Only ASCII digits make an id ('²' is a digit to str.isdigit but not to int), and an id
+        beyond SQLite's 64-bit range is simply not there.
+        """
+        ref = unicodedata.normalize("NFC", str(ref)).strip()
         digits = ref[1:] if ref.startswith("#") else ref
-        if digits.isdigit():
-            row = self.conn.execute("SELECT id FROM runs WHERE id = ?", (int(digits),)).fetchone()
+        if digits.isascii() and digits.isdigit():
+            run_id = int(digits)
+            row = self.conn.execute("SELECT id FROM runs WHERE id = ?", (run_id,)).fetchone() if run_id < 2 ** 63 else None
         else:
             row = self.conn.execute("SELECT id FROM runs WHERE name = ?", (ref,)).fetchone()
+        ref = ref if len(ref) <= 60 else ref[:57] + "..."
         if row is None:
             raise RegistryError(f"no run {ref!r} in {self.path}; `npuyolo runs` lists them")
         return row["id"]

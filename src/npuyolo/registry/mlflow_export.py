@@ -9,6 +9,9 @@ Needs the optional extra: pip install 'npuyolo[mlflow]' (mlflow-skinny with SQLi
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from npuyolo.errors import NpuyoloError
@@ -38,26 +41,93 @@ def _metric_key(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", "/".join(parts))
 
 
-def artifact_location(uri: str) -> str | None:
-    """For a SQLite store, artefacts go next to its file (MLflow's default is ./mlruns in the working directory)."""
+# A server that is down must fail in seconds: MLflow's defaults (7 retries with exponential backoff, 120 s per
+# request) kept `runs export --mlflow http://127.0.0.1:9` busy for minutes. Used unless the user set them.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+CONNECT_TIMEOUT_S = 3.0
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file a `sqlite:` store URI names (resolved), None for other schemes."""
     if not uri.startswith("sqlite:"):
         return None
-    path = uri.split(":///", 1)[1] if ":///" in uri else ""
+    path = uri.split(":///", 1)[1].split("?", 1)[0] if ":///" in uri else ""
     if not path or path == ":memory:":
         raise MlflowExportError(f"MLflow store {uri!r} names no database file; e.g. sqlite:///mlflow.db")
-    db = Path(path).expanduser().resolve()
-    return (db.parent / "mlruns").as_uri()
+    return Path(path).expanduser().resolve()
+
+
+def artifact_location(uri: str) -> str | None:
+    """For a SQLite store, artefacts go next to its file (MLflow's default is ./mlruns in the working directory)."""
+    db = sqlite_file(uri)
+    return None if db is None else (db.parent / "mlruns").as_uri()
+
+
+def refuse_registry_store(uri: str, registry_path: str | Path) -> None:
+    """MLflow would add its own tables (runs, metrics...) to the npuyolo registry's file: never export into it."""
+    db = sqlite_file(uri)
+    if db is None:
+        return
+    reg = Path(registry_path)
+    same = db == reg.resolve()
+    if not same and db.exists() and reg.exists():
+        same = os.path.samefile(db, reg)  # a symlink or hard link to the registry
+    if same:
+        raise MlflowExportError(f"MLflow store {uri} is the npuyolo registry itself; name another file, e.g. sqlite:///mlflow.db")
+
+
+def check_reachable(uri: str) -> None:
+    """An http(s) tracking server must accept a connection within CONNECT_TIMEOUT_S, else one line now."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as e:  # a port that is not a number or out of range
+        raise MlflowExportError(f"MLflow store {uri}: {e}") from e
+    if not host:
+        raise MlflowExportError(f"MLflow store {uri} names no host; e.g. http://127.0.0.1:5000")
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise MlflowExportError(f"MLflow server {host}:{port} cannot be reached ({reason})") from e
+
+
+@contextmanager
+def _short_http_timeouts() -> Iterator[None]:
+    """HTTP_DEFAULTS in the environment while exporting (MLflow reads them per request), restored afterwards."""
+    added = {k: v for k, v in HTTP_DEFAULTS.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def export_runs(registry, uri: str, runs: list[str] | None = None, experiment: str = "npuyolo") -> list[dict]:
     """Export the named runs (default: every run) to `uri`; returns one row per run: id, name, mlflow run id, action."""
+    ids = [registry.resolve(r) for r in runs] if runs else [r["id"] for r in registry.runs()]
+    refuse_registry_store(uri, registry.path)
+    artifacts = artifact_location(uri)
+    check_reachable(uri)  # before importing MLflow, which alone takes seconds
     try:
-        import mlflow
-        from mlflow.tracking import MlflowClient
+        import mlflow  # noqa: F401
     except ImportError as e:
         raise MlflowExportError("MLflow is not installed: pip install 'npuyolo[mlflow]'") from e
-    ids = [registry.resolve(r) for r in runs] if runs else [r["id"] for r in registry.runs()]
-    artifacts = artifact_location(uri)
+    with _short_http_timeouts():
+        return _export(registry, uri, ids, experiment, artifacts)
+
+
+def _export(registry, uri: str, ids: list[int], experiment: str, artifacts: str | None) -> list[dict]:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     try:
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from npuyolo.errors import NpuyoloError
+from npuyolo.yamlfile import SHORT_CHARS, YamlFileError, load_yaml, short
 
 
 class RecipeError(NpuyoloError, ValueError):
@@ -23,21 +24,34 @@ def load_mapping(path: str | Path, what: str) -> dict:
     if not path.is_file():
         raise RecipeError(f"{what} file not found: {path}")
     try:
-        value = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        mark = getattr(e, "problem_mark", None)
-        raise RecipeError(f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML ({getattr(e, 'problem', None) or e})") from e
+        value = load_yaml(path)  # bounded: an alias bomb in a recipe or series is refused, never expanded
+    except YamlFileError as e:
+        raise RecipeError(str(e)) from e
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise RecipeError(f"{path}: a {what} file must be a mapping of settings (key: value), not a {type(value).__name__}")
+    refuse_unnamed_keys(value, str(path))
     return value
+
+
+def refuse_unnamed_keys(mapping: dict, source: str) -> None:
+    """Settings are named: a key like `1:` or `[a]:` would reach Python as a keyword argument and raise TypeError."""
+    bad = next((k for k in mapping if not isinstance(k, str)), None)
+    if bad is not None:
+        raise RecipeError(f"{source}: setting names must be text, got {short(bad)} ({type(bad).__name__})")
 
 
 def validation_message(e: ValidationError, source: str) -> str:
     """Pydantic's errors as one line: `source: field: message; field: message`."""
-    parts = [f"{'.'.join(str(x) for x in err['loc']) or 'value'}: {err['msg']}" for err in e.errors()]
-    return f"{source}: " + "; ".join(parts)
+    parts = [f"{_clip('.'.join(str(x) for x in err['loc'])) or 'value'}: {_clip(err['msg'])}" for err in e.errors()[:5]]
+    more = f"; ... and {e.error_count() - 5} more" if e.error_count() > 5 else ""
+    return f"{source}: " + "; ".join(parts) + more
+
+
+def _clip(text: str) -> str:
+    """A key or message from a user's file, cut short: a 100 kB key must not make the error line 100 kB."""
+    return text if len(text) <= SHORT_CHARS else text[:SHORT_CHARS - 3] + "..."
 
 
 def default_workers() -> int:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError
 
 from npuyolo.registry.db import Registry
-from npuyolo.train.recipe import Recipe, RecipeError, load_mapping, validation_message
+from npuyolo.train.recipe import Recipe, RecipeError, load_mapping, refuse_unnamed_keys, validation_message
 from npuyolo.variants.spec import parse_variant
 
 if TYPE_CHECKING:  # Ray stays out of core imports
@@ -36,6 +36,7 @@ class SeriesSpec(BaseModel):
             spec = cls(**load_mapping(path, "series"))
         except ValidationError as e:
             raise RecipeError(validation_message(e, str(path))) from e
+        refuse_unnamed_keys(spec.recipe, f"{path}: recipe")
         if len(set(spec.variants)) != len(spec.variants):
             raise RecipeError(f"{path}: variants lists a member twice")
         base = path.resolve().parent

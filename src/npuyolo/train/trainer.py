@@ -24,6 +24,7 @@ from npuyolo.ultra import DetectionTrainer, intersect_dicts
 from npuyolo.variants.build import build_model, model_yaml
 from npuyolo.variants.checkpoint import is_pruned, read_checkpoint, trust_npuyolo_classes
 from npuyolo.variants.spec import parse_variant
+from npuyolo.yamlfile import load_yaml
 
 PREVIOUS = "last.prev.pt"  # the checkpoint before last.pt, kept while a run trains
 # OS errors a user fixes (space, permissions, read-only media): one line, and the run is recorded failed with it
@@ -64,7 +65,7 @@ class NpuyoloTrainer(DetectionTrainer):
             self.transferred = (n, n)
             return model
         if isinstance(cfg, (str, Path)):
-            cfg = yaml.safe_load(Path(cfg).read_text(encoding="utf-8"))
+            cfg = load_yaml(cfg)  # the run folder's model YAML: bounded like every YAML npuyolo reads
         names = list(self.data["names"].values()) if isinstance(self.data["names"], dict) else list(self.data["names"])
         model = build_model(cfg, nc=self.data["nc"], names=names, verbose=False)
         model = self.set_model_names_for_load(model)

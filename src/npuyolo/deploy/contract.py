@@ -1,0 +1,176 @@
+"""The input contract between npuyolo's FP32 ONNX model and a vendor's compiled model, checked on one golden image.
+
+A compiled model that silently reads BGR for RGB, NHWC for NCHW or 0–255 for 0–1 scores near zero on the device
+while the PC looked fine (rknn_model_zoo#290, ultralytics#24223). Before any accuracy figure is trusted, one image
+goes through both models and their outputs are compared tensor by tensor. When they disagree, the usual mistakes are
+tried one by one, and the one that makes the outputs agree is named: one line, not a silent zero mAP.
+
+The compiled model is any callable taking the image prepared as its declared contract says and returning its output
+tensors; vendor runtimes (RKNN's simulator, the TFLite interpreter, MCT's model) are wrapped to that shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from npuyolo.errors import NpuyoloError
+
+__all__ = ["ContractError", "ContractReport", "InputContract", "check_contract", "golden_image", "prepare"]
+
+Runner = Callable[[np.ndarray], Sequence[np.ndarray]]
+MATCH = 0.98  # cosine similarity of every output tensor for "the same model" (RKNN's accuracy_analysis measure)
+
+
+class ContractError(NpuyoloError, ValueError):
+    """The compiled model's input contract is not the one declared."""
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """How an image must be laid out for a model: npuyolo's ONNX models are NCHW, RGB, 0–1, no mean/std in the graph."""
+
+    imgsz: int
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    channels: Literal["RGB", "BGR"] = "RGB"
+    scale: Literal["0-1", "0-255"] = "0-1"  # value range fed in ("0-255": the model divides by 255 itself)
+    dtype: Literal["float32", "uint8"] = "float32"
+
+    def describe(self) -> str:
+        return f"{self.layout} {self.channels} {self.scale} {self.dtype} {self.imgsz}x{self.imgsz}"
+
+
+@dataclass(frozen=True)
+class ContractReport:
+    declared: InputContract
+    cosine: list[float]  # per output tensor, compiled vs FP32
+
+    @property
+    def worst(self) -> float:
+        return min(self.cosine)
+
+
+def golden_image(imgsz: int, seed: int = 0) -> np.ndarray:
+    """[1, 3, imgsz, imgsz] RGB float32 in [0, 1]: a synthetic sign scene, letterboxed as for evaluation.
+
+    Not symmetric in its channels (red and blue signs), so a channel swap changes the outputs.
+    """
+    from npuyolo.data.synth import compose
+    from npuyolo.deploy.quantize import letterbox
+
+    image = compose(imgsz, np.random.default_rng(seed))[0]
+    return letterbox(np.ascontiguousarray(image), imgsz)[None]
+
+
+def prepare(image: np.ndarray, contract: InputContract) -> np.ndarray:
+    """npuyolo's [1, 3, H, W] RGB 0–1 image as `contract` wants it."""
+    x = image[:, ::-1] if contract.channels == "BGR" else image
+    if contract.scale == "0-255":
+        x = x * 255.0
+    if contract.layout == "NHWC":
+        x = x.transpose(0, 2, 3, 1)
+    x = np.ascontiguousarray(x)
+    return x.round().clip(0, 255).astype(np.uint8) if contract.dtype == "uint8" else x.astype(np.float32)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return float(a @ b / (na * nb))
+
+
+def _aligned(ref: np.ndarray, got: np.ndarray) -> np.ndarray | None:
+    """`got` transposed to `ref`'s shape when it is the same tensor in another layout (TFLite returns NHWC)."""
+    got = np.asarray(got)
+    if got.shape == ref.shape:
+        return got
+    if got.size != ref.size or got.ndim != ref.ndim:
+        return None
+    for perm in itertools.permutations(range(got.ndim)):
+        if tuple(got.shape[i] for i in perm) == ref.shape:
+            return got.transpose(perm)
+    return None
+
+
+def compare_outputs(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> list[float]:
+    """Cosine similarity per reference tensor; each is matched to the compiled output of the same size (order-free)."""
+    if len(outputs) != len(reference):
+        raise ContractError(f"the compiled model returns {len(outputs)} output tensor(s), the FP32 model {len(reference)}:"
+                            " the graphs do not end at the same place (export head?)")
+    left, scores = list(outputs), []
+    for ref in reference:
+        best, best_i = None, None
+        for i, got in enumerate(left):
+            aligned = _aligned(ref, got)
+            if aligned is not None:
+                score = _cosine(ref, aligned)
+                if best is None or score > best:
+                    best, best_i = score, i
+        if best is None:
+            raise ContractError(f"no compiled output matches the FP32 output of shape {list(ref.shape)}: "
+                                f"got {[list(np.shape(o)) for o in outputs]}")
+        scores.append(best)
+        left.pop(best_i)
+    return scores
+
+
+def _run(runner: Runner, image: np.ndarray, contract: InputContract) -> list[np.ndarray] | None:
+    try:
+        return [np.asarray(o) for o in runner(prepare(image, contract))]
+    except Exception:  # noqa: BLE001  (a runtime refusing a layout is itself an answer: not this one)
+        return None
+
+
+def _variants(declared: InputContract) -> list[tuple[str, InputContract]]:
+    """The usual mistakes, each one change away from the declared contract."""
+    flip = {"NCHW": "NHWC", "NHWC": "NCHW", "RGB": "BGR", "BGR": "RGB", "0-1": "0-255", "0-255": "0-1"}
+    out = []
+    for field in ("channels", "layout", "scale"):
+        value = getattr(declared, field)
+        out.append((f"{field} {flip[value]} (declared {value})", dataclasses.replace(declared, **{field: flip[value]})))
+    return out
+
+
+def check_contract(reference: Runner, compiled: Runner, declared: InputContract, *, compiled_imgsz: int | None = None,
+                   image: np.ndarray | None = None, match: float = MATCH) -> ContractReport:
+    """Golden image through both models; a mismatch is one ContractError naming the difference that explains it.
+
+    `reference` takes npuyolo's NCHW RGB 0–1 float32 image (the FP32 ONNX model); `compiled` takes the image as
+    `declared` says. `compiled_imgsz` is the input size the compiled model reports, when it reports one.
+    """
+    if compiled_imgsz is not None and compiled_imgsz != declared.imgsz:
+        raise ContractError(f"input size: the compiled model takes {compiled_imgsz}x{compiled_imgsz}, the FP32 model "
+                            f"{declared.imgsz}x{declared.imgsz}; compile at the size the model was exported at")
+    image = golden_image(declared.imgsz) if image is None else image
+    ref = [np.asarray(o) for o in reference(image)]
+    got = _run(compiled, image, declared)
+    if got is not None:
+        scores = compare_outputs(ref, got)
+        if min(scores) >= match:
+            return ContractReport(declared, scores)
+        worst = min(scores)
+    else:
+        worst = None
+    for what, variant in _variants(declared):
+        alt = _run(compiled, image, variant)
+        if alt is not None and len(alt) == len(ref):
+            try:
+                if min(compare_outputs(ref, alt)) >= match:
+                    raise ContractError(f"input contract: the compiled model matches FP32 only with {what}; "
+                                        f"declared {declared.describe()}")
+            except ContractError as e:
+                if str(e).startswith("input contract:"):
+                    raise
+    if got is None:
+        raise ContractError(f"the compiled model refuses an input laid out as declared ({declared.describe()}) and no "
+                            "usual variant (channels, layout, scale) runs and matches")
+    raise ContractError(f"the compiled model's outputs differ from FP32 on the golden image (worst cosine {worst:.3f} < "
+                        f"{match}); no single change of channels, layout or scale explains it: check mean/std and "
+                        "quantization")

@@ -1,0 +1,516 @@
+"""`deploy plan`: for each NPU target, every artefact that could serve it, verified, then chosen.
+
+The advice a report used to print was inferred from rules ("rewrite LeakyReLU, then it all runs on the NPU"). A plan
+builds each candidate and measures it instead: placement on the profile (and the vendor compiler when installed),
+FP32 and INT8 accuracy on val, and the same at the confidence threshold an NPU runtime bakes in.
+
+The core is pure: `candidates()` says what to build for a target, `rank()` chooses among verified rows,
+`target_notes()` says what the numbers imply. Building and measuring (export, rewrite, quantize, evaluate, compile) is
+`build_plan`, at the edge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from npuyolo.deploy.evaluate import DeployError
+
+DEPLOY_CONF = 0.25  # what NPU runtimes bake in; mAP at 0.001 overstates what ships
+RETRAIN_ABOVE_PP = 0.5  # a re-sloped model losing more than this (FP32 mAP50 points) is worth retraining at that slope
+VELA_U55_REWRITE_COST = 2.54  # issue 22: Vela's estimate of relu-decomp against native LeakyReLU on Ethos-U55
+REWRITES = ("relu-decomp", "relu-exact", "max")
+# profile name -> (compiler, its platform name): the compilers `npu compile` drives
+COMPILER_OF = {"rknn-rk3588": ("rknn", "rk3588"), "rknn-rk3566": ("rknn", "rk3566"),
+               "ethos-u55": ("vela", "ethos-u55-128"), "ethos-u85": ("vela", "ethos-u85-256")}
+
+
+class PlanError(DeployError):
+    """A plan that cannot be made as asked (bad threshold, no target)."""
+
+
+# -- records --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Candidate:
+    """One artefact to build: a model (`export` = the model as given, `relu-twin` = its series' ReLU twin), an exact
+    rewrite or a re-slope of its graph, and an INT8 route."""
+
+    source: str  # export | relu-twin
+    graph: str | None  # None (as exported) | relu-decomp | relu-exact | max | slope<value>
+    route: str  # int8 (whole graph, the plan's calibration) | int8-ends-int16 | int8-ends-float (first/output Convs wider)
+
+    @property
+    def name(self) -> str:
+        return "+".join([self.source] + ([self.graph] if self.graph else []) + [self.route])
+
+    @property
+    def slope(self) -> float | None:
+        return float(self.graph[5:]) if self.graph and self.graph.startswith("slope") else None
+
+
+@dataclass
+class Accuracy:
+    precision: float
+    recall: float
+    map50: float
+    map50_95: float
+
+
+@dataclass
+class Placement:
+    share_nodes: float
+    nodes_total: int
+    nodes_cpu: int
+    nodes_unknown: int
+    partitions_host: int
+    fallback_ops: dict[str, int]
+    unknown_ops: dict[str, int]
+    compiler: str | None = None  # "rknn 2.3.0", or None when no compiler exists for the target
+    compiler_status: str | None = None  # "compiled" | "compiler not installed" | "failed: ..."
+    compiler_cpu_ops: int | None = None
+    npu_ms: float | None = None  # the compiler's estimate
+
+    @property
+    def off_npu(self) -> int:
+        """Ops not on the NPU: the compiler's count when it ran, else the profile's CPU and unknown nodes."""
+        return self.compiler_cpu_ops if self.compiler_cpu_ops is not None else self.nodes_cpu + self.nodes_unknown
+
+
+@dataclass
+class Row:
+    """A verified candidate for one target."""
+
+    target: str
+    candidate: Candidate
+    fp32_path: str
+    int8_path: str
+    placement: Placement
+    fp32: Accuracy
+    int8: Accuracy
+    fp32_at_conf: Accuracy
+    int8_at_conf: Accuracy
+    conf: float
+
+    @property
+    def retention(self) -> dict[str, float | None]:
+        """INT8 at the deployment threshold against FP32 at the same threshold (1.0 = nothing lost)."""
+        return {m: (getattr(self.int8_at_conf, m) / getattr(self.fp32_at_conf, m) if getattr(self.fp32_at_conf, m) else None)
+                for m in ("precision", "recall", "map50")}
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["candidate"] = {**d["candidate"], "name": self.candidate.name}
+        d["placement"]["off_npu"] = self.placement.off_npu
+        d["retention"] = self.retention
+        return d
+
+
+@dataclass
+class TargetPlan:
+    target: str
+    chosen: Row
+    runner_up: Row | None
+    why_runner_up_lost: str | None
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"target": self.target, "chosen": self.chosen.candidate.name, "artefact": self.chosen.int8_path,
+                "runner_up": self.runner_up.candidate.name if self.runner_up else None,
+                "why_runner_up_lost": self.why_runner_up_lost, "notes": self.notes, "rows": [r.as_dict() for r in self.rows]}
+
+
+@dataclass
+class Plan:
+    model_ref: str
+    run_id: int | None
+    data: str
+    conf: float
+    calibration: str | None
+    targets: list[TargetPlan]
+    path: str | None = None
+    seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"model_ref": self.model_ref, "run_id": self.run_id, "data": self.data, "conf": self.conf,
+                "calibration": self.calibration, "path": self.path, "seconds": self.seconds, "stages": self.stages,
+                "targets": [t.as_dict() for t in self.targets]}
+
+
+# -- pure core ------------------------------------------------------------------------------------------------------
+def int8_routes(dtypes: list[str]) -> list[str]:
+    """Whole-graph INT8 everywhere; 16-bit or float ends only where the profile lists such a type (`ends_allowed`)."""
+    from npuyolo.deploy.quantize import ENDS
+
+    routes = ["int8"]
+    for value, dtype in ENDS.items():
+        if dtype in dtypes or (value == "float" and "float32" in dtypes):
+            routes.append(f"int8-ends-{value}")
+    return routes
+
+
+def allowed_slopes(profile) -> list[float] | None:
+    """The LeakyReLU slopes a profile runs on the NPU, when it names them (amd-dpu: 26/256); None when any slope goes."""
+    rule = profile.rule("LeakyRelu")
+    if rule is None or rule.place != "npu":
+        return None
+    slopes = rule.constraints.get("slope_in")
+    return [float(s) for s in slopes] if slopes else None
+
+
+def candidates(profile, leaky_slopes: set[float], has_twin: bool) -> list[Candidate]:
+    """What could serve `profile`: the export; each exact LeakyReLU rewrite; a re-slope to the one slope the profile
+    allows, when the model's differ; the series' ReLU twin; each of them through every INT8 route the profile allows."""
+    graphs: list[tuple[str, str | None]] = [("export", None)]
+    if leaky_slopes:
+        graphs += [("export", m) for m in REWRITES]
+        allowed = allowed_slopes(profile)
+        if allowed and not all(any(math.isclose(s, a, rel_tol=1e-6) for a in allowed) for s in leaky_slopes):
+            graphs += [("export", f"slope{a!r}") for a in allowed]  # repr: 26/256 exactly, not 0.101562
+    if has_twin:
+        graphs.append(("relu-twin", None))
+    return [Candidate(source, graph, route) for source, graph in graphs for route in int8_routes(profile.dtypes)]
+
+
+AXES = ("off-NPU ops", "host partitions", "NPU ms", "INT8 mAP50")
+
+
+def _axes(row: Row) -> tuple:
+    """Each axis as "lower is better"; an NPU time nobody estimated is None."""
+    p = row.placement
+    return (p.off_npu, p.partitions_host, p.npu_ms, -row.int8.map50)
+
+
+def sort_key(row: Row) -> tuple:
+    off, parts, ms, neg_map = _axes(row)
+    return (off, parts, ms is None, ms or 0.0, neg_map)
+
+
+def dominates(a: Row, b: Row) -> bool:
+    """`a` is at least as good as `b` on every axis and better on one. An NPU time no compiler estimated (its compile
+    failed) counts as the worst, as in the ranking: what was not verified cannot win on it."""
+    inf = lambda v: math.inf if v is None else v  # noqa: E731
+    pairs = list(zip(map(inf, _axes(a)), map(inf, _axes(b))))
+    return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
+
+
+def why_lost(winner: Row, loser: Row) -> str:
+    """The first ranking axis on which `loser` is behind `winner`, in words."""
+    w, l = winner.placement, loser.placement
+    if l.off_npu != w.off_npu:
+        return f"{l.off_npu} ops off the NPU against {w.off_npu}"
+    if l.partitions_host != w.partitions_host:
+        return f"{l.partitions_host} host partitions against {w.partitions_host}"
+    if l.npu_ms is not None and w.npu_ms is not None and l.npu_ms != w.npu_ms:
+        return f"slower on the NPU: {l.npu_ms:.2f} ms against {w.npu_ms:.2f} ms (compiler estimate)"
+    if w.npu_ms is not None and l.npu_ms is None:
+        return "no NPU time estimated"
+    if loser.int8.map50 != winner.int8.map50:
+        return f"lower INT8 mAP50: {loser.int8.map50:.3f} against {winner.int8.map50:.3f}"
+    return "tied on every axis (placement, NPU time, INT8 mAP50); kept in candidate order (export, rewrites, re-slope, twin)"
+
+
+def rank(rows: list[Row]) -> tuple[Row, Row | None, str | None]:
+    """Fewest ops off the NPU and host partitions, then lowest NPU time where a compiler estimates it, then highest
+    INT8 mAP50. A stable sort: on a full tie the candidate listed first wins (the export before what is derived from it)."""
+    if not rows:
+        raise PlanError("no candidate to rank")
+    ordered = sorted(rows, key=sort_key)
+    chosen = ordered[0]
+    runner = ordered[1] if len(ordered) > 1 else None
+    return chosen, runner, why_lost(chosen, runner) if runner else None
+
+
+def retrain_advised(change_pp: float) -> bool:
+    """Retraining at the allowed slope pays only when the re-slope costs more than RETRAIN_ABOVE_PP mAP50 points."""
+    return change_pp < -RETRAIN_ABOVE_PP
+
+
+def target_notes(target: str, rows: list[Row], variant: str | None = None) -> list[str]:
+    """What the verified rows imply beyond the ranking: the re-slope's measured cost, the Ethos-U rewrite's price."""
+    notes = []
+    by = {(r.candidate.source, r.candidate.graph, r.candidate.route): r for r in rows}
+    export = by.get(("export", None, "int8"))
+    for r in rows:
+        if r.candidate.slope is None or r.candidate.route != "int8" or export is None:
+            continue
+        change = (r.fp32.map50 - export.fp32.map50) * 100
+        base = variant.split("-")[0] if variant else "L4"
+        advice = (f"retraining at that slope is advised (train {base}-leaky{r.candidate.slope!r})" if retrain_advised(change)
+                  else f"within {RETRAIN_ABOVE_PP:g} points: no retraining needed")
+        notes.append(f"re-sloped to {r.candidate.slope!r} without retraining: FP32 mAP50 {change:+.1f} points (measured on val); "
+                     + advice)
+    if target.startswith("ethos-u") and export is not None:
+        rewritten = [r for r in rows if r.candidate.graph in REWRITES and r.candidate.route == "int8"]
+        timed = [r for r in rewritten if r.placement.npu_ms is not None]
+        if export.placement.npu_ms is not None and timed:
+            fastest = min(timed, key=lambda r: r.placement.npu_ms)
+            ratio = fastest.placement.npu_ms / export.placement.npu_ms
+            verdict = "keep native LeakyReLU" if ratio > 1 else "the rewrite is not slower here"
+            notes.append(f"the fastest rewrite ({fastest.candidate.graph}) takes {ratio:.2f}× the NPU time of native LeakyReLU "
+                         f"(Vela's estimate, measured here): {verdict}")
+        elif rewritten:
+            notes.append(f"the rewrites' NPU time against native LeakyReLU is not measured here (Vela not installed); an "
+                         f"earlier Vela estimate on U55 put relu-decomp at {VELA_U55_REWRITE_COST}× native LeakyReLU: keep native "
+                         f"LeakyReLU there unless a measurement says otherwise")
+    return notes
+
+
+# -- building and measuring (I/O) -----------------------------------------------------------------------------------
+class _Stages:
+    """Seconds spent per stage, for the plan's own timing."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def __call__(self, name: str):
+        stages = self
+
+        class _Timer:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                stages.seconds[name] += time.perf_counter() - self.t
+
+        return _Timer()
+
+
+def leaky_slopes(path: str | Path) -> set[float]:
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {float(next((helper.get_attribute_value(a) for a in n.attribute if a.name == "alpha"), 0.01))
+            for n in model.graph.node if n.op_type == "LeakyRelu"}
+
+
+def write_graph(src: Path, dst: Path, graph: str) -> Path:
+    """`src` with every LeakyReLU rewritten exactly (`graph` a rewrite method) or set to another slope (`slope<v>`)."""
+    import onnx
+    from onnx import helper
+
+    from npuyolo.npu.graph import load_graph
+    from npuyolo.npu.rewrite import rewrite_leaky
+    from npuyolo.paths import atomic_path
+
+    model = load_graph(src).model
+    if graph.startswith("slope"):
+        value = float(graph[5:])
+        for node in model.graph.node:
+            if node.op_type == "LeakyRelu":
+                del node.attribute[:]
+                node.attribute.append(helper.make_attribute("alpha", value))
+        meta = {p.key: p for p in model.metadata_props}
+        tag = f"leaky:slope{value!r}"
+        if "npuyolo_rewrite" in meta:
+            meta["npuyolo_rewrite"].value += "," + tag
+        else:
+            model.metadata_props.add(key="npuyolo_rewrite", value=tag)
+    else:
+        model, _ = rewrite_leaky(model, graph)
+    with atomic_path(dst) as tmp:
+        onnx.save(model, str(tmp))
+    return dst
+
+
+def scores(path: str | Path, data: str | Path, conf: float) -> tuple[Accuracy, Accuracy]:
+    """Accuracy on val at mAP's usual threshold (0.001) and at the deployment threshold, from one forward pass."""
+    from npuyolo.deploy.evaluate import onnx_predictor, validate
+
+    predict, meta = onnx_predictor(path)
+    seen: dict[str, object] = {}
+
+    def replay(images):  # the second validation sees the same images in the same order: reuse the outputs
+        key = hashlib.sha1(images.numpy().tobytes()).hexdigest()
+        if key not in seen:
+            seen[key] = predict(images)
+        return seen[key]
+
+    names = {int(k): v for k, v in json.loads(meta["names"]).items()}
+    imgsz = json.loads(meta["imgsz"])[0]
+
+    def acc(c: float) -> Accuracy:
+        r = validate(replay, data, imgsz, names, conf=c)
+        return Accuracy(r["precision"], r["recall"], r["map50"], r["map50_95"])
+
+    return acc(0.001), acc(conf)
+
+
+def _twin(registry, run_id: int | None) -> str | None:
+    """The finished ReLU twin of a LeakyReLU run in the same series (L4-leaky -> L4-relu), as a run id; else None."""
+    if run_id is None:
+        return None
+    from npuyolo.variants.spec import parse_variant
+
+    run = registry.run(run_id)
+    if not run.series:
+        return None
+    spec = parse_variant(run.variant)
+    if spec.is_hybrid or spec.activation != "leaky":
+        return None
+    twin = spec.model_copy(update={"activation": "relu", "slope": None}).name
+    for m in registry.series(run.series)["members"]:
+        if m["variant"] == twin and m["status"] == "finished" and m["run_id"] is not None:
+            return str(m["run_id"])
+    return None
+
+
+def _compile(placement: Placement, fp32: Path, target: str, data, registry) -> None:
+    """The vendor compiler's verdict on the FP32 graph (it quantizes itself), when one exists and is installed."""
+    from npuyolo.compilers.envs import CompilerError, installed
+
+    if target == "imx500":  # its converter takes the PyTorch model, not a graph: `npu compile RUN --compiler imx500`
+        env = installed("imx500")
+        placement.compiler = "imx500" if env is None else f"imx500 {env.version}"
+        placement.compiler_status = ("compiler not installed" if env is None
+                                     else "not run by the plan (the converter takes the PyTorch model; use npu compile)")
+        return
+    if target not in COMPILER_OF:
+        return
+    compiler, platform = COMPILER_OF[target]
+    env = installed(compiler)
+    placement.compiler = compiler if env is None else f"{compiler} {env.version}"
+    if env is None:
+        placement.compiler_status = "compiler not installed"
+        return
+    from npuyolo.compilers.compile import compile_model, record
+
+    try:
+        result = compile_model(str(fp32), compiler, platform, data, registry)
+    except CompilerError as e:
+        placement.compiler_status = f"failed: {e}"
+        return
+    record(result, registry)
+    summary = result.build.as_dict().get("summary", {})
+    placement.compiler_status = "compiled"
+    placement.compiler_cpu_ops = summary.get("rows_cpu")
+    placement.npu_ms = summary.get("inference_ms")
+
+
+def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf: float = DEPLOY_CONF, calib: int = 100,
+               holdout: int = 50, imgsz: int | None = None, sweep: bool = True) -> Plan:
+    """Build every candidate for every target, verify it, choose; the artefacts go under the run's `plan/` folder, the
+    plan itself to `plan.json` there (and, for a run, into the registry as its `plan` artefact).
+
+    `sweep=False` calibrates with MinMax instead of the sweep's choice (minutes less on a large model)."""
+    from npuyolo.data.check import check_dataset
+    from npuyolo.deploy.quantize import quantize_onnx
+    from npuyolo.npu.check import check_model, sigmoid_on_npu
+    from npuyolo.npu.profiles import target as get_target
+    from npuyolo.paths import slug, write_text
+
+    started = time.perf_counter()
+    if not targets:
+        raise PlanError("name at least one target")
+    if not 0.0 < conf < 1.0:
+        raise PlanError(f"the confidence threshold must be between 0 and 1, got {conf:g}")
+    profiles = {t: get_target(t) for t in dict.fromkeys(targets)}  # unknown names fail before any export
+    check_dataset(data, cache_dir=registry.root / "cache")
+    if registry.readonly:
+        raise PlanError("a plan writes artefacts; open the registry writable")
+    stage = _Stages()
+    # (source, NPU sigmoid?) -> the graph check_model exported: targets without an NPU sigmoid share the -logits file
+    exports: dict[tuple[str, bool], Path] = {}
+    t0 = next(iter(profiles))
+    with stage("export"):
+        first = check_model(ref, [t0], registry, imgsz=imgsz)
+    run_id, label = first.run_id, first.model_ref
+    exports[("export", sigmoid_on_npu(profiles[t0]))] = Path(first.onnx_paths[t0])
+    folder = (registry.run_dir(registry.run(run_id), "plan") if run_id is not None
+              else registry.output_dir("plan", slug(label, "model")))
+    twin = _twin(registry, run_id)
+    variant = registry.run(run_id).variant if run_id is not None else None
+    size = imgsz
+    if size is None and run_id is not None:
+        size = registry.run(run_id).recipe.get("imgsz")
+
+    def export_for(source: str, t: str) -> Path:
+        key = (source, sigmoid_on_npu(profiles[t]))
+        if key not in exports:
+            with stage("export"):
+                result = check_model(twin if source == "relu-twin" else ref, [t], registry, imgsz=size)
+            exports[key] = Path(result.onnx_paths[t])
+        return exports[key]
+
+    graphs: dict[tuple[Path, str | None], Path] = {}
+
+    def graph_file(base: Path, graph: str | None) -> Path:
+        if graph is None:
+            return base
+        if (base, graph) not in graphs:
+            with stage("rewrite"):
+                graphs[(base, graph)] = write_graph(base, folder / f"{base.stem}.{graph}.onnx", graph)
+        return graphs[(base, graph)]
+
+    chosen_cal: dict = {}
+    int8s: dict[tuple[Path, str], Path] = {}
+
+    def int8_file(fp32: Path, route: str) -> Path:
+        if (fp32, route) in int8s:
+            return int8s[(fp32, route)]
+        out = folder / f"{fp32.stem}-{route}.onnx"
+        seed = registry.run(run_id).recipe.get("seed", 0) if run_id is not None else 0
+        with stage("quantize"):
+            if not chosen_cal and not sweep:
+                chosen_cal.update(method="minmax", percentile=None, label="minmax")
+            if not chosen_cal:  # the sweep runs once, on the first graph; every other graph uses its choice
+                info = quantize_onnx(fp32, folder / f"{fp32.stem}-int8.onnx", data, calib=calib, sweep=True,
+                                     holdout=holdout, seed=seed)
+                chosen_cal.update(method=info["method"], percentile=info["percentile"], label=info["calibration"])
+                int8s[(fp32, "int8")] = folder / f"{fp32.stem}-int8.onnx"
+                if route == "int8":
+                    return int8s[(fp32, route)]
+            quantize_onnx(fp32, out, data, calib=calib, method=chosen_cal["method"], percentile=chosen_cal["percentile"],
+                          ends=route.rsplit("-", 1)[1] if route.startswith("int8-ends-") else None, seed=seed)
+        int8s[(fp32, route)] = out
+        return out
+
+    accuracy: dict[Path, tuple[Accuracy, Accuracy]] = {}
+
+    def measured(path: Path) -> tuple[Accuracy, Accuracy]:
+        if path not in accuracy:
+            with stage("evaluate"):
+                accuracy[path] = scores(path, data, conf)
+        return accuracy[path]
+
+    placed: dict[tuple[Path, Path, str], Placement] = {}
+
+    def placement(fp32: Path, int8: Path, t: str) -> Placement:
+        if (fp32, int8, t) not in placed:
+            with stage("place"):
+                r = check_model(str(int8), [t]).reports[0]  # the INT8 file that ships, placed like the graph it quantizes
+            p = Placement(r.share_nodes, r.nodes_total, r.nodes_cpu, r.nodes_unknown, r.partitions_host, r.fallback_ops,
+                          r.unknown_ops)
+            with stage("compile"):
+                _compile(p, fp32, t, data, registry)
+            placed[(fp32, int8, t)] = p
+        return placed[(fp32, int8, t)]
+
+    plans = []
+    for t, profile in profiles.items():
+        base = export_for("export", t)
+        rows = []
+        for c in candidates(profile, leaky_slopes(base), twin is not None):
+            fp32 = graph_file(export_for(c.source, t), c.graph)
+            int8 = int8_file(fp32, c.route)
+            (f_all, f_conf), (q_all, q_conf) = measured(fp32), measured(int8)
+            rows.append(Row(t, c, str(fp32), str(int8), placement(fp32, int8, t), f_all, q_all, f_conf, q_conf, conf))
+        chosen, runner, why = rank(rows)
+        plans.append(TargetPlan(t, chosen, runner, why, rows, target_notes(t, rows, variant)))
+    plan = Plan(label, run_id, str(data), conf, chosen_cal.get("label"), plans)
+    plan.seconds = time.perf_counter() - started
+    plan.stages = {k: round(v, 3) for k, v in stage.seconds.items()}
+    out = folder / "plan.json"
+    plan.path = str(out)
+    write_text(out, json.dumps(plan.as_dict(), indent=2) + "\n")
+    if run_id is not None:
+        registry.add_artifact(run_id, "plan", out.resolve(), {"conf": conf, "choices": {p.target: p.chosen.candidate.name
+                                                                                         for p in plans}})
+    return plan

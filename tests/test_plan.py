@@ -1,0 +1,218 @@
+"""`deploy plan` (issue 22): candidates per target, verified placement and accuracy, a choice that is never dominated.
+
+One tiny series (L4-leaky and its ReLU twin, 1 epoch at 64 px) is planned once for relu-only and amd-dpu through the
+CLI; the ranking rules are tested on hand-made rows (the pure core), so they hold for numbers a 1-epoch model
+cannot produce.
+"""
+
+import json
+import random
+
+import onnx
+import pytest
+from onnx import helper
+from typer.testing import CliRunner
+
+from npuyolo.cli import app
+from npuyolo.deploy.export import onnx_metadata
+from npuyolo.deploy.plan import (Accuracy, Candidate, Placement, Row, candidates, dominates, rank, retrain_advised,
+                                 target_notes)
+from npuyolo.npu.profiles import target
+from npuyolo.registry.db import Registry
+
+runner = CliRunner()
+DPU_SLOPE = 26 / 256
+
+
+@pytest.fixture(scope="module")
+def planned(synth_data, tmp_path_factory):
+    """The series, trained, and its L4-leaky run planned for two targets (calibration sweep included)."""
+    from npuyolo.train.series import SeriesSpec, run_series
+
+    root = tmp_path_factory.mktemp("plan")
+    db = root / "r.db"
+    spec = root / "series.yaml"
+    spec.write_text(f"name: dp\ndata: {synth_data}\nvariants: [L4-leaky, L4-relu]\n"
+                    "recipe: {epochs: 1, imgsz: 64, batch: 8, workers: 0, plots: false}\n")
+    run_series(SeriesSpec.load(spec), Registry(db), verbose=False)
+    result = runner.invoke(app, ["deploy", "plan", "dp-L4-leaky", "-t", "relu-only", "-t", "amd-dpu", "--data", str(synth_data),
+                                 "--calib", "8", "--holdout", "8", "--json", "--registry", str(db)])
+    assert result.exit_code == 0, result.output
+    return db, synth_data, json.loads(result.stdout)
+
+
+def axes(row: dict) -> tuple:
+    p = row["placement"]
+    return p["off_npu"], p["partitions_host"], -row["int8"]["map50"]
+
+
+def test_every_candidate_is_built_and_the_choice_is_the_best_verified_one(planned):
+    db, data, plan = planned
+    assert plan["calibration"] in ("minmax", "percentile99.99", "percentile99.999", "entropy")  # the sweep's choice
+    by_target = {t["target"]: t for t in plan["targets"]}
+    assert list(by_target) == ["relu-only", "amd-dpu"]
+    names = {t: [r["candidate"]["name"] for r in by_target[t]["rows"]] for t in by_target}
+    exact = ["export+int8", "export+relu-decomp+int8", "export+relu-exact+int8", "export+max+int8"]
+    assert names["relu-only"] == [*exact, "relu-twin+int8"]  # int8 only: no --ends route on either profile
+    assert names["amd-dpu"] == [*exact, "export+slope0.1015625+int8", "relu-twin+int8"]
+    for t in by_target.values():
+        rows = t["rows"]
+        chosen = next(r for r in rows if r["candidate"]["name"] == t["chosen"])
+        assert not [r for r in rows if dominates_dict(r, chosen)]  # never worse on every axis than another
+        assert chosen["placement"]["off_npu"] == min(r["placement"]["off_npu"] for r in rows)
+        assert axes(chosen) == min(axes(r) for r in rows)
+        assert t["runner_up"] and t["runner_up"] != t["chosen"] and t["why_runner_up_lost"]
+        for r in rows:
+            assert "npuyolo_quant" in onnx_metadata(r["int8_path"]) and "npuyolo_quant" not in onnx_metadata(r["fp32_path"])
+            assert r["conf"] == 0.25 and set(r["retention"]) == {"precision", "recall", "map50"}
+    # relu-only: an exact rewrite puts everything on the NPU; the export leaves every LeakyReLU on the CPU
+    relu = {r["candidate"]["name"]: r for r in by_target["relu-only"]["rows"]}
+    assert relu["export+int8"]["placement"]["fallback_ops"] == {"LeakyRelu": 83}
+    assert by_target["relu-only"]["chosen"] in ("export+relu-decomp+int8", "export+relu-exact+int8", "relu-twin+int8")
+    assert relu[by_target["relu-only"]["chosen"]]["placement"]["share_nodes"] == 1.0
+    # amd-dpu: the rewrite's Mul ops are unknown there; the model re-sloped to 26/256 fits, with its measured change
+    dpu = by_target["amd-dpu"]
+    assert dpu["chosen"] == "export+slope0.1015625+int8"
+    rows = {r["candidate"]["name"]: r for r in dpu["rows"]}
+    assert rows["export+relu-decomp+int8"]["placement"]["unknown_ops"].get("Mul")
+    assert rows["export+slope0.1015625+int8"]["placement"]["off_npu"] < rows["export+int8"]["placement"]["off_npu"]
+    change = (rows["export+slope0.1015625+int8"]["fp32"]["map50"] - rows["export+int8"]["fp32"]["map50"]) * 100
+    assert any(n.startswith(f"re-sloped to 0.1015625 without retraining: FP32 mAP50 {change:+.1f} points (measured on val)")
+               for n in dpu["notes"])
+    resloped = onnx.load(rows["export+slope0.1015625+int8"]["fp32_path"])
+    alphas = {helper.get_attribute_value(a) for n in resloped.graph.node if n.op_type == "LeakyRelu" for a in n.attribute}
+    assert alphas == {DPU_SLOPE}  # 26/256 is exact in float32
+
+
+def dominates_dict(a: dict, b: dict) -> bool:
+    pa, pb = axes(a), axes(b)
+    return all(x <= y for x, y in zip(pa, pb)) and any(x < y for x, y in zip(pa, pb))
+
+
+def test_the_plan_numbers_are_what_an_independent_check_measures(planned):
+    """The chosen artefact placed by `npu check` and scored by `deploy eval`'s evaluator gives the plan's numbers."""
+    from npuyolo.deploy.evaluate import evaluate_onnx, onnx_predictor, validate
+    from npuyolo.npu.check import check_model
+
+    db, data, plan = planned
+    t = plan["targets"][1]
+    chosen = next(r for r in t["rows"] if r["candidate"]["name"] == t["chosen"])
+    report = check_model(chosen["int8_path"], [t["target"]]).reports[0]
+    assert (report.share_nodes, report.partitions_host) == (chosen["placement"]["share_nodes"], chosen["placement"]["partitions_host"])
+    scored = evaluate_onnx(chosen["int8_path"], data)
+    assert scored["map50"] == pytest.approx(chosen["int8"]["map50"]) and scored["recall"] == pytest.approx(chosen["int8"]["recall"])
+    predict, meta = onnx_predictor(chosen["fp32_path"])
+    at_conf = validate(predict, data, 64, {int(k): v for k, v in json.loads(meta["names"]).items()}, conf=0.25)
+    assert at_conf["precision"] == pytest.approx(chosen["fp32_at_conf"]["precision"])
+    assert at_conf["map50"] == pytest.approx(chosen["fp32_at_conf"]["map50"])
+    # written under the run's folder and recorded
+    run = Registry(db, readonly=True).run("dp-L4-leaky")
+    recorded = run.artifact("plan")
+    assert recorded is not None and recorded.path == plan["path"] and json.loads(open(plan["path"]).read())["targets"]
+    assert "/plan/" in chosen["int8_path"] and chosen["int8_path"].startswith(str(db.parent))
+
+
+def test_bad_plan_input_is_one_line(planned):
+    db, data, _ = planned
+    for args, message in ((["-t", "nope"], "unknown target 'nope'"), (["-t", "relu-only", "--conf", "1.5"], "between 0 and 1")):
+        result = runner.invoke(app, ["deploy", "plan", "dp-L4-leaky", *args, "--data", str(data), "--registry", str(db)])
+        assert result.exit_code == 2 and message in result.output
+        assert result.output.count("error:") == 1 and "Traceback" not in result.output
+
+
+# -- the pure core on hand-made rows -----------------------------------------------------------------------------------
+def row(graph=None, off=0, parts=0, ms=None, map50=0.5, fp32=0.5, route="int8", target_name="t") -> Row:
+    acc = lambda m: Accuracy(0.5, 0.5, m, m / 2)  # noqa: E731
+    placement = Placement(1.0, 100, off, 0, parts, {}, {}, npu_ms=ms)
+    return Row(target_name, Candidate("export", graph, route), "f.onnx", "q.onnx", placement, acc(fp32), acc(map50), acc(fp32),
+               acc(map50), 0.25)
+
+
+def test_ranking_order_and_why_the_runner_up_lost():
+    on_npu_lower_map, fallback_higher_map = row("relu-decomp", off=0, map50=0.40), row(None, off=83, parts=83, map50=0.60)
+    chosen, runner, why = rank([fallback_higher_map, on_npu_lower_map])
+    assert chosen is on_npu_lower_map and runner is fallback_higher_map and why == "83 ops off the NPU against 0"
+    chosen, _, why = rank([row(None, off=2, parts=2), row("max", off=2, parts=1)])
+    assert chosen.candidate.graph == "max" and why == "2 host partitions against 1"
+    native, rewrite = row(None, ms=10.0, map50=0.50), row("relu-decomp", ms=25.4, map50=0.55)
+    chosen, _, why = rank([rewrite, native])
+    assert chosen is native and why.startswith("slower on the NPU: 25.40 ms against 10.00 ms")
+    chosen, _, why = rank([row(None, map50=0.50), row("relu-exact", map50=0.52)])
+    assert chosen.candidate.graph == "relu-exact" and why == "lower INT8 mAP50: 0.500 against 0.520"
+    first, second = row(None), row("relu-decomp")
+    assert rank([first, second])[0] is first and rank([first, second])[2].startswith("tied on every axis")
+
+
+def test_a_candidate_worse_on_every_axis_is_never_chosen():
+    rng = random.Random(0)
+    for _ in range(300):
+        rows = [row(off=rng.randint(0, 3), parts=rng.randint(0, 3), ms=rng.choice([None, 1.0, 2.0]), map50=rng.choice([0.3, 0.5]))
+                for _ in range(rng.randint(1, 6))]
+        chosen = rank(rows)[0]
+        assert not [r for r in rows if dominates(r, chosen)]
+
+
+def test_candidates_follow_the_profile():
+    names = lambda cs: [c.name for c in cs]  # noqa: E731
+    exact = ["export+int8", "export+relu-decomp+int8", "export+relu-exact+int8", "export+max+int8"]
+    assert names(candidates(target("amd-dpu"), {0.1}, False)) == [*exact, "export+slope0.1015625+int8"]
+    assert names(candidates(target("amd-dpu"), {DPU_SLOPE}, False)) == exact  # already the slope the DPU runs
+    assert names(candidates(target("relu-only"), {0.1}, True)) == [*exact, "relu-twin+int8"]
+    assert names(candidates(target("relu-only"), set(), False)) == ["export+int8"]  # nothing to rewrite
+    assert names(candidates(target("ethos-u55"), set(), False)) == ["export+int8", "export+int8-ends-int16"]
+    assert names(candidates(target("rknn-rk3588"), set(), False)) == ["export+int8", "export+int8-ends-float"]
+
+
+def test_retraining_is_advised_only_above_half_a_point():
+    assert retrain_advised(-0.6) and not retrain_advised(-0.4) and not retrain_advised(0.3)
+    export = row(None, fp32=0.500)
+    lost = target_notes("amd-dpu", [export, row("slope0.1015625", fp32=0.494)], "L4-leaky")
+    kept = target_notes("amd-dpu", [export, row("slope0.1015625", fp32=0.497)], "L4-leaky")
+    assert lost == ["re-sloped to 0.1015625 without retraining: FP32 mAP50 -0.6 points (measured on val); "
+                    "retraining at that slope is advised (train L4-leaky0.1015625)"]
+    assert kept[0].endswith("-0.3 points (measured on val); within 0.5 points: no retraining needed")
+
+
+def test_ethos_u_says_what_the_rewrite_costs_or_that_it_is_not_measured():
+    measured = target_notes("ethos-u55", [row(None, ms=10.0), row("relu-decomp", ms=25.4), row("max", ms=30.0)])
+    assert measured == ["the fastest rewrite (relu-decomp) takes 2.54× the NPU time of native LeakyReLU "
+                        "(Vela's estimate, measured here): keep native LeakyReLU"]
+    unmeasured = target_notes("ethos-u55", [row(None), row("relu-decomp")])
+    assert len(unmeasured) == 1 and "not measured here (Vela not installed)" in unmeasured[0]
+    assert target_notes("relu-only", [row(None), row("relu-decomp")]) == []
+
+
+def test_python_api_plans_with_its_own_threshold(planned):
+    """Last: it re-plans the same run (MinMax, one target) into the same folder."""
+    from npuyolo import Workspace
+    from npuyolo.deploy.plan import Plan
+    from npuyolo.errors import NpuyoloError
+
+    db, data, cli_plan = planned
+    ws = Workspace(db)
+    with pytest.raises(NpuyoloError, match="unknown option"):
+        ws.plan("dp-L4-leaky", ["relu-only"], data, confidence=0.5)
+    plan = ws.plan("dp-L4-leaky", ["relu-only"], data, conf=0.5, calib=4, sweep=False)
+    assert isinstance(plan, Plan) and plan.calibration == "minmax" and plan.conf == 0.5
+    (only,) = plan.targets
+    assert all(r.conf == 0.5 for r in only.rows)
+    assert only.chosen.placement.off_npu == 0 and only.chosen.candidate.name != "export+int8"
+    assert set(plan.stages) >= {"export", "quantize", "evaluate", "place"} and plan.seconds > 0
+    from npuyolo.cli import console, print_plan
+
+    with console.capture() as captured:
+        print_plan(plan)
+    text = captured.get()
+    assert f"* {only.chosen.candidate.name}" in text and "export+int8" in text
+    assert f"relu-only: {only.chosen.candidate.name}; runner-up {only.runner_up.candidate.name} lost: " in text
+
+
+def test_a_target_whose_compiler_is_missing_says_so(compilers_dir):
+    """Nothing is installed (an empty compilers folder): the row says so and the profile's placement stands."""
+    from npuyolo.deploy.plan import _compile
+
+    for name, compiler in (("ethos-u55", "vela"), ("rknn-rk3588", "rknn"), ("imx500", "imx500"), ("relu-only", None)):
+        p = Placement(1.0, 10, 0, 0, 0, {}, {})
+        _compile(p, compilers_dir / "never-read.onnx", name, None, None)
+        assert (p.compiler, p.compiler_status) == ((compiler, "compiler not installed") if compiler else (None, None))
+        assert p.npu_ms is None and p.off_npu == 0
