@@ -26,10 +26,10 @@ from npuyolo.registry.db import Registry
 from .test_hostile import cli, new_run, one_line_error, save_ultralytics_checkpoint
 
 
-def finished_run(db: Path, name: str = "base") -> tuple[Registry, int]:
+def finished_run(db: Path, name: str = "base", data: Path | None = None) -> tuple[Registry, int]:
     """A finished run with best weights (an untrained L4-relu) and one recorded epoch, as a 1-epoch train leaves it."""
     reg = Registry(db)
-    rid = new_run(reg, name=name)
+    rid = new_run(reg, name=name, **({"data_path": str(data)} if data else {}))
     best = save_ultralytics_checkpoint(Path(reg.run(rid).save_dir) / "weights" / "best.pt")
     reg.add_artifact(rid, "weights/best", best)
     reg.record_epoch(rid, 1, map50=0.1, map50_95=0.05, precision=0.2, recall=0.1, box_loss=1, cls_loss=1, dfl_loss=1)
@@ -79,7 +79,7 @@ def refuse_writes(monkeypatch, folder: Path, code: int) -> None:
 ])
 def test_a_read_only_run_folder_is_one_line_naming_it(tmp_path, synth_data, monkeypatch, command, made):
     db = tmp_path / "r.db"
-    reg, rid = finished_run(db)
+    reg, rid = finished_run(db, data=synth_data)
     folder = Path(reg.run(rid).save_dir)
     if made:
         (folder / made).mkdir()
