@@ -385,6 +385,105 @@ def cases_r4_medium_c(f: dict) -> list[tuple[str, list[str], dict, int]]:
     return out
 
 
+def cases_r4_env_d(f: dict) -> list[tuple[str, list[str], dict, int]]:
+    """Round 4 (issue 21), the environment: forged compiler manifests, huge declared inputs, odd files and registries.
+
+    Builds what it needs under the work folder (f["data"].parent). Read-only and full disks need a mount and are
+    covered by tests/test_hostile3_env.py instead.
+    """
+    import sqlite3 as _sqlite3
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from npuyolo.registry.db import Registry
+
+    work = f["data"].parent / "r4d"
+    work.mkdir(exist_ok=True)
+    d = str(f["data"])
+    out = []
+    add = lambda case, argv, code=2, env=None: out.append((case, [str(a) for a in argv], env or {}, code))  # noqa: E731
+    # a forged compiler manifest: its "python" is a script outside the compilers folder
+    forged = work / "compilers-forged"
+    (forged / "rknn").mkdir(parents=True, exist_ok=True)
+    evil = work / "evil-python"
+    evil.write_text(f"#!/bin/sh\ntouch {f['marker']}\n")
+    evil.chmod(0o755)
+    (forged / "rknn" / "manifest.json").write_text(json.dumps({"name": "rknn", "version": "9", "python": str(evil),
+                                                                "venv": str(work), "installed_at": "t", "pins": []}))
+    env_forged = {"NPUYOLO_COMPILERS_DIR": str(forged)}
+    add("npu compile with a forged compiler manifest", ["npu", "compile", "L4-relu", "--compiler", "rknn", "--target", "rk3588",
+                                                        "--imgsz", "64", "--data", d], env=env_forged)
+    add("compilers install over a forged manifest", ["compilers", "install", "rknn", "--json"], env=env_forged)
+    (work / "compilers-file").write_text("x")
+    add("NPUYOLO_COMPILERS_DIR names a file", ["compilers", "list"], env={"NPUYOLO_COMPILERS_DIR": str(work / "compilers-file")})
+    # a well-formed install (its python links to this interpreter) and an ONNX file declaring a 100000 x 100000 input
+    good = work / "compilers-ok"
+    venv = good / "rknn" / "venv-1"
+    (venv / "bin").mkdir(parents=True, exist_ok=True)
+    if not (venv / "bin" / "python").is_symlink():
+        (venv / "bin" / "python").symlink_to(sys.executable)
+    (good / "rknn" / "manifest.json").write_text(json.dumps({"name": "rknn", "version": "9", "python": str(venv / "bin" / "python"),
+                                                             "venv": str(venv), "installed_at": "t", "pins": []}))
+    side = 100000
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, side, side])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, side, side])
+    graph = helper.make_graph([helper.make_node("Relu", ["images"], ["out"], name="act")], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), work / "big.onnx")
+    add("npu compile of a 100000x100000 input", ["npu", "compile", work / "big.onnx", "--compiler", "rknn", "--target", "rk3588",
+                                                 "--data", d], env={"NPUYOLO_COMPILERS_DIR": str(good)})
+    add("npu compile --imgsz 100000", ["npu", "compile", "L4-relu", "--imgsz", "100000", "--compiler", "rknn", "--target", "rk3588",
+                                       "--data", d], env={"NPUYOLO_COMPILERS_DIR": str(good)})
+    # registries that are not what they seem
+    add("npu check with --registry /dev/null", ["npu", "check", "L4-relu", "-t", "relu-only", "--imgsz", "64", "--registry", "/dev/null"])
+    edited = work / "edited" / "npuyolo.db"
+    reg = Registry(edited)
+    rid = reg.create_run(name="moved", variant="L4-relu", recipe={"epochs": 1, "imgsz": 64}, data_path=d, data_hash="h",
+                         class_names=["a"] * 6, weights_source=None, device="cpu", versions={})
+    reg.record_epoch(rid, 1, map50=0.1, map50_95=0.05, precision=0.2, recall=0.1, box_loss=1, cls_loss=1, dfl_loss=1)
+    reg.set_status(rid, "finished")
+    reg.close()
+    (work / "outside").mkdir(exist_ok=True)
+    con = _sqlite3.connect(edited)
+    con.execute("UPDATE runs SET save_dir = ? WHERE id = ?", (str(work / "outside"), rid))
+    con.commit()
+    con.close()
+    add("report of a run whose save_dir was edited to point outside", ["report", "moved"], env={"NPUYOLO_REGISTRY": str(edited)})
+    # odd files given as models and sources
+    (work / "x.onnx").mkdir(exist_ok=True)
+    (work / "empty.onnx").write_bytes(b"")
+    if not (work / "fifo.jpg").exists():
+        os.mkfifo(work / "fifo.jpg")
+    if not (work / "loop.jpg").is_symlink():
+        (work / "loop.jpg").symlink_to(work / "loop.jpg")
+    for label, model in (("a folder named x.onnx", work / "x.onnx"), ("a 0-byte ONNX", work / "empty.onnx")):
+        add(f"deploy bench {label}", ["deploy", "bench", model])
+        add(f"deploy eval {label}", ["deploy", "eval", model, "--data", d])
+        add(f"predict {label}", ["predict", model, f["data"].parent / "images" / "val", "--out", work / "p0"])
+        add(f"npu check {label}", ["npu", "check", model, "-t", "relu-only"])
+    for label, source in (("a FIFO", work / "fifo.jpg"), ("a symlink loop", work / "loop.jpg"), ("/dev/zero", "/dev/zero")):
+        add(f"predict with {label} as the source", ["predict", "precious", source, "--out", work / "p1"])
+    add("deploy bench --threads -5", ["deploy", "bench", f["garbage_onnx"], "--threads", "-5"])
+    add("deploy bench --threads 100000", ["deploy", "bench", f["garbage_onnx"], "--threads", "100000"])
+    upper = work / "M.ONNX"
+    if not upper.exists():
+        from npuyolo.deploy.export import export_onnx
+        from npuyolo.variants.build import build_model
+
+        export_onnx(build_model("L4-relu", nc=6, verbose=False), upper, imgsz=64)
+    add("npu check M.ONNX, upper-case suffix (legal)", ["npu", "check", upper, "-t", "relu-only"], code=0)
+    # a second `series run` at once: the member's run name was just taken by the first one
+    raced = work / "raced" / "npuyolo.db"
+    reg = Registry(raced)
+    taken = reg.create_run(name="s4-L4-relu", variant="L4-relu", recipe={"epochs": 1, "imgsz": 64}, data_path=d, data_hash="h",
+                           class_names=["a"] * 6, weights_source=None, device="cpu", versions={})
+    reg.set_status(taken, "interrupted")
+    reg.close()
+    (work / "s4.yaml").write_text(f"name: s4\ndata: {d}\nvariants: [L4-relu]\nrecipe: {{epochs: 1, imgsz: 64, workers: 0}}\n")
+    add("a second series run at once (member name just taken)", ["series", "run", work / "s4.yaml"], env={"NPUYOLO_REGISTRY": str(raced)})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", type=Path, help="keep the work folder here")

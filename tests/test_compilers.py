@@ -178,7 +178,11 @@ def test_list_and_a_half_finished_install(compilers_dir):
                 "installed_at": "t", "pins": []}
     (compilers_dir / "rknn" / "manifest.json").write_text(json.dumps(manifest))
     assert envs.installed("rknn") is None  # its interpreter was deleted
-    (compilers_dir / "rknn" / "manifest.json").write_text(json.dumps({**manifest, "python": sys.executable}))
+    venv = compilers_dir / "rknn" / "venv-1"  # as install makes it: its python links to the base interpreter
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    (compilers_dir / "rknn" / "manifest.json").write_text(json.dumps({**manifest, "python": str(venv / "bin" / "python"),
+                                                                      "venv": str(venv)}))
     assert envs.require("rknn").version == "2.5.0"
     r = runner.invoke(app, ["compilers", "list"])
     assert "2.5.0" in r.output and "npuyolo compilers install vela" in r.output

@@ -33,13 +33,56 @@ def _known(func, kwargs: dict) -> None:
         raise NpuyoloError(f"unknown option(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}")
 
 
+def _path(value: Any, what: str, optional: bool = False) -> Path | None:
+    """A path argument: str or os.PathLike (None only where optional); bytes, None or a number is the caller's mistake."""
+    import os
+
+    from npuyolo.errors import NpuyoloError
+
+    if value is None and optional:
+        return None
+    if isinstance(value, str) or (isinstance(value, os.PathLike) and isinstance(os.fspath(value), str)):
+        if not str(value).strip():
+            raise NpuyoloError(f"{what} must not be empty")
+        return Path(value)
+    raise NpuyoloError(f"{what} must be a path (str or pathlib.Path), got {type(value).__name__}")
+
+
+def _ref(value: Any, what: str, optional: bool = False) -> str | None:
+    """A run, model or name argument: a non-empty str, an int id, or (for files) a pathlib.Path."""
+    import os
+
+    from npuyolo.errors import NpuyoloError
+
+    if value is None and optional:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) or (isinstance(value, os.PathLike) and isinstance(os.fspath(value), str)):
+        if not str(value).strip():
+            raise NpuyoloError(f"{what} must not be empty")
+        return str(value)
+    raise NpuyoloError(f"{what} must be a str (a name or path) or an int id, got {type(value).__name__}")
+
+
+def _number(value: Any, what: str, kind: type = int, optional: bool = False):
+    """An int (or, for kind=float, a real number) argument; a str such as "64" is named as a str, not shown as 64."""
+    from npuyolo.errors import NpuyoloError
+
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise NpuyoloError(f"{what} must be {'a number' if kind is float else 'an int'}, got {type(value).__name__} {value!r}"[:200])
+    return value
+
+
 class Workspace:
     """One registry and its run folders. `registry=None` uses NPUYOLO_REGISTRY or runs/npuyolo.db."""
 
     def __init__(self, registry: str | Path | None = None):
         from npuyolo.registry.db import default_path
 
-        self.registry_path = Path(registry) if registry else default_path()
+        self.registry_path = _path(registry, "registry", optional=True) or default_path()
 
     def _registry(self, readonly: bool = False):
         from npuyolo.registry.db import Registry
@@ -55,6 +98,9 @@ class Workspace:
         from npuyolo.train.recipe import Recipe
         from npuyolo.train.trainer import train_variant
 
+        variant, data = _ref(variant, "variant"), _path(data, "data")
+        recipe, weights = _path(recipe, "recipe", optional=True), _path(weights, "weights", optional=True)
+        name = _ref(name, "name", optional=True)
         reg = self._registry()
         r = with_anneal(Recipe.load(recipe, **overrides), act_anneal, anneal_epochs, anneal_schedule)
         return reg.run(train_variant(variant, data, r, reg, name=name, weights=weights, verbose=verbose).run_id)
@@ -63,6 +109,7 @@ class Workspace:
         """Continue an interrupted run from its `last`, `previous` or `best` checkpoint."""
         from npuyolo.train.trainer import resume_run
 
+        run = _ref(run, "run")
         reg = self._registry()
         return reg.run(resume_run(run, reg, verbose=verbose, source=source).run_id)
 
@@ -75,7 +122,7 @@ class Workspace:
         from npuyolo.train.executors import make_executor
         from npuyolo.train.series import SeriesSpec, run_series
 
-        spec = SeriesSpec.load(spec_file)
+        spec = SeriesSpec.load(_path(spec_file, "spec_file"))
         runner = make_executor(executor, **ray_options)  # before the registry: a missing Ray creates nothing
         return run_series(spec, self._registry(), verbose=verbose, executor=runner)
 
@@ -85,8 +132,10 @@ class Workspace:
         from npuyolo.distill.run import distill
         from npuyolo.train.recipe import Recipe
 
+        teacher, student_variant, data = _ref(teacher, "teacher"), _ref(student_variant, "student_variant"), _path(data, "data")
+        name = _ref(name, "name", optional=True)
         reg = self._registry()
-        result = distill(reg, str(teacher), student_variant, data, Recipe.load(None, **overrides), alpha=alpha, beta=beta,
+        result = distill(reg, teacher, student_variant, data, Recipe.load(None, **overrides), alpha=alpha, beta=beta,
                          gamma=gamma, temperature=temperature, name=name, verbose=verbose)
         return reg.run(result.run_id)
 
@@ -95,19 +144,19 @@ class Workspace:
         from npuyolo.study.relu_gap import relu_gap_study
 
         _known(relu_gap_study, kwargs)
-        return relu_gap_study(self._registry(), data, **kwargs)
+        return relu_gap_study(self._registry(), _path(data, "data"), **kwargs)
 
     # -- reading ------------------------------------------------------------------------------------------
     def run(self, ref: str | int):
-        return self._registry(readonly=True).run(ref)
+        return self._registry(readonly=True).run(_ref(ref, "run"))
 
     def runs(self, series: str | None = None) -> list[dict]:
-        return self._registry(readonly=True).runs(series)
+        return self._registry(readonly=True).runs(_ref(series, "series", optional=True))
 
     def rank(self, series: str) -> list[dict]:
         from npuyolo.train.series import rank_series
 
-        return rank_series(series, self._registry(readonly=True))
+        return rank_series(_ref(series, "series"), self._registry(readonly=True))
 
     # -- NPU and deployment ----------------------------------------------------------------------------------
     def check(self, model: str | int, targets: list[str], *, imgsz: int | None = None, head: str | None = None, nc: int = 80,
@@ -116,8 +165,13 @@ class Workspace:
         from npuyolo.npu.check import check_model
         from npuyolo.npu.check import record as record_check
 
+        model, imgsz, nc = _ref(model, "model"), _number(imgsz, "imgsz", optional=True), _number(nc, "nc")
+        if isinstance(targets, str) or not isinstance(targets, (list, tuple)) or not all(isinstance(t, str) for t in targets):
+            from npuyolo.errors import NpuyoloError
+
+            raise NpuyoloError(f"targets must be a list of target names, got {targets!r}"[:200])
         reg = self._registry()
-        result = check_model(str(model), targets, reg, imgsz=imgsz, head=head, nc=nc)
+        result = check_model(model, list(targets), reg, imgsz=imgsz, head=head, nc=nc)
         if record:
             record_check(result, reg, head)
         return result
@@ -129,8 +183,10 @@ class Workspace:
         from npuyolo.compilers.compile import compile_model
         from npuyolo.compilers.compile import record as record_compile
 
+        model, data = _ref(model, "model"), _path(data, "data", optional=True)
+        imgsz, nc = _number(imgsz, "imgsz", optional=True), _number(nc, "nc")
         reg = self._registry()
-        result = compile_model(str(model), compiler, target, data, reg, imgsz=imgsz, head=head, nc=nc)
+        result = compile_model(model, _ref(compiler, "compiler"), _ref(target, "target"), data, reg, imgsz=imgsz, head=head, nc=nc)
         if record:
             record_compile(result, reg)
         return result
@@ -144,8 +200,10 @@ class Workspace:
         from npuyolo.deploy.export import export_onnx
         from npuyolo.resolve import resolve_model
 
-        reg = self._registry(readonly=True) if not str(model).endswith(".pt") else None
-        resolved = resolve_model(str(model), reg, nc=nc)
+        model, out = _ref(model, "model"), _path(out, "out")
+        imgsz, nc = _number(imgsz, "imgsz", optional=True), _number(nc, "nc")
+        reg = self._registry(readonly=True) if not model.lower().endswith(".pt") else None
+        resolved = resolve_model(model, reg, nc=nc)
         if imgsz is None:
             imgsz = resolved.trained_imgsz if resolved.run_id is not None and resolved.trained_imgsz else 640
         return export_onnx(resolved.model, out, imgsz=imgsz, head=head, force=force, registry=self.registry_path)
@@ -155,12 +213,14 @@ class Workspace:
         from npuyolo.deploy.service import quantize_run
 
         _known(quantize_run, kwargs)
-        return quantize_run(self._registry(), str(run), data, **kwargs)
+        run, data = _ref(run, "run"), _path(data, "data")
+        return quantize_run(self._registry(), run, data, **kwargs)
 
     def evaluate(self, artefact: str | Path, data: str | Path) -> dict:
         """mAP of an ONNX artefact with Ultralytics' validator (and the INT8 drop for a run's INT8 file)."""
         from npuyolo.deploy.service import evaluate_artefact
 
+        artefact, data = _path(artefact, "artefact"), _path(data, "data")
         return evaluate_artefact(self._registry(), artefact, data)
 
     def plan(self, model: str | int, targets: list[str], data: str | Path, **kwargs: Any):
@@ -182,6 +242,7 @@ class Workspace:
     def bench(self, artefact: str | Path, runs: int = 50, threads: int | None = None) -> dict:
         from npuyolo.deploy.latency import bench_onnx
 
+        artefact, runs, threads = _path(artefact, "artefact"), _number(runs, "runs"), _number(threads, "threads", optional=True)
         return bench_onnx(artefact, runs=runs, threads=threads)
 
     def predict(self, model: str | int, source: str | Path, *, conf: float = 0.25, iou: float = 0.7, imgsz: int | None = None,
@@ -190,7 +251,10 @@ class Workspace:
         predictions.json/.csv are written to `out` (a run's predict/ folder by default). Returns a PredictResult."""
         from npuyolo.deploy.predict import run_predict
 
-        return run_predict(str(model), source, conf=conf, iou=iou, imgsz=imgsz, out=out, max_det=max_det,
+        model, source, out = _ref(model, "model"), _path(source, "source"), _path(out, "out", optional=True)
+        conf, iou = _number(conf, "conf", float), _number(iou, "iou", float)
+        imgsz, max_det = _number(imgsz, "imgsz", optional=True), _number(max_det, "max_det")
+        return run_predict(model, source, conf=conf, iou=iou, imgsz=imgsz, out=out, max_det=max_det,
                            registry=self.registry_path)  # opened (read-only) only when MODEL is a run
 
     # -- reports ------------------------------------------------------------------------------------------
@@ -198,10 +262,12 @@ class Workspace:
                out: str | Path | None = None) -> Path:
         from npuyolo.report.render import render_run
 
+        run, compare, out = _ref(run, "run"), _ref(compare, "compare", optional=True), _path(out, "out", optional=True)
         return render_run(self._registry(readonly=True), run, out, lang=lang, fmt=fmt, compare=compare)
 
     def series_report(self, name: str, *, lang: str = "en", fmt: str = "md", target: str = "relu-only",
                       out: str | Path | None = None) -> Path:
         from npuyolo.report.render import render_series
 
+        name, out = _ref(name, "name"), _path(out, "out", optional=True)
         return render_series(self._registry(readonly=True), name, out, lang=lang, target=target, fmt=fmt)

@@ -75,17 +75,21 @@ def main_options(version: Annotated[bool, typer.Option("--version", callback=_ve
 def user_errors(fn):
     """Turn npuyolo's own errors (bad input, unknown names, unusable files) into one red line and exit code 2.
 
+    So is an OS error the user fixes (full disk, read-only or forbidden place) that no layer below named better.
     Anything else is a bug and keeps its traceback.
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from npuyolo.errors import NpuyoloError
+        from npuyolo.errors import NpuyoloError, storage_error
 
         try:
             return fn(*args, **kwargs)
-        except NpuyoloError as e:
-            err.print("[bold red]error:[/] " + escape(str(e)), highlight=False, soft_wrap=True)
+        except (NpuyoloError, OSError) as e:
+            said = e if isinstance(e, NpuyoloError) else storage_error(e)
+            if said is None:
+                raise
+            err.print("[bold red]error:[/] " + escape(str(said)), highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -199,7 +203,7 @@ def export(model: Annotated[str, typer.Argument(help="Variant name (untrained), 
         raise ExportError(f"--head must be npu or ultralytics, got {head!r}")
     from npuyolo.variants.spec import HYBRID_RE, NAME_RE
 
-    is_run = not (model.endswith((".pt", ".onnx")) or Path(model).is_file() or NAME_RE.match(model) or HYBRID_RE.match(model))
+    is_run = not (model.lower().endswith((".pt", ".onnx")) or Path(model).is_file() or NAME_RE.match(model) or HYBRID_RE.match(model))
     reg = open_registry(registry) if is_run else None  # exporting a variant or a file touches no registry
     resolved = resolve_model(model, reg, nc=nc)
     if imgsz is None:

@@ -11,16 +11,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import unicodedata
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from npuyolo.errors import UnsafePathError
+from npuyolo.errors import UnsafePathError, storage_error
 
-__all__ = ["MAX_COMPONENT_BYTES", "atomic_path", "check_output_file", "claim_dir", "safe_join", "slug", "unique_slug", "write_bytes", "write_text"]
+__all__ = ["MAX_COMPONENT_BYTES", "atomic_path", "check_output_file", "claim_dir", "file_problem", "make_dir", "out_of_space", "safe_join",
+           "slug", "unique_slug", "write_bytes", "write_text"]
 
 MAX_COMPONENT_BYTES = 96  # well under every file system's 255-byte limit, leaving room for suffixes
 
@@ -60,7 +62,7 @@ def safe_join(root: str | Path, *parts: str | Path) -> Path:
 def claim_dir(parent: str | Path, stem: str) -> Path:
     """A new folder `parent/stem` (or `stem-2`, `stem-3`...) created by this call alone: never shared, never reused."""
     parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
+    make_dir(parent)
     for i in range(1, 10_000):
         candidate = safe_join(parent, stem if i == 1 else f"{stem}-{i}")
         try:
@@ -68,30 +70,92 @@ def claim_dir(parent: str | Path, stem: str) -> Path:
             return candidate
         except FileExistsError:
             continue
+        except OSError as e:
+            raise (storage_error(e, candidate, writing=True) or e) from None
     raise UnsafePathError(f"no free folder name for {stem!r} in {parent}")
+
+
+LOW_SPACE_BYTES = 1 << 20  # under this, a failed write is taken for a full disk
+
+
+def out_of_space(path: str | Path) -> bool:
+    """Whether the file system holding `path` (or its nearest existing parent) is full: for errors that do not
+    say so themselves (SQLite's "disk I/O error", OpenCV's False)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return False
+    free = st.f_bfree if os.geteuid() == 0 else st.f_bavail  # root may use the reserved blocks too
+    return free * st.f_frsize < LOW_SPACE_BYTES
+
+
+def file_problem(path: str | Path, empty_ok: bool = True) -> str | None:
+    """Why `path` is not a regular file to read, as words after its name ('not found', 'is a folder, not a file', 'is a
+    symlink loop', 'is not a regular file (...)', 'is empty (0 bytes)'), or None when it is one.
+
+    A FIFO or a device would block or never end when read; a folder named like a file is not "missing".
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symlink loop"
+        if e.errno == errno.ENOENT:
+            return "is a symbolic link to a missing file" if p.is_symlink() else "not found"
+        return f"cannot be read ({e.strerror or e})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (a FIFO, socket or device); only regular files are read"
+    if not empty_ok and st.st_size == 0:
+        return "is empty (0 bytes)"
+    return None
+
+
+def make_dir(path: str | Path) -> Path:
+    """`mkdir -p path`; a full disk, read-only or forbidden place is one `StorageError` line naming the folder."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise (storage_error(e, path, writing=True) or e) from None
+    return path
 
 
 @contextmanager
 def atomic_path(dst: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `dst`; on success it replaces `dst` in one step, on failure it is removed."""
+    """Yield a temporary path next to `dst`; on success it replaces `dst` in one step, on failure it is removed.
+
+    A full disk or a read-only folder is one `StorageError` naming `dst`; the cleanup never replaces the first error
+    (on a read-only file system even unlinking a missing file fails).
+    """
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(dst.parent)
     _remove_stale_partials(dst)
     tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
     try:
         yield tmp
         os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        mapped = storage_error(e, dst, writing=True)
+        if mapped is not None and mapped is not e:
+            raise mapped from None
         raise
 
 
 def _remove_stale_partials(dst: Path) -> None:
-    """Temporary files of writers that were killed (their pid is gone) are garbage: remove them."""
+    """Temporary files of writers that were killed (their pid is gone) are garbage: remove them (when one can)."""
     for stale in dst.parent.glob(f".{dst.name}.partial-*"):
         pid = stale.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
-            stale.unlink(missing_ok=True)
+            with suppress(OSError):
+                stale.unlink(missing_ok=True)
 
 
 def write_text(dst: str | Path, text: str) -> Path:

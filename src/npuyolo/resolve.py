@@ -30,7 +30,7 @@ def resolve_model(ref: str, registry=None, nc: int = 80) -> ResolvedModel:
     from npuyolo.variants.checkpoint import load_weights
     from npuyolo.variants.spec import HYBRID_RE, NAME_RE, parse_variant
 
-    if ref.endswith(".pt") or Path(ref).is_file():
+    if ref.lower().endswith(".pt") or Path(ref).is_file():
         model = load_weights(ref)
         return ResolvedModel(model, slug(Path(ref).stem, "model"), trained_imgsz=_checkpoint_imgsz(model))
     if NAME_RE.match(ref) or HYBRID_RE.match(ref):

@@ -116,6 +116,24 @@ class CompileResult:
                 "ours": self.ours.as_dict(with_nodes=False)}
 
 
+MAX_SIDE = 4096  # px per side; calibration images are made at the input's size (100000² would be 30 GB each)
+
+
+def input_side(onnx_path: Path) -> int:
+    """The side of the ONNX file's static, square-sized input, refused (before anything is allocated for it) when it is
+    symbolic or beyond MAX_SIDE: a file may declare any size."""
+    import onnx
+
+    dims = [d.dim_value if d.HasField("dim_value") else 0
+            for d in onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim]
+    h, w = dims[-2:] if len(dims) == 4 else (0, 0)
+    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
+        shown = "x".join(str(d or "?") for d in dims) or "no shape"
+        raise CompilerError(f"{Path(onnx_path).name}: input {shown}; npu compile needs a static [1, 3, H, W] input with "
+                            f"sides up to {MAX_SIDE} px")
+    return int(w)
+
+
 def compile_model(ref: str, compiler: str, target: str, data: str | Path | None, registry=None, imgsz: int | None = None,
                   head: str | None = None, nc: int = 80, workdir: Path | None = None) -> CompileResult:
     """Export + analyze exactly as `npu check` does for this target, then compile that same ONNX file."""
@@ -124,9 +142,11 @@ def compile_model(ref: str, compiler: str, target: str, data: str | Path | None,
 
     platform, profile = profile_for(compiler, target)
     require(compiler)  # before a minute of export: a missing compiler is the first thing the user hears
-    if compiler == "imx500" and ref.endswith(".onnx"):
+    if compiler == "imx500" and ref.lower().endswith(".onnx"):
         raise CompilerError("the imx500 compiler converts a PyTorch model (Ultralytics' format='imx' quantizes it with "
                             "model-compression-toolkit first): give a variant name, a run or a .pt, not an .onnx file")
+    if imgsz is not None and not isinstance(imgsz, bool) and isinstance(imgsz, int) and imgsz > MAX_SIDE:
+        raise CompilerError(f"--imgsz {imgsz} is larger than npu compile takes ({MAX_SIDE} px per side)")
     if data is not None:  # a wrong data.yaml, too, before the export
         from npuyolo.deploy.quantize import calibration_images
 
@@ -136,7 +156,7 @@ def compile_model(ref: str, compiler: str, target: str, data: str | Path | None,
     ours = check.reports[0]
     import onnx
 
-    if ref.endswith(".onnx"):  # the user's file: work beside the registry, on the graph the analyzer saw
+    if ref.lower().endswith(".onnx"):  # the user's file: work beside the registry, on the graph the analyzer saw
         from npuyolo.npu.normalize import slices_to_split
         from npuyolo.paths import safe_join, slug
 
@@ -158,8 +178,7 @@ def compile_model(ref: str, compiler: str, target: str, data: str | Path | None,
         from npuyolo.paths import slug
 
         folder = onnx_path.parent / f"{compiler}-{platform}-{slug(onnx_path.stem, 'model')}"
-    dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    size = int(dims[-1].dim_value)
+    size = input_side(onnx_path)
     if compiler == "imx500":
         from npuyolo.compilers.imx500 import compile_model as imx_compile
         from npuyolo.resolve import resolve_model

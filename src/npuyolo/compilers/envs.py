@@ -95,7 +95,10 @@ class CompilerEnv:
 
 def compilers_root() -> Path:
     root = os.environ.get("NPUYOLO_COMPILERS_DIR")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "npuyolo" / "compilers"
+    path = Path(root).expanduser() if root else Path.home() / ".cache" / "npuyolo" / "compilers"
+    if path.exists() and not path.is_dir():
+        raise CompilerError(f"the compilers folder {path} is a file; NPUYOLO_COMPILERS_DIR must name a folder")
+    return path
 
 
 def spec(name: str) -> CompilerSpec:
@@ -109,12 +112,37 @@ def _folder(name: str) -> Path:
     return compilers_root() / spec(name).name
 
 
-def installed(name: str) -> CompilerEnv | None:
-    """The manifest of an installed compiler whose interpreter is still there; else None."""
-    manifest = _folder(name) / "manifest.json"
+def _manifest(name: str) -> CompilerEnv | None:
     try:
-        env = CompilerEnv(**json.loads(manifest.read_text(encoding="utf-8")))
+        env = CompilerEnv(**json.loads((_folder(name) / "manifest.json").read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
+        return None
+    return env if all(isinstance(v, str) for v in (env.name, env.version, env.python, env.venv)) else None
+
+
+def untrusted(folder: Path, env: CompilerEnv) -> str | None:
+    """Why a manifest's interpreter is not one `install` made, or None when it is.
+
+    npuyolo runs only `<folder>/venv-*/bin/python` (and that bin folder's tools): the venv a real folder directly
+    inside the compiler's folder, symlinks resolved. A manifest naming anything else was edited or forged, and
+    running it would run whatever it names.
+    """
+    try:
+        venv, home = Path(env.venv).resolve(), folder.resolve()
+        bin_dir = Path(env.python).parent.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return f"its paths cannot be resolved ({env.venv!r})"
+    if venv.parent != home or not venv.name.startswith("venv") or not venv.is_dir():
+        return f"its environment {env.venv} is not a folder npuyolo made in {home}"
+    if bin_dir != venv / "bin" or Path(env.python).name not in ("python", "python3"):
+        return f"its interpreter {env.python} is not the one in {venv / 'bin'}"
+    return None
+
+
+def installed(name: str) -> CompilerEnv | None:
+    """The manifest of an installed compiler whose interpreter is still there, inside its own venv; else None."""
+    env = _manifest(name)
+    if env is None or untrusted(_folder(name), env) is not None:
         return None
     return env if Path(env.python).is_file() else None
 
@@ -122,6 +150,11 @@ def installed(name: str) -> CompilerEnv | None:
 def require(name: str) -> CompilerEnv:
     env = installed(name)
     if env is None:
+        forged = _manifest(name)
+        why = untrusted(_folder(name), forged) if forged is not None else None
+        if why is not None:
+            raise CompilerError(f"not running the {name} compiler: {_folder(name) / 'manifest.json'} is not npuyolo's "
+                                f"({why}); reinstall with `npuyolo compilers install {name} --force`")
         raise CompilerMissingError(f"the {name} compiler is not installed (looked in {_folder(name)}); "
                                    f"install it with `npuyolo compilers install {name}`")
     return env

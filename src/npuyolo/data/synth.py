@@ -6,6 +6,7 @@ blurred, dimmed or brightened, partly occluded and pasted onto generated street-
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import cv2
 import numpy as np
 import yaml
 from PIL import Image, ImageDraw, ImageFont
+
+from npuyolo.errors import storage_error
+from npuyolo.paths import out_of_space
 
 CLASSES = ["speed_limit", "warning", "stop", "mandatory", "yield", "no_entry"]
 RED, WHITE, BLACK, BLUE = (200, 16, 30), (245, 245, 245), (20, 20, 20), (20, 70, 170)
@@ -196,7 +200,7 @@ def check_synth_args(out: str | Path, imgsz: int, seed: int) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         (out / MARKER).touch()
     except OSError as e:
-        raise DataError([f"{out}: cannot create the folder ({e.strerror or e})"]) from None
+        raise (storage_error(e, out, writing=True) or DataError([f"{out}: cannot create the folder ({e.strerror or e})"])) from None
     return out
 
 
@@ -204,6 +208,13 @@ def synthesize(out: str | Path, n_train: int = 400, n_val: int = 100, imgsz: int
                progress: Callable[[int], None] | None = None) -> Path:
     """Write images/, labels/ (one file per image, empty for background) and data.yaml; returns the yaml path."""
     out = check_synth_args(out, imgsz, seed)
+    try:
+        return _write_set(out, n_train, n_val, imgsz, seed, progress)
+    except OSError as e:  # a full disk or read-only folder: one line naming the folder
+        raise (storage_error(e, out, writing=True) or e) from None
+
+
+def _write_set(out: Path, n_train: int, n_val: int, imgsz: int, seed: int, progress: Callable[[int], None] | None) -> Path:
     for split, n, split_id in (("train", n_train, 0), ("val", n_val, 1)):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         (out / "labels" / split).mkdir(parents=True, exist_ok=True)
@@ -211,7 +222,9 @@ def synthesize(out: str | Path, n_train: int = 400, n_val: int = 100, imgsz: int
             rng = np.random.default_rng([seed, split_id, i])
             img, labels = compose(imgsz, rng)
             stem = f"{split}_{i:05d}"
-            cv2.imwrite(str(out / "images" / split / f"{stem}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+            image = out / "images" / split / f"{stem}.jpg"
+            if not cv2.imwrite(str(image), img, [cv2.IMWRITE_JPEG_QUALITY, 92]):  # OpenCV says False, it raises nothing
+                raise OSError(errno.ENOSPC if out_of_space(out) else errno.EIO, "image not written", str(image))
             (out / "labels" / split / f"{stem}.txt").write_text(
                 "".join(f"{c} {x:.6f} {y:.6f} {bw:.6f} {bh:.6f}\n" for c, x, y, bw, bh in labels))
             if progress:

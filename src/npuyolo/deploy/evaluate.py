@@ -7,6 +7,7 @@ pass swapped, so an FP32 export and the PyTorch model it came from are scored id
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch
 from npuyolo.deploy.decode import decode_npu_outputs
 from npuyolo.deploy.export import onnx_metadata
 from npuyolo.errors import NpuyoloError
+from npuyolo.paths import file_problem
 from npuyolo.ultra import DetectionValidator, check_det_dataset
 
 Predict = Callable[[torch.Tensor], torch.Tensor]  # [B, 3, H, W] in [0, 1] -> [B, 4 + nc, anchors]
@@ -53,7 +55,19 @@ def check_metadata(path, meta: dict[str, str]) -> None:
         raise DeployError(f"{path}: damaged npuyolo metadata (imgsz/names/strides/reg_max); export it again with `npuyolo export`")
 
 
+def max_threads() -> int:
+    """More intra-op threads than 4 per core only slows ONNX Runtime down; 100000 of them hung the machine."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_threads(threads: int | None) -> int | None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= max_threads()):
+        raise DeployError(f"--threads must be 1..{max_threads()} (4 per CPU core), got {threads!r}")
+    return threads
+
+
 def session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
+    check_threads(threads)
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
@@ -203,8 +217,9 @@ def validate(predict: Predict, data: str | Path, imgsz: int, names: dict[int, st
 
 def evaluate_onnx(path: str | Path, data: str | Path, batch: int = 8, threads: int | None = None) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise DeployError(f"artefact not found: {path}")
+    why = file_problem(path, empty_ok=False)
+    if why is not None:
+        raise DeployError(f"artefact not found: {path}" if why == "not found" else f"{path} {why}")
     predict, meta = onnx_predictor(path, threads)
     names = {int(k): v for k, v in json.loads(meta["names"]).items()}
     imgsz = json.loads(meta["imgsz"])[0]

@@ -14,7 +14,7 @@ import torch
 
 from npuyolo.deploy.npu_head import NPUHeadModel, output_names
 from npuyolo.errors import NpuyoloError
-from npuyolo.paths import atomic_path, check_output_file
+from npuyolo.paths import atomic_path, check_output_file, file_problem
 from npuyolo.ultra import Detect
 from npuyolo.variants.checkpoint import default_head, load_weights, model_meta
 
@@ -33,7 +33,7 @@ class ExportError(NpuyoloError, ValueError):
 
 def check_imgsz(imgsz: int, flag: str = "--imgsz", error: type[Exception] = ExportError) -> int:
     if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
-        raise error(f"{flag} must be a positive multiple of 32 (the model's largest stride), got {imgsz}")
+        raise error(f"{flag} must be a positive multiple of 32 (the model's largest stride), got {imgsz!r}")
     return imgsz
 
 
@@ -119,8 +119,9 @@ def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
 def onnx_metadata(path: str | Path) -> dict[str, str]:
     """An ONNX file's metadata; a missing or unreadable file is one clear error."""
     path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"ONNX file not found: {path}")
+    why = file_problem(path, empty_ok=False)
+    if why is not None:
+        raise ExportError(f"ONNX file not found: {path}" if why == "not found" else f"{path} {why}")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # protobuf DecodeError and friends: not an ONNX model at all

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from npuyolo.deploy.decode import nms
-from npuyolo.deploy.evaluate import DeployError, load_deployable
+from npuyolo.deploy.evaluate import DeployError, check_threads, load_deployable
+from npuyolo.paths import file_problem
 from npuyolo.deploy.quantize import letterbox
 
 
@@ -28,9 +29,11 @@ def model_macs(path: str | Path) -> int:
 
 def bench_onnx(path: str | Path, runs: int = 50, warmup: int = 10, threads: int | None = None, image: np.ndarray | None = None) -> dict:
     """Timed runs after warm-up, model alone and end to end on one BGR image (a fixed random one by default)."""
+    check_threads(threads)
     path = Path(path)
-    if not path.is_file():
-        raise DeployError(f"artefact not found: {path}")
+    why = file_problem(path, empty_ok=False)
+    if why is not None:
+        raise DeployError(f"artefact not found: {path}" if why == "not found" else f"{path} {why}")
     if runs < 1:
         raise DeployError("--runs must be at least 1")
     model = load_deployable(path, threads)  # a broken or hand-edited file is one error, not an ONNX Runtime traceback

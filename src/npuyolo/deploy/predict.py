@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -31,8 +32,8 @@ import npuyolo.ultra  # noqa: F401  (Ultralytics only behind npuyolo's offline g
 from npuyolo.data.check import IMAGE_SUFFIXES
 from npuyolo.deploy.decode import nms
 from npuyolo.deploy.quantize import letterbox
-from npuyolo.errors import NpuyoloError
-from npuyolo.paths import slug, write_bytes, write_text
+from npuyolo.errors import NpuyoloError, storage_error
+from npuyolo.paths import file_problem, slug, write_bytes, write_text
 
 __all__ = ["Box", "ImageDetections", "PredictError", "PredictResult", "Predictor", "detect", "list_sources", "load_predictor",
            "predict_source", "run_predict", "stdout_to_stderr"]
@@ -139,12 +140,15 @@ def load_predictor(ref: str, registry=None, imgsz: int | None = None) -> Predict
     if not ref:
         raise PredictError("MODEL is empty; give a run id or name, a .pt checkpoint or an .onnx file")
     path = Path(ref)
+    why = file_problem(path, empty_ok=False)
+    if ref.lower().endswith((".onnx", ".pt")) and why not in (None, "not found"):
+        raise PredictError(f"{ref} {why}")
     if ref.lower().endswith(".onnx"):
-        if not path.is_file():
+        if why is not None:
             raise PredictError(f"model not found: {ref}")
         return _onnx_predictor(path, imgsz)
     if ref.lower().endswith(".pt") or path.is_file():
-        if not path.is_file():
+        if why is not None:
             raise PredictError(f"model not found: {ref}")
         if path.suffix.lower() != ".pt":
             raise PredictError(f"{ref}: expected a .pt checkpoint or an .onnx file")
@@ -218,7 +222,8 @@ def list_sources(source: str | Path) -> list[Path]:
         if not files:
             raise PredictError(f"no images or videos matched {text!r}")
         return files
-    raise PredictError(f"source not found: {text}")
+    why = file_problem(path)
+    raise PredictError(f"source not found: {text}" if why == "not found" else f"source {text} {why}")
 
 
 def is_video(path: Path) -> bool:
@@ -419,11 +424,15 @@ def output_dir(out: str | Path | None, predictor: Predictor, sources: list[Path]
         raise PredictError(f"--out {out} is where the source images are; annotated copies would replace them")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
         raise PredictError(f"--out {out} already holds files npuyolo did not write; give a new or empty folder")
+    existed = out.is_dir()
     try:
         out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).touch()
     except OSError as e:
-        raise PredictError(f"cannot create the output folder {out}: {e.strerror or e}") from None
-    (out / MARKER).touch()
+        if not existed:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise (storage_error(e, out, writing=True) or PredictError(f"cannot create the output folder {out}: {e.strerror or e}")) from None
     return out
 
 
@@ -450,17 +459,20 @@ def run_predict(model: str, source: str | Path, *, conf: float = 0.25, iou: floa
         if on_frame is not None:
             on_frame()
 
+    fresh = [p.name for p in folder.iterdir()] == [MARKER]  # made by this call (or empty): a failure removes it again
     try:
         detections = predict_source(predictor, paths, conf, iou, max_det, on_frame=each)
         writer.close()
+        result = PredictResult(predictor.label, predictor.kind if predictor.head is None else f"onnx/{predictor.head}",
+                               predictor.imgsz, conf, iou, folder, detections, writer.written,
+                               folder / "predictions.json", folder / "predictions.csv", predictor.run_id, predictor.path)
+        write_text(result.json_path, json.dumps(result.as_dict(), indent=2) + "\n")
+        write_text(result.csv_path, predictions_csv(detections))
     except BaseException:
         writer.abort()
+        if fresh:  # no half-filled folder (nor an empty one) is left behind
+            shutil.rmtree(folder, ignore_errors=True)
         raise
-    result = PredictResult(predictor.label, predictor.kind if predictor.head is None else f"onnx/{predictor.head}",
-                           predictor.imgsz, conf, iou, folder, detections, writer.written,
-                           folder / "predictions.json", folder / "predictions.csv", predictor.run_id, predictor.path)
-    write_text(result.json_path, json.dumps(result.as_dict(), indent=2) + "\n")
-    write_text(result.csv_path, predictions_csv(detections))
     return result
 
 

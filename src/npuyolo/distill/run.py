@@ -18,7 +18,7 @@ def distill(registry, teacher: str, student_variant: str, data: str | Path, reci
     from npuyolo.train.trainer import train_variant
     from npuyolo.variants.spec import parse_variant
 
-    if str(teacher).endswith(".pt"):  # a checkpoint from elsewhere (e.g. another registry or machine)
+    if str(teacher).lower().endswith(".pt"):  # a checkpoint from elsewhere (e.g. another registry or machine)
         if not Path(teacher).is_file():
             raise DistillError(f"teacher checkpoint not found: {teacher}")
         from npuyolo.variants.checkpoint import load_weights, model_meta

@@ -32,7 +32,7 @@ def check_model(ref: str, target_names: list[str], registry=None, imgsz: int | N
     moves to the host decode (as Hailo and Rockchip move what their NPU lacks), and the note says so.
     """
     profiles = [target(t) for t in target_names]
-    if ref.endswith(".onnx"):
+    if ref.lower().endswith(".onnx"):
         import onnx
 
         from npuyolo.npu.normalize import fold_qdq, slices_to_split

@@ -10,6 +10,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from npuyolo.errors import NpuyoloError
+from npuyolo.paths import file_problem
 
 
 class GraphError(NpuyoloError, ValueError):
@@ -42,8 +43,9 @@ def load_graph(path: str | Path | onnx.ModelProto) -> Graph:
         model = path
     else:
         p = Path(path)
-        if not p.is_file():
-            raise GraphError(f"{p}: file not found")
+        why = file_problem(p, empty_ok=False)
+        if why is not None:
+            raise GraphError(f"{p}: file not found" if why == "not found" else f"{p} {why}")
         try:
             model = onnx.load(str(p))
         except Exception as e:  # protobuf raises DecodeError, RuntimeWarning-free; keep the message

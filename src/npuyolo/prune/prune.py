@@ -64,9 +64,9 @@ def prune_model(model: torch.nn.Module, ratio: float, method: str = "l1", imgsz:
 
 def save_checkpoint(model: torch.nn.Module, path: Path, extra: dict | None = None) -> Path:
     """An Ultralytics-style checkpoint (`model` holds the module), loadable by `load_checkpoint` and YOLO()."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: a refused write is an OSError, not torch's RuntimeError
         torch.save({"date": datetime.now(timezone.utc).isoformat(), "model": copy.deepcopy(model).float(), "ema": None,
-                    "epoch": -1, "train_args": extra or {}}, tmp)
+                    "epoch": -1, "train_args": extra or {}}, f)
     return path
 
 

@@ -14,11 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from npuyolo.errors import NpuyoloError
-from npuyolo.paths import claim_dir, safe_join, slug
+from npuyolo.errors import NpuyoloError, UnsafePathError
+from npuyolo.paths import claim_dir, make_dir, out_of_space, safe_join, slug
 from npuyolo.registry.schema import MIGRATIONS, SCHEMA_VERSION, widen_status_check
 
-__all__ = ["Artifact", "Registry", "RegistryError", "RunRecord", "default_path", "validate_run_name"]
+__all__ = ["Artifact", "NameTakenError", "Registry", "RegistryError", "RunRecord", "default_path", "validate_run_name"]
 
 DEFAULT_PATH = Path("runs") / "npuyolo.db"
 EPOCH_FIELDS = ("box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50", "map50_95", "lr", "epoch_time_s")
@@ -30,6 +30,14 @@ _STORAGE_ERRORS = ("disk is full", "readonly", "read-only", "locked", "disk I/O"
 
 class RegistryError(NpuyoloError, LookupError):
     """A run or series that is not in the registry, or a registry file npuyolo cannot use."""
+
+
+class NameTakenError(RegistryError):
+    """A run name already in the registry (`name` says which): callers that chose the name say what to do instead."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name
 
 
 def validate_run_name(name: str) -> str:
@@ -111,6 +119,10 @@ class RunRecord:
         return asdict(self)
 
 
+def _is_io_error(e: sqlite3.DatabaseError) -> bool:
+    return (getattr(e, "sqlite_errorname", None) or "").startswith("SQLITE_IOERR") or "disk I/O error" in str(e)
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -149,6 +161,8 @@ class Registry:
         self.readonly = readonly
         if self.path.is_dir():
             raise RegistryError(f"{self.path} is a folder; --registry names the SQLite file (e.g. runs/npuyolo.db)")
+        if self.path.exists() and not self.path.is_file():  # /dev/null, a FIFO: SQLite would write <path>-journal beside it
+            raise RegistryError(f"{self.path} is not a regular file; --registry names the SQLite file (e.g. runs/npuyolo.db)")
         if (readonly or not create) and not self.path.is_file():
             raise RegistryError(f"no registry at {self.path}: nothing recorded there yet (a mistyped --registry?)")
         if readonly:
@@ -172,8 +186,15 @@ class Registry:
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # fails here on a file that is not SQLite
         except sqlite3.DatabaseError as e:
-            raise RegistryError(f"{self.path}: not an npuyolo registry ({e})") from e
+            said = self._disk_full(e) or (f"registry {self.path}: {e}" if _is_io_error(e) else None)
+            raise RegistryError(said or f"{self.path}: not an npuyolo registry ({e})") from e
         return conn
+
+    def _disk_full(self, e: sqlite3.DatabaseError) -> str | None:
+        """'disk full' when SQLite says so, or says 'disk I/O error' (growing its -shm failed) on a full file system."""
+        if getattr(e, "sqlite_errorname", None) == "SQLITE_FULL" or "disk is full" in str(e) or (_is_io_error(e) and out_of_space(self.path)):
+            return f"registry {self.path}: disk full; free some space on its file system and retry"
+        return None
 
     def _open_readonly(self) -> sqlite3.Connection:
         wal = Path(f"{self.path}-wal")
@@ -209,8 +230,9 @@ class Registry:
         try:
             yield
         except sqlite3.DatabaseError as e:
-            if any(m in str(e) for m in _STORAGE_ERRORS):
-                raise RegistryError(f"registry {self.path}: {e}") from e
+            full = self._disk_full(e)
+            if full or any(m in str(e) for m in _STORAGE_ERRORS):
+                raise RegistryError(full or f"registry {self.path}: {e}") from e
             raise
 
     # -- plumbing -------------------------------------------------------------------------------------
@@ -282,7 +304,7 @@ class Registry:
             name = validate_run_name(name)
         with self.tx() as c:
             if name and c.execute("SELECT 1 FROM runs WHERE name = ?", (name,)).fetchone():
-                raise RegistryError(f"a run named {name!r} already exists in {self.path}; choose another --name")
+                raise NameTakenError(f"a run named {name!r} already exists in {self.path}; choose another --name", name)
             cur = c.execute(
                 "INSERT INTO runs (name, variant, series, status, recipe_json, data_path, data_hash, class_names,"
                 " weights_source, device, versions_json, started_at, pid, pid_started, host)"
@@ -300,17 +322,22 @@ class Registry:
         return run_id
 
     def run_dir(self, run: RunRecord, *parts: str) -> Path:
-        """A folder inside the run's own folder (created), e.g. `run_dir(run, "deploy")`."""
+        """A folder inside the run's own folder (created), e.g. `run_dir(run, "deploy")`.
+
+        Run folders live under the registry's folder; a recorded `save_dir` elsewhere (an edited registry) is refused
+        rather than written into.
+        """
         base = Path(run.save_dir) if run.save_dir else self.root / "train" / f"{run.id}-{slug(run.name)}"
-        path = safe_join(base, *parts)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        try:
+            safe_join(self.root, base)
+        except UnsafePathError:
+            raise RegistryError(f"run {run.name}'s folder {base} is outside the registry's folder {self.root}; "
+                                "not writing there (was the registry edited or moved?)") from None
+        return make_dir(safe_join(base, *parts))
 
     def output_dir(self, *parts: str) -> Path:
         """A folder under the registry's folder for outputs that belong to no run (series reports, variant checks)."""
-        path = safe_join(self.root, *parts)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return make_dir(safe_join(self.root, *parts))
 
     def update_run(self, run_id: int, **fields: Any) -> None:
         if not fields:

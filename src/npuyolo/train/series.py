@@ -68,6 +68,17 @@ def run_series(spec: SeriesSpec, registry: Registry, on_member: Callable[[str, s
 
 
 def _run_series(spec, recipe, registry, on_member, verbose, executor) -> list[dict]:
+    """`_train_members`; a member's run name taken meanwhile means another `series run` of this series is training it."""
+    from npuyolo.registry.db import NameTakenError, RegistryError
+
+    try:
+        return _train_members(spec, recipe, registry, on_member, verbose, executor)
+    except NameTakenError as e:
+        raise RegistryError(f"series {spec.name}: member run {e.name!r} was just created by another run of this series "
+                          "(two at once?); run it again once that one ends, and it continues where it stopped") from None
+
+
+def _train_members(spec, recipe, registry, on_member, verbose, executor) -> list[dict]:
     from npuyolo.train.trainer import close_if_trained, prepare_resume, resume_run, train_variant
 
     registry.upsert_series(spec.name, {**spec.model_dump(), "recipe_resolved": recipe.model_dump()})

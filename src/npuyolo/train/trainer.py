@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import errno
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ import torch
 import yaml
 
 from npuyolo.data.check import check_dataset
-from npuyolo.errors import CheckpointError, NpuyoloError
+from npuyolo.errors import USER_OS_ERRNOS, CheckpointError, NpuyoloError
 from npuyolo.paths import slug, write_text
 from npuyolo.registry.db import Registry, RegistryError, RunRecord, validate_run_name
 from npuyolo.train.recipe import Recipe
@@ -30,7 +29,7 @@ from npuyolo.yamlfile import load_yaml
 
 PREVIOUS = "last.prev.pt"  # the checkpoint before last.pt, kept while a run trains
 # OS errors a user fixes (space, permissions, read-only media): one line, and the run is recorded failed with it
-_USER_OS_ERRORS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG, errno.EPERM}
+_USER_OS_ERRORS = USER_OS_ERRNOS
 
 
 class TrainError(NpuyoloError, RuntimeError):
@@ -381,6 +380,9 @@ def train_into(build: Callable[[], NpuyoloTrainer], sink: RecordSink, label: str
             raise TrainError(f"{label} failed: {e}") from e
         raise
     wdir = Path(trainer.save_dir) / "weights"
+    if not Path(trainer.save_dir).is_dir():  # deleted while it trained: nothing on disk to call finished
+        sink.set_status("failed", error=f"the run's folder {trainer.save_dir} was deleted while it trained")
+        raise TrainError(f"{label} failed: its folder {trainer.save_dir} was deleted while it trained; nothing was kept")
     for kind in ("best", "last"):
         if (wdir / f"{kind}.pt").exists():
             sink.add_artifact(f"weights/{kind}", wdir / f"{kind}.pt")
@@ -393,6 +395,8 @@ def train_into(build: Callable[[], NpuyoloTrainer], sink: RecordSink, label: str
 def _run_trainer(build: Callable[[], NpuyoloTrainer], registry: Registry, run_id: int) -> RunResult:
     """Train in this process, writing straight into the registry."""
     save_dir = train_into(build, RegistrySink(registry, run_id), f"run {run_id}")
+    if not registry.path.is_file():  # SQLite kept writing into the deleted file: the record is gone with it
+        raise TrainError(f"run {run_id}: the registry {registry.path} was deleted while it trained; nothing was recorded")
     run = registry.run(run_id)
     return RunResult(run_id, run.name, run.status, save_dir)
 

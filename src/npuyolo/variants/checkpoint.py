@@ -49,7 +49,7 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if path.suffix != ".pt":
+    if path.suffix.lower() != ".pt":
         raise CheckpointError(f"{path}: expected a .pt checkpoint")
     trust_npuyolo_classes()
     try:
