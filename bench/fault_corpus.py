@@ -494,7 +494,7 @@ def main() -> None:
     env0 = {**os.environ, "NPUYOLO_REGISTRY": str(f["db"]), "COLUMNS": "200"}
     rows, clean = [], 0
     t0 = time.time()
-    for case, argv, env, expected in cases(f) + cases_r4_severe_a(f) + cases_r4_severe_b(f) + cases_r4_medium_c(f):
+    for case, argv, env, expected in cases(f) + cases_r4_severe_a(f) + cases_r4_severe_b(f) + cases_r4_medium_c(f) + cases_r4_env_d(f):
         try:
             p = subprocess.run([sys.executable, "-m", "npuyolo.cli", *argv], env={**env0, **env}, cwd=work, capture_output=True,
                                text=True, timeout=CASE_TIMEOUT_S)
