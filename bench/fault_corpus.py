@@ -249,6 +249,7 @@ def cases_r4_severe_a(f: dict) -> list[tuple[str, list[str], dict, int]]:
     add("data synth into a data set it did not write", ["data", "synth", theirs, "--train", "2", "--val", "1", "--imgsz", "64"])
     for what in ("a new folder", "the folder it wrote"):
         add(f"data synth into {what} (legal)", ["data", "synth", r4 / "synth", "--train", "2", "--val", "1", "--imgsz", "64"], code=0)
+    return out
 
 
 def cases_r4_severe_b(f: dict) -> list[tuple[str, list[str], dict, int]]:
