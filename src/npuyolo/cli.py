@@ -43,6 +43,11 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 RegistryOpt = Annotated[Optional[Path], typer.Option("--registry", envvar="NPUYOLO_REGISTRY", help="SQLite registry file [default: runs/npuyolo.db]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+# the options `deploy plan` and `series plan` share
+PlanConfOpt = Annotated[float, typer.Option("--conf", help="Deployment confidence threshold (what the NPU runtime bakes in).")]
+PlanCalibOpt = Annotated[int, typer.Option("--calib", help="Calibration images.")]
+PlanHoldoutOpt = Annotated[int, typer.Option("--holdout", help="Held-back train images the calibration sweep is judged on.")]
+PlanSweepOpt = Annotated[bool, typer.Option("--sweep/--no-sweep", help="Calibrate with the sweep's choice, or with MinMax.")]
 
 
 class Table(RichTable):
@@ -428,10 +433,10 @@ def series_rank(name: str, as_json: JsonOpt = False, registry: RegistryOpt = Non
 def series_plan(name: str,
                 target: Annotated[list[str], typer.Option("--target", "-t", help="Target profile (repeatable).")],
                 data: Annotated[Optional[Path], typer.Option(help="data.yaml [default: the series' own].")] = None,
-                conf: Annotated[float, typer.Option(help="Deployment confidence threshold (what the NPU runtime bakes in).")] = 0.25,
-                calib: Annotated[int, typer.Option(help="Calibration images.")] = 100,
-                holdout: Annotated[int, typer.Option(help="Held-back train images the calibration sweep is judged on.")] = 50,
-                sweep: Annotated[bool, typer.Option("--sweep/--no-sweep", help="Calibrate with the sweep's choice, or with MinMax.")] = True,
+                conf: PlanConfOpt = 0.25,
+                calib: PlanCalibOpt = 100,
+                holdout: PlanHoldoutOpt = 50,
+                sweep: PlanSweepOpt = True,
                 imgsz: Annotated[Optional[int], typer.Option(help="Export size [default: each run's].")] = None,
                 as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """`deploy plan` for every finished member: which variant's artefact to ship on which NPU (variant x target)."""
@@ -865,10 +870,10 @@ def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written
 def deploy_plan(model: Annotated[str, typer.Argument(help="Run id/name or .pt checkpoint.")],
                 target: Annotated[list[str], typer.Option("--target", "-t", help="Target profile (repeatable).")],
                 data: Annotated[Path, typer.Option(help="data.yaml: train images calibrate, val images score.")],
-                conf: Annotated[float, typer.Option(help="Deployment confidence threshold (what the NPU runtime bakes in).")] = 0.25,
-                calib: Annotated[int, typer.Option(help="Calibration images.")] = 100,
-                holdout: Annotated[int, typer.Option(help="Held-back train images the calibration sweep is judged on.")] = 50,
-                sweep: Annotated[bool, typer.Option("--sweep/--no-sweep", help="Calibrate with the sweep's choice, or with MinMax.")] = True,
+                conf: PlanConfOpt = 0.25,
+                calib: PlanCalibOpt = 100,
+                holdout: PlanHoldoutOpt = 50,
+                sweep: PlanSweepOpt = True,
                 imgsz: Annotated[Optional[int], typer.Option(help="Export size [default: the run's].")] = None,
                 as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Build every artefact that could serve each target, verify each (placement, FP32/INT8 accuracy), choose."""
