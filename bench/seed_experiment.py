@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import npuyolo  # noqa: F401  (offline guards before Ultralytics)
+from npuyolo.paths import atomic_path, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "roadsign4" / "data.yaml"
@@ -247,10 +248,8 @@ def cmd_finish(args) -> int:
             continue
         out = member_dir(args, name)
         out.mkdir(parents=True, exist_ok=True)
-        best = run.artifact_path("weights/best")
-        tmp = out / ".best.pt.partial"
-        shutil.copyfile(best, tmp)
-        tmp.replace(out / "best.pt")
+        with atomic_path(out / "best.pt") as tmp:
+            shutil.copyfile(run.artifact_path("weights/best"), tmp)
         record = run.as_dict()
         record["machine"] = json.loads((args.work / "machine.json").read_text()) if (args.work / "machine.json").is_file() \
             else machine()
@@ -263,9 +262,7 @@ def cmd_finish(args) -> int:
 
 
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n")
 
 
 def cmd_post(args) -> int:
