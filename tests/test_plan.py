@@ -120,6 +120,30 @@ def test_bad_plan_input_is_one_line(planned):
         assert result.output.count("error:") == 1 and "Traceback" not in result.output
 
 
+def test_hostile_model_and_series_names_are_one_line_and_run_nothing(tmp_path, synth_data):
+    """A code-carrying .pt is refused before anything is built; a `../` series name reads no folder outside."""
+    import os
+
+    import torch
+
+    marker = tmp_path / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": Payload()}, evil)
+    db = tmp_path / "reg" / "r.db"
+    Registry(db).close()
+    for args in (["deploy", "plan", str(evil), "-t", "relu-only", "--data", str(synth_data)],
+                 ["series", "plan", "../../etc", "-t", "relu-only", "--data", str(synth_data)]):
+        result = runner.invoke(app, [*args, "--registry", str(db)])
+        assert result.exit_code == 2 and result.output.count("error:") == 1 and "Traceback" not in result.output, result.output
+    assert not marker.exists()
+    assert sorted(p.name for p in db.parent.iterdir() if not p.name.startswith("r.db")) in ([], ["cache"])
+
+
 # -- the pure core on hand-made rows -----------------------------------------------------------------------------------
 def row(graph=None, off=0, parts=0, ms=None, map50=0.5, fp32=0.5, route="int8", target_name="t") -> Row:
     acc = lambda m: Accuracy(0.5, 0.5, m, m / 2)  # noqa: E731
