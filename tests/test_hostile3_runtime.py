@@ -280,3 +280,45 @@ def test_two_quantizes_of_one_model_at_once(tmp_path, synth_data, good_onnx):
     assert [p.returncode for p in procs] == [0, 0], errors[1][-600:]
     assert "npuyolo_quant" in onnx_metadata(out)
     assert sorted(p.name for p in work.iterdir()) == ["m-int8.onnx", "m.onnx"]
+
+
+def test_schema_version_and_tables_are_read_in_one_snapshot(tmp_path):
+    """Another opener committing the schema between the version read and the table read made a registry being created
+    look like a foreign SQLite file ('not an npuyolo registry'); seen once in six threads opening one new registry."""
+    import sqlite3
+
+    from npuyolo.registry.db import Registry
+
+    path = tmp_path / "r.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+
+    class Rows:
+        def __init__(self, rows):
+            self.rows = rows
+
+        def fetchone(self):
+            return self.rows[0] if self.rows else None
+
+        def fetchall(self):
+            return self.rows
+
+        def __iter__(self):
+            return iter(self.rows)
+
+    class Racing:
+        """A connection after whose first statement another process creates the registry."""
+
+        first = True
+
+        def execute(self, *args):
+            rows = conn.execute(*args).fetchall()
+            if self.first:
+                self.first = False
+                Registry(path).close()
+            return Rows(rows)
+
+    probe = object.__new__(Registry)
+    probe.path = path
+    assert probe._check_version(Racing()) == 0  # what the snapshot saw: an empty file, then the lock sorts it out
+    assert Registry(path).schema_version > 0

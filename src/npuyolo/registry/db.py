@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import sqlite3
+import time
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,10 +175,23 @@ class Registry:
                 raise RegistryError(f"cannot create the registry folder {self.path.parent}: {e.strerror or e}") from e
             self.conn = self._connect(str(self.path))
             with self._storage_errors():
-                self.conn.execute("PRAGMA journal_mode = WAL")
+                self._enable_wal()
                 self._migrate()
                 self.reap_dead_runs()
         self.root = self.path.parent
+
+    def _enable_wal(self, patience_s: float = 30.0) -> None:
+        """WAL mode, waiting for other openers: SQLite answers "database is locked" at once, without its busy
+        timeout, when several connections switch a new file's journal mode together (seen with six processes)."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def _connect(self, target: str, uri: bool = False) -> sqlite3.Connection:
         try:
@@ -215,8 +229,11 @@ class Registry:
 
     def _check_version(self, conn: sqlite3.Connection) -> int:
         with self._storage_errors():
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            # one statement, so one snapshot: read apart, another opener could commit the schema between the two
+            # reads (version 0, yet tables), and a registry being created would look like a foreign SQLite file
+            rows = conn.execute("SELECT u.user_version, m.name FROM pragma_user_version AS u"
+                                " LEFT JOIN sqlite_master AS m ON m.type = 'table'").fetchall()
+            version, tables = rows[0][0], {r[1] for r in rows if r[1] is not None}
         if version < 0 or version > SCHEMA_VERSION:
             raise RegistryError(f"{self.path} has schema version {version}; this npuyolo knows 0..{SCHEMA_VERSION}"
                                 + ("; Upgrade npuyolo to read it" if version > SCHEMA_VERSION else " (not written by npuyolo)"))
