@@ -110,6 +110,23 @@ def finished_run(reg, member: str, args):
     return None
 
 
+def unfinished_run(db: Path, name: str, epochs: int) -> int | None:
+    """The id of the member's earlier run that did not finish, so it is resumed instead of refused as a taken name."""
+    from npuyolo.registry.db import Registry
+
+    reg = Registry(db, readonly=True)
+    try:
+        rows = [row for row in reg.runs() if row["name"] == name]
+        if not rows or rows[0]["status"] == "finished":
+            if rows and reg.run(rows[0]["id"]).recipe.get("epochs") != epochs:
+                raise SystemExit(f"{name}: a finished run of another budget holds this name in {db}; "
+                                 "use another --work folder")
+            return None
+        return rows[0]["id"]
+    finally:
+        reg.close()
+
+
 def train_one(member: Member, args, data: Path) -> None:
     from npuyolo.api import Workspace
 
@@ -132,7 +149,13 @@ def train_one(member: Member, args, data: Path) -> None:
         torch_utils.NUM_THREADS = args.threads
     ws = Workspace(registry_path(args.work))
     t = time.time()
-    run = ws.train(member.variant, data, name=run_name(member.name, args.imgsz), act_anneal=member.act_anneal, verbose=True, **overrides)
+    earlier = unfinished_run(registry_path(args.work), run_name(member.name, args.imgsz), args.epochs)
+    if earlier is not None:  # a member stopped by a deadline or a crash goes on from its last checkpoint
+        log(f"{member.name}: resuming run #{earlier} from its last checkpoint")
+        run = ws.resume(earlier, verbose=True)
+    else:
+        run = ws.train(member.variant, data, name=run_name(member.name, args.imgsz), act_anneal=member.act_anneal,
+                       verbose=True, **overrides)
     best = run.best or {}
     log(f"{member.name}: run #{run.id} {run.status} in {time.time() - t:.0f} s; mAP50 {best.get('map50')}")
 

@@ -52,3 +52,29 @@ def test_a_committed_best_pt_rescores_to_its_recorded_map50(tmp_path):
     tolerance = 0.005 if str(row["device"]).startswith("cpu") else 0.03
     assert abs(got["map50"] - row["best"]["map50"]) <= tolerance, (member, got, row["best"])
     assert abs(got["map50_95"] - row["best"]["map50_95"]) <= 2 * tolerance, (member, got, row["best"])
+
+
+@pytest.mark.slow
+def test_a_member_stopped_midway_is_resumed_by_the_next_train_call(synth_data, tmp_path):
+    """A deadline or a crash leaves the member's run unfinished; calling train again goes on from its checkpoint
+    (it used to stop at once: the member's run name was taken)."""
+    import subprocess
+    import sys
+
+    from npuyolo.registry.db import Registry
+
+    from .conftest import kill_after_first_epoch
+
+    work = tmp_path / "work"
+    cmd = [sys.executable, str(REPO / "bench" / "seed_experiment.py"), "train", "--members", "L4-relu", "--work", str(work),
+           "--data", str(synth_data), "--imgsz", "64", "--epochs", "3", "--batch", "8", "--device", "cpu",
+           "--workers", "0", "--threads", "1"]
+    db = work / "runs" / "npuyolo.db"
+    kill_after_first_epoch(cmd, db, 1)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "resuming run #1" in again.stdout + again.stderr
+    reg = Registry(db, readonly=True)
+    runs = reg.runs()
+    assert [(r["id"], r["name"], r["status"]) for r in runs] == [(1, "seed64-L4-relu", "finished")]
+    assert len(reg.run(1).epochs) == 3
