@@ -321,8 +321,50 @@ def cmd_post(args) -> int:
                                       "share_macs": round(r.share_macs, 4), "share_nodes": round(r.share_nodes, 4),
                                       "fallback_ops": r.fallback_ops} for r in check.reports}
             write_json(post_file, post)
+        if "compilers" not in post and "compilers" not in args.skip:
+            post["compilers"] = compiler_verdicts(ws, run.id, data)
+            write_json(post_file, post)
+        if "int8_vs_ultralytics" not in post and "int8_vs_ultralytics" not in args.skip:
+            post["int8_vs_ultralytics"] = int8_vs_ultralytics(run.artifact_path("weights/best"), data, run.recipe["imgsz"],
+                                                              args.work / "int8_vs_ultralytics" / name)
+            write_json(post_file, post)
         log(f"{name}: post {json.dumps(post, default=str)[:400]}")
     return 0
+
+
+COMPILES = (("rknn", "rk3588"), ("rknn", "rk3566"), ("vela", "ethos-u55-128"))
+
+
+def compiler_verdicts(ws, run_id: int, data: Path) -> dict:
+    """The vendor compilers' own verdicts (rows on NPU/CPU, Vela's time estimate), or why there is none."""
+    from npuyolo.errors import NpuyoloError
+
+    out = {}
+    for compiler, target in COMPILES:
+        t = time.time()
+        try:
+            res = ws.compile(run_id, compiler, target, data)
+        except NpuyoloError as e:  # not installed, or the compiler refused the model: said, not hidden
+            out[f"{compiler}:{target}"] = {"error": str(e)}
+            continue
+        build = res.build
+        out[f"{compiler}:{target}"] = {"version": build.version, "summary": build.summary(),
+                                       "agreement": {"share": res.agreement.share, "basis": res.agreement.basis,
+                                                     "verdict": res.agreement.verdict},
+                                       "performance": getattr(build, "performance", None), "notes": build.notes,
+                                       "disabled_rules": build.disabled_rules, "seconds": round(time.time() - t)}
+        log(f"{compiler}:{target}: {out[f'{compiler}:{target}']['summary']}")
+    return out
+
+
+def int8_vs_ultralytics(weights: Path, data: Path, imgsz: int, work: Path) -> list[dict]:
+    """bench/int8_vs_ultralytics.py on the member's weights (no QAT): Ultralytics' INT8 beside each of our routes."""
+    work.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(ROOT / "bench" / "int8_vs_ultralytics.py"), "--weights", str(weights), "--data", str(data),
+           "--imgsz", str(imgsz), "--qat-epochs", "0", "--runs", "20", "--work", str(work)]
+    log(f"int8_vs_ultralytics: {' '.join(cmd[1:])}")
+    subprocess.run(cmd, check=True)
+    return json.loads((work / "int8_vs_ultralytics.json").read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", type=int, default=1, help="members trained side by side (one process each)")
     ap.add_argument("--deadline-min", type=float, default=None, help="no member runs past this many minutes from now")
     ap.add_argument("--member-min", type=float, default=None, help="expected minutes per member: none starts that cannot finish")
+    ap.add_argument("--skip", nargs="+", default=[], choices=["compilers", "int8_vs_ultralytics"],
+                    help="post: steps left out (e.g. int8_vs_ultralytics at 640 px on a CPU: about 40 min per member)")
     ap.add_argument("-t", "--targets", nargs="+", default=["rknn-rk3588", "rknn-rk3566", "ethos-u55", "imx500", "amd-dpu", "edgetpu", "relu-only"])
     args = ap.parse_args(argv)
     if args.command == "train":
