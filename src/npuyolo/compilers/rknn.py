@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from npuyolo.compilers.envs import CompilerError, clean_env, require
+from npuyolo.compilers.manifest import write_manifest
 
 __all__ = ["LayerRow", "Mapping", "Rewrite", "RknnBuild", "compile_onnx", "failed_rule", "map_to_onnx", "parse_layer_table",
            "parse_memory", "parse_rewrites", "parse_version", "split_log"]
@@ -355,6 +356,8 @@ def compile_onnx(onnx_path: Path, platform: str, dataset_list: Path, workdir: Pa
     model = onnx.load(str(onnx_path), load_external_data=False)
     nodes = [(n.name, n.op_type, list(n.input), list(n.output)) for n in model.graph.node if n.op_type not in ("Constant", "Identity")]
     notes = [f"rule {r} disabled: the build failed inside it (the compiler's own suggestion)" for r in disabled]
+    if out.is_file():  # what the simulator needs to rebuild it for `deploy eval`
+        write_manifest(out, "rknn", Path(onnx_path), target=platform, dataset=dataset_list, disabled_rules=disabled)
     return RknnBuild(compiler="rknn-toolkit2", version=parse_version(done.stderr + done.stdout) or env.version, platform=platform,
                      onnx=str(onnx_path), log=str(log), seconds=round(time.perf_counter() - started, 2), disabled_rules=disabled,
                      rows=rows, mappings=map_to_onnx(nodes, rows, rewrites), memory=parse_memory(done.stdout),

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from npuyolo.compilers.envs import CompilerError, clean_env, require
+from npuyolo.compilers.manifest import write_manifest
 
 __all__ = ["ACCELERATORS", "VelaBuild", "compile_onnx", "parse_summary_csv", "parse_vela"]
 
@@ -166,5 +167,6 @@ def compile_onnx(onnx_path: Path, accelerator: str, calib_npy: Path, workdir: Pa
         raise CompilerError(f"vela wrote no {tflite.stem}_summary_*.csv in {out_dir}; see {log}")
     performance = parse_summary_csv(summaries[-1].read_text(encoding="utf-8"))
     memory = {k: v for k, v in network.items() if k.endswith("_kib")}
+    write_manifest(Path(tflite), "tflite", Path(onnx_path))  # `deploy eval` scores this file as Vela was given it
     return VelaBuild(compiler="vela", version=env.version, platform=accelerator, onnx=str(onnx_path), tflite=str(tflite), log=str(log),
                      seconds=round(time.perf_counter() - started, 2), network=network, performance=performance, memory=memory, notes=notes)

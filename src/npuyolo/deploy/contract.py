@@ -14,17 +14,22 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from npuyolo.errors import NpuyoloError
 
-__all__ = ["ContractError", "ContractReport", "InputContract", "check_contract", "golden_image", "prepare"]
+__all__ = ["ContractError", "ContractReport", "InputContract", "OutputMatch", "check_contract", "golden_image", "match_outputs",
+           "prepare"]
 
 Runner = Callable[[np.ndarray], Sequence[np.ndarray]]
 MATCH = 0.98  # cosine similarity of every output tensor for "the same model" (RKNN's accuracy_analysis measure)
+# An output whose FP32 values span less than this carries too little signal for a cosine once quantized: class sigmoids
+# of a scale where nothing was found sit within a step or two of INT8's 1/255 (cosine 0.4 on a model that is right).
+# Such tensors are reported, not judged (unless no tensor has signal).
+SIGNAL = 0.05
 
 
 class ContractError(NpuyoloError, ValueError):
@@ -49,10 +54,17 @@ class InputContract:
 class ContractReport:
     declared: InputContract
     cosine: list[float]  # per output tensor, compiled vs FP32
+    matches: list[OutputMatch] = field(default_factory=list)  # compiled outputs in the FP32 model's order
 
     @property
     def worst(self) -> float:
         return min(self.cosine)
+
+
+def _judged(reference: Sequence[np.ndarray], scores: Sequence[float]) -> float:
+    """The worst cosine over the outputs with signal (all of them when none has)."""
+    judged = [c for c, r in zip(scores, reference) if float(np.ptp(r)) >= SIGNAL]
+    return min(judged or scores)
 
 
 def golden_image(imgsz: int, seed: int = 0) -> np.ndarray:
@@ -86,39 +98,56 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (na * nb))
 
 
-def _aligned(ref: np.ndarray, got: np.ndarray) -> np.ndarray | None:
-    """`got` transposed to `ref`'s shape when it is the same tensor in another layout (TFLite returns NHWC)."""
-    got = np.asarray(got)
+def _perm(ref: np.ndarray, got: np.ndarray) -> tuple[int, ...] | None:
+    """The axis order that turns `got` into `ref`'s shape when it is the same tensor in another layout (TFLite returns
+    NHWC); the identity first, then the order that keeps the most axes in place."""
     if got.shape == ref.shape:
-        return got
+        return tuple(range(got.ndim))
     if got.size != ref.size or got.ndim != ref.ndim:
         return None
     for perm in itertools.permutations(range(got.ndim)):
         if tuple(got.shape[i] for i in perm) == ref.shape:
-            return got.transpose(perm)
+            return perm
     return None
+
+
+@dataclass(frozen=True)
+class OutputMatch:
+    """Which compiled output (and in which axis order) is the FP32 model's output at the same position."""
+
+    index: int
+    perm: tuple[int, ...]
+    cosine: float
+
+    def take(self, outputs: Sequence[np.ndarray]) -> np.ndarray:
+        return np.asarray(outputs[self.index]).transpose(self.perm)
+
+
+def match_outputs(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> list[OutputMatch]:
+    """Per reference tensor, the compiled output of the same size that agrees best with it (order- and layout-free)."""
+    if len(outputs) != len(reference):
+        raise ContractError(f"the compiled model returns {len(outputs)} output tensor(s), the FP32 model {len(reference)}:"
+                            " the graphs do not end at the same place (export head?)")
+    left, matches = list(range(len(outputs))), []
+    for ref in reference:
+        best = None
+        for i in left:
+            perm = _perm(ref, np.asarray(outputs[i]))
+            if perm is not None:
+                score = _cosine(ref, np.asarray(outputs[i]).transpose(perm))
+                if best is None or score > best.cosine:
+                    best = OutputMatch(i, perm, score)
+        if best is None:
+            raise ContractError(f"no compiled output matches the FP32 output of shape {list(ref.shape)}: "
+                                f"got {[list(np.shape(o)) for o in outputs]}")
+        matches.append(best)
+        left.remove(best.index)
+    return matches
 
 
 def compare_outputs(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> list[float]:
     """Cosine similarity per reference tensor; each is matched to the compiled output of the same size (order-free)."""
-    if len(outputs) != len(reference):
-        raise ContractError(f"the compiled model returns {len(outputs)} output tensor(s), the FP32 model {len(reference)}:"
-                            " the graphs do not end at the same place (export head?)")
-    left, scores = list(outputs), []
-    for ref in reference:
-        best, best_i = None, None
-        for i, got in enumerate(left):
-            aligned = _aligned(ref, got)
-            if aligned is not None:
-                score = _cosine(ref, aligned)
-                if best is None or score > best:
-                    best, best_i = score, i
-        if best is None:
-            raise ContractError(f"no compiled output matches the FP32 output of shape {list(ref.shape)}: "
-                                f"got {[list(np.shape(o)) for o in outputs]}")
-        scores.append(best)
-        left.pop(best_i)
-    return scores
+    return [m.cosine for m in match_outputs(reference, outputs)]
 
 
 def _run(runner: Runner, image: np.ndarray, contract: InputContract) -> list[np.ndarray] | None:
@@ -152,17 +181,18 @@ def check_contract(reference: Runner, compiled: Runner, declared: InputContract,
     ref = [np.asarray(o) for o in reference(image)]
     got = _run(compiled, image, declared)
     if got is not None:
-        scores = compare_outputs(ref, got)
-        if min(scores) >= match:
-            return ContractReport(declared, scores)
-        worst = min(scores)
+        matches = match_outputs(ref, got)
+        scores = [m.cosine for m in matches]
+        worst = _judged(ref, scores)
+        if worst >= match:
+            return ContractReport(declared, scores, matches)
     else:
         worst = None
     for what, variant in _variants(declared):
         alt = _run(compiled, image, variant)
         if alt is not None and len(alt) == len(ref):
             try:
-                if min(compare_outputs(ref, alt)) >= match:
+                if _judged(ref, compare_outputs(ref, alt)) >= match:
                     raise ContractError(f"input contract: the compiled model matches FP32 only with {what}; "
                                         f"declared {declared.describe()}")
             except ContractError as e:

@@ -1,0 +1,263 @@
+"""INT8 accuracy as the NPU will compute it: a vendor's own quantized model scored beside npuyolo's ONNX files.
+
+No NPU runs npuyolo's QDQ model. RKNN-Toolkit2 and TFLite (behind Vela) quantize in their own way, so a figure from
+our QDQ model says little about the device. Each compiler's environment can score its own quantized model on this
+CPU (RKNN's simulator; TFLite's reference kernels for the file Vela compiles): `compilers/score_driver.py` runs there
+and answers inference requests, while the letterbox, host decode, NMS and metrics stay npuyolo's own (the same
+`validate` as `deploy eval` of an ONNX file), so the numbers compare.
+
+Before any figure, the input contract is checked on one golden image (`deploy.contract`): a compiled model that
+reads BGR for RGB or NHWC for NCHW is one clear error, not a silent zero mAP.
+
+`npu compile` writes `<compiled file>.npuyolo.json` beside each build: which ONNX file the compiler was given and,
+for RKNN, the config and calibration list to rebuild it for the simulator (a .rknn file cannot be simulated).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from npuyolo.compilers.envs import clean_env, require
+from npuyolo.compilers.manifest import manifest_path
+from npuyolo.deploy.contract import ContractReport, InputContract, check_contract
+from npuyolo.deploy.evaluate import DeployError, Deployable, evaluate_onnx, load_deployable, validate
+from npuyolo.paths import file_problem
+
+__all__ = ["CompiledArtefact", "CompiledScore", "VendorRuntime", "evaluate_compiled", "is_compiled", "read_compiled"]
+
+DRIVER = Path(__file__).resolve().parent.parent / "compilers" / "score_driver.py"
+Kind = Literal["rknn", "tflite"]
+ENV = {"rknn": "rknn", "tflite": "vela"}  # the compiler environment that scores each kind
+# how each runtime wants the image (npuyolo's own ONNX files: NCHW RGB 0-1 float32)
+CONTRACTS = {"rknn": dict(layout="NHWC", channels="RGB", scale="0-255", dtype="uint8"),  # config std 255 divides
+             "tflite": dict(layout="NHWC", channels="RGB", scale="0-1", dtype="float32")}  # driver quantizes the input
+SUFFIXES = {".rknn": "rknn", ".tflite": "tflite"}
+
+
+@dataclass(frozen=True)
+class CompiledArtefact:
+    """A compiled model and what scoring it needs: its kind, the FP32 ONNX file it came from, the driver's arguments."""
+
+    kind: Kind
+    path: Path
+    onnx: Path
+    args: tuple[str, ...]  # score_driver.py arguments after the kind
+    contract: InputContract
+    folder: Path  # the driver's working folder (RKNN's calibration list is relative to it)
+
+    @property
+    def compiler(self) -> str:
+        return ENV[self.kind]
+
+
+def is_compiled(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in SUFFIXES
+
+
+def _file(folder: Path, value, what: str, manifest: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise DeployError(f"{manifest}: no {what} recorded; compile it again with `npuyolo npu compile`")
+    path = (folder / value).resolve()
+    why = file_problem(path, empty_ok=False)
+    if why is not None:
+        raise DeployError(f"{manifest}: its {what} {path} {why}; compile it again with `npuyolo npu compile`")
+    return path
+
+
+def read_compiled(path: str | Path) -> CompiledArtefact:
+    """The compiled file and its manifest, checked: every way it cannot be scored is one DeployError."""
+    path = Path(path)
+    why = file_problem(path, empty_ok=False)
+    if why is not None:
+        raise DeployError(f"compiled model {path} {why}")
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DeployError(f"{path.name}: not a compiled model deploy eval can score (.rknn, or the int8 .tflite behind a "
+                          "Vela build)")
+    manifest = manifest_path(path)
+    if not manifest.is_file():
+        raise DeployError(f"{path.name} has no {manifest.name} beside it: only models built by `npuyolo npu compile` "
+                          "can be scored (it records the ONNX file and calibration the build used)")
+    try:
+        record = json.loads(manifest.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DeployError(f"{manifest}: not a readable manifest ({e}); compile it again") from None
+    if not isinstance(record, dict) or record.get("kind") != kind:
+        raise DeployError(f"{manifest}: it describes a {record.get('kind') if isinstance(record, dict) else '?'} build, "
+                          f"not this {kind} file; compile it again")
+    folder = path.parent.resolve()
+    onnx = _file(folder, record.get("onnx"), "ONNX file", manifest)
+    if kind == "rknn":
+        target = record.get("target")
+        rules = record.get("disabled_rules", [])
+        if not isinstance(target, str) or not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+            raise DeployError(f"{manifest}: damaged (target, disabled_rules); compile it again")
+        dataset = _file(folder, record.get("dataset"), "calibration list", manifest)
+        args = ("--onnx", str(onnx), "--target", target, "--dataset", str(dataset.relative_to(folder))
+                if dataset.is_relative_to(folder) else str(dataset))
+        args += tuple(x for r in rules for x in ("--disable-rule", r))
+    else:
+        args = ("--model", str(path.resolve()))
+    imgsz = load_deployable(onnx).imgsz
+    return CompiledArtefact(kind, path, onnx, args, InputContract(imgsz, **CONTRACTS[kind]), folder)
+
+
+def _frame(payload: bytes) -> bytes:
+    return struct.pack("<Q", len(payload)) + payload
+
+
+class VendorRuntime:
+    """score_driver.py in the compiler's environment, behind a call: prepared input in, output tensors out."""
+
+    def __init__(self, art: CompiledArtefact, log: Path, timeout: float = 1800):
+        env = require(art.compiler)
+        self.art, self.log = art, log
+        self._stderr = log.open("ab")
+        self.proc = subprocess.Popen([env.python, str(DRIVER), art.kind, *art.args], cwd=art.folder, env=clean_env(),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+        started = time.monotonic()
+        hello = self._read_json()
+        if not hello.get("ok"):
+            self.close()
+            raise DeployError(f"{art.kind} runtime for {art.path.name} did not start ({hello.get('error', 'no answer')}); "
+                              f"see {log}")
+        self.info = hello
+        self.start_s = round(time.monotonic() - started, 2)
+
+    def _read(self) -> bytes:
+        head = self.proc.stdout.read(8)
+        if len(head) < 8:
+            raise DeployError(f"the {self.art.kind} runtime stopped (exit {self.proc.poll()}); see {self.log}")
+        size = struct.unpack("<Q", head)[0]
+        return self.proc.stdout.read(size)
+
+    def _read_json(self) -> dict:
+        try:
+            return json.loads(self._read())
+        except DeployError as e:
+            return {"ok": False, "error": str(e)}
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(x), allow_pickle=False)
+        self.proc.stdin.write(_frame(buf.getvalue()))
+        self.proc.stdin.flush()
+        head = json.loads(self._read())
+        if "error" in head:
+            raise DeployError(f"{self.art.kind} inference failed: {head['error']}")
+        return [np.load(io.BytesIO(self._read()), allow_pickle=False) for _ in range(head["outputs"])]
+
+    def analyze(self, image: Path, folder: Path) -> dict:
+        """RKNN's accuracy_analysis on one image (per-layer cosine, the toolkit's own table)."""
+        self.proc.stdin.write(_frame(json.dumps({"analyze": str(image), "dir": str(folder)}).encode()))
+        self.proc.stdin.flush()
+        answer = json.loads(self._read())
+        if "error" in answer:
+            raise DeployError(f"{self.art.kind} accuracy analysis failed: {answer['error']}")
+        return answer
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(_frame(b""))
+                self.proc.stdin.close()
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
+
+    def __enter__(self) -> VendorRuntime:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _onnx_runner(model: Deployable):
+    return lambda x: model.sess.run(None, {model.input_name: x})
+
+
+@dataclass
+class CompiledScore:
+    """FP32 ONNX and the vendor's quantized model on the same val split, through the same pipeline."""
+
+    artefact: str
+    kind: str
+    runtime: str
+    onnx: str
+    contract: str
+    cosine: list[float]
+    fp32: dict
+    compiled: dict
+    drop_pp: float  # mAP50 points lost to the vendor's quantization
+    per_class_drop_pp: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def evaluate_compiled(path: str | Path, data: str | Path, batch: int = 8, conf: float = 0.001,
+                      fp32: dict | None = None) -> CompiledScore:
+    """Score a vendor-compiled model on val beside its FP32 ONNX file; the input contract is checked first."""
+    started = time.perf_counter()
+    art = read_compiled(path)
+    model = load_deployable(art.onnx)
+    fp32 = fp32 if fp32 is not None else evaluate_onnx(art.onnx, data, batch) if conf == 0.001 else \
+        _fp32_at(model, data, batch, conf)
+    log = art.path.with_name(art.path.name + ".eval.log")
+    with VendorRuntime(art, log) as runtime:
+        report: ContractReport = check_contract(_onnx_runner(model), runtime, art.contract,
+                                                image=_golden(data, model.imgsz))
+        from npuyolo.deploy.contract import prepare
+
+        def predict(images: torch.Tensor) -> torch.Tensor:
+            out = []
+            for im in images.numpy().astype(np.float32):
+                got = runtime(prepare(im[None], art.contract))
+                out.append(model.decode([m.take(got) for m in report.matches]))
+            return torch.from_numpy(np.concatenate(out))
+
+        scored = validate(predict, data, model.imgsz, model.names, batch, conf=conf)
+    per_class = {name: round(100 * (fp32.get("per_class", {}).get(name, {}).get("map50", 0.0) - v["map50"]), 2)
+                 for name, v in scored["per_class"].items()}
+    return CompiledScore(artefact=str(art.path), kind=art.kind, runtime=runtime.info.get("runtime", art.kind),
+                         onnx=str(art.onnx), contract=art.contract.describe(), cosine=[round(c, 5) for c in report.cosine],
+                         fp32={k: fp32[k] for k in ("map50", "map50_95", "precision", "recall")},
+                         compiled=scored, drop_pp=round(100 * (fp32["map50"] - scored["map50"]), 2),
+                         per_class_drop_pp=per_class, seconds=round(time.perf_counter() - started, 1))
+
+
+def _golden(data, imgsz: int) -> np.ndarray:
+    """One real photo of the user's training split, letterboxed: the golden image of the contract check (a photo has
+    objects at every scale, so more outputs carry signal than on a synthetic scene)."""
+    import cv2
+
+    from npuyolo.deploy.quantize import calibration_images, letterbox
+
+    path = calibration_images(data, 1)[0]
+    image = cv2.imread(str(path))
+    if image is None:
+        raise DeployError(f"cannot read the image {path}")
+    return letterbox(image, imgsz)[None]
+
+
+def _fp32_at(model: Deployable, data, batch: int, conf: float) -> dict:
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate([model.decode(model.sess.run(None, {model.input_name: im[None]}))
+                                                for im in images.numpy().astype(np.float32)]))
+
+    return validate(predict, data, model.imgsz, model.names, batch, conf=conf)
