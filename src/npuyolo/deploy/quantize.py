@@ -200,17 +200,29 @@ def percentile_ranges(model_path: Path, reader: CalibrationDataReader, workdir: 
 
 def minmax_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path) -> dict[str, tuple[float, float]]:
     """Tensor -> (rmin, rmax) from ORT's MinMax calibrator, built as `quantize_static` builds it (asymmetric, no moving
-    average), so the ranges are the ones it would use (the scales match to the bit); min and max merge exactly
-    across its chunks of CALIB_CHUNK images."""
+    average), so the ranges are the ones it would use (the scales match to the bit) over EVERY calibration image.
+
+    Fed CALIB_CHUNK images per `collect_data` call, each of which merges its chunk into the ranges. Not through ORT's
+    own `max_intermediate_outputs`: there (ORT 1.32) a full chunk is dropped without being merged, so only the last
+    `count % chunk` images counted, and a count that is a multiple of the chunk failed with "No data is collected"
+    (microsoft/onnxruntime#18893; the fix, #20226, was never merged)."""
     from onnxruntime.quantization.calibrate import create_calibrator
 
     with tempfile.TemporaryDirectory(prefix="npuyolo-calib-", dir=workdir) as tmp:
         calibrator = create_calibrator(str(model_path), None, str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=CalibrationMethod.MinMax,
-                                       extra_options={"symmetric": False, "max_intermediate_outputs": CALIB_CHUNK})
+                                       calibrate_method=CalibrationMethod.MinMax, extra_options={"symmetric": False})
         reader.rewind()
-        calibrator.collect_data(reader)
-        data = calibrator.compute_data()
+        while True:
+            part = ChunkReader(reader, CALIB_CHUNK)
+            try:
+                calibrator.collect_data(part)
+            except ValueError:  # "No data is collected": the images ended exactly at a chunk's border
+                if part.count == 0 and calibrator.calibrate_tensors_range is not None:
+                    break
+                raise
+            if part.exhausted:
+                break
+        data = calibrator.calibrate_tensors_range
     reader.rewind()
     return {name: (float(np.min(td.range_value[0])), float(np.max(td.range_value[1]))) for name, td in data.data.items()}
 
@@ -330,34 +342,44 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
         overrides = _int16_overrides(graph, end_nodes) if ends == "int16" else {}
 
         cache = {} if ranges is None else ranges  # calibration label -> tensor -> (rmin, rmax)
-        # ORT calibrates anyway; with every MinMax range overridden one image is enough (entropy and percentile drop the
-        # tensors whose range is empty, which then keep ORT's MinMax over every image)
         one_image = ImageReader(paths[:1], imgsz)
 
-        def run(exclude: list[str], dst: Path, cal: Calibration, graph: Path | None = None) -> None:
-            # Percentile and entropy ranges are computed here, CALIB_CHUNK images at a time, and handed over as overrides
-            # (quantize_static's own histogram calibrators would hold every image's tensors at once); MinMax too when the
-            # caller shares ranges between routes of one graph (its ranges give ORT's scales to the bit), unless bias
-            # correction changes the graph ORT calibrates. Otherwise MinMax merges chunk by chunk inside quantize_static.
-            extra = {"ActivationSymmetric": False, "WeightSymmetric": True, "CalibMaxIntermediateOutputs": CALIB_CHUNK}
-            tensor_overrides = {k: [dict(d) for d in v] for k, v in overrides.items()}
-            known = cal.method in ("entropy", "percentile") or (ranges is not None and cal.method == "minmax" and not bias_correct)
-            if known and cal.label not in cache:
+        def ranges_for(cal: Calibration, graph: Path | None) -> dict[str, tuple[float, float]]:
+            """Activation ranges over every calibration image, computed here CALIB_CHUNK images at a time (bounded
+            memory); kept per label for the FP32 graph. MinMax of a bias-corrected graph is read from that graph (its
+            activations moved) and never kept: the corrected copy is rewritten per choice of float nodes."""
+            if cal.method == "minmax" and bias_correct and graph is not None:
+                return minmax_ranges(graph, reader, work)
+            if cal.label not in cache:
                 if cal.method == "entropy":
                     cache[cal.label] = entropy_ranges(prepared, reader, work)
                 elif cal.method == "percentile":
                     cache[cal.label] = percentile_ranges(prepared, reader, work, cal.percentile)
                 else:
                     cache[cal.label] = minmax_ranges(prepared, reader, work)
-            if known:
-                for name, (lo, hi) in cache[cal.label].items():
-                    if name not in initializer_names and hi > lo:
-                        tensor_overrides.setdefault(name, [{}])[0].update({"rmin": np.float32(lo), "rmax": np.float32(hi)})
+            return cache[cal.label]
+
+        def run(exclude: list[str], dst: Path, cal: Calibration, graph: Path | None = None) -> None:
+            # Every range is computed here (ranges_for) and handed over as an override: quantize_static's own
+            # calibrators would hold every image's tensors at once, or (MinMax with CalibMaxIntermediateOutputs) drop
+            # all but the last chunk. MinMax overrides give ORT's own scales to the bit.
+            extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+            tensor_overrides = {k: [dict(d) for d in v] for k, v in overrides.items()}
+            found = dict(ranges_for(cal, graph))
+            if cal.method != "minmax":  # tensors the histogram left without a range get MinMax's, over every image
+                for name, (lo, hi) in ranges_for(Calibration("minmax"), graph).items():
+                    if name not in found or not found[name][1] > found[name][0]:
+                        found[name] = (lo, hi)
+            for name, (lo, hi) in found.items():
+                if name not in initializer_names and hi > lo:
+                    tensor_overrides.setdefault(name, [{}])[0].update({"rmin": np.float32(lo), "rmax": np.float32(hi)})
             if tensor_overrides:
                 extra["TensorQuantOverrides"] = tensor_overrides
             if overrides:
                 extra["UseQDQContribOps"] = True  # 16-bit Q/DQ below opset 21
-            feed = one_image if known and cal.method == "minmax" else reader
+            # every range is an override: ORT's own calibration pass (which always runs) needs only one image, and never
+            # holds every image's tensors at once (about 100 MB an image for YOLO11n at 640 px)
+            feed = one_image
             feed.rewind()
             quantize_static(str(graph or prepared), str(dst), feed, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
