@@ -842,10 +842,14 @@ def deploy_qat(run: Annotated[str, typer.Argument(help="Trained run id or name (
 
 @deploy_app.command("eval")
 @user_errors
-def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written by npuyolo.")],
+def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written by npuyolo, or a model `npu compile` built: "
+                                                           ".rknn, or the int8 .tflite behind a Vela build.")],
                 data: Annotated[Path, typer.Option(help="data.yaml; its val split is scored.")],
                 as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
-    """Score the deployed model (ONNX Runtime + host decode + NMS) with Ultralytics' metrics."""
+    """Score the deployed model (ONNX Runtime + host decode + NMS) with Ultralytics' metrics.
+
+    A compiled model is scored as the vendor quantized it (RKNN-Toolkit2's simulator; TFLite's reference kernels for
+    Vela's input), in the compiler's environment, beside its FP32 ONNX file; its input contract is checked first."""
     from npuyolo.deploy.service import evaluate_artefact
 
     with err.status("evaluating..."), quiet_stdout():  # Ultralytics' progress stays off stdout
@@ -854,6 +858,10 @@ def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written
         return print_json(r)
     console.print(f"{r['kind'].upper()} {artefact}: P {r['precision']:.3f}  R {r['recall']:.3f}  mAP50 {r['map50']:.3f}  "
                   f"mAP50-95 {r['map50_95']:.3f}  ({r['images']} val images at {r['imgsz']} px)", highlight=False)
+    if "runtime" in r:
+        console.print(f"scored by {r['runtime']}; input contract {r['contract']} checked on a training photo (cosine per "
+                      f"output {', '.join('-' if c is None else f'{c:.3f}' for c in r['cosine'])}; '-': no signal to judge); "
+                      f"FP32: {r['onnx']}", highlight=False)
     table = Table(title="per class" + (" (drop vs FP32 in mAP50 points)" if "drop_pp_per_class" in r else ""))
     for col in ("class", "P", "R", "mAP50", "mAP50-95", *(["mAP50 drop"] if "drop_pp_per_class" in r else [])):
         table.add_column(col)
@@ -862,7 +870,8 @@ def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written
         table.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['map50']:.3f}", f"{v['map50_95']:.3f}", *drop)
     console.print(table)
     if "drop_pp" in r:
-        console.print(f"INT8 drop vs FP32: mAP50 {r['drop_pp']['map50']:.2f} points, mAP50-95 {r['drop_pp']['map50_95']:.2f} points")
+        what = f"{r['kind'].upper()} INT8" if "runtime" in r else "INT8"
+        console.print(f"{what} drop vs FP32: mAP50 {r['drop_pp']['map50']:.2f} points, mAP50-95 {r['drop_pp']['map50_95']:.2f} points")
 
 
 @deploy_app.command("plan")

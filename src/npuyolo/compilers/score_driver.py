@@ -6,6 +6,7 @@ environment) scores it with the same letterbox, host decode, NMS and metrics as 
 - `rknn`: RKNN-Toolkit2's simulator. A .rknn file cannot be simulated (`load_rknn` models "can not be used for
   simulator or accuracy analysis", API reference p.15), so the build is repeated from the same ONNX file, config and
   calibration list the compile used, then `init_runtime()` with no target runs the quantized graph on this CPU.
+- `onnx`: an ONNX file a vendor tool wrote (MCT's quantized model for IMX500, with `--mct`), in ONNX Runtime.
 - `tflite`: the full-integer TFLite file that Vela compiles, on TensorFlow Lite's reference kernels (BUILTIN_REF:
   Vela is tested bit-exact against them); the int8 input is quantized here with explicit rounding and every output
   dequantized with its own scale and zero point.
@@ -109,7 +110,33 @@ class TfliteModel:
         return result
 
 
-KINDS = {"rknn": RknnModel, "tflite": TfliteModel}
+class OnnxModel:
+    """An ONNX file a vendor tool wrote (MCT's quantized model for IMX500: `--mct` registers its custom quantizer
+    ops, as Ultralytics' own IMX backend does), in ONNX Runtime inside that tool's environment."""
+
+    def __init__(self, a):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if a.mct:
+            from mct_quantizers import get_ort_session_options
+
+            options = get_ort_session_options()
+            options.enable_mem_reuse = False  # as Ultralytics' IMX backend: NaNs otherwise (mct-model-optimization#1342)
+        self.sess = ort.InferenceSession(a.model, options, providers=["CPUExecutionProvider"])
+        self.name = self.sess.get_inputs()[0].name
+        self.mct = a.mct
+
+    def info(self) -> dict:
+        return {"runtime": "onnxruntime with MCT's quantizer ops" if self.mct else "onnxruntime"}
+
+    def __call__(self, x):
+        import numpy as np
+
+        return [np.asarray(o, dtype=np.float32) for o in self.sess.run(None, {self.name: x})]
+
+
+KINDS = {"rknn": RknnModel, "tflite": TfliteModel, "onnx": OnnxModel}
 
 
 def main() -> int:
@@ -120,6 +147,7 @@ def main() -> int:
     ap.add_argument("--dataset")
     ap.add_argument("--disable-rule", action="append", default=[])
     ap.add_argument("--model")
+    ap.add_argument("--mct", action="store_true")
     a = ap.parse_args()
     # this file's folder also holds npuyolo's own rknn.py: as the script's folder it would shadow the toolkit's `rknn`
     here = os.path.dirname(os.path.abspath(__file__))

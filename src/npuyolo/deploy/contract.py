@@ -55,15 +55,20 @@ class ContractReport:
     declared: InputContract
     cosine: list[float]  # per output tensor, compiled vs FP32
     matches: list[OutputMatch] = field(default_factory=list)  # compiled outputs in the FP32 model's order
+    signal: list[bool] = field(default_factory=list)  # per output: judged (False: too little signal for a cosine)
 
     @property
     def worst(self) -> float:
         return min(self.cosine)
 
 
+def _signal(reference: Sequence[np.ndarray]) -> list[bool]:
+    return [float(np.ptp(r)) >= SIGNAL for r in reference]
+
+
 def _judged(reference: Sequence[np.ndarray], scores: Sequence[float]) -> float:
     """The worst cosine over the outputs with signal (all of them when none has)."""
-    judged = [c for c, r in zip(scores, reference) if float(np.ptp(r)) >= SIGNAL]
+    judged = [c for c, s in zip(scores, _signal(reference)) if s]
     return min(judged or scores)
 
 
@@ -185,7 +190,7 @@ def check_contract(reference: Runner, compiled: Runner, declared: InputContract,
         scores = [m.cosine for m in matches]
         worst = _judged(ref, scores)
         if worst >= match:
-            return ContractReport(declared, scores, matches)
+            return ContractReport(declared, scores, matches, _signal(ref))
     else:
         worst = None
     for what, variant in _variants(declared):

@@ -77,10 +77,27 @@ def checkpoint_baseline(registry, run_id: int, data, imgsz: int) -> dict | None:
 
 
 def evaluate_artefact(registry, path: str | Path, data: str | Path) -> dict:
-    """Score an ONNX artefact; for a run's INT8 artefact also score its FP32 twin and report the drop per class."""
+    """Score an ONNX artefact; for a run's INT8 artefact also score its FP32 twin and report the drop per class.
+
+    A vendor-compiled model (.rknn, the int8 .tflite behind a Vela build) is scored as the vendor quantized it, in
+    the compiler's own environment, beside the FP32 ONNX file it was compiled from (deploy/vendor.py)."""
     from npuyolo.data.check import check_dataset
+    from npuyolo.deploy.vendor import evaluate_compiled, is_compiled, read_compiled
 
     path = Path(path)
+    if is_compiled(path):
+        art = read_compiled(path)  # before the data set is read: a file without its manifest is one line
+        check_dataset(data, cache_dir=registry.root / "cache")
+        run_id = registry.artifact_run(art.onnx)
+        done = [e for e in registry.deploy_evals(run_id) if e["artefact"] == str(art.onnx)] if run_id is not None else []
+        score = evaluate_compiled(path, data, fp32=done[-1]["result"] if done else None)
+        out = {"run_id": run_id, **score.as_dict()}
+        if run_id is not None and not registry.readonly:
+            if not done:
+                registry.add_deploy_eval(run_id=run_id, artefact=str(art.onnx), precision_kind="fp32", result=score.fp32)
+            registry.add_deploy_eval(run_id=run_id, artefact=str(path.resolve()), precision_kind=score.kind,
+                                     result={k: v for k, v in out.items() if k != "fp32"})
+        return out
     onnx_metadata(path)  # a missing or garbage file fails here, before the data set is read
     check_dataset(data, cache_dir=registry.root / "cache")
     result = evaluate_onnx(path, data)

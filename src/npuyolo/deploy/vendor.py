@@ -20,7 +20,7 @@ import json
 import struct
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -29,15 +29,15 @@ import torch
 
 from npuyolo.compilers.envs import clean_env, require
 from npuyolo.compilers.manifest import manifest_path
-from npuyolo.deploy.contract import ContractReport, InputContract, check_contract
-from npuyolo.deploy.evaluate import DeployError, Deployable, evaluate_onnx, load_deployable, validate
+from npuyolo.deploy.contract import ContractReport, InputContract, check_contract, prepare
+from npuyolo.deploy.evaluate import DeployError, Deployable, load_deployable, validate
 from npuyolo.paths import file_problem
 
 __all__ = ["CompiledArtefact", "CompiledScore", "VendorRuntime", "evaluate_compiled", "is_compiled", "read_compiled"]
 
 DRIVER = Path(__file__).resolve().parent.parent / "compilers" / "score_driver.py"
-Kind = Literal["rknn", "tflite"]
-ENV = {"rknn": "rknn", "tflite": "vela"}  # the compiler environment that scores each kind
+Kind = Literal["rknn", "tflite", "onnx"]
+ENV = {"rknn": "rknn", "tflite": "vela", "onnx": "imx500"}  # the compiler environment that scores each kind
 # how each runtime wants the image (npuyolo's own ONNX files: NCHW RGB 0-1 float32)
 CONTRACTS = {"rknn": dict(layout="NHWC", channels="RGB", scale="0-255", dtype="uint8"),  # config std 255 divides
              "tflite": dict(layout="NHWC", channels="RGB", scale="0-1", dtype="float32")}  # driver quantizes the input
@@ -190,55 +190,69 @@ def _onnx_runner(model: Deployable):
 
 @dataclass
 class CompiledScore:
-    """FP32 ONNX and the vendor's quantized model on the same val split, through the same pipeline."""
+    """The vendor's quantized model on val beside its FP32 ONNX file, through the same pipeline."""
 
     artefact: str
-    kind: str
+    kind: str  # rknn | tflite
     runtime: str
-    onnx: str
-    contract: str
-    cosine: list[float]
+    onnx: str  # the FP32 file the compiler was given
+    contract: str  # the input contract checked on the golden image
+    cosine: list[float | None]  # per output, compiled vs FP32, on the golden image (None: too little signal to judge)
+    result: dict  # P, R, mAP50, mAP50-95, per class, images, imgsz
     fp32: dict
-    compiled: dict
-    drop_pp: float  # mAP50 points lost to the vendor's quantization
-    per_class_drop_pp: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
-    def as_dict(self) -> dict:
-        from dataclasses import asdict
+    @property
+    def drop_pp(self) -> dict[str, float]:
+        return {m: (self.fp32[m] - self.result[m]) * 100 for m in ("map50", "map50_95", "precision", "recall")}
 
-        return asdict(self)
+    @property
+    def drop_pp_per_class(self) -> dict[str, float]:
+        base = self.fp32.get("per_class", {})
+        return {c: (base[c]["map50"] - v["map50"]) * 100 for c, v in self.result["per_class"].items() if c in base}
+
+    def as_dict(self) -> dict:
+        """The shape `deploy eval` prints and records: the compiled model's figures first, FP32 and the drops beside."""
+        return {"kind": self.kind, "artefact": self.artefact, "runtime": self.runtime, "onnx": self.onnx,
+                "contract": self.contract, "cosine": self.cosine, **self.result, "fp32": self.fp32,
+                "drop_pp": self.drop_pp, "drop_pp_per_class": self.drop_pp_per_class, "seconds": self.seconds}
 
 
 def evaluate_compiled(path: str | Path, data: str | Path, batch: int = 8, conf: float = 0.001,
                       fp32: dict | None = None) -> CompiledScore:
-    """Score a vendor-compiled model on val beside its FP32 ONNX file; the input contract is checked first."""
+    """Score a vendor-compiled model on val beside its FP32 ONNX file (`fp32`: that file's score, when known); the
+    input contract is checked first, on one real training photo."""
     started = time.perf_counter()
     art = read_compiled(path)
     model = load_deployable(art.onnx)
-    fp32 = fp32 if fp32 is not None else evaluate_onnx(art.onnx, data, batch) if conf == 0.001 else \
-        _fp32_at(model, data, batch, conf)
+    if fp32 is None:
+        fp32 = _validate(model, _onnx_runner(model), None, data, batch, conf)
     log = art.path.with_name(art.path.name + ".eval.log")
     with VendorRuntime(art, log) as runtime:
         report: ContractReport = check_contract(_onnx_runner(model), runtime, art.contract,
                                                 image=_golden(data, model.imgsz))
-        from npuyolo.deploy.contract import prepare
-
-        def predict(images: torch.Tensor) -> torch.Tensor:
-            out = []
-            for im in images.numpy().astype(np.float32):
-                got = runtime(prepare(im[None], art.contract))
-                out.append(model.decode([m.take(got) for m in report.matches]))
-            return torch.from_numpy(np.concatenate(out))
-
-        scored = validate(predict, data, model.imgsz, model.names, batch, conf=conf)
-    per_class = {name: round(100 * (fp32.get("per_class", {}).get(name, {}).get("map50", 0.0) - v["map50"]), 2)
-                 for name, v in scored["per_class"].items()}
+        scored = _validate(model, runtime, report, data, batch, conf, art.contract)
     return CompiledScore(artefact=str(art.path), kind=art.kind, runtime=runtime.info.get("runtime", art.kind),
-                         onnx=str(art.onnx), contract=art.contract.describe(), cosine=[round(c, 5) for c in report.cosine],
-                         fp32={k: fp32[k] for k in ("map50", "map50_95", "precision", "recall")},
-                         compiled=scored, drop_pp=round(100 * (fp32["map50"] - scored["map50"]), 2),
-                         per_class_drop_pp=per_class, seconds=round(time.perf_counter() - started, 1))
+                         onnx=str(art.onnx), contract=art.contract.describe(), cosine=[round(c, 5) if s else None for c, s in zip(report.cosine, report.signal)],
+                         result=scored, fp32=fp32, seconds=round(time.perf_counter() - started, 1))
+
+
+def _validate(model: Deployable, run, report: ContractReport | None, data, batch: int, conf: float,
+              contract: InputContract | None = None) -> dict:
+    """`run` (FP32 session, or the vendor runtime with its contract and output matches) under npuyolo's decode and
+    Ultralytics' metrics."""
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        out = []
+        for im in images.numpy().astype(np.float32):
+            if report is None:
+                raw = run(im[None])
+            else:
+                got = run(prepare(im[None], contract))
+                raw = [m.take(got) for m in report.matches]
+            out.append(model.decode(raw))
+        return torch.from_numpy(np.concatenate(out))
+
+    return validate(predict, data, model.imgsz, model.names, batch, conf=conf)
 
 
 def _golden(data, imgsz: int) -> np.ndarray:
@@ -253,11 +267,3 @@ def _golden(data, imgsz: int) -> np.ndarray:
     if image is None:
         raise DeployError(f"cannot read the image {path}")
     return letterbox(image, imgsz)[None]
-
-
-def _fp32_at(model: Deployable, data, batch: int, conf: float) -> dict:
-    def predict(images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.concatenate([model.decode(model.sess.run(None, {model.input_name: im[None]}))
-                                                for im in images.numpy().astype(np.float32)]))
-
-    return validate(predict, data, model.imgsz, model.names, batch, conf=conf)

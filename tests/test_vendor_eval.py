@@ -1,0 +1,107 @@
+"""`deploy eval` of a vendor-compiled model: the driver protocol, output matching and scoring, and the manifest checks.
+
+The vendor runtimes themselves (RKNN's simulator, TFLite) need the compilers, which the core suite never installs;
+here the same driver runs ONNX Runtime (its `onnx` kind, the one IMX500's MCT model uses) in this environment, on a
+"compiled" model that wants its input as a vendor runtime does: NHWC, uint8 0-255."""
+
+import json
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from npuyolo.deploy import vendor
+from npuyolo.deploy.contract import ContractError, InputContract, check_contract, golden_image
+from npuyolo.deploy.evaluate import DeployError, load_deployable
+from npuyolo.deploy.export import export_onnx
+from npuyolo.variants.checkpoint import load_weights
+
+from .conftest import REPO
+from .test_deploy import randomised
+
+TRAINED = REPO / "bench" / "seed_experiment" / "320" / "L4-leaky" / "best.pt"  # committed with the repository
+
+
+def vendor_like(fp32, out, bgr: bool = False):
+    """`fp32` behind a uint8 NHWC 0-255 input (as RKNN's runtime takes it); `bgr` swaps channels inside, a model
+    compiled for the wrong channel order."""
+    model = onnx.load(str(fp32))
+    size = model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
+    nodes = [helper.make_node("Cast", ["raw"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("Div", ["f", "k255"], ["d"]),
+             helper.make_node("Transpose", ["d"], ["t" if bgr else "pre"], perm=[0, 3, 1, 2])]
+    inits = [numpy_helper.from_array(np.array(255, np.float32), "k255")]
+    if bgr:
+        nodes.append(helper.make_node("Gather", ["t", "bgr"], ["pre"], axis=1))
+        inits.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), "bgr"))
+    pre = helper.make_model(helper.make_graph(nodes, "pre", [helper.make_tensor_value_info("raw", TensorProto.UINT8, [1, size, size, 3])],
+                                              [helper.make_tensor_value_info("pre", TensorProto.FLOAT, [1, 3, size, size])], inits),
+                            opset_imports=model.opset_import, ir_version=model.ir_version)
+    onnx.save(onnx.compose.merge_models(pre, model, io_map=[("pre", model.graph.input[0].name)]), str(out))
+    return out
+
+
+@pytest.fixture
+def here(monkeypatch):
+    """The driver in this environment (the compilers are not installed in the core suite)."""
+    monkeypatch.setattr(vendor, "require", lambda name: SimpleNamespace(python=sys.executable))
+
+
+def artefact(path, fp32, contract):
+    return vendor.CompiledArtefact("onnx", path, fp32, ("--model", str(path)), contract, path.parent)
+
+
+def test_a_compiled_model_scores_through_the_driver_like_its_fp32_file(here, synth_data, tmp_path):
+    fp32 = export_onnx(randomised("L4-leaky"), tmp_path / "m.onnx", imgsz=64, head="npu")
+    compiled = vendor_like(fp32, tmp_path / "compiled.onnx")
+    model = load_deployable(fp32)
+    art = artefact(compiled, fp32, InputContract(64, layout="NHWC", scale="0-255", dtype="uint8"))
+    with vendor.VendorRuntime(art, tmp_path / "eval.log") as runtime:
+        assert runtime.info["runtime"] == "onnxruntime"
+        report = check_contract(vendor._onnx_runner(model), runtime, art.contract)
+        assert [m.index for m in report.matches] == list(range(6)) and min(report.cosine) > 0.99
+        for seed in range(3):  # decoded predictions agree (the compiled model's input is rounded to 1/255 steps)
+            image = golden_image(64, seed)
+            want = model.decode(vendor._onnx_runner(model)(image))
+            got = model.decode([m.take(runtime(vendor.prepare(image, art.contract))) for m in report.matches])
+            assert got.shape == want.shape and np.abs(got - want).max() < 0.05 * np.abs(want).max()
+        scored = vendor._validate(model, runtime, report, synth_data, 8, 0.001, art.contract)
+    assert scored["images"] == 8 and set(scored) >= {"map50", "map50_95", "precision", "recall", "per_class"}
+
+
+def test_a_compiled_model_that_reads_bgr_is_one_line_through_the_driver(here, tmp_path):
+    fp32 = export_onnx(load_weights(TRAINED), tmp_path / "m.onnx", imgsz=64, head="npu")
+    compiled = vendor_like(fp32, tmp_path / "compiled.onnx", bgr=True)
+    model = load_deployable(fp32)
+    art = artefact(compiled, fp32, InputContract(64, layout="NHWC", scale="0-255", dtype="uint8"))
+    with vendor.VendorRuntime(art, tmp_path / "eval.log") as runtime, pytest.raises(ContractError) as e:
+        check_contract(vendor._onnx_runner(model), runtime, art.contract, image=golden_image(64))
+    assert "channels BGR" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_driver_that_cannot_load_its_model_is_one_line(here, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    art = artefact(bad, bad, InputContract(64))
+    with pytest.raises(DeployError) as e:
+        vendor.VendorRuntime(art, tmp_path / "eval.log")
+    assert "did not start" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("case", ["no manifest", "garbage", "other kind", "onnx missing", "not compiled"])
+def test_a_compiled_file_without_a_usable_manifest_is_one_line(tmp_path, case):
+    path = tmp_path / ("m.txt" if case == "not compiled" else "m.rknn")
+    path.write_bytes(b"rknn")
+    manifest = tmp_path / "m.rknn.npuyolo.json"
+    if case == "garbage":
+        manifest.write_text("{nope")
+    elif case == "other kind":
+        manifest.write_text(json.dumps({"kind": "tflite", "onnx": "m.onnx"}))
+    elif case == "onnx missing":
+        manifest.write_text(json.dumps({"kind": "rknn", "onnx": "gone.onnx", "target": "rk3588", "dataset": "c.txt"}))
+    with pytest.raises(DeployError) as e:
+        vendor.read_compiled(path)
+    assert "\n" not in str(e.value)
