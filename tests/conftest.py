@@ -9,7 +9,8 @@ from npuyolo.data.synth import synthesize
 from npuyolo.train.recipe import Recipe
 
 REPO = Path(__file__).resolve().parents[1]
-ROADSIGN4 = REPO.parent / "shared" / "datasets" / "roadsign4"
+ROADSIGN4 = REPO.parent / "shared" / "datasets" / "roadsign4"  # the whole set: benches and the end-to-end test only
+ROADSIGN4_MINI = REPO / "tests" / "fixtures" / "roadsign4_mini"  # 8 of its CC0 photos, shipped: every clone has them
 
 
 @pytest.fixture(scope="session")

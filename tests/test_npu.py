@@ -16,7 +16,7 @@ from npuyolo.npu.graph import GraphError, load_graph
 from npuyolo.npu.profiles import TargetError, TargetProfile, target, targets
 from npuyolo.npu.rewrite import RewriteError, rewrite_leaky
 
-from .conftest import ROADSIGN4
+from .conftest import ROADSIGN4_MINI
 
 runner = CliRunner()
 TARGETS = {"rknn-rk3588", "rknn-rk3566", "hailo-8", "deepx-dx-m1", "ethos-u55", "ethos-u85", "tidl", "furiosa-warboy",
@@ -293,16 +293,11 @@ def test_l4_leaky_rewrite_reaches_l4_relu_share_on_relu_only(tmp_path, monkeypat
     assert after["share_macs"] == relu["share_macs"] == 1.0 and after["partitions_host"] == 0
 
 
-def _inputs(imgsz: int, spare: Path) -> list[np.ndarray]:
-    """Noise, then three real photos (roadsign4 when it is beside the checkout, else synthetic sign scenes)."""
+def _inputs(imgsz: int) -> list[np.ndarray]:
+    """Noise, then three real roadsign4 photos (shipped in tests/fixtures: a bare clone has them too)."""
     rng = np.random.default_rng(0)
     batch = [rng.random((1, 3, imgsz, imgsz), dtype=np.float32), rng.normal(size=(1, 3, imgsz, imgsz)).astype(np.float32)]
-    photos = sorted((ROADSIGN4 / "images" / "val").glob("*.jpg"))[:3]
-    if not photos:  # a bare clone: the suite passes without ../shared
-        from npuyolo.data.synth import synthesize
-
-        synthesize(spare / "synth", n_train=3, n_val=1, imgsz=imgsz, seed=0)
-        photos = sorted((spare / "synth" / "images" / "train").glob("*.jpg"))[:3]
+    photos = sorted((ROADSIGN4_MINI / "images" / "val").glob("*.jpg"))[:3]
     assert len(photos) == 3
     for photo in photos:
         im = cv2.resize(cv2.imread(str(photo)), (imgsz, imgsz))[..., ::-1].transpose(2, 0, 1)[None] / 255.0
@@ -329,7 +324,7 @@ def test_rewrite_is_numerically_equal(method, tmp_path):
     assert count == 83 and not any(n.op_type == "LeakyRelu" for n in rewritten.graph.node)
     a = ort.InferenceSession(original.SerializeToString(), providers=["CPUExecutionProvider"])
     b = ort.InferenceSession(rewritten.SerializeToString(), providers=["CPUExecutionProvider"])
-    for x in _inputs(128, tmp_path):
+    for x in _inputs(128):
         for ya, yb in zip(a.run(None, {"images": x}), b.run(None, {"images": x})):
             assert np.abs(ya - yb).max() <= 1e-5
     with pytest.raises(RewriteError):
