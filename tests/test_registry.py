@@ -157,8 +157,35 @@ def test_registry_from_before_amp_and_stopped_is_upgraded_in_place(tmp_path):
     reg.set_status(rid, "stopped", error="stopped early")
     reg.update_run(rid, amp=1)
     assert reg.run(rid).status == "stopped" and reg.run(rid).amp is True
-    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
-        reg.set_status(rid, "bogus")
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # the table itself (set_status refuses it earlier)
+        reg.update_run(rid, status="bogus")
     assert reg.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     reg.close()
     assert Registry(db).schema_version == SCHEMA_VERSION  # re-open: nothing re-run
+
+
+@pytest.mark.parametrize("column", ["status = 'finished', name", "name = 'x' WHERE 1; --", "nope"])
+def test_update_run_writes_only_real_columns(tmp_path, column):
+    """Column names were pasted into the SQL: a hostile one rewrote other columns (or every run)."""
+    reg = Registry(tmp_path / "r.db")
+    rid, other = new_run(reg), new_run(reg, name="other")
+    with pytest.raises(RegistryError) as e:
+        reg.update_run(rid, **{column: "x"})
+    assert "\n" not in str(e.value)
+    rows = {r["id"]: (r["name"], r["status"]) for r in reg.conn.execute("SELECT id, name, status FROM runs")}
+    assert rows[rid][1] == "running" and rows[other] == ("other", "running") and rows[rid][0] != "x"
+
+
+def test_the_update_allow_list_is_every_runs_column_but_the_id(tmp_path):
+    from npuyolo.registry.schema import RUN_COLUMNS, RunStatus
+
+    reg = Registry(tmp_path / "r.db")
+    assert RUN_COLUMNS == {r[1] for r in reg.conn.execute("PRAGMA table_info(runs)")} - {"id"}
+    assert {s.value for s in RunStatus} | {"x"} >= {"running", "finished", "failed", "interrupted", "stopped"}
+    sql = reg.conn.execute("SELECT sql FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
+    assert all(f"'{s.value}'" in sql for s in RunStatus)  # every status the code has, the table accepts
+    rid = new_run(reg)
+    reg.set_status(rid, RunStatus.FINISHED)
+    assert reg.conn.execute("SELECT status FROM runs WHERE id = ?", (rid,)).fetchone()[0] == "finished" == RunStatus.FINISHED
+    with pytest.raises(ValueError):
+        reg.set_status(rid, "done")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from npuyolo.errors import UnsafePathError, storage_error
 
-__all__ = ["MAX_COMPONENT_BYTES", "atomic_path", "check_output_file", "claim_dir", "file_problem", "make_dir", "out_of_space", "safe_join",
+__all__ = ["DEFAULT_REGISTRY", "MAX_COMPONENT_BYTES", "atomic_path", "check_output_file", "claim_dir", "default_registry_path", "file_problem", "make_dir", "out_of_space", "safe_join",
            "slug", "unique_slug", "write_bytes", "write_text"]
 
 MAX_COMPONENT_BYTES = 96  # well under every file system's 255-byte limit, leaving room for suffixes
@@ -210,9 +210,17 @@ def check_output_file(path: str | Path, *, registry: str | Path | None = None, f
     return path
 
 
+DEFAULT_REGISTRY = Path("runs") / "npuyolo.db"
+
+
+def default_registry_path() -> Path:
+    """The registry a command uses when none is named: $NPUYOLO_REGISTRY, else runs/npuyolo.db."""
+    return Path(os.environ.get("NPUYOLO_REGISTRY") or DEFAULT_REGISTRY)
+
+
 def _is_registry(path: Path, registry: str | Path | None) -> bool:
     """`path` names the registry this command uses or the default one, or one of their SQLite journal files."""
-    from npuyolo.registry.db import default_path  # late: the registry itself imports this module
+    default_path = default_registry_path
 
     def canonical(p: Path) -> Path:  # the folder resolved, the last component as written (a link is not followed)
         try:

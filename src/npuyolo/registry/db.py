@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from npuyolo.errors import NpuyoloError, UnsafePathError
+from npuyolo.paths import default_registry_path as default_path
 from npuyolo.paths import claim_dir, make_dir, out_of_space, safe_join, slug
-from npuyolo.registry.schema import MIGRATIONS, SCHEMA_VERSION, widen_status_check
+from npuyolo.registry.schema import MIGRATIONS, RUN_COLUMNS, SCHEMA_VERSION, RunStatus, widen_status_check
 
-__all__ = ["Artifact", "NameTakenError", "Registry", "RegistryError", "RunRecord", "default_path", "validate_run_name"]
+__all__ = ["Artifact", "NameTakenError", "Registry", "RegistryError", "RunRecord", "RunStatus", "default_path", "validate_run_name"]
 
-DEFAULT_PATH = Path("runs") / "npuyolo.db"
 EPOCH_FIELDS = ("box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50", "map50_95", "lr", "epoch_time_s")
 MAX_NAME_CHARS = 100
 # sqlite messages that mean "the file or disk", not "our SQL": shown to the user as one line
@@ -126,10 +126,6 @@ def _is_io_error(e: sqlite3.DatabaseError) -> bool:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def default_path() -> Path:
-    return Path(os.environ.get("NPUYOLO_REGISTRY") or DEFAULT_PATH)
 
 
 def process_started(pid: int) -> str | None:
@@ -295,14 +291,14 @@ class Registry:
 
     # -- runs -----------------------------------------------------------------------------------------
     def _dead(self, row) -> bool:
-        return row["status"] == "running" and row["host"] == socket.gethostname() and not process_alive(row["pid"], row["pid_started"])
+        return row["status"] == RunStatus.RUNNING and row["host"] == socket.gethostname() and not process_alive(row["pid"], row["pid_started"])
 
     def reap_dead_runs(self) -> list[int]:
         """Mark 'running' runs whose process on this host is gone as interrupted (e.g. after SIGKILL)."""
         rows = self.conn.execute("SELECT id, status, pid, pid_started, host FROM runs WHERE status = 'running'").fetchall()
         dead = [r["id"] for r in rows if self._dead(r)]
         for run_id in dead:
-            self.set_status(run_id, "interrupted", error="process ended without closing the run (killed?)")
+            self.set_status(run_id, RunStatus.INTERRUPTED, error="process ended without closing the run (killed?)")
         return dead
 
     def unique_name(self, base: str, conn: sqlite3.Connection | None = None) -> str:
@@ -357,18 +353,23 @@ class Registry:
         return make_dir(safe_join(self.root, *parts))
 
     def update_run(self, run_id: int, **fields: Any) -> None:
+        """Set columns of one run; a name that is not a column of the runs table is refused before any SQL is built."""
         if not fields:
             return
+        unknown = sorted(set(fields) - RUN_COLUMNS)
+        if unknown:
+            raise RegistryError(f"update_run: no runs column named {unknown[0][:60]!r}")
         cols = ", ".join(f"{k} = ?" for k in fields)
         with self.tx() as c:
             c.execute(f"UPDATE runs SET {cols} WHERE id = ?", (*fields.values(), run_id))
 
     def claim_run(self, run_id: int) -> None:
         """This process now owns the run (resume): status back to running, new pid."""
-        self.update_run(run_id, status="running", ended_at=None, error=None, pid=os.getpid(),
+        self.update_run(run_id, status=RunStatus.RUNNING, ended_at=None, error=None, pid=os.getpid(),
                         pid_started=process_started(os.getpid()), host=socket.gethostname())
 
-    def set_status(self, run_id: int, status: str, error: str | None = None) -> None:
+    def set_status(self, run_id: int, status: RunStatus | str, error: str | None = None) -> None:
+        status = RunStatus(status)  # an unknown status is a bug here, not a CHECK failure in SQLite
         run = self.conn.execute("SELECT started_at FROM runs WHERE id = ?", (run_id,)).fetchone()
         if run is None:
             raise RegistryError(f"no run {run_id}")
@@ -422,7 +423,7 @@ class Registry:
         run_id = self.resolve(ref)
         row = dict(self.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
         if self.readonly and self._dead(row):
-            row["status"], row["error"] = "interrupted", "process ended without closing the run (killed?)"
+            row["status"], row["error"] = RunStatus.INTERRUPTED.value, "process ended without closing the run (killed?)"
         artifacts = [Artifact(a["kind"], a["path"], json.loads(a["meta_json"]) if a["meta_json"] else None, a["created_at"])
                      for a in self.conn.execute("SELECT kind, path, meta_json, created_at FROM artifacts WHERE run_id = ?"
                                                 " ORDER BY rowid", (run_id,))]
@@ -454,7 +455,7 @@ class Registry:
         rows = [dict(r) for r in self.conn.execute(q + " ORDER BY r.id", args)]
         for r in rows:
             if self.readonly and self._dead(r):  # show what reaping would record, without writing it
-                r["status"] = "interrupted"
+                r["status"] = RunStatus.INTERRUPTED.value
             for k in ("pid", "pid_started", "host"):
                 del r[k]
         return rows

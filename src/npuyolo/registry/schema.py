@@ -1,5 +1,33 @@
 """Registry schema as an ordered list of migrations; PRAGMA user_version holds how many have run."""
 
+from enum import Enum
+
+__all__ = ["MIGRATIONS", "RUN_COLUMNS", "SCHEMA_VERSION", "RunStatus", "widen_status_check"]
+
+
+class RunStatus(str, Enum):
+    """A run's status, stored as its text (the runs table's CHECK constraint lists the same values).
+
+    A `str`: it compares equal to, and is stored as, the plain text ("finished" == RunStatus.FINISHED)."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # the process ended without closing the run (killed, Ctrl-C, a deadline)
+    STOPPED = "stopped"  # ended early on purpose by a scheduler (ASHA)
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+# the runs table's columns after every migration; `Registry.update_run` writes no other name into its SQL
+RUN_COLUMNS = frozenset({"name", "variant", "series", "status", "recipe_json", "data_path", "data_hash", "class_names",
+                         "weights_source", "weights_transferred", "device", "versions_json", "save_dir", "started_at",
+                         "ended_at", "duration_s", "best_json", "pid", "pid_started", "host", "error", "amp"})
+
 MIGRATIONS: list[str] = [
     # 1: runs, their epochs and artefacts; series and their members
     """
