@@ -332,3 +332,12 @@ def test_a_run_trained_on_disk_but_recorded_interrupted_is_closed_not_retrained(
         con.execute("UPDATE runs SET status = 'interrupted' WHERE id = 1")
     con.close()
     assert resume_run(1, Registry(db), verbose=False).status == "finished"
+
+
+def test_a_driver_error_is_recorded_as_what_it_was_not_as_ctrl_c():
+    """A bug on the series driver used to be written into every running member as the user's Ctrl-C."""
+    from npuyolo.train.executors import stop_reason
+
+    assert stop_reason(KeyboardInterrupt()) == "stopped by the user (Ctrl-C)"
+    assert stop_reason(RuntimeError("boom\nsecond line")) == "stopped because the series driver failed (RuntimeError: boom)"
+    assert stop_reason(MemoryError()) == "stopped because the series driver failed (MemoryError)"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from npuyolo.errors import NpuyoloError
+from npuyolo.registry.schema import RunStatus
 from npuyolo.train.trainer import PreparedRun, RecordSink, RegistrySink
 
 EXECUTORS = ("local", "ray")
@@ -126,9 +127,7 @@ def train_member(prepared: PreparedRun, queue, attempt: int, exit_after_epoch: i
 
 def worker_env() -> dict | None:
     """Ray runtime_env so that workers import the same npuyolo as the driver (a source checkout on PYTHONPATH too)."""
-    import npuyolo
-
-    src = str(Path(npuyolo.__file__).resolve().parents[1])
+    src = str(Path(__file__).resolve().parents[2])  # the folder holding the npuyolo package
     paths = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if src in paths:  # absolute: a worker's current folder is not the driver's
         return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
@@ -263,8 +262,8 @@ class RayExecutor:
                     changed = True
                 if changed:
                     progress()
-        except BaseException:
-            self._cancel(ray, registry, in_flight, drain)
+        except BaseException as e:
+            self._cancel(ray, registry, in_flight, drain, stop_reason(e))
             progress()
             raise
         if failures:
@@ -277,8 +276,8 @@ class RayExecutor:
             registry.set_status(state.run_id, status, error=error)
         state.status, state.error = registry.run(state.run_id).status, error
 
-    def _cancel(self, ray, registry, in_flight: dict, drain: Callable[[], bool]) -> None:
-        """Ctrl-C (or a driver error): stop every member, keep what they sent, mark the rest interrupted."""
+    def _cancel(self, ray, registry, in_flight: dict, drain: Callable[[], bool], reason: str) -> None:
+        """Ctrl-C (or a driver error): stop every member, keep what they sent, mark the rest interrupted, saying why."""
         refs = list(in_flight)
         for ref in refs:
             ray.cancel(ref)  # KeyboardInterrupt inside the task: Ultralytics stops, the worker reports `interrupted`
@@ -291,9 +290,18 @@ class RayExecutor:
         for ref in refs:
             ray.cancel(ref, force=True)
             state = in_flight[ref]
-            if registry.run(state.run_id).status == "running":
-                registry.set_status(state.run_id, "interrupted", error="stopped by the user (Ctrl-C)")
+            if registry.run(state.run_id).status == RunStatus.RUNNING:
+                registry.set_status(state.run_id, RunStatus.INTERRUPTED, error=reason)
             state.status = registry.run(state.run_id).status
+
+
+def stop_reason(exc: BaseException) -> str:
+    """Why the members still running were stopped, as the run's error: Ctrl-C is the user's; anything else on the
+    driver is named as what it was (a driver bug must not read as the user's Ctrl-C)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "stopped by the user (Ctrl-C)"
+    text = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"stopped because the series driver failed ({type(exc).__name__}{': ' + text if text else ''})"
 
 
 # what ASHA compares at each rung: (Ultralytics metric key, mode); val_loss = box + cls + dfl validation loss
@@ -447,10 +455,10 @@ class AshaExecutor(RayExecutor):
                 raise outcome["error"]
             for result in outcome["grid"]:
                 self._close_trial(registry, members[result.config["member"]], result.error)
-        except BaseException:
+        except BaseException as e:
             for state in members.values():
-                if registry.run(state.run_id).status == "running":
-                    registry.set_status(state.run_id, "interrupted", error="stopped by the user (Ctrl-C)")
+                if registry.run(state.run_id).status == RunStatus.RUNNING:
+                    registry.set_status(state.run_id, RunStatus.INTERRUPTED, error=stop_reason(e))
                 state.status = registry.run(state.run_id).status
             raise
         finally:
