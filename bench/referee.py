@@ -24,7 +24,7 @@ import npuyolo  # noqa: F401
 from npuyolo.compilers.compile import PROFILES, agreement, write_calibration
 from npuyolo.compilers.envs import require
 from npuyolo.compilers.rknn import compile_onnx
-from npuyolo.npu.check import check_model
+from npuyolo.deploy.check import check_model
 from npuyolo.npu.rewrite import rewrite_file
 
 

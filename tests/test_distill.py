@@ -5,7 +5,7 @@ import torch
 from typer.testing import CliRunner
 
 from npuyolo.cli import app
-from npuyolo.distill.model import KD_TERMS, KDDistillationModel
+from npuyolo.train.kd import KD_TERMS, KDDistillationModel
 from npuyolo.registry.db import Registry
 from npuyolo.train.trainer import train_variant
 from npuyolo.variants.build import build_model

@@ -182,7 +182,7 @@ def test_npu_compile_refuses_a_huge_declared_input_before_allocating(compilers_d
     import onnx
     from onnx import TensorProto, helper
 
-    import npuyolo.compilers.compile as compile_mod
+    import npuyolo.deploy.compile as compile_mod
 
     fake_install(compilers_dir)
     side = 100000

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from npuyolo.cli import app
 from npuyolo.deploy.export import export_onnx
 from npuyolo.registry.db import Registry
-from npuyolo.train.hybrid import hybrid_search, pareto_front
+from npuyolo.study.hybrid import hybrid_search, pareto_front
 from npuyolo.variants.build import Stages, activation_census, build_model, model_yaml
 from npuyolo.variants.spec import VariantError, parse_variant
 

@@ -193,7 +193,7 @@ def test_qat_fine_tunes_a_run_and_exports_full_integer_int8(synth_data, tiny_rec
 
 def test_npu_check_places_an_int8_artefact_like_its_fp32_graph(synth_data, tmp_path):
     """Q/DQ pairs are fused by NPU compilers; before folding them, an INT8 file showed 400+ 'unknown' Q/DQ ops."""
-    from npuyolo.npu.check import check_model
+    from npuyolo.deploy.check import check_model
 
     fp32 = export_onnx(randomised("L4-leaky"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
     quantize_onnx(fp32, tmp_path / "q.onnx", synth_data, calib=4, per_channel=True, ends="int16")

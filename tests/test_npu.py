@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from npuyolo.cli import app
 from npuyolo.npu.analyze import analyze
-from npuyolo.npu.check import check_model
+from npuyolo.deploy.check import check_model
 from npuyolo.npu.graph import GraphError, load_graph
 from npuyolo.npu.profiles import TargetError, TargetProfile, target, targets
 from npuyolo.npu.rewrite import RewriteError, rewrite_leaky

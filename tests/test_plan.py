@@ -92,7 +92,7 @@ def dominates_dict(a: dict, b: dict) -> bool:
 def test_the_plan_numbers_are_what_an_independent_check_measures(planned):
     """The chosen artefact placed by `npu check` and scored by `deploy eval`'s evaluator gives the plan's numbers."""
     from npuyolo.deploy.evaluate import evaluate_onnx, onnx_predictor, validate
-    from npuyolo.npu.check import check_model
+    from npuyolo.deploy.check import check_model
 
     db, data, plan = planned
     t = plan["targets"][1]

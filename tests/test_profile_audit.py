@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from npuyolo.npu.analyze import analyze
-from npuyolo.npu.check import check_model
+from npuyolo.deploy.check import check_model
 from npuyolo.npu.graph import load_graph
 from npuyolo.npu.normalize import slices_to_split
 from npuyolo.npu.profiles import target

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from npuyolo.cli import app
 from npuyolo.deploy.export import export_onnx, load_weights
-from npuyolo.npu.check import check_model
+from npuyolo.deploy.check import check_model
 from npuyolo.prune.modules import split_c2f
 from npuyolo.prune.prune import PruneError, count, prune_model
 from npuyolo.registry.db import Registry

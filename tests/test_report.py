@@ -204,7 +204,7 @@ def test_report_shows_ultralytics_validation_plots(synth_data, tiny_recipe, tmp_
 
 
 def test_series_plot_includes_the_recommended_rewrite_and_it_dominates_relu(tmp_path):
-    from npuyolo.npu.check import check_model
+    from npuyolo.deploy.check import check_model
     from npuyolo.train.recipe import Recipe
 
     reg = Registry(tmp_path / "r.db")

@@ -119,7 +119,9 @@ def offline_check_amp(model) -> bool:
 
 
 # npuyolo's own nn.Module classes that its checkpoints may hold: code we ship, not code a file brings
-TRUSTED_CLASSES = ("npuyolo.prune.modules.C2fSplit", "npuyolo.distill.model.KDDistillationModel")
+TRUSTED_CLASSES = ("npuyolo.prune.modules.C2fSplit", "npuyolo.train.kd.KDDistillationModel")
+# where those classes lived before (checkpoints name a class by its module path at saving time): the same class object
+MOVED_CLASSES = {"npuyolo.distill.model.KDDistillationModel": "npuyolo.train.kd.KDDistillationModel"}
 
 
 @cache
@@ -132,8 +134,10 @@ def trust_npuyolo_classes() -> None:
 
     import torch
 
-    classes = []
-    for dotted in TRUSTED_CLASSES:
+    def load(dotted: str):
         module, _, name = dotted.rpartition(".")
-        classes.append(getattr(importlib.import_module(module), name))
+        return getattr(importlib.import_module(module), name)
+
+    classes = [load(dotted) for dotted in TRUSTED_CLASSES]
+    classes += [(load(new), old) for old, new in MOVED_CLASSES.items()]
     torch.serialization.add_safe_globals(classes)

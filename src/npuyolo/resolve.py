@@ -1,13 +1,51 @@
-"""Resolve what a user names as a model: a variant name, a run (`7`, `#7` or its name), or a .pt checkpoint."""
+"""Resolve what a user names as a model: a variant name, a run (`7`, `#7` or its name), a .pt checkpoint or an .onnx
+file. `ModelRef.parse` is the one place that decides which; every command and the Python API ask it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from npuyolo.paths import slug
+from npuyolo.paths import safe_join, slug
+from npuyolo.registry.db import Registry, RegistryError
+from npuyolo.variants.build import build_model
+from npuyolo.variants.checkpoint import load_weights
+from npuyolo.variants.spec import HYBRID_RE, NAME_RE, parse_variant
+
+__all__ = ["DEFAULT_IMGSZ", "ModelRef", "ResolvedModel", "default_imgsz", "output_dir_for", "resolve_model"]
+
+DEFAULT_IMGSZ = 640  # Ultralytics' default, for a model whose training size nobody recorded
+
+RefKind = Literal["onnx", "pt", "variant", "run"]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a model argument names, decided once: an .onnx file, a .pt checkpoint (or any other existing file,
+    which the safe loader then judges), a variant name (built untrained), else a run of the registry."""
+
+    text: str
+    kind: RefKind
+
+    @classmethod
+    def parse(cls, ref: str | int | Path) -> ModelRef:
+        text = str(ref).strip()
+        low = text.lower()
+        if low.endswith(".onnx"):
+            return cls(text, "onnx")
+        if low.endswith(".pt") or Path(text).is_file():
+            return cls(text, "pt")
+        if NAME_RE.match(text) or HYBRID_RE.match(text):
+            return cls(text, "variant")
+        return cls(text, "run")
+
+    @property
+    def is_run(self) -> bool:
+        """Only a run needs the registry; a variant or a file touches none."""
+        return self.kind == "run"
 
 
 @dataclass
@@ -23,17 +61,30 @@ def _checkpoint_imgsz(model: torch.nn.Module) -> int | None:
     return size if isinstance(size, int) and not isinstance(size, bool) and size >= 32 and size % 32 == 0 else None
 
 
-def resolve_model(ref: str, registry=None, nc: int = 80) -> ResolvedModel:
-    """A .pt is loaded safely (never runs code from the file); a variant is built untrained; anything else is a run."""
-    from npuyolo.registry.db import Registry, RegistryError
-    from npuyolo.variants.build import build_model
-    from npuyolo.variants.checkpoint import load_weights
-    from npuyolo.variants.spec import HYBRID_RE, NAME_RE, parse_variant
+def default_imgsz(resolved: ResolvedModel) -> int:
+    """The size a model is exported, checked, compiled and predicted at unless the user says: the size it was trained at
+    (a run's recipe, a checkpoint's own args), else 640. One rule for every front door."""
+    return int(resolved.trained_imgsz or DEFAULT_IMGSZ)
 
-    if ref.lower().endswith(".pt") or Path(ref).is_file():
+
+def output_dir_for(registry, resolved: ResolvedModel, stage: str) -> Path:
+    """Where a stage writes for a model: a run's own folder; beside the registry for a variant or a file; else
+    runs/<stage>/<label> under the working directory. Never outside those roots (every part goes through safe_join)."""
+    if registry is not None and resolved.run_id is not None:
+        return registry.run_dir(registry.run(resolved.run_id), stage)
+    if registry is not None:
+        return registry.output_dir(stage, resolved.label)
+    return safe_join("runs", stage, resolved.label)
+
+
+def resolve_model(ref: str | ModelRef, registry=None, nc: int = 80) -> ResolvedModel:
+    """A .pt is loaded safely (never runs code from the file); a variant is built untrained; anything else is a run."""
+    parsed = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
+    ref = parsed.text
+    if parsed.kind in ("pt", "onnx"):  # an .onnx here is no checkpoint: the safe loader names the problem
         model = load_weights(ref)
         return ResolvedModel(model, slug(Path(ref).stem, "model"), trained_imgsz=_checkpoint_imgsz(model))
-    if NAME_RE.match(ref) or HYBRID_RE.match(ref):
+    if parsed.kind == "variant":
         spec = parse_variant(ref)
         return ResolvedModel(build_model(spec, nc=nc), slug(spec.name, "model"))
     if not isinstance(registry, Registry):

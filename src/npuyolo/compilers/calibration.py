@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from npuyolo.compilers.envs import CompilerError
+from npuyolo.data.calibration import calibration_images, letterbox
 
 __all__ = ["CALIB_IMAGES", "calibration_arrays", "write_calibration"]
 
@@ -24,11 +25,7 @@ def calibration_arrays(data: str | Path | None, imgsz: int, count: int = CALIB_I
     With `data`, training images only (validation images are never candidates). Without it, synthetic sign images
     drawn by npuyolo itself (nothing is fetched): enough for placement, which does not depend on the values.
     """
-    from npuyolo.deploy.quantize import letterbox
-
     if data is not None:
-        from npuyolo.deploy.quantize import calibration_images
-
         images = []
         for p in calibration_images(data, count):
             image = cv2.imread(str(p))

@@ -78,7 +78,7 @@ def golden_image(imgsz: int, seed: int = 0) -> np.ndarray:
     Not symmetric in its channels (red and blue signs), so a channel swap changes the outputs.
     """
     from npuyolo.data.synth import compose
-    from npuyolo.deploy.quantize import letterbox
+    from npuyolo.data.calibration import letterbox
 
     image = compose(imgsz, np.random.default_rng(seed))[0]
     return letterbox(np.ascontiguousarray(image), imgsz)[None]

@@ -13,22 +13,18 @@ import onnx
 import torch
 
 from npuyolo.deploy.npu_head import NPUHeadModel, output_names
-from npuyolo.errors import NpuyoloError
-from npuyolo.paths import atomic_path, check_output_file, file_problem
+from npuyolo.npu.onnxfile import ExportError, onnx_metadata, set_metadata, written_by_npuyolo
+from npuyolo.paths import atomic_path, check_output_file
 from npuyolo.ultra import Detect
 from npuyolo.variants.checkpoint import default_head, load_weights, model_meta
 
-__all__ = ["ExportError", "default_head", "export_onnx", "load_weights", "onnx_metadata"]
+__all__ = ["ExportError", "default_head", "export_onnx", "load_weights", "onnx_metadata", "set_metadata", "written_by_npuyolo"]
 
 Head = Literal["npu", "ultralytics"]
 OPSET = 17
 # torch.onnx.export keeps process-wide state (GLOBALS.in_onnx_export) and asserts it is not re-entered: two threads
 # exporting at once (Workspace.export from a thread pool) fail. One export at a time per process, then.
 _EXPORT_LOCK = threading.Lock()
-
-
-class ExportError(NpuyoloError, ValueError):
-    """A model or setting that cannot be exported (bad image size, unknown head...)."""
 
 
 def check_imgsz(imgsz: int, flag: str = "--imgsz", error: type[Exception] = ExportError) -> int:
@@ -98,32 +94,3 @@ def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head:
 def check_out_file(out: str | Path, force: bool = False, registry: str | Path | None = None) -> Path:
     """An output .onnx path that may be written: `npuyolo.paths.check_output_file` with ONNX files npuyolo wrote as ours."""
     return check_output_file(out, registry=registry, force=force, ours=written_by_npuyolo, label="--out", error=ExportError)
-
-
-def written_by_npuyolo(path: Path) -> bool:
-    """An ONNX file npuyolo wrote: its metadata has npuyolo's keys (`npuyolo_head` from export, `npuyolo_rewrite`)."""
-    if path.suffix.lower() != ".onnx" or not path.is_file():
-        return False
-    try:
-        return any(k in ("npuyolo_head", "npuyolo_rewrite") for k in onnx_metadata(path))
-    except ExportError:
-        return False
-
-
-def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
-    del proto.metadata_props[:]
-    for k, v in meta.items():
-        proto.metadata_props.add(key=k, value=str(v))
-
-
-def onnx_metadata(path: str | Path) -> dict[str, str]:
-    """An ONNX file's metadata; a missing or unreadable file is one clear error."""
-    path = Path(path)
-    why = file_problem(path, empty_ok=False)
-    if why is not None:
-        raise ExportError(f"ONNX file not found: {path}" if why == "not found" else f"{path} {why}")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf DecodeError and friends: not an ONNX model at all
-        raise ExportError(f"{path}: not a readable ONNX model ({type(e).__name__})") from e
-    return {p.key: p.value for p in proto.metadata_props}

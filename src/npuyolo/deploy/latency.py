@@ -12,7 +12,7 @@ import numpy as np
 from npuyolo.deploy.decode import nms
 from npuyolo.deploy.evaluate import DeployError, check_threads, load_deployable
 from npuyolo.paths import file_problem
-from npuyolo.deploy.quantize import letterbox
+from npuyolo.data.calibration import letterbox
 
 
 def _stats(ms: list[float]) -> dict:

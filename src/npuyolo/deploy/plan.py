@@ -380,7 +380,7 @@ def _compile(placement: Placement, fp32: Path, target: str, data, registry) -> N
     if env is None:
         placement.compiler_status = "compiler not installed"
         return
-    from npuyolo.compilers.compile import compile_model, record
+    from npuyolo.deploy.compile import compile_model, record
 
     try:
         result = compile_model(str(fp32), compiler, platform, data, registry)
@@ -402,7 +402,7 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
     `sweep=False` calibrates with MinMax instead of the sweep's choice (minutes less on a large model)."""
     from npuyolo.data.check import check_dataset
     from npuyolo.deploy.quantize import quantize_onnx
-    from npuyolo.npu.check import check_model, sigmoid_on_npu
+    from npuyolo.deploy.check import check_model, sigmoid_on_npu
     from npuyolo.npu.profiles import target as get_target
     from npuyolo.paths import slug, write_text
 

@@ -15,10 +15,8 @@ import csv
 import glob
 import io
 import json
-import logging
 import os
 import shutil
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -31,9 +29,10 @@ import torch
 import npuyolo.ultra  # noqa: F401  (Ultralytics only behind npuyolo's offline guards)
 from npuyolo.data.check import IMAGE_SUFFIXES
 from npuyolo.deploy.decode import nms
-from npuyolo.deploy.quantize import letterbox
+from npuyolo.data.calibration import letterbox
 from npuyolo.errors import NpuyoloError, storage_error
 from npuyolo.paths import file_problem, slug, write_bytes, write_text
+from npuyolo.resolve import ModelRef, default_imgsz, resolve_model
 
 __all__ = ["Box", "ImageDetections", "PredictError", "PredictResult", "Predictor", "detect", "list_sources", "load_predictor",
            "predict_source", "run_predict", "stdout_to_stderr"]
@@ -139,23 +138,21 @@ def load_predictor(ref: str, registry=None, imgsz: int | None = None) -> Predict
     ref = str(ref).strip()
     if not ref:
         raise PredictError("MODEL is empty; give a run id or name, a .pt checkpoint or an .onnx file")
-    path = Path(ref)
+    path, kind = Path(ref), ModelRef.parse(ref).kind
     why = file_problem(path, empty_ok=False)
-    if ref.lower().endswith((".onnx", ".pt")) and why not in (None, "not found"):
+    if kind in ("onnx", "pt") and why not in (None, "not found"):
         raise PredictError(f"{ref} {why}")
-    if ref.lower().endswith(".onnx"):
+    if kind == "onnx":
         if why is not None:
             raise PredictError(f"model not found: {ref}")
         return _onnx_predictor(path, imgsz)
-    if ref.lower().endswith(".pt") or path.is_file():
+    if kind == "pt":
         if why is not None:
             raise PredictError(f"model not found: {ref}")
         if path.suffix.lower() != ".pt":
             raise PredictError(f"{ref}: expected a .pt checkpoint or an .onnx file")
-        from npuyolo.resolve import resolve_model
-
         resolved = resolve_model(str(path))
-        return _torch_predictor(resolved.model, imgsz or resolved.trained_imgsz or 640, resolved.label, path=str(path))
+        return _torch_predictor(resolved.model, imgsz or default_imgsz(resolved), resolved.label, path=str(path))
     return _run_predictor(ref, registry, imgsz)
 
 
@@ -181,8 +178,6 @@ def _torch_predictor(model: torch.nn.Module, imgsz: int, label: str, **kw) -> Pr
 
 def _run_predictor(ref: str, registry, imgsz: int | None) -> Predictor:
     from npuyolo.registry.db import Registry, RegistryError
-    from npuyolo.resolve import resolve_model
-    from npuyolo.variants.spec import HYBRID_RE, NAME_RE
 
     if any(c in ref for c in "/\\"):
         raise PredictError(f"model not found: {ref} (give a run id or name, a .pt checkpoint or an .onnx file)")
@@ -190,12 +185,12 @@ def _run_predictor(ref: str, registry, imgsz: int | None) -> Predictor:
         reg = registry if isinstance(registry, Registry) else Registry(registry, readonly=True)
         run = reg.run(ref)
     except RegistryError as e:
-        if NAME_RE.match(ref) or HYBRID_RE.match(ref):
+        if ModelRef.parse(ref).kind == "variant":
             raise PredictError(f"{ref!r} is a variant name, not a trained model: give a run, a .pt checkpoint"
                                " or an .onnx file") from None
         raise PredictError(f"unknown model {ref!r}: not a file and not a run ({e})") from None
     resolved = resolve_model(str(run.id), reg)
-    size = imgsz or int(resolved.trained_imgsz or 640)
+    size = imgsz or default_imgsz(resolved)
     path = run.artifact_path("weights/best", "weights/last")
     return _torch_predictor(resolved.model, size, resolved.label, path=str(path), run_id=run.id,
                             default_out=lambda: reg.run_dir(run, "predict"))

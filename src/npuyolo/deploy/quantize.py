@@ -16,38 +16,12 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from npuyolo.data.check import IMAGE_SUFFIXES, load_data_yaml, split_images
+from npuyolo.data.calibration import calibration_images, holdout_images, letterbox
 from npuyolo.deploy.evaluate import DeployError
 from npuyolo.deploy.export import onnx_metadata, set_metadata
 from npuyolo.paths import atomic_path
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
-
-
-def letterbox(image: np.ndarray, size: int) -> np.ndarray:
-    """BGR uint8 image -> [3, size, size] float32 RGB in [0, 1], aspect kept, grey (114) padding like Ultralytics."""
-    h, w = image.shape[:2]
-    r = min(size / h, size / w)
-    nh, nw = max(1, round(h * r)), max(1, round(w * r))  # a 2x3000 image must not round to 0 rows
-    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
-    canvas = np.full((size, size, 3), 114, np.uint8)
-    top, left = (size - nh) // 2, (size - nw) // 2
-    canvas[top:top + nh, left:left + nw] = resized
-    return np.ascontiguousarray(canvas[..., ::-1].transpose(2, 0, 1), dtype=np.float32) / 255.0
-
-
-def calibration_images(data: str | Path, count: int, seed: int = 0) -> list[Path]:
-    """`count` training images drawn deterministically; validation images are never candidates."""
-    if count < 1:
-        raise DeployError("--calib must be at least 1 image")
-    cfg, root, _ = load_data_yaml(data)
-    train = [p for p in split_images(root, cfg["train"], Path(data), "train") if p.suffix.lower() in IMAGE_SUFFIXES]
-    val = set(split_images(root, cfg["val"], Path(data), "val"))
-    train = sorted(p for p in train if p not in val)
-    if not train:
-        raise DeployError(f"{data}: no training images to calibrate on")
-    rng = np.random.default_rng(seed)
-    return [train[i] for i in sorted(rng.choice(len(train), size=min(count, len(train)), replace=False))]
 
 
 class ImageReader(CalibrationDataReader):
@@ -244,19 +218,6 @@ def ends_allowed(value: str, target: str) -> None:
         able = sorted(n for n, p in targets().items() if wanted in p.dtypes)
         raise DeployError(f"--ends {value}: {target} runs {'/'.join(profile.dtypes)} only (its profile); "
                           f"targets with {wanted}: {', '.join(able) or 'none'}")
-
-
-def holdout_images(data: str | Path, count: int, exclude: list[Path], seed: int = 0) -> list[Path]:
-    """`count` training images not used for calibration: what a calibration sweep is judged on (val stays unseen)."""
-    cfg, root, _ = load_data_yaml(data)
-    val = set(split_images(root, cfg["val"], Path(data), "val"))
-    taken = set(exclude)
-    pool = sorted(p for p in split_images(root, cfg["train"], Path(data), "train")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and p not in val and p not in taken)
-    if not pool:
-        raise DeployError(f"{data}: every training image is used for calibration; lower --calib to leave some for --sweep")
-    rng = np.random.default_rng(seed + 1)
-    return [pool[i] for i in sorted(rng.choice(len(pool), size=min(count, len(pool)), replace=False))]
 
 
 def _outputs(model_path: Path, reader: ImageReader) -> list[list[np.ndarray]]:

@@ -116,7 +116,7 @@ def rewrite_file(src: str | Path, dst: str | Path | None = None, method: str = "
     `dst` follows `npuyolo.paths.check_output_file` (an earlier npuyolo ONNX may be replaced; another file or a
     symlink only with `force`; never the registry); a full disk or a refused write is one RewriteError.
     """
-    from npuyolo.deploy.export import written_by_npuyolo
+    from npuyolo.npu.onnxfile import written_by_npuyolo
     from npuyolo.npu.graph import load_graph
     from npuyolo.paths import atomic_path, check_output_file
 

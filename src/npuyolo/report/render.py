@@ -10,7 +10,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from npuyolo.errors import UnsafePathError
-from npuyolo.paths import atomic_path, safe_join, slug, unique_slug, write_text
+from npuyolo.paths import atomic_path, safe_join, unique_slug, write_text
 from npuyolo.report import plots, webfont
 from npuyolo.report.facts import METRICS, ReportError, RunFacts, run_facts
 from npuyolo.variants.spec import parse_variant
@@ -255,7 +255,7 @@ def render_series(registry, name: str, out: Path | None = None, lang: str = "en"
     stem = f"series_{unique_slug(name, 'series')}"
     img = {"curves": f"{stem}_curves.png", "scatter": f"{stem}_accuracy_vs_npu.png"}
     plots.compare_curves(runs, out / img["curves"])
-    from npuyolo.train.hybrid import pareto_front
+    from npuyolo.study.hybrid import pareto_front
 
     derived, checked_by = [], []  # checked_by: members whose placement on `target` a vendor compiler checked
     for r in ranked:

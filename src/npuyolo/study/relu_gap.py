@@ -129,7 +129,7 @@ def relu_gap_study(registry, data: str | Path, *, name: str = "relu-gap", epochs
                    on_member: Callable[[str, str], None] | None = None, verbose: bool = True) -> list[RouteRow]:
     """Train every route for every seed (skipping finished members, resuming interrupted ones), check, summarise."""
     from npuyolo.distill.run import distill
-    from npuyolo.npu.check import check_model, record
+    from npuyolo.deploy.check import check_model, record
     from npuyolo.npu.profiles import target as get_target
     from npuyolo.train.anneal import parse_anneal, with_anneal
     from npuyolo.train.trainer import resume_run, train_variant

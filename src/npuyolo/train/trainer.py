@@ -160,7 +160,7 @@ class NpuyoloDistillTrainer(NpuyoloTrainer):
     kd: dict = {}
 
     def _wrap(self) -> None:
-        from npuyolo.distill.model import KDDistillationModel
+        from npuyolo.train.kd import KDDistillationModel
         from npuyolo.ultra import DistillationModel, unwrap_model
 
         model = unwrap_model(self.model)

@@ -30,7 +30,7 @@ def pareto_front(rows: list[dict], x: str = "npu_share", y: str = "map50") -> li
 
 def npu_shares(registry, rows: list[dict], target: str, imgsz: int) -> None:
     """Add each finished member's node share on `target` (checked now if not recorded yet)."""
-    from npuyolo.npu.check import check_model, record
+    from npuyolo.deploy.check import check_model, record
 
     for r in rows:
         if r["status"] != "finished":

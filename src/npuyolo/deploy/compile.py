@@ -1,0 +1,70 @@
+"""`npu compile` and `npu check --referee` of any model reference: export as our analyzer sees it (`deploy.check`),
+calibrate on train images, run the vendor compiler in its own venv, map its placement back to our nodes, compare.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from npuyolo.compilers.calibration import calibration_arrays, write_calibration
+from npuyolo.compilers.compile import (MAX_SIDE, CompileResult, agreement, imx_agreement, input_side, profile_for,
+                                       record)
+from npuyolo.compilers.envs import CompilerError, require
+from npuyolo.compilers.imx500 import compile_model as imx_compile
+from npuyolo.compilers.rknn import compile_onnx as rknn_compile
+from npuyolo.compilers.vela import compile_onnx as vela_compile
+from npuyolo.compilers.vela import write_calibration_npy
+from npuyolo.data.calibration import calibration_images
+from npuyolo.deploy.check import check_model
+from npuyolo.npu.normalize import fold_qdq, slices_to_split
+from npuyolo.paths import atomic_path, safe_join, slug
+from npuyolo.resolve import ModelRef, resolve_model
+
+__all__ = ["compile_model", "record"]
+
+
+def compile_model(ref: str, compiler: str, target: str, data: str | Path | None, registry=None, imgsz: int | None = None,
+                  head: str | None = None, nc: int = 80, workdir: Path | None = None) -> CompileResult:
+    """Export + analyze exactly as `npu check` does for this target, then compile that same ONNX file."""
+    platform, profile = profile_for(compiler, target)
+    is_onnx = ModelRef.parse(ref).kind == "onnx"
+    require(compiler)  # before a minute of export: a missing compiler is the first thing the user hears
+    if compiler == "imx500" and is_onnx:
+        raise CompilerError("the imx500 compiler converts a PyTorch model (Ultralytics' format='imx' quantizes it with "
+                            "model-compression-toolkit first): give a variant name, a run or a .pt, not an .onnx file")
+    if imgsz is not None and not isinstance(imgsz, bool) and isinstance(imgsz, int) and imgsz > MAX_SIDE:
+        raise CompilerError(f"--imgsz {imgsz} is larger than npu compile takes ({MAX_SIDE} px per side)")
+    if data is not None:  # a wrong data.yaml, too, before the export
+        calibration_images(data, 1)
+    check = check_model(ref, [profile], registry, imgsz=imgsz, head=head, nc=nc, workdir=workdir)
+    onnx_path = Path(check.onnx_paths[profile])
+    ours = check.reports[0]
+    if is_onnx:  # the user's file: work beside the registry, on the graph the analyzer saw
+        name = f"onnx-{slug(onnx_path.stem, 'model')}"  # apart from a variant's own npu/<variant>/ folder
+        base = registry.output_dir("npu", name) if registry is not None else safe_join("runs", "npu", name)
+        folder = base / f"{compiler}-{platform}-{slug(onnx_path.stem, 'model')}"
+        folder.mkdir(parents=True, exist_ok=True)
+        model = onnx.load(str(onnx_path))
+        fold_qdq(model)  # an INT8 artefact: the compiler quantizes itself, like the graph `npu check` placed
+        slices_to_split(model)  # chunk as Split, as `npu check` analyses it: same node names on both sides
+        onnx_path = folder / f"{slug(onnx_path.stem, 'model')}.onnx"
+        with atomic_path(onnx_path) as tmp:
+            onnx.save(model, str(tmp))
+    else:  # one folder per compiled file: exports at other sizes/heads never share (or overwrite) logs
+        folder = onnx_path.parent / f"{compiler}-{platform}-{slug(onnx_path.stem, 'model')}"
+    size = input_side(onnx_path)
+    if compiler == "imx500":
+        resolved = resolve_model(ref, registry, nc=nc)  # the same model check_model exported, as a torch module
+        build = imx_compile(resolved.model, onnx_path.parent / "imx500", data, imgsz=size)
+        return CompileResult(model_ref=check.model_ref, run_id=check.run_id, profile=profile, build=build,
+                             calibration=build.calibration, ours=ours, agreement=imx_agreement(ours, build))
+    if compiler == "rknn":
+        calib, what = write_calibration(data, size, folder)
+        build = rknn_compile(onnx_path, platform, calib, folder)
+    else:
+        arrays, what = calibration_arrays(data, size)
+        build = vela_compile(onnx_path, platform, write_calibration_npy(arrays, folder / "calib"), folder)
+    return CompileResult(model_ref=check.model_ref, run_id=check.run_id, profile=profile, build=build, calibration=what,
+                         ours=ours, agreement=agreement(ours, build))
