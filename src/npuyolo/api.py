@@ -162,7 +162,7 @@ class Workspace:
     def check(self, model: str | int, targets: list[str], *, imgsz: int | None = None, head: str | None = None, nc: int = 80,
               record: bool = True):
         """Per-node NPU placement of a variant, run, .pt or .onnx on each target (recorded in the registry)."""
-        from npuyolo.npu.check import check_model
+        from npuyolo.deploy.check import check_model
         from npuyolo.npu.check import record as record_check
 
         model, imgsz, nc = _ref(model, "model"), _number(imgsz, "imgsz", optional=True), _number(nc, "nc")
@@ -179,8 +179,8 @@ class Workspace:
     def compile(self, model: str | int, compiler: str, target: str, data: str | Path | None, *, imgsz: int | None = None,
                 head: str | None = None, nc: int = 80, record: bool = True):
         """Compile with a real vendor compiler (`npuyolo compilers install rknn|vela|imx500` first); placement beside the
-        profile's, recorded in the registry. See `npuyolo.compilers.compile.compile_model`."""
-        from npuyolo.compilers.compile import compile_model
+        profile's, recorded in the registry. See `npuyolo.deploy.compile.compile_model`."""
+        from npuyolo.deploy.compile import compile_model
         from npuyolo.compilers.compile import record as record_compile
 
         model, data = _ref(model, "model"), _path(data, "data", optional=True)
@@ -193,20 +193,16 @@ class Workspace:
 
     def export(self, model: str | int, out: str | Path, *, imgsz: int | None = None, head: str | None = None, nc: int = 80,
                force: bool = False) -> Path:
-        """Static-shape ONNX; a run exports at the size it was trained at unless `imgsz` says otherwise.
+        """Static-shape ONNX (as `npuyolo export`, through `npuyolo.services.export_model`): at the size it was trained
+        at unless `imgsz` says otherwise; a run's file is recorded as its `onnx/<head>` artefact.
 
         `out` may replace an earlier npuyolo ONNX file; another existing file or a symlink only with `force`;
         never the registry."""
-        from npuyolo.deploy.export import export_onnx
-        from npuyolo.resolve import resolve_model
+        from npuyolo.services import export_model
 
         model, out = _ref(model, "model"), _path(out, "out")
         imgsz, nc = _number(imgsz, "imgsz", optional=True), _number(nc, "nc")
-        reg = self._registry(readonly=True) if not model.lower().endswith(".pt") else None
-        resolved = resolve_model(model, reg, nc=nc)
-        if imgsz is None:
-            imgsz = resolved.trained_imgsz if resolved.run_id is not None and resolved.trained_imgsz else 640
-        return export_onnx(resolved.model, out, imgsz=imgsz, head=head, force=force, registry=self.registry_path)
+        return export_model(model, out, registry=self.registry_path, imgsz=imgsz, head=head, nc=nc, force=force).onnx
 
     def quantize(self, run: str | int, data: str | Path, **kwargs: Any) -> dict:
         """FP32 + INT8 QDQ ONNX of a run (calibrated on train images only); see `deploy.service.quantize_run`."""

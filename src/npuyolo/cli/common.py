@@ -1,0 +1,135 @@
+"""What every command module shares: the Typer apps, the consoles, the options, the one-line error wrapper."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table as RichTable
+from rich.text import Text
+
+MARKUP = None  # help texts are plain: "[default: ...]" must not be read as Rich markup and vanish
+app = typer.Typer(help="Build, train, check and report NPU-ready YOLO11 detectors.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=MARKUP)
+variants_app = typer.Typer(help="Model variants: NPU optimization levels x activations.", invoke_without_command=True, rich_markup_mode=MARKUP)
+runs_app = typer.Typer(help="Runs recorded in the registry.", invoke_without_command=True, rich_markup_mode=MARKUP)
+series_app = typer.Typer(help="Series: several variants, one recipe, one data set.", no_args_is_help=True, rich_markup_mode=MARKUP)
+data_app = typer.Typer(help="Data sets: synthesize and check.", no_args_is_help=True, rich_markup_mode=MARKUP)
+hybrid_app = typer.Typer(help="Hybrid activations: LeakyReLU only in the stages where it pays.", no_args_is_help=True, rich_markup_mode=MARKUP)
+deploy_app = typer.Typer(help="Deployment: INT8 quantization, evaluation of ONNX artefacts, latency.", no_args_is_help=True, rich_markup_mode=MARKUP)
+study_app = typer.Typer(help="Studies: several routes x seeds on equal terms, summarised with their spread.", no_args_is_help=True, rich_markup_mode=MARKUP)
+npu_app = typer.Typer(help="NPU compatibility: target profiles, per-node placement, graph rewrites.", no_args_is_help=True, rich_markup_mode=MARKUP)
+app.add_typer(variants_app, name="variants")
+app.add_typer(runs_app, name="runs")
+app.add_typer(series_app, name="series")
+app.add_typer(data_app, name="data")
+app.add_typer(npu_app, name="npu")
+app.add_typer(deploy_app, name="deploy")
+app.add_typer(hybrid_app, name="hybrid")
+app.add_typer(study_app, name="study")
+compilers_app = typer.Typer(help="Vendor NPU compilers as referees, each in its own environment (installed only on request).",
+                            no_args_is_help=True, rich_markup_mode=MARKUP)
+app.add_typer(compilers_app, name="compilers")
+
+console = Console(width=None if sys.stdout.isatty() else 160)  # no truncated tables when piped
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+RegistryOpt = Annotated[Optional[Path], typer.Option("--registry", envvar="NPUYOLO_REGISTRY", help="SQLite registry file [default: runs/npuyolo.db]")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+# the options `deploy plan` and `series plan` share
+PlanConfOpt = Annotated[float, typer.Option("--conf", help="Deployment confidence threshold (what the NPU runtime bakes in).")]
+PlanCalibOpt = Annotated[int, typer.Option("--calib", help="Calibration images.")]
+PlanHoldoutOpt = Annotated[int, typer.Option("--holdout", help="Held-back train images the calibration sweep is judged on.")]
+PlanSweepOpt = Annotated[bool, typer.Option("--sweep/--no-sweep", help="Calibrate with the sweep's choice, or with MinMax.")]
+
+
+class Table(RichTable):
+    """A Rich table whose title, headers and cells are plain text: a run or class named '[/bold]' stays text."""
+
+    def __init__(self, *args, title=None, **kwargs):
+        super().__init__(*args, title=Text(title) if isinstance(title, str) else title, **kwargs)
+
+    def add_column(self, header="", *args, **kwargs):
+        return super().add_column(Text(header) if isinstance(header, str) else header, *args, **kwargs)
+
+    def add_row(self, *cells, **kwargs):
+        return super().add_row(*(Text(c) if isinstance(c, str) else c for c in cells), **kwargs)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from npuyolo import __version__
+
+        sys.stdout.write(f"npuyolo {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                       help="Print the version and exit.")] = False) -> None:
+    """Build, train, check and report NPU-ready YOLO11 detectors."""
+
+
+def user_errors(fn):
+    """Turn npuyolo's own errors (bad input, unknown names, unusable files) into one red line and exit code 2.
+
+    So is an OS error the user fixes (full disk, read-only or forbidden place) that no layer below named better.
+    Anything else is a bug and keeps its traceback.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from npuyolo.errors import NpuyoloError, storage_error
+
+        try:
+            return fn(*args, **kwargs)
+        except (NpuyoloError, OSError) as e:
+            said = e if isinstance(e, NpuyoloError) else storage_error(e)
+            if said is None:
+                raise
+            err.print("[bold red]error:[/] " + escape(str(said)), highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def quiet_stdout(as_json: bool = True):
+    """With --json, stdout carries the JSON alone: prints, Ultralytics' progress and its logger go to stderr."""
+    if not as_json:
+        return contextlib.nullcontext()
+    from npuyolo.ultra import stdout_to_stderr
+
+    return stdout_to_stderr()
+
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def duration(seconds: float | None) -> str:
+    """42.3 s, 12 min 05 s, 3 h 02 min: how long a run took, the way a person reads it."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+
+def fmt(v, digits: int = 3) -> str:
+    return "-" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+
+
+def open_registry(path: Path | None, readonly: bool = False):
+    """The registry; read commands open it read-only (no file created, nothing written, not even reaping)."""
+    from npuyolo.registry.db import Registry
+
+    return Registry(path, readonly=readonly)

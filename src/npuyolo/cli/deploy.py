@@ -1,0 +1,202 @@
+"""Deployment: `npuyolo deploy quantize|qat|eval|plan|bench`, `npuyolo predict`."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.text import Text
+
+from npuyolo.cli.common import (
+    JsonOpt,
+    PlanCalibOpt,
+    PlanConfOpt,
+    PlanHoldoutOpt,
+    PlanSweepOpt,
+    RegistryOpt,
+    Table,
+    app,
+    console,
+    deploy_app,
+    err,
+    open_registry,
+    print_json,
+    quiet_stdout,
+    user_errors,
+)
+from npuyolo.cli.tables import print_layers, print_plan, print_quantized
+
+
+@deploy_app.command("quantize")
+@user_errors
+def deploy_quantize(run: Annotated[str, typer.Argument(help="Run id or name.")],
+                    data: Annotated[Path, typer.Option(help="data.yaml; calibration images come from its train split only.")],
+                    calib: Annotated[int, typer.Option(help="Calibration images.")] = 200,
+                    method: Annotated[str, typer.Option(help="minmax, entropy (KL, 512 bins) or percentile.")] = "minmax",
+                    percentile: Annotated[Optional[float], typer.Option(help="With --method percentile: share of values kept [default: 99.999].")] = None,
+                    sweep: Annotated[bool, typer.Option("--sweep", help="Try minmax, percentile 99.99/99.999 and entropy; keep the most faithful to FP32 on held-back train images.")] = False,
+                    holdout: Annotated[int, typer.Option(help="With --sweep: held-back train images (never val, never calibration).")] = 50,
+                    per_channel: Annotated[bool, typer.Option("--per-channel", help="Per-channel weight scales.")] = False,
+                    bias_correct: Annotated[bool, typer.Option("--bias-correct", help="Remove the mean shift weight rounding adds to each Conv (Nagel et al. 2019).")] = False,
+                    ends: Annotated[Optional[str], typer.Option(help="First Conv and output Convs at higher precision: int16 (still integer) or float.")] = None,
+                    target: Annotated[Optional[str], typer.Option(help="With --ends: refuse what this NPU target's profile cannot run.")] = None,
+                    keep_float: Annotated[Optional[list[str]], typer.Option("--keep-float", help="Node name to keep float (repeatable).")] = None,
+                    auto_float: Annotated[int, typer.Option(help="Also keep the N most sensitive Conv nodes float (by SQNR).")] = 0,
+                    imgsz: Annotated[Optional[int], typer.Option(help="Export size [default: the run's].")] = None,
+                    cle: Annotated[bool, typer.Option("--cle", help="Cross-layer equalization before quantizing (exact in FP32; ReLU/LeakyReLU chains).")] = False,
+                    as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """Export a run to ONNX (L4: NPU head cut) and quantize it to INT8 (ONNX Runtime, QDQ over the whole graph)."""
+    from npuyolo.deploy.service import quantize_run
+
+    with err.status("calibrating and quantizing..."), quiet_stdout():
+        info = quantize_run(open_registry(registry), run, data, calib=calib, method=method, per_channel=per_channel,
+                            keep_float=keep_float, auto_float=auto_float, imgsz=imgsz, cle=cle, percentile=percentile,
+                            bias_correct=bias_correct, ends=ends, target=target, sweep=sweep, holdout=holdout)
+    print_quantized(info, as_json)
+
+
+@deploy_app.command("qat")
+@user_errors
+def deploy_qat(run: Annotated[str, typer.Argument(help="Trained run id or name (the parent).")],
+               data: Annotated[Optional[Path], typer.Option(help="data.yaml [default: the parent run's].")] = None,
+               epochs: Annotated[int, typer.Option(help="Fine-tuning epochs with INT8 fake-quantization.")] = 5,
+               lr0: Annotated[Optional[float], typer.Option(help="Learning rate [default: a tenth of the parent's lr0].")] = None,
+               calib: Annotated[int, typer.Option(help="Calibration images for the INT8 export.")] = 200,
+               per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales of the export (QAT trains per-channel).")] = True,
+               bias_correct: Annotated[bool, typer.Option("--bias-correct", help="Bias correction in the export.")] = False,
+               ends: Annotated[Optional[str], typer.Option(help="int16 or float first/output Convs in the export.")] = None,
+               as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """Quantization-aware fine-tuning (NVIDIA ModelOpt through Ultralytics) as a new run, then its INT8 QDQ export."""
+    from npuyolo.deploy.qat import qat_run
+
+    with quiet_stdout(as_json):
+        info = qat_run(open_registry(registry), run, data, epochs=epochs, lr0=lr0, calib=calib, per_channel=per_channel,
+                       bias_correct=bias_correct, ends=ends, verbose=not as_json)
+    if not as_json:
+        console.print(f"QAT run {info['qat_run']} ({info['qat_name']}) from run {info['parent_run']}", highlight=False, markup=False)
+    print_quantized(info, as_json)
+
+
+@deploy_app.command("eval")
+@user_errors
+def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written by npuyolo, or a model `npu compile` built: "
+                                                           ".rknn, or the int8 .tflite behind a Vela build.")],
+                data: Annotated[Path, typer.Option(help="data.yaml; its val split is scored.")],
+                layers: Annotated[bool, typer.Option("--layers", help="With a .rknn: RKNN's per-layer cosine (accuracy_analysis) beside our QDQ model's, on the same photo.")] = False,
+                qdq: Annotated[Optional[Path], typer.Option(help="With --layers: our INT8 QDQ ONNX file to compare [default: quantized here, per-channel MinMax].")] = None,
+                top: Annotated[int, typer.Option(help="With --layers: the worst layers shown.")] = 15,
+                as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """Score the deployed model (ONNX Runtime + host decode + NMS) with Ultralytics' metrics.
+
+    A compiled model is scored as the vendor quantized it (RKNN-Toolkit2's simulator; TFLite's reference kernels for
+    Vela's input), in the compiler's environment, beside its FP32 ONNX file; its input contract is checked first."""
+    from npuyolo.deploy.service import evaluate_artefact
+
+    with err.status("evaluating..."), quiet_stdout():  # Ultralytics' progress stays off stdout
+        r = evaluate_artefact(open_registry(registry), artefact, data, layers=layers, qdq=qdq)
+    if as_json:
+        return print_json(r)
+    console.print(f"{r['kind'].upper()} {artefact}: P {r['precision']:.3f}  R {r['recall']:.3f}  mAP50 {r['map50']:.3f}  "
+                  f"mAP50-95 {r['map50_95']:.3f}  ({r['images']} val images at {r['imgsz']} px)", highlight=False)
+    if "runtime" in r:
+        console.print(f"scored by {r['runtime']}; input contract {r['contract']} checked on a training photo (cosine per "
+                      f"output {', '.join('-' if c is None else f'{c:.3f}' for c in r['cosine'])}; '-': no signal to judge); "
+                      f"FP32: {r['onnx']}", highlight=False)
+    table = Table(title="per class" + (" (drop vs FP32 in mAP50 points)" if "drop_pp_per_class" in r else ""))
+    for col in ("class", "P", "R", "mAP50", "mAP50-95", *(["mAP50 drop"] if "drop_pp_per_class" in r else [])):
+        table.add_column(col)
+    for c, v in r["per_class"].items():
+        drop = [f"{r['drop_pp_per_class'][c]:+.2f}"] if "drop_pp_per_class" in r else []
+        table.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['map50']:.3f}", f"{v['map50_95']:.3f}", *drop)
+    console.print(table)
+    if "drop_pp" in r:
+        what = f"{r['kind'].upper()} INT8" if "runtime" in r else "INT8"
+        console.print(f"{what} drop vs FP32: mAP50 {r['drop_pp']['map50']:.2f} points, mAP50-95 {r['drop_pp']['map50_95']:.2f} points")
+    if r.get("layers") is not None:
+        print_layers(r["layers"], r["qdq"], top)
+
+
+@deploy_app.command("plan")
+@user_errors
+def deploy_plan(model: Annotated[str, typer.Argument(help="Run id/name or .pt checkpoint.")],
+                target: Annotated[list[str], typer.Option("--target", "-t", help="Target profile (repeatable).")],
+                data: Annotated[Path, typer.Option(help="data.yaml: train images calibrate, val images score.")],
+                conf: PlanConfOpt = 0.25,
+                calib: PlanCalibOpt = 100,
+                holdout: PlanHoldoutOpt = 50,
+                sweep: PlanSweepOpt = True,
+                imgsz: Annotated[Optional[int], typer.Option(help="Export size [default: the run's].")] = None,
+                as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """Build every artefact that could serve each target, verify each (placement, FP32/INT8 accuracy), choose."""
+    from npuyolo.deploy.plan import build_plan
+
+    with err.status("building and verifying candidates..."), quiet_stdout():
+        plan = build_plan(open_registry(registry), model, target, data, conf=conf, calib=calib, holdout=holdout,
+                          imgsz=imgsz, sweep=sweep)
+    if as_json:
+        return print_json(plan.as_dict())
+    print_plan(plan)
+
+
+@deploy_app.command("bench")
+@user_errors
+def deploy_bench(artefact: Annotated[Path, typer.Argument(help="ONNX file.")],
+                 runs: Annotated[int, typer.Option(help="Timed runs (after 10 warm-up runs).")] = 50,
+                 threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads [default: all cores].")] = None,
+                 as_json: JsonOpt = False) -> None:
+    """ONNX Runtime CPU latency: model alone and the whole pipeline (pre-process, model, decode, NMS)."""
+    from npuyolo.deploy.latency import bench_onnx
+
+    r = bench_onnx(artefact, runs=runs, threads=threads)
+    if as_json:
+        return print_json(r)
+    table = Table(title=f"{artefact} at {r['imgsz']} px, {r['threads']} threads, {r['macs'] / 1e9:.2f} GMACs")
+    for col in ("part", "p50 ms", "p90 ms", "p99 ms", "throughput /s"):
+        table.add_column(col, justify="right")
+    for part in ("model", "pipeline"):
+        s = r[part]
+        table.add_row(part, f"{s['p50_ms']:.2f}", f"{s['p90_ms']:.2f}", f"{s['p99_ms']:.2f}", f"{s['throughput_fps']:.1f}")
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def predict(model: Annotated[str, typer.Argument(help="Run id/name, .pt checkpoint, or npuyolo ONNX file (either head, INT8, rewritten).")],
+            source: Annotated[str, typer.Argument(help="Image, folder, glob pattern (quote it: 'imgs/*.jpg') or video (.mp4/.avi/.mov/.mkv).")],
+            conf: Annotated[float, typer.Option(help="Confidence threshold, in (0, 1].")] = 0.25,
+            iou: Annotated[float, typer.Option(help="NMS IoU threshold, in (0, 1].")] = 0.7,
+            imgsz: Annotated[Optional[int], typer.Option(help="Input size [default: the ONNX file's, the run's, else 640].")] = None,
+            out: Annotated[Optional[Path], typer.Option(help="Output folder [default: the run's predict/, else ./predict/<model>].")] = None,
+            max_det: Annotated[int, typer.Option("--max-det", help="Most boxes kept per image.")] = 300,
+            as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """Detect objects: annotated images/videos, predictions.json and predictions.csv (ONNX decoded on the host like the .pt)."""
+    from rich.progress import Progress
+
+    from npuyolo.deploy.predict import run_predict, stdout_to_stderr
+
+    with contextlib.ExitStack() as stack, stdout_to_stderr():
+        bars: list = []
+
+        def start(total: int) -> None:  # a bar on stderr for many images or video frames, on a terminal only
+            if total > 1:
+                progress = stack.enter_context(Progress(console=err, transient=True, disable=not err.is_terminal))
+                bars.append((progress, progress.add_task("predicting", total=total)))
+
+        r = run_predict(model, source, conf=conf, iou=iou, imgsz=imgsz, out=out, max_det=max_det, registry=registry,
+                        on_start=start, on_frame=lambda: [p.advance(t) for p, t in bars])
+    if as_json:
+        return print_json(r.as_dict())
+    frames = sum(d.frame is not None for d in r.detections)
+    total = sum(len(d.boxes) for d in r.detections)
+    console.print(f"{r.model} ({r.kind}, {r.imgsz} px, conf {r.conf:g}, iou {r.iou:g}): {len(r.detections) - frames} image(s)"
+                  f"{f' + {frames} video frame(s)' if frames else ''}, {total} detection(s)", highlight=False)
+    if r.per_class:
+        table = Table(title="detections per class")
+        table.add_column("class")
+        table.add_column("boxes", justify="right")
+        for name, count in r.per_class.items():
+            table.add_row(Text(name), str(count))  # a class named '[b]' stays text
+        console.print(table)
+    console.print(f"wrote {len(r.annotated)} annotated file(s), {r.json_path.name} and {r.csv_path.name} to {r.out}", highlight=False, markup=False)

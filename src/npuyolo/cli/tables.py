@@ -1,0 +1,181 @@
+"""Every table and summary the commands print, in one place: Rich tables of plain text (a hostile name stays text)."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+
+from npuyolo.cli.common import Table, console, duration, fmt, print_json
+
+
+def print_result(run, as_json: bool) -> None:
+    """A created or continued run: its record as JSON, or the usual summary."""
+    if as_json:
+        return print_json({"run_id": run.id, "name": run.name, "status": run.status, "save_dir": run.save_dir,
+                           "weights": {a.kind.split("/", 1)[1]: a.path for a in run.artifacts if a.kind.startswith("weights/")},
+                           "best": run.best})
+    print_run(run)
+
+
+def print_run(run: dict) -> None:
+    console.print(f"[bold]run {run['id']}[/] {escape(run['name'])}  variant {run['variant']}  status [bold]{run['status']}[/]", highlight=False)
+    console.print(escape(f"data {run['data_path']} (hash {run['data_hash']})  device {run['device']}  weights {run['weights_source'] or 'none (from scratch)'}"
+                  + (f" transferred {run['weights_transferred']}" if run.get("weights_transferred") else "")
+                  + ("" if run.get("amp") is None else f"  AMP {'on' if run['amp'] else 'off'}")), highlight=False)
+    console.print(f"started {run['started_at']}  ended {run['ended_at'] or '-'}  train time {duration(run['duration_s'])}", highlight=False, markup=False)
+    if run.get("error"):
+        console.print(f"[red]{escape(run['error'])}[/]", highlight=False)
+    table = Table(title="epochs")
+    for col in ("epoch", "box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50", "map50_95", "lr"):
+        table.add_column(col, justify="right")
+    for e in run["epochs"]:
+        table.add_row(str(e["epoch"]), *(fmt(e[k], 4) for k in ("box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50", "map50_95")), fmt(e["lr"], 6))
+    console.print(table)
+    if run.get("best"):
+        b = run["best"]
+        console.print(f"best.pt validation: P {fmt(b['precision'])} R {fmt(b['recall'])} mAP50 {fmt(b['map50'])} mAP50-95 {fmt(b['map50_95'])}")
+    for a in run["artifacts"]:
+        console.print(escape(f"  {a['kind']}: {a['path']}"), highlight=False, markup=False)
+
+
+def print_series_plan(sp) -> None:
+    """One row per variant, one column per target; a cell is the chosen artefact, its NPU share and INT8 mAP50."""
+    table = Table(title=f"series {sp.series}: verified best artefact per variant and target")
+    table.add_column("variant", no_wrap=True)
+    for t in sp.targets:
+        table.add_column(t)
+    cells = sp.cells()
+    for variant, row in cells.items():
+        table.add_row(variant, *(f"{c['artefact']}\n{c['share_nodes']:.1%} NPU, {c['off_npu']} off, INT8 mAP50 {fmt(c['int8_map50'])}"
+                                 if (c := row.get(t)) else "-" for t in sp.targets))
+    console.print(table)
+    for variant, why in sp.skipped.items():
+        console.print(f"{variant}: {why}", highlight=False, markup=False, style="dim")
+    for variant, p in sp.plans.items():
+        console.print(f"{variant}: plan {p.path}", highlight=False, markup=False)
+    console.print(f"series plan: {len(sp.plans)} member(s) ({duration(sp.seconds)})", highlight=False, markup=False)
+
+
+def print_ranking(name: str, rows: list[dict]) -> None:
+    table = Table(title=f"series {name}: final-epoch metrics (rank)")
+    for col in ("variant", "run", "status", "mAP50", "mAP50-95", "precision", "recall"):
+        table.add_column(col)
+    for r in rows:
+        cells = [f"{fmt(r[m])} (#{r['rank_' + m]})" if r[m] is not None else "-" for m in ("map50", "map50_95", "precision", "recall")]
+        table.add_row(r["variant"], fmt(r["run_id"]), r["status"], *cells)
+    console.print(table)
+
+
+def print_referee(results) -> None:
+    table = Table(title="NPU placement: profile vs compiler")
+    for col in ("target", "compiler", "nodes", "mapped", "agree", "agreement", "profile CPU/unknown", "compiler CPU ops",
+                "memory KiB", "est. ms"):
+        table.add_column(col)
+    for r in results:
+        a, b, s = r.agreement, r.build, r.build.summary()
+        memory = ", ".join(f"{k.removesuffix('_kb').removesuffix('_kib')} {v:.0f}" for k, v in b.memory.items()) or "-"
+        if b.compiler == "imx500":  # MB of the sensor's memory, the converter's own unit
+            memory = f"{b.memory['used_mb']:.2f}/{b.memory['available_mb']:.2f} MB" if "used_mb" in b.memory and "available_mb" in b.memory else "-"
+        table.add_row(r.profile, f"{b.compiler} {b.version}", str(a.nodes), str(a.mapped), str(a.agree),
+                      "-" if a.share is None else f"{a.share:.1%}" + ("" if a.basis == "nodes" else f" ({a.basis})"),
+                      f"{r.ours.nodes_cpu}/{r.ours.nodes_unknown}",
+                      f"{s['rows_cpu']}/{s['rows']}", memory, "-" if s.get("inference_ms") is None else f"{s['inference_ms']:.1f}")
+    console.print(table)
+    for r in results:
+        s = r.build.summary()
+        for note in r.build.notes:
+            console.print(f"[dim]{r.profile}: {escape(note)}[/]", highlight=False)
+        if r.agreement.basis != "nodes":  # Vela: TFLite operators, not our nodes; compared on the whole graph
+            cpu = f" ({', '.join(s['cpu_rows'])})" if s["cpu_rows"] else ""
+            console.print(f"{r.profile}: {r.agreement.verdict}{cpu} (log: {r.build.log})", highlight=False, markup=False)
+        elif r.agreement.disagreements:
+            t = Table(title=f"{r.profile}: disagreements (log: {r.build.log})")
+            for col in ("node", "op", "profile", "profile's reason", "compiler", "compiler row"):
+                t.add_column(col)
+            for d in r.agreement.disagreements:
+                t.add_row(d["node"], d["op"], d["ours"], d["our_reason"], d["compiler"], d["compiler_row"] or "-")
+            console.print(t)
+        else:
+            console.print(f"{r.profile}: no disagreement on {r.agreement.mapped} mapped nodes "
+                          f"({r.agreement.nodes - r.agreement.mapped} not mappable from the log)", highlight=False, markup=False)
+
+
+def print_imx500(res) -> None:
+    b = res.build
+    m = b.memory
+    memory = (f"{m['used_mb']:.2f} MB of {m['available_mb']:.2f} MB ({'fits' if m.get('fits') else 'does NOT fit'})"
+              if "used_mb" in m and "available_mb" in m else "memory not reported")
+    if "coefficients_bytes" in m:
+        memory += f", coefficients {m['coefficients_bytes'] / 1024:.1f} KiB"
+    acts = ", ".join(f"{k}×{v}" for k, v in b.activations.items()) or "-"
+    verdict = "compiled" if b.ok else "FAILED"
+    console.print(f"imx500 {b.version}: {verdict} in {b.seconds:.0f} s; {memory}; activations: {acts}", highlight=False, markup=False)
+    if b.error:
+        console.print(f"  error: {b.error}", highlight=False, markup=False)
+    console.print(f"calibration: {b.calibration}", highlight=False, markup=False)
+    console.print(f"profile vs compiler: {res.agreement.verdict}", highlight=False, markup=False)
+    console.print(f"log: {b.log}" + (f"; model: {b.output}" if b.output else ""), highlight=False, markup=False)
+
+
+def print_quantized(info: dict, as_json: bool) -> None:
+    if as_json:
+        return print_json({k: v for k, v in info.items() if k not in ("calibration_images", "holdout_images")}
+                          | {"calibration_count": len(info["calibration_images"])})
+    console.print(f"FP32: {info['fp32']}\nINT8: {info['int8']}  ({len(info['calibration_images'])} train images, {info['calibration']}"
+                  f"{', per-channel' if info['per_channel'] else ''}{', bias-corrected' if info['bias_corrected'] else ''}"
+                  f"{', ends ' + info['ends'] if info['ends'] else ''}; float nodes: {', '.join(info['keep_float']) or 'none'})",
+                  highlight=False, markup=False)
+    if info["sweep"]:
+        table = Table(title=f"calibration sweep on {info['holdout']} held-back train images (fidelity to FP32)")
+        table.add_column("calibration")
+        table.add_column("SQNR dB", justify="right")
+        for row in info["sweep"]:
+            table.add_row(row["calibration"] + (" *" if row["calibration"] == info["calibration"] else ""), f"{row['sqnr_db']:.2f}")
+        console.print(table)
+
+
+def print_plan(plan) -> None:
+    table = Table(title=f"deployment plan for {plan.model_ref} (INT8 calibration {plan.calibration}; * chosen)")
+    for col in ("target", "artefact", "NPU share", "off NPU", "host parts", "NPU ms", "FP32 mAP50", "INT8 mAP50",
+                f"INT8/FP32 P/R/mAP50 at {plan.conf:g}"):
+        table.add_column(col, no_wrap=col == "artefact")
+    pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
+    for tp in plan.targets:
+        for i, r in enumerate(sorted(tp.rows, key=lambda r: r is not tp.chosen)):
+            p = r.placement
+            ms = fmt(p.npu_ms, 2) if p.npu_ms is not None else {"compiler not installed": "not installed"}.get(p.compiler_status, p.compiler_status or "-")
+            ret = r.retention
+            table.add_row(tp.target if i == 0 else "", ("* " if r is tp.chosen else "  ") + r.candidate.name, f"{p.share_nodes:.1%}",
+                          str(p.off_npu), str(p.partitions_host), ms, fmt(r.fp32.map50), fmt(r.int8.map50),
+                          f"{pct(ret['precision'])} / {pct(ret['recall'])} / {pct(ret['map50'])}")
+    console.print(table)
+    for tp in plan.targets:
+        line = f"{tp.target}: {tp.chosen.candidate.name}"
+        if tp.runner_up is not None:
+            line += f"; runner-up {tp.runner_up.candidate.name} lost: {tp.why_runner_up_lost}"
+        console.print(line, highlight=False, markup=False)
+        for note in tp.notes:
+            console.print(f"  {tp.target}: {note}", highlight=False, markup=False, style="dim")
+    console.print(f"plan: {plan.path} ({duration(plan.seconds)})", highlight=False, markup=False)
+
+
+def print_study(name: str, rows) -> None:
+    table = Table(title=f"study {name}: best.pt mAP50 over seeds")
+    for col in ("route", "variant", "runs", "mAP50 mean ± sd", "range", "mAP50-95 mean", "gap to leaky", "beyond spread", "cost s"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.route, r.variant, ", ".join(fmt(x) for x in r.runs), f"{fmt(r.mean['map50'])} ± {fmt(r.std['map50'])}",
+                      fmt(r.spread["map50"]), fmt(r.mean["map50_95"]),
+                      "-" if r.route == "leaky" or r.gap_pp["map50"] is None else f"{r.gap_pp['map50']:+.1f} pp",
+                      {None: "-", True: "yes", False: "no"}[r.beyond_spread["map50"]], fmt(r.cost_s, 0))
+    console.print(table)
+
+
+def print_layers(rows: list[dict], qdq: str, top: int) -> None:
+    """RKNN's per-layer cosine beside ours, worst vendor layers first: where the vendor's quantizer parts from ours."""
+    table = Table(title=f"per layer, worst {min(top, len(rows))} of {len(rows)} Convs by RKNN's cosine (ours: {qdq})")
+    for col in ("Conv", "tensor", "RKNN cos (entire)", "RKNN cos (single)", "ours cos", "ours SQNR dB"):
+        table.add_column(col)
+    for r in rows[:top]:
+        table.add_row(r["conv"], r["tensor"], f"{r['vendor_cos']:.4f}", f"{r['vendor_single_cos']:.4f}",
+                      fmt(r["ours_cos"], 4), fmt(r["ours_sqnr_db"], 1))
+    console.print(table)

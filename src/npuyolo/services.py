@@ -1,0 +1,57 @@
+"""The operations both front doors share: the CLI (`npuyolo.cli`) and the Python API (`npuyolo.api.Workspace`) call
+these and only format what comes back, so a command and its API method cannot drift apart (which model a reference
+names, the default size, where outputs go, what is recorded in the registry).
+
+Each function takes plain values and a registry path, opens the registry only when the model is a run, and returns a
+typed record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from npuyolo.deploy.export import ExportError, check_imgsz, export_onnx
+from npuyolo.registry.db import Registry
+from npuyolo.resolve import ModelRef, default_imgsz, resolve_model
+
+__all__ = ["ExportRecord", "HEADS", "export_model"]
+
+HEADS = ("npu", "ultralytics")
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """One written ONNX file: where, for which run (None for a variant or a checkpoint), at which size and head."""
+
+    onnx: Path
+    run_id: int | None
+    imgsz: int
+    head: str | None  # None: the level's own head
+
+    def as_dict(self) -> dict:
+        return {"onnx": str(self.onnx), "run_id": self.run_id, "imgsz": self.imgsz, "head": self.head}
+
+
+def export_model(model: str, out: str | Path | None = None, *, registry: str | Path | None = None,
+                 imgsz: int | None = None, head: str | None = None, nc: int = 80, force: bool = False) -> ExportRecord:
+    """Static-shape ONNX of a variant (untrained), run or .pt, at the size it was trained at unless `imgsz` says.
+
+    A run's file goes to its own folder's export/ and is recorded as its `onnx/<head>` artefact; anything else goes
+    to the working directory and touches no registry. `out` may replace an earlier npuyolo ONNX file; another file
+    or a symlink only with `force`; never the registry.
+    """
+    if head not in (None, *HEADS):
+        raise ExportError(f"head must be npu or ultralytics, got {head!r}")
+    ref = ModelRef.parse(model)
+    reg = Registry(registry) if ref.is_run else None  # exporting a variant or a file touches no registry
+    resolved = resolve_model(ref, reg, nc=nc)
+    imgsz = default_imgsz(resolved) if imgsz is None else imgsz
+    check_imgsz(imgsz)
+    name = f"{resolved.label}-{head or 'default'}-{imgsz}.onnx"
+    if out is None:
+        out = reg.run_dir(reg.run(resolved.run_id), "export") / name if reg is not None else Path(name)
+    path = export_onnx(resolved.model, out, imgsz=imgsz, head=head, force=force, registry=registry).resolve()
+    if reg is not None:
+        reg.add_artifact(resolved.run_id, f"onnx/{head or 'default'}", path, {"imgsz": imgsz})
+    return ExportRecord(path, resolved.run_id, imgsz, head)
