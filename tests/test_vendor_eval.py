@@ -105,3 +105,49 @@ def test_a_compiled_file_without_a_usable_manifest_is_one_line(tmp_path, case):
     with pytest.raises(DeployError) as e:
         vendor.read_compiled(path)
     assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------------ per-layer error (--layers)
+def test_our_qdq_layer_errors_join_the_vendor_rows_per_conv(tmp_path):
+    """Per Conv: the vendor's row (the activation after the Conv wins, as both quantizers fuse them) beside our QDQ
+    model's cosine and SQNR on the same image, worst vendor cosine first."""
+    from npuyolo.data.calibration import calibration_images, letterbox
+    from npuyolo.deploy.layers import LayerError, compare_layers, qdq_layer_errors
+    from npuyolo.deploy.quantize import quantize_onnx
+
+    import cv2
+
+    from .conftest import ROADSIGN4_MINI
+
+    data = ROADSIGN4_MINI / "data.yaml"
+    fp32 = export_onnx(load_weights(TRAINED), tmp_path / "m.onnx", imgsz=64, head="npu")
+    int8 = tmp_path / "m-int8.onnx"
+    quantize_onnx(fp32, int8, data, calib=4, per_channel=True)
+    image = letterbox(cv2.imread(str(calibration_images(data, 1)[0])), 64)[None]
+    ours = qdq_layer_errors(fp32, int8, image)
+    graph = onnx.load(str(fp32)).graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    after = {n.input[0]: n for n in graph.node if n.op_type == "LeakyRelu"}
+    # as RKNN's table lists them: each Conv's output, then the activation's output (which is the row that counts)
+    vendor_rows = []
+    for i, conv in enumerate(convs):
+        vendor_rows.append(LayerError("Conv", conv.output[0], 0.5, 1.0, 0.5, 1.0))  # superseded by the activation's
+        act = after.get(conv.output[0])
+        if act is not None:
+            vendor_rows.append(LayerError("LeakyRelu", act.output[0], 1 - i / 1000, 1.0, 0.999, 1.0))
+    vendor_rows.append(LayerError("Concat", "not_a_conv_tensor", 0.1, 9.0, 0.1, 9.0))  # no Conv behind it: not joined
+    rows = compare_layers(fp32, vendor_rows, ours)
+    assert {r.conv for r in rows} == {c.name for c in convs}
+    assert [r.vendor_cos for r in rows] == sorted(r.vendor_cos for r in rows)
+    fused = [r for r in rows if r.tensor != next(c for c in convs if c.name == r.conv).output[0]]
+    assert fused and all(r.vendor_cos > 0.9 for r in fused)  # the activation's row won over the Conv's own
+    assert all(r.ours_cos is not None and -1 <= r.ours_cos <= 1 and r.ours_sqnr_db is not None for r in rows)
+    assert sum(r.ours_cos > 0.9 for r in rows) > len(rows) / 2  # a sane QDQ model, judged per layer
+
+
+def test_layers_of_a_build_without_accuracy_analysis_is_one_line(monkeypatch, tmp_path):
+    art = vendor.CompiledArtefact("tflite", tmp_path / "m.tflite", tmp_path / "m.onnx", (), InputContract(64), tmp_path)
+    monkeypatch.setattr(vendor, "read_compiled", lambda path: art)
+    with pytest.raises(DeployError) as e:
+        vendor.evaluate_compiled(art.path, tmp_path / "data.yaml", layers=True)
+    assert "accuracy_analysis" in str(e.value) and "tflite" in str(e.value) and "\n" not in str(e.value)

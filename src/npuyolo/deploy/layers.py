@@ -74,24 +74,15 @@ def qdq_layer_errors(fp32: Path, int8: Path, image: np.ndarray) -> dict[str, tup
     from onnxruntime.quantization.qdq_loss_debug import (collect_activations, create_activation_matching,
                                                          modify_model_output_intermediate_tensors)
 
-    class One:
-        def __init__(self, name: str):
-            self.name, self.done = name, False
-
-        def get_next(self):
-            if self.done:
-                return None
-            self.done = True
-            return {self.name: image}
-
     name = onnx.load(str(fp32), load_external_data=False).graph.input[0].name
     acts = ["Conv", *ACTIVATIONS]
     with tempfile.TemporaryDirectory() as tmp:
         aug_f, aug_q = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
         modify_model_output_intermediate_tensors(str(fp32), str(aug_f), op_types_for_saving=acts)
         modify_model_output_intermediate_tensors(str(int8), str(aug_q), op_types_for_saving=[*acts, "DequantizeLinear"])
-        matching = create_activation_matching(collect_activations(str(aug_q), One(name)),
-                                              collect_activations(str(aug_f), One(name)))
+        # collect_activations iterates its reader (a CalibrationDataReader is iterable); one feed each
+        matching = create_activation_matching(collect_activations(str(aug_q), [{name: image}]),
+                                              collect_activations(str(aug_f), [{name: image}]))
     out = {}
     for tensor, pair in matching.items():
         if pair.get("float") and pair.get("post_qdq"):  # as ORT's own xmodel_err: float vs after Q/DQ

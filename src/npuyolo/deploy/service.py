@@ -15,9 +15,8 @@ def quantize_run(registry, ref: str, data: str | Path, *, calib: int = 200, meth
                  out_dir: Path | None = None, cle: bool = False, percentile: float | None = None, bias_correct: bool = False,
                  ends: str | None = None, target: str | None = None, sweep: bool = False, holdout: int = 50) -> dict:
     """Export the run's best weights (L4: NPU head cut) to FP32 ONNX and quantize it; both become run artefacts."""
-    from npuyolo.resolve import resolve_model
-
     from npuyolo.data.check import check_dataset
+    from npuyolo.resolve import resolve_model
 
     check_dataset(data, cache_dir=registry.root / "cache")
     if imgsz is not None:
@@ -76,7 +75,7 @@ def checkpoint_baseline(registry, run_id: int, data, imgsz: int) -> dict | None:
     return result
 
 
-def evaluate_artefact(registry, path: str | Path, data: str | Path) -> dict:
+def evaluate_artefact(registry, path: str | Path, data: str | Path, layers: bool = False, qdq: str | Path | None = None) -> dict:
     """Score an ONNX artefact; for a run's INT8 artefact also score its FP32 twin and report the drop per class.
 
     A vendor-compiled model (.rknn, the int8 .tflite behind a Vela build) is scored as the vendor quantized it, in
@@ -90,7 +89,7 @@ def evaluate_artefact(registry, path: str | Path, data: str | Path) -> dict:
         check_dataset(data, cache_dir=registry.root / "cache")
         run_id = registry.artifact_run(art.onnx)
         done = [e for e in registry.deploy_evals(run_id) if e["artefact"] == str(art.onnx)] if run_id is not None else []
-        score = evaluate_compiled(path, data, fp32=done[-1]["result"] if done else None)
+        score = evaluate_compiled(path, data, fp32=done[-1]["result"] if done else None, layers=layers, qdq=qdq)
         out = {"run_id": run_id, **score.as_dict()}
         if run_id is not None and not registry.readonly:
             if not done:
@@ -98,6 +97,8 @@ def evaluate_artefact(registry, path: str | Path, data: str | Path) -> dict:
             registry.add_deploy_eval(run_id=run_id, artefact=str(path.resolve()), precision_kind=score.kind,
                                      result={k: v for k, v in out.items() if k != "fp32"})
         return out
+    if layers:
+        raise DeployError("--layers compares a .rknn build with our QDQ model; give the .rknn file npu compile wrote")
     onnx_metadata(path)  # a missing or garbage file fails here, before the data set is read
     check_dataset(data, cache_dir=registry.root / "cache")
     result = evaluate_onnx(path, data)

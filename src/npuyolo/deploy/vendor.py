@@ -20,7 +20,7 @@ import json
 import struct
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -30,8 +30,10 @@ import torch
 from npuyolo.compilers.envs import clean_env, require
 from npuyolo.compilers.manifest import manifest_path
 from npuyolo.deploy.contract import ContractReport, InputContract, check_contract, prepare
-from npuyolo.deploy.evaluate import DeployError, Deployable, load_deployable, validate
-from npuyolo.paths import file_problem
+from npuyolo.deploy.evaluate import Deployable, DeployError, load_deployable, validate
+from npuyolo.deploy.layers import LayerRow, compare_layers, parse_error_analysis, qdq_layer_errors
+from npuyolo.deploy.quantize import quantize_onnx
+from npuyolo.paths import file_problem, write_bytes
 
 __all__ = ["CompiledArtefact", "CompiledScore", "VendorRuntime", "evaluate_compiled", "is_compiled", "read_compiled"]
 
@@ -201,6 +203,8 @@ class CompiledScore:
     result: dict  # P, R, mAP50, mAP50-95, per class, images, imgsz
     fp32: dict
     seconds: float = 0.0
+    layers: list[LayerRow] | None = None  # RKNN's per-layer cosine beside our QDQ model's, worst first (--layers)
+    qdq: str | None = None  # our QDQ model the layers were compared with
 
     @property
     def drop_pp(self) -> dict[str, float]:
@@ -215,26 +219,63 @@ class CompiledScore:
         """The shape `deploy eval` prints and records: the compiled model's figures first, FP32 and the drops beside."""
         return {"kind": self.kind, "artefact": self.artefact, "runtime": self.runtime, "onnx": self.onnx,
                 "contract": self.contract, "cosine": self.cosine, **self.result, "fp32": self.fp32,
-                "drop_pp": self.drop_pp, "drop_pp_per_class": self.drop_pp_per_class, "seconds": self.seconds}
+                "drop_pp": self.drop_pp, "drop_pp_per_class": self.drop_pp_per_class, "seconds": self.seconds,
+                **({"layers": [asdict(r) for r in self.layers], "qdq": self.qdq} if self.layers is not None else {})}
 
 
 def evaluate_compiled(path: str | Path, data: str | Path, batch: int = 8, conf: float = 0.001,
-                      fp32: dict | None = None) -> CompiledScore:
+                      fp32: dict | None = None, layers: bool = False, qdq: str | Path | None = None,
+                      calib: int = 32) -> CompiledScore:
     """Score a vendor-compiled model on val beside its FP32 ONNX file (`fp32`: that file's score, when known); the
-    input contract is checked first, on one real training photo."""
+    input contract is checked first, on one real training photo.
+
+    `layers` (RKNN only, the one toolchain that exposes it): the toolkit's accuracy_analysis on that photo, each Conv's
+    cosine beside our QDQ model's on the same photo (`qdq`, else quantized here: per-channel MinMax on `calib` train
+    images), so a user sees which layer the vendor's quantizer hurts and whether ours does too."""
     started = time.perf_counter()
     art = read_compiled(path)
+    if layers and art.kind != "rknn":
+        raise DeployError(f"per-layer analysis needs RKNN's accuracy_analysis; {art.path.name} is a {art.kind} build")
+    if qdq is not None:
+        why = file_problem(Path(qdq), empty_ok=False)
+        if why is not None:
+            raise DeployError(f"QDQ model {qdq} {why}")
     model = load_deployable(art.onnx)
     if fp32 is None:
         fp32 = _validate(model, _onnx_runner(model), None, data, batch, conf)
     log = art.path.with_name(art.path.name + ".eval.log")
+    golden = _golden(data, model.imgsz)
+    vendor_rows = None
     with VendorRuntime(art, log) as runtime:
-        report: ContractReport = check_contract(_onnx_runner(model), runtime, art.contract,
-                                                image=_golden(data, model.imgsz))
+        report: ContractReport = check_contract(_onnx_runner(model), runtime, art.contract, image=golden)
         scored = _validate(model, runtime, report, data, batch, conf, art.contract)
+        if layers:
+            folder = art.path.with_name(art.path.name + ".layers")
+            folder.mkdir(exist_ok=True)
+            vendor_rows = parse_error_analysis(runtime.analyze(_write_golden(golden, folder), folder)["error_analysis"])
+    rows = None
+    if layers:
+        if qdq is None:
+            qdq = folder / f"{art.onnx.stem}-npuyolo-int8.onnx"
+            quantize_onnx(art.onnx, qdq, data, calib=calib, per_channel=True)
+        rows = compare_layers(art.onnx, vendor_rows, qdq_layer_errors(art.onnx, Path(qdq), golden))
     return CompiledScore(artefact=str(art.path), kind=art.kind, runtime=runtime.info.get("runtime", art.kind),
-                         onnx=str(art.onnx), contract=art.contract.describe(), cosine=[round(c, 5) if s else None for c, s in zip(report.cosine, report.signal)],
-                         result=scored, fp32=fp32, seconds=round(time.perf_counter() - started, 1))
+                         onnx=str(art.onnx), contract=art.contract.describe(),
+                         cosine=[round(c, 5) if s else None for c, s in zip(report.cosine, report.signal)],
+                         result=scored, fp32=fp32, seconds=round(time.perf_counter() - started, 1), layers=rows,
+                         qdq=str(Path(qdq).resolve()) if rows is not None else None)
+
+
+def _write_golden(golden: np.ndarray, folder: Path) -> Path:
+    """The letterboxed golden image as the PNG the toolkit reads (BGR on disk, lossless, already at the input size:
+    the toolkit resizes nothing, so both quantizers see the same pixels)."""
+    import cv2
+
+    bgr = np.round(golden[0].transpose(1, 2, 0)[..., ::-1] * 255).astype(np.uint8)
+    ok, png = cv2.imencode(".png", bgr)
+    if not ok:
+        raise DeployError("cannot encode the golden image as PNG")
+    return write_bytes(folder / "golden.png", png.tobytes())
 
 
 def _validate(model: Deployable, run, report: ContractReport | None, data, batch: int, conf: float,
@@ -260,7 +301,7 @@ def _golden(data, imgsz: int) -> np.ndarray:
     objects at every scale, so more outputs carry signal than on a synthetic scene)."""
     import cv2
 
-    from npuyolo.deploy.quantize import calibration_images, letterbox
+    from npuyolo.data.calibration import calibration_images, letterbox
 
     path = calibration_images(data, 1)[0]
     image = cv2.imread(str(path))
