@@ -436,7 +436,7 @@ def test_real_rknn_compile_of_a_run_is_kept_with_the_run(synth_data, tiny_recipe
     res = json.loads(r.stdout)
     assert res["run_id"] == run.run_id and res["agreement"]["share"] == 1.0
     reg = Registry(db, readonly=True)
-    record = reg.run(run.run_id)
+    record = reg.get_run(run.run_id)
     log = Path(record.artifact_path("compiler/rknn-toolkit2/rk3566/log"))
     assert log.is_file() and Path(record.save_dir) in log.parents and "Network Layer Information Table" in log.read_text()
     assert "-64.onnx" in res["onnx"]  # the size it was trained at
@@ -507,3 +507,33 @@ def test_rknn_calibration_list_has_no_spaces_whatever_the_registry_path(tmp_path
     lines = local.read_text().split()
     assert len(lines) == 3 and all(" " not in x and not x.startswith("/") for x in lines)
     assert [(work / x).read_bytes() for x in lines] == [b"png0", b"png1", b"png2"]
+
+
+def test_compilers_are_chosen_from_one_registry_and_share_a_build_type(monkeypatch, synth_data, tmp_path):
+    """Choosing a compiler was an if/else and the build records shared no type: now every profile's compiler is an
+    entry of deploy.compile.COMPILERS, and each build record class has what the registry and tables read."""
+    import dataclasses
+
+    from npuyolo.compilers.compile import PROFILES, Build
+    from npuyolo.compilers.imx500 import Imx500Build
+    from npuyolo.compilers.rknn import RknnBuild
+    from npuyolo.compilers.vela import VelaBuild
+    from npuyolo.deploy import compile as compile_mod
+
+    assert set(compile_mod.COMPILERS) == set(PROFILES)
+    wanted = {name for name in Build.__annotations__}
+    for cls in (RknnBuild, VelaBuild, Imx500Build):
+        assert wanted <= {f.name for f in dataclasses.fields(cls)} and callable(cls.summary), cls
+    seen = {}
+
+    def fake_build(job):
+        seen["job"] = job
+        return VelaBuild(compiler="vela", version="test", platform=job.platform, onnx=str(job.onnx), tflite="", log="",
+                         seconds=0.0, network={"npu_ops": 7, "cpu_ops": 0}, performance={}), "fake calibration"
+
+    monkeypatch.setattr(compile_mod, "require", lambda name: None)
+    monkeypatch.setitem(compile_mod.COMPILERS, "vela", compile_mod.Compiler("vela", fake_build, compile_mod.agreement))
+    result = compile_mod.compile_model("L4-relu", "vela", "ethos-u55-128", synth_data, imgsz=64, workdir=tmp_path, calib=3)
+    assert isinstance(result.build, Build) and result.build.version == "test" and result.calibration == "fake calibration"
+    assert (seen["job"].platform, seen["job"].calib, seen["job"].imgsz) == ("ethos-u55-128", 3, 64)
+    assert result.agreement.basis == "whole graph"

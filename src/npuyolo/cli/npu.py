@@ -45,7 +45,7 @@ def npu_targets(as_json: JsonOpt = False) -> None:
 @user_errors
 def npu_check(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx or variant name.")],
               target: Annotated[list[str], typer.Option("--target", "-t", help="Target profile (repeatable).")],
-              imgsz: Annotated[Optional[int], typer.Option(help="Export size for non-ONNX models [default: a run's training size, else 640].")] = None,
+              imgsz: Annotated[Optional[int], typer.Option(help="Export size for non-ONNX models [default: the size it was trained at (run or .pt), else 640].")] = None,
               head: Annotated[Optional[str], typer.Option(help="npu or ultralytics [default: the level's head]")] = None,
               nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
               nodes: Annotated[bool, typer.Option("--nodes", help="Also print every node not on the NPU.")] = False,
@@ -126,9 +126,10 @@ def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .on
                 compiler: Annotated[str, typer.Option(help="Vendor compiler: rknn, vela or imx500.")],
                 target: Annotated[Optional[str], typer.Option("--target", "-t", help="Compiler target: rk3588, rk3566 (rknn); ethos-u55-128, ethos-u85-256 (vela); imx500 (imx500, the default there).")] = None,
                 data: Annotated[Optional[Path], typer.Option(help="data.yaml: its train images (never val) calibrate the INT8 build [imx500: default synthetic images].")] = None,
-                imgsz: Annotated[Optional[int], typer.Option(help="Export size for non-ONNX models [default: a run's training size, else 640].")] = None,
+                imgsz: Annotated[Optional[int], typer.Option(help="Export size for non-ONNX models [default: the size it was trained at (run or .pt), else 640].")] = None,
                 head: Annotated[Optional[str], typer.Option(help="npu or ultralytics [default: the level's head]")] = None,
                 nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
+                calib: Annotated[int, typer.Option(help="Training images the vendor quantizer calibrates on (rknn, vela); placement does not depend on it, the accuracy `deploy eval` of the build measures does.")] = 8,
                 as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Compile with a real vendor compiler (installed by `npuyolo compilers install`) and record its placement."""
     from npuyolo.compilers.compile import profile_for
@@ -146,7 +147,7 @@ def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .on
     _check_calibration_data(data)
     reg = open_registry(registry)
     with quiet_stdout(as_json):
-        res = compile_model(model, compiler, target, data, reg, imgsz=imgsz, head=head, nc=nc)
+        res = compile_model(model, compiler, target, data, reg, imgsz=imgsz, head=head, nc=nc, calib=calib)
         record(res, reg)
     if as_json:
         return print_json(res.as_dict(with_nodes=True))

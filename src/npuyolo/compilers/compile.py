@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from npuyolo.compilers.calibration import calibration_arrays, write_calibration
 from npuyolo.compilers.envs import CompilerError
 from npuyolo.npu.analyze import TargetReport
 
-__all__ = ["MAX_SIDE", "PROFILES", "Agreement", "CompileResult", "agreement", "calibration_arrays", "imx_agreement",
+__all__ = ["MAX_SIDE", "PROFILES", "Agreement", "Build", "CompileResult", "agreement", "calibration_arrays", "imx_agreement",
            "input_side", "profile_for", "record", "write_calibration"]
 
 # compiler -> {its target name: our profile}
@@ -23,12 +24,33 @@ PROFILES = {"rknn": {"rk3588": "rknn-rk3588", "rk3566": "rknn-rk3566"},
 def profile_for(compiler: str, target: str) -> tuple[str, str]:
     """(compiler's platform name, our profile name) from either spelling: rk3588 or rknn-rk3588."""
     if compiler not in PROFILES:
-        raise CompilerError(f"--compiler must be one of {', '.join(PROFILES)}, got {compiler!r}")
+        raise CompilerError(f"compiler must be one of {', '.join(PROFILES)}, got {compiler!r}", param="compiler")
     for platform, profile in PROFILES[compiler].items():
         if target in (platform, profile):
             return platform, profile
     names = ", ".join(PROFILES[compiler])
-    raise CompilerError(f"--target {target!r} is not a {compiler} target; {compiler} targets: {names}")
+    raise CompilerError(f"target {target!r} is not a {compiler} target; {compiler} targets: {names}", param="target")
+
+
+@runtime_checkable
+class Build(Protocol):
+    """What every vendor's build record holds (RknnBuild, VelaBuild, Imx500Build), whatever else it adds: the
+    registry record, the tables and the agreement read only these."""
+
+    compiler: str
+    version: str
+    platform: str
+    onnx: str
+    log: str
+    seconds: float
+    mappings: list  # per node of ours, where the compiler's log could be mapped back (RKNN); else empty
+    rows: list
+    notes: list[str]
+    rknn_file: str | None
+
+    def summary(self) -> dict: ...
+
+    def as_dict(self) -> dict: ...
 
 
 @dataclass
@@ -99,7 +121,7 @@ class CompileResult:
     model_ref: str
     run_id: int | None
     profile: str
-    build: object  # RknnBuild | VelaBuild
+    build: Build
     calibration: str
     ours: TargetReport
     agreement: Agreement
