@@ -15,6 +15,7 @@ for RKNN, the config and calibration list to rebuild it for the simulator (a .rk
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import struct
@@ -205,6 +206,17 @@ class CompiledScore:
     seconds: float = 0.0
     layers: list[LayerRow] | None = None  # RKNN's per-layer cosine beside our QDQ model's, worst first (--layers)
     qdq: str | None = None  # our QDQ model the layers were compared with
+    deploy_conf: float | None = None  # the deployment threshold both were also scored at (None: not asked)
+    at_conf: dict | None = None  # the compiled model at deploy_conf
+    fp32_at_conf: dict | None = None  # its FP32 file at deploy_conf
+
+    @property
+    def retention(self) -> dict[str, float | None] | None:
+        """At the deployment threshold, the compiled model against FP32 at the same threshold (1.0: nothing lost)."""
+        if self.at_conf is None or self.fp32_at_conf is None:
+            return None
+        return {m: (self.at_conf[m] / self.fp32_at_conf[m] if self.fp32_at_conf[m] else None)
+                for m in ("precision", "recall", "map50")}
 
     @property
     def drop_pp(self) -> dict[str, float]:
@@ -220,18 +232,23 @@ class CompiledScore:
         return {"kind": self.kind, "artefact": self.artefact, "runtime": self.runtime, "onnx": self.onnx,
                 "contract": self.contract, "cosine": self.cosine, **self.result, "fp32": self.fp32,
                 "drop_pp": self.drop_pp, "drop_pp_per_class": self.drop_pp_per_class, "seconds": self.seconds,
-                **({"layers": [asdict(r) for r in self.layers], "qdq": self.qdq} if self.layers is not None else {})}
+                **({"layers": [asdict(r) for r in self.layers], "qdq": self.qdq} if self.layers is not None else {}),
+                **({"deploy_conf": self.deploy_conf, "at_conf": self.at_conf, "fp32_at_conf": self.fp32_at_conf,
+                    "retention": self.retention} if self.at_conf is not None else {})}
 
 
 def evaluate_compiled(path: str | Path, data: str | Path, batch: int = 8, conf: float = 0.001,
                       fp32: dict | None = None, layers: bool = False, qdq: str | Path | None = None,
-                      calib: int = 32) -> CompiledScore:
+                      calib: int = 32, deploy_conf: float | None = None) -> CompiledScore:
     """Score a vendor-compiled model on val beside its FP32 ONNX file (`fp32`: that file's score, when known); the
     input contract is checked first, on one real training photo.
 
     `layers` (RKNN only, the one toolchain that exposes it): the toolkit's accuracy_analysis on that photo, each Conv's
     cosine beside our QDQ model's on the same photo (`qdq`, else quantized here: per-channel MinMax on `calib` train
-    images), so a user sees which layer the vendor's quantizer hurts and whether ours does too."""
+    images), so a user sees which layer the vendor's quantizer hurts and whether ours does too.
+
+    `deploy_conf`: also score both at the threshold the NPU runtime bakes in (mAP at 0.001 overstates what ships),
+    from the same forward passes."""
     started = time.perf_counter()
     art = read_compiled(path)
     if layers and art.kind != "rknn":
@@ -241,14 +258,18 @@ def evaluate_compiled(path: str | Path, data: str | Path, batch: int = 8, conf: 
         if why is not None:
             raise DeployError(f"QDQ model {qdq} {why}")
     model = load_deployable(art.onnx)
-    if fp32 is None:
-        fp32 = _validate(model, _onnx_runner(model), None, data, batch, conf)
+    confs = (conf,) if deploy_conf is None else (conf, deploy_conf)
+    fp32_at_conf = None
+    if fp32 is None or deploy_conf is not None:
+        fp32_scores = _validate_at(model, _onnx_runner(model), None, data, batch, confs)
+        fp32 = fp32 or fp32_scores[0]
+        fp32_at_conf = fp32_scores[-1] if deploy_conf is not None else None
     log = art.path.with_name(art.path.name + ".eval.log")
     golden = _golden(data, model.imgsz)
     vendor_rows = None
     with VendorRuntime(art, log) as runtime:
         report: ContractReport = check_contract(_onnx_runner(model), runtime, art.contract, image=golden)
-        scored = _validate(model, runtime, report, data, batch, conf, art.contract)
+        scored, *at_conf = _validate_at(model, runtime, report, data, batch, confs, art.contract)
         if layers:
             folder = art.path.with_name(art.path.name + ".layers")
             folder.mkdir(exist_ok=True)
@@ -263,7 +284,8 @@ def evaluate_compiled(path: str | Path, data: str | Path, batch: int = 8, conf: 
                          onnx=str(art.onnx), contract=art.contract.describe(),
                          cosine=[round(c, 5) if s else None for c, s in zip(report.cosine, report.signal)],
                          result=scored, fp32=fp32, seconds=round(time.perf_counter() - started, 1), layers=rows,
-                         qdq=str(Path(qdq).resolve()) if rows is not None else None)
+                         qdq=str(Path(qdq).resolve()) if rows is not None else None, deploy_conf=deploy_conf,
+                         at_conf=at_conf[0] if at_conf else None, fp32_at_conf=fp32_at_conf)
 
 
 def _write_golden(golden: np.ndarray, folder: Path) -> Path:
@@ -280,9 +302,19 @@ def _write_golden(golden: np.ndarray, folder: Path) -> Path:
 
 def _validate(model: Deployable, run, report: ContractReport | None, data, batch: int, conf: float,
               contract: InputContract | None = None) -> dict:
+    return _validate_at(model, run, report, data, batch, (conf,), contract)[0]
+
+
+def _validate_at(model: Deployable, run, report: ContractReport | None, data, batch: int, confs: tuple[float, ...],
+                 contract: InputContract | None = None) -> list[dict]:
     """`run` (FP32 session, or the vendor runtime with its contract and output matches) under npuyolo's decode and
-    Ultralytics' metrics."""
+    Ultralytics' metrics, at each confidence threshold; the model runs once per image, later thresholds replay it."""
+    seen: dict[str, torch.Tensor] = {}
+
     def predict(images: torch.Tensor) -> torch.Tensor:
+        key = hashlib.sha1(images.numpy().tobytes()).hexdigest()
+        if key in seen:
+            return seen[key]
         out = []
         for im in images.numpy().astype(np.float32):
             if report is None:
@@ -291,9 +323,10 @@ def _validate(model: Deployable, run, report: ContractReport | None, data, batch
                 got = run(prepare(im[None], contract))
                 raw = [m.take(got) for m in report.matches]
             out.append(model.decode(raw))
-        return torch.from_numpy(np.concatenate(out))
+        seen[key] = torch.from_numpy(np.concatenate(out))
+        return seen[key]
 
-    return validate(predict, data, model.imgsz, model.names, batch, conf=conf)
+    return [validate(predict, data, model.imgsz, model.names, batch, conf=c) for c in confs]
 
 
 def _golden(data, imgsz: int) -> np.ndarray:
