@@ -55,7 +55,7 @@ def setup(work: Path) -> dict:
     reg = Registry(db)
     rid = reg.create_run(name="precious", variant="L4-relu", recipe=Recipe.load(epochs=1, imgsz=64, workers=0).model_dump(),
                          data_path=str(data), data_hash="h", class_names=["a"] * 6, weights_source=None, device="cpu", versions={})
-    run = reg.run(rid)
+    run = reg.get_run(rid)
     best = Path(run.save_dir) / "weights" / "best.pt"
     best.parent.mkdir(parents=True)
     torch.save({"epoch": 0, "model": None, "ema": build_model("L4-relu", nc=6, verbose=False).half(), "train_args": {}}, best)

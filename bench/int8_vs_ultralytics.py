@@ -49,7 +49,7 @@ def demo_model(work: Path, epochs: int, val: int) -> tuple[Path, Path, str, Path
     reg = Registry(work / "runs" / "npuyolo.db")
     recipe = Recipe(epochs=epochs, imgsz=160, batch=16, lr0=0.01, warmup_epochs=1, plots=False)
     run = train_variant("L4-leaky", data, recipe, reg, name="bench-L4-leaky", verbose=False)
-    return reg.run(run.run_id).artifact_path("weights/best"), data, "bench-L4-leaky", reg.path
+    return reg.get_run(run.run_id).artifact_path("weights/best"), data, "bench-L4-leaky", reg.path
 
 
 def ultralytics_int8(weights: Path, data: Path, imgsz: int, fp32_ul: Path, work: Path) -> Path:

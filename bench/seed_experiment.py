@@ -104,7 +104,7 @@ def finished_run(reg, member: str, args):
     epochs = args.epochs
     for row in reg.runs():
         if row["name"] == run_name(member, args.imgsz) and row["status"] == "finished":
-            run = reg.run(row["id"])
+            run = reg.get_run(row["id"])
             if run.recipe.get("epochs") == epochs and len(run.epochs) == epochs:
                 return run
     return None
@@ -118,7 +118,7 @@ def unfinished_run(db: Path, name: str, epochs: int) -> int | None:
     try:
         rows = [row for row in reg.runs() if row["name"] == name]
         if not rows or rows[0]["status"] == "finished":
-            if rows and reg.run(rows[0]["id"]).recipe.get("epochs") != epochs:
+            if rows and reg.get_run(rows[0]["id"]).recipe.get("epochs") != epochs:
                 raise SystemExit(f"{name}: a finished run of another budget holds this name in {db}; "
                                  "use another --work folder")
             return None

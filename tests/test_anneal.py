@@ -38,7 +38,7 @@ def test_bad_schedules(args, match):
 
 
 def test_anneal_options_need_a_source(tiny_recipe):
-    with pytest.raises(AnnealError, match="need --act-anneal"):
+    with pytest.raises(AnnealError, match="need `act_anneal`"):
         with_anneal(tiny_recipe, None, "1:2")
 
 
@@ -65,7 +65,7 @@ def test_annealed_run_is_a_relu_network_with_the_plain_export(synth_data, tiny_r
     reg = Registry(tmp_path / "r.db")
     recipe = with_anneal(tiny_recipe.model_copy(update={"epochs": 3}), "leaky0.1", "1:2")
     result = train_variant("L4-relu", synth_data, recipe, reg, verbose=False)
-    run = reg.run(result.run_id)
+    run = reg.get_run(result.run_id)
     assert [e["extra"]["act_slope"] for e in run.epochs] == [0.1, 0.0, 0.0]
     assert run.recipe["act_anneal"]["end"] == 2
     best = load_weights(run.artifact_path("weights/best"))
@@ -84,9 +84,9 @@ def test_killed_annealed_run_resumes_with_the_right_slope(synth_data, tmp_path):
            "--imgsz", "64", "--batch", "8", "--workers", "0", "--act-anneal", "leaky0.1", "--anneal-epochs", "1:3"]
     kill_after_first_epoch(cmd, db, 1)
     reg = Registry(db)
-    assert reg.run(1).status == "interrupted"
+    assert reg.get_run(1).status == "interrupted"
     resume_run(1, reg, verbose=False)
-    run = reg.run(1)
+    run = reg.get_run(1)
     assert run.status == "finished"
     assert [(e["epoch"], e["extra"]["act_slope"]) for e in run.epochs] == [(1, 0.1), (2, 0.05), (3, 0.0)]
     from npuyolo.variants.checkpoint import load_weights
@@ -122,12 +122,12 @@ def test_relu_gap_study_writes_a_complete_table_for_two_seeds(synth_data, tmp_pa
     reg = Registry(db, readonly=True)
     for row in rows.values():
         assert row["seeds"] == [0, 1] and len(row["runs"]) == 2 and len(row["map50"]) == 2 and row["cost_s"] > 0
-        assert all(reg.run(rid).status == "finished" and reg.run(rid).recipe["seed"] == seed for rid, seed in zip(row["runs"], [0, 1]))
+        assert all(reg.get_run(rid).status == "finished" and reg.get_run(rid).recipe["seed"] == seed for rid, seed in zip(row["runs"], [0, 1]))
         share = row["npu"]["relu-only"]["share_nodes"]
         assert share == 1.0 if row["variant"] == "L4-relu" else 0.5 < share < 1.0  # LeakyRelu leaves a ReLU-only NPU
     for seed, rid in enumerate(rows["distill"]["runs"]):  # each student learned from its own seed's teacher
-        assert reg.run(rid).recipe["distill"]["teacher_run"] == rows["leaky"]["runs"][seed]
-    assert rows["distill"]["cost_s"] > reg.run(rows["distill"]["runs"][0]).duration_s  # teacher time included
+        assert reg.get_run(rid).recipe["distill"]["teacher_run"] == rows["leaky"]["runs"][seed]
+    assert rows["distill"]["cost_s"] > reg.get_run(rows["distill"]["runs"][0]).duration_s  # teacher time included
     assert reg.series("relu-gap")["spec"]["kind"] == "study:relu-gap" and len(reg.series("relu-gap")["spec"]["table"]) == 4
     for lang in ("en", "ko"):
         text = Path(next(p for p in out["reports"] if p.endswith(f"_{lang}.md"))).read_text()

@@ -28,7 +28,7 @@ def finished_run(tmp_path: Path, imgsz: int = 64) -> tuple[Path, int]:
     rid = reg.create_run(name="trained", variant="L4-relu", recipe=Recipe.load(epochs=1, imgsz=imgsz, workers=0).model_dump(),
                          data_path="d.yaml", data_hash="h", class_names=[f"c{i}" for i in range(6)], weights_source=None,
                          device="cpu", versions={})
-    best = Path(reg.run(rid).save_dir) / "weights" / "best.pt"
+    best = Path(reg.get_run(rid).save_dir) / "weights" / "best.pt"
     best.parent.mkdir(parents=True)
     torch.save({"epoch": -1, "model": None, "ema": build_model("L4-relu", nc=6, names=[f"c{i}" for i in range(6)]).half(),
                 "train_args": {"imgsz": imgsz}}, best)
@@ -57,12 +57,12 @@ def test_json_results_for_scripts(tmp_path):
     assert Path(synth["data"]).is_file()
     exported = json.loads(invoke("export", rid, "--json", registry=db).stdout)
     assert Path(exported["onnx"]).is_file() and exported["run_id"] == rid and exported["imgsz"] == 64  # the run's size
-    assert Path(exported["onnx"]).parent == Path(Registry(db, readonly=True).run(rid).save_dir) / "export"
+    assert Path(exported["onnx"]).parent == Path(Registry(db, readonly=True).get_run(rid).save_dir) / "export"
     leaky = json.loads(invoke("export", "L4-leaky", "--imgsz", "64", "--out", tmp_path / "l.onnx", "--json").stdout)
     rewritten = json.loads(invoke("npu", "rewrite", leaky["onnx"], "--json").stdout)
     assert rewritten["rewritten"] == 83 and Path(rewritten["onnx"]).is_file()
     report = json.loads(invoke("report", rid, "--json", registry=db).stdout)
-    assert Path(report["report"]).is_file() and Path(report["folder"]).parent == Path(Registry(db, readonly=True).run(rid).save_dir)
+    assert Path(report["report"]).is_file() and Path(report["folder"]).parent == Path(Registry(db, readonly=True).get_run(rid).save_dir)
 
 
 def test_npu_check_of_a_run_uses_its_training_size(tmp_path):

@@ -68,7 +68,7 @@ def test_int8_quantize_eval_and_drop_recorded(synth_data, tiny_recipe, tmp_path)
     result = runner.invoke(app, ["deploy", "quantize", "1", "--data", str(synth_data), "--calib", "8", "--per-channel",
                                  "--auto-float", "2", "--registry", str(db)])
     assert result.exit_code == 0, result.output
-    run = Registry(db).run(1)
+    run = Registry(db).get_run(1)
     arts = {a["kind"]: a for a in run["artifacts"]}
     assert arts["onnx/int8"]["meta"]["calibration_count"] == 8 and len(arts["onnx/int8"]["meta"]["auto_float"]) == 2
     kept = arts["onnx/int8"]["meta"]["keep_float"]

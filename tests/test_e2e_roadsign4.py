@@ -32,7 +32,7 @@ def test_roadsign4_one_epoch_end_to_end(tmp_path):
     trained = runner.invoke(app, ["train", "--variant", "L4-leaky", "--data", str(data), "--epochs", "1", "--imgsz", "128",
                                   "--batch", "16", "--workers", "2", "--registry", str(db)])
     assert trained.exit_code == 0, trained.output
-    run = Registry(db).run(1)
+    run = Registry(db).get_run(1)
     assert run["status"] == "finished" and len(run["epochs"]) == 1
     assert run["class_names"] == ["trafficlight", "stop", "speedlimit", "crosswalk"]
     assert run["epochs"][0]["box_loss"] > 0

@@ -71,7 +71,7 @@ def test_export_of_a_run_records_the_same_artefact_through_either_door(tmp_path,
             path = Path(cli("export", "signs", "--out", out, "--head", "npu", "--registry", db, "--json")["onnx"])
         else:
             path = Workspace(db).export("signs", out, head="npu")
-        run = Registry(db, readonly=True).run(run_id)
+        run = Registry(db, readonly=True).get_run(run_id)
         onnx_rows = [(a.kind, a.path, a.meta) for a in run.artifacts if a.kind.startswith("onnx/")]
         written[door] = (path, onnx_rows)
     for door, (path, rows) in written.items():

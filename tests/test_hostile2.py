@@ -131,7 +131,7 @@ def test_mlflow_export_needs_a_registry_and_keeps_artefacts_beside_its_store(tmp
     reg = Registry(tmp_path / "r.db")
     rid = new_run(reg)
     reg.record_epoch(rid, 1, map50=0.1)
-    yaml_path = Path(reg.run(rid).save_dir) / "m.yaml"
+    yaml_path = Path(reg.get_run(rid).save_dir) / "m.yaml"
     yaml_path.write_text("nc: 2\n")
     reg.add_artifact(rid, "model_yaml", yaml_path)
     assert "names no database file" in one_line_error(cli("runs", "export", "--mlflow", "sqlite:///", registry=reg.path))

@@ -30,7 +30,7 @@ def finished_run(db: Path, name: str = "base", data: Path | None = None) -> tupl
     """A finished run with best weights (an untrained L4-relu) and one recorded epoch, as a 1-epoch train leaves it."""
     reg = Registry(db)
     rid = new_run(reg, name=name, **({"data_path": str(data)} if data else {}))
-    best = save_ultralytics_checkpoint(Path(reg.run(rid).save_dir) / "weights" / "best.pt")
+    best = save_ultralytics_checkpoint(Path(reg.get_run(rid).save_dir) / "weights" / "best.pt")
     reg.add_artifact(rid, "weights/best", best)
     reg.record_epoch(rid, 1, map50=0.1, map50_95=0.05, precision=0.2, recall=0.1, box_loss=1, cls_loss=1, dfl_loss=1)
     reg.set_status(rid, "finished")
@@ -80,7 +80,7 @@ def refuse_writes(monkeypatch, folder: Path, code: int) -> None:
 def test_a_read_only_run_folder_is_one_line_naming_it(tmp_path, synth_data, monkeypatch, command, made):
     db = tmp_path / "r.db"
     reg, rid = finished_run(db, data=synth_data)
-    folder = Path(reg.run(rid).save_dir)
+    folder = Path(reg.get_run(rid).save_dir)
     if made:
         (folder / made).mkdir()
     before = sorted(p.name for p in folder.rglob("*"))
@@ -116,7 +116,7 @@ def test_a_registry_on_a_full_disk_says_disk_full(tmp_path, synth_data, monkeypa
 def test_predict_report_and_synth_on_a_full_disk_are_one_line(tmp_path, synth_data, monkeypatch):
     db = tmp_path / "r.db"
     reg, rid = finished_run(db)
-    folder = Path(reg.run(rid).save_dir)
+    folder = Path(reg.get_run(rid).save_dir)
     (folder / "reports").mkdir()
     refuse_writes(monkeypatch, tmp_path, errno.ENOSPC)
     assert "disk full" in one_line_error(cli("report", "base", registry=db))

@@ -58,7 +58,7 @@ def test_threads_opening_one_new_registry_at_once(tmp_path):
     reg = Registry(tmp_path / "r0.db")  # one transaction made every table, the newest status allowed included
     run = new_run(reg)
     reg.set_status(run, "stopped")
-    assert reg.run(run).status == "stopped"
+    assert reg.get_run(run).status == "stopped"
 
 
 # ------------------------------------------------------------------------------------------------ broken ONNX at run time

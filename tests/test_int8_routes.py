@@ -163,7 +163,7 @@ def test_sweep_judges_on_held_back_train_images_never_val(synth_data, tmp_path, 
     assert labels == ["minmax", "percentile99.99", "percentile99.999", "entropy"]
     best = max(info["sweep"], key=lambda r: r["sqnr_db"])
     assert info["calibration"] == best["calibration"] and all(np.isfinite(r["sqnr_db"]) for r in info["sweep"])
-    with pytest.raises(DeployError, match="lower --calib"):
+    with pytest.raises(DeployError, match="lower `calib`"):
         quantize_onnx(fp32, tmp_path / "s2.onnx", synth_data, calib=10_000, sweep=True)
 
 
@@ -175,7 +175,7 @@ def test_qat_fine_tunes_a_run_and_exports_full_integer_int8(synth_data, tiny_rec
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["parent_run"] == 1 and info["qat_run"] == 2
-    child = Registry(db).run(2)
+    child = Registry(db).get_run(2)
     assert child.status == "finished" and child.recipe["ultralytics"]["quantize"] == 8 and child.recipe["epochs"] == 1
     assert child.artifact("qat/parent").meta["parent_run"] == 1
     int8 = onnx.load(info["int8"])

@@ -106,7 +106,7 @@ def test_the_plan_numbers_are_what_an_independent_check_measures(planned):
     assert at_conf["precision"] == pytest.approx(chosen["fp32_at_conf"]["precision"])
     assert at_conf["map50"] == pytest.approx(chosen["fp32_at_conf"]["map50"])
     # written under the run's folder and recorded
-    run = Registry(db, readonly=True).run("dp-L4-leaky")
+    run = Registry(db, readonly=True).get_run("dp-L4-leaky")
     recorded = run.artifact("plan")
     assert recorded is not None and recorded.path == plan["path"] and json.loads(open(plan["path"]).read())["targets"]
     assert "/plan/" in chosen["int8_path"] and chosen["int8_path"].startswith(str(db.parent))

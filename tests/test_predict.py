@@ -213,7 +213,7 @@ def test_run_model_defaults(artefacts, images, tmp_path):
         p = load_predictor(ref, reg)
         assert (p.run_id, p.imgsz, p.kind, p.label) == (run_id, IMGSZ, "pt", "signs")
     r = run_predict("signs", images, registry=reg.path)
-    assert r.out == reg.run_dir(reg.run(run_id), "predict") and r.json_path.is_file() and len(r.annotated) == 3
+    assert r.out == reg.run_dir(reg.get_run(run_id), "predict") and r.json_path.is_file() and len(r.annotated) == 3
     onnx = run_predict(str(artefacts["npu"]), images / "img0.png", out=tmp_path / "o")
     reference = [d for d in r.detections if Path(d.source).name == "img0.png"]
     assert_same_boxes(reference, onnx.detections)

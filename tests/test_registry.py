@@ -36,12 +36,12 @@ def test_newer_schema_is_refused(tmp_path):
 def test_run_lifecycle(tmp_path):
     reg = Registry(tmp_path / "r.db")
     rid = new_run(reg)
-    assert reg.run(rid)["name"] == f"L4-leaky-{rid}" and reg.run(rid)["status"] == "running"
+    assert reg.get_run(rid)["name"] == f"L4-leaky-{rid}" and reg.get_run(rid)["status"] == "running"
     reg.record_epoch(rid, 1, box_loss=1.0, map50=0.1, epoch_time_s=2.0)
     reg.record_epoch(rid, 2, box_loss=0.5, map50=0.3, epoch_time_s=3.0)
     reg.add_artifact(rid, "weights/best", "/x/best.pt")
     reg.set_status(rid, "finished")
-    run = reg.run(f"L4-leaky-{rid}")
+    run = reg.get_run(f"L4-leaky-{rid}")
     assert run["status"] == "finished" and run["duration_s"] == 5.0 and run["ended_at"]
     assert [e["epoch"] for e in run["epochs"]] == [1, 2] and run["epochs"][1]["map50"] == 0.3
     assert run["artifacts"][0]["path"] == "/x/best.pt"
@@ -51,7 +51,7 @@ def test_run_lifecycle(tmp_path):
 def test_unknown_run_and_bad_epoch_field(tmp_path):
     reg = Registry(tmp_path / "r.db")
     with pytest.raises(RegistryError, match="no run '42'"):
-        reg.run(42)
+        reg.get_run(42)
     rid = new_run(reg)
     with pytest.raises(ValueError):
         reg.record_epoch(rid, 1, bogus=1.0)
@@ -64,7 +64,7 @@ def test_failed_write_rolls_back(tmp_path):
         with reg.tx() as c:
             c.execute("UPDATE runs SET status = 'failed' WHERE id = ?", (rid,))
             raise RuntimeError("boom")
-    assert reg.run(rid)["status"] == "running"
+    assert reg.get_run(rid)["status"] == "running"
 
 
 def test_dead_process_runs_are_marked_interrupted_on_open(tmp_path):
@@ -76,8 +76,8 @@ def test_dead_process_runs_are_marked_interrupted_on_open(tmp_path):
     alive = new_run(reg)  # owned by this (live) test process
     reg.close()
     reg = Registry(tmp_path / "r.db")
-    assert reg.run(rid)["status"] == "interrupted"
-    assert reg.run(alive)["status"] == "running"
+    assert reg.get_run(rid)["status"] == "interrupted"
+    assert reg.get_run(alive)["status"] == "running"
 
 
 def test_truncate_epochs(tmp_path):
@@ -114,7 +114,7 @@ def test_runs_export_to_mlflow(tmp_path, monkeypatch):
                          data_hash="h", class_names=["a"], weights_source=None, device="cpu", versions={})
     for e in (1, 2):
         reg.record_epoch(rid, e, map50=0.1 * e, map50_95=0.05 * e, precision=0.3, recall=0.2, extra={"act_slope": 0.1 / e})
-    reports = Path(reg.run(rid).save_dir) / "reports"
+    reports = Path(reg.get_run(rid).save_dir) / "reports"
     reports.mkdir()
     (reports / "report_1_en.md").write_text("# report\n")
     reg.set_status(rid, "finished")
@@ -131,7 +131,7 @@ def test_runs_export_to_mlflow(tmp_path, monkeypatch):
     assert [m.value for m in client.get_metric_history(got.info.run_id, "map50")] == [0.1, 0.2]
     assert [m.step for m in client.get_metric_history(got.info.run_id, "extra/act_slope")] == [1, 2]
     assert [a.path for a in client.list_artifacts(got.info.run_id, "reports")] == ["reports/report_1_en.md"]
-    assert Registry(reg.path).run(rid).artifact("tracker/mlflow").meta["run_id"] == got.info.run_id
+    assert Registry(reg.path).get_run(rid).artifact("tracker/mlflow").meta["run_id"] == got.info.run_id
     again = json.loads(runner.invoke(app, ["runs", "export", "--mlflow", uri, "--json"], env={"NPUYOLO_REGISTRY": str(reg.path)}).stdout)
     assert again[0]["action"] == "already exported"
 
@@ -150,13 +150,13 @@ def test_registry_from_before_amp_and_stopped_is_upgraded_in_place(tmp_path):
                 " started_at) VALUES ('old', 'L4-relu', 'finished', '{}', '/d', 'h', '[]', '{}', 'then')")
     con.execute("INSERT INTO epochs (run_id, epoch, map50, recorded_at) VALUES (1, 1, 0.5, 'then')")
     con.close()
-    assert Registry(db, readonly=True).run("old").amp is None and sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 4
+    assert Registry(db, readonly=True).get_run("old").amp is None and sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 4
     reg = Registry(db)
-    assert reg.schema_version == SCHEMA_VERSION and reg.run("old").epochs[0]["map50"] == 0.5 and reg.run("old").amp is None
+    assert reg.schema_version == SCHEMA_VERSION and reg.get_run("old").epochs[0]["map50"] == 0.5 and reg.get_run("old").amp is None
     rid = new_run(reg)
     reg.set_status(rid, "stopped", error="stopped early")
     reg.update_run(rid, amp=1)
-    assert reg.run(rid).status == "stopped" and reg.run(rid).amp is True
+    assert reg.get_run(rid).status == "stopped" and reg.get_run(rid).amp is True
     with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # the table itself (set_status refuses it earlier)
         reg.update_run(rid, status="bogus")
     assert reg.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -50,7 +50,7 @@ def test_every_cell_is_the_best_of_its_candidates_by_the_plans_ranking(series_pl
     reg = Registry(db, readonly=True)
     for variant, row in sp["cells"].items():
         assert list(row) == TARGETS
-        recorded = reg.run(sp["plans"][variant]["run_id"]).artifact("plan")  # each member's plan is on its run
+        recorded = reg.get_run(sp["plans"][variant]["run_id"]).artifact("plan")  # each member's plan is on its run
         assert recorded is not None and recorded.path == sp["plans"][variant]["path"]
         plan = json.loads(open(recorded.path).read())
         for tp in plan["targets"]:
@@ -88,7 +88,7 @@ def test_series_report_shows_the_matrix(series_planned, tmp_path, lang, heading,
     recorded = Registry(db, readonly=True)
     assert set(body) == {"L4-leaky", "L4-relu"}
     for variant, cells in body.items():  # each member's latest plan: the series plan above (runs before the API's re-plan)
-        assert recorded.run(sp["plans"][variant]["run_id"]).artifact("plan").path == sp["plans"][variant]["path"]
+        assert recorded.get_run(sp["plans"][variant]["run_id"]).artifact("plan").path == sp["plans"][variant]["path"]
         for t, cell in zip(TARGETS, cells):
             c = sp["cells"][variant][t]
             assert cell == f"`{c['artefact']}`: {c['share_nodes'] * 100:.1f}% NPU, {c['off_npu']} {off}, INT8 mAP50 {c['int8_map50']:.3f}"

@@ -73,7 +73,7 @@ def test_one_epoch_train_records_one_finished_run_offline(synth_data, tiny_recip
     assert no_network == []
     runs = reg.runs()
     assert len(runs) == 1 and runs[0]["status"] == "finished" and runs[0]["epochs"] == 1
-    run = reg.run(result.run_id)
+    run = reg.get_run(result.run_id)
     epoch = run["epochs"][0]
     assert epoch["epoch"] == 1 and all(epoch[k] is not None and epoch[k] >= 0 for k in ("box_loss", "cls_loss", "dfl_loss", "lr", "map50"))
     assert run["recipe"]["lr0"] == 0.003 and run["recipe"]["epochs"] == 1
@@ -107,9 +107,9 @@ def test_train_cli_checks_data_first(data_copy):
 def test_weights_transfer_is_counted(synth_data, tiny_recipe, tmp_path):
     reg = Registry(tmp_path / "r.db")
     first = train_variant("L4-relu", synth_data, tiny_recipe, reg, verbose=False)
-    best = next(a["path"] for a in reg.run(first.run_id)["artifacts"] if a["kind"] == "weights/best")
+    best = next(a["path"] for a in reg.get_run(first.run_id)["artifacts"] if a["kind"] == "weights/best")
     second = train_variant("L4-leaky", synth_data, tiny_recipe, reg, weights=best, verbose=False)
-    run = reg.run(second.run_id)
+    run = reg.get_run(second.run_id)
     moved, total = map(int, run["weights_transferred"].split("/"))
     assert moved == total > 400 and run["weights_source"] == str(Path(best).resolve())
     with pytest.raises(TrainError, match="never downloads"):
@@ -121,11 +121,11 @@ def test_sigkill_mid_run_then_resume_finishes(synth_data, tmp_path):
     kill_after_first_epoch([sys.executable, "-m", "npuyolo.cli", "train", "--variant", "L4-relu", "--data", str(synth_data),
                             "--epochs", "5", "--imgsz", "64", "--batch", "8", "--workers", "0"], db, run_id=1)
     reg = Registry(db)  # opening the registry notices the dead process
-    run = reg.run(1)
+    run = reg.get_run(1)
     assert run["status"] == "interrupted" and 1 <= len(run["epochs"]) < 5
     result = runner.invoke(app, ["train", "--resume", "1", "--registry", str(db)])
     assert result.exit_code == 0, result.output
-    run = Registry(db).run(1)
+    run = Registry(db).get_run(1)
     assert run["status"] == "finished"
     assert [e["epoch"] for e in run["epochs"]] == [1, 2, 3, 4, 5]
     with pytest.raises(TrainError, match="already finished"):
@@ -145,7 +145,7 @@ def test_ctrl_c_marks_run_interrupted(synth_data, tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
     assert "--resume" in stderr
-    assert Registry(db).run(1)["status"] == "interrupted"
+    assert Registry(db).get_run(1)["status"] == "interrupted"
 
 
 def test_series_runs_members_skips_finished_and_ranks(synth_data, tmp_path):
@@ -191,7 +191,7 @@ def test_runs_cli(synth_data, tiny_recipe, tmp_path):
     out = tmp_path / "m.onnx"
     exported = runner.invoke(app, ["export", "1", "--imgsz", "64", "--out", str(out), "--registry", str(db)])
     assert exported.exit_code == 0, exported.output and out.is_file()
-    assert any(a["kind"].startswith("onnx/") for a in Registry(db).run(1)["artifacts"])
+    assert any(a["kind"].startswith("onnx/") for a in Registry(db).get_run(1)["artifacts"])
 
 
 def test_trackers_stay_off_unless_the_recipe_names_them(synth_data, tiny_recipe, monkeypatch):
@@ -238,7 +238,7 @@ def test_the_registry_records_where_named_trackers_logged(tmp_path, monkeypatch)
         save_dir = tmp_path / "train" / "1-t-run"
 
     record_trackers(reg, rid, Finished())
-    run = reg.run(rid)
+    run = reg.get_run(rid)
     assert run.artifact("tracker/tensorboard").meta["logdir"] == str(Finished.save_dir)
     assert run.artifact("tracker/mlflow").meta == {"uri": uri, "run_id": active.info.run_id}
 
@@ -257,7 +257,7 @@ def test_amp_requested_on_cpu_is_recorded_off_and_nothing_downloads(synth_data, 
     try:
         recipe = tiny_recipe.model_copy(update={"ultralytics": {"amp": True}})
         reg = Registry(tmp_path / "reg" / "npuyolo.db")
-        run = reg.run(train_variant("L4-relu", synth_data, recipe, reg, verbose=False).run_id)
+        run = reg.get_run(train_variant("L4-relu", synth_data, recipe, reg, verbose=False).run_id)
     finally:
         monkeypatch.undo()
     assert no_network == [] and len(checked) == 1  # the check ran (AMP was asked for) and reached nothing
@@ -265,7 +265,7 @@ def test_amp_requested_on_cpu_is_recorded_off_and_nothing_downloads(synth_data, 
     shown = runner.invoke(app, ["runs", "--registry", str(reg.path), "show", str(run.id)])
     assert "AMP off" in shown.stdout and json.loads(runner.invoke(app, ["runs", "--registry", str(reg.path), "show", str(run.id), "--json"]).stdout)["amp"] is False
     off = tiny_recipe.model_copy(update={"ultralytics": {"amp": False}})
-    assert reg.run(train_variant("L4-relu", synth_data, off, reg, verbose=False).run_id).amp is False
+    assert reg.get_run(train_variant("L4-relu", synth_data, off, reg, verbose=False).run_id).amp is False
 
 
 def test_offline_amp_check_follows_the_device_and_ultralytics_bad_gpu_list(monkeypatch):
@@ -322,9 +322,9 @@ def test_a_run_trained_on_disk_but_recorded_interrupted_is_closed_not_retrained(
         con.execute("UPDATE runs SET status = 'interrupted', error = 'stopped by the user (Ctrl-C)' WHERE id = 1")
         con.execute("DELETE FROM artifacts WHERE run_id = 1 AND kind LIKE 'weights/%'")
     con.close()
-    epochs = [e["epoch"] for e in Registry(db).run(1).epochs]
+    epochs = [e["epoch"] for e in Registry(db).get_run(1).epochs]
     rows = run_series(spec, Registry(db), verbose=False)
-    run = Registry(db).run(1)
+    run = Registry(db).get_run(1)
     assert rows[0]["status"] == "finished" and run.status == "finished" and run.artifact_path("weights/best") is not None
     assert [e["epoch"] for e in run.epochs] == epochs and len(Registry(db).runs()) == 1  # nothing trained again
     con = sqlite3.connect(db)

@@ -103,7 +103,7 @@ class Workspace:
         name = _ref(name, "name", optional=True)
         reg = self._registry()
         r = with_anneal(Recipe.load(recipe, **overrides), act_anneal, anneal_epochs, anneal_schedule)
-        return reg.run(train_variant(variant, data, r, reg, name=name, weights=weights, verbose=verbose).run_id)
+        return reg.get_run(train_variant(variant, data, r, reg, name=name, weights=weights, verbose=verbose).run_id)
 
     def resume(self, run: str | int, source: str = "last", verbose: bool = True):
         """Continue an interrupted run from its `last`, `previous` or `best` checkpoint."""
@@ -111,7 +111,7 @@ class Workspace:
 
         run = _ref(run, "run")
         reg = self._registry()
-        return reg.run(resume_run(run, reg, verbose=verbose, source=source).run_id)
+        return reg.get_run(resume_run(run, reg, verbose=verbose, source=source).run_id)
 
     def series(self, spec_file: str | Path, verbose: bool = True, executor: str = "local", **ray_options: Any) -> list[dict]:
         """Train a series file's members (skipping finished, resuming interrupted); returns the ranking.
@@ -137,7 +137,7 @@ class Workspace:
         reg = self._registry()
         result = distill(reg, teacher, student_variant, data, Recipe.load(None, **overrides), alpha=alpha, beta=beta,
                          gamma=gamma, temperature=temperature, name=name, verbose=verbose)
-        return reg.run(result.run_id)
+        return reg.get_run(result.run_id)
 
     def study_relu_gap(self, data: str | Path, **kwargs: Any):
         """L4-leaky vs L4-relu vs distilled vs annealed over seeds; see `npuyolo.study.relu_gap.relu_gap_study`."""
@@ -148,7 +148,7 @@ class Workspace:
 
     # -- reading ------------------------------------------------------------------------------------------
     def run(self, ref: str | int):
-        return self._registry(readonly=True).run(_ref(ref, "run"))
+        return self._registry(readonly=True).get_run(_ref(ref, "run"))
 
     def runs(self, series: str | None = None) -> list[dict]:
         return self._registry(readonly=True).runs(_ref(series, "series", optional=True))
@@ -177,7 +177,7 @@ class Workspace:
         return result
 
     def compile(self, model: str | int, compiler: str, target: str, data: str | Path | None, *, imgsz: int | None = None,
-                head: str | None = None, nc: int = 80, record: bool = True):
+                head: str | None = None, nc: int = 80, calib: int = 8, record: bool = True):
         """Compile with a real vendor compiler (`npuyolo compilers install rknn|vela|imx500` first); placement beside the
         profile's, recorded in the registry. See `npuyolo.deploy.compile.compile_model`."""
         from npuyolo.deploy.compile import compile_model
@@ -186,7 +186,8 @@ class Workspace:
         model, data = _ref(model, "model"), _path(data, "data", optional=True)
         imgsz, nc = _number(imgsz, "imgsz", optional=True), _number(nc, "nc")
         reg = self._registry()
-        result = compile_model(model, _ref(compiler, "compiler"), _ref(target, "target"), data, reg, imgsz=imgsz, head=head, nc=nc)
+        result = compile_model(model, _ref(compiler, "compiler"), _ref(target, "target"), data, reg, imgsz=imgsz, head=head, nc=nc,
+                               calib=_number(calib, "calib"))
         if record:
             record_compile(result, reg)
         return result

@@ -17,7 +17,18 @@ _REASONS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errn
 
 
 class NpuyoloError(Exception):
-    """Bad input, a missing file, an unknown name: something the user can fix, said in one line."""
+    """Bad input, a missing file, an unknown name: something the user can fix, said in one line.
+
+    `param`: the parameter the message is about, named in it as the Python API spells it (`max_parallel must be at
+    least 1`); the CLI shows the same message with its flag instead (`--max-parallel must be at least 1`), so no layer
+    below the CLI speaks in flags."""
+
+    param: str | None = None
+
+    def __init__(self, *args: object, param: str | None = None):
+        super().__init__(*args)
+        if param is not None:
+            self.param = param
 
 
 class UnsafePathError(NpuyoloError, ValueError):

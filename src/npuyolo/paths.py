@@ -175,6 +175,8 @@ def check_output_file(path: str | Path, *, registry: str | Path | None = None, f
                       error: type[Exception] = UnsafePathError) -> Path:
     """`path` as a file npuyolo may write (then through `atomic_path`), its folder created; else one-line `error`.
 
+    `label`: how the message names the path, a parameter's name (`out`) or "output".
+
     Always refused: a folder (or a name ending in '/'), anything that is not a regular file (a FIFO, a device),
     the registry (`registry`, and the default one) with its journal files, a folder that cannot be created or
     written. Refused unless `force`: a symlink (forced, the link itself is replaced, never its target, because
@@ -183,30 +185,31 @@ def check_output_file(path: str | Path, *, registry: str | Path | None = None, f
     """
     text = str(path)
     path = Path(path)
-    hint = "; choose another name, or --force to overwrite it"
+    hint = "; choose another name, or `force` to overwrite it"
+    param = None if label == "output" else label  # a parameter's name: the CLI shows its flag
     if text.endswith(("/", "\\")) or path.is_dir():
-        raise error(f"{label} {text} is a folder; name the file to write")
+        raise error(f"{label} {text} is a folder; name the file to write", param=param)
     if _is_registry(path, registry):
-        raise error(f"{label} {text} is the npuyolo registry; every run's record is in it")
+        raise error(f"{label} {text} is the npuyolo registry; every run's record is in it", param=param)
     try:
         st = path.lstat()
     except (FileNotFoundError, NotADirectoryError):  # new, or under a file: the folder check below says which
         st = None
     except OSError as e:
-        raise error(f"{label} {text}: cannot use this path ({e.strerror or e})") from None
+        raise error(f"{label} {text}: cannot use this path ({e.strerror or e})", param=param) from None
     if st is not None and stat.S_ISLNK(st.st_mode):
         if not force:
-            raise error(f"{label} {text} is a symbolic link{hint}")
+            raise error(f"{label} {text} is a symbolic link{hint}", param=param)
     elif st is not None and not stat.S_ISREG(st.st_mode):
-        raise error(f"{label} {text} is not a regular file; name a file to write")
+        raise error(f"{label} {text} is not a regular file; name a file to write", param=param)
     elif st is not None and not force and not (ours is not None and ours(path)):
-        raise error(f"{label} {text} already exists and npuyolo did not write it{hint}")
+        raise error(f"{label} {text} already exists and npuyolo did not write it{hint}", param=param)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise error(f"{label} {text}: cannot create {path.parent} ({e.strerror or e})") from None
+        raise error(f"{label} {text}: cannot create {path.parent} ({e.strerror or e})", param=param) from None
     if not os.access(path.parent, os.W_OK):
-        raise error(f"{label} {text}: {path.parent} is not writable")
+        raise error(f"{label} {text}: {path.parent} is not writable", param=param)
     return path
 
 

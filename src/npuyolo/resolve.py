@@ -71,7 +71,7 @@ def output_dir_for(registry, resolved: ResolvedModel, stage: str) -> Path:
     """Where a stage writes for a model: a run's own folder; beside the registry for a variant or a file; else
     runs/<stage>/<label> under the working directory. Never outside those roots (every part goes through safe_join)."""
     if registry is not None and resolved.run_id is not None:
-        return registry.run_dir(registry.run(resolved.run_id), stage)
+        return registry.run_dir(registry.get_run(resolved.run_id), stage)
     if registry is not None:
         return registry.output_dir(stage, resolved.label)
     return safe_join("runs", stage, resolved.label)
@@ -89,7 +89,7 @@ def resolve_model(ref: str | ModelRef, registry=None, nc: int = 80) -> ResolvedM
         return ResolvedModel(build_model(spec, nc=nc), slug(spec.name, "model"))
     if not isinstance(registry, Registry):
         registry = Registry(registry, readonly=True)
-    run = registry.run(ref)
+    run = registry.get_run(ref)
     path = run.artifact_path("weights/best", "weights/last")
     if path is None:
         raise RegistryError(f"run {run.name} has no weights on disk (status {run.status})")

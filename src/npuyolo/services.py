@@ -50,7 +50,7 @@ def export_model(model: str, out: str | Path | None = None, *, registry: str | P
     check_imgsz(imgsz)
     name = f"{resolved.label}-{head or 'default'}-{imgsz}.onnx"
     if out is None:
-        out = reg.run_dir(reg.run(resolved.run_id), "export") / name if reg is not None else Path(name)
+        out = reg.run_dir(reg.get_run(resolved.run_id), "export") / name if reg is not None else Path(name)
     path = export_onnx(resolved.model, out, imgsz=imgsz, head=head, force=force, registry=registry).resolve()
     if reg is not None:
         reg.add_artifact(resolved.run_id, f"onnx/{head or 'default'}", path, {"imgsz": imgsz})

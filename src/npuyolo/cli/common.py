@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
+import re
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -94,10 +97,28 @@ def user_errors(fn):
             said = e if isinstance(e, NpuyoloError) else storage_error(e)
             if said is None:
                 raise
-            err.print("[bold red]error:[/] " + escape(str(said)), highlight=False, soft_wrap=True)
+            err.print("[bold red]error:[/] " + escape(as_flags(said, inspect.signature(fn).parameters)), highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+FLAG_NAMES: dict[str, str] = {}  # a parameter whose flag is not --<name with dashes>
+
+
+def as_flags(e: BaseException, names: Collection[str] = ()) -> str:
+    """An error as the CLI says it: the parameter the message is about (`max_parallel`) becomes its flag
+    (`--max-parallel`), and so does a parameter of this command that the message quotes in backticks (`force`); the
+    same error reaches a Python API user with the parameters' own names. `names`: the command's parameters."""
+    text = str(e)
+    param = getattr(e, "param", None)
+    if param:
+        text = re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w-])", _flag(param), text, count=1)
+    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: _flag(m[1]) if m[1] in names else m[0], text)
+
+
+def _flag(param: str) -> str:
+    return FLAG_NAMES.get(param, "--" + param.replace("_", "-"))
 
 
 def quiet_stdout(as_json: bool = True):

@@ -33,22 +33,26 @@ from npuyolo.cli.common import (
     user_errors,
 )
 from npuyolo.cli.tables import print_ranking, print_result, print_run, print_series_plan, print_study
+from npuyolo.train.defaults import recipe_defaults
+
+R = recipe_defaults()  # the report's recipe, quoted in the help (its one home is default_recipe.yaml)
 
 
-@app.command()
+@app.command(help=f"Train a variant with the report's recipe ({R['optimizer']} lr0 {R['lr0']} -> {R['lr_final']}, "
+                  f"{R['epochs']} epochs, {R['imgsz']} px, seed {R['seed']}; defaults from train/default_recipe.yaml).")
 @user_errors
 def train(variant: Annotated[Optional[str], typer.Option(help="Variant, e.g. L4-leaky. Required (unless --resume).")] = None,
           data: Annotated[Optional[Path], typer.Option(help="data.yaml (YOLO format). Required (unless --resume).")] = None,
           recipe: Annotated[Optional[Path], typer.Option(help="Recipe YAML over the report's defaults.")] = None,
-          epochs: Annotated[Optional[int], typer.Option(help="[default: 100, the recipe's]")] = None,
-          batch: Annotated[Optional[int], typer.Option(help="[default: 16]")] = None,
-          imgsz: Annotated[Optional[int], typer.Option(help="Training size, a multiple of 32 [default: 640]")] = None,
-          lr0: Annotated[Optional[float], typer.Option(help="Initial learning rate [default: 0.003]")] = None,
-          lr_final: Annotated[Optional[float], typer.Option(help="Final learning rate [default: 0.0001]")] = None,
-          momentum: Annotated[Optional[float], typer.Option(help="SGD momentum [default: 0.9]")] = None,
-          weight_decay: Annotated[Optional[float], typer.Option(help="[default: 0.001]")] = None,
-          warmup_epochs: Annotated[Optional[float], typer.Option(help="[default: 5]")] = None,
-          seed: Annotated[Optional[int], typer.Option(help="[default: 0]")] = None,
+          epochs: Annotated[Optional[int], typer.Option(help=f"[default: {R['epochs']}, the recipe's]")] = None,
+          batch: Annotated[Optional[int], typer.Option(help=f"[default: {R['batch']}]")] = None,
+          imgsz: Annotated[Optional[int], typer.Option(help=f"Training size, a multiple of 32 [default: {R['imgsz']}]")] = None,
+          lr0: Annotated[Optional[float], typer.Option(help=f"Initial learning rate [default: {R['lr0']}]")] = None,
+          lr_final: Annotated[Optional[float], typer.Option(help=f"Final learning rate [default: {R['lr_final']}]")] = None,
+          momentum: Annotated[Optional[float], typer.Option(help=f"SGD momentum [default: {R['momentum']}]")] = None,
+          weight_decay: Annotated[Optional[float], typer.Option(help=f"[default: {R['weight_decay']}]")] = None,
+          warmup_epochs: Annotated[Optional[float], typer.Option(help=f"[default: {R['warmup_epochs']}]")] = None,
+          seed: Annotated[Optional[int], typer.Option(help=f"[default: {R['seed']}]")] = None,
           workers: Annotated[Optional[int], typer.Option(help="Data loader workers [default: min(8, CPUs)]")] = None,
           device: Annotated[Optional[str], typer.Option(help="cpu, 0, 0,1 ... [default: Ultralytics' choice]")] = None,
           fraction: Annotated[Optional[float], typer.Option(help="Use this share of the training images.")] = None,
@@ -61,7 +65,6 @@ def train(variant: Annotated[Optional[str], typer.Option(help="Variant, e.g. L4-
           anneal_epochs: Annotated[Optional[str], typer.Option("--anneal-epochs", help="START:END epochs of the slope's fall (from 1) [default: 1:half of training].")] = None,
           anneal_schedule: Annotated[str, typer.Option("--anneal-schedule", help="linear or cosine.")] = "linear",
           as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
-    """Train a variant with the report's recipe (SGD lr0 0.003 -> 0.0001, 100 epochs, 640 px, seed 0)."""
     reg = open_registry(registry)
     try:
         with quiet_stdout(as_json):
@@ -72,7 +75,7 @@ def train(variant: Annotated[Optional[str], typer.Option(help="Variant, e.g. L4-
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: the run is marked 'interrupted'; continue it with `npuyolo train --resume RUN`")
         raise typer.Exit(130) from None
-    print_result(reg.run(result.run_id), as_json)
+    print_result(reg.get_run(result.run_id), as_json)
 
 
 def _train(reg, variant, data, recipe, resume, from_checkpoint, name, weights, act_anneal, anneal_epochs, anneal_schedule, flags):
@@ -118,7 +121,7 @@ def runs_list(ctx: typer.Context, as_json: JsonOpt = False, series: Annotated[Op
 def runs_show(ctx: typer.Context, run: str, as_json: JsonOpt = False,
               registry: Annotated[Optional[Path], typer.Option("--registry", help="SQLite registry file [default: the group's]")] = None) -> None:
     """Print one run: recipe, epochs, artefacts."""
-    record = open_registry(registry or ctx.obj, readonly=True).run(run).as_dict()
+    record = open_registry(registry or ctx.obj, readonly=True).get_run(run).as_dict()
     if as_json:
         return print_json(record)
     print_run(record)
@@ -276,7 +279,7 @@ def distill(teacher: Annotated[str, typer.Option(help="Teacher run id or name (e
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: continue with `npuyolo train --resume RUN`")
         raise typer.Exit(130) from None
-    print_result(reg.run(result.run_id), as_json)
+    print_result(reg.get_run(result.run_id), as_json)
 
 
 @app.command()

@@ -320,7 +320,7 @@ def compile_onnx(onnx_path: Path, platform: str, dataset_list: Path, workdir: Pa
     import onnx
 
     if platform not in TARGETS:
-        raise CompilerError(f"--target must be one of {', '.join(TARGETS)} for the rknn compiler, got {platform!r}")
+        raise CompilerError(f"target must be one of {', '.join(TARGETS)} for the rknn compiler, got {platform!r}", param="target")
     env = require("rknn")
     workdir.mkdir(parents=True, exist_ok=True)
     dataset_list = _local_dataset(Path(dataset_list), workdir)

@@ -139,7 +139,7 @@ def to_tflite(onnx_path: Path, calib_npy: Path, workdir: Path, timeout: float = 
 def compile_onnx(onnx_path: Path, accelerator: str, calib_npy: Path, workdir: Path, tflite: Path | None = None) -> VelaBuild:
     """Vela on the full-integer TFLite (converted here unless `tflite` is given) for one accelerator configuration."""
     if accelerator not in ACCELERATORS:
-        raise CompilerError(f"--target must be one of {', '.join(ACCELERATORS)} for the vela compiler, got {accelerator!r}")
+        raise CompilerError(f"target must be one of {', '.join(ACCELERATORS)} for the vela compiler, got {accelerator!r}", param="target")
     env = require("vela")
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -34,7 +34,7 @@ def letterbox(image: np.ndarray, size: int) -> np.ndarray:
 def calibration_images(data: str | Path, count: int, seed: int = 0) -> list[Path]:
     """`count` training images drawn deterministically; validation images are never candidates."""
     if count < 1:
-        raise CalibrationError("--calib must be at least 1 image")
+        raise CalibrationError("calib must be at least 1 image", param="calib")
     cfg, root, _ = load_data_yaml(data)
     train = [p for p in split_images(root, cfg["train"], Path(data), "train") if p.suffix.lower() in IMAGE_SUFFIXES]
     val = set(split_images(root, cfg["val"], Path(data), "val"))
@@ -53,6 +53,6 @@ def holdout_images(data: str | Path, count: int, exclude: list[Path], seed: int 
     pool = sorted(p for p in split_images(root, cfg["train"], Path(data), "train")
                   if p.suffix.lower() in IMAGE_SUFFIXES and p not in val and p not in taken)
     if not pool:
-        raise CalibrationError(f"{data}: every training image is used for calibration; lower --calib to leave some for --sweep")
+        raise CalibrationError(f"{data}: every training image is used for calibration; lower `calib` to leave some for `sweep`")
     rng = np.random.default_rng(seed + 1)
     return [pool[i] for i in sorted(rng.choice(len(pool), size=min(count, len(pool)), replace=False))]

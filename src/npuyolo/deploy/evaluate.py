@@ -62,7 +62,7 @@ def max_threads() -> int:
 
 def check_threads(threads: int | None) -> int | None:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= max_threads()):
-        raise DeployError(f"--threads must be 1..{max_threads()} (4 per CPU core), got {threads!r}")
+        raise DeployError(f"threads must be 1..{max_threads()} (4 per CPU core), got {threads!r}", param="threads")
     return threads
 
 

@@ -27,9 +27,9 @@ OPSET = 17
 _EXPORT_LOCK = threading.Lock()
 
 
-def check_imgsz(imgsz: int, flag: str = "--imgsz", error: type[Exception] = ExportError) -> int:
+def check_imgsz(imgsz: int, param: str = "imgsz", error: type[Exception] = ExportError) -> int:
     if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
-        raise error(f"{flag} must be a positive multiple of 32 (the model's largest stride), got {imgsz!r}")
+        raise error(f"{param} must be a positive multiple of 32 (the model's largest stride), got {imgsz!r}", param=param)
     return imgsz
 
 
@@ -44,7 +44,7 @@ def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head:
     check_imgsz(imgsz)
     head = head or default_head(model)
     if head not in ("npu", "ultralytics"):
-        raise ExportError(f"--head must be npu or ultralytics, got {head!r}")
+        raise ExportError(f"head must be npu or ultralytics, got {head!r}", param="head")
     model = copy.deepcopy(model).float().eval()
     model.fuse(verbose=False) if hasattr(model, "fuse") else None
     detect = model.model[-1]
@@ -87,10 +87,10 @@ def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head:
             onnx.checker.check_model(proto)
             onnx.save(proto, str(tmp))
     except OSError as e:  # full disk, a path the OS refuses
-        raise ExportError(f"--out {out}: cannot write ({e.strerror or e})") from None
+        raise ExportError(f"out {out}: cannot write ({e.strerror or e})", param="out") from None
     return out
 
 
 def check_out_file(out: str | Path, force: bool = False, registry: str | Path | None = None) -> Path:
     """An output .onnx path that may be written: `npuyolo.paths.check_output_file` with ONNX files npuyolo wrote as ours."""
-    return check_output_file(out, registry=registry, force=force, ours=written_by_npuyolo, label="--out", error=ExportError)
+    return check_output_file(out, registry=registry, force=force, ours=written_by_npuyolo, label="out", error=ExportError)

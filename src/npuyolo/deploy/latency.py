@@ -35,7 +35,7 @@ def bench_onnx(path: str | Path, runs: int = 50, warmup: int = 10, threads: int 
     if why is not None:
         raise DeployError(f"artefact not found: {path}" if why == "not found" else f"{path} {why}")
     if runs < 1:
-        raise DeployError("--runs must be at least 1")
+        raise DeployError("runs must be at least 1", param="runs")
     model = load_deployable(path, threads)  # a broken or hand-edited file is one error, not an ONNX Runtime traceback
     imgsz, sess, name = model.imgsz, model.sess, model.input_name
     image = image if image is not None else np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)

@@ -349,7 +349,7 @@ def _twin(registry, run_id: int | None) -> str | None:
         return None
     from npuyolo.variants.spec import parse_variant
 
-    run = registry.run(run_id)
+    run = registry.get_run(run_id)
     if not run.series:
         return None
     spec = parse_variant(run.variant)
@@ -423,13 +423,13 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
         first = check_model(ref, [t0], registry, imgsz=imgsz)
     run_id, label = first.run_id, first.model_ref
     exports[("export", sigmoid_on_npu(profiles[t0]))] = Path(first.onnx_paths[t0])
-    folder = (registry.run_dir(registry.run(run_id), "plan") if run_id is not None
+    folder = (registry.run_dir(registry.get_run(run_id), "plan") if run_id is not None
               else registry.output_dir("plan", slug(label, "model")))
     twin = _twin(registry, run_id)
-    variant = registry.run(run_id).variant if run_id is not None else None
+    variant = registry.get_run(run_id).variant if run_id is not None else None
     size = imgsz
     if size is None and run_id is not None:
-        size = registry.run(run_id).recipe.get("imgsz")
+        size = registry.get_run(run_id).recipe.get("imgsz")
 
     def export_for(source: str, t: str) -> Path:
         key = (source, sigmoid_on_npu(profiles[t]))
@@ -457,7 +457,7 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
         if (fp32, route) in int8s:
             return int8s[(fp32, route)]
         out = folder / f"{fp32.stem}-{route}.onnx"
-        seed = registry.run(run_id).recipe.get("seed", 0) if run_id is not None else 0
+        seed = registry.get_run(run_id).recipe.get("seed", 0) if run_id is not None else 0
         with stage("quantize"):
             if not chosen_cal and not sweep:
                 chosen_cal.update(method="minmax", percentile=None, label="minmax")

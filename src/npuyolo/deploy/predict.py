@@ -118,11 +118,11 @@ class PredictResult:
 # ------------------------------------------------------------------------------------------------ checks
 def check_settings(conf: float, iou: float, max_det: int, imgsz: int | None) -> None:
     if not 0 < conf <= 1:
-        raise PredictError(f"--conf must be in (0, 1], got {conf}")
+        raise PredictError(f"conf must be in (0, 1], got {conf}", param="conf")
     if not 0 < iou <= 1:
-        raise PredictError(f"--iou must be in (0, 1], got {iou}")
+        raise PredictError(f"iou must be in (0, 1], got {iou}", param="iou")
     if max_det < 1:
-        raise PredictError(f"--max-det must be at least 1, got {max_det}")
+        raise PredictError(f"max_det must be at least 1, got {max_det}", param="max_det")
     if imgsz is not None:
         from npuyolo.deploy.export import check_imgsz
 
@@ -183,7 +183,7 @@ def _run_predictor(ref: str, registry, imgsz: int | None) -> Predictor:
         raise PredictError(f"model not found: {ref} (give a run id or name, a .pt checkpoint or an .onnx file)")
     try:
         reg = registry if isinstance(registry, Registry) else Registry(registry, readonly=True)
-        run = reg.run(ref)
+        run = reg.get_run(ref)
     except RegistryError as e:
         if ModelRef.parse(ref).kind == "variant":
             raise PredictError(f"{ref!r} is a variant name, not a trained model: give a run, a .pt checkpoint"
@@ -413,12 +413,12 @@ def output_dir(out: str | Path | None, predictor: Predictor, sources: list[Path]
         out = predictor.default_out() if predictor.default_out is not None else Path("predict") / predictor.label
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise PredictError(f"--out {out} is an existing file; give a folder")
+        raise PredictError(f"out {out} is an existing file; give a folder", param="out")
     resolved = out.resolve()
     if any(resolved == Path(s).resolve().parent for s in sources or []):
-        raise PredictError(f"--out {out} is where the source images are; annotated copies would replace them")
+        raise PredictError(f"out {out} is where the source images are; annotated copies would replace them", param="out")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise PredictError(f"--out {out} already holds files npuyolo did not write; give a new or empty folder")
+        raise PredictError(f"out {out} already holds files npuyolo did not write; give a new or empty folder", param="out")
     existed = out.is_dir()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -441,7 +441,7 @@ def run_predict(model: str, source: str | Path, *, conf: float = 0.25, iou: floa
     """
     check_settings(conf, iou, max_det, imgsz)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise PredictError(f"--out {out} is an existing file; give a folder")
+        raise PredictError(f"out {out} is an existing file; give a folder", param="out")
     paths = list_sources(source)
     predictor = load_predictor(model, registry, imgsz)
     folder = output_dir(out, predictor, paths)

@@ -30,15 +30,15 @@ def qat_run(registry, ref: str, data: str | Path | None = None, *, epochs: int =
         raise DeployError("deploy qat needs NVIDIA ModelOpt (the fake-quantization Ultralytics trains with): "
                           "pip install 'npuyolo[qat]'")
     if epochs < 1:
-        raise DeployError(f"--epochs must be at least 1, got {epochs}")
+        raise DeployError(f"epochs must be at least 1, got {epochs}", param="epochs")
     if lr0 is not None and not lr0 > 0:
-        raise DeployError(f"--lr0 must be positive, got {lr0:g}")
+        raise DeployError(f"lr0 must be positive, got {lr0:g}", param="lr0")
     if registry.readonly:
         raise DeployError("qat records a new run; open the registry writable")
     resolved = resolve_model(ref, registry)
     if resolved.run_id is None:
         raise DeployError(f"{ref!r} is not a run; qat fine-tunes a trained run (id or name)")
-    parent = registry.run(resolved.run_id)
+    parent = registry.get_run(resolved.run_id)
     best = parent.artifact_path("weights/best")
     if best is None:
         raise DeployError(f"run {parent.name} has no best weights on disk (status {parent.status})")

@@ -211,13 +211,13 @@ def ends_allowed(value: str, target: str) -> None:
     from npuyolo.npu.profiles import target as load_target, targets
 
     if value not in ENDS:
-        raise DeployError(f"--ends must be one of {', '.join(ENDS)}, got {value!r}")
+        raise DeployError(f"ends must be one of {', '.join(ENDS)}, got {value!r}", param="ends")
     profile = load_target(target)
     wanted = ENDS[value]
     if wanted not in profile.dtypes and not (value == "float" and "float32" in profile.dtypes):
         able = sorted(n for n, p in targets().items() if wanted in p.dtypes)
-        raise DeployError(f"--ends {value}: {target} runs {'/'.join(profile.dtypes)} only (its profile); "
-                          f"targets with {wanted}: {', '.join(able) or 'none'}")
+        raise DeployError(f"ends {value}: {target} runs {'/'.join(profile.dtypes)} only (its profile); "
+                          f"targets with {wanted}: {', '.join(able) or 'none'}", param="ends")
 
 
 def _outputs(model_path: Path, reader: ImageReader) -> list[list[np.ndarray]]:
@@ -258,15 +258,15 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
     routes (`ends`) calibrates it once; ORT then gets them as overrides, which gives the same scales it would compute.
     MinMax (without bias correction), percentile and entropy ranges are shared."""
     if method not in METHODS:
-        raise DeployError(f"--method must be one of {', '.join(METHODS)}")
+        raise DeployError(f"method must be one of {', '.join(METHODS)}", param="method")
     if percentile is not None and not (50.0 < percentile <= 100.0):
-        raise DeployError(f"--percentile must be in (50, 100], got {percentile:g}")
+        raise DeployError(f"percentile must be in (50, 100], got {percentile:g}", param="percentile")
     if ends is not None and ends not in ENDS:
-        raise DeployError(f"--ends must be one of {', '.join(ENDS)}, got {ends!r}")
+        raise DeployError(f"ends must be one of {', '.join(ENDS)}, got {ends!r}", param="ends")
     if auto_float < 0:
-        raise DeployError(f"--auto-float must be 0 or more Conv nodes, got {auto_float}")
+        raise DeployError(f"auto_float must be 0 or more Conv nodes, got {auto_float}", param="auto_float")
     if sweep and holdout < 1:
-        raise DeployError(f"--holdout must be at least 1 training image, got {holdout}")
+        raise DeployError(f"holdout must be at least 1 training image, got {holdout}", param="holdout")
     meta = onnx_metadata(fp32)
     if "imgsz" not in meta:
         raise DeployError(f"{fp32}: no npuyolo metadata; quantize an export written by npuyolo")
@@ -294,7 +294,7 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
         keep = list(keep_float or [])
         missing = [k for k in keep if k not in names]
         if missing:
-            raise DeployError(f"--keep-float: no node named {missing[0]!r} in {fp32.name}")
+            raise DeployError(f"keep_float: no node named {missing[0]!r} in {fp32.name}", param="keep_float")
         from npuyolo.deploy.qdq import end_convs
 
         end_nodes = end_convs(graph) if ends else []

@@ -30,7 +30,7 @@ def quantize_run(registry, ref: str, data: str | Path, *, calib: int = 200, meth
     resolved = resolve_model(ref, registry)
     if resolved.run_id is None:
         raise DeployError(f"{ref!r} is not a run; quantize takes a run id or name (train one with `npuyolo train`)")
-    run = registry.run(resolved.run_id)
+    run = registry.get_run(resolved.run_id)
     imgsz = imgsz or run.recipe["imgsz"]
     out_dir = out_dir or registry.run_dir(run, "deploy")
     head = default_head(resolved.model)
@@ -62,7 +62,7 @@ def checkpoint_baseline(registry, run_id: int, data, imgsz: int) -> dict | None:
     from npuyolo.deploy.evaluate import torch_predictor, validate
     from npuyolo.variants.checkpoint import load_weights
 
-    run = registry.run(run_id)
+    run = registry.get_run(run_id)
     best = run.artifact_path("weights/best")
     if best is None:
         return None
@@ -98,7 +98,7 @@ def evaluate_artefact(registry, path: str | Path, data: str | Path, layers: bool
                                      result={k: v for k, v in out.items() if k != "fp32"})
         return out
     if layers:
-        raise DeployError("--layers compares a .rknn build with our QDQ model; give the .rknn file npu compile wrote")
+        raise DeployError("layers compares a .rknn build with our QDQ model; give the .rknn file npu compile wrote", param="layers")
     onnx_metadata(path)  # a missing or garbage file fails here, before the data set is read
     check_dataset(data, cache_dir=registry.root / "cache")
     result = evaluate_onnx(path, data)
@@ -109,7 +109,7 @@ def evaluate_artefact(registry, path: str | Path, data: str | Path, layers: bool
         registry.add_deploy_eval(run_id=run_id, artefact=str(path.resolve()), precision_kind=kind, result=result)
         out["pt"] = checkpoint_baseline(registry, run_id, data, result["imgsz"])
         if kind == "int8":
-            fp32 = registry.run(run_id).artifact_path("onnx/fp32")
+            fp32 = registry.get_run(run_id).artifact_path("onnx/fp32")
             if fp32 is not None:
                 done = [e for e in registry.deploy_evals(run_id) if e["artefact"] == str(fp32)]
                 base = done[-1]["result"] if done else evaluate_onnx(fp32, data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from npuyolo.errors import NpuyoloError
-from npuyolo.train.recipe import Recipe
+from npuyolo.train.recipe import DistillConfig, Recipe
 
 
 class DistillError(NpuyoloError, ValueError):
@@ -26,16 +26,16 @@ def distill(registry, teacher: str, student_variant: str, data: str | Path, reci
         variant = model_meta(load_weights(teacher)).get("variant", "ultralytics")
         t, weights = {"id": None, "variant": variant, "name": Path(teacher).stem}, teacher
     else:
-        run = registry.run(teacher)
+        run = registry.get_run(teacher)
         weights = run.artifact_path("weights/best")
         if weights is None:
             raise DistillError(f"teacher run {run.name} has no best weights on disk (status {run.status})")
         t = {"id": run.id, "variant": run.variant, "name": run.name}
     if temperature <= 0 or min(alpha, beta, gamma) < 0:
-        raise DistillError("--temperature must be > 0 and --alpha/--beta/--gamma >= 0")
+        raise DistillError("`temperature` must be > 0 and `alpha`, `beta`, `gamma` >= 0")
     spec = parse_variant(student_variant)
-    recipe = recipe.model_copy(update={"distill": {"teacher_run": t["id"], "teacher_variant": t["variant"],
-                                                   "teacher_weights": str(Path(weights).resolve()), "alpha": alpha,
-                                                   "beta": beta, "gamma": gamma, "temperature": temperature}})
+    recipe = recipe.model_copy(update={"distill": DistillConfig(
+        teacher_run=t["id"], teacher_variant=t["variant"], teacher_weights=str(Path(weights).resolve()), alpha=alpha,
+        beta=beta, gamma=gamma, temperature=temperature)})
     name = name or registry.unique_name(f"{spec.name}-distilled-from-{t['id'] or t['name'][:60]}")
     return train_variant(spec.name, data, recipe, registry, name=name, verbose=verbose, series=series, on_created=on_created)

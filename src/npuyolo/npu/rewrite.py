@@ -125,12 +125,12 @@ def rewrite_file(src: str | Path, dst: str | Path | None = None, method: str = "
     model, count = rewrite_leaky(g.model, method)
     if count == 0:
         raise RewriteError(f"{src}: no LeakyRelu nodes to rewrite")
-    label = "--out" if dst else "output"
+    label = "out" if dst else "output"
     dst = check_output_file(dst or src.with_name(f"{src.stem}.{method}.onnx"), registry=registry, force=force,
                             ours=written_by_npuyolo, label=label, error=RewriteError)
     try:
         with atomic_path(dst) as tmp:
             onnx.save(model, str(tmp))
     except OSError as e:  # full disk, a place the OS refuses
-        raise RewriteError(f"{label} {dst}: cannot write ({e.strerror or e})") from None
+        raise RewriteError(f"{label} {dst}: cannot write ({e.strerror or e})", param="out" if label == "out" else None) from None
     return dst, count

@@ -41,9 +41,9 @@ def prune_model(model: torch.nn.Module, ratio: float, method: str = "l1", imgsz:
     import torch_pruning as tp
 
     if not 0 < ratio < 1:
-        raise PruneError(f"--ratio must be between 0 and 1, got {ratio}")
+        raise PruneError(f"ratio must be between 0 and 1, got {ratio}", param="ratio")
     if method not in METHODS:
-        raise PruneError(f"--method must be one of {', '.join(METHODS)}")
+        raise PruneError(f"method must be one of {', '.join(METHODS)}", param="method")
     cfg = (getattr(model, "yaml", {}) or {}).get("npuyolo") or {}
     if any(type(m).__name__ in ("C2PSA", "PSABlock", "Attention") for m in model.modules()):
         raise PruneError("the model has C2PSA attention (levels L0/L1); prune an attention-free level (L2 and up)")
@@ -79,12 +79,12 @@ def prune_run(registry, ref: str, *, ratio: float = 0.3, method: str = "l1", fin
     from npuyolo.train.recipe import Recipe
     from npuyolo.train.trainer import train_variant
 
-    parent = registry.run(ref)
+    parent = registry.get_run(ref)
     best = parent.artifact_path("weights/best")
     if best is None:
         raise PruneError(f"run {parent.name} has no best weights on disk (status {parent.status})")
     if finetune_epochs < 1:
-        raise PruneError("--finetune-epochs must be at least 1 (a pruned model needs fine-tuning to recover)")
+        raise PruneError("finetune_epochs must be at least 1 (a pruned model needs fine-tuning to recover)", param="finetune_epochs")
     data = Path(data or parent.data_path)
     from npuyolo.data.check import check_dataset
 
@@ -100,7 +100,7 @@ def prune_run(registry, ref: str, *, ratio: float = 0.3, method: str = "l1", fin
     pruned_only = {**count(pruned, imgsz), **_scores(validate(torch_predictor(pruned), data, imgsz, names))}
     result = train_variant(parent.variant, data, recipe, registry, name=registry.unique_name(f"{parent.name[:80]}-pruned{ratio:g}-{method}"),
                            weights=ckpt, series=None, verbose=verbose)
-    tuned = load_weights(registry.run(result.run_id).artifact_path("weights/best"))
+    tuned = load_weights(registry.get_run(result.run_id).artifact_path("weights/best"))
     after = {**count(tuned, imgsz), **_scores(validate(torch_predictor(tuned), data, imgsz, names))}
     latency = {}
     for label, m in (("parent", model), ("pruned", tuned)):

@@ -45,17 +45,17 @@ def validate_run_name(name: str) -> str:
     """A run name a user chose: readable (any script), one line, not mistakable for an id or a path trick."""
     name = unicodedata.normalize("NFC", name).strip()
     if not name:
-        raise RegistryError("--name must not be empty")
+        raise RegistryError("name must not be empty", param="name")
     if len(name) > MAX_NAME_CHARS:
-        raise RegistryError(f"--name is {len(name)} characters; at most {MAX_NAME_CHARS}")
+        raise RegistryError(f"name is {len(name)} characters; at most {MAX_NAME_CHARS}", param="name")
     if name.isdigit() or name.startswith("#"):
-        raise RegistryError(f"--name {name!r} would read as a run id; names need a non-digit and must not start with '#'")
+        raise RegistryError(f"name {name!r} would read as a run id; names need a non-digit and must not start with '#'", param="name")
     if any(unicodedata.category(c).startswith("C") for c in name):
-        raise RegistryError("--name must not contain control characters")
+        raise RegistryError("name must not contain control characters", param="name")
     from npuyolo.variants.spec import HYBRID_RE, NAME_RE
 
     if NAME_RE.match(name) or HYBRID_RE.match(name):
-        raise RegistryError(f"--name {name!r} reads as a variant name (an untrained model); add something, e.g. {name}-run")
+        raise RegistryError(f"name {name!r} reads as a variant name (an untrained model); add something, e.g. {name}-run", param="name")
     return name
 
 
@@ -419,7 +419,7 @@ class Registry:
             raise RegistryError(f"no run {ref!r} in {self.path}; `npuyolo runs` lists them")
         return row["id"]
 
-    def run(self, ref: str | int) -> RunRecord:
+    def get_run(self, ref: str | int) -> RunRecord:
         run_id = self.resolve(ref)
         row = dict(self.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
         if self.readonly and self._dead(row):

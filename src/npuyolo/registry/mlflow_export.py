@@ -137,7 +137,7 @@ def _export(registry, uri: str, ids: list[int], experiment: str, artifacts: str 
         raise MlflowExportError(f"MLflow store {uri}: {' '.join(str(e).split())[:300]}") from e
     rows = []
     for run_id in ids:
-        run = registry.run(run_id)
+        run = registry.get_run(run_id)
         found = client.search_runs([exp.experiment_id], filter_string=
                                    f"tags.`npuyolo.registry` = '{registry.path}' and tags.`npuyolo.run_id` = '{run.id}'")
         if found:

@@ -154,16 +154,16 @@ def run_facts(registry, ref, compare_ref=None) -> RunFacts:
     from npuyolo.train.series import rank_series
 
     try:
-        run = registry.run(ref)
+        run = registry.get_run(ref)
     except RegistryError as e:
         raise ReportError(str(e)) from None
     final, first = final_and_first(run)
     try:
-        compare = registry.run(compare_ref) if compare_ref is not None else None
+        compare = registry.get_run(compare_ref) if compare_ref is not None else None
     except RegistryError as e:
-        raise ReportError(f"--compare: {e}") from None
+        raise ReportError(f"compare: {e}", param="compare") from None
     if compare is not None and compare.id == run.id:
-        raise ReportError(f"--compare names run {run.id} itself; compare with another run (e.g. its ReLU twin)")
+        raise ReportError(f"compare names run {run.id} itself; compare with another run (e.g. its ReLU twin)", param="compare")
     compare_final = final_and_first(compare)[0] if compare else None
     ranks, size, tied = None, None, {}
     if run["series"] and final:

@@ -150,9 +150,9 @@ def to_html(markdown_text: str, folder: Path, title: str) -> str:
 def render_run(registry, ref, out: Path | None = None, lang: str = "en", fmt: str = "md", compare=None) -> Path:
     """A run's report; `out` defaults to the run's own folder, reports/."""
     if lang not in LANGS:
-        raise ReportError(f"--lang must be one of {', '.join(LANGS)}, got {lang!r}")
+        raise ReportError(f"lang must be one of {', '.join(LANGS)}, got {lang!r}", param="lang")
     if fmt not in ("md", "html"):
-        raise ReportError(f"--format must be md or html, got {fmt!r}")
+        raise ReportError(f"format must be md or html, got {fmt!r}", param="format")
     facts = run_facts(registry, ref, compare)
     out = Path(out) if out else registry.run_dir(facts.run, "reports")
     _make_dir(out)
@@ -176,7 +176,7 @@ def _make_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a file in the way, a read-only mount...
-        raise ReportError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
+        raise ReportError(f"out {out}: cannot create the folder ({e.strerror or e})", param="out") from None
 
 
 def write_run_plots(facts: RunFacts, out: Path) -> dict[str, str]:
@@ -249,9 +249,9 @@ def render_series(registry, name: str, out: Path | None = None, lang: str = "en"
         raise ReportError(f"series {name!r} has no finished member yet; run `npuyolo series run` first")
     out = Path(out) if out else registry.output_dir("reports", f"series-{unique_slug(name, 'series')}")
     _make_dir(out)
-    runs = [registry.run(r["run_id"]) for r in ranked]
+    runs = [registry.get_run(r["run_id"]) for r in ranked]
     if fmt not in ("md", "html"):
-        raise ReportError(f"--format must be md or html, got {fmt!r}")
+        raise ReportError(f"format must be md or html, got {fmt!r}", param="format")
     stem = f"series_{unique_slug(name, 'series')}"
     img = {"curves": f"{stem}_curves.png", "scatter": f"{stem}_accuracy_vs_npu.png"}
     plots.compare_curves(runs, out / img["curves"])
@@ -302,7 +302,7 @@ def series_plan_matrix(registry, members: list[dict]) -> tuple[list[str], dict[s
     for m in members:
         if m.get("run_id") is None or m.get("status") == "derived":
             continue
-        recorded = registry.run(m["run_id"]).artifact("plan")
+        recorded = registry.get_run(m["run_id"]).artifact("plan")
         if recorded is None:
             continue
         try:
@@ -324,7 +324,7 @@ def render_study(registry, name: str, out: Path | None = None, lang: str = "en")
     from npuyolo.study.relu_gap import study_table
 
     if lang not in LANGS:
-        raise ReportError(f"--lang must be one of {', '.join(LANGS)}, got {lang!r}")
+        raise ReportError(f"lang must be one of {', '.join(LANGS)}, got {lang!r}", param="lang")
     rows = study_table(registry, name)
     spec = registry.series(name)["spec"]
     out = Path(out) if out else registry.output_dir("reports", f"study-{unique_slug(name, 'study')}")

@@ -80,7 +80,7 @@ def study_table(registry, name: str) -> list[RouteRow]:
     if spec.get("kind") != KIND:
         raise StudyError(f"series {name!r} is not a relu-gap study")
     members = {m["variant"]: m["run_id"] for m in series["members"]}
-    runs = {rid: registry.run(rid) for rid in members.values() if rid is not None}
+    runs = {rid: registry.get_run(rid) for rid in members.values() if rid is not None}
     rows = []
     for route in spec["routes"]:
         variant, how = spec["route_variants"][route]
@@ -145,7 +145,7 @@ def relu_gap_study(registry, data: str | Path, *, name: str = "relu-gap", epochs
             raise StudyError(f"seeds takes integers, e.g. [0, 1] or '0,1', got {seeds!r}") from None
     seeds = sorted(set(seeds if seeds is not None else [0, 1]))
     if not seeds or any(s < 0 for s in seeds):
-        raise StudyError("--seeds takes one or more non-negative integers, e.g. 0,1,2")
+        raise StudyError("seeds takes one or more non-negative integers, e.g. 0,1,2", param="seeds")
     targets = targets or ["relu-only"]
     for t in targets:
         get_target(t)
@@ -156,7 +156,7 @@ def relu_gap_study(registry, data: str | Path, *, name: str = "relu-gap", epochs
         routes[spec.name] = (spec.name, "plain")
     name = name.strip() if isinstance(name, str) else name
     if not name or len(name) > 60 or any(not c.isprintable() for c in name):
-        raise StudyError(f"--name must be 1 to 60 printable characters, got {name!r}")
+        raise StudyError(f"name must be 1 to 60 printable characters, got {name!r}", param="name")
     try:
         existing = registry.series(name)
     except RegistryError:
@@ -189,7 +189,7 @@ def relu_gap_study(registry, data: str | Path, *, name: str = "relu-gap", epochs
             bind = lambda rid, lab=label: registry.set_series_member(name, lab, rid)  # noqa: E731
             if route == "distill":
                 teacher = members[member_label("leaky", seed)]["run_id"]
-                if teacher is None or registry.run(teacher).status != "finished":
+                if teacher is None or registry.get_run(teacher).status != "finished":
                     raise StudyError(f"seed {seed}: the L4-leaky teacher did not finish; re-run the study to continue")
                 distill(registry, str(teacher), variant, data, r, name=run_name, verbose=verbose, series=name, on_created=bind)
             elif route == "anneal":

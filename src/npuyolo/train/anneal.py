@@ -55,23 +55,23 @@ def parse_anneal(source: str, epochs: int, window: str | None = None, shape: str
     try:
         activation, slope = _parse_activation(source.strip(), source)
     except VariantError as e:
-        raise AnnealError(f"--act-anneal: {e}") from None
+        raise AnnealError(f"act_anneal: {e}", param="act_anneal") from None
     if activation != "leaky" or not slope:
-        raise AnnealError(f"--act-anneal anneals from a LeakyReLU with a slope > 0 (e.g. leaky0.1), got {source!r}")
+        raise AnnealError(f"act_anneal anneals from a LeakyReLU with a slope > 0 (e.g. leaky0.1), got {source!r}", param="act_anneal")
     if shape not in SHAPES:
-        raise AnnealError(f"--anneal-schedule must be one of {', '.join(SHAPES)}, got {shape!r}")
+        raise AnnealError(f"anneal_schedule must be one of {', '.join(SHAPES)}, got {shape!r}", param="anneal_schedule")
     if epochs < 2:
         raise AnnealError("annealing needs at least 2 epochs: one or more with LeakyReLU, then ReLU")
     if window:
         try:
             start, end = (int(x) for x in window.split(":"))
         except ValueError:
-            raise AnnealError(f"--anneal-epochs takes START:END (epochs, from 1), got {window!r}") from None
+            raise AnnealError(f"anneal_epochs takes START:END (epochs, from 1), got {window!r}", param="anneal_epochs") from None
     else:
         start, end = 1, max(2, math.ceil(epochs / 2))
     if not 1 <= start < end <= epochs:
-        raise AnnealError(f"--anneal-epochs {start}:{end} must satisfy 1 <= START < END <= epochs ({epochs}); "
-                          "the slope is exactly 0 from END on, so the final model is a ReLU network")
+        raise AnnealError(f"anneal_epochs {start}:{end} must satisfy 1 <= START < END <= epochs ({epochs}); "
+                          "the slope is exactly 0 from END on, so the final model is a ReLU network", param="anneal_epochs")
     return AnnealSchedule(activation, float(slope), start, end, shape)  # type: ignore[arg-type]
 
 
@@ -101,6 +101,6 @@ def with_anneal(recipe, source: str | None, window: str | None = None, shape: st
     """The recipe with its annealing schedule (checked against the recipe's epochs); unchanged without a source."""
     if not source:
         if window or shape != "linear":
-            raise AnnealError("--anneal-epochs/--anneal-schedule need --act-anneal (e.g. --act-anneal leaky0.1)")
+            raise AnnealError("`anneal_epochs` and `anneal_schedule` need `act_anneal` (e.g. leaky0.1)")
         return recipe
     return recipe.model_copy(update={"act_anneal": parse_anneal(source, recipe.epochs, window, shape).as_dict()})

@@ -31,7 +31,7 @@ def require_ray():
     try:
         import ray
     except ImportError as e:
-        raise ExecutorError("--executor ray needs Ray: pip install 'npuyolo[ray]'") from e
+        raise ExecutorError("executor ray needs Ray: pip install 'npuyolo[ray]'", param="executor") from e
     return ray
 
 
@@ -45,11 +45,11 @@ class RayOptions:
 
     def __post_init__(self) -> None:
         if self.gpus_per_member < 0 or self.cpus_per_member <= 0:
-            raise ExecutorError("--gpus-per-member must be >= 0 and --cpus-per-member > 0")
+            raise ExecutorError("gpus_per_member must be >= 0 and --cpus-per-member > 0", param="gpus_per_member")
         if self.max_parallel is not None and self.max_parallel < 1:
-            raise ExecutorError("--max-parallel must be at least 1")
+            raise ExecutorError("max_parallel must be at least 1", param="max_parallel")
         if self.max_retries < 0:
-            raise ExecutorError("--max-retries must be >= 0")
+            raise ExecutorError("max_retries must be >= 0", param="max_retries")
 
 
 @dataclass
@@ -163,9 +163,9 @@ class RayExecutor:
         total = ray.cluster_resources()
         o = self.options
         if o.cpus_per_member > total.get("CPU", 0):
-            raise ExecutorError(f"--cpus-per-member {o.cpus_per_member:g}: the Ray cluster has {total.get('CPU', 0):g} CPUs")
+            raise ExecutorError(f"cpus_per_member {o.cpus_per_member:g}: the Ray cluster has {total.get('CPU', 0):g} CPUs", param="cpus_per_member")
         if o.gpus_per_member > total.get("GPU", 0):
-            raise ExecutorError(f"--gpus-per-member {o.gpus_per_member:g}: the Ray cluster has {total.get('GPU', 0):g} GPUs")
+            raise ExecutorError(f"gpus_per_member {o.gpus_per_member:g}: the Ray cluster has {total.get('GPU', 0):g} GPUs", param="gpus_per_member")
 
     def open(self) -> None:
         """Start (or join) Ray and check it can hold one member; series call this before registering anything."""
@@ -246,7 +246,7 @@ class RayExecutor:
                         else:
                             cause = getattr(e, "cause", None) or e
                             message = " ".join(f"{type(cause).__name__}: {cause}".split())[:2000]
-                        if registry.run(state.run_id).status == "running":
+                        if registry.get_run(state.run_id).status == "running":
                             registry.set_status(state.run_id, "failed", error=message)
                         state.status, state.error = "failed", message
                         failures.append(f"{state.variant} (run {state.run_id}): {message[:300]}")
@@ -271,10 +271,10 @@ class RayExecutor:
         return states
 
     def _close(self, registry, state: MemberState, status: str, error: str) -> None:
-        run = registry.run(state.run_id)
+        run = registry.get_run(state.run_id)
         if run.status == "running":
             registry.set_status(state.run_id, status, error=error)
-        state.status, state.error = registry.run(state.run_id).status, error
+        state.status, state.error = registry.get_run(state.run_id).status, error
 
     def _cancel(self, ray, registry, in_flight: dict, drain: Callable[[], bool], reason: str) -> None:
         """Ctrl-C (or a driver error): stop every member, keep what they sent, mark the rest interrupted, saying why."""
@@ -290,9 +290,9 @@ class RayExecutor:
         for ref in refs:
             ray.cancel(ref, force=True)
             state = in_flight[ref]
-            if registry.run(state.run_id).status == RunStatus.RUNNING:
+            if registry.get_run(state.run_id).status == RunStatus.RUNNING:
                 registry.set_status(state.run_id, RunStatus.INTERRUPTED, error=reason)
-            state.status = registry.run(state.run_id).status
+            state.status = registry.get_run(state.run_id).status
 
 
 def stop_reason(exc: BaseException) -> str:
@@ -384,9 +384,9 @@ class AshaExecutor(RayExecutor):
                  reduction_factor: int = 2, on_progress: Callable[[list[MemberState]], None] | None = None):
         super().__init__(options, on_progress)
         if grace_epochs < 1:
-            raise ExecutorError("--grace-epochs must be at least 1")
+            raise ExecutorError("grace_epochs must be at least 1", param="grace_epochs")
         if metric not in ASHA_METRICS:
-            raise ExecutorError(f"--asha-metric must be one of {', '.join(ASHA_METRICS)}, got {metric!r}")
+            raise ExecutorError(f"asha_metric must be one of {', '.join(ASHA_METRICS)}, got {metric!r}", param="asha_metric")
         if reduction_factor < 2:
             raise ExecutorError("the ASHA reduction factor must be at least 2")
         self.grace_epochs, self.metric, self.reduction_factor = grace_epochs, metric, reduction_factor
@@ -457,9 +457,9 @@ class AshaExecutor(RayExecutor):
                 self._close_trial(registry, members[result.config["member"]], result.error)
         except BaseException as e:
             for state in members.values():
-                if registry.run(state.run_id).status == RunStatus.RUNNING:
+                if registry.get_run(state.run_id).status == RunStatus.RUNNING:
                     registry.set_status(state.run_id, RunStatus.INTERRUPTED, error=stop_reason(e))
-                state.status = registry.run(state.run_id).status
+                state.status = registry.get_run(state.run_id).status
             raise
         finally:
             self.close()
@@ -469,7 +469,7 @@ class AshaExecutor(RayExecutor):
 
     def _close_trial(self, registry, state: MemberState, error) -> None:
         """A trial the worker did not close itself: stopped by ASHA (no error) or lost (error)."""
-        run = registry.run(state.run_id)
+        run = registry.get_run(state.run_id)
         if run.status != "running":
             state.status = run.status
             return
@@ -483,7 +483,7 @@ class AshaExecutor(RayExecutor):
                     registry.add_artifact(state.run_id, f"weights/{kind}", wdir / f"{kind}.pt")
             registry.set_status(state.run_id, "stopped",
                                 error=f"stopped early by ASHA after epoch {reached} of {state.epochs} ({self.metric} behind)")
-        state.status = registry.run(state.run_id).status
+        state.status = registry.get_run(state.run_id).status
 
 
 def _drainer(queue, registry, by_run: dict[int, MemberState]) -> Callable[[], bool]:
@@ -514,11 +514,11 @@ def make_executor(kind: str = "local", on_progress: Callable[[list[MemberState]]
     """None for `local` (members train in this process); a RayExecutor for `ray` (an AshaExecutor with
     `scheduler="asha"`), checked before anything is registered."""
     if scheduler not in (None, "asha"):
-        raise ExecutorError(f"--scheduler must be asha, got {scheduler!r}")
+        raise ExecutorError(f"scheduler must be asha, got {scheduler!r}", param="scheduler")
     if scheduler and kind != "ray":
-        raise ExecutorError("--scheduler asha needs --executor ray")
+        raise ExecutorError("scheduler asha needs --executor ray", param="scheduler")
     if kind not in EXECUTORS:
-        raise ExecutorError(f"--executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
+        raise ExecutorError(f"executor must be one of {', '.join(EXECUTORS)}, got {kind!r}", param="executor")
     if kind == "local":
         if options:
             flags = ", ".join("--" + k.replace("_", "-") for k in sorted(options))
@@ -532,7 +532,7 @@ def make_executor(kind: str = "local", on_progress: Callable[[list[MemberState]]
         try:
             import ray.tune  # noqa: F401
         except ImportError as e:
-            raise ExecutorError("--scheduler asha needs Ray Tune: pip install 'npuyolo[ray]'") from e
+            raise ExecutorError("scheduler asha needs Ray Tune: pip install 'npuyolo[ray]'", param="scheduler") from e
         return AshaExecutor(RayOptions(**options), grace_epochs=grace_epochs, metric=asha_metric, on_progress=on_progress)
     return RayExecutor(RayOptions(**options), on_progress=on_progress)
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from npuyolo.errors import NpuyoloError
+from npuyolo.train.defaults import recipe_defaults
 from npuyolo.yamlfile import SHORT_CHARS, YamlFileError, load_yaml, short
 
 
@@ -58,20 +57,38 @@ def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
+class DistillConfig(BaseModel):
+    """The teacher and loss weights of a distillation run (`npuyolo distill`), kept in its recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher_run: int | None  # None: a checkpoint from elsewhere
+    teacher_variant: str
+    teacher_weights: str
+    alpha: float = Field(1.0, ge=0)  # box/DFL distillation weight
+    beta: float = Field(1.0, ge=0)  # class-logit distillation weight
+    gamma: float = Field(0.0, ge=0)  # feature distillation weight
+    temperature: float = Field(2.0, gt=0)
+
+    def loss_weights(self) -> dict[str, float]:
+        return {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "temperature": self.temperature}
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(100, ge=1)
-    batch: int = Field(16, ge=1)
-    imgsz: int = Field(640, ge=32)
-    optimizer: str = "SGD"
-    lr0: float = Field(0.003, gt=0)
-    lr_final: float = Field(0.0001, gt=0)
-    momentum: float = 0.9
-    weight_decay: float = 0.001
-    warmup_epochs: float = Field(5, ge=0)
-    seed: int = Field(0, ge=0, lt=2**32)
-    deterministic: bool = True
+    # the report's recipe: no defaults here, they come from default_recipe.yaml (see _report_defaults)
+    epochs: int = Field(ge=1)
+    batch: int = Field(ge=1)
+    imgsz: int = Field(ge=32)
+    optimizer: str
+    lr0: float = Field(gt=0)
+    lr_final: float = Field(gt=0)
+    momentum: float
+    weight_decay: float
+    warmup_epochs: float = Field(ge=0)
+    seed: int = Field(ge=0, lt=2**32)
+    deterministic: bool
     workers: int = Field(default_factory=default_workers, ge=0)
     # Ultralytics' image cache: ram (faster epochs; Ultralytics warns it may break determinism) or disk (.npy files
     # written beside the images, so the data folder must be writable); false reads images every epoch
@@ -84,8 +101,14 @@ class Recipe(BaseModel):
     trackers: list[Literal["tensorboard", "mlflow", "wandb", "clearml", "comet", "dvc", "neptune"]] = Field(
         default_factory=list, description="experiment trackers to let Ultralytics feed (off unless named; the registry is always on)")
     ultralytics: dict[str, Any] = Field(default_factory=dict, description="any other Ultralytics train argument")
-    distill: dict[str, Any] | None = Field(None, description="teacher and loss weights of a distillation run")
+    distill: DistillConfig | None = Field(None, description="teacher and loss weights of a distillation run")
     act_anneal: dict[str, Any] | None = Field(None, description="LeakyReLU -> ReLU slope schedule (train/anneal.py)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _report_defaults(cls, data: Any) -> Any:
+        """Settings not given take the report's values from default_recipe.yaml (their only home)."""
+        return {**recipe_defaults(), **data} if isinstance(data, dict) else data
 
     @field_validator("imgsz")
     @classmethod
@@ -117,8 +140,7 @@ class Recipe(BaseModel):
 
     @classmethod
     def default(cls) -> Recipe:
-        text = resources.files("npuyolo.train").joinpath("default_recipe.yaml").read_text(encoding="utf-8")
-        return cls(**yaml.safe_load(text))
+        return cls()
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> Recipe:

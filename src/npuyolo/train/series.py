@@ -116,7 +116,7 @@ def _job(spec: SeriesSpec, recipe: Recipe, registry: Registry, variant: str, act
 
     if action == "resume":
         prepare = lambda: prepare_resume(run_id, registry, verbose=False)  # noqa: E731
-        epochs = Recipe(**registry.run(run_id).recipe).epochs
+        epochs = Recipe(**registry.get_run(run_id).recipe).epochs
     else:
         prepare = lambda: prepare_variant(variant, spec.data, recipe, registry, name=f"{spec.name}-{variant}",  # noqa: E731
                                           series=spec.name, verbose=False,

@@ -397,7 +397,7 @@ def _run_trainer(build: Callable[[], NpuyoloTrainer], registry: Registry, run_id
     save_dir = train_into(build, RegistrySink(registry, run_id), f"run {run_id}")
     if not registry.path.is_file():  # SQLite kept writing into the deleted file: the record is gone with it
         raise TrainError(f"run {run_id}: the registry {registry.path} was deleted while it trained; nothing was recorded")
-    run = registry.run(run_id)
+    run = registry.get_run(run_id)
     return RunResult(run_id, run.name, run.status, save_dir)
 
 
@@ -456,11 +456,11 @@ def prepare_variant(variant: str, data: str | Path, recipe: Recipe, registry: Re
     if name is not None:
         name = validate_run_name(name)
     if recipe.act_anneal and not _has_relu(spec):
-        raise TrainError(f"--act-anneal anneals into ReLU, but {spec.name} has no ReLU stage; use e.g. L4-relu")
+        raise TrainError(f"act_anneal anneals into ReLU, but {spec.name} has no ReLU stage; use e.g. L4-relu", param="act_anneal")
     report = check_dataset(data, cache_dir=registry.root / "cache")
     if weights is not None:
         if not Path(weights).is_file():
-            raise TrainError(f"--weights {weights}: no such file (npuyolo never downloads weights; pass a local .pt)")
+            raise TrainError(f"weights {weights}: no such file (npuyolo never downloads weights; pass a local .pt)", param="weights")
         read_checkpoint(weights)  # refuses a corrupt file or one whose pickle would run code, before a run exists
     base = {  # AMP as the recipe says (Ultralytics' default: on); npuyolo's offline check keeps it off on CPU
         **recipe.ultralytics_args(), "data": str(data), "exist_ok": True, "verbose": verbose,
@@ -473,7 +473,7 @@ def prepare_variant(variant: str, data: str | Path, recipe: Recipe, registry: Re
                                  device=recipe.device or "auto", versions=software_versions(), series=series)
     if on_created:
         on_created(run_id)
-    save_dir = Path(registry.run(run_id).save_dir)
+    save_dir = Path(registry.get_run(run_id).save_dir)
     try:
         yaml_path = model_yaml_path(save_dir, spec.scale, spec.name)
         write_text(yaml_path, yaml.safe_dump(model_yaml(spec, nc=len(report.names), names=report.names), sort_keys=False))
@@ -497,7 +497,7 @@ def _trainer_for(recipe: Recipe) -> type[NpuyoloTrainer]:
     """The trainer class a recipe needs: distillation, annealing and named trackers layered on NpuyoloTrainer."""
     base = NpuyoloTrainer
     if recipe.distill:
-        base = distill_trainer({k: recipe.distill[k] for k in ("alpha", "beta", "gamma", "temperature")})
+        base = distill_trainer(recipe.distill.loss_weights())
     if recipe.trackers:
         base = type(f"Tracked{base.__name__}", (base,), {"trackers": tuple(recipe.trackers)})
     if recipe.act_anneal:
@@ -508,7 +508,7 @@ def _trainer_for(recipe: Recipe) -> type[NpuyoloTrainer]:
 
 
 def _with_teacher(overrides: dict, recipe: Recipe) -> dict:
-    return {**overrides, "distill_model": recipe.distill["teacher_weights"]} if recipe.distill else overrides
+    return {**overrides, "distill_model": recipe.distill.teacher_weights} if recipe.distill else overrides
 
 
 RESUME_SOURCES = ("last", "previous", "best")
@@ -524,7 +524,7 @@ def _resume_checkpoint(run: RunRecord, save_dir: Path, source: str) -> tuple[Pat
     A corrupt last.pt is explained with the alternatives that do load (previous checkpoint, best.pt).
     """
     if source not in RESUME_SOURCES:
-        raise TrainError(f"--from must be one of {', '.join(RESUME_SOURCES)}, got {source!r}")
+        raise TrainError(f"from must be one of {', '.join(RESUME_SOURCES)}, got {source!r}", param="from")
     wdir = save_dir / "weights"
     files = {"last": wdir / "last.pt", "previous": wdir / PREVIOUS, "best": wdir / "best.pt"}
     chosen = files[source]
@@ -559,7 +559,7 @@ def close_if_trained(ref: str | int, registry: Registry) -> bool:
     record (a Ctrl-C on a Ray driver, a kill) leaves the run `interrupted` with nothing left to train, and resuming
     it fails. With every epoch recorded it is closed as finished; otherwise the gap is named.
     """
-    run = registry.run(ref)
+    run = registry.get_run(ref)
     if run.status in ("finished", "running"):
         return False
     wdir = (Path(run.save_dir) if run.save_dir else registry.run_dir(run)) / "weights"
@@ -584,7 +584,7 @@ def close_if_trained(ref: str | int, registry: Registry) -> bool:
 def resume_run(ref: str | int, registry: Registry, verbose: bool = True, source: str = "last") -> RunResult:
     """Continue an interrupted or failed run from its last checkpoint (or from the start if it has none)."""
     if source == "last" and close_if_trained(ref, registry):
-        run = registry.run(ref)
+        run = registry.get_run(ref)
         return RunResult(run.id, run.name, run.status, Path(run.save_dir) if run.save_dir else registry.run_dir(run))
     prepared = prepare_resume(ref, registry, verbose=verbose, source=source)
     return _run_trainer(prepared.build, registry, prepared.run_id)
@@ -592,7 +592,7 @@ def resume_run(ref: str | int, registry: Registry, verbose: bool = True, source:
 
 def prepare_resume(ref: str | int, registry: Registry, verbose: bool = True, source: str = "last") -> PreparedRun:
     """Claim an interrupted or failed run again and drop the epochs its checkpoint does not hold."""
-    run = registry.run(ref)
+    run = registry.get_run(ref)
     if run.status == "finished":
         raise TrainError(f"run {run.name} already finished; start a new run instead")
     if run.status == "running":

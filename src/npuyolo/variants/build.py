@@ -138,7 +138,7 @@ def build_model(variant: VariantSpec | str | dict, nc: int = 80, names: list[str
     if not isinstance(nc, int) or nc < 1:
         from npuyolo.variants.spec import VariantError
 
-        raise VariantError(f"--nc must be at least 1 class, got {nc}")
+        raise VariantError(f"nc must be at least 1 class, got {nc}", param="nc")
     yaml_dict = copy.deepcopy(variant) if isinstance(variant, dict) else model_yaml(variant, nc, names)
     model = DetectionModel(yaml_dict, nc=nc, verbose=verbose)
     if names:

@@ -1,0 +1,46 @@
+"""Errors name parameters, the CLI names flags; recipe defaults live only in default_recipe.yaml (issue 23, point 5)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from npuyolo import NpuyoloError, Workspace
+from npuyolo.cli import app
+from npuyolo.train.defaults import recipe_defaults
+from npuyolo.train.recipe import Recipe
+
+
+def cli_error(*args) -> str:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 2, (result.output, result.exception)
+    return result.output.strip()
+
+
+def test_the_api_names_the_parameter_and_the_cli_its_flag(tmp_path):
+    """A Python API user was told about `--imgsz` and `--force`, flags of a command they never ran."""
+    with pytest.raises(NpuyoloError) as e:
+        Workspace(tmp_path / "r.db").export("L4-relu", tmp_path / "x.onnx", imgsz=65)
+    assert str(e.value).startswith("imgsz must be a positive multiple of 32") and e.value.param == "imgsz"
+    assert "error: --imgsz must be a positive multiple of 32" in cli_error("export", "L4-relu", "--imgsz", 65, "--out", tmp_path / "x.onnx")
+
+    mine = tmp_path / "mine.onnx"
+    mine.write_bytes(b"the user's own file")
+    with pytest.raises(NpuyoloError) as e:
+        Workspace(tmp_path / "r.db").export("L4-relu", mine, imgsz=64)
+    assert str(e.value).startswith(f"out {mine} already exists") and "`force` to overwrite" in str(e.value)
+    said = cli_error("export", "L4-relu", "--imgsz", 64, "--out", mine)
+    assert f"--out {mine} already exists" in said and "--force to overwrite" in said and "`" not in said
+    assert mine.read_bytes() == b"the user's own file"
+
+
+def test_recipe_defaults_live_only_in_default_recipe_yaml():
+    defaults = recipe_defaults()
+    assert {"epochs", "batch", "imgsz", "lr0", "lr_final", "momentum", "weight_decay", "warmup_epochs", "seed"} <= set(defaults)
+    for key, value in defaults.items():
+        assert Recipe.model_fields[key].is_required(), f"{key} has a default in recipe.py as well"
+        assert getattr(Recipe(), key) == value
+    assert Recipe(epochs=3).epochs == 3 and Recipe(epochs=3).lr0 == defaults["lr0"]
+    help_text = CliRunner().invoke(app, ["train", "--help"], terminal_width=200).output
+    for key in ("epochs", "batch", "imgsz", "lr0", "lr_final", "momentum", "weight_decay", "warmup_epochs", "seed"):
+        assert f"[default: {defaults[key]}" in help_text, key
