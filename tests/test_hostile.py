@@ -249,7 +249,7 @@ def test_a_failure_while_the_trainer_is_built_is_recorded_failed(tmp_path, synth
     def disk_full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(trainer, "_trainer_for", lambda recipe: disk_full)
+    monkeypatch.setattr(trainer, "trainer_for", lambda recipe: disk_full)
     reg = Registry(tmp_path / "r.db")
     with pytest.raises(TrainError, match="No space left"):
         train_variant("L4-relu", synth_data, tiny_recipe, reg, verbose=False)
@@ -271,7 +271,7 @@ def test_a_failed_resume_does_not_stay_running(tmp_path, monkeypatch):
         def __init__(self, **kw):
             raise RuntimeError("device vanished")
 
-    monkeypatch.setattr(trainer, "_trainer_for", lambda recipe: Broken)
+    monkeypatch.setattr(trainer, "trainer_for", lambda recipe: Broken)
     with pytest.raises(RuntimeError, match="vanished"):
         trainer.resume_run(rid, reg)
     assert reg.get_run(rid).status == "failed" and "device vanished" in reg.get_run(rid).error

@@ -327,7 +327,7 @@ def test_deleting_the_registry_folder_during_a_train_fails_the_train(tmp_path, s
     import npuyolo.train.trainer as trainer
 
     folder = tmp_path / "reg"
-    real = trainer._trainer_for
+    real = trainer.trainer_for
 
     def deleting(recipe):
         class Deleting(real(recipe)):
@@ -336,7 +336,7 @@ def test_deleting_the_registry_folder_during_a_train_fails_the_train(tmp_path, s
 
         return Deleting
 
-    monkeypatch.setattr(trainer, "_trainer_for", deleting)
+    monkeypatch.setattr(trainer, "trainer_for", deleting)
     out = one_line_error(cli("train", "--variant", "L4-relu", "--data", synth_data, "--epochs", "1", "--imgsz", "64",
                              "--workers", "0", registry=folder / "r.db"))
     assert "deleted" in out, out

@@ -211,10 +211,13 @@ def test_trackers_stay_off_unless_the_recipe_names_them(synth_data, tiny_recipe,
         instance.callbacks["on_pretrain_routine_start"] += [fake_wandb, fake_tensorboard]
         seen[id(instance)] = True
 
-    monkeypatch.setattr(trainer, "_ultralytics_add_integration_callbacks", fake_integrations)
+    import npuyolo.train.glue as glue
+
+    glue.install_tracker_filter()  # as the first npuyolo trainer does; then Ultralytics' own function is swapped for the fake
+    monkeypatch.setattr(glue, "_ultralytics_add_integration_callbacks", fake_integrations)
     overrides = {**tiny_recipe.ultralytics_args(), "model": "yolo11n.yaml", "data": str(synth_data)}
-    default = trainer._trainer_for(tiny_recipe)(overrides=overrides)
-    chosen = trainer._trainer_for(tiny_recipe.model_copy(update={"trackers": ["tensorboard"]}))(overrides=overrides)
+    default = trainer.trainer_for(tiny_recipe)(overrides=overrides)
+    chosen = trainer.trainer_for(tiny_recipe.model_copy(update={"trackers": ["tensorboard"]}))(overrides=overrides)
     assert len(seen) == 2  # the filter ran where Ultralytics adds integrations, before on_pretrain_routine_start fired
     assert fake_wandb not in default.callbacks["on_pretrain_routine_start"] and fake_tensorboard not in default.callbacks["on_pretrain_routine_start"]
     assert fake_tensorboard in chosen.callbacks["on_pretrain_routine_start"] and fake_wandb not in chosen.callbacks["on_pretrain_routine_start"]

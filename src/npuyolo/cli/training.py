@@ -172,7 +172,7 @@ RetriesOpt = Annotated[int, typer.Option(help="Retries of a member whose Ray wor
 
 @contextlib.contextmanager
 def series_executor(kind: str, title: str, as_json: bool, **flags):
-    """The executor a series command asked for (None: local), with its live member table on stderr (not with --json).
+    """The executor a series command asked for, with its live member table on stderr (Ray, not with --json).
 
     Only flags that differ from their defaults are passed on, so `--executor local` refuses Ray-only flags.
     """
@@ -196,6 +196,7 @@ def series_run(spec_file: Annotated[Path, typer.Argument(help="series.yaml: name
                address: AddressOpt = None, gpus_per_member: GpusOpt = 0.0, cpus_per_member: CpusOpt = 1.0,
                max_parallel: ParallelOpt = None, max_retries: RetriesOpt = 1) -> None:
     """Train every member (skipping finished ones, resuming interrupted ones), then rank them."""
+    from npuyolo.train.executors import LocalExecutor
     from npuyolo.train.series import SeriesSpec, run_series
 
     spec = SeriesSpec.load(spec_file)
@@ -204,8 +205,10 @@ def series_run(spec_file: Annotated[Path, typer.Argument(help="series.yaml: name
                              cpus_per_member=cpus_per_member, max_parallel=max_parallel, max_retries=max_retries) as runner:
             reg = open_registry(registry)  # after the executor checks: a missing Ray or a bad flag registers nothing
             with quiet_stdout(as_json):
-                on_member = None if runner else (lambda v, a: err.rule(f"[bold]{escape(spec.name)}[/]: {v} ({a})"))
-                rows = run_series(spec, reg, on_member=on_member, executor=runner, verbose=runner is None)
+                local = isinstance(runner, LocalExecutor)
+                if local:  # members train here, one after another: a rule before each, Ultralytics' own progress between
+                    runner.on_member = lambda v, a: err.rule(f"[bold]{escape(spec.name)}[/]: {v} ({a})")
+                rows = run_series(spec, reg, executor=runner, verbose=local)
     except KeyboardInterrupt:
         err.print(f"[yellow]interrupted[/]: run `npuyolo series run {escape(str(spec_file))}` again to continue")
         raise typer.Exit(130) from None

@@ -1,529 +1,83 @@
-"""Where a series' members train: here, one after another (`local`), or as Ray tasks side by side (`ray`).
-
-Ray workers never open the SQLite registry (it may sit on another machine, and SQLite over a network share is not
-safe). The driver registers each run before dispatch (so the driver claims its folder), a worker trains in that
-folder and sends its epoch records, run fields, artefacts and status through a Ray queue, and the driver writes
-them, one transaction each, exactly as a local run writes them. Ray is imported here only, and only when used.
-"""
+"""Where a series' members train: here, one after another (`LocalExecutor`), as Ray tasks side by side
+(`RayExecutor`, in `train.ray_executor`), or under ASHA early stopping (`AshaExecutor`, in `train.asha`). Every
+executor takes the same jobs and returns the same member states; Ray is imported only when one is used."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Protocol
 
-from npuyolo.errors import NpuyoloError
-from npuyolo.registry.schema import RunStatus
-from npuyolo.train.trainer import PreparedRun, RecordSink, RegistrySink
+from npuyolo.train.asha import ASHA_METRICS, AshaExecutor
+from npuyolo.train.members import ExecutorError, MemberJob, MemberState, progress_table
+from npuyolo.train.ray_executor import FAULT_ENV, RayExecutor, RayOptions, require_ray, stop_reason, worker_env
+from npuyolo.train.trainer import run_prepared
 
-EXECUTORS = ("local", "ray")
-# test hook: a Ray worker on its first attempt at a member ends its process (os._exit) right after recording this
-# epoch, as a killed worker or lost node would; the retry must resume from the checkpoint without duplicate epochs
-FAULT_ENV = "NPUYOLO_FAULT_EXIT_AFTER_EPOCH"
-
-
-class ExecutorError(NpuyoloError, RuntimeError):
-    """An executor that cannot start (Ray absent, unreachable, too few resources) or members that failed."""
+__all__ = ["ASHA_METRICS", "EXECUTORS", "FAULT_ENV", "AshaExecutor", "Executor", "ExecutorError", "LocalExecutor",
+           "MemberJob", "MemberState", "RayExecutor", "RayOptions", "make_executor", "progress_table", "require_ray",
+           "stop_reason", "worker_env"]
 
 
-def require_ray():
-    try:
-        import ray
-    except ImportError as e:
-        raise ExecutorError("executor ray needs Ray: pip install 'npuyolo[ray]'", param="executor") from e
-    return ray
+class Executor(Protocol):
+    """Trains a series' members: `open()` before anything is registered (checks it can), `run()` the jobs in order
+    of the series, `close()` whatever happens."""
 
+    def open(self) -> None: ...
 
-@dataclass
-class RayOptions:
-    address: str | None = None  # None: a local Ray runtime on this machine; "auto" or "ray://HOST:PORT": a cluster
-    gpus_per_member: float = 0.0
-    cpus_per_member: float = 1.0
-    max_parallel: int | None = None  # None: as many as Ray's resources allow
-    max_retries: int = 1
+    def run(self, jobs: list[MemberJob], registry, prepare_retry=None) -> list[MemberState]: ...
 
-    def __post_init__(self) -> None:
-        if self.gpus_per_member < 0 or self.cpus_per_member <= 0:
-            raise ExecutorError("gpus_per_member must be >= 0 and --cpus-per-member > 0", param="gpus_per_member")
-        if self.max_parallel is not None and self.max_parallel < 1:
-            raise ExecutorError("max_parallel must be at least 1", param="max_parallel")
-        if self.max_retries < 0:
-            raise ExecutorError("max_retries must be >= 0", param="max_retries")
+    def close(self) -> None: ...
 
 
 @dataclass
-class MemberJob:
-    """One series member to train: `prepare()` registers (or re-claims) its run on the driver."""
+class LocalExecutor:
+    """Members in this process, one after another; a member's error (or Ctrl-C) stops the series there, its run
+    recorded as what happened, and a re-run continues where it stopped."""
 
-    variant: str
-    action: str  # train | resume | skip
-    prepare: Callable[[], PreparedRun]
-    epochs: int
-    run_id: int | None = None
-
-
-@dataclass
-class MemberState:
-    """What the progress table shows for a member."""
-
-    variant: str
-    action: str
-    epochs: int
-    run_id: int | None = None
-    status: str = "queued"
-    epoch: int = 0
-    map50: float | None = None
-    epoch_times: list[float] = field(default_factory=list)
-    attempt: int = 0
-    error: str | None = None
-
-    @property
-    def eta_s(self) -> float | None:
-        if not self.epoch_times or self.status != "running":
-            return None
-        return sum(self.epoch_times) / len(self.epoch_times) * max(self.epochs - self.epoch, 0)
-
-
-class QueueSink(RecordSink):
-    """A worker's records, sent to the driver tagged with run and attempt; the driver applies them in order."""
-
-    def __init__(self, queue, run_id: int, attempt: int):
-        self.queue, self.run_id, self.attempt = queue, run_id, attempt
-
-    def _send(self, op: str, *args, **kwargs) -> None:
-        self.queue.put((self.run_id, self.attempt, op, args, kwargs))  # blocks until the queue actor holds it
-
-    def record_epoch(self, epoch, extra=None, **row):
-        self._send("record_epoch", epoch, extra=extra, **row)
-
-    def update_run(self, **fields):
-        self._send("update_run", **fields)
-
-    def add_artifact(self, kind, path, meta=None):
-        self._send("add_artifact", kind, str(path), meta)
-
-    def set_status(self, status, error=None):
-        self._send("set_status", status, error=error)
-
-
-def train_member(prepared: PreparedRun, queue, attempt: int, exit_after_epoch: int | None) -> int:
-    """Body of a Ray task: train one prepared run in its folder, records through the queue. Never opens the registry."""
-    from npuyolo.train.trainer import train_into
-    from npuyolo.ultra import stdout_to_stderr
-
-    def fault_hook(trainer) -> None:
-        def exit_now(t) -> None:
-            if t.epoch + 1 >= exit_after_epoch:
-                os._exit(1)
-
-        trainer.add_callback("on_fit_epoch_end", exit_now)  # after the registry callback: the epoch was sent
-
-    with stdout_to_stderr():
-        train_into(prepared.build, QueueSink(queue, prepared.run_id, attempt), f"run {prepared.run_id}",
-                   on_trainer=fault_hook if exit_after_epoch else None)
-    return prepared.run_id
-
-
-def worker_env() -> dict | None:
-    """Ray runtime_env so that workers import the same npuyolo as the driver (a source checkout on PYTHONPATH too)."""
-    src = str(Path(__file__).resolve().parents[2])  # the folder holding the npuyolo package
-    paths = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if src in paths:  # absolute: a worker's current folder is not the driver's
-        return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
-    return None
-
-
-def _fault_epoch() -> int | None:
-    value = os.environ.get(FAULT_ENV, "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else None
-
-
-class RayExecutor:
-    """Runs members as Ray tasks; the driver (this process) alone writes the registry."""
-
-    def __init__(self, options: RayOptions | None = None,
-                 on_progress: Callable[[list[MemberState]], None] | None = None):
-        self.options = options or RayOptions()
-        self.on_progress = on_progress
-
-    def _start(self, ray) -> bool:
-        """Connect (or start a local runtime); True when this call started it and must shut it down."""
-        if ray.is_initialized():
-            return False
-        try:
-            ray.init(address=self.options.address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False, runtime_env=worker_env())
-        except (ConnectionError, ValueError, RuntimeError) as e:
-            where = self.options.address or "a local runtime"
-            raise ExecutorError(f"Ray: cannot start or reach {where}: {' '.join(str(e).split())[:300]}") from e
-        return True
-
-    def _check_resources(self, ray) -> None:
-        total = ray.cluster_resources()
-        o = self.options
-        if o.cpus_per_member > total.get("CPU", 0):
-            raise ExecutorError(f"cpus_per_member {o.cpus_per_member:g}: the Ray cluster has {total.get('CPU', 0):g} CPUs", param="cpus_per_member")
-        if o.gpus_per_member > total.get("GPU", 0):
-            raise ExecutorError(f"gpus_per_member {o.gpus_per_member:g}: the Ray cluster has {total.get('GPU', 0):g} GPUs", param="gpus_per_member")
+    on_member: Callable[[str, str], None] | None = None  # told (variant, action) as each member starts
 
     def open(self) -> None:
-        """Start (or join) Ray and check it can hold one member; series call this before registering anything."""
-        if getattr(self, "_ray", None) is not None:
-            return
-        ray = require_ray()
-        self._started = self._start(ray)
-        self._ray = ray
-        try:
-            self._check_resources(ray)
-        except BaseException:
-            self.close()
-            raise
+        pass
 
     def close(self) -> None:
-        """Stop the local Ray runtime this executor started (one it found running is left as it was)."""
-        ray, self._ray = getattr(self, "_ray", None), None
-        if ray is not None and self._started:
-            ray.shutdown()
-
-    def run(self, jobs: list[MemberJob], registry, prepare_retry: Callable[[int], PreparedRun]) -> list[MemberState]:
-        """Train every job that is not `skip`; retry members whose worker died (from their last checkpoint)."""
-        self.open()
-        ray = self._ray
-        from ray.util.queue import Queue
-
-        try:
-            queue = Queue()
-            task = ray.remote(max_retries=0)(train_member)  # retries are the driver's: it re-claims the run first
-            return self._loop(ray, task, queue, jobs, registry, prepare_retry)
-        finally:
-            self.close()
-
-    def _loop(self, ray, task, queue, jobs, registry, prepare_retry) -> list[MemberState]:
-        o = self.options
-        states = [MemberState(j.variant, j.action, j.epochs, j.run_id, status="finished" if j.action == "skip" else "queued")
-                  for j in jobs]
-        todo = [(j, s) for j, s in zip(jobs, states) if j.action != "skip"]
-        in_flight: dict = {}  # ObjectRef -> MemberState
-        by_run: dict[int, MemberState] = {}
-        fault = _fault_epoch()
-        failures: list[str] = []
-
-        def dispatch(state: MemberState, prepared: PreparedRun) -> None:
-            state.run_id, state.status, state.error = prepared.run_id, "running", None
-            by_run[prepared.run_id] = state
-            state.epoch = len(registry.epochs(prepared.run_id))  # a resume keeps the checkpointed epochs
-            ref = task.options(num_cpus=o.cpus_per_member, num_gpus=o.gpus_per_member,
-                               name=f"npuyolo:{state.variant}").remote(
-                prepared, queue, state.attempt, fault if state.attempt == 0 else None)
-            in_flight[ref] = state
-
-        drain = _drainer(queue, registry, by_run)
-
-        def progress() -> None:
-            if self.on_progress:
-                self.on_progress(states)
-
-        try:
-            progress()
-            while todo or in_flight:
-                while todo and (o.max_parallel is None or len(in_flight) < o.max_parallel):
-                    job, state = todo.pop(0)
-                    dispatch(state, job.prepare())
-                    progress()
-                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
-                changed = drain()
-                for ref in ready:
-                    state = in_flight.pop(ref)
-                    drain()  # every record the task sent is in the queue before its result is
-                    try:
-                        ray.get(ref)
-                    except ray.exceptions.TaskCancelledError:
-                        self._close(registry, state, "interrupted", "cancelled")
-                    except ray.exceptions.RayTaskError as e:  # an exception in npuyolo/Ultralytics: recorded, not retried
-                        if state.status == "failed" and state.error:  # the worker's own one-line record
-                            message = state.error
-                        else:
-                            cause = getattr(e, "cause", None) or e
-                            message = " ".join(f"{type(cause).__name__}: {cause}".split())[:2000]
-                        if registry.get_run(state.run_id).status == "running":
-                            registry.set_status(state.run_id, "failed", error=message)
-                        state.status, state.error = "failed", message
-                        failures.append(f"{state.variant} (run {state.run_id}): {message[:300]}")
-                    except ray.exceptions.RayError as e:  # worker process or node gone: resume from the checkpoint
-                        self._close(registry, state, "interrupted", f"worker lost ({type(e).__name__}); attempt {state.attempt + 1}")
-                        progress()
-                        if state.attempt < o.max_retries:
-                            state.attempt += 1
-                            dispatch(state, prepare_retry(state.run_id))
-                        else:  # retries used up: the series did not finish, and the exit status must say so
-                            failures.append(f"{state.variant} (run {state.run_id}): worker lost {state.attempt + 1} time(s);"
-                                            " left interrupted, run the series again to continue")
-                    changed = True
-                if changed:
-                    progress()
-        except BaseException as e:
-            self._cancel(ray, registry, in_flight, drain, stop_reason(e))
-            progress()
-            raise
-        if failures:
-            raise ExecutorError(f"{len(failures)} member(s) failed: " + "; ".join(failures))
-        return states
-
-    def _close(self, registry, state: MemberState, status: str, error: str) -> None:
-        run = registry.get_run(state.run_id)
-        if run.status == "running":
-            registry.set_status(state.run_id, status, error=error)
-        state.status, state.error = registry.get_run(state.run_id).status, error
-
-    def _cancel(self, ray, registry, in_flight: dict, drain: Callable[[], bool], reason: str) -> None:
-        """Ctrl-C (or a driver error): stop every member, keep what they sent, mark the rest interrupted, saying why."""
-        refs = list(in_flight)
-        for ref in refs:
-            ray.cancel(ref)  # KeyboardInterrupt inside the task: Ultralytics stops, the worker reports `interrupted`
-        if refs:
-            ray.wait(refs, num_returns=len(refs), timeout=15)
-        try:
-            drain()
-        except Exception:  # the queue actor may be gone with the runtime; the registry is closed below regardless
-            pass
-        for ref in refs:
-            ray.cancel(ref, force=True)
-            state = in_flight[ref]
-            if registry.get_run(state.run_id).status == RunStatus.RUNNING:
-                registry.set_status(state.run_id, RunStatus.INTERRUPTED, error=reason)
-            state.status = registry.get_run(state.run_id).status
-
-
-def stop_reason(exc: BaseException) -> str:
-    """Why the members still running were stopped, as the run's error: Ctrl-C is the user's; anything else on the
-    driver is named as what it was (a driver bug must not read as the user's Ctrl-C)."""
-    if isinstance(exc, KeyboardInterrupt):
-        return "stopped by the user (Ctrl-C)"
-    text = (str(exc).strip().splitlines() or [""])[0][:300]
-    return f"stopped because the series driver failed ({type(exc).__name__}{': ' + text if text else ''})"
-
-
-# what ASHA compares at each rung: (Ultralytics metric key, mode); val_loss = box + cls + dfl validation loss
-ASHA_METRICS = {"map50_95": ("metrics/mAP50-95(B)", "max"), "map50": ("metrics/mAP50(B)", "max"), "val_loss": (None, "min")}
-
-
-def _metric(trainer, metric: str) -> float:
-    m = trainer.metrics or {}
-    if metric == "val_loss":
-        return float(sum(m.get(f"val/{k}_loss", 0.0) for k in ("box", "cls", "dfl")))
-    return float(m.get(ASHA_METRICS[metric][0], 0.0))
-
-
-class _ScheduledSink(RecordSink):
-    """Passes records on; a run the scheduler stopped before its budget ends `stopped`, not `finished`."""
-
-    def __init__(self, sink: RecordSink, budget: int, metric: str):
-        self.sink, self.budget, self.metric = sink, budget, metric
-        self.stopped_at: int | None = None
-
-    def record_epoch(self, epoch, extra=None, **row):
-        self.sink.record_epoch(epoch, extra=extra, **row)
-
-    def update_run(self, **fields):
-        self.sink.update_run(**fields)
-
-    def add_artifact(self, kind, path, meta=None):
-        self.sink.add_artifact(kind, path, meta)
-
-    def set_status(self, status, error=None):
-        if status == "finished" and self.stopped_at is not None and self.stopped_at < self.budget:
-            status, error = "stopped", f"stopped early by ASHA after epoch {self.stopped_at} of {self.budget} ({self.metric} behind)"
-        self.sink.set_status(status, error=error)
-
-
-def tune_member(config: dict, queue=None, prepared: dict | None = None, metric: str = "map50_95") -> None:
-    """Body of a Ray Tune trial: like `train_member`, and each trained epoch is also reported to Tune's scheduler.
-
-    When the scheduler stops the trial, `tune.report` raises SystemExit in this thread; the trainer is told to stop
-    after this epoch instead, so it ends as Ultralytics ends any run (final validation of best.pt, checkpoints closed).
-    """
-    from ray import tune
-
-    from npuyolo.train.trainer import train_into
-    from npuyolo.ultra import stdout_to_stderr
-
-    run = prepared[config["member"]]
-    sink = _ScheduledSink(QueueSink(queue, run.run_id, 0), int(run.recipe.epochs), metric)
-
-    def report_epochs(trainer) -> None:
-        trained = {"pending": False}
-
-        def mark(t) -> None:
-            trained["pending"] = True
-
-        def report(t) -> None:  # after the registry callback: the epoch is on its way to the driver first
-            if trained["pending"]:
-                trained["pending"] = False
-                try:
-                    tune.report({"score": _metric(t, metric), "epoch": t.epoch + 1})
-                except SystemExit:  # Tune's way of saying "stop this trial"
-                    sink.stopped_at, t.stop = t.epoch + 1, True
-
-        trainer.add_callback("on_train_epoch_end", mark)
-        trainer.add_callback("on_fit_epoch_end", report)
-
-    with stdout_to_stderr():
-        train_into(run.build, sink, f"run {run.run_id}", on_trainer=report_epochs)
-
-
-class AshaExecutor(RayExecutor):
-    """Members as Ray Tune trials under ASHA: all start, the weak ones are stopped at a rung (after `grace_epochs`,
-    then at grace x reduction_factor^k epochs) and recorded `stopped` with the epochs they reached.
-
-    Ultralytics' own tuner does the same (`model.tune(use_ray=True)`); here each trial is a registered run whose
-    records flow to the driver as with `RayExecutor`. A trial whose worker dies is recorded `interrupted` (no retry).
-    """
-
-    def __init__(self, options: RayOptions | None = None, grace_epochs: int = 1, metric: str = "map50_95",
-                 reduction_factor: int = 2, on_progress: Callable[[list[MemberState]], None] | None = None):
-        super().__init__(options, on_progress)
-        if grace_epochs < 1:
-            raise ExecutorError("grace_epochs must be at least 1", param="grace_epochs")
-        if metric not in ASHA_METRICS:
-            raise ExecutorError(f"asha_metric must be one of {', '.join(ASHA_METRICS)}, got {metric!r}", param="asha_metric")
-        if reduction_factor < 2:
-            raise ExecutorError("the ASHA reduction factor must be at least 2")
-        self.grace_epochs, self.metric, self.reduction_factor = grace_epochs, metric, reduction_factor
+        pass
 
     def run(self, jobs: list[MemberJob], registry, prepare_retry=None) -> list[MemberState]:
-        import threading
-
-        self.open()
-        ray = self._ray
-        from ray import tune
-        from ray.tune.schedulers import ASHAScheduler
-        from ray.util.queue import Queue
-
-        o = self.options
-        states = [MemberState(j.variant, j.action, j.epochs, j.run_id, status="finished" if j.action == "skip" else "queued")
-                  for j in jobs]
-        todo = [(j, s) for j, s in zip(jobs, states) if j.action != "skip"]
-        if not todo:
-            self.close()
-            return states
-        by_run: dict[int, MemberState] = {}
-        prepared: dict[str, PreparedRun] = {}
-        members: dict[str, MemberState] = {}
-        try:
-            queue = Queue()
-            for i, (job, state) in enumerate(todo):
-                run = job.prepare()
-                prepared[str(i)], members[str(i)] = run, state
-                state.run_id, state.status = run.run_id, "running"
-                state.epoch = len(registry.epochs(run.run_id))
-                by_run[run.run_id] = state
-            drain = _drainer(queue, registry, by_run)
-            budget = max(s.epochs for s in members.values())
-            # max_t one past the budget: a trial that trains its whole budget ends by returning (final validation,
-            # artefacts, `finished`), never by the scheduler stopping it at its last epoch
-            # rungs count trained epochs (reported "epoch"), so a candidate resumed from its checkpoint keeps its place
-            scheduler = ASHAScheduler(time_attr="epoch", metric="score", mode=ASHA_METRICS[self.metric][1],
-                                      max_t=budget + 1, grace_period=min(self.grace_epochs, budget),
-                                      reduction_factor=self.reduction_factor)
-            trainable = tune.with_resources(tune.with_parameters(tune_member, queue=queue, prepared=prepared, metric=self.metric),
-                                            {"cpu": o.cpus_per_member, "gpu": o.gpus_per_member})
-            tuner = tune.Tuner(
-                trainable, param_space={"member": tune.grid_search(list(prepared))},
-                tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=o.max_parallel, reuse_actors=False),
-                run_config=tune.RunConfig(name=f"asha-{'-'.join(str(r.run_id) for r in prepared.values())}",
-                                          storage_path=str(registry.root / "tune"), verbose=0,
-                                          failure_config=tune.FailureConfig(max_failures=0)))
-            outcome: dict = {}
-
-            def fit() -> None:
-                try:
-                    outcome["grid"] = tuner.fit()
-                except BaseException as e:  # re-raised in the driver's thread below
-                    outcome["error"] = e
-
-            thread = threading.Thread(target=fit, name="npuyolo-asha", daemon=True)
-            thread.start()
-            if self.on_progress:
-                self.on_progress(states)
-            while thread.is_alive():
-                thread.join(0.5)
-                if drain() and self.on_progress:
-                    self.on_progress(states)
-            drain()
-            if "error" in outcome:
-                raise outcome["error"]
-            for result in outcome["grid"]:
-                self._close_trial(registry, members[result.config["member"]], result.error)
-        except BaseException as e:
-            for state in members.values():
-                if registry.get_run(state.run_id).status == RunStatus.RUNNING:
-                    registry.set_status(state.run_id, RunStatus.INTERRUPTED, error=stop_reason(e))
-                state.status = registry.get_run(state.run_id).status
-            raise
-        finally:
-            self.close()
-        if self.on_progress:
-            self.on_progress(states)
+        states = []
+        for job in jobs:
+            state = MemberState(job.variant, job.action, job.epochs, job.run_id)
+            states.append(state)
+            if self.on_member:
+                self.on_member(job.variant, job.action)
+            if job.action == "skip":
+                state.status = registry.get_run(job.run_id).status if job.run_id is not None else "finished"
+                continue
+            prepared = job.prepare()
+            state.run_id = prepared.run_id
+            result = run_prepared(prepared, registry)
+            state.status = str(result.status)
         return states
 
-    def _close_trial(self, registry, state: MemberState, error) -> None:
-        """A trial the worker did not close itself: stopped by ASHA (no error) or lost (error)."""
-        run = registry.get_run(state.run_id)
-        if run.status != "running":
-            state.status = run.status
-            return
-        if error is not None:
-            registry.set_status(state.run_id, "interrupted", error=" ".join(f"worker lost: {error}".split())[:2000])
-        else:
-            reached = len(registry.epochs(state.run_id))
-            wdir = Path(run.save_dir) / "weights"
-            for kind in ("best", "last"):  # what it had trained stays usable (resume, export)
-                if (wdir / f"{kind}.pt").exists():
-                    registry.add_artifact(state.run_id, f"weights/{kind}", wdir / f"{kind}.pt")
-            registry.set_status(state.run_id, "stopped",
-                                error=f"stopped early by ASHA after epoch {reached} of {state.epochs} ({self.metric} behind)")
-        state.status = registry.get_run(state.run_id).status
 
-
-def _drainer(queue, registry, by_run: dict[int, MemberState]) -> Callable[[], bool]:
-    """A function that applies every queued worker record to the registry (and the progress states)."""
-
-    def drain() -> bool:
-        n = queue.size()
-        items = queue.get_nowait_batch(n) if n else []
-        for run_id, attempt, op, args, kwargs in items:
-            state = by_run.get(run_id)
-            if state is None or attempt != state.attempt:
-                continue  # a late record of a dead attempt: its run was re-claimed since
-            getattr(RegistrySink(registry, run_id), op)(*args, **kwargs)
-            if op == "record_epoch":
-                state.epoch, state.map50 = args[0], kwargs.get("map50")
-                if kwargs.get("epoch_time_s"):
-                    state.epoch_times.append(kwargs["epoch_time_s"])
-            elif op == "set_status":
-                state.status, state.error = args[0], kwargs.get("error")
-        return bool(items)
-
-    return drain
+EXECUTORS = ("local", "ray")
 
 
 def make_executor(kind: str = "local", on_progress: Callable[[list[MemberState]], None] | None = None,
                   scheduler: str | None = None, grace_epochs: int = 1, asha_metric: str = "map50_95",
-                  **options) -> RayExecutor | None:
-    """None for `local` (members train in this process); a RayExecutor for `ray` (an AshaExecutor with
-    `scheduler="asha"`), checked before anything is registered."""
+                  **options) -> Executor:
+    """A LocalExecutor for `local` (members train in this process, one after another); a RayExecutor for `ray` (an
+    AshaExecutor with `scheduler="asha"`), checked before anything is registered."""
     if scheduler not in (None, "asha"):
         raise ExecutorError(f"scheduler must be asha, got {scheduler!r}", param="scheduler")
     if scheduler and kind != "ray":
-        raise ExecutorError("scheduler asha needs --executor ray", param="scheduler")
+        raise ExecutorError("scheduler asha needs `executor` ray", param="scheduler")
     if kind not in EXECUTORS:
         raise ExecutorError(f"executor must be one of {', '.join(EXECUTORS)}, got {kind!r}", param="executor")
     if kind == "local":
         if options:
-            flags = ", ".join("--" + k.replace("_", "-") for k in sorted(options))
-            raise ExecutorError(f"{flags} need --executor ray")
-        return None
+            names = ", ".join(f"`{k}`" for k in sorted(options))
+            raise ExecutorError(f"{names} need `executor` ray")
+        return LocalExecutor()
     require_ray()
     unknown = set(options) - set(RayOptions.__dataclass_fields__)
     if unknown:
@@ -536,24 +90,3 @@ def make_executor(kind: str = "local", on_progress: Callable[[list[MemberState]]
         return AshaExecutor(RayOptions(**options), grace_epochs=grace_epochs, metric=asha_metric, on_progress=on_progress)
     return RayExecutor(RayOptions(**options), on_progress=on_progress)
 
-
-def progress_table(states: list[MemberState], title: str):
-    """The live table of members (Rich), one row each: epoch, mAP50, ETA, status."""
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=Text(title))
-    for col in ("member", "run", "epoch", "mAP50", "ETA", "status"):
-        table.add_column(Text(col))
-    colours = {"finished": "green", "running": "cyan", "failed": "red", "interrupted": "yellow"}
-    for s in states:
-        eta = s.eta_s
-        table.add_row(Text(s.variant), Text("-" if s.run_id is None else str(s.run_id)), Text(f"{s.epoch}/{s.epochs}"),
-                      Text("-" if s.map50 is None else f"{s.map50:.3f}"),
-                      Text("-" if eta is None else f"{eta:.0f} s"),
-                      Text(s.status + (f" (retry {s.attempt})" if s.attempt else ""), style=colours.get(s.status, "")))
-    return table
-
-
-__all__ = ["ASHA_METRICS", "AshaExecutor", "EXECUTORS", "FAULT_ENV", "ExecutorError", "MemberJob", "MemberState", "RayExecutor", "RayOptions", "make_executor",
-           "progress_table", "require_ray", "train_member", "worker_env"]

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pydantic import ValidationError
-
-from npuyolo.registry.db import Registry
+from npuyolo.registry.db import NameTakenError, Registry, RegistryError
+from npuyolo.train.executors import Executor, LocalExecutor
+from npuyolo.train.members import MemberJob
 from npuyolo.train.recipe import Recipe, RecipeError, load_mapping, refuse_unnamed_keys, validation_message
+from npuyolo.train.trainer import close_if_trained, prepare_resume, prepare_variant
 from npuyolo.variants.spec import parse_variant
-
-if TYPE_CHECKING:  # Ray stays out of core imports
-    from npuyolo.train.executors import RayExecutor
 
 RANK_METRICS = ("map50", "map50_95", "precision", "recall")
 
@@ -51,36 +48,33 @@ class SeriesSpec(BaseModel):
 
 
 def run_series(spec: SeriesSpec, registry: Registry, on_member: Callable[[str, str], None] | None = None,
-               verbose: bool = True, executor: RayExecutor | None = None) -> list[dict]:
+               verbose: bool = True, executor: Executor | None = None) -> list[dict]:
     """Train each member; finished members are skipped, interrupted or failed ones resumed.
 
-    `executor` None trains here, one member after another; a `RayExecutor` trains them as Ray tasks while this
-    process alone writes the registry. Either way a re-run continues where the last one stopped.
+    `executor`: a `LocalExecutor` (None: one, told `on_member`) trains here, one member after another; a
+    `RayExecutor` trains them as Ray tasks while this process alone writes the registry. Either way a re-run continues
+    where the last one stopped.
     """
     recipe = spec.resolved_recipe()
-    if executor is not None:
-        executor.open()  # Ray up and large enough before anything is registered
-        try:
-            return _run_series(spec, recipe, registry, on_member, verbose, executor)
-        finally:
-            executor.close()
-    return _run_series(spec, recipe, registry, on_member, verbose, None)
-
-
-def _run_series(spec, recipe, registry, on_member, verbose, executor) -> list[dict]:
-    """`_train_members`; a member's run name taken meanwhile means another `series run` of this series is training it."""
-    from npuyolo.registry.db import NameTakenError, RegistryError
-
+    if executor is None:
+        executor = LocalExecutor(on_member=on_member)
+    executor.open()  # Ray up and large enough before anything is registered
     try:
-        return _train_members(spec, recipe, registry, on_member, verbose, executor)
+        return _run_series(spec, recipe, registry, verbose, executor)
+    finally:
+        executor.close()
+
+
+def _run_series(spec, recipe, registry, verbose, executor) -> list[dict]:
+    """`_train_members`; a member's run name taken meanwhile means another `series run` of this series is training it."""
+    try:
+        return _train_members(spec, recipe, registry, verbose, executor)
     except NameTakenError as e:
         raise RegistryError(f"series {spec.name}: member run {e.name!r} was just created by another run of this series "
-                          "(two at once?); run it again once that one ends, and it continues where it stopped") from None
+                            "(two at once?); run it again once that one ends, and it continues where it stopped") from None
 
 
-def _train_members(spec, recipe, registry, on_member, verbose, executor) -> list[dict]:
-    from npuyolo.train.trainer import close_if_trained, prepare_resume, resume_run, train_variant
-
+def _train_members(spec, recipe, registry, verbose, executor) -> list[dict]:
     registry.upsert_series(spec.name, {**spec.model_dump(), "recipe_resolved": recipe.model_dump()})
     members = {m["variant"]: m for m in registry.series(spec.name)["members"]}
     jobs = []
@@ -94,32 +88,20 @@ def _train_members(spec, recipe, registry, on_member, verbose, executor) -> list
             action = "resume"
         else:
             action = "train"
-        if executor is not None:
-            jobs.append(_job(spec, recipe, registry, variant, action, member["run_id"]))
-            continue
-        if on_member:
-            on_member(variant, action)
-        if action == "resume":
-            resume_run(member["run_id"], registry, verbose=verbose)
-        elif action == "train":
-            train_variant(variant, spec.data, recipe, registry, name=f"{spec.name}-{variant}",
-                                   series=spec.name, verbose=verbose, on_created=lambda rid, v=variant: registry.set_series_member(spec.name, v, rid))
-    if executor is not None:
-        executor.run(jobs, registry, prepare_retry=lambda run_id: prepare_resume(run_id, registry, verbose=False))
+        jobs.append(_job(spec, recipe, registry, variant, action, member["run_id"], verbose))
+    executor.run(jobs, registry, prepare_retry=lambda run_id: prepare_resume(run_id, registry, verbose=False))
     return rank_series(spec.name, registry)
 
 
-def _job(spec: SeriesSpec, recipe: Recipe, registry: Registry, variant: str, action: str, run_id: int | None):
+def _job(spec: SeriesSpec, recipe: Recipe, registry: Registry, variant: str, action: str, run_id: int | None,
+         verbose: bool = False) -> MemberJob:
     """A member for an executor: its run is registered (or re-claimed) on this process when it is dispatched."""
-    from npuyolo.train.executors import MemberJob
-    from npuyolo.train.trainer import prepare_resume, prepare_variant
-
     if action == "resume":
-        prepare = lambda: prepare_resume(run_id, registry, verbose=False)  # noqa: E731
+        prepare = lambda: prepare_resume(run_id, registry, verbose=verbose)  # noqa: E731
         epochs = Recipe(**registry.get_run(run_id).recipe).epochs
     else:
         prepare = lambda: prepare_variant(variant, spec.data, recipe, registry, name=f"{spec.name}-{variant}",  # noqa: E731
-                                          series=spec.name, verbose=False,
+                                          series=spec.name, verbose=verbose,
                                           on_created=lambda rid: registry.set_series_member(spec.name, variant, rid))
         epochs = recipe.epochs
     return MemberJob(variant, action, prepare, epochs, run_id)

@@ -1,327 +1,52 @@
-"""Training on Ultralytics' own trainer (subclassed, not forked), with every epoch written to the registry."""
+"""A run's lifecycle: prepare it in the registry (folder claimed, model YAML written), train it through the glue
+(`train.glue`) into its records (`train.records`), close it whatever happens, resume it. The names the glue and the
+records modules define are re-exported here for callers of the old single module."""
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import os
-import platform
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
-import torch
 import yaml
 
 from npuyolo.data.check import check_dataset
 from npuyolo.errors import USER_OS_ERRNOS, CheckpointError, NpuyoloError
 from npuyolo.paths import slug, write_text
 from npuyolo.registry.db import Registry, RegistryError, RunRecord, validate_run_name
+from npuyolo.registry.schema import RunStatus
+from npuyolo.train.glue import (
+    NpuyoloTrainer,
+    attach_records,
+    keep_previous,
+    trainer_for,
+    with_teacher,
+)
 from npuyolo.train.recipe import Recipe
-from npuyolo.ultra import DetectionTrainer, intersect_dicts
-from npuyolo.variants.build import build_model, model_yaml
-from npuyolo.variants.checkpoint import is_pruned, read_checkpoint, trust_npuyolo_classes
+from npuyolo.train.records import (
+    PREVIOUS,
+    RecordSink,
+    RegistrySink,
+    finish_run,
+    record_trackers,
+    software_versions,
+)
+from npuyolo.variants.build import model_yaml
+from npuyolo.variants.checkpoint import read_checkpoint, trust_npuyolo_classes
 from npuyolo.variants.spec import parse_variant
-from npuyolo.yamlfile import load_yaml
 
-PREVIOUS = "last.prev.pt"  # the checkpoint before last.pt, kept while a run trains
+__all__ = ["PREVIOUS", "PreparedRun", "RecordSink", "RegistrySink", "RunResult", "TrainError", "close_if_trained",
+           "keep_previous", "preflight", "prepare_resume", "prepare_variant", "record_trackers", "resume_run", "run_prepared", "train_into",
+           "train_variant", "trainer_for"]
+
 # OS errors a user fixes (space, permissions, read-only media): one line, and the run is recorded failed with it
 _USER_OS_ERRORS = USER_OS_ERRNOS
 
 
 class TrainError(NpuyoloError, RuntimeError):
     """A run that cannot start or continue (bad resume target, missing checkpoint...)."""
-
-
-TRACKER_MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wb", "clearml": "clearml", "comet": "comet",
-                   "dvc": "dvc", "neptune": "neptune", "raytune": "raytune", "platform": "platform"}
-
-
-class NpuyoloTrainer(DetectionTrainer):
-    """DetectionTrainer that builds npuyolo variants (YAML edits + module transforms) and counts transfers.
-
-    Ultralytics adds tracker callbacks (W&B, ClearML, Comet, MLflow, TensorBoard...) whenever their package is
-    installed and its setting is on; npuyolo keeps only the trackers the recipe names (`trackers:`), so nothing
-    reports anywhere unless the user asked for it.
-    """
-
-    transferred: tuple[int, int] | None = None
-    trackers: tuple[str, ...] = ()
-
-    def drop_unrequested_trackers(self) -> None:
-        allowed = {f"ultralytics.utils.callbacks.{TRACKER_MODULES[t]}" for t in self.trackers}
-        for event, funcs in self.callbacks.items():
-            self.callbacks[event] = [f for f in funcs if not _is_tracker(f) or getattr(f, "__module__", "") in allowed]
-
-
-    def get_model(self, cfg=None, weights=None, verbose=True):
-        source = ((weights.get("ema") or weights["model"]) if isinstance(weights, dict) else weights) if weights else None
-        if source is not None and is_pruned(source):
-            # a pruned model is its own architecture: fine-tune the module itself, not a rebuild from YAML
-            model = self.set_model_names_for_load(copy.deepcopy(source).float())
-            n = len(model.state_dict())
-            self.transferred = (n, n)
-            return model
-        if isinstance(cfg, (str, Path)):
-            cfg = load_yaml(cfg)  # the run folder's model YAML: bounded like every YAML npuyolo reads
-        names = list(self.data["names"].values()) if isinstance(self.data["names"], dict) else list(self.data["names"])
-        model = build_model(cfg, nc=self.data["nc"], names=names, verbose=False)
-        model = self.set_model_names_for_load(model)
-        if source is not None:
-            model.load(weights, verbose=verbose)
-            sd = model.state_dict()
-            self.transferred = (len(intersect_dicts(source.float().state_dict(), sd)), len(sd))
-        return model
-
-    def save_model(self):
-        """Ultralytics' checkpoints, written atomically; the previous last.pt is kept as last.prev.pt.
-
-        A process killed mid-write leaves only a `.partial` file; last.pt is always a complete checkpoint.
-        """
-        final_last, final_best = self.last, self.best
-        tmp_last, tmp_best = (p.with_name(f".{p.name}.partial") for p in (final_last, final_best))
-        self.last, self.best = tmp_last, tmp_best
-        try:
-            saved = super().save_model()
-        finally:
-            self.last, self.best = final_last, final_best
-        if tmp_last.exists():
-            if final_last.exists():
-                keep_previous(final_last)
-            os.replace(tmp_last, final_last)
-        if tmp_best.exists():
-            os.replace(tmp_best, final_best)
-        return saved
-
-
-_ultralytics_add_integration_callbacks = None  # Ultralytics' own function, wrapped below
-
-
-def _install_tracker_filter() -> None:
-    """Filter right where Ultralytics adds its tracker callbacks, before `on_pretrain_routine_start` (where W&B,
-    ClearML... open their runs) fires. Other Ultralytics trainers in the process are left exactly as they were."""
-    global _ultralytics_add_integration_callbacks
-    import ultralytics.utils.callbacks as package
-    import ultralytics.utils.callbacks.base as base
-
-    if getattr(base.add_integration_callbacks, "npuyolo_filter", False):
-        return
-    _ultralytics_add_integration_callbacks = base.add_integration_callbacks
-    package_name = package.__name__
-
-    def add_integration_callbacks(instance):
-        if not isinstance(instance, NpuyoloTrainer):
-            return _ultralytics_add_integration_callbacks(instance)
-        # trackers the recipe did not name are not even imported (Ray Tune's, for one, would import all of Ray)
-        allowed = {f".{TRACKER_MODULES[t]}" for t in instance.trackers}
-        real_import = base.import_module
-
-        def import_requested(name, package=None):
-            if package == package_name and name.lstrip(".") in TRACKER_MODULES.values() and name not in allowed:
-                return SimpleNamespace(callbacks={})
-            return real_import(name, package)
-
-        base.import_module = import_requested
-        try:
-            _ultralytics_add_integration_callbacks(instance)
-        finally:
-            base.import_module = real_import
-        instance.drop_unrequested_trackers()
-
-    add_integration_callbacks.npuyolo_filter = True
-    base.add_integration_callbacks = package.add_integration_callbacks = add_integration_callbacks
-
-
-_install_tracker_filter()
-
-
-def _is_tracker(func) -> bool:
-    module = getattr(func, "__module__", "") or ""
-    return module.startswith("ultralytics.utils.callbacks.") and module.rsplit(".", 1)[-1] in TRACKER_MODULES.values()
-
-
-def keep_previous(last: Path) -> None:
-    """last.pt -> last.prev.pt without a moment where last.pt is missing (hard link, or a copy where links fail)."""
-    prev, staged = last.with_name(PREVIOUS), last.with_name(f".{PREVIOUS}.partial")
-    staged.unlink(missing_ok=True)
-    try:
-        os.link(last, staged)
-    except OSError:
-        shutil.copyfile(last, staged)
-    os.replace(staged, prev)
-
-
-class NpuyoloDistillTrainer(NpuyoloTrainer):
-    """Trains the student with Ultralytics' distillation loop, using npuyolo's logit + feature KD model."""
-
-    kd: dict = {}
-
-    def _wrap(self) -> None:
-        from npuyolo.train.kd import KDDistillationModel
-        from npuyolo.ultra import DistillationModel, unwrap_model
-
-        model = unwrap_model(self.model)
-        if isinstance(model, KDDistillationModel) or not self.args.distill_model:
-            return
-        projector = None
-        if isinstance(model, DistillationModel):  # resumed: Ultralytics rebuilt its own class around our weights
-            projector = model.projector.state_dict()
-            teacher, student = model.teacher_model, model.student_model
-        else:
-            teacher, student = self.args.distill_model, model
-        student.args = self.args
-        self.model = KDDistillationModel(teacher_model=teacher, student_model=student, **self.kd)
-        if projector is not None:
-            self.model.projector.load_state_dict(projector)
-
-    def setup_model(self):
-        ckpt = super().setup_model()
-        if ckpt is not None:  # resume: rebuild our class around the checkpoint's student
-            self._wrap()
-        return ckpt
-
-    def set_model_attributes(self):
-        super().set_model_attributes()
-        self._wrap()
-
-
-def distill_trainer(kd: dict) -> type[NpuyoloDistillTrainer]:
-    return type("BoundDistillTrainer", (NpuyoloDistillTrainer,), {"kd": dict(kd)})
-
-
-class AnnealMixin:
-    """Sets the LeakyReLU slope of the annealed positions at the start of every epoch (model and EMA alike).
-
-    While the slope is above 0 no best.pt is kept (and early stopping does not count), so the run's best
-    weights always come from the pure-ReLU epochs. The slope is a function of the epoch, so a resume
-    continues the schedule where it stopped.
-    """
-
-    schedule = None  # AnnealSchedule, bound by anneal_trainer()
-    act_slope: float | None = None
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.add_callback("on_train_epoch_start", AnnealMixin._apply_slope)
-
-    @staticmethod
-    def _apply_slope(trainer) -> None:
-        from npuyolo.train.anneal import set_slope
-        from npuyolo.ultra import unwrap_model
-
-        trainer.act_slope = trainer.schedule.slope_at(trainer.epoch + 1)
-        for model in (unwrap_model(trainer.model), trainer.ema.ema if trainer.ema else None):
-            if model is not None:
-                set_slope(getattr(model, "student_model", model), trainer.act_slope)
-
-    def validate(self):
-        metrics, fitness = super().validate()
-        if self.act_slope:  # still annealing: this is not a ReLU model yet
-            self.best_fitness = None
-            self.stopper.best_fitness, self.stopper.best_epoch = 0.0, self.epoch + 1
-        return metrics, fitness
-
-    def epoch_extra(self) -> dict:
-        return {"act_slope": self.act_slope} if self.act_slope is not None else {}
-
-
-def anneal_trainer(base: type[NpuyoloTrainer], schedule) -> type[NpuyoloTrainer]:
-    return type(f"Annealed{base.__name__}", (AnnealMixin, base), {"schedule": schedule})
-
-
-def software_versions() -> dict[str, str]:
-    """Versions from the modules themselves (importlib.metadata scans site-packages: ~1.5 s here)."""
-    import importlib
-
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for module in ("npuyolo", "ultralytics", "onnx", "onnxruntime", "numpy"):
-        try:
-            versions[module] = importlib.import_module(module).__version__
-        except (ImportError, AttributeError):
-            pass
-    return versions
-
-
-def _epoch_row(trainer: DetectionTrainer) -> dict:
-    losses = trainer.label_loss_items(trainer.tloss, prefix="train")
-    m = trainer.metrics or {}
-    return {
-        "box_loss": losses.get("train/box_loss"),
-        "cls_loss": losses.get("train/cls_loss"),
-        "dfl_loss": losses.get("train/dfl_loss"),
-        "precision": m.get("metrics/precision(B)"),
-        "recall": m.get("metrics/recall(B)"),
-        "map50": m.get("metrics/mAP50(B)"),
-        "map50_95": m.get("metrics/mAP50-95(B)"),
-        "lr": next(iter(trainer.lr.values())) if trainer.lr else None,
-        "epoch_time_s": getattr(trainer, "epoch_time", None),
-    }
-
-
-class RecordSink:
-    """Where a training process sends what the registry keeps about its run: epochs, run fields, artefacts, status.
-
-    Local runs write straight into the registry (`RegistrySink`); a run trained by a Ray worker sends the same
-    calls back to the driver (`npuyolo.train.executors`), which alone opens the registry.
-    """
-
-    def record_epoch(self, epoch: int, extra: dict | None = None, **row: float | None) -> None: ...
-    def update_run(self, **fields) -> None: ...
-    def add_artifact(self, kind: str, path: str | Path, meta: dict | None = None) -> None: ...
-    def set_status(self, status: str, error: str | None = None) -> None: ...
-
-
-class RegistrySink(RecordSink):
-    """The registry itself, for one run: every call is one transaction, as before."""
-
-    def __init__(self, registry: Registry, run_id: int):
-        self.registry, self.run_id = registry, run_id
-
-    def record_epoch(self, epoch, extra=None, **row):
-        self.registry.record_epoch(self.run_id, epoch, extra=extra, **row)
-
-    def update_run(self, **fields):
-        self.registry.update_run(self.run_id, **fields)
-
-    def add_artifact(self, kind, path, meta=None):
-        self.registry.add_artifact(self.run_id, kind, path, meta)
-
-    def set_status(self, status, error=None):
-        self.registry.set_status(self.run_id, status, error=error)
-
-
-def _attach_registry(trainer: NpuyoloTrainer, sink: RecordSink) -> None:
-    trained = {"pending": False}
-
-    def on_train_epoch_end(t: DetectionTrainer) -> None:
-        trained["pending"] = True
-
-    def on_fit_epoch_end(t: DetectionTrainer) -> None:
-        row = {k: (float(v) if v is not None else None) for k, v in _epoch_row(t).items()}
-        if trained["pending"]:
-            # runs after last.pt is saved, so every recorded epoch is also in the checkpoint a resume starts from
-            extra = {k.split("/", 1)[1]: v for k, v in t.label_loss_items(t.tloss, prefix="train").items()
-                     if k not in ("train/box_loss", "train/cls_loss", "train/dfl_loss")} if t.tloss else {}
-            extra.update(t.epoch_extra() if hasattr(t, "epoch_extra") else {})
-            sink.record_epoch(t.epoch + 1, extra=extra or None, **row)
-            trained["pending"] = False
-        else:  # Ultralytics' final_eval: validation of best.pt after the last epoch
-            best = {k: row[k] for k in ("precision", "recall", "map50", "map50_95")}
-            sink.update_run(best_json=json.dumps({"weights": str(t.best), **best}))
-
-    def on_pretrain_routine_end(t: NpuyoloTrainer) -> None:
-        # t.amp is what Ultralytics trains with, after its (here offline) AMP check: recorded, not assumed
-        fields = {"device": str(t.device), "save_dir": str(t.save_dir), "amp": int(bool(getattr(t, "amp", False)))}
-        if t.transferred:
-            fields["weights_transferred"] = f"{t.transferred[0]}/{t.transferred[1]}"
-        sink.update_run(**fields)
-
-    trainer.add_callback("on_train_epoch_end", on_train_epoch_end)
-    trainer.add_callback("on_fit_epoch_end", on_fit_epoch_end)
-    trainer.add_callback("on_pretrain_routine_end", on_pretrain_routine_end)
 
 
 def model_yaml_path(save_dir: Path, scale: str, variant: str) -> Path:
@@ -340,9 +65,8 @@ class RunResult:
 def preflight(overrides: dict) -> None:
     """Catch what Ultralytics would reject while building its trainer (unknown keys, absent devices) before a run exists."""
     from ultralytics.cfg import get_cfg
-    from ultralytics.utils.torch_utils import select_device
-
     from ultralytics.utils import LOGGER
+    from ultralytics.utils.torch_utils import select_device
 
     level = LOGGER.level
     LOGGER.setLevel(logging.ERROR)  # Ultralytics logs its banner and a copy of the message before raising: one line only
@@ -366,30 +90,29 @@ def train_into(build: Callable[[], NpuyoloTrainer], sink: RecordSink, label: str
     trust_npuyolo_classes()  # Ultralytics' own loads (resume, teacher, pretrained) may meet npuyolo modules
     try:
         trainer = build()
-        _attach_registry(trainer, sink)
+        attach_records(trainer, sink)
         if on_trainer:
             on_trainer(trainer)
         trainer.train()
     except KeyboardInterrupt:
-        sink.set_status("interrupted", error="stopped by the user (Ctrl-C)")
+        sink.set_status(RunStatus.INTERRUPTED, error="stopped by the user (Ctrl-C)")
         raise
     except BaseException as e:
         message = " ".join(f"{type(e).__name__}: {e}".split())[:2000]
-        sink.set_status("failed", error=message)
+        sink.set_status(RunStatus.FAILED, error=message)
         if isinstance(e, OSError) and e.errno in _USER_OS_ERRORS:
             raise TrainError(f"{label} failed: {e}") from e
         raise
-    wdir = Path(trainer.save_dir) / "weights"
     if not Path(trainer.save_dir).is_dir():  # deleted while it trained: nothing on disk to call finished
-        sink.set_status("failed", error=f"the run's folder {trainer.save_dir} was deleted while it trained")
+        sink.set_status(RunStatus.FAILED, error=f"the run's folder {trainer.save_dir} was deleted while it trained")
         raise TrainError(f"{label} failed: its folder {trainer.save_dir} was deleted while it trained; nothing was kept")
-    for kind in ("best", "last"):
-        if (wdir / f"{kind}.pt").exists():
-            sink.add_artifact(f"weights/{kind}", wdir / f"{kind}.pt")
-    (wdir / PREVIOUS).unlink(missing_ok=True)  # only needed while the run could still be resumed
-    sink_trackers(sink, trainer)
-    sink.set_status("finished")
+    finish_run(sink, trainer.save_dir, trainer=trainer)
     return Path(trainer.save_dir)
+
+
+def run_prepared(prepared: PreparedRun, registry: Registry) -> RunResult:
+    """Train a prepared run in this process, writing straight into the registry."""
+    return _run_trainer(prepared.build, registry, prepared.run_id)
 
 
 def _run_trainer(build: Callable[[], NpuyoloTrainer], registry: Registry, run_id: int) -> RunResult:
@@ -399,27 +122,6 @@ def _run_trainer(build: Callable[[], NpuyoloTrainer], registry: Registry, run_id
         raise TrainError(f"run {run_id}: the registry {registry.path} was deleted while it trained; nothing was recorded")
     run = registry.get_run(run_id)
     return RunResult(run_id, run.name, run.status, save_dir)
-
-
-def record_trackers(registry: Registry, run_id: int, trainer) -> None:
-    sink_trackers(RegistrySink(registry, run_id), trainer)
-
-
-def sink_trackers(sink: RecordSink, trainer) -> None:
-    """Where the trackers the recipe named put this run: TensorBoard's log folder, MLflow's run id and URI."""
-    trackers = getattr(trainer, "trackers", ()) or ()
-    if "tensorboard" in trackers:
-        sink.add_artifact("tracker/tensorboard", Path(trainer.save_dir), {"logdir": str(trainer.save_dir)})
-    if "mlflow" in trackers:
-        try:
-            import mlflow
-
-            last = mlflow.last_active_run()
-        except Exception:  # mlflow absent or its store unreadable: nothing to point at
-            last = None
-        if last is not None:
-            uri = mlflow.get_tracking_uri()
-            sink.add_artifact("tracker/mlflow", f"{uri}#{last.info.run_id}", {"uri": uri, "run_id": last.info.run_id})
 
 
 @dataclass
@@ -435,7 +137,7 @@ class PreparedRun:
     action: str = "train"  # train | resume
 
     def build(self) -> NpuyoloTrainer:
-        return _trainer_for(self.recipe)(overrides=dict(self.overrides))
+        return trainer_for(self.recipe)(overrides=dict(self.overrides))
 
 
 def train_variant(variant: str, data: str | Path, recipe: Recipe, registry: Registry, *, name: str | None = None,
@@ -484,31 +186,13 @@ def prepare_variant(variant: str, data: str | Path, recipe: Recipe, registry: Re
             raise TrainError(f"run {run_id} failed: {e}") from e
         raise
     overrides = {**base, "model": str(yaml_path), "project": str(save_dir.parent), "name": save_dir.name}
-    return PreparedRun(run_id, recipe, _with_teacher(overrides, recipe))
+    return PreparedRun(run_id, recipe, with_teacher(overrides, recipe))
 
 
 def _has_relu(spec) -> bool:
     if spec.stage_activations is not None:
         return any(act == "relu" for act, _ in spec.stage_activations.values())
     return spec.activation == "relu"
-
-
-def _trainer_for(recipe: Recipe) -> type[NpuyoloTrainer]:
-    """The trainer class a recipe needs: distillation, annealing and named trackers layered on NpuyoloTrainer."""
-    base = NpuyoloTrainer
-    if recipe.distill:
-        base = distill_trainer(recipe.distill.loss_weights())
-    if recipe.trackers:
-        base = type(f"Tracked{base.__name__}", (base,), {"trackers": tuple(recipe.trackers)})
-    if recipe.act_anneal:
-        from npuyolo.train.anneal import AnnealSchedule
-
-        base = anneal_trainer(base, AnnealSchedule(**recipe.act_anneal))
-    return base
-
-
-def _with_teacher(overrides: dict, recipe: Recipe) -> dict:
-    return {**overrides, "distill_model": recipe.distill.teacher_weights} if recipe.distill else overrides
 
 
 RESUME_SOURCES = ("last", "previous", "best")
@@ -572,12 +256,7 @@ def close_if_trained(ref: str | int, registry: Registry) -> bool:
     if len(run.epochs) < run.recipe["epochs"]:
         raise TrainError(f"run {run.name} finished training on disk, but only {len(run.epochs)} of its {run.recipe['epochs']} "
                          f"epochs were recorded; its weights are in {wdir}")
-    sink = RegistrySink(registry, run.id)
-    for kind in ("best", "last"):
-        if (wdir / f"{kind}.pt").exists():
-            sink.add_artifact(f"weights/{kind}", wdir / f"{kind}.pt")
-    (wdir / PREVIOUS).unlink(missing_ok=True)
-    sink.set_status("finished")
+    finish_run(RegistrySink(registry, run.id), wdir.parent)
     return True
 
 
@@ -605,7 +284,7 @@ def prepare_resume(ref: str | int, registry: Registry, verbose: bool = True, sou
         yaml_path = Path(yaml_art.path) if yaml_art else save_dir / "model.yaml"
         if not yaml_path.exists():
             raise TrainError(f"run {run.name} has neither a checkpoint nor {yaml_path}; nothing to resume from")
-        overrides = _with_teacher({
+        overrides = with_teacher({
             **recipe.ultralytics_args(), "model": str(yaml_path), "data": run.data_path, "project": str(save_dir.parent),
             "name": save_dir.name, "exist_ok": True, "pretrained": run.weights_source or False, "verbose": verbose,
         }, recipe)
@@ -623,4 +302,4 @@ def prepare_resume(ref: str | int, registry: Registry, verbose: bool = True, sou
 
 
 __all__ = ["close_if_trained", "NpuyoloTrainer", "PreparedRun", "RecordSink", "RegistryError", "RegistrySink", "RunResult", "TrainError",
-           "prepare_resume", "prepare_variant", "resume_run", "train_into", "train_variant"]
+           "prepare_resume", "prepare_variant", "resume_run", "run_prepared", "train_into", "train_variant"]
