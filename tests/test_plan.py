@@ -240,3 +240,19 @@ def test_a_target_whose_compiler_is_missing_says_so(compilers_dir):
         _compile(p, compilers_dir / "never-read.onnx", name, None, None)
         assert (p.compiler, p.compiler_status) == ((compiler, "compiler not installed") if compiler else (None, None))
         assert p.npu_ms is None and p.off_npu == 0
+
+
+def test_the_vendors_own_int8_ranks_when_it_was_scored():
+    """Our QDQ model says the rewrite keeps more INT8 accuracy; the vendor's own quantized models (what ships) say the
+    export does: with both scored, the vendor's figures decide, and the retention is the vendor model's."""
+    from npuyolo.deploy.plan import VendorInt8
+
+    acc = lambda m: Accuracy(0.5, 0.5, m, m / 2)  # noqa: E731
+    export, rewrite = row(None, map50=0.50), row("relu-exact", map50=0.52)
+    assert rank([export, rewrite])[0] is rewrite  # ours alone
+    export.vendor = VendorInt8("rknn-toolkit2 simulator", acc(0.49), acc(0.45))
+    rewrite.vendor = VendorInt8("rknn-toolkit2 simulator", acc(0.40), acc(0.30))
+    chosen, runner, why = rank([export, rewrite])
+    assert chosen is export and runner is rewrite
+    assert why == "lower INT8 mAP50 (the vendor's own INT8): 0.400 against 0.490"
+    assert export.retention["map50"] == pytest.approx(0.45 / 0.5) and export.as_dict()["vendor"]["int8"]["map50"] == 0.49

@@ -128,13 +128,14 @@ def deploy_plan(model: Annotated[str, typer.Argument(help="Run id/name or .pt ch
                 holdout: PlanHoldoutOpt = 50,
                 sweep: PlanSweepOpt = True,
                 imgsz: Annotated[Optional[int], typer.Option(help="Export size [default: the run's].")] = None,
+                vendor_int8: Annotated[bool, typer.Option("--vendor-int8", help="Where the target's compiler is installed (rknn, vela): score the vendor's own INT8 model of each candidate and rank by it.")] = False,
                 as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Build every artefact that could serve each target, verify each (placement, FP32/INT8 accuracy), choose."""
     from npuyolo.deploy.plan import build_plan
 
     with err.status("building and verifying candidates..."), quiet_stdout():
         plan = build_plan(open_registry(registry), model, target, data, conf=conf, calib=calib, holdout=holdout,
-                          imgsz=imgsz, sweep=sweep)
+                          imgsz=imgsz, sweep=sweep, vendor_int8=vendor_int8)
     if as_json:
         return print_json(plan.as_dict())
     print_plan(plan)

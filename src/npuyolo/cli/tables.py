@@ -135,8 +135,9 @@ def print_quantized(info: dict, as_json: bool) -> None:
 
 def print_plan(plan) -> None:
     table = Table(title=f"deployment plan for {plan.model_ref} (INT8 calibration {plan.calibration}; * chosen)")
+    vendor = any(r.vendor is not None for tp in plan.targets for r in tp.rows)
     for col in ("target", "artefact", "NPU share", "off NPU", "host parts", "NPU ms", "FP32 mAP50", "INT8 mAP50",
-                f"INT8/FP32 P/R/mAP50 at {plan.conf:g}"):
+                *(["vendor INT8 mAP50"] if vendor else []), f"INT8/FP32 P/R/mAP50 at {plan.conf:g}"):
         table.add_column(col, no_wrap=col == "artefact")
     pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
     for tp in plan.targets:
@@ -146,6 +147,7 @@ def print_plan(plan) -> None:
             ret = r.retention
             table.add_row(tp.target if i == 0 else "", ("* " if r is tp.chosen else "  ") + r.candidate.name, f"{p.share_nodes:.1%}",
                           str(p.off_npu), str(p.partitions_host), ms, fmt(r.fp32.map50), fmt(r.int8.map50),
+                          *([fmt(r.vendor.int8.map50) if r.vendor else "-"] if vendor else []),
                           f"{pct(ret['precision'])} / {pct(ret['recall'])} / {pct(ret['map50'])}")
     console.print(table)
     for tp in plan.targets:

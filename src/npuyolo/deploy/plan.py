@@ -74,11 +74,21 @@ class Placement:
     compiler_status: str | None = None  # "compiled" | "compiler not installed" | "failed: ..."
     compiler_cpu_ops: int | None = None
     npu_ms: float | None = None  # the compiler's estimate
+    compiled_file: str | None = None  # what the compiler built (.rknn, or the int8 .tflite behind a Vela build)
 
     @property
     def off_npu(self) -> int:
         """Ops not on the NPU: the compiler's count when it ran, else the profile's CPU and unknown nodes."""
         return self.compiler_cpu_ops if self.compiler_cpu_ops is not None else self.nodes_cpu + self.nodes_unknown
+
+
+@dataclass
+class VendorInt8:
+    """The vendor's own quantized model of a candidate, scored like ours (`deploy eval` of the compiled file)."""
+
+    runtime: str  # e.g. "rknn-toolkit2 simulator"
+    int8: Accuracy
+    int8_at_conf: Accuracy
 
 
 @dataclass
@@ -95,11 +105,18 @@ class Row:
     fp32_at_conf: Accuracy
     int8_at_conf: Accuracy
     conf: float
+    vendor: VendorInt8 | None = None  # the vendor's INT8 of this candidate, when asked for and its compiler is installed
+
+    @property
+    def shipped_int8(self) -> Accuracy:
+        """The INT8 accuracy that ships: the vendor's own quantized model when it was scored, else our QDQ model's."""
+        return self.vendor.int8 if self.vendor is not None else self.int8
 
     @property
     def retention(self) -> dict[str, float | None]:
-        """INT8 at the deployment threshold against FP32 at the same threshold (1.0 = nothing lost)."""
-        return {m: (getattr(self.int8_at_conf, m) / getattr(self.fp32_at_conf, m) if getattr(self.fp32_at_conf, m) else None)
+        """INT8 that ships, at the deployment threshold, against FP32 at the same threshold (1.0 = nothing lost)."""
+        at_conf = self.vendor.int8_at_conf if self.vendor is not None else self.int8_at_conf
+        return {m: (getattr(at_conf, m) / getattr(self.fp32_at_conf, m) if getattr(self.fp32_at_conf, m) else None)
                 for m in ("precision", "recall", "map50")}
 
     def as_dict(self) -> dict:
@@ -184,7 +201,7 @@ AXES = ("off-NPU ops", "host partitions", "NPU ms", "INT8 mAP50")
 def _axes(row: Row) -> tuple:
     """Each axis as "lower is better"; an NPU time nobody estimated is None."""
     p = row.placement
-    return (p.off_npu, p.partitions_host, p.npu_ms, -row.int8.map50)
+    return (p.off_npu, p.partitions_host, p.npu_ms, -row.shipped_int8.map50)
 
 
 def sort_key(row: Row) -> tuple:
@@ -211,8 +228,9 @@ def why_lost(winner: Row, loser: Row) -> str:
         return f"slower on the NPU: {l.npu_ms:.2f} ms against {w.npu_ms:.2f} ms (compiler estimate)"
     if w.npu_ms is not None and l.npu_ms is None:
         return "no NPU time estimated"
-    if loser.int8.map50 != winner.int8.map50:
-        return f"lower INT8 mAP50: {loser.int8.map50:.3f} against {winner.int8.map50:.3f}"
+    if loser.shipped_int8.map50 != winner.shipped_int8.map50:
+        whose = " (the vendor's own INT8)" if winner.vendor is not None and loser.vendor is not None else ""
+        return f"lower INT8 mAP50{whose}: {loser.shipped_int8.map50:.3f} against {winner.shipped_int8.map50:.3f}"
     return "tied on every axis (placement, NPU time, INT8 mAP50); kept in candidate order (export, rewrites, re-slope, twin)"
 
 
@@ -392,14 +410,17 @@ def _compile(placement: Placement, fp32: Path, target: str, data, registry) -> N
     placement.compiler_status = "compiled"
     placement.compiler_cpu_ops = summary.get("rows_cpu")
     placement.npu_ms = summary.get("inference_ms")
+    placement.compiled_file = result.build.rknn_file or getattr(result.build, "tflite", None) or None
 
 
 def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf: float = DEPLOY_CONF, calib: int = 100,
-               holdout: int = 50, imgsz: int | None = None, sweep: bool = True) -> Plan:
+               holdout: int = 50, imgsz: int | None = None, sweep: bool = True, vendor_int8: bool = False) -> Plan:
     """Build every candidate for every target, verify it, choose; the artefacts go under the run's `plan/` folder, the
     plan itself to `plan.json` there (and, for a run, into the registry as its `plan` artefact).
 
-    `sweep=False` calibrates with MinMax instead of the sweep's choice (minutes less on a large model)."""
+    `sweep=False` calibrates with MinMax instead of the sweep's choice (minutes less on a large model).
+    `vendor_int8`: where the target's compiler is installed (RKNN, Vela), also score the vendor's own quantized model
+    of each candidate (its simulator, TFLite's reference kernels) and rank by that INT8 accuracy: it is what ships."""
     from npuyolo.data.check import check_dataset
     from npuyolo.deploy.quantize import quantize_onnx
     from npuyolo.deploy.check import check_model, sigmoid_on_npu
@@ -495,6 +516,20 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
             placed[(fp32, int8, t)] = p
         return placed[(fp32, int8, t)]
 
+    vendors: dict[str, VendorInt8] = {}
+
+    def vendor_scored(p: Placement) -> VendorInt8 | None:
+        if not vendor_int8 or p.compiled_file is None:
+            return None
+        if p.compiled_file not in vendors:
+            from npuyolo.deploy.vendor import evaluate_compiled
+
+            with stage("vendor int8"):
+                score = evaluate_compiled(p.compiled_file, data, deploy_conf=conf)
+            acc = lambda d: Accuracy(d["precision"], d["recall"], d["map50"], d["map50_95"])  # noqa: E731
+            vendors[p.compiled_file] = VendorInt8(score.runtime, acc(score.result), acc(score.at_conf))
+        return vendors[p.compiled_file]
+
     plans = []
     for t, profile in profiles.items():
         base = export_for("export", t)
@@ -503,7 +538,9 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
             fp32 = graph_file(export_for(c.source, t), c.graph)
             int8 = int8_file(fp32, c.route)
             (f_all, f_conf), (q_all, q_conf) = measured(fp32), measured(int8)
-            rows.append(Row(t, c, str(fp32), str(int8), placement(fp32, int8, t), f_all, q_all, f_conf, q_conf, conf))
+            placed_here = placement(fp32, int8, t)
+            rows.append(Row(t, c, str(fp32), str(int8), placed_here, f_all, q_all, f_conf, q_conf, conf,
+                            vendor_scored(placed_here)))
         chosen, runner, why = rank(rows)
         plans.append(TargetPlan(t, chosen, runner, why, rows, target_notes(t, rows, variant)))
     plan = Plan(label, run_id, str(data), conf, chosen_cal.get("label"), plans)
