@@ -39,7 +39,7 @@ def timed_series(spec: SeriesSpec, db: Path, executor) -> tuple[float, Registry]
 
 def member_seconds(reg: Registry) -> list[float]:
     """Each member's recorded training time (sum of its epochs' times, as the registry keeps it)."""
-    return [r["duration_s"] for r in reg.runs()]
+    return [r.duration_s for r in reg.runs()]
 
 
 def main() -> None:

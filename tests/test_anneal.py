@@ -128,7 +128,7 @@ def test_relu_gap_study_writes_a_complete_table_for_two_seeds(synth_data, tmp_pa
     for seed, rid in enumerate(rows["distill"]["runs"]):  # each student learned from its own seed's teacher
         assert reg.get_run(rid).recipe["distill"]["teacher_run"] == rows["leaky"]["runs"][seed]
     assert rows["distill"]["cost_s"] > reg.get_run(rows["distill"]["runs"][0]).duration_s  # teacher time included
-    assert reg.series("relu-gap")["spec"]["kind"] == "study:relu-gap" and len(reg.series("relu-gap")["spec"]["table"]) == 4
+    assert reg.series("relu-gap").spec["kind"] == "study:relu-gap" and len(reg.series("relu-gap").spec["table"]) == 4
     for lang in ("en", "ko"):
         text = Path(next(p for p in out["reports"] if p.endswith(f"_{lang}.md"))).read_text()
         assert text.count("| leaky (L4-leaky)") == 1 and "anneal (L4-relu)" in text

@@ -38,7 +38,7 @@ def test_workspace_train_check_quantize_evaluate_report(synth_data, tmp_path):
     assert "The PT row is best.pt" in ws.report(run.id, lang="en").read_text()
     report = ws.report(run.id, lang="ko")
     assert report.is_file() and report.parent == Path(run.save_dir) / "reports"
-    assert [r["id"] for r in ws.runs()] == [run.id]
+    assert [r.id for r in ws.runs()] == [run.id]
     with pytest.raises(NpuyoloError):
         ws.run("no-such-run")
 

@@ -242,8 +242,8 @@ def test_real_rknn_build_referees_L4_leaky(synth_data, tmp_path):
     assert r.exit_code == 2 and "data yaml not found" in r.output  # said before any export
     reg = Registry(readonly=True)
     [row] = reg.compiler_runs(model_ref="L4-leaky")
-    assert row["target"] == "rknn-rk3588" and row["version"] == RKNN.version
-    assert len(row["result"]["build"]["mappings"]) == a["nodes"]
+    assert row.target == "rknn-rk3588" and row.version == RKNN.version
+    assert len(row.result["build"]["mappings"]) == a["nodes"]
     # an .onnx file is compiled as the analyzer sees it (chunk as Split), in its own folder beside the registry
     r = runner.invoke(app, ["npu", "compile", res["onnx"], "--compiler", "rknn", "--target", "rk3588", "--data", str(synth_data), "--json"])
     assert r.exit_code == 0, r.output
@@ -390,7 +390,7 @@ def test_real_vela_compile_of_L4_leaky(synth_data):
     calib = Path(b["tflite"]).parents[1] / "calib"
     assert (calib / "calibration_image_sample_data_20x128x128x3_float32.npy").is_file()  # ours: onnx2tf fetched nothing
     [row] = Registry(readonly=True).compiler_runs(model_ref="L4-leaky")
-    assert (row["compiler"], row["target"]) == ("vela", "ethos-u55")
+    assert (row.compiler, row.target) == ("vela", "ethos-u55")
 
 
 def test_api_compile_names_the_install_command(compilers_dir, tmp_path):
@@ -441,7 +441,7 @@ def test_real_rknn_compile_of_a_run_is_kept_with_the_run(synth_data, tiny_recipe
     assert log.is_file() and Path(record.save_dir) in log.parents and "Network Layer Information Table" in log.read_text()
     assert "-64.onnx" in res["onnx"]  # the size it was trained at
     [row] = reg.compiler_runs(run_id=run.run_id)
-    assert row["target"] == "rknn-rk3566" and row["log_path"] == str(log)
+    assert row.target == "rknn-rk3566" and row.log_path == str(log)
 
 
 def _fake_vela(compilers_dir, stdout_file: str | None, summary_file: str | None):

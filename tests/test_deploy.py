@@ -69,17 +69,17 @@ def test_int8_quantize_eval_and_drop_recorded(synth_data, tiny_recipe, tmp_path)
                                  "--auto-float", "2", "--registry", str(db)])
     assert result.exit_code == 0, result.output
     run = Registry(db).get_run(1)
-    arts = {a["kind"]: a for a in run["artifacts"]}
-    assert arts["onnx/int8"]["meta"]["calibration_count"] == 8 and len(arts["onnx/int8"]["meta"]["auto_float"]) == 2
-    kept = arts["onnx/int8"]["meta"]["keep_float"]
-    int8 = onnx.load(arts["onnx/int8"]["path"])
+    arts = {a.kind: a for a in run.artifacts}
+    assert arts["onnx/int8"].meta["calibration_count"] == 8 and len(arts["onnx/int8"].meta["auto_float"]) == 2
+    kept = arts["onnx/int8"].meta["keep_float"]
+    int8 = onnx.load(arts["onnx/int8"].path)
     float_convs = {n.name for n in int8.graph.node if n.op_type == "Conv"} & set(kept)
     assert len(float_convs) == 2  # the chosen sensitive convs stayed float
-    evaluated = runner.invoke(app, ["deploy", "eval", arts["onnx/int8"]["path"], "--data", str(synth_data), "--json", "--registry", str(db)])
+    evaluated = runner.invoke(app, ["deploy", "eval", arts["onnx/int8"].path, "--data", str(synth_data), "--json", "--registry", str(db)])
     assert evaluated.exit_code == 0, evaluated.output
     r = json.loads(evaluated.stdout)
     assert r["kind"] == "int8" and "drop_pp" in r and "fp32" in r and set(r["drop_pp_per_class"]) == set(r["per_class"])
-    kinds = [e["precision_kind"] for e in Registry(db).deploy_evals(1)]
+    kinds = [e.precision_kind for e in Registry(db).deploy_evals(1)]
     assert sorted(kinds) == ["fp32", "int8", "pt"]  # pt: best.pt through the same square pipeline as the ONNX files
     assert abs(r["pt"]["map50"] - r["fp32"]["map50"]) <= 0.005
 

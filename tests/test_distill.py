@@ -73,15 +73,15 @@ def test_distill_run_records_teacher_and_terms(synth_data, tiny_recipe, tmp_path
                                  "--gamma", "0.5", "--registry", str(db)])
     assert result.exit_code == 0, result.output
     run = Registry(db).get_run(2)
-    assert run["status"] == "finished" and run["variant"] == "L4-relu" and len(run["epochs"]) == 2
-    d = run["recipe"]["distill"]
+    assert run.status == "finished" and run.variant == "L4-relu" and len(run.epochs) == 2
+    d = run.recipe["distill"]
     assert d["teacher_run"] == teacher.run_id and (d["alpha"], d["beta"], d["gamma"], d["temperature"]) == (1.0, 1.0, 0.5, 2.0)
-    for e in run["epochs"]:
+    for e in run.epochs:
         assert set(KD_TERMS) <= set(e["extra"]) and all(math.isfinite(e["extra"][k]) for k in KD_TERMS)
     from npuyolo.deploy.export import load_weights
     from npuyolo.variants.build import activation_census
 
-    student = load_weights(next(a["path"] for a in run["artifacts"] if a["kind"] == "weights/best"))
+    student = load_weights(next(a.path for a in run.artifacts if a.kind == "weights/best"))
     assert set(activation_census(student)) == {"ReLU"}  # the deployable student, not the teacher
     missing = runner.invoke(app, ["distill", "--teacher", "99", "--student-variant", "L4-relu", "--data", str(synth_data),
                                   "--registry", str(db)])
@@ -98,9 +98,9 @@ def test_distill_run_resumes_after_sigkill(synth_data, tiny_recipe, tmp_path):
     kill_after_first_epoch([sys.executable, "-m", "npuyolo.cli", "distill", "--teacher", str(teacher.run_id),
                             "--student-variant", "L4-relu", "--data", str(synth_data), "--epochs", "4", "--imgsz", "64",
                             "--batch", "8", "--workers", "0"], db, run_id=2)
-    assert Registry(db).get_run(2)["status"] == "interrupted"
+    assert Registry(db).get_run(2).status == "interrupted"
     result = runner.invoke(app, ["train", "--resume", "2", "--registry", str(db)])
     assert result.exit_code == 0, result.output
     run = Registry(db).get_run(2)
-    assert run["status"] == "finished" and [e["epoch"] for e in run["epochs"]] == [1, 2, 3, 4]
-    assert all("kd_cls" in e["extra"] for e in run["epochs"])  # resumed with npuyolo's KD terms, not Ultralytics' own
+    assert run.status == "finished" and [e["epoch"] for e in run.epochs] == [1, 2, 3, 4]
+    assert all("kd_cls" in e["extra"] for e in run.epochs)  # resumed with npuyolo's KD terms, not Ultralytics' own

@@ -118,7 +118,7 @@ def test_study_names_are_checked_before_anything_is_written(tmp_path, synth_data
     assert "1 to 60 printable" in one_line_error(cli("study", "relu-gap", "--data", synth_data, "--name", "x" * 300, registry=db))
     one_line_error(cli("study", "relu-gap", "--data", tmp_path / "nope.yaml", "--name", "nodata", registry=db))
     names = [r[0] for r in sqlite3.connect(db).execute("SELECT name FROM series")]
-    assert names == ["plain"] and Registry(db).series("plain")["spec"].get("kind") is None
+    assert names == ["plain"] and Registry(db).series("plain").spec.get("kind") is None
 
 
 def test_mlflow_export_needs_a_registry_and_keeps_artefacts_beside_its_store(tmp_path, monkeypatch):

@@ -160,7 +160,7 @@ def test_export_never_overwrites_the_registry(tmp_path, registry_db):
     link = tmp_path / "hard.onnx"
     os.link(registry_db, link)  # another name for the same file
     assert "registry" in one_line_error(cli("export", "L4-relu", "--imgsz", "64", "--out", link, "--force", registry=registry_db))
-    assert sha(registry_db) == before and [r["name"] for r in Registry(registry_db, readonly=True).runs()] == ["precious"]
+    assert sha(registry_db) == before and [r.name for r in Registry(registry_db, readonly=True).runs()] == ["precious"]
     with pytest.raises(NpuyoloError, match="registry"):
         Workspace(registry_db).export("L4-relu", registry_db, imgsz=64, force=True)
     assert sha(registry_db) == before

@@ -52,7 +52,7 @@ def test_hybrid_search_trains_checks_and_marks_the_front(synth_data, tmp_path):
     shares = {r["variant"]: r["npu_share"] for r in rows}
     assert shares[candidates[0]] == 1.0 and shares[candidates[1]] < 1.0
     assert any(r["pareto"] for r in rows) and all(r["status"] == "finished" for r in rows)
-    assert {r["variant"] for r in reg.runs("hy") for r in [r]} and len(reg.runs("hy")) == 2
+    assert {r.variant for r in reg.runs("hy")} and len(reg.runs("hy")) == 2
     from npuyolo.report.render import render_series
 
     text = render_series(reg, "hy", tmp_path / "rep", target="relu-only").read_text()

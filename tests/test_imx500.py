@@ -149,7 +149,7 @@ def test_real_imx500_compile_of_L0_silu(synth_data, tmp_path):
     from npuyolo.registry.db import Registry
 
     rows = Registry(db, readonly=True).compiler_runs(model_ref=res["model_ref"])
-    assert [x["compiler"] for x in rows] == ["imx500"]
+    assert [x.compiler for x in rows] == ["imx500"]
 
 
 def test_whole_graph_agreement_and_the_gate_decides_nothing():

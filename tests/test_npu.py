@@ -339,5 +339,5 @@ def test_check_records_in_registry(tmp_path, monkeypatch):
     result = runner.invoke(app, ["npu", "check", "L2-relu6", "-t", "tidl", "-t", "hailo-8", "--imgsz", "64", "--registry", str(db)])
     assert result.exit_code == 0, result.output
     rows = Registry(db).npu_checks(model_ref="L2-relu6")
-    assert {r["target"] for r in rows} == {"tidl", "hailo-8"} and all(0 < r["share_nodes"] <= 1 for r in rows)
-    assert rows[0]["report"]["placements"]
+    assert {r.target for r in rows} == {"tidl", "hailo-8"} and all(0 < r.share_nodes <= 1 for r in rows)
+    assert rows[0].report["placements"]

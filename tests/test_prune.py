@@ -54,9 +54,9 @@ def test_prune_run_records_and_keeps_npu_share(synth_data, tiny_recipe, tmp_path
     assert r["after"]["parameters"] < r["before"]["parameters"] and r["after"]["gflops"] < r["before"]["gflops"]
     assert set(r["ort_p50_ms"]) == {"parent", "pruned"} and all(v > 0 for v in r["ort_p50_ms"].values())
     run = Registry(db).get_run(r["run_id"])
-    assert run["status"] == "finished" and len(run["epochs"]) == 1 and run["name"] == "L4-relu-1-pruned0.3-l1"
-    assert any(a["kind"] == "prune/report" and a["meta"]["before"]["parameters"] for a in run["artifacts"])
-    tuned = load_weights(next(a["path"] for a in run["artifacts"] if a["kind"] == "weights/best"))
+    assert run.status == "finished" and len(run.epochs) == 1 and run.name == "L4-relu-1-pruned0.3-l1"
+    assert any(a.kind == "prune/report" and a.meta["before"]["parameters"] for a in run.artifacts)
+    tuned = load_weights(next(a.path for a in run.artifacts if a.kind == "weights/best"))
     assert sum(p.numel() for p in tuned.parameters()) == r["after"]["parameters"]  # fine-tuned the pruned net
     import numpy as np
     from ultralytics import YOLO

@@ -43,7 +43,7 @@ def content(reg: Registry) -> dict:
     """What must not depend on the executor: per member its status, epoch numbers, artefact kinds, device, AMP."""
     out = {}
     for r in reg.runs():
-        run = reg.get_run(r["id"])
+        run = reg.get_run(r.id)
         out[run.variant] = {"name": run.name, "status": run.status, "epochs": [e["epoch"] for e in run.epochs],
                             "artifacts": sorted(a.kind for a in run.artifacts), "device": run.device, "amp": run.amp,
                             "best": sorted(run.best or {}), "metrics_recorded": all(e["map50"] is not None for e in run.epochs)}
@@ -120,8 +120,8 @@ def test_ctrl_c_on_the_driver_interrupts_all_members_and_a_rerun_continues(ray_r
     assert proc.returncode == 130, stderr[-2000:]
     assert "again to continue" in stderr and stdout == ""
     reg = Registry(db)
-    before = {r["id"]: r for r in reg.runs()}
-    assert {r["status"] for r in before.values()} == {"interrupted"} and len(before) == 2
+    before = {r.id: r for r in reg.runs()}
+    assert {r.status for r in before.values()} == {"interrupted"} and len(before) == 2
     rows = run_series(SeriesSpec.load(spec_file), reg, verbose=False, executor=RayExecutor(RayOptions()))
     assert {r["status"] for r in rows} == {"finished"} and {r["run_id"] for r in rows} == set(before)  # same runs
     for run_id in before:

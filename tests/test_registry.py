@@ -36,16 +36,16 @@ def test_newer_schema_is_refused(tmp_path):
 def test_run_lifecycle(tmp_path):
     reg = Registry(tmp_path / "r.db")
     rid = new_run(reg)
-    assert reg.get_run(rid)["name"] == f"L4-leaky-{rid}" and reg.get_run(rid)["status"] == "running"
+    assert reg.get_run(rid).name == f"L4-leaky-{rid}" and reg.get_run(rid).status == "running"
     reg.record_epoch(rid, 1, box_loss=1.0, map50=0.1, epoch_time_s=2.0)
     reg.record_epoch(rid, 2, box_loss=0.5, map50=0.3, epoch_time_s=3.0)
     reg.add_artifact(rid, "weights/best", "/x/best.pt")
     reg.set_status(rid, "finished")
     run = reg.get_run(f"L4-leaky-{rid}")
-    assert run["status"] == "finished" and run["duration_s"] == 5.0 and run["ended_at"]
-    assert [e["epoch"] for e in run["epochs"]] == [1, 2] and run["epochs"][1]["map50"] == 0.3
-    assert run["artifacts"][0]["path"] == "/x/best.pt"
-    assert reg.runs()[0]["map50"] == 0.3
+    assert run.status == "finished" and run.duration_s == 5.0 and run.ended_at
+    assert [e["epoch"] for e in run.epochs] == [1, 2] and run.epochs[1]["map50"] == 0.3
+    assert run.artifacts[0].path == "/x/best.pt"
+    assert reg.runs()[0].map50 == 0.3
 
 
 def test_unknown_run_and_bad_epoch_field(tmp_path):
@@ -64,7 +64,7 @@ def test_failed_write_rolls_back(tmp_path):
         with reg.tx() as c:
             c.execute("UPDATE runs SET status = 'failed' WHERE id = ?", (rid,))
             raise RuntimeError("boom")
-    assert reg.get_run(rid)["status"] == "running"
+    assert reg.get_run(rid).status == "running"
 
 
 def test_dead_process_runs_are_marked_interrupted_on_open(tmp_path):
@@ -76,8 +76,8 @@ def test_dead_process_runs_are_marked_interrupted_on_open(tmp_path):
     alive = new_run(reg)  # owned by this (live) test process
     reg.close()
     reg = Registry(tmp_path / "r.db")
-    assert reg.get_run(rid)["status"] == "interrupted"
-    assert reg.get_run(alive)["status"] == "running"
+    assert reg.get_run(rid).status == "interrupted"
+    assert reg.get_run(alive).status == "running"
 
 
 def test_truncate_epochs(tmp_path):
@@ -189,3 +189,35 @@ def test_the_update_allow_list_is_every_runs_column_but_the_id(tmp_path):
     assert reg.conn.execute("SELECT status FROM runs WHERE id = ?", (rid,)).fetchone()[0] == "finished" == RunStatus.FINISHED
     with pytest.raises(ValueError):
         reg.set_status(rid, "done")
+
+
+def test_every_table_reads_back_as_a_typed_row(tmp_path):
+    """runs(), npu_checks(), compiler_runs(), deploy_evals() and series() returned dicts with string keys (and a
+    RunRecord answered run["status"] through a shim): now each is a dataclass, and a misspelt field fails loudly."""
+    from npuyolo.registry.db import CompilerRunRow, DeployEvalRow, NpuCheckRow, RunSummary, SeriesMember, SeriesRecord
+
+    reg = Registry(tmp_path / "r.db")
+    rid = reg.create_run(name="typed", variant="L4-relu", recipe={"epochs": 1}, data_path="d", data_hash="h",
+                         class_names=["a"], weights_source=None, device="cpu", versions={})
+    reg.record_epoch(rid, 1, map50=0.4)
+    reg.upsert_series("s", {"data": "d", "variants": ["L4-relu"]})
+    reg.set_series_member("s", "L4-relu", rid)
+    report = {"target": "relu-only", "share_nodes": 1.0, "share_nodes_fused": 1.0, "share_macs": 1.0, "partitions_npu": 1,
+              "partitions_host": 0, "transitions": 0}
+    reg.add_npu_check(run_id=rid, model_ref="typed", onnx_path="m.onnx", head="npu", report=report)
+    reg.add_compiler_run(run_id=rid, model_ref="typed", onnx_path="m.onnx", compiler="rknn", version="2", target="rknn-rk3588",
+                         log_path="l", result={"ok": True})
+    reg.add_deploy_eval(run_id=rid, artefact="m.onnx", precision_kind="fp32",
+                        result={"map50": 0.4, "map50_95": 0.2, "precision": 0.5, "recall": 0.5})
+    [summary] = reg.runs()
+    assert isinstance(summary, RunSummary) and (summary.name, summary.epochs, summary.map50) == ("typed", 1, 0.4)
+    [check] = reg.npu_checks(run_id=rid)
+    assert isinstance(check, NpuCheckRow) and check.target == "relu-only" and check.report == report
+    [compiled] = reg.compiler_runs(run_id=rid)
+    assert isinstance(compiled, CompilerRunRow) and compiled.result == {"ok": True}
+    [scored] = reg.deploy_evals(rid)
+    assert isinstance(scored, DeployEvalRow) and (scored.precision_kind, scored.map50) == ("fp32", 0.4)
+    series = reg.series("s")
+    assert isinstance(series, SeriesRecord) and series.members == [SeriesMember("L4-relu", rid, "running")]
+    with pytest.raises(TypeError):
+        reg.get_run(rid)["status"]  # noqa: B018  (the shim is gone: attributes only)

@@ -72,14 +72,14 @@ def test_one_epoch_train_records_one_finished_run_offline(synth_data, tiny_recip
     result = train_variant("L4-leaky", synth_data, tiny_recipe, reg, verbose=False)
     assert no_network == []
     runs = reg.runs()
-    assert len(runs) == 1 and runs[0]["status"] == "finished" and runs[0]["epochs"] == 1
+    assert len(runs) == 1 and runs[0].status == "finished" and runs[0].epochs == 1
     run = reg.get_run(result.run_id)
-    epoch = run["epochs"][0]
+    epoch = run.epochs[0]
     assert epoch["epoch"] == 1 and all(epoch[k] is not None and epoch[k] >= 0 for k in ("box_loss", "cls_loss", "dfl_loss", "lr", "map50"))
-    assert run["recipe"]["lr0"] == 0.003 and run["recipe"]["epochs"] == 1
-    assert run["class_names"][0] == "speed_limit" and len(run["data_hash"]) == 16
-    assert run["versions"]["torch"] and run["device"] == "cpu" and run["duration_s"] > 0
-    kinds = {a["kind"]: a["path"] for a in run["artifacts"]}
+    assert run.recipe["lr0"] == 0.003 and run.recipe["epochs"] == 1
+    assert run.class_names[0] == "speed_limit" and len(run.data_hash) == 16
+    assert run.versions["torch"] and run.device == "cpu" and run.duration_s > 0
+    kinds = {a.kind: a.path for a in run.artifacts}
     assert Path(kinds["weights/best"]).is_file() and Path(kinds["weights/last"]).is_file()
     # the run's own folder holds its weights; checkpoints were renamed into place, the spare previous one removed
     wdir = Path(kinds["weights/best"]).parent
@@ -87,7 +87,7 @@ def test_one_epoch_train_records_one_finished_run_offline(synth_data, tiny_recip
     assert not list(wdir.glob("*partial*")) and not (wdir / "last.prev.pt").exists()
     built = yaml.safe_load(Path(kinds["model_yaml"]).read_text())
     assert built["npuyolo"]["variant"] == "L4-leaky" and built["nc"] == 6
-    assert run["best"] is not None and "map50" in run["best"]
+    assert run.best is not None and "map50" in run.best
     # the trained checkpoint is the variant: LeakyReLU everywhere, cascaded pools, no attention
     from npuyolo.deploy.export import load_weights
     from npuyolo.variants.build import activation_census
@@ -107,11 +107,11 @@ def test_train_cli_checks_data_first(data_copy):
 def test_weights_transfer_is_counted(synth_data, tiny_recipe, tmp_path):
     reg = Registry(tmp_path / "r.db")
     first = train_variant("L4-relu", synth_data, tiny_recipe, reg, verbose=False)
-    best = next(a["path"] for a in reg.get_run(first.run_id)["artifacts"] if a["kind"] == "weights/best")
+    best = next(a.path for a in reg.get_run(first.run_id).artifacts if a.kind == "weights/best")
     second = train_variant("L4-leaky", synth_data, tiny_recipe, reg, weights=best, verbose=False)
     run = reg.get_run(second.run_id)
-    moved, total = map(int, run["weights_transferred"].split("/"))
-    assert moved == total > 400 and run["weights_source"] == str(Path(best).resolve())
+    moved, total = map(int, run.weights_transferred.split("/"))
+    assert moved == total > 400 and run.weights_source == str(Path(best).resolve())
     with pytest.raises(TrainError, match="never downloads"):
         train_variant("L4-relu", synth_data, tiny_recipe, reg, weights="yolo11n.pt", verbose=False)
 
@@ -122,12 +122,12 @@ def test_sigkill_mid_run_then_resume_finishes(synth_data, tmp_path):
                             "--epochs", "5", "--imgsz", "64", "--batch", "8", "--workers", "0"], db, run_id=1)
     reg = Registry(db)  # opening the registry notices the dead process
     run = reg.get_run(1)
-    assert run["status"] == "interrupted" and 1 <= len(run["epochs"]) < 5
+    assert run.status == "interrupted" and 1 <= len(run.epochs) < 5
     result = runner.invoke(app, ["train", "--resume", "1", "--registry", str(db)])
     assert result.exit_code == 0, result.output
     run = Registry(db).get_run(1)
-    assert run["status"] == "finished"
-    assert [e["epoch"] for e in run["epochs"]] == [1, 2, 3, 4, 5]
+    assert run.status == "finished"
+    assert [e["epoch"] for e in run.epochs] == [1, 2, 3, 4, 5]
     with pytest.raises(TrainError, match="already finished"):
         resume_run(1, Registry(db))
 
@@ -145,7 +145,7 @@ def test_ctrl_c_marks_run_interrupted(synth_data, tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
     assert "--resume" in stderr
-    assert Registry(db).get_run(1)["status"] == "interrupted"
+    assert Registry(db).get_run(1).status == "interrupted"
 
 
 def test_series_runs_members_skips_finished_and_ranks(synth_data, tmp_path):
@@ -156,7 +156,7 @@ def test_series_runs_members_skips_finished_and_ranks(synth_data, tmp_path):
     result = runner.invoke(app, ["series", "run", str(spec_file), "--registry", str(db)])
     assert result.exit_code == 0, result.output
     reg = Registry(db)
-    assert [r["name"] for r in reg.runs()] == ["v3-L4-relu", "v3-L4-leaky"]
+    assert [r.name for r in reg.runs()] == ["v3-L4-relu", "v3-L4-leaky"]
     actions = []
     run_series(SeriesSpec.load(spec_file), reg, on_member=lambda v, a: actions.append((v, a)), verbose=False)
     assert actions == [("L4-relu", "skip"), ("L4-leaky", "skip")] and len(reg.runs()) == 2
@@ -191,7 +191,7 @@ def test_runs_cli(synth_data, tiny_recipe, tmp_path):
     out = tmp_path / "m.onnx"
     exported = runner.invoke(app, ["export", "1", "--imgsz", "64", "--out", str(out), "--registry", str(db)])
     assert exported.exit_code == 0, exported.output and out.is_file()
-    assert any(a["kind"].startswith("onnx/") for a in Registry(db).get_run(1)["artifacts"])
+    assert any(a.kind.startswith("onnx/") for a in Registry(db).get_run(1).artifacts)
 
 
 def test_trackers_stay_off_unless_the_recipe_names_them(synth_data, tiny_recipe, monkeypatch):

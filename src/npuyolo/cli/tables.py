@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.markup import escape
 
 from npuyolo.cli.common import Table, console, duration, fmt, print_json
+
+if TYPE_CHECKING:  # the registry (pydantic, sqlite) stays out of `npuyolo --help`
+    from npuyolo.registry.db import RunRecord
 
 
 def print_result(run, as_json: bool) -> None:
@@ -16,25 +21,25 @@ def print_result(run, as_json: bool) -> None:
     print_run(run)
 
 
-def print_run(run: dict) -> None:
-    console.print(f"[bold]run {run['id']}[/] {escape(run['name'])}  variant {run['variant']}  status [bold]{run['status']}[/]", highlight=False)
-    console.print(escape(f"data {run['data_path']} (hash {run['data_hash']})  device {run['device']}  weights {run['weights_source'] or 'none (from scratch)'}"
-                  + (f" transferred {run['weights_transferred']}" if run.get("weights_transferred") else "")
-                  + ("" if run.get("amp") is None else f"  AMP {'on' if run['amp'] else 'off'}")), highlight=False)
-    console.print(f"started {run['started_at']}  ended {run['ended_at'] or '-'}  train time {duration(run['duration_s'])}", highlight=False, markup=False)
-    if run.get("error"):
-        console.print(f"[red]{escape(run['error'])}[/]", highlight=False)
+def print_run(run: RunRecord) -> None:
+    console.print(f"[bold]run {run.id}[/] {escape(run.name)}  variant {run.variant}  status [bold]{run.status}[/]", highlight=False)
+    console.print(escape(f"data {run.data_path} (hash {run.data_hash})  device {run.device}  weights {run.weights_source or 'none (from scratch)'}"
+                  + (f" transferred {run.weights_transferred}" if run.weights_transferred else "")
+                  + ("" if run.amp is None else f"  AMP {'on' if run.amp else 'off'}")), highlight=False)
+    console.print(f"started {run.started_at}  ended {run.ended_at or '-'}  train time {duration(run.duration_s)}", highlight=False, markup=False)
+    if run.error:
+        console.print(f"[red]{escape(run.error)}[/]", highlight=False)
     table = Table(title="epochs")
     for col in ("epoch", "box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50", "map50_95", "lr"):
         table.add_column(col, justify="right")
-    for e in run["epochs"]:
+    for e in run.epochs:
         table.add_row(str(e["epoch"]), *(fmt(e[k], 4) for k in ("box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50", "map50_95")), fmt(e["lr"], 6))
     console.print(table)
-    if run.get("best"):
-        b = run["best"]
+    if run.best:
+        b = run.best
         console.print(f"best.pt validation: P {fmt(b['precision'])} R {fmt(b['recall'])} mAP50 {fmt(b['map50'])} mAP50-95 {fmt(b['map50_95'])}")
-    for a in run["artifacts"]:
-        console.print(escape(f"  {a['kind']}: {a['path']}"), highlight=False, markup=False)
+    for a in run.artifacts:
+        console.print(escape(f"  {a.kind}: {a.path}"), highlight=False, markup=False)
 
 
 def print_series_plan(sp) -> None:

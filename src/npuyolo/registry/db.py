@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -16,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from npuyolo.errors import NpuyoloError, UnsafePathError
-from npuyolo.paths import default_registry_path as default_path
 from npuyolo.paths import claim_dir, make_dir, out_of_space, safe_join, slug
+from npuyolo.paths import default_registry_path as default_path
 from npuyolo.registry.schema import MIGRATIONS, RUN_COLUMNS, SCHEMA_VERSION, RunStatus, widen_status_check
+from npuyolo.variants.spec import HYBRID_RE, NAME_RE
 
 __all__ = ["Artifact", "NameTakenError", "Registry", "RegistryError", "RunRecord", "RunStatus", "default_path", "validate_run_name"]
 
@@ -52,7 +54,6 @@ def validate_run_name(name: str) -> str:
         raise RegistryError(f"name {name!r} would read as a run id; names need a non-digit and must not start with '#'", param="name")
     if any(unicodedata.category(c).startswith("C") for c in name):
         raise RegistryError("name must not contain control characters", param="name")
-    from npuyolo.variants.spec import HYBRID_RE, NAME_RE
 
     if NAME_RE.match(name) or HYBRID_RE.match(name):
         raise RegistryError(f"name {name!r} reads as a variant name (an untrained model); add something, e.g. {name}-run", param="name")
@@ -109,15 +110,101 @@ class RunRecord:
                 return Path(a.path)
         return None
 
-    def __getitem__(self, key: str) -> Any:  # read-only mapping view for templates and older callers
-        value = getattr(self, key)
-        return [asdict(a) for a in value] if key == "artifacts" else value
+    def as_dict(self) -> dict:
+        return asdict(self)
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key, default)
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A line of `runs()`: what `npuyolo runs` lists (the latest epoch's mAP, the epochs recorded)."""
+
+    id: int
+    name: str
+    variant: str
+    series: str | None
+    status: str
+    started_at: str
+    duration_s: float | None
+    save_dir: str | None
+    epochs: int
+    map50: float | None
+    map50_95: float | None
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class NpuCheckRow:
+    """The latest `npu check` of one model on one target."""
+
+    id: int
+    run_id: int | None
+    model_ref: str
+    onnx_path: str
+    target: str
+    head: str | None
+    share_nodes: float
+    share_nodes_fused: float
+    share_macs: float
+    partitions_npu: int
+    partitions_host: int
+    transitions: int
+    report: dict  # the whole TargetReport, as recorded
+    created_at: str
+
+
+@dataclass(frozen=True)
+class CompilerRunRow:
+    """The latest compile of one model by one vendor compiler for one target."""
+
+    id: int
+    run_id: int | None
+    model_ref: str
+    onnx_path: str
+    compiler: str
+    version: str
+    target: str
+    log_path: str
+    result: dict  # the CompileResult, as recorded
+    created_at: str
+
+
+@dataclass(frozen=True)
+class DeployEvalRow:
+    """One scored artefact of a run (a .pt, an FP32 or INT8 ONNX file, a vendor-compiled model)."""
+
+    id: int
+    run_id: int | None
+    artefact: str
+    precision_kind: str  # pt | fp32 | int8 | rknn | tflite
+    map50: float
+    map50_95: float
+    precision: float
+    recall: float
+    result: dict
+    created_at: str
+
+
+@dataclass(frozen=True)
+class SeriesMember:
+    variant: str
+    run_id: int | None
+    status: str | None  # None: not started
+
+
+@dataclass(frozen=True)
+class SeriesRecord:
+    name: str
+    spec: dict
+    created_at: str
+    members: list[SeriesMember]
+
+
+def _row(cls, r: sqlite3.Row, **extra: Any):
+    """A typed row from a SQLite row: the class's fields that are columns, plus `extra` (decoded JSON)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: r[k] for k in r.keys() if k in names}, **extra)
 
 
 def _is_io_error(e: sqlite3.DatabaseError) -> bool:
@@ -442,7 +529,7 @@ class Registry:
         return [{**{k: r[k] for k in ("epoch", *EPOCH_FIELDS)}, **({"extra": json.loads(r["extra_json"])} if r["extra_json"] else {})}
                 for r in rows]
 
-    def runs(self, series: str | None = None) -> list[dict]:
+    def runs(self, series: str | None = None) -> list[RunSummary]:
         q = ("SELECT r.id, r.name, r.save_dir, r.pid, r.pid_started, r.host, r.variant, r.series, r.status, r.started_at, r.duration_s,"
              " (SELECT COUNT(*) FROM epochs e WHERE e.run_id = r.id) AS epochs,"
              " (SELECT map50 FROM epochs e WHERE e.run_id = r.id ORDER BY epoch DESC LIMIT 1) AS map50,"
@@ -458,7 +545,7 @@ class Registry:
                 r["status"] = RunStatus.INTERRUPTED.value
             for k in ("pid", "pid_started", "host"):
                 del r[k]
-        return rows
+        return [RunSummary(**r) for r in rows]
 
     # -- NPU checks -----------------------------------------------------------------------------------
     def add_npu_check(self, *, run_id: int | None, model_ref: str, onnx_path: str, head: str | None, report: dict) -> int:
@@ -471,12 +558,12 @@ class Registry:
                  json.dumps(report), now()))
             return cur.lastrowid
 
-    def npu_checks(self, run_id: int | None = None, model_ref: str | None = None) -> list[dict]:
+    def npu_checks(self, run_id: int | None = None, model_ref: str | None = None) -> list[NpuCheckRow]:
         """Latest check per target for a run (or a model reference), report included."""
         where, args = ("run_id = ?", (run_id,)) if run_id is not None else ("model_ref = ?", (model_ref,))
         rows = self.conn.execute(
             f"SELECT * FROM npu_checks WHERE id IN (SELECT MAX(id) FROM npu_checks WHERE {where} GROUP BY target) ORDER BY target", args)
-        return [{**{k: r[k] for k in r.keys() if k != "report_json"}, "report": json.loads(r["report_json"])} for r in rows]
+        return [_row(NpuCheckRow, r, report=json.loads(r["report_json"])) for r in rows]
 
     # -- vendor compiler runs (referees) ------------------------------------------------------------------
     def add_compiler_run(self, *, run_id: int | None, model_ref: str, onnx_path: str, compiler: str, version: str, target: str,
@@ -487,13 +574,13 @@ class Registry:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, model_ref, onnx_path, compiler, version, target, log_path, json.dumps(result), now())).lastrowid
 
-    def compiler_runs(self, run_id: int | None = None, model_ref: str | None = None) -> list[dict]:
+    def compiler_runs(self, run_id: int | None = None, model_ref: str | None = None) -> list[CompilerRunRow]:
         """Latest compile per (compiler, target) for a run (or a model reference), result included."""
         where, args = ("run_id = ?", (run_id,)) if run_id is not None else ("model_ref = ?", (model_ref,))
         rows = self.conn.execute(
             f"SELECT * FROM compiler_runs WHERE id IN (SELECT MAX(id) FROM compiler_runs WHERE {where} GROUP BY compiler, target)"
             " ORDER BY target", args)
-        return [{**{k: r[k] for k in r.keys() if k != "result_json"}, "result": json.loads(r["result_json"])} for r in rows]
+        return [_row(CompilerRunRow, r, result=json.loads(r["result_json"])) for r in rows]
 
     # -- deployment evaluations ---------------------------------------------------------------------------
     def add_deploy_eval(self, *, run_id: int | None, artefact: str, precision_kind: str, result: dict) -> int:
@@ -504,9 +591,9 @@ class Registry:
                 (run_id, artefact, precision_kind, result["map50"], result["map50_95"], result["precision"], result["recall"],
                  json.dumps(result), now())).lastrowid
 
-    def deploy_evals(self, run_id: int) -> list[dict]:
+    def deploy_evals(self, run_id: int) -> list[DeployEvalRow]:
         rows = self.conn.execute("SELECT * FROM deploy_evals WHERE run_id = ? ORDER BY id", (run_id,))
-        return [{**{k: r[k] for k in r.keys() if k != "result_json"}, "result": json.loads(r["result_json"])} for r in rows]
+        return [_row(DeployEvalRow, r, result=json.loads(r["result_json"])) for r in rows]
 
     def artifact_run(self, path: str | Path) -> int | None:
         row = self.conn.execute("SELECT run_id FROM artifacts WHERE path = ? ORDER BY created_at DESC", (str(Path(path).resolve()),)).fetchone()
@@ -524,11 +611,11 @@ class Registry:
         with self.tx() as c:
             c.execute("UPDATE series_members SET run_id = ? WHERE series = ? AND variant = ?", (run_id, series, variant))
 
-    def series(self, name: str) -> dict:
+    def series(self, name: str) -> SeriesRecord:
         row = self.conn.execute("SELECT * FROM series WHERE name = ?", (name,)).fetchone()
         if row is None:
             known = [r[0] for r in self.conn.execute("SELECT name FROM series ORDER BY name")]
             raise RegistryError(f"no series {name!r}" + (f"; known: {', '.join(known)}" if known else "; none recorded yet"))
-        members = [dict(r) for r in self.conn.execute(
+        members = [SeriesMember(r["variant"], r["run_id"], r["status"]) for r in self.conn.execute(
             "SELECT m.variant, m.run_id, r.status FROM series_members m LEFT JOIN runs r ON r.id = m.run_id WHERE m.series = ?", (name,))]
-        return {"name": name, "spec": json.loads(row["spec_json"]), "created_at": row["created_at"], "members": members}
+        return SeriesRecord(name, json.loads(row["spec_json"]), row["created_at"], members)

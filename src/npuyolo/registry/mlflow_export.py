@@ -112,7 +112,7 @@ def _short_http_timeouts() -> Iterator[None]:
 
 def export_runs(registry, uri: str, runs: list[str] | None = None, experiment: str = "npuyolo") -> list[dict]:
     """Export the named runs (default: every run) to `uri`; returns one row per run: id, name, mlflow run id, action."""
-    ids = [registry.resolve(r) for r in runs] if runs else [r["id"] for r in registry.runs()]
+    ids = [registry.resolve(r) for r in runs] if runs else [r.id for r in registry.runs()]
     refuse_registry_store(uri, registry.path)
     artifacts = artifact_location(uri)
     check_reachable(uri)  # before importing MLflow, which alone takes seconds
@@ -155,11 +155,11 @@ def _export(registry, uri: str, ids: list[int], experiment: str, artifacts: str 
             if run.best:
                 mlflow.log_metrics({_metric_key("best", k): float(v) for k, v in run.best.items() if isinstance(v, (int, float))})
             for check in registry.npu_checks(run_id=run.id):
-                mlflow.log_metrics({_metric_key("npu", check["target"], k): float(check[k])
+                mlflow.log_metrics({_metric_key("npu", check.target, k): float(getattr(check, k))
                                     for k in ("share_nodes", "share_nodes_fused", "share_macs", "partitions_host")})
             for ev in registry.deploy_evals(run.id):
-                stem = Path(ev["artefact"]).stem
-                mlflow.log_metrics({_metric_key("deploy", ev["precision_kind"], stem, k): float(ev[k])
+                stem = Path(ev.artefact).stem
+                mlflow.log_metrics({_metric_key("deploy", ev.precision_kind, stem, k): float(getattr(ev, k))
                                     for k in ("map50", "map50_95", "precision", "recall")})
             folder = Path(run.save_dir) if run.save_dir else None
             if folder is not None and (folder / "reports").is_dir():

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from npuyolo.errors import NpuyoloError
+from npuyolo.registry.db import CompilerRunRow, DeployEvalRow, NpuCheckRow, RegistryError, RunRecord
+from npuyolo.train.series import rank_series
 
 METRICS = ("map50", "map50_95", "precision", "recall")
 LOSSES = ("box_loss", "cls_loss", "dfl_loss")
@@ -41,7 +43,7 @@ class Judgement:
 
 @dataclass
 class RunFacts:
-    run: dict
+    run: RunRecord
     final: dict | None
     first: dict | None
     improvement_factor: float | None
@@ -50,7 +52,7 @@ class RunFacts:
     series_ranks: dict[str, int] | None
     series_size: int | None
     series_tied: dict[str, bool]
-    compare: dict | None
+    compare: RunRecord | None
     compare_final: dict | None
     diffs_pp: dict[str, float | None]
     npu: list[dict]
@@ -58,41 +60,41 @@ class RunFacts:
     judgements: list[Judgement]
 
 
-def final_and_first(run: dict) -> tuple[dict | None, dict | None]:
-    epochs = run.get("epochs") or []
+def final_and_first(run: RunRecord) -> tuple[dict | None, dict | None]:
+    epochs = run.epochs or []
     return (epochs[-1], epochs[0]) if epochs else (None, None)
 
 
-def npu_rows(checks: list[dict], compiles: list[dict] | None = None) -> list[dict]:
+def npu_rows(checks: list[NpuCheckRow], compiles: list[CompilerRunRow] | None = None) -> list[dict]:
     """One row per checked target; `checked_by` names the vendor compiler whose placement was compared with the
     profile (`npu compile` / `npu check --referee`), else None: the placement is modelled from documents."""
     referee = {}
     for c in compiles or []:
-        a, summary = c["result"].get("agreement", {}), c["result"].get("build", {}).get("summary", {})
-        referee[c["target"]] = {"compiler": c["compiler"], "version": c["version"], "agree": a.get("agree"),
+        a, summary = c.result.get("agreement", {}), c.result.get("build", {}).get("summary", {})
+        referee[c.target] = {"compiler": c.compiler, "version": c.version, "agree": a.get("agree"),
                                 "mapped": a.get("mapped"), "share": a.get("share"), "ops_npu": summary.get("rows_npu"),
                                 "ops_cpu": summary.get("rows_cpu"), "inference_ms": summary.get("inference_ms")}
     rows = []
     for c in checks:
-        r = c["report"]
+        r = c.report
         rows.append({"checked_by": referee.get(r["target"]),"target": r["target"], "share_nodes": r["share_nodes"], "share_nodes_fused": r["share_nodes_fused"],
                      "share_macs": r["share_macs"], "partitions_host": r["partitions_host"], "transitions": r["transitions"],
                      "fallback_ops": r["fallback_ops"], "unknown_ops": r["unknown_ops"], "notes": r.get("notes", [])})
     return rows
 
 
-def deploy_rows(evals: list[dict]) -> list[dict]:
+def deploy_rows(evals: list[DeployEvalRow]) -> list[dict]:
     """Latest evaluation per artefact; INT8 rows carry their drop against the latest FP32 evaluation."""
     latest = {}
     for e in evals:
-        latest[e["artefact"]] = e
-    fp32 = [e for e in latest.values() if e["precision_kind"] == "fp32"]
+        latest[e.artefact] = e
+    fp32 = [e for e in latest.values() if e.precision_kind == "fp32"]
     base = fp32[-1] if fp32 else None
     rows = []
     for e in latest.values():
-        drop = (base["map50"] - e["map50"]) * 100 if base and e["precision_kind"] == "int8" else None
-        rows.append({"artefact": e["artefact"].rsplit("/", 1)[-1], "kind": e["precision_kind"], "map50": e["map50"],
-                     "map50_95": e["map50_95"], "drop_pp": drop})
+        drop = (base.map50 - e.map50) * 100 if base and e.precision_kind == "int8" else None
+        rows.append({"artefact": e.artefact.rsplit("/", 1)[-1], "kind": e.precision_kind, "map50": e.map50,
+                     "map50_95": e.map50_95, "drop_pp": drop})
     return sorted(rows, key=lambda r: {"pt": 0, "fp32": 1}.get(r["kind"], 2))
 
 
@@ -114,9 +116,9 @@ def judge(facts: RunFacts) -> list[Judgement]:
         for m in METRICS:
             d = facts.diffs_pp.get(m)
             if d is not None and d > 0:
-                out.append(Judgement("strength", "beats_compare", {"metric": m, "pp": d, "other": facts.compare["name"]}))
+                out.append(Judgement("strength", "beats_compare", {"metric": m, "pp": d, "other": facts.compare.name}))
             elif d is not None and d < 0:
-                out.append(Judgement("weakness", "behind_compare", {"metric": m, "pp": -d, "other": facts.compare["name"]}))
+                out.append(Judgement("weakness", "behind_compare", {"metric": m, "pp": -d, "other": facts.compare.name}))
     if final and final.get("recall") is not None and final.get("precision") is not None and final["precision"] - final["recall"] >= 0.05:
         out.append(Judgement("weakness", "recall_below_precision", {"p": final["precision"], "r": final["recall"]}))
     if facts.improvement_factor is not None and facts.improvement_factor > 1:
@@ -136,22 +138,20 @@ def judge(facts: RunFacts) -> list[Judgement]:
                 out.append(Judgement("strategy", "rewrite_then_deploy", {"target": row["target"]}))
             elif row["fallback_ops"]:
                 out.append(Judgement("strategy", "hybrid_cpu", {"target": row["target"], "ops": ops}))
-    if leaky_fallback and facts.compare and "relu" in facts.compare["variant"].split("-")[1]:
-        out.append(Judgement("recommendation", "distill_to_relu", {"other": facts.compare["name"]}))
+    if leaky_fallback and facts.compare and "relu" in facts.compare.variant.split("-")[1]:
+        out.append(Judgement("recommendation", "distill_to_relu", {"other": facts.compare.name}))
     if not facts.npu:
-        out.append(Judgement("recommendation", "run_npu_check", {"run": run["id"]}))
+        out.append(Judgement("recommendation", "run_npu_check", {"run": run.id}))
     int8 = [r for r in facts.int8 if r["drop_pp"] is not None]
     for r in int8:
         kind = "strength" if r["drop_pp"] <= INT8_OK_DROP_PP else "weakness"
         out.append(Judgement(kind, "int8_drop", {"artefact": r["artefact"], "pp": r["drop_pp"]}))
     if not int8:
-        out.append(Judgement("recommendation", "run_int8", {"run": run["id"]}))
+        out.append(Judgement("recommendation", "run_int8", {"run": run.id}))
     return out
 
 
 def run_facts(registry, ref, compare_ref=None) -> RunFacts:
-    from npuyolo.registry.db import RegistryError
-    from npuyolo.train.series import rank_series
 
     try:
         run = registry.get_run(ref)
@@ -166,14 +166,14 @@ def run_facts(registry, ref, compare_ref=None) -> RunFacts:
         raise ReportError(f"compare names run {run.id} itself; compare with another run (e.g. its ReLU twin)", param="compare")
     compare_final = final_and_first(compare)[0] if compare else None
     ranks, size, tied = None, None, {}
-    if run["series"] and final:
-        ranked = rank_series(run["series"], registry)
-        me = next((r for r in ranked if r["run_id"] == run["id"]), None)
+    if run.series and final:
+        ranked = rank_series(run.series, registry)
+        me = next((r for r in ranked if r["run_id"] == run.id), None)
         if me and me["rank_map50"] is not None:
             ranks = {m: me[f"rank_{m}"] for m in METRICS}
             size = sum(r["rank_map50"] is not None for r in ranked)
             tied = {m: sum(r[f"rank_{m}"] == me[f"rank_{m}"] for r in ranked) > 1 for m in METRICS}
-    recipe = run["recipe"]
+    recipe = run.recipe
     facts = RunFacts(
         run=run, final=final, first=first,
         improvement_factor=ratio(final["map50"], first["map50"]) if final and first else None,
@@ -183,7 +183,7 @@ def run_facts(registry, ref, compare_ref=None) -> RunFacts:
         series_ranks=ranks, series_size=size, series_tied=tied, compare=compare, compare_final=compare_final,
         diffs_pp={m: ((final[m] - compare_final[m]) * 100 if final and compare_final and final[m] is not None
                       and compare_final[m] is not None else None) for m in METRICS},
-        npu=npu_rows(registry.npu_checks(run_id=run["id"]), registry.compiler_runs(run_id=run["id"])), int8=deploy_rows(registry.deploy_evals(run["id"])), judgements=[],
+        npu=npu_rows(registry.npu_checks(run_id=run.id), registry.compiler_runs(run_id=run.id)), int8=deploy_rows(registry.deploy_evals(run.id)), judgements=[],
     )
     facts.judgements = judge(facts)
     return facts

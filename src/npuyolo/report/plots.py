@@ -9,6 +9,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from npuyolo.paths import atomic_path
+from npuyolo.report.webfont import FAMILY, FONT_FILE
+
 
 def _hangul_fallback() -> None:
     """Run names may be Korean: DejaVu Sans first, the shipped OFL Korean font (report/fonts) for glyphs it lacks."""
@@ -16,7 +19,6 @@ def _hangul_fallback() -> None:
 
     from matplotlib import font_manager
 
-    from npuyolo.report.webfont import FAMILY, FONT_FILE
 
     font_manager.fontManager.addfont(str(files("npuyolo.report").joinpath("fonts", FONT_FILE)))
     matplotlib.rcParams["font.family"] = ["DejaVu Sans", FAMILY]
@@ -28,7 +30,6 @@ LOSS_LABELS = {"box_loss": "box loss", "cls_loss": "cls loss", "dfl_loss": "dfl 
 
 
 def _save(fig, path: Path) -> Path:
-    from npuyolo.paths import atomic_path
 
     fig.tight_layout()
     try:
@@ -67,8 +68,8 @@ def loss_curves(epochs: list[dict], path: Path, title: str) -> Path:
 def compare_curves(runs: list[dict], path: Path, metric: str = "map50") -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for run in runs:
-        axes[0].plot(*_series(run["epochs"], metric), marker="o", ms=3, label=run["name"])
-        axes[1].plot(*_series(run["epochs"], "box_loss"), marker="o", ms=3, label=run["name"])
+        axes[0].plot(*_series(run.epochs, metric), marker="o", ms=3, label=run.name)
+        axes[1].plot(*_series(run.epochs, "box_loss"), marker="o", ms=3, label=run.name)
     axes[0].set(xlabel="epoch", ylabel=METRIC_LABELS[metric], title=f"{METRIC_LABELS[metric]} per epoch")
     axes[1].set(xlabel="epoch", ylabel="box loss", title="box loss per epoch")
     for ax in axes:

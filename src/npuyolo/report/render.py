@@ -9,10 +9,19 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from npuyolo.deploy.plan import matrix
 from npuyolo.errors import UnsafePathError
+from npuyolo.npu.analyze import analyze
+from npuyolo.npu.graph import GraphError, load_graph
+from npuyolo.npu.profiles import target as get_target
+from npuyolo.npu.rewrite import rewrite_leaky
 from npuyolo.paths import atomic_path, safe_join, unique_slug, write_text
+from npuyolo.registry.db import NpuCheckRow
 from npuyolo.report import plots, webfont
 from npuyolo.report.facts import METRICS, ReportError, RunFacts, run_facts
+from npuyolo.study.hybrid import pareto_front
+from npuyolo.study.relu_gap import study_table
+from npuyolo.train.series import rank_series
 from npuyolo.variants.spec import parse_variant
 
 LANGS = ("en", "ko")
@@ -161,12 +170,12 @@ def render_run(registry, ref, out: Path | None = None, lang: str = "en", fmt: st
     facts.run, facts.compare = md_safe_run(facts.run, fmt == "html"), md_safe_run(facts.compare, fmt == "html")
     env = environment(html_output=fmt == "html")
     say = env.get_template(f"say_{lang}.j2").module.say
-    spec = parse_variant(facts.run["variant"])
+    spec = parse_variant(facts.run.variant)
     text = env.get_template(f"run_{lang}.md.j2").render(
         f=facts, spec=spec, level=spec.settings, act_label=activation_label(spec), say=say, registry_path=str(registry.path), img=img,
         raw=raw)
     text = tidy_markdown(text)
-    name = f"report_{facts.run['id']}_{lang}"
+    name = f"report_{facts.run.id}_{lang}"
     if fmt == "md":
         return write_text(out / f"{name}.md", text)
     return write_text(out / f"{name}.html", to_html(text, out, title))
@@ -182,30 +191,26 @@ def _make_dir(out: Path) -> None:
 def write_run_plots(facts: RunFacts, out: Path) -> dict[str, str]:
     """The run's plots, named after the run (two reports in one folder never overwrite each other's images)."""
     run = facts.run
-    stem = f"run{run['id']}" + (f"_vs_run{facts.compare['id']}" if facts.compare else "")
+    stem = f"run{run.id}" + (f"_vs_run{facts.compare.id}" if facts.compare else "")
     img = {k: f"{stem}_{k}.png" for k in ("metrics", "losses", "compare", "npu")}
-    img.update(copy_validation_plots(run, out, f"run{run['id']}"))
-    if run["epochs"]:
-        plots.metric_curves(run["epochs"], out / img["metrics"], f"{run['name']}: validation metrics")
-        plots.loss_curves(run["epochs"], out / img["losses"], f"{run['name']}: training losses")
-    if facts.compare and facts.compare["epochs"] and run["epochs"]:
+    img.update(copy_validation_plots(run, out, f"run{run.id}"))
+    if run.epochs:
+        plots.metric_curves(run.epochs, out / img["metrics"], f"{run.name}: validation metrics")
+        plots.loss_curves(run.epochs, out / img["losses"], f"{run.name}: training losses")
+    if facts.compare and facts.compare.epochs and run.epochs:
         plots.compare_curves([run, facts.compare], out / img["compare"])
     if facts.npu:
-        plots.npu_bars(facts.npu, out / img["npu"], f"{run['name']}: NPU compatibility")
+        plots.npu_bars(facts.npu, out / img["npu"], f"{run.name}: NPU compatibility")
     return img
 
 
-def rewrite_point(check: dict, target: str) -> dict | None:
+def rewrite_point(check: NpuCheckRow, target: str) -> dict | None:
     """Placement of a checked graph after `npu rewrite --leaky relu-decomp` (exact: the accuracy is the run's own).
 
     None when the graph has no LeakyRelu or its ONNX file is gone. Computed, never recorded: a report only reads.
     """
-    from npuyolo.npu.analyze import analyze
-    from npuyolo.npu.graph import GraphError, load_graph
-    from npuyolo.npu.profiles import target as get_target
-    from npuyolo.npu.rewrite import rewrite_leaky
 
-    path = Path(check.get("onnx_path") or "")
+    path = Path(check.onnx_path or "")
     if not path.is_file():
         return None
     try:
@@ -227,7 +232,7 @@ def copy_validation_plots(run, out: Path, stem: str) -> dict[str, str]:
     import shutil
 
     found = {}
-    save_dir = Path(run["save_dir"]) if run.get("save_dir") else None
+    save_dir = Path(run.save_dir) if run.save_dir else None
     for key, (name, ext) in VALIDATION_PLOTS.items():
         src = save_dir / name if save_dir else None
         if src is not None and src.is_file():
@@ -241,7 +246,6 @@ def copy_validation_plots(run, out: Path, stem: str) -> dict[str, str]:
 def render_series(registry, name: str, out: Path | None = None, lang: str = "en", target: str = "relu-only",
                   fmt: str = "md") -> Path:
     """The series overview; `out` defaults to <registry dir>/reports/series-<name>."""
-    from npuyolo.train.series import rank_series
 
     rows = rank_series(name, registry)
     ranked = [r for r in rows if r["rank_map50"] is not None]
@@ -255,18 +259,17 @@ def render_series(registry, name: str, out: Path | None = None, lang: str = "en"
     stem = f"series_{unique_slug(name, 'series')}"
     img = {"curves": f"{stem}_curves.png", "scatter": f"{stem}_accuracy_vs_npu.png"}
     plots.compare_curves(runs, out / img["curves"])
-    from npuyolo.study.hybrid import pareto_front
 
     derived, checked_by = [], []  # checked_by: members whose placement on `target` a vendor compiler checked
     for r in ranked:
         for c in registry.compiler_runs(run_id=r["run_id"]):
-            if c["target"] == target:
-                checked_by.append({"variant": r["variant"], "compiler": c["compiler"], "version": c["version"]})
-        check = next((c for c in registry.npu_checks(run_id=r["run_id"]) if c["target"] == target), None)
-        r["npu_share"] = check["share_nodes"] if check else None
+            if c.target == target:
+                checked_by.append({"variant": r["variant"], "compiler": c.compiler, "version": c.version})
+        check = next((c for c in registry.npu_checks(run_id=r["run_id"]) if c.target == target), None)
+        r["npu_share"] = check.share_nodes if check else None
         if check:  # what a deployment feels first: ops falling back, host partitions, the share of the work (MACs)
-            r["npu_fallbacks"] = sum((check["report"].get("fallback_ops") or {}).values())
-            r["npu_host_partitions"], r["npu_mac_share"] = check["partitions_host"], check["share_macs"]
+            r["npu_fallbacks"] = sum((check.report.get("fallback_ops") or {}).values())
+            r["npu_host_partitions"], r["npu_mac_share"] = check.partitions_host, check.share_macs
         rewritten = rewrite_point(check, target) if check else None
         if rewritten is not None:  # what the report recommends: the same weights, LeakyReLU rewritten exactly
             derived.append({**r, **rewritten, "variant": f"{r['variant']} + relu-decomp", "derived_from": r["variant"],
@@ -296,7 +299,6 @@ def series_plan_matrix(registry, members: list[dict]) -> tuple[list[str], dict[s
     empty when no member has one. A plan file that is gone or unreadable leaves that member out."""
     import json
 
-    from npuyolo.deploy.plan import matrix
 
     plans = {}
     for m in members:
@@ -321,12 +323,11 @@ def render_study(registry, name: str, out: Path | None = None, lang: str = "en")
     """The relu-gap study's table, plot and verdicts, from its recorded runs; `out` defaults to reports/study-<name>."""
     from dataclasses import asdict
 
-    from npuyolo.study.relu_gap import study_table
 
     if lang not in LANGS:
         raise ReportError(f"lang must be one of {', '.join(LANGS)}, got {lang!r}", param="lang")
     rows = study_table(registry, name)
-    spec = registry.series(name)["spec"]
+    spec = registry.series(name).spec
     out = Path(out) if out else registry.output_dir("reports", f"study-{unique_slug(name, 'study')}")
     _make_dir(out)
     img = {"map50": f"study_{unique_slug(name, 'study')}_map50.png"}

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from npuyolo.deploy.check import check_model, record
+from npuyolo.npu.profiles import target as get_target
 from npuyolo.train.series import SeriesSpec, rank_series, run_series
+from npuyolo.variants.spec import parse_variant
 
 DEFAULT_CANDIDATES = [
     "L4-hybrid:backbone=relu,neck=relu,head=relu",
@@ -30,18 +33,17 @@ def pareto_front(rows: list[dict], x: str = "npu_share", y: str = "map50") -> li
 
 def npu_shares(registry, rows: list[dict], target: str, imgsz: int) -> None:
     """Add each finished member's node share on `target` (checked now if not recorded yet)."""
-    from npuyolo.deploy.check import check_model, record
 
     for r in rows:
         if r["status"] != "finished":
             r["npu_share"] = None
             continue
-        existing = [c for c in registry.npu_checks(run_id=r["run_id"]) if c["target"] == target]
+        existing = [c for c in registry.npu_checks(run_id=r["run_id"]) if c.target == target]
         if not existing:
             result = check_model(str(r["run_id"]), [target], registry, imgsz=imgsz)
             record(result, registry, None)
-            existing = [c for c in registry.npu_checks(run_id=r["run_id"]) if c["target"] == target]
-        r["npu_share"] = existing[-1]["share_nodes"]
+            existing = [c for c in registry.npu_checks(run_id=r["run_id"]) if c.target == target]
+        r["npu_share"] = existing[-1].share_nodes
 
 
 def hybrid_search(registry, data: str | Path, candidates: list[str] | None = None, budget: int = 10, imgsz: int = 640,
@@ -51,8 +53,6 @@ def hybrid_search(registry, data: str | Path, candidates: list[str] | None = Non
 
     `executor` (a `RayExecutor`) trains the candidates in parallel; without it they train one after another here.
     """
-    from npuyolo.npu.profiles import target as get_target
-    from npuyolo.variants.spec import parse_variant
 
     get_target(target)  # fail before training on an unknown target or a bad name
     variants = [parse_variant(v).name for v in (candidates or DEFAULT_CANDIDATES)]

@@ -14,8 +14,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from npuyolo.data.check import check_dataset
+from npuyolo.deploy.check import check_model, record
+from npuyolo.distill.run import distill
 from npuyolo.errors import NpuyoloError
+from npuyolo.npu.profiles import target as get_target
+from npuyolo.registry.db import RegistryError
+from npuyolo.train.anneal import parse_anneal, with_anneal
 from npuyolo.train.recipe import Recipe
+from npuyolo.train.trainer import resume_run, train_variant
+from npuyolo.variants.spec import parse_variant
 
 __all__ = ["KIND", "ROUTES", "RouteRow", "StudyError", "relu_gap_study", "study_table"]
 
@@ -76,10 +84,10 @@ def _scores(run) -> dict[str, float] | None:
 def study_table(registry, name: str) -> list[RouteRow]:
     """Summarise a study from its recorded runs (pure over the registry: re-running it gives the same table)."""
     series = registry.series(name)
-    spec = series["spec"]
+    spec = series.spec
     if spec.get("kind") != KIND:
         raise StudyError(f"series {name!r} is not a relu-gap study")
-    members = {m["variant"]: m["run_id"] for m in series["members"]}
+    members = {m.variant: m.run_id for m in series.members}
     runs = {rid: registry.get_run(rid) for rid in members.values() if rid is not None}
     rows = []
     for route in spec["routes"]:
@@ -116,8 +124,8 @@ def study_table(registry, name: str) -> list[RouteRow]:
         first = next((rid for rid in row.runs if rid is not None and runs[rid].status == "finished"), None)
         if first is not None:
             for check in registry.npu_checks(run_id=first):
-                r = check["report"]
-                row.npu[check["target"]] = {"share_nodes": r["share_nodes"], "share_macs": r["share_macs"],
+                r = check.report
+                row.npu[check.target] = {"share_nodes": r["share_nodes"], "share_macs": r["share_macs"],
                                             "cpu_fallbacks": sum(r["fallback_ops"].values()) + sum(r["unknown_ops"].values()),
                                             "partitions_host": r["partitions_host"]}
     return rows
@@ -128,15 +136,7 @@ def relu_gap_study(registry, data: str | Path, *, name: str = "relu-gap", epochs
                    extra_variants: list[str] | None = None, anneal: str = "leaky0.1",
                    on_member: Callable[[str, str], None] | None = None, verbose: bool = True) -> list[RouteRow]:
     """Train every route for every seed (skipping finished members, resuming interrupted ones), check, summarise."""
-    from npuyolo.distill.run import distill
-    from npuyolo.deploy.check import check_model, record
-    from npuyolo.npu.profiles import target as get_target
-    from npuyolo.train.anneal import parse_anneal, with_anneal
-    from npuyolo.train.trainer import resume_run, train_variant
-    from npuyolo.variants.spec import parse_variant
 
-    from npuyolo.data.check import check_dataset
-    from npuyolo.registry.db import RegistryError
 
     if isinstance(seeds, str):
         try:
@@ -161,7 +161,7 @@ def relu_gap_study(registry, data: str | Path, *, name: str = "relu-gap", epochs
         existing = registry.series(name)
     except RegistryError:
         existing = None
-    if existing is not None and existing["spec"].get("kind") != KIND:
+    if existing is not None and existing.spec.get("kind") != KIND:
         raise StudyError(f"{name!r} is already an ordinary series; give the study another --name")
     data = Path(data).resolve()
     check_dataset(data, cache_dir=registry.root / "cache")  # before anything is written
@@ -175,20 +175,20 @@ def relu_gap_study(registry, data: str | Path, *, name: str = "relu-gap", epochs
         r = base.model_copy(update={"seed": seed})
         for route, (variant, _) in routes.items():
             label = member_label(route, seed)
-            members = {m["variant"]: m for m in registry.series(name)["members"]}
+            members = {m.variant: m for m in registry.series(name).members}
             member = members[label]
-            action = "skip" if member["status"] == "finished" else "resume" if member["run_id"] is not None else "train"
+            action = "skip" if member.status == "finished" else "resume" if member.run_id is not None else "train"
             if on_member:
                 on_member(label, action)
             if action == "resume":
-                resume_run(member["run_id"], registry, verbose=verbose)
+                resume_run(member.run_id, registry, verbose=verbose)
                 continue
             if action == "skip":
                 continue
             run_name = registry.unique_name(f"{name}-{route}-s{seed}")
             bind = lambda rid, lab=label: registry.set_series_member(name, lab, rid)  # noqa: E731
             if route == "distill":
-                teacher = members[member_label("leaky", seed)]["run_id"]
+                teacher = members[member_label("leaky", seed)].run_id
                 if teacher is None or registry.get_run(teacher).status != "finished":
                     raise StudyError(f"seed {seed}: the L4-leaky teacher did not finish; re-run the study to continue")
                 distill(registry, str(teacher), variant, data, r, name=run_name, verbose=verbose, series=name, on_created=bind)
@@ -197,10 +197,10 @@ def relu_gap_study(registry, data: str | Path, *, name: str = "relu-gap", epochs
                               on_created=bind)
             else:
                 train_variant(variant, data, r, registry, name=run_name, series=name, verbose=verbose, on_created=bind)
-    members = {m["variant"]: m for m in registry.series(name)["members"]}
+    members = {m.variant: m for m in registry.series(name).members}
     for route in routes:  # placement depends on the architecture only: one member per route is checked
-        rid = members[member_label(route, seeds[0])]["run_id"]
-        done = {c["target"] for c in registry.npu_checks(run_id=rid)}
+        rid = members[member_label(route, seeds[0])].run_id
+        done = {c.target for c in registry.npu_checks(run_id=rid)}
         missing = [t for t in targets if t not in done]
         if missing:
             record(check_model(str(rid), missing, registry, imgsz=imgsz), registry, None)

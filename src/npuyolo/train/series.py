@@ -76,19 +76,19 @@ def _run_series(spec, recipe, registry, verbose, executor) -> list[dict]:
 
 def _train_members(spec, recipe, registry, verbose, executor) -> list[dict]:
     registry.upsert_series(spec.name, {**spec.model_dump(), "recipe_resolved": recipe.model_dump()})
-    members = {m["variant"]: m for m in registry.series(spec.name)["members"]}
+    members = {m.variant: m for m in registry.series(spec.name).members}
     jobs = []
     for variant in spec.variants:
         member = members[variant]
-        if member["status"] in ("finished", "stopped"):  # stopped: ended early by a scheduler (ASHA), on purpose
+        if member.status in ("finished", "stopped"):  # stopped: ended early by a scheduler (ASHA), on purpose
             action = "skip"
-        elif member["run_id"] is not None and close_if_trained(member["run_id"], registry):  # trained, end not recorded
+        elif member.run_id is not None and close_if_trained(member.run_id, registry):  # trained, end not recorded
             action = "skip"
-        elif member["run_id"] is not None:
+        elif member.run_id is not None:
             action = "resume"
         else:
             action = "train"
-        jobs.append(_job(spec, recipe, registry, variant, action, member["run_id"], verbose))
+        jobs.append(_job(spec, recipe, registry, variant, action, member.run_id, verbose))
     executor.run(jobs, registry, prepare_retry=lambda run_id: prepare_resume(run_id, registry, verbose=False))
     return rank_series(spec.name, registry)
 
@@ -125,9 +125,9 @@ def rank_series(name: str, registry: Registry) -> list[dict]:
     """Members ranked by their final-epoch metrics; unfinished members (stopped early too) are listed, unranked,
     with the epochs they reached."""
     rows = []
-    for m in registry.series(name)["members"]:
-        finished = m["status"] == "finished"
-        metrics = final_metrics(registry, m["run_id"]) if finished else {k: None for k in RANK_METRICS}
-        rows.append({"variant": m["variant"], "run_id": m["run_id"], "status": m["status"] or "not started",
-                     "epochs": len(registry.epochs(m["run_id"])) if m["run_id"] is not None else 0, **metrics})
+    for m in registry.series(name).members:
+        finished = m.status == "finished"
+        metrics = final_metrics(registry, m.run_id) if finished else {k: None for k in RANK_METRICS}
+        rows.append({"variant": m.variant, "run_id": m.run_id, "status": m.status or "not started",
+                     "epochs": len(registry.epochs(m.run_id)) if m.run_id is not None else 0, **metrics})
     return rank_rows(rows)
