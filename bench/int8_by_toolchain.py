@@ -36,7 +36,7 @@ from npuyolo.variants.checkpoint import load_weights
 HERE = Path(__file__).resolve().parent
 OURS = {  # label -> quantize_onnx options (NPU head, whole graph QDQ)
     "ours: per-channel + bias correction": {"per_channel": True, "bias_correct": True},
-    "ours: sweep + bias correction": {"sweep": True, "bias_correct": True},
+    "ours: sweep + bias correction + per-channel": {"sweep": True, "bias_correct": True, "per_channel": True},
 }
 VENDORS = [("RKNN rk3588 (simulator)", "rknn", "rk3588"), ("RKNN rk3566 (simulator)", "rknn", "rk3566"),
            ("TFLite int8 for Vela U55 (reference kernels)", "vela", "ethos-u55-128")]
@@ -128,8 +128,14 @@ def main() -> None:
             if compiler == "vela":
                 perf = res.build.performance
                 note += f"; Vela {perf.get('accelerator', target)} estimate {perf.get('inference_ms', float('nan')):.2f} ms"
-            add(row(route, (acc(score.result), acc(score.at_conf)), (acc(score.fp32), acc(score.fp32_at_conf)),
-                    time.perf_counter() - t, note))
+            r = row(route, (acc(score.result), acc(score.at_conf)), (acc(score.fp32), acc(score.fp32_at_conf)),
+                    time.perf_counter() - t, note)
+            summary = res.build.summary()
+            r["compiler"] = {"version": res.build.version, "rows_npu": summary.get("rows_npu"),
+                             "rows_cpu": summary.get("rows_cpu"), "cpu_rows": summary.get("cpu_rows"),
+                             "inference_ms": summary.get("inference_ms"), "agreement": res.agreement.share,
+                             "calibration": res.calibration, "contract": score.contract, "cosine": score.cosine}
+            add(r)
         if installed("imx500") is None:
             print(f"{label:10s} {'IMX500 (MCT)':46s} not installed here (npuyolo compilers install imx500)", flush=True)
         results.append({"model": label, "weights": str(pt), "rows": rows})

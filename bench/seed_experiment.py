@@ -103,11 +103,40 @@ def finished_run(reg, member: str, args):
     """The member's run if it finished at the full budget, else None."""
     epochs = args.epochs
     for row in reg.runs():
-        if row["name"] == run_name(member, args.imgsz) and row["status"] == "finished":
-            run = reg.get_run(row["id"])
+        if row.name == run_name(member, args.imgsz) and row.status == "finished":
+            run = reg.get_run(row.id)
             if run.recipe.get("epochs") == epochs and len(run.epochs) == epochs:
                 return run
     return None
+
+
+def adopt_committed(db: Path, member: str, args, data: Path):
+    """A member trained and committed in an earlier session (its work folder gone with that machine): its registry row
+    rebuilt from the committed run.json (recipe, every epoch, best figures) with the committed best.pt as its weights,
+    so that `post` can measure it here. Returns the run, or None when nothing is committed."""
+    from npuyolo.registry.db import Registry
+
+    out = member_dir(args, member)
+    record, best = out / "run.json", out / "best.pt"
+    if not record.is_file() or not best.is_file():
+        return None
+    row = json.loads(record.read_text())
+    if row.get("status") != "finished" or len(row.get("epochs", [])) != args.epochs:
+        return None
+    reg = Registry(db)
+    run_id = reg.create_run(name=row["name"], variant=row["variant"], recipe=row["recipe"], data_path=str(data),
+                            data_hash=row["data_hash"], class_names=row["class_names"], weights_source=None,
+                            device=row["device"], versions=row["versions"])
+    for e in row["epochs"]:
+        values = {k: e.get(k) for k in ("box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50", "map50_95",
+                                        "lr", "epoch_time_s")}
+        reg.record_epoch(run_id, e["epoch"], extra={k: v for k, v in e.items() if k not in values and k != "epoch"} or None,
+                         **values)
+    reg.update_run(run_id, best_json=json.dumps({**row["best"], "weights": str(best.resolve())}))
+    reg.add_artifact(run_id, "weights/best", best.resolve(), {"adopted_from": str(record)})
+    reg.set_status(run_id, "finished")
+    log(f"{member}: adopted the committed run ({record}) into {db}")
+    return reg.get_run(run_id)
 
 
 def unfinished_run(db: Path, name: str, epochs: int) -> int | None:
@@ -116,13 +145,13 @@ def unfinished_run(db: Path, name: str, epochs: int) -> int | None:
 
     reg = Registry(db, readonly=True)
     try:
-        rows = [row for row in reg.runs() if row["name"] == name]
-        if not rows or rows[0]["status"] == "finished":
-            if rows and reg.get_run(rows[0]["id"]).recipe.get("epochs") != epochs:
+        rows = [row for row in reg.runs() if row.name == name]
+        if not rows or rows[0].status == "finished":
+            if rows and reg.get_run(rows[0].id).recipe.get("epochs") != epochs:
                 raise SystemExit(f"{name}: a finished run of another budget holds this name in {db}; "
                                  "use another --work folder")
             return None
-        return rows[0]["id"]
+        return rows[0].id
     finally:
         reg.close()
 
@@ -296,7 +325,10 @@ def cmd_post(args) -> int:
     ws = Workspace(registry_path(args.work))
     data = copy_data(args.data.resolve(), args.work)
     for name in args.members:
-        run = finished_run(Registry(registry_path(args.work), readonly=True), name, args)
+        db = registry_path(args.work)
+        run = finished_run(Registry(db, readonly=True), name, args) if db.is_file() else None
+        if run is None:
+            run = adopt_committed(db, name, args, data)
         if run is None:
             continue
         out = member_dir(args, name)

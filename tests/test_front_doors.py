@@ -90,3 +90,20 @@ def test_a_checkpoint_is_exported_and_checked_at_the_size_it_was_trained_at(tmp_
         "api check": input_side(Workspace(db).check(str(checkpoint), ["relu-only"]).onnx_paths["relu-only"]),
     }
     assert set(sides.values()) == {64}, sides
+
+
+def test_train_through_either_door_records_the_same_run(tmp_path, synth_data):
+    """The CLI and Workspace.train wired recipe, anneal options and registry each on their own; both now go through
+    npuyolo.services.train_model, so the same request records the same recipe, epochs and artefact kinds."""
+    args = dict(epochs=1, imgsz=64, batch=8, workers=0, plots=False)
+    recorded = {}
+    for door in ("cli", "api"):
+        db = tmp_path / door / "npuyolo.db"
+        if door == "cli":
+            flags = [x for k, v in args.items() for x in ((f"--{k}", v) if not isinstance(v, bool) else (f"--{'' if v else 'no-'}{k}",))]
+            run_id = cli("train", "--variant", "L4-relu", "--data", synth_data, "--name", "signs", *flags, "--registry", db, "--json")["run_id"]
+        else:
+            run_id = Workspace(db).train("L4-relu", synth_data, name="signs", verbose=False, **args).id
+        run = Registry(db, readonly=True).get_run(run_id)
+        recorded[door] = (run.status, run.recipe, [e["epoch"] for e in run.epochs], sorted(a.kind for a in run.artifacts))
+    assert recorded["cli"] == recorded["api"] and recorded["cli"][0] == "finished"

@@ -94,16 +94,13 @@ class Workspace:
               weights: str | Path | None = None, act_anneal: str | None = None, anneal_epochs: str | None = None,
               anneal_schedule: str = "linear", verbose: bool = True, **overrides: Any):
         """Train a variant (recipe file, then `overrides` such as epochs=30, imgsz=320); returns its RunRecord."""
-        from npuyolo.train.anneal import with_anneal
-        from npuyolo.train.recipe import Recipe
-        from npuyolo.train.trainer import train_variant
+        from npuyolo.services import train_model
 
         variant, data = _ref(variant, "variant"), _path(data, "data")
         recipe, weights = _path(recipe, "recipe", optional=True), _path(weights, "weights", optional=True)
         name = _ref(name, "name", optional=True)
-        reg = self._registry()
-        r = with_anneal(Recipe.load(recipe, **overrides), act_anneal, anneal_epochs, anneal_schedule)
-        return reg.get_run(train_variant(variant, data, r, reg, name=name, weights=weights, verbose=verbose).run_id)
+        return train_model(self._registry(), variant, data, recipe=recipe, name=name, weights=weights, act_anneal=act_anneal,
+                           anneal_epochs=anneal_epochs, anneal_schedule=anneal_schedule, verbose=verbose, **overrides)
 
     def resume(self, run: str | int, source: str = "last", verbose: bool = True):
         """Continue an interrupted run from its `last`, `previous` or `best` checkpoint."""
@@ -150,7 +147,8 @@ class Workspace:
     def run(self, ref: str | int):
         return self._registry(readonly=True).get_run(_ref(ref, "run"))
 
-    def runs(self, series: str | None = None) -> list[dict]:
+    def runs(self, series: str | None = None):
+        """Every run (of `series`), as `npuyolo.registry.db.RunSummary` rows."""
         return self._registry(readonly=True).runs(_ref(series, "series", optional=True))
 
     def rank(self, series: str) -> list[dict]:

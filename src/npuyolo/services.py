@@ -11,11 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from npuyolo.deploy.export import ExportError, check_imgsz, export_onnx
-from npuyolo.registry.db import Registry
-from npuyolo.resolve import ModelRef, default_imgsz, resolve_model
+from typing import Any
 
-__all__ = ["ExportRecord", "HEADS", "export_model"]
+from npuyolo.deploy.export import ExportError, check_imgsz, export_onnx
+from npuyolo.registry.db import Registry, RunRecord
+from npuyolo.resolve import ModelRef, default_imgsz, resolve_model
+from npuyolo.train.anneal import with_anneal
+from npuyolo.train.recipe import Recipe
+from npuyolo.train.trainer import train_variant
+
+__all__ = ["ExportRecord", "HEADS", "export_model", "train_model"]
 
 HEADS = ("npu", "ultralytics")
 
@@ -55,3 +60,13 @@ def export_model(model: str, out: str | Path | None = None, *, registry: str | P
     if reg is not None:
         reg.add_artifact(resolved.run_id, f"onnx/{head or 'default'}", path, {"imgsz": imgsz})
     return ExportRecord(path, resolved.run_id, imgsz, head)
+
+
+def train_model(registry: Registry, variant: str, data: str | Path, *, recipe: str | Path | None = None,
+                name: str | None = None, weights: str | Path | None = None, act_anneal: str | None = None,
+                anneal_epochs: str | None = None, anneal_schedule: str = "linear", verbose: bool = True,
+                **overrides: Any) -> RunRecord:
+    """Train a variant: the report's recipe, then the recipe file, then `overrides` (None: not given), with an optional
+    LeakyReLU -> ReLU slope schedule; returns the run as recorded."""
+    r = with_anneal(Recipe.load(recipe, **overrides), act_anneal, anneal_epochs, anneal_schedule)
+    return registry.get_run(train_variant(variant, data, r, registry, name=name, weights=weights, verbose=verbose).run_id)

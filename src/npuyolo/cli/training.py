@@ -68,20 +68,21 @@ def train(variant: Annotated[Optional[str], typer.Option(help="Variant, e.g. L4-
     reg = open_registry(registry)
     try:
         with quiet_stdout(as_json):
-            result = _train(reg, variant, data, recipe, resume, from_checkpoint, name, weights, act_anneal, anneal_epochs,
+            run_id = _train(reg, variant, data, recipe, resume, from_checkpoint, name, weights, act_anneal, anneal_epochs,
                             anneal_schedule, dict(epochs=epochs, batch=batch, imgsz=imgsz, lr0=lr0, lr_final=lr_final,
                                                   momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
                                                   seed=seed, workers=workers, device=device, fraction=fraction, plots=plots))
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: the run is marked 'interrupted'; continue it with `npuyolo train --resume RUN`")
         raise typer.Exit(130) from None
-    print_result(reg.get_run(result.run_id), as_json)
+    print_result(reg.get_run(run_id), as_json)
 
 
-def _train(reg, variant, data, recipe, resume, from_checkpoint, name, weights, act_anneal, anneal_epochs, anneal_schedule, flags):
-    from npuyolo.train.anneal import with_anneal
-    from npuyolo.train.recipe import Recipe
-    from npuyolo.train.trainer import TrainError, resume_run, train_variant
+def _train(reg, variant, data, recipe, resume, from_checkpoint, name, weights, act_anneal, anneal_epochs, anneal_schedule,
+           flags) -> int:
+    """The run trained or continued, through the same service as `Workspace.train`; `--resume` takes no recipe flags."""
+    from npuyolo.services import train_model
+    from npuyolo.train.trainer import TrainError, resume_run
 
     if resume:
         given = [f"--{k.replace('_', '-')}" for k, v in {**flags, "variant": variant, "data": data, "recipe": recipe, "name": name,
@@ -89,11 +90,11 @@ def _train(reg, variant, data, recipe, resume, from_checkpoint, name, weights, a
         if given:
             raise TrainError(f"--resume continues a run with its own recorded recipe; drop {', '.join(given)}"
                              " (or start a new run without --resume)")
-        return resume_run(resume, reg, source=from_checkpoint)
+        return resume_run(resume, reg, source=from_checkpoint).run_id
     if not variant or not data:
         raise TrainError("--variant and --data are required (or --resume RUN)")
-    r = with_anneal(Recipe.load(recipe, **flags), act_anneal, anneal_epochs, anneal_schedule)
-    return train_variant(variant, data, r, reg, name=name, weights=weights)
+    return train_model(reg, variant, data, recipe=recipe, name=name, weights=weights, act_anneal=act_anneal,
+                       anneal_epochs=anneal_epochs, anneal_schedule=anneal_schedule, **flags).id
 
 
 @runs_app.callback()
@@ -106,13 +107,13 @@ def runs_list(ctx: typer.Context, as_json: JsonOpt = False, series: Annotated[Op
         return
     rows = open_registry(registry, readonly=True).runs(series)
     if as_json:
-        return print_json(rows)
+        return print_json([r.as_dict() for r in rows])
     table = Table(title="runs")
     for col in ("id", "name", "variant", "series", "status", "epochs", "mAP50", "mAP50-95", "train time", "started"):
         table.add_column(col)
     for r in rows:
-        table.add_row(str(r["id"]), r["name"], r["variant"], r["series"] or "-", r["status"], str(r["epochs"]),
-                      fmt(r["map50"]), fmt(r["map50_95"]), duration(r["duration_s"]), r["started_at"])
+        table.add_row(str(r.id), r.name, r.variant, r.series or "-", r.status, str(r.epochs),
+                      fmt(r.map50), fmt(r.map50_95), duration(r.duration_s), r.started_at)
     console.print(table)
 
 
@@ -121,11 +122,11 @@ def runs_list(ctx: typer.Context, as_json: JsonOpt = False, series: Annotated[Op
 def runs_show(ctx: typer.Context, run: str, as_json: JsonOpt = False,
               registry: Annotated[Optional[Path], typer.Option("--registry", help="SQLite registry file [default: the group's]")] = None) -> None:
     """Print one run: recipe, epochs, artefacts."""
-    record = open_registry(registry or ctx.obj, readonly=True).get_run(run).as_dict()
+    record = open_registry(registry or ctx.obj, readonly=True).get_run(run)
     if as_json:
-        return print_json(record)
+        return print_json(record.as_dict())
     print_run(record)
-    console.print("recipe: " + json.dumps(record["recipe"], sort_keys=True), highlight=False, markup=False)
+    console.print("recipe: " + json.dumps(record.recipe, sort_keys=True), highlight=False, markup=False)
 
 
 @runs_app.command("export")

@@ -13,6 +13,7 @@ import numpy as np
 
 from npuyolo.compilers.envs import CompilerError
 from npuyolo.data.calibration import calibration_images, letterbox
+from npuyolo.paths import write_text
 
 __all__ = ["CALIB_IMAGES", "calibration_arrays", "write_calibration"]
 
@@ -44,7 +45,6 @@ def calibration_arrays(data: str | Path | None, imgsz: int, count: int = CALIB_I
 
 def write_calibration(data: str | Path | None, imgsz: int, workdir: Path, count: int = CALIB_IMAGES) -> tuple[Path, str]:
     """PNG files of `calibration_arrays` and a list file naming them (RKNN's dataset format)."""
-    from npuyolo.paths import write_text
 
     arrays, what = calibration_arrays(data, imgsz, count)
     folder = workdir / f"calib-{imgsz}"

@@ -18,7 +18,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from npuyolo.compilers.calibration import write_calibration
 from npuyolo.compilers.envs import CompilerError, clean_env, require
+from npuyolo.paths import write_text
 
 __all__ = ["Imx500Build", "activation_layers", "compile_model", "parse_activations", "parse_l2memory", "parse_layer_types", "parse_driver", "parse_error", "parse_memory", "converter_ran",
            "write_data_yaml"]
@@ -173,8 +175,6 @@ def write_data_yaml(data: str | Path | None, imgsz: int, workdir: Path, names: d
     calibrates on `val` by default), written as letterboxed PNGs (synthetic ones without `data`)."""
     import yaml
 
-    from npuyolo.compilers.calibration import write_calibration
-    from npuyolo.paths import write_text
 
     listing, what = write_calibration(data, imgsz, workdir, count=CALIB_IMAGES)
     names = dict(enumerate(names)) if isinstance(names, list) else {int(k): str(v) for k, v in dict(names).items()}

@@ -15,6 +15,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 
+from npuyolo.data.check import DataError
 from npuyolo.errors import storage_error
 from npuyolo.paths import out_of_space
 
@@ -185,7 +186,6 @@ def check_synth_args(out: str | Path, imgsz: int, seed: int) -> Path:
     """The output folder, created and marked as npuyolo's; refuses sizes too small to draw signs in, negative seeds,
     a file in the way, and a non-empty folder npuyolo did not write (its data.yaml, images and labels would be
     replaced)."""
-    from npuyolo.data.check import DataError
 
     out = Path(out)
     if imgsz < 32:

@@ -19,6 +19,8 @@ from typing import Literal
 
 import numpy as np
 
+from npuyolo.data.calibration import letterbox
+from npuyolo.data.synth import compose
 from npuyolo.errors import NpuyoloError
 
 __all__ = ["ContractError", "ContractReport", "InputContract", "OutputMatch", "check_contract", "golden_image", "match_outputs",
@@ -77,8 +79,6 @@ def golden_image(imgsz: int, seed: int = 0) -> np.ndarray:
 
     Not symmetric in its channels (red and blue signs), so a channel swap changes the outputs.
     """
-    from npuyolo.data.synth import compose
-    from npuyolo.data.calibration import letterbox
 
     image = compose(imgsz, np.random.default_rng(seed))[0]
     return letterbox(np.ascontiguousarray(image), imgsz)[None]

@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from npuyolo.data.check import load_data_yaml
 from npuyolo.deploy.decode import decode_npu_outputs
 from npuyolo.deploy.export import onnx_metadata
 from npuyolo.errors import NpuyoloError
@@ -189,7 +190,6 @@ def validate(predict: Predict, data: str | Path, imgsz: int, names: dict[int, st
     data = Path(data)
     if not data.is_file():
         raise DeployError(f"data yaml not found: {data}")
-    from npuyolo.data.check import load_data_yaml
 
     load_data_yaml(data)  # bounded parse first: Ultralytics' own loader would expand an alias bomb
     v = DetectionValidator(args=dict(data=str(data), imgsz=imgsz, batch=batch, conf=conf, iou=iou, rect=False, plots=False,

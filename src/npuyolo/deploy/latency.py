@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from npuyolo.data.calibration import letterbox
 from npuyolo.deploy.decode import nms
 from npuyolo.deploy.evaluate import DeployError, check_threads, load_deployable
+from npuyolo.npu.graph import load_graph, macs
 from npuyolo.paths import file_problem
-from npuyolo.data.calibration import letterbox
 
 
 def _stats(ms: list[float]) -> dict:
@@ -21,7 +22,6 @@ def _stats(ms: list[float]) -> dict:
 
 
 def model_macs(path: str | Path) -> int:
-    from npuyolo.npu.graph import load_graph, macs
 
     g = load_graph(path)
     return sum(macs(n, g) for n in g.nodes)

@@ -19,7 +19,17 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from npuyolo.deploy.evaluate import DeployError
+from npuyolo.compilers.envs import CompilerError, installed
+from npuyolo.data.check import check_dataset
+from npuyolo.deploy.check import check_model, sigmoid_on_npu
+from npuyolo.deploy.compile import compile_model, record
+from npuyolo.deploy.evaluate import DeployError, onnx_predictor, validate
+from npuyolo.deploy.quantize import ENDS, quantize_onnx
+from npuyolo.npu.graph import load_graph
+from npuyolo.npu.profiles import target as get_target
+from npuyolo.npu.rewrite import rewrite_leaky
+from npuyolo.paths import atomic_path, slug, write_text
+from npuyolo.variants.spec import parse_variant
 
 DEPLOY_CONF = 0.25  # what NPU runtimes bake in; mAP at 0.001 overstates what ships
 RETRAIN_ABOVE_PP = 0.5  # a re-sloped model losing more than this (FP32 mAP50 points) is worth retraining at that slope
@@ -163,7 +173,6 @@ class Plan:
 # -- pure core ------------------------------------------------------------------------------------------------------
 def int8_routes(dtypes: list[str]) -> list[str]:
     """Whole-graph INT8 everywhere; 16-bit or float ends only where the profile lists such a type (`ends_allowed`)."""
-    from npuyolo.deploy.quantize import ENDS
 
     routes = ["int8"]
     for value, dtype in ENDS.items():
@@ -314,9 +323,6 @@ def write_graph(src: Path, dst: Path, graph: str) -> Path:
     import onnx
     from onnx import helper
 
-    from npuyolo.npu.graph import load_graph
-    from npuyolo.npu.rewrite import rewrite_leaky
-    from npuyolo.paths import atomic_path
 
     model = load_graph(src).model
     if graph.startswith("slope"):
@@ -340,7 +346,6 @@ def write_graph(src: Path, dst: Path, graph: str) -> Path:
 
 def scores(path: str | Path, data: str | Path, conf: float) -> tuple[Accuracy, Accuracy]:
     """Accuracy on val at mAP's usual threshold (0.001) and at the deployment threshold, from one forward pass."""
-    from npuyolo.deploy.evaluate import onnx_predictor, validate
 
     predict, meta = onnx_predictor(path)
     seen: dict[str, object] = {}
@@ -365,7 +370,6 @@ def _twin(registry, run_id: int | None) -> str | None:
     """The finished ReLU twin of a LeakyReLU run in the same series (L4-leaky -> L4-relu), as a run id; else None."""
     if run_id is None:
         return None
-    from npuyolo.variants.spec import parse_variant
 
     run = registry.get_run(run_id)
     if not run.series:
@@ -374,15 +378,14 @@ def _twin(registry, run_id: int | None) -> str | None:
     if spec.is_hybrid or spec.activation != "leaky":
         return None
     twin = spec.model_copy(update={"activation": "relu", "slope": None}).name
-    for m in registry.series(run.series)["members"]:
-        if m["variant"] == twin and m["status"] == "finished" and m["run_id"] is not None:
-            return str(m["run_id"])
+    for m in registry.series(run.series).members:
+        if m.variant == twin and m.status == "finished" and m.run_id is not None:
+            return str(m.run_id)
     return None
 
 
 def _compile(placement: Placement, fp32: Path, target: str, data, registry) -> None:
     """The vendor compiler's verdict on the FP32 graph (it quantizes itself), when one exists and is installed."""
-    from npuyolo.compilers.envs import CompilerError, installed
 
     if target == "imx500":  # its converter takes the PyTorch model, not a graph: `npu compile RUN --compiler imx500`
         env = installed("imx500")
@@ -398,7 +401,6 @@ def _compile(placement: Placement, fp32: Path, target: str, data, registry) -> N
     if env is None:
         placement.compiler_status = "compiler not installed"
         return
-    from npuyolo.deploy.compile import compile_model, record
 
     try:
         result = compile_model(str(fp32), compiler, platform, data, registry)
@@ -421,11 +423,6 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
     `sweep=False` calibrates with MinMax instead of the sweep's choice (minutes less on a large model).
     `vendor_int8`: where the target's compiler is installed (RKNN, Vela), also score the vendor's own quantized model
     of each candidate (its simulator, TFLite's reference kernels) and rank by that INT8 accuracy: it is what ships."""
-    from npuyolo.data.check import check_dataset
-    from npuyolo.deploy.quantize import quantize_onnx
-    from npuyolo.deploy.check import check_model, sigmoid_on_npu
-    from npuyolo.npu.profiles import target as get_target
-    from npuyolo.paths import slug, write_text
 
     started = time.perf_counter()
     if not targets:
@@ -601,7 +598,6 @@ class SeriesPlan:
 def build_series_plan(registry, name: str, targets: list[str], data: str | Path | None = None, **kwargs) -> SeriesPlan:
     """`build_plan` for each finished member (each plan is recorded on its run, as `deploy plan` records it). `data`
     defaults to the series' own data set; `kwargs` go to `build_plan` (conf, calib, holdout, imgsz, sweep)."""
-    from npuyolo.npu.profiles import target as get_target
 
     started = time.perf_counter()
     if not targets:
@@ -609,15 +605,15 @@ def build_series_plan(registry, name: str, targets: list[str], data: str | Path 
     for t in targets:  # an unknown name fails before the first member's export
         get_target(t)
     series = registry.series(name)
-    data = data if data is not None else series["spec"].get("data")
+    data = data if data is not None else series.spec.get("data")
     if not data:
         raise PlanError(f"series {name!r} records no data set; name one")
     plans, skipped = {}, {}
-    for m in series["members"]:
-        if m["status"] != "finished" or m["run_id"] is None:
-            skipped[m["variant"]] = f"not finished ({m['status'] or 'not started'})"
+    for m in series.members:
+        if m.status != "finished" or m.run_id is None:
+            skipped[m.variant] = f"not finished ({m.status or 'not started'})"
             continue
-        plans[m["variant"]] = build_plan(registry, str(m["run_id"]), targets, data, **kwargs)
+        plans[m.variant] = build_plan(registry, str(m.run_id), targets, data, **kwargs)
     if not plans:
         raise PlanError(f"series {name!r} has no finished member to plan")
     return SeriesPlan(name, list(dict.fromkeys(targets)), plans, skipped, time.perf_counter() - started)

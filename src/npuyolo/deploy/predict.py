@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 import npuyolo.ultra  # noqa: F401  (Ultralytics only behind npuyolo's offline guards)
+from npuyolo.data.calibration import letterbox
 from npuyolo.data.check import IMAGE_SUFFIXES
 from npuyolo.deploy.decode import nms
-from npuyolo.data.calibration import letterbox
 from npuyolo.errors import NpuyoloError, storage_error
 from npuyolo.paths import file_problem, slug, write_bytes, write_text
 from npuyolo.resolve import ModelRef, default_imgsz, resolve_model
@@ -37,6 +37,8 @@ from npuyolo.resolve import ModelRef, default_imgsz, resolve_model
 __all__ = ["Box", "ImageDetections", "PredictError", "PredictResult", "Predictor", "detect", "list_sources", "load_predictor",
            "predict_source", "run_predict", "stdout_to_stderr"]
 
+from npuyolo.deploy.evaluate import onnx_predictor, torch_predictor
+from npuyolo.registry.db import Registry, RegistryError
 from npuyolo.ultra import stdout_to_stderr  # noqa: E402  (re-exported: predict's callers import it from here)
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv"}
@@ -157,7 +159,6 @@ def load_predictor(ref: str, registry=None, imgsz: int | None = None) -> Predict
 
 
 def _onnx_predictor(path: Path, imgsz: int | None) -> Predictor:
-    from npuyolo.deploy.evaluate import onnx_predictor
 
     forward, meta = onnx_predictor(path)  # validates the npuyolo metadata
     size = json.loads(meta["imgsz"])[0]
@@ -169,7 +170,6 @@ def _onnx_predictor(path: Path, imgsz: int | None) -> Predictor:
 
 
 def _torch_predictor(model: torch.nn.Module, imgsz: int, label: str, **kw) -> Predictor:
-    from npuyolo.deploy.evaluate import torch_predictor
 
     nc = int(model.model[-1].nc)
     names = {int(k): str(v) for k, v in (getattr(model, "names", None) or {}).items()} or {i: f"class{i}" for i in range(nc)}
@@ -177,7 +177,6 @@ def _torch_predictor(model: torch.nn.Module, imgsz: int, label: str, **kw) -> Pr
 
 
 def _run_predictor(ref: str, registry, imgsz: int | None) -> Predictor:
-    from npuyolo.registry.db import Registry, RegistryError
 
     if any(c in ref for c in "/\\"):
         raise PredictError(f"model not found: {ref} (give a run id or name, a .pt checkpoint or an .onnx file)")
@@ -318,7 +317,6 @@ def predict_source(predictor: Predictor, source: str | Path | list[Path], conf: 
 # ------------------------------------------------------------------------------------------------ outputs
 def annotate(image: np.ndarray, boxes: list[Box], names: dict[int, str]) -> np.ndarray:
     """A copy of `image` with Ultralytics' box labels drawn on it."""
-    import npuyolo.ultra  # noqa: F401  (offline guards: local fonts only)
     from ultralytics.utils.plotting import Annotator, colors
 
     annotator = Annotator(np.ascontiguousarray(image.copy()), example=str(names))

@@ -13,6 +13,10 @@ import importlib.util
 from pathlib import Path
 
 from npuyolo.deploy.evaluate import DeployError
+from npuyolo.deploy.service import quantize_run
+from npuyolo.resolve import resolve_model
+from npuyolo.train.recipe import Recipe
+from npuyolo.train.trainer import train_variant
 
 __all__ = ["qat_run"]
 
@@ -21,10 +25,6 @@ def qat_run(registry, ref: str, data: str | Path | None = None, *, epochs: int =
             calib: int = 200, per_channel: bool = True, bias_correct: bool = False, ends: str | None = None,
             verbose: bool = True) -> dict:
     """Fine-tune run `ref` with INT8 fake-quantization as a new run (its parent recorded), then export its INT8 QDQ."""
-    from npuyolo.deploy.service import quantize_run
-    from npuyolo.resolve import resolve_model
-    from npuyolo.train.recipe import Recipe
-    from npuyolo.train.trainer import train_variant
 
     if importlib.util.find_spec("modelopt") is None:
         raise DeployError("deploy qat needs NVIDIA ModelOpt (the fake-quantization Ultralytics trains with): "

@@ -10,6 +10,8 @@ from collections import defaultdict
 import numpy as np
 import onnx
 
+from npuyolo.npu.normalize import dequantize_constant
+
 __all__ = ["end_convs", "float_compute_nodes", "is_full_integer", "quantized_conv_weights"]
 
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
@@ -79,7 +81,6 @@ def end_convs(model: onnx.ModelProto) -> list[str]:
 
 def quantized_conv_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Conv name -> the float weight its QDQ graph actually computes with (int8 codes times scale)."""
-    from npuyolo.npu.normalize import dequantize_constant
 
     inits = {i.name: i for i in model.graph.initializer}
     made_by = _producers(model)

@@ -17,8 +17,11 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from npuyolo.data.calibration import calibration_images, holdout_images, letterbox
-from npuyolo.deploy.evaluate import DeployError
+from npuyolo.deploy.bias_correction import correct_biases
+from npuyolo.deploy.evaluate import DeployError, session
 from npuyolo.deploy.export import onnx_metadata, set_metadata
+from npuyolo.npu.profiles import target as load_target
+from npuyolo.npu.profiles import targets
 from npuyolo.paths import atomic_path
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
@@ -46,8 +49,12 @@ class ImageReader(CalibrationDataReader):
 
 def sensitive_nodes(fp32: Path, int8: Path, reader: ImageReader, count: int, workdir: Path) -> list[dict]:
     """The `count` Conv nodes whose quantized outputs drift most from float (lowest SQNR), per ORT's QDQ debugger."""
-    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
-                                                         create_activation_matching, modify_model_output_intermediate_tensors)
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
 
     aug_f, aug_q = workdir / "debug_fp32.onnx", workdir / "debug_int8.onnx"
     acts = ["Conv", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Mul", "HardSwish"]
@@ -208,7 +215,6 @@ ENDS = {"int16": "int16", "float": "float16"}  # --ends value -> the profile dty
 
 def ends_allowed(value: str, target: str) -> None:
     """`--ends` only where the target's profile lists a wider type than int8 (its `dtypes`, with their sources)."""
-    from npuyolo.npu.profiles import target as load_target, targets
 
     if value not in ENDS:
         raise DeployError(f"ends must be one of {', '.join(ENDS)}, got {value!r}", param="ends")
@@ -221,7 +227,6 @@ def ends_allowed(value: str, target: str) -> None:
 
 
 def _outputs(model_path: Path, reader: ImageReader) -> list[list[np.ndarray]]:
-    from npuyolo.deploy.evaluate import session
 
     sess = session(model_path)
     reader.rewind()
@@ -366,7 +371,6 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
             """The graph to quantize: FP32, or a copy whose quantized Convs (not `float_nodes`) are bias-corrected."""
             if correction is None:
                 return prepared, 0
-            from npuyolo.deploy.bias_correction import correct_biases
 
             model = onnx.load(str(prepared))
             wq, means = correction

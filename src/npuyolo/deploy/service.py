@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from npuyolo.deploy.evaluate import DeployError, evaluate_onnx
+from npuyolo.data.check import check_dataset
+from npuyolo.deploy.evaluate import DeployError, evaluate_onnx, torch_predictor, validate
 from npuyolo.deploy.export import check_imgsz, default_head, export_onnx, onnx_metadata
 from npuyolo.deploy.quantize import quantize_onnx
+from npuyolo.deploy.vendor import evaluate_compiled, is_compiled, read_compiled
 from npuyolo.paths import slug
+from npuyolo.resolve import resolve_model
+from npuyolo.variants.checkpoint import load_weights
 
 
 def quantize_run(registry, ref: str, data: str | Path, *, calib: int = 200, method: str = "minmax", per_channel: bool = False,
@@ -15,8 +19,6 @@ def quantize_run(registry, ref: str, data: str | Path, *, calib: int = 200, meth
                  out_dir: Path | None = None, cle: bool = False, percentile: float | None = None, bias_correct: bool = False,
                  ends: str | None = None, target: str | None = None, sweep: bool = False, holdout: int = 50) -> dict:
     """Export the run's best weights (L4: NPU head cut) to FP32 ONNX and quantize it; both become run artefacts."""
-    from npuyolo.data.check import check_dataset
-    from npuyolo.resolve import resolve_model
 
     check_dataset(data, cache_dir=registry.root / "cache")
     if imgsz is not None:
@@ -59,16 +61,14 @@ def checkpoint_baseline(registry, run_id: int, data, imgsz: int) -> dict | None:
     Ultralytics' validation during training batches images as rectangles (rect=True), which a static-shape ONNX
     cannot do; comparing the ONNX score with that figure mixes two pipelines. This is the like-for-like number.
     """
-    from npuyolo.deploy.evaluate import torch_predictor, validate
-    from npuyolo.variants.checkpoint import load_weights
 
     run = registry.get_run(run_id)
     best = run.artifact_path("weights/best")
     if best is None:
         return None
-    done = [e for e in registry.deploy_evals(run_id) if e["precision_kind"] == "pt" and e["result"].get("imgsz") == imgsz]
+    done = [e for e in registry.deploy_evals(run_id) if e.precision_kind == "pt" and e.result.get("imgsz") == imgsz]
     if done:
-        return done[-1]["result"]
+        return done[-1].result
     model = load_weights(best)
     result = {"artefact": str(best), **validate(torch_predictor(model), data, imgsz, dict(model.names))}
     registry.add_deploy_eval(run_id=run_id, artefact=str(best), precision_kind="pt", result=result)
@@ -80,16 +80,14 @@ def evaluate_artefact(registry, path: str | Path, data: str | Path, layers: bool
 
     A vendor-compiled model (.rknn, the int8 .tflite behind a Vela build) is scored as the vendor quantized it, in
     the compiler's own environment, beside the FP32 ONNX file it was compiled from (deploy/vendor.py)."""
-    from npuyolo.data.check import check_dataset
-    from npuyolo.deploy.vendor import evaluate_compiled, is_compiled, read_compiled
 
     path = Path(path)
     if is_compiled(path):
         art = read_compiled(path)  # before the data set is read: a file without its manifest is one line
         check_dataset(data, cache_dir=registry.root / "cache")
         run_id = registry.artifact_run(art.onnx)
-        done = [e for e in registry.deploy_evals(run_id) if e["artefact"] == str(art.onnx)] if run_id is not None else []
-        score = evaluate_compiled(path, data, fp32=done[-1]["result"] if done else None, layers=layers, qdq=qdq)
+        done = [e for e in registry.deploy_evals(run_id) if e.artefact == str(art.onnx)] if run_id is not None else []
+        score = evaluate_compiled(path, data, fp32=done[-1].result if done else None, layers=layers, qdq=qdq)
         out = {"run_id": run_id, **score.as_dict()}
         if run_id is not None and not registry.readonly:
             if not done:
@@ -111,8 +109,8 @@ def evaluate_artefact(registry, path: str | Path, data: str | Path, layers: bool
         if kind == "int8":
             fp32 = registry.get_run(run_id).artifact_path("onnx/fp32")
             if fp32 is not None:
-                done = [e for e in registry.deploy_evals(run_id) if e["artefact"] == str(fp32)]
-                base = done[-1]["result"] if done else evaluate_onnx(fp32, data)
+                done = [e for e in registry.deploy_evals(run_id) if e.artefact == str(fp32)]
+                base = done[-1].result if done else evaluate_onnx(fp32, data)
                 if not done:
                     registry.add_deploy_eval(run_id=run_id, artefact=str(fp32), precision_kind="fp32", result=base)
                 out["fp32"] = base

@@ -30,6 +30,7 @@ import torch
 
 from npuyolo.compilers.envs import clean_env, require
 from npuyolo.compilers.manifest import manifest_path
+from npuyolo.data.calibration import calibration_images, letterbox
 from npuyolo.deploy.contract import ContractReport, InputContract, check_contract, prepare
 from npuyolo.deploy.evaluate import Deployable, DeployError, load_deployable, validate
 from npuyolo.deploy.layers import LayerRow, compare_layers, parse_error_analysis, qdq_layer_errors
@@ -334,7 +335,6 @@ def _golden(data, imgsz: int) -> np.ndarray:
     objects at every scale, so more outputs carry signal than on a synthetic scene)."""
     import cv2
 
-    from npuyolo.data.calibration import calibration_images, letterbox
 
     path = calibration_images(data, 1)[0]
     image = cv2.imread(str(path))

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from npuyolo.errors import NpuyoloError
 from npuyolo.train.recipe import DistillConfig, Recipe
+from npuyolo.train.trainer import train_variant
+from npuyolo.variants.spec import parse_variant
 
 
 class DistillError(NpuyoloError, ValueError):
@@ -15,8 +17,6 @@ class DistillError(NpuyoloError, ValueError):
 def distill(registry, teacher: str, student_variant: str, data: str | Path, recipe: Recipe, *, alpha: float = 1.0,
             beta: float = 1.0, gamma: float = 0.0, temperature: float = 2.0, name: str | None = None, verbose: bool = True,
             series: str | None = None, on_created=None):
-    from npuyolo.train.trainer import train_variant
-    from npuyolo.variants.spec import parse_variant
 
     if str(teacher).lower().endswith(".pt"):  # a checkpoint from elsewhere (e.g. another registry or machine)
         if not Path(teacher).is_file():

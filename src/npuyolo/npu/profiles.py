@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-
 from functools import cache
 from importlib import resources
 from typing import Any, Literal
@@ -12,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from npuyolo.errors import NpuyoloError
+from npuyolo.npu.constraints import CONSTRAINTS
 
 Placement = Literal["npu", "cpu", "unknown"]
 
@@ -26,7 +26,6 @@ class OpRule(BaseModel):
     @field_validator("constraints")
     @classmethod
     def _known(cls, v: dict) -> dict:
-        from npuyolo.npu.constraints import CONSTRAINTS
 
         unknown = set(v) - set(CONSTRAINTS)
         if unknown:

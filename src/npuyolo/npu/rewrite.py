@@ -16,6 +16,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from npuyolo.errors import NpuyoloError
+from npuyolo.npu.graph import load_graph
+from npuyolo.npu.onnxfile import written_by_npuyolo
+from npuyolo.paths import atomic_path, check_output_file
 
 Method = Literal["relu-decomp", "relu-exact", "max"]
 METHODS: tuple[str, ...] = ("relu-decomp", "relu-exact", "max")
@@ -116,9 +119,6 @@ def rewrite_file(src: str | Path, dst: str | Path | None = None, method: str = "
     `dst` follows `npuyolo.paths.check_output_file` (an earlier npuyolo ONNX may be replaced; another file or a
     symlink only with `force`; never the registry); a full disk or a refused write is one RewriteError.
     """
-    from npuyolo.npu.onnxfile import written_by_npuyolo
-    from npuyolo.npu.graph import load_graph
-    from npuyolo.paths import atomic_path, check_output_file
 
     src = Path(src)
     g = load_graph(src)  # same validation as `npu check`

@@ -8,9 +8,15 @@ from pathlib import Path
 
 import torch
 
+from npuyolo.data.check import check_dataset
+from npuyolo.deploy.evaluate import torch_predictor, validate
+from npuyolo.deploy.export import export_onnx, load_weights
+from npuyolo.deploy.latency import bench_onnx
 from npuyolo.errors import NpuyoloError
 from npuyolo.paths import atomic_path
 from npuyolo.prune.modules import split_c2f
+from npuyolo.train.recipe import Recipe
+from npuyolo.train.trainer import train_variant
 
 METHODS = ("l1", "group-norm")
 
@@ -73,11 +79,6 @@ def save_checkpoint(model: torch.nn.Module, path: Path, extra: dict | None = Non
 def prune_run(registry, ref: str, *, ratio: float = 0.3, method: str = "l1", finetune_epochs: int = 10,
               data: str | Path | None = None, bench_runs: int = 20, verbose: bool = True) -> dict:
     """Prune a run's best weights, fine-tune them as a new run, and record size, accuracy and latency before/after."""
-    from npuyolo.deploy.evaluate import torch_predictor, validate
-    from npuyolo.deploy.export import export_onnx, load_weights
-    from npuyolo.deploy.latency import bench_onnx
-    from npuyolo.train.recipe import Recipe
-    from npuyolo.train.trainer import train_variant
 
     parent = registry.get_run(ref)
     best = parent.artifact_path("weights/best")
@@ -86,7 +87,6 @@ def prune_run(registry, ref: str, *, ratio: float = 0.3, method: str = "l1", fin
     if finetune_epochs < 1:
         raise PruneError("finetune_epochs must be at least 1 (a pruned model needs fine-tuning to recover)", param="finetune_epochs")
     data = Path(data or parent.data_path)
-    from npuyolo.data.check import check_dataset
 
     check_dataset(data, cache_dir=registry.root / "cache")  # npuyolo's bounded check before Ultralytics reads the set
     recipe = Recipe(**{**parent.recipe, "epochs": finetune_epochs, "warmup_epochs": 0})

@@ -15,6 +15,7 @@ from torch import nn
 
 from npuyolo.errors import NpuyoloError
 from npuyolo.ultra import Conv
+from npuyolo.variants.spec import VariantError, _parse_activation
 
 __all__ = ["AnnealError", "AnnealSchedule", "annealed_relus", "parse_anneal", "set_slope", "with_anneal"]
 
@@ -50,7 +51,6 @@ class AnnealSchedule:
 
 def parse_anneal(source: str, epochs: int, window: str | None = None, shape: str = "linear") -> AnnealSchedule:
     """`leaky0.1` + `S:E` (default: from epoch 1 to half of training) + linear|cosine -> a checked schedule."""
-    from npuyolo.variants.spec import VariantError, _parse_activation
 
     try:
         activation, slope = _parse_activation(source.strip(), source)

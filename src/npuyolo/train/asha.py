@@ -9,7 +9,8 @@ from npuyolo.registry.schema import RunStatus
 from npuyolo.train.members import ExecutorError, MemberJob, MemberState
 from npuyolo.train.ray_executor import QueueSink, RayExecutor, RayOptions, _drainer, stop_reason
 from npuyolo.train.records import RecordSink, RegistrySink, finish_run
-from npuyolo.train.trainer import PreparedRun
+from npuyolo.train.trainer import PreparedRun, train_into
+from npuyolo.ultra import stdout_to_stderr
 
 __all__ = ["ASHA_METRICS", "AshaExecutor", "tune_member"]
 
@@ -55,8 +56,6 @@ def tune_member(config: dict, queue=None, prepared: dict | None = None, metric: 
     """
     from ray import tune
 
-    from npuyolo.train.trainer import train_into
-    from npuyolo.ultra import stdout_to_stderr
 
     run = prepared[config["member"]]
     sink = _ScheduledSink(QueueSink(queue, run.run_id, 0), int(run.recipe.epochs), metric)

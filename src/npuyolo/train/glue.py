@@ -11,9 +11,11 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+from npuyolo.train.anneal import set_slope
+from npuyolo.train.kd import KDDistillationModel
 from npuyolo.train.recipe import Recipe
 from npuyolo.train.records import PREVIOUS, RecordSink
-from npuyolo.ultra import DetectionTrainer, intersect_dicts
+from npuyolo.ultra import DetectionTrainer, DistillationModel, intersect_dicts, unwrap_model
 from npuyolo.variants.build import build_model
 from npuyolo.variants.checkpoint import is_pruned
 from npuyolo.yamlfile import load_yaml
@@ -147,8 +149,6 @@ class NpuyoloDistillTrainer(NpuyoloTrainer):
     kd: dict = {}
 
     def _wrap(self) -> None:
-        from npuyolo.train.kd import KDDistillationModel
-        from npuyolo.ultra import DistillationModel, unwrap_model
 
         model = unwrap_model(self.model)
         if isinstance(model, KDDistillationModel) or not self.args.distill_model:
@@ -196,8 +196,6 @@ class AnnealMixin:
 
     @staticmethod
     def _apply_slope(trainer) -> None:
-        from npuyolo.train.anneal import set_slope
-        from npuyolo.ultra import unwrap_model
 
         trainer.act_slope = trainer.schedule.slope_at(trainer.epoch + 1)
         for model in (unwrap_model(trainer.model), trainer.ema.ema if trainer.ema else None):

@@ -15,7 +15,8 @@ from pathlib import Path
 from npuyolo.registry.schema import RunStatus
 from npuyolo.train.members import ExecutorError, MemberJob, MemberState
 from npuyolo.train.records import RecordSink, RegistrySink
-from npuyolo.train.trainer import PreparedRun
+from npuyolo.train.trainer import PreparedRun, train_into
+from npuyolo.ultra import stdout_to_stderr
 
 __all__ = ["FAULT_ENV", "QueueSink", "RayExecutor", "RayOptions", "require_ray", "stop_reason", "train_member",
            "worker_env"]
@@ -75,8 +76,6 @@ class QueueSink(RecordSink):
 
 def train_member(prepared: PreparedRun, queue, attempt: int, exit_after_epoch: int | None) -> int:
     """Body of a Ray task: train one prepared run in its folder, records through the queue. Never opens the registry."""
-    from npuyolo.train.trainer import train_into
-    from npuyolo.ultra import stdout_to_stderr
 
     def fault_hook(trainer) -> None:
         def exit_now(t) -> None:
