@@ -7,6 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from npuyolo.data.calibration import CalibrationError
 from npuyolo.cli import app
 from npuyolo.deploy.evaluate import DeployError, evaluate_onnx, onnx_predictor, torch_predictor, validate
 from npuyolo.deploy.export import export_onnx
@@ -95,7 +96,7 @@ def test_keep_float_by_name(synth_data, tmp_path):
 
 def test_bad_deploy_input(synth_data, tmp_path):
     fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
-    with pytest.raises(DeployError, match="at least 1"):
+    with pytest.raises(CalibrationError, match="at least 1"):  # the data stage's error (a NpuyoloError) since it moved there
         quantize_onnx(fp32, tmp_path / "q.onnx", synth_data, calib=0)
     with pytest.raises(DeployError, match="data yaml not found"):
         evaluate_onnx(fp32, tmp_path / "missing.yaml")
@@ -103,7 +104,7 @@ def test_bad_deploy_input(synth_data, tmp_path):
     (empty / "images" / "train").mkdir(parents=True)
     (empty / "images" / "val").mkdir(parents=True)
     (empty / "data.yaml").write_text("train: images/train\nval: images/val\nnames: {0: a}\n")
-    with pytest.raises(DeployError, match="no training images"):
+    with pytest.raises(CalibrationError, match="no training images"):
         calibration_images(empty / "data.yaml", 5)
     foreign = tmp_path / "foreign.onnx"  # an ONNX model without the outputs/metadata npuyolo expects
     proto = onnx.load(str(fp32))

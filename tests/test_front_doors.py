@@ -23,7 +23,7 @@ NAMES = ["stop", "speedlimit"]
 def cli(*args) -> dict | list:
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, (result.output, result.exception)
-    return json.loads(result.output)
+    return json.loads(result.stdout)  # stdout alone: Ultralytics' training log goes to stderr
 
 
 def input_side(path: str | Path) -> int:

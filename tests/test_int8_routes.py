@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from typer.testing import CliRunner
 
+from npuyolo.data.calibration import CalibrationError
 from npuyolo.cli import app
 from npuyolo.deploy.bias_correction import correct_biases
 from npuyolo.deploy.evaluate import DeployError
@@ -163,7 +164,7 @@ def test_sweep_judges_on_held_back_train_images_never_val(synth_data, tmp_path, 
     assert labels == ["minmax", "percentile99.99", "percentile99.999", "entropy"]
     best = max(info["sweep"], key=lambda r: r["sqnr_db"])
     assert info["calibration"] == best["calibration"] and all(np.isfinite(r["sqnr_db"]) for r in info["sweep"])
-    with pytest.raises(DeployError, match="lower `calib`"):
+    with pytest.raises(CalibrationError, match="lower `calib`"):
         quantize_onnx(fp32, tmp_path / "s2.onnx", synth_data, calib=10_000, sweep=True)
 
 

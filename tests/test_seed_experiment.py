@@ -76,5 +76,5 @@ def test_a_member_stopped_midway_is_resumed_by_the_next_train_call(synth_data, t
     assert "resuming run #1" in again.stdout + again.stderr
     reg = Registry(db, readonly=True)
     runs = reg.runs()
-    assert [(r["id"], r["name"], r["status"]) for r in runs] == [(1, "seed64-L4-relu", "finished")]
+    assert [(r.id, r.name, r.status) for r in runs] == [(1, "seed64-L4-relu", "finished")]
     assert len(reg.get_run(1).epochs) == 3
