@@ -151,3 +151,19 @@ def test_layers_of_a_build_without_accuracy_analysis_is_one_line(monkeypatch, tm
     with pytest.raises(DeployError) as e:
         vendor.evaluate_compiled(art.path, tmp_path / "data.yaml", layers=True)
     assert "accuracy_analysis" in str(e.value) and "tflite" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_rknn_error_analysis_table_is_read_as_rknn_writes_it():
+    """A trimmed real error_analysis.txt (RKNN-Toolkit2's accuracy_analysis of L4-leaky at 320 px, rk3588): header and
+    rows without figures (a Conv fused into the op after it) are skipped, every other row keeps its four figures."""
+    from npuyolo.deploy.layers import parse_error_analysis
+
+    from .conftest import REPO
+
+    rows = parse_error_analysis((REPO / "tests" / "fixtures" / "rknn_error_analysis.txt").read_text())
+    assert [(r.op, r.tensor) for r in rows[:3]] == [("Input", "images"), ("exDataConvert", "images_int8"),
+                                                   ("Conv", "/model.0/conv/Conv_output_0")]
+    assert rows[2].cos_entire == 0.99988 and rows[2].euc_entire == 7.83368
+    sigmoid = next(r for r in rows if r.op == "Sigmoid")
+    assert (sigmoid.tensor, sigmoid.cos_entire, sigmoid.cos_single) == ("scores_s32_int8", 0.2854, 0.3123)
+    assert "/cv3.2/cv3.2.2/Conv_output_0" not in {r.tensor for r in rows}  # fused: no figures of its own
