@@ -69,9 +69,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="JSON of every row [default: WORK/int8_by_toolchain.json]")
     args = ap.parse_args()
 
-    def acc(d: dict) -> Accuracy:
-        return Accuracy(d["precision"], d["recall"], d["map50"], d["map50_95"])
-
     skip = lambda label: any(label.startswith(s) for s in args.skip)  # noqa: E731
     print(f"{platform.processor() or platform.machine()}, {args.imgsz} px; ours/Ultralytics calibrate on {args.calib} "
           f"train images, vendors on {args.vendor_calib}; retention = mAP50 at conf {args.conf} / FP32's", flush=True)
@@ -128,7 +125,8 @@ def main() -> None:
             if compiler == "vela":
                 perf = res.build.performance
                 note += f"; Vela {perf.get('accelerator', target)} estimate {perf.get('inference_ms', float('nan')):.2f} ms"
-            r = row(route, (acc(score.result), acc(score.at_conf)), (acc(score.fp32), acc(score.fp32_at_conf)),
+            r = row(route, (Accuracy.of(score.result), Accuracy.of(score.at_conf)),
+                    (Accuracy.of(score.fp32), Accuracy.of(score.fp32_at_conf)),
                     time.perf_counter() - t, note)
             summary = res.build.summary()
             r["compiler"] = {"version": res.build.version, "rows_npu": summary.get("rows_npu"),

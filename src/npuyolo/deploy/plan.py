@@ -70,6 +70,11 @@ class Accuracy:
     map50: float
     map50_95: float
 
+    @classmethod
+    def of(cls, result: dict) -> Accuracy:
+        """From a validation result (`validate`, `deploy eval`): its P, R, mAP50, mAP50-95."""
+        return cls(result["precision"], result["recall"], result["map50"], result["map50_95"])
+
 
 @dataclass
 class Placement:
@@ -361,7 +366,7 @@ def scores(path: str | Path, data: str | Path, conf: float) -> tuple[Accuracy, A
 
     def acc(c: float) -> Accuracy:
         r = validate(replay, data, imgsz, names, conf=c)
-        return Accuracy(r["precision"], r["recall"], r["map50"], r["map50_95"])
+        return Accuracy.of(r)
 
     return acc(0.001), acc(conf)
 
@@ -441,13 +446,13 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
         first = check_model(ref, [t0], registry, imgsz=imgsz)
     run_id, label = first.run_id, first.model_ref
     exports[("export", sigmoid_on_npu(profiles[t0]))] = Path(first.onnx_paths[t0])
-    folder = (registry.run_dir(registry.get_run(run_id), "plan") if run_id is not None
-              else registry.output_dir("plan", slug(label, "model")))
+    run = registry.get_run(run_id) if run_id is not None else None  # read once: folder, variant, size, seed
+    folder = registry.run_dir(run, "plan") if run is not None else registry.output_dir("plan", slug(label, "model"))
     twin = _twin(registry, run_id)
-    variant = registry.get_run(run_id).variant if run_id is not None else None
+    variant = run.variant if run is not None else None
     size = imgsz
-    if size is None and run_id is not None:
-        size = registry.get_run(run_id).recipe.get("imgsz")
+    if size is None and run is not None:
+        size = run.recipe.get("imgsz")
 
     def export_for(source: str, t: str) -> Path:
         key = (source, sigmoid_on_npu(profiles[t]))
@@ -475,7 +480,7 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
         if (fp32, route) in int8s:
             return int8s[(fp32, route)]
         out = folder / f"{fp32.stem}-{route}.onnx"
-        seed = registry.get_run(run_id).recipe.get("seed", 0) if run_id is not None else 0
+        seed = run.recipe.get("seed", 0) if run is not None else 0
         with stage("quantize"):
             if not chosen_cal and not sweep:
                 chosen_cal.update(method="minmax", percentile=None, label="minmax")
@@ -523,8 +528,7 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
 
             with stage("vendor int8"):
                 score = evaluate_compiled(p.compiled_file, data, deploy_conf=conf)
-            acc = lambda d: Accuracy(d["precision"], d["recall"], d["map50"], d["map50_95"])  # noqa: E731
-            vendors[p.compiled_file] = VendorInt8(score.runtime, acc(score.result), acc(score.at_conf))
+            vendors[p.compiled_file] = VendorInt8(score.runtime, Accuracy.of(score.result), Accuracy.of(score.at_conf))
         return vendors[p.compiled_file]
 
     plans = []
