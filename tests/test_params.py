@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from typer.testing import CliRunner
 
@@ -44,3 +47,13 @@ def test_recipe_defaults_live_only_in_default_recipe_yaml():
     help_text = CliRunner().invoke(app, ["train", "--help"], terminal_width=200).output
     for key in ("epochs", "batch", "imgsz", "lr0", "lr_final", "momentum", "weight_decay", "warmup_epochs", "seed"):
         assert f"[default: {defaults[key]}" in help_text, key
+
+
+def test_top_level_help_does_not_load_the_recipe_defaults():
+    """Issue 23: start-up must not grow; PyYAML (10 ms) is loaded only for `train --help` or a training run."""
+    probe = ("import sys; sys.argv = ['npuyolo', '--help']\n"
+             "from npuyolo.cli import app\n"
+             "try:\n    app()\nexcept SystemExit:\n    pass\n"
+             "print('LOADED', 'yaml' in sys.modules, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "LOADED False" in done.stderr and "Train a variant" in done.stdout

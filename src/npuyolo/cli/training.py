@@ -16,6 +16,7 @@ from npuyolo.cli.common import (
     PlanConfOpt,
     PlanHoldoutOpt,
     PlanSweepOpt,
+    RecipeDefaultsHelp,
     RegistryOpt,
     Table,
     app,
@@ -33,26 +34,25 @@ from npuyolo.cli.common import (
     user_errors,
 )
 from npuyolo.cli.tables import print_ranking, print_result, print_run, print_series_plan, print_study
-from npuyolo.train.defaults import recipe_defaults
-
-R = recipe_defaults()  # the report's recipe, quoted in the help (its one home is default_recipe.yaml)
 
 
-@app.command(help=f"Train a variant with the report's recipe ({R['optimizer']} lr0 {R['lr0']} -> {R['lr_final']}, "
-                  f"{R['epochs']} epochs, {R['imgsz']} px, seed {R['seed']}; defaults from train/default_recipe.yaml).")
+@app.command(cls=RecipeDefaultsHelp,  # {key}: the recipe's default, filled in when the help is shown
+             short_help="Train a variant with the report's recipe (defaults in train/default_recipe.yaml).",
+             help="Train a variant with the report's recipe ({optimizer} lr0 {lr0} -> {lr_final}, {epochs} epochs, "
+                  "{imgsz} px, seed {seed}; defaults from train/default_recipe.yaml).")
 @user_errors
 def train(variant: Annotated[Optional[str], typer.Option(help="Variant, e.g. L4-leaky. Required (unless --resume).")] = None,
           data: Annotated[Optional[Path], typer.Option(help="data.yaml (YOLO format). Required (unless --resume).")] = None,
           recipe: Annotated[Optional[Path], typer.Option(help="Recipe YAML over the report's defaults.")] = None,
-          epochs: Annotated[Optional[int], typer.Option(help=f"[default: {R['epochs']}, the recipe's]")] = None,
-          batch: Annotated[Optional[int], typer.Option(help=f"[default: {R['batch']}]")] = None,
-          imgsz: Annotated[Optional[int], typer.Option(help=f"Training size, a multiple of 32 [default: {R['imgsz']}]")] = None,
-          lr0: Annotated[Optional[float], typer.Option(help=f"Initial learning rate [default: {R['lr0']}]")] = None,
-          lr_final: Annotated[Optional[float], typer.Option(help=f"Final learning rate [default: {R['lr_final']}]")] = None,
-          momentum: Annotated[Optional[float], typer.Option(help=f"SGD momentum [default: {R['momentum']}]")] = None,
-          weight_decay: Annotated[Optional[float], typer.Option(help=f"[default: {R['weight_decay']}]")] = None,
-          warmup_epochs: Annotated[Optional[float], typer.Option(help=f"[default: {R['warmup_epochs']}]")] = None,
-          seed: Annotated[Optional[int], typer.Option(help=f"[default: {R['seed']}]")] = None,
+          epochs: Annotated[Optional[int], typer.Option(help="[default: {epochs}, the recipe's]")] = None,
+          batch: Annotated[Optional[int], typer.Option(help="[default: {batch}]")] = None,
+          imgsz: Annotated[Optional[int], typer.Option(help="Training size, a multiple of 32 [default: {imgsz}]")] = None,
+          lr0: Annotated[Optional[float], typer.Option(help="Initial learning rate [default: {lr0}]")] = None,
+          lr_final: Annotated[Optional[float], typer.Option(help="Final learning rate [default: {lr_final}]")] = None,
+          momentum: Annotated[Optional[float], typer.Option(help="SGD momentum [default: {momentum}]")] = None,
+          weight_decay: Annotated[Optional[float], typer.Option(help="[default: {weight_decay}]")] = None,
+          warmup_epochs: Annotated[Optional[float], typer.Option(help="[default: {warmup_epochs}]")] = None,
+          seed: Annotated[Optional[int], typer.Option(help="[default: {seed}]")] = None,
           workers: Annotated[Optional[int], typer.Option(help="Data loader workers [default: min(8, CPUs)]")] = None,
           device: Annotated[Optional[str], typer.Option(help="cpu, 0, 0,1 ... [default: Ultralytics' choice]")] = None,
           fraction: Annotated[Optional[float], typer.Option(help="Use this share of the training images.")] = None,
