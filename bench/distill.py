@@ -55,9 +55,9 @@ def main() -> None:
     p, d = reg.epochs(plain.run_id)[-1], reg.epochs(kd.run_id)[-1]
     print(f"\nbudget: {args.epochs} epochs at {args.imgsz} px, seed {recipe.seed}, report recipe; teacher {args.teacher}")
     print(f"KD weights: alpha(cls) {args.alpha}, beta(box) {args.beta}, gamma(feat) {args.gamma}, T {args.temperature}")
-    print(f"plain     {args.student}: mAP50 {p['map50']:.3f}  mAP50-95 {p['map50_95']:.3f}  ({t_plain:.0f} s, run {plain.run_id})")
-    print(f"distilled {args.student}: mAP50 {d['map50']:.3f}  mAP50-95 {d['map50_95']:.3f}  ({t_kd:.0f} s, run {kd.run_id})")
-    print(f"difference: mAP50 {(d['map50'] - p['map50']) * 100:+.1f} points, mAP50-95 {(d['map50_95'] - p['map50_95']) * 100:+.1f} points")
+    print(f"plain     {args.student}: mAP50 {p.map50:.3f}  mAP50-95 {p.map50_95:.3f}  ({t_plain:.0f} s, run {plain.run_id})")
+    print(f"distilled {args.student}: mAP50 {d.map50:.3f}  mAP50-95 {d.map50_95:.3f}  ({t_kd:.0f} s, run {kd.run_id})")
+    print(f"difference: mAP50 {(d.map50 - p.map50) * 100:+.1f} points, mAP50-95 {(d.map50_95 - p.map50_95) * 100:+.1f} points")
 
 
 if __name__ == "__main__":

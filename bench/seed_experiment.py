@@ -114,7 +114,7 @@ def adopt_committed(db: Path, member: str, args, data: Path):
     """A member trained and committed in an earlier session (its work folder gone with that machine): its registry row
     rebuilt from the committed run.json (recipe, every epoch, best figures) with the committed best.pt as its weights,
     so that `post` can measure it here. Returns the run, or None when nothing is committed."""
-    from npuyolo.registry.db import Registry
+    from npuyolo.registry.db import EPOCH_FIELDS, EpochRow, Registry
 
     out = member_dir(args, member)
     record, best = out / "run.json", out / "best.pt"
@@ -127,11 +127,8 @@ def adopt_committed(db: Path, member: str, args, data: Path):
     run_id = reg.create_run(name=row["name"], variant=row["variant"], recipe=row["recipe"], data_path=str(data),
                             data_hash=row["data_hash"], class_names=row["class_names"], weights_source=None,
                             device=row["device"], versions=row["versions"])
-    for e in row["epochs"]:
-        values = {k: e.get(k) for k in ("box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50", "map50_95",
-                                        "lr", "epoch_time_s")}
-        reg.record_epoch(run_id, e["epoch"], extra={k: v for k, v in e.items() if k not in values and k != "epoch"} or None,
-                         **values)
+    for e in map(EpochRow.from_dict, row["epochs"]):
+        reg.record_epoch(run_id, e.epoch, extra=e.extra, **{k: e.value(k) for k in EPOCH_FIELDS})
     reg.update_run(run_id, best_json=json.dumps({**row["best"], "weights": str(best.resolve())}))
     reg.add_artifact(run_id, "weights/best", best.resolve(), {"adopted_from": str(record)})
     reg.set_status(run_id, "finished")

@@ -66,7 +66,7 @@ def test_annealed_run_is_a_relu_network_with_the_plain_export(synth_data, tiny_r
     recipe = with_anneal(tiny_recipe.model_copy(update={"epochs": 3}), "leaky0.1", "1:2")
     result = train_variant("L4-relu", synth_data, recipe, reg, verbose=False)
     run = reg.get_run(result.run_id)
-    assert [e["extra"]["act_slope"] for e in run.epochs] == [0.1, 0.0, 0.0]
+    assert [e.extra["act_slope"] for e in run.epochs] == [0.1, 0.0, 0.0]
     assert run.recipe["act_anneal"]["end"] == 2
     best = load_weights(run.artifact_path("weights/best"))
     assert set(activation_census(best)) == {"ReLU"}
@@ -88,7 +88,7 @@ def test_killed_annealed_run_resumes_with_the_right_slope(synth_data, tmp_path):
     resume_run(1, reg, verbose=False)
     run = reg.get_run(1)
     assert run.status == "finished"
-    assert [(e["epoch"], e["extra"]["act_slope"]) for e in run.epochs] == [(1, 0.1), (2, 0.05), (3, 0.0)]
+    assert [(e.epoch, e.extra["act_slope"]) for e in run.epochs] == [(1, 0.1), (2, 0.05), (3, 0.0)]
     from npuyolo.variants.checkpoint import load_weights
 
     assert set(activation_census(load_weights(run.artifact_path("weights/best")))) == {"ReLU"}

@@ -102,5 +102,5 @@ def test_distill_run_resumes_after_sigkill(synth_data, tiny_recipe, tmp_path):
     result = runner.invoke(app, ["train", "--resume", "2", "--registry", str(db)])
     assert result.exit_code == 0, result.output
     run = Registry(db).get_run(2)
-    assert run.status == "finished" and [e["epoch"] for e in run.epochs] == [1, 2, 3, 4]
+    assert run.status == "finished" and [e.epoch for e in run.epochs] == [1, 2, 3, 4]
     assert all("kd_cls" in e["extra"] for e in run.epochs)  # resumed with npuyolo's KD terms, not Ultralytics' own

@@ -35,7 +35,7 @@ def test_roadsign4_one_epoch_end_to_end(tmp_path):
     run = Registry(db).get_run(1)
     assert run.status == "finished" and len(run.epochs) == 1
     assert run.class_names == ["trafficlight", "stop", "speedlimit", "crosswalk"]
-    assert run.epochs[0]["box_loss"] > 0
+    assert run.epochs[0].box_loss > 0
 
     onnx_path = tmp_path / "l4.onnx"
     exported = runner.invoke(app, ["export", "1", "--imgsz", "128", "--out", str(onnx_path), "--registry", str(db)])

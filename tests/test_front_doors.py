@@ -105,5 +105,5 @@ def test_train_through_either_door_records_the_same_run(tmp_path, synth_data):
         else:
             run_id = Workspace(db).train("L4-relu", synth_data, name="signs", verbose=False, **args).id
         run = Registry(db, readonly=True).get_run(run_id)
-        recorded[door] = (run.status, run.recipe, [e["epoch"] for e in run.epochs], sorted(a.kind for a in run.artifacts))
+        recorded[door] = (run.status, run.recipe, [e.epoch for e in run.epochs], sorted(a.kind for a in run.artifacts))
     assert recorded["cli"] == recorded["api"] and recorded["cli"][0] == "finished"

@@ -44,7 +44,7 @@ def content(reg: Registry) -> dict:
     out = {}
     for r in reg.runs():
         run = reg.get_run(r.id)
-        out[run.variant] = {"name": run.name, "status": run.status, "epochs": [e["epoch"] for e in run.epochs],
+        out[run.variant] = {"name": run.name, "status": run.status, "epochs": [e.epoch for e in run.epochs],
                             "artifacts": sorted(a.kind for a in run.artifacts), "device": run.device, "amp": run.amp,
                             "best": sorted(run.best or {}), "metrics_recorded": all(e["map50"] is not None for e in run.epochs)}
     return out
@@ -82,7 +82,7 @@ def test_killed_worker_is_retried_from_its_checkpoint_without_duplicate_epochs(r
     run_series(spec, reg, verbose=False, executor=RayExecutor(RayOptions(max_retries=1), on_progress=lambda s: states.append(
         [(m.status, m.attempt) for m in s])))
     run = reg.get_run(1)
-    assert run.status == "finished" and [e["epoch"] for e in run.epochs] == [1, 2]
+    assert run.status == "finished" and [e.epoch for e in run.epochs] == [1, 2]
     assert calls == [(1, 1), (1, 2)]  # epoch 1 came from the checkpoint, never trained or recorded again
     assert ("interrupted", 0) in [s[0] for s in states] and states[-1] == [("finished", 1)]
     assert run.artifact("weights/last") and len(reg.runs()) == 1  # the same run continued, no second one
@@ -97,10 +97,10 @@ def test_retries_exhausted_leave_the_member_interrupted_and_a_rerun_continues(ra
     with pytest.raises(ExecutorError, match="left interrupted"):  # before: returned normally, the CLI exited 0
         run_series(spec, reg, verbose=False, executor=RayExecutor(RayOptions(max_retries=0)))
     run = reg.get_run(1)
-    assert run.status == "interrupted" and "worker lost" in run.error and [e["epoch"] for e in run.epochs] == [1]
+    assert run.status == "interrupted" and "worker lost" in run.error and [e.epoch for e in run.epochs] == [1]
     monkeypatch.delenv(FAULT_ENV)
     rows = run_series(spec, reg, verbose=False, executor=RayExecutor(RayOptions()))
-    assert rows[0]["status"] == "finished" and [e["epoch"] for e in reg.get_run(1).epochs] == [1, 2] and len(reg.runs()) == 1
+    assert rows[0]["status"] == "finished" and [e.epoch for e in reg.get_run(1).epochs] == [1, 2] and len(reg.runs()) == 1
 
 
 def test_ctrl_c_on_the_driver_interrupts_all_members_and_a_rerun_continues(ray_runtime, synth_data, tmp_path):
@@ -125,7 +125,7 @@ def test_ctrl_c_on_the_driver_interrupts_all_members_and_a_rerun_continues(ray_r
     rows = run_series(SeriesSpec.load(spec_file), reg, verbose=False, executor=RayExecutor(RayOptions()))
     assert {r["status"] for r in rows} == {"finished"} and {r["run_id"] for r in rows} == set(before)  # same runs
     for run_id in before:
-        assert [e["epoch"] for e in reg.get_run(run_id).epochs] == [1, 2, 3]
+        assert [e.epoch for e in reg.get_run(run_id).epochs] == [1, 2, 3]
 
 
 def test_an_error_inside_a_member_marks_it_failed_with_its_message(ray_runtime, synth_data, tmp_path):
@@ -184,8 +184,8 @@ def test_asha_stops_a_hopeless_candidate_before_its_budget(ray_runtime, synth_da
             for label, recipe in (("good", good), ("hopeless", hopeless))]
     states = AshaExecutor(RayOptions(max_parallel=1), grace_epochs=1, metric="val_loss").run(jobs, reg)
     first, second = reg.get_run("good"), reg.get_run("hopeless")
-    assert first.status == "finished" and [e["epoch"] for e in first.epochs] == [1, 2, 3, 4]
-    assert second.status == "stopped" and [e["epoch"] for e in second.epochs] == [1], second.error
+    assert first.status == "finished" and [e.epoch for e in first.epochs] == [1, 2, 3, 4]
+    assert second.status == "stopped" and [e.epoch for e in second.epochs] == [1], second.error
     assert "after epoch 1 of 4" in second.error and second.artifact("weights/last")  # its checkpoint stays usable
     assert [s.status for s in states] == ["finished", "stopped"]
     assert reg.get_run("good").artifact("weights/best") and not list((reg.root / "train").glob("*/*.partial"))

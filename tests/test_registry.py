@@ -43,7 +43,7 @@ def test_run_lifecycle(tmp_path):
     reg.set_status(rid, "finished")
     run = reg.get_run(f"L4-leaky-{rid}")
     assert run.status == "finished" and run.duration_s == 5.0 and run.ended_at
-    assert [e["epoch"] for e in run.epochs] == [1, 2] and run.epochs[1]["map50"] == 0.3
+    assert [e.epoch for e in run.epochs] == [1, 2] and run.epochs[1].map50 == 0.3
     assert run.artifacts[0].path == "/x/best.pt"
     assert reg.runs()[0].map50 == 0.3
 
@@ -86,7 +86,7 @@ def test_truncate_epochs(tmp_path):
     for e in range(1, 5):
         reg.record_epoch(rid, e, box_loss=float(e))
     assert reg.truncate_epochs(rid, 2) == 2
-    assert [e["epoch"] for e in reg.epochs(rid)] == [1, 2]
+    assert [e.epoch for e in reg.epochs(rid)] == [1, 2]
 
 
 def test_names_are_unique_and_derived_names_get_a_suffix(tmp_path):
@@ -152,7 +152,7 @@ def test_registry_from_before_amp_and_stopped_is_upgraded_in_place(tmp_path):
     con.close()
     assert Registry(db, readonly=True).get_run("old").amp is None and sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == 4
     reg = Registry(db)
-    assert reg.schema_version == SCHEMA_VERSION and reg.get_run("old").epochs[0]["map50"] == 0.5 and reg.get_run("old").amp is None
+    assert reg.schema_version == SCHEMA_VERSION and reg.get_run("old").epochs[0].map50 == 0.5 and reg.get_run("old").amp is None
     rid = new_run(reg)
     reg.set_status(rid, "stopped", error="stopped early")
     reg.update_run(rid, amp=1)
@@ -221,3 +221,18 @@ def test_every_table_reads_back_as_a_typed_row(tmp_path):
     assert isinstance(series, SeriesRecord) and series.members == [SeriesMember("L4-relu", rid, "running")]
     with pytest.raises(TypeError):
         reg.get_run(rid)["status"]  # noqa: B018  (the shim is gone: attributes only)
+
+
+def test_epoch_rows_are_typed_and_keep_their_json_form(tmp_path):
+    from npuyolo.registry.db import EpochRow
+
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg)
+    reg.record_epoch(rid, 1, box_loss=1.0, map50=0.25)
+    reg.record_epoch(rid, 2, extra={"kd_cls": 0.5}, box_loss=0.5, map50=0.5)
+    first, second = reg.get_run(rid).epochs
+    assert isinstance(first, EpochRow) and first.value("map50") == 0.25 and first.extra is None
+    assert "extra" not in first.as_dict() and second.as_dict()["extra"] == {"kd_cls": 0.5}  # runs show --json as before
+    assert EpochRow.from_dict(second.as_dict()) == second
+    with pytest.raises(KeyError, match="no epoch column 'mAP50'"):
+        first.value("mAP50")

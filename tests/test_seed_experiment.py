@@ -78,3 +78,36 @@ def test_a_member_stopped_midway_is_resumed_by_the_next_train_call(synth_data, t
     runs = reg.runs()
     assert [(r.id, r.name, r.status) for r in runs] == [(1, "seed64-L4-relu", "finished")]
     assert len(reg.get_run(1).epochs) == 3
+
+
+def test_adopting_a_committed_member_keeps_every_epoch_as_recorded(tmp_path, monkeypatch):
+    """`post` rebuilds a committed member's registry row from its run.json; an epoch's extra terms (the annealed
+    member's slope) came back nested one level too deep, as {'extra': {'act_slope': ...}}."""
+    import argparse
+    import importlib.util
+    import sys
+
+    from npuyolo.registry.db import EpochRow, Registry
+
+    spec = importlib.util.spec_from_file_location("seed_experiment", REPO / "bench" / "seed_experiment.py")
+    seed = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "seed_experiment", seed)  # its dataclasses look their module up
+    spec.loader.exec_module(seed)
+    source = Registry(tmp_path / "source.db")
+    rid = source.create_run(name="seed320-L4-relu-anneal", variant="L4-relu", recipe={"epochs": 2, "imgsz": 320},
+                            data_path="d", data_hash="h", class_names=["a"], weights_source=None, device="cpu", versions={})
+    source.record_epoch(rid, 1, extra={"act_slope": 0.1}, box_loss=2.0, map50=0.1, lr=0.003)
+    source.record_epoch(rid, 2, extra={"act_slope": 0.0}, box_loss=1.5, map50=0.2, lr=0.001)
+    source.update_run(rid, best_json=json.dumps({"map50": 0.2, "map50_95": 0.1}))
+    source.set_status(rid, "finished")
+    member = tmp_path / "out" / "L4-relu-anneal"
+    member.mkdir(parents=True)
+    (member / "best.pt").write_bytes(b"weights")
+    (member / "run.json").write_text(json.dumps(source.get_run(rid).as_dict()))
+    args = argparse.Namespace(out=tmp_path / "out", epochs=2)
+    run = seed.adopt_committed(tmp_path / "work.db", "L4-relu-anneal", args, tmp_path / "data.yaml")
+    assert run.epochs == source.get_run(rid).epochs
+    assert all(isinstance(e, EpochRow) for e in run.epochs) and [e.extra for e in run.epochs] == [{"act_slope": 0.1}, {"act_slope": 0.0}]
+    plain = json.loads((member / "run.json").read_text())["epochs"][0]
+    assert set(plain) == {"epoch", "box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50", "map50_95", "lr",
+                          "epoch_time_s", "extra"}

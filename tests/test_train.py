@@ -75,7 +75,7 @@ def test_one_epoch_train_records_one_finished_run_offline(synth_data, tiny_recip
     assert len(runs) == 1 and runs[0].status == "finished" and runs[0].epochs == 1
     run = reg.get_run(result.run_id)
     epoch = run.epochs[0]
-    assert epoch["epoch"] == 1 and all(epoch[k] is not None and epoch[k] >= 0 for k in ("box_loss", "cls_loss", "dfl_loss", "lr", "map50"))
+    assert epoch.epoch == 1 and all(epoch.value(k) is not None and epoch.value(k) >= 0 for k in ("box_loss", "cls_loss", "dfl_loss", "lr", "map50"))
     assert run.recipe["lr0"] == 0.003 and run.recipe["epochs"] == 1
     assert run.class_names[0] == "speed_limit" and len(run.data_hash) == 16
     assert run.versions["torch"] and run.device == "cpu" and run.duration_s > 0
@@ -127,7 +127,7 @@ def test_sigkill_mid_run_then_resume_finishes(synth_data, tmp_path):
     assert result.exit_code == 0, result.output
     run = Registry(db).get_run(1)
     assert run.status == "finished"
-    assert [e["epoch"] for e in run.epochs] == [1, 2, 3, 4, 5]
+    assert [e.epoch for e in run.epochs] == [1, 2, 3, 4, 5]
     with pytest.raises(TrainError, match="already finished"):
         resume_run(1, Registry(db))
 
@@ -325,11 +325,11 @@ def test_a_run_trained_on_disk_but_recorded_interrupted_is_closed_not_retrained(
         con.execute("UPDATE runs SET status = 'interrupted', error = 'stopped by the user (Ctrl-C)' WHERE id = 1")
         con.execute("DELETE FROM artifacts WHERE run_id = 1 AND kind LIKE 'weights/%'")
     con.close()
-    epochs = [e["epoch"] for e in Registry(db).get_run(1).epochs]
+    epochs = [e.epoch for e in Registry(db).get_run(1).epochs]
     rows = run_series(spec, Registry(db), verbose=False)
     run = Registry(db).get_run(1)
     assert rows[0]["status"] == "finished" and run.status == "finished" and run.artifact_path("weights/best") is not None
-    assert [e["epoch"] for e in run.epochs] == epochs and len(Registry(db).runs()) == 1  # nothing trained again
+    assert [e.epoch for e in run.epochs] == epochs and len(Registry(db).runs()) == 1  # nothing trained again
     con = sqlite3.connect(db)
     with con:
         con.execute("UPDATE runs SET status = 'interrupted' WHERE id = 1")

@@ -33,7 +33,7 @@ def print_run(run: RunRecord) -> None:
     for col in ("epoch", "box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50", "map50_95", "lr"):
         table.add_column(col, justify="right")
     for e in run.epochs:
-        table.add_row(str(e["epoch"]), *(fmt(e[k], 4) for k in ("box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50", "map50_95")), fmt(e["lr"], 6))
+        table.add_row(str(e.epoch), *(fmt(v, 4) for v in (e.box_loss, e.cls_loss, e.dfl_loss, e.precision, e.recall, e.map50, e.map50_95)), fmt(e.lr, 6))
     console.print(table)
     if run.best:
         b = run.best

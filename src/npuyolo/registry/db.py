@@ -22,13 +22,50 @@ from npuyolo.paths import default_registry_path as default_path
 from npuyolo.registry.schema import MIGRATIONS, RUN_COLUMNS, SCHEMA_VERSION, RunStatus, widen_status_check
 from npuyolo.variants.spec import HYBRID_RE, NAME_RE
 
-__all__ = ["Artifact", "NameTakenError", "Registry", "RegistryError", "RunRecord", "RunStatus", "default_path", "validate_run_name"]
+__all__ = ["Artifact", "EpochRow", "NameTakenError", "Registry", "RegistryError", "RunRecord", "RunStatus", "default_path", "validate_run_name"]
 
-EPOCH_FIELDS = ("box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50", "map50_95", "lr", "epoch_time_s")
 MAX_NAME_CHARS = 100
 # sqlite messages that mean "the file or disk", not "our SQL": shown to the user as one line
 _STORAGE_ERRORS = ("disk is full", "readonly", "read-only", "locked", "disk I/O", "unable to open", "not a database",
                    "malformed", "no such table")
+
+
+@dataclass(frozen=True)
+class EpochRow:
+    """One epoch as Ultralytics reported it: train losses, validation, learning rate, seconds; `extra` holds loss
+    terms a run adds (e.g. distillation), which only some runs have."""
+
+    epoch: int
+    box_loss: float | None = None
+    cls_loss: float | None = None
+    dfl_loss: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    map50: float | None = None
+    map50_95: float | None = None
+    lr: float | None = None
+    epoch_time_s: float | None = None
+    extra: dict[str, float] | None = None
+
+    def value(self, name: str) -> float | None:
+        """A metric or loss by its column name (`map50`, `box_loss`, ...), for code that picks the column at run time."""
+        if name not in EPOCH_FIELDS:
+            raise KeyError(f"no epoch column {name!r}; known: {', '.join(EPOCH_FIELDS)}")
+        return getattr(self, name)
+
+    def as_dict(self) -> dict:
+        """The JSON form `runs show --json` and run.json exports have always had: no `extra` key when there is none."""
+        row = asdict(self)
+        if row["extra"] is None:
+            del row["extra"]
+        return row
+
+    @classmethod
+    def from_dict(cls, row: dict) -> EpochRow:
+        return cls(**{k: row.get(k) for k in ("epoch", *EPOCH_FIELDS, "extra")})
+
+
+EPOCH_FIELDS = tuple(f.name for f in dataclasses.fields(EpochRow) if f.name not in ("epoch", "extra"))
 
 
 class RegistryError(NpuyoloError, LookupError):
@@ -95,7 +132,7 @@ class RunRecord:
     host: str | None
     error: str | None
     amp: bool | None = None  # trained with mixed precision (None: not recorded)
-    epochs: list[dict] = field(default_factory=list)
+    epochs: list[EpochRow] = field(default_factory=list)
     artifacts: list[Artifact] = field(default_factory=list)
 
     def artifact(self, kind: str) -> Artifact | None:
@@ -111,7 +148,7 @@ class RunRecord:
         return None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "epochs": [e.as_dict() for e in self.epochs]}
 
 
 @dataclass(frozen=True)
@@ -524,9 +561,9 @@ class Registry:
             host=row["host"], error=row["error"], amp=None if row.get("amp") is None else bool(row["amp"]),
             epochs=self.epochs(run_id), artifacts=artifacts)
 
-    def epochs(self, run_id: int) -> list[dict]:
+    def epochs(self, run_id: int) -> list[EpochRow]:
         rows = self.conn.execute("SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,)).fetchall()
-        return [{**{k: r[k] for k in ("epoch", *EPOCH_FIELDS)}, **({"extra": json.loads(r["extra_json"])} if r["extra_json"] else {})}
+        return [EpochRow(r["epoch"], *(r[k] for k in EPOCH_FIELDS), extra=json.loads(r["extra_json"]) if r["extra_json"] else None)
                 for r in rows]
 
     def runs(self, series: str | None = None) -> list[RunSummary]:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from npuyolo.errors import NpuyoloError
+from npuyolo.registry.db import EPOCH_FIELDS
 
 __all__ = ["MlflowExportError", "export_runs"]
 
@@ -149,9 +150,9 @@ def _export(registry, uri: str, ids: list[int], experiment: str, artifacts: str 
             mlflow.log_params(_flat({"recipe": run.recipe, "data": run.data_path, "data_hash": run.data_hash,
                                      "weights_source": run.weights_source or "", "device": run.device or ""}))
             for e in run.epochs:
-                values = {k: v for k, v in e.items() if k not in ("epoch", "extra") and isinstance(v, (int, float))}
-                values.update({f"extra/{k}": v for k, v in (e.get("extra") or {}).items() if isinstance(v, (int, float))})
-                mlflow.log_metrics({_metric_key(k): float(v) for k, v in values.items()}, step=e["epoch"])
+                values = {k: e.value(k) for k in EPOCH_FIELDS if isinstance(e.value(k), (int, float))}
+                values.update({f"extra/{k}": v for k, v in (e.extra or {}).items() if isinstance(v, (int, float))})
+                mlflow.log_metrics({_metric_key(k): float(v) for k, v in values.items()}, step=e.epoch)
             if run.best:
                 mlflow.log_metrics({_metric_key("best", k): float(v) for k, v in run.best.items() if isinstance(v, (int, float))})
             for check in registry.npu_checks(run_id=run.id):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from npuyolo.errors import NpuyoloError
-from npuyolo.registry.db import CompilerRunRow, DeployEvalRow, NpuCheckRow, RegistryError, RunRecord
+from npuyolo.registry.db import CompilerRunRow, DeployEvalRow, EpochRow, NpuCheckRow, RegistryError, RunRecord
 from npuyolo.train.series import rank_series
 
 METRICS = ("map50", "map50_95", "precision", "recall")
@@ -44,8 +44,8 @@ class Judgement:
 @dataclass
 class RunFacts:
     run: RunRecord
-    final: dict | None
-    first: dict | None
+    final: EpochRow | None
+    first: EpochRow | None
     improvement_factor: float | None
     loss_reduction_pct: dict[str, float | None]
     lr_final_over_initial_pct: float | None
@@ -53,14 +53,14 @@ class RunFacts:
     series_size: int | None
     series_tied: dict[str, bool]
     compare: RunRecord | None
-    compare_final: dict | None
+    compare_final: EpochRow | None
     diffs_pp: dict[str, float | None]
     npu: list[dict]
     int8: list[dict]
     judgements: list[Judgement]
 
 
-def final_and_first(run: RunRecord) -> tuple[dict | None, dict | None]:
+def final_and_first(run: RunRecord) -> tuple[EpochRow | None, EpochRow | None]:
     epochs = run.epochs or []
     return (epochs[-1], epochs[0]) if epochs else (None, None)
 
@@ -119,8 +119,8 @@ def judge(facts: RunFacts) -> list[Judgement]:
                 out.append(Judgement("strength", "beats_compare", {"metric": m, "pp": d, "other": facts.compare.name}))
             elif d is not None and d < 0:
                 out.append(Judgement("weakness", "behind_compare", {"metric": m, "pp": -d, "other": facts.compare.name}))
-    if final and final.get("recall") is not None and final.get("precision") is not None and final["precision"] - final["recall"] >= 0.05:
-        out.append(Judgement("weakness", "recall_below_precision", {"p": final["precision"], "r": final["recall"]}))
+    if final and final.recall is not None and final.precision is not None and final.precision - final.recall >= 0.05:
+        out.append(Judgement("weakness", "recall_below_precision", {"p": final.precision, "r": final.recall}))
     if facts.improvement_factor is not None and facts.improvement_factor > 1:
         out.append(Judgement("strength", "learned", {"factor": facts.improvement_factor}))
     leaky_fallback = False
@@ -176,13 +176,13 @@ def run_facts(registry, ref, compare_ref=None) -> RunFacts:
     recipe = run.recipe
     facts = RunFacts(
         run=run, final=final, first=first,
-        improvement_factor=ratio(final["map50"], first["map50"]) if final and first else None,
-        loss_reduction_pct={k: (-pct_change(first[k], final[k]) if pct_change(first[k], final[k]) is not None else None)
+        improvement_factor=ratio(final.map50, first.map50) if final and first else None,
+        loss_reduction_pct={k: (-pct_change(first.value(k), final.value(k)) if pct_change(first.value(k), final.value(k)) is not None else None)
                             for k in LOSSES} if final and first else {k: None for k in LOSSES},
         lr_final_over_initial_pct=ratio(recipe.get("lr_final"), recipe.get("lr0")) * 100 if recipe.get("lr0") else None,
         series_ranks=ranks, series_size=size, series_tied=tied, compare=compare, compare_final=compare_final,
-        diffs_pp={m: ((final[m] - compare_final[m]) * 100 if final and compare_final and final[m] is not None
-                      and compare_final[m] is not None else None) for m in METRICS},
+        diffs_pp={m: ((final.value(m) - compare_final.value(m)) * 100 if final and compare_final and final.value(m) is not None
+                      and compare_final.value(m) is not None else None) for m in METRICS},
         npu=npu_rows(registry.npu_checks(run_id=run.id), registry.compiler_runs(run_id=run.id)), int8=deploy_rows(registry.deploy_evals(run.id)), judgements=[],
     )
     facts.judgements = judge(facts)

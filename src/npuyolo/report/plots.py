@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from npuyolo.paths import atomic_path
+from npuyolo.registry.db import EpochRow
 from npuyolo.report.webfont import FAMILY, FONT_FILE
 
 
@@ -40,12 +41,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _series(epochs: list[dict], key: str) -> tuple[list[int], list[float]]:
-    pts = [(e["epoch"], e[key]) for e in epochs if e.get(key) is not None]
+def _series(epochs: list[EpochRow], key: str) -> tuple[list[int], list[float]]:
+    pts = [(e.epoch, e.value(key)) for e in epochs if e.value(key) is not None]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def metric_curves(epochs: list[dict], path: Path, title: str) -> Path:
+def metric_curves(epochs: list[EpochRow], path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for key, label in METRIC_LABELS.items():
         ax.plot(*_series(epochs, key), marker="o", ms=3, label=label)
@@ -55,7 +56,7 @@ def metric_curves(epochs: list[dict], path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
-def loss_curves(epochs: list[dict], path: Path, title: str) -> Path:
+def loss_curves(epochs: list[EpochRow], path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for key, label in LOSS_LABELS.items():
         ax.plot(*_series(epochs, key), marker="o", ms=3, label=label)

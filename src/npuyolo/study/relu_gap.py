@@ -78,7 +78,7 @@ def _scores(run) -> dict[str, float] | None:
         return None
     if run.best and all(run.best.get(m) is not None for m in METRICS):
         return {m: float(run.best[m]) for m in METRICS}
-    return {m: float(run.epochs[-1][m]) for m in METRICS} if run.epochs else None
+    return {m: float(run.epochs[-1].value(m)) for m in METRICS} if run.epochs else None
 
 
 def study_table(registry, name: str) -> list[RouteRow]:

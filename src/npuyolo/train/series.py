@@ -109,7 +109,7 @@ def _job(spec: SeriesSpec, recipe: Recipe, registry: Registry, variant: str, act
 
 def final_metrics(registry: Registry, run_id: int) -> dict:
     epochs = registry.epochs(run_id)
-    return {k: epochs[-1][k] for k in RANK_METRICS} if epochs else {k: None for k in RANK_METRICS}
+    return {k: epochs[-1].value(k) for k in RANK_METRICS} if epochs else {k: None for k in RANK_METRICS}
 
 
 def rank_rows(rows: list[dict]) -> list[dict]:
