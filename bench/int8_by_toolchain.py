@@ -5,8 +5,9 @@ compiler installed here, each scored on val through the same letterbox, host dec
 - RKNN-Toolkit2 (rk3588, rk3566): the toolkit's simulator runs the model it quantized (rebuilt from the compile's
   ONNX file, config and calibration list);
 - TFLite/Vela (Ethos-U55): the full-integer TFLite file Vela compiles, on TFLite's reference kernels;
-- IMX500: MCT's quantized model, when the imx500 environment is installed (and the model passes Ultralytics'
-  YOLO11n gate).
+- IMX500: MCT's quantized model as `npu compile` builds it for the sensor (Ultralytics' `format='imx'` with the
+  variant admitted past its YOLO11n gate), without its NMS layer, in ONNX Runtime with MCT's quantizer ops; its drop
+  is against the FP32 file of the same head (Ultralytics' boxes and scores), and the note says whether it fits.
 Columns: mAP50 and mAP50-95 at conf 0.001, the drop against the FP32 file each route was made from, and the
 retention at the deployment threshold (mAP50 at conf 0.25 against FP32's at 0.25: what ships).
 
@@ -39,7 +40,8 @@ OURS = {  # label -> quantize_onnx options (NPU head, whole graph QDQ)
     "ours: sweep + bias correction + per-channel": {"sweep": True, "bias_correct": True, "per_channel": True},
 }
 VENDORS = [("RKNN rk3588 (simulator)", "rknn", "rk3588"), ("RKNN rk3566 (simulator)", "rknn", "rk3566"),
-           ("TFLite int8 for Vela U55 (reference kernels)", "vela", "ethos-u55-128")]
+           ("TFLite int8 for Vela U55 (reference kernels)", "vela", "ethos-u55-128"),
+           ("IMX500 (MCT, ONNX Runtime)", "imx500", "imx500")]
 
 
 def ultralytics_int8():
@@ -67,6 +69,8 @@ def main() -> None:
     ap.add_argument("--skip", action="append", default=[], help="route label prefix to skip (repeatable)")
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--out", type=Path, help="JSON of every row [default: WORK/int8_by_toolchain.json]")
+    ap.add_argument("--merge", action="store_true", help="keep the rows already in --out; a route measured again "
+                                                          "replaces its row (e.g. one toolchain installed later)")
     args = ap.parse_args()
 
     skip = lambda label: any(label.startswith(s) for s in args.skip)  # noqa: E731
@@ -116,7 +120,9 @@ def main() -> None:
             try:
                 res = compile_model(str(pt), compiler, target, args.data, imgsz=args.imgsz, head="npu",
                                     workdir=work / "npu", calib=args.vendor_calib)
-                built = res.build.rknn_file if compiler == "rknn" else res.build.tflite
+                built = {"rknn": lambda b: b.rknn_file, "vela": lambda b: b.tflite, "imx500": lambda b: b.scored}[compiler](res.build)
+                if not built:
+                    raise NpuyoloError(f"{compiler} wrote no model to score ({res.build.error or 'see its log'})")
                 score = evaluate_compiled(built, args.data, deploy_conf=args.conf)
             except NpuyoloError as e:
                 print(f"{label:10s} {route:46s} failed: {e}", flush=True)
@@ -125,6 +131,10 @@ def main() -> None:
             if compiler == "vela":
                 perf = res.build.performance
                 note += f"; Vela {perf.get('accelerator', target)} estimate {perf.get('inference_ms', float('nan')):.2f} ms"
+            if compiler == "imx500":
+                mem = res.build.memory
+                note += (f"; vs FP32 Ultralytics head; converter {'ran' if res.build.converter_ran else 'did not run'}, "
+                         f"{'fits' if mem.get('fits') else 'does NOT fit'} ({mem.get('used_mb')} of {mem.get('available_mb')} MB)")
             r = row(route, (Accuracy.of(score.result), Accuracy.of(score.at_conf)),
                     (Accuracy.of(score.fp32), Accuracy.of(score.fp32_at_conf)),
                     time.perf_counter() - t, note)
@@ -134,9 +144,16 @@ def main() -> None:
                              "inference_ms": summary.get("inference_ms"), "agreement": res.agreement.share,
                              "calibration": res.calibration, "contract": score.contract, "cosine": score.cosine}
             add(r)
-        if installed("imx500") is None:
-            print(f"{label:10s} {'IMX500 (MCT)':46s} not installed here (npuyolo compilers install imx500)", flush=True)
         results.append({"model": label, "weights": str(pt), "rows": rows})
+
+    out = args.out or args.work / "int8_by_toolchain.json"
+    if args.merge and out.is_file():  # earlier rows first, in their order; a route measured now replaces its row
+        earlier = {m["model"]: m for m in json.loads(out.read_text())["models"]}
+        for m in results:
+            new = {r["route"]: r for r in m["rows"]}
+            old = earlier.pop(m["model"], {"rows": []})["rows"]
+            m["rows"] = [new.pop(r["route"], r) for r in old] + list(new.values())
+        results = list(earlier.values()) + results
 
     print(f"\n| model | route | mAP50 | mAP50-95 | drop vs FP32 (mAP50 pp) | retention at conf {args.conf} |")
     print("|---|---|---|---|---|---|")
@@ -144,7 +161,6 @@ def main() -> None:
         for r in m["rows"]:
             kept = "-" if r["retention"] is None else f"{r['retention']:.3f}"
             print(f"| {m['model']} | {r['route']} | {r['map50']:.4f} | {r['map50_95']:.4f} | {r['drop_pp']:+.2f} | {kept} |")
-    out = args.out or args.work / "int8_by_toolchain.json"
     out.write_text(json.dumps({"imgsz": args.imgsz, "calib": args.calib, "vendor_calib": args.vendor_calib,
                                "conf": args.conf, "machine": platform.processor() or platform.machine(),
                                "models": results}, indent=1))

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from npuyolo.cli import app
 from npuyolo.compilers import envs
+from npuyolo.deploy.vendor import evaluate_compiled
 from npuyolo.compilers.imx500 import (Imx500Build, activation_layers, converter_ran, parse_activations, parse_driver, parse_error,
                                       parse_l2memory, parse_layer_types, parse_memory, write_data_yaml)
 
@@ -113,6 +114,47 @@ def test_shared_activations_give_the_stock_module_count(variant):
     assert len(list(ours.modules())) == len(list(stock.modules()))
 
 
+def _fx_export_graph(model, imgsz=320):
+    """The graph Ultralytics' IMX route hands to MCT: fused, export mode, wrapped in its FXModel."""
+    import torch.fx
+
+    from ultralytics.utils.export.imx import FXModel
+
+    from npuyolo.ultra import C2f, Detect
+
+    model = model.fuse().eval()
+    for m in model.modules():  # as Ultralytics' exporter prepares a model for format='imx'
+        if isinstance(m, Detect):
+            m.export, m.format, m.max_det, m.xyxy = True, "imx", 300, True
+        elif isinstance(m, C2f):
+            m.forward = m.forward_split
+    return _driver().traced_nodes(FXModel(model, (imgsz, imgsz)), trace=torch.fx.symbolic_trace)
+
+
+@pytest.mark.parametrize("variant", ["L4-relu", "L4-leaky"])
+def test_the_16_bit_decode_nodes_are_found_again_in_a_variant(variant):
+    """Ultralytics keeps four decode nodes of YOLO11n at 16 bits by their traced names; a variant's names differ, so
+    the driver finds the same nodes by kind and rank from the end, after checking the decode tails are the same."""
+    from ultralytics.utils.export.imx import MCT_CONFIG
+
+    from npuyolo.ultra import DetectionModel
+    from npuyolo.variants.build import build_model
+
+    driver = _driver()
+    names = MCT_CONFIG["YOLO11"]["detect"]["layer_names"]
+    stock = _fx_export_graph(DetectionModel("yolo11n.yaml", nc=4, verbose=False))
+    assert driver.map_decode_nodes(stock, stock, names) == names  # stock maps onto itself
+    ours = _fx_export_graph(build_model(variant, nc=4))
+    mapped = driver.map_decode_nodes(stock, ours, names)
+    ops = dict(ours)
+    assert [driver._kind(n) for n in mapped] == [driver._kind(n) for n in names]
+    assert [ops[n] for n in mapped] == [dict(stock)[n] for n in names]
+    # a head that differs is refused, not guessed
+    broken = ours[:-3] + [("relu_99", "call_function:relu")] + ours[-2:]
+    with pytest.raises(ValueError, match="box decode"):
+        driver.map_decode_nodes(stock, broken, names)
+
+
 # ------------------------------------------------------------------------------------ CLI
 def test_missing_imx500_names_the_install_command(compilers_dir, tmp_path):
     db = tmp_path / "fresh" / "r.db"
@@ -137,10 +179,11 @@ SLOW = os.environ.get("NPUYOLO_SLOW_COMPILERS") == "1"
                     reason="real IMX500 conversion (~10-12 min, ~6 GB RAM): needs `npuyolo compilers install imx500` "
                            "and NPUYOLO_SLOW_COMPILERS=1")
 @pytest.mark.timeout(1800)  # the suite's 600 s stops it inside the converter (seen: 601 s, 2 cores shared)
-def test_real_imx500_compile_of_L0_silu(synth_data, tmp_path):
+@pytest.mark.parametrize("variant", ["L0-silu", "L4-relu"])  # stock layout, and one Ultralytics' gate refused
+def test_real_imx500_compile(variant, synth_data, tmp_path):
     db = tmp_path / "r.db"
-    r = runner.invoke(app, ["npu", "compile", "L0-silu", "--compiler", "imx500", "--data", str(synth_data), "--nc", "4",
-                            "--json", "--registry", str(db)])
+    r = runner.invoke(app, ["npu", "compile", variant, "--compiler", "imx500", "--data", str(synth_data), "--nc", "6",
+                            "--imgsz", "160", "--json", "--registry", str(db)])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     b = res["build"]
@@ -150,6 +193,8 @@ def test_real_imx500_compile_of_L0_silu(synth_data, tmp_path):
 
     rows = Registry(db, readonly=True).compiler_runs(model_ref=res["model_ref"])
     assert [x.compiler for x in rows] == ["imx500"]
+    score = evaluate_compiled(b["scored"], synth_data)  # MCT's model, scored beside its FP32 file
+    assert score.kind == "onnx" and "MCT" in score.runtime and min(c for c in score.cosine if c is not None) > 0.9
 
 
 def test_whole_graph_agreement_and_the_gate_decides_nothing():

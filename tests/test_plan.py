@@ -256,3 +256,41 @@ def test_the_vendors_own_int8_ranks_when_it_was_scored():
     assert chosen is export and runner is rewrite
     assert why == "lower INT8 mAP50 (the vendor's own INT8): 0.400 against 0.490"
     assert export.retention["map50"] == pytest.approx(0.45 / 0.5) and export.as_dict()["vendor"]["int8"]["map50"] == 0.49
+
+
+def test_imx500_is_compiled_once_per_model_and_never_for_a_rewrite(monkeypatch, tmp_path):
+    """IMX500 converts the PyTorch model: the plan builds it once per model (its INT8 routes share the build, MCT
+    quantizes itself), says a graph rewrite cannot be built, and takes the fit and the scored file from the build."""
+    from types import SimpleNamespace
+
+    from npuyolo.compilers.envs import CompilerError
+    from npuyolo.deploy import plan as plan_module
+
+    calls = []
+
+    def fake_compile(ref, compiler, target, data, registry, imgsz=None):
+        calls.append((ref, compiler, target, imgsz))
+        if ref == "too-big":
+            build = SimpleNamespace(ok=True, error=None, memory={"fits": False}, scored="")
+        elif ref == "broken":
+            raise CompilerError("the IMX500 export took over 3600 s")
+        else:
+            build = SimpleNamespace(ok=True, error=None, memory={"fits": True}, scored=str(tmp_path / "model_imx_dense.onnx"))
+        return SimpleNamespace(build=build)
+
+    monkeypatch.setattr(plan_module, "installed", lambda name: SimpleNamespace(version="3.19.2"))
+    monkeypatch.setattr(plan_module, "compile_model", fake_compile)
+    monkeypatch.setattr(plan_module, "record", lambda result, registry: None)
+    builds: dict = {}
+    placed = []
+    for ref in ("run-7", "run-7", None, "too-big", "broken"):  # export+int8, export+int8-ends-int16, a rewrite, ...
+        p = Placement(1.0, 10, 0, 0, 0, {}, {})
+        plan_module._compile(p, tmp_path / "never-read.onnx", "imx500", "d.yaml", None, ref, 320, builds)
+        placed.append(p)
+    assert calls == [("run-7", "imx500", "imx500", 320), ("too-big", "imx500", "imx500", 320), ("broken", "imx500", "imx500", 320)]
+    first, second, rewrite, big, broken = placed
+    assert first.compiler == "imx500 3.19.2" and first.compiler_status == "compiled" and first.off_npu == 0
+    assert first.compiled_file == second.compiled_file == str(tmp_path / "model_imx_dense.onnx")
+    assert rewrite.compiler_status.startswith("not compiled: a graph rewrite") and rewrite.compiled_file is None
+    assert big.compiler_status == "failed: does not fit in the sensor" and big.compiler_cpu_ops is None
+    assert broken.compiler_status == "failed: the IMX500 export took over 3600 s"

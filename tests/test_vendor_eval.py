@@ -91,6 +91,54 @@ def test_a_driver_that_cannot_load_its_model_is_one_line(here, tmp_path):
     assert "did not start" in str(e.value) and "\n" not in str(e.value)
 
 
+def imx_like(fp32, out):
+    """`fp32` (Detect's [1, 4 + nc, N] xywh) ending as Ultralytics' IMX head does before its NMS layer: xyxy boxes
+    [1, N, 4] and class scores [1, N, nc], two outputs (MCT's model_imx_dense.onnx has this shape)."""
+    model = onnx.load(str(fp32))
+    out_name = model.graph.output[0].name
+    nc = model.graph.output[0].type.tensor_type.shape.dim[1].dim_value - 4
+    nodes = [helper.make_node("Transpose", [out_name], ["t"], perm=[0, 2, 1]),
+             helper.make_node("Split", ["t", "sizes"], ["xy", "wh", "scores"], axis=2),
+             helper.make_node("Div", ["wh", "two"], ["half"]),
+             helper.make_node("Sub", ["xy", "half"], ["x1y1"]),
+             helper.make_node("Add", ["xy", "half"], ["x2y2"]),
+             helper.make_node("Concat", ["x1y1", "x2y2"], ["boxes"], axis=2)]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend([numpy_helper.from_array(np.array([2, 2, nc], np.int64), "sizes"),
+                                    numpy_helper.from_array(np.array(2, np.float32), "two")])
+    del model.graph.output[:]
+    model.graph.output.extend([helper.make_tensor_value_info("boxes", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)])
+    onnx.save(model, str(out))
+    return out
+
+
+def test_an_imx_model_ending_in_boxes_and_scores_scores_as_its_fp32_file(here, synth_data, tmp_path):
+    """IMX500: `npu compile` writes MCT's quantized model without its NMS layer and a manifest naming the FP32 file;
+    `deploy eval` joins its boxes and scores back into Detect's layout, so the contract check and the NMS are ours."""
+    from npuyolo.compilers.manifest import write_manifest
+
+    fp32 = export_onnx(randomised("L4-leaky"), tmp_path / "model_fp32.onnx", imgsz=64, head="ultralytics")
+    dense = imx_like(fp32, tmp_path / "model_imx_dense.onnx")
+    write_manifest(dense, "onnx", fp32, outputs="boxes,scores")
+    assert vendor.is_compiled(dense) and not vendor.is_compiled(fp32)
+    art = vendor.read_compiled(dense)
+    assert art.kind == "onnx" and art.compiler == "imx500" and "--boxes-scores" in art.args and "--mct" not in art.args
+    model = load_deployable(fp32)
+    with vendor.VendorRuntime(art, tmp_path / "eval.log") as runtime:  # Detect's xywh + scores, anchor by anchor
+        image = golden_image(64, 1)
+        want = vendor._onnx_runner(model)(image)[0]
+        got = runtime(vendor.prepare(image, art.contract))
+        assert len(got) == 1 and got[0].shape == want.shape and np.abs(got[0] - want).max() < 1e-3 * np.abs(want).max()
+    score = vendor.evaluate_compiled(dense, synth_data, batch=8)
+    assert score.contract.startswith("NCHW") and min(c for c in score.cosine if c is not None) > 0.999
+    assert score.result["map50"] == pytest.approx(score.fp32["map50"], abs=1e-6)
+    assert score.result["images"] == score.fp32["images"] == 8
+    write_manifest(dense, "onnx", fp32)  # without the join: two outputs against one, one line
+    with pytest.raises(ContractError, match="returns 2 output tensor"):
+        vendor.evaluate_compiled(dense, synth_data, batch=8)
+
+
 @pytest.mark.parametrize("case", ["no manifest", "garbage", "other kind", "onnx missing", "not compiled"])
 def test_a_compiled_file_without_a_usable_manifest_is_one_line(tmp_path, case):
     path = tmp_path / ("m.txt" if case == "not compiled" else "m.rknn")

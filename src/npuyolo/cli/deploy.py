@@ -82,7 +82,7 @@ def deploy_qat(run: Annotated[str, typer.Argument(help="Trained run id or name (
 @deploy_app.command("eval")
 @user_errors
 def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written by npuyolo, or a model `npu compile` built: "
-                                                           ".rknn, or the int8 .tflite behind a Vela build.")],
+                                                           ".rknn, the int8 .tflite behind a Vela build, or an IMX500 build's model_imx_dense.onnx (MCT's quantized model).")],
                 data: Annotated[Path, typer.Option(help="data.yaml; its val split is scored.")],
                 layers: Annotated[bool, typer.Option("--layers", help="With a .rknn: RKNN's per-layer cosine (accuracy_analysis) beside our QDQ model's, on the same photo.")] = False,
                 qdq: Annotated[Optional[Path], typer.Option(help="With --layers: our INT8 QDQ ONNX file to compare [default: quantized here, per-channel MinMax].")] = None,
@@ -91,7 +91,8 @@ def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written
     """Score the deployed model (ONNX Runtime + host decode + NMS) with Ultralytics' metrics.
 
     A compiled model is scored as the vendor quantized it (RKNN-Toolkit2's simulator; TFLite's reference kernels for
-    Vela's input), in the compiler's environment, beside its FP32 ONNX file; its input contract is checked first."""
+    Vela's input; MCT's model for IMX500 in ONNX Runtime), in the compiler's environment, beside its FP32 ONNX file;
+    its input contract is checked first."""
     from npuyolo.deploy.service import evaluate_artefact
 
     with err.status("evaluating..."), quiet_stdout():  # Ultralytics' progress stays off stdout

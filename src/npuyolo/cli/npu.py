@@ -129,7 +129,7 @@ def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .on
                 imgsz: Annotated[Optional[int], typer.Option(help="Export size for non-ONNX models [default: the size it was trained at (run or .pt), else 640].")] = None,
                 head: Annotated[Optional[str], typer.Option(help="npu or ultralytics [default: the level's head]")] = None,
                 nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
-                calib: Annotated[int, typer.Option(help="Training images the vendor quantizer calibrates on (rknn, vela); placement does not depend on it, the accuracy `deploy eval` of the build measures does.")] = 8,
+                calib: Annotated[int, typer.Option(help="Training images the vendor quantizer calibrates on (rknn, vela; imx500: at least 16, what MCT's mixed-precision search needs); placement does not depend on it, the accuracy `deploy eval` of the build measures does.")] = 8,
                 as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Compile with a real vendor compiler (installed by `npuyolo compilers install`) and record its placement."""
     from npuyolo.compilers.compile import profile_for

@@ -157,6 +157,7 @@ class Imx500Build:
     rows: list = field(default_factory=list)
     network: dict = field(default_factory=dict)
     rknn_file: str | None = None
+    scored: str = ""  # MCT's quantized model without its NMS layer, which `deploy eval` scores ("" when not written)
 
     def summary(self) -> dict:
         return {"ok": self.ok, "error": self.error, "used_mb": self.memory.get("used_mb"),
@@ -170,13 +171,14 @@ class Imx500Build:
         return d
 
 
-def write_data_yaml(data: str | Path | None, imgsz: int, workdir: Path, names: dict | list) -> tuple[Path, str]:
+def write_data_yaml(data: str | Path | None, imgsz: int, workdir: Path, names: dict | list,
+                    count: int = CALIB_IMAGES) -> tuple[Path, str]:
     """A data.yaml for Ultralytics' calibration loader whose train AND val list only training images (Ultralytics
     calibrates on `val` by default), written as letterboxed PNGs (synthetic ones without `data`)."""
     import yaml
 
 
-    listing, what = write_calibration(data, imgsz, workdir, count=CALIB_IMAGES)
+    listing, what = write_calibration(data, imgsz, workdir, count=max(count, CALIB_IMAGES))
     names = dict(enumerate(names)) if isinstance(names, list) else {int(k): str(v) for k, v in dict(names).items()}
     d = {"path": str(workdir.resolve()), "train": str(listing.resolve()), "val": str(listing.resolve()), "nc": len(names),
          "names": names}
@@ -189,8 +191,10 @@ def _driver() -> Path:
     return Path(__file__).with_name("imx500_driver.py")
 
 
-def compile_model(model, workdir: Path, data: str | Path | None, imgsz: int = 640, timeout: float = 3600) -> Imx500Build:
-    """Save `model` as an Ultralytics checkpoint, run the driver in the imx500 venv, parse what it printed."""
+def compile_model(model, workdir: Path, data: str | Path | None, imgsz: int = 640, timeout: float = 3600,
+                  calib: int = CALIB_IMAGES) -> Imx500Build:
+    """Save `model` as an Ultralytics checkpoint, run the driver in the imx500 venv, parse what it printed.
+    `calib`: training images MCT calibrates on (at least CALIB_IMAGES, what its mixed-precision search needs)."""
     import copy
 
     import torch
@@ -198,7 +202,7 @@ def compile_model(model, workdir: Path, data: str | Path | None, imgsz: int = 64
     env = require("imx500")
     workdir.mkdir(parents=True, exist_ok=True)
     names = getattr(model, "names", None) or {i: f"class{i}" for i in range(int(getattr(model.model[-1], "nc", 80)))}
-    data_yaml, what = write_data_yaml(data, imgsz, workdir, names)
+    data_yaml, what = write_data_yaml(data, imgsz, workdir, names, count=calib)
     weights = workdir / "model.pt"
     m = copy.deepcopy(model).float().eval()
     m.names = dict(enumerate(names)) if isinstance(names, list) else dict(names)
@@ -207,8 +211,10 @@ def compile_model(model, workdir: Path, data: str | Path | None, imgsz: int = 64
     import shutil
 
     shutil.rmtree(workdir / "model_imx_model", ignore_errors=True)  # never read a previous run's memory report
+    dense = workdir / "model_imx_dense.onnx"
+    dense.unlink(missing_ok=True)  # never score a previous run's model
     cmd = [str(env.python), str(_driver()), "--weights", str(weights.resolve()), "--data", str(data_yaml.resolve()),
-           "--imgsz", str(imgsz)]
+           "--imgsz", str(imgsz), "--dense", str(dense.resolve())]
     run_env = {**clean_env(), "YOLO_AUTOINSTALL": "false", "YOLO_OFFLINE": "true", "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
     try:
@@ -243,7 +249,8 @@ def compile_model(model, workdir: Path, data: str | Path | None, imgsz: int = 64
     return Imx500Build(compiler="imx500", version=env.version, platform=PLATFORM,
                        onnx=str(onnx_path) if onnx_path and Path(onnx_path).is_file() else "", log=str(log), seconds=seconds,
                        ok=ok, error=error, memory={**parse_memory(text), **parse_l2memory(text)}, activations=activations,
-                       output=output, calibration=what, converter_ran=converter_ran(text), layers=layers)
+                       output=output, calibration=what, converter_ran=converter_ran(text), layers=layers,
+                       scored=str(dense) if dense.is_file() else "")
 
 
 def _graph_activations(onnx_path: Path) -> dict[str, int]:

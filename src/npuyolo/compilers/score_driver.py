@@ -125,7 +125,7 @@ class OnnxModel:
             options.enable_mem_reuse = False  # as Ultralytics' IMX backend: NaNs otherwise (mct-model-optimization#1342)
         self.sess = ort.InferenceSession(a.model, options, providers=["CPUExecutionProvider"])
         self.name = self.sess.get_inputs()[0].name
-        self.mct = a.mct
+        self.mct, self.boxes_scores = a.mct, a.boxes_scores
 
     def info(self) -> dict:
         return {"runtime": "onnxruntime with MCT's quantizer ops" if self.mct else "onnxruntime"}
@@ -133,7 +133,12 @@ class OnnxModel:
     def __call__(self, x):
         import numpy as np
 
-        return [np.asarray(o, dtype=np.float32) for o in self.sess.run(None, {self.name: x})]
+        outs = [np.asarray(o, dtype=np.float32) for o in self.sess.run(None, {self.name: x})]
+        if self.boxes_scores:  # IMX head: xyxy boxes [B, N, 4] and scores [B, N, nc] -> [B, 4 + nc, N] xywh (Detect's)
+            boxes, scores = outs
+            xywh = np.concatenate([(boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]], axis=-1)
+            outs = [np.concatenate([xywh, scores], axis=-1).transpose(0, 2, 1)]
+        return outs
 
 
 KINDS = {"rknn": RknnModel, "tflite": TfliteModel, "onnx": OnnxModel}
@@ -148,6 +153,7 @@ def main() -> int:
     ap.add_argument("--disable-rule", action="append", default=[])
     ap.add_argument("--model")
     ap.add_argument("--mct", action="store_true")
+    ap.add_argument("--boxes-scores", action="store_true")
     a = ap.parse_args()
     # this file's folder also holds npuyolo's own rknn.py: as the script's folder it would shadow the toolkit's `rknn`
     here = os.path.dirname(os.path.abspath(__file__))

@@ -15,11 +15,13 @@ from npuyolo.compilers.compile import (MAX_SIDE, Agreement, Build, CompileResult
                                        profile_for, record)
 from npuyolo.compilers.envs import CompilerError, require
 from npuyolo.compilers.imx500 import compile_model as imx_compile
+from npuyolo.compilers.manifest import write_manifest
 from npuyolo.compilers.rknn import compile_onnx as rknn_compile
 from npuyolo.compilers.vela import compile_onnx as vela_compile
 from npuyolo.compilers.vela import write_calibration_npy
 from npuyolo.data.calibration import calibration_images
 from npuyolo.deploy.check import check_model
+from npuyolo.deploy.export import export_onnx
 from npuyolo.npu.analyze import TargetReport
 from npuyolo.npu.normalize import fold_qdq, slices_to_split
 from npuyolo.paths import atomic_path, safe_join, slug
@@ -63,7 +65,12 @@ def _vela(job: CompileJob) -> tuple[Build, str]:
 
 
 def _imx500(job: CompileJob) -> tuple[Build, str]:
-    build = imx_compile(job.model(), job.onnx.parent / "imx500", job.data, imgsz=job.imgsz)
+    model = job.model()
+    build = imx_compile(model, job.onnx.parent / "imx500", job.data, imgsz=job.imgsz, calib=job.calib)
+    if build.scored:  # `deploy eval` compares MCT's model with the FP32 graph that ends where it does (boxes, scores)
+        scored = Path(build.scored)
+        fp32 = export_onnx(model, scored.with_name("model_fp32.onnx"), imgsz=job.imgsz, head="ultralytics")
+        write_manifest(scored, "onnx", fp32, mct=True, outputs="boxes,scores")
     return build, build.calibration
 
 

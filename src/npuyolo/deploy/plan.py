@@ -389,14 +389,39 @@ def _twin(registry, run_id: int | None) -> str | None:
     return None
 
 
-def _compile(placement: Placement, fp32: Path, target: str, data, registry) -> None:
-    """The vendor compiler's verdict on the FP32 graph (it quantizes itself), when one exists and is installed."""
+def _compile(placement: Placement, fp32: Path, target: str, data, registry, model_ref: str | None = None,
+             imgsz: int | None = None, imx_builds: dict | None = None) -> None:
+    """The vendor compiler's verdict on the FP32 graph (it quantizes itself), when one exists and is installed.
 
-    if target == "imx500":  # its converter takes the PyTorch model, not a graph: `npu compile RUN --compiler imx500`
+    IMX500 converts the PyTorch model (MCT quantizes it, the sensor runs all of it or nothing): `model_ref` is the
+    model behind the candidate, None for a graph rewrite (which has no PyTorch model); one build per model, shared by
+    its INT8 routes through `imx_builds` (MCT quantizes itself, whichever route we would take)."""
+
+    if target == "imx500":
         env = installed("imx500")
         placement.compiler = "imx500" if env is None else f"imx500 {env.version}"
-        placement.compiler_status = ("compiler not installed" if env is None
-                                     else "not run by the plan (the converter takes the PyTorch model; use npu compile)")
+        if env is None:
+            placement.compiler_status = "compiler not installed"
+            return
+        if model_ref is None:
+            placement.compiler_status = "not compiled: a graph rewrite has no PyTorch model for MCT to quantize"
+            return
+        builds = imx_builds if imx_builds is not None else {}
+        if model_ref not in builds:
+            try:
+                builds[model_ref] = compile_model(model_ref, "imx500", "imx500", data, registry, imgsz=imgsz)
+                record(builds[model_ref], registry)
+            except CompilerError as e:
+                builds[model_ref] = e
+        result = builds[model_ref]
+        if isinstance(result, CompilerError):
+            placement.compiler_status = f"failed: {result}"
+            return
+        build = result.build
+        fits = build.ok and build.memory.get("fits") is True
+        placement.compiler_status = "compiled" if fits else f"failed: {build.error or 'does not fit in the sensor'}"
+        placement.compiler_cpu_ops = 0 if fits else None  # all of it on the sensor, or nothing
+        placement.compiled_file = build.scored or None
         return
     if target not in COMPILER_OF:
         return
@@ -507,14 +532,16 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
 
     placed: dict[tuple[Path, Path, str], Placement] = {}
 
-    def placement(fp32: Path, int8: Path, t: str) -> Placement:
+    imx_builds: dict = {}
+
+    def placement(fp32: Path, int8: Path, t: str, model_ref: str | None = None) -> Placement:
         if (fp32, int8, t) not in placed:
             with stage("place"):
                 r = check_model(str(int8), [t]).reports[0]  # the INT8 file that ships, placed like the graph it quantizes
             p = Placement(r.share_nodes, r.nodes_total, r.nodes_cpu, r.nodes_unknown, r.partitions_host, r.fallback_ops,
                           r.unknown_ops)
             with stage("compile"):
-                _compile(p, fp32, t, data, registry)
+                _compile(p, fp32, t, data, registry, model_ref, size, imx_builds)
             placed[(fp32, int8, t)] = p
         return placed[(fp32, int8, t)]
 
@@ -539,7 +566,8 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
             fp32 = graph_file(export_for(c.source, t), c.graph)
             int8 = int8_file(fp32, c.route)
             (f_all, f_conf), (q_all, q_conf) = measured(fp32), measured(int8)
-            placed_here = placement(fp32, int8, t)
+            source_model = None if c.graph is not None else {"export": ref, "relu-twin": twin}.get(c.source)
+            placed_here = placement(fp32, int8, t, source_model)
             rows.append(Row(t, c, str(fp32), str(int8), placed_here, f_all, q_all, f_conf, q_conf, conf,
                             vendor_scored(placed_here)))
         chosen, runner, why = rank(rows)

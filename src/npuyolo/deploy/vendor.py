@@ -1,8 +1,9 @@
 """INT8 accuracy as the NPU will compute it: a vendor's own quantized model scored beside npuyolo's ONNX files.
 
-No NPU runs npuyolo's QDQ model. RKNN-Toolkit2 and TFLite (behind Vela) quantize in their own way, so a figure from
-our QDQ model says little about the device. Each compiler's environment can score its own quantized model on this
-CPU (RKNN's simulator; TFLite's reference kernels for the file Vela compiles): `compilers/score_driver.py` runs there
+No NPU runs npuyolo's QDQ model. RKNN-Toolkit2, TFLite (behind Vela) and MCT (behind IMX500) quantize in their own
+way, so a figure from our QDQ model says little about the device. Each compiler's environment can score its own
+quantized model on this CPU (RKNN's simulator; TFLite's reference kernels for the file Vela compiles; MCT's quantized
+model without its NMS layer, in ONNX Runtime with MCT's quantizer ops): `compilers/score_driver.py` runs there
 and answers inference requests, while the letterbox, host decode, NMS and metrics stay npuyolo's own (the same
 `validate` as `deploy eval` of an ONNX file), so the numbers compare.
 
@@ -44,7 +45,8 @@ Kind = Literal["rknn", "tflite", "onnx"]
 ENV = {"rknn": "rknn", "tflite": "vela", "onnx": "imx500"}  # the compiler environment that scores each kind
 # how each runtime wants the image (npuyolo's own ONNX files: NCHW RGB 0-1 float32)
 CONTRACTS = {"rknn": dict(layout="NHWC", channels="RGB", scale="0-255", dtype="uint8"),  # config std 255 divides
-             "tflite": dict(layout="NHWC", channels="RGB", scale="0-1", dtype="float32")}  # driver quantizes the input
+             "tflite": dict(layout="NHWC", channels="RGB", scale="0-1", dtype="float32"),  # driver quantizes the input
+             "onnx": dict(layout="NCHW", channels="RGB", scale="0-1", dtype="float32")}  # MCT calibrates on img / 255
 SUFFIXES = {".rknn": "rknn", ".tflite": "tflite"}
 
 
@@ -65,7 +67,10 @@ class CompiledArtefact:
 
 
 def is_compiled(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in SUFFIXES
+    """A file `deploy eval` scores in a compiler's environment: .rknn, .tflite, or an ONNX file a vendor tool wrote
+    (MCT's quantized model for IMX500), which `npu compile` marks with a manifest beside it."""
+    path = Path(path)
+    return path.suffix.lower() in SUFFIXES or (path.suffix.lower() == ".onnx" and manifest_path(path).is_file())
 
 
 def _file(folder: Path, value, what: str, manifest: Path) -> Path:
@@ -84,10 +89,10 @@ def read_compiled(path: str | Path) -> CompiledArtefact:
     why = file_problem(path, empty_ok=False)
     if why is not None:
         raise DeployError(f"compiled model {path} {why}")
-    kind = SUFFIXES.get(path.suffix.lower())
+    kind = SUFFIXES.get(path.suffix.lower()) or ("onnx" if is_compiled(path) else None)
     if kind is None:
-        raise DeployError(f"{path.name}: not a compiled model deploy eval can score (.rknn, or the int8 .tflite behind a "
-                          "Vela build)")
+        raise DeployError(f"{path.name}: not a compiled model deploy eval can score (.rknn, the int8 .tflite behind a "
+                          "Vela build, or the IMX500 build's model_imx_dense.onnx)")
     manifest = manifest_path(path)
     if not manifest.is_file():
         raise DeployError(f"{path.name} has no {manifest.name} beside it: only models built by `npuyolo npu compile` "
@@ -110,6 +115,9 @@ def read_compiled(path: str | Path) -> CompiledArtefact:
         args = ("--onnx", str(onnx), "--target", target, "--dataset", str(dataset.relative_to(folder))
                 if dataset.is_relative_to(folder) else str(dataset))
         args += tuple(x for r in rules for x in ("--disable-rule", r))
+    elif kind == "onnx":  # MCT's model: its quantizer ops registered; IMX's boxes and scores joined as Detect ends
+        args = ("--model", str(path.resolve()), *(("--mct",) if record.get("mct") is True else ()),
+                *(("--boxes-scores",) if record.get("outputs") == "boxes,scores" else ()))
     else:
         args = ("--model", str(path.resolve()))
     imgsz = load_deployable(onnx).imgsz
