@@ -99,7 +99,8 @@ def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written
         r = evaluate_artefact(open_registry(registry), artefact, data, layers=layers, qdq=qdq)
     if as_json:
         return print_json(r)
-    console.print(f"{r['kind'].upper()} {artefact}: P {r['precision']:.3f}  R {r['recall']:.3f}  mAP50 {r['map50']:.3f}  "
+    kind = "IMX500 (MCT)" if "runtime" in r and r["kind"] == "onnx" else r["kind"].upper()  # MCT's model is an .onnx
+    console.print(f"{kind} {artefact}: P {r['precision']:.3f}  R {r['recall']:.3f}  mAP50 {r['map50']:.3f}  "
                   f"mAP50-95 {r['map50_95']:.3f}  ({r['images']} val images at {r['imgsz']} px)", highlight=False)
     if "runtime" in r:
         console.print(f"scored by {r['runtime']}; input contract {r['contract']} checked on a training photo (cosine per "
@@ -113,7 +114,7 @@ def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written
         table.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['map50']:.3f}", f"{v['map50_95']:.3f}", *drop)
     console.print(table)
     if "drop_pp" in r:
-        what = f"{r['kind'].upper()} INT8" if "runtime" in r else "INT8"
+        what = f"{kind} INT8" if "runtime" in r else "INT8"
         console.print(f"{what} drop vs FP32: mAP50 {r['drop_pp']['map50']:.2f} points, mAP50-95 {r['drop_pp']['map50_95']:.2f} points")
     if r.get("layers") is not None:
         print_layers(r["layers"], r["qdq"], top)

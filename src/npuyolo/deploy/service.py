@@ -78,7 +78,8 @@ def checkpoint_baseline(registry, run_id: int, data, imgsz: int) -> dict | None:
 def evaluate_artefact(registry, path: str | Path, data: str | Path, layers: bool = False, qdq: str | Path | None = None) -> dict:
     """Score an ONNX artefact; for a run's INT8 artefact also score its FP32 twin and report the drop per class.
 
-    A vendor-compiled model (.rknn, the int8 .tflite behind a Vela build) is scored as the vendor quantized it, in
+    A vendor-compiled model (.rknn, the int8 .tflite behind a Vela build, MCT's model_imx_dense.onnx behind an IMX500
+    build) is scored as the vendor quantized it, in
     the compiler's own environment, beside the FP32 ONNX file it was compiled from (deploy/vendor.py)."""
 
     path = Path(path)
