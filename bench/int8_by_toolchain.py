@@ -74,6 +74,12 @@ def main() -> None:
     args = ap.parse_args()
 
     skip = lambda label: any(label.startswith(s) for s in args.skip)  # noqa: E731
+    out = args.out or args.work / "int8_by_toolchain.json"
+    before = json.loads(out.read_text()) if args.merge and out.is_file() else None
+    settings = ("imgsz", "calib", "vendor_calib", "conf")
+    if before is not None and any(before.get(k) != getattr(args, k) for k in settings):
+        raise SystemExit(f"--merge: {out} was measured with {', '.join(f'{k} {before.get(k)}' for k in settings)}; "
+                         "measure again with the same settings")
     print(f"{platform.processor() or platform.machine()}, {args.imgsz} px; ours/Ultralytics calibrate on {args.calib} "
           f"train images, vendors on {args.vendor_calib}; retention = mAP50 at conf {args.conf} / FP32's", flush=True)
     results = []
@@ -122,7 +128,7 @@ def main() -> None:
                                     workdir=work / "npu", calib=args.vendor_calib)
                 built = {"rknn": lambda b: b.rknn_file, "vela": lambda b: b.tflite, "imx500": lambda b: b.scored}[compiler](res.build)
                 if not built:
-                    raise NpuyoloError(f"{compiler} wrote no model to score ({res.build.error or 'see its log'})")
+                    raise NpuyoloError(f"{compiler} wrote no model to score ({getattr(res.build, 'error', None) or 'see its log'})")
                 score = evaluate_compiled(built, args.data, deploy_conf=args.conf)
             except NpuyoloError as e:
                 print(f"{label:10s} {route:46s} failed: {e}", flush=True)
@@ -146,9 +152,8 @@ def main() -> None:
             add(r)
         results.append({"model": label, "weights": str(pt), "rows": rows})
 
-    out = args.out or args.work / "int8_by_toolchain.json"
-    if args.merge and out.is_file():  # earlier rows first, in their order; a route measured now replaces its row
-        earlier = {m["model"]: m for m in json.loads(out.read_text())["models"]}
+    if before is not None:  # earlier rows first, in their order; a route measured now replaces its row
+        earlier = {m["model"]: m for m in before["models"]}
         for m in results:
             new = {r["route"]: r for r in m["rows"]}
             old = earlier.pop(m["model"], {"rows": []})["rows"]

@@ -77,7 +77,7 @@ def test_distill_run_records_teacher_and_terms(synth_data, tiny_recipe, tmp_path
     d = run.recipe["distill"]
     assert d["teacher_run"] == teacher.run_id and (d["alpha"], d["beta"], d["gamma"], d["temperature"]) == (1.0, 1.0, 0.5, 2.0)
     for e in run.epochs:
-        assert set(KD_TERMS) <= set(e["extra"]) and all(math.isfinite(e["extra"][k]) for k in KD_TERMS)
+        assert set(KD_TERMS) <= set(e.extra) and all(math.isfinite(e.extra[k]) for k in KD_TERMS)
     from npuyolo.deploy.export import load_weights
     from npuyolo.variants.build import activation_census
 
@@ -103,4 +103,4 @@ def test_distill_run_resumes_after_sigkill(synth_data, tiny_recipe, tmp_path):
     assert result.exit_code == 0, result.output
     run = Registry(db).get_run(2)
     assert run.status == "finished" and [e.epoch for e in run.epochs] == [1, 2, 3, 4]
-    assert all("kd_cls" in e["extra"] for e in run.epochs)  # resumed with npuyolo's KD terms, not Ultralytics' own
+    assert all("kd_cls" in e.extra for e in run.epochs)  # resumed with npuyolo's KD terms, not Ultralytics' own

@@ -114,10 +114,9 @@ def test_shared_activations_give_the_stock_module_count(variant):
     assert len(list(ours.modules())) == len(list(stock.modules()))
 
 
-def _fx_export_graph(model, imgsz=320):
-    """The graph Ultralytics' IMX route hands to MCT: fused, export mode, wrapped in its FXModel."""
-    import torch.fx
-
+def _fx_export_model(model, imgsz=320):
+    """The model Ultralytics' IMX route hands to MCT: fused, eval, C2f's traceable split, Detect in export mode, in
+    its FXModel."""
     from ultralytics.utils.export.imx import FXModel
 
     from npuyolo.ultra import C2f, Detect
@@ -128,27 +127,32 @@ def _fx_export_graph(model, imgsz=320):
             m.export, m.format, m.max_det, m.xyxy = True, "imx", 300, True
         elif isinstance(m, C2f):
             m.forward = m.forward_split
-    return _driver().traced_nodes(FXModel(model, (imgsz, imgsz)), trace=torch.fx.symbolic_trace)
+    return FXModel(model, (imgsz, imgsz))
 
 
-@pytest.mark.parametrize("variant", ["L4-relu", "L4-leaky"])
-def test_the_16_bit_decode_nodes_are_found_again_in_a_variant(variant):
-    """Ultralytics keeps four decode nodes of YOLO11n at 16 bits by their traced names; a variant's names differ, so
-    the driver finds the same nodes by kind and rank from the end, after checking the decode tails are the same."""
+@pytest.mark.parametrize("variant, family", [("L0-silu", "YOLO11"), ("L2-relu", "YOLOv8"), ("L4-relu", "YOLOv8"),
+                                             ("L4-leaky", "YOLOv8")])
+def test_the_16_bit_decode_nodes_are_found_again_in_a_variant(variant, family):
+    """Ultralytics keeps four decode nodes at 16 bits by their traced names, under the settings of the stock model it
+    takes the model for (YOLO11n with a C2PSA block, else YOLOv8n: L2-L4 drop C2PSA). The driver finds the same nodes
+    in a variant by kind and rank from the end, after checking the decode tails are the same ops."""
+    import torch.fx
     from ultralytics.utils.export.imx import MCT_CONFIG
 
-    from npuyolo.ultra import DetectionModel
+    from npuyolo.ultra import Detect
     from npuyolo.variants.build import build_model
 
     driver = _driver()
-    names = MCT_CONFIG["YOLO11"]["detect"]["layer_names"]
-    stock = _fx_export_graph(DetectionModel("yolo11n.yaml", nc=4, verbose=False))
-    assert driver.map_decode_nodes(stock, stock, names) == names  # stock maps onto itself
-    ours = _fx_export_graph(build_model(variant, nc=4))
+    ours_fx = _fx_export_model(build_model(variant, nc=4))
+    assert driver.stock_of(ours_fx)[0] == family
+    names = MCT_CONFIG[family]["detect"]["layer_names"]
+    head = next(m for m in ours_fx.modules() if isinstance(m, Detect))
+    stock = driver.traced_nodes(driver.stock_fx_model(driver.stock_of(ours_fx)[1], head, (320, 320)), trace=torch.fx.symbolic_trace)
+    assert driver.map_decode_nodes(stock, stock, names) == names  # the stock graph has the names Ultralytics sets
+    ours = driver.traced_nodes(ours_fx, trace=torch.fx.symbolic_trace)
     mapped = driver.map_decode_nodes(stock, ours, names)
-    ops = dict(ours)
+    assert [dict(ours)[n] for n in mapped] == [dict(stock)[n] for n in names]  # the same ops
     assert [driver._kind(n) for n in mapped] == [driver._kind(n) for n in names]
-    assert [ops[n] for n in mapped] == [dict(stock)[n] for n in names]
     # a head that differs is refused, not guessed
     broken = ours[:-3] + [("relu_99", "call_function:relu")] + ours[-2:]
     with pytest.raises(ValueError, match="box decode"):

@@ -46,7 +46,7 @@ def content(reg: Registry) -> dict:
         run = reg.get_run(r.id)
         out[run.variant] = {"name": run.name, "status": run.status, "epochs": [e.epoch for e in run.epochs],
                             "artifacts": sorted(a.kind for a in run.artifacts), "device": run.device, "amp": run.amp,
-                            "best": sorted(run.best or {}), "metrics_recorded": all(e["map50"] is not None for e in run.epochs)}
+                            "best": sorted(run.best or {}), "metrics_recorded": all(e.map50 is not None for e in run.epochs)}
     return out
 
 

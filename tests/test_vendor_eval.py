@@ -215,3 +215,20 @@ def test_rknn_error_analysis_table_is_read_as_rknn_writes_it():
     sigmoid = next(r for r in rows if r.op == "Sigmoid")
     assert (sigmoid.tensor, sigmoid.cos_entire, sigmoid.cos_single) == ("scores_s32_int8", 0.2854, 0.3123)
     assert "/cv3.2/cv3.2.2/Conv_output_0" not in {r.tensor for r in rows}  # fused: no figures of its own
+
+
+def test_a_forged_manifest_cannot_make_a_model_elsewhere_the_reference(tmp_path):
+    """An .onnx file with a manifest beside it is scored in the imx500 environment; the FP32 file that manifest names
+    must lie in the same folder (npu compile writes it there), not anywhere on disk."""
+    elsewhere = tmp_path / "other-run" / "best.onnx"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"onnx")
+    build = tmp_path / "build"
+    build.mkdir()
+    dense = build / "model_imx_dense.onnx"
+    dense.write_bytes(b"onnx")
+    for named in ("../other-run/best.onnx", str(elsewhere)):
+        (build / "model_imx_dense.onnx.npuyolo.json").write_text(json.dumps({"kind": "onnx", "onnx": named, "mct": True}))
+        with pytest.raises(DeployError, match="lies outside") as e:
+            vendor.read_compiled(dense)
+        assert "\n" not in str(e.value)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from npuyolo.compilers.calibration import write_calibration
 from npuyolo.compilers.envs import CompilerError, clean_env, require
+from npuyolo.compilers.manifest import manifest_path
 from npuyolo.paths import write_text
 
 __all__ = ["Imx500Build", "activation_layers", "compile_model", "parse_activations", "parse_l2memory", "parse_layer_types", "parse_driver", "parse_error", "parse_memory", "converter_ran",
@@ -212,7 +213,8 @@ def compile_model(model, workdir: Path, data: str | Path | None, imgsz: int = 64
 
     shutil.rmtree(workdir / "model_imx_model", ignore_errors=True)  # never read a previous run's memory report
     dense = workdir / "model_imx_dense.onnx"
-    dense.unlink(missing_ok=True)  # never score a previous run's model
+    for stale in (dense, manifest_path(dense), workdir / "model_fp32.onnx"):  # never score a previous build's model
+        stale.unlink(missing_ok=True)
     cmd = [str(env.python), str(_driver()), "--weights", str(weights.resolve()), "--data", str(data_yaml.resolve()),
            "--imgsz", str(imgsz), "--dense", str(dense.resolve())]
     run_env = {**clean_env(), "YOLO_AUTOINSTALL": "false", "YOLO_OFFLINE": "true", "PYTHONUNBUFFERED": "1"}

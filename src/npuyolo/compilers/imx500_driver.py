@@ -98,12 +98,19 @@ def traced_nodes(model, trace=None) -> list[tuple[str, str]]:
             for n in graph.nodes]
 
 
-def admit_variant(torch2imx):
-    """Ultralytics' IMX route takes exactly YOLOv8n / YOLO11n: it counts modules, then keeps four decode nodes at
-    16 bits by their traced names. A variant of YOLO11n (another activation, the L2-L4 changes) has another module
-    count and other names for the same nodes, so it is refused although MCT and the converter could take it. This
-    wraps `torch2imx`: the variant's names for those nodes are found by `map_decode_nodes` against stock YOLO11n built
-    from Ultralytics' own yaml (nothing downloaded), its module count is admitted, and the call goes on unchanged."""
+def stock_of(model) -> tuple[str, str]:
+    """The stock model whose IMX settings Ultralytics applies to `model`, as it decides: YOLO11n when the model has a
+    C2PSA block, else YOLOv8n. The L2-L4 variants drop C2PSA, so they get YOLOv8n's settings: its decode-node names
+    and its weight-memory target for MCT's mixed precision (2.55 MB, below their 2.68 M parameters at 8 bits, so MCT
+    keeps a few layers' weights under 8 bits)."""
+    family = "YOLO11" if "C2PSA" in str(model) else "YOLOv8"
+    return family, "yolo11n.yaml" if family == "YOLO11" else "yolov8n.yaml"
+
+
+def stock_fx_model(yaml_name: str, head, imgsz):
+    """Stock YOLO11n/YOLOv8n from Ultralytics' own yaml (nothing downloaded), prepared as the exporter prepared the
+    variant whose Detect head is `head` (fused, eval, C2f's traceable split, the head's export settings), wrapped in
+    Ultralytics' FXModel."""
     import copy
 
     from ultralytics.nn.modules.block import C2f
@@ -111,23 +118,35 @@ def admit_variant(torch2imx):
     from ultralytics.nn.tasks import DetectionModel
     from ultralytics.utils.export import imx
 
+    stock = DetectionModel(yaml_name, nc=head.nc, verbose=False)
+    stock = (stock.fuse(verbose=False) if "verbose" in stock.fuse.__code__.co_varnames else stock.fuse()).eval()
+    for m in stock.modules():
+        if isinstance(m, C2f):
+            m.forward = m.forward_split
+    stock_head = next(m for m in stock.modules() if isinstance(m, Detect))
+    for key, value in vars(head).items():  # export mode, format, max_det, ... as the exporter set them
+        if isinstance(value, (bool, int, float, str, type(None))) and not key.startswith("_"):
+            setattr(stock_head, key, copy.copy(value))
+    return imx.FXModel(stock, imgsz)
+
+
+def admit_variant(torch2imx):
+    """Ultralytics' IMX route takes exactly YOLOv8n / YOLO11n: it counts modules, then keeps four decode nodes at
+    16 bits by their traced names. A variant (another activation, the L2-L4 changes) has another module count and
+    other names for the same nodes, so it is refused although MCT and the converter could take it. This wraps
+    `torch2imx`: the variant's names for those nodes are found by `map_decode_nodes` against the stock model whose
+    settings Ultralytics applies (`stock_of`), its module count is admitted, and the call goes on unchanged."""
+    from ultralytics.nn.modules.head import Detect
+    from ultralytics.utils.export import imx
+
     def wrapped(model, *args, **kwargs):
-        family = "YOLO11" if "C2PSA" in model.__str__() else "YOLOv8"  # as Ultralytics decides (L4 has no C2PSA)
+        family, yaml_name = stock_of(model)
         config = imx.MCT_CONFIG[family][model.task]
         count = len(list(model.modules()))
         if count in config["n_layers"] or model.task != "detect":
             return torch2imx(model, *args, **kwargs)
         head = next(m for m in model.modules() if isinstance(m, Detect))
-        stock = DetectionModel("yolo11n.yaml" if family == "YOLO11" else "yolov8n.yaml", nc=head.nc, verbose=False)
-        stock = stock.fuse(verbose=False) if "verbose" in stock.fuse.__code__.co_varnames else stock.fuse()
-        stock_head = next(m for m in stock.modules() if isinstance(m, Detect))
-        for m in stock.modules():  # as the exporter patched the variant: C2f's traceable split
-            if isinstance(m, C2f):
-                m.forward = m.forward_split
-        for key, value in vars(head).items():  # export mode, format, max_det, ... as the exporter set them
-            if isinstance(value, (bool, int, float, str, type(None))) and not key.startswith("_"):
-                setattr(stock_head, key, copy.copy(value))
-        stock_fx = imx.FXModel(stock, model.imgsz)
+        stock_fx = stock_fx_model(yaml_name, head, model.imgsz)
         names = map_decode_nodes(traced_nodes(stock_fx), traced_nodes(model), list(config["layer_names"]))
         print(f"NPUYOLO-DRIVER: gate: a variant with {count} modules, under Ultralytics' {family}n settings (stock: "
               f"{sorted(config['n_layers'])} modules); "
@@ -152,7 +171,9 @@ def also_export_dense(dense_path: str) -> None:
     def wrapped(model, save_model_path, repr_dataset, *args, **kwargs):
         done = export(model, save_model_path, repr_dataset, *args, **kwargs)
         if isinstance(model, imx.NMSWrapper):
-            export(model.model, dense_path, repr_dataset, *args, **kwargs)
+            partial = dense_path[: -len(".onnx")] + ".partial.onnx" if dense_path.endswith(".onnx") else dense_path + ".partial"
+            export(model.model, partial, repr_dataset, *args, **kwargs)
+            os.replace(partial, dense_path)  # a model cut short is never scored
             print(f"NPUYOLO-DRIVER: dense {dense_path}", flush=True)
         return done
 

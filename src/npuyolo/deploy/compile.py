@@ -66,7 +66,7 @@ def _vela(job: CompileJob) -> tuple[Build, str]:
 
 def _imx500(job: CompileJob) -> tuple[Build, str]:
     model = job.model()
-    build = imx_compile(model, job.onnx.parent / "imx500", job.data, imgsz=job.imgsz, calib=job.calib)
+    build = imx_compile(model, job.folder, job.data, imgsz=job.imgsz, calib=job.calib)  # one folder per size and head
     if build.scored:  # `deploy eval` compares MCT's model with the FP32 graph that ends where it does (boxes, scores)
         scored = Path(build.scored)
         fp32 = export_onnx(model, scored.with_name("model_fp32.onnx"), imgsz=job.imgsz, head="ultralytics")

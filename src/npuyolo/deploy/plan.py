@@ -25,6 +25,7 @@ from npuyolo.deploy.check import check_model, sigmoid_on_npu
 from npuyolo.deploy.compile import compile_model, record
 from npuyolo.deploy.evaluate import DeployError, onnx_predictor, validate
 from npuyolo.deploy.quantize import ENDS, quantize_onnx
+from npuyolo.errors import NpuyoloError
 from npuyolo.npu.graph import load_graph
 from npuyolo.npu.profiles import target as get_target
 from npuyolo.npu.rewrite import rewrite_leaky
@@ -403,18 +404,19 @@ def _compile(placement: Placement, fp32: Path, target: str, data, registry, mode
         if env is None:
             placement.compiler_status = "compiler not installed"
             return
-        if model_ref is None:
-            placement.compiler_status = "not compiled: a graph rewrite has no PyTorch model for MCT to quantize"
+        if model_ref is None or str(model_ref).lower().endswith(".onnx"):
+            placement.compiler_status = ("not compiled: a graph rewrite has no PyTorch model for MCT to quantize"
+                                         if model_ref is None else "not compiled: an ONNX file has no PyTorch model for MCT")
             return
         builds = imx_builds if imx_builds is not None else {}
         if model_ref not in builds:
             try:
                 builds[model_ref] = compile_model(model_ref, "imx500", "imx500", data, registry, imgsz=imgsz)
                 record(builds[model_ref], registry)
-            except CompilerError as e:
+            except NpuyoloError as e:  # the compiler's or the FP32 export beside it: this target's row says so
                 builds[model_ref] = e
         result = builds[model_ref]
-        if isinstance(result, CompilerError):
+        if isinstance(result, NpuyoloError):
             placement.compiler_status = f"failed: {result}"
             return
         build = result.build

@@ -73,10 +73,14 @@ def is_compiled(path: str | Path) -> bool:
     return path.suffix.lower() in SUFFIXES or (path.suffix.lower() == ".onnx" and manifest_path(path).is_file())
 
 
-def _file(folder: Path, value, what: str, manifest: Path) -> Path:
+def _file(folder: Path, value, what: str, manifest: Path, inside: bool = False) -> Path:
+    """A file the manifest names, relative to the compiled file's folder; `inside`: it must stay in that folder (an
+    .onnx file with a manifest beside it can be forged anywhere: it must not make any model on disk its reference)."""
     if not isinstance(value, str) or not value:
         raise DeployError(f"{manifest}: no {what} recorded; compile it again with `npuyolo npu compile`")
     path = (folder / value).resolve()
+    if inside and not path.is_relative_to(folder):
+        raise DeployError(f"{manifest}: its {what} {value!r} lies outside {folder}; compile it again with `npuyolo npu compile`")
     why = file_problem(path, empty_ok=False)
     if why is not None:
         raise DeployError(f"{manifest}: its {what} {path} {why}; compile it again with `npuyolo npu compile`")
@@ -105,7 +109,7 @@ def read_compiled(path: str | Path) -> CompiledArtefact:
         raise DeployError(f"{manifest}: it describes a {record.get('kind') if isinstance(record, dict) else '?'} build, "
                           f"not this {kind} file; compile it again")
     folder = path.parent.resolve()
-    onnx = _file(folder, record.get("onnx"), "ONNX file", manifest)
+    onnx = _file(folder, record.get("onnx"), "ONNX file", manifest, inside=kind == "onnx")
     if kind == "rknn":
         target = record.get("target")
         rules = record.get("disabled_rules", [])
@@ -205,7 +209,7 @@ class CompiledScore:
     """The vendor's quantized model on val beside its FP32 ONNX file, through the same pipeline."""
 
     artefact: str
-    kind: str  # rknn | tflite
+    kind: str  # rknn | tflite | onnx (MCT's model for IMX500)
     runtime: str
     onnx: str  # the FP32 file the compiler was given
     contract: str  # the input contract checked on the golden image

@@ -45,7 +45,7 @@ class EpochRow:
     map50_95: float | None = None
     lr: float | None = None
     epoch_time_s: float | None = None
-    extra: dict[str, float] | None = None
+    extra: dict[str, float] | None = field(default=None, hash=False)
 
     def value(self, name: str) -> float | None:
         """A metric or loss by its column name (`map50`, `box_loss`, ...), for code that picks the column at run time."""
