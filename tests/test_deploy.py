@@ -152,3 +152,23 @@ def test_cross_layer_equalization_is_exact_in_fp32_and_recorded(synth_data, tmp_
     assert info["cle_pairs"] == 30
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "q.onnx")).metadata_props}
     assert json.loads(meta["npuyolo_quant"])["cle_pairs"] == 30
+
+
+def test_int8_of_the_ultralytics_head_keeps_its_decode_float(synth_data, tmp_path):
+    """Stock YOLO11n (L0) exports Ultralytics' head: one output joining pixel boxes and 0..1 scores. Quantized whole,
+    one INT8 scale (about imgsz/255) rounded every score to 0 and L0-silu scored mAP50 0.0 at 320 px; the decode is
+    the host's part on an NPU and stays float."""
+    import onnxruntime as ort
+
+    fp32 = export_onnx(randomised("L0-silu", nc=4), tmp_path / "fp32.onnx", imgsz=64, head="ultralytics")
+    info = quantize_onnx(fp32, tmp_path / "int8.onnx", synth_data, calib=4)
+    assert "/model.23/dfl/conv/Conv" in info["float_tail"] and info["keep_float"] == []
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    ref, got = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+                for p in (fp32, tmp_path / "int8.onnx"))
+    scores_ref, scores_got = ref[:, 4:], got[:, 4:]
+    assert scores_ref.max() > 0.05  # randomised weights predict real scores
+    assert np.abs(scores_got - scores_ref).max() < 0.05  # per-tensor rounding at the boxes' scale errs ~0.125
+    int8 = onnx.load(str(tmp_path / "int8.onnx"))
+    made_by = {o: n for n in int8.graph.node for o in n.output}
+    assert made_by[int8.graph.output[0].name].op_type == "Concat"  # the output is computed in float, not dequantized

@@ -12,7 +12,7 @@ import onnx
 
 from npuyolo.npu.normalize import dequantize_constant
 
-__all__ = ["end_convs", "float_compute_nodes", "is_full_integer", "quantized_conv_weights"]
+__all__ = ["decode_tail", "end_convs", "float_compute_nodes", "is_full_integer", "quantized_conv_weights"]
 
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
 # ops that only pass values through (no arithmetic): fed by DQ and feeding Q they are integer by construction
@@ -77,6 +77,30 @@ def end_convs(model: onnx.ModelProto) -> list[str]:
         if node is not None and node.op_type == "Conv" and node.name not in names:
             names.append(node.name)
     return names
+
+
+def decode_tail(model: onnx.ModelProto) -> list[str]:
+    """The nodes of Ultralytics' in-graph decode: everything between the head's last Convs and the output.
+
+    That tail joins pixel boxes (0..imgsz) and class scores (0..1) into one output: one INT8 scale for both rounds
+    every score to 0 (mAP 0). An NPU runs the Convs and leaves the decode to the host in float (the NPU head cut), so
+    an INT8 model of the Ultralytics head keeps this tail float. Walked back from the outputs, stopping at each Conv
+    except DFL's (its input is the Softmax over the distance bins: decode arithmetic with fixed weights).
+    """
+    made_by = _producers(model)
+    tail: set[str] = set()
+    todo = [made_by[o.name] for o in model.graph.output if o.name in made_by]
+    while todo:
+        node = todo.pop()
+        if node.name in tail:
+            continue
+        if node.op_type == "Conv":
+            source = made_by.get(node.input[0])
+            if source is None or source.op_type != "Softmax":
+                continue
+        tail.add(node.name)
+        todo += [made_by[i] for i in node.input if i in made_by]
+    return [n.name for n in model.graph.node if n.name in tail]
 
 
 def quantized_conv_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:

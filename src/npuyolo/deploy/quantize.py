@@ -300,8 +300,11 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
         missing = [k for k in keep if k not in names]
         if missing:
             raise DeployError(f"keep_float: no node named {missing[0]!r} in {fp32.name}", param="keep_float")
-        from npuyolo.deploy.qdq import end_convs
+        from npuyolo.deploy.qdq import decode_tail, end_convs
 
+        # the Ultralytics head's decode stays float (the host's part, as on every NPU); the NPU head has none in graph
+        tail = decode_tail(graph) if meta.get("npuyolo_head") == "ultralytics" else []
+        keep += [n for n in tail if n not in keep]
         end_nodes = end_convs(graph) if ends else []
         if ends == "float":
             keep += [n for n in end_nodes if n not in keep]
@@ -400,7 +403,7 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
             keep += [c["node"] for c in chosen if c["node"] not in keep]
         graph, corrected = source(keep)
         settings = {"method": chosen_cal.method, "percentile": chosen_cal.percentile, "calib": len(paths), "per_channel": per_channel,
-                    "keep_float": keep, "cle_pairs": equalized, "bias_corrected": corrected, "ends": ends,
+                    "keep_float": [k for k in keep if k not in tail], "float_tail": tail, "cle_pairs": equalized, "bias_corrected": corrected, "ends": ends,
                     "int16_nodes": end_nodes if ends == "int16" else [], "sweep": swept, "holdout": len(held)}
         with atomic_path(out) as tmp:  # the INT8 tag and the weights appear under the final name together, or not at all
             run(keep, tmp, chosen_cal, graph)
