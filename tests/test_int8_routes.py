@@ -298,3 +298,41 @@ def test_shared_minmax_ranges_give_the_same_int8_files_with_one_calibration(synt
     assert shared_calls == 1 and set(ranges) == {"minmax"}  # calibrated once for the three routes
     info = quantize_onnx(fp32, tmp_path / "p.onnx", synth_data, calib=6, method="percentile", percentile=99.99, ranges=ranges)
     assert info["calibration"] == "percentile99.99" and set(ranges) == {"minmax", "percentile99.99"}
+
+
+def test_quantize_static_runs_no_calibration_of_its_own(synth_data, tmp_path, monkeypatch):
+    """Every range is ours (over every calibration image, in chunks); quantize_static gets them as its calibration
+    cache. Before, it still built its own calibrator (a ReduceMin/ReduceMax pair per tensor) and ran one image through
+    it for every INT8 file: a seventh of `deploy plan`'s time."""
+    import sys
+
+    ort_quantize = sys.modules["onnxruntime.quantization.quantize"]  # the package exports a function of that name
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("quantize_static calibrated by itself")
+
+    monkeypatch.setattr(ort_quantize, "create_calibrator", refuse)
+    fp32 = export_onnx(randomised("L4-leaky"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    for ends in (None, "int16"):
+        info = quantize_onnx(fp32, tmp_path / f"q-{ends}.onnx", synth_data, calib=4, ends=ends)
+        onnx.checker.check_model(onnx.load(info["int8"]))
+        assert any(n.op_type == "QuantizeLinear" for n in onnx.load(info["int8"]).graph.node)
+    info = quantize_onnx(fp32, tmp_path / "p.onnx", synth_data, calib=4, method="percentile", percentile=99.99)
+    assert info["calibration"] == "percentile99.99"
+
+
+def test_percentiles_share_one_pass_of_histograms(synth_data, tmp_path, monkeypatch):
+    """The sweep's two percentiles come from one set of histograms, with the ranges each would get alone."""
+    import onnxruntime.quantization.calibrate as calibrate
+
+    from npuyolo.deploy.quantize import percentile_ranges, percentiles_ranges
+
+    fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    reader = ImageReader(calibration_images(synth_data, 4), 64)
+    alone = {p: percentile_ranges(fp32, reader, tmp_path, p) for p in (99.99, 99.999)}
+    passes = []
+    real = calibrate.HistogramCalibrater.collect_data
+    monkeypatch.setattr(calibrate.HistogramCalibrater, "collect_data", lambda self, r: (passes.append(1), real(self, r))[1])
+    together = percentiles_ranges(fp32, reader, tmp_path, [99.99, 99.999])
+    assert together == alone and len(passes) == 1
+    assert any(alone[99.99][k] != alone[99.999][k] for k in alone[99.99])  # two read-outs, not one copied

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from npuyolo.data.calibration import calibration_images, holdout_images, letterbox
@@ -124,30 +125,42 @@ class ChunkReader(CalibrationDataReader):
         return item
 
 
-def histogram_data(model_path: Path, reader: CalibrationDataReader, workdir: Path, method: CalibrationMethod,
-                   options: dict, chunk: int | None = None):
-    """ORT's histogram calibrator fed `chunk` images at a time (its histograms merge across calls); its TensorsData."""
+def histogram_calibrator(model_path: Path, reader: CalibrationDataReader, workdir: Path, method: CalibrationMethod,
+                         options: dict, chunk: int | None = None):
+    """ORT's histogram calibrator after collecting every image, `chunk` images at a time (its histograms merge across
+    calls), in a temporary folder of `workdir` that lives as long as the returned context."""
     from onnxruntime.quantization.calibrate import create_calibrator
 
     chunk = chunk or CALIB_CHUNK
-    with tempfile.TemporaryDirectory(prefix="npuyolo-calib-", dir=workdir) as tmp:
-        cal = create_calibrator(str(model_path), None, str(Path(tmp) / "augmented.onnx"), calibrate_method=method,
-                                extra_options=options)
-        reader.rewind()
-        while True:
-            part = ChunkReader(reader, chunk)
-            try:
-                cal.collect_data(part)
-            except ValueError:  # ORT's "No data is collected": the images ended exactly at a chunk's border
-                if part.count == 0:
+
+    @contextlib.contextmanager
+    def collected():
+        with tempfile.TemporaryDirectory(prefix="npuyolo-calib-", dir=workdir) as tmp:
+            cal = create_calibrator(str(model_path), None, str(Path(tmp) / "augmented.onnx"), calibrate_method=method,
+                                    extra_options=options)
+            reader.rewind()
+            while True:
+                part = ChunkReader(reader, chunk)
+                try:
+                    cal.collect_data(part)
+                except ValueError:  # ORT's "No data is collected": the images ended exactly at a chunk's border
+                    if part.count == 0:
+                        break
+                    raise
+                if part.exhausted:
                     break
-                raise
-            if part.exhausted:
-                break
+            reader.rewind()
+            yield cal
+
+    return collected()
+
+
+def histogram_data(model_path: Path, reader: CalibrationDataReader, workdir: Path, method: CalibrationMethod,
+                   options: dict, chunk: int | None = None):
+    """ORT's histogram calibrator fed `chunk` images at a time (its histograms merge across calls); its TensorsData."""
+    with histogram_calibrator(model_path, reader, workdir, method, options, chunk) as cal:
         with contextlib.redirect_stdout(sys.stderr):  # ORT prints bin counts; stdout may carry --json
-            data = cal.compute_data()
-    reader.rewind()
-    return data
+            return cal.compute_data()
 
 
 def entropy_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path) -> dict[str, tuple[float, float]]:
@@ -174,9 +187,26 @@ def entropy_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Pat
 def percentile_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path, percentile: float | None,
                       chunk: int | None = None) -> dict[str, tuple[float, float]]:
     """Tensor -> (rmin, rmax) as `quantize_static(calibrate_method=Percentile)` computes them, in bounded memory."""
-    options = {} if percentile is None else {"percentile": percentile}
-    data = histogram_data(model_path, reader, workdir, CalibrationMethod.Percentile, options, chunk)
-    return {name: tuple(float(v) for v in td.range_value) for name, td in data.data.items()}
+    return percentiles_ranges(model_path, reader, workdir, [percentile], chunk)[percentile]
+
+
+def percentiles_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path, percentiles: list[float | None],
+                       chunk: int | None = None) -> dict[float | None, dict[str, tuple[float, float]]]:
+    """`percentile_ranges` for several percentiles from ONE pass over the images: ORT's percentile histograms do not
+    depend on the percentile (only its read-out, `compute_percentile`, does), so the sweep's two percentiles share
+    them. None (ORT's default percentile) only alone."""
+    if None in percentiles and len(percentiles) > 1:
+        raise ValueError("ORT's default percentile (None) is read alone")
+    options = {} if percentiles[0] is None else {"percentile": percentiles[0]}
+    found = {}
+    with histogram_calibrator(model_path, reader, workdir, CalibrationMethod.Percentile, options, chunk) as cal:
+        for p in percentiles:
+            if p is not None and cal.collector is not None:
+                cal.collector.percentile = p
+            with contextlib.redirect_stdout(sys.stderr):  # ORT prints bin counts; stdout may carry --json
+                data = cal.compute_data()
+            found[p] = {name: tuple(float(v) for v in td.range_value) for name, td in data.data.items()}
+    return found
 
 
 def minmax_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path) -> dict[str, tuple[float, float]]:
@@ -311,7 +341,6 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
         overrides = _int16_overrides(graph, end_nodes) if ends == "int16" else {}
 
         cache = {} if ranges is None else ranges  # calibration label -> tensor -> (rmin, rmax)
-        one_image = ImageReader(paths[:1], imgsz)
 
         def ranges_for(cal: Calibration, graph: Path | None) -> dict[str, tuple[float, float]]:
             """Activation ranges over every calibration image, computed here CALIB_CHUNK images at a time (bounded
@@ -322,37 +351,38 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
             if cal.label not in cache:
                 if cal.method == "entropy":
                     cache[cal.label] = entropy_ranges(prepared, reader, work)
-                elif cal.method == "percentile":
-                    cache[cal.label] = percentile_ranges(prepared, reader, work, cal.percentile)
+                elif cal.method == "percentile":  # a sweep reads all its percentiles from one set of histograms
+                    wanted = [cal.percentile]
+                    if sweep and cal.percentile is not None:
+                        wanted += [c.percentile for c in SWEEP if c.method == "percentile" and c.label not in cache
+                                   and c.percentile != cal.percentile]
+                    for p, found in percentiles_ranges(prepared, reader, work, wanted).items():
+                        cache[Calibration("percentile", p).label] = found
                 else:
                     cache[cal.label] = minmax_ranges(prepared, reader, work)
             return cache[cal.label]
 
         def run(exclude: list[str], dst: Path, cal: Calibration, graph: Path | None = None) -> None:
-            # Every range is computed here (ranges_for) and handed over as an override: quantize_static's own
-            # calibrators would hold every image's tensors at once, or (MinMax with CalibMaxIntermediateOutputs) drop
-            # all but the last chunk. MinMax overrides give ORT's own scales to the bit.
+            # Every range is computed here (ranges_for) and handed to quantize_static as its calibration cache, so it
+            # runs no calibration of its own: its calibrators would hold every image's tensors at once, or (MinMax
+            # with CalibMaxIntermediateOutputs) drop all but the last chunk, and even one image costs a pass over a
+            # graph augmented with a ReduceMin/ReduceMax pair per tensor. MinMax ranges give ORT's own scales to the bit.
             extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
-            tensor_overrides = {k: [dict(d) for d in v] for k, v in overrides.items()}
             found = dict(ranges_for(cal, graph))
             if cal.method != "minmax":  # tensors the histogram left without a range get MinMax's, over every image
                 for name, (lo, hi) in ranges_for(Calibration("minmax"), graph).items():
                     if name not in found or not found[name][1] > found[name][0]:
                         found[name] = (lo, hi)
-            for name, (lo, hi) in found.items():
-                if name not in initializer_names and hi > lo:
-                    tensor_overrides.setdefault(name, [{}])[0].update({"rmin": np.float32(lo), "rmax": np.float32(hi)})
-            if tensor_overrides:
-                extra["TensorQuantOverrides"] = tensor_overrides
             if overrides:
+                extra["TensorQuantOverrides"] = {k: [dict(d) for d in v] for k, v in overrides.items()}
                 extra["UseQDQContribOps"] = True  # 16-bit Q/DQ below opset 21
-            # every range is an override: ORT's own calibration pass (which always runs) needs only one image, and never
-            # holds every image's tensors at once (about 100 MB an image for YOLO11n at 640 px)
-            feed = one_image
-            feed.rewind()
-            quantize_static(str(graph or prepared), str(dst), feed, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+            cache_file = work / "ranges.json"
+            save_tensors_data(TensorsData(CalibrationMethod.MinMax, {
+                name: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
+                for name, (lo, hi) in found.items() if name not in initializer_names}), cache_file)
+            quantize_static(str(graph or prepared), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=METHODS["minmax"],
+                            calibrate_method=METHODS["minmax"], calibration_cache_path=cache_file,
                             nodes_to_exclude=exclude or None, extra_options=extra)
 
         chosen_cal = Calibration(method, percentile if method == "percentile" else None)
