@@ -294,3 +294,45 @@ def test_imx500_is_compiled_once_per_model_and_never_for_a_rewrite(monkeypatch, 
     assert rewrite.compiler_status.startswith("not compiled: a graph rewrite") and rewrite.compiled_file is None
     assert big.compiler_status == "failed: does not fit in the sensor" and big.compiler_cpu_ops is None
     assert broken.compiler_status == "failed: the IMX500 export took over 3600 s"
+
+
+def test_one_compile_per_graph_and_ethos_u_prefers_native_leaky_relu_to_a_rewrite(planned, monkeypatch):
+    """The compiler quantizes the FP32 graph itself: the plan compiles each graph once for a target, and every INT8
+    route of that graph carries the verdict (before, each route compiled again: a Vela or RKNN build each). With
+    Vela's times (faked here: native LeakyReLU 10 ms, each rewrite 25.4 ms, the ReLU twin 9 ms), no rewrite wins on
+    Ethos-U, the note says to keep native LeakyReLU, and the faster ReLU twin is chosen."""
+    from npuyolo import Workspace
+    from npuyolo.deploy import plan as plan_module
+
+    db, data, _ = planned
+    compiled = []
+
+    def fake_compile(p, fp32, t, *args):
+        compiled.append((str(fp32), t))
+        p.compiler, p.compiler_status, p.compiler_cpu_ops = "vela 5.2.0", "compiled", 0
+        p.npu_ms = 25.4 if any(m in fp32.name for m in plan_module.REWRITES) else 9.0 if "L4-relu" in fp32.name else 10.0
+
+    monkeypatch.setattr(plan_module, "_compile", fake_compile)
+    plan = Workspace(db).plan("dp-L4-leaky", ["ethos-u55"], data, calib=4, sweep=False)
+    (u55,) = plan.targets
+    graphs = {r.fp32_path for r in u55.rows}
+    assert len(graphs) == 5 and len(u55.rows) == 10  # export, 3 rewrites, the twin; each as int8 and int8-ends-int16
+    assert sorted(compiled) == sorted((g, "ethos-u55") for g in graphs)
+    assert all(r.placement.npu_ms is not None and r.placement.compiler_status == "compiled" for r in u55.rows)
+    assert u55.chosen.candidate.source == "relu-twin" and u55.chosen.placement.npu_ms == 9.0
+    own = [r for r in u55.rows if r.candidate.source == "export"]
+    assert rank(own)[0].candidate.graph is None  # of the run's own graphs, native LeakyReLU
+    assert any("keep native LeakyReLU" in n for n in u55.notes)
+
+
+def test_a_target_with_little_on_the_npu_says_where_the_graph_is_cut():
+    """Edge TPU at 320 px: the first Conv's output is larger than any activation documented to map, so nothing maps,
+    whichever candidate. The plan says so, naming the node and the reason, instead of only printing 0%."""
+    cut = "Conv /model.0/conv/Conv: output 1x16x160x160 (409600 values) is larger than the largest activation documented to map (200704)"
+    low = [row(None), row("relu-decomp")]
+    for r in low:
+        r.placement.share_nodes, r.placement.first_off_npu = 0.0, cut
+    low[1].placement.share_nodes = 0.02
+    (note,) = target_notes("edgetpu", low)
+    assert note == f"no candidate runs even half its nodes on the NPU (best: 2.0%, export+relu-decomp+int8); the first node off the NPU there: {cut}"
+    assert target_notes("edgetpu", [row(None)]) == []  # all on the NPU: nothing to say

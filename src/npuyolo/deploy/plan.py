@@ -5,7 +5,7 @@ builds each candidate and measures it instead: placement on the profile (and the
 FP32 and INT8 accuracy on val, and the same at the confidence threshold an NPU runtime bakes in.
 
 The core is pure: `candidates()` says what to build for a target, `rank()` chooses among verified rows,
-`target_notes()` says what the numbers imply. Building and measuring (export, rewrite, quantize, evaluate, compile) is
+`target_advice()` says what the numbers imply. Building and measuring (export, rewrite, quantize, evaluate, compile) is
 `build_plan`, at the edge.
 """
 
@@ -36,6 +36,7 @@ DEPLOY_CONF = 0.25  # what NPU runtimes bake in; mAP at 0.001 overstates what sh
 RETRAIN_ABOVE_PP = 0.5  # a re-sloped model losing more than this (FP32 mAP50 points) is worth retraining at that slope
 VELA_U55_REWRITE_COST = 2.54  # issue 22: Vela's estimate of relu-decomp against native LeakyReLU on Ethos-U55
 REWRITES = ("relu-decomp", "relu-exact", "max")
+MOSTLY_ON_NPU = 0.5  # below this share for every candidate, the plan says where the best one is cut off the NPU
 # profile name -> (compiler, its platform name): the compilers `npu compile` drives
 COMPILER_OF = {"rknn-rk3588": ("rknn", "rk3588"), "rknn-rk3566": ("rknn", "rk3566"),
                "ethos-u55": ("vela", "ethos-u55-128"), "ethos-u85": ("vela", "ethos-u85-256")}
@@ -91,6 +92,7 @@ class Placement:
     compiler_cpu_ops: int | None = None
     npu_ms: float | None = None  # the compiler's estimate
     compiled_file: str | None = None  # what the compiler built (.rknn, or the int8 .tflite behind a Vela build)
+    first_off_npu: str | None = None  # the first node the profile keeps off the NPU, and why (where a graph is cut)
 
     @property
     def off_npu(self) -> int:
@@ -150,12 +152,18 @@ class TargetPlan:
     runner_up: Row | None
     why_runner_up_lost: str | None
     rows: list[Row]
-    notes: list[str] = field(default_factory=list)
+    advice: list[Advice] = field(default_factory=list)
+
+    @property
+    def notes(self) -> list[str]:
+        return [a.text for a in self.advice]
 
     def as_dict(self) -> dict:
         return {"target": self.target, "chosen": self.chosen.candidate.name, "artefact": self.chosen.int8_path,
                 "runner_up": self.runner_up.candidate.name if self.runner_up else None,
-                "why_runner_up_lost": self.why_runner_up_lost, "notes": self.notes, "rows": [r.as_dict() for r in self.rows]}
+                "why_runner_up_lost": self.why_runner_up_lost,
+                "runner_up_lost_on": lost_on(self.chosen, self.runner_up) if self.runner_up else None, "notes": self.notes,
+                "advice": [{"kind": a.kind, "values": a.values} for a in self.advice], "rows": [r.as_dict() for r in self.rows]}
 
 
 @dataclass
@@ -169,9 +177,11 @@ class Plan:
     path: str | None = None
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
+    twin_run_id: int | None = None  # the series' ReLU twin behind the `relu-twin` candidates
 
     def as_dict(self) -> dict:
-        return {"model_ref": self.model_ref, "run_id": self.run_id, "data": self.data, "conf": self.conf,
+        return {"model_ref": self.model_ref, "run_id": self.run_id, "twin_run_id": self.twin_run_id, "data": self.data,
+                "conf": self.conf,
                 "calibration": self.calibration, "path": self.path, "seconds": self.seconds, "stages": self.stages,
                 "targets": [t.as_dict() for t in self.targets]}
 
@@ -232,20 +242,42 @@ def dominates(a: Row, b: Row) -> bool:
     return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
 
 
-def why_lost(winner: Row, loser: Row) -> str:
-    """The first ranking axis on which `loser` is behind `winner`, in words."""
+def lost_on(winner: Row, loser: Row) -> dict:
+    """The first ranking axis on which `loser` is behind `winner`, as data: {axis, loser, winner} (a report words it)."""
     w, l = winner.placement, loser.placement
     if l.off_npu != w.off_npu:
-        return f"{l.off_npu} ops off the NPU against {w.off_npu}"
+        return {"axis": "off_npu", "loser": l.off_npu, "winner": w.off_npu}
     if l.partitions_host != w.partitions_host:
-        return f"{l.partitions_host} host partitions against {w.partitions_host}"
+        return {"axis": "partitions_host", "loser": l.partitions_host, "winner": w.partitions_host}
     if l.npu_ms is not None and w.npu_ms is not None and l.npu_ms != w.npu_ms:
-        return f"slower on the NPU: {l.npu_ms:.2f} ms against {w.npu_ms:.2f} ms (compiler estimate)"
+        return {"axis": "npu_ms", "loser": l.npu_ms, "winner": w.npu_ms}
     if w.npu_ms is not None and l.npu_ms is None:
-        return "no NPU time estimated"
+        return {"axis": "npu_ms_missing", "loser": None, "winner": w.npu_ms}
     if loser.shipped_int8.map50 != winner.shipped_int8.map50:
-        whose = " (the vendor's own INT8)" if winner.vendor is not None and loser.vendor is not None else ""
-        return f"lower INT8 mAP50{whose}: {loser.shipped_int8.map50:.3f} against {winner.shipped_int8.map50:.3f}"
+        vendor = winner.vendor is not None and loser.vendor is not None
+        return {"axis": "vendor_int8_map50" if vendor else "int8_map50", "loser": loser.shipped_int8.map50,
+                "winner": winner.shipped_int8.map50}
+    return {"axis": "tie", "loser": None, "winner": None}
+
+
+def why_lost(winner: Row, loser: Row) -> str:
+    """The first ranking axis on which `loser` is behind `winner`, in words."""
+    return lost_text(lost_on(winner, loser))
+
+
+def lost_text(why: dict) -> str:
+    axis, l, w = why["axis"], why["loser"], why["winner"]
+    if axis == "off_npu":
+        return f"{l} ops off the NPU against {w}"
+    if axis == "partitions_host":
+        return f"{l} host partitions against {w}"
+    if axis == "npu_ms":
+        return f"slower on the NPU: {l:.2f} ms against {w:.2f} ms (compiler estimate)"
+    if axis == "npu_ms_missing":
+        return "no NPU time estimated"
+    if axis in ("int8_map50", "vendor_int8_map50"):
+        whose = " (the vendor's own INT8)" if axis == "vendor_int8_map50" else ""
+        return f"lower INT8 mAP50{whose}: {l:.3f} against {w:.3f}"
     return "tied on every axis (placement, NPU time, INT8 mAP50); kept in candidate order (export, rewrites, re-slope, twin)"
 
 
@@ -265,9 +297,40 @@ def retrain_advised(change_pp: float) -> bool:
     return change_pp < -RETRAIN_ABOVE_PP
 
 
-def target_notes(target: str, rows: list[Row], variant: str | None = None) -> list[str]:
-    """What the verified rows imply beyond the ranking: the re-slope's measured cost, the Ethos-U rewrite's price."""
-    notes = []
+@dataclass(frozen=True)
+class Advice:
+    """One thing the verified rows imply beyond the ranking, as data (a report words it in its own language) and as an
+    English note (`text`, what the CLI and plan.json print)."""
+
+    kind: str  # reslope | little_on_npu | rewrite_cost | rewrite_cost_unmeasured
+    values: dict
+
+    @property
+    def text(self) -> str:
+        v = self.values
+        if self.kind == "reslope":
+            advice = (f"retraining at that slope is advised (train {v['train']})" if v["retrain"]
+                      else f"within {RETRAIN_ABOVE_PP:g} points: no retraining needed")
+            return (f"re-sloped to {v['slope']!r} without retraining: FP32 mAP50 {v['change_pp']:+.1f} points (measured on "
+                    f"val); " + advice)
+        if self.kind == "little_on_npu":
+            where = f"; the first node off the NPU there: {v['first_off_npu']}" if v["first_off_npu"] else ""
+            return f"no candidate runs even half its nodes on the NPU (best: {v['share']:.1%}, {v['candidate']}){where}"
+        if self.kind == "rewrite_cost":
+            verdict = "keep native LeakyReLU" if v["ratio"] > 1 else "the rewrite is not slower here"
+            return (f"the fastest rewrite ({v['graph']}) takes {v['ratio']:.2f}× the NPU time of native LeakyReLU "
+                    f"(Vela's estimate, measured here): {verdict}")
+        if self.kind == "rewrite_cost_unmeasured":
+            return (f"the rewrites' NPU time against native LeakyReLU is not measured here (Vela not installed); an "
+                    f"earlier Vela estimate on U55 put relu-decomp at {v['ratio']}× native LeakyReLU: keep native "
+                    f"LeakyReLU there unless a measurement says otherwise")
+        raise ValueError(f"unknown advice kind {self.kind!r}")
+
+
+def target_advice(target: str, rows: list[Row], variant: str | None = None) -> list[Advice]:
+    """What the verified rows imply beyond the ranking: the re-slope's measured cost, a target where nothing fits and
+    where its graph is cut, the Ethos-U rewrite's price."""
+    advice = []
     by = {(r.candidate.source, r.candidate.graph, r.candidate.route): r for r in rows}
     export = by.get(("export", None, "int8"))
     for r in rows:
@@ -275,24 +338,27 @@ def target_notes(target: str, rows: list[Row], variant: str | None = None) -> li
             continue
         change = (r.fp32.map50 - export.fp32.map50) * 100
         base = variant.split("-")[0] if variant else "L4"
-        advice = (f"retraining at that slope is advised (train {base}-leaky{r.candidate.slope!r})" if retrain_advised(change)
-                  else f"within {RETRAIN_ABOVE_PP:g} points: no retraining needed")
-        notes.append(f"re-sloped to {r.candidate.slope!r} without retraining: FP32 mAP50 {change:+.1f} points (measured on val); "
-                     + advice)
+        advice.append(Advice("reslope", {"slope": r.candidate.slope, "change_pp": change, "retrain": retrain_advised(change),
+                                         "train": f"{base}-leaky{r.candidate.slope!r}"}))
+    best = max(rows, key=lambda r: r.placement.share_nodes, default=None)
+    if best is not None and best.placement.share_nodes < MOSTLY_ON_NPU:
+        advice.append(Advice("little_on_npu", {"share": best.placement.share_nodes, "candidate": best.candidate.name,
+                                               "first_off_npu": best.placement.first_off_npu}))
     if target.startswith("ethos-u") and export is not None:
         rewritten = [r for r in rows if r.candidate.graph in REWRITES and r.candidate.route == "int8"]
         timed = [r for r in rewritten if r.placement.npu_ms is not None]
         if export.placement.npu_ms is not None and timed:
             fastest = min(timed, key=lambda r: r.placement.npu_ms)
-            ratio = fastest.placement.npu_ms / export.placement.npu_ms
-            verdict = "keep native LeakyReLU" if ratio > 1 else "the rewrite is not slower here"
-            notes.append(f"the fastest rewrite ({fastest.candidate.graph}) takes {ratio:.2f}× the NPU time of native LeakyReLU "
-                         f"(Vela's estimate, measured here): {verdict}")
+            advice.append(Advice("rewrite_cost", {"graph": fastest.candidate.graph,
+                                                  "ratio": fastest.placement.npu_ms / export.placement.npu_ms}))
         elif rewritten:
-            notes.append(f"the rewrites' NPU time against native LeakyReLU is not measured here (Vela not installed); an "
-                         f"earlier Vela estimate on U55 put relu-decomp at {VELA_U55_REWRITE_COST}× native LeakyReLU: keep native "
-                         f"LeakyReLU there unless a measurement says otherwise")
-    return notes
+            advice.append(Advice("rewrite_cost_unmeasured", {"ratio": VELA_U55_REWRITE_COST}))
+    return advice
+
+
+def target_notes(target: str, rows: list[Row], variant: str | None = None) -> list[str]:
+    """`target_advice` in English: what the CLI prints and plan.json records as `notes`."""
+    return [a.text for a in target_advice(target, rows, variant)]
 
 
 # -- building and measuring (I/O) -----------------------------------------------------------------------------------
@@ -533,17 +599,26 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
         return accuracy[path]
 
     placed: dict[tuple[Path, Path, str], Placement] = {}
-
     imx_builds: dict = {}
+    # (FP32 graph, target) -> the compiler's verdict: it quantizes the FP32 graph itself, so one compile serves every
+    # INT8 route of that graph (a Vela or RKNN build is tens of seconds)
+    compiled: dict[tuple[Path, str], Placement] = {}
+    verdict = ("compiler", "compiler_status", "compiler_cpu_ops", "npu_ms", "compiled_file")
 
     def placement(fp32: Path, int8: Path, t: str, model_ref: str | None = None) -> Placement:
         if (fp32, int8, t) not in placed:
             with stage("place"):
                 r = check_model(str(int8), [t]).reports[0]  # the INT8 file that ships, placed like the graph it quantizes
+            first_off = next((f"{n.op} {n.name}: {n.reason}" for n in r.placements if n.placement in ("cpu", "unknown")), None)
             p = Placement(r.share_nodes, r.nodes_total, r.nodes_cpu, r.nodes_unknown, r.partitions_host, r.fallback_ops,
-                          r.unknown_ops)
-            with stage("compile"):
-                _compile(p, fp32, t, data, registry, model_ref, size, imx_builds)
+                          r.unknown_ops, first_off_npu=first_off)
+            if (fp32, t) not in compiled:
+                with stage("compile"):
+                    _compile(p, fp32, t, data, registry, model_ref, size, imx_builds)
+                compiled[(fp32, t)] = p
+            else:
+                for name in verdict:
+                    setattr(p, name, getattr(compiled[(fp32, t)], name))
             placed[(fp32, int8, t)] = p
         return placed[(fp32, int8, t)]
 
@@ -573,8 +648,9 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
             rows.append(Row(t, c, str(fp32), str(int8), placed_here, f_all, q_all, f_conf, q_conf, conf,
                             vendor_scored(placed_here)))
         chosen, runner, why = rank(rows)
-        plans.append(TargetPlan(t, chosen, runner, why, rows, target_notes(t, rows, variant)))
-    plan = Plan(label, run_id, str(data), conf, chosen_cal.get("label"), plans)
+        plans.append(TargetPlan(t, chosen, runner, why, rows, target_advice(t, rows, variant)))
+    plan = Plan(label, run_id, str(data), conf, chosen_cal.get("label"), plans,
+                twin_run_id=int(twin) if twin is not None else None)
     plan.seconds = time.perf_counter() - started
     plan.stages = {k: round(v, 3) for k, v in stage.seconds.items()}
     out = folder / "plan.json"
@@ -594,9 +670,11 @@ def cell(tp: TargetPlan | dict) -> dict:
     chosen = next(r for r in d["rows"] if r["candidate"]["name"] == d["chosen"])
     p = chosen["placement"]
     return {"artefact": d["chosen"], "path": chosen["int8_path"], "share_nodes": p["share_nodes"], "off_npu": p["off_npu"],
-            "partitions_host": p["partitions_host"], "npu_ms": p["npu_ms"], "fp32_map50": chosen["fp32"]["map50"],
+            "partitions_host": p["partitions_host"], "npu_ms": p["npu_ms"],
+            "compiler": p.get("compiler") if p.get("compiler_status") == "compiled" else None, "fp32_map50": chosen["fp32"]["map50"],
             "int8_map50": chosen["int8"]["map50"], "retention_map50": chosen["retention"]["map50"],
-            "candidates": len(d["rows"]), "runner_up": d["runner_up"], "why_runner_up_lost": d["why_runner_up_lost"]}
+            "candidates": len(d["rows"]), "runner_up": d["runner_up"], "why_runner_up_lost": d["why_runner_up_lost"],
+            "runner_up_lost_on": d.get("runner_up_lost_on")}
 
 
 def matrix(plans: dict[str, dict]) -> tuple[list[str], dict[str, dict[str, dict]]]:

@@ -1,13 +1,17 @@
 """Everything a report states, computed from registry records in one place (pure functions).
 
 Templates only format these values; judgements (strengths, recommendations) are rules over them,
-so no sentence can claim what the numbers do not show.
+so no sentence can claim what the numbers do not show. Deployment strategies and next steps come from the run's
+recorded `deploy plan` alone: each is a candidate that was built and measured, never advice inferred from rules.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from npuyolo.deploy.plan import cell
 from npuyolo.errors import NpuyoloError
 from npuyolo.registry.db import CompilerRunRow, DeployEvalRow, EpochRow, NpuCheckRow, RegistryError, RunRecord
 from npuyolo.train.series import rank_series
@@ -58,6 +62,13 @@ class RunFacts:
     npu: list[dict]
     int8: list[dict]
     judgements: list[Judgement]
+    plan: dict | None = None  # the run's latest recorded `deploy plan` (plan.json), None when none is recorded
+    plan_twin: str | None = None  # the name of the ReLU twin behind the plan's `relu-twin` candidates
+
+    @property
+    def plan_cells(self) -> list[dict]:
+        """Per planned target: its chosen artefact with what made it win (`deploy.plan.cell`)."""
+        return [{"target": tp["target"], **cell(tp)} for tp in self.plan["targets"]] if self.plan else []
 
 
 def final_and_first(run: RunRecord) -> tuple[EpochRow | None, EpochRow | None]:
@@ -123,32 +134,55 @@ def judge(facts: RunFacts) -> list[Judgement]:
         out.append(Judgement("weakness", "recall_below_precision", {"p": final.precision, "r": final.recall}))
     if facts.improvement_factor is not None and facts.improvement_factor > 1:
         out.append(Judgement("strength", "learned", {"factor": facts.improvement_factor}))
-    leaky_fallback = False
     for row in facts.npu:
         if row["share_nodes"] >= GOOD_SHARE:
             out.append(Judgement("strength", "npu_ready", {"target": row["target"], "share": row["share_nodes"]}))
-            out.append(Judgement("strategy", "deploy_as_is", {"target": row["target"], "share": row["share_nodes"]}))
         else:
             ops = ", ".join(f"{k}×{v}" for k, v in {**row["fallback_ops"], **row["unknown_ops"]}.items())
             out.append(Judgement("weakness", "npu_fallback", {"target": row["target"], "share": row["share_nodes"], "ops": ops,
                                                               "transitions": row["transitions"]}))
-            if "LeakyRelu" in row["fallback_ops"] and len(row["fallback_ops"]) == 1:
-                leaky_fallback = True
-                out.append(Judgement("recommendation", "leaky_rewrite", {"target": row["target"]}))
-                out.append(Judgement("strategy", "rewrite_then_deploy", {"target": row["target"]}))
-            elif row["fallback_ops"]:
-                out.append(Judgement("strategy", "hybrid_cpu", {"target": row["target"], "ops": ops}))
-    if leaky_fallback and facts.compare and "relu" in facts.compare.variant.split("-")[1]:
-        out.append(Judgement("recommendation", "distill_to_relu", {"other": facts.compare.name}))
-    if not facts.npu:
-        out.append(Judgement("recommendation", "run_npu_check", {"run": run.id}))
-    int8 = [r for r in facts.int8 if r["drop_pp"] is not None]
-    for r in int8:
-        kind = "strength" if r["drop_pp"] <= INT8_OK_DROP_PP else "weakness"
-        out.append(Judgement(kind, "int8_drop", {"artefact": r["artefact"], "pp": r["drop_pp"]}))
-    if not int8:
-        out.append(Judgement("recommendation", "run_int8", {"run": run.id}))
+    for r in facts.int8:
+        if r["drop_pp"] is not None:
+            kind = "strength" if r["drop_pp"] <= INT8_OK_DROP_PP else "weakness"
+            out.append(Judgement(kind, "int8_drop", {"artefact": r["artefact"], "pp": r["drop_pp"]}))
+    return out + plan_judgements(facts)
+
+
+def plan_judgements(facts: RunFacts) -> list[Judgement]:
+    """Deployment strategies and next steps, from the recorded plan only: per target the chosen artefact (and why the
+    runner-up lost), what its measurements imply (re-slope, Ethos-U rewrite cost, a graph cut off the NPU), and
+    distillation where the plan chose the ReLU twin over a more accurate LeakyReLU model. No plan: say how to make one."""
+    if facts.plan is None:
+        return [Judgement("strategy", "no_plan", {"run": facts.run.id}),
+                Judgement("recommendation", "run_plan", {"run": facts.run.id})]
+    out = []
+    for tp, c in zip(facts.plan["targets"], facts.plan_cells):
+        out.append(Judgement("strategy", "plan_choice", c))
+        for a in tp.get("advice", []):
+            out.append(Judgement("recommendation", f"plan_{a['kind']}", {"target": tp["target"], **a["values"]}))
+    gaps = {}
+    for tp in facts.plan["targets"]:
+        chosen = next(r for r in tp["rows"] if r["candidate"]["name"] == tp["chosen"])
+        own = [r["fp32"]["map50"] for r in tp["rows"] if r["candidate"]["source"] == "export"]
+        if chosen["candidate"]["source"] == "relu-twin" and own and max(own) > chosen["fp32"]["map50"]:
+            gaps[tp["target"]] = (max(own) - chosen["fp32"]["map50"]) * 100
+    if gaps:
+        out.append(Judgement("recommendation", "plan_distill", {"targets": ", ".join(gaps), "pp": max(gaps.values()),
+                                                                "other": facts.plan_twin or "relu-twin"}))
     return out
+
+
+def recorded_plan(registry, run: RunRecord) -> dict | None:
+    """The run's latest recorded `deploy plan` (its plan.json); None when none is recorded, or its file is gone or
+    unreadable."""
+    recorded = run.artifact("plan")
+    if recorded is None:
+        return None
+    try:
+        plan = json.loads(Path(recorded.path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return plan if isinstance(plan, dict) and isinstance(plan.get("targets"), list) else None
 
 
 def run_facts(registry, ref, compare_ref=None) -> RunFacts:
@@ -185,5 +219,12 @@ def run_facts(registry, ref, compare_ref=None) -> RunFacts:
                       and compare_final.value(m) is not None else None) for m in METRICS},
         npu=npu_rows(registry.npu_checks(run_id=run.id), registry.compiler_runs(run_id=run.id)), int8=deploy_rows(registry.deploy_evals(run.id)), judgements=[],
     )
+    facts.plan = recorded_plan(registry, run)
+    twin = facts.plan.get("twin_run_id") if facts.plan else None
+    if twin is not None:
+        try:
+            facts.plan_twin = registry.get_run(twin).name
+        except RegistryError:  # the twin's run was deleted since: the plan's figures stand, its name is gone
+            facts.plan_twin = None
     facts.judgements = judge(facts)
     return facts

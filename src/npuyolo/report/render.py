@@ -18,7 +18,7 @@ from npuyolo.npu.rewrite import rewrite_leaky
 from npuyolo.paths import atomic_path, safe_join, unique_slug, write_text
 from npuyolo.registry.db import NpuCheckRow
 from npuyolo.report import plots, webfont
-from npuyolo.report.facts import METRICS, ReportError, RunFacts, run_facts
+from npuyolo.report.facts import METRICS, ReportError, RunFacts, recorded_plan, run_facts
 from npuyolo.study.hybrid import pareto_front
 from npuyolo.study.relu_gap import study_table
 from npuyolo.train.series import rank_series
@@ -93,6 +93,7 @@ def environment(html_output: bool = False) -> Environment:
     env = Environment(loader=PackageLoader("npuyolo.report", "templates"), undefined=StrictUndefined, autoescape=html_output,
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["oneline"] = lambda v: " ".join(str(v).split())  # raw values inside a code block: one line each
+    env.filters["md"] = lambda v: md_text(" ".join(str(v).split()), html_output)  # recorded free text: literal, one line
     env.globals.update(
         f1=_num(".1f"), f2=_num(".2f"), f3=_num(".3f"), f4=_num(".4f"), hms=_hms,
         num=lambda v: "n/a" if v is None else (f"{v:g}" if isinstance(v, float) else str(v)),
@@ -297,20 +298,13 @@ def render_series(registry, name: str, out: Path | None = None, lang: str = "en"
 def series_plan_matrix(registry, members: list[dict]) -> tuple[list[str], dict[str, dict[str, dict]]]:
     """variant x target from each member's latest recorded `deploy plan` (what `series plan` records on every run);
     empty when no member has one. A plan file that is gone or unreadable leaves that member out."""
-    import json
-
-
     plans = {}
     for m in members:
         if m.get("run_id") is None or m.get("status") == "derived":
             continue
-        recorded = registry.get_run(m["run_id"]).artifact("plan")
-        if recorded is None:
-            continue
-        try:
-            plans[m["variant"]] = json.loads(Path(recorded.path).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
+        plan = recorded_plan(registry, registry.get_run(m["run_id"]))
+        if plan is not None:
+            plans[m["variant"]] = plan
     return matrix(plans)
 
 
