@@ -33,6 +33,10 @@ leaky_onnx=$(npuyolo npu check demo-v3-L4-leaky -t relu-only --json | python3 -c
 npuyolo npu rewrite "$leaky_onnx" --leaky relu-decomp --out "$OUT/L4-leaky-relu-decomp.onnx"
 npuyolo npu check "$OUT/L4-leaky-relu-decomp.onnx" -t relu-only
 
+# which artefact on which NPU: per member and target every candidate (export, exact LeakyReLU rewrites, re-slope,
+# ReLU twin, INT8 routes) built and measured, vendor compilers used where installed; the reports below follow it
+npuyolo series plan demo-v3 -t relu-only -t amd-dpu -t edgetpu -t ethos-u55 -t rknn-rk3588
+
 # reports: the LeakyReLU run against its ReLU twin, in Korean and English, and the series overview
 for lang in ko en; do
   npuyolo report demo-v3-L4-leaky --compare demo-v3-L4-relu --lang $lang --format md --out "$OUT/reports"
