@@ -1,6 +1,7 @@
 """`series plan` (issue 22): variant x target, each cell the member's verified best artefact by the plan's own ranking.
 
-A tiny series (L4-leaky and L4-relu, 1 epoch at 64 px) is planned once through the CLI for relu-only and amd-dpu;
+A tiny series (L4-leaky and L4-relu, 1 epoch at 64 px) is planned once through the CLI for relu-only, amd-dpu and
+edgetpu;
 each cell is checked against the plan recorded on that member's run, re-ranked with `deploy.plan.rank`.
 """
 
@@ -14,7 +15,7 @@ from npuyolo.deploy.plan import Accuracy, Candidate, Placement, Row, dominates, 
 from npuyolo.registry.db import Registry
 
 runner = CliRunner()
-TARGETS = ["relu-only", "amd-dpu"]
+TARGETS = ["relu-only", "amd-dpu", "edgetpu"]
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,9 @@ def test_every_cell_is_the_best_of_its_candidates_by_the_plans_ranking(series_pl
     assert relu["relu-only"]["artefact"] == "export+int8" and relu["relu-only"]["off_npu"] == 0
     assert leaky["relu-only"]["artefact"] != "export+int8" and leaky["relu-only"]["off_npu"] == 0
     assert leaky["amd-dpu"]["artefact"] == "export+slope0.1015625+int8"
+    # Edge TPU runs no LeakyReLU: at 64 px every tensor maps, so a rewrite (or the twin) puts all of it on the NPU
+    assert leaky["edgetpu"]["artefact"] != "export+int8" and leaky["edgetpu"]["share_nodes"] == 1.0
+    assert relu["edgetpu"]["artefact"] == "export+int8" and relu["edgetpu"]["share_nodes"] == 1.0
 
 
 @pytest.mark.parametrize("lang, heading, off", [("en", "## Deployment plan: which variant on which NPU", "off NPU"),
@@ -82,7 +86,7 @@ def test_series_report_shows_the_matrix(series_planned, tmp_path, lang, heading,
     lines = text[text.index(heading):].splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("| "))
     assert [c.strip() for c in lines[header].strip("| ").split("|")][1:] == TARGETS
-    assert lines[header + 1] == "|---|---|---|"
+    assert lines[header + 1] == "|---" * (len(TARGETS) + 1) + "|"
     body = {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")[1:]]
             for line in lines[header + 2:header + 4]}
     recorded = Registry(db, readonly=True)
