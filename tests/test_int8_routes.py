@@ -336,3 +336,38 @@ def test_percentiles_share_one_pass_of_histograms(synth_data, tmp_path, monkeypa
     together = percentiles_ranges(fp32, reader, tmp_path, [99.99, 99.999])
     assert together == alone and len(passes) == 1
     assert any(alone[99.99][k] != alone[99.999][k] for k in alone[99.99])  # two read-outs, not one copied
+
+
+def test_our_minmax_int8_file_is_onnx_runtimes_own(synth_data, tmp_path):
+    """Our ranges, handed over as the calibration cache, give the file ORT's own MinMax calibration gives (fewer
+    images than one chunk, so ORT holds them all at once and its ranges are exact): every initializer equal."""
+    from pathlib import Path
+
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32 = export_onnx(randomised("L4-leaky"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    info = quantize_onnx(fp32, tmp_path / "ours.onnx", synth_data, calib=6)
+    prepared = tmp_path / "prepared.onnx"
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    reader = ImageReader([Path(p) for p in info["calibration_images"]], 64)
+    quantize_static(str(prepared), str(tmp_path / "ort.onnx"), reader, quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    ours = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "ours.onnx")).graph.initializer}
+    theirs = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "ort.onnx")).graph.initializer}
+    assert ours.keys() == theirs.keys() and len(ours) > 100
+    assert [k for k in ours if not np.array_equal(ours[k], theirs[k])] == []
+
+
+def test_the_sweep_reads_its_percentiles_from_one_pass(synth_data, tmp_path, monkeypatch):
+    """`--sweep` tries two percentiles: one set of histograms serves both (before: one pass each)."""
+    from npuyolo.deploy import quantize
+
+    calls = []
+    real = quantize.percentiles_ranges
+    monkeypatch.setattr(quantize, "percentiles_ranges", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    info = quantize_onnx(fp32, tmp_path / "q.onnx", synth_data, calib=4, sweep=True, holdout=2)
+    assert [r["calibration"] for r in info["sweep"]] == ["minmax", "percentile99.99", "percentile99.999", "entropy"]
+    assert calls == [[99.99, 99.999]]

@@ -371,3 +371,30 @@ def test_the_plan_renders_as_a_table_and_one_bullet_per_line(recorded, tmp_path,
     assert all("\n" not in i and "\n-" not in i and i.count(":") >= 1 for i in plan_items)
     assert not any(s in i[len(s):] for i in plan_items for s in starts)  # never two targets glued into one item
     assert "409600 values" in html and ("distil" in html or "증류" in html)
+
+
+def test_an_old_edited_or_hostile_plan_never_breaks_the_report(recorded, tmp_path):
+    """A plan.json from before advice was data still shows its notes; one whose chosen row is missing counts as no
+    plan (not a crash); a node name with Markdown or HTML in it stays text in both formats."""
+    reg, leaky, relu, _ = recorded
+    plan = _record_plan(reg, leaky, relu, tmp_path / "plan")
+    path = tmp_path / "plan" / "plan.json"
+    d = json.loads(path.read_text())
+    hostile = "Conv </td><script>alert(1)</script> | [x](http://e) *y*"
+    for tp in d["targets"]:
+        tp.pop("advice"), tp.pop("runner_up_lost_on")
+    d.pop("twin_run_id")
+    d["targets"][2]["notes"] = [f"the first node off the NPU there: {hostile}"]
+    path.write_text(json.dumps(d))
+    for lang in ("en", "ko"):
+        md = render_run(reg, leaky, tmp_path / f"old-{lang}", lang=lang).read_text(encoding="utf-8")
+        assert "edgetpu: the first node off the NPU there: Conv &lt;/td&gt;&lt;script&gt;" in md and "\\| \\[x\\]" in md
+        assert all(f"| {tp.target} |" in md for tp in plan.targets)
+        html = render_run(reg, leaky, tmp_path / f"old-{lang}-html", lang=lang, fmt="html").read_text(encoding="utf-8")
+        assert "<script>alert" not in html and 'href="http://e"' not in html
+    d["targets"][0]["chosen"] = "export+nothing+int8"  # edited by hand: the chosen row is gone
+    path.write_text(json.dumps(d))
+    facts = run_facts(reg, leaky, relu)
+    assert facts.plan is None and {j.key for j in facts.judgements if j.kind == "strategy"} == {"no_plan"}
+    path.write_text("{\"targets\": [")  # truncated
+    assert run_facts(reg, leaky, relu).plan is None

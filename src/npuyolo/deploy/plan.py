@@ -310,7 +310,7 @@ class Advice:
         v = self.values
         if self.kind == "reslope":
             advice = (f"retraining at that slope is advised (train {v['train']})" if v["retrain"]
-                      else f"within {RETRAIN_ABOVE_PP:g} points: no retraining needed")
+                      else f"within {v['threshold_pp']:g} points: no retraining needed")
             return (f"re-sloped to {v['slope']!r} without retraining: FP32 mAP50 {v['change_pp']:+.1f} points (measured on "
                     f"val); " + advice)
         if self.kind == "little_on_npu":
@@ -339,7 +339,7 @@ def target_advice(target: str, rows: list[Row], variant: str | None = None) -> l
         change = (r.fp32.map50 - export.fp32.map50) * 100
         base = variant.split("-")[0] if variant else "L4"
         advice.append(Advice("reslope", {"slope": r.candidate.slope, "change_pp": change, "retrain": retrain_advised(change),
-                                         "train": f"{base}-leaky{r.candidate.slope!r}"}))
+                                         "threshold_pp": RETRAIN_ABOVE_PP, "train": f"{base}-leaky{r.candidate.slope!r}"}))
     best = max(rows, key=lambda r: r.placement.share_nodes, default=None)
     if best is not None and best.placement.share_nodes < MOSTLY_ON_NPU:
         advice.append(Advice("little_on_npu", {"share": best.placement.share_nodes, "candidate": best.candidate.name,

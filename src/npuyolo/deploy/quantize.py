@@ -168,7 +168,8 @@ def entropy_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Pat
 
     `quantize_static(calibrate_method=Entropy)` builds its calibrator with 128 bins and 128 quantized bins, so its
     only candidate threshold is the full range: measured here, its scales equal MinMax's to the last bit. ORT's own
-    `create_calibrator` takes the bin counts, so we calibrate with it and hand the ranges over as overrides. The KL
+    `create_calibrator` takes the bin counts, so we calibrate with it and hand the ranges over as ORT's calibration
+    cache. The KL
     threshold is symmetric around 0; it is clipped to the values actually seen, so a ReLU tensor keeps [0, t].
     """
     data = histogram_data(model_path, reader, workdir, CalibrationMethod.Entropy,
@@ -290,7 +291,8 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
 
     `ranges`: a dict the caller keeps per FP32 graph (same file, same `calib`, `seed` and `cle`). The activation
     ranges each calibration reads are stored there and reused by later calls, so quantizing one graph through several
-    routes (`ends`) calibrates it once; ORT then gets them as overrides, which gives the same scales it would compute.
+    routes (`ends`) calibrates it once; ORT then gets them as its calibration cache, which gives the scales its own
+    MinMax calibration would.
     MinMax (without bias correction), percentile and entropy ranges are shared."""
     if method not in METHODS:
         raise DeployError(f"method must be one of {', '.join(METHODS)}", param="method")
@@ -376,6 +378,8 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
             if overrides:
                 extra["TensorQuantOverrides"] = {k: [dict(d) for d in v] for k, v in overrides.items()}
                 extra["UseQDQContribOps"] = True  # 16-bit Q/DQ below opset 21
+            # the cache holds every tensor of this graph (our calibrators see the same graph quantize_static quantizes),
+            # so ORT never lacks a range; the file is rewritten (atomically, by ORT) before each call
             cache_file = work / "ranges.json"
             save_tensors_data(TensorsData(CalibrationMethod.MinMax, {
                 name: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))

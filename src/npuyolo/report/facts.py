@@ -158,8 +158,11 @@ def plan_judgements(facts: RunFacts) -> list[Judgement]:
     out = []
     for tp, c in zip(facts.plan["targets"], facts.plan_cells):
         out.append(Judgement("strategy", "plan_choice", c))
-        for a in tp.get("advice", []):
-            out.append(Judgement("recommendation", f"plan_{a['kind']}", {"target": tp["target"], **a["values"]}))
+        if "advice" in tp:
+            for a in tp["advice"]:
+                out.append(Judgement("recommendation", f"plan_{a['kind']}", {"target": tp["target"], **a["values"]}))
+        else:  # a plan recorded before advice was data: its English notes, as they were printed
+            out += [Judgement("recommendation", "plan_note", {"target": tp["target"], "note": n}) for n in tp.get("notes", [])]
     gaps = {}
     for tp in facts.plan["targets"]:
         chosen = next(r for r in tp["rows"] if r["candidate"]["name"] == tp["chosen"])
@@ -182,7 +185,26 @@ def recorded_plan(registry, run: RunRecord) -> dict | None:
         plan = json.loads(Path(recorded.path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return plan if isinstance(plan, dict) and isinstance(plan.get("targets"), list) else None
+    return plan if _plan_shape_ok(plan) else None
+
+
+def _plan_shape_ok(plan) -> bool:
+    """What the report reads from a plan.json is there: at least one target, each with rows and its chosen row among
+    them, each row with a candidate, placement and accuracies. An edited or truncated file is treated as no plan."""
+    try:
+        if not isinstance(plan, dict) or not plan["targets"]:
+            return False
+        for tp in plan["targets"]:
+            names = [r["candidate"]["name"] for r in tp["rows"]]
+            if tp["chosen"] not in names or not isinstance(tp["target"], str):
+                return False
+            cell(tp)  # the chosen row's placement, accuracies, retention
+            for r in tp["rows"]:
+                float(r["fp32"]["map50"]), str(r["candidate"]["source"])
+        float(plan["conf"])
+    except (KeyError, TypeError, ValueError, IndexError):
+        return False
+    return True
 
 
 def run_facts(registry, ref, compare_ref=None) -> RunFacts:
