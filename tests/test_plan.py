@@ -158,13 +158,31 @@ def test_ranking_order_and_why_the_runner_up_lost():
     assert chosen is on_npu_lower_map and runner is fallback_higher_map and why == "83 ops off the NPU against 0"
     chosen, _, why = rank([row(None, off=2, parts=2), row("max", off=2, parts=1)])
     assert chosen.candidate.graph == "max" and why == "2 host partitions against 1"
-    native, rewrite = row(None, ms=10.0, map50=0.50), row("relu-decomp", ms=25.4, map50=0.55)
+    native, rewrite = row(None, ms=10.0, map50=0.50), row("relu-decomp", ms=25.4, map50=0.505)
     chosen, _, why = rank([rewrite, native])
     assert chosen is native and why.startswith("slower on the NPU: 25.40 ms against 10.00 ms")
     chosen, _, why = rank([row(None, map50=0.50), row("relu-exact", map50=0.52)])
     assert chosen.candidate.graph == "relu-exact" and why == "lower INT8 mAP50: 0.500 against 0.520"
     first, second = row(None), row("relu-decomp")
     assert rank([first, second])[0] is first and rank([first, second])[2].startswith("tied on every axis")
+
+
+def test_a_much_less_accurate_candidate_never_wins_on_npu_time():
+    """The demo's Ethos-U55 plan chose the barely trained ReLU twin (INT8 mAP50 0.170) over native LeakyReLU (0.497)
+    for 1.6 ms of Vela time. Among candidates placed alike, one more than ACCURACY_GUARD_PP points below the most
+    accurate may not win on NPU time; within the guard, time still decides."""
+    from npuyolo.deploy.plan import ACCURACY_GUARD_PP, Candidate
+
+    native = row(None, ms=20.7, map50=0.497)
+    twin = row(None, ms=19.1, map50=0.170)
+    twin.candidate = Candidate("relu-twin", None, "int8")
+    chosen, runner, why = rank([native, twin])
+    assert chosen is native and runner is twin
+    assert why == "INT8 mAP50 0.170, more than 1 point(s) below the most accurate candidate placed as well (0.497): not chosen for its NPU time"
+    close = row(None, ms=19.1, map50=0.497 - ACCURACY_GUARD_PP / 100 + 0.001)
+    assert rank([native, close])[0] is close  # within the guard: the faster one
+    worse_placed = row("max", off=3, parts=3, ms=1.0, map50=0.9)
+    assert rank([twin, worse_placed])[0] is twin  # the guard never outranks placement
 
 
 def test_a_candidate_worse_on_every_axis_is_never_chosen():

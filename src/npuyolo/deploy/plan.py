@@ -33,6 +33,7 @@ from npuyolo.paths import atomic_path, slug, write_text
 from npuyolo.variants.spec import parse_variant
 
 DEPLOY_CONF = 0.25  # what NPU runtimes bake in; mAP at 0.001 overstates what ships
+ACCURACY_GUARD_PP = 1.0  # INT8 mAP50 points below the most accurate candidate placed alike: too far to win on NPU time
 RETRAIN_ABOVE_PP = 0.5  # a re-sloped model losing more than this (FP32 mAP50 points) is worth retraining at that slope
 VELA_U55_REWRITE_COST = 2.54  # issue 22: Vela's estimate of relu-decomp against native LeakyReLU on Ethos-U55
 REWRITES = ("relu-decomp", "relu-exact", "max")
@@ -162,7 +163,8 @@ class TargetPlan:
         return {"target": self.target, "chosen": self.chosen.candidate.name, "artefact": self.chosen.int8_path,
                 "runner_up": self.runner_up.candidate.name if self.runner_up else None,
                 "why_runner_up_lost": self.why_runner_up_lost,
-                "runner_up_lost_on": lost_on(self.chosen, self.runner_up) if self.runner_up else None, "notes": self.notes,
+                "runner_up_lost_on": lost_on(self.chosen, self.runner_up, self.rows) if self.runner_up else None,
+                "notes": self.notes,
                 "advice": [{"kind": a.kind, "values": a.values} for a in self.advice], "rows": [r.as_dict() for r in self.rows]}
 
 
@@ -229,9 +231,30 @@ def _axes(row: Row) -> tuple:
     return (p.off_npu, p.partitions_host, p.npu_ms, -row.shipped_int8.map50)
 
 
-def sort_key(row: Row) -> tuple:
-    off, parts, ms, neg_map = _axes(row)
-    return (off, parts, ms is None, ms or 0.0, neg_map)
+def _best_placed_alike(rows: list[Row]) -> dict[tuple[int, int], float]:
+    """(ops off the NPU, host partitions) -> the highest INT8 mAP50 among the rows placed so."""
+    best: dict[tuple[int, int], float] = {}
+    for r in rows:
+        k = (r.placement.off_npu, r.placement.partitions_host)
+        best[k] = max(best.get(k, -math.inf), r.shipped_int8.map50)
+    return best
+
+
+def _guarded(row: Row, best: dict[tuple[int, int], float]) -> bool:
+    """More than ACCURACY_GUARD_PP INT8 mAP50 points below the most accurate candidate placed alike: it may not win on
+    NPU time (a barely trained ReLU twin 1.6 ms faster on Ethos-U is no reason to ship 0.17 mAP50 instead of 0.49)."""
+    return (best[(row.placement.off_npu, row.placement.partitions_host)] - row.shipped_int8.map50) * 100 > ACCURACY_GUARD_PP
+
+
+def sort_keys(rows: list[Row]) -> list[tuple]:
+    """Each row's ranking key, lower first: ops off the NPU, host partitions, then (among rows placed alike) within
+    ACCURACY_GUARD_PP points of the most accurate before the rest, then NPU time (unestimated last), then INT8 mAP50."""
+    best = _best_placed_alike(rows)
+    keys = []
+    for r in rows:
+        off, parts, ms, neg_map = _axes(r)
+        keys.append((off, parts, _guarded(r, best), ms is None, ms or 0.0, neg_map))
+    return keys
 
 
 def dominates(a: Row, b: Row) -> bool:
@@ -242,13 +265,19 @@ def dominates(a: Row, b: Row) -> bool:
     return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
 
 
-def lost_on(winner: Row, loser: Row) -> dict:
-    """The first ranking axis on which `loser` is behind `winner`, as data: {axis, loser, winner} (a report words it)."""
+def lost_on(winner: Row, loser: Row, rows: list[Row] | None = None) -> dict:
+    """The first ranking axis on which `loser` is behind `winner`, as data: {axis, loser, winner} (a report words it).
+    `rows`: every candidate ranked with them, for the accuracy guard (the most accurate candidate placed alike)."""
     w, l = winner.placement, loser.placement
     if l.off_npu != w.off_npu:
         return {"axis": "off_npu", "loser": l.off_npu, "winner": w.off_npu}
     if l.partitions_host != w.partitions_host:
         return {"axis": "partitions_host", "loser": l.partitions_host, "winner": w.partitions_host}
+    best = _best_placed_alike(rows if rows else [winner, loser])
+    faster = l.npu_ms is not None and (w.npu_ms is None or l.npu_ms < w.npu_ms)
+    if faster and _guarded(loser, best) and not _guarded(winner, best):  # the guard, where it decided
+        return {"axis": "accuracy_guard", "loser": loser.shipped_int8.map50,
+                "winner": best[(l.off_npu, l.partitions_host)], "guard_pp": ACCURACY_GUARD_PP}
     if l.npu_ms is not None and w.npu_ms is not None and l.npu_ms != w.npu_ms:
         return {"axis": "npu_ms", "loser": l.npu_ms, "winner": w.npu_ms}
     if w.npu_ms is not None and l.npu_ms is None:
@@ -260,9 +289,9 @@ def lost_on(winner: Row, loser: Row) -> dict:
     return {"axis": "tie", "loser": None, "winner": None}
 
 
-def why_lost(winner: Row, loser: Row) -> str:
+def why_lost(winner: Row, loser: Row, rows: list[Row] | None = None) -> str:
     """The first ranking axis on which `loser` is behind `winner`, in words."""
-    return lost_text(lost_on(winner, loser))
+    return lost_text(lost_on(winner, loser, rows))
 
 
 def lost_text(why: dict) -> str:
@@ -271,6 +300,9 @@ def lost_text(why: dict) -> str:
         return f"{l} ops off the NPU against {w}"
     if axis == "partitions_host":
         return f"{l} host partitions against {w}"
+    if axis == "accuracy_guard":
+        return (f"INT8 mAP50 {l:.3f}, more than {why['guard_pp']:g} point(s) below the most accurate candidate placed as "
+                f"well ({w:.3f}): not chosen for its NPU time")
     if axis == "npu_ms":
         return f"slower on the NPU: {l:.2f} ms against {w:.2f} ms (compiler estimate)"
     if axis == "npu_ms_missing":
@@ -283,13 +315,15 @@ def lost_text(why: dict) -> str:
 
 def rank(rows: list[Row]) -> tuple[Row, Row | None, str | None]:
     """Fewest ops off the NPU and host partitions, then lowest NPU time where a compiler estimates it, then highest
-    INT8 mAP50. A stable sort: on a full tie the candidate listed first wins (the export before what is derived from it)."""
+    INT8 mAP50; a candidate more than ACCURACY_GUARD_PP points below the most accurate one placed alike cannot win on
+    NPU time. A stable sort: on a full tie the candidate listed first wins (the export before what is derived from it)."""
     if not rows:
         raise PlanError("no candidate to rank")
-    ordered = sorted(rows, key=sort_key)
+    keys = sort_keys(rows)
+    ordered = [rows[i] for i in sorted(range(len(rows)), key=keys.__getitem__)]
     chosen = ordered[0]
     runner = ordered[1] if len(ordered) > 1 else None
-    return chosen, runner, why_lost(chosen, runner) if runner else None
+    return chosen, runner, why_lost(chosen, runner, rows) if runner else None
 
 
 def retrain_advised(change_pp: float) -> bool:
