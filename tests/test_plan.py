@@ -43,7 +43,7 @@ def planned(synth_data, tmp_path_factory):
 
 def axes(row: dict) -> tuple:
     p = row["placement"]
-    return p["off_npu"], p["partitions_host"], -row["int8"]["map50"]
+    return p["off_npu"], p["host_partitions"], -row["int8"]["map50"]
 
 
 def test_every_candidate_is_built_and_the_choice_is_the_best_verified_one(planned):
@@ -183,6 +183,19 @@ def test_a_much_less_accurate_candidate_never_wins_on_npu_time():
     assert rank([native, close])[0] is close  # within the guard: the faster one
     worse_placed = row("max", off=3, parts=3, ms=1.0, map50=0.9)
     assert rank([twin, worse_placed])[0] is twin  # the guard never outranks placement
+
+
+def test_a_compiler_that_keeps_every_op_on_the_npu_leaves_no_host_partition():
+    """The demo's Ethos-U55 plan: Vela ran the `max` rewrite's 83 Max ops on the NPU (0 CPU operators), but the profile,
+    which lists no Max, counted 83 host partitions, and the rewrite was ranked behind ones that had none."""
+    vela_all_on_npu = row("max", off=0, parts=83, ms=10.6)
+    vela_all_on_npu.placement.compiler_cpu_ops = 0
+    assert vela_all_on_npu.placement.host_partitions == 0 and vela_all_on_npu.as_dict()["placement"]["host_partitions"] == 0
+    slower = row("relu-decomp", ms=16.2)
+    slower.placement.compiler_cpu_ops = 0
+    assert rank([slower, vela_all_on_npu])[0] is vela_all_on_npu
+    no_compiler = row("max", off=83, parts=83)
+    assert no_compiler.placement.host_partitions == 83
 
 
 def test_a_candidate_worse_on_every_axis_is_never_chosen():

@@ -38,7 +38,7 @@ def series_planned(synth_data, tmp_path_factory):
 def as_row(d: dict) -> Row:
     """A recorded row (`Row.as_dict()`) back into the record the ranking takes."""
     c = {k: v for k, v in d["candidate"].items() if k != "name"}
-    p = {k: v for k, v in d["placement"].items() if k != "off_npu"}
+    p = {k: v for k, v in d["placement"].items() if k not in ("off_npu", "host_partitions")}
     acc = {k: Accuracy(**d[k]) for k in ("fp32", "int8", "fp32_at_conf", "int8_at_conf")}
     return Row(d["target"], Candidate(**c), d["fp32_path"], d["int8_path"], Placement(**p), acc["fp32"], acc["int8"],
                acc["fp32_at_conf"], acc["int8_at_conf"], d["conf"])

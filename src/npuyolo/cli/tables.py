@@ -151,7 +151,7 @@ def print_plan(plan) -> None:
             ms = fmt(p.npu_ms, 2) if p.npu_ms is not None else {"compiler not installed": "not installed"}.get(p.compiler_status, p.compiler_status or "-")
             ret = r.retention
             table.add_row(tp.target if i == 0 else "", ("* " if r is tp.chosen else "  ") + r.candidate.name, f"{p.share_nodes:.1%}",
-                          str(p.off_npu), str(p.partitions_host), ms, fmt(r.fp32.map50), fmt(r.int8.map50),
+                          str(p.off_npu), str(p.host_partitions), ms, fmt(r.fp32.map50), fmt(r.int8.map50),
                           *([fmt(r.vendor.int8.map50) if r.vendor else "-"] if vendor else []),
                           f"{pct(ret['precision'])} / {pct(ret['recall'])} / {pct(ret['map50'])}")
     console.print(table)

@@ -100,6 +100,13 @@ class Placement:
         """Ops not on the NPU: the compiler's count when it ran, else the profile's CPU and unknown nodes."""
         return self.compiler_cpu_ops if self.compiler_cpu_ops is not None else self.nodes_cpu + self.nodes_unknown
 
+    @property
+    def host_partitions(self) -> int:
+        """Host partitions: none when the compiler ran and kept every op on the NPU (it overrules a profile that does
+        not know an op: Vela ran the `max` rewrite's 83 Max ops on U55, the profile counted 83 partitions), else the
+        profile's count."""
+        return 0 if self.compiler_cpu_ops == 0 else self.partitions_host
+
 
 @dataclass
 class VendorInt8:
@@ -142,6 +149,7 @@ class Row:
         d = asdict(self)
         d["candidate"] = {**d["candidate"], "name": self.candidate.name}
         d["placement"]["off_npu"] = self.placement.off_npu
+        d["placement"]["host_partitions"] = self.placement.host_partitions
         d["retention"] = self.retention
         return d
 
@@ -228,14 +236,14 @@ AXES = ("off-NPU ops", "host partitions", "NPU ms", "INT8 mAP50")
 def _axes(row: Row) -> tuple:
     """Each axis as "lower is better"; an NPU time nobody estimated is None."""
     p = row.placement
-    return (p.off_npu, p.partitions_host, p.npu_ms, -row.shipped_int8.map50)
+    return (p.off_npu, p.host_partitions, p.npu_ms, -row.shipped_int8.map50)
 
 
 def _best_placed_alike(rows: list[Row]) -> dict[tuple[int, int], float]:
     """(ops off the NPU, host partitions) -> the highest INT8 mAP50 among the rows placed so."""
     best: dict[tuple[int, int], float] = {}
     for r in rows:
-        k = (r.placement.off_npu, r.placement.partitions_host)
+        k = (r.placement.off_npu, r.placement.host_partitions)
         best[k] = max(best.get(k, -math.inf), r.shipped_int8.map50)
     return best
 
@@ -243,7 +251,7 @@ def _best_placed_alike(rows: list[Row]) -> dict[tuple[int, int], float]:
 def _guarded(row: Row, best: dict[tuple[int, int], float]) -> bool:
     """More than ACCURACY_GUARD_PP INT8 mAP50 points below the most accurate candidate placed alike: it may not win on
     NPU time (a barely trained ReLU twin 1.6 ms faster on Ethos-U is no reason to ship 0.17 mAP50 instead of 0.49)."""
-    return (best[(row.placement.off_npu, row.placement.partitions_host)] - row.shipped_int8.map50) * 100 > ACCURACY_GUARD_PP
+    return (best[(row.placement.off_npu, row.placement.host_partitions)] - row.shipped_int8.map50) * 100 > ACCURACY_GUARD_PP
 
 
 def sort_keys(rows: list[Row]) -> list[tuple]:
@@ -271,13 +279,13 @@ def lost_on(winner: Row, loser: Row, rows: list[Row] | None = None) -> dict:
     w, l = winner.placement, loser.placement
     if l.off_npu != w.off_npu:
         return {"axis": "off_npu", "loser": l.off_npu, "winner": w.off_npu}
-    if l.partitions_host != w.partitions_host:
-        return {"axis": "partitions_host", "loser": l.partitions_host, "winner": w.partitions_host}
+    if l.host_partitions != w.host_partitions:
+        return {"axis": "partitions_host", "loser": l.host_partitions, "winner": w.host_partitions}
     best = _best_placed_alike(rows if rows else [winner, loser])
     faster = l.npu_ms is not None and (w.npu_ms is None or l.npu_ms < w.npu_ms)
     if faster and _guarded(loser, best) and not _guarded(winner, best):  # the guard, where it decided
         return {"axis": "accuracy_guard", "loser": loser.shipped_int8.map50,
-                "winner": best[(l.off_npu, l.partitions_host)], "guard_pp": ACCURACY_GUARD_PP}
+                "winner": best[(l.off_npu, l.host_partitions)], "guard_pp": ACCURACY_GUARD_PP}
     if l.npu_ms is not None and w.npu_ms is not None and l.npu_ms != w.npu_ms:
         return {"axis": "npu_ms", "loser": l.npu_ms, "winner": w.npu_ms}
     if w.npu_ms is not None and l.npu_ms is None:
@@ -704,7 +712,7 @@ def cell(tp: TargetPlan | dict) -> dict:
     chosen = next(r for r in d["rows"] if r["candidate"]["name"] == d["chosen"])
     p = chosen["placement"]
     return {"artefact": d["chosen"], "path": chosen["int8_path"], "share_nodes": p["share_nodes"], "off_npu": p["off_npu"],
-            "partitions_host": p["partitions_host"], "npu_ms": p["npu_ms"],
+            "partitions_host": p.get("host_partitions", p["partitions_host"]), "npu_ms": p["npu_ms"],
             "compiler": p.get("compiler") if p.get("compiler_status") == "compiled" else None, "fp32_map50": chosen["fp32"]["map50"],
             "int8_map50": chosen["int8"]["map50"], "retention_map50": chosen["retention"]["map50"],
             "candidates": len(d["rows"]), "runner_up": d["runner_up"], "why_runner_up_lost": d["why_runner_up_lost"],
