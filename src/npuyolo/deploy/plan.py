@@ -705,11 +705,16 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
 
 
 # -- a series: variant x target ---------------------------------------------------------------------------------------
+def chosen_row(d: dict) -> dict:
+    """The recorded row (`Row.as_dict()`) of a recorded target plan's chosen candidate (`TargetPlan.as_dict()`)."""
+    return next(r for r in d["rows"] if r["candidate"]["name"] == d["chosen"])
+
+
 def cell(tp: TargetPlan | dict) -> dict:
     """One matrix cell: the chosen artefact of one member for one target, with what made it win. Takes a TargetPlan or
     its recorded JSON (`TargetPlan.as_dict()`), so a report can rebuild the matrix from the registry alone."""
     d = tp.as_dict() if isinstance(tp, TargetPlan) else tp
-    chosen = next(r for r in d["rows"] if r["candidate"]["name"] == d["chosen"])
+    chosen = chosen_row(d)
     p = chosen["placement"]
     return {"artefact": d["chosen"], "path": chosen["int8_path"], "share_nodes": p["share_nodes"], "off_npu": p["off_npu"],
             "partitions_host": p.get("host_partitions", p["partitions_host"]), "npu_ms": p["npu_ms"],

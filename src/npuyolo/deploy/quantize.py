@@ -125,34 +125,30 @@ class ChunkReader(CalibrationDataReader):
         return item
 
 
+@contextlib.contextmanager
 def histogram_calibrator(model_path: Path, reader: CalibrationDataReader, workdir: Path, method: CalibrationMethod,
                          options: dict, chunk: int | None = None):
     """ORT's histogram calibrator after collecting every image, `chunk` images at a time (its histograms merge across
-    calls), in a temporary folder of `workdir` that lives as long as the returned context."""
+    calls), in a temporary folder of `workdir` that lives as long as the context."""
     from onnxruntime.quantization.calibrate import create_calibrator
 
     chunk = chunk or CALIB_CHUNK
-
-    @contextlib.contextmanager
-    def collected():
-        with tempfile.TemporaryDirectory(prefix="npuyolo-calib-", dir=workdir) as tmp:
-            cal = create_calibrator(str(model_path), None, str(Path(tmp) / "augmented.onnx"), calibrate_method=method,
-                                    extra_options=options)
-            reader.rewind()
-            while True:
-                part = ChunkReader(reader, chunk)
-                try:
-                    cal.collect_data(part)
-                except ValueError:  # ORT's "No data is collected": the images ended exactly at a chunk's border
-                    if part.count == 0:
-                        break
-                    raise
-                if part.exhausted:
+    with tempfile.TemporaryDirectory(prefix="npuyolo-calib-", dir=workdir) as tmp:
+        cal = create_calibrator(str(model_path), None, str(Path(tmp) / "augmented.onnx"), calibrate_method=method,
+                                extra_options=options)
+        reader.rewind()
+        while True:
+            part = ChunkReader(reader, chunk)
+            try:
+                cal.collect_data(part)
+            except ValueError:  # ORT's "No data is collected": the images ended exactly at a chunk's border
+                if part.count == 0:
                     break
-            reader.rewind()
-            yield cal
-
-    return collected()
+                raise
+            if part.exhausted:
+                break
+        reader.rewind()
+        yield cal
 
 
 def histogram_data(model_path: Path, reader: CalibrationDataReader, workdir: Path, method: CalibrationMethod,

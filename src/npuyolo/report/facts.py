@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from npuyolo.deploy.plan import cell
+from npuyolo.deploy.plan import cell, chosen_row
 from npuyolo.errors import NpuyoloError
 from npuyolo.registry.db import CompilerRunRow, DeployEvalRow, EpochRow, NpuCheckRow, RegistryError, RunRecord
 from npuyolo.train.series import rank_series
@@ -165,7 +165,7 @@ def plan_judgements(facts: RunFacts) -> list[Judgement]:
             out += [Judgement("recommendation", "plan_note", {"target": tp["target"], "note": n}) for n in tp.get("notes", [])]
     gaps = {}
     for tp in facts.plan["targets"]:
-        chosen = next(r for r in tp["rows"] if r["candidate"]["name"] == tp["chosen"])
+        chosen = chosen_row(tp)
         own = [r["fp32"]["map50"] for r in tp["rows"] if r["candidate"]["source"] == "export"]
         if chosen["candidate"]["source"] == "relu-twin" and own and max(own) > chosen["fp32"]["map50"]:
             gaps[tp["target"]] = (max(own) - chosen["fp32"]["map50"]) * 100
@@ -195,14 +195,13 @@ def _plan_shape_ok(plan) -> bool:
         if not isinstance(plan, dict) or not plan["targets"]:
             return False
         for tp in plan["targets"]:
-            names = [r["candidate"]["name"] for r in tp["rows"]]
-            if tp["chosen"] not in names or not isinstance(tp["target"], str):
+            if not isinstance(tp["target"], str):
                 return False
-            cell(tp)  # the chosen row's placement, accuracies, retention
+            cell(tp)  # the chosen row (StopIteration when it is not among the rows): placement, accuracies, retention
             for r in tp["rows"]:
                 float(r["fp32"]["map50"]), str(r["candidate"]["source"])
         float(plan["conf"])
-    except (KeyError, TypeError, ValueError, IndexError):
+    except (KeyError, TypeError, ValueError, IndexError, StopIteration):
         return False
     return True
 
