@@ -95,15 +95,20 @@ def registry_path(work: Path) -> Path:
     return work / "runs" / "npuyolo.db"
 
 
-def run_name(member: str, imgsz: int) -> str:
-    return f"seed{imgsz}-{member}"  # a bare variant name would read as an untrained model
+def member_key(member: str, seed: int) -> str:
+    """A replicate's own name: seed 0 keeps the committed member's name, seed N is `<member>-sN`."""
+    return member if seed == 0 else f"{member}-s{seed}"
+
+
+def run_name(member: str, args) -> str:
+    return f"seed{args.imgsz}-{member_key(member, args.seed)}"  # a bare variant name would read as an untrained model
 
 
 def finished_run(reg, member: str, args):
     """The member's run if it finished at the full budget, else None."""
     epochs = args.epochs
     for row in reg.runs():
-        if row.name == run_name(member, args.imgsz) and row.status == "finished":
+        if row.name == run_name(member, args) and row.status == "finished":
             run = reg.get_run(row.id)
             if run.recipe.get("epochs") == epochs and len(run.epochs) == epochs:
                 return run
@@ -156,7 +161,7 @@ def unfinished_run(db: Path, name: str, epochs: int) -> int | None:
 def train_one(member: Member, args, data: Path) -> None:
     from npuyolo.api import Workspace
 
-    overrides = {"epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch}
+    overrides = {"epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch, "seed": args.seed}
     if args.device is not None:
         overrides["device"] = args.device
     if args.workers is not None:
@@ -175,12 +180,12 @@ def train_one(member: Member, args, data: Path) -> None:
         torch_utils.NUM_THREADS = args.threads
     ws = Workspace(registry_path(args.work))
     t = time.time()
-    earlier = unfinished_run(registry_path(args.work), run_name(member.name, args.imgsz), args.epochs)
+    earlier = unfinished_run(registry_path(args.work), run_name(member.name, args), args.epochs)
     if earlier is not None:  # a member stopped by a deadline or a crash goes on from its last checkpoint
         log(f"{member.name}: resuming run #{earlier} from its last checkpoint")
         run = ws.resume(earlier, verbose=True)
     else:
-        run = ws.train(member.variant, data, name=run_name(member.name, args.imgsz), act_anneal=member.act_anneal,
+        run = ws.train(member.variant, data, name=run_name(member.name, args), act_anneal=member.act_anneal,
                        verbose=True, **overrides)
     best = run.best or {}
     log(f"{member.name}: run #{run.id} {run.status} in {time.time() - t:.0f} s; mAP50 {best.get('map50')}")
@@ -218,7 +223,8 @@ def cmd_train(args) -> int:
 
 def member_command(member: Member, args) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "train", "--members", member.name, "--work", str(args.work),
-           "--data", str(args.data), "--imgsz", str(args.imgsz), "--epochs", str(args.epochs), "--batch", str(args.batch)]
+           "--data", str(args.data), "--imgsz", str(args.imgsz), "--epochs", str(args.epochs), "--batch", str(args.batch),
+           "--seed", str(args.seed)]
     for flag, value in (("--device", args.device), ("--workers", args.workers), ("--cache", args.cache),
                         ("--threads", args.threads)):
         if value is not None:
@@ -229,7 +235,7 @@ def member_command(member: Member, args) -> list[str]:
 
 
 def run_member_process(member: Member, args, seconds: float) -> int:
-    logfile = args.work / "logs" / f"{member.name}.log"
+    logfile = args.work / "logs" / f"{member_key(member.name, args.seed)}.log"
     logfile.parent.mkdir(parents=True, exist_ok=True)
     log(f"{member.name}: training (log {logfile}), ended after {seconds / 60:.0f} min if not done")
     with open(logfile, "ab") as fh:
@@ -257,7 +263,7 @@ def train_side_by_side(todo: list[Member], args, deadline: float | None) -> int:
             if deadline is not None and args.member_min and time.time() + args.member_min * 60 > deadline:
                 log(f"{member.name}: not started, too little time left")
                 continue
-            fh = open(args.work / "logs" / f"{member.name}.log", "ab")
+            fh = open(args.work / "logs" / f"{member_key(member.name, args.seed)}.log", "ab")
             running[member.name] = (subprocess.Popen(member_command(member, args), stdout=fh, stderr=subprocess.STDOUT,
                                                      start_new_session=True), fh)
             started[member.name] = time.time()
@@ -281,7 +287,7 @@ def train_side_by_side(todo: list[Member], args, deadline: float | None) -> int:
 
 # -- after training ---------------------------------------------------------------------------------------------------
 def member_dir(args, member: str) -> Path:
-    return args.out / member
+    return args.out / member_key(member, args.seed)
 
 
 def cmd_finish(args) -> int:
@@ -355,7 +361,7 @@ def cmd_post(args) -> int:
             write_json(post_file, post)
         if "int8_vs_ultralytics" not in post and "int8_vs_ultralytics" not in args.skip:
             post["int8_vs_ultralytics"] = int8_vs_ultralytics(run.artifact_path("weights/best"), data, run.recipe["imgsz"],
-                                                              args.work / "int8_vs_ultralytics" / name)
+                                                              args.work / "int8_vs_ultralytics" / member_key(name, args.seed))
             write_json(post_file, post)
         log(f"{name}: post {json.dumps(post, default=str)[:400]}")
     return 0
@@ -406,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--imgsz", type=int, default=320)
     ap.add_argument("--epochs", type=int, default=100, help="the report's budget; fewer only for a smoke test")
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the recipe's seed; a replicate (seed N > 0) is committed as <member>-sN beside seed 0")
     ap.add_argument("--device", default=None, help="cpu, 0, ...")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--cache", choices=["ram", "disk"], default=None)

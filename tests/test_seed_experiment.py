@@ -1,6 +1,7 @@
 """The committed seed-experiment weights are what their registry rows say: re-scored here, on the CPU."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def test_the_seed_experiment_commits_weights_with_their_rows():
     for d in members:
         row = json.loads((d / "run.json").read_text())
         assert row["status"] == "finished" and len(row["epochs"]) == row["recipe"]["epochs"] == 100
-        assert row["recipe"]["lr0"] == 0.003 and row["recipe"]["batch"] == 16 and row["recipe"]["seed"] == 0
+        seed = int(d.name.rsplit("-s", 1)[1]) if re.search(r"-s\d+$", d.name) else 0  # replicates are <member>-sN
+        assert row["recipe"]["lr0"] == 0.003 and row["recipe"]["batch"] == 16 and row["recipe"]["seed"] == seed
 
 
 @pytest.mark.slow
@@ -107,7 +109,7 @@ def test_adopting_a_committed_member_keeps_every_epoch_as_recorded(tmp_path, mon
     member.mkdir(parents=True)
     (member / "best.pt").write_bytes(b"weights")
     (member / "run.json").write_text(json.dumps(source.get_run(rid).as_dict()))
-    args = argparse.Namespace(out=tmp_path / "out", epochs=2)
+    args = argparse.Namespace(out=tmp_path / "out", epochs=2, seed=0)
     run = seed.adopt_committed(tmp_path / "work.db", "L4-relu-anneal", args, tmp_path / "data.yaml")
     assert run.epochs == source.get_run(rid).epochs
     assert all(isinstance(e, EpochRow) for e in run.epochs) and [e.extra for e in run.epochs] == [{"act_slope": 0.1}, {"act_slope": 0.0}]
