@@ -485,6 +485,24 @@ def cases_r4_env_d(f: dict) -> list[tuple[str, list[str], dict, int]]:
     return out
 
 
+def cases_r5_a(f: dict) -> list[tuple[str, list[str], dict, int]]:
+    """Round 5 (issue 36), part A: huge input sizes, a damaged or hostile plan.json, a stray file named like a run id,
+    data synth over a data set, duplicate boxes. Builds what it needs under f["data"].parent / "r5a"."""
+    work = f["data"].parent / "r5a"
+    work.mkdir(exist_ok=True)
+    d = str(f["data"])
+    image = next((f["data"].parent / "images" / "val").iterdir())
+    out = []
+    add = lambda case, argv, code=2, env=None: out.append((case, [str(a) for a in argv], env or {}, code))  # noqa: E731
+    for size in ("16384", "100000"):
+        add(f"deploy plan --imgsz {size} (r5)", ["deploy", "plan", "L4-relu", "-t", "relu-only", "--data", d, "--imgsz", size])
+        add(f"export --imgsz {size} (r5)", ["export", "L4-relu", "--imgsz", size, "--out", work / "big.onnx"])
+        add(f"npu check --imgsz {size} (r5)", ["npu", "check", "L4-relu", "-t", "relu-only", "--imgsz", size])
+        add(f"deploy quantize --imgsz {size} (r5)", ["deploy", "quantize", "precious", "--data", d, "--imgsz", size])
+        add(f"predict --imgsz {size} (r5)", ["predict", "L4-relu", image, "--imgsz", size, "--out", work / "p"])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", type=Path, help="keep the work folder here")
@@ -495,7 +513,8 @@ def main() -> None:
     env0 = {**os.environ, "NPUYOLO_REGISTRY": str(f["db"]), "COLUMNS": "200"}
     rows, clean = [], 0
     t0 = time.time()
-    for case, argv, env, expected in cases(f) + cases_r4_severe_a(f) + cases_r4_severe_b(f) + cases_r4_medium_c(f) + cases_r4_env_d(f):
+    for case, argv, env, expected in cases(f) + cases_r4_severe_a(f) + cases_r4_severe_b(f) + cases_r4_medium_c(f) + cases_r4_env_d(f)\
+            + cases_r5_a(f):
         try:
             p = subprocess.run([sys.executable, "-m", "npuyolo.cli", *argv], env={**env0, **env}, cwd=work, capture_output=True,
                                text=True, timeout=CASE_TIMEOUT_S)

@@ -172,3 +172,32 @@ def test_int8_of_the_ultralytics_head_keeps_its_decode_float(synth_data, tmp_pat
     int8 = onnx.load(str(tmp_path / "int8.onnx"))
     made_by = {o: n for n in int8.graph.node for o in n.output}
     assert made_by[int8.graph.output[0].name].op_type == "Concat"  # the output is computed in float, not dequantized
+
+
+def test_an_input_size_past_4096_is_one_line_in_every_command(synth_data, tmp_path):
+    """Issue 36, severe 1: `--imgsz 100000` (and 16384, many GB) was a traceback after trying to allocate it everywhere
+    but `npu compile`; the one size check every command and the API use refuses it before anything is built."""
+    from npuyolo import NpuyoloError, Workspace
+    from npuyolo.deploy.export import MAX_IMGSZ, check_imgsz
+
+    assert check_imgsz(MAX_IMGSZ) == 4096
+    for size in (16384, 100000):
+        with pytest.raises(NpuyoloError, match=f"imgsz must be at most 4096 px, got {size}"):
+            check_imgsz(size)
+    ws = Workspace(tmp_path / "r.db")
+    with pytest.raises(NpuyoloError, match="at most 4096"):
+        ws.check("L4-relu", ["relu-only"], imgsz=16384)
+    with pytest.raises(NpuyoloError, match="at most 4096"):
+        ws.export("L4-relu", tmp_path / "x.onnx", imgsz=16384)
+    image = next((synth_data.parent / "images" / "val").iterdir())
+    db = tmp_path / "r.db"
+    train_runless = ["--registry", str(db)]
+    for argv in (["deploy", "plan", "L4-relu", "-t", "relu-only", "--data", str(synth_data), "--imgsz", "100000"],
+                 ["export", "L4-relu", "--imgsz", "100000", "--out", str(tmp_path / "m.onnx")],
+                 ["npu", "check", "L4-relu", "-t", "relu-only", "--imgsz", "16384"],
+                 ["deploy", "quantize", "1", "--data", str(synth_data), "--imgsz", "100000"],
+                 ["predict", "L4-relu", str(image), "--imgsz", "100000", "--out", str(tmp_path / "p")]):
+        result = runner.invoke(app, [*argv, *train_runless])
+        assert result.exit_code == 2, (argv, result.output, result.exception)
+        assert result.output.count("error:") == 1 and "--imgsz must be at most 4096 px" in result.output, result.output
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "p").exists()

@@ -18,7 +18,7 @@ from npuyolo.paths import atomic_path, check_output_file
 from npuyolo.ultra import Detect
 from npuyolo.variants.checkpoint import default_head, load_weights, model_meta
 
-__all__ = ["ExportError", "default_head", "export_onnx", "load_weights", "onnx_metadata", "set_metadata", "written_by_npuyolo"]
+__all__ = ["MAX_IMGSZ", "ExportError", "check_imgsz", "default_head", "export_onnx", "load_weights", "onnx_metadata", "set_metadata", "written_by_npuyolo"]
 
 Head = Literal["npu", "ultralytics"]
 OPSET = 17
@@ -27,9 +27,16 @@ OPSET = 17
 _EXPORT_LOCK = threading.Lock()
 
 
+MAX_IMGSZ = 4096  # px per side, as `npu compile` takes (compilers.compile.MAX_SIDE): 16384 px would allocate many GB
+
+
 def check_imgsz(imgsz: int, param: str = "imgsz", error: type[Exception] = ExportError) -> int:
+    """The one size check of every command and API method (export, npu check, quantize, plan, predict): a multiple of
+    32 from 32 to MAX_IMGSZ, refused before anything is allocated for it."""
     if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
         raise error(f"{param} must be a positive multiple of 32 (the model's largest stride), got {imgsz!r}", param=param)
+    if imgsz > MAX_IMGSZ:
+        raise error(f"{param} must be at most {MAX_IMGSZ} px, got {imgsz} (a {imgsz} px input would need many GB)", param=param)
     return imgsz
 
 

@@ -24,6 +24,7 @@ from npuyolo.data.check import check_dataset
 from npuyolo.deploy.check import check_model, sigmoid_on_npu
 from npuyolo.deploy.compile import compile_model, record
 from npuyolo.deploy.evaluate import DeployError, onnx_predictor, validate
+from npuyolo.deploy.export import check_imgsz
 from npuyolo.deploy.quantize import ENDS, quantize_onnx
 from npuyolo.errors import NpuyoloError
 from npuyolo.npu.graph import load_graph
@@ -569,6 +570,8 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
         raise PlanError("name at least one target")
     if not 0.0 < conf < 1.0:
         raise PlanError(f"the confidence threshold must be between 0 and 1, got {conf:g}")
+    if imgsz is not None:
+        check_imgsz(imgsz)
     profiles = {t: get_target(t) for t in dict.fromkeys(targets)}  # unknown names fail before any export
     check_dataset(data, cache_dir=registry.root / "cache")
     if registry.readonly:
