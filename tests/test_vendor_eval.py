@@ -6,6 +6,7 @@ here the same driver runs ONNX Runtime (its `onnx` kind, the one IMX500's MCT mo
 
 import json
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -232,3 +233,26 @@ def test_a_forged_manifest_cannot_make_a_model_elsewhere_the_reference(tmp_path)
         with pytest.raises(DeployError, match="lies outside") as e:
             vendor.read_compiled(dense)
         assert "\n" not in str(e.value)
+
+
+def test_layers_hands_the_driver_absolute_paths_though_the_artefact_was_named_relative(tmp_path, monkeypatch):
+    """Issue 36: the driver runs in the artefact's folder, so a golden image named relative to ours is not found there
+    ("the image of .../golden.png is invalid"): analyze() sends absolute paths."""
+    import io
+    import struct
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "build" / "m.rknn.layers"
+    folder.mkdir(parents=True)
+    (folder / "golden.png").write_bytes(b"png")
+    answer = json.dumps({"error_analysis": ""}).encode()
+    sent = io.BytesIO()
+    runtime = object.__new__(vendor.VendorRuntime)
+    runtime.art = SimpleNamespace(kind="rknn")
+    runtime.log = tmp_path / "eval.log"
+    runtime.proc = SimpleNamespace(stdin=sent, stdout=io.BytesIO(struct.pack("<Q", len(answer)) + answer),
+                                   poll=lambda: None)
+    runtime.analyze(Path("build/m.rknn.layers/golden.png"), Path("build/m.rknn.layers"))
+    request = json.loads(sent.getvalue()[8:])
+    assert Path(request["analyze"]).is_absolute() and Path(request["analyze"]) == folder / "golden.png"
+    assert Path(request["dir"]).is_absolute() and Path(request["dir"]) == folder

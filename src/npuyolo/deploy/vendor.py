@@ -174,8 +174,10 @@ class VendorRuntime:
         return [np.load(io.BytesIO(self._read()), allow_pickle=False) for _ in range(head["outputs"])]
 
     def analyze(self, image: Path, folder: Path) -> dict:
-        """RKNN's accuracy_analysis on one image (per-layer cosine, the toolkit's own table)."""
-        self.proc.stdin.write(_frame(json.dumps({"analyze": str(image), "dir": str(folder)}).encode()))
+        """RKNN's accuracy_analysis on one image (per-layer cosine, the toolkit's own table). Absolute paths: the driver
+        runs in the artefact's folder, not ours."""
+        request = {"analyze": str(Path(image).resolve()), "dir": str(Path(folder).resolve())}
+        self.proc.stdin.write(_frame(json.dumps(request).encode()))
         self.proc.stdin.flush()
         answer = json.loads(self._read())
         if "error" in answer:
@@ -284,7 +286,7 @@ def evaluate_compiled(path: str | Path, data: str | Path, batch: int = 8, conf: 
         report: ContractReport = check_contract(_onnx_runner(model), runtime, art.contract, image=golden)
         scored, *at_conf = _validate_at(model, runtime, report, data, batch, confs, art.contract)
         if layers:
-            folder = art.path.with_name(art.path.name + ".layers")
+            folder = art.path.resolve().with_name(art.path.name + ".layers")
             folder.mkdir(exist_ok=True)
             vendor_rows = parse_error_analysis(runtime.analyze(_write_golden(golden, folder), folder)["error_analysis"])
     rows = None
