@@ -70,3 +70,22 @@ def test_a_size_mismatch_and_a_different_model_are_one_line_each(fp32):
     with pytest.raises(ContractError) as e:
         check_contract(fp32, wrong, DECLARED)
     assert "no single change" in one_line(e)
+
+
+def test_a_model_too_weak_to_judge_is_not_refused():
+    """Issue 36: a barely trained model's outputs hardly vary (box logits within 1e-4, class sigmoids near 1e-4); the
+    vendor's INT8 rounds its class tensors to 0. Nothing carries signal, so nothing is judged: no "check mean/std"."""
+    from npuyolo.variants.build import build_model
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(build_model("L4-leaky", nc=4, verbose=False), Path(tmp) / "weak.onnx", imgsz=64, head="npu")
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    weak = lambda x: sess.run(None, {"images": np.asarray(x, np.float32)})
+    quantized = lambda x: [o if o.shape[1] == 64 else np.zeros_like(o) for o in weak(x)]  # class scores -> 0
+    report = check_contract(weak, quantized, DECLARED)
+    assert not report.judged and not any(report.signal)
+    blind = lambda x: [np.full_like(o, 7.0) for o in weak(x)]  # still nothing to judge against: not a contract error
+    assert not check_contract(weak, blind, DECLARED).judged

@@ -296,7 +296,8 @@ def evaluate_compiled(path: str | Path, data: str | Path, batch: int = 8, conf: 
             quantize_onnx(art.onnx, qdq, data, calib=calib, per_channel=True)
         rows = compare_layers(art.onnx, vendor_rows, qdq_layer_errors(art.onnx, Path(qdq), golden))
     return CompiledScore(artefact=str(art.path), kind=art.kind, runtime=runtime.info.get("runtime", art.kind),
-                         onnx=str(art.onnx), contract=art.contract.describe(),
+                         onnx=str(art.onnx), contract=art.contract.describe() + ("" if report.judged else
+                                                                                 " (not judged: no FP32 output varies on the golden image; the model is too weak to judge)"),
                          cosine=[round(c, 5) if s else None for c, s in zip(report.cosine, report.signal)],
                          result=scored, fp32=fp32, seconds=round(time.perf_counter() - started, 1), layers=rows,
                          qdq=str(Path(qdq).resolve()) if rows is not None else None, deploy_conf=deploy_conf,
