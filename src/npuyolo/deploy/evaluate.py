@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from npuyolo.deploy.decode import decode_npu_outputs
 from npuyolo.deploy.export import onnx_metadata
 from npuyolo.errors import NpuyoloError
 from npuyolo.paths import file_problem
+from npuyolo.stats.matched import MatchedStats
 from npuyolo.ultra import DetectionValidator, check_det_dataset
 
 Predict = Callable[[torch.Tensor], torch.Tensor]  # [B, 3, H, W] in [0, 1] -> [B, 4 + nc, anchors]
@@ -187,23 +189,38 @@ def torch_predictor(model: torch.nn.Module) -> Predict:
 def validate(predict: Predict, data: str | Path, imgsz: int, names: dict[int, str], batch: int = 8,
              conf: float = 0.001, iou: float = 0.7) -> dict:
     """P, R, mAP50, mAP50-95 and per-class values on the val split, Ultralytics' validator doing the scoring."""
+    return validate_matched(predict, data, imgsz, names, batch, conf, iou)[0]
+
+
+def validate_matched(predict: Predict, data: str | Path, imgsz: int, names: dict[int, str], batch: int = 8,
+                     conf: float = 0.001, iou: float = 0.7) -> tuple[dict, MatchedStats]:
+    """`validate`, and the per-image matched statistics it was computed from (for intervals, without re-running).
+
+    The validator gets a temporary folder of its own: left to itself it creates `./runs/detect/val-N` in the working
+    folder on every call (empty, since plots and JSON are off)."""
     data = Path(data)
     if not data.is_file():
         raise DeployError(f"data yaml not found: {data}")
 
     load_data_yaml(data)  # bounded parse first: Ultralytics' own loader would expand an alias bomb
-    v = DetectionValidator(args=dict(data=str(data), imgsz=imgsz, batch=batch, conf=conf, iou=iou, rect=False, plots=False,
-                                     split="val", workers=0, save_json=False, verbose=False, task="detect", mode="val"))
-    v.data = check_det_dataset(str(data))
-    if v.data["nc"] != len(names):
-        raise DeployError(f"model predicts {len(names)} classes but {data} has {v.data['nc']}")
-    v.device, v.stride, v.names = torch.device("cpu"), 32, names
-    v.dataloader = v.get_dataloader(v.data["val"], batch)
-    v.init_metrics(SimpleNamespace(names=names))
-    for b in v.dataloader:
-        b = v.preprocess(b)
-        v.update_metrics(v.postprocess(predict(b["img"])), b)
-    stats = v.get_stats()
+    with tempfile.TemporaryDirectory(prefix="npuyolo-val-") as scratch:
+        v = DetectionValidator(save_dir=Path(scratch),
+                               args=dict(data=str(data), imgsz=imgsz, batch=batch, conf=conf, iou=iou, rect=False, plots=False,
+                                         split="val", workers=0, save_json=False, verbose=False, task="detect", mode="val"))
+        v.data = check_det_dataset(str(data))
+        if v.data["nc"] != len(names):
+            raise DeployError(f"model predicts {len(names)} classes but {data} has {v.data['nc']}")
+        v.device, v.stride, v.names = torch.device("cpu"), 32, names
+        v.dataloader = v.get_dataloader(v.data["val"], batch)
+        v.init_metrics(SimpleNamespace(names=names))
+        files: list[str] = []
+        for b in v.dataloader:
+            files.extend(b["im_file"])
+            b = v.preprocess(b)
+            v.update_metrics(v.postprocess(predict(b["img"])), b)
+        matched = MatchedStats.from_validator(v.metrics.stats, files, names, "letterbox",
+                                              meta={"imgsz": imgsz, "conf": conf, "iou": iou, "data": str(data)})
+        stats = v.get_stats()  # clears v.metrics.stats
     per_class = {}
     for i, c in enumerate(v.metrics.ap_class_index):
         p, r, ap50, ap = v.metrics.class_result(i)
@@ -212,7 +229,7 @@ def validate(predict: Predict, data: str | Path, imgsz: int, names: dict[int, st
         "precision": float(stats["metrics/precision(B)"]), "recall": float(stats["metrics/recall(B)"]),
         "map50": float(stats["metrics/mAP50(B)"]), "map50_95": float(stats["metrics/mAP50-95(B)"]),
         "images": len(v.dataloader.dataset), "imgsz": imgsz, "per_class": per_class,
-    }
+    }, matched
 
 
 def evaluate_onnx(path: str | Path, data: str | Path, batch: int = 8, threads: int | None = None) -> dict:

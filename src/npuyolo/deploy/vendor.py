@@ -22,7 +22,7 @@ import json
 import struct
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -33,7 +33,8 @@ from npuyolo.compilers.envs import clean_env, require
 from npuyolo.compilers.manifest import manifest_path
 from npuyolo.data.calibration import calibration_images, letterbox
 from npuyolo.deploy.contract import ContractReport, InputContract, check_contract, prepare
-from npuyolo.deploy.evaluate import Deployable, DeployError, load_deployable, validate
+from npuyolo.deploy.evaluate import Deployable, DeployError, load_deployable, validate_matched
+from npuyolo.stats.matched import MatchedStats
 from npuyolo.deploy.layers import LayerRow, compare_layers, parse_error_analysis, qdq_layer_errors
 from npuyolo.deploy.quantize import quantize_onnx
 from npuyolo.paths import file_problem, write_bytes
@@ -224,6 +225,8 @@ class CompiledScore:
     deploy_conf: float | None = None  # the deployment threshold both were also scored at (None: not asked)
     at_conf: dict | None = None  # the compiled model at deploy_conf
     fp32_at_conf: dict | None = None  # its FP32 file at deploy_conf
+    stats: MatchedStats | None = field(default=None, repr=False)  # the compiled model's per-image statistics (compare)
+    fp32_stats: MatchedStats | None = field(default=None, repr=False)  # its FP32 file's, when scored here
 
     @property
     def retention(self) -> dict[str, float | None] | None:
@@ -274,9 +277,9 @@ def evaluate_compiled(path: str | Path, data: str | Path, batch: int = 8, conf: 
             raise DeployError(f"QDQ model {qdq} {why}")
     model = load_deployable(art.onnx)
     confs = (conf,) if deploy_conf is None else (conf, deploy_conf)
-    fp32_at_conf = None
+    fp32_at_conf, fp32_kept = None, []
     if fp32 is None or deploy_conf is not None:
-        fp32_scores = _validate_at(model, _onnx_runner(model), None, data, batch, confs)
+        fp32_scores = _validate_at(model, _onnx_runner(model), None, data, batch, confs, keep=fp32_kept)
         fp32 = fp32 or fp32_scores[0]
         fp32_at_conf = fp32_scores[-1] if deploy_conf is not None else None
     log = art.path.with_name(art.path.name + ".eval.log")
@@ -284,7 +287,8 @@ def evaluate_compiled(path: str | Path, data: str | Path, batch: int = 8, conf: 
     vendor_rows = None
     with VendorRuntime(art, log) as runtime:
         report: ContractReport = check_contract(_onnx_runner(model), runtime, art.contract, image=golden)
-        scored, *at_conf = _validate_at(model, runtime, report, data, batch, confs, art.contract)
+        kept: list = []
+        scored, *at_conf = _validate_at(model, runtime, report, data, batch, confs, art.contract, keep=kept)
         if layers:
             folder = art.path.resolve().with_name(art.path.name + ".layers")
             folder.mkdir(exist_ok=True)
@@ -301,7 +305,8 @@ def evaluate_compiled(path: str | Path, data: str | Path, batch: int = 8, conf: 
                          cosine=[round(c, 5) if s else None for c, s in zip(report.cosine, report.signal)],
                          result=scored, fp32=fp32, seconds=round(time.perf_counter() - started, 1), layers=rows,
                          qdq=str(Path(qdq).resolve()) if rows is not None else None, deploy_conf=deploy_conf,
-                         at_conf=at_conf[0] if at_conf else None, fp32_at_conf=fp32_at_conf)
+                         at_conf=at_conf[0] if at_conf else None, fp32_at_conf=fp32_at_conf,
+                         stats=kept[0] if kept else None, fp32_stats=fp32_kept[0] if fp32_kept else None)
 
 
 def _write_golden(golden: np.ndarray, folder: Path) -> Path:
@@ -322,7 +327,7 @@ def _validate(model: Deployable, run, report: ContractReport | None, data, batch
 
 
 def _validate_at(model: Deployable, run, report: ContractReport | None, data, batch: int, confs: tuple[float, ...],
-                 contract: InputContract | None = None) -> list[dict]:
+                 contract: InputContract | None = None, keep: list | None = None) -> list[dict]:
     """`run` (FP32 session, or the vendor runtime with its contract and output matches) under npuyolo's decode and
     Ultralytics' metrics, at each confidence threshold; the model runs once per image, later thresholds replay it."""
     seen: dict[str, torch.Tensor] = {}
@@ -342,7 +347,10 @@ def _validate_at(model: Deployable, run, report: ContractReport | None, data, ba
         seen[key] = torch.from_numpy(np.concatenate(out))
         return seen[key]
 
-    return [validate(predict, data, model.imgsz, model.names, batch, conf=c) for c in confs]
+    scored = [validate_matched(predict, data, model.imgsz, model.names, batch, conf=c) for c in confs]
+    if keep is not None:  # the matched statistics at the first threshold (0.001: the one intervals are computed at)
+        keep.append(scored[0][1])
+    return [result for result, _ in scored]
 
 
 def _golden(data, imgsz: int) -> np.ndarray:

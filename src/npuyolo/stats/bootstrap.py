@@ -1,0 +1,134 @@
+"""mAP50, mAP50-95, P and R from matched statistics, for the whole set or any resample of its images.
+
+`detection_metrics(stats)` gives what Ultralytics' `ap_per_class` gives on the same arrays (same sorting, the same
+101-point COCO interpolation, P and R at the maximum of the smoothed mean-F1 curve). A resample is a vector of image
+counts (an image drawn twice counts twice): each prediction and label is repeated as often as its image was drawn,
+which is exactly the validation of the resampled set, computed without running a model.
+
+`paired_bootstrap` draws one set of resamples and scores every model on each of them, so the difference of two
+models on a resample is paired: the images' difficulty cancels and only the models' difference is left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from npuyolo.stats.matched import MatchedStats, StatsError
+
+__all__ = ["METRICS", "Prepared", "common_images", "detection_metrics", "image_resamples", "paired_bootstrap", "prepare"]
+
+METRICS = ("map50", "map50_95", "precision", "recall")
+EPS = 1e-16  # Ultralytics' eps in ap_per_class
+AP_X = np.linspace(0, 1, 101)  # COCO's 101 recall points
+PR_X = np.linspace(0, 1, 1000)  # Ultralytics' confidence grid for the P/R/F1 curves
+
+
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    fn = getattr(np, "trapezoid", None) or np.trapz  # numpy >= 2 renamed it
+    return fn(y, x, axis=-1)
+
+
+def _smooth(y: np.ndarray, f: float = 0.05) -> np.ndarray:
+    """Ultralytics' box filter (utils.metrics.smooth), for the mean-F1 curve whose maximum picks P and R."""
+    nf = round(len(y) * f * 2) // 2 + 1
+    p = np.ones(nf // 2)
+    yp = np.concatenate((p * y[0], y, p * y[-1]), 0)
+    return np.convolve(yp, np.ones(nf) / nf, mode="valid")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One model's statistics sorted once by confidence (as ap_per_class sorts) and split by predicted class."""
+
+    stats: MatchedStats
+    rows: dict[int, np.ndarray]  # class -> indices into the sorted arrays, in descending confidence
+    tp: np.ndarray  # sorted, transposed [10, N] uint8
+    conf: np.ndarray  # sorted [N]
+    img: np.ndarray  # sorted [N] image index of each prediction
+    classes: np.ndarray  # every class that has a label in the full set, ascending
+
+
+def prepare(stats: MatchedStats) -> Prepared:
+    order = np.argsort(-stats.conf)  # the same call on the same array as ap_per_class: ties fall the same way
+    cls = stats.pred_cls[order]
+    classes = np.unique(stats.target_cls)
+    return Prepared(stats, {int(c): np.flatnonzero(cls == c) for c in classes}, np.ascontiguousarray(stats.tp[order].T, dtype=np.uint8),
+                    stats.conf[order].astype(np.float64), stats.pred_img[order], classes)
+
+
+def _ap(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """compute_ap for the 10 IoU thresholds at once: [10, n] curves -> [10] AP (rows kept contiguous: it is faster)."""
+    k = recall.shape[0]
+    mrec = np.concatenate((np.zeros((k, 1)), recall, recall[:, -1:], np.ones((k, 1))), axis=1)
+    mpre = np.concatenate((np.ones((k, 1)), precision, np.zeros((k, 2))), axis=1)
+    mpre = np.maximum.accumulate(mpre[:, ::-1].T, axis=0).T[:, ::-1]  # the envelope; this layout is ~2x faster
+    y = np.stack([np.interp(AP_X, mrec[j], mpre[j]) for j in range(k)])
+    return _trapezoid(y, AP_X)
+
+
+def detection_metrics(p: Prepared | MatchedStats, weights: np.ndarray | None = None) -> np.ndarray:
+    """[mAP50, mAP50-95, P, R] of the set, or of the resample that draws image i `weights[i]` times."""
+    if isinstance(p, MatchedStats):
+        p = prepare(p)
+    s = p.stats
+    if weights is None:
+        labels = np.bincount(s.target_cls, minlength=int(p.classes.max(initial=-1)) + 1)
+    else:
+        labels = np.bincount(s.target_cls, weights=weights[s.target_img], minlength=int(p.classes.max(initial=-1)) + 1)
+    classes = [int(c) for c in p.classes if labels[c] > 0]  # the resample's labelled classes, as np.unique finds them
+    nc = len(classes)
+    if nc == 0:
+        return np.zeros(4)
+    ap = np.zeros((nc, 10))
+    p_curve, r_curve = np.zeros((nc, PR_X.size)), np.zeros((nc, PR_X.size))
+    for ci, c in enumerate(classes):
+        rows = p.rows[c]
+        if weights is not None:
+            rows = np.repeat(rows, weights[p.img[rows]].astype(np.int64))
+        if rows.size == 0:
+            continue
+        tpc = np.cumsum(p.tp[:, rows], axis=1, dtype=np.int32).astype(np.float64)  # [10, n]; int32 sums are 30x faster
+        recall = tpc / (labels[c] + EPS)
+        precision = tpc / np.arange(1, rows.size + 1, dtype=np.float64)  # tp + fp counts = rank, exactly
+        conf = -p.conf[rows]
+        r_curve[ci] = np.interp(-PR_X, conf, recall[0], left=0)
+        p_curve[ci] = np.interp(-PR_X, conf, precision[0], left=1)
+        ap[ci] = _ap(recall, precision)
+    f1 = 2 * p_curve * r_curve / (p_curve + r_curve + EPS)
+    i = _smooth(f1.mean(0), 0.1).argmax()
+    return np.array([ap[:, 0].mean(), ap.mean(), p_curve[:, i].mean(), r_curve[:, i].mean()])
+
+
+def common_images(stats: list[MatchedStats], labels: list[str]) -> tuple[str, ...]:
+    """The one image order every model is resampled in; models scored on other images or classes are refused."""
+    first = stats[0]
+    for s, label in zip(stats[1:], labels[1:]):
+        if set(s.images) != set(first.images):
+            only_a, only_b = len(set(first.images) - set(s.images)), len(set(s.images) - set(first.images))
+            raise StatsError(f"{labels[0]} and {label} were not scored on the same images ({only_a} only in the first, "
+                             f"{only_b} only in the second); compare them on one data set")
+        if s.names != first.names:
+            raise StatsError(f"{labels[0]} and {label} predict different classes; compare models of one data set")
+        if s.pipeline != first.pipeline:
+            raise StatsError(f"{labels[0]} ({first.pipeline}) and {label} ({s.pipeline}) were scored through different "
+                             "image pipelines")
+    return first.images
+
+
+def image_resamples(n_images: int, n: int, seed: int) -> np.ndarray:
+    """[n, n_images] counts: how often each image is drawn in each resample (with replacement, n_images draws)."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_images, size=(n, n_images))
+    return np.stack([np.bincount(d, minlength=n_images) for d in draws])
+
+
+def paired_bootstrap(stats: list[MatchedStats], labels: list[str], n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(point [models, 4], resampled [n, models, 4]): every model scored on the same n resamples of the images."""
+    images = common_images(stats, labels)
+    prepared = [prepare(s.reordered(images)) for s in stats]
+    point = np.stack([detection_metrics(p) for p in prepared])
+    weights = image_resamples(len(images), n, seed)
+    boot = np.stack([[detection_metrics(p, w) for p in prepared] for w in weights]) if n else np.zeros((0, len(stats), 4))
+    return point, boot

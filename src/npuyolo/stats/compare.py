@@ -1,0 +1,191 @@
+"""Is the difference real? Intervals for each model, paired intervals and a verdict for each pair, seed replicates.
+
+Method (also in README, "Answers with error bars"):
+- Every model is scored on the same resamples of the validation images (a paired percentile bootstrap, 1,000
+  resamples by default). A model's interval is the 2.5th-97.5th percentile of its metric over the resamples; a
+  pair's is that of the difference A - B on each resample, so the images' difficulty cancels.
+- The verdict: "A ahead" or "B ahead" when the 95% interval of the difference excludes 0, else "tied within noise".
+- Seed replicates (`seed_gap`): each resample draws the images (shared by every run) and, for each arm, its seeds
+  with replacement; the arm's value is the mean over the drawn seeds. The interval of the gap therefore carries both
+  the image and the seed variation. With few seeds it is still an estimate of the seed part: 3 seeds cannot show a
+  rare bad seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import Enum
+
+import numpy as np
+
+from npuyolo.stats.bootstrap import METRICS, common_images, detection_metrics, image_resamples, paired_bootstrap, prepare
+from npuyolo.stats.matched import MatchedStats, StatsError
+
+__all__ = ["Comparison", "Estimate", "ModelSummary", "PairDiff", "SeedGap", "Verdict", "compare_stats", "seed_gap",
+           "verdict_of"]
+
+LEVEL = 0.95
+
+
+class Verdict(str, Enum):
+    AHEAD = "ahead"  # the first of the pair is ahead
+    TIED = "tied"
+    BEHIND = "behind"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, value: float, samples: np.ndarray, level: float = LEVEL) -> Estimate:
+        if samples.size == 0:
+            return cls(float(value), float("nan"), float("nan"))
+        lo, hi = np.percentile(samples, [50 * (1 - level), 50 * (1 + level)])
+        return cls(float(value), float(lo), float(hi))
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    def pp(self) -> Estimate:
+        """In percentage points (differences are printed that way)."""
+        return Estimate(self.value * 100, self.low * 100, self.high * 100)
+
+
+def verdict_of(diff: Estimate) -> Verdict:
+    if diff.low > 0:
+        return Verdict.AHEAD
+    if diff.high < 0:
+        return Verdict.BEHIND
+    return Verdict.TIED
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    label: str
+    map50: Estimate
+    map50_95: Estimate
+    precision: Estimate
+    recall: Estimate
+
+
+@dataclass(frozen=True)
+class PairDiff:
+    """A - B for one metric, its paired interval, and what it means."""
+
+    a: str
+    b: str
+    metric: str
+    diff: Estimate
+    verdict: Verdict
+
+    @property
+    def text(self) -> str:
+        if self.verdict is Verdict.AHEAD:
+            return f"{self.a} ahead"
+        if self.verdict is Verdict.BEHIND:
+            return f"{self.b} ahead"
+        return "tied within noise"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    models: list[ModelSummary]
+    pairs: list[PairDiff]
+    images: int
+    bootstrap: int
+    seed: int
+    level: float = LEVEL
+
+    def pair(self, a: str, b: str, metric: str = "map50") -> PairDiff:
+        for p in self.pairs:
+            if p.metric == metric and (p.a, p.b) == (a, b):
+                return p
+        raise KeyError((a, b, metric))
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        for p, d in zip(self.pairs, out["pairs"]):
+            d["verdict"], d["text"] = p.verdict.value, p.text
+        return out
+
+
+def compare_stats(stats: list[MatchedStats], labels: list[str], n: int = 1000, seed: int = 0,
+                  metrics: tuple[str, ...] = METRICS) -> Comparison:
+    """Every model's metrics with intervals, and every pair's paired difference with a verdict."""
+    if len(stats) < 1 or len(stats) != len(labels):
+        raise StatsError("compare needs one label per model")
+    if len(set(labels)) != len(labels):
+        raise StatsError(f"two models carry the same label ({labels}); name them apart")
+    point, boot = paired_bootstrap(stats, labels, n=n, seed=seed)
+    models = [ModelSummary(label, *(Estimate.of(point[i, k], boot[:, i, k]) for k in range(4)))
+              for i, label in enumerate(labels)]
+    pairs = []
+    for i in range(len(labels)):
+        for j in range(i + 1, len(labels)):
+            for k, metric in enumerate(METRICS):
+                if metric not in metrics:
+                    continue
+                diff = Estimate.of(point[i, k] - point[j, k], boot[:, i, k] - boot[:, j, k])
+                pairs.append(PairDiff(labels[i], labels[j], metric, diff, verdict_of(diff)))
+    return Comparison(models, pairs, len(stats[0].images), n, seed)
+
+
+@dataclass(frozen=True)
+class SeedGap:
+    """Two arms of seed replicates (e.g. L4-leaky and L4-relu): each arm's mean ± sd over seeds, and the gap."""
+
+    metric: str
+    a: str
+    b: str
+    a_values: list[float]  # one per seed, on the whole set
+    b_values: list[float]
+    gap: Estimate  # mean(a) - mean(b), interval over images and seeds
+    verdict: Verdict
+    bootstrap: int
+
+    @property
+    def a_mean(self) -> float:
+        return float(np.mean(self.a_values))
+
+    @property
+    def b_mean(self) -> float:
+        return float(np.mean(self.b_values))
+
+    @property
+    def a_sd(self) -> float:
+        return float(np.std(self.a_values, ddof=1)) if len(self.a_values) > 1 else float("nan")
+
+    @property
+    def b_sd(self) -> float:
+        return float(np.std(self.b_values, ddof=1)) if len(self.b_values) > 1 else float("nan")
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "verdict": self.verdict.value, "a_mean": self.a_mean, "b_mean": self.b_mean,
+                "a_sd": self.a_sd, "b_sd": self.b_sd}
+
+
+def seed_gap(arm_a: list[MatchedStats], arm_b: list[MatchedStats], a: str = "A", b: str = "B", metric: str = "map50",
+             n: int = 1000, seed: int = 0) -> SeedGap:
+    """The gap between two arms of replicates, its interval combining image and seed variation (module docstring)."""
+    if not arm_a or not arm_b:
+        raise StatsError("each arm needs at least one run with per-image statistics")
+    k = METRICS.index(metric)
+    labels = [f"{a}#{i}" for i in range(len(arm_a))] + [f"{b}#{i}" for i in range(len(arm_b))]
+    stats = arm_a + arm_b
+    images = common_images(stats, labels)
+    prepared = [prepare(s.reordered(images)) for s in stats]
+    whole = np.array([detection_metrics(p)[k] for p in prepared])
+    va, vb = whole[:len(arm_a)], whole[len(arm_a):]
+    rng = np.random.default_rng(seed + 1)
+    samples = np.empty(n)
+    for r, w in enumerate(image_resamples(len(images), n, seed)):
+        pa = rng.integers(0, len(arm_a), len(arm_a))
+        pb = rng.integers(0, len(arm_b), len(arm_b))
+        vals = {i: detection_metrics(prepared[i], w)[k] for i in set(pa.tolist()) | {len(arm_a) + j for j in pb.tolist()}}
+        samples[r] = np.mean([vals[i] for i in pa]) - np.mean([vals[len(arm_a) + j] for j in pb])
+    gap = Estimate.of(float(va.mean() - vb.mean()), samples)
+    return SeedGap(metric, a, b, va.tolist(), vb.tolist(), gap, verdict_of(gap), n)
