@@ -367,3 +367,35 @@ def test_a_target_with_little_on_the_npu_says_where_the_graph_is_cut():
     (note,) = target_notes("edgetpu", low)
     assert note == f"no candidate runs even half its nodes on the NPU (best: 2.0%, export+relu-decomp+int8); the first node off the NPU there: {cut}"
     assert target_notes("edgetpu", [row(None)]) == []  # all on the NPU: nothing to say
+
+
+def test_a_vendor_int8_that_cannot_be_scored_sinks_only_its_own_row(planned, monkeypatch):
+    """Issue 36: `--vendor-int8` where one target's compiled model is refused (a contract error, a driver that dies):
+    that row ranks by our QDQ model and says why; the other target keeps the vendor's figures; the plan is written."""
+    from types import SimpleNamespace
+
+    from npuyolo import Workspace
+    from npuyolo.deploy import plan as plan_module
+    from npuyolo.deploy import vendor
+    from npuyolo.deploy.contract import ContractError
+
+    db, data, _ = planned
+
+    def fake_compile(p, fp32, t, *args):
+        p.compiler, p.compiler_status, p.compiler_cpu_ops, p.compiled_file = "rknn 2", "compiled", 0, f"{fp32}.{t}.rknn"
+
+    def fake_eval(path, data, **kwargs):
+        if "amd-dpu" in str(path):
+            raise ContractError("the compiled model's outputs differ from FP32\non the golden image")
+        acc = {"precision": 0.5, "recall": 0.5, "map50": 0.42, "map50_95": 0.2}
+        return SimpleNamespace(runtime="fake simulator", result=acc, at_conf=acc)
+
+    monkeypatch.setattr(plan_module, "_compile", fake_compile)
+    monkeypatch.setattr(vendor, "evaluate_compiled", fake_eval)
+    plan = Workspace(db).plan("dp-L4-leaky", ["relu-only", "amd-dpu"], data, calib=4, sweep=False, vendor_int8=True)
+    ok, bad = plan.targets
+    assert all(r.vendor is not None and r.vendor.int8.map50 == 0.42 for r in ok.rows)
+    assert all(r.vendor is None and "outputs differ from FP32 on the golden image" in r.vendor_error for r in bad.rows)
+    assert all("\n" not in r.vendor_error for r in bad.rows)
+    recorded = json.loads(open(plan.path).read())
+    assert recorded["targets"][1]["rows"][0]["vendor_error"].startswith("the compiled model's outputs differ")

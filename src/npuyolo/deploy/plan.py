@@ -133,6 +133,7 @@ class Row:
     int8_at_conf: Accuracy
     conf: float
     vendor: VendorInt8 | None = None  # the vendor's INT8 of this candidate, when asked for and its compiler is installed
+    vendor_error: str | None = None  # why the vendor's INT8 was asked for and could not be scored (the row ranks by ours)
 
     @property
     def shipped_int8(self) -> Accuracy:
@@ -667,18 +668,24 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
             placed[(fp32, int8, t)] = p
         return placed[(fp32, int8, t)]
 
-    vendors: dict[str, VendorInt8] = {}
+    vendors: dict[str, VendorInt8 | str] = {}
 
-    def vendor_scored(p: Placement) -> VendorInt8 | None:
+    def vendor_scored(p: Placement) -> tuple[VendorInt8 | None, str | None]:
+        """The vendor's INT8 of a compiled candidate, or why it could not be scored: one candidate's refusal (a
+        contract mismatch, a driver that dies) must not sink the other candidates and targets of the plan."""
         if not vendor_int8 or p.compiled_file is None:
-            return None
+            return None, None
         if p.compiled_file not in vendors:
-            from npuyolo.deploy.vendor import evaluate_compiled
+            from npuyolo.deploy import vendor
 
-            with stage("vendor int8"):
-                score = evaluate_compiled(p.compiled_file, data, deploy_conf=conf)
-            vendors[p.compiled_file] = VendorInt8(score.runtime, Accuracy.of(score.result), Accuracy.of(score.at_conf))
-        return vendors[p.compiled_file]
+            try:
+                with stage("vendor int8"):
+                    score = vendor.evaluate_compiled(p.compiled_file, data, deploy_conf=conf)
+                vendors[p.compiled_file] = VendorInt8(score.runtime, Accuracy.of(score.result), Accuracy.of(score.at_conf))
+            except NpuyoloError as e:
+                vendors[p.compiled_file] = " ".join(str(e).split())[:300]
+        got = vendors[p.compiled_file]
+        return (None, got) if isinstance(got, str) else (got, None)
 
     plans = []
     for t, profile in profiles.items():
@@ -691,7 +698,7 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
             source_model = None if c.graph is not None else {"export": ref, "relu-twin": twin}.get(c.source)
             placed_here = placement(fp32, int8, t, source_model)
             rows.append(Row(t, c, str(fp32), str(int8), placed_here, f_all, q_all, f_conf, q_conf, conf,
-                            vendor_scored(placed_here)))
+                            *vendor_scored(placed_here)))
         chosen, runner, why = rank(rows)
         plans.append(TargetPlan(t, chosen, runner, why, rows, target_advice(t, rows, variant)))
     plan = Plan(label, run_id, str(data), conf, chosen_cal.get("label"), plans,
