@@ -218,6 +218,22 @@ class Workspace:
         artefact, data = _path(artefact, "artefact"), _path(data, "data")
         return evaluate_artefact(self._registry(), artefact, data)
 
+    def compare(self, models: list[str | int | Path], data: str | Path, *, bootstrap: int = 1000, seed: int = 0,
+                plot: str | Path | None = None, draw: bool = True):
+        """Is the difference real? Each model's mAP50, mAP50-95, P and R with 95% intervals, each pair's paired-bootstrap
+        difference and verdict; returns a `npuyolo.deploy.compare.CompareResult`. Models: runs, .pt, ONNX, compiled."""
+        from npuyolo.services import compare
+
+        if isinstance(models, (str, bytes, Path, int)) or not isinstance(models, (list, tuple)):
+            from npuyolo.errors import NpuyoloError
+
+            raise NpuyoloError(f"models must be a list of model references, got {type(models).__name__}", param="models")
+        refs = [_ref(m, "models") for m in models]
+        data = _path(data, "data")
+        bootstrap, seed = _number(bootstrap, "bootstrap"), _number(seed, "seed")
+        return compare(self._registry(), refs, data, bootstrap=bootstrap, seed=seed, plot=_path(plot, "plot", optional=True),
+                       draw=bool(draw))
+
     def plan(self, model: str | int, targets: list[str], data: str | Path, **kwargs: Any):
         """Every artefact that could serve each target, verified (placement, FP32/INT8 accuracy, accuracy at the
         deployment threshold) and ranked; returns a `npuyolo.deploy.plan.Plan`. See `deploy.plan.build_plan`."""
@@ -233,6 +249,18 @@ class Workspace:
 
         _known(build_plan, kwargs)
         return build_series_plan(self._registry(), name, list(targets), data, **kwargs)
+
+    def bundle(self, run: str | int | None = None, target: str | None = None, *, artefact: str | Path | None = None,
+               out: str | Path | None = None, conf: float | None = None, iou: float | None = None):
+        """A torch-free board package (folder + .tar.gz) of the target's chosen artefact in the run's recorded plan, or
+        of `artefact`; returns a `npuyolo.deploy.bundle.Bundle`. See `deploy.bundle.service.bundle_model`."""
+        from npuyolo.deploy.bundle.service import bundle_model
+
+        run, target = _ref(run, "run", optional=True), _ref(target, "target", optional=True)
+        artefact = _path(artefact, "artefact", optional=True)
+        out = _path(out, "out", optional=True)
+        conf, iou = _number(conf, "conf", float, optional=True), _number(iou, "iou", float, optional=True)
+        return bundle_model(run, target, artefact=artefact, out=out, registry=self.registry_path, conf=conf, iou=iou)
 
     def bench(self, artefact: str | Path, runs: int = 50, threads: int | None = None) -> dict:
         from npuyolo.deploy.latency import bench_onnx

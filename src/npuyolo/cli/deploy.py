@@ -1,4 +1,4 @@
-"""Deployment: `npuyolo deploy quantize|qat|eval|plan|bench`, `npuyolo predict`."""
+"""Deployment: `npuyolo deploy quantize|qat|eval|plan|bundle|bench`, `npuyolo predict`."""
 
 from __future__ import annotations
 
@@ -142,6 +142,30 @@ def deploy_plan(model: Annotated[str, typer.Argument(help="Run id/name or .pt ch
         return print_json(plan.as_dict())
     print_plan(plan)
 
+
+
+@deploy_app.command("bundle")
+@user_errors
+def deploy_bundle(run: Annotated[Optional[str], typer.Argument(help="Run id or name (its recorded plan picks the artefact); optional with --artefact.")] = None,
+                  target: Annotated[Optional[str], typer.Option("--target", "-t", help="Target profile the bundle is for (required with a run).")] = None,
+                  artefact: Annotated[Optional[Path], typer.Option(help="Ship this file instead of the plan's choice: an npuyolo .onnx, or a .rknn / int8 .tflite `npu compile` built.")] = None,
+                  out: Annotated[Optional[Path], typer.Option(help="Folder for <name>/ and <name>.tar.gz [default: the run's bundle/, else ./bundle].")] = None,
+                  conf: Annotated[Optional[float], typer.Option(help="Default score threshold in the manifest [default: the plan's, else 0.25].")] = None,
+                  iou: Annotated[Optional[float], typer.Option(help="Default NMS IoU threshold in the manifest [default: 0.7].")] = None,
+                  as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+    """A torch-free package for the board: the model, npuyolo_infer.py (NumPy, Pillow, the runtime), postprocess.c/.h, manifest.json, README.md; and a .tar.gz of it."""
+    from npuyolo.deploy.bundle.service import bundle_model
+
+    b = bundle_model(run, target, artefact=artefact, out=out, registry=registry, conf=conf, iou=iou)
+    if as_json:
+        return print_json(b.as_dict())
+    m = b.manifest
+    console.print(f"{m.artefact['file']} ({m.runtime}) for {m.target}: {b.folder}\n{b.archive}", highlight=False)
+    if m.plan is not None:
+        console.print(f"plan: {m.plan.candidate}, INT8 mAP50 {m.plan.int8_map50:.3f} ({m.plan.int8_scored_by}),"
+                      f" {100 * m.plan.share_nodes:.1f}% of nodes on the NPU"
+                      f"{f', {m.plan.npu_ms:.2f} ms NPU' if m.plan.npu_ms is not None else ''}", highlight=False)
+    console.print(f"on the board: python npuyolo_infer.py IMAGE|FOLDER --out results.json (see {b.folder / 'README.md'})", highlight=False)
 
 @deploy_app.command("bench")
 @user_errors
