@@ -256,3 +256,73 @@ def test_layers_hands_the_driver_absolute_paths_though_the_artefact_was_named_re
     request = json.loads(sent.getvalue()[8:])
     assert Path(request["analyze"]).is_absolute() and Path(request["analyze"]) == folder / "golden.png"
     assert Path(request["dir"]).is_absolute() and Path(request["dir"]) == folder
+
+
+# ------------------------------------------------------------------------------ manifests (issue 36, hostile round 5)
+@pytest.fixture(scope="module")
+def small_fp32(tmp_path_factory):
+    return export_onnx(randomised("L4-leaky"), tmp_path_factory.mktemp("fp32") / "m.onnx", imgsz=64, head="npu")
+
+
+def rknn_build(tmp_path, small_fp32, **changes):
+    """A .rknn build as npu compile lays it out: the ONNX file in the export folder, the build folder beside it with
+    its calibration list, the .rknn file and its manifest (written by write_manifest, then edited by `changes`)."""
+    import shutil
+
+    from npuyolo.compilers.manifest import write_manifest
+
+    (tmp_path / "run").mkdir(parents=True)
+    fp32 = Path(shutil.copyfile(small_fp32, tmp_path / "run" / "m.onnx"))
+    build = tmp_path / "run" / "rknn-rk3588-m"
+    (build / "calib").mkdir(parents=True)
+    (build / "calib" / "000.jpg").write_bytes(b"jpg")
+    (build / "calib.txt").write_text("calib/000.jpg\n")
+    rknn = build / "m-rk3588.rknn"
+    rknn.write_bytes(b"RKNN" * 1000)
+    manifest = write_manifest(rknn, "rknn", fp32, target="rk3588", dataset=build / "calib.txt", disabled_rules=[])
+    record = {**json.loads(manifest.read_text()), **changes}
+    manifest.write_text(json.dumps(record))
+    return rknn
+
+
+def test_a_manifest_nested_100000_deep_is_one_line(tmp_path, small_fp32):
+    rknn = rknn_build(tmp_path, small_fp32)
+    (rknn.parent / (rknn.name + ".npuyolo.json")).write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(DeployError) as e:
+        vendor.read_compiled(rknn)
+    assert "manifest" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("field,value", [("dataset", "/etc/passwd"), ("dataset", "../../../../etc/hostname"),
+                                         ("onnx", "../../../elsewhere.onnx")])
+def test_manifest_paths_stay_in_the_build_or_run_folder(tmp_path, small_fp32, field, value):
+    (tmp_path / "elsewhere.onnx").write_bytes(small_fp32.read_bytes())  # a real model, outside the build's run
+    rknn = rknn_build(tmp_path / "b", small_fp32, **{field: value})
+    with pytest.raises(DeployError, match="lies outside") as e:
+        vendor.read_compiled(rknn)
+    assert "\n" not in str(e.value)
+
+
+def test_a_calibration_list_naming_files_outside_is_refused(tmp_path, small_fp32):
+    rknn = rknn_build(tmp_path, small_fp32)
+    (rknn.parent / "calib.txt").write_text("/etc/passwd\n")
+    with pytest.raises(DeployError, match="outside") as e:
+        vendor.read_compiled(rknn)
+    assert "\n" not in str(e.value)
+
+
+def test_a_build_as_npu_compile_lays_it_out_is_read(tmp_path, small_fp32):
+    art = vendor.read_compiled(rknn_build(tmp_path, small_fp32))
+    assert art.kind == "rknn" and art.onnx == (tmp_path / "run" / "m.onnx").resolve() and "calib.txt" in art.args
+
+
+def test_a_vendor_error_of_many_lines_is_cut_to_one(here, tmp_path, monkeypatch):
+    script = tmp_path / "driver.py"
+    script.write_text("import json, struct, sys\nmsg = json.dumps({'ok': False, 'error': 'E RKNN: [10:03] load failed\\n"
+                      "Traceback (most recent call last):\\n  File x\\nValueError: bad\\n' * 2}).encode()\n"
+                      "out = sys.stdout.buffer\nout.write(struct.pack('<Q', len(msg)) + msg)\nout.flush()\n")
+    monkeypatch.setattr(vendor, "DRIVER", script)
+    art = artefact(tmp_path / "m.onnx", tmp_path / "m.onnx", InputContract(64))
+    with pytest.raises(DeployError) as e:
+        vendor.VendorRuntime(art, tmp_path / "eval.log")
+    assert "\n" not in str(e.value) and "ValueError: bad" in str(e.value) and len(str(e.value)) < 400

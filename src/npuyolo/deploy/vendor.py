@@ -37,7 +37,7 @@ from npuyolo.deploy.evaluate import Deployable, DeployError, load_deployable, va
 from npuyolo.stats.matched import MatchedStats
 from npuyolo.deploy.layers import LayerRow, compare_layers, parse_error_analysis, qdq_layer_errors
 from npuyolo.deploy.quantize import quantize_onnx
-from npuyolo.paths import file_problem, write_bytes
+from npuyolo.paths import FileReadError, file_problem, read_regular_file, write_bytes
 
 __all__ = ["CompiledArtefact", "CompiledScore", "VendorRuntime", "evaluate_compiled", "is_compiled", "read_compiled"]
 
@@ -74,14 +74,26 @@ def is_compiled(path: str | Path) -> bool:
     return path.suffix.lower() in SUFFIXES or (path.suffix.lower() == ".onnx" and manifest_path(path).is_file())
 
 
-def _file(folder: Path, value, what: str, manifest: Path, inside: bool = False) -> Path:
-    """A file the manifest names, relative to the compiled file's folder; `inside`: it must stay in that folder (an
-    .onnx file with a manifest beside it can be forged anywhere: it must not make any model on disk its reference)."""
+MANIFEST_MAX_BYTES = 1 << 20  # a manifest is a few hundred bytes
+CALIB_LIST_MAX_BYTES = 1 << 20
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """A vendor's message (often a traceback) as one line: its first line and, when they differ, its last."""
+    lines = [" ".join(x.split()) for x in str(text).splitlines() if x.strip()] or ["no message"]
+    said = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return said if len(said) <= limit else said[:limit - 3] + "..."
+
+
+def _file(folder: Path, value, what: str, manifest: Path, root: Path) -> Path:
+    """A file the manifest names, relative to the compiled file's folder; it must stay inside `root` (the build's own
+    folder, or the export folder npu compile built it from): a manifest can be forged or copied anywhere, and must not
+    make any model or list on disk its reference."""
     if not isinstance(value, str) or not value:
         raise DeployError(f"{manifest}: no {what} recorded; compile it again with `npuyolo npu compile`")
     path = (folder / value).resolve()
-    if inside and not path.is_relative_to(folder):
-        raise DeployError(f"{manifest}: its {what} {value!r} lies outside {folder}; compile it again with `npuyolo npu compile`")
+    if not path.is_relative_to(root):
+        raise DeployError(f"{manifest}: its {what} {value!r} lies outside {root}; compile it again with `npuyolo npu compile`")
     why = file_problem(path, empty_ok=False)
     if why is not None:
         raise DeployError(f"{manifest}: its {what} {path} {why}; compile it again with `npuyolo npu compile`")
@@ -103,22 +115,29 @@ def read_compiled(path: str | Path) -> CompiledArtefact:
         raise DeployError(f"{path.name} has no {manifest.name} beside it: only models built by `npuyolo npu compile` "
                           "can be scored (it records the ONNX file and calibration the build used)")
     try:
-        record = json.loads(manifest.read_text(encoding="utf-8"))
+        record = json.loads(read_regular_file(manifest, MANIFEST_MAX_BYTES).decode("utf-8"))
+    except FileReadError as e:
+        raise DeployError(f"{e}; compile it again with `npuyolo npu compile`") from None
+    except RecursionError:
+        raise DeployError(f"{manifest}: not a readable manifest (nested too deep); compile it again") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DeployError(f"{manifest}: not a readable manifest ({e}); compile it again") from None
+        raise DeployError(f"{manifest}: not a readable manifest ({one_line(e)}); compile it again") from None
     if not isinstance(record, dict) or record.get("kind") != kind:
         raise DeployError(f"{manifest}: it describes a {record.get('kind') if isinstance(record, dict) else '?'} build, "
                           f"not this {kind} file; compile it again")
     folder = path.parent.resolve()
-    onnx = _file(folder, record.get("onnx"), "ONNX file", manifest, inside=kind == "onnx")
+    # where npu compile puts the ONNX file it compiled: beside an IMX500 model; the export folder holding a .rknn's
+    # build folder; one more level for Vela (its int8 TFLite lies in the build folder's tflite/)
+    root = folder if kind == "onnx" else folder.parent.parent if kind == "tflite" and folder.name == "tflite" else folder.parent
+    onnx = _file(folder, record.get("onnx"), "ONNX file", manifest, root)
     if kind == "rknn":
         target = record.get("target")
         rules = record.get("disabled_rules", [])
         if not isinstance(target, str) or not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
             raise DeployError(f"{manifest}: damaged (target, disabled_rules); compile it again")
-        dataset = _file(folder, record.get("dataset"), "calibration list", manifest)
-        args = ("--onnx", str(onnx), "--target", target, "--dataset", str(dataset.relative_to(folder))
-                if dataset.is_relative_to(folder) else str(dataset))
+        dataset = _file(folder, record.get("dataset"), "calibration list", manifest, folder)
+        _check_calibration_list(dataset, folder, manifest)
+        args = ("--onnx", str(onnx), "--target", target, "--dataset", str(dataset.relative_to(folder)))
         args += tuple(x for r in rules for x in ("--disable-rule", r))
     elif kind == "onnx":  # MCT's model: its quantizer ops registered; IMX's boxes and scores joined as Detect ends
         args = ("--model", str(path.resolve()), *(("--mct",) if record.get("mct") is True else ()),
@@ -127,6 +146,19 @@ def read_compiled(path: str | Path) -> CompiledArtefact:
         args = ("--model", str(path.resolve()))
     imgsz = load_deployable(onnx).imgsz
     return CompiledArtefact(kind, path, onnx, args, InputContract(imgsz, **CONTRACTS[kind]), folder)
+
+
+def _check_calibration_list(listing: Path, folder: Path, manifest: Path) -> None:
+    """RKNN reads every path on every line of its list (one per model input); each must lie in the build folder,
+    where npu compile copied the calibration images."""
+    try:
+        text = read_regular_file(listing, CALIB_LIST_MAX_BYTES).decode("utf-8")
+    except (FileReadError, UnicodeDecodeError) as e:
+        raise DeployError(f"{manifest}: its calibration list cannot be read ({one_line(e)}); compile it again") from None
+    for name in text.split():
+        if not (folder / name).resolve().is_relative_to(folder):
+            raise DeployError(f"{manifest}: its calibration list {listing.name} names a file outside {folder}; "
+                              "compile it again with `npuyolo npu compile`")
 
 
 def _frame(payload: bytes) -> bytes:
@@ -146,8 +178,8 @@ class VendorRuntime:
         hello = self._read_json()
         if not hello.get("ok"):
             self.close()
-            raise DeployError(f"{art.kind} runtime for {art.path.name} did not start ({hello.get('error', 'no answer')}); "
-                              f"see {log}")
+            raise DeployError(f"{art.kind} runtime for {art.path.name} did not start "
+                              f"({one_line(hello.get('error', 'no answer'))}); see {log}")
         self.info = hello
         self.start_s = round(time.monotonic() - started, 2)
 
@@ -171,7 +203,7 @@ class VendorRuntime:
         self.proc.stdin.flush()
         head = json.loads(self._read())
         if "error" in head:
-            raise DeployError(f"{self.art.kind} inference failed: {head['error']}")
+            raise DeployError(f"{self.art.kind} inference failed: {one_line(head['error'])}; see {self.log}")
         return [np.load(io.BytesIO(self._read()), allow_pickle=False) for _ in range(head["outputs"])]
 
     def analyze(self, image: Path, folder: Path) -> dict:
@@ -182,7 +214,7 @@ class VendorRuntime:
         self.proc.stdin.flush()
         answer = json.loads(self._read())
         if "error" in answer:
-            raise DeployError(f"{self.art.kind} accuracy analysis failed: {answer['error']}")
+            raise DeployError(f"{self.art.kind} accuracy analysis failed: {one_line(answer['error'])}; see {self.log}")
         return answer
 
     def close(self) -> None:
