@@ -218,6 +218,22 @@ class Workspace:
         artefact, data = _path(artefact, "artefact"), _path(data, "data")
         return evaluate_artefact(self._registry(), artefact, data)
 
+    def compare(self, models: list[str | int | Path], data: str | Path, *, bootstrap: int = 1000, seed: int = 0,
+                plot: str | Path | None = None, draw: bool = True):
+        """Is the difference real? Each model's mAP50, mAP50-95, P and R with 95% intervals, each pair's paired-bootstrap
+        difference and verdict; returns a `npuyolo.deploy.compare.CompareResult`. Models: runs, .pt, ONNX, compiled."""
+        from npuyolo.services import compare
+
+        if isinstance(models, (str, bytes, Path, int)) or not isinstance(models, (list, tuple)):
+            from npuyolo.errors import NpuyoloError
+
+            raise NpuyoloError(f"models must be a list of model references, got {type(models).__name__}", param="models")
+        refs = [_ref(m, "models") for m in models]
+        data = _path(data, "data")
+        bootstrap, seed = _number(bootstrap, "bootstrap"), _number(seed, "seed")
+        return compare(self._registry(), refs, data, bootstrap=bootstrap, seed=seed, plot=_path(plot, "plot", optional=True),
+                       draw=bool(draw))
+
     def plan(self, model: str | int, targets: list[str], data: str | Path, **kwargs: Any):
         """Every artefact that could serve each target, verified (placement, FP32/INT8 accuracy, accuracy at the
         deployment threshold) and ranked; returns a `npuyolo.deploy.plan.Plan`. See `deploy.plan.build_plan`."""

@@ -8,11 +8,12 @@ typed record.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import Any
 
+from npuyolo.deploy.compare import CompareResult, compare_models
 from npuyolo.deploy.export import ExportError, check_imgsz, export_onnx
 from npuyolo.registry.db import Registry, RunRecord
 from npuyolo.resolve import ModelRef, default_imgsz, resolve_model
@@ -20,7 +21,7 @@ from npuyolo.train.anneal import with_anneal
 from npuyolo.train.recipe import Recipe
 from npuyolo.train.trainer import train_variant
 
-__all__ = ["ExportRecord", "HEADS", "export_model", "train_model"]
+__all__ = ["ExportRecord", "HEADS", "compare", "export_model", "train_model"]
 
 HEADS = ("npu", "ultralytics")
 
@@ -70,3 +71,27 @@ def train_model(registry: Registry, variant: str, data: str | Path, *, recipe: s
     LeakyReLU -> ReLU slope schedule; returns the run as recorded."""
     r = with_anneal(Recipe.load(recipe, **overrides), act_anneal, anneal_epochs, anneal_schedule)
     return registry.get_run(train_variant(variant, data, r, registry, name=name, weights=weights, verbose=verbose).run_id)
+
+
+def compare(registry: Registry, models: list[str], data: str | Path, *, bootstrap: int = 1000, seed: int = 0,
+            plot: str | Path | None = None, draw: bool = True, progress=None) -> CompareResult:
+    """`npuyolo compare`: every model scored on one data set (statistics kept, so a second call runs no model), each
+    pair's paired-bootstrap difference and verdict, and a forest plot of the mAP50 differences (to `plot`, else under
+    the registry's folder) when there is a pair to draw."""
+    import dataclasses
+    import hashlib
+
+    from npuyolo.paths import safe_join
+    from npuyolo.report.plots import forest_plot
+
+    result = compare_models(registry, [str(m) for m in models], data, bootstrap=bootstrap, seed=seed, progress=progress)
+    pairs = [p for p in result.comparison.pairs if p.metric == "map50"]
+    if not draw or not pairs:
+        return result
+    if plot is None:
+        key = hashlib.sha1(json.dumps([m.label for m in result.models] + [str(result.data), bootstrap, seed]).encode()).hexdigest()[:10]
+        plot = safe_join(registry.root, "compare", f"forest-{key}.png")
+    path = Path(plot)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    forest_plot(pairs, path, f"mAP50 differences on {result.comparison.images} images ({bootstrap} paired resamples)")
+    return dataclasses.replace(result, plot=path.resolve())

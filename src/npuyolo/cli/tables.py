@@ -186,3 +186,32 @@ def print_layers(rows: list[dict], qdq: str, top: int) -> None:
         table.add_row(r["conv"], r["tensor"], f"{r['vendor_cos']:.4f}", f"{r['vendor_single_cos']:.4f}",
                       fmt(r["ours_cos"], 4), fmt(r["ours_sqnr_db"], 1))
     console.print(table)
+
+
+def _interval(e, digits: int = 3, scale: float = 1.0, sign: bool = False) -> str:
+    v, lo, hi = e.value * scale, e.low * scale, e.high * scale
+    f = f"{{:{'+' if sign else ''}.{digits}f}}"
+    return f"{f.format(v)} ({f.format(lo)} to {f.format(hi)})"
+
+
+def print_comparison(result) -> None:
+    """Each model with its intervals, then each pair: difference in points, its interval, the verdict."""
+    c = result.comparison
+    table = Table(title=f"{len(c.models)} models on {c.images} val images ({result.data}); 95% intervals, {c.bootstrap} paired resamples")
+    for col in ("model", "mAP50", "mAP50-95", "P", "R"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for m in c.models:
+        table.add_row(m.label, *(_interval(getattr(m, k)) for k in ("map50", "map50_95", "precision", "recall")))
+    console.print(table)
+    pairs = Table(title="differences (A - B, percentage points) with their paired 95% intervals")
+    for col in ("A", "B", "metric", "A - B (pp)", "verdict"):
+        pairs.add_column(col, justify="right" if col == "A - B (pp)" else "left")
+    for p in c.pairs:
+        pairs.add_row(p.a, p.b, p.metric, _interval(p.diff, 1, 100, sign=True), p.text)
+    if c.pairs:
+        console.print(pairs)
+    for m in result.models:
+        console.print(f"{m.label}: {m.kind} {m.source} ({'statistics read back' if m.cached else 'scored'})",
+                      highlight=False, markup=False, style="dim")
+    if result.plot:
+        console.print(f"forest plot: {result.plot}", highlight=False, markup=False)

@@ -8,6 +8,7 @@ keyed by the file's content, the size and the data set's val split, so a second 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from npuyolo.resolve import ModelRef, default_imgsz, resolve_model
 from npuyolo.stats.compare import Comparison, compare_stats
 from npuyolo.stats.matched import MatchedStats, StatsError, load_stats, save_stats
 
-__all__ = ["ComparedModel", "CompareResult", "MAX_BOOTSTRAP", "compare_models", "model_stats", "val_fingerprint"]
+__all__ = ["ComparedModel", "CompareResult", "MAX_BOOTSTRAP", "compare_models", "model_stats", "short_labels", "val_fingerprint"]
 
 MAX_BOOTSTRAP = 100_000
 
@@ -42,9 +43,10 @@ class CompareResult:
     comparison: Comparison
     models: list[ComparedModel]
     data: Path
+    plot: Path | None = None  # the forest plot of the differences, where one was drawn
 
     def as_dict(self) -> dict:
-        return {"data": str(self.data), **self.comparison.as_dict(),
+        return {"data": str(self.data), "plot": str(self.plot) if self.plot else None, **self.comparison.as_dict(),
                 "sources": [{"label": m.label, "source": str(m.source), "kind": m.kind, "stats": str(m.stats_file),
                              "cached": m.cached} for m in self.models]}
 
@@ -73,6 +75,17 @@ def val_fingerprint(data: str | Path) -> str:
             if label.is_file():
                 h.update(label.read_bytes())
     return h.hexdigest()[:16]
+
+
+def short_labels(refs: list[str]) -> list[str]:
+    """How each model is named in tables: a file by the fewest trailing path parts that tell it apart from the others
+    (`L4-leaky/best.pt`), a run by what the user typed."""
+    parts = [Path(r).parts if ("/" in r or r.lower().endswith((".pt", ".onnx", ".rknn", ".tflite"))) else (r,) for r in refs]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-k:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return list(refs)
 
 
 def _stats_dir(registry: Registry, run_id: int | None) -> Path:
@@ -152,12 +165,12 @@ def compare_models(registry: Registry, refs: list[str], data: str | Path, *, boo
     check_dataset(data, cache_dir=registry.root / "cache")
     fingerprint = val_fingerprint(data)
     stats, models = [], []
-    for i, ref in enumerate(refs):
+    for i, (ref, label) in enumerate(zip(refs, short_labels([str(r) for r in refs]))):
         if progress is not None:
-            progress(f"scoring {ref} ({i + 1}/{len(refs)})")
+            progress(f"scoring {label} ({i + 1}/{len(refs)})")
         s, m = model_stats(registry, str(ref), data, fingerprint)
         stats.append(s)
-        models.append(m)
+        models.append(dataclasses.replace(m, label=label))
     if progress is not None:
         progress(f"{bootstrap} paired resamples of {len(stats[0].images)} images")
     labels = [m.label for m in models]

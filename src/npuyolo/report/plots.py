@@ -116,3 +116,21 @@ def route_bars(rows: list[dict], path: Path, title: str) -> Path:
     ax.grid(axis="y", alpha=0.3)
     ax.tick_params(axis="x", labelsize=8)
     return _save(fig, path)
+
+
+def forest_plot(pairs: list, path: Path, title: str) -> Path:
+    """Each pair's difference (percentage points) with its 95% interval, a line at 0: an interval crossing it is a tie.
+
+    `pairs`: records with `a`, `b`, `diff` (value, low, high, as fractions) and `verdict` ('ahead'/'tied'/'behind')."""
+    fig, ax = plt.subplots(figsize=(7.2, 1.3 + 0.42 * max(1, len(pairs))))
+    colours = {"ahead": "#4c72b0", "behind": "#c44e52", "tied": "#7f7f7f"}
+    for i, p in enumerate(reversed(pairs)):
+        v, lo, hi = (100 * x for x in (p.diff.value, p.diff.low, p.diff.high))
+        colour = colours.get(getattr(p.verdict, "value", p.verdict), "#7f7f7f")
+        ax.plot([lo, hi], [i, i], color=colour, lw=2)
+        ax.scatter([v], [i], color=colour, s=30, zorder=3)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(pairs)), [f"{p.a} − {p.b}" for p in reversed(pairs)], fontsize=8)
+    ax.set(xlabel="difference (percentage points), 95% paired-bootstrap interval", title=title)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,116 @@
+"""`npuyolo compare` / `Workspace.compare`: models scored once on one data set, intervals, verdicts, both doors."""
+
+import copy
+import json
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from npuyolo.api import Workspace
+from npuyolo.cli import app
+from npuyolo.deploy.export import export_onnx
+from npuyolo.errors import NpuyoloError
+from npuyolo.stats.compare import Verdict
+from npuyolo.variants.build import build_model
+from npuyolo.variants.checkpoint import load_weights
+
+from .conftest import perturbed
+
+runner = CliRunner()
+NAMES = ["speed_limit", "warning", "stop", "mandatory", "yield", "no_entry"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two different detectors (.pt), a byte-for-byte copy of the first, and the first's FP32 ONNX export."""
+    root = tmp_path_factory.mktemp("compare-models")
+    out = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        model = perturbed(build_model("L4-relu", nc=6, names=NAMES), scale=0.1, seed=seed, class_bias=-3.0)
+        model.args = {"imgsz": 64}
+        out[name] = root / name / "best.pt"
+        out[name].parent.mkdir()
+        torch.save({"model": None, "ema": copy.deepcopy(model).half(), "epoch": -1, "train_args": {"imgsz": 64}}, out[name])
+    out["a_copy"] = root / "copy" / "best.pt"
+    out["a_copy"].parent.mkdir()
+    shutil.copyfile(out["a"], out["a_copy"])
+    out["a_onnx"] = export_onnx(load_weights(out["a"]), root / "a.onnx", imgsz=64, head="npu")
+    return out
+
+
+def test_identical_models_are_tied_by_exactly_zero_through_the_api(models, synth_data, tmp_path):
+    ws = Workspace(tmp_path / "reg" / "npuyolo.db")
+    result = ws.compare([models["a"], models["a_copy"]], synth_data, bootstrap=200)
+    assert [m.label for m in result.models] == ["a/best.pt", "copy/best.pt"]
+    for pair in result.comparison.pairs:
+        assert pair.diff.value == pair.diff.low == pair.diff.high == 0.0 and pair.verdict is Verdict.TIED
+    assert result.plot is not None and result.plot.is_file() and result.plot.read_bytes()[:4] == b"\x89PNG"
+    # the statistics were kept: the same comparison again runs no model
+    again = ws.compare([models["a"], models["a_copy"]], synth_data, bootstrap=200, draw=False)
+    assert all(m.cached for m in again.models) and again.comparison == result.comparison and again.plot is None
+
+
+def test_cli_and_api_give_the_same_comparison(models, synth_data, tmp_path, monkeypatch):
+    db = tmp_path / "reg" / "npuyolo.db"
+    monkeypatch.chdir(tmp_path)
+    refs = [str(models["a"]), str(models["b"]), str(models["a_onnx"])]
+    res = runner.invoke(app, ["compare", *refs, "--data", str(synth_data), "--bootstrap", "150", "--seed", "3",
+                              "--json", "--registry", str(db)])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    api = Workspace(db).compare(refs, synth_data, bootstrap=150, seed=3).as_dict()
+    assert got["models"] == json.loads(json.dumps(api["models"]))
+    assert [(p["a"], p["b"], p["metric"], p["verdict"]) for p in got["pairs"]] == \
+           [(p["a"], p["b"], p["metric"], p["verdict"]) for p in api["pairs"]]
+    assert len(got["pairs"]) == 3 * 4 and got["bootstrap"] == 150 and got["images"] == 8
+    # .pt and its ONNX export go through one pipeline: their mAP50 agree closely
+    a, onnx = got["models"][0], got["models"][2]
+    assert abs(a["map50"]["value"] - onnx["map50"]["value"]) < 0.02
+    for m in got["models"]:
+        assert m["map50"]["low"] <= m["map50"]["value"] <= m["map50"]["high"]
+    table = runner.invoke(app, ["compare", *refs[:2], "--data", str(synth_data), "--bootstrap", "150", "--registry", str(db)])
+    assert table.exit_code == 0 and ("tied within noise" in table.stdout or "ahead" in table.stdout), table.output
+    assert "forest plot:" in table.stdout
+    assert not (tmp_path / "runs" / "detect").exists()  # the validator leaves no ./runs/detect/val-N behind
+
+
+@pytest.mark.parametrize("args, message", [
+    (["MISSING.pt"], "not found"),
+    (["SAME", "SAME"], "named twice"),
+    (["L4-relu", "L4-leaky"], "untrained variant"),
+])
+def test_bad_models_are_one_line(models, synth_data, tmp_path, args, message):
+    args = [str(models["a"]) if a == "SAME" else str(tmp_path / a) if a.endswith(".pt") else a for a in args]
+    res = runner.invoke(app, ["compare", *args, str(models["b"]), "--data", str(synth_data),
+                              "--registry", str(tmp_path / "r.db")])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+
+
+def test_models_of_another_data_set_are_one_clear_error(models, synth_data, tmp_path):
+    from npuyolo.deploy.compare import model_stats
+    from npuyolo.registry.db import Registry
+    from npuyolo.stats.compare import compare_stats
+    from npuyolo.stats.matched import StatsError
+
+    from npuyolo.data.synth import synthesize
+
+    other = synthesize(tmp_path / "other", n_train=4, n_val=5, imgsz=96, seed=3)
+    reg = Registry(tmp_path / "reg.db")
+    a, _ = model_stats(reg, str(models["a"]), synth_data)
+    b, _ = model_stats(reg, str(models["b"]), other)
+    with pytest.raises(StatsError, match="same images"):
+        compare_stats([a, b], ["a", "b"], n=100)
+
+
+def test_api_checks_its_arguments(models, synth_data, tmp_path):
+    ws = Workspace(tmp_path / "reg.db")
+    with pytest.raises(NpuyoloError, match="models must be a list"):
+        ws.compare(str(models["a"]), synth_data)
+    with pytest.raises(NpuyoloError, match="bootstrap"):
+        ws.compare([models["a"], models["b"]], synth_data, bootstrap=5)
+    with pytest.raises(NpuyoloError, match="bootstrap must be an int"):
+        ws.compare([models["a"], models["b"]], synth_data, bootstrap="1000")
