@@ -88,6 +88,16 @@ def test_one_epoch_train_records_one_finished_run_offline(synth_data, tiny_recip
     built = yaml.safe_load(Path(kinds["model_yaml"]).read_text())
     assert built["npuyolo"]["variant"] == "L4-leaky" and built["nc"] == 6
     assert run.best is not None and "map50" in run.best
+    # the final validation's per-image statistics are kept with the run, and give back its recorded figures
+    from npuyolo.stats.bootstrap import detection_metrics
+    from npuyolo.stats.matched import load_stats
+
+    stats = load_stats(kinds["stats/val"])
+    assert Path(kinds["stats/val"]).parent.parent == Path(run.save_dir) and stats.pipeline == "rect"
+    assert stats.n_images == 8 and sorted(stats.images) == sorted(p.name for p in (synth_data.parent / "images" / "val").iterdir())
+    recomputed = detection_metrics(stats)
+    for k, metric in enumerate(("map50", "map50_95", "precision", "recall")):
+        assert abs(recomputed[k] - run.best[metric]) < 1e-6, (metric, recomputed, run.best)
     # the trained checkpoint is the variant: LeakyReLU everywhere, cascaded pools, no attention
     from npuyolo.deploy.export import load_weights
     from npuyolo.variants.build import activation_census

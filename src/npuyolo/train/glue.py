@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from npuyolo.train.anneal import set_slope
 from npuyolo.train.kd import KDDistillationModel
 from npuyolo.train.recipe import Recipe
+from npuyolo.stats.matched import MatchedStats, StatsError, save_stats
 from npuyolo.train.records import PREVIOUS, RecordSink
 from npuyolo.ultra import DetectionTrainer, DistillationModel, intersect_dicts, unwrap_model
 from npuyolo.variants.build import build_model
@@ -21,7 +22,8 @@ from npuyolo.variants.checkpoint import is_pruned
 from npuyolo.yamlfile import load_yaml
 
 __all__ = ["TRACKER_MODULES", "AnnealMixin", "NpuyoloDistillTrainer", "NpuyoloTrainer", "anneal_trainer", "attach_records",
-           "distill_trainer", "install_tracker_filter", "keep_previous", "trainer_for", "with_teacher"]
+           "distill_trainer", "install_tracker_filter", "keep_matched_stats", "keep_previous", "save_final_stats", "trainer_for",
+           "with_teacher"]
 
 
 TRACKER_MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wb", "clearml": "clearml", "comet": "comet",
@@ -68,6 +70,11 @@ class NpuyoloTrainer(DetectionTrainer):
             self.transferred = (len(intersect_dicts(source.float().state_dict(), sd)), len(sd))
         return model
 
+    def get_validator(self):
+        validator = super().get_validator()
+        keep_matched_stats(validator)
+        return validator
+
     def save_model(self):
         """Ultralytics' checkpoints, written atomically; the previous last.pt is kept as last.prev.pt.
 
@@ -87,6 +94,36 @@ class NpuyoloTrainer(DetectionTrainer):
         if tmp_best.exists():
             os.replace(tmp_best, final_best)
         return saved
+
+
+def keep_matched_stats(validator) -> None:
+    """Each validation's per-image statistics, snapshotted (with the image order) before `get_stats` clears them: the
+    trainer's last validation, of best.pt, is kept with the run so its figures can be compared with intervals."""
+    get_stats = validator.get_stats
+
+    def snapshot_then_get_stats():
+        files = list(getattr(getattr(validator.dataloader, "dataset", None), "im_files", None) or [])
+        validator.npuyolo_matched = ({k: list(v) for k, v in validator.metrics.stats.items()}, files)
+        return get_stats()
+
+    validator.get_stats = snapshot_then_get_stats
+
+
+def save_final_stats(trainer, sink: RecordSink) -> None:
+    """The final validation's matched statistics as `stats/val-rect.npz` in the run's folder (the trainer validates
+    in rectangular batches: `rect`), recorded as the run's `stats/val` artefact."""
+    kept = getattr(getattr(trainer, "validator", None), "npuyolo_matched", None)
+    if not kept:
+        return
+    per, files = kept
+    names = trainer.data["names"] if isinstance(trainer.data["names"], dict) else dict(enumerate(trainer.data["names"]))
+    try:
+        stats = MatchedStats.from_validator(per, files, names, "rect", meta={"imgsz": trainer.args.imgsz,
+                                                                          "data": str(trainer.args.data), "weights": "best"})
+    except StatsError:  # the validator saw other images than its dataset lists: nothing trustworthy to keep
+        return
+    path = save_stats(stats, Path(trainer.save_dir) / "stats" / "val-rect.npz")
+    sink.add_artifact("stats/val", path, {"pipeline": "rect", "images": stats.n_images})
 
 
 _ultralytics_add_integration_callbacks = None  # Ultralytics' own function, wrapped below
@@ -251,6 +288,7 @@ def attach_records(trainer: NpuyoloTrainer, sink: RecordSink) -> None:
         else:  # Ultralytics' final_eval: validation of best.pt after the last epoch
             best = {k: row[k] for k in ("precision", "recall", "map50", "map50_95")}
             sink.update_run(best_json=json.dumps({"weights": str(t.best), **best}))
+            save_final_stats(t, sink)
 
     def on_pretrain_routine_end(t: NpuyoloTrainer) -> None:
         # t.amp is what Ultralytics trains with, after its (here offline) AMP check: recorded, not assumed
