@@ -326,3 +326,42 @@ def test_a_vendor_error_of_many_lines_is_cut_to_one(here, tmp_path, monkeypatch)
     with pytest.raises(DeployError) as e:
         vendor.VendorRuntime(art, tmp_path / "eval.log")
     assert "\n" not in str(e.value) and "ValueError: bad" in str(e.value) and len(str(e.value)) < 400
+
+
+def test_a_compiled_file_changed_since_its_build_is_refused(tmp_path, small_fp32):
+    """Issue 36: RKNN's simulator rebuilds from the manifest and never reads the .rknn, so a file cut to 10 bytes
+    scored exactly like the intact build. The manifest records the built file's size and sha256; a mismatch is
+    one line, before any scoring."""
+    rknn = rknn_build(tmp_path, small_fp32)
+    record = json.loads((rknn.parent / (rknn.name + ".npuyolo.json")).read_text())
+    assert record["size"] == 4000 and len(record["sha256"]) == 64
+    vendor.read_compiled(rknn)
+    rknn.write_bytes(rknn.read_bytes()[:10])
+    with pytest.raises(DeployError, match="changed since npu compile built it") as e:
+        vendor.read_compiled(rknn)
+    assert "\n" not in str(e.value)
+    rknn.write_bytes(b"X" * 4000)  # same size, other bytes
+    with pytest.raises(DeployError, match="changed since npu compile built it"):
+        vendor.read_compiled(rknn)
+    no_digest = rknn_build(tmp_path / "old", small_fp32, size=None, sha256=None)  # written before sizes were recorded
+    with pytest.raises(DeployError, match="records no size and sha256"):
+        vendor.read_compiled(no_digest)
+
+
+def test_a_stray_manifest_beside_a_plain_export_does_not_make_it_compiled(tmp_path, small_fp32):
+    """Issue 36: a manifest written for another file (copied beside a plain export) does not send `deploy eval
+    model.onnx` into the IMX500 route: its recorded sha256 is not this file's."""
+    import shutil
+
+    from npuyolo.compilers.manifest import manifest_path, write_manifest
+
+    build = tmp_path / "imx"
+    build.mkdir()
+    dense = Path(shutil.copyfile(small_fp32, build / "model_imx_dense.onnx"))
+    shutil.copyfile(small_fp32, build / "model_fp32.onnx")
+    write_manifest(dense, "onnx", build / "model_fp32.onnx", mct=True, outputs="boxes,scores")
+    assert vendor.is_compiled(dense)
+    plain = Path(shutil.copyfile(small_fp32, tmp_path / "model.onnx"))
+    plain.write_bytes(plain.read_bytes() + b"\0")  # another file (an export of another size, say)
+    shutil.copyfile(manifest_path(dense), manifest_path(plain))
+    assert not vendor.is_compiled(plain)

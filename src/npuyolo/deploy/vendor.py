@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from npuyolo.compilers.envs import clean_env, require
-from npuyolo.compilers.manifest import manifest_path
+from npuyolo.compilers.manifest import file_digest, manifest_path
 from npuyolo.data.calibration import calibration_images, letterbox
 from npuyolo.deploy.contract import ContractReport, InputContract, check_contract, prepare
 from npuyolo.deploy.evaluate import Deployable, DeployError, load_deployable, validate_matched
@@ -71,7 +71,16 @@ def is_compiled(path: str | Path) -> bool:
     """A file `deploy eval` scores in a compiler's environment: .rknn, .tflite, or an ONNX file a vendor tool wrote
     (MCT's quantized model for IMX500), which `npu compile` marks with a manifest beside it."""
     path = Path(path)
-    return path.suffix.lower() in SUFFIXES or (path.suffix.lower() == ".onnx" and manifest_path(path).is_file())
+    if path.suffix.lower() in SUFFIXES:
+        return True
+    if path.suffix.lower() != ".onnx" or not manifest_path(path).is_file():
+        return False
+    try:  # a manifest written for another file (copied beside a plain export) does not make this one compiled
+        record = json.loads(read_regular_file(manifest_path(path), MANIFEST_MAX_BYTES).decode("utf-8"))
+        recorded = record.get("sha256") if isinstance(record, dict) else None
+        return not isinstance(recorded, str) or file_digest(path)[1] == recorded
+    except (FileReadError, OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return True  # read_compiled says what is wrong with it
 
 
 MANIFEST_MAX_BYTES = 1 << 20  # a manifest is a few hundred bytes
@@ -144,8 +153,22 @@ def read_compiled(path: str | Path) -> CompiledArtefact:
                 *(("--boxes-scores",) if record.get("outputs") == "boxes,scores" else ()))
     else:
         args = ("--model", str(path.resolve()))
+    _check_unchanged(path, record, manifest)
     imgsz = load_deployable(onnx).imgsz
     return CompiledArtefact(kind, path, onnx, args, InputContract(imgsz, **CONTRACTS[kind]), folder)
+
+
+def _check_unchanged(path: Path, record: dict, manifest: Path) -> None:
+    """The compiled file is the one npu compile built: RKNN's simulator rebuilds from the manifest and never reads the
+    .rknn file, so without this a file cut to 10 bytes would score exactly like the build."""
+    size, sha256 = record.get("size"), record.get("sha256")
+    if not isinstance(size, int) or isinstance(size, bool) or not isinstance(sha256, str):
+        raise DeployError(f"{manifest}: records no size and sha256 of the built file (written by an older npuyolo); "
+                          "compile it again with `npuyolo npu compile`")
+    got_size, got_sha = file_digest(path)
+    if (got_size, got_sha) != (size, sha256):
+        raise DeployError(f"{path.name} changed since npu compile built it ({got_size} bytes, sha256 {got_sha[:12]}; "
+                          f"built: {size} bytes, {sha256[:12]}); compile it again with `npuyolo npu compile`")
 
 
 def _check_calibration_list(listing: Path, folder: Path, manifest: Path) -> None:
