@@ -107,3 +107,18 @@ def test_train_through_either_door_records_the_same_run(tmp_path, synth_data):
         run = Registry(db, readonly=True).get_run(run_id)
         recorded[door] = (run.status, run.recipe, [e.epoch for e in run.epochs], sorted(a.kind for a in run.artifacts))
     assert recorded["cli"] == recorded["api"] and recorded["cli"][0] == "finished"
+
+
+def test_a_stray_file_named_like_a_run_id_does_not_hide_the_run(tmp_path, checkpoint, monkeypatch):
+    """Issue 36: with a file `1` in the working folder, `export 1`, `deploy plan 1` and `deploy quantize 1` said
+    "expected a .pt checkpoint". An all-digit reference (or `#1`) names a run; `./1` still names the file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "1").write_text("notes")
+    (tmp_path / "#2").write_text("notes")
+    assert [ModelRef.parse(r).kind for r in ("1", "#2", " 1 ", "./1")] == ["run", "run", "run", "pt"]
+    db = tmp_path / "reg" / "npuyolo.db"
+    run_id = finished_run(db, checkpoint)
+    assert run_id == 1
+    out = tmp_path / "one.onnx"
+    assert Path(cli("export", "1", "--out", out, "--registry", db, "--json")["onnx"]) == out.resolve()
+    assert Workspace(db).export(1, tmp_path / "two.onnx") == (tmp_path / "two.onnx").resolve()

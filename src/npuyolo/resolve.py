@@ -24,8 +24,10 @@ RefKind = Literal["onnx", "pt", "variant", "run"]
 
 @dataclass(frozen=True)
 class ModelRef:
-    """What a model argument names, decided once: an .onnx file, a .pt checkpoint (or any other existing file,
-    which the safe loader then judges), a variant name (built untrained), else a run of the registry."""
+    """What a model argument names, decided once: a run id (`7` or `#7`: digits alone always name a run, since run
+    names never are, even with a file `7` in the working folder; `./7` names the file), an .onnx file, a .pt
+    checkpoint (or any other existing file, which the safe loader then judges), a variant name (built untrained),
+    else a run of the registry by its name."""
 
     text: str
     kind: RefKind
@@ -34,6 +36,8 @@ class ModelRef:
     def parse(cls, ref: str | int | Path) -> ModelRef:
         text = str(ref).strip()
         low = text.lower()
+        if text.removeprefix("#").isdigit() and text.removeprefix("#").isascii():
+            return cls(text, "run")
         if low.endswith(".onnx"):
             return cls(text, "onnx")
         if low.endswith(".pt") or Path(text).is_file():
