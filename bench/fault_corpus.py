@@ -500,6 +500,62 @@ def cases_r5_a(f: dict) -> list[tuple[str, list[str], dict, int]]:
         add(f"npu check --imgsz {size} (r5)", ["npu", "check", "L4-relu", "-t", "relu-only", "--imgsz", size])
         add(f"deploy quantize --imgsz {size} (r5)", ["deploy", "quantize", "precious", "--data", d, "--imgsz", size])
         add(f"predict --imgsz {size} (r5)", ["predict", "L4-relu", image, "--imgsz", size, "--out", work / "p"])
+    # a stray file named like a run id in the working folder (the corpus' cwd): `1` still names run 1
+    (work.parent.parent / "1").write_text("a stray file")
+    add("export 1 with a file named 1 in the working folder (r5, legal)", ["export", "1", "--imgsz", "64", "--out",
+                                                                           work / "one.onnx"], 0)
+    add("npu check 1 with a file named 1 in the working folder (r5, legal)", ["npu", "check", "1", "-t", "relu-only",
+                                                                              "--imgsz", "64"], 0)
+    # recorded plans that are a FIFO, a link to an endless device, hand-edited to wrong types, nested 200,000 deep
+    from npuyolo.deploy.plan import Accuracy, Candidate, Placement, Plan, Row, TargetPlan
+    from npuyolo.registry.db import Registry
+    from npuyolo.train.recipe import Recipe
+
+    acc = Accuracy(0.5, 0.5, 0.5, 0.3)
+    row = Row("relu-only", Candidate("export", None, "int8"), "/p/a.onnx", "/p/a-int8.onnx",
+              Placement(1.0, 10, 0, 0, 0, {}, {}), acc, acc, acc, acc, 0.25)
+    good = Plan("m", 1, d, 0.25, "minmax", [TargetPlan("relu-only", row, None, None, [row])]).as_dict()
+
+    def edited(change):
+        plan = json.loads(json.dumps(good))
+        change(plan)
+        return json.dumps(plan)
+
+    plans = {
+        "fifo": None, "dev-zero": "/dev/zero",
+        "share-lots": edited(lambda p: p["targets"][0]["rows"][0]["placement"].update(share_nodes="lots")),
+        "map50-text": edited(lambda p: p["targets"][0]["rows"][0]["fp32"].update(map50="0.5")),
+        "npu-ms-fast": edited(lambda p: p["targets"][0]["rows"][0]["placement"].update(npu_ms="fast")),
+        "advice-no-values": edited(lambda p: p["targets"][0].update(advice=[{"kind": "reslope", "values": {}}])),
+        "advice-abc": edited(lambda p: p["targets"][0].update(advice="abc")),
+        "deep": "[" * 200_000 + "]" * 200_000,
+    }
+    db = work / "plans" / "npuyolo.db"
+    if not db.exists():
+        reg = Registry(db)
+        reg.upsert_series("s5", {"variants": list(plans)})
+        for name, content in plans.items():
+            rid = reg.create_run(name=name, variant="L4-relu", recipe=Recipe.load(epochs=1, imgsz=64, workers=0).model_dump(),
+                                 data_path=d, data_hash="h", class_names=["a"] * 6, weights_source=None, device="cpu",
+                                 versions={}, series="s5")
+            reg.record_epoch(rid, 1, map50=0.1, map50_95=0.05, precision=0.2, recall=0.1, box_loss=1, cls_loss=1, dfl_loss=1)
+            reg.set_status(rid, "finished")
+            reg.set_series_member("s5", name, rid)
+            path = work / "plans" / name / "plan.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if content is None:
+                os.mkfifo(path)
+            elif content.startswith("/dev/"):
+                path.symlink_to(content)
+            else:
+                path.write_text(content)
+            reg.add_artifact(rid, "plan", path)
+        reg.close()
+    env = {"NPUYOLO_REGISTRY": str(db)}
+    for name in plans:
+        add(f"report: recorded plan.json {name} (r5, legal: no plan)", ["report", name, "--out", work / "reports"], 0, env)
+    add("series report: members' plan.json a FIFO, a device, edited (r5, legal)", ["series", "report", "s5", "--out",
+                                                                                     work / "reports"], 0, env)
     return out
 
 

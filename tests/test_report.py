@@ -398,3 +398,70 @@ def test_an_old_edited_or_hostile_plan_never_breaks_the_report(recorded, tmp_pat
     assert facts.plan is None and {j.key for j in facts.judgements if j.kind == "strategy"} == {"no_plan"}
     path.write_text("{\"targets\": [")  # truncated
     assert run_facts(reg, leaky, relu).plan is None
+
+
+def test_a_fifo_or_a_device_at_the_recorded_plan_is_no_plan(recorded, tmp_path):
+    """Issue 36, severe 2: a FIFO at the run's recorded plan.json hung `report` and `series report` for ever (a link to
+    an endless device would read for ever). The plan is read like every other file: regular files only, size-capped."""
+    import os
+    import subprocess
+    import sys
+
+    reg, leaky, relu, _ = recorded
+    _record_plan(reg, leaky, relu, tmp_path / "plan")
+    path = tmp_path / "plan" / "plan.json"
+    path.unlink()
+    os.mkfifo(path)
+    for argv in (["report", str(leaky)], ["series", "report", "v3"]):
+        done = subprocess.run([sys.executable, "-m", "npuyolo.cli", *argv, "--registry", str(reg.path), "--out",
+                               str(tmp_path / "out")], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    facts = run_facts(reg, leaky, relu)
+    assert facts.plan is None and "not a regular file" in facts.plan_note
+    for target in ("/dev/zero", "/dev/urandom"):
+        path.unlink()
+        path.symlink_to(target)
+        assert run_facts(reg, leaky, relu).plan is None
+        text = render_series(reg, "v3", tmp_path / "s", lang="en").read_text()
+        assert "Deployment plan" not in text
+    path.unlink()
+    path.write_text(" " * (17 << 20))  # larger than any plan npuyolo writes
+    facts = run_facts(reg, leaky, relu)
+    assert facts.plan is None and "larger than" in facts.plan_note
+
+
+HAND_EDITS = {  # issue 36: values of the wrong type crashed `report` and `series report` (format codes, Jinja, not a mapping)
+    "share_nodes: 'lots'": lambda d: d["targets"][0]["rows"][1]["placement"].update(share_nodes="lots"),
+    "fp32.map50: '0.5'": lambda d: d["targets"][0]["rows"][1]["fp32"].update(map50="0.5"),
+    "npu_ms: 'fast'": lambda d: d["targets"][3]["rows"][0]["placement"].update(npu_ms="fast"),
+    "advice: reslope without values": lambda d: d["targets"][0].update(advice=[{"kind": "reslope", "values": {}}]),
+    "advice: 'abc'": lambda d: d["targets"][0].update(advice="abc"),
+    "advice of an unknown kind": lambda d: d["targets"][0].update(advice=[{"kind": "nope", "values": {}}]),
+    "conf: true": lambda d: d.update(conf=True),
+    "targets: {}": lambda d: d.update(targets={}),
+    "rows: a string": lambda d: d["targets"][1].update(rows="abc"),
+}
+
+
+@pytest.mark.parametrize("edit", [*HAND_EDITS, "nested 200,000 deep"])
+def test_a_hand_edited_plan_of_the_wrong_types_is_no_plan_with_a_note(recorded, tmp_path, edit):
+    """The whole plan is validated by one typed model; an invalid plan counts as no plan and the report says why in one
+    line, in both languages and formats, and the series report leaves that member out."""
+    reg, leaky, relu, _ = recorded
+    _record_plan(reg, leaky, relu, tmp_path / "plan")
+    path = tmp_path / "plan" / "plan.json"
+    if edit in HAND_EDITS:
+        d = json.loads(path.read_text())
+        HAND_EDITS[edit](d)
+        path.write_text(json.dumps(d))
+    else:
+        path.write_text("[" * 200_000 + "]" * 200_000)
+    facts = run_facts(reg, leaky, relu)
+    assert facts.plan is None and facts.plan_note and "\n" not in facts.plan_note
+    assert {j.key for j in facts.judgements if j.kind == "strategy"} == {"no_plan"}
+    for lang in ("en", "ko"):
+        for fmt in ("md", "html"):
+            text = render_run(reg, leaky, tmp_path / f"r-{lang}-{fmt}", lang=lang, fmt=fmt).read_text(encoding="utf-8")
+            assert "plan.json" in text and ("not a valid plan" in text or "유효한 계획이 아닙니다" in text)
+        series = render_series(reg, "v3", tmp_path / f"s-{lang}", lang=lang).read_text(encoding="utf-8")
+        assert "Deployment plan" not in series and "배포 계획:" not in series

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from npuyolo.errors import UnsafePathError, storage_error
+from npuyolo.errors import NpuyoloError, UnsafePathError, storage_error
 
-__all__ = ["DEFAULT_REGISTRY", "MAX_COMPONENT_BYTES", "atomic_path", "check_output_file", "claim_dir", "default_registry_path", "file_problem", "make_dir", "out_of_space", "safe_join",
+__all__ = ["DEFAULT_REGISTRY", "MAX_COMPONENT_BYTES", "FileReadError", "atomic_path", "check_output_file", "claim_dir", "default_registry_path", "file_problem", "make_dir", "out_of_space", "read_regular_file", "safe_join",
            "slug", "unique_slug", "write_bytes", "write_text"]
 
 MAX_COMPONENT_BYTES = 96  # well under every file system's 255-byte limit, leaving room for suffixes
@@ -114,6 +114,37 @@ def file_problem(path: str | Path, empty_ok: bool = True) -> str | None:
     if not empty_ok and st.st_size == 0:
         return "is empty (0 bytes)"
     return None
+
+
+class FileReadError(NpuyoloError, ValueError):
+    """A file to read that is not a regular file (a FIFO, a device, a folder), cannot be opened, or is too large."""
+
+
+def read_regular_file(path: str | Path, max_bytes: int) -> bytes:
+    """The bytes of `path`, read only when it is a regular file of at most `max_bytes` (links followed, then checked
+    again on the open file, so a FIFO or a device swapped in never blocks or reads for ever); else `FileReadError`."""
+    problem = file_problem(path)
+    if problem is not None:
+        raise FileReadError(f"{path} {problem}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise FileReadError(f"{path} cannot be read ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileReadError(f"{path} is not a regular file (a FIFO, socket or device); only regular files are read")
+        if st.st_size > max_bytes:
+            raise FileReadError(f"{path} is larger than {max_bytes} bytes")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(max_bytes + 1)  # it may have grown since
+    except OSError as e:
+        raise FileReadError(f"{path} cannot be read ({e.strerror or e})") from None
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise FileReadError(f"{path} is larger than {max_bytes} bytes")
+    return data
 
 
 def make_dir(path: str | Path) -> Path:

@@ -7,11 +7,9 @@ recorded `deploy plan` alone: each is a candidate that was built and measured, n
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from npuyolo.deploy.plan import cell, chosen_row
+from npuyolo.deploy.plan import PlanError, cell, chosen_row, load_recorded_plan
 from npuyolo.errors import NpuyoloError
 from npuyolo.registry.db import CompilerRunRow, DeployEvalRow, EpochRow, NpuCheckRow, RegistryError, RunRecord
 from npuyolo.train.series import rank_series
@@ -64,6 +62,13 @@ class RunFacts:
     judgements: list[Judgement]
     plan: dict | None = None  # the run's latest recorded `deploy plan` (plan.json), None when none is recorded
     plan_twin: str | None = None  # the name of the ReLU twin behind the plan's `relu-twin` candidates
+    plan_problem: dict | None = None  # {"path", "why"}: a recorded plan.json not used (not a regular file, not a valid plan)
+
+    @property
+    def plan_note(self) -> str | None:
+        """The one line a report says about a recorded plan it could not use."""
+        p = self.plan_problem
+        return None if p is None else f"{p['path']} is not a valid plan ({p['why']}); shown as no plan"
 
     @property
     def plan_cells(self) -> list[dict]:
@@ -177,33 +182,25 @@ def plan_judgements(facts: RunFacts) -> list[Judgement]:
 
 def recorded_plan(registry, run: RunRecord) -> dict | None:
     """The run's latest recorded `deploy plan` (its plan.json); None when none is recorded, or its file is gone or
-    unreadable."""
+    not a valid plan (`plan_problem` says why)."""
+    return plan_and_problem(run)[0]
+
+
+def plan_and_problem(run: RunRecord) -> tuple[dict | None, dict | None]:
+    """(the run's recorded plan, None) when it is valid; (None, {"path", "why"}) when its plan.json is gone, not a
+    regular file, too large or not a valid plan (`deploy.plan.RecordedPlan`); (None, None) when none is recorded."""
     recorded = run.artifact("plan")
     if recorded is None:
-        return None
+        return None, None
     try:
-        plan = json.loads(Path(recorded.path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return plan if _plan_shape_ok(plan) else None
-
-
-def _plan_shape_ok(plan) -> bool:
-    """What the report reads from a plan.json is there: at least one target, each with rows and its chosen row among
-    them, each row with a candidate, placement and accuracies. An edited or truncated file is treated as no plan."""
-    try:
-        if not isinstance(plan, dict) or not plan["targets"]:
-            return False
-        for tp in plan["targets"]:
-            if not isinstance(tp["target"], str):
-                return False
-            cell(tp)  # the chosen row (StopIteration when it is not among the rows): placement, accuracies, retention
-            for r in tp["rows"]:
-                float(r["fp32"]["map50"]), str(r["candidate"]["source"])
-        float(plan["conf"])
-    except (KeyError, TypeError, ValueError, IndexError, StopIteration):
-        return False
-    return True
+        return load_recorded_plan(recorded.path), None
+    except PlanError as e:
+        why = str(e)
+        for prefix in (f"{recorded.path}: ", f"{recorded.path} "):  # "PATH: targets.0...", "PATH is not a regular file"
+            if why.startswith(prefix):
+                why = why[len(prefix):]
+                break
+        return None, {"path": str(recorded.path), "why": why}
 
 
 def run_facts(registry, ref, compare_ref=None) -> RunFacts:
@@ -240,7 +237,7 @@ def run_facts(registry, ref, compare_ref=None) -> RunFacts:
                       and compare_final.value(m) is not None else None) for m in METRICS},
         npu=npu_rows(registry.npu_checks(run_id=run.id), registry.compiler_runs(run_id=run.id)), int8=deploy_rows(registry.deploy_evals(run.id)), judgements=[],
     )
-    facts.plan = recorded_plan(registry, run)
+    facts.plan, facts.plan_problem = plan_and_problem(run)
     twin = facts.plan.get("twin_run_id") if facts.plan else None
     if twin is not None:
         try:

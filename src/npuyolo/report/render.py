@@ -18,7 +18,7 @@ from npuyolo.npu.rewrite import rewrite_leaky
 from npuyolo.paths import atomic_path, safe_join, unique_slug, write_text
 from npuyolo.registry.db import NpuCheckRow
 from npuyolo.report import plots, webfont
-from npuyolo.report.facts import METRICS, ReportError, RunFacts, recorded_plan, run_facts
+from npuyolo.report.facts import METRICS, ReportError, RunFacts, plan_and_problem, run_facts
 from npuyolo.study.hybrid import pareto_front
 from npuyolo.study.relu_gap import study_table
 from npuyolo.train.series import rank_series
@@ -284,28 +284,31 @@ def render_series(registry, name: str, out: Path | None = None, lang: str = "en"
               for r in ranked if r["npu_share"] is not None]
     if points:
         plots.accuracy_vs_npu(points, out / img["scatter"], target)
-    plan_targets, plan_cells = series_plan_matrix(registry, ranked)
+    plan_targets, plan_cells, plan_problems = series_plan_matrix(registry, ranked)
     env = environment(html_output=fmt == "html")
     text = env.get_template(f"series_{lang}.md.j2").render(name=md_text(name, fmt == "html"), rows=rows, target=target, has_scatter=bool(points), img=img,
                                                             metrics=METRICS, checked_by=checked_by, plan_targets=plan_targets,
-                                                            plan_cells=plan_cells)
+                                                            plan_cells=plan_cells, plan_problems=plan_problems)
     text = tidy_markdown(text)
     if fmt == "html":
         return write_text(out / f"{stem}_{lang}.html", to_html(text, out, f"series {name}"))
     return write_text(out / f"{stem}_{lang}.md", text)
 
 
-def series_plan_matrix(registry, members: list[dict]) -> tuple[list[str], dict[str, dict[str, dict]]]:
+def series_plan_matrix(registry, members: list[dict]) -> tuple[list[str], dict[str, dict[str, dict]], dict[str, dict]]:
     """variant x target from each member's latest recorded `deploy plan` (what `series plan` records on every run);
-    empty when no member has one. A plan file that is gone or unreadable leaves that member out."""
-    plans = {}
+    empty when no member has one. A plan file that is gone, not a regular file or not a valid plan leaves that member
+    out, and the third value says why (variant -> {"path", "why"})."""
+    plans, problems = {}, {}
     for m in members:
         if m.get("run_id") is None or m.get("status") == "derived":
             continue
-        plan = recorded_plan(registry, registry.get_run(m["run_id"]))
+        plan, problem = plan_and_problem(registry.get_run(m["run_id"]))
         if plan is not None:
             plans[m["variant"]] = plan
-    return matrix(plans)
+        elif problem is not None:
+            problems[m["variant"]] = problem
+    return (*matrix(plans), problems)
 
 
 UNDERTRAINED_MAP50 = 0.05  # below this L4-leaky has not learned yet: gaps between near-zero scores mean nothing
