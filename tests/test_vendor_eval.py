@@ -365,3 +365,19 @@ def test_a_stray_manifest_beside_a_plain_export_does_not_make_it_compiled(tmp_pa
     plain.write_bytes(plain.read_bytes() + b"\0")  # another file (an export of another size, say)
     shutil.copyfile(manifest_path(dense), manifest_path(plain))
     assert not vendor.is_compiled(plain)
+
+
+def test_a_missing_compiler_is_found_before_the_fp32_validation(tmp_path, small_fp32, monkeypatch):
+    """Issue 36: for every compiled kind, the compiler's environment is looked for before minutes of FP32 scoring."""
+    from npuyolo.compilers.envs import CompilerError
+
+    def missing(name):
+        raise CompilerError(f"the {name} compiler is not installed; `npuyolo compilers install {name}`")
+
+    def never(*args, **kwargs):
+        raise AssertionError("FP32 validation ran before the compiler was looked for")
+
+    monkeypatch.setattr(vendor, "require", missing)
+    monkeypatch.setattr(vendor, "_validate_at", never)
+    with pytest.raises(CompilerError, match="rknn compiler is not installed"):
+        vendor.evaluate_compiled(rknn_build(tmp_path, small_fp32), tmp_path / "data.yaml")

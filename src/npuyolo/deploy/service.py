@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from npuyolo.compilers.envs import require
 from npuyolo.data.check import check_dataset
 from npuyolo.deploy.evaluate import DeployError, evaluate_onnx, torch_predictor, validate
 from npuyolo.deploy.export import check_imgsz, default_head, export_onnx, onnx_metadata
@@ -85,6 +86,7 @@ def evaluate_artefact(registry, path: str | Path, data: str | Path, layers: bool
     path = Path(path)
     if is_compiled(path):
         art = read_compiled(path)  # before the data set is read: a file without its manifest is one line
+        require(art.compiler)  # and a missing compiler
         check_dataset(data, cache_dir=registry.root / "cache")
         run_id = registry.artifact_run(art.onnx)
         done = [e for e in registry.deploy_evals(run_id) if e.artefact == str(art.onnx)] if run_id is not None else []

@@ -324,6 +324,7 @@ def evaluate_compiled(path: str | Path, data: str | Path, batch: int = 8, conf: 
     from the same forward passes."""
     started = time.perf_counter()
     art = read_compiled(path)
+    require(art.compiler)  # a missing compiler is the first thing the user hears, not after the FP32 validation
     if layers and art.kind != "rknn":
         raise DeployError(f"per-layer analysis needs RKNN's accuracy_analysis; {art.path.name} is a {art.kind} build")
     if qdq is not None:
