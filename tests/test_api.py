@@ -57,3 +57,34 @@ def test_a_missing_ultralytics_is_one_clear_error():
             "try:\n    import npuyolo.ultra\nexcept Exception as e:\n    print(type(e).__name__, '|', e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert out.startswith("MissingUltralyticsError |") and "npuyolo[headless]" in out
+
+
+PLAN_CALLS = {  # issue 36: Workspace.plan and series_plan skipped the argument checks every other method has
+    "plan(targets='relu-only')": lambda ws, d: ws.plan("L4-relu", "relu-only", d),
+    "plan(targets=None)": lambda ws, d: ws.plan("L4-relu", None, d),
+    "plan(targets=[1])": lambda ws, d: ws.plan("L4-relu", [1], d),
+    "plan(data=None)": lambda ws, d: ws.plan("L4-relu", ["relu-only"], None),
+    "plan(model=None)": lambda ws, d: ws.plan(None, ["relu-only"], d),
+    "plan(conf='0.3')": lambda ws, d: ws.plan("L4-relu", ["relu-only"], d, conf="0.3"),
+    "plan(calib='4')": lambda ws, d: ws.plan("L4-relu", ["relu-only"], d, calib="4"),
+    "plan(holdout=8.0)": lambda ws, d: ws.plan("L4-relu", ["relu-only"], d, holdout=8.0),
+    "plan(imgsz='64')": lambda ws, d: ws.plan("L4-relu", ["relu-only"], d, imgsz="64"),
+    "plan(sweep='no')": lambda ws, d: ws.plan("L4-relu", ["relu-only"], d, sweep="no"),
+    "plan(vendor_int8=1)": lambda ws, d: ws.plan("L4-relu", ["relu-only"], d, vendor_int8=1),
+    "series_plan(targets='relu-only')": lambda ws, d: ws.series_plan("s", "relu-only"),
+    "series_plan(targets=None)": lambda ws, d: ws.series_plan("s", None),
+    "series_plan(name=None)": lambda ws, d: ws.series_plan(None, ["relu-only"]),
+    "series_plan(data=5)": lambda ws, d: ws.series_plan("s", ["relu-only"], 5),
+    "series_plan(conf='0.3')": lambda ws, d: ws.series_plan("s", ["relu-only"], conf="0.3"),
+    "series_plan(calib='4')": lambda ws, d: ws.series_plan("s", ["relu-only"], calib="4"),
+}
+
+
+@pytest.mark.parametrize("call", list(PLAN_CALLS))
+def test_plan_arguments_of_the_wrong_type_are_one_npuyolo_error(tmp_path, synth_data, call):
+    """`targets="relu-only"` planned the unknown target 'r'; None and str numbers were TypeError tracebacks."""
+    with pytest.raises(NpuyoloError) as e:
+        PLAN_CALLS[call](Workspace(tmp_path / "r.db"), synth_data)
+    said = str(e.value)
+    assert "must be" in said and "\n" not in said, said
+    assert not (tmp_path / "plan").exists()

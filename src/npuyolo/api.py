@@ -76,6 +76,28 @@ def _number(value: Any, what: str, kind: type = int, optional: bool = False):
     return value
 
 
+def _targets(value: Any) -> list[str]:
+    """A list (or tuple) of target names; a bare str would be read letter by letter."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(t, str) for t in value):
+        from npuyolo.errors import NpuyoloError
+
+        raise NpuyoloError(f"targets must be a list of target names, got {value!r}"[:200], param="targets")
+    return list(value)
+
+
+def _plan_options(kwargs: dict) -> dict:
+    """`plan`/`series_plan` options of `deploy.plan.build_plan`, each of its type (a str number is not one)."""
+    from npuyolo.errors import NpuyoloError
+
+    numbers = {"conf": (float, False), "calib": (int, False), "holdout": (int, False), "imgsz": (int, True)}
+    for key, value in kwargs.items():
+        if key in numbers:
+            _number(value, key, numbers[key][0], optional=numbers[key][1])
+        elif key in ("sweep", "vendor_int8") and not isinstance(value, bool):
+            raise NpuyoloError(f"{key} must be True or False, got {type(value).__name__} {value!r}"[:200], param=key)
+    return kwargs
+
+
 class Workspace:
     """One registry and its run folders. `registry=None` uses NPUYOLO_REGISTRY or runs/npuyolo.db."""
 
@@ -164,12 +186,9 @@ class Workspace:
         from npuyolo.npu.check import record as record_check
 
         model, imgsz, nc = _ref(model, "model"), _number(imgsz, "imgsz", optional=True), _number(nc, "nc")
-        if isinstance(targets, str) or not isinstance(targets, (list, tuple)) or not all(isinstance(t, str) for t in targets):
-            from npuyolo.errors import NpuyoloError
-
-            raise NpuyoloError(f"targets must be a list of target names, got {targets!r}"[:200])
+        targets = _targets(targets)
         reg = self._registry()
-        result = check_model(model, list(targets), reg, imgsz=imgsz, head=head, nc=nc)
+        result = check_model(model, targets, reg, imgsz=imgsz, head=head, nc=nc)
         if record:
             record_check(result, reg, head)
         return result
@@ -240,7 +259,8 @@ class Workspace:
         from npuyolo.deploy.plan import build_plan
 
         _known(build_plan, kwargs)
-        return build_plan(self._registry(), str(model), list(targets), data, **kwargs)
+        model, targets, data = _ref(model, "model"), _targets(targets), _path(data, "data")
+        return build_plan(self._registry(), model, targets, data, **_plan_options(kwargs))
 
     def series_plan(self, name: str, targets: list[str], data: str | Path | None = None, **kwargs: Any):
         """`plan` for each finished member of a series (each recorded on its run): a `SeriesPlan` whose `cells()` say
@@ -248,7 +268,8 @@ class Workspace:
         from npuyolo.deploy.plan import build_plan, build_series_plan
 
         _known(build_plan, kwargs)
-        return build_series_plan(self._registry(), name, list(targets), data, **kwargs)
+        name, targets, data = _ref(name, "name"), _targets(targets), _path(data, "data", optional=True)
+        return build_series_plan(self._registry(), name, targets, data, **_plan_options(kwargs))
 
     def bundle(self, run: str | int | None = None, target: str | None = None, *, artefact: str | Path | None = None,
                out: str | Path | None = None, conf: float | None = None, iou: float | None = None):
