@@ -381,3 +381,18 @@ def test_a_missing_compiler_is_found_before_the_fp32_validation(tmp_path, small_
     monkeypatch.setattr(vendor, "_validate_at", never)
     with pytest.raises(CompilerError, match="rknn compiler is not installed"):
         vendor.evaluate_compiled(rknn_build(tmp_path, small_fp32), tmp_path / "data.yaml")
+
+
+def test_a_runtime_that_dies_before_answering_is_one_line_with_its_exit_code(here, tmp_path, monkeypatch):
+    """Issue 36: a truncated .tflite kills TFLite before the driver answers: "did not start (... exit None ...)" named
+    the log twice. The exit code is waited for, the log's last line quoted, the log named once, all on one line."""
+    script = tmp_path / "driver.py"
+    script.write_text('import sys\nsys.stderr.write("Traceback (most recent call last):\\n'
+                      'ValueError: Model provided has model identifier \'x\\n\', should be \'TFL3\'\\n")\nsys.exit(3)\n')
+    monkeypatch.setattr(vendor, "DRIVER", script)
+    art = artefact(tmp_path / "m.tflite", tmp_path / "m.onnx", InputContract(64))
+    with pytest.raises(DeployError) as e:
+        vendor.VendorRuntime(art, tmp_path / "eval.log")
+    said = str(e.value)
+    assert "\n" not in said and "exit 3" in said and "exit None" not in said and said.count("eval.log") == 1
+    assert "should be 'TFL3'" in said

@@ -198,26 +198,42 @@ class VendorRuntime:
         self.proc = subprocess.Popen([env.python, str(DRIVER), art.kind, *art.args], cwd=art.folder, env=clean_env(),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
         started = time.monotonic()
-        hello = self._read_json()
-        if not hello.get("ok"):
+        head = self.proc.stdout.read(8)
+        if len(head) < 8:  # it died before answering (a truncated .tflite can take TFLite down with it)
+            why = self._stopped()
             self.close()
-            raise DeployError(f"{art.kind} runtime for {art.path.name} did not start "
-                              f"({one_line(hello.get('error', 'no answer'))}); see {log}")
+            raise DeployError(f"{art.kind} runtime for {art.path.name} did not start ({why}); see {log}")
+        try:
+            hello = json.loads(self.proc.stdout.read(struct.unpack("<Q", head)[0]))
+        except ValueError:
+            hello = {"ok": False, "error": "its first answer is not JSON"}
+        if not isinstance(hello, dict) or not hello.get("ok"):
+            self.close()
+            error = hello.get("error", "no answer") if isinstance(hello, dict) else "no answer"
+            raise DeployError(f"{art.kind} runtime for {art.path.name} did not start ({one_line(error)}); see {log}")
         self.info = hello
         self.start_s = round(time.monotonic() - started, 2)
+
+    def _stopped(self) -> str:
+        """How the driver ended: its exit code (waited for) and the last line it wrote to its log."""
+        try:
+            code = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            code = None
+        self._stderr.flush()
+        try:
+            lines = [x for x in self.log.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()]
+        except OSError:
+            lines = []
+        said = f"exit {code}" if code is not None else "no answer"
+        return f"{said}: {one_line(lines[-1], 200)}" if lines else said
 
     def _read(self) -> bytes:
         head = self.proc.stdout.read(8)
         if len(head) < 8:
-            raise DeployError(f"the {self.art.kind} runtime stopped (exit {self.proc.poll()}); see {self.log}")
+            raise DeployError(f"the {self.art.kind} runtime stopped ({self._stopped()}); see {self.log}")
         size = struct.unpack("<Q", head)[0]
         return self.proc.stdout.read(size)
-
-    def _read_json(self) -> dict:
-        try:
-            return json.loads(self._read())
-        except DeployError as e:
-            return {"ok": False, "error": str(e)}
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         buf = io.BytesIO()
