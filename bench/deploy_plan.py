@@ -25,7 +25,7 @@ def synth_run(work: Path) -> tuple[str, Path, Path]:
     from npuyolo import Workspace
     from npuyolo.data.synth import synthesize
 
-    data = synthesize(work / "data", n_train=64, n_val=16, imgsz=320, seed=0)
+    data = synthesize(work / "data", n_train=64, n_val=16, imgsz=320, seed=0, force=True)  # --workdir reused: the same set
     db = work / "npuyolo.db"
     run = Workspace(db).train("L4-leaky", data, epochs=1, imgsz=320, batch=8, workers=0, plots=False, name="bench-leaky",
                               verbose=False)

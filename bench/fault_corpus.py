@@ -247,8 +247,9 @@ def cases_r4_severe_a(f: dict) -> list[tuple[str, list[str], dict, int]]:
     theirs.mkdir(exist_ok=True)
     (theirs / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [mine]\n")
     add("data synth into a data set it did not write", ["data", "synth", theirs, "--train", "2", "--val", "1", "--imgsz", "64"])
-    for what in ("a new folder", "the folder it wrote"):
-        add(f"data synth into {what} (legal)", ["data", "synth", r4 / "synth", "--train", "2", "--val", "1", "--imgsz", "64"], code=0)
+    for what, force in (("a new folder", []), ("the folder it wrote, --force", ["--force"])):  # issue 36: only forced
+        add(f"data synth into {what} (legal)", ["data", "synth", r4 / "synth", "--train", "2", "--val", "1", "--imgsz", "64",
+                                                *force], code=0)
     return out
 
 
@@ -500,6 +501,10 @@ def cases_r5_a(f: dict) -> list[tuple[str, list[str], dict, int]]:
         add(f"npu check --imgsz {size} (r5)", ["npu", "check", "L4-relu", "-t", "relu-only", "--imgsz", size])
         add(f"deploy quantize --imgsz {size} (r5)", ["deploy", "quantize", "precious", "--data", d, "--imgsz", size])
         add(f"predict --imgsz {size} (r5)", ["predict", "L4-relu", image, "--imgsz", size, "--out", work / "p"])
+    # data synth over the set it wrote: refused without --force (a mixed set), emptied and rewritten with it
+    for what, extra, code in (("a new folder", [], 0), ("its own set again", [], 2), ("its own set, --force", ["--force"], 0)):
+        add(f"data synth into {what} (r5)", ["data", "synth", work / "synth", "--train", "2", "--val", "1", "--imgsz", "64",
+                                             *extra], code)
     # a stray file named like a run id in the working folder (the corpus' cwd): `1` still names run 1
     (work.parent.parent / "1").write_text("a stray file")
     add("export 1 with a file named 1 in the working folder (r5, legal)", ["export", "1", "--imgsz", "64", "--out",

@@ -45,7 +45,7 @@ def demo_model(work: Path, epochs: int, val: int) -> tuple[Path, Path, str, Path
     from npuyolo.train.recipe import Recipe
     from npuyolo.train.trainer import train_variant
 
-    data = synthesize(work / "synth", n_train=300, n_val=val, imgsz=320, seed=0)
+    data = synthesize(work / "synth", n_train=300, n_val=val, imgsz=320, seed=0, force=True)  # --work reused: the same set
     reg = Registry(work / "runs" / "npuyolo.db")
     recipe = Recipe(epochs=epochs, imgsz=160, batch=16, lr0=0.01, warmup_epochs=1, plots=False)
     run = train_variant("L4-leaky", data, recipe, reg, name="bench-L4-leaky", verbose=False)

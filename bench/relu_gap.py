@@ -31,7 +31,7 @@ def main() -> None:
     if data is None:
         from npuyolo.data.synth import synthesize
 
-        data = synthesize(args.work / "synth", n_train=300, n_val=60, imgsz=320, seed=0)
+        data = synthesize(args.work / "synth", n_train=300, n_val=60, imgsz=320, seed=0, force=True)  # a re-run: the same set
     recipe = args.work / "recipe.yaml"
     recipe.write_text("{lr0: 0.01, warmup_epochs: 1, batch: 16}\n")
     targets = [x for t in (args.target or ["relu-only", "rknn-rk3588", "edgetpu"]) for x in ("-t", t)]

@@ -5,7 +5,7 @@ OUT=${1:-demo_out}
 export NPUYOLO_REGISTRY="$OUT/runs/npuyolo.db"
 mkdir -p "$OUT"
 
-npuyolo data synth "$OUT/synth" --train 300 --val 60 --imgsz 320 --seed 0
+npuyolo data synth "$OUT/synth" --train 300 --val 60 --imgsz 320 --seed 0 --force  # a re-run rewrites the same set
 npuyolo data check "$OUT/synth/data.yaml"
 cat > "$OUT/series.yaml" <<YAML
 name: demo-v3

@@ -170,3 +170,32 @@ def test_dataset_root_is_the_one_ultralytics_reads(synth_data, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     _, root, _ = load_data_yaml(target)
     assert root == Path(check_det_dataset(str(target))["path"]).resolve() == (tmp_path / "sets" / "signs").resolve()
+
+
+def test_data_synth_refuses_a_non_empty_folder_unless_forced_and_then_empties_it(tmp_path):
+    """Issue 36: `data synth` re-run on its own folder with other counts left a mixed set (16 old images, 2 labels
+    rewritten, a new data.yaml), and runs trained on it silently pointed at changed data."""
+    out = tmp_path / "o"
+    args = ["data", "synth", str(out), "--imgsz", "64"]
+    assert runner.invoke(app, [*args, "--train", "6", "--val", "2"]).exit_code == 0
+    (out / "notes.txt").write_text("x")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    result = runner.invoke(app, [*args, "--train", "2", "--val", "1", "--seed", "5"])
+    assert result.exit_code == 2 and result.output.count("error:") == 1 and "--force" in result.output, result.output
+    assert "not empty" in result.output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing touched
+    result = runner.invoke(app, [*args, "--train", "2", "--val", "1", "--seed", "5", "--force"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "images" / "train").iterdir()) == ["train_00000.jpg", "train_00001.jpg"]
+    assert len(list((out / "labels" / "train").iterdir())) == 2 and len(list((out / "images" / "val").iterdir())) == 1
+    assert not (out / "notes.txt").exists() and (out / ".npuyolo-synth").is_file()
+    assert check_dataset(out / "data.yaml").as_dict()["splits"]["train"]["images"] == 2
+    with pytest.raises(DataError, match="not empty"):  # the Python function, the same rule
+        synthesize(out, 2, 1, 64, seed=5)
+    assert synthesize(out, 3, 1, 64, seed=5, force=True) == out / "data.yaml"
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "mine.txt").write_text("a user's file")
+    result = runner.invoke(app, ["data", "synth", str(theirs), "--imgsz", "64", "--train", "1", "--val", "1", "--force"])
+    assert result.exit_code == 2 and "did not write" in result.output  # --force never empties a folder npuyolo did not write
+    assert (theirs / "mine.txt").read_text() == "a user's file"

@@ -265,7 +265,7 @@ def test_data_synth_refuses_a_folder_it_did_not_write(tmp_path, synth_data):
     assert {p: sha(p) for p in theirs.rglob("*") if p.is_file()} == before
     empty = tmp_path / "empty"
     empty.mkdir()
-    for _ in range(2):  # an empty folder, then the folder it wrote itself
-        r = cli("data", "synth", empty, "--train", "2", "--val", "1", "--imgsz", "64")
+    for force in ([], ["--force"]):  # an empty folder, then the folder it wrote itself (issue 36: only with --force)
+        r = cli("data", "synth", empty, "--train", "2", "--val", "1", "--imgsz", "64", *force)
         assert r.exit_code == 0, r.output
     assert (empty / ".npuyolo-synth").is_file() and (empty / "data.yaml").is_file()

@@ -15,8 +15,10 @@ from npuyolo.cli.common import JsonOpt, Table, console, data_app, err, print_jso
 def data_synth(out: Path, train: Annotated[int, typer.Option(help="Training images.")] = 400,
                val: Annotated[int, typer.Option(help="Validation images.")] = 100,
                imgsz: Annotated[int, typer.Option(help="Image side in px.")] = 320,
-               seed: Annotated[int, typer.Option()] = 0, as_json: JsonOpt = False) -> None:
-    """Write a synthetic traffic-sign set (6 classes) in YOLO format with a data.yaml."""
+               seed: Annotated[int, typer.Option()] = 0,
+               force: Annotated[bool, typer.Option("--force", help="Empty a set npuyolo wrote there before, then write anew.")] = False,
+               as_json: JsonOpt = False) -> None:
+    """Write a synthetic traffic-sign set (6 classes) in YOLO format with a data.yaml, into a new or empty folder."""
     from rich.progress import Progress
 
     from npuyolo.data.check import DataError
@@ -24,10 +26,10 @@ def data_synth(out: Path, train: Annotated[int, typer.Option(help="Training imag
 
     if train < 1 or val < 1:
         raise DataError(["--train and --val must be at least 1"])
-    check_synth_args(out, imgsz, seed)
+    check_synth_args(out, imgsz, seed, force)
     with Progress(console=err) as progress:
         task = progress.add_task("drawing signs", total=train + val)
-        path = synthesize(out, train, val, imgsz, seed, progress=lambda n: progress.advance(task, n))
+        path = synthesize(out, train, val, imgsz, seed, progress=lambda n: progress.advance(task, n), force=force)
     if as_json:
         return print_json({"data": str(Path(path).resolve()), "train": train, "val": val, "classes": list(CLASSES)})
     console.print(f"wrote {path} ({train} train / {val} val images, classes: {', '.join(CLASSES)})", highlight=False, markup=False)

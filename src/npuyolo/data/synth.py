@@ -7,6 +7,7 @@ blurred, dimmed or brightened, partly occluded and pasted onto generated street-
 from __future__ import annotations
 
 import errno
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -182,10 +183,11 @@ def compose(imgsz: int, rng: np.random.Generator, max_signs: int = 4) -> tuple[n
 MARKER = ".npuyolo-synth"  # in every folder `synthesize` writes: only such folders may be written into again
 
 
-def check_synth_args(out: str | Path, imgsz: int, seed: int) -> Path:
-    """The output folder, created and marked as npuyolo's; refuses sizes too small to draw signs in, negative seeds,
-    a file in the way, and a non-empty folder npuyolo did not write (its data.yaml, images and labels would be
-    replaced)."""
+def check_synth_args(out: str | Path, imgsz: int, seed: int, force: bool = False) -> Path:
+    """The output folder, created, marked as npuyolo's and empty; refuses sizes too small to draw signs in, negative
+    seeds, a file in the way, a non-empty folder npuyolo did not write (its data.yaml, images and labels would be
+    replaced), and a non-empty folder it did write unless `force` (then it is emptied first): writing over a set leaves
+    old images beside new ones, and runs trained on it would silently point at changed data."""
 
     out = Path(out)
     if imgsz < 32:
@@ -195,8 +197,14 @@ def check_synth_args(out: str | Path, imgsz: int, seed: int) -> Path:
     if out.exists() and not out.is_dir():
         raise DataError([f"{out} is a file; name a folder to write the data set into"])
     try:
-        if out.is_dir() and not (out / MARKER).is_file() and any(out.iterdir()):
+        held = [p for p in out.iterdir() if p.name != MARKER] if out.is_dir() else []
+        if held and not (out / MARKER).is_file():
             raise DataError([f"{out} already holds files npuyolo did not write; give a new or empty folder"])
+        if held and not force:
+            raise DataError([f"{out} is not empty (a data set npuyolo wrote earlier); give a new or empty folder, or "
+                             "--force to empty it and write the set anew"])
+        for p in held:  # forced, in a folder npuyolo marked as its own: links are removed, never followed
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         out.mkdir(parents=True, exist_ok=True)
         (out / MARKER).touch()
     except OSError as e:
@@ -205,9 +213,10 @@ def check_synth_args(out: str | Path, imgsz: int, seed: int) -> Path:
 
 
 def synthesize(out: str | Path, n_train: int = 400, n_val: int = 100, imgsz: int = 320, seed: int = 0,
-               progress: Callable[[int], None] | None = None) -> Path:
-    """Write images/, labels/ (one file per image, empty for background) and data.yaml; returns the yaml path."""
-    out = check_synth_args(out, imgsz, seed)
+               progress: Callable[[int], None] | None = None, force: bool = False) -> Path:
+    """Write images/, labels/ (one file per image, empty for background) and data.yaml into a new or empty folder (a set
+    npuyolo wrote there before is emptied first only with `force`); returns the yaml path."""
+    out = check_synth_args(out, imgsz, seed, force)
     try:
         return _write_set(out, n_train, n_val, imgsz, seed, progress)
     except OSError as e:  # a full disk or read-only folder: one line naming the folder
