@@ -1,0 +1,168 @@
+"""Time `deploy bundle`'s host side (issue 33): post-processing per image and the ONNX bundle end to end.
+
+    python bench/bundle.py [--weights bench/seed_experiment/320/L4-relu/best.pt] [--images DIR] [--count 100]
+
+On the same NPU-head outputs of a 320 px model (the committed L4-relu unless --weights), per image:
+- the bundle's NumPy decode + NMS (`npuyolo_infer.py`: candidates over conf, DFL for them only, greedy class-aware NMS);
+- its C post-processor (`postprocess.c`, built here with cc into a shared library, called through ctypes);
+- what `npuyolo predict` does: the full DFL decode (`npuyolo.deploy.decode`) then Ultralytics' torch NMS;
+each at the deployment threshold (conf 0.25) and at the validation one (0.001, the most candidates). Then end to end
+on the same images: the bundle's runner in-process (read, letterbox, ONNX Runtime, post-processing) against
+`npuyolo predict`'s `predict_source` (model loaded once for both), and both CLIs as a user runs them (process start
+included). It checks, on every image, that the bundle and predict keep the same boxes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib.util
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = REPO / "bench" / "seed_experiment" / "320" / "L4-relu" / "best.pt"
+IMAGES = REPO.parent / "shared" / "datasets" / "roadsign4" / "images" / "val"
+
+
+class Tensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("dtype", ctypes.c_int), ("layout", ctypes.c_int), ("scale", ctypes.c_float),
+                ("zero_point", ctypes.c_int32)]
+
+
+class Config(ctypes.Structure):
+    _fields_ = [("imgsz", ctypes.c_int), ("num_strides", ctypes.c_int), ("strides", ctypes.c_int * 8), ("reg_max", ctypes.c_int),
+                ("num_classes", ctypes.c_int), ("class_sigmoid", ctypes.c_int), ("conf", ctypes.c_float), ("iou", ctypes.c_float),
+                ("max_det", ctypes.c_int)]
+
+
+class Detection(ctypes.Structure):
+    _fields_ = [("x1", ctypes.c_float), ("y1", ctypes.c_float), ("x2", ctypes.c_float), ("y2", ctypes.c_float),
+                ("score", ctypes.c_float), ("cls", ctypes.c_int32)]
+
+
+def per_image_ms(fn, items, repeat: int = 5) -> float:
+    """Median over `repeat` passes of the mean ms per item (the machine is shared: the median resists the noise)."""
+    for it in items[:5]:
+        fn(it)
+    passes = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for it in items:
+            fn(it)
+        passes.append((time.perf_counter() - t) * 1e3 / len(items))
+    return statistics.median(passes)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--weights", type=Path, default=WEIGHTS)
+    ap.add_argument("--images", type=Path, default=IMAGES)
+    ap.add_argument("--count", type=int, default=100)
+    ap.add_argument("--imgsz", type=int, default=320)
+    args = ap.parse_args()
+
+    import torch
+
+    from npuyolo.deploy.bundle import build_bundle
+    from npuyolo.deploy.decode import decode_npu_outputs, nms
+    from npuyolo.deploy.export import export_onnx
+    from npuyolo.deploy.predict import load_predictor, predict_source
+    from npuyolo.variants.checkpoint import load_weights
+
+    images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:args.count]
+    work = Path(tempfile.mkdtemp(prefix="bench-bundle-"))
+    try:
+        onnx = export_onnx(load_weights(args.weights), work / "model.onnx", imgsz=args.imgsz, head="npu")
+        bundle = build_bundle(onnx, work / "out")
+        spec = importlib.util.spec_from_file_location("npuyolo_infer", bundle.folder / "npuyolo_infer.py")
+        infer = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(infer)
+        runner = infer.Bundle(bundle.folder)
+        m = runner.manifest
+        cc = shutil.which("cc") or shutil.which("gcc")
+        lib = None
+        if cc:
+            subprocess.run([cc, "-std=c99", "-O2", "-shared", "-fPIC", "-o", str(work / "libpp.so"),
+                            str(bundle.folder / "postprocess.c"), "-lm"], check=True)
+            lib = ctypes.CDLL(str(work / "libpp.so"))
+            lib.npuyolo_workspace_size.restype = ctypes.c_size_t
+
+        raws = []
+        for p in images:
+            canvas, _, _ = infer.letterbox(infer.read_image(p), args.imgsz)
+            raws.append(runner.runtime.run(infer.prepare(canvas, m["input"], None)))
+        arranged = [infer.arrange_outputs(r, m) for r in raws]
+
+        def c_call(outs, conf):
+            n_s = len(m["strides"])
+            cfg = Config(m["imgsz"], n_s, (ctypes.c_int * 8)(*m["strides"]), m["reg_max"], len(m["names"]), 0, conf, m["iou"], 300)
+            ws = ctypes.create_string_buffer(lib.npuyolo_workspace_size(ctypes.byref(cfg)))
+            dets = (Detection * 300)()
+            wrap = [Tensor(o.ctypes.data, 0, 0, 1.0, 0) for o in outs]
+            boxes, scores = (Tensor * n_s)(*wrap[0::2]), (Tensor * n_s)(*wrap[1::2])
+            return lambda: lib.npuyolo_postprocess(ctypes.byref(cfg), boxes, scores, ws, len(ws), dets, 300)
+
+        print(f"model {args.weights} at {args.imgsz} px, {len(images)} images from {args.images}; torch threads {torch.get_num_threads()}")
+        post = {}
+        for conf in (0.25, 0.001):
+            cands = statistics.mean(int((np.concatenate([o.reshape(o.shape[0], -1) for o in a[1::2]], 1).max(0) > conf).sum())
+                                    for a in arranged)
+            numpy_ms = per_image_ms(lambda i: infer.postprocess(infer.arrange_outputs(raws[i], m), m, conf, m["iou"]), range(len(raws)))
+            decoded = [decode_npu_outputs(r, m["strides"], m["reg_max"]) for r in raws]
+            decode_ms = per_image_ms(lambda i: decode_npu_outputs(raws[i], m["strides"], m["reg_max"]), range(len(raws)))
+            torch_nms_ms = per_image_ms(lambda i: nms(decoded[i], conf, m["iou"]), range(len(raws)))
+            ultra_ms = decode_ms + torch_nms_ms
+            calls = [c_call(a, conf) for a in arranged] if lib else []
+            c_ms = per_image_ms(lambda f: f(), calls) if lib else None
+            post[conf] = {"candidates": cands, "numpy_ms": numpy_ms, "c_ms": c_ms, "ultralytics_ms": ultra_ms,
+                          "full_decode_ms": decode_ms, "torch_nms_ms": torch_nms_ms}
+            print(f"post-processing at conf {conf}: {cands:.0f} candidates/image; numpy {numpy_ms:.3f} ms, "
+                  f"C {c_ms:.4f} ms, full decode + Ultralytics torch NMS {ultra_ms:.3f} ms ({decode_ms:.3f} + {torch_nms_ms:.3f}) per image"
+                  if lib else
+                  f"post-processing at conf {conf}: numpy {numpy_ms:.3f} ms, Ultralytics {ultra_ms:.3f} ms (no C compiler)")
+
+        predictor = load_predictor(str(onnx))
+        mismatched = 0
+        ref = predict_source(predictor, images)
+        for d, p in zip(ref, images):
+            mine = runner.detect(infer.read_image(p), m["conf"], m["iou"])
+            if len(mine) != len(d.boxes) or any(int(a[5]) != b.cls or abs(a[0] - b.x1) > 0.5 or abs(a[4] - b.conf) > 1e-3
+                                                for a, b in zip(mine, sorted(d.boxes, key=lambda b: -b.conf))):
+                mismatched += 1
+        boxes = sum(len(d.boxes) for d in ref)
+        print(f"bundle vs predict: {boxes} boxes on {len(images)} images, {mismatched} images differ")
+        bundle_e2e = per_image_ms(lambda p: runner.detect(infer.read_image(p), m["conf"], m["iou"]), images, repeat=3)
+        predict_e2e = per_image_ms(lambda p: predict_source(predictor, [p]), images, repeat=3)
+        print(f"end to end in-process (read, letterbox, ONNX Runtime, post): bundle {bundle_e2e:.2f} ms, predict {predict_e2e:.2f} ms per image")
+
+        folder = work / "imgs"
+        folder.mkdir()
+        for p in images:
+            shutil.copyfile(p, folder / p.name)
+        t = time.perf_counter()
+        subprocess.run([sys.executable, str(bundle.folder / "npuyolo_infer.py"), str(folder), "--out", str(work / "r.json")],
+                       check=True, capture_output=True)
+        bundle_cli = time.perf_counter() - t
+        t = time.perf_counter()
+        subprocess.run(["npuyolo", "predict", str(onnx), str(folder), "--out", str(work / "pred")], check=True, capture_output=True)
+        predict_cli = time.perf_counter() - t
+        print(f"CLI wall time for {len(images)} images (process start included): python npuyolo_infer.py {bundle_cli:.1f} s, "
+              f"npuyolo predict {predict_cli:.1f} s (which also writes annotated copies and CSV)")
+        print(json.dumps({"post": {str(k): v for k, v in post.items()}, "e2e_ms": {"bundle": bundle_e2e, "predict": predict_e2e},
+                          "cli_s": {"bundle": bundle_cli, "predict": predict_cli}, "images": len(images), "boxes": boxes,
+                          "mismatched_images": mismatched}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
