@@ -83,6 +83,13 @@ def test_int8_quantize_eval_and_drop_recorded(synth_data, tiny_recipe, tmp_path)
     kinds = [e.precision_kind for e in Registry(db).deploy_evals(1)]
     assert sorted(kinds) == ["fp32", "int8", "pt"]  # pt: best.pt through the same square pipeline as the ONNX files
     assert abs(r["pt"]["map50"] - r["fp32"]["map50"]) <= 0.005
+    # the drop carries its paired interval over the same val images, agreeing with the point drop
+    for metric in ("map50", "map50_95"):
+        d = r["drop_interval"][metric]
+        assert abs(d["pp"]["value"] - r["drop_pp"][metric]) < 1e-9 and d["pp"]["low"] <= d["pp"]["value"] <= d["pp"]["high"]
+        assert d["verdict"] in ("ahead", "tied", "behind") and "95%" in d["text"]
+    table = runner.invoke(app, ["deploy", "eval", arts["onnx/int8"].path, "--data", str(synth_data), "--registry", str(db)])
+    assert table.exit_code == 0 and "paired 95% interval" in table.stdout, table.output
 
 
 def test_keep_float_by_name(synth_data, tmp_path):

@@ -24,7 +24,8 @@ from npuyolo.resolve import ModelRef, default_imgsz, resolve_model
 from npuyolo.stats.compare import Comparison, compare_stats
 from npuyolo.stats.matched import MatchedStats, StatsError, load_stats, save_stats
 
-__all__ = ["ComparedModel", "CompareResult", "MAX_BOOTSTRAP", "compare_models", "model_stats", "short_labels", "val_fingerprint"]
+__all__ = ["ComparedModel", "CompareResult", "MAX_BOOTSTRAP", "compare_models", "identify", "model_stats", "remember", "short_labels", "stats_file",
+           "val_fingerprint"]
 
 MAX_BOOTSTRAP = 100_000
 
@@ -94,34 +95,46 @@ def _stats_dir(registry: Registry, run_id: int | None) -> Path:
     return safe_join(registry.root, "stats")
 
 
+def identify(registry: Registry, ref: str) -> tuple[Path, str, int | None, int | None]:
+    """What a model reference scores: (file, kind, run id or None, size or None: the checkpoint's own)."""
+    text = str(ref)
+    path = Path(text)
+    if is_compiled(path):
+        return path, path.suffix.lstrip(".") or "compiled", None, None
+    if text.lower().endswith(".onnx"):
+        return path, "onnx", registry.artifact_run(path), load_deployable(path).imgsz
+    parsed = ModelRef.parse(text)
+    if parsed.kind == "variant":
+        raise DeployError(f"{text!r} is an untrained variant; compare trained models (a run, a .pt, an ONNX file)")
+    if parsed.is_run:
+        run = registry.get_run(text)
+        best = run.artifact_path("weights/best", "weights/last")
+        if best is None:
+            raise DeployError(f"run {run.name} has no weights on disk")
+        return Path(best), "pt", run.id, run.recipe.get("imgsz")
+    return path, "pt", None, None
+
+
+def stats_file(registry: Registry, source: Path, run_id: int | None, fingerprint: str, imgsz: int | None) -> Path:
+    """Where a model's statistics on one val split are kept: keyed by the file's content, the data and the size."""
+    if not source.is_file():
+        raise DeployError(f"{source}: not found")
+    folder = registry.run_dir(registry.get_run(run_id), "stats") if run_id is not None else safe_join(registry.root, "stats")
+    return folder / f"{slug(source.stem, 'model')}-{_sha256(source)[:16]}-{fingerprint}-{imgsz or 'auto'}.npz"
+
+
+def remember(registry: Registry, stats: MatchedStats, file: Path) -> None:
+    """Keep statistics for later comparisons (a read-only registry keeps nothing)."""
+    if not registry.readonly:
+        save_stats(stats, file)
+
+
 def model_stats(registry: Registry, ref: str, data: str | Path, fingerprint: str | None = None) -> tuple[MatchedStats, ComparedModel]:
     """One model's matched statistics on `data`'s val split: read back when kept, else scored once and kept."""
     fingerprint = fingerprint or val_fingerprint(data)
     text = str(ref)
-    path = Path(text)
-    if is_compiled(path):
-        source, kind, run_id, imgsz = path, path.suffix.lstrip(".") or "compiled", None, None
-    elif text.lower().endswith(".onnx"):
-        model = load_deployable(path)
-        source, kind, run_id, imgsz = path, "onnx", registry.artifact_run(path), model.imgsz
-    else:
-        parsed = ModelRef.parse(text)
-        if parsed.kind == "variant":
-            raise DeployError(f"{text!r} is an untrained variant; compare trained models (a run, a .pt, an ONNX file)")
-        if parsed.is_run:
-            run = registry.get_run(text)
-            best = run.artifact_path("weights/best", "weights/last")
-            if best is None:
-                raise DeployError(f"run {run.name} has no weights on disk")
-            source, kind, run_id, imgsz = Path(best), "pt", run.id, run.recipe.get("imgsz")
-        else:
-            source, kind, run_id, imgsz = path, "pt", None, None
-    if not source.is_file():
-        raise DeployError(f"{source}: not found")
-    digest = _sha256(source)[:16]
-    folder = _stats_dir(registry, run_id)
-    name = f"{slug(source.stem, 'model')}-{digest}-{fingerprint}-{imgsz or 'auto'}.npz"
-    cached = folder / name
+    source, kind, run_id, imgsz = identify(registry, text)
+    cached = stats_file(registry, source, run_id, fingerprint, imgsz)
     if cached.is_file():
         try:
             return load_stats(cached), ComparedModel(text, source, kind, cached, True)
@@ -141,10 +154,7 @@ def model_stats(registry: Registry, ref: str, data: str | Path, fingerprint: str
         stats = evaluate_compiled(source, data).stats
         if stats is None:
             raise DeployError(f"{source}: its scoring kept no per-image statistics")
-    stats = MatchedStats(stats.images, stats.names, stats.tp, stats.conf, stats.pred_cls, stats.pred_img, stats.target_cls,
-                         stats.target_img, stats.pipeline, {**stats.meta, "source": str(source), "sha256": digest})
-    if not registry.readonly:
-        save_stats(stats, cached)
+    remember(registry, stats, cached)
     return stats, ComparedModel(text, source, kind, cached, False)
 
 

@@ -233,6 +233,11 @@ def validate_matched(predict: Predict, data: str | Path, imgsz: int, names: dict
 
 
 def evaluate_onnx(path: str | Path, data: str | Path, batch: int = 8, threads: int | None = None) -> dict:
+    return evaluate_onnx_matched(path, data, batch, threads)[0]
+
+
+def evaluate_onnx_matched(path: str | Path, data: str | Path, batch: int = 8, threads: int | None = None) -> tuple[dict, MatchedStats]:
+    """`evaluate_onnx`, and the per-image statistics its figures come from."""
     path = Path(path)
     why = file_problem(path, empty_ok=False)
     if why is not None:
@@ -240,4 +245,5 @@ def evaluate_onnx(path: str | Path, data: str | Path, batch: int = 8, threads: i
     predict, meta = onnx_predictor(path, threads)
     names = {int(k): v for k, v in json.loads(meta["names"]).items()}
     imgsz = json.loads(meta["imgsz"])[0]
-    return {"artefact": str(path), "head": meta["npuyolo_head"], **validate(predict, data, imgsz, names, batch)}
+    result, stats = validate_matched(predict, data, imgsz, names, batch)
+    return {"artefact": str(path), "head": meta["npuyolo_head"], **result}, stats

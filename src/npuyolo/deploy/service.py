@@ -6,12 +6,14 @@ from pathlib import Path
 
 from npuyolo.compilers.envs import require
 from npuyolo.data.check import check_dataset
-from npuyolo.deploy.evaluate import DeployError, evaluate_onnx, torch_predictor, validate
+from npuyolo.deploy.compare import model_stats, remember, stats_file, val_fingerprint
+from npuyolo.deploy.evaluate import DeployError, evaluate_onnx, evaluate_onnx_matched, torch_predictor, validate
 from npuyolo.deploy.export import check_imgsz, default_head, export_onnx, onnx_metadata
 from npuyolo.deploy.quantize import quantize_onnx
 from npuyolo.deploy.vendor import evaluate_compiled, is_compiled, read_compiled
 from npuyolo.paths import slug
 from npuyolo.resolve import resolve_model
+from npuyolo.stats.compare import conversion_drop
 from npuyolo.variants.checkpoint import load_weights
 
 
@@ -92,6 +94,15 @@ def evaluate_artefact(registry, path: str | Path, data: str | Path, layers: bool
         done = [e for e in registry.deploy_evals(run_id) if e.artefact == str(art.onnx)] if run_id is not None else []
         score = evaluate_compiled(path, data, fp32=done[-1].result if done else None, layers=layers, qdq=qdq)
         out = {"run_id": run_id, **score.as_dict()}
+        if score.stats is not None:
+            fingerprint = val_fingerprint(data)
+            remember(registry, score.stats, stats_file(registry, path, None, fingerprint, None))
+            fp32_stats = score.fp32_stats
+            if fp32_stats is not None:
+                remember(registry, fp32_stats, stats_file(registry, art.onnx, run_id, fingerprint, fp32_stats.meta.get("imgsz")))
+            else:
+                fp32_stats = model_stats(registry, str(art.onnx), data, fingerprint)[0]
+            out["drop_interval"] = {m: d.as_dict() for m, d in conversion_drop(fp32_stats, score.stats).items()}
         if run_id is not None and not registry.readonly:
             if not done:
                 registry.add_deploy_eval(run_id=run_id, artefact=str(art.onnx), precision_kind="fp32", result=score.fp32)
@@ -102,9 +113,11 @@ def evaluate_artefact(registry, path: str | Path, data: str | Path, layers: bool
         raise DeployError("layers compares a .rknn build with our QDQ model; give the .rknn file npu compile wrote", param="layers")
     onnx_metadata(path)  # a missing or garbage file fails here, before the data set is read
     check_dataset(data, cache_dir=registry.root / "cache")
-    result = evaluate_onnx(path, data)
+    result, stats = evaluate_onnx_matched(path, data)
     kind = precision_kind(path)
     run_id = registry.artifact_run(path)
+    fingerprint = val_fingerprint(data)
+    remember(registry, stats, stats_file(registry, path, run_id, fingerprint, result["imgsz"]))
     out = {"kind": kind, "run_id": run_id, **result}
     if run_id is not None and not registry.readonly:
         registry.add_deploy_eval(run_id=run_id, artefact=str(path.resolve()), precision_kind=kind, result=result)
@@ -120,4 +133,7 @@ def evaluate_artefact(registry, path: str | Path, data: str | Path, layers: bool
                 out["drop_pp"] = {m: (base[m] - result[m]) * 100 for m in ("map50", "map50_95", "precision", "recall")}
                 out["drop_pp_per_class"] = {c: (base["per_class"][c]["map50"] - v["map50"]) * 100
                                             for c, v in result["per_class"].items() if c in base["per_class"]}
+                # the drop with its paired interval: FP32's statistics kept by this or an earlier eval, else scored once
+                fp32_stats = model_stats(registry, str(fp32), data, fingerprint)[0]
+                out["drop_interval"] = {m: d.as_dict() for m, d in conversion_drop(fp32_stats, stats).items()}
     return out

@@ -21,7 +21,7 @@ import numpy as np
 from npuyolo.stats.bootstrap import METRICS, common_images, detection_metrics, image_resamples, paired_bootstrap, prepare
 from npuyolo.stats.matched import MatchedStats, StatsError
 
-__all__ = ["Comparison", "Estimate", "ModelSummary", "PairDiff", "SeedGap", "Verdict", "compare_stats", "seed_gap",
+__all__ = ["Comparison", "Drop", "Estimate", "ModelSummary", "PairDiff", "SeedGap", "Verdict", "compare_stats", "conversion_drop", "seed_gap",
            "verdict_of"]
 
 LEVEL = 0.95
@@ -189,3 +189,32 @@ def seed_gap(arm_a: list[MatchedStats], arm_b: list[MatchedStats], a: str = "A",
         samples[r] = np.mean([vals[i] for i in pa]) - np.mean([vals[len(arm_a) + j] for j in pb])
     gap = Estimate.of(float(va.mean() - vb.mean()), samples)
     return SeedGap(metric, a, b, va.tolist(), vb.tolist(), gap, verdict_of(gap), n)
+
+
+@dataclass(frozen=True)
+class Drop:
+    """What a conversion (FP32 -> INT8, ONNX -> a vendor's build) costs on the same images: reference - converted, in
+    percentage points, with its paired interval; `verdict` is TIED where the interval spans 0 (within noise)."""
+
+    metric: str
+    pp: Estimate
+    verdict: Verdict
+
+    @property
+    def text(self) -> str:
+        e = self.pp
+        noise = "within noise" if self.verdict is Verdict.TIED else ("a real loss" if self.verdict is Verdict.AHEAD else "a real gain")
+        return f"{e.value:+.2f} pp (95% {e.low:+.2f} to {e.high:+.2f}): {noise}"
+
+    def as_dict(self) -> dict:
+        return {"metric": self.metric, "pp": asdict(self.pp), "verdict": self.verdict.value, "text": self.text}
+
+
+def conversion_drop(reference: MatchedStats, converted: MatchedStats, n: int = 1000, seed: int = 0) -> dict[str, Drop]:
+    """Each metric's drop from `reference` to `converted`, paired over the same resamples of the images."""
+    point, boot = paired_bootstrap([reference, converted], ["reference", "converted"], n=n, seed=seed)
+    out = {}
+    for k, metric in enumerate(METRICS):
+        e = Estimate.of(point[0, k] - point[1, k], boot[:, 0, k] - boot[:, 1, k]).pp()
+        out[metric] = Drop(metric, e, verdict_of(e))
+    return out
