@@ -396,3 +396,26 @@ def test_a_runtime_that_dies_before_answering_is_one_line_with_its_exit_code(her
     said = str(e.value)
     assert "\n" not in said and "exit 3" in said and "exit None" not in said and said.count("eval.log") == 1
     assert "should be 'TFL3'" in said
+
+
+def test_a_build_at_another_size_than_its_fp32_file_says_so(here, tmp_path, small_fp32):
+    """Issue 36: a Vela .tflite built at 96 px whose manifest names a 64 px FP32 file got the generic "no usual variant
+    runs"; the runtime reports its input shape and the contract check names both sizes."""
+    fp32_96 = export_onnx(randomised("L4-leaky"), tmp_path / "m96.onnx", imgsz=96, head="npu")
+    compiled = vendor_like(fp32_96, tmp_path / "compiled96.onnx")
+    art = artefact(compiled, small_fp32, InputContract(64, layout="NHWC", scale="0-255", dtype="uint8"))
+    model = load_deployable(small_fp32)
+    with vendor.VendorRuntime(art, tmp_path / "eval.log") as runtime, pytest.raises(ContractError) as e:
+        vendor.check_runtime(model, runtime, art, golden_image(64))
+    assert "96x96" in str(e.value) and "64x64" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_float32_tflite_is_not_scored_as_int8(tmp_path):
+    """Issue 36: onnx2tf's float32 .tflite, given a manifest, was reported as "TFLITE INT8 drop 0.00"."""
+    art = vendor.CompiledArtefact("tflite", tmp_path / "m_float32.tflite", tmp_path / "m.onnx", (), InputContract(64),
+                                  tmp_path)
+    runtime = SimpleNamespace(info={"runtime": "tflite BUILTIN_REF", "input_shape": [1, 64, 64, 3],
+                                    "input_dtype": "float32", "int8_tensors": 0})
+    with pytest.raises(DeployError, match="no int8 tensor") as e:
+        vendor.check_runtime(None, runtime, art, golden_image(64))
+    assert "\n" not in str(e.value)

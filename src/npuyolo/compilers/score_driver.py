@@ -89,8 +89,11 @@ class TfliteModel:
         self.outs = self.it.get_output_details()
 
     def info(self) -> dict:
+        import numpy as np
+
+        int8 = sum(1 for t in self.it.get_tensor_details() if t["dtype"] in (np.int8, np.uint8))
         return {"runtime": "tflite BUILTIN_REF", "input_shape": [int(d) for d in self.inp["shape"]],
-                "input_dtype": str(self.inp["dtype"].__name__)}
+                "input_dtype": str(self.inp["dtype"].__name__), "int8_tensors": int8}
 
     def __call__(self, x):
         import numpy as np
@@ -128,7 +131,9 @@ class OnnxModel:
         self.mct, self.boxes_scores = a.mct, a.boxes_scores
 
     def info(self) -> dict:
-        return {"runtime": "onnxruntime with MCT's quantizer ops" if self.mct else "onnxruntime"}
+        shape = self.sess.get_inputs()[0].shape
+        return {"runtime": "onnxruntime with MCT's quantizer ops" if self.mct else "onnxruntime",
+                **({"input_shape": [int(d) for d in shape]} if all(isinstance(d, int) for d in shape) else {})}
 
     def __call__(self, x):
         import numpy as np

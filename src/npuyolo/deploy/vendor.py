@@ -340,9 +340,9 @@ def evaluate_compiled(path: str | Path, data: str | Path, batch: int = 8, conf: 
     from the same forward passes."""
     started = time.perf_counter()
     art = read_compiled(path)
-    require(art.compiler)  # a missing compiler is the first thing the user hears, not after the FP32 validation
     if layers and art.kind != "rknn":
         raise DeployError(f"per-layer analysis needs RKNN's accuracy_analysis; {art.path.name} is a {art.kind} build")
+    require(art.compiler)  # a missing compiler is the first thing the user hears, not after the FP32 validation
     if qdq is not None:
         why = file_problem(Path(qdq), empty_ok=False)
         if why is not None:
@@ -358,7 +358,7 @@ def evaluate_compiled(path: str | Path, data: str | Path, batch: int = 8, conf: 
     golden = _golden(data, model.imgsz)
     vendor_rows = None
     with VendorRuntime(art, log) as runtime:
-        report: ContractReport = check_contract(_onnx_runner(model), runtime, art.contract, image=golden)
+        report = check_runtime(model, runtime, art, golden)
         kept: list = []
         scored, *at_conf = _validate_at(model, runtime, report, data, batch, confs, art.contract, keep=kept)
         if layers:
@@ -379,6 +379,27 @@ def evaluate_compiled(path: str | Path, data: str | Path, batch: int = 8, conf: 
                          qdq=str(Path(qdq).resolve()) if rows is not None else None, deploy_conf=deploy_conf,
                          at_conf=at_conf[0] if at_conf else None, fp32_at_conf=fp32_at_conf,
                          stats=kept[0] if kept else None, fp32_stats=fp32_kept[0] if fp32_kept else None)
+
+
+def compiled_side(info: dict, contract: InputContract) -> int | None:
+    """The input side the vendor runtime reports (`input_shape` in its first answer), read in its declared layout."""
+    shape = info.get("input_shape")
+    if not isinstance(shape, list) or len(shape) != 4 or not all(isinstance(d, int) for d in shape):
+        return None
+    side = shape[1] if contract.layout == "NHWC" else shape[2]
+    return side if side > 0 else None
+
+
+def check_runtime(model: Deployable, runtime: VendorRuntime, art: CompiledArtefact, golden: np.ndarray) -> ContractReport:
+    """What the runtime said of its model, then the input contract on the golden image (with the input size it
+    reports, so a build at another size than its FP32 file is named as such)."""
+    info = runtime.info
+    if art.kind == "tflite" and info.get("int8_tensors") == 0:
+        raise DeployError(f"{art.path.name} has no int8 tensor (input {info.get('input_dtype', '?')}): a float TFLite "
+                          "(onnx2tf's *_float32.tflite), not the full-integer model Vela compiles; its figures would be "
+                          "FP32's. Give the build's *_full_integer_quant.tflite")
+    return check_contract(_onnx_runner(model), runtime, art.contract, image=golden,
+                          compiled_imgsz=compiled_side(info, art.contract))
 
 
 def _write_golden(golden: np.ndarray, folder: Path) -> Path:
