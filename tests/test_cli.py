@@ -132,3 +132,11 @@ def test_an_absent_device_is_one_line_from_a_fresh_process(tmp_path, synth_data)
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     said = [line for line in (p.stdout + p.stderr).splitlines() if line.strip()]
     assert p.returncode == 2 and len(said) == 1 and said[0].startswith("error:"), said
+
+
+def test_deploy_eval_layers_top_below_one_is_refused_first(tmp_path):
+    """Issue 36: `--layers --top -3` printed every layer but the last three."""
+    for top in ("-3", "0"):
+        result = CliRunner().invoke(app, ["deploy", "eval", str(tmp_path / "m.rknn"), "--data", str(tmp_path / "d.yaml"),
+                                          "--layers", "--top", top, "--registry", str(tmp_path / "r.db")])
+        assert result.exit_code == 2 and "--top must be at least 1" in result.output, result.output

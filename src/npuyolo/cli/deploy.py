@@ -93,6 +93,10 @@ def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written
     A compiled model is scored as the vendor quantized it (RKNN-Toolkit2's simulator; TFLite's reference kernels for
     Vela's input; MCT's model for IMX500 in ONNX Runtime), in the compiler's environment, beside its FP32 ONNX file;
     its input contract is checked first."""
+    from npuyolo.errors import NpuyoloError
+
+    if top < 1:
+        raise NpuyoloError(f"top must be at least 1 (the worst layers shown), got {top}", param="top")
     from npuyolo.deploy.service import evaluate_artefact
 
     with err.status("evaluating..."), quiet_stdout():  # Ultralytics' progress stays off stdout
