@@ -399,3 +399,37 @@ def test_a_vendor_int8_that_cannot_be_scored_sinks_only_its_own_row(planned, mon
     assert all("\n" not in r.vendor_error for r in bad.rows)
     recorded = json.loads(open(plan.path).read())
     assert recorded["targets"][1]["rows"][0]["vendor_error"].startswith("the compiled model's outputs differ")
+
+
+def test_two_checkpoints_both_named_best_pt_get_their_own_plan_folders(tmp_path, synth_data):
+    """Issue 36: `deploy plan a/best.pt` then `deploy plan b/best.pt` both wrote `<registry dir>/plan/best/`, the second
+    replacing the first's plan and INT8 files. Each model now has its own folder, keyed by its content."""
+    from pathlib import Path
+
+    import torch
+
+    from npuyolo import Workspace
+    from npuyolo.variants.build import build_model
+
+    from .conftest import perturbed
+
+    paths = []
+    for i, name in enumerate("ab"):
+        model = perturbed(build_model("L4-relu", nc=6, verbose=False), scale=0.03, seed=i, class_bias=-1.0)
+        model.args = {"imgsz": 64}
+        path = tmp_path / name / "best.pt"
+        path.parent.mkdir()
+        torch.save({"model": None, "ema": model.half(), "epoch": -1, "train_args": {"imgsz": 64}}, path)
+        paths.append(path)
+    ws = Workspace(tmp_path / "reg" / "r.db")
+    a, b = (ws.plan(str(p), ["relu-only"], synth_data, calib=4, holdout=4, sweep=False) for p in paths)
+    folder_a, folder_b = Path(a.path).parent, Path(b.path).parent
+    assert folder_a != folder_b and folder_a.parent == folder_b.parent == (tmp_path / "reg" / "plan").resolve()
+    assert folder_a.name.startswith("best-") and folder_b.name.startswith("best-")
+    row_a, row_b = a.targets[0].chosen, b.targets[0].chosen
+    for plan, row, folder in ((a, row_a, folder_a), (b, row_b, folder_b)):
+        assert json.loads(Path(plan.path).read_text())["targets"][0]["artefact"] == row.int8_path
+        assert Path(row.int8_path).parent == folder and Path(row.fp32_path).parent == folder
+    assert Path(row_a.int8_path).read_bytes() != Path(row_b.int8_path).read_bytes()
+    again = ws.plan(str(paths[0]), ["relu-only"], synth_data, calib=4, holdout=4, sweep=False)
+    assert Path(again.path).parent == folder_a  # the same model: the same folder

@@ -33,7 +33,9 @@ from npuyolo.errors import NpuyoloError
 from npuyolo.npu.graph import load_graph
 from npuyolo.npu.profiles import target as get_target
 from npuyolo.npu.rewrite import rewrite_leaky
-from npuyolo.paths import FileReadError, atomic_path, read_regular_file, slug, write_text
+from npuyolo.paths import (FileReadError, atomic_path, file_problem, make_dir, read_regular_file, safe_join, slug,
+                           write_text)
+from npuyolo.resolve import ModelRef
 from npuyolo.variants.spec import parse_variant
 
 DEPLOY_CONF = 0.25  # what NPU runtimes bake in; mAP at 0.001 overstates what ships
@@ -733,6 +735,22 @@ def _compile(placement: Placement, fp32: Path, target: str, data, registry, mode
     placement.compiled_file = result.build.rknn_file or getattr(result.build, "tflite", None) or None
 
 
+def model_folder(registry, ref: str) -> Path | None:
+    """Where a plan of a checkpoint or ONNX file goes (not created here: nothing is made for a file the safe loader
+    refuses): `<registry dir>/plan/<stem>-<sha256 of its bytes, 12 hex>/`, so two
+    files both called best.pt never share (and replace) each other's plan and INT8 files, and the same file re-planned
+    finds its folder again. None for a run (its own folder) or a variant (named alike only when it is the same)."""
+    parsed = ModelRef.parse(ref)
+    path = Path(parsed.text)
+    if parsed.kind not in ("pt", "onnx") or file_problem(path) is not None:
+        return None  # not a readable file: check_model says why
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return safe_join(registry.root, "plan", f"{slug(path.stem, 'model')[:80]}-{digest.hexdigest()[:12]}")  # made once loaded
+
+
 def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf: float = DEPLOY_CONF, calib: int = 100,
                holdout: int = 50, imgsz: int | None = None, sweep: bool = True, vendor_int8: bool = False) -> Plan:
     """Build every candidate for every target, verify it, choose; the artefacts go under the run's `plan/` folder, the
@@ -757,12 +775,14 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
     # (source, NPU sigmoid?) -> the graph check_model exported: targets without an NPU sigmoid share the -logits file
     exports: dict[tuple[str, bool], Path] = {}
     t0 = next(iter(profiles))
+    own = model_folder(registry, ref)  # a checkpoint or ONNX file: its own folder, exports included
     with stage("export"):
-        first = check_model(ref, [t0], registry, imgsz=imgsz)
+        first = check_model(ref, [t0], registry, imgsz=imgsz, workdir=own)
     run_id, label = first.run_id, first.model_ref
     exports[("export", sigmoid_on_npu(profiles[t0]))] = Path(first.onnx_paths[t0])
     run = registry.get_run(run_id) if run_id is not None else None  # read once: folder, variant, size, seed
-    folder = registry.run_dir(run, "plan") if run is not None else registry.output_dir("plan", slug(label, "model"))
+    folder = registry.run_dir(run, "plan") if run is not None else own or registry.output_dir("plan", slug(label, "model"))
+    make_dir(folder)
     twin = _twin(registry, run_id)
     variant = run.variant if run is not None else None
     size = imgsz
@@ -773,7 +793,8 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
         key = (source, sigmoid_on_npu(profiles[t]))
         if key not in exports:
             with stage("export"):
-                result = check_model(twin if source == "relu-twin" else ref, [t], registry, imgsz=size)
+                result = check_model(twin if source == "relu-twin" else ref, [t], registry, imgsz=size,
+                                     workdir=own if source == "export" else None)
             exports[key] = Path(result.onnx_paths[t])
         return exports[key]
 
