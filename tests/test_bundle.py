@@ -5,6 +5,7 @@ import ctypes
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -128,7 +129,9 @@ def test_runner_without_torch_gives_predicts_detections(models, bundles, photos,
     assert len({round(b.conf, 3) for b in found}) > 20
     boxes, px, conf = assert_same_detections(reference, doc["predictions"])
     assert boxes == len(found) == doc["detections"]
-    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == sorted(p.name for p in photos.iterdir())
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == sorted([".npuyolo-annotated", *(p.name for p in photos.iterdir())])
+    again = run_script(b.folder / "npuyolo_infer.py", photos, "--out", out, "--save-annotated", tmp_path / "drawn")
+    assert again.returncode == 0 and json.loads(out.read_text()) == doc, again.stderr  # its own outputs are replaced
     with capsys.disabled():
         print(f"\n[{head}] bundle runner (no torch) vs npuyolo predict: {boxes} boxes, max gap {px:.2e} px, {conf:.2e} score")
 
@@ -331,7 +334,15 @@ def test_bad_sources_are_one_line_and_write_nothing(bundles, photos, tmp_path):
     one_line_error(run_script(script, photos, "--out", tmp_path), "is a folder")
     one_line_error(run_script(script, photos, "--out", tmp_path / "nowhere" / "r.json"), "does not exist")
     one_line_error(run_script(script, photos, "--out", out, "--conf", "0"), "--conf must be in (0, 1]")
-    one_line_error(run_script(script, photos, "--out", out, "--save-annotated", photos), "where the source images are")
+    one_line_error(run_script(script, photos, "--out", out, "--save-annotated", photos), "where the source images")
+    assert tree(tmp_path) == before
+    (tmp_path / "mine.json").write_text("{}")  # a user's file is never replaced
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "road0.jpg").write_bytes(b"a user's picture")
+    before = tree(tmp_path)
+    one_line_error(run_script(script, photos, "--out", tmp_path / "mine.json"), "already exists", "is not a results file")
+    one_line_error(run_script(script, photos, "--out", out, "--save-annotated", tmp_path / "theirs"), "did not write")
+    one_line_error(run_script(script, photos, "--out", out, "--save-annotated", bundles["npu"].folder), "the bundle")
     assert tree(tmp_path) == before and tree(bundles["npu"].folder) == bundle_before
 
 
@@ -445,6 +456,109 @@ def test_a_run_ships_its_planned_artefact(models, tmp_path, monkeypatch):
 
     api = Workspace(tmp_path / "r.db").bundle("planned", "relu-only", out=tmp_path / "api")
     assert (api.folder / "manifest.json").read_bytes() == (tmp_path / "o" / api.folder.name / "manifest.json").read_bytes()
+
+
+# ------------------------------------------------------------------------------------------ the board runtimes, stood in for
+FAKE_RKNN = """
+import os
+import numpy as np
+import onnxruntime as ort
+
+
+class RKNNLite:
+    \"\"\"Stands in for RKNN-Toolkit-Lite2 on the board: the reference ONNX graph plays the NPU, behind the .rknn
+    input contract (NHWC RGB uint8; the build's config divides by 255).\"\"\"
+    NPU_CORE_AUTO = 0
+
+    def __init__(self, verbose=False):
+        self.calls = []
+
+    def load_rknn(self, path):
+        assert open(path, "rb").read().startswith(b"RKNN")
+        self.sess = ort.InferenceSession(os.environ["FAKE_NPU_ONNX"], providers=["CPUExecutionProvider"])
+        return 0
+
+    def init_runtime(self, core_mask=None):
+        return 0
+
+    def inference(self, inputs):
+        x = inputs[0]
+        assert x.dtype == np.uint8 and x.ndim == 4 and x.shape[3] == 3, (x.dtype, x.shape)
+        x = x.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
+        return self.sess.run(None, {self.sess.get_inputs()[0].name: x})
+"""
+
+FAKE_LITERT = """
+import os
+import numpy as np
+import onnxruntime as ort
+
+ORDER = [5, 2, 0, 3, 1, 4]  # onnx2tf may reorder outputs and makes them NHWC
+
+
+class Interpreter:
+    \"\"\"Stands in for LiteRT on the host: an int8 NHWC input (scale 1/255, zero point -128) and float NHWC outputs
+    in another order, computed by the reference ONNX graph.\"\"\"
+
+    def __init__(self, model_path, num_threads=None):
+        assert open(model_path, "rb").read().startswith(b"TFL3")
+        self.sess = ort.InferenceSession(os.environ["FAKE_NPU_ONNX"], providers=["CPUExecutionProvider"])
+
+    def allocate_tensors(self):
+        pass
+
+    def get_input_details(self):
+        return [{"index": 0, "dtype": np.int8, "quantization": (1 / 255, -128)}]
+
+    def get_output_details(self):
+        return [{"index": i, "dtype": np.float32, "quantization": (0.0, 0)} for i in range(len(ORDER))]
+
+    def set_tensor(self, index, x):
+        assert x.dtype == np.int8 and x.shape[3] == 3, (x.dtype, x.shape)
+        self.x = ((x.astype(np.float32) + 128) / np.float32(255)).transpose(0, 3, 1, 2)
+
+    def invoke(self):
+        outs = self.sess.run(None, {self.sess.get_inputs()[0].name: self.x})
+        self.outs = [np.ascontiguousarray(outs[j].transpose(0, 2, 3, 1)) for j in ORDER]
+
+    def get_tensor(self, index):
+        return self.outs[index]
+"""
+
+
+@pytest.mark.parametrize("kind", ["rknn", "tflite"])
+def test_compiled_bundles_run_through_their_runtime(models, photos, kind, tmp_path):
+    """A .rknn / int8 .tflite bundle on a runtime that stands in for the board's (rknnlite, ai_edge_litert: the
+    reference ONNX graph behind the compiled model's input contract; for LiteRT, an int8 input quantized as the
+    interpreter declares, outputs NHWC and reordered): the runner's contract handling and output matching give
+    `predict`'s boxes. The real runtimes are tested where the compilers are (below)."""
+    build = tmp_path / "build"
+    build.mkdir()
+    compiled = build / f"model.{kind}"
+    compiled.write_bytes((b"RKNN" if kind == "rknn" else b"TFL3") + b"\0" * 64)
+    shutil.copyfile(models["npu"], build / "model.onnx")
+    (build / f"model.{kind}.npuyolo.json").write_text(json.dumps({"kind": kind, "onnx": "model.onnx", "target": "rk3588"}))
+    b = build_bundle(compiled, tmp_path / "out")
+    m = json.loads((b.folder / "manifest.json").read_text())
+    assert m["runtime"] == ("rknnlite" if kind == "rknn" else "tflite") and m["input"]["layout"] == "NHWC"
+    assert m["target"] == ("rk3588" if kind == "rknn" else "tflite") and m["artefact"]["file"] == compiled.name
+    fake = tmp_path / "site"
+    package = fake / ("rknnlite" if kind == "rknn" else "ai_edge_litert")
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / ("api.py" if kind == "rknn" else "interpreter.py")).write_text(FAKE_RKNN if kind == "rknn" else FAKE_LITERT)
+    out = tmp_path / "r.json"
+    env = {**os.environ, "PYTHONPATH": str(fake), "FAKE_NPU_ONNX": str(build / "model.onnx")}
+    done = subprocess.run([sys.executable, "-c", NO_TORCH, str(b.folder / "npuyolo_infer.py"), str(photos), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    reference = predict_source(load_predictor(str(models["npu"])), photos)
+    boxes, _, _ = assert_same_detections(reference, json.loads(out.read_text())["predictions"])
+    assert boxes >= 50
+    done = subprocess.run([sys.executable, "-c", NO_TORCH, str(b.folder / "npuyolo_infer.py"), str(photos), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env={k: v for k, v in env.items() if k != "PYTHONPATH"})
+    lines = done.stderr.strip().splitlines()  # without the runtime: one line naming what to install
+    assert done.returncode == 2 and len(lines) == 1 and "pip install" in lines[0], done.stderr
 
 
 # ------------------------------------------------------------------------------------------ with the vendor compilers

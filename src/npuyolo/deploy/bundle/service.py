@@ -74,7 +74,7 @@ def bundle_model(run: str | None = None, target: str | None = None, *, artefact:
     the plan's choice (the figures are kept only when it is the planned file). Without a run: `out` or ./bundle.
     """
     if run is None and artefact is None:
-        raise BundleError("give a run and a target (the plan's chosen artefact), or an artefact file", param="artefact")
+        raise BundleError("nothing to bundle: give a run and its target, or an artefact file to ship", param="artefact")
     if run is None:
         return build_bundle(artefact, out or Path("bundle"), target=target, conf=conf, iou=iou)
     if not target:
