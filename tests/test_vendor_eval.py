@@ -419,3 +419,32 @@ def test_a_float32_tflite_is_not_scored_as_int8(tmp_path):
     with pytest.raises(DeployError, match="no int8 tensor") as e:
         vendor.check_runtime(None, runtime, art, golden_image(64))
     assert "\n" not in str(e.value)
+
+
+def test_layers_qdq_file_is_checked_first_loadable_and_of_the_same_graph(tmp_path, small_fp32, monkeypatch):
+    """Issue 36: `--qdq /etc/passwd` failed after the whole evaluation with a protobuf traceback, and another model's
+    QDQ file was taken (blaming our quantizer, cosine 0.14-0.50). Both are one line before anything is scored."""
+    from npuyolo.deploy.layers import check_qdq
+    from npuyolo.deploy.quantize import quantize_onnx
+
+    from .conftest import ROADSIGN4_MINI
+
+    data = ROADSIGN4_MINI / "data.yaml"
+    ours = tmp_path / "ours-int8.onnx"
+    quantize_onnx(small_fp32, ours, data, calib=2, per_channel=True)
+    check_qdq(small_fp32, ours)  # our own QDQ model of this graph passes
+    other_fp32 = export_onnx(load_weights(TRAINED), tmp_path / "other.onnx", imgsz=64, head="npu")
+    other = tmp_path / "other-int8.onnx"
+    quantize_onnx(other_fp32, other, data, calib=2, per_channel=True)
+    with pytest.raises(DeployError, match="not quantized from") as e:
+        check_qdq(small_fp32, other)
+    assert "\n" not in str(e.value)
+    garbage = tmp_path / "passwd"
+    garbage.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(DeployError, match="not a readable ONNX model") as e:
+        check_qdq(small_fp32, garbage)
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(vendor, "require", lambda name: None)
+    monkeypatch.setattr(vendor, "_validate_at", lambda *a, **k: pytest.fail("scored before the QDQ file was checked"))
+    with pytest.raises(DeployError, match="not quantized from"):
+        vendor.evaluate_compiled(rknn_build(tmp_path / "b", small_fp32), data, layers=True, qdq=other)

@@ -16,8 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
-__all__ = ["LayerError", "LayerRow", "compare_layers", "parse_error_analysis", "qdq_layer_errors"]
+from npuyolo.deploy.evaluate import DeployError
+from npuyolo.paths import file_problem
+
+__all__ = ["LayerError", "LayerRow", "check_qdq", "compare_layers", "parse_error_analysis", "qdq_layer_errors"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ROW = re.compile(r"^\[(?P<op>[^\]]+)\]\s+(?P<name>\S+)\s+(?P<ec>[-\d.]+)\s*\|\s*(?P<ee>[-\d.]+)\s+(?P<sc>[-\d.]+)\s*\|\s*(?P<se>[-\d.]+)")
@@ -67,6 +71,61 @@ def _producers(model: onnx.ModelProto) -> dict[str, str]:
         if node is not None and node.op_type == "Conv":
             result[tensor] = node.name
     return result
+
+
+SAME_WEIGHTS = 0.99  # cosine of a Conv's FP32 weights and its INT8 ones (per-channel INT8: above 0.999)
+
+
+def _conv_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Conv node name -> its float weights: the initializer, or what the DequantizeLinear in front of it gives back."""
+    inits = {i.name: i for i in model.graph.initializer}
+    made_by = {out: n for n in model.graph.node for out in n.output}
+    weights = {}
+    for node in model.graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2:
+            continue
+        name = node.input[1]
+        if name in inits:
+            weights[node.name] = numpy_helper.to_array(inits[name]).astype(np.float64)
+            continue
+        dq = made_by.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear" or not all(x in inits for x in dq.input[:2]):
+            continue
+        q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
+        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+        zero = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64) if len(dq.input) > 2 and dq.input[2] in inits else 0.0
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        if np.ndim(scale) == 1 and q.ndim > 1:
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            scale = scale.reshape(shape)
+            zero = np.reshape(zero, shape) if np.ndim(zero) == 1 else zero
+        weights[node.name] = (q - zero) * scale
+    return weights
+
+
+def check_qdq(fp32: Path, qdq: Path) -> None:
+    """`qdq` is a loadable ONNX model quantized from the graph `fp32`: every Conv of that graph is in it, with the same
+    weights up to INT8 rounding. Else one DeployError: another model's QDQ file would blame our quantizer for a
+    difference of models."""
+    why = file_problem(qdq, empty_ok=False)
+    if why is not None:
+        raise DeployError(f"QDQ model {qdq} {why}")
+    try:
+        model = onnx.load(str(qdq), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends: not an ONNX file
+        raise DeployError(f"QDQ model {qdq} is not a readable ONNX model ({' '.join(str(e).split())[:120] or type(e).__name__})") from None
+    ours = _conv_weights(onnx.load(str(fp32), load_external_data=False))
+    theirs = _conv_weights(model)
+    missing = [c for c in ours if c not in theirs]
+    if not ours or len(missing) == len(ours):
+        raise DeployError(f"QDQ model {qdq} is not quantized from {Path(fp32).name}: none of its Conv layers are there")
+    differ = [c for c in ours if c in theirs and (ours[c].shape != theirs[c].shape or _cosine(ours[c], theirs[c]) < SAME_WEIGHTS)]
+    if missing or differ:
+        first = (missing + differ)[0]
+        raise DeployError(f"QDQ model {qdq} is not quantized from {Path(fp32).name}: {len(missing)} of its {len(ours)} Conv "
+                          f"layers missing, {len(differ)} with other weights (first: {first}); give the QDQ file of this "
+                          "graph, or leave `qdq` out to quantize it here", param="qdq")
 
 
 def qdq_layer_errors(fp32: Path, int8: Path, image: np.ndarray) -> dict[str, tuple[float, float]]:

@@ -35,7 +35,7 @@ from npuyolo.data.calibration import calibration_images, letterbox
 from npuyolo.deploy.contract import ContractReport, InputContract, check_contract, prepare
 from npuyolo.deploy.evaluate import Deployable, DeployError, load_deployable, validate_matched
 from npuyolo.stats.matched import MatchedStats
-from npuyolo.deploy.layers import LayerRow, compare_layers, parse_error_analysis, qdq_layer_errors
+from npuyolo.deploy.layers import LayerRow, check_qdq, compare_layers, parse_error_analysis, qdq_layer_errors
 from npuyolo.deploy.quantize import quantize_onnx
 from npuyolo.paths import FileReadError, file_problem, read_regular_file, write_bytes
 
@@ -343,10 +343,8 @@ def evaluate_compiled(path: str | Path, data: str | Path, batch: int = 8, conf: 
     if layers and art.kind != "rknn":
         raise DeployError(f"per-layer analysis needs RKNN's accuracy_analysis; {art.path.name} is a {art.kind} build")
     require(art.compiler)  # a missing compiler is the first thing the user hears, not after the FP32 validation
-    if qdq is not None:
-        why = file_problem(Path(qdq), empty_ok=False)
-        if why is not None:
-            raise DeployError(f"QDQ model {qdq} {why}")
+    if qdq is not None:  # loadable, and quantized from this build's FP32 graph: before any scoring
+        check_qdq(art.onnx, Path(qdq))
     model = load_deployable(art.onnx)
     confs = (conf,) if deploy_conf is None else (conf, deploy_conf)
     fp32_at_conf, fp32_kept = None, []
