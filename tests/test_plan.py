@@ -433,3 +433,33 @@ def test_two_checkpoints_both_named_best_pt_get_their_own_plan_folders(tmp_path,
     assert Path(row_a.int8_path).read_bytes() != Path(row_b.int8_path).read_bytes()
     again = ws.plan(str(paths[0]), ["relu-only"], synth_data, calib=4, holdout=4, sweep=False)
     assert Path(again.path).parent == folder_a  # the same model: the same folder
+
+
+def test_a_finished_run_whose_best_pt_vanished_says_it_was_planned_from_last_pt(tmp_path, synth_data):
+    """Issue 36: a finished run whose best.pt is gone was planned from last.pt, and neither the output nor plan.json
+    said so."""
+    import torch
+
+    from npuyolo.train.recipe import Recipe
+    from npuyolo.variants.build import build_model
+
+    from .conftest import perturbed
+
+    db = tmp_path / "reg" / "r.db"
+    reg = Registry(db)
+    rid = reg.create_run(name="gone", variant="L4-relu", recipe=Recipe.load(epochs=1, imgsz=64, workers=0).model_dump(),
+                         data_path=str(synth_data), data_hash="h", class_names=["a"] * 6, weights_source=None, device="cpu",
+                         versions={})
+    weights = reg.run_dir(reg.get_run(rid), "weights")
+    model = perturbed(build_model("L4-relu", nc=6, verbose=False), scale=0.03, class_bias=-1.0)
+    torch.save({"model": None, "ema": model.half(), "epoch": 0, "train_args": {}}, weights / "last.pt")
+    reg.add_artifact(rid, "weights/best", weights / "best.pt")  # recorded, then deleted by hand
+    reg.add_artifact(rid, "weights/last", weights / "last.pt")
+    reg.set_status(rid, "finished")
+    result = runner.invoke(app, ["deploy", "plan", "gone", "-t", "relu-only", "--data", str(synth_data), "--calib", "4",
+                                 "--no-sweep", "--registry", str(db)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "best.pt" in said and "planned from last.pt" in said, result.output
+    recorded = json.loads(Registry(db, readonly=True).get_run(rid).artifact_path("plan").read_text())
+    assert "planned from last.pt" in recorded["weights_note"] and str(weights / "last.pt") in recorded["weights_note"]

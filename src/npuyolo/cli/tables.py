@@ -162,6 +162,8 @@ def print_plan(plan) -> None:
         console.print(line, highlight=False, markup=False)
         for note in tp.notes:
             console.print(f"  {tp.target}: {note}", highlight=False, markup=False, style="dim")
+    if plan.weights_note:
+        console.print(f"note: {plan.weights_note}", highlight=False, markup=False)
     console.print(f"plan: {plan.path} ({duration(plan.seconds)})", highlight=False, markup=False)
 
 

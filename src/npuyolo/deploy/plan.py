@@ -195,9 +195,11 @@ class Plan:
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
     twin_run_id: int | None = None  # the series' ReLU twin behind the `relu-twin` candidates
+    weights_note: str | None = None  # the run's best.pt is gone: planned from last.pt (said in the output and plan.json)
 
     def as_dict(self) -> dict:
         return {"model_ref": self.model_ref, "run_id": self.run_id, "twin_run_id": self.twin_run_id, "data": self.data,
+                "weights_note": self.weights_note,
                 "conf": self.conf,
                 "calibration": self.calibration, "path": self.path, "seconds": self.seconds, "stages": self.stages,
                 "targets": [t.as_dict() for t in self.targets]}
@@ -357,6 +359,7 @@ class RecordedPlan(_Recorded):
     seconds: float = 0.0
     stages: dict[str, float] = {}
     targets: list[_TargetPlan] = Field(min_length=1)
+    weights_note: Optional[str] = None
 
 
 def load_recorded_plan(path: str | Path) -> dict:
@@ -735,6 +738,15 @@ def _compile(placement: Placement, fp32: Path, target: str, data, registry, mode
     placement.compiled_file = result.build.rknn_file or getattr(result.build, "tflite", None) or None
 
 
+def weights_note(run) -> str | None:
+    """What a plan of `run` says when its best.pt is gone and resolve_model fell back to last.pt; else None."""
+    if run is None or run.artifact_path("weights/best") is not None:
+        return None
+    last = run.artifact_path("weights/last")
+    return None if last is None else (f"run {run.name}'s best.pt is missing; planned from last.pt ({last}), the last "
+                                      "epoch's weights, not the best")
+
+
 def model_folder(registry, ref: str) -> Path | None:
     """Where a plan of a checkpoint or ONNX file goes (not created here: nothing is made for a file the safe loader
     refuses): `<registry dir>/plan/<stem>-<sha256 of its bytes, 12 hex>/`, so two
@@ -899,7 +911,7 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
         chosen, runner, why = rank(rows)
         plans.append(TargetPlan(t, chosen, runner, why, rows, target_advice(t, rows, variant)))
     plan = Plan(label, run_id, str(data), conf, chosen_cal.get("label"), plans,
-                twin_run_id=int(twin) if twin is not None else None)
+                twin_run_id=int(twin) if twin is not None else None, weights_note=weights_note(run))
     plan.seconds = time.perf_counter() - started
     plan.stages = {k: round(v, 3) for k, v in stage.seconds.items()}
     out = folder / "plan.json"
