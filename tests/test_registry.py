@@ -236,3 +236,43 @@ def test_epoch_rows_are_typed_and_keep_their_json_form(tmp_path):
     assert EpochRow.from_dict(second.as_dict()) == second
     with pytest.raises(KeyError, match="no epoch column 'mAP50'"):
         first.value("mAP50")
+
+
+def v6_registry(path: Path, check: str) -> Path:
+    """A schema-6 registry (before the `stopped` status) whose runs CHECK reads `check`, with one finished run."""
+    from npuyolo.registry.schema import MIGRATIONS
+
+    con = sqlite3.connect(path, isolation_level=None)
+    for v in range(6):
+        con.executescript(MIGRATIONS[v].replace("CHECK (status IN ('running', 'finished', 'failed', 'interrupted'))", check))
+    con.execute("PRAGMA user_version = 6")
+    con.execute("INSERT INTO runs (name, variant, status, recipe_json, data_path, data_hash, class_names, versions_json,"
+                " started_at) VALUES ('old', 'L4-relu', 'finished', '{}', '/d', 'h', '[]', '{}', 'then')")
+    con.close()
+    return path
+
+
+def test_a_v6_registry_whose_check_differs_in_spacing_is_upgraded(tmp_path):
+    """Issue 36: a CHECK text one space off made every command, `npuyolo runs` too, end in a ValueError traceback."""
+    db = v6_registry(tmp_path / "spaced.db", "CHECK (status IN ('running', 'finished',  'failed', 'interrupted' ))")
+    assert [r.name for r in Registry(db, readonly=True).runs()] == ["old"]
+    reg = Registry(db)
+    rid = new_run(reg)
+    reg.set_status(rid, "stopped")
+    assert reg.get_run(rid).status == "stopped"
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        reg.update_run(rid, status="bogus")
+
+
+def test_a_v6_registry_with_a_foreign_check_is_one_line_and_still_lists(tmp_path):
+    db = v6_registry(tmp_path / "odd.db", "CHECK (length(status) > 0)")
+    assert [r.name for r in Registry(db, readonly=True).runs()] == ["old"]  # read commands still list
+    with pytest.raises(RegistryError, match="CHECK") as e:
+        Registry(db)
+    assert "\n" not in str(e.value)
+    from typer.testing import CliRunner
+
+    from npuyolo.cli import app
+
+    result = CliRunner().invoke(app, ["runs", "--registry", str(db)])
+    assert result.exit_code == 0 and "old" in result.output, result.output

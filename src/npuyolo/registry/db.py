@@ -399,7 +399,14 @@ class Registry:
             version = self._check_version(c)  # again, under the lock: another opener may have migrated meanwhile
             for v in range(version, SCHEMA_VERSION):
                 if MIGRATIONS[v].startswith("status:"):  # a status value added to runs' CHECK constraint
-                    widen_status_check(c, MIGRATIONS[v].split(":", 1)[1])
+                    status = MIGRATIONS[v].split(":", 1)[1]
+                    try:
+                        widen_status_check(c, status)
+                    except ValueError:
+                        if not self.readonly:  # reading needs no new status: read commands still list
+                            raise RegistryError(f"registry {self.path}: its runs table's status CHECK constraint is not "
+                                                f"the one npuyolo writes, so the {status!r} status cannot be added; "
+                                                "read commands still work, copy the runs to a new registry to write") from None
                 else:
                     for statement in MIGRATIONS[v].split(";"):
                         if statement.strip():

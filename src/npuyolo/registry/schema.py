@@ -1,5 +1,6 @@
 """Registry schema as an ordered list of migrations; PRAGMA user_version holds how many have run."""
 
+import re
 from enum import Enum
 
 __all__ = ["MIGRATIONS", "RUN_COLUMNS", "SCHEMA_VERSION", "RunStatus", "widen_status_check"]
@@ -155,6 +156,9 @@ MIGRATIONS: list[str] = [
 ]
 
 
+_STATUS_CHECK = re.compile(r"CHECK\s*\(\s*status\s+IN\s*\(((?:\s*'[a-z]+'\s*,?)+)\)\s*\)", re.IGNORECASE)
+
+
 def widen_status_check(conn, status: str) -> None:
     """Allow one more run status in runs' CHECK constraint, in place.
 
@@ -163,16 +167,18 @@ def widen_status_check(conn, status: str) -> None:
     the stored rows valid, as adding an allowed value does. Runs inside the migration's transaction.
     """
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()[0]
-    old = "'interrupted')"
-    if f"'{status}'" in sql:
-        return
-    if old not in sql:
+    m = _STATUS_CHECK.search(sql)  # spacing aside (a registry edited or written by another tool), as npuyolo wrote it
+    if m is None:
         raise ValueError("runs.status CHECK constraint not as expected")
+    values = [v.strip().strip("'") for v in m.group(1).split(",") if v.strip()]
+    if status in values:
+        return
+    widened = "CHECK (status IN (" + ", ".join(f"'{v}'" for v in [*values, status]) + "))"
     version = conn.execute("PRAGMA schema_version").fetchone()[0]
     conn.execute("PRAGMA writable_schema = ON")
     try:
         conn.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'runs'",
-                     (sql.replace(old, f"'interrupted', '{status}')", 1),))
+                     (sql[:m.start()] + widened + sql[m.end():],))
         conn.execute(f"PRAGMA schema_version = {version + 1}")
     finally:
         conn.execute("PRAGMA writable_schema = OFF")
