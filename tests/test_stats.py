@@ -151,3 +151,16 @@ def test_seed_gap_combines_seeds_and_images():
     assert gap.a_sd == 0 and len(gap.a_values) == 3
     same = seed_gap(strong, strong, "x", "y", n=100)
     assert same.gap.value == 0 and same.verdict is Verdict.TIED
+
+
+def test_map50_alone_equals_the_full_computation_and_its_samples_are_paired():
+    from npuyolo.stats.bootstrap import map50, map50_samples
+
+    a, b = as_stats(random_per_image(9)), as_stats(random_per_image(10))
+    w = np.bincount(np.random.default_rng(2).integers(0, 60, 60), minlength=60)
+    assert map50(prepare(a)) == pytest.approx(detection_metrics(a)[0], abs=1e-12)
+    assert map50(prepare(a), w) == pytest.approx(detection_metrics(prepare(a), w)[0], abs=1e-12)
+    point_a, sa = map50_samples(a, n=50, seed=3)
+    _, boot = paired_bootstrap([a, b], ["a", "b"], n=50, seed=3)
+    assert point_a == pytest.approx(detection_metrics(a)[0], abs=1e-12)
+    np.testing.assert_allclose(sa, boot[:, 0, 0], atol=1e-12)  # the same resamples as compare draws

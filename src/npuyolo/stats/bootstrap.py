@@ -17,7 +17,8 @@ import numpy as np
 
 from npuyolo.stats.matched import MatchedStats, StatsError
 
-__all__ = ["METRICS", "Prepared", "common_images", "detection_metrics", "image_resamples", "paired_bootstrap", "prepare"]
+__all__ = ["METRICS", "Prepared", "common_images", "detection_metrics", "image_resamples", "map50", "map50_samples",
+           "paired_bootstrap", "prepare"]
 
 METRICS = ("map50", "map50_95", "precision", "recall")
 EPS = 1e-16  # Ultralytics' eps in ap_per_class
@@ -101,6 +102,34 @@ def detection_metrics(p: Prepared | MatchedStats, weights: np.ndarray | None = N
     return np.array([ap[:, 0].mean(), ap.mean(), p_curve[:, i].mean(), r_curve[:, i].mean()])
 
 
+def map50(p: Prepared, weights: np.ndarray | None = None) -> float:
+    """mAP50 alone (IoU 0.5, no P/R curves): what a deployment plan's accuracy guard needs, ~5x cheaper."""
+    s = p.stats
+    size = int(p.classes.max(initial=-1)) + 1
+    labels = np.bincount(s.target_cls, minlength=size) if weights is None else \
+        np.bincount(s.target_cls, weights=weights[s.target_img], minlength=size)
+    classes = [int(c) for c in p.classes if labels[c] > 0]
+    if not classes:
+        return 0.0
+    ap = np.zeros(len(classes))
+    for ci, c in enumerate(classes):
+        rows = p.rows[c]
+        if weights is not None:
+            rows = np.repeat(rows, weights[p.img[rows]].astype(np.int64))
+        if rows.size == 0:
+            continue
+        tpc = np.cumsum(p.tp[0, rows], dtype=np.int32).astype(np.float64)
+        ap[ci] = _ap((tpc / (labels[c] + EPS))[None], (tpc / np.arange(1, rows.size + 1, dtype=np.float64))[None])[0]
+    return float(ap.mean())
+
+
+def map50_samples(stats: MatchedStats, n: int = 1000, seed: int = 0) -> tuple[float, np.ndarray]:
+    """(mAP50 of the set, [n] mAP50 of each resample), the resamples drawn over the images in sorted-name order: two
+    models scored on the same images get the same resamples, so the difference of their samples is paired."""
+    p = prepare(stats.reordered(tuple(sorted(stats.images))))
+    return map50(p), np.array([map50(p, w) for w in image_resamples(len(stats.images), n, seed)])
+
+
 def common_images(stats: list[MatchedStats], labels: list[str]) -> tuple[str, ...]:
     """The one image order every model is resampled in; models scored on other images or classes are refused."""
     first = stats[0]
@@ -114,7 +143,7 @@ def common_images(stats: list[MatchedStats], labels: list[str]) -> tuple[str, ..
         if s.pipeline != first.pipeline:
             raise StatsError(f"{labels[0]} ({first.pipeline}) and {label} ({s.pipeline}) were scored through different "
                              "image pipelines")
-    return first.images
+    return tuple(sorted(first.images))  # one canonical order: every tool draws the same resamples of the same images
 
 
 def image_resamples(n_images: int, n: int, seed: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from npuyolo.train.anneal import set_slope
 from npuyolo.train.kd import KDDistillationModel
 from npuyolo.train.recipe import Recipe
 from npuyolo.stats.matched import MatchedStats, StatsError, save_stats
-from npuyolo.train.records import PREVIOUS, RecordSink
+from npuyolo.train.records import PREVIOUS, RecordSink, numerics, software_versions
 from npuyolo.ultra import DetectionTrainer, DistillationModel, intersect_dicts, unwrap_model
 from npuyolo.variants.build import build_model
 from npuyolo.variants.checkpoint import is_pruned
@@ -292,7 +292,8 @@ def attach_records(trainer: NpuyoloTrainer, sink: RecordSink) -> None:
 
     def on_pretrain_routine_end(t: NpuyoloTrainer) -> None:
         # t.amp is what Ultralytics trains with, after its (here offline) AMP check: recorded, not assumed
-        fields = {"device": str(t.device), "save_dir": str(t.save_dir), "amp": int(bool(getattr(t, "amp", False)))}
+        fields = {"device": str(t.device), "save_dir": str(t.save_dir), "amp": int(bool(getattr(t, "amp", False))),
+                  "versions_json": json.dumps({**software_versions(), "numerics": numerics(t)}, sort_keys=True)}
         if t.transferred:
             fields["weights_transferred"] = f"{t.transferred[0]}/{t.transferred[1]}"
         sink.update_run(**fields)
