@@ -9,7 +9,8 @@ On the same NPU-head outputs of a 320 px model (the committed L4-relu unless --w
 each at the deployment threshold (conf 0.25) and at the validation one (0.001, the most candidates). Then end to end
 on the same images: the bundle's runner in-process (read, letterbox, ONNX Runtime, post-processing) against
 `npuyolo predict`'s `predict_source` (model loaded once for both), and both CLIs as a user runs them (process start
-included). It checks, on every image, that the bundle and predict keep the same boxes.
+included). It checks, on every image, that the bundle and predict keep the same boxes. With --data, it also scores the
+bundle's own detections (conf 0.001) on the whole val split with Ultralytics' matching and AP, beside `deploy eval`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "bench" / "seed_experiment" / "320" / "L4-relu" / "best.pt"
 IMAGES = REPO.parent / "shared" / "datasets" / "roadsign4" / "images" / "val"
+DATA = REPO.parent / "shared" / "datasets" / "roadsign4" / "data.yaml"
 
 
 class Tensor(ctypes.Structure):
@@ -62,12 +64,46 @@ def per_image_ms(fn, items, repeat: int = 5) -> float:
     return statistics.median(passes)
 
 
+def bundle_map(infer, runner, images: list[Path]) -> dict:
+    """mAP of the bundle's own detections (letterbox, runtime, NumPy decode + NMS at conf 0.001), matched to the YOLO
+    labels in letterbox pixels as Ultralytics' validator matches them, AP by Ultralytics' `ap_per_class`."""
+    import torch
+    from ultralytics.utils.metrics import ap_per_class, box_iou
+
+    m, iouv = runner.manifest, np.linspace(0.5, 0.95, 10)
+    tps, confs, pcls, tcls = [], [], [], []
+    for p in images:
+        rgb = infer.read_image(p)
+        canvas, gain, pad = infer.letterbox(rgb, m["imgsz"])
+        dets = infer.postprocess(infer.arrange_outputs(runner.runtime.run(infer.prepare(canvas, m["input"], None)), m), m, 0.001, 0.7)
+        label = Path(str(p.with_suffix(".txt")).replace("/images/", "/labels/"))
+        rows = np.loadtxt(label, ndmin=2) if label.is_file() and label.stat().st_size else np.zeros((0, 5))
+        h, w = rgb.shape[:2]
+        cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
+        truth = np.stack(((cx - bw / 2) * gain[0] + pad[0], (cy - bh / 2) * gain[1] + pad[1],
+                          (cx + bw / 2) * gain[0] + pad[0], (cy + bh / 2) * gain[1] + pad[1]), 1)
+        correct = np.zeros((len(dets), len(iouv)), bool)
+        if len(dets) and len(rows):
+            iou = box_iou(torch.tensor(truth, dtype=torch.float32), torch.tensor(dets[:, :4])).numpy()
+            iou = iou * (rows[:, :1] == dets[None, :, 5])
+            matched = np.zeros((len(rows), len(iouv)), bool)  # Ultralytics' greedy matching, best score first
+            for j in np.flatnonzero((iou >= iouv.min()).any(0)):
+                available = np.where(matched, 0, iou[:, j, None])
+                k = available.argmax(0)
+                correct[j] = available[k, range(len(iouv))] >= iouv
+                matched[k, range(len(iouv))] |= correct[j]
+        tps.append(correct), confs.append(dets[:, 4]), pcls.append(dets[:, 5]), tcls.append(rows[:, 0])
+    ap = ap_per_class(np.concatenate(tps), np.concatenate(confs), np.concatenate(pcls), np.concatenate(tcls))[5]
+    return {"map50": float(ap[:, 0].mean()), "map50_95": float(ap.mean()), "images": len(images)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, default=WEIGHTS)
     ap.add_argument("--images", type=Path, default=IMAGES)
     ap.add_argument("--count", type=int, default=100)
     ap.add_argument("--imgsz", type=int, default=320)
+    ap.add_argument("--data", type=Path, default=DATA if DATA.is_file() else None, help="score the bundle on its val split")
     args = ap.parse_args()
 
     import torch
@@ -144,6 +180,17 @@ def main() -> None:
         predict_e2e = per_image_ms(lambda p: predict_source(predictor, [p]), images, repeat=3)
         print(f"end to end in-process (read, letterbox, ONNX Runtime, post): bundle {bundle_e2e:.2f} ms, predict {predict_e2e:.2f} ms per image")
 
+        scores = None
+        if args.data is not None:
+            from npuyolo.data.check import load_data_yaml
+            from npuyolo.deploy.evaluate import evaluate_onnx
+
+            cfg, root, _ = load_data_yaml(args.data)
+            val = sorted(p for p in (root / cfg["val"]).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+            mine, theirs = bundle_map(infer, runner, val), evaluate_onnx(onnx, args.data)
+            scores = {"bundle": mine, "deploy_eval": {k: theirs[k] for k in ("map50", "map50_95", "images")}}
+            print(f"val ({mine['images']} images): bundle mAP50 {mine['map50']:.4f} / mAP50-95 {mine['map50_95']:.4f}; "
+                  f"deploy eval {theirs['map50']:.4f} / {theirs['map50_95']:.4f} ({theirs['images']} images)")
         folder = work / "imgs"
         folder.mkdir()
         for p in images:
@@ -159,7 +206,7 @@ def main() -> None:
               f"npuyolo predict {predict_cli:.1f} s (which also writes annotated copies and CSV)")
         print(json.dumps({"post": {str(k): v for k, v in post.items()}, "e2e_ms": {"bundle": bundle_e2e, "predict": predict_e2e},
                           "cli_s": {"bundle": bundle_cli, "predict": predict_cli}, "images": len(images), "boxes": boxes,
-                          "mismatched_images": mismatched}))
+                          "mismatched_images": mismatched, "val": scores}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

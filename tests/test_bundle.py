@@ -163,6 +163,22 @@ def test_bundle_contents(bundles, models):
     assert not [p for p in b.folder.parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
 
 
+@pytest.mark.parametrize("n, classes", [(600, 3), (2600, 1)])  # one IoU matrix per class; past 2048 boxes row by row
+def test_numpy_nms_keeps_torchvisions_boxes(bundles, n, classes):
+    import torchvision
+
+    infer = load_runner(bundles["npu"].folder)
+    rng = np.random.default_rng(n)
+    xy = rng.uniform(0, 300, (n, 2)).astype(np.float32)
+    boxes = np.concatenate((xy, xy + rng.uniform(5, 60, (n, 2)).astype(np.float32)), 1)
+    scores, cls = rng.uniform(0.001, 1, n).astype(np.float32), rng.integers(0, classes, n)
+    for iou in (0.45, 0.7):
+        kept = infer.nms(boxes, scores, cls, iou, max_det=10_000)
+        ref = torchvision.ops.batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(cls), iou).numpy()
+        assert len(ref) > 50 and kept.tolist() == ref.tolist()
+        assert infer.nms(boxes, scores, cls, iou, max_det=7).tolist() == ref[:7].tolist()
+
+
 # ------------------------------------------------------------------------------------------ (b) the C post-processor
 class Tensor(ctypes.Structure):
     _fields_ = [("data", ctypes.c_void_p), ("dtype", ctypes.c_int), ("layout", ctypes.c_int), ("scale", ctypes.c_float),
