@@ -276,3 +276,92 @@ def test_a_v6_registry_with_a_foreign_check_is_one_line_and_still_lists(tmp_path
 
     result = CliRunner().invoke(app, ["runs", "--registry", str(db)])
     assert result.exit_code == 0 and "old" in result.output, result.output
+
+
+DAMAGE = {  # one column edited by hand: (SQL, the column the error must name)
+    "recipe not JSON": ("UPDATE runs SET recipe_json = '{nope' WHERE id = 1", "recipe_json"),
+    "recipe a list": ("UPDATE runs SET recipe_json = '[1]' WHERE id = 1", "recipe_json"),
+    "recipe without its keys": ("UPDATE runs SET recipe_json = '{}' WHERE id = 1", "recipe_json"),
+    "recipe epochs text": ("UPDATE runs SET recipe_json = '{\"epochs\": \"x\", \"imgsz\": 64}' WHERE id = 1", "recipe_json"),
+    "best without precision": ("UPDATE runs SET best_json = '{\"map50\": 0.1}' WHERE id = 1", "best_json"),
+    "best a list": ("UPDATE runs SET best_json = '[1]' WHERE id = 1", "best_json"),
+    "epochs.map50 text": ("UPDATE epochs SET map50 = 'abc' WHERE run_id = 1", "epochs.map50"),
+    "duration_s text": ("UPDATE runs SET duration_s = 'long' WHERE id = 1", "duration_s"),
+    "pid text": ("UPDATE runs SET pid = 'x', status = 'running', host = (SELECT host FROM runs WHERE id = 2) WHERE id = 1", "pid"),
+    "meta_json broken": ("UPDATE artifacts SET meta_json = '{' WHERE run_id = 1", "artifacts.meta_json"),
+    "extra_json broken": ("UPDATE epochs SET extra_json = '[' WHERE run_id = 1", "epochs.extra_json"),
+    "class_names broken": ("UPDATE runs SET class_names = 'x' WHERE id = 1", "class_names"),
+}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """A series of two finished runs, as training records them."""
+    import json
+
+    from npuyolo.train.recipe import Recipe
+
+    db = tmp_path_factory.mktemp("damage") / "base.db"
+    reg = Registry(db)
+    reg.upsert_series("s", {"name": "s", "data": "/d.yaml", "variants": ["L4-relu", "L4-leaky"]})
+    for v in ("L4-relu", "L4-leaky"):
+        rid = new_run(reg, name=f"s-{v}", variant=v, series="s", recipe=Recipe.load(epochs=1, imgsz=64, workers=0).model_dump())
+        reg.record_epoch(rid, 1, map50=0.1, map50_95=0.05, precision=0.2, recall=0.1, box_loss=1, extra={"kd": 0.5})
+        reg.update_run(rid, best_json=json.dumps({"map50": 0.1, "map50_95": 0.05, "precision": 0.2, "recall": 0.1}),
+                       duration_s=12.0)
+        reg.add_artifact(rid, "weights/best", db.parent / "best.pt", {"k": 1})
+        reg.set_status(rid, "finished")
+        reg.set_series_member("s", v, rid)
+    reg.close()
+    return db
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_a_damaged_row_is_one_line_naming_run_and_column_and_the_others_still_list(two_runs, tmp_path, case):
+    """Issue 36: a hand-edited registry row gave tracebacks in runs, runs show, report and series rank."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from npuyolo.cli import app
+    from npuyolo.registry.db import DamagedRowError
+
+    sql, column = DAMAGE[case]
+    db = Path(shutil.copyfile(two_runs, tmp_path / "r.db"))
+    con = sqlite3.connect(db)
+    con.execute(sql)
+    con.commit()
+    con.close()
+    reg = Registry(db, readonly=True)
+    if case != "recipe without its keys":  # the registry holds partial recipes (tests, old runs): the report needs them all
+        with pytest.raises(DamagedRowError) as e:
+            reg.get_run(1)
+        assert "run 1" in str(e.value) and column in str(e.value) and "\n" not in str(e.value)
+    rows, damaged = reg.runs_checked()
+    assert [r.id for r in rows] == [2] or ([r.id for r in rows] == [1, 2] and not damaged)
+    assert reg.get_run(2).name == "s-L4-leaky"
+    listed = CliRunner().invoke(app, ["runs", "--registry", str(db)])
+    assert listed.exit_code == 0 and "s-L4-leaky" in listed.output, listed.output
+    for argv in (["runs", "--registry", str(db), "show", "1"], ["report", "1", "--out", str(tmp_path / "rep"), "--registry", str(db)],
+                 ["series", "rank", "s", "--registry", str(db)]):
+        result = CliRunner().invoke(app, argv)
+        assert result.exception is None or isinstance(result.exception, SystemExit), (argv, result.exception)
+        assert result.exit_code in (0, 2), (argv, result.output)
+        if result.exit_code == 2:
+            assert "run 1" in result.output and column in result.output, (argv, result.output)
+
+
+def test_a_variant_holding_rich_markup_is_printed_as_text(two_runs, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from npuyolo.cli import app
+
+    db = Path(shutil.copyfile(two_runs, tmp_path / "r.db"))
+    con = sqlite3.connect(db)
+    con.execute("UPDATE runs SET variant = '[/]' WHERE id = 1")
+    con.commit()
+    con.close()
+    result = CliRunner().invoke(app, ["runs", "--registry", str(db), "show", "1"])
+    assert result.exit_code == 0 and "variant [/]" in result.output, result.output

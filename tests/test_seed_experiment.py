@@ -103,7 +103,7 @@ def test_adopting_a_committed_member_keeps_every_epoch_as_recorded(tmp_path, mon
                             data_path="d", data_hash="h", class_names=["a"], weights_source=None, device="cpu", versions={})
     source.record_epoch(rid, 1, extra={"act_slope": 0.1}, box_loss=2.0, map50=0.1, lr=0.003)
     source.record_epoch(rid, 2, extra={"act_slope": 0.0}, box_loss=1.5, map50=0.2, lr=0.001)
-    source.update_run(rid, best_json=json.dumps({"map50": 0.2, "map50_95": 0.1}))
+    source.update_run(rid, best_json=json.dumps({"map50": 0.2, "map50_95": 0.1, "precision": 0.3, "recall": 0.2}))
     source.set_status(rid, "finished")
     member = tmp_path / "out" / "L4-relu-anneal"
     member.mkdir(parents=True)

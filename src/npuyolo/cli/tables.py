@@ -22,7 +22,8 @@ def print_result(run, as_json: bool) -> None:
 
 
 def print_run(run: RunRecord) -> None:
-    console.print(f"[bold]run {run.id}[/] {escape(run.name)}  variant {run.variant}  status [bold]{run.status}[/]", highlight=False)
+    console.print(f"[bold]run {run.id}[/] {escape(run.name)}  variant {escape(run.variant)}  status [bold]{escape(run.status)}[/]",
+                  highlight=False)
     console.print(escape(f"data {run.data_path} (hash {run.data_hash})  device {run.device}  weights {run.weights_source or 'none (from scratch)'}"
                   + (f" transferred {run.weights_transferred}" if run.weights_transferred else "")
                   + ("" if run.amp is None else f"  AMP {'on' if run.amp else 'off'}")), highlight=False)

@@ -105,7 +105,9 @@ def runs_list(ctx: typer.Context, as_json: JsonOpt = False, series: Annotated[Op
     if ctx.invoked_subcommand:
         ctx.obj = registry
         return
-    rows = open_registry(registry, readonly=True).runs(series)
+    rows, damaged = open_registry(registry, readonly=True).runs_checked(series)
+    for line in damaged:  # the other rows still list
+        err.print(f"[yellow]skipped:[/] {escape(line)}", highlight=False)
     if as_json:
         return print_json([r.as_dict() for r in rows])
     table = Table(title="runs")
@@ -227,6 +229,9 @@ def series_rank(name: str, as_json: JsonOpt = False, registry: RegistryOpt = Non
     rows = rank_series(name, open_registry(registry, readonly=True))
     if as_json:
         return print_json(rows)
+    for r in rows:
+        if r.get("error"):  # a damaged member: unranked, the others still rank
+            err.print(f"[yellow]unranked:[/] {escape(r['error'])}", highlight=False)
     print_ranking(name, rows)
 
 

@@ -22,7 +22,7 @@ from npuyolo.paths import default_registry_path as default_path
 from npuyolo.registry.schema import MIGRATIONS, RUN_COLUMNS, SCHEMA_VERSION, RunStatus, widen_status_check
 from npuyolo.variants.spec import HYBRID_RE, NAME_RE
 
-__all__ = ["Artifact", "EpochRow", "NameTakenError", "Registry", "RegistryError", "RunRecord", "RunStatus", "default_path", "validate_run_name"]
+__all__ = ["Artifact", "DamagedRowError", "EpochRow", "NameTakenError", "Registry", "RegistryError", "RunRecord", "RunStatus", "default_path", "validate_run_name"]
 
 MAX_NAME_CHARS = 100
 # sqlite messages that mean "the file or disk", not "our SQL": shown to the user as one line
@@ -70,6 +70,95 @@ EPOCH_FIELDS = tuple(f.name for f in dataclasses.fields(EpochRow) if f.name not 
 
 class RegistryError(NpuyoloError, LookupError):
     """A run or series that is not in the registry, or a registry file npuyolo cannot use."""
+
+
+class DamagedRowError(RegistryError):
+    """A registry row that cannot be read as npuyolo writes it (edited by hand, written by another tool): one line
+    naming the run (or series) and the column, so the other rows still list."""
+
+
+# the recipe keys a report reads, with the type each must have when present (train/recipe.py's Recipe)
+_INT, _NUMBER = (int,), (int, float)
+RECIPE_TYPES: dict[str, tuple[type, ...]] = {
+    "epochs": _INT, "batch": _INT, "imgsz": _INT, "seed": _INT, "workers": _INT, "optimizer": (str,), "lr0": _NUMBER,
+    "lr_final": _NUMBER, "momentum": _NUMBER, "weight_decay": _NUMBER, "warmup_epochs": _NUMBER}
+BEST_METRICS = ("precision", "recall", "map50", "map50_95")
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and not isinstance(value, bool)
+
+
+def _number(value: Any, integer: bool = False) -> float | int | None:
+    """A numeric column as SQLite gave it back: None, or a number (SQLite keeps text written into a REAL column)."""
+    if value is None or _is(value, _INT if integer else _NUMBER):
+        return value
+    raise ValueError(f"{value!r} is not a number" if not integer else f"{value!r} is not an integer")
+
+
+def _json(text: Any, kind: type, nullable: bool = False) -> Any:
+    """A JSON column: parsed, and of the kind npuyolo writes there."""
+    if text is None and nullable:
+        return None
+    if not isinstance(text, str):
+        raise ValueError(f"{type(text).__name__}, not JSON text")
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+    except ValueError as e:
+        raise ValueError(f"not JSON: {e}") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"a JSON {type(value).__name__}, not a{'n' if kind.__name__[0] in 'aeiou' else ''} {kind.__name__}")
+    return value
+
+
+def _recipe(text: Any) -> dict:
+    recipe = _json(text, dict)
+    wrong = [k for k, types in RECIPE_TYPES.items() if k in recipe and not _is(recipe[k], types)]
+    if wrong:
+        raise ValueError(f"{wrong[0]} is {recipe[wrong[0]]!r}")
+    return recipe
+
+
+def _best(text: Any) -> dict | None:
+    best = _json(text, dict, nullable=True)
+    if best is not None:
+        missing = [m for m in BEST_METRICS if m not in best]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
+        for m in BEST_METRICS:
+            _number(best[m])
+    return best
+
+
+def _str_list(text: Any) -> list[str]:
+    names = _json(text, list)
+    if not all(isinstance(n, str) for n in names):
+        raise ValueError("not a list of names")
+    return names
+
+
+def _extra(text: Any) -> dict | None:
+    extra = _json(text, dict, nullable=True)
+    for v in (extra or {}).values():
+        _number(v)
+    return extra
+
+
+@contextmanager
+def _reading(what: str, column: str) -> Iterator[None]:
+    """A column's value that does not parse is one DamagedRowError naming the row and the column."""
+    try:
+        yield
+    except ValueError as e:
+        why = " ".join(str(e).split())
+        raise DamagedRowError(f"{what}: column {column} is damaged ({why[:120]}); fix or delete that row") from None
+
+
+def _label(row) -> str:
+    name = row["name"] if isinstance(row["name"], str) else repr(row["name"])
+    return f"run {row['id']} ({name[:60]})"
 
 
 class NameTakenError(RegistryError):
@@ -264,9 +353,11 @@ def process_started(pid: int) -> str | None:
 def process_alive(pid: int | None, started: str | None) -> bool:
     if not pid:
         return False
+    if not _is(pid, _INT):  # a damaged row (text in its pid): nothing to tell, so nothing is reaped
+        return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
@@ -551,29 +642,72 @@ class Registry:
         return row["id"]
 
     def get_run(self, ref: str | int) -> RunRecord:
+        """The run, every column checked as it is read: a damaged one is a DamagedRowError naming the run and column."""
         run_id = self.resolve(ref)
         row = dict(self.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
+        label = _label(row)
+        parsed = self._check_run_row(row, label)
         if self.readonly and self._dead(row):
             row["status"], row["error"] = RunStatus.INTERRUPTED.value, "process ended without closing the run (killed?)"
-        artifacts = [Artifact(a["kind"], a["path"], json.loads(a["meta_json"]) if a["meta_json"] else None, a["created_at"])
-                     for a in self.conn.execute("SELECT kind, path, meta_json, created_at FROM artifacts WHERE run_id = ?"
-                                                " ORDER BY rowid", (run_id,))]
+        artifacts = []
+        for a in self.conn.execute("SELECT kind, path, meta_json, created_at FROM artifacts WHERE run_id = ? ORDER BY rowid", (run_id,)):
+            with _reading(label, "artifacts.meta_json"):
+                meta = _json(a["meta_json"] or None, dict, nullable=True)
+            artifacts.append(Artifact(a["kind"], a["path"], meta or None, a["created_at"]))
         return RunRecord(
             id=row["id"], name=row["name"], variant=row["variant"], series=row["series"], status=row["status"],
-            recipe=json.loads(row["recipe_json"]), data_path=row["data_path"], data_hash=row["data_hash"],
-            class_names=json.loads(row["class_names"]), weights_source=row["weights_source"],
-            weights_transferred=row["weights_transferred"], device=row["device"], versions=json.loads(row["versions_json"]),
+            recipe=parsed["recipe_json"], data_path=row["data_path"], data_hash=row["data_hash"],
+            class_names=parsed["class_names"], weights_source=row["weights_source"],
+            weights_transferred=row["weights_transferred"], device=row["device"], versions=parsed["versions_json"],
             save_dir=row["save_dir"], started_at=row["started_at"], ended_at=row["ended_at"], duration_s=row["duration_s"],
-            best=json.loads(row["best_json"]) if row["best_json"] else None, pid=row["pid"], pid_started=row["pid_started"],
+            best=parsed["best_json"], pid=row["pid"], pid_started=row["pid_started"],
             host=row["host"], error=row["error"], amp=None if row.get("amp") is None else bool(row["amp"]),
-            epochs=self.epochs(run_id), artifacts=artifacts)
+            epochs=self.epochs(run_id, label), artifacts=artifacts)
 
-    def epochs(self, run_id: int) -> list[EpochRow]:
+    @staticmethod
+    def _check_run_row(row: dict, label: str) -> dict[str, Any]:
+        """The runs row's JSON columns parsed and its numeric ones checked (SQLite stores any text in a REAL column)."""
+        parsed: dict[str, Any] = {}
+        for column, parse in (("recipe_json", _recipe), ("class_names", _str_list), ("best_json", lambda t: _best(t or None)),
+                              ("versions_json", lambda t: _json(t, dict))):
+            with _reading(label, column):
+                parsed[column] = parse(row[column])
+        for column, integer in (("duration_s", False), ("pid", True), ("amp", True)):
+            with _reading(label, column):
+                _number(row.get(column), integer)
+        for column in ("name", "variant", "status", "started_at"):
+            if not isinstance(row.get(column), str):
+                raise DamagedRowError(f"{label}: column {column} is damaged (not text); fix or delete that row")
+        return parsed
+
+    def epochs(self, run_id: int, label: str | None = None) -> list[EpochRow]:
         rows = self.conn.execute("SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,)).fetchall()
-        return [EpochRow(r["epoch"], *(r[k] for k in EPOCH_FIELDS), extra=json.loads(r["extra_json"]) if r["extra_json"] else None)
-                for r in rows]
+        label = label or f"run {run_id}"
+        out = []
+        for r in rows:
+            for k in ("epoch", *EPOCH_FIELDS):
+                with _reading(label, f"epochs.{k} (epoch {r['epoch']!r})"):
+                    _number(r[k], integer=k == "epoch")
+            with _reading(label, f"epochs.extra_json (epoch {r['epoch']})"):
+                extra = _extra(r["extra_json"] or None)
+            out.append(EpochRow(r["epoch"], *(r[k] for k in EPOCH_FIELDS), extra=extra))
+        return out
 
     def runs(self, series: str | None = None) -> list[RunSummary]:
+        """Every readable run (a damaged row is left out; `runs_checked` also says which and why)."""
+        return self.runs_checked(series)[0]
+
+    def runs_checked(self, series: str | None = None) -> tuple[list[RunSummary], list[str]]:
+        """The runs' summaries, and one line per damaged row (the run and the column) instead of its summary."""
+        good, damaged = [], []
+        for summary in self._runs(series):
+            if isinstance(summary, str):
+                damaged.append(summary)
+            else:
+                good.append(summary)
+        return good, damaged
+
+    def _runs(self, series: str | None = None) -> list[RunSummary | str]:
         q = ("SELECT r.id, r.name, r.save_dir, r.pid, r.pid_started, r.host, r.variant, r.series, r.status, r.started_at, r.duration_s,"
              " (SELECT COUNT(*) FROM epochs e WHERE e.run_id = r.id) AS epochs,"
              " (SELECT map50 FROM epochs e WHERE e.run_id = r.id ORDER BY epoch DESC LIMIT 1) AS map50,"
@@ -584,12 +718,24 @@ class Registry:
             q += " WHERE r.series = ?"
             args = (series,)
         rows = [dict(r) for r in self.conn.execute(q + " ORDER BY r.id", args)]
+        out: list[RunSummary | str] = []
         for r in rows:
+            try:
+                for column, integer in (("duration_s", False), ("pid", True), ("map50", False), ("map50_95", False)):
+                    with _reading(_label(r), column if column in ("duration_s", "pid") else f"epochs.{column}"):
+                        _number(r[column], integer)
+                for column in ("name", "variant", "status", "started_at"):
+                    if not isinstance(r[column], str):
+                        raise DamagedRowError(f"{_label(r)}: column {column} is damaged (not text); fix or delete that row")
+            except DamagedRowError as e:
+                out.append(str(e))
+                continue
             if self.readonly and self._dead(r):  # show what reaping would record, without writing it
                 r["status"] = RunStatus.INTERRUPTED.value
             for k in ("pid", "pid_started", "host"):
                 del r[k]
-        return [RunSummary(**r) for r in rows]
+            out.append(RunSummary(**r))
+        return out
 
     # -- NPU checks -----------------------------------------------------------------------------------
     def add_npu_check(self, *, run_id: int | None, model_ref: str, onnx_path: str, head: str | None, report: dict) -> int:
@@ -662,4 +808,6 @@ class Registry:
             raise RegistryError(f"no series {name!r}" + (f"; known: {', '.join(known)}" if known else "; none recorded yet"))
         members = [SeriesMember(r["variant"], r["run_id"], r["status"]) for r in self.conn.execute(
             "SELECT m.variant, m.run_id, r.status FROM series_members m LEFT JOIN runs r ON r.id = m.run_id WHERE m.series = ?", (name,))]
-        return SeriesRecord(name, json.loads(row["spec_json"]), row["created_at"], members)
+        with _reading(f"series {name!r}", "spec_json"):
+            spec = _json(row["spec_json"], dict)
+        return SeriesRecord(name, spec, row["created_at"], members)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from npuyolo.deploy.plan import PlanError, cell, chosen_row, load_recorded_plan
 from npuyolo.errors import NpuyoloError
-from npuyolo.registry.db import CompilerRunRow, DeployEvalRow, EpochRow, NpuCheckRow, RegistryError, RunRecord
+from npuyolo.registry.db import RECIPE_TYPES, CompilerRunRow, DeployEvalRow, EpochRow, NpuCheckRow, RegistryError, RunRecord
 from npuyolo.train.series import rank_series
 
 METRICS = ("map50", "map50_95", "precision", "recall")
@@ -203,12 +203,21 @@ def plan_and_problem(run: RunRecord) -> tuple[dict | None, dict | None]:
         return None, {"path": str(recorded.path), "why": why}
 
 
+def _complete_recipe(run: RunRecord) -> None:
+    """The report quotes every key of the recipe training records; a row without them is damaged, said in one line."""
+    missing = [k for k in RECIPE_TYPES if k not in run.recipe]
+    if missing:
+        raise ReportError(f"run {run.id} ({run.name}): column recipe_json is damaged (no {', '.join(missing)}); "
+                          "fix or delete that row")
+
+
 def run_facts(registry, ref, compare_ref=None) -> RunFacts:
 
     try:
         run = registry.get_run(ref)
     except RegistryError as e:
         raise ReportError(str(e)) from None
+    _complete_recipe(run)
     final, first = final_and_first(run)
     try:
         compare = registry.get_run(compare_ref) if compare_ref is not None else None

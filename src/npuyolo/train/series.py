@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from npuyolo.registry.db import NameTakenError, Registry, RegistryError
+from npuyolo.registry.db import DamagedRowError, NameTakenError, Registry, RegistryError
 from npuyolo.train.executors import Executor, LocalExecutor
 from npuyolo.train.members import MemberJob
 from npuyolo.train.recipe import Recipe, RecipeError, load_mapping, refuse_unnamed_keys, validation_message
@@ -127,7 +127,12 @@ def rank_series(name: str, registry: Registry) -> list[dict]:
     rows = []
     for m in registry.series(name).members:
         finished = m.status == "finished"
-        metrics = final_metrics(registry, m.run_id) if finished else {k: None for k in RANK_METRICS}
-        rows.append({"variant": m.variant, "run_id": m.run_id, "status": m.status or "not started",
-                     "epochs": len(registry.epochs(m.run_id)) if m.run_id is not None else 0, **metrics})
+        try:
+            metrics = final_metrics(registry, m.run_id) if finished else {k: None for k in RANK_METRICS}
+            epochs = len(registry.epochs(m.run_id)) if m.run_id is not None else 0
+        except DamagedRowError as e:  # a hand-edited row: listed unranked, saying why; the other members still rank
+            rows.append({"variant": m.variant, "run_id": m.run_id, "status": "damaged", "epochs": 0, "error": str(e),
+                         **{k: None for k in RANK_METRICS}})
+            continue
+        rows.append({"variant": m.variant, "run_id": m.run_id, "status": m.status or "not started", "epochs": epochs, **metrics})
     return rank_rows(rows)
