@@ -115,30 +115,51 @@ def finished_run(reg, member: str, args):
     return None
 
 
+RUN_JSON_MAX_BYTES = 16 << 20
+
+
 def adopt_committed(db: Path, member: str, args, data: Path):
     """A member trained and committed in an earlier session (its work folder gone with that machine): its registry row
     rebuilt from the committed run.json (recipe, every epoch, best figures) with the committed best.pt as its weights,
-    so that `post` can measure it here. Returns the run, or None when nothing is committed."""
-    from npuyolo.registry.db import EPOCH_FIELDS, EpochRow, Registry
+    so that `post` can measure it here. Returns the run, or None when nothing (valid) is committed.
+
+    The run.json is checked whole before anything is written, then added in one transaction, under the member's own
+    run name (the one `finished_run` looks for), whatever name the file carries."""
+    from npuyolo.errors import NpuyoloError
+    from npuyolo.paths import read_regular_file
+    from npuyolo.registry.db import Registry
 
     out = member_dir(args, member)
     record, best = out / "run.json", out / "best.pt"
     if not record.is_file() or not best.is_file():
         return None
-    row = json.loads(record.read_text())
-    if row.get("status") != "finished" or len(row.get("epochs", [])) != args.epochs:
+    try:
+        row = json.loads(read_regular_file(record, RUN_JSON_MAX_BYTES).decode("utf-8"))
+    except (NpuyoloError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        log(f"{member}: not adopted, {record} is not a readable run record ({' '.join(str(e).split())[:120]})")
         return None
-    reg = Registry(db)
-    run_id = reg.create_run(name=row["name"], variant=row["variant"], recipe=row["recipe"], data_path=str(data),
-                            data_hash=row["data_hash"], class_names=row["class_names"], weights_source=None,
-                            device=row["device"], versions=row["versions"])
-    for e in map(EpochRow.from_dict, row["epochs"]):
-        reg.record_epoch(run_id, e.epoch, extra=e.extra, **{k: e.value(k) for k in EPOCH_FIELDS})
-    reg.update_run(run_id, best_json=json.dumps({**row["best"], "weights": str(best.resolve())}))
-    reg.add_artifact(run_id, "weights/best", best.resolve(), {"adopted_from": str(record)})
-    reg.set_status(run_id, "finished")
+    if not isinstance(row, dict):
+        log(f"{member}: not adopted, {record} is not a run record (a JSON {type(row).__name__})")
+        return None
+    if row.get("variant") != MEMBERS[member].variant:
+        log(f"{member}: not adopted, {record} records variant {str(row.get('variant'))[:40]!r}, not {MEMBERS[member].variant}")
+        return None
+    epochs = row.get("epochs")
+    if row.get("status") != "finished" or not isinstance(epochs, list) or len(epochs) != args.epochs:
+        return None
+    best_figures = row.get("best")
+    try:
+        run_id = Registry(db).import_run(
+            name=run_name(member, args), variant=row["variant"], recipe=row.get("recipe"), data_path=str(data),
+            data_hash=row.get("data_hash"), class_names=row.get("class_names"), device=row.get("device"),
+            versions=row.get("versions"), epochs=epochs,
+            best={**best_figures, "weights": str(best.resolve())} if isinstance(best_figures, dict) else best_figures,
+            artifacts=[("weights/best", best.resolve(), {"adopted_from": str(record)})])
+    except NpuyoloError as e:
+        log(f"{member}: not adopted, {record}: {e}")
+        return None
     log(f"{member}: adopted the committed run ({record}) into {db}")
-    return reg.get_run(run_id)
+    return Registry(db, readonly=True).get_run(run_id)
 
 
 def unfinished_run(db: Path, name: str, epochs: int) -> int | None:

@@ -109,10 +109,74 @@ def test_adopting_a_committed_member_keeps_every_epoch_as_recorded(tmp_path, mon
     member.mkdir(parents=True)
     (member / "best.pt").write_bytes(b"weights")
     (member / "run.json").write_text(json.dumps(source.get_run(rid).as_dict()))
-    args = argparse.Namespace(out=tmp_path / "out", epochs=2, seed=0)
+    args = argparse.Namespace(out=tmp_path / "out", epochs=2, seed=0, imgsz=320)
     run = seed.adopt_committed(tmp_path / "work.db", "L4-relu-anneal", args, tmp_path / "data.yaml")
     assert run.epochs == source.get_run(rid).epochs
     assert all(isinstance(e, EpochRow) for e in run.epochs) and [e.extra for e in run.epochs] == [{"act_slope": 0.1}, {"act_slope": 0.0}]
     plain = json.loads((member / "run.json").read_text())["epochs"][0]
     assert set(plain) == {"epoch", "box_loss", "cls_loss", "dfl_loss", "precision", "recall", "map50", "map50_95", "lr",
                           "epoch_time_s", "extra"}
+
+
+@pytest.fixture
+def seed_module(monkeypatch):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("seed_experiment", REPO / "bench" / "seed_experiment.py")
+    seed = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "seed_experiment", seed)  # its dataclasses look their module up
+    spec.loader.exec_module(seed)
+    return seed
+
+
+def committed_row(**changes) -> dict:
+    epochs = [{"epoch": i, "box_loss": 1.0, "cls_loss": 1.0, "dfl_loss": 1.0, "precision": 0.2, "recall": 0.1, "map50": 0.1,
+               "map50_95": 0.05, "lr": 0.001, "epoch_time_s": 10.0} for i in (1, 2)]
+    row = {"name": "seed320-L4-relu", "variant": "L4-relu", "status": "finished", "recipe": {"epochs": 2, "imgsz": 320},
+           "data_hash": "h", "class_names": ["a"], "device": "cpu", "versions": {}, "epochs": epochs,
+           "best": {"map50": 0.1, "map50_95": 0.05, "precision": 0.2, "recall": 0.1}}
+    return {**row, **changes}
+
+
+@pytest.mark.parametrize("case", ["variant markup", "epochs text", "epoch value text", "epoch not a mapping", "best a list", "recipe a list",
+                                  "not JSON", "another member's variant"])
+def test_post_adopts_only_a_valid_run_json_and_leaves_nothing_behind(seed_module, tmp_path, case):
+    """Issue 36: `post` adopted an unvalidated run.json: a variant of `[/]` stored as given; `epochs: "x"` failed after
+    the row existed, leaving an interrupted run that made every later post fail with NameTakenError."""
+    import argparse
+
+    from npuyolo.registry.db import Registry
+
+    bad = {"variant markup": {"variant": "[/]"}, "another member's variant": {"variant": "L0-silu"},
+           "epochs text": {"epochs": "x"}, "epoch not a mapping": {"epochs": [1, 2]},
+           "epoch value text": {"epochs": [{**e, "map50": "x"} for e in committed_row()["epochs"]]},
+           "best a list": {"best": [1]}, "recipe a list": {"recipe": [1]}}.get(case, {})
+    member = tmp_path / "out" / "L4-relu"
+    member.mkdir(parents=True)
+    (member / "best.pt").write_bytes(b"weights")
+    (member / "run.json").write_text("{nope" if case == "not JSON" else json.dumps(committed_row(**bad)))
+    args = argparse.Namespace(out=tmp_path / "out", epochs=2, seed=0, imgsz=320)
+    db = tmp_path / "work.db"
+    assert seed_module.adopt_committed(db, "L4-relu", args, tmp_path / "data.yaml") is None
+    assert not db.exists() or Registry(db, readonly=True).runs() == []
+    (member / "run.json").write_text(json.dumps(committed_row()))  # fixed: the next post adopts it
+    run = seed_module.adopt_committed(db, "L4-relu", args, tmp_path / "data.yaml")
+    assert run is not None and run.status == "finished" and len(run.epochs) == 2
+
+
+def test_post_adopts_a_member_under_its_own_name(seed_module, tmp_path):
+    """Issue 36: a run.json with another name was adopted under that name, and `post` never found it again."""
+    import argparse
+
+    from npuyolo.registry.db import Registry
+
+    member = tmp_path / "out" / "L4-relu-s1"
+    member.mkdir(parents=True)
+    (member / "best.pt").write_bytes(b"weights")
+    (member / "run.json").write_text(json.dumps(committed_row(name="somebody-else")))
+    args = argparse.Namespace(out=tmp_path / "out", epochs=2, seed=1, imgsz=320)
+    db = tmp_path / "work.db"
+    run = seed_module.adopt_committed(db, "L4-relu", args, tmp_path / "data.yaml")
+    assert run.name == "seed320-L4-relu-s1"
+    assert seed_module.finished_run(Registry(db, readonly=True), "L4-relu", args).id == run.id

@@ -556,6 +556,53 @@ class Registry:
             c.execute("UPDATE runs SET save_dir = ? WHERE id = ?", (str(save_dir), run_id))
         return run_id
 
+    def import_run(self, *, name: str, variant: str, recipe: dict, data_path: str, data_hash: str, class_names: list[str],
+                   device: str | None, versions: dict, epochs: list[dict], best: dict | None,
+                   artifacts: list[tuple[str, Path, dict | None]] = ()) -> int:
+        """A finished run recorded elsewhere (a committed run.json) added whole, in one transaction: every value is
+        checked as `get_run` reads it back first, so a bad one leaves nothing behind (no interrupted row whose name
+        then blocks the next try)."""
+        name = validate_run_name(name)
+        if not isinstance(variant, str) or not (NAME_RE.match(variant) or HYBRID_RE.match(variant)):
+            raise RegistryError(f"run {name}: variant {str(variant)[:40]!r} is not a variant name")
+        if not isinstance(data_path, str) or not isinstance(data_hash, str) or not (device is None or isinstance(device, str)):
+            raise RegistryError(f"run {name}: data_path, data_hash and device must be text")
+        if not isinstance(epochs, list) or not all(isinstance(e, dict) and _is(e.get("epoch"), _INT) for e in epochs):
+            raise RegistryError(f"run {name}: epochs must be a list of epoch records, each with its epoch number")
+        label = f"run {name}"
+        as_json = {"recipe_json": json.dumps(recipe), "class_names": json.dumps(class_names), "versions_json": json.dumps(versions),
+                   "best_json": json.dumps(best) if best is not None else None}
+        self._check_run_row({**as_json, "name": name, "variant": variant, "status": "finished", "started_at": now()}, label)
+        rows = []
+        for e in epochs:
+            row = {"epoch": e.get("epoch"), **{k: e.get(k) for k in EPOCH_FIELDS}}
+            for k, v in row.items():
+                with _reading(label, f"epochs.{k} (epoch {e.get('epoch')!r})"):
+                    _number(v, integer=k == "epoch")
+            with _reading(label, f"epochs.extra (epoch {e.get('epoch')!r})"):
+                extra = _extra(json.dumps(e["extra"]) if e.get("extra") is not None else None)
+            rows.append((row, extra))
+        duration = sum(r["epoch_time_s"] or 0.0 for r, _ in rows)
+        with self.tx() as c:
+            if c.execute("SELECT 1 FROM runs WHERE name = ?", (name,)).fetchone():
+                raise NameTakenError(f"a run named {name!r} already exists in {self.path}", name)
+            run_id = c.execute(
+                "INSERT INTO runs (name, variant, status, recipe_json, data_path, data_hash, class_names, weights_source,"
+                " device, versions_json, started_at, ended_at, duration_s, best_json) VALUES (?, ?, 'finished', ?, ?, ?, ?,"
+                " NULL, ?, ?, ?, ?, ?, ?)",
+                (name, variant, as_json["recipe_json"], data_path, data_hash, as_json["class_names"], device,
+                 as_json["versions_json"], now(), now(), duration, as_json["best_json"])).lastrowid
+            for row, extra in rows:
+                c.execute(f"INSERT INTO epochs (run_id, epoch, {', '.join(EPOCH_FIELDS)}, extra_json, recorded_at)"
+                          f" VALUES (?, ?, {', '.join('?' * len(EPOCH_FIELDS))}, ?, ?)",
+                          (run_id, row["epoch"], *(row[k] for k in EPOCH_FIELDS), json.dumps(extra) if extra else None, now()))
+            for kind, path, meta in artifacts:
+                c.execute("INSERT INTO artifacts (run_id, kind, path, meta_json, created_at) VALUES (?, ?, ?, ?, ?)",
+                          (run_id, kind, str(path), json.dumps(meta) if meta else None, now()))
+            save_dir = claim_dir(self.root / "train", f"{run_id}-{slug(name)}")
+            c.execute("UPDATE runs SET save_dir = ? WHERE id = ?", (str(save_dir), run_id))
+        return run_id
+
     def run_dir(self, run: RunRecord, *parts: str) -> Path:
         """A folder inside the run's own folder (created), e.g. `run_dir(run, "deploy")`.
 
