@@ -564,6 +564,112 @@ def cases_r5_a(f: dict) -> list[tuple[str, list[str], dict, int]]:
     return out
 
 
+def cases_r5_b(f: dict) -> list[tuple[str, list[str], dict, int]]:
+    """Round 5 (issue 36), part B: compiled-artefact manifests (nested, pointing outside, a changed .rknn), a stray
+    manifest beside a plain export, --top below 1, a QDQ file that is not ONNX, a missing compiler, registries with an
+    odd status CHECK or a damaged row. Builds what it needs under f["data"].parent / "r5b"."""
+    import shutil
+
+    from npuyolo.compilers.manifest import manifest_path, write_manifest
+    from npuyolo.deploy.export import export_onnx
+    from npuyolo.registry.db import Registry
+    from npuyolo.registry.schema import MIGRATIONS
+    from npuyolo.train.recipe import Recipe
+    from npuyolo.variants.build import build_model
+
+    work = f["data"].parent / "r5b"
+    work.mkdir(exist_ok=True)
+    d = str(f["data"])
+    out = []
+    add = lambda case, argv, code=2, env=None: out.append((case, [str(a) for a in argv], env or {}, code))  # noqa: E731
+    none_installed = {"NPUYOLO_COMPILERS_DIR": str(work / "no-compilers")}
+    # a .rknn build laid out as npu compile writes it: the ONNX file, the build folder, calibration list, manifest
+    fp32 = work / "run" / "m.onnx"
+    if not fp32.is_file():
+        export_onnx(build_model("L4-relu", nc=6, verbose=False), fp32, imgsz=64, head="npu")
+
+    def build(name: str, **changes) -> Path:
+        folder = work / "run" / f"rknn-rk3588-{name}"
+        (folder / "calib").mkdir(parents=True, exist_ok=True)
+        (folder / "calib" / "000.jpg").write_bytes(b"jpg")
+        (folder / "calib.txt").write_text("calib/000.jpg\n")
+        rknn = folder / "m-rk3588.rknn"
+        rknn.write_bytes(b"RKNN" * 1000)
+        record = json.loads(write_manifest(rknn, "rknn", fp32, target="rk3588", dataset=folder / "calib.txt",
+                                           disabled_rules=[]).read_text())
+        manifest_path(rknn).write_text(json.dumps({**record, **changes}))
+        return rknn
+
+    nested = build("nested")
+    manifest_path(nested).write_text("[" * 100000 + "]" * 100000)
+    add("deploy eval of a .rknn whose manifest is nested 100000 deep (r5)", ["deploy", "eval", nested, "--data", d])
+    add("deploy eval of a .rknn whose manifest's dataset is /etc/passwd (r5)",
+        ["deploy", "eval", build("passwd", dataset="/etc/passwd"), "--data", d])
+    add("deploy eval of a .rknn whose manifest's onnx lies outside (r5)",
+        ["deploy", "eval", build("outside", onnx="../../../data.yaml"), "--data", d])
+    cut = build("cut")
+    cut.write_bytes(cut.read_bytes()[:10])
+    add("deploy eval of a .rknn cut to 10 bytes (r5)", ["deploy", "eval", cut, "--data", d], env=none_installed)
+    intact = build("intact")
+    add("deploy eval of an intact .rknn without its compiler (r5)", ["deploy", "eval", intact, "--data", d], env=none_installed)
+    add("deploy eval --layers --top -3 (r5)", ["deploy", "eval", intact, "--data", d, "--layers", "--top", "-3"])
+    good = work / "compilers-ok"  # an install whose python is this interpreter: the QDQ check runs before any driver
+    venv = good / "rknn" / "venv-1"
+    (venv / "bin").mkdir(parents=True, exist_ok=True)
+    if not (venv / "bin" / "python").is_symlink():
+        (venv / "bin" / "python").symlink_to(sys.executable)
+    (good / "rknn" / "manifest.json").write_text(json.dumps({"name": "rknn", "version": "9", "python": str(venv / "bin" / "python"),
+                                                             "venv": str(venv), "installed_at": "t", "pins": []}))
+    add("deploy eval --layers --qdq /etc/passwd (r5)", ["deploy", "eval", intact, "--data", d, "--layers", "--qdq", "/etc/passwd"],
+        env={"NPUYOLO_COMPILERS_DIR": str(good)})
+    plain = work / "plain" / "model.onnx"  # a plain export with a stray manifest (another file's) beside it
+    plain.parent.mkdir(exist_ok=True)
+    shutil.copyfile(fp32, plain)
+    manifest_path(plain).write_text(json.dumps({"kind": "onnx", "onnx": "model_fp32.onnx", "mct": True, "size": 5,
+                                                "sha256": "0" * 64}))
+    add("deploy eval of a plain export beside a stray manifest (r5, legal)", ["deploy", "eval", plain, "--data", d], 0)
+    # registries: schema 6 with a status CHECK spaced differently, or foreign; rows edited by hand
+    for label, check, listed, written in (("spaced", "CHECK (status IN ('running', 'finished',  'failed', 'interrupted' ))", 0, 0),
+                                          ("foreign", "CHECK (length(status) > 0)", 0, 2)):
+        db = work / f"v6-{label}.db"
+        if not db.exists():
+            con = sqlite3.connect(db, isolation_level=None)
+            for v in range(6):
+                con.executescript(MIGRATIONS[v].replace("CHECK (status IN ('running', 'finished', 'failed', 'interrupted'))", check))
+            con.execute("PRAGMA user_version = 6")
+            con.close()
+        add(f"runs on a v6 registry with a {label} status CHECK (r5)", ["runs"], listed, env={"NPUYOLO_REGISTRY": str(db)})
+        add(f"npu check recording into a v6 registry with a {label} status CHECK (r5)",
+            ["npu", "check", "L4-relu", "-t", "relu-only", "--imgsz", "64"], written, env={"NPUYOLO_REGISTRY": str(db)})
+    base = work / "damage-base.db"
+    if not base.exists():
+        reg = Registry(base)
+        reg.upsert_series("s5", {"name": "s5", "data": d, "variants": ["L4-relu", "L4-leaky"]})
+        for v in ("L4-relu", "L4-leaky"):
+            rid = reg.create_run(name=f"s5-{v}", variant=v, series="s5", recipe=Recipe.load(epochs=1, imgsz=64, workers=0).model_dump(),
+                                 data_path=d, data_hash="h", class_names=["a"] * 6, weights_source=None, device="cpu", versions={})
+            reg.record_epoch(rid, 1, map50=0.1, map50_95=0.05, precision=0.2, recall=0.1, box_loss=1, cls_loss=1, dfl_loss=1)
+            reg.update_run(rid, best_json=json.dumps({"map50": 0.1, "map50_95": 0.05, "precision": 0.2, "recall": 0.1}))
+            reg.set_status(rid, "finished")
+            reg.set_series_member("s5", v, rid)
+        reg.close()
+    for label, sql, argv, code in (
+            ("recipe_json not JSON", "UPDATE runs SET recipe_json = '{nope' WHERE id = 1", ["runs", "show", "1"], 2),
+            ("best_json without precision", "UPDATE runs SET best_json = '{\"map50\": 0.1}' WHERE id = 1", ["report", "1", "--out", work / "rep"], 2),
+            ("epochs.map50 text", "UPDATE epochs SET map50 = 'abc' WHERE run_id = 1", ["series", "rank", "s5"], 0),
+            ("duration_s text", "UPDATE runs SET duration_s = 'long' WHERE id = 1", ["runs"], 0),
+            ("variant '[/]'", "UPDATE runs SET variant = '[/]' WHERE id = 1", ["runs", "show", "1"], 0),
+            ("spec_json broken", "UPDATE series SET spec_json = '{'", ["series", "rank", "s5"], 2)):
+        db = work / f"damaged-{len(out)}.db"
+        shutil.copyfile(base, db)
+        con = sqlite3.connect(db)
+        con.execute(sql)
+        con.commit()
+        con.close()
+        add(f"{' '.join(str(a) for a in argv[:2])} with a damaged row: {label} (r5)", argv, code, env={"NPUYOLO_REGISTRY": str(db)})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", type=Path, help="keep the work folder here")
@@ -575,7 +681,7 @@ def main() -> None:
     rows, clean = [], 0
     t0 = time.time()
     for case, argv, env, expected in cases(f) + cases_r4_severe_a(f) + cases_r4_severe_b(f) + cases_r4_medium_c(f) + cases_r4_env_d(f)\
-            + cases_r5_a(f):
+            + cases_r5_a(f) + cases_r5_b(f):
         try:
             p = subprocess.run([sys.executable, "-m", "npuyolo.cli", *argv], env={**env0, **env}, cwd=work, capture_output=True,
                                text=True, timeout=CASE_TIMEOUT_S)
