@@ -208,3 +208,32 @@ def test_an_input_size_past_4096_is_one_line_in_every_command(synth_data, tmp_pa
         assert result.exit_code == 2, (argv, result.output, result.exception)
         assert result.output.count("error:") == 1 and "--imgsz must be at most 4096 px" in result.output, result.output
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "p").exists()
+
+
+def test_quantize_removes_the_work_folders_of_killed_quantizes(synth_data, tmp_path):
+    """Issue 36: `kill -9` during quantization left a hidden `.<stem>-int8.quantize-XXXXXXXX/` folder (11-21 MB at 64 px)
+    that no later run removed. The next quantize into that folder removes those whose process is gone, and only them."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        folders = {"dead": tmp_path / f".m-int8.quantize-{dead}-abcd1234", "alive": tmp_path / f".m-int8.quantize-{alive.pid}-efgh5678",
+                   "old, before pids": tmp_path / ".m-int8.quantize-k2j3h4g5", "new, before pids": tmp_path / ".x-int8.quantize-zzzz1111",
+                   "not ours": tmp_path / ".m-int8.quantized-notes"}
+        for folder in folders.values():
+            folder.mkdir()
+            (folder / "prepared.onnx").write_bytes(b"x" * 1000)
+        day_ago = time.time() - 2 * 86400
+        os.utime(folders["old, before pids"], (day_ago, day_ago))
+        quantize_onnx(fp32, tmp_path / "q-int8.onnx", synth_data, calib=4, method="minmax")
+        left = {k for k, folder in folders.items() if folder.exists()}
+        assert left == {"alive", "new, before pids", "not ours"}, left
+        assert [p.name for p in tmp_path.iterdir() if ".quantize-" in p.name and p not in folders.values()] == []
+    finally:
+        alive.kill()
+        alive.wait()

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
+import shutil
+import time
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -279,6 +283,33 @@ def sqnr_db(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]
     return float(np.mean(per_output))
 
 
+_WORK_DIR = re.compile(r"^\..+\.quantize-(?:(?P<pid>\d+)-)?[A-Za-z0-9_]{8}$")
+STALE_UNOWNED_S = 86400  # a work folder named before pids were (no owner to ask): stale after a day
+
+
+def _stale(folder: Path, pid: str | None) -> bool:
+    if pid is not None:
+        return int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists()
+    try:
+        return time.time() - folder.stat().st_mtime > STALE_UNOWNED_S
+    except OSError:
+        return False
+
+
+def remove_stale_work_dirs(folder: Path) -> list[Path]:
+    """Remove the `.<stem>.quantize-<pid>-XXXXXXXX/` work folders in `folder` whose process is gone (a quantize killed
+    with SIGKILL never cleans up), and those without a pid older than a day; a running quantize's folder stays."""
+    removed = []
+    for p in folder.iterdir() if folder.is_dir() else []:
+        m = _WORK_DIR.match(p.name)
+        if m is None or p.is_symlink() or not p.is_dir():
+            continue
+        if _stale(p, m["pid"]):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, method: str = "minmax", per_channel: bool = False,
                   keep_float: list[str] | None = None, auto_float: int = 0, seed: int = 0, cle: bool = False,
                   percentile: float | None = None, bias_correct: bool = False, ends: str | None = None,
@@ -308,9 +339,11 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
     held = holdout_images(data, holdout, paths, seed) if sweep else []
     reader = ImageReader(paths, imgsz)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_work_dirs(out.parent)
     # every intermediate (prepared FP32, bias-corrected copy, probes, sweep candidates) lives in a folder of this call's
-    # own: two quantizes of one run at once never share a file, and a failure leaves nothing behind
-    with tempfile.TemporaryDirectory(prefix=f".{out.stem}.quantize-", dir=out.parent) as work_dir:
+    # own: two quantizes of one run at once never share a file, and a failure leaves nothing behind (a killed one: its
+    # pid in the name lets the next quantize here remove it)
+    with tempfile.TemporaryDirectory(prefix=f".{out.stem}.quantize-{os.getpid()}-", dir=out.parent) as work_dir:
         work = Path(work_dir)
         prepared = work / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
