@@ -27,3 +27,5 @@ def test_wheel_holds_templates_font_and_licence(tmp_path):
     assert templates and {f"npuyolo/report/templates/{t}" for t in templates} <= names
     assert {"npuyolo/report/fonts/NpuyoloKR-Regular.ttf", "npuyolo/report/fonts/OFL.txt",
             "npuyolo/variants/levels.yaml", "npuyolo/train/default_recipe.yaml"} <= names
+    bundle = {p.name for p in (REPO / "src/npuyolo/deploy/bundle/templates").iterdir() if p.is_file()}  # deploy bundle's runner, C
+    assert len(bundle) == 4 and {f"npuyolo/deploy/bundle/templates/{t}" for t in bundle} <= names

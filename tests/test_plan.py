@@ -463,3 +463,43 @@ def test_a_finished_run_whose_best_pt_vanished_says_it_was_planned_from_last_pt(
     assert "best.pt" in said and "planned from last.pt" in said, result.output
     recorded = json.loads(Registry(db, readonly=True).get_run(rid).artifact_path("plan").read_text())
     assert "planned from last.pt" in recorded["weights_note"] and str(weights / "last.pt") in recorded["weights_note"]
+
+
+def test_a_plan_calls_a_tie_a_tie_and_guards_only_a_significant_gap():
+    """The guard is the paired interval of the INT8 mAP50 gap, not a fixed point: a faster candidate 2 points below
+    the most accurate but within the noise of 80 images wins on NPU time, and the plan says the two tied on accuracy;
+    one that misses every other image's objects is significantly below and never wins on time."""
+    import numpy as np
+
+    from npuyolo.stats.bootstrap import detection_metrics
+
+    from .test_stats import as_stats, confident_model, missing_half
+
+    per = confident_model(seed=11, images=80)
+    slightly = {k: list(v) for k, v in per.items()}
+    for i in (3, 17):  # two images where the faster model misses its objects: a small loss, well within noise
+        for k in ("tp", "conf", "pred_cls"):
+            slightly[k][i] = slightly[k][i][:0]
+
+    def scored(stats, ms, graph=None):
+        m = detection_metrics(stats)
+        r = row(graph, ms=ms, map50=float(m[0]))
+        r.int8_stats = stats
+        return r
+
+    best = scored(as_stats(per), ms=20.7)
+    close = scored(as_stats(slightly), ms=19.1, graph="relu-decomp")
+    gap_pp = (best.int8.map50 - close.int8.map50) * 100
+    assert gap_pp > 1.0  # the old fixed 1-point guard would have refused it
+    chosen, runner, why = rank([best, close])
+    assert chosen is close and runner is best
+    assert why.startswith("slower on the NPU: 20.70 ms against 19.10 ms") and "tied on accuracy" in why and "within noise" in why
+    far = scored(as_stats(missing_half(per)), ms=10.0, graph="max")
+    chosen, runner, why = rank([best, far])
+    assert chosen is best and runner is far and "significantly below" in why and "95%" in why
+    # the recorded reason carries the interval as data (reports word it in ko/en)
+    from npuyolo.deploy.plan import lost_on
+
+    data = lost_on(best, far, [best, far])
+    assert data["axis"] == "accuracy_guard" and data["guard_pp"] is None and data["gap_pp"][1] > 0
+    assert np.isfinite(data["gap_pp"]).all()

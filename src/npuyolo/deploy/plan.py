@@ -16,7 +16,7 @@ import json
 import math
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
@@ -26,7 +26,7 @@ from npuyolo.compilers.envs import CompilerError, installed
 from npuyolo.data.check import check_dataset
 from npuyolo.deploy.check import check_model, sigmoid_on_npu
 from npuyolo.deploy.compile import compile_model, record
-from npuyolo.deploy.evaluate import DeployError, onnx_predictor, validate
+from npuyolo.deploy.evaluate import DeployError, onnx_predictor, validate_matched
 from npuyolo.deploy.export import check_imgsz
 from npuyolo.deploy.quantize import ENDS, quantize_onnx
 from npuyolo.errors import NpuyoloError
@@ -36,10 +36,14 @@ from npuyolo.npu.rewrite import rewrite_leaky
 from npuyolo.paths import (FileReadError, atomic_path, file_problem, make_dir, read_regular_file, safe_join, slug,
                            write_text)
 from npuyolo.resolve import ModelRef
+from npuyolo.stats.bootstrap import map50_samples
+from npuyolo.stats.compare import Estimate
+from npuyolo.stats.matched import MatchedStats
 from npuyolo.variants.spec import parse_variant
 
 DEPLOY_CONF = 0.25  # what NPU runtimes bake in; mAP at 0.001 overstates what ships
-ACCURACY_GUARD_PP = 1.0  # INT8 mAP50 points below the most accurate candidate placed alike: too far to win on NPU time
+ACCURACY_GUARD_PP = 1.0  # without per-image statistics (plans recorded before them): the fixed margin the guard used
+PLAN_BOOTSTRAP = 400  # paired resamples of the val images behind the accuracy guard's interval (mAP50 only: ~0.3 s a file)
 RETRAIN_ABOVE_PP = 0.5  # a re-sloped model losing more than this (FP32 mAP50 points) is worth retraining at that slope
 VELA_U55_REWRITE_COST = 2.54  # issue 22: Vela's estimate of relu-decomp against native LeakyReLU on Ethos-U55
 REWRITES = ("relu-decomp", "relu-exact", "max")
@@ -139,6 +143,13 @@ class Row:
     conf: float
     vendor: VendorInt8 | None = None  # the vendor's INT8 of this candidate, when asked for and its compiler is installed
     vendor_error: str | None = None  # why the vendor's INT8 was asked for and could not be scored (the row ranks by ours)
+    int8_stats: MatchedStats | None = field(default=None, repr=False, compare=False)  # per image, for the guard's interval
+    vendor_stats: MatchedStats | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def shipped_stats(self) -> MatchedStats | None:
+        """Per-image statistics of the INT8 that ships (the vendor's where it was scored), at mAP's threshold."""
+        return self.vendor_stats if self.vendor is not None else self.int8_stats
 
     @property
     def shipped_int8(self) -> Accuracy:
@@ -153,7 +164,8 @@ class Row:
                 for m in ("precision", "recall", "map50")}
 
     def as_dict(self) -> dict:
-        d = asdict(self)
+        d = asdict(replace(self, int8_stats=None, vendor_stats=None))  # statistics stay out of plan.json
+        del d["int8_stats"], d["vendor_stats"]
         d["candidate"] = {**d["candidate"], "name": self.candidate.name}
         d["placement"]["off_npu"] = self.placement.off_npu
         d["placement"]["host_partitions"] = self.placement.host_partitions
@@ -323,6 +335,8 @@ class _LostOn(_Recorded):
     loser: Optional[float]
     winner: Optional[float]
     guard_pp: Optional[float] = None
+    gap_pp: Optional[Annotated[list[float], Field(min_length=3, max_length=3)]] = None  # value, low, high (points)
+    accuracy_tie_pp: Optional[Annotated[list[float], Field(min_length=3, max_length=3)]] = None
 
 
 class _TargetPlan(_Recorded):
@@ -422,29 +436,63 @@ def _axes(row: Row) -> tuple:
     return (p.off_npu, p.host_partitions, p.npu_ms, -row.shipped_int8.map50)
 
 
-def _best_placed_alike(rows: list[Row]) -> dict[tuple[int, int], float]:
-    """(ops off the NPU, host partitions) -> the highest INT8 mAP50 among the rows placed so."""
-    best: dict[tuple[int, int], float] = {}
+class AccuracyNoise:
+    """Paired resamples of the val images behind the accuracy guard: each shipped INT8 file's mAP50 on the same
+    PLAN_BOOTSTRAP resamples, drawn once per file (rows sharing a file share its draws) and only when a comparison
+    needs them."""
+
+    def __init__(self, n: int = PLAN_BOOTSTRAP, seed: int = 0):
+        self.n, self.seed = n, seed
+        self._draws: dict[int, tuple[MatchedStats, float, object]] = {}  # id -> (the stats, kept alive; point; draws)
+
+    def gap(self, best: Row, row: Row) -> Estimate | None:
+        """best - row, INT8 mAP50 in points, with its paired 95% interval; None without statistics for both."""
+        a, b = best.shipped_stats, row.shipped_stats
+        if a is None or b is None or set(a.images) != set(b.images):
+            return None
+        (pa, da), (pb, db) = self._of(a), self._of(b)
+        return Estimate.of(pa - pb, da - db).pp()
+
+    def _of(self, stats: MatchedStats):
+        if id(stats) not in self._draws:
+            self._draws[id(stats)] = (stats, *map50_samples(stats, self.n, self.seed))
+        _, point, draws = self._draws[id(stats)]
+        return point, draws
+
+
+def _best_placed_alike(rows: list[Row]) -> dict[tuple[int, int], Row]:
+    """(ops off the NPU, host partitions) -> the row with the highest INT8 mAP50 among the rows placed so."""
+    best: dict[tuple[int, int], Row] = {}
     for r in rows:
         k = (r.placement.off_npu, r.placement.host_partitions)
-        best[k] = max(best.get(k, -math.inf), r.shipped_int8.map50)
+        if k not in best or r.shipped_int8.map50 > best[k].shipped_int8.map50:
+            best[k] = r
     return best
 
 
-def _guarded(row: Row, best: dict[tuple[int, int], float]) -> bool:
-    """More than ACCURACY_GUARD_PP INT8 mAP50 points below the most accurate candidate placed alike: it may not win on
-    NPU time (a barely trained ReLU twin 1.6 ms faster on Ethos-U is no reason to ship 0.17 mAP50 instead of 0.49)."""
-    return (best[(row.placement.off_npu, row.placement.host_partitions)] - row.shipped_int8.map50) * 100 > ACCURACY_GUARD_PP
+def _guarded(row: Row, best: dict[tuple[int, int], Row], noise: AccuracyNoise) -> bool:
+    """Significantly less accurate than the most accurate candidate placed alike (the paired interval of the INT8
+    mAP50 gap excludes 0): it may not win on NPU time (a barely trained ReLU twin 1.6 ms faster on Ethos-U is no
+    reason to ship 0.17 mAP50 instead of 0.49). Within the noise, NPU time decides. Without per-image statistics the
+    fixed ACCURACY_GUARD_PP margin stands in."""
+    top = best[(row.placement.off_npu, row.placement.host_partitions)]
+    if top is row or top.shipped_int8.map50 <= row.shipped_int8.map50:
+        return False
+    gap = noise.gap(top, row)
+    if gap is None:
+        return (top.shipped_int8.map50 - row.shipped_int8.map50) * 100 > ACCURACY_GUARD_PP
+    return gap.low > 0
 
 
-def sort_keys(rows: list[Row]) -> list[tuple]:
-    """Each row's ranking key, lower first: ops off the NPU, host partitions, then (among rows placed alike) within
-    ACCURACY_GUARD_PP points of the most accurate before the rest, then NPU time (unestimated last), then INT8 mAP50."""
+def sort_keys(rows: list[Row], noise: AccuracyNoise | None = None) -> list[tuple]:
+    """Each row's ranking key, lower first: ops off the NPU, host partitions, then (among rows placed alike) those not
+    significantly below the most accurate before the rest, then NPU time (unestimated last), then INT8 mAP50."""
+    noise = noise or AccuracyNoise()
     best = _best_placed_alike(rows)
     keys = []
     for r in rows:
         off, parts, ms, neg_map = _axes(r)
-        keys.append((off, parts, _guarded(r, best), ms is None, ms or 0.0, neg_map))
+        keys.append((off, parts, _guarded(r, best, noise), ms is None, ms or 0.0, neg_map))
     return keys
 
 
@@ -456,9 +504,11 @@ def dominates(a: Row, b: Row) -> bool:
     return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
 
 
-def lost_on(winner: Row, loser: Row, rows: list[Row] | None = None) -> dict:
+def lost_on(winner: Row, loser: Row, rows: list[Row] | None = None, noise: AccuracyNoise | None = None) -> dict:
     """The first ranking axis on which `loser` is behind `winner`, as data: {axis, loser, winner} (a report words it).
-    `rows`: every candidate ranked with them, for the accuracy guard (the most accurate candidate placed alike)."""
+    `rows`: every candidate ranked with them, for the accuracy guard (the most accurate candidate placed alike). Where
+    the winner won on NPU time while less accurate, `accuracy_tie` holds the gap and its interval: a tie on accuracy."""
+    noise = noise or AccuracyNoise()
     w, l = winner.placement, loser.placement
     if l.off_npu != w.off_npu:
         return {"axis": "off_npu", "loser": l.off_npu, "winner": w.off_npu}
@@ -466,11 +516,18 @@ def lost_on(winner: Row, loser: Row, rows: list[Row] | None = None) -> dict:
         return {"axis": "partitions_host", "loser": l.host_partitions, "winner": w.host_partitions}
     best = _best_placed_alike(rows if rows else [winner, loser])
     faster = l.npu_ms is not None and (w.npu_ms is None or l.npu_ms < w.npu_ms)
-    if faster and _guarded(loser, best) and not _guarded(winner, best):  # the guard, where it decided
-        return {"axis": "accuracy_guard", "loser": loser.shipped_int8.map50,
-                "winner": best[(l.off_npu, l.host_partitions)], "guard_pp": ACCURACY_GUARD_PP}
+    if faster and _guarded(loser, best, noise) and not _guarded(winner, best, noise):  # the guard, where it decided
+        top = best[(l.off_npu, l.host_partitions)]
+        gap = noise.gap(top, loser)
+        return {"axis": "accuracy_guard", "loser": loser.shipped_int8.map50, "winner": top.shipped_int8.map50,
+                "guard_pp": None if gap is not None else ACCURACY_GUARD_PP,
+                "gap_pp": None if gap is None else [round(gap.value, 3), round(gap.low, 3), round(gap.high, 3)]}
     if l.npu_ms is not None and w.npu_ms is not None and l.npu_ms != w.npu_ms:
-        return {"axis": "npu_ms", "loser": l.npu_ms, "winner": w.npu_ms}
+        out = {"axis": "npu_ms", "loser": l.npu_ms, "winner": w.npu_ms}
+        if loser.shipped_int8.map50 > winner.shipped_int8.map50:  # faster but less accurate: within the noise
+            gap = noise.gap(loser, winner)
+            out["accuracy_tie_pp"] = None if gap is None else [round(gap.value, 3), round(gap.low, 3), round(gap.high, 3)]
+        return out
     if w.npu_ms is not None and l.npu_ms is None:
         return {"axis": "npu_ms_missing", "loser": None, "winner": w.npu_ms}
     if loser.shipped_int8.map50 != winner.shipped_int8.map50:
@@ -480,9 +537,9 @@ def lost_on(winner: Row, loser: Row, rows: list[Row] | None = None) -> dict:
     return {"axis": "tie", "loser": None, "winner": None}
 
 
-def why_lost(winner: Row, loser: Row, rows: list[Row] | None = None) -> str:
+def why_lost(winner: Row, loser: Row, rows: list[Row] | None = None, noise: AccuracyNoise | None = None) -> str:
     """The first ranking axis on which `loser` is behind `winner`, in words."""
-    return lost_text(lost_on(winner, loser, rows))
+    return lost_text(lost_on(winner, loser, rows, noise))
 
 
 def lost_text(why: dict) -> str:
@@ -492,10 +549,18 @@ def lost_text(why: dict) -> str:
     if axis == "partitions_host":
         return f"{l} host partitions against {w}"
     if axis == "accuracy_guard":
+        if why.get("gap_pp"):
+            v, lo, hi = why["gap_pp"]
+            return (f"INT8 mAP50 {l:.3f}, significantly below the most accurate candidate placed as well ({w:.3f}; "
+                    f"{v:.1f} points, 95% {lo:.1f} to {hi:.1f}): not chosen for its NPU time")
         return (f"INT8 mAP50 {l:.3f}, more than {why['guard_pp']:g} point(s) below the most accurate candidate placed as "
                 f"well ({w:.3f}): not chosen for its NPU time")
     if axis == "npu_ms":
-        return f"slower on the NPU: {l:.2f} ms against {w:.2f} ms (compiler estimate)"
+        tie = why.get("accuracy_tie_pp")
+        said = f"slower on the NPU: {l:.2f} ms against {w:.2f} ms (compiler estimate)"
+        if tie:
+            said += f"; tied on accuracy (INT8 mAP50 {tie[0]:+.1f} points, 95% {tie[1]:+.1f} to {tie[2]:+.1f}: within noise)"
+        return said
     if axis == "npu_ms_missing":
         return "no NPU time estimated"
     if axis in ("int8_map50", "vendor_int8_map50"):
@@ -510,11 +575,12 @@ def rank(rows: list[Row]) -> tuple[Row, Row | None, str | None]:
     NPU time. A stable sort: on a full tie the candidate listed first wins (the export before what is derived from it)."""
     if not rows:
         raise PlanError("no candidate to rank")
-    keys = sort_keys(rows)
+    noise = AccuracyNoise()
+    keys = sort_keys(rows, noise)
     ordered = [rows[i] for i in sorted(range(len(rows)), key=keys.__getitem__)]
     chosen = ordered[0]
     runner = ordered[1] if len(ordered) > 1 else None
-    return chosen, runner, why_lost(chosen, runner, rows) if runner else None
+    return chosen, runner, why_lost(chosen, runner, rows, noise) if runner else None
 
 
 def retrain_advised(change_pp: float) -> bool:
@@ -641,8 +707,9 @@ def write_graph(src: Path, dst: Path, graph: str) -> Path:
     return dst
 
 
-def scores(path: str | Path, data: str | Path, conf: float) -> tuple[Accuracy, Accuracy]:
-    """Accuracy on val at mAP's usual threshold (0.001) and at the deployment threshold, from one forward pass."""
+def scores(path: str | Path, data: str | Path, conf: float) -> tuple[Accuracy, Accuracy, MatchedStats]:
+    """Accuracy on val at mAP's usual threshold (0.001) and at the deployment threshold, from one forward pass, and the
+    per-image statistics at 0.001 (the accuracy guard's interval)."""
 
     predict, meta = onnx_predictor(path)
     seen: dict[str, object] = {}
@@ -656,11 +723,9 @@ def scores(path: str | Path, data: str | Path, conf: float) -> tuple[Accuracy, A
     names = {int(k): v for k, v in json.loads(meta["names"]).items()}
     imgsz = json.loads(meta["imgsz"])[0]
 
-    def acc(c: float) -> Accuracy:
-        r = validate(replay, data, imgsz, names, conf=c)
-        return Accuracy.of(r)
-
-    return acc(0.001), acc(conf)
+    everything, stats = validate_matched(replay, data, imgsz, names, conf=0.001)
+    at_conf, _ = validate_matched(replay, data, imgsz, names, conf=conf)
+    return Accuracy.of(everything), Accuracy.of(at_conf), stats
 
 
 def _twin(registry, run_id: int | None) -> str | None:
@@ -845,9 +910,9 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
         int8s[(fp32, route)] = out
         return out
 
-    accuracy: dict[Path, tuple[Accuracy, Accuracy]] = {}
+    accuracy: dict[Path, tuple[Accuracy, Accuracy, MatchedStats]] = {}
 
-    def measured(path: Path) -> tuple[Accuracy, Accuracy]:
+    def measured(path: Path) -> tuple[Accuracy, Accuracy, MatchedStats]:
         if path not in accuracy:
             with stage("evaluate"):
                 accuracy[path] = scores(path, data, conf)
@@ -878,6 +943,7 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
         return placed[(fp32, int8, t)]
 
     vendors: dict[str, VendorInt8 | str] = {}
+    vendor_stats: dict[str, MatchedStats | None] = {}
 
     def vendor_scored(p: Placement) -> tuple[VendorInt8 | None, str | None]:
         """The vendor's INT8 of a compiled candidate, or why it could not be scored: one candidate's refusal (a
@@ -891,6 +957,7 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
                 with stage("vendor int8"):
                     score = vendor.evaluate_compiled(p.compiled_file, data, deploy_conf=conf)
                 vendors[p.compiled_file] = VendorInt8(score.runtime, Accuracy.of(score.result), Accuracy.of(score.at_conf))
+                vendor_stats[p.compiled_file] = getattr(score, "stats", None)
             except NpuyoloError as e:
                 vendors[p.compiled_file] = " ".join(str(e).split())[:300]
         got = vendors[p.compiled_file]
@@ -903,11 +970,13 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
         for c in candidates(profile, leaky_slopes(base), twin is not None):
             fp32 = graph_file(export_for(c.source, t), c.graph)
             int8 = int8_file(fp32, c.route)
-            (f_all, f_conf), (q_all, q_conf) = measured(fp32), measured(int8)
+            (f_all, f_conf, _), (q_all, q_conf, q_stats) = measured(fp32), measured(int8)
             source_model = None if c.graph is not None else {"export": ref, "relu-twin": twin}.get(c.source)
             placed_here = placement(fp32, int8, t, source_model)
-            rows.append(Row(t, c, str(fp32), str(int8), placed_here, f_all, q_all, f_conf, q_conf, conf,
-                            *vendor_scored(placed_here)))
+            scored_by_vendor, vendor_error = vendor_scored(placed_here)
+            rows.append(Row(t, c, str(fp32), str(int8), placed_here, f_all, q_all, f_conf, q_conf, conf, scored_by_vendor,
+                            vendor_error, int8_stats=q_stats,
+                            vendor_stats=vendor_stats.get(placed_here.compiled_file) if scored_by_vendor else None))
         chosen, runner, why = rank(rows)
         plans.append(TargetPlan(t, chosen, runner, why, rows, target_advice(t, rows, variant)))
     plan = Plan(label, run_id, str(data), conf, chosen_cal.get("label"), plans,
