@@ -505,6 +505,16 @@ def cases_r5_a(f: dict) -> list[tuple[str, list[str], dict, int]]:
     for what, extra, code in (("a new folder", [], 0), ("its own set again", [], 2), ("its own set, --force", ["--force"], 0)):
         add(f"data synth into {what} (r5)", ["data", "synth", work / "synth", "--train", "2", "--val", "1", "--imgsz", "64",
                                              *extra], code)
+    # a box repeated 100,000 times in one label file: legal, warned about, counted once
+    dups = work / "dups"
+    if not dups.exists():
+        shutil.copytree(f["data"].parent / "images", dups / "images")
+        shutil.copytree(f["data"].parent / "labels", dups / "labels")
+        (dups / "data.yaml").write_text(f"path: {dups}\ntrain: images/train\nval: images/val\n"
+                                        "names: [speed_limit, warning, stop, mandatory, yield, no_entry]\n")
+        label = sorted((dups / "labels" / "train").glob("*.txt"))[0]
+        label.write_text(label.read_text() + "2 0.5 0.5 0.2 0.2\n" * 100_000)
+    add("data check a box repeated 100,000 times (r5, legal: warned)", ["data", "check", dups / "data.yaml"], 0)
     # a stray file named like a run id in the working folder (the corpus' cwd): `1` still names run 1
     (work.parent.parent / "1").write_text("a stray file")
     add("export 1 with a file named 1 in the working folder (r5, legal)", ["export", "1", "--imgsz", "64", "--out",

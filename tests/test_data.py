@@ -199,3 +199,21 @@ def test_data_synth_refuses_a_non_empty_folder_unless_forced_and_then_empties_it
     result = runner.invoke(app, ["data", "synth", str(theirs), "--imgsz", "64", "--train", "1", "--val", "1", "--force"])
     assert result.exit_code == 2 and "did not write" in result.output  # --force never empties a folder npuyolo did not write
     assert (theirs / "mine.txt").read_text() == "a user's file"
+
+
+def test_data_check_warns_about_duplicate_boxes_and_counts_what_training_sees(data_copy):
+    """Issue 36: a box repeated 100,000 times counted as 100,027 instances, while training removes 99,999 duplicates."""
+    label = sorted((data_copy.parent / "labels" / "train").glob("*.txt"))[0]
+    before = check_dataset(data_copy).as_dict()["splits"]["train"]
+    box = "2 0.500000 0.500000 0.200000 0.200000\n"
+    label.write_text(label.read_text() + box * 100_000)
+    report = check_dataset(data_copy).as_dict()
+    train = report["splits"]["train"]
+    assert train["instances"]["stop"] == before["instances"]["stop"] + 1 and train["duplicates"] == 99_999
+    assert len(report["warnings"]) == 1 and "99999 duplicate" in report["warnings"][0] and label.name in report["warnings"][0]
+    result = runner.invoke(app, ["data", "check", str(data_copy)])
+    assert result.exit_code == 0 and "warning:" in result.output and "99999 duplicate" in result.output, result.output
+    cache = data_copy.parent / "cache"
+    assert check_dataset(data_copy, cache_dir=cache).as_dict() == report == check_dataset(data_copy, cache_dir=cache).as_dict()
+    result = runner.invoke(app, ["data", "check", str(data_copy), "--json"])
+    assert json.loads(result.stdout)["warnings"] == report["warnings"]

@@ -42,6 +42,8 @@ def data_check(data: Path, as_json: JsonOpt = False) -> None:
     from npuyolo.data.check import check_dataset
 
     report = check_dataset(data).as_dict()
+    for warning in report["warnings"]:  # legal, likely a mistake (duplicate boxes): said on stderr, in JSON too
+        err.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     if as_json:
         return print_json(report)
     table = Table(title=f"{data}  ({report['nc']} classes, content hash {report['content_hash']})")
@@ -53,4 +55,4 @@ def data_check(data: Path, as_json: JsonOpt = False) -> None:
     for split, s in report["splits"].items():
         table.add_row(split, str(s["images"]), str(s["background_images"]), *(str(s["instances"][n]) for n in report["names"]))
     console.print(table)
-    console.print("[green]OK[/]: no problems found")
+    console.print("[green]OK[/]: no problems found" + (f" ({len(report['warnings'])} warning(s) above)" if report["warnings"] else ""))

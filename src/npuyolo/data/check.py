@@ -37,6 +37,7 @@ class SplitReport:
     images: int = 0
     instances: dict[str, int] = field(default_factory=dict)
     background_images: int = 0  # images with an empty label file
+    duplicates: int = 0  # label rows repeating another row of the same file exactly (training drops them; not counted)
 
 
 @dataclass
@@ -46,13 +47,15 @@ class DataReport:
     names: list[str]
     splits: dict[str, SplitReport]
     content_hash: str
+    warnings: list[str] = field(default_factory=list)  # what is legal but likely a mistake (duplicate boxes)
 
     def as_dict(self) -> dict:
         return {
             "yaml": self.yaml_path, "root": self.root, "names": self.names, "nc": len(self.names),
             "content_hash": self.content_hash,
-            "splits": {k: {"images": v.images, "background_images": v.background_images, "instances": v.instances}
-                       for k, v in self.splits.items()},
+            "splits": {k: {"images": v.images, "background_images": v.background_images, "instances": v.instances,
+                           "duplicates": v.duplicates} for k, v in self.splits.items()},
+            "warnings": self.warnings,
         }
 
 
@@ -250,7 +253,10 @@ def check_image(image: Path) -> str | None:
 
 
 def check_labels(label: Path, nc: int) -> tuple[list[str], list[int]]:
+    """Problems of a label file, and the class of each box in it (an exact repeat of a row counted once, as training
+    keeps it; `duplicate_rows` counts the repeats)."""
     problems, classes = [], []
+    seen: set[tuple] = set()
     for n, line in enumerate(label.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         fields = line.split()
         if not fields:
@@ -270,8 +276,23 @@ def check_labels(label: Path, nc: int) -> tuple[list[str], list[int]]:
             problems.append(f"{label}:{n}: coordinates must be normalised to [0, 1], found {bad[0]:g}")
         elif coords[2] <= 0 or coords[3] <= 0:
             problems.append(f"{label}:{n}: box width and height must be > 0")
-        classes.append(cls)
+        if (cls, *coords) not in seen:
+            seen.add((cls, *coords))
+            classes.append(cls)
     return problems, classes
+
+
+def duplicate_rows(label: Path) -> int:
+    """Rows of a label file that repeat an earlier row exactly (same class and numbers): Ultralytics drops them."""
+    rows = []
+    for line in label.read_text(encoding="utf-8", errors="replace").splitlines():
+        fields = line.split()
+        try:
+            rows.append((int(fields[0]), *map(float, fields[1:])) if len(fields) == 5 else None)
+        except ValueError:
+            continue
+    rows = [r for r in rows if r is not None]
+    return len(rows) - len(set(rows))
 
 
 def fingerprint(path: Path, cfg: dict, root: Path) -> str:
@@ -303,8 +324,10 @@ def check_dataset(path: str | Path, progress: Callable[[int], None] | None = Non
             cached = None
         if cached is not None and cached.is_file():
             d = json.loads(cached.read_text())
-            return DataReport(d["yaml"], d["root"], d["names"], {k: SplitReport(v["images"], v["instances"], v["background_images"])
-                                                                  for k, v in d["splits"].items()}, d["content_hash"])
+            return DataReport(d["yaml"], d["root"], d["names"], {k: SplitReport(v["images"], v["instances"], v["background_images"],
+                                                                              v.get("duplicates", 0))
+                                                                  for k, v in d["splits"].items()}, d["content_hash"],
+                              d.get("warnings", []))
     report = _check(path, cfg, root, names, progress)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -316,6 +339,7 @@ def check_dataset(path: str | Path, progress: Callable[[int], None] | None = Non
 
 def _check(path: Path, cfg: dict, root: Path, names: list[str], progress: Callable[[int], None] | None) -> DataReport:
     problems: list[str] = []
+    warnings: list[str] = []
     splits: dict[str, SplitReport] = {}
     digest = hashlib.sha256(path.read_bytes())
     for split in ("train", "val", "test"):
@@ -337,6 +361,11 @@ def _check(path: Path, cfg: dict, root: Path, names: list[str], progress: Callab
             else:
                 label_problems, classes = check_labels(label, len(names))
                 problems += label_problems
+                repeats = duplicate_rows(label) if not label_problems else 0
+                if repeats:
+                    report.duplicates += repeats
+                    warnings.append(f"{label}: {repeats} duplicate box row(s), each a repeat of another row; training keeps "
+                                    "one of each (counted once here)")
                 report.background_images += not classes and not label_problems
                 for c in classes:
                     if 0 <= c < len(names):
@@ -348,4 +377,6 @@ def _check(path: Path, cfg: dict, root: Path, names: list[str], progress: Callab
         splits[split] = report
     if problems:
         raise DataError(problems)
-    return DataReport(str(path), str(root), names, splits, digest.hexdigest()[:16])
+    if len(warnings) > 20:
+        warnings = warnings[:20] + [f"... and {len(warnings) - 20} more label files with duplicate boxes"]
+    return DataReport(str(path), str(root), names, splits, digest.hexdigest()[:16], warnings)
