@@ -465,3 +465,39 @@ def test_a_hand_edited_plan_of_the_wrong_types_is_no_plan_with_a_note(recorded, 
             assert "plan.json" in text and ("not a valid plan" in text or "유효한 계획이 아닙니다" in text)
         series = render_series(reg, "v3", tmp_path / f"s-{lang}", lang=lang).read_text(encoding="utf-8")
         assert "Deployment plan" not in series and "배포 계획:" not in series
+
+
+def test_plan_text_with_markdown_or_html_stays_text_in_markdown_reports(recorded, tmp_path):
+    """Issue 36: a target name in plan.json holding Markdown or HTML reached report_*_en.md and series_*_en.md raw: a
+    heading, <script>, a remote image (the HTML reports were escaped already)."""
+    reg, leaky, relu, _ = recorded
+    _record_plan(reg, leaky, relu, tmp_path / "plan")
+    path = tmp_path / "plan" / "plan.json"
+    d = json.loads(path.read_text())
+    hostile = "# head <script>alert(1)</script> ![x](http://e/i.png) | `code` *y*\n# second"
+    for tp in d["targets"]:
+        tp["target"] = f"{tp['target']}{hostile}"
+        for r in tp["rows"]:
+            r["target"] = tp["target"]
+            r["candidate"]["name"] = r["candidate"]["name"] + "`|<b>"
+        tp["chosen"] += "`|<b>"
+        tp["runner_up"] = tp["runner_up"] and tp["runner_up"] + "`|<b>"
+        for a in tp["advice"]:
+            if a["kind"] == "reslope":
+                a["values"]["train"] = "L4-leaky0.1` <img src=http://e/j.png> `"
+            if a["kind"] == "rewrite_cost":
+                a["values"]["graph"] = "<b>relu-decomp</b>"
+    path.write_text(json.dumps(d))
+    texts = [render_run(reg, leaky, tmp_path / f"r-{lang}", lang=lang, compare=relu).read_text(encoding="utf-8")
+             for lang in ("en", "ko")]
+    texts += [render_series(reg, "v3", tmp_path / f"s-{lang}", lang=lang).read_text(encoding="utf-8") for lang in ("en", "ko")]
+    for text in texts:
+        assert "relu-only" in text and ("Deployment plan" in text or "배포 계획" in text)
+        assert "<script>" not in text and "<b>" not in text and "<img" not in text and "![x](http://e/i.png)" not in text
+        assert not [line for line in text.splitlines() if line.startswith(("# head", "# second"))]
+    for text in texts[2:]:  # the series matrix: one row per variant, as many cells as targets
+        lines = text.splitlines()
+        rows = [i for i, line in enumerate(lines) if line.startswith("| L4-leaky |") and "INT8 mAP50" in line]
+        assert len(rows) == 1 and lines[rows[0] - 1].startswith("|---|")
+        row, header = lines[rows[0]], lines[rows[0] - 2]
+        assert row.replace("\\|", "").count("|") == header.replace("\\|", "").count("|") == 6  # variant + 4 targets

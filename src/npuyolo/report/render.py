@@ -94,6 +94,10 @@ def environment(html_output: bool = False) -> Environment:
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["oneline"] = lambda v: " ".join(str(v).split())  # raw values inside a code block: one line each
     env.filters["md"] = lambda v: md_text(" ".join(str(v).split()), html_output)  # recorded free text: literal, one line
+    # recorded free text inside a code span: one line, no backtick to close the span, no | to split a table cell, and in a
+    # .md file no raw HTML (a viewer that renders HTML in code spans shows it as text)
+    env.filters["code"] = lambda v: (lambda t: t if html_output else t.translate(_HTML_SPECIAL))(
+        " ".join(str(v).split()).replace("`", "'").replace("|", "\\|"))
     env.globals.update(
         f1=_num(".1f"), f2=_num(".2f"), f3=_num(".3f"), f4=_num(".4f"), hms=_hms,
         num=lambda v: "n/a" if v is None else (f"{v:g}" if isinstance(v, float) else str(v)),
