@@ -51,6 +51,18 @@ def test_metrics_equal_ultralytics_on_the_set_and_on_a_resample():
                                ultralytics_metrics(per, np.repeat(np.arange(60), counts)), rtol=0, atol=1e-12)
 
 
+def test_metrics_equal_ultralytics_where_false_boxes_trail_and_a_class_has_no_hit():
+    """AP stops at each class's last right box (the false ones after it cannot change it): the same figures."""
+    per = confident_model(seed=21, images=50)
+    for i in range(len(per["tp"])):  # class 3 is never right: all its boxes false
+        per["tp"][i] = per["tp"][i] & (per["pred_cls"][i] != 3)[:, None]
+    stats = as_stats(per)
+    np.testing.assert_allclose(detection_metrics(stats), ultralytics_metrics(per), rtol=0, atol=1e-12)
+    counts = np.bincount(np.random.default_rng(4).integers(0, 50, 50), minlength=50)
+    np.testing.assert_allclose(detection_metrics(prepare(stats), counts),
+                               ultralytics_metrics(per, np.repeat(np.arange(50), counts)), rtol=0, atol=1e-12)
+
+
 def test_identical_models_differ_by_exactly_zero_and_are_tied():
     stats = as_stats(random_per_image(2))
     result = compare_stats([stats, stats], ["a", "b"], n=200, seed=0)

@@ -49,14 +49,16 @@ class Prepared:
     conf: np.ndarray  # sorted [N]
     img: np.ndarray  # sorted [N] image index of each prediction
     classes: np.ndarray  # every class that has a label in the full set, ascending
+    any_tp: np.ndarray  # sorted [N] bool: correct at some IoU threshold
 
 
 def prepare(stats: MatchedStats) -> Prepared:
     order = np.argsort(-stats.conf)  # the same call on the same array as ap_per_class: ties fall the same way
     cls = stats.pred_cls[order]
     classes = np.unique(stats.target_cls)
-    return Prepared(stats, {int(c): np.flatnonzero(cls == c) for c in classes}, np.ascontiguousarray(stats.tp[order].T, dtype=np.uint8),
-                    stats.conf[order].astype(np.float64), stats.pred_img[order], classes)
+    tp = np.ascontiguousarray(stats.tp[order].T, dtype=np.uint8)
+    return Prepared(stats, {int(c): np.flatnonzero(cls == c) for c in classes}, tp,
+                    stats.conf[order].astype(np.float64), stats.pred_img[order], classes, tp.any(axis=0))
 
 
 def _ap(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -90,13 +92,19 @@ def detection_metrics(p: Prepared | MatchedStats, weights: np.ndarray | None = N
             rows = np.repeat(rows, weights[p.img[rows]].astype(np.int64))
         if rows.size == 0:
             continue
-        tpc = np.cumsum(p.tp[:, rows], axis=1, dtype=np.int32).astype(np.float64)  # [10, n]; int32 sums are 30x faster
-        recall = tpc / (labels[c] + EPS)
-        precision = tpc / np.arange(1, rows.size + 1, dtype=np.float64)  # tp + fp counts = rank, exactly
+        rank = np.arange(1, rows.size + 1, dtype=np.float64)  # tp + fp counts = rank, exactly
+        tp50 = np.cumsum(p.tp[0, rows], dtype=np.int32).astype(np.float64)  # int32 sums are 30x faster than float ones
         conf = -p.conf[rows]
-        r_curve[ci] = np.interp(-PR_X, conf, recall[0], left=0)
-        p_curve[ci] = np.interp(-PR_X, conf, precision[0], left=1)
-        ap[ci] = _ap(recall, precision)
+        r_curve[ci] = np.interp(-PR_X, conf, tp50 / (labels[c] + EPS), left=0)
+        p_curve[ci] = np.interp(-PR_X, conf, tp50 / rank, left=1)
+        # AP ends at the last prediction that is right at some IoU: the false ones after it keep the last recall with
+        # lower precision, so they never raise the envelope nor bound an interpolation segment (exactly the same AP)
+        hits = np.flatnonzero(p.any_tp[rows])
+        if hits.size == 0:
+            continue  # nothing right at any threshold: AP 0, as compute_ap gives
+        end = hits[-1] + 1
+        tpc = np.cumsum(p.tp[:, rows[:end]], axis=1, dtype=np.int32).astype(np.float64)  # [10, end]
+        ap[ci] = _ap(tpc / (labels[c] + EPS), tpc / rank[:end])
     f1 = 2 * p_curve * r_curve / (p_curve + r_curve + EPS)
     i = _smooth(f1.mean(0), 0.1).argmax()
     return np.array([ap[:, 0].mean(), ap.mean(), p_curve[:, i].mean(), r_curve[:, i].mean()])
@@ -118,6 +126,10 @@ def map50(p: Prepared, weights: np.ndarray | None = None) -> float:
             rows = np.repeat(rows, weights[p.img[rows]].astype(np.int64))
         if rows.size == 0:
             continue
+        hits = np.flatnonzero(p.tp[0, rows])
+        if hits.size == 0:
+            continue
+        rows = rows[:hits[-1] + 1]  # false predictions after the last right one change no AP (detection_metrics)
         tpc = np.cumsum(p.tp[0, rows], dtype=np.int32).astype(np.float64)
         ap[ci] = _ap((tpc / (labels[c] + EPS))[None], (tpc / np.arange(1, rows.size + 1, dtype=np.float64))[None])[0]
     return float(ap.mean())

@@ -1,0 +1,94 @@
+"""`npuyolo compare` of the committed 320 px seed-experiment members on roadsign4 val: how long it takes, and what it says.
+
+    python bench/compare.py [--data ../shared/datasets/roadsign4/data.yaml] [--work /tmp/compare-bench] [--bootstrap 1000]
+
+Two timed calls through the API (the same service the CLI calls): the first scores every member's best.pt on val
+(one inference pass each) and keeps its per-image statistics; the second reads them back and runs only the paired
+bootstrap (issue 31's target: <= 10 s for 1,000 resamples of the four members on the project's 2-core CPU). The
+figures go to bench/compare_320.json; each member's statistics are copied beside its weights (`val-stats.npz`), so
+that later analyses (seed replicates) need no inference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import npuyolo  # noqa: F401  (offline guards before Ultralytics)
+from npuyolo.api import Workspace
+from npuyolo.paths import write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+MEMBERS = ROOT / "bench" / "seed_experiment" / "320"
+DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "roadsign4" / "data.yaml"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def members(names: list[str] | None) -> list[Path]:
+    found = sorted(p.parent for p in MEMBERS.glob("*/best.pt"))
+    return [p for p in found if names is None or p.name in names]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/npuyolo-compare-bench"))
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--members", nargs="+", default=None, help="member folders under bench/seed_experiment/320")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "compare_320.json")
+    args = ap.parse_args(argv)
+    chosen = members(args.members)
+    if len(chosen) < 2:
+        print(f"need two or more committed members under {MEMBERS}", file=sys.stderr)
+        return 2
+    args.work.mkdir(parents=True, exist_ok=True)
+    data = args.work / "roadsign4"
+    if not (data / "data.yaml").is_file():  # a writable copy: Ultralytics writes label caches beside the labels
+        shutil.copytree(args.data.parent, data)
+    ws = Workspace(args.work / "runs" / "npuyolo.db")
+    refs = [str(m / "best.pt") for m in chosen]
+    timings = {}
+    t = time.perf_counter()
+    cold = ws.compare(refs, data / "data.yaml", bootstrap=args.bootstrap, draw=False)
+    timings["first_call_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    warm = ws.compare(refs, data / "data.yaml", bootstrap=args.bootstrap, plot=args.work / "forest.png")
+    timings["from_stored_statistics_s"] = time.perf_counter() - t
+    assert all(m.cached for m in warm.models) and warm.comparison == cold.comparison
+    for member, m in zip(chosen, warm.models):
+        shutil.copyfile(m.stats_file, member / "val-stats.npz")
+    c = warm.comparison
+    print(f"{len(chosen)} members, {c.images} images, {args.bootstrap} paired resamples; machine: {cpu_name()}, "
+          f"{os.cpu_count()} cores")
+    print(f"first call (scores every model, keeps its statistics): {timings['first_call_s']:.1f} s")
+    print(f"from stored statistics: {timings['from_stored_statistics_s']:.2f} s (target <= 10 s)")
+    for s in c.models:
+        print(f"  {s.label:28s} mAP50 {s.map50.value:.3f} ({s.map50.low:.3f}-{s.map50.high:.3f})  "
+              f"mAP50-95 {s.map50_95.value:.3f} ({s.map50_95.low:.3f}-{s.map50_95.high:.3f})")
+    for p in c.pairs:
+        if p.metric == "map50":
+            d = p.diff.pp()
+            print(f"  {p.a} - {p.b}: {d.value:+.1f} pp ({d.low:+.1f} to {d.high:+.1f}): {p.text}")
+    write_text(args.out, json.dumps({"machine": {"cpu": cpu_name(), "cores": os.cpu_count()}, "timings": timings,
+                                     **warm.as_dict()}, indent=2, default=str) + "\n")
+    print(f"written: {args.out}; forest plot: {warm.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
