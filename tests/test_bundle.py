@@ -456,6 +456,13 @@ def test_a_run_ships_its_planned_artefact(models, tmp_path, monkeypatch):
         bundle_model("planned", "rknn-rk3588", registry=tmp_path / "r.db")
     with pytest.raises(NpuyoloError, match="target is required"):
         bundle_model("planned", None, registry=tmp_path / "r.db")
+    moved = models["npu"].with_name("moved.onnx")
+    models["npu"].rename(moved)
+    try:
+        with pytest.raises(BundleError, match="the plan's artefact for relu-only, .* is gone.*npuyolo deploy plan"):
+            bundle_model("planned", "relu-only", registry=tmp_path / "r.db")
+    finally:
+        moved.rename(models["npu"])
 
     monkeypatch.chdir(tmp_path)
     cwd_before = sorted(p.name for p in tmp_path.iterdir())
@@ -467,6 +474,8 @@ def test_a_run_ships_its_planned_artefact(models, tmp_path, monkeypatch):
                                "--out", "o", "--json"])
     assert done.exit_code == 0, done.output
     assert json.loads(done.output)["plan"]["candidate"] == "export+int8" and (tmp_path / "o").is_dir()
+    done = runner.invoke(app, ["deploy", "bundle", "planned", "-t", "relu-only", "--registry", str(tmp_path / "r.db"), "--out", "o"])
+    assert done.exit_code == 0 and "plan: export+int8, INT8 mAP50 0.610" in done.output and "npuyolo_infer.py" in done.output
 
     from npuyolo import Workspace
 

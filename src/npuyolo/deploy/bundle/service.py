@@ -55,13 +55,17 @@ def _plan_choice(run: RunRecord, target: str, plan_json: str) -> tuple[Path, Pla
     except (StopIteration, KeyError, TypeError, ValueError):
         raise BundleError(f"run {run.name} (#{run.id}): its plan for {target} is damaged; make it again with "
                           f"`npuyolo deploy plan {run.id} -t {target} --data DATA.yaml`") from None
+    shipped = Path(compiled) if compiled else Path(int8)
+    if (compiled or target not in COMPILER_OF) and not shipped.is_file():
+        raise BundleError(f"run {run.name} (#{run.id}): the plan's artefact for {target}, {shipped}, is gone; make the plan again"
+                          f" with `npuyolo deploy plan {run.id} -t {target} --data DATA.yaml`")
     if compiled:
-        return Path(compiled), figures
+        return shipped, figures
     if target in COMPILER_OF:
         compiler = COMPILER_OF[target][0]
         raise BundleError(f"run {run.name} (#{run.id}): the plan for {target} has no {compiler} build to ship ({p.get('compiler_status')});"
                           f" install it (`npuyolo compilers install {compiler}`) and plan again, or pass --artefact FILE")
-    return Path(int8), figures
+    return shipped, figures
 
 
 def bundle_model(run: str | None = None, target: str | None = None, *, artefact: str | Path | None = None,
