@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from npuyolo.cli import app
 from npuyolo.compilers.envs import installed
 from npuyolo.deploy.bundle import BundleError, build_bundle, inspect_artefact
+from npuyolo.deploy.bundle.build import c_workspace_bytes
 from npuyolo.deploy.bundle.service import bundle_model
 from npuyolo.deploy.export import export_onnx
 from npuyolo.deploy.predict import load_predictor, predict_source
@@ -227,7 +228,7 @@ def c_postprocess(lib, manifest: dict, tensors: list[np.ndarray], dtype: int, qu
     wrap = [Tensor(t.ctypes.data, dtype, layout, *(quant[i] or (1.0, 0))) for i, t in enumerate(keep)]
     boxes, scores = (Tensor * n_s)(*wrap[0::2]), (Tensor * n_s)(*wrap[1::2])
     size = lib.npuyolo_workspace_size(ctypes.byref(cfg))
-    assert size > 0
+    assert size == c_workspace_bytes(manifest["imgsz"], manifest["strides"])  # the figure the bundle's README gives
     assert lib.npuyolo_postprocess(ctypes.byref(cfg), boxes, scores, ctypes.create_string_buffer(size - 64), size - 64,
                                    (Detection * 300)(), 300) == -2  # a workspace too small is refused, not overrun
     ws, dets = ctypes.create_string_buffer(size), (Detection * 300)()

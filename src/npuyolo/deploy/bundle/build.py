@@ -219,9 +219,19 @@ def _is_bundle(folder: Path) -> bool:
         return False
 
 
+def c_workspace_bytes(imgsz: int, strides: list[int]) -> int:
+    """What `npuyolo_workspace_size()` in postprocess.c returns for this model (kept equal to it; tested)."""
+    def align16(n: int) -> int:
+        return (n + 15) & ~15
+
+    anchors = sum((imgsz // s) ** 2 for s in strides)
+    return align16(anchors * 24) + 2 * align16(anchors * 4) + align16(anchors) + 16
+
+
 def render_readme(manifest: BundleManifest, name: str) -> str:
     env = jinja2.Environment(autoescape=False, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
-    return env.from_string(_template("README.md.j2")).render(m=manifest, name=name)
+    return env.from_string(_template("README.md.j2")).render(m=manifest, name=name,
+                                                             workspace=c_workspace_bytes(manifest.imgsz, manifest.strides))
 
 
 def build_bundle(artefact: str | Path, out: str | Path, *, target: str | None = None, conf: float | None = None,
