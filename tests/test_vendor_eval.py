@@ -365,6 +365,9 @@ def test_a_stray_manifest_beside_a_plain_export_does_not_make_it_compiled(tmp_pa
     plain.write_bytes(plain.read_bytes() + b"\0")  # another file (an export of another size, say)
     shutil.copyfile(manifest_path(dense), manifest_path(plain))
     assert not vendor.is_compiled(plain)
+    # a stray manifest from before sizes were recorded: npuyolo's own export (its metadata says so) is still plain
+    manifest_path(plain).write_text(json.dumps({"kind": "onnx", "onnx": "model_fp32.onnx", "mct": True}))
+    assert not vendor.is_compiled(Path(shutil.copyfile(small_fp32, plain)))
 
 
 def test_a_missing_compiler_is_found_before_the_fp32_validation(tmp_path, small_fp32, monkeypatch):

@@ -37,6 +37,7 @@ from npuyolo.deploy.evaluate import Deployable, DeployError, load_deployable, va
 from npuyolo.stats.matched import MatchedStats
 from npuyolo.deploy.layers import LayerRow, check_qdq, compare_layers, parse_error_analysis, qdq_layer_errors
 from npuyolo.deploy.quantize import quantize_onnx
+from npuyolo.npu.onnxfile import written_by_npuyolo
 from npuyolo.paths import FileReadError, file_problem, read_regular_file, write_bytes
 
 __all__ = ["CompiledArtefact", "CompiledScore", "VendorRuntime", "evaluate_compiled", "is_compiled", "read_compiled"]
@@ -78,7 +79,9 @@ def is_compiled(path: str | Path) -> bool:
     try:  # a manifest written for another file (copied beside a plain export) does not make this one compiled
         record = json.loads(read_regular_file(manifest_path(path), MANIFEST_MAX_BYTES).decode("utf-8"))
         recorded = record.get("sha256") if isinstance(record, dict) else None
-        return not isinstance(recorded, str) or file_digest(path)[1] == recorded
+        if not isinstance(recorded, str):  # written before sizes were recorded: npuyolo's own export is never compiled
+            return not written_by_npuyolo(path)
+        return file_digest(path)[1] == recorded
     except (FileReadError, OSError, UnicodeDecodeError, ValueError, RecursionError):
         return True  # read_compiled says what is wrong with it
 
