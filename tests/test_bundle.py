@@ -164,6 +164,16 @@ def test_bundle_contents(bundles, models):
     assert not [p for p in b.folder.parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
 
 
+def test_the_archive_runs_where_it_is_unpacked(bundles, photos, tmp_path):
+    """What the board gets is the .tar.gz: unpacked elsewhere, it runs (and checks its model) on its own."""
+    with tarfile.open(bundles["npu"].archive) as tar:
+        tar.extractall(tmp_path / "board", filter="data") if sys.version_info >= (3, 12) else tar.extractall(tmp_path / "board")
+    folder = tmp_path / "board" / bundles["npu"].folder.name
+    assert os.access(folder / "npuyolo_infer.py", os.X_OK)
+    done = run_script(folder / "npuyolo_infer.py", photos / "road0.jpg", "--out", tmp_path / "r.json", cwd=tmp_path)
+    assert done.returncode == 0 and json.loads((tmp_path / "r.json").read_text())["images"] == 1, done.stderr
+
+
 @pytest.mark.parametrize("n, classes", [(600, 3), (2600, 1)])  # one IoU matrix per class; past 2048 boxes row by row
 def test_numpy_nms_keeps_torchvisions_boxes(bundles, n, classes):
     import torchvision
