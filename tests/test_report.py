@@ -501,3 +501,26 @@ def test_plan_text_with_markdown_or_html_stays_text_in_markdown_reports(recorded
         assert len(rows) == 1 and lines[rows[0] - 1].startswith("|---|")
         row, header = lines[rows[0]], lines[rows[0] - 2]
         assert row.replace("\\|", "").count("|") == header.replace("\\|", "").count("|") == 6  # variant + 4 targets
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_report_compare_states_the_paired_interval_or_says_one_seed(recorded, tmp_path, lang):
+    """With both runs' per-image statistics, section 5 gives each difference with its paired interval and a verdict,
+    and only a difference whose interval excludes 0 becomes a strength or weakness; without them, one seed, no
+    interval. The generic '≤ 1.2 mAP points' claim is gone (it was no measurement of this run)."""
+    from npuyolo.stats.matched import save_stats
+
+    from .test_stats import as_stats, confident_model, missing_half
+
+    reg, leaky, relu, _ = recorded
+    plain = render_run(reg, leaky, tmp_path / "plain", lang=lang, compare=relu).read_text(encoding="utf-8")
+    assert ("One seed each, no interval" if lang == "en" else "각각 시드 하나, 구간 없음") in plain
+    assert ("(one seed, no interval)" if lang == "en" else "(시드 하나, 구간 없음)") in plain
+    assert "1.2 mAP" not in plain and "≤ 1.2" not in plain
+    per = confident_model(seed=5, images=60)
+    for rid, stats in ((leaky, as_stats(per)), (relu, as_stats(missing_half(per)))):
+        reg.add_artifact(rid, "stats/val", save_stats(stats, tmp_path / f"stats-{rid}.npz"))
+    text = render_run(reg, leaky, tmp_path / "stats", lang=lang, compare=relu).read_text(encoding="utf-8")
+    assert ("95% interval | verdict" if lang == "en" else "95% 구간 | 판정") in text
+    assert ("v3-L4-leaky ahead" if lang == "en" else "v3-L4-leaky 우세") in text
+    assert "one seed" not in text and "시드 하나" not in text

@@ -7,10 +7,12 @@ recorded `deploy plan` alone: each is a candidate that was built and measured, n
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from npuyolo.deploy.plan import PlanError, cell, chosen_row, load_recorded_plan
 from npuyolo.errors import NpuyoloError
+from npuyolo.stats.compare import compare_stats
+from npuyolo.stats.matched import StatsError, load_stats
 from npuyolo.registry.db import RECIPE_TYPES, CompilerRunRow, DeployEvalRow, EpochRow, NpuCheckRow, RegistryError, RunRecord
 from npuyolo.train.series import rank_series
 
@@ -63,6 +65,9 @@ class RunFacts:
     plan: dict | None = None  # the run's latest recorded `deploy plan` (plan.json), None when none is recorded
     plan_twin: str | None = None  # the name of the ReLU twin behind the plan's `relu-twin` candidates
     plan_problem: dict | None = None  # {"path", "why"}: a recorded plan.json not used (not a regular file, not a valid plan)
+    # best.pt of this run vs the compared run's, paired over the same val images: metric -> {value, low, high} in
+    # points and verdict; None where either run kept no per-image statistics (then: one seed, no interval)
+    compare_intervals: dict | None = None
 
     @property
     def plan_note(self) -> str | None:
@@ -128,13 +133,21 @@ def judge(facts: RunFacts) -> list[Judgement]:
                 out.append(Judgement("strength", "series_first", {"metric": m, "size": facts.series_size}))
             elif facts.series_size and rank == facts.series_size and facts.series_size > 1:
                 out.append(Judgement("weakness", "series_last", {"metric": m, "rank": rank, "size": facts.series_size}))
-    if facts.compare_final:
+    if facts.compare_intervals:  # a difference is a finding only where its paired interval excludes 0
+        for m in METRICS:
+            e = facts.compare_intervals[m]
+            values = {"metric": m, "pp": abs(e["value"]), "low": e["low"], "high": e["high"], "other": facts.compare.name}
+            if e["verdict"] == "ahead":
+                out.append(Judgement("strength", "beats_compare", values))
+            elif e["verdict"] == "behind":
+                out.append(Judgement("weakness", "behind_compare", values))
+    elif facts.compare_final:  # no statistics to judge by: the difference is said as one seed, no interval
         for m in METRICS:
             d = facts.diffs_pp.get(m)
             if d is not None and d > 0:
-                out.append(Judgement("strength", "beats_compare", {"metric": m, "pp": d, "other": facts.compare.name}))
+                out.append(Judgement("strength", "beats_compare", {"metric": m, "pp": d, "other": facts.compare.name, "one_seed": True}))
             elif d is not None and d < 0:
-                out.append(Judgement("weakness", "behind_compare", {"metric": m, "pp": -d, "other": facts.compare.name}))
+                out.append(Judgement("weakness", "behind_compare", {"metric": m, "pp": -d, "other": facts.compare.name, "one_seed": True}))
     if final and final.recall is not None and final.precision is not None and final.precision - final.recall >= 0.05:
         out.append(Judgement("weakness", "recall_below_precision", {"p": final.precision, "r": final.recall}))
     if facts.improvement_factor is not None and facts.improvement_factor > 1:
@@ -211,6 +224,21 @@ def _complete_recipe(run: RunRecord) -> None:
                           "fix or delete that row")
 
 
+def compare_intervals(run: RunRecord, other: RunRecord, n: int = 1000) -> dict | None:
+    """best.pt of `run` against `other`'s, from the per-image statistics their final validations kept: each metric's
+    difference in points with its paired 95% interval and verdict. None where either kept none (older runs) or they
+    were scored on other images: the report then says one seed, no interval."""
+    files = [r.artifact_path("stats/val") for r in (run, other)]
+    if any(f is None for f in files):
+        return None
+    try:
+        stats = [load_stats(f) for f in files]
+        result = compare_stats(stats, ["a", "b"], n=n)
+    except StatsError:
+        return None
+    return {p.metric: {**{k: v for k, v in asdict(p.diff.pp()).items()}, "verdict": p.verdict.value} for p in result.pairs}
+
+
 def run_facts(registry, ref, compare_ref=None) -> RunFacts:
 
     try:
@@ -246,6 +274,8 @@ def run_facts(registry, ref, compare_ref=None) -> RunFacts:
                       and compare_final.value(m) is not None else None) for m in METRICS},
         npu=npu_rows(registry.npu_checks(run_id=run.id), registry.compiler_runs(run_id=run.id)), int8=deploy_rows(registry.deploy_evals(run.id)), judgements=[],
     )
+    if compare is not None:
+        facts.compare_intervals = compare_intervals(run, compare)
     facts.plan, facts.plan_problem = plan_and_problem(run)
     twin = facts.plan.get("twin_run_id") if facts.plan else None
     if twin is not None:
