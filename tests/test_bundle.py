@@ -170,7 +170,8 @@ def test_the_archive_runs_where_it_is_unpacked(bundles, photos, tmp_path):
         tar.extractall(tmp_path / "board", filter="data") if sys.version_info >= (3, 12) else tar.extractall(tmp_path / "board")
     folder = tmp_path / "board" / bundles["npu"].folder.name
     assert os.access(folder / "npuyolo_infer.py", os.X_OK)
-    done = run_script(folder / "npuyolo_infer.py", photos / "road0.jpg", "--out", tmp_path / "r.json", cwd=tmp_path)
+    done = run_script(folder / "npuyolo_infer.py", photos / "road0.jpg", "--out", tmp_path / "r.json",
+                      "--provider", "CPUExecutionProvider", cwd=tmp_path)
     assert done.returncode == 0 and json.loads((tmp_path / "r.json").read_text())["images"] == 1, done.stderr
 
 
@@ -361,6 +362,7 @@ def test_bad_sources_are_one_line_and_write_nothing(bundles, photos, tmp_path):
     one_line_error(run_script(script, photos, "--out", tmp_path), "is a folder")
     one_line_error(run_script(script, photos, "--out", tmp_path / "nowhere" / "r.json"), "does not exist")
     one_line_error(run_script(script, photos, "--out", out, "--conf", "0"), "--conf must be in (0, 1]")
+    one_line_error(run_script(script, photos, "--out", out, "--provider", "NoSuchExecutionProvider"), "not in this ONNX Runtime")
     one_line_error(run_script(script, photos, "--out", out, "--save-annotated", photos), "where the source images")
     assert tree(tmp_path) == before
     (tmp_path / "mine.json").write_text("{}")  # a user's file is never replaced
