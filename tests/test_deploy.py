@@ -237,3 +237,41 @@ def test_quantize_removes_the_work_folders_of_killed_quantizes(synth_data, tmp_p
     finally:
         alive.kill()
         alive.wait()
+
+
+@pytest.mark.parametrize("command", [
+    ["npu", "check", "base", "-t", "relu-only", "--imgsz", "64"],
+    ["deploy", "quantize", "base", "--data", "{data}", "--calib", "2"],
+    ["deploy", "plan", "base", "-t", "relu-only", "--data", "{data}", "--calib", "2", "--no-sweep"],
+    ["predict", "1", "{images}"],
+])
+def test_a_full_disk_names_the_real_place(tmp_path, synth_data, monkeypatch, command):
+    """Issue 36: on a full disk `deploy plan`, `deploy quantize` and `npu check`, which have no --out, said
+    "--out ...: cannot write"; `predict 1` said "unknown model '1': not a file and not a run". The folders exist (a
+    disk fills up after them) and the data check is cached, so the first write to fail is the model's own file."""
+    import errno
+    import functools
+    import sqlite3
+
+    from npuyolo.data.check import check_dataset
+
+    from .test_hostile import cli, one_line_error
+    from .test_hostile3_env import finished_run, refuse_writes
+
+    db = tmp_path / "reg" / "r.db"
+    reg, rid = finished_run(db, data=synth_data)
+    for stage in ("npu", "deploy", "plan", "predict"):
+        reg.run_dir(reg.get_run(rid), stage)
+    check_dataset(synth_data, cache_dir=db.parent / "cache")
+    reg.close()
+    if command[0] == "predict":  # SQLite cannot make its -shm on a full disk: "disk I/O error"
+        class FullDisk(sqlite3.Connection):
+            def execute(self, *a, **k):
+                raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(sqlite3, "connect", functools.partial(sqlite3.connect, factory=FullDisk))
+    refuse_writes(monkeypatch, tmp_path, errno.ENOSPC)
+    images = synth_data.parent / "images" / "val"
+    out = one_line_error(cli(*(a.format(data=synth_data, images=images) for a in command), registry=db))
+    assert "disk full" in out and str(tmp_path) in out, out
+    assert "--out" not in out and "unknown model" not in out, out

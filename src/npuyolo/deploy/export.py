@@ -14,6 +14,7 @@ import torch
 
 from npuyolo.deploy.npu_head import NPUHeadModel, output_names
 from npuyolo.npu.onnxfile import ExportError, onnx_metadata, set_metadata, written_by_npuyolo
+from npuyolo.errors import storage_error
 from npuyolo.paths import atomic_path, check_output_file
 from npuyolo.ultra import Detect
 from npuyolo.variants.checkpoint import default_head, load_weights, model_meta
@@ -94,6 +95,9 @@ def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head:
             onnx.checker.check_model(proto)
             onnx.save(proto, str(tmp))
     except OSError as e:  # full disk, a path the OS refuses
+        said = storage_error(e, out, writing=True)  # "cannot write PATH: disk full": the place, not a flag the caller
+        if said is not None:                        # may never have given (npu check, quantize and plan have no --out)
+            raise said from None
         raise ExportError(f"out {out}: cannot write ({e.strerror or e})", param="out") from None
     return out
 

@@ -31,7 +31,7 @@ from npuyolo.data.calibration import letterbox
 from npuyolo.data.check import IMAGE_SUFFIXES
 from npuyolo.deploy.decode import nms
 from npuyolo.errors import NpuyoloError, storage_error
-from npuyolo.paths import file_problem, slug, write_bytes, write_text
+from npuyolo.paths import default_registry_path, file_problem, slug, write_bytes, write_text
 from npuyolo.resolve import ModelRef, default_imgsz, resolve_model
 
 __all__ = ["Box", "ImageDetections", "PredictError", "PredictResult", "Predictor", "detect", "list_sources", "load_predictor",
@@ -180,10 +180,15 @@ def _run_predictor(ref: str, registry, imgsz: int | None) -> Predictor:
 
     if any(c in ref for c in "/\\"):
         raise PredictError(f"model not found: {ref} (give a run id or name, a .pt checkpoint or an .onnx file)")
+    reg, opened = registry, isinstance(registry, Registry)
     try:
-        reg = registry if isinstance(registry, Registry) else Registry(registry, readonly=True)
+        if not opened:
+            reg, opened = Registry(registry, readonly=True), True
         run = reg.get_run(ref)
     except RegistryError as e:
+        there = Path(registry if registry is not None else default_registry_path()).is_file()
+        if not opened and there and ModelRef.parse(ref).kind == "run":
+            raise  # a registry that is there but cannot be opened (a full disk, a damaged file) says so itself
         if ModelRef.parse(ref).kind == "variant":
             raise PredictError(f"{ref!r} is a variant name, not a trained model: give a run, a .pt checkpoint"
                                " or an .onnx file") from None
