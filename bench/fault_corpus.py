@@ -543,6 +543,8 @@ def cases_r5_a(f: dict) -> list[tuple[str, list[str], dict, int]]:
         "npu-ms-fast": edited(lambda p: p["targets"][0]["rows"][0]["placement"].update(npu_ms="fast")),
         "advice-no-values": edited(lambda p: p["targets"][0].update(advice=[{"kind": "reslope", "values": {}}])),
         "advice-abc": edited(lambda p: p["targets"][0].update(advice="abc")),
+        "markdown-target": edited(lambda p: [t.update(target="# x <script>alert(1)</script> ![i](http://e/i.png)")
+                                             for t in p["targets"]]),  # valid: shown escaped
         "deep": "[" * 200_000 + "]" * 200_000,
     }
     db = work / "plans" / "npuyolo.db"
@@ -568,7 +570,8 @@ def cases_r5_a(f: dict) -> list[tuple[str, list[str], dict, int]]:
         reg.close()
     env = {"NPUYOLO_REGISTRY": str(db)}
     for name in plans:
-        add(f"report: recorded plan.json {name} (r5, legal: no plan)", ["report", name, "--out", work / "reports"], 0, env)
+        add(f"report: recorded plan.json {name} (r5, legal{'' if name == 'markdown-target' else ': no plan'})",
+            ["report", name, "--out", work / "reports"], 0, env)
     add("series report: members' plan.json a FIFO, a device, edited (r5, legal)", ["series", "report", "s5", "--out",
                                                                                      work / "reports"], 0, env)
     return out
