@@ -399,6 +399,12 @@ def test_a_vendor_int8_that_cannot_be_scored_sinks_only_its_own_row(planned, mon
     assert all("\n" not in r.vendor_error for r in bad.rows)
     recorded = json.loads(open(plan.path).read())
     assert recorded["targets"][1]["rows"][0]["vendor_error"].startswith("the compiled model's outputs differ")
+    from npuyolo.cli.common import console
+    from npuyolo.cli.tables import print_plan
+
+    with console.capture() as printed:
+        print_plan(plan)
+    assert "amd-dpu: the vendor's INT8 was not scored (the compiled model's outputs differ" in printed.get()
 
 
 def test_two_checkpoints_both_named_best_pt_get_their_own_plan_folders(tmp_path, synth_data):

@@ -163,6 +163,8 @@ def print_plan(plan) -> None:
         console.print(line, highlight=False, markup=False)
         for note in tp.notes:
             console.print(f"  {tp.target}: {note}", highlight=False, markup=False, style="dim")
+        for why in dict.fromkeys(r.vendor_error for r in tp.rows if r.vendor_error):  # ranked by our INT8 instead
+            console.print(f"  {tp.target}: the vendor's INT8 was not scored ({why})", highlight=False, markup=False, style="dim")
     if plan.weights_note:
         console.print(f"note: {plan.weights_note}", highlight=False, markup=False)
     console.print(f"plan: {plan.path} ({duration(plan.seconds)})", highlight=False, markup=False)
