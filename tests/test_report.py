@@ -441,6 +441,23 @@ HAND_EDITS = {  # issue 36: values of the wrong type crashed `report` and `serie
     "targets: {}": lambda d: d.update(targets={}),
     "rows: a string": lambda d: d["targets"][1].update(rows="abc"),
 }
+VALID_EDITS = {  # legal in the model: a report shows the plan (advice null reads as a plan recorded before advice)
+    "advice: null": lambda d: d["targets"][0].update(advice=None),
+    "runner_up_lost_on: null": lambda d: [t.update(runner_up_lost_on=None) for t in d["targets"]],
+}
+
+
+@pytest.mark.parametrize("edit", list(VALID_EDITS))
+def test_a_hand_edited_plan_that_is_still_valid_renders(recorded, tmp_path, edit):
+    reg, leaky, relu, _ = recorded
+    _record_plan(reg, leaky, relu, tmp_path / "plan")
+    path = tmp_path / "plan" / "plan.json"
+    d = json.loads(path.read_text())
+    VALID_EDITS[edit](d)
+    path.write_text(json.dumps(d))
+    assert run_facts(reg, leaky, relu).plan is not None
+    for lang in ("en", "ko"):
+        assert "| amd-dpu |" in render_run(reg, leaky, tmp_path / lang, lang=lang, compare=relu).read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("edit", [*HAND_EDITS, "nested 200,000 deep"])

@@ -176,7 +176,7 @@ def plan_judgements(facts: RunFacts) -> list[Judgement]:
     out = []
     for tp, c in zip(facts.plan["targets"], facts.plan_cells):
         out.append(Judgement("strategy", "plan_choice", c))
-        if "advice" in tp:
+        if tp.get("advice") is not None:
             for a in tp["advice"]:
                 out.append(Judgement("recommendation", f"plan_{a['kind']}", {"target": tp["target"], **a["values"]}))
         else:  # a plan recorded before advice was data: its English notes, as they were printed
