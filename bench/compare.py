@@ -1,6 +1,6 @@
-"""`npuyolo compare` of the committed 320 px seed-experiment members on roadsign4 val: how long it takes, and what it says.
+"""`npuyolo compare` of the committed seed-experiment members (320 px, or 640 px) on roadsign4 val: how long it takes, and what it says.
 
-    python bench/compare.py [--data ../shared/datasets/roadsign4/data.yaml] [--work /tmp/compare-bench] [--bootstrap 1000]
+    python bench/compare.py [--size 320|640] [--data ../shared/datasets/roadsign4/data.yaml] [--work /tmp/compare-bench] [--bootstrap 1000]
 
 Two timed calls through the API (the same service the CLI calls): the first scores every member's best.pt on val
 (one inference pass each) and keeps its per-image statistics; the second reads them back and runs only the paired
@@ -25,7 +25,7 @@ from npuyolo.api import Workspace
 from npuyolo.paths import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
-MEMBERS = ROOT / "bench" / "seed_experiment" / "320"
+SEED = ROOT / "bench" / "seed_experiment"
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "roadsign4" / "data.yaml"
 
 
@@ -39,8 +39,8 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def members(names: list[str] | None) -> list[Path]:
-    found = sorted(p.parent for p in MEMBERS.glob("*/best.pt"))
+def members(size: int, names: list[str] | None) -> list[Path]:
+    found = sorted(p.parent for p in (SEED / str(size)).glob("*/best.pt"))
     return [p for p in found if names is None or p.name in names]
 
 
@@ -49,12 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--work", type=Path, default=Path("/tmp/npuyolo-compare-bench"))
     ap.add_argument("--bootstrap", type=int, default=1000)
-    ap.add_argument("--members", nargs="+", default=None, help="member folders under bench/seed_experiment/320")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "compare_320.json")
+    ap.add_argument("--size", type=int, default=320, choices=[320, 640], help="which committed members: bench/seed_experiment/SIZE")
+    ap.add_argument("--members", nargs="+", default=None, help="member folders under bench/seed_experiment/SIZE")
+    ap.add_argument("--out", type=Path, default=None, help="[default: bench/compare_SIZE.json]")
     args = ap.parse_args(argv)
-    chosen = members(args.members)
+    args.out = args.out or ROOT / "bench" / f"compare_{args.size}.json"
+    chosen = members(args.size, args.members)
     if len(chosen) < 2:
-        print(f"need two or more committed members under {MEMBERS}", file=sys.stderr)
+        print(f"need two or more committed members under {SEED / str(args.size)}", file=sys.stderr)
         return 2
     args.work.mkdir(parents=True, exist_ok=True)
     data = args.work / "roadsign4"
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     cold = ws.compare(refs, data / "data.yaml", bootstrap=args.bootstrap, draw=False)
     timings["first_call_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    warm = ws.compare(refs, data / "data.yaml", bootstrap=args.bootstrap, plot=args.work / "forest.png")
+    warm = ws.compare(refs, data / "data.yaml", bootstrap=args.bootstrap, plot=args.work / f"forest_{args.size}.png")
     timings["from_stored_statistics_s"] = time.perf_counter() - t
     assert all(m.cached for m in warm.models) and warm.comparison == cold.comparison
     for member, m in zip(chosen, warm.models):

@@ -172,6 +172,8 @@ def test_series_runs_members_skips_finished_and_ranks(synth_data, tmp_path):
     assert actions == [("L4-relu", "skip"), ("L4-leaky", "skip")] and len(reg.runs()) == 2
     ranked = json.loads(runner.invoke(app, ["series", "rank", "v3", "--json", "--registry", str(db)]).stdout)
     assert {r["variant"] for r in ranked} == {"L4-relu", "L4-leaky"} and all(r["rank_map50"] >= 1 for r in ranked)
+    # every member kept its best.pt's statistics: ranks come from paired intervals, each metric with its interval
+    assert all(r["rank_basis"] == "intervals" and len(r["map50_interval"]) == 2 for r in ranked)
     missing = runner.invoke(app, ["series", "rank", "nope", "--registry", str(db)])
     assert missing.exit_code == 2 and "no series 'nope'" in missing.output
 
@@ -374,3 +376,21 @@ def test_the_same_seed_and_threads_repeat_bit_for_bit_and_the_run_records_its_nu
     n = runs[0].versions["numerics"]
     assert n["torch_threads"] == 1 and n["seed"] == 0 and n["deterministic"] is True and n["device"] == "cpu"
     assert n["cpus"] >= 1 and n["cpu"] and "platform" in n and runs[0].versions["torch"]
+
+
+def test_members_the_data_cannot_tell_apart_share_a_rank():
+    """rank = 1 + the members significantly ahead: a near-twin of the best shares rank 1, one that misses every other
+    image's objects is behind both (rank 3), instead of an order made of noise."""
+    from npuyolo.train.series import rank_with_intervals
+
+    from .test_stats import as_stats, confident_model, missing_half
+
+    per = confident_model(seed=13, images=80)
+    twin = {k: list(v) for k, v in per.items()}
+    for k in ("tp", "conf", "pred_cls"):
+        twin[k][5] = twin[k][5][:0]
+    rows = [{"variant": v, "run_id": i} for i, v in enumerate(("best", "twin", "half"), start=1)]
+    ranked = rank_with_intervals(rows, [as_stats(per), as_stats(twin), as_stats(missing_half(per))])
+    assert [r["rank_map50"] for r in ranked] == [1, 1, 3]
+    assert ranked[1]["map50"] < ranked[0]["map50"]  # a lower point estimate, yet not ranked below
+    assert all(r["map50_interval"][0] <= r["map50"] <= r["map50_interval"][1] for r in ranked)

@@ -62,11 +62,25 @@ def print_series_plan(sp) -> None:
 
 
 def print_ranking(name: str, rows: list[dict]) -> None:
-    table = Table(title=f"series {name}: final-epoch metrics (rank)")
+    """Each member's metric and rank; with per-image statistics also its 95% interval, and members the data cannot
+    tell apart share a rank ('=')."""
+    by_intervals = any(r.get("rank_basis") == "intervals" for r in rows)
+    title = (f"series {name}: best.pt on val with 95% intervals; a rank shared (=) where the paired interval cannot "
+             "tell members apart" if by_intervals else f"series {name}: final-epoch metrics (rank; one seed, no interval)")
+    table = Table(title=title)
     for col in ("variant", "run", "status", "mAP50", "mAP50-95", "precision", "recall"):
         table.add_column(col)
+    metrics = ("map50", "map50_95", "precision", "recall")
+    shared = {m: [r[f"rank_{m}"] for r in rows if r.get(f"rank_{m}") is not None] for m in metrics}
     for r in rows:
-        cells = [f"{fmt(r[m])} (#{r['rank_' + m]})" if r[m] is not None else "-" for m in ("map50", "map50_95", "precision", "recall")]
+        cells = []
+        for m in metrics:
+            if r.get(m) is None:
+                cells.append("-")
+                continue
+            tie = "=" if shared[m].count(r[f"rank_{m}"]) > 1 else ""
+            interval = f" [{r[m + '_interval'][0]:.3f}-{r[m + '_interval'][1]:.3f}]" if r.get(m + "_interval") else ""
+            cells.append(f"{fmt(r[m])}{interval} (#{tie}{r['rank_' + m]})")
         table.add_row(r["variant"], fmt(r["run_id"]), r["status"], *cells)
     console.print(table)
 

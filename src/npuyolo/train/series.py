@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from npuyolo.registry.db import DamagedRowError, NameTakenError, Registry, RegistryError
+from npuyolo.stats.compare import Verdict, compare_stats
+from npuyolo.stats.matched import MatchedStats, StatsError, load_stats
 from npuyolo.train.executors import Executor, LocalExecutor
 from npuyolo.train.members import MemberJob
 from npuyolo.train.recipe import Recipe, RecipeError, load_mapping, refuse_unnamed_keys, validation_message
@@ -121,9 +123,63 @@ def rank_rows(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["rank_map50"] is None, r["rank_map50"] or 0, r["rank_map50_95"] or 0))
 
 
+RANK_BOOTSTRAP = 500  # paired resamples behind a series' ranks (each member's best.pt on the same val images)
+
+
+def rank_with_intervals(rows: list[dict], stats: list[MatchedStats]) -> list[dict]:
+    """Ranks from the members' best.pt statistics: a member's rank is 1 + the number of members significantly ahead
+    of it (the paired 95% interval of the difference excludes 0), so members the data cannot tell apart share a rank
+    instead of being ordered by noise. Each row gets `<metric>_interval` [low, high] and `rank_basis` 'intervals'."""
+    comparison = compare_stats(stats, [str(r["run_id"]) for r in rows], n=RANK_BOOTSTRAP)
+    for r, summary in zip(rows, comparison.models):
+        for metric in RANK_METRICS:
+            e = getattr(summary, metric)
+            r[metric], r[f"{metric}_interval"] = e.value, [e.low, e.high]
+        r["rank_basis"] = "intervals"
+    by_label = {str(r["run_id"]): r for r in rows}
+    ahead = {(r["run_id"], m): 0 for r in rows for m in RANK_METRICS}
+    for p in comparison.pairs:
+        if p.verdict is Verdict.AHEAD:
+            ahead[(by_label[p.b]["run_id"], p.metric)] += 1
+        elif p.verdict is Verdict.BEHIND:
+            ahead[(by_label[p.a]["run_id"], p.metric)] += 1
+    for r in rows:
+        for metric in RANK_METRICS:
+            r[f"rank_{metric}"] = 1 + ahead[(r["run_id"], metric)]
+    return rows
+
+
+def _kept_stats(registry: Registry, run_id: int) -> MatchedStats | None:
+    try:
+        path = registry.get_run(run_id).artifact_path("stats/val")
+        return load_stats(path) if path is not None else None
+    except (StatsError, DamagedRowError):
+        return None
+
+
 def rank_series(name: str, registry: Registry) -> list[dict]:
-    """Members ranked by their final-epoch metrics; unfinished members (stopped early too) are listed, unranked,
-    with the epochs they reached."""
+    """Members ranked by their metrics; unfinished members (stopped early too) are listed, unranked, with the epochs
+    they reached. Where every finished member kept its best.pt's per-image statistics, ranks come from paired
+    intervals (`rank_with_intervals`: members the data cannot tell apart share a rank); otherwise from the final
+    epoch's single numbers (`rank_basis` 'point': one seed, no interval)."""
+    rows = ranked_rows(name, registry)
+    done = [r for r in rows if r["status"] == "finished"]
+    stats = [_kept_stats(registry, r["run_id"]) for r in done]
+    if len(done) > 1 and all(s is not None for s in stats):
+        try:
+            rank_with_intervals(done, stats)
+            for r in rows:
+                for metric in RANK_METRICS:
+                    r.setdefault(f"rank_{metric}", None)  # unfinished members: listed, unranked
+            return sorted(rows, key=lambda r: (r.get("rank_map50") is None, r.get("rank_map50") or 0,
+                                               -(r["map50"] or 0), r.get("rank_map50_95") or 0))
+        except StatsError:
+            pass  # scored on other images (a member re-trained on changed data): single numbers below
+    return rank_rows(rows)
+
+
+def ranked_rows(name: str, registry: Registry) -> list[dict]:
+    """One row per member with its final-epoch metrics (None where unfinished or damaged)."""
     rows = []
     for m in registry.series(name).members:
         finished = m.status == "finished"
@@ -134,5 +190,6 @@ def rank_series(name: str, registry: Registry) -> list[dict]:
             rows.append({"variant": m.variant, "run_id": m.run_id, "status": "damaged", "epochs": 0, "error": str(e),
                          **{k: None for k in RANK_METRICS}})
             continue
-        rows.append({"variant": m.variant, "run_id": m.run_id, "status": m.status or "not started", "epochs": epochs, **metrics})
-    return rank_rows(rows)
+        rows.append({"variant": m.variant, "run_id": m.run_id, "status": m.status or "not started", "epochs": epochs,
+                     **metrics, "rank_basis": "point" if finished else None})
+    return rows
