@@ -7,6 +7,7 @@ cannot produce.
 
 import json
 import random
+from pathlib import Path
 
 import onnx
 import pytest
@@ -110,6 +111,12 @@ def test_the_plan_numbers_are_what_an_independent_check_measures(planned):
     recorded = run.artifact("plan")
     assert recorded is not None and recorded.path == plan["path"] and json.loads(open(plan["path"]).read())["targets"]
     assert "/plan/" in chosen["int8_path"] and chosen["int8_path"].startswith(str(db.parent))
+    # each candidate's per-image statistics are kept beside the plan, and give back its figures
+    from npuyolo.stats.bootstrap import detection_metrics
+    from npuyolo.stats.matched import load_stats
+
+    kept = load_stats(Path(plan["path"]).parent / "stats" / f"{Path(chosen['int8_path']).stem}.npz")
+    assert detection_metrics(kept)[0] == pytest.approx(chosen["int8"]["map50"], abs=1e-9)
 
 
 def test_bad_plan_input_is_one_line(planned):

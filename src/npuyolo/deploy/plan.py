@@ -38,7 +38,7 @@ from npuyolo.paths import (FileReadError, atomic_path, file_problem, make_dir, r
 from npuyolo.resolve import ModelRef
 from npuyolo.stats.bootstrap import map50_samples
 from npuyolo.stats.compare import Estimate
-from npuyolo.stats.matched import MatchedStats
+from npuyolo.stats.matched import MatchedStats, save_stats
 from npuyolo.variants.spec import parse_variant
 
 DEPLOY_CONF = 0.25  # what NPU runtimes bake in; mAP at 0.001 overstates what ships
@@ -916,6 +916,8 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
         if path not in accuracy:
             with stage("evaluate"):
                 accuracy[path] = scores(path, data, conf)
+            # kept beside the plan: any later comparison of candidates runs no model
+            save_stats(accuracy[path][2], safe_join(folder, "stats", f"{path.stem}.npz"))
         return accuracy[path]
 
     placed: dict[tuple[Path, Path, str], Placement] = {}
