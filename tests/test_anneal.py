@@ -125,6 +125,11 @@ def test_relu_gap_study_writes_a_complete_table_for_two_seeds(synth_data, tmp_pa
         assert all(reg.get_run(rid).status == "finished" and reg.get_run(rid).recipe["seed"] == seed for rid, seed in zip(row["runs"], [0, 1]))
         share = row["npu"]["relu-only"]["share_nodes"]
         assert share == 1.0 if row["variant"] == "L4-relu" else 0.5 < share < 1.0  # LeakyRelu leaves a ReLU-only NPU
+    for route in ("relu", "distill", "anneal"):  # each gap carries an interval over images and seeds, and a verdict
+        low, high = rows[route]["gap_interval_pp"]["map50"]
+        assert low <= rows[route]["gap_pp"]["map50"] <= high or abs(high - low) < 1e-9
+        assert rows[route]["gap_verdict"]["map50"] in ("ahead", "tied", "behind")
+    assert rows["leaky"]["gap_interval_pp"]["map50"] is None
     for seed, rid in enumerate(rows["distill"]["runs"]):  # each student learned from its own seed's teacher
         assert reg.get_run(rid).recipe["distill"]["teacher_run"] == rows["leaky"]["runs"][seed]
     assert rows["distill"]["cost_s"] > reg.get_run(rows["distill"]["runs"][0]).duration_s  # teacher time included
@@ -132,6 +137,7 @@ def test_relu_gap_study_writes_a_complete_table_for_two_seeds(synth_data, tmp_pa
     for lang in ("en", "ko"):
         text = Path(next(p for p in out["reports"] if p.endswith(f"_{lang}.md"))).read_text()
         assert text.count("| leaky (L4-leaky)") == 1 and "anneal (L4-relu)" in text
+        assert ("over images and seeds its 95% interval is" if lang == "en" else "이미지와 시드를 함께 고려한 95% 구간") in text
     # re-running continues: nothing is trained twice
     again = CliRunner().invoke(app, ["study", "relu-gap", "--data", str(synth_data), "--epochs", "2", "--imgsz", "64", "--seeds", "0,1",
                                      "-t", "relu-only", "--recipe", str(rec), "--json"], env={"NPUYOLO_REGISTRY": str(db)})

@@ -186,12 +186,16 @@ def print_plan(plan) -> None:
 
 def print_study(name: str, rows) -> None:
     table = Table(title=f"study {name}: best.pt mAP50 over seeds")
-    for col in ("route", "variant", "runs", "mAP50 mean ± sd", "range", "mAP50-95 mean", "gap to leaky", "beyond spread", "cost s"):
+    for col in ("route", "variant", "runs", "mAP50 mean ± sd", "range", "mAP50-95 mean", "gap to leaky",
+                "95% interval (images + seeds)", "beyond spread", "cost s"):
         table.add_column(col)
+    verdicts = {"ahead": "ahead of leaky", "behind": "behind leaky", "tied": "tied within noise"}
     for r in rows:
+        interval = (r.gap_interval_pp or {}).get("map50")
         table.add_row(r.route, r.variant, ", ".join(fmt(x) for x in r.runs), f"{fmt(r.mean['map50'])} ± {fmt(r.std['map50'])}",
                       fmt(r.spread["map50"]), fmt(r.mean["map50_95"]),
                       "-" if r.route == "leaky" or r.gap_pp["map50"] is None else f"{r.gap_pp['map50']:+.1f} pp",
+                      "-" if interval is None else f"{interval[0]:+.1f} to {interval[1]:+.1f} pp: {verdicts[r.gap_verdict['map50']]}",
                       {None: "-", True: "yes", False: "no"}[r.beyond_spread["map50"]], fmt(r.cost_s, 0))
     console.print(table)
 

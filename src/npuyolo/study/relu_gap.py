@@ -20,6 +20,8 @@ from npuyolo.distill.run import distill
 from npuyolo.errors import NpuyoloError
 from npuyolo.npu.profiles import target as get_target
 from npuyolo.registry.db import RegistryError
+from npuyolo.stats.compare import seed_gap
+from npuyolo.stats.matched import MatchedStats, StatsError, load_stats
 from npuyolo.train.anneal import parse_anneal, with_anneal
 from npuyolo.train.recipe import Recipe
 from npuyolo.train.trainer import resume_run, train_variant
@@ -35,6 +37,7 @@ ROUTES = {  # route -> (variant, how it is trained)
     "anneal": ("L4-relu", "annealed from LeakyReLU to ReLU"),
 }
 METRICS = ("map50", "map50_95")
+GAP_BOOTSTRAP = 500  # resamples of images and seeds behind each route's gap interval
 
 
 class StudyError(NpuyoloError, ValueError):
@@ -55,6 +58,10 @@ class RouteRow:
     std: dict[str, float | None] = field(default_factory=dict)
     gap_pp: dict[str, float | None] = field(default_factory=dict)  # (route - leaky) in points
     beyond_spread: dict[str, bool | None] = field(default_factory=dict)
+    # (route - leaky) in points with its 95% interval over images and seeds (stats.compare.seed_gap), and the verdict
+    # ('ahead' / 'tied' / 'behind'); None where a run kept no per-image statistics
+    gap_interval_pp: dict[str, list[float] | None] = field(default_factory=dict)
+    gap_verdict: dict[str, str | None] = field(default_factory=dict)
     cost_s: float | None = None  # all seeds, teacher included for distillation
     npu: dict[str, dict] = field(default_factory=dict)  # target -> placement headline
 
@@ -79,6 +86,36 @@ def _scores(run) -> dict[str, float] | None:
     if run.best and all(run.best.get(m) is not None for m in METRICS):
         return {m: float(run.best[m]) for m in METRICS}
     return {m: float(run.epochs[-1].value(m)) for m in METRICS} if run.epochs else None
+
+
+def _kept_stats(run) -> MatchedStats | None:
+    path = run.artifact_path("stats/val") if run is not None and run.status == "finished" else None
+    try:
+        return load_stats(path) if path is not None else None
+    except StatsError:
+        return None
+
+
+def _gap_intervals(rows: list[RouteRow], runs: dict) -> None:
+    """Each route's gap to L4-leaky with an interval that carries both the images and the seeds (seed_gap), where
+    every finished run of the two routes kept its best.pt's per-image statistics."""
+    leaky = next((r for r in rows if r.route == "leaky"), None)
+    for row in rows:
+        row.gap_interval_pp = {m: None for m in METRICS}
+        row.gap_verdict = {m: None for m in METRICS}
+        if leaky is None or row is leaky:
+            continue
+        arms = [[_kept_stats(runs.get(rid)) for rid in r.runs if rid is not None and runs.get(rid) is not None
+                 and runs[rid].status == "finished"] for r in (row, leaky)]
+        if not all(arms) or any(s is None for arm in arms for s in arm):
+            continue
+        for m in METRICS:
+            try:
+                gap = seed_gap(arms[0], arms[1], row.route, "leaky", metric=m, n=GAP_BOOTSTRAP)
+            except StatsError:
+                break
+            e = gap.gap.pp()
+            row.gap_interval_pp[m], row.gap_verdict[m] = [e.low, e.high], gap.verdict.value
 
 
 def study_table(registry, name: str) -> list[RouteRow]:
@@ -120,6 +157,7 @@ def study_table(registry, name: str) -> list[RouteRow]:
             row.gap_pp[m] = (row.mean[m] - leaky.mean[m]) * 100
             spreads = [s for s in (row.spread[m], leaky.spread[m]) if s is not None]
             row.beyond_spread[m] = (abs(row.gap_pp[m]) > max(spreads) * 100) if spreads and row.route != "leaky" else None
+    _gap_intervals(rows, runs)
     for row in rows:
         first = next((rid for rid in row.runs if rid is not None and runs[rid].status == "finished"), None)
         if first is not None:
