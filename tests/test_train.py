@@ -394,3 +394,32 @@ def test_members_the_data_cannot_tell_apart_share_a_rank():
     assert [r["rank_map50"] for r in ranked] == [1, 1, 3]
     assert ranked[1]["map50"] < ranked[0]["map50"]  # a lower point estimate, yet not ranked below
     assert all(r["map50_interval"][0] <= r["map50"] <= r["map50_interval"][1] for r in ranked)
+
+
+def test_a_series_with_seed_replicates_trains_each_and_ranks_variants_over_seeds(synth_data, tmp_path):
+    """`seeds: [0, 1]` trains every variant once per seed (its own run, its own seed) and `series rank` gives one row
+    per variant: mean ± sd over seeds, each seed's value, ranks from intervals over images and seeds; both doors."""
+    from npuyolo.api import Workspace
+
+    spec_file = tmp_path / "series.yaml"
+    spec_file.write_text(yaml.safe_dump({"name": "rep", "data": str(synth_data), "variants": ["L4-relu", "L4-leaky"],
+                                         "seeds": [0, 1], "recipe": {"epochs": 1, "imgsz": 64, "batch": 8, "workers": 0}}))
+    db = tmp_path / "s.db"
+    result = runner.invoke(app, ["series", "run", str(spec_file), "--registry", str(db)])
+    assert result.exit_code == 0, result.output
+    reg = Registry(db, readonly=True)
+    runs = {r.name: reg.get_run(r.id) for r in reg.runs()}
+    assert sorted(runs) == ["rep-L4-leaky-s0", "rep-L4-leaky-s1", "rep-L4-relu-s0", "rep-L4-relu-s1"]
+    assert all(run.recipe["seed"] == int(name[-1]) for name, run in runs.items())
+    assert sorted(m.variant for m in reg.series("rep").members) == ["L4-leaky/s0", "L4-leaky/s1", "L4-relu/s0", "L4-relu/s1"]
+    cli = json.loads(runner.invoke(app, ["series", "rank", "rep", "--json", "--registry", str(db)]).stdout)
+    api = Workspace(db).rank("rep")
+    assert [r["variant"] for r in cli] == [r["variant"] for r in api] and {r["variant"] for r in cli} == {"L4-relu", "L4-leaky"}
+    for r in cli:
+        assert r["seeds"] == [0, 1] and len(r["map50_values"]) == 2 and r["rank_basis"] == "intervals (images + seeds)"
+        assert r["map50"] == pytest.approx(sum(r["map50_values"]) / 2) and r["map50_sd"] is not None
+    table = runner.invoke(app, ["series", "rank", "rep", "--registry", str(db)])
+    assert table.exit_code == 0 and "mean ± sd" in table.stdout
+    # a re-run trains nothing twice
+    again = runner.invoke(app, ["series", "run", str(spec_file), "--registry", str(db)])
+    assert again.exit_code == 0 and len(Registry(db, readonly=True).runs()) == 4

@@ -174,9 +174,12 @@ class Workspace:
         return self._registry(readonly=True).runs(_ref(series, "series", optional=True))
 
     def rank(self, series: str) -> list[dict]:
-        from npuyolo.train.series import rank_series
+        """The series' members ranked (with intervals where they kept statistics); a series with seed replicates
+        gives one row per variant, mean ± sd over seeds (as `npuyolo series rank`)."""
+        from npuyolo.train.series import has_replicates, rank_replicates, rank_series
 
-        return rank_series(_ref(series, "series"), self._registry(readonly=True))
+        name, reg = _ref(series, "series"), self._registry(readonly=True)
+        return rank_replicates(name, reg) if has_replicates(name, reg) else rank_series(name, reg)
 
     # -- NPU and deployment ----------------------------------------------------------------------------------
     def check(self, model: str | int, targets: list[str], *, imgsz: int | None = None, head: str | None = None, nc: int = 80,

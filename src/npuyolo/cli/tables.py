@@ -85,6 +85,27 @@ def print_ranking(name: str, rows: list[dict]) -> None:
     console.print(table)
 
 
+def print_replicates(name: str, rows: list[dict]) -> None:
+    """A series with seed replicates: per variant, mean ± sd over seeds and each seed's value; ranks shared (=) where
+    the interval over images and seeds cannot tell variants apart."""
+    basis = next((r.get("rank_basis") for r in rows if r.get("rank_basis")), "point")
+    table = Table(title=f"series {name}: best.pt over seeds, mean ± sd (rank by {basis}"
+                        + ("; one seed each: no interval)" if basis == "point" else ")"))
+    for col in ("variant", "seeds", "runs", "mAP50", "per seed", "mAP50-95", "status"):
+        table.add_column(col)
+    ranks = [r["rank_map50"] for r in rows if r.get("rank_map50") is not None]
+    for r in rows:
+        if r["map50"] is None:
+            table.add_row(r["variant"], "-", "-", "-", "-", "-", r["status"])
+            continue
+        tie = "=" if ranks.count(r["rank_map50"]) > 1 else ""
+        sd = lambda m: "" if r[f"{m}_sd"] is None else f" ± {r[f'{m}_sd']:.3f}"  # noqa: E731
+        table.add_row(r["variant"], ", ".join(map(str, r["seeds"])), ", ".join(map(str, r["runs"])),
+                      f"{r['map50']:.3f}{sd('map50')} (#{tie}{r['rank_map50']})",
+                      ", ".join(f"{v:.3f}" for v in r["map50_values"]), f"{r['map50_95']:.3f}{sd('map50_95')}", r["status"])
+    console.print(table)
+
+
 def print_referee(results) -> None:
     table = Table(title="NPU placement: profile vs compiler")
     for col in ("target", "compiler", "nodes", "mapped", "agree", "agreement", "profile CPU/unknown", "compiler CPU ops",

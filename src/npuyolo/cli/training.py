@@ -33,7 +33,7 @@ from npuyolo.cli.common import (
     study_app,
     user_errors,
 )
-from npuyolo.cli.tables import print_ranking, print_result, print_run, print_series_plan, print_study
+from npuyolo.cli.tables import print_ranking, print_replicates, print_result, print_run, print_series_plan, print_study
 
 
 @app.command(cls=RecipeDefaultsHelp,  # {key}: the recipe's default, filled in when the help is shown
@@ -224,9 +224,13 @@ def series_run(spec_file: Annotated[Path, typer.Argument(help="series.yaml: name
 @user_errors
 def series_rank(name: str, as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Rank a series' members by mAP50, mAP50-95, precision and recall."""
-    from npuyolo.train.series import rank_series
+    from npuyolo.train.series import has_replicates, rank_replicates, rank_series
 
-    rows = rank_series(name, open_registry(registry, readonly=True))
+    reg = open_registry(registry, readonly=True)
+    if has_replicates(name, reg):  # seed replicates: one row per variant, mean ± sd over seeds
+        rows = rank_replicates(name, reg)
+        return print_json(rows) if as_json else print_replicates(name, rows)
+    rows = rank_series(name, reg)
     if as_json:
         return print_json(rows)
     for r in rows:

@@ -39,6 +39,7 @@ from npuyolo.resolve import ModelRef
 from npuyolo.stats.bootstrap import map50_samples
 from npuyolo.stats.compare import Estimate
 from npuyolo.stats.matched import MatchedStats, save_stats
+from npuyolo.train.series import variant_of
 from npuyolo.variants.spec import parse_variant
 
 DEPLOY_CONF = 0.25  # what NPU runtimes bake in; mAP at 0.001 overstates what ships
@@ -740,8 +741,10 @@ def _twin(registry, run_id: int | None) -> str | None:
     if spec.is_hybrid or spec.activation != "leaky":
         return None
     twin = spec.model_copy(update={"activation": "relu", "slope": None}).name
-    for m in registry.series(run.series).members:
-        if m.variant == twin and m.status == "finished" and m.run_id is not None:
+    seed = run.recipe.get("seed")
+    for m in registry.series(run.series).members:  # with seed replicates (`L4-relu/s1`), the twin of the same seed
+        variant, member_seed = variant_of(m.variant)
+        if variant == twin and member_seed in (None, seed) and m.status == "finished" and m.run_id is not None:
             return str(m.run_id)
     return None
 

@@ -21,7 +21,7 @@ import numpy as np
 from npuyolo.stats.bootstrap import METRICS, common_images, detection_metrics, image_resamples, paired_bootstrap, prepare
 from npuyolo.stats.matched import MatchedStats, StatsError
 
-__all__ = ["Comparison", "Drop", "Estimate", "ModelSummary", "PairDiff", "SeedGap", "Verdict", "compare_stats", "conversion_drop", "seed_gap",
+__all__ = ["Comparison", "Drop", "Estimate", "ModelSummary", "PairDiff", "SeedGap", "Verdict", "compare_stats", "conversion_drop", "seed_gap", "seed_gaps",
            "verdict_of"]
 
 LEVEL = 0.95
@@ -168,27 +168,37 @@ class SeedGap:
                 "a_sd": self.a_sd, "b_sd": self.b_sd}
 
 
-def seed_gap(arm_a: list[MatchedStats], arm_b: list[MatchedStats], a: str = "A", b: str = "B", metric: str = "map50",
-             n: int = 1000, seed: int = 0) -> SeedGap:
-    """The gap between two arms of replicates, its interval combining image and seed variation (module docstring)."""
+def seed_gaps(arm_a: list[MatchedStats], arm_b: list[MatchedStats], a: str = "A", b: str = "B", n: int = 1000,
+              seed: int = 0) -> dict[str, SeedGap]:
+    """The gap between two arms of replicates for every metric, its interval combining image and seed variation
+    (module docstring): each resample draws the images (shared by every run) and, per arm, its seeds with
+    replacement, and compares the arms' means."""
     if not arm_a or not arm_b:
         raise StatsError("each arm needs at least one run with per-image statistics")
-    k = METRICS.index(metric)
     labels = [f"{a}#{i}" for i in range(len(arm_a))] + [f"{b}#{i}" for i in range(len(arm_b))]
     stats = arm_a + arm_b
     images = common_images(stats, labels)
     prepared = [prepare(s.reordered(images)) for s in stats]
-    whole = np.array([detection_metrics(p)[k] for p in prepared])
+    whole = np.stack([detection_metrics(p) for p in prepared])  # [runs, 4]
     va, vb = whole[:len(arm_a)], whole[len(arm_a):]
     rng = np.random.default_rng(seed + 1)
-    samples = np.empty(n)
+    samples = np.empty((n, len(METRICS)))
     for r, w in enumerate(image_resamples(len(images), n, seed)):
         pa = rng.integers(0, len(arm_a), len(arm_a))
-        pb = rng.integers(0, len(arm_b), len(arm_b))
-        vals = {i: detection_metrics(prepared[i], w)[k] for i in set(pa.tolist()) | {len(arm_a) + j for j in pb.tolist()}}
-        samples[r] = np.mean([vals[i] for i in pa]) - np.mean([vals[len(arm_a) + j] for j in pb])
-    gap = Estimate.of(float(va.mean() - vb.mean()), samples)
-    return SeedGap(metric, a, b, va.tolist(), vb.tolist(), gap, verdict_of(gap), n)
+        pb = len(arm_a) + rng.integers(0, len(arm_b), len(arm_b))
+        vals = {i: detection_metrics(prepared[i], w) for i in set(pa.tolist()) | set(pb.tolist())}
+        samples[r] = np.mean([vals[i] for i in pa], axis=0) - np.mean([vals[i] for i in pb], axis=0)
+    out = {}
+    for k, metric in enumerate(METRICS):
+        gap = Estimate.of(float(va[:, k].mean() - vb[:, k].mean()), samples[:, k])
+        out[metric] = SeedGap(metric, a, b, va[:, k].tolist(), vb[:, k].tolist(), gap, verdict_of(gap), n)
+    return out
+
+
+def seed_gap(arm_a: list[MatchedStats], arm_b: list[MatchedStats], a: str = "A", b: str = "B", metric: str = "map50",
+             n: int = 1000, seed: int = 0) -> SeedGap:
+    """`seed_gaps` for one metric."""
+    return seed_gaps(arm_a, arm_b, a, b, n, seed)[metric]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from npuyolo.distill.run import distill
 from npuyolo.errors import NpuyoloError
 from npuyolo.npu.profiles import target as get_target
 from npuyolo.registry.db import RegistryError
-from npuyolo.stats.compare import seed_gap
+from npuyolo.stats.compare import seed_gaps
 from npuyolo.stats.matched import MatchedStats, StatsError, load_stats
 from npuyolo.train.anneal import parse_anneal, with_anneal
 from npuyolo.train.recipe import Recipe
@@ -109,13 +109,13 @@ def _gap_intervals(rows: list[RouteRow], runs: dict) -> None:
                  and runs[rid].status == "finished"] for r in (row, leaky)]
         if not all(arms) or any(s is None for arm in arms for s in arm):
             continue
+        try:
+            gaps = seed_gaps(arms[0], arms[1], row.route, "leaky", n=GAP_BOOTSTRAP)
+        except StatsError:
+            continue
         for m in METRICS:
-            try:
-                gap = seed_gap(arms[0], arms[1], row.route, "leaky", metric=m, n=GAP_BOOTSTRAP)
-            except StatsError:
-                break
-            e = gap.gap.pp()
-            row.gap_interval_pp[m], row.gap_verdict[m] = [e.low, e.high], gap.verdict.value
+            e = gaps[m].gap.pp()
+            row.gap_interval_pp[m], row.gap_verdict[m] = [e.low, e.high], gaps[m].verdict.value
 
 
 def study_table(registry, name: str) -> list[RouteRow]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from npuyolo.registry.db import DamagedRowError, NameTakenError, Registry, RegistryError
-from npuyolo.stats.compare import Verdict, compare_stats
+from npuyolo.stats.bootstrap import detection_metrics
+from npuyolo.stats.compare import Verdict, compare_stats, seed_gaps
 from npuyolo.stats.matched import MatchedStats, StatsError, load_stats
 from npuyolo.train.executors import Executor, LocalExecutor
 from npuyolo.train.members import MemberJob
@@ -27,6 +29,14 @@ class SeriesSpec(BaseModel):
     variants: list[str] = Field(min_length=1)
     recipe: dict = Field(default_factory=dict, description="overrides over the default recipe")
     recipe_file: str | None = None
+    seeds: list[int] | None = Field(default=None, min_length=1, max_length=20,
+                                    description="seed replicates of every member (e.g. [0, 1, 2]); the recipe's seed when absent")
+
+    def members(self) -> list[tuple[str, str, int | None]]:
+        """(member key, variant, seed): a replicate's key is `<variant>/s<seed>`; without seeds, the variant itself."""
+        if not self.seeds:
+            return [(v, v, None) for v in self.variants]
+        return [(member_key(v, seed), v, seed) for v in self.variants for seed in self.seeds]
 
     @classmethod
     def load(cls, path: str | Path) -> SeriesSpec:
@@ -43,10 +53,24 @@ class SeriesSpec(BaseModel):
         if spec.recipe_file and not Path(spec.recipe_file).is_absolute():
             spec.recipe_file = str(base / spec.recipe_file)
         spec.variants = [parse_variant(v).name for v in spec.variants]  # fail early on a bad name
+        if spec.seeds is not None and (len(set(spec.seeds)) != len(spec.seeds) or any(x < 0 for x in spec.seeds)):
+            raise RecipeError(f"{path}: seeds must be distinct whole numbers >= 0, got {spec.seeds}")
+        if spec.seeds is not None and "seed" in spec.recipe:
+            raise RecipeError(f"{path}: give either seeds (replicates) or recipe.seed, not both")
         return spec
 
     def resolved_recipe(self) -> Recipe:
         return Recipe.load(self.recipe_file, **self.recipe)
+
+
+def member_key(variant: str, seed: int) -> str:
+    return f"{variant}/s{seed}"
+
+
+def variant_of(key: str) -> tuple[str, int | None]:
+    """A member key back to (variant, seed): `L4-leaky/s1` -> ('L4-leaky', 1); a plain variant -> (variant, None)."""
+    variant, sep, seed = key.rpartition("/s")
+    return (variant, int(seed)) if sep and seed.isdigit() else (key, None)
 
 
 def run_series(spec: SeriesSpec, registry: Registry, on_member: Callable[[str, str], None] | None = None,
@@ -77,11 +101,13 @@ def _run_series(spec, recipe, registry, verbose, executor) -> list[dict]:
 
 
 def _train_members(spec, recipe, registry, verbose, executor) -> list[dict]:
-    registry.upsert_series(spec.name, {**spec.model_dump(), "recipe_resolved": recipe.model_dump()})
+    keys = spec.members()
+    registry.upsert_series(spec.name, {**spec.model_dump(), "variants": [k for k, _, _ in keys],
+                                       "variant_names": spec.variants, "recipe_resolved": recipe.model_dump()})
     members = {m.variant: m for m in registry.series(spec.name).members}
     jobs = []
-    for variant in spec.variants:
-        member = members[variant]
+    for key, variant, seed in keys:
+        member = members[key]
         if member.status in ("finished", "stopped"):  # stopped: ended early by a scheduler (ASHA), on purpose
             action = "skip"
         elif member.run_id is not None and close_if_trained(member.run_id, registry):  # trained, end not recorded
@@ -90,23 +116,26 @@ def _train_members(spec, recipe, registry, verbose, executor) -> list[dict]:
             action = "resume"
         else:
             action = "train"
-        jobs.append(_job(spec, recipe, registry, variant, action, member.run_id, verbose))
+        member_recipe = recipe if seed is None else recipe.model_copy(update={"seed": seed})
+        jobs.append(_job(spec, member_recipe, registry, key, action, member.run_id, verbose))
     executor.run(jobs, registry, prepare_retry=lambda run_id: prepare_resume(run_id, registry, verbose=False))
     return rank_series(spec.name, registry)
 
 
-def _job(spec: SeriesSpec, recipe: Recipe, registry: Registry, variant: str, action: str, run_id: int | None,
+def _job(spec: SeriesSpec, recipe: Recipe, registry: Registry, key: str, action: str, run_id: int | None,
          verbose: bool = False) -> MemberJob:
     """A member for an executor: its run is registered (or re-claimed) on this process when it is dispatched."""
+    variant, seed = variant_of(key)
     if action == "resume":
         prepare = lambda: prepare_resume(run_id, registry, verbose=verbose)  # noqa: E731
         epochs = Recipe(**registry.get_run(run_id).recipe).epochs
     else:
-        prepare = lambda: prepare_variant(variant, spec.data, recipe, registry, name=f"{spec.name}-{variant}",  # noqa: E731
+        run_name = f"{spec.name}-{variant}" + ("" if seed is None else f"-s{seed}")
+        prepare = lambda: prepare_variant(variant, spec.data, recipe, registry, name=run_name,  # noqa: E731
                                           series=spec.name, verbose=verbose,
-                                          on_created=lambda rid: registry.set_series_member(spec.name, variant, rid))
+                                          on_created=lambda rid: registry.set_series_member(spec.name, key, rid))
         epochs = recipe.epochs
-    return MemberJob(variant, action, prepare, epochs, run_id)
+    return MemberJob(key, action, prepare, epochs, run_id)
 
 
 def final_metrics(registry: Registry, run_id: int) -> dict:
@@ -155,6 +184,71 @@ def _kept_stats(registry: Registry, run_id: int) -> MatchedStats | None:
         return load_stats(path) if path is not None else None
     except (StatsError, DamagedRowError):
         return None
+
+
+SEED_BOOTSTRAP = 300  # resamples of images and seeds behind a seeded series' ranks
+
+
+def rank_replicates(name: str, registry: Registry) -> list[dict]:
+    """A series with seed replicates, one row per variant: each metric's mean ± sd over its finished seeds (best.pt's
+    figures) and the per-seed values; with every run's per-image statistics, rank = 1 + the variants significantly
+    ahead, their gap's interval combining image and seed variation (stats.compare.seed_gaps), so variants the data
+    cannot tell apart share a rank. Without statistics, ranks come from the means ('point': no interval)."""
+    by_variant: dict[str, list[dict]] = {}
+    for r in ranked_rows(name, registry):
+        variant, seed = variant_of(r["variant"])
+        by_variant.setdefault(variant, []).append({**r, "seed": seed})
+    rows = []
+    for variant, members in by_variant.items():
+        done = [m for m in members if m["status"] == "finished"]
+        stats = [_kept_stats(registry, m["run_id"]) for m in done]
+        values = {metric: [float(x[metric]) for x in done if x[metric] is not None] for metric in RANK_METRICS}
+        if stats and all(st is not None for st in stats):  # best.pt's own figures, as the gaps are computed on
+            points = [detection_metrics(st) for st in stats]
+            values = {metric: [float(pt[k]) for pt in points] for k, metric in enumerate(RANK_METRICS)}
+        row = {"variant": variant, "seeds": [m["seed"] for m in done], "runs": [m["run_id"] for m in done],
+               "status": f"{len(done)}/{len(members)} seeds finished", "_stats": stats}
+        for metric in RANK_METRICS:
+            v = values[metric]
+            row[metric] = sum(v) / len(v) if v else None
+            row[f"{metric}_sd"] = statistics.stdev(v) if len(v) > 1 else None
+            row[f"{metric}_values"] = v
+        rows.append(row)
+    ranked = [r for r in rows if r["map50"] is not None]
+    if len(ranked) > 1 and all(r["_stats"] and all(st is not None for st in r["_stats"]) for r in ranked):
+        ahead = {(r["variant"], m): 0 for r in ranked for m in RANK_METRICS}
+        for i, a in enumerate(ranked):
+            for b in ranked[i + 1:]:
+                try:
+                    gaps = seed_gaps(a["_stats"], b["_stats"], a["variant"], b["variant"], n=SEED_BOOTSTRAP)
+                except StatsError:
+                    ahead = None
+                    break
+                for m, g in gaps.items():
+                    if g.verdict is Verdict.AHEAD:
+                        ahead[(b["variant"], m)] += 1
+                    elif g.verdict is Verdict.BEHIND:
+                        ahead[(a["variant"], m)] += 1
+            if ahead is None:
+                break
+        if ahead is not None:
+            for r in ranked:
+                r["rank_basis"] = "intervals (images + seeds)"
+                for m in RANK_METRICS:
+                    r[f"rank_{m}"] = 1 + ahead[(r["variant"], m)]
+    if not ranked or ranked[0].get("rank_basis") is None:
+        rank_rows(ranked)
+        for r in ranked:
+            r["rank_basis"] = "point"
+    for r in rows:
+        r.pop("_stats")
+        for m in RANK_METRICS:
+            r.setdefault(f"rank_{m}", None)
+    return sorted(rows, key=lambda r: (r["rank_map50"] is None, r["rank_map50"] or 0, -(r["map50"] or 0)))
+
+
+def has_replicates(name: str, registry: Registry) -> bool:
+    return bool(registry.series(name).spec.get("seeds"))
 
 
 def rank_series(name: str, registry: Registry) -> list[dict]:
