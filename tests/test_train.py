@@ -423,3 +423,9 @@ def test_a_series_with_seed_replicates_trains_each_and_ranks_variants_over_seeds
     # a re-run trains nothing twice
     again = runner.invoke(app, ["series", "run", str(spec_file), "--registry", str(db)])
     assert again.exit_code == 0 and len(Registry(db, readonly=True).runs()) == 4
+    # the series report gives the replicates' table (ko/en)
+    from npuyolo.report.render import render_series
+
+    for lang, heading in (("en", "## Seed replicates"), ("ko", "## 시드 반복")):
+        text = render_series(Registry(db), "rep", tmp_path / f"rep-{lang}", lang=lang).read_text(encoding="utf-8")
+        assert heading in text and text.count("| L4-relu | 0, 1 |") == 1, text

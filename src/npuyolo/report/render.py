@@ -21,7 +21,7 @@ from npuyolo.report import plots, webfont
 from npuyolo.report.facts import METRICS, ReportError, RunFacts, plan_and_problem, run_facts
 from npuyolo.study.hybrid import pareto_front
 from npuyolo.study.relu_gap import study_table
-from npuyolo.train.series import rank_series
+from npuyolo.train.series import has_replicates, rank_replicates, rank_series
 from npuyolo.variants.spec import parse_variant
 
 LANGS = ("en", "ko")
@@ -290,7 +290,9 @@ def render_series(registry, name: str, out: Path | None = None, lang: str = "en"
         plots.accuracy_vs_npu(points, out / img["scatter"], target)
     plan_targets, plan_cells, plan_problems = series_plan_matrix(registry, ranked)
     env = environment(html_output=fmt == "html")
+    replicates = rank_replicates(name, registry) if has_replicates(name, registry) else []
     text = env.get_template(f"series_{lang}.md.j2").render(name=md_text(name, fmt == "html"), rows=rows, target=target, has_scatter=bool(points), img=img,
+                                                            replicates=replicates,
                                                             metrics=METRICS, checked_by=checked_by, plan_targets=plan_targets,
                                                             plan_cells=plan_cells, plan_problems=plan_problems)
     text = tidy_markdown(text)
