@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -23,20 +22,11 @@ from pathlib import Path
 import npuyolo  # noqa: F401  (offline guards before Ultralytics)
 from npuyolo.api import Workspace
 from npuyolo.paths import write_text
+from npuyolo.train.records import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = ROOT / "bench" / "seed_experiment"
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "roadsign4" / "data.yaml"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def members(size: int, names: list[str] | None) -> list[Path]:
@@ -75,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for member, m in zip(chosen, warm.models):
         shutil.copyfile(m.stats_file, member / "val-stats.npz")
     c = warm.comparison
-    print(f"{len(chosen)} members, {c.images} images, {args.bootstrap} paired resamples; machine: {cpu_name()}, "
+    print(f"{len(chosen)} members, {c.images} images, {args.bootstrap} paired resamples; machine: {cpu_model()}, "
           f"{os.cpu_count()} cores")
     print(f"first call (scores every model, keeps its statistics): {timings['first_call_s']:.1f} s")
     print(f"from stored statistics: {timings['from_stored_statistics_s']:.2f} s (target <= 10 s)")
@@ -86,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if p.metric == "map50":
             d = p.diff.pp()
             print(f"  {p.a} - {p.b}: {d.value:+.1f} pp ({d.low:+.1f} to {d.high:+.1f}): {p.text}")
-    write_text(args.out, json.dumps({"machine": {"cpu": cpu_name(), "cores": os.cpu_count()}, "timings": timings,
+    write_text(args.out, json.dumps({"machine": {"cpu": cpu_model(), "cores": os.cpu_count()}, "timings": timings,
                                      **warm.as_dict()}, indent=2, default=str) + "\n")
     print(f"written: {args.out}; forest plot: {warm.plot}")
     return 0

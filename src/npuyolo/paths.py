@@ -274,3 +274,14 @@ def _is_registry(path: Path, registry: str | Path | None) -> bool:
             except OSError:
                 continue
     return False
+
+
+def sha256_file(path: str | Path) -> str:
+    """A file's sha256 (hex), read in 1 MiB chunks: what names a model's content (caches, plan folders, manifests)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -18,7 +18,7 @@ from npuyolo.data.check import check_dataset, load_data_yaml
 from npuyolo.deploy.evaluate import DeployError, load_deployable, onnx_predictor, torch_predictor, validate_matched
 from npuyolo.deploy.export import check_imgsz
 from npuyolo.deploy.vendor import evaluate_compiled, is_compiled
-from npuyolo.paths import safe_join, slug
+from npuyolo.paths import safe_join, sha256_file, slug
 from npuyolo.registry.db import Registry
 from npuyolo.resolve import ModelRef, default_imgsz, resolve_model
 from npuyolo.stats.compare import Comparison, compare_stats
@@ -50,14 +50,6 @@ class CompareResult:
         return {"data": str(self.data), "plot": str(self.plot) if self.plot else None, **self.comparison.as_dict(),
                 "sources": [{"label": m.label, "source": str(m.source), "kind": m.kind, "stats": str(m.stats_file),
                              "cached": m.cached} for m in self.models]}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def val_fingerprint(data: str | Path) -> str:
@@ -120,7 +112,7 @@ def stats_file(registry: Registry, source: Path, run_id: int | None, fingerprint
     if not source.is_file():
         raise DeployError(f"{source}: not found")
     folder = registry.run_dir(registry.get_run(run_id), "stats") if run_id is not None else safe_join(registry.root, "stats")
-    return folder / f"{slug(source.stem, 'model')}-{_sha256(source)[:16]}-{fingerprint}-{imgsz or 'auto'}.npz"
+    return folder / f"{slug(source.stem, 'model')}-{sha256_file(source)[:16]}-{fingerprint}-{imgsz or 'auto'}.npz"
 
 
 def remember(registry: Registry, stats: MatchedStats, file: Path) -> None:

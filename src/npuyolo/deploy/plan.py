@@ -33,7 +33,7 @@ from npuyolo.errors import NpuyoloError
 from npuyolo.npu.graph import load_graph
 from npuyolo.npu.profiles import target as get_target
 from npuyolo.npu.rewrite import rewrite_leaky
-from npuyolo.paths import (FileReadError, atomic_path, file_problem, make_dir, read_regular_file, safe_join, slug,
+from npuyolo.paths import (FileReadError, atomic_path, file_problem, make_dir, read_regular_file, safe_join, sha256_file, slug,
                            write_text)
 from npuyolo.resolve import ModelRef
 from npuyolo.stats.bootstrap import map50_samples
@@ -824,11 +824,7 @@ def model_folder(registry, ref: str) -> Path | None:
     path = Path(parsed.text)
     if parsed.kind not in ("pt", "onnx") or file_problem(path) is not None:
         return None  # not a readable file: check_model says why
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return safe_join(registry.root, "plan", f"{slug(path.stem, 'model')[:80]}-{digest.hexdigest()[:12]}")  # made once loaded
+    return safe_join(registry.root, "plan", f"{slug(path.stem, 'model')[:80]}-{sha256_file(path)[:12]}")  # made once loaded
 
 
 def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf: float = DEPLOY_CONF, calib: int = 100,

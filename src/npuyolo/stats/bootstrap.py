@@ -71,25 +71,32 @@ def _ap(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:
     return _trapezoid(y, AP_X)
 
 
+def _labelled(p: Prepared, weights: np.ndarray | None) -> tuple[np.ndarray, list[int]]:
+    """Labels per class in the (resampled) set, and its labelled classes ascending, as np.unique finds them."""
+    s, size = p.stats, int(p.classes.max(initial=-1)) + 1
+    labels = np.bincount(s.target_cls, minlength=size) if weights is None else \
+        np.bincount(s.target_cls, weights=weights[s.target_img], minlength=size)
+    return labels, [int(c) for c in p.classes if labels[c] > 0]
+
+
+def _class_rows(p: Prepared, c: int, weights: np.ndarray | None) -> np.ndarray:
+    """Class c's predictions in descending confidence, each repeated as often as its image was drawn."""
+    rows = p.rows[c]
+    return rows if weights is None else np.repeat(rows, weights[p.img[rows]].astype(np.int64))
+
+
 def detection_metrics(p: Prepared | MatchedStats, weights: np.ndarray | None = None) -> np.ndarray:
     """[mAP50, mAP50-95, P, R] of the set, or of the resample that draws image i `weights[i]` times."""
     if isinstance(p, MatchedStats):
         p = prepare(p)
-    s = p.stats
-    if weights is None:
-        labels = np.bincount(s.target_cls, minlength=int(p.classes.max(initial=-1)) + 1)
-    else:
-        labels = np.bincount(s.target_cls, weights=weights[s.target_img], minlength=int(p.classes.max(initial=-1)) + 1)
-    classes = [int(c) for c in p.classes if labels[c] > 0]  # the resample's labelled classes, as np.unique finds them
+    labels, classes = _labelled(p, weights)
     nc = len(classes)
     if nc == 0:
         return np.zeros(4)
     ap = np.zeros((nc, 10))
     p_curve, r_curve = np.zeros((nc, PR_X.size)), np.zeros((nc, PR_X.size))
     for ci, c in enumerate(classes):
-        rows = p.rows[c]
-        if weights is not None:
-            rows = np.repeat(rows, weights[p.img[rows]].astype(np.int64))
+        rows = _class_rows(p, c, weights)
         if rows.size == 0:
             continue
         rank = np.arange(1, rows.size + 1, dtype=np.float64)  # tp + fp counts = rank, exactly
@@ -112,20 +119,12 @@ def detection_metrics(p: Prepared | MatchedStats, weights: np.ndarray | None = N
 
 def map50(p: Prepared, weights: np.ndarray | None = None) -> float:
     """mAP50 alone (IoU 0.5, no P/R curves): what a deployment plan's accuracy guard needs, ~5x cheaper."""
-    s = p.stats
-    size = int(p.classes.max(initial=-1)) + 1
-    labels = np.bincount(s.target_cls, minlength=size) if weights is None else \
-        np.bincount(s.target_cls, weights=weights[s.target_img], minlength=size)
-    classes = [int(c) for c in p.classes if labels[c] > 0]
+    labels, classes = _labelled(p, weights)
     if not classes:
         return 0.0
     ap = np.zeros(len(classes))
     for ci, c in enumerate(classes):
-        rows = p.rows[c]
-        if weights is not None:
-            rows = np.repeat(rows, weights[p.img[rows]].astype(np.int64))
-        if rows.size == 0:
-            continue
+        rows = _class_rows(p, c, weights)
         hits = np.flatnonzero(p.tp[0, rows])
         if hits.size == 0:
             continue

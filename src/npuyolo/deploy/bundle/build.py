@@ -9,7 +9,6 @@ Nothing here imports PyTorch or Ultralytics: the bundle builder runs where the r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ from npuyolo.compilers.manifest import manifest_path
 from npuyolo.deploy.bundle.manifest import FORMAT, BundleManifest, InputSpec, OutputSpec, PlanFigures
 from npuyolo.errors import NpuyoloError
 from npuyolo.npu.onnxfile import onnx_metadata
-from npuyolo.paths import atomic_path, file_problem, make_dir, safe_join, slug, write_text
+from npuyolo.paths import atomic_path, file_problem, make_dir, safe_join, sha256_file, slug, write_text
 
 __all__ = ["Artefact", "Bundle", "BundleError", "build_bundle", "inspect_artefact"]
 
@@ -196,14 +195,6 @@ def _template(name: str) -> str:
     return resources.files("npuyolo.deploy.bundle").joinpath(TEMPLATES, name).read_text(encoding="utf-8")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_thresholds(conf: float, iou: float, max_det: int) -> None:
     for name, v in (("conf", conf), ("iou", iou)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
@@ -256,7 +247,7 @@ def build_bundle(artefact: str | Path, out: str | Path, *, target: str | None = 
     model_file = slug(art.path.name, "model")
     manifest = BundleManifest(
         npuyolo_version=npuyolo_version(), target=target, runtime=art.runtime,
-        artefact={"file": model_file, "sha256": _sha256(art.path), "bytes": art.path.stat().st_size, "kind": art.kind,
+        artefact={"file": model_file, "sha256": sha256_file(art.path), "bytes": art.path.stat().st_size, "kind": art.kind,
                   "source": str(art.path.resolve()), "reference_onnx": art.reference.name},
         head=art.head, imgsz=art.imgsz, strides=list(art.strides), reg_max=art.reg_max, class_sigmoid=art.class_sigmoid,
         names=art.names, conf=float(conf), iou=float(iou), max_det=int(max_det), input=art.input, outputs=list(art.outputs),
