@@ -117,6 +117,10 @@ def test_the_plan_numbers_are_what_an_independent_check_measures(planned):
 
     kept = load_stats(Path(plan["path"]).parent / "stats" / f"{Path(chosen['int8_path']).stem}.npz")
     assert detection_metrics(kept)[0] == pytest.approx(chosen["int8"]["map50"], abs=1e-9)
+    # every row's INT8 drop carries its paired interval, agreeing with the point figures
+    for r in t["rows"]:
+        value, low, high = r["int8_drop_pp"]
+        assert value == pytest.approx((r["fp32"]["map50"] - r["int8"]["map50"]) * 100, abs=2e-3) and low <= value + 1e-9 <= high + 2e-9
 
 
 def test_bad_plan_input_is_one_line(planned):

@@ -178,7 +178,7 @@ def print_plan(plan) -> None:
     table = Table(title=f"deployment plan for {plan.model_ref} (INT8 calibration {plan.calibration}; * chosen)")
     vendor = any(r.vendor is not None for tp in plan.targets for r in tp.rows)
     for col in ("target", "artefact", "NPU share", "off NPU", "host parts", "NPU ms", "FP32 mAP50", "INT8 mAP50",
-                *(["vendor INT8 mAP50"] if vendor else []), f"INT8/FP32 P/R/mAP50 at {plan.conf:g}"):
+                *(["vendor INT8 mAP50"] if vendor else []), "INT8 drop pp (95%)", f"INT8/FP32 P/R/mAP50 at {plan.conf:g}"):
         table.add_column(col, no_wrap=col == "artefact")
     pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
     for tp in plan.targets:
@@ -189,6 +189,7 @@ def print_plan(plan) -> None:
             table.add_row(tp.target if i == 0 else "", ("* " if r is tp.chosen else "  ") + r.candidate.name, f"{p.share_nodes:.1%}",
                           str(p.off_npu), str(p.host_partitions), ms, fmt(r.fp32.map50), fmt(r.int8.map50),
                           *([fmt(r.vendor.int8.map50) if r.vendor else "-"] if vendor else []),
+                          "-" if r.int8_drop_pp is None else f"{r.int8_drop_pp[0]:+.1f} ({r.int8_drop_pp[1]:+.1f} to {r.int8_drop_pp[2]:+.1f})",
                           f"{pct(ret['precision'])} / {pct(ret['recall'])} / {pct(ret['map50'])}")
     console.print(table)
     for tp in plan.targets:

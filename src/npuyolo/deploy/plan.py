@@ -144,6 +144,8 @@ class Row:
     conf: float
     vendor: VendorInt8 | None = None  # the vendor's INT8 of this candidate, when asked for and its compiler is installed
     vendor_error: str | None = None  # why the vendor's INT8 was asked for and could not be scored (the row ranks by ours)
+    # FP32 - the INT8 that ships, mAP50 points: [value, 95% low, high] over paired resamples of the val images
+    int8_drop_pp: list[float] | None = None
     int8_stats: MatchedStats | None = field(default=None, repr=False, compare=False)  # per image, for the guard's interval
     vendor_stats: MatchedStats | None = field(default=None, repr=False, compare=False)
 
@@ -285,6 +287,7 @@ class _Row(_Recorded):
     conf: float
     retention: _Retention
     vendor: Optional[_Vendor] = None
+    int8_drop_pp: Optional[Annotated[list[float], Field(min_length=3, max_length=3)]] = None  # absent before intervals
 
 
 class _ReslopeValues(_Recorded):
@@ -448,7 +451,10 @@ class AccuracyNoise:
 
     def gap(self, best: Row, row: Row) -> Estimate | None:
         """best - row, INT8 mAP50 in points, with its paired 95% interval; None without statistics for both."""
-        a, b = best.shipped_stats, row.shipped_stats
+        return self.between(best.shipped_stats, row.shipped_stats)
+
+    def between(self, a: MatchedStats | None, b: MatchedStats | None) -> Estimate | None:
+        """a - b, mAP50 in points, with its paired 95% interval; None without statistics for both."""
         if a is None or b is None or set(a.images) != set(b.images):
             return None
         (pa, da), (pb, db) = self._of(a), self._of(b)
@@ -570,13 +576,13 @@ def lost_text(why: dict) -> str:
     return "tied on every axis (placement, NPU time, INT8 mAP50); kept in candidate order (export, rewrites, re-slope, twin)"
 
 
-def rank(rows: list[Row]) -> tuple[Row, Row | None, str | None]:
+def rank(rows: list[Row], noise: AccuracyNoise | None = None) -> tuple[Row, Row | None, str | None]:
     """Fewest ops off the NPU and host partitions, then lowest NPU time where a compiler estimates it, then highest
     INT8 mAP50; a candidate more than ACCURACY_GUARD_PP points below the most accurate one placed alike cannot win on
     NPU time. A stable sort: on a full tie the candidate listed first wins (the export before what is derived from it)."""
     if not rows:
         raise PlanError("no candidate to rank")
-    noise = AccuracyNoise()
+    noise = noise or AccuracyNoise()
     keys = sort_keys(rows, noise)
     ordered = [rows[i] for i in sorted(range(len(rows)), key=keys.__getitem__)]
     chosen = ordered[0]
@@ -965,20 +971,23 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
         return (None, got) if isinstance(got, str) else (got, None)
 
     plans = []
+    noise = AccuracyNoise()  # one set of paired resamples for the whole plan: each file's draws are made once
     for t, profile in profiles.items():
         base = export_for("export", t)
         rows = []
         for c in candidates(profile, leaky_slopes(base), twin is not None):
             fp32 = graph_file(export_for(c.source, t), c.graph)
             int8 = int8_file(fp32, c.route)
-            (f_all, f_conf, _), (q_all, q_conf, q_stats) = measured(fp32), measured(int8)
+            (f_all, f_conf, f_stats), (q_all, q_conf, q_stats) = measured(fp32), measured(int8)
             source_model = None if c.graph is not None else {"export": ref, "relu-twin": twin}.get(c.source)
             placed_here = placement(fp32, int8, t, source_model)
             scored_by_vendor, vendor_error = vendor_scored(placed_here)
             rows.append(Row(t, c, str(fp32), str(int8), placed_here, f_all, q_all, f_conf, q_conf, conf, scored_by_vendor,
                             vendor_error, int8_stats=q_stats,
                             vendor_stats=vendor_stats.get(placed_here.compiled_file) if scored_by_vendor else None))
-        chosen, runner, why = rank(rows)
+            drop = noise.between(f_stats, rows[-1].shipped_stats)
+            rows[-1].int8_drop_pp = None if drop is None else [round(drop.value, 3), round(drop.low, 3), round(drop.high, 3)]
+        chosen, runner, why = rank(rows, noise)
         plans.append(TargetPlan(t, chosen, runner, why, rows, target_advice(t, rows, variant)))
     plan = Plan(label, run_id, str(data), conf, chosen_cal.get("label"), plans,
                 twin_run_id=int(twin) if twin is not None else None, weights_note=weights_note(run))
