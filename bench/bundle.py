@@ -1,6 +1,7 @@
 """Time `deploy bundle`'s host side (issue 33): post-processing per image and the ONNX bundle end to end.
 
     python bench/bundle.py [--weights bench/seed_experiment/320/L4-relu/best.pt] [--images DIR] [--count 100]
+    python bench/bundle.py --rknn BUILD.rknn --data data.yaml   # the .rknn bundle in RKNN-Toolkit2's simulator
 
 On the same NPU-head outputs of a 320 px model (the committed L4-relu unless --weights), per image:
 - the bundle's NumPy decode + NMS (`npuyolo_infer.py`: candidates over conf, DFL for them only, greedy class-aware NMS);
@@ -11,6 +12,10 @@ on the same images: the bundle's runner in-process (read, letterbox, ONNX Runtim
 `npuyolo predict`'s `predict_source` (model loaded once for both), and both CLIs as a user runs them (process start
 included). It checks, on every image, that the bundle and predict keep the same boxes. With --data, it also scores the
 bundle's own detections (conf 0.001) on the whole val split with Ultralytics' matching and AP, beside `deploy eval`.
+
+With --rknn (a .rknn that `npuyolo npu compile` built): only the accuracy of that file's bundle as it runs, its
+`npuyolo_infer.py` in the compiler's environment with the simulator standing in for rknnlite, on --data's val split,
+beside `deploy eval` of the same file (issue 33: within 0.002).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import ctypes
 import importlib.util
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -92,24 +98,34 @@ def private_data(data: Path, work: Path) -> Path:
 def bundle_map(infer, runner, images: list[Path]) -> dict:
     """mAP of the bundle's own detections (letterbox, runtime, NumPy decode + NMS at conf 0.001), matched to the YOLO
     labels in letterbox pixels as Ultralytics' validator matches them, AP by Ultralytics' `ap_per_class`."""
-    import torch
-    from ultralytics.utils.metrics import ap_per_class, box_iou
+    m = runner.manifest
 
-    m, iouv = runner.manifest, np.linspace(0.5, 0.95, 10)
-    tps, confs, pcls, tcls = [], [], [], []
-    for p in images:
+    def detect(p):
         rgb = infer.read_image(p)
         canvas, gain, pad = infer.letterbox(rgb, m["imgsz"])
         dets = infer.postprocess(infer.arrange_outputs(runner.runtime.run(infer.prepare(canvas, m["input"], None)), m), m, 0.001, 0.7)
+        return dets, gain, pad, rgb.shape[:2]
+
+    return score_detections(detect, images)
+
+
+def score_detections(detect, images: list[Path]) -> dict:
+    """mAP50 and mAP50-95 over `images`; `detect(path)` gives ([N, 6] detections in letterbox pixels, gain, pad, (h, w))."""
+    import torch
+    from ultralytics.utils.metrics import ap_per_class, box_iou
+
+    iouv = np.linspace(0.5, 0.95, 10)
+    tps, confs, pcls, tcls = [], [], [], []
+    for p in images:
+        dets, gain, pad, (h, w) = detect(p)
         label = Path(str(p.with_suffix(".txt")).replace("/images/", "/labels/"))
         rows = np.loadtxt(label, ndmin=2) if label.is_file() and label.stat().st_size else np.zeros((0, 5))
-        h, w = rgb.shape[:2]
         cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
         truth = np.stack(((cx - bw / 2) * gain[0] + pad[0], (cy - bh / 2) * gain[1] + pad[1],
                           (cx + bw / 2) * gain[0] + pad[0], (cy + bh / 2) * gain[1] + pad[1]), 1)
         correct = np.zeros((len(dets), len(iouv)), bool)
         if len(dets) and len(rows):
-            iou = box_iou(torch.tensor(truth, dtype=torch.float32), torch.tensor(dets[:, :4])).numpy()
+            iou = box_iou(torch.tensor(truth, dtype=torch.float32), torch.tensor(dets[:, :4], dtype=torch.float32)).numpy()
             iou = iou * (rows[:, :1] == dets[None, :, 5])
             matched = np.zeros((len(rows), len(iouv)), bool)  # Ultralytics' greedy matching, best score first
             for j in np.flatnonzero((iou >= iouv.min()).any(0)):
@@ -122,6 +138,146 @@ def bundle_map(infer, runner, images: list[Path]) -> dict:
     return {"map50": float(ap[:, 0].mean()), "map50_95": float(ap.mean()), "images": len(images)}
 
 
+# RKNN-Toolkit-Lite2 (the board's runtime) stood in for by RKNN-Toolkit2's simulator, imported by the bundle's runner
+# from PYTHONPATH in the compiler's environment. A .rknn file cannot be simulated, so load_rknn checks the bundle's
+# file is the build `npu compile` made and repeats that build from its manifest with score_driver.py's RknnModel:
+# the same ONNX file, config and calibration list as `deploy eval` (loaded by path: its folder's rknn.py must not
+# shadow the toolkit's `rknn` package).
+SIM_RKNNLITE = """
+import argparse, hashlib, importlib.util, json, os
+
+SIM = json.loads(os.environ["NPUYOLO_RKNN_SIM"])
+
+
+class RKNNLite:
+    NPU_CORE_AUTO = 0
+
+    def __init__(self, verbose=False):
+        self.model = None
+
+    def load_rknn(self, path):
+        with open(path, "rb") as f:
+            if hashlib.sha256(f.read()).hexdigest() != SIM["sha256"]:
+                return -1
+        spec = importlib.util.spec_from_file_location("score_driver", SIM["driver"])
+        driver = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(driver)
+        here = os.getcwd()
+        os.chdir(SIM["folder"])  # the calibration list is relative to the build folder
+        try:
+            self.model = driver.RknnModel(argparse.Namespace(**SIM["args"]))
+        finally:
+            os.chdir(here)
+        return 0
+
+    def init_runtime(self, core_mask=None):
+        return 0  # RknnModel started the simulator
+
+    def inference(self, inputs):
+        return self.model(inputs[0])
+"""
+
+
+LETTERBOX_DETS = """
+import importlib.util, json, sys
+from pathlib import Path
+
+folder, val, out = map(Path, sys.argv[1:])
+spec = importlib.util.spec_from_file_location("npuyolo_infer", folder / "npuyolo_infer.py")
+infer = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(infer)
+bundle = infer.Bundle(folder)
+m, rt, found = bundle.manifest, bundle.runtime, {}
+for p in infer.list_images(val):
+    rgb = infer.read_image(p)
+    canvas, gain, pad = infer.letterbox(rgb, m["imgsz"])
+    raw = rt.run(infer.prepare(canvas, m["input"], rt.input_quant))
+    dets = infer.postprocess(infer.arrange_outputs(raw, m, rt.output_quant), m, 0.001, 0.7)
+    found[p.name] = {"dets": dets.tolist(), "gain": list(gain), "pad": list(pad), "hw": list(rgb.shape[:2])}
+out.write_text(json.dumps(found))
+"""
+
+
+def rknn_scores(rknn: Path, data: Path) -> dict:
+    """The .rknn bundle as it runs: `npuyolo_infer.py` on every val image (conf 0.001, IoU 0.7) in the compiler's
+    environment with the simulator as rknnlite, scored here beside `deploy eval` of the same file."""
+    from npuyolo.compilers.envs import require
+    from npuyolo.data.check import load_data_yaml
+    from npuyolo.deploy.bundle import build_bundle
+    from npuyolo.deploy.vendor import DRIVER, evaluate_compiled, read_compiled
+
+    work = Path(tempfile.mkdtemp(prefix="bench-bundle-rknn-"))
+    try:
+        art = read_compiled(rknn)
+        parser = argparse.ArgumentParser()
+        for flag in ("--onnx", "--target", "--dataset"):
+            parser.add_argument(flag)
+        parser.add_argument("--disable-rule", action="append", default=[])
+        t = time.perf_counter()
+        bundle = build_bundle(rknn, work / "out", target=f"rknn-{vars(parser.parse_args(art.args))['target']}")
+        bundle_s = time.perf_counter() - t
+        private = private_data(data, work)
+        cfg, root, _ = load_data_yaml(private)
+        val = root / cfg["val"]
+        site = work / "site" / "rknnlite"
+        site.mkdir(parents=True)
+        (site / "__init__.py").write_text("")
+        (site / "api.py").write_text(SIM_RKNNLITE)
+        sim = {"sha256": json.loads((bundle.folder / "manifest.json").read_text())["artefact"]["sha256"],
+               "driver": str(DRIVER), "folder": str(art.folder), "args": vars(parser.parse_args(art.args))}
+        env = {**os.environ, "PYTHONPATH": str(work / "site"), "NPUYOLO_RKNN_SIM": json.dumps(sim)}
+        python = require("rknn").python
+        t = time.perf_counter()  # 1. as a user runs it on the board: the CLI, results.json in the images' pixels
+        done = subprocess.run([python, str(bundle.folder / "npuyolo_infer.py"), str(val), "--out", str(work / "r.json"),
+                               "--conf", "0.001", "--iou", "0.7"], env=env, capture_output=True, text=True)
+        run_s = time.perf_counter() - t
+        if done.returncode:
+            raise SystemExit(f"the bundle's runner failed in the simulator:\n{done.stderr[-3000:]}")
+        # 2. the same runner's Bundle, its detections kept in letterbox pixels, unclipped: Ultralytics' validator (and
+        # so deploy eval) matches there, while results.json clips boxes to the image (+0.008 mAP50-95 on the ONNX bundle)
+        done = subprocess.run([python, "-c", LETTERBOX_DETS, str(bundle.folder), str(val), str(work / "lb.json")],
+                              env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"the bundle's runner failed in the simulator:\n{done.stderr[-3000:]}")
+        spec = importlib.util.spec_from_file_location("npuyolo_infer", bundle.folder / "npuyolo_infer.py")
+        infer = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(infer)
+        found = {Path(r["source"]).name: r for r in json.loads((work / "r.json").read_text())["predictions"]}
+        lb = json.loads((work / "lb.json").read_text())
+        gap = 0.0  # the CLI's boxes are the letterbox ones mapped back and clipped
+        for name, r in found.items():
+            d = np.array(lb[name]["dets"], np.float32).reshape(-1, 6)
+            back = infer.unletterbox(d, lb[name]["gain"], lb[name]["pad"], r["width"], r["height"])
+            cli = np.array([[b[k] for k in ("x1", "y1", "x2", "y2", "conf", "cls")] for b in r["boxes"]], np.float32)
+            cli = cli.reshape(-1, 6)
+            if cli.shape != back.shape or (cli[:, 5] != back[:, 5]).any():
+                raise SystemExit(f"{name}: the CLI and the runner's Bundle kept different boxes")
+            gap = max(gap, float(np.abs(cli[:, :4] - back[:, :4]).max(initial=0)))
+
+        def detect(p):
+            r = lb[p.name]
+            return np.array(r["dets"], np.float32).reshape(-1, 6), r["gain"], r["pad"], r["hw"]
+
+        images = sorted(p for p in val.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        mine = score_detections(detect, images)
+        t = time.perf_counter()
+        theirs = evaluate_compiled(rknn, data)  # as the CLI runs it (its contract check reads a train photo)
+        eval_s = time.perf_counter() - t
+        out = {"artefact": str(rknn), "bundle": mine, "cli_vs_bundle_max_px": gap,
+               "deploy_eval": {k: theirs.result[k] for k in ("map50", "map50_95", "images")},
+               "diff_map50": mine["map50"] - theirs.result["map50"],
+               "diff_map50_95": mine["map50_95"] - theirs.result["map50_95"],
+               "seconds": {"bundle_build": bundle_s, "bundle_run_in_simulator": run_s, "deploy_eval": eval_s}}
+        print(f"val ({mine['images']} images): .rknn bundle through the simulator mAP50 {mine['map50']:.4f} / mAP50-95 "
+              f"{mine['map50_95']:.4f}; deploy eval {theirs.result['map50']:.4f} / {theirs.result['map50_95']:.4f} "
+              f"(diff {out['diff_map50']:+.4f} / {out['diff_map50_95']:+.4f}); CLI boxes = the Bundle's within {gap:.4f} px; "
+              f"runner CLI {run_s:.0f} s, deploy eval {eval_s:.0f} s")
+        print(json.dumps(out))
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=Path, default=WEIGHTS)
@@ -129,7 +285,14 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=100)
     ap.add_argument("--imgsz", type=int, default=320)
     ap.add_argument("--data", type=Path, default=DATA if DATA.is_file() else None, help="score the bundle on its val split")
+    ap.add_argument("--rknn", type=Path, default=None, help="instead: score the bundle of this `npu compile` .rknn on --data's "
+                    "val split, run through RKNN-Toolkit2's simulator in place of rknnlite, beside `deploy eval`")
     args = ap.parse_args()
+    if args.rknn is not None:
+        if args.data is None:
+            raise SystemExit("--rknn needs --data")
+        rknn_scores(args.rknn, args.data)
+        return
 
     import torch
 

@@ -602,13 +602,23 @@ def test_compiled_bundles_run_through_their_runtime(models, photos, kind, tmp_pa
 # ------------------------------------------------------------------------------------------ with the vendor compilers
 @pytest.mark.skipif(installed("rknn") is None, reason="RKNN-Toolkit2 is not installed (`npuyolo compilers install rknn`): "
                     "the .rknn bundle cannot be built or run in its simulator here")
-def test_rknn_bundle_in_the_simulator(models, tmp_path):  # pragma: no cover - needs the compiler
+def test_rknn_bundle_in_the_simulator(tmp_path):  # pragma: no cover - needs the compiler
     from npuyolo.deploy.compile import compile_model
 
-    result = compile_model(str(models["npu"]), "rknn", "rk3588", MINI / "data.yaml", None)
+    # the committed 320 px L4-relu (trained: a mAP worth comparing on the mini val photos); registry under tmp_path
+    weights = REPO / "bench" / "seed_experiment" / "320" / "L4-relu" / "best.pt"
+    result = compile_model(str(weights), "rknn", "rk3588", MINI / "data.yaml", Registry(tmp_path / "r.db"), imgsz=320)
     b = build_bundle(result.build.rknn_file, tmp_path / "out", target="rknn-rk3588")
     m = json.loads((b.folder / "manifest.json").read_text())
     assert m["runtime"] == "rknnlite" and m["input"]["layout"] == "NHWC" and m["input"]["dtype"] == "uint8"
+    # the bundle's runner in the compiler's environment, the simulator as rknnlite (bench/bundle.py --rknn): its
+    # CLI boxes are its Bundle's, and on val it scores what deploy eval gives the same .rknn (issue 33: within 0.002)
+    spec = importlib.util.spec_from_file_location("bench_bundle", REPO / "bench" / "bundle.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    scores = bench.rknn_scores(Path(result.build.rknn_file), MINI / "data.yaml")
+    assert scores["bundle"]["images"] == scores["deploy_eval"]["images"] == 4 and scores["deploy_eval"]["map50"] > 0.3
+    assert scores["cli_vs_bundle_max_px"] < 1e-3 and abs(scores["diff_map50"]) <= 0.002, scores
 
 
 @pytest.mark.skipif(installed("vela") is None, reason="Vela (and ai_edge_litert in its environment) is not installed "
@@ -616,7 +626,7 @@ def test_rknn_bundle_in_the_simulator(models, tmp_path):  # pragma: no cover - n
 def test_vela_tflite_bundle_runs_in_litert(models, photos, tmp_path):  # pragma: no cover - needs the compiler
     from npuyolo.deploy.compile import compile_model
 
-    result = compile_model(str(models["npu"]), "vela", "ethos-u55-128", MINI / "data.yaml", None)
+    result = compile_model(str(models["npu"]), "vela", "ethos-u55-128", MINI / "data.yaml", Registry(tmp_path / "r.db"))
     b = build_bundle(result.build.tflite, tmp_path / "out", target="ethos-u55")
     env = installed("vela")
     out = tmp_path / "r.json"
