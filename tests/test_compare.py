@@ -114,3 +114,95 @@ def test_api_checks_its_arguments(models, synth_data, tmp_path):
         ws.compare([models["a"], models["b"]], synth_data, bootstrap=5)
     with pytest.raises(NpuyoloError, match="bootstrap must be an int"):
         ws.compare([models["a"], models["b"]], synth_data, bootstrap="1000")
+
+
+def copy_data(src_yaml, dst):
+    shutil.copytree(src_yaml.parent, dst)
+    yaml_path = dst / "data.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace(str(src_yaml.parent.resolve()), str(dst.resolve())))
+    return yaml_path
+
+
+def test_kept_statistics_are_not_reused_once_an_image_or_a_label_changes(models, synth_data, tmp_path):
+    """The cache key is the content of every val image and label: an image rewritten with other pixels of the same
+    byte size, or an emptied label, is new data and is scored again (both were read back stale before)."""
+    from PIL import Image
+
+    data = copy_data(synth_data, tmp_path / "d")
+    for jpg in sorted((data.parent / "images" / "val").iterdir()):  # BMP: other pixels, the same byte size
+        Image.open(jpg).convert("RGB").save(jpg.with_suffix(".bmp"))
+        jpg.unlink()
+    ws = Workspace(tmp_path / "reg" / "npuyolo.db")
+    refs = [models["a"], models["b"]]
+    assert not any(m.cached for m in ws.compare(refs, data, bootstrap=100, draw=False).models)
+    assert all(m.cached for m in ws.compare(refs, data, bootstrap=100, draw=False).models)
+    first, second = sorted((data.parent / "images" / "val").iterdir())[:2]
+    size = first.stat().st_size
+    Image.open(second).save(first)  # another photo's pixels under this name
+    assert first.stat().st_size == size
+    assert not any(m.cached for m in ws.compare(refs, data, bootstrap=100, draw=False).models)
+    label = sorted((data.parent / "labels" / "val").glob("*.txt"))[0]
+    label.write_text("")
+    assert not any(m.cached for m in ws.compare(refs, data, bootstrap=100, draw=False).models)
+
+
+def test_a_link_or_a_folder_at_the_cache_place_is_neither_read_nor_fatal(models, synth_data, tmp_path):
+    ws = Workspace(tmp_path / "reg" / "npuyolo.db")
+    first = ws.compare([models["a"], models["b"]], synth_data, bootstrap=100, draw=False)
+    a_file, b_file = (m.stats_file for m in first.models)
+    b_file.unlink()
+    b_file.symlink_to(a_file)  # another model's statistics behind a link: must not be read as b's
+    a_file.unlink()
+    a_file.mkdir()  # a folder where a's statistics go: nothing kept, the answer still comes
+    again = ws.compare([models["a"], models["b"]], synth_data, bootstrap=100, draw=False)
+    assert not any(m.cached for m in again.models) and again.comparison == first.comparison
+
+
+@pytest.mark.parametrize("case, message", [
+    ("one", "two or more models"),
+    ("same_file", "name the same file"),
+    ("tiny", "too few for an interval"),
+    ("plot_dir", "not a regular file"),
+    ("plot_text", "not a PNG"),
+    ("plot_pdf", "must be a .png"),
+])
+def test_compare_refuses_what_it_cannot_answer_in_one_line(models, synth_data, tmp_path, monkeypatch, case, message):
+    monkeypatch.chdir(tmp_path)
+    a, b = str(models["a"]), str(models["b"])
+    data, extra = synth_data, []
+    if case == "one":
+        args = [a]
+    elif case == "same_file":
+        (tmp_path / "link.pt").symlink_to(models["a"])
+        args = [a, str(tmp_path / "link.pt")]
+    elif case == "tiny":
+        data = copy_data(synth_data, tmp_path / "tiny")
+        for img in sorted((data.parent / "images" / "val").iterdir())[4:]:
+            img.unlink()
+        args = [a, b]
+    else:
+        args = [a, b]
+        target = {"plot_dir": tmp_path / "adir.png", "plot_text": tmp_path / "notes.png", "plot_pdf": tmp_path / "f.pdf"}[case]
+        if case == "plot_dir":
+            target.mkdir()
+        elif case == "plot_text":
+            target.write_text("my notes")
+        extra = ["--plot", str(target)]
+    res = runner.invoke(app, ["compare", *args, "--data", str(data), "--bootstrap", "100", *extra,
+                              "--registry", str(tmp_path / "r" / "npuyolo.db")])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+    if case == "plot_text":
+        assert (tmp_path / "notes.png").read_text() == "my notes"  # never overwritten
+
+
+def test_seeds_of_a_series_must_be_whole_numbers(tmp_path, synth_data):
+    import yaml
+
+    from npuyolo.train.recipe import RecipeError
+    from npuyolo.train.series import SeriesSpec
+
+    spec = tmp_path / "s.yaml"
+    for seeds in ([True], [0, 0], [-1]):
+        spec.write_text(yaml.safe_dump({"name": "s", "data": str(synth_data), "variants": ["L4-relu"], "seeds": seeds}))
+        with pytest.raises(RecipeError):
+            SeriesSpec.load(spec)

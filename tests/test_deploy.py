@@ -90,6 +90,18 @@ def test_int8_quantize_eval_and_drop_recorded(synth_data, tiny_recipe, tmp_path)
         assert d["verdict"] in ("ahead", "tied", "behind") and "95%" in d["text"]
     table = runner.invoke(app, ["deploy", "eval", arts["onnx/int8"].path, "--data", str(synth_data), "--registry", str(db)])
     assert table.exit_code == 0 and "paired 95% interval" in table.stdout, table.output
+    # on another data set the FP32 baseline is scored there too (it was taken from the first data set's eval)
+    import shutil
+
+    other = tmp_path / "fewer"
+    shutil.copytree(synth_data.parent, other)
+    (other / "data.yaml").write_text((other / "data.yaml").read_text().replace(str(synth_data.parent.resolve()), str(other.resolve())))
+    for img in sorted((other / "images" / "val").iterdir())[5:]:
+        img.unlink()
+    again = json.loads(runner.invoke(app, ["deploy", "eval", arts["onnx/int8"].path, "--data", str(other / "data.yaml"),
+                                           "--json", "--registry", str(db)]).stdout)
+    assert again["images"] == again["fp32"]["images"] == again["pt"]["images"] == 5
+    assert abs(again["drop_interval"]["map50"]["pp"]["value"] - again["drop_pp"]["map50"]) < 1e-9
 
 
 def test_keep_float_by_name(synth_data, tmp_path):

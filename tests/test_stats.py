@@ -28,6 +28,12 @@ def random_per_image(seed: int, images: int = 60, classes: int = 4) -> dict[str,
     return per
 
 
+def other_model(per: dict[str, list], seed: int) -> dict[str, list]:
+    """Another model's predictions on the same images and labels (a compared pair shares its targets)."""
+    other = random_per_image(seed, images=len(per["tp"]))
+    return {**other, "target_cls": per["target_cls"], "target_img": per["target_img"]}
+
+
 def as_stats(per: dict[str, list], names=NAMES) -> MatchedStats:
     return MatchedStats.from_validator(per, [f"/d/images/val/im{i}.jpg" for i in range(len(per["tp"]))], names, "letterbox")
 
@@ -111,7 +117,8 @@ def test_a_model_that_misses_half_the_objects_is_behind_with_an_interval_excludi
 
 
 def test_the_same_seed_gives_the_same_resamples_and_models_are_paired():
-    a, b = as_stats(random_per_image(4)), as_stats(random_per_image(5))
+    per = random_per_image(4)
+    a, b = as_stats(per), as_stats(other_model(per, 5))
     p1, boot1 = paired_bootstrap([a, b], ["a", "b"], n=50, seed=7)
     p2, boot2 = paired_bootstrap([a, b], ["a", "b"], n=50, seed=7)
     assert np.array_equal(boot1, boot2) and np.array_equal(p1, p2)
@@ -168,7 +175,8 @@ def test_seed_gap_combines_seeds_and_images():
 def test_map50_alone_equals_the_full_computation_and_its_samples_are_paired():
     from npuyolo.stats.bootstrap import map50, map50_samples
 
-    a, b = as_stats(random_per_image(9)), as_stats(random_per_image(10))
+    per = random_per_image(9)
+    a, b = as_stats(per), as_stats(other_model(per, 10))
     w = np.bincount(np.random.default_rng(2).integers(0, 60, 60), minlength=60)
     assert map50(prepare(a)) == pytest.approx(detection_metrics(a)[0], abs=1e-12)
     assert map50(prepare(a), w) == pytest.approx(detection_metrics(prepare(a), w)[0], abs=1e-12)
@@ -176,3 +184,47 @@ def test_map50_alone_equals_the_full_computation_and_its_samples_are_paired():
     _, boot = paired_bootstrap([a, b], ["a", "b"], n=50, seed=3)
     assert point_a == pytest.approx(detection_metrics(a)[0], abs=1e-12)
     np.testing.assert_allclose(sa, boot[:, 0, 0], atol=1e-12)  # the same resamples as compare draws
+
+
+def test_models_scored_against_other_labels_of_the_same_images_are_refused():
+    """Same image names, edited labels (the data set changed between two scorings): not a paired comparison."""
+    per = confident_model(seed=2, images=20)
+    edited = {k: list(v) for k, v in per.items()}
+    edited["target_cls"][0] = edited["target_cls"][0][:0]
+    with pytest.raises(StatsError, match="different labels"):
+        compare_stats([as_stats(per), as_stats(edited)], ["a", "b"], n=100)
+
+
+@pytest.mark.parametrize("damage", ["class_out_of_range", "negative_class", "confidence_above_one", "nan_confidence"])
+def test_statistics_naming_impossible_classes_or_confidences_are_damaged(damage):
+    per = confident_model(seed=3, images=10)
+    if damage == "class_out_of_range":
+        per["target_cls"][0] = per["target_cls"][0] * 0 + 7  # the model names 4 classes
+    elif damage == "negative_class":
+        per["pred_cls"][0] = per["pred_cls"][0] * 0 - 1
+    elif damage == "confidence_above_one":
+        per["conf"][0] = per["conf"][0] + 5
+    else:
+        per["conf"][0] = per["conf"][0] * np.nan
+    with pytest.raises(StatsError, match="damaged"):
+        as_stats(per)
+
+
+def test_a_link_a_fifo_or_an_inflating_file_is_not_read_as_statistics(tmp_path):
+    import os
+
+    real = save_stats(as_stats(confident_model(seed=4, images=10)), tmp_path / "real.npz")
+    (tmp_path / "link.npz").symlink_to(real)
+    os.mkfifo(tmp_path / "fifo.npz")
+    with pytest.raises(StatsError, match="not a regular file"):
+        load_stats(tmp_path / "link.npz")
+    with pytest.raises(StatsError, match="not a regular file"):
+        load_stats(tmp_path / "fifo.npz")
+    with open(tmp_path / "bomb.npz", "wb") as fh:  # 2 MB on disk, 600 MB unpacked
+        np.savez_compressed(fh, header=np.array('{"format": 1}'), conf=np.zeros(150_000_000, np.float32))
+    with pytest.raises(StatsError, match="unpack"):
+        load_stats(tmp_path / "bomb.npz")
+    with open(tmp_path / "deep.npz", "wb") as fh:
+        np.savez(fh, header=np.array("[" * 200_000))
+    with pytest.raises(StatsError, match="damaged"):
+        load_stats(tmp_path / "deep.npz")

@@ -249,7 +249,7 @@ class Workspace:
         if isinstance(models, (str, bytes, Path, int)) or not isinstance(models, (list, tuple)):
             from npuyolo.errors import NpuyoloError
 
-            raise NpuyoloError(f"models must be a list of model references, got {type(models).__name__}", param="models")
+            raise NpuyoloError(f"models must be a list of model references, got {type(models).__name__}")
         refs = [_ref(m, "models") for m in models]
         data = _path(data, "data")
         bootstrap, seed = _number(bootstrap, "bootstrap"), _number(seed, "seed")

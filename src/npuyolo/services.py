@@ -9,12 +9,15 @@ typed record.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from npuyolo.deploy.compare import CompareResult, compare_models
 from npuyolo.deploy.export import ExportError, check_imgsz, export_onnx
+from npuyolo.errors import NpuyoloError
+from npuyolo.paths import make_dir
 from npuyolo.registry.db import Registry, RunRecord
 from npuyolo.resolve import ModelRef, default_imgsz, resolve_model
 from npuyolo.train.anneal import with_anneal
@@ -73,6 +76,29 @@ def train_model(registry: Registry, variant: str, data: str | Path, *, recipe: s
     return registry.get_run(train_variant(variant, data, r, registry, name=name, weights=weights, verbose=verbose).run_id)
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def check_plot_path(plot: str | Path) -> Path:
+    """A forest plot's file: a .png name in an existing folder (or one that can be made), never over a file that is
+    not a PNG (a user's notes are not overwritten by a plot)."""
+    path = Path(plot)
+    if path.suffix.lower() != ".png" or not path.name.strip() or path.name == ".png":
+        raise NpuyoloError(f"plot must be a .png file name, got {str(plot)!r}", param="plot")
+    if os.path.lexists(path):
+        if not path.is_file() or path.is_symlink():
+            raise NpuyoloError(f"plot {path} exists and is not a regular file", param="plot")
+        with open(path, "rb") as fh:
+            if fh.read(8) != PNG_MAGIC:
+                raise NpuyoloError(f"plot {path} exists and is not a PNG; name another file", param="plot")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NpuyoloError(f"plot {path}: {parent} is not a folder", param="plot")
+    return path
+
+
 def compare(registry: Registry, models: list[str], data: str | Path, *, bootstrap: int = 1000, seed: int = 0,
             plot: str | Path | None = None, draw: bool = True, progress=None) -> CompareResult:
     """`npuyolo compare`: every model scored on one data set (statistics kept, so a second call runs no model), each
@@ -84,14 +110,18 @@ def compare(registry: Registry, models: list[str], data: str | Path, *, bootstra
     from npuyolo.paths import safe_join
     from npuyolo.report.plots import forest_plot
 
+    if draw and plot is not None:
+        check_plot_path(plot)  # before any model is scored: a bad place is one line, not lost work
     result = compare_models(registry, [str(m) for m in models], data, bootstrap=bootstrap, seed=seed, progress=progress)
     pairs = [p for p in result.comparison.pairs if p.metric == "map50"]
     if not draw or not pairs:
         return result
     if plot is None:
+        if registry.readonly:
+            return result  # nowhere of ours to draw it
         key = hashlib.sha1(json.dumps([m.label for m in result.models] + [str(result.data), bootstrap, seed]).encode()).hexdigest()[:10]
         plot = safe_join(registry.root, "compare", f"forest-{key}.png")
     path = Path(plot)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent)
     forest_plot(pairs, path, f"mAP50 differences on {result.comparison.images} images ({bootstrap} paired resamples)")
     return dataclasses.replace(result, plot=path.resolve())

@@ -27,7 +27,7 @@ except ImportError as e:
 _version = tuple(int(x) for x in ultralytics.__version__.split(".")[:3] if x.isdigit())
 if not SUPPORTED[0] <= _version < SUPPORTED[1]:
     raise MissingUltralyticsError(f"Ultralytics {ultralytics.__version__} is installed; npuyolo needs >= 8.4.100, < 8.5")
-from ultralytics.data.utils import check_det_dataset  # noqa: E402
+from ultralytics.data.utils import IMG_FORMATS, check_det_dataset, img2label_paths  # noqa: E402
 from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator  # noqa: E402
 from ultralytics.nn.modules import SPPF, Conv, Detect  # noqa: E402
 from ultralytics.nn.modules.block import C2f  # noqa: E402
@@ -35,7 +35,7 @@ from ultralytics.nn.distill_model import DistillationModel  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel, load_checkpoint, torch_safe_load, yaml_model_load  # noqa: E402
 from ultralytics.utils.torch_utils import get_flops, intersect_dicts, is_qat, strip_qat, unwrap_model  # noqa: E402
 
-__all__ = ["is_qat", "strip_qat", "stdout_to_stderr", "C2f", "SPPF", "Conv", "Detect", "DetectionModel", "DistillationModel", "DetectionTrainer", "DetectionValidator", "check_det_dataset",
+__all__ = ["IMG_FORMATS", "img2label_paths", "is_qat", "strip_qat", "stdout_to_stderr", "C2f", "SPPF", "Conv", "Detect", "DetectionModel", "DistillationModel", "DetectionTrainer", "DetectionValidator", "check_det_dataset",
            "get_flops", "intersect_dicts", "load_checkpoint", "torch_safe_load", "unwrap_model", "yaml_model_load"]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,21 +53,35 @@ class CompareResult:
                              "cached": m.cached} for m in self.models]}
 
 
+def _val_images(val) -> list[Path]:
+    """The val images as Ultralytics lists them (a folder searched recursively, or a .txt list whose `./` entries are
+    relative to it), image suffixes only."""
+    from npuyolo.ultra import IMG_FORMATS
+
+    files: list[str] = []
+    for entry in val if isinstance(val, list) else [val]:
+        entry = Path(entry)
+        if entry.is_dir():
+            files += [str(f) for f in entry.rglob("*.*")]
+        elif entry.is_file():
+            parent = str(entry.parent) + os.sep
+            files += [x.replace("./", parent, 1) if x.startswith("./") else x
+                      for x in entry.read_text(errors="replace").strip().splitlines() if x.strip()]
+    return sorted(Path(f) for f in files if Path(f).suffix[1:].lower() in IMG_FORMATS)
+
+
 def val_fingerprint(data: str | Path) -> str:
-    """The val split as scored: image names and sizes, label contents. A changed label or image is new data."""
-    from npuyolo.ultra import check_det_dataset
+    """The val split as it is scored: class names, and the content of every image and of the label file Ultralytics
+    pairs with it (`img2label_paths`). Any edited pixel or label is new data, so kept statistics are not reused."""
+    from npuyolo.ultra import check_det_dataset, img2label_paths
 
     info = check_det_dataset(str(data))
-    val = info["val"] if isinstance(info["val"], list) else [info["val"]]
-    h = hashlib.sha256(json.dumps(sorted(info["names"].items()) if isinstance(info["names"], dict) else info["names"]).encode())
-    for root in val:
-        root = Path(root)
-        images = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-        for img in images:
-            h.update(f"{img.relative_to(root.parent) if root.is_dir() else img.name}:{img.stat().st_size}".encode())
-            label = Path(str(img.parent).replace("/images", "/labels")) / (img.stem + ".txt")
-            if label.is_file():
-                h.update(label.read_bytes())
+    names = sorted(info["names"].items()) if isinstance(info["names"], dict) else info["names"]
+    h = hashlib.sha256(json.dumps(names, default=str).encode())
+    images = _val_images(info["val"])
+    for img, label in zip(images, img2label_paths([str(i) for i in images])):
+        h.update(img.name.encode() + b"\0" + sha256_file(img).encode())
+        h.update(sha256_file(label).encode() if Path(label).is_file() else b"no label")
     return h.hexdigest()[:16]
 
 
@@ -103,7 +118,8 @@ def identify(registry: Registry, ref: str) -> tuple[Path, str, int | None, int |
         best = run.artifact_path("weights/best", "weights/last")
         if best is None:
             raise DeployError(f"run {run.name} has no weights on disk")
-        return Path(best), "pt", run.id, run.recipe.get("imgsz")
+        kind = "pt" if run.artifact_path("weights/best") else "pt (last.pt: its best.pt is gone)"
+        return Path(best), kind, run.id, run.recipe.get("imgsz")
     return path, "pt", None, None
 
 
@@ -116,9 +132,26 @@ def stats_file(registry: Registry, source: Path, run_id: int | None, fingerprint
 
 
 def remember(registry: Registry, stats: MatchedStats, file: Path) -> None:
-    """Keep statistics for later comparisons (a read-only registry keeps nothing)."""
-    if not registry.readonly:
+    """Keep statistics for later comparisons. Keeping is a saving, never a condition: a read-only registry, a folder
+    that cannot be written or something that is not a file at that place keeps nothing, and the answer stands."""
+    if registry.readonly or (os.path.lexists(file) and not file.is_file()) or file.is_symlink():
+        return
+    try:
         save_stats(stats, file)
+    except OSError:
+        pass
+
+
+def _kept(file: Path, source: Path, fingerprint: str) -> MatchedStats | None:
+    """Statistics kept for exactly this file's content and this data (as their own record says), else None."""
+    if not os.path.lexists(file):
+        return None
+    try:
+        stats = load_stats(file)
+    except StatsError:
+        return None  # damaged, a link, not a file: scored again
+    ok = stats.meta.get("sha256") == sha256_file(source) and stats.meta.get("fingerprint") == fingerprint
+    return stats if ok else None
 
 
 def model_stats(registry: Registry, ref: str, data: str | Path, fingerprint: str | None = None) -> tuple[MatchedStats, ComparedModel]:
@@ -127,11 +160,9 @@ def model_stats(registry: Registry, ref: str, data: str | Path, fingerprint: str
     text = str(ref)
     source, kind, run_id, imgsz = identify(registry, text)
     cached = stats_file(registry, source, run_id, fingerprint, imgsz)
-    if cached.is_file():
-        try:
-            return load_stats(cached), ComparedModel(text, source, kind, cached, True)
-        except StatsError:
-            pass  # damaged: scored again below, and replaced
+    kept = _kept(cached, source, fingerprint)
+    if kept is not None:
+        return kept, ComparedModel(text, source, kind, cached, True)
     if kind == "onnx":
         predict, meta = onnx_predictor(source)
         names = {int(k): v for k, v in json.loads(meta["names"]).items()}
@@ -146,26 +177,38 @@ def model_stats(registry: Registry, ref: str, data: str | Path, fingerprint: str
         stats = evaluate_compiled(source, data).stats
         if stats is None:
             raise DeployError(f"{source}: its scoring kept no per-image statistics")
+    stats = with_origin(stats, source, fingerprint)
     remember(registry, stats, cached)
     return stats, ComparedModel(text, source, kind, cached, False)
+
+
+def with_origin(stats: MatchedStats, source: Path, fingerprint: str) -> MatchedStats:
+    """The statistics, recording which file (sha256) and which data (fingerprint) they are of."""
+    return dataclasses.replace(stats, meta={**stats.meta, "source": str(source), "sha256": sha256_file(source),
+                                            "fingerprint": fingerprint})
 
 
 def compare_models(registry: Registry, refs: list[str], data: str | Path, *, bootstrap: int = 1000, seed: int = 0,
                    progress=None) -> CompareResult:
     """Each model's mAP50, mAP50-95, P, R with 95% intervals; each pair's paired difference and verdict."""
-    if not refs:
-        raise DeployError("compare needs at least one model", param="models")
+    if len(refs) < 2:
+        raise DeployError("compare needs two or more models")
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or not 100 <= bootstrap <= MAX_BOOTSTRAP:
         raise DeployError(f"bootstrap must be a whole number of resamples from 100 to {MAX_BOOTSTRAP}, got {bootstrap!r}",
                           param="bootstrap")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise DeployError(f"seed must be a whole number >= 0, got {seed!r}", param="seed")
     if len(set(map(str, refs))) != len(refs):
-        raise DeployError("the same model is named twice", param="models")
+        raise DeployError("the same model is named twice")
     data = Path(data)
     load_data_yaml(data)
     check_dataset(data, cache_dir=registry.root / "cache")
     fingerprint = val_fingerprint(data)
+    sources = [identify(registry, str(r))[0] for r in refs]  # before any scoring: one file named twice is refused
+    real = [os.path.realpath(p) for p in sources]
+    if len(set(real)) != len(real):
+        twice = next(str(r) for r, p in zip(refs, real) if real.count(p) > 1)
+        raise DeployError(f"{twice} and another reference name the same file ({next(p for p in real if real.count(p) > 1)})")
     stats, models = [], []
     for i, (ref, label) in enumerate(zip(refs, short_labels([str(r) for r in refs]))):
         if progress is not None:

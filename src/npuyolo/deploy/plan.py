@@ -531,9 +531,10 @@ def lost_on(winner: Row, loser: Row, rows: list[Row] | None = None, noise: Accur
                 "gap_pp": None if gap is None else [round(gap.value, 3), round(gap.low, 3), round(gap.high, 3)]}
     if l.npu_ms is not None and w.npu_ms is not None and l.npu_ms != w.npu_ms:
         out = {"axis": "npu_ms", "loser": l.npu_ms, "winner": w.npu_ms}
-        if loser.shipped_int8.map50 > winner.shipped_int8.map50:  # faster but less accurate: within the noise
+        if loser.shipped_int8.map50 > winner.shipped_int8.map50:  # the winner is faster but less accurate
             gap = noise.gap(loser, winner)
-            out["accuracy_tie_pp"] = None if gap is None else [round(gap.value, 3), round(gap.low, 3), round(gap.high, 3)]
+            if gap is not None and gap.low <= 0 <= gap.high:  # said to be a tie only where the interval spans 0
+                out["accuracy_tie_pp"] = [round(gap.value, 3), round(gap.low, 3), round(gap.high, 3)]
         return out
     if w.npu_ms is not None and l.npu_ms is None:
         return {"axis": "npu_ms_missing", "loser": None, "winner": w.npu_ms}
@@ -578,8 +579,9 @@ def lost_text(why: dict) -> str:
 
 def rank(rows: list[Row], noise: AccuracyNoise | None = None) -> tuple[Row, Row | None, str | None]:
     """Fewest ops off the NPU and host partitions, then lowest NPU time where a compiler estimates it, then highest
-    INT8 mAP50; a candidate more than ACCURACY_GUARD_PP points below the most accurate one placed alike cannot win on
-    NPU time. A stable sort: on a full tie the candidate listed first wins (the export before what is derived from it)."""
+    INT8 mAP50; a candidate significantly less accurate than the most accurate one placed alike (paired interval of the
+    INT8 mAP50 gap excludes 0; without statistics, more than ACCURACY_GUARD_PP points) cannot win on NPU time. A stable
+    sort: on a full tie the candidate listed first wins (the export before what is derived from it)."""
     if not rows:
         raise PlanError("no candidate to rank")
     noise = noise or AccuracyNoise()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from npuyolo.compilers.envs import require
 from npuyolo.data.check import check_dataset
-from npuyolo.deploy.compare import model_stats, remember, stats_file, val_fingerprint
-from npuyolo.deploy.evaluate import DeployError, evaluate_onnx, evaluate_onnx_matched, torch_predictor, validate
+from npuyolo.deploy.compare import model_stats, remember, stats_file, val_fingerprint, with_origin
+from npuyolo.deploy.evaluate import DeployError, evaluate_onnx_matched, torch_predictor, validate
 from npuyolo.deploy.export import check_imgsz, default_head, export_onnx, onnx_metadata
 from npuyolo.deploy.quantize import quantize_onnx
 from npuyolo.deploy.vendor import evaluate_compiled, is_compiled, read_compiled
@@ -58,7 +58,7 @@ def precision_kind(path: str | Path) -> str:
     return "int8" if "npuyolo_quant" in onnx_metadata(path) else "fp32"
 
 
-def checkpoint_baseline(registry, run_id: int, data, imgsz: int) -> dict | None:
+def checkpoint_baseline(registry, run_id: int, data, imgsz: int, fingerprint: str | None = None) -> dict | None:
     """The run's best.pt scored through the same square-letterbox pipeline as its ONNX files (once, then recorded).
 
     Ultralytics' validation during training batches images as rectangles (rect=True), which a static-shape ONNX
@@ -69,13 +69,21 @@ def checkpoint_baseline(registry, run_id: int, data, imgsz: int) -> dict | None:
     best = run.artifact_path("weights/best")
     if best is None:
         return None
-    done = [e for e in registry.deploy_evals(run_id) if e.precision_kind == "pt" and e.result.get("imgsz") == imgsz]
+    fingerprint = fingerprint or val_fingerprint(data)
+    done = [e for e in registry.deploy_evals(run_id) if e.precision_kind == "pt" and e.result.get("imgsz") == imgsz
+            and e.result.get("data_fingerprint") == fingerprint]  # on this data set only
     if done:
         return done[-1].result
     model = load_weights(best)
-    result = {"artefact": str(best), **validate(torch_predictor(model), data, imgsz, dict(model.names))}
+    result = {"artefact": str(best), **validate(torch_predictor(model), data, imgsz, dict(model.names)),
+              "data_fingerprint": fingerprint}
     registry.add_deploy_eval(run_id=run_id, artefact=str(best), precision_kind="pt", result=result)
     return result
+
+
+def same_data(evals, artefact: str | Path, fingerprint: str) -> list:
+    """Recorded evals of one artefact on the data set with this fingerprint (older rows, without one, are not)."""
+    return [e for e in evals if e.artefact == str(artefact) and e.result.get("data_fingerprint") == fingerprint]
 
 
 def evaluate_artefact(registry, path: str | Path, data: str | Path, layers: bool = False, qdq: str | Path | None = None) -> dict:
@@ -91,15 +99,17 @@ def evaluate_artefact(registry, path: str | Path, data: str | Path, layers: bool
         require(art.compiler)  # and a missing compiler
         check_dataset(data, cache_dir=registry.root / "cache")
         run_id = registry.artifact_run(art.onnx)
-        done = [e for e in registry.deploy_evals(run_id) if e.artefact == str(art.onnx)] if run_id is not None else []
+        fingerprint = val_fingerprint(data)
+        done = same_data(registry.deploy_evals(run_id), art.onnx, fingerprint) if run_id is not None else []
         score = evaluate_compiled(path, data, fp32=done[-1].result if done else None, layers=layers, qdq=qdq)
+        score.fp32["data_fingerprint"] = score.result["data_fingerprint"] = fingerprint
         out = {"run_id": run_id, **score.as_dict()}
         if score.stats is not None:
-            fingerprint = val_fingerprint(data)
-            remember(registry, score.stats, stats_file(registry, path, None, fingerprint, None))
+            remember(registry, with_origin(score.stats, path, fingerprint), stats_file(registry, path, None, fingerprint, None))
             fp32_stats = score.fp32_stats
             if fp32_stats is not None:
-                remember(registry, fp32_stats, stats_file(registry, art.onnx, run_id, fingerprint, fp32_stats.meta.get("imgsz")))
+                remember(registry, with_origin(fp32_stats, art.onnx, fingerprint),
+                         stats_file(registry, art.onnx, run_id, fingerprint, fp32_stats.meta.get("imgsz")))
             else:
                 fp32_stats = model_stats(registry, str(art.onnx), data, fingerprint)[0]
             out["drop_interval"] = {m: d.as_dict() for m, d in conversion_drop(fp32_stats, score.stats).items()}
@@ -117,23 +127,28 @@ def evaluate_artefact(registry, path: str | Path, data: str | Path, layers: bool
     kind = precision_kind(path)
     run_id = registry.artifact_run(path)
     fingerprint = val_fingerprint(data)
-    remember(registry, stats, stats_file(registry, path, run_id, fingerprint, result["imgsz"]))
+    result["data_fingerprint"] = fingerprint
+    remember(registry, with_origin(stats, path, fingerprint), stats_file(registry, path, run_id, fingerprint, result["imgsz"]))
     out = {"kind": kind, "run_id": run_id, **result}
     if run_id is not None and not registry.readonly:
         registry.add_deploy_eval(run_id=run_id, artefact=str(path.resolve()), precision_kind=kind, result=result)
-        out["pt"] = checkpoint_baseline(registry, run_id, data, result["imgsz"])
+        out["pt"] = checkpoint_baseline(registry, run_id, data, result["imgsz"], fingerprint)
         if kind == "int8":
             fp32 = registry.get_run(run_id).artifact_path("onnx/fp32")
             if fp32 is not None:
-                done = [e for e in registry.deploy_evals(run_id) if e.artefact == str(fp32)]
-                base = done[-1].result if done else evaluate_onnx(fp32, data)
-                if not done:
+                # FP32 on the same data only (an eval of another data set is no baseline), scored once
+                done = same_data(registry.deploy_evals(run_id), fp32, fingerprint)
+                if done:
+                    base, fp32_stats = done[-1].result, model_stats(registry, str(fp32), data, fingerprint)[0]
+                else:
+                    base, fp32_stats = evaluate_onnx_matched(fp32, data)
+                    base["data_fingerprint"] = fingerprint
+                    remember(registry, with_origin(fp32_stats, fp32, fingerprint),
+                             stats_file(registry, fp32, run_id, fingerprint, base["imgsz"]))
                     registry.add_deploy_eval(run_id=run_id, artefact=str(fp32), precision_kind="fp32", result=base)
                 out["fp32"] = base
                 out["drop_pp"] = {m: (base[m] - result[m]) * 100 for m in ("map50", "map50_95", "precision", "recall")}
                 out["drop_pp_per_class"] = {c: (base["per_class"][c]["map50"] - v["map50"]) * 100
                                             for c, v in result["per_class"].items() if c in base["per_class"]}
-                # the drop with its paired interval: FP32's statistics kept by this or an earlier eval, else scored once
-                fp32_stats = model_stats(registry, str(fp32), data, fingerprint)[0]
                 out["drop_interval"] = {m: d.as_dict() for m, d in conversion_drop(fp32_stats, stats).items()}
     return out

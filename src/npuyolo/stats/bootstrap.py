@@ -154,7 +154,18 @@ def common_images(stats: list[MatchedStats], labels: list[str]) -> tuple[str, ..
         if s.pipeline != first.pipeline:
             raise StatsError(f"{labels[0]} ({first.pipeline}) and {label} ({s.pipeline}) were scored through different "
                              "image pipelines")
-    return tuple(sorted(first.images))  # one canonical order: every tool draws the same resamples of the same images
+        if _targets(s) != _targets(first):
+            raise StatsError(f"{labels[0]} and {label} were scored against different labels of the same images "
+                             "(the data set changed between them); score both on one version of it")
+    return tuple(sorted(first.images))
+
+
+def _targets(s: MatchedStats) -> list[tuple]:
+    """Each image's labelled classes, by image name: what two models compared on one data set must share."""
+    per: dict[str, list[int]] = {name: [] for name in s.images}
+    for img, cls in zip(s.target_img.tolist(), s.target_cls.tolist()):
+        per[s.images[img]].append(cls)
+    return sorted((name, tuple(sorted(v))) for name, v in per.items())  # one canonical order: every tool draws the same resamples of the same images
 
 
 def image_resamples(n_images: int, n: int, seed: int) -> np.ndarray:

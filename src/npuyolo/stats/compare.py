@@ -25,6 +25,7 @@ __all__ = ["Comparison", "Drop", "Estimate", "ModelSummary", "PairDiff", "SeedGa
            "verdict_of"]
 
 LEVEL = 0.95
+MIN_IMAGES = 5  # fewer images cannot be resampled into an interval worth a verdict
 
 
 class Verdict(str, Enum):
@@ -56,6 +57,9 @@ class Estimate:
 
 
 def verdict_of(diff: Estimate) -> Verdict:
+    """Ahead or behind only where the interval excludes 0; a zero-width interval (every resample alike) is no evidence."""
+    if not diff.high > diff.low:
+        return Verdict.TIED
     if diff.low > 0:
         return Verdict.AHEAD
     if diff.high < 0:
@@ -120,6 +124,9 @@ def compare_stats(stats: list[MatchedStats], labels: list[str], n: int = 1000, s
         raise StatsError("compare needs one label per model")
     if len(set(labels)) != len(labels):
         raise StatsError(f"two models carry the same label ({labels}); name them apart")
+    if stats[0].n_images < MIN_IMAGES:
+        raise StatsError(f"{stats[0].n_images} val image(s) are too few for an interval (at least {MIN_IMAGES}); "
+                         "compare on a larger val split")
     point, boot = paired_bootstrap(stats, labels, n=n, seed=seed)
     models = [ModelSummary(label, *(Estimate.of(point[i, k], boot[:, i, k]) for k in range(4)))
               for i, label in enumerate(labels)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,8 @@ from npuyolo.paths import atomic_path
 __all__ = ["FORMAT", "MatchedStats", "StatsError", "load_stats", "save_stats"]
 
 FORMAT = 1
-MAX_STATS_BYTES = 256 << 20  # a stats file of 175 images at 320 px is ~0.3 MB; anything this size is not ours
+MAX_STATS_BYTES = 256 << 20  # a stats file of 175 images at 320 px is ~0.1 MB; anything this size is not ours
+MAX_UNPACKED_BYTES = 512 << 20  # what its arrays may unpack to (a small file can inflate to gigabytes)
 
 
 class StatsError(NpuyoloError, ValueError):
@@ -73,14 +75,16 @@ class MatchedStats:
 
     def __post_init__(self):
         n, m = len(self.conf), len(self.target_cls)
+        classes = np.array(sorted(self.names), dtype=np.int64)
         ok = (self.tp.shape == (n, 10) and self.pred_cls.shape == (n,) and self.pred_img.shape == (n,)
               and self.target_img.shape == (m,) and len(set(self.images)) == len(self.images)
               and (n == 0 or 0 <= int(self.pred_img.min()) and int(self.pred_img.max()) < len(self.images))
               and (m == 0 or 0 <= int(self.target_img.min()) and int(self.target_img.max()) < len(self.images))
-              and np.isfinite(self.conf).all())
+              and bool(np.isfinite(self.conf).all()) and (n == 0 or 0 <= float(self.conf.min()) and float(self.conf.max()) <= 1)
+              and bool(np.isin(self.pred_cls, classes).all()) and bool(np.isin(self.target_cls, classes).all()))
         if not ok:
             raise StatsError("damaged matched statistics (arrays of unequal length, image indices out of range, "
-                             "repeated image names or non-finite confidences)")
+                             "repeated image names, confidences outside 0..1 or classes the model does not name)")
 
     @property
     def n_images(self) -> int:
@@ -115,11 +119,14 @@ def load_stats(path: str | Path) -> MatchedStats:
     """A stats file written by `save_stats`; anything else (or a damaged one) is one StatsError line."""
     path = Path(path)
     try:
-        if not path.is_file():
-            raise StatsError(f"{path}: no statistics file")
-        if path.stat().st_size > MAX_STATS_BYTES:
+        st = os.lstat(path)  # a link or a FIFO is never read: statistics are files npuyolo wrote
+        if not stat.S_ISREG(st.st_mode):
+            raise StatsError(f"{path}: not a regular file")
+        if st.st_size > MAX_STATS_BYTES:
             raise StatsError(f"{path}: too large to be a statistics file")
         with np.load(path, allow_pickle=False) as z:
+            if sum(info.file_size for info in z.zip.infolist()) > MAX_UNPACKED_BYTES:
+                raise StatsError(f"{path}: its arrays unpack to more than {MAX_UNPACKED_BYTES >> 20} MB")
             header = json.loads(str(z["header"]))
             if not isinstance(header, dict) or header.get("format") != FORMAT:
                 raise StatsError(f"{path}: not an npuyolo statistics file of format {FORMAT}")
@@ -133,5 +140,7 @@ def load_stats(path: str | Path) -> MatchedStats:
                                 meta=header.get("meta") if isinstance(header.get("meta"), dict) else {})
     except StatsError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile) as e:
+    except FileNotFoundError:
+        raise StatsError(f"{path}: no statistics file") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, RecursionError, zipfile.BadZipFile) as e:
         raise StatsError(f"{path}: damaged statistics file ({type(e).__name__})") from None

@@ -6,6 +6,8 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from npuyolo.registry.db import DamagedRowError, NameTakenError, Registry, RegistryError
@@ -29,7 +31,7 @@ class SeriesSpec(BaseModel):
     variants: list[str] = Field(min_length=1)
     recipe: dict = Field(default_factory=dict, description="overrides over the default recipe")
     recipe_file: str | None = None
-    seeds: list[int] | None = Field(default=None, min_length=1, max_length=20,
+    seeds: list[Annotated[int, Field(strict=True)]] | None = Field(default=None, min_length=1, max_length=20,
                                     description="seed replicates of every member (e.g. [0, 1, 2]); the recipe's seed when absent")
 
     def members(self) -> list[tuple[str, str, int | None]]:
