@@ -287,3 +287,37 @@ def test_a_full_disk_names_the_real_place(tmp_path, synth_data, monkeypatch, com
     out = one_line_error(cli(*(a.format(data=synth_data, images=images) for a in command), registry=db))
     assert "disk full" in out and str(tmp_path) in out, out
     assert "--out" not in out and "unknown model" not in out, out
+
+
+def test_eval_plan_and_predict_leave_the_working_folder_unchanged(synth_data, tmp_path, monkeypatch):
+    """Issue 36: every validation made an empty ./runs/detect/val-N in the working folder (one eval and one
+    single-target plan left 18); Ultralytics' validator now works in a temporary folder of its own."""
+    import copy
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    model = perturbed(build_model("L4-relu", nc=6), scale=0.05, seed=0, class_bias=-3.0)
+    pt = tmp_path / "m.pt"
+    torch.save({"model": None, "ema": copy.deepcopy(model).half(), "epoch": -1, "train_args": {"imgsz": 64}}, pt)
+    onnx_file = export_onnx(model, tmp_path / "m.onnx", imgsz=64, head="npu")
+    import os
+    import subprocess
+    import sys
+
+    from ultralytics.utils import SETTINGS
+
+    runs_dir = Path(SETTINGS["runs_dir"])  # where Ultralytics puts a validator's folder unless told (cwd-relative for some)
+    listed = lambda: sorted(str(p) for p in runs_dir.rglob("*")) if runs_dir.is_dir() else []  # noqa: E731
+    before = listed()
+    db = tmp_path / "reg" / "npuyolo.db"
+    # as a user runs it: a process of its own, not under pytest (Ultralytics sends a validator's folder elsewhere then)
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    for args in (["deploy", "eval", str(onnx_file), "--data", str(synth_data)],
+                 ["deploy", "plan", str(pt), "-t", "relu-only", "--data", str(synth_data), "--calib", "4", "--no-sweep",
+                  "--imgsz", "64"],
+                 ["predict", str(pt), str(synth_data.parent / "images" / "val"), "--imgsz", "64", "--out", str(tmp_path / "pred")]):
+        result = subprocess.run([sys.executable, "-m", "npuyolo.cli", *args, "--registry", str(db)], cwd=work, env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in work.iterdir()) == [] and listed() == before

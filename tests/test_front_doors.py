@@ -122,3 +122,8 @@ def test_a_stray_file_named_like_a_run_id_does_not_hide_the_run(tmp_path, checkp
     out = tmp_path / "one.onnx"
     assert Path(cli("export", "1", "--out", out, "--registry", db, "--json")["onnx"]) == out.resolve()
     assert Workspace(db).export(1, tmp_path / "two.onnx") == (tmp_path / "two.onnx").resolve()
+    # a file named like a run's *name* (not its id): which one was meant is said, not guessed
+    (tmp_path / "signs").write_text("notes")
+    for args in (["export", "signs", "--out", str(tmp_path / "three.onnx")], ["npu", "check", "signs", "-t", "relu-only"]):
+        result = CliRunner().invoke(app, [*args, "--registry", str(db)])
+        assert result.exit_code == 2 and "names both a file in this folder and run #1" in result.output, result.output

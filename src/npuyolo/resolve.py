@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 
-from npuyolo.paths import safe_join, slug
+from npuyolo.paths import default_registry_path, safe_join, slug
 from npuyolo.registry.db import Registry, RegistryError
 from npuyolo.variants.build import build_model
 from npuyolo.variants.checkpoint import load_weights
@@ -81,11 +81,39 @@ def output_dir_for(registry, resolved: ResolvedModel, stage: str) -> Path:
     return safe_join("runs", stage, resolved.label)
 
 
+def _bare_name(ref: str) -> bool:
+    """A file named like a run could be (no folder, no checkpoint suffix): `myrun`, not `./myrun` or `a.pt`."""
+    return "/" not in ref and not ref.lower().endswith((".pt", ".onnx"))
+
+
+def _refuse_if_also_a_run(ref: str, registry) -> None:
+    """A stray file in the working folder named like a run must not silently hide the run: say which was meant."""
+    path = Path(registry) if isinstance(registry, (str, Path)) else None
+    if isinstance(registry, Registry):
+        reg = registry
+    else:
+        path = path or default_registry_path()
+        if not path.is_file():
+            return
+        try:
+            reg = Registry(path, readonly=True)
+        except (RegistryError, OSError):
+            return
+    try:
+        run = reg.get_run(ref)
+    except (RegistryError, OSError):
+        return
+    raise RegistryError(f"{ref!r} names both a file in this folder and run #{run.id} ({run.name}); write ./{ref} for "
+                        f"the file or #{run.id} for the run")
+
+
 def resolve_model(ref: str | ModelRef, registry=None, nc: int = 80) -> ResolvedModel:
     """A .pt is loaded safely (never runs code from the file); a variant is built untrained; anything else is a run."""
     parsed = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
     ref = parsed.text
     if parsed.kind in ("pt", "onnx"):  # an .onnx here is no checkpoint: the safe loader names the problem
+        if parsed.kind == "pt" and _bare_name(ref):
+            _refuse_if_also_a_run(ref, registry)
         model = load_weights(ref)
         return ResolvedModel(model, slug(Path(ref).stem, "model"), trained_imgsz=_checkpoint_imgsz(model))
     if parsed.kind == "variant":

@@ -54,7 +54,7 @@ def export_model(model: str, out: str | Path | None = None, *, registry: str | P
         raise ExportError(f"head must be npu or ultralytics, got {head!r}")
     ref = ModelRef.parse(model)
     reg = Registry(registry) if ref.is_run else None  # exporting a variant or a file touches no registry
-    resolved = resolve_model(ref, reg, nc=nc)
+    resolved = resolve_model(ref, reg if reg is not None else registry, nc=nc)  # a path: asked only of a bare name
     imgsz = default_imgsz(resolved) if imgsz is None else imgsz
     check_imgsz(imgsz)
     name = f"{resolved.label}-{head or 'default'}-{imgsz}.onnx"
