@@ -6,7 +6,7 @@ exit 2 with one `error:` line (or 0 where the input is legal), integrity ok, pre
 from a hostile checkpoint or data set, nothing written outside the work folder, done within CASE_TIMEOUT_S
 (a case still running then is killed and reported "hung").
 
-    python bench/fault_corpus.py [--keep DIR]
+    python bench/fault_corpus.py [--keep DIR] [--only "(r5)"]
 """
 
 from __future__ import annotations
@@ -521,6 +521,10 @@ def cases_r5_a(f: dict) -> list[tuple[str, list[str], dict, int]]:
                                                                            work / "one.onnx"], 0)
     add("npu check 1 with a file named 1 in the working folder (r5, legal)", ["npu", "check", "1", "-t", "relu-only",
                                                                               "--imgsz", "64"], 0)
+    # a file named like the precious run's *name*: which one was meant is said in one line
+    (work.parent.parent / "precious").write_text("a stray file")
+    add("export precious with a file named precious in the working folder (r5)", ["export", "precious", "--imgsz", "64",
+                                                                                  "--out", work / "named.onnx"])
     # recorded plans that are a FIFO, a link to an endless device, hand-edited to wrong types, nested 200,000 deep
     from npuyolo.deploy.plan import Accuracy, Candidate, Placement, Plan, Row, TargetPlan
     from npuyolo.registry.db import Registry
@@ -686,6 +690,7 @@ def cases_r5_b(f: dict) -> list[tuple[str, list[str], dict, int]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", type=Path, help="keep the work folder here")
+    ap.add_argument("--only", default=None, help="run only the cases whose name holds this text, e.g. '(r5)'")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="npuyolo-faults-"))
     f = setup(work)
@@ -695,6 +700,8 @@ def main() -> None:
     t0 = time.time()
     for case, argv, env, expected in cases(f) + cases_r4_severe_a(f) + cases_r4_severe_b(f) + cases_r4_medium_c(f) + cases_r4_env_d(f)\
             + cases_r5_a(f) + cases_r5_b(f):
+        if args.only and args.only not in case:
+            continue
         try:
             p = subprocess.run([sys.executable, "-m", "npuyolo.cli", *argv], env={**env0, **env}, cwd=work, capture_output=True,
                                text=True, timeout=CASE_TIMEOUT_S)
