@@ -254,10 +254,35 @@ class RayExecutor:
             pass
         for ref in refs:
             ray.cancel(ref, force=True)
+        if refs:  # a force-cancelled worker can train on for a moment: gone before the driver returns, so a re-run
+            ray.wait(refs, num_returns=len(refs), timeout=30)  # never resumes a run its old worker still writes
+            _wait_for_workers_to_exit(ray, 30)
+        for ref in refs:
             state = in_flight[ref]
             if registry.get_run(state.run_id).status == RunStatus.RUNNING:
                 registry.set_status(state.run_id, RunStatus.INTERRUPTED, error=reason)
             state.status = registry.get_run(state.run_id).status
+
+
+def _wait_for_workers_to_exit(ray, seconds: float) -> None:
+    """Until no task of this job is still running on the cluster (or `seconds` pass): ray.cancel(force=True) returns
+    before the worker process is gone, and one that was writing its last checkpoint would finish it under a re-run."""
+    import time
+
+    try:
+        from ray.util.state import list_tasks
+    except ImportError:
+        return
+    job = ray.get_runtime_context().get_job_id()
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            running = [t for t in list_tasks(filters=[("job_id", "=", job), ("state", "=", "RUNNING")], raise_on_missing_output=False)]
+        except Exception:  # noqa: BLE001  (no state API on this cluster: the wait above is all there is)
+            return
+        if not running:
+            return
+        time.sleep(0.5)
 
 
 def stop_reason(exc: BaseException) -> str:
