@@ -41,20 +41,7 @@ IMAGES = REPO.parent / "shared" / "datasets" / "roadsign4" / "images" / "val"
 DATA = REPO.parent / "shared" / "datasets" / "roadsign4" / "data.yaml"
 
 
-class Tensor(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("dtype", ctypes.c_int), ("layout", ctypes.c_int), ("scale", ctypes.c_float),
-                ("zero_point", ctypes.c_int32)]
-
-
-class Config(ctypes.Structure):
-    _fields_ = [("imgsz", ctypes.c_int), ("num_strides", ctypes.c_int), ("strides", ctypes.c_int * 8), ("reg_max", ctypes.c_int),
-                ("num_classes", ctypes.c_int), ("class_sigmoid", ctypes.c_int), ("conf", ctypes.c_float), ("iou", ctypes.c_float),
-                ("max_det", ctypes.c_int)]
-
-
-class Detection(ctypes.Structure):
-    _fields_ = [("x1", ctypes.c_float), ("y1", ctypes.c_float), ("x2", ctypes.c_float), ("y2", ctypes.c_float),
-                ("score", ctypes.c_float), ("cls", ctypes.c_int32)]
+from npuyolo.deploy.bundle.cabi import Config, Detection, Tensor  # noqa: E402  (postprocess.h's records)
 
 
 def per_image_ms(fn, items, repeat: int = 5) -> float:
