@@ -8,6 +8,8 @@ typed record.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from typing import Any
 from npuyolo.deploy.compare import CompareResult, compare_models
 from npuyolo.deploy.export import ExportError, check_imgsz, export_onnx
 from npuyolo.errors import NpuyoloError
-from npuyolo.paths import make_dir
+from npuyolo.paths import make_dir, safe_join
 from npuyolo.registry.db import Registry, RunRecord
 from npuyolo.resolve import ModelRef, default_imgsz, resolve_model
 from npuyolo.train.anneal import with_anneal
@@ -104,11 +106,7 @@ def compare(registry: Registry, models: list[str], data: str | Path, *, bootstra
     """`npuyolo compare`: every model scored on one data set (statistics kept, so a second call runs no model), each
     pair's paired-bootstrap difference and verdict, and a forest plot of the mAP50 differences (to `plot`, else under
     the registry's folder) when there is a pair to draw."""
-    import dataclasses
-    import hashlib
-
-    from npuyolo.paths import safe_join
-    from npuyolo.report.plots import forest_plot
+    from npuyolo.report.plots import forest_plot  # matplotlib: loaded by compare only, not by train or export
 
     if draw and plot is not None:
         check_plot_path(plot)  # before any model is scored: a bad place is one line, not lost work

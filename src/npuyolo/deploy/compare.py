@@ -25,7 +25,7 @@ from npuyolo.resolve import ModelRef, default_imgsz, resolve_model
 from npuyolo.stats.compare import Comparison, compare_stats
 from npuyolo.stats.matched import MatchedStats, StatsError, load_stats, save_stats
 
-__all__ = ["ComparedModel", "CompareResult", "MAX_BOOTSTRAP", "compare_models", "identify", "model_stats", "remember", "short_labels", "stats_file",
+__all__ = ["ComparedModel", "CompareResult", "MAX_BOOTSTRAP", "compare_models", "identify", "keep", "model_stats", "short_labels", "stats_file",
            "val_fingerprint"]
 
 MAX_BOOTSTRAP = 100_000
@@ -123,26 +123,33 @@ def identify(registry: Registry, ref: str) -> tuple[Path, str, int | None, int |
     return path, "pt", None, None
 
 
-def stats_file(registry: Registry, source: Path, run_id: int | None, fingerprint: str, imgsz: int | None) -> Path:
+def stats_file(registry: Registry, source: Path, run_id: int | None, fingerprint: str, imgsz: int | None,
+               digest: str | None = None) -> Path:
     """Where a model's statistics on one val split are kept: keyed by the file's content, the data and the size."""
     if not source.is_file():
         raise DeployError(f"{source}: not found")
-    folder = registry.run_dir(registry.get_run(run_id), "stats") if run_id is not None else safe_join(registry.root, "stats")
-    return folder / f"{slug(source.stem, 'model')}-{sha256_file(source)[:16]}-{fingerprint}-{imgsz or 'auto'}.npz"
+    digest = digest or sha256_file(source)
+    return _stats_dir(registry, run_id) / f"{slug(source.stem, 'model')}-{digest[:16]}-{fingerprint}-{imgsz or 'auto'}.npz"
 
 
-def remember(registry: Registry, stats: MatchedStats, file: Path) -> None:
-    """Keep statistics for later comparisons. Keeping is a saving, never a condition: a read-only registry, a folder
-    that cannot be written or something that is not a file at that place keeps nothing, and the answer stands."""
+def keep(registry: Registry, stats: MatchedStats, source: Path, run_id: int | None, fingerprint: str,
+         imgsz: int | None, digest: str | None = None) -> MatchedStats:
+    """Keep a model's statistics where `model_stats` looks for them, recording which file and data they are of.
+    Keeping is a saving, never a condition: a read-only registry, a folder that cannot be written or something that
+    is not a file at that place keeps nothing, and the answer stands. Returns the statistics with their origin."""
+    digest = digest or sha256_file(source)
+    stats = dataclasses.replace(stats, meta={**stats.meta, "source": str(source), "sha256": digest, "fingerprint": fingerprint})
+    file = stats_file(registry, source, run_id, fingerprint, imgsz, digest)
     if registry.readonly or (os.path.lexists(file) and not file.is_file()) or file.is_symlink():
-        return
+        return stats
     try:
         save_stats(stats, file)
     except OSError:
         pass
+    return stats
 
 
-def _kept(file: Path, source: Path, fingerprint: str) -> MatchedStats | None:
+def _kept(file: Path, digest: str, fingerprint: str) -> MatchedStats | None:
     """Statistics kept for exactly this file's content and this data (as their own record says), else None."""
     if not os.path.lexists(file):
         return None
@@ -150,17 +157,22 @@ def _kept(file: Path, source: Path, fingerprint: str) -> MatchedStats | None:
         stats = load_stats(file)
     except StatsError:
         return None  # damaged, a link, not a file: scored again
-    ok = stats.meta.get("sha256") == sha256_file(source) and stats.meta.get("fingerprint") == fingerprint
-    return stats if ok else None
+    return stats if stats.meta.get("sha256") == digest and stats.meta.get("fingerprint") == fingerprint else None
 
 
-def model_stats(registry: Registry, ref: str, data: str | Path, fingerprint: str | None = None) -> tuple[MatchedStats, ComparedModel]:
-    """One model's matched statistics on `data`'s val split: read back when kept, else scored once and kept."""
+def model_stats(registry: Registry, ref: str, data: str | Path, fingerprint: str | None = None,
+                identified: tuple | None = None) -> tuple[MatchedStats, ComparedModel]:
+    """One model's matched statistics on `data`'s val split: read back when kept, else scored once and kept.
+    `identified`: what `identify` already said of `ref` (it opens an ONNX file: not done twice)."""
     fingerprint = fingerprint or val_fingerprint(data)
     text = str(ref)
-    source, kind, run_id, imgsz = identify(registry, text)
-    cached = stats_file(registry, source, run_id, fingerprint, imgsz)
-    kept = _kept(cached, source, fingerprint)
+    source, kind, run_id, imgsz = identified or identify(registry, text)
+    size_key = imgsz  # the cache key's size: a checkpoint's own is only known once it is loaded
+    if not source.is_file():
+        raise DeployError(f"{source}: not found")
+    digest = sha256_file(source)
+    cached = stats_file(registry, source, run_id, fingerprint, imgsz, digest)
+    kept = _kept(cached, digest, fingerprint)
     if kept is not None:
         return kept, ComparedModel(text, source, kind, cached, True)
     if kind == "onnx":
@@ -177,15 +189,8 @@ def model_stats(registry: Registry, ref: str, data: str | Path, fingerprint: str
         stats = evaluate_compiled(source, data).stats
         if stats is None:
             raise DeployError(f"{source}: its scoring kept no per-image statistics")
-    stats = with_origin(stats, source, fingerprint)
-    remember(registry, stats, cached)
+    stats = keep(registry, stats, source, run_id, fingerprint, size_key, digest)
     return stats, ComparedModel(text, source, kind, cached, False)
-
-
-def with_origin(stats: MatchedStats, source: Path, fingerprint: str) -> MatchedStats:
-    """The statistics, recording which file (sha256) and which data (fingerprint) they are of."""
-    return dataclasses.replace(stats, meta={**stats.meta, "source": str(source), "sha256": sha256_file(source),
-                                            "fingerprint": fingerprint})
 
 
 def compare_models(registry: Registry, refs: list[str], data: str | Path, *, bootstrap: int = 1000, seed: int = 0,
@@ -204,16 +209,16 @@ def compare_models(registry: Registry, refs: list[str], data: str | Path, *, boo
     load_data_yaml(data)
     check_dataset(data, cache_dir=registry.root / "cache")
     fingerprint = val_fingerprint(data)
-    sources = [identify(registry, str(r))[0] for r in refs]  # before any scoring: one file named twice is refused
-    real = [os.path.realpath(p) for p in sources]
+    identified = [identify(registry, str(r)) for r in refs]  # before any scoring: one file named twice is refused
+    real = [os.path.realpath(i[0]) for i in identified]
     if len(set(real)) != len(real):
         twice = next(str(r) for r, p in zip(refs, real) if real.count(p) > 1)
         raise DeployError(f"{twice} and another reference name the same file ({next(p for p in real if real.count(p) > 1)})")
     stats, models = [], []
-    for i, (ref, label) in enumerate(zip(refs, short_labels([str(r) for r in refs]))):
+    for i, (ref, label, known) in enumerate(zip(refs, short_labels([str(r) for r in refs]), identified)):
         if progress is not None:
             progress(f"scoring {label} ({i + 1}/{len(refs)})")
-        s, m = model_stats(registry, str(ref), data, fingerprint)
+        s, m = model_stats(registry, str(ref), data, fingerprint, known)
         stats.append(s)
         models.append(dataclasses.replace(m, label=label))
     if progress is not None:

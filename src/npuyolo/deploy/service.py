@@ -6,7 +6,7 @@ from pathlib import Path
 
 from npuyolo.compilers.envs import require
 from npuyolo.data.check import check_dataset
-from npuyolo.deploy.compare import model_stats, remember, stats_file, val_fingerprint, with_origin
+from npuyolo.deploy.compare import keep, model_stats, val_fingerprint
 from npuyolo.deploy.evaluate import DeployError, evaluate_onnx_matched, torch_predictor, validate
 from npuyolo.deploy.export import check_imgsz, default_head, export_onnx, onnx_metadata
 from npuyolo.deploy.quantize import quantize_onnx
@@ -105,11 +105,10 @@ def evaluate_artefact(registry, path: str | Path, data: str | Path, layers: bool
         score.fp32["data_fingerprint"] = score.result["data_fingerprint"] = fingerprint
         out = {"run_id": run_id, **score.as_dict()}
         if score.stats is not None:
-            remember(registry, with_origin(score.stats, path, fingerprint), stats_file(registry, path, None, fingerprint, None))
+            keep(registry, score.stats, path, None, fingerprint, None)
             fp32_stats = score.fp32_stats
             if fp32_stats is not None:
-                remember(registry, with_origin(fp32_stats, art.onnx, fingerprint),
-                         stats_file(registry, art.onnx, run_id, fingerprint, fp32_stats.meta.get("imgsz")))
+                keep(registry, fp32_stats, art.onnx, run_id, fingerprint, fp32_stats.meta.get("imgsz"))
             else:
                 fp32_stats = model_stats(registry, str(art.onnx), data, fingerprint)[0]
             out["drop_interval"] = {m: d.as_dict() for m, d in conversion_drop(fp32_stats, score.stats).items()}
@@ -128,7 +127,7 @@ def evaluate_artefact(registry, path: str | Path, data: str | Path, layers: bool
     run_id = registry.artifact_run(path)
     fingerprint = val_fingerprint(data)
     result["data_fingerprint"] = fingerprint
-    remember(registry, with_origin(stats, path, fingerprint), stats_file(registry, path, run_id, fingerprint, result["imgsz"]))
+    keep(registry, stats, path, run_id, fingerprint, result["imgsz"])
     out = {"kind": kind, "run_id": run_id, **result}
     if run_id is not None and not registry.readonly:
         registry.add_deploy_eval(run_id=run_id, artefact=str(path.resolve()), precision_kind=kind, result=result)
@@ -143,8 +142,7 @@ def evaluate_artefact(registry, path: str | Path, data: str | Path, layers: bool
                 else:
                     base, fp32_stats = evaluate_onnx_matched(fp32, data)
                     base["data_fingerprint"] = fingerprint
-                    remember(registry, with_origin(fp32_stats, fp32, fingerprint),
-                             stats_file(registry, fp32, run_id, fingerprint, base["imgsz"]))
+                    keep(registry, fp32_stats, fp32, run_id, fingerprint, base["imgsz"])
                     registry.add_deploy_eval(run_id=run_id, artefact=str(fp32), precision_kind="fp32", result=base)
                 out["fp32"] = base
                 out["drop_pp"] = {m: (base[m] - result[m]) * 100 for m in ("map50", "map50_95", "precision", "recall")}
