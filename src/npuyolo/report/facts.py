@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass, field
 from npuyolo.deploy.plan import PlanError, cell, chosen_row, load_recorded_plan
 from npuyolo.errors import NpuyoloError
 from npuyolo.stats.compare import compare_stats
-from npuyolo.stats.matched import StatsError, load_stats
+from npuyolo.stats.matched import StatsError
 from npuyolo.registry.db import RECIPE_TYPES, CompilerRunRow, DeployEvalRow, EpochRow, NpuCheckRow, RegistryError, RunRecord
+from npuyolo.train.records import final_stats
 from npuyolo.train.series import rank_series
 
 METRICS = ("map50", "map50_95", "precision", "recall")
@@ -228,13 +229,12 @@ def compare_intervals(run: RunRecord, other: RunRecord, n: int = 1000) -> dict |
     """best.pt of `run` against `other`'s, from the per-image statistics their final validations kept: each metric's
     difference in points with its paired 95% interval and verdict. None where either kept none (older runs) or they
     were scored on other images: the report then says one seed, no interval."""
-    files = [r.artifact_path("stats/val") for r in (run, other)]
-    if any(f is None for f in files):
+    stats = [final_stats(r) for r in (run, other)]
+    if any(s is None for s in stats):
         return None
     try:
-        stats = [load_stats(f) for f in files]
         result = compare_stats(stats, ["a", "b"], n=n)
-    except StatsError:
+    except StatsError:  # scored on other images or labels
         return None
     return {p.metric: {**{k: v for k, v in asdict(p.diff.pp()).items()}, "verdict": p.verdict.value} for p in result.pairs}
 

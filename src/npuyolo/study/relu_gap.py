@@ -21,9 +21,10 @@ from npuyolo.errors import NpuyoloError
 from npuyolo.npu.profiles import target as get_target
 from npuyolo.registry.db import RegistryError
 from npuyolo.stats.compare import seed_gaps
-from npuyolo.stats.matched import MatchedStats, StatsError, load_stats
+from npuyolo.stats.matched import StatsError
 from npuyolo.train.anneal import parse_anneal, with_anneal
 from npuyolo.train.recipe import Recipe
+from npuyolo.train.records import final_stats
 from npuyolo.train.trainer import resume_run, train_variant
 from npuyolo.variants.spec import parse_variant
 
@@ -88,14 +89,6 @@ def _scores(run) -> dict[str, float] | None:
     return {m: float(run.epochs[-1].value(m)) for m in METRICS} if run.epochs else None
 
 
-def _kept_stats(run) -> MatchedStats | None:
-    path = run.artifact_path("stats/val") if run is not None and run.status == "finished" else None
-    try:
-        return load_stats(path) if path is not None else None
-    except StatsError:
-        return None
-
-
 def _gap_intervals(rows: list[RouteRow], runs: dict) -> None:
     """Each route's gap to L4-leaky with an interval that carries both the images and the seeds (seed_gap), where
     every finished run of the two routes kept its best.pt's per-image statistics."""
@@ -105,7 +98,7 @@ def _gap_intervals(rows: list[RouteRow], runs: dict) -> None:
         row.gap_verdict = {m: None for m in METRICS}
         if leaky is None or row is leaky:
             continue
-        arms = [[_kept_stats(runs.get(rid)) for rid in r.runs if rid is not None and runs.get(rid) is not None
+        arms = [[final_stats(runs.get(rid)) for rid in r.runs if rid is not None and runs.get(rid) is not None
                  and runs[rid].status == "finished"] for r in (row, leaky)]
         if not all(arms) or any(s is None for arm in arms for s in arm):
             continue

@@ -15,7 +15,7 @@ from npuyolo.train.anneal import set_slope
 from npuyolo.train.kd import KDDistillationModel
 from npuyolo.train.recipe import Recipe
 from npuyolo.stats.matched import MatchedStats, StatsError, save_stats
-from npuyolo.train.records import PREVIOUS, RecordSink, numerics, software_versions
+from npuyolo.train.records import FINAL_STATS, PREVIOUS, RecordSink, numerics, software_versions
 from npuyolo.ultra import DetectionTrainer, DistillationModel, intersect_dicts, unwrap_model
 from npuyolo.variants.build import build_model
 from npuyolo.variants.checkpoint import is_pruned
@@ -123,7 +123,7 @@ def save_final_stats(trainer, sink: RecordSink) -> None:
     except StatsError:  # the validator saw other images than its dataset lists: nothing trustworthy to keep
         return
     path = save_stats(stats, Path(trainer.save_dir) / "stats" / "val-rect.npz")
-    sink.add_artifact("stats/val", path, {"pipeline": "rect", "images": stats.n_images})
+    sink.add_artifact(FINAL_STATS, path, {"pipeline": "rect", "images": stats.n_images})
 
 
 _ultralytics_add_integration_callbacks = None  # Ultralytics' own function, wrapped below

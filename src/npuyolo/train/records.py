@@ -11,8 +11,9 @@ import torch
 
 from npuyolo.registry.db import Registry
 from npuyolo.registry.schema import RunStatus
+from npuyolo.stats.matched import MatchedStats, StatsError, load_stats
 
-__all__ = ["PREVIOUS", "RecordSink", "RegistrySink", "finish_run", "numerics", "record_trackers", "sink_trackers",
+__all__ = ["FINAL_STATS", "PREVIOUS", "RecordSink", "RegistrySink", "final_stats", "finish_run", "numerics", "record_trackers", "sink_trackers",
            "software_versions"]
 
 
@@ -54,6 +55,19 @@ def numerics(trainer) -> dict:
     if torch.cuda.is_available() and str(trainer.device) != "cpu":
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+FINAL_STATS = "stats/val"  # the artefact kind of a run's final validation statistics (best.pt, the trainer's rect batches)
+
+
+def final_stats(run) -> MatchedStats | None:
+    """The per-image statistics a finished run's final validation of best.pt kept; None where it kept none (trained
+    before they were kept), or they are damaged: callers then fall back to single numbers, said to be one seed."""
+    path = run.artifact_path(FINAL_STATS) if run is not None and run.status == "finished" else None
+    try:
+        return load_stats(path) if path is not None else None
+    except StatsError:
+        return None
 
 
 class RecordSink:

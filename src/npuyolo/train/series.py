@@ -13,10 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from npuyolo.registry.db import DamagedRowError, NameTakenError, Registry, RegistryError
 from npuyolo.stats.bootstrap import detection_metrics
 from npuyolo.stats.compare import Verdict, compare_stats, seed_gaps
-from npuyolo.stats.matched import MatchedStats, StatsError, load_stats
+from npuyolo.stats.matched import MatchedStats, StatsError
 from npuyolo.train.executors import Executor, LocalExecutor
 from npuyolo.train.members import MemberJob
 from npuyolo.train.recipe import Recipe, RecipeError, load_mapping, refuse_unnamed_keys, validation_message
+from npuyolo.train.records import final_stats
 from npuyolo.train.trainer import close_if_trained, prepare_resume, prepare_variant
 from npuyolo.variants.spec import parse_variant
 
@@ -182,9 +183,8 @@ def rank_with_intervals(rows: list[dict], stats: list[MatchedStats]) -> list[dic
 
 def _kept_stats(registry: Registry, run_id: int) -> MatchedStats | None:
     try:
-        path = registry.get_run(run_id).artifact_path("stats/val")
-        return load_stats(path) if path is not None else None
-    except (StatsError, DamagedRowError):
+        return final_stats(registry.get_run(run_id))
+    except DamagedRowError:
         return None
 
 
