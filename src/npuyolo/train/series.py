@@ -168,17 +168,22 @@ def rank_with_intervals(rows: list[dict], stats: list[MatchedStats]) -> list[dic
             e = getattr(summary, metric)
             r[metric], r[f"{metric}_interval"] = e.value, [e.low, e.high]
         r["rank_basis"] = "intervals"
-    by_label = {str(r["run_id"]): r for r in rows}
-    ahead = {(r["run_id"], m): 0 for r in rows for m in RANK_METRICS}
-    for p in comparison.pairs:
-        if p.verdict is Verdict.AHEAD:
-            ahead[(by_label[p.b]["run_id"], p.metric)] += 1
-        elif p.verdict is Verdict.BEHIND:
-            ahead[(by_label[p.a]["run_id"], p.metric)] += 1
+    ranks = ranks_by_verdict([str(r["run_id"]) for r in rows], ((p.a, p.b, p.metric, p.verdict) for p in comparison.pairs))
     for r in rows:
         for metric in RANK_METRICS:
-            r[f"rank_{metric}"] = 1 + ahead[(r["run_id"], metric)]
+            r[f"rank_{metric}"] = ranks[(str(r["run_id"]), metric)]
     return rows
+
+
+def ranks_by_verdict(keys: list[str], verdicts) -> dict[tuple[str, str], int]:
+    """(key, metric) -> 1 + the number of others significantly ahead of it, from (a, b, metric, Verdict of a vs b)."""
+    ahead = {(k, m): 0 for k in keys for m in RANK_METRICS}
+    for a, b, metric, verdict in verdicts:
+        if verdict is Verdict.AHEAD:
+            ahead[(b, metric)] += 1
+        elif verdict is Verdict.BEHIND:
+            ahead[(a, metric)] += 1
+    return {key: 1 + n for key, n in ahead.items()}
 
 
 def _kept_stats(registry: Registry, run_id: int) -> MatchedStats | None:
@@ -218,26 +223,17 @@ def rank_replicates(name: str, registry: Registry) -> list[dict]:
         rows.append(row)
     ranked = [r for r in rows if r["map50"] is not None]
     if len(ranked) > 1 and all(r["_stats"] and all(st is not None for st in r["_stats"]) for r in ranked):
-        ahead = {(r["variant"], m): 0 for r in ranked for m in RANK_METRICS}
-        for i, a in enumerate(ranked):
-            for b in ranked[i + 1:]:
-                try:
-                    gaps = seed_gaps(a["_stats"], b["_stats"], a["variant"], b["variant"], n=SEED_BOOTSTRAP)
-                except StatsError:
-                    ahead = None
-                    break
-                for m, g in gaps.items():
-                    if g.verdict is Verdict.AHEAD:
-                        ahead[(b["variant"], m)] += 1
-                    elif g.verdict is Verdict.BEHIND:
-                        ahead[(a["variant"], m)] += 1
-            if ahead is None:
-                break
-        if ahead is not None:
+        try:
+            verdicts = [(a["variant"], b["variant"], m, g.verdict) for i, a in enumerate(ranked) for b in ranked[i + 1:]
+                        for m, g in seed_gaps(a["_stats"], b["_stats"], a["variant"], b["variant"], n=SEED_BOOTSTRAP).items()]
+        except StatsError:  # replicates scored on other images or labels: the means below
+            verdicts = None
+        if verdicts is not None:
+            ranks = ranks_by_verdict([r["variant"] for r in ranked], verdicts)
             for r in ranked:
                 r["rank_basis"] = "intervals (images + seeds)"
                 for m in RANK_METRICS:
-                    r[f"rank_{m}"] = 1 + ahead[(r["variant"], m)]
+                    r[f"rank_{m}"] = ranks[(r["variant"], m)]
     if not ranked or ranked[0].get("rank_basis") is None:
         rank_rows(ranked)
         for r in ranked:
