@@ -25,6 +25,7 @@ from npuyolo.data.calibration import calibration_images, holdout_images, letterb
 from npuyolo.deploy.bias_correction import correct_biases
 from npuyolo.deploy.evaluate import DeployError, session
 from npuyolo.deploy.export import onnx_metadata, set_metadata
+from npuyolo.deploy.ort_fast import fast_entropy, fast_qdq
 from npuyolo.npu.profiles import target as load_target
 from npuyolo.npu.profiles import targets
 from npuyolo.paths import atomic_path
@@ -159,6 +160,7 @@ def histogram_data(model_path: Path, reader: CalibrationDataReader, workdir: Pat
                    options: dict, chunk: int | None = None):
     """ORT's histogram calibrator fed `chunk` images at a time (its histograms merge across calls); its TensorsData."""
     with histogram_calibrator(model_path, reader, workdir, method, options, chunk) as cal:
+        fast_entropy(cal)  # ORT's threshold search, without its per-bin Python loops: the same thresholds
         with contextlib.redirect_stdout(sys.stderr):  # ORT prints bin counts; stdout may carry --json
             return cal.compute_data()
 
@@ -413,10 +415,11 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
             save_tensors_data(TensorsData(CalibrationMethod.MinMax, {
                 name: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
                 for name, (lo, hi) in found.items() if name not in initializer_names}), cache_file)
-            quantize_static(str(graph or prepared), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=METHODS["minmax"], calibration_cache_path=cache_file,
-                            nodes_to_exclude=exclude or None, extra_options=extra)
+            with fast_qdq():  # ORT's Q/DQ insertion without its quadratic Python: the same file, byte for byte
+                quantize_static(str(graph or prepared), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=METHODS["minmax"], calibration_cache_path=cache_file,
+                                nodes_to_exclude=exclude or None, extra_options=extra)
 
         chosen_cal = Calibration(method, percentile if method == "percentile" else None)
         # `prepared` stays the FP32 reference (sweep, sensitivity); bias correction goes into a copy made per choice of
