@@ -96,3 +96,16 @@ def compilers_dir(tmp_path, monkeypatch):
     """An empty compilers folder: no vendor compiler installed, whatever this machine has."""
     monkeypatch.setenv("NPUYOLO_COMPILERS_DIR", str(tmp_path / "compilers"))
     return tmp_path / "compilers"
+
+
+@pytest.fixture
+def evil_pt(tmp_path) -> tuple[Path, Path]:
+    """A checkpoint whose unpickling would run `touch <marker>`: (the .pt, the marker that must never appear)."""
+    import torch
+
+    from .helpers import Payload
+
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pt"
+    torch.save({"epoch": 0, "model": Payload(marker), "ema": None, "train_args": {}}, path)
+    return path, marker

@@ -21,7 +21,7 @@ import pytest
 from npuyolo.registry.db import Registry
 from npuyolo.report import webfont
 from npuyolo.report.render import render_run
-from tests.test_hostile import new_run
+from tests.helpers import new_run
 
 HOSTILE_NAME = """<img src=x onerror="document.title='PWNED'">"""
 HOSTILE_CLASS = "<script>document.title='PWNED'</script>"
