@@ -142,3 +142,29 @@ def test_relu_gap_study_writes_a_complete_table_for_two_seeds(synth_data, tmp_pa
     again = CliRunner().invoke(app, ["study", "relu-gap", "--data", str(synth_data), "--epochs", "2", "--imgsz", "64", "--seeds", "0,1",
                                      "-t", "relu-only", "--recipe", str(rec), "--json"], env={"NPUYOLO_REGISTRY": str(db)})
     assert again.exit_code == 0 and len(Registry(db, readonly=True).runs()) == 8
+
+
+# ------------------------------------------------------------------------------------------------ hostile input (the former test_hostile2.py)
+import sqlite3
+
+from .helpers import cli, one_line_error
+
+def test_recipe_file_anneal_schedules_get_the_same_checks(tmp_path, synth_data):
+    for body, expect in (("act_anneal: {source: leaky, slope: 0.5, start: 1, end: 99, shape: linear}\n", "START < END"),
+                         ("act_anneal: {foo: 1}\n", "act_anneal needs exactly")):
+        rec = tmp_path / "rec.yaml"
+        rec.write_text(body)
+        r = cli("train", "--variant", "L4-relu", "--data", synth_data, "--epochs", "2", "--recipe", rec, registry=tmp_path / "r.db")
+        assert expect in one_line_error(r)
+    assert Registry(tmp_path / "r.db").runs() == []
+
+
+def test_study_names_are_checked_before_anything_is_written(tmp_path, synth_data):
+    reg = Registry(tmp_path / "r.db")
+    reg.upsert_series("plain", {"variants": ["L4-relu"], "name": "plain"})
+    db = tmp_path / "r.db"
+    assert "already an ordinary series" in one_line_error(cli("study", "relu-gap", "--data", synth_data, "--name", "plain", registry=db))
+    assert "1 to 60 printable" in one_line_error(cli("study", "relu-gap", "--data", synth_data, "--name", "x" * 300, registry=db))
+    one_line_error(cli("study", "relu-gap", "--data", tmp_path / "nope.yaml", "--name", "nodata", registry=db))
+    names = [r[0] for r in sqlite3.connect(db).execute("SELECT name FROM series")]
+    assert names == ["plain"] and Registry(db).series("plain").spec.get("kind") is None

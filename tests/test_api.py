@@ -88,3 +88,48 @@ def test_plan_arguments_of_the_wrong_type_are_one_npuyolo_error(tmp_path, synth_
     said = str(e.value)
     assert "must be" in said and "\n" not in said, said
     assert not (tmp_path / "plan").exists()
+
+
+# ------------------------------------------------------------------------------------------------ arguments of the wrong type (the former test_hostile*.py)
+
+
+def test_api_refuses_unknown_options_and_reads_seed_strings(tmp_path, synth_data):
+    ws = Workspace(tmp_path / "r.db")
+    with pytest.raises(NpuyoloError, match="unknown option"):
+        ws.quantize("1", synth_data, calibs=3)
+    with pytest.raises(NpuyoloError, match="unknown option"):
+        ws.study_relu_gap(synth_data, epoch=2)
+    with pytest.raises(NpuyoloError, match="annealing needs at least 2 epochs"):
+        ws.study_relu_gap(synth_data, seeds="0,1", epochs=1)  # the string was read; the epochs check speaks
+
+
+API_CALLS = {
+    "Workspace(bytes)": lambda ws, d: type(ws)(b"/tmp/x.db"),
+    "train(data=None)": lambda ws, d: ws.train("L4-relu", None, epochs=1),
+    "train(data=bytes)": lambda ws, d: ws.train("L4-relu", b"d.yaml", epochs=1),
+    "train(variant=None)": lambda ws, d: ws.train(None, d, epochs=1),
+    "series(None)": lambda ws, d: ws.series(None),
+    "study_relu_gap(None)": lambda ws, d: ws.study_relu_gap(None),
+    "check(targets=None)": lambda ws, d: ws.check("L4-relu", None, imgsz=64),
+    "check(targets=str)": lambda ws, d: ws.check("L4-relu", "relu-only", imgsz=64),
+    "export(out=None)": lambda ws, d: ws.export("L4-relu", None, imgsz=64),
+    "export(out=bytes)": lambda ws, d: ws.export("L4-relu", b"x.onnx", imgsz=64),
+    "export(imgsz='64')": lambda ws, d: ws.export("L4-relu", "x.onnx", imgsz="64"),
+    "evaluate(None)": lambda ws, d: ws.evaluate(None, d),
+    "evaluate(bytes)": lambda ws, d: ws.evaluate(b"x.onnx", d),
+    "bench(None)": lambda ws, d: ws.bench(None),
+    "predict(source=bytes)": lambda ws, d: ws.predict("x.pt", b"img.jpg"),
+    "predict(conf='0.5')": lambda ws, d: ws.predict("x.pt", "img.jpg", conf="0.5"),
+    "report(out=bytes)": lambda ws, d: ws.report("1", out=b"o"),
+}
+
+
+@pytest.mark.parametrize("call", list(API_CALLS))
+def test_api_arguments_of_the_wrong_type_are_one_npuyolo_error(tmp_path, synth_data, call):
+    """None, bytes or a str number raised a raw TypeError/AttributeError, or were shown as if right ('got 64')."""
+    from npuyolo import NpuyoloError, Workspace
+
+    with pytest.raises(NpuyoloError) as e:
+        API_CALLS[call](Workspace(tmp_path / "r.db"), synth_data)
+    said = str(e.value)
+    assert "must be" in said and "\n" not in said, said

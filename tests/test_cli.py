@@ -140,3 +140,102 @@ def test_deploy_eval_layers_top_below_one_is_refused_first(tmp_path):
         result = CliRunner().invoke(app, ["deploy", "eval", str(tmp_path / "m.rknn"), "--data", str(tmp_path / "d.yaml"),
                                           "--layers", "--top", top, "--registry", str(tmp_path / "r.db")])
         assert result.exit_code == 2 and "--top must be at least 1" in result.output, result.output
+
+
+# ------------------------------------------------------------------------------------------------ hostile input across commands (the former test_hostile*.py)
+import errno
+
+import pytest
+
+from npuyolo.errors import CheckpointError, NpuyoloError
+from npuyolo.registry.db import RegistryError
+
+from .helpers import cli, new_run, one_line_error, refuse_writes
+from .helpers import finished_run as finished_base_run
+
+@pytest.mark.parametrize("command", [
+    ["export", "{pt}", "--imgsz", "64"],
+    ["npu", "check", "{pt}", "-t", "relu-only", "--imgsz", "64"],
+    ["train", "--variant", "L4-relu", "--data", "{data}", "--weights", "{pt}", "--epochs", "1", "--imgsz", "64"],
+    ["distill", "--teacher", "{pt}", "--student-variant", "L4-relu", "--data", "{data}", "--epochs", "1", "--imgsz", "64"],
+])
+def test_cli_never_runs_a_checkpoints_code(tmp_path, evil_pt, synth_data, command):
+    path, marker = evil_pt
+    r = cli(*(c.format(pt=path, data=synth_data) for c in command), registry=tmp_path / "reg" / "r.db")
+    out = one_line_error(r)
+    assert "refused to load" in out and not marker.exists()
+    if (tmp_path / "reg" / "r.db").exists():
+        assert Registry(tmp_path / "reg" / "r.db").runs() == []  # refused before a run was created
+
+
+def test_real_bugs_keep_their_traceback(monkeypatch):
+    import npuyolo.variants.spec as spec
+
+    def bug(name):
+        raise ValueError("a bug, not bad input")
+
+    monkeypatch.setattr(spec, "parse_variant", bug)
+    r = cli("variants", "show", "L4-relu")
+    assert r.exit_code != 2 and isinstance(r.exception, ValueError)
+
+
+def test_every_error_class_is_an_npuyolo_error():
+    from npuyolo.data.check import DataError
+    from npuyolo.deploy.evaluate import DeployError
+    from npuyolo.distill.run import DistillError
+    from npuyolo.npu.graph import GraphError
+    from npuyolo.npu.profiles import TargetError
+    from npuyolo.npu.rewrite import RewriteError
+    from npuyolo.prune.prune import PruneError
+    from npuyolo.report.facts import ReportError
+    from npuyolo.train.recipe import RecipeError
+    from npuyolo.train.trainer import TrainError
+    from npuyolo.variants.spec import VariantError
+
+    for cls in (DataError, DeployError, DistillError, GraphError, TargetError, RewriteError, PruneError, ReportError,
+                RecipeError, TrainError, VariantError, RegistryError, CheckpointError):
+        assert issubclass(cls, NpuyoloError)
+
+
+def test_names_that_look_like_markup_stay_text_in_tables(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    new_run(reg, name="[/bold] oops [link=https://evil.example]x[/link]")
+    r = cli("runs", registry=tmp_path / "r.db")
+    assert r.exit_code == 0 and "[/bold] oops" in " ".join(r.output.split())
+
+
+@pytest.mark.parametrize("command,made", [
+    (["report", "base"], "reports"),  # the write fails, then the cleanup's unlink failed too and hid it
+    (["report", "base", "--format", "html"], "reports"),
+    (["predict", "base", "{images}"], "predict"),
+    (["npu", "check", "base", "-t", "relu-only", "--imgsz", "64"], None),
+    (["prune", "base", "--epochs", "1"], "prune"),
+])
+def test_a_read_only_run_folder_is_one_line_naming_it(tmp_path, synth_data, monkeypatch, command, made):
+    db = tmp_path / "r.db"
+    reg, rid = finished_base_run(db, data=synth_data)
+    folder = Path(reg.get_run(rid).save_dir)
+    if made:
+        (folder / made).mkdir()
+    before = sorted(p.name for p in folder.rglob("*"))
+    refuse_writes(monkeypatch, folder, errno.EROFS)
+    images = synth_data.parent / "images" / "val"
+    out = one_line_error(cli(*(a.format(images=images) for a in command), registry=db))
+    assert str(folder) in out and "read-only" in out, out
+    monkeypatch.undo()
+    assert sorted(p.name for p in folder.rglob("*")) == before
+
+
+def test_predict_report_and_synth_on_a_full_disk_are_one_line(tmp_path, synth_data, monkeypatch):
+    db = tmp_path / "r.db"
+    reg, rid = finished_base_run(db)
+    folder = Path(reg.get_run(rid).save_dir)
+    (folder / "reports").mkdir()
+    refuse_writes(monkeypatch, tmp_path, errno.ENOSPC)
+    assert "disk full" in one_line_error(cli("report", "base", registry=db))
+    assert "disk full" in one_line_error(cli("predict", "base", synth_data.parent / "images" / "val", "--out",
+                                             tmp_path / "pred", registry=db))
+    out = one_line_error(cli("data", "synth", tmp_path / "set", "--train", "2", "--val", "1", "--imgsz", "64"))
+    assert "disk full" in out and str(tmp_path / "set") in out
+    monkeypatch.undo()
+    assert not (tmp_path / "pred").exists()  # a failed predict leaves no (empty) output folder behind

@@ -537,3 +537,80 @@ def test_compilers_are_chosen_from_one_registry_and_share_a_build_type(monkeypat
     assert isinstance(result.build, Build) and result.build.version == "test" and result.calibration == "fake calibration"
     assert (seen["job"].platform, seen["job"].calib, seen["job"].imgsz) == ("ethos-u55-128", 3, 64)
     assert result.agreement.basis == "whole graph"
+
+
+# ------------------------------------------------------------------------------------------------ forged manifests and huge inputs (the former test_hostile3_env.py)
+from .helpers import cli, one_line_error
+
+def fake_install(compilers_dir: Path, name: str = "rknn", python: str | None = None, venv: Path | None = None) -> dict:
+    """A manifest as `compilers install` writes it (venv-*/bin/python inside the compiler's folder), or a forged one."""
+    home = compilers_dir / name
+    own = home / "venv-20260101000000000000"
+    (own / "bin").mkdir(parents=True, exist_ok=True)
+    if not (own / "bin" / "python").exists():
+        (own / "bin" / "python").symlink_to(sys.executable)  # a venv's python links to its base interpreter
+    manifest = {"name": name, "version": "2.5.0", "python": python or str(own / "bin" / "python"), "venv": str(venv or own),
+                "installed_at": "t", "pins": []}
+    (home / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+@pytest.mark.parametrize("forgery", ["outside", "python-outside-its-venv", "venv-linked-outside"])
+def test_a_forged_compiler_manifest_is_never_run(compilers_dir, tmp_path, synth_data, forgery):
+    from npuyolo.compilers import envs
+
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "elsewhere" / "bin" / "python"
+    evil.parent.mkdir(parents=True)
+    evil.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    evil.chmod(0o755)
+    if forgery == "outside":
+        fake_install(compilers_dir, python=str(evil), venv=evil.parent.parent)
+    elif forgery == "python-outside-its-venv":
+        fake_install(compilers_dir, python=str(evil))
+    else:
+        linked = compilers_dir / "rknn" / "venv-linked"
+        fake_install(compilers_dir)
+        linked.symlink_to(evil.parent.parent)
+        fake_install(compilers_dir, python=str(linked / "bin" / "python"), venv=linked)
+    assert envs.installed("rknn") is None
+    out = one_line_error(cli("npu", "compile", "L4-relu", "--compiler", "rknn", "--target", "rk3588", "--imgsz", "64",
+                             "--data", synth_data, registry=tmp_path / "r.db"))
+    assert "not npuyolo's" in out and not marker.exists(), out
+    listed = json.loads(cli("compilers", "list", "--json").stdout)["compilers"]
+    assert not next(c for c in listed if c["name"] == "rknn")["installed"]
+    r = cli("compilers", "install", "rknn", "--json")  # before: reported the forged entry as installed (exit 0)
+    assert "not made by npuyolo" in one_line_error(r) and not marker.exists()
+
+
+def test_a_compilers_folder_that_is_a_file_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("NPUYOLO_COMPILERS_DIR", str(tmp_path / "afile"))
+    for command in (["compilers", "install", "rknn", "--json"], ["compilers", "list"]):
+        assert "is a file" in one_line_error(cli(*command))
+
+
+def test_npu_compile_refuses_a_huge_declared_input_before_allocating(compilers_dir, tmp_path, synth_data, monkeypatch):
+    """An ONNX file declaring a 100000 x 100000 input: calibration images were made at that size (30 GB)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import npuyolo.deploy.compile as compile_mod
+
+    fake_install(compilers_dir)
+    side = 100000
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, side, side])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, side, side])
+    graph = helper.make_graph([helper.make_node("Relu", ["images"], ["out"], name="act")], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "big.onnx")
+
+    def allocates(*a, **k):
+        raise AssertionError("calibration images were made at the declared size")
+
+    monkeypatch.setattr(compile_mod, "write_calibration", allocates)
+    monkeypatch.setattr(compile_mod, "calibration_arrays", allocates)
+    out = one_line_error(cli("npu", "compile", tmp_path / "big.onnx", "--compiler", "rknn", "--target", "rk3588",
+                             "--data", synth_data, registry=tmp_path / "r.db"))
+    assert "4096" in out
+    assert "4096" in one_line_error(cli("npu", "compile", "L4-relu", "--imgsz", "100000", "--compiler", "rknn", "--target",
+                                        "rk3588", "--data", synth_data, registry=tmp_path / "r.db"))

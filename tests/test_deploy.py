@@ -267,8 +267,7 @@ def test_a_full_disk_names_the_real_place(tmp_path, synth_data, monkeypatch, com
 
     from npuyolo.data.check import check_dataset
 
-    from .test_hostile import cli, one_line_error
-    from .test_hostile3_env import finished_run, refuse_writes
+    from .helpers import cli, finished_run, one_line_error, refuse_writes
 
     db = tmp_path / "reg" / "r.db"
     reg, rid = finished_run(db, data=synth_data)
@@ -321,3 +320,307 @@ def test_eval_plan_and_predict_leave_the_working_folder_unchanged(synth_data, tm
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in work.iterdir()) == [] and listed() == before
+
+
+# ------------------------------------------------------------------------------------------------ hostile and careless input (the former test_hostile*.py)
+import os
+import shutil
+import threading
+
+from npuyolo import NpuyoloError, Workspace
+
+from .helpers import cli, data_yaml_with, new_run, one_line_error, save_pt, sha
+
+def test_a_failed_export_leaves_no_file(tmp_path, monkeypatch):
+    import npuyolo.deploy.export as export
+    from npuyolo.variants.build import build_model
+
+    def boom(*a, **k):
+        raise RuntimeError("killed mid-export")
+
+    monkeypatch.setattr(export.onnx.checker, "check_model", boom)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(RuntimeError, match="killed"):
+        export.export_onnx(build_model("L4-relu", nc=2, verbose=False), out, imgsz=64)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_exporting_a_variant_creates_no_registry(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["export", "L4-relu", "--imgsz", "64", "--out", str(tmp_path / "x.onnx")],
+                           env={"NPUYOLO_REGISTRY": ""})
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture
+def registry_db(tmp_path) -> Path:
+    db = tmp_path / "runs" / "npuyolo.db"
+    reg = Registry(db)
+    new_run(reg, name="precious")
+    reg.close()
+    return db
+
+
+def test_export_never_overwrites_the_registry(tmp_path, registry_db):
+    before = sha(registry_db)
+    for extra in ([], ["--force"]):  # not even forced: nothing useful can come of it
+        r = cli("export", "L4-relu", "--imgsz", "64", "--out", registry_db, *extra, registry=registry_db)
+        assert "registry" in one_line_error(r)
+    journal = registry_db.with_name("npuyolo.db-wal")
+    assert "registry" in one_line_error(cli("export", "L4-relu", "--imgsz", "64", "--out", journal, registry=registry_db))
+    link = tmp_path / "hard.onnx"
+    os.link(registry_db, link)  # another name for the same file
+    assert "registry" in one_line_error(cli("export", "L4-relu", "--imgsz", "64", "--out", link, "--force", registry=registry_db))
+    assert sha(registry_db) == before and [r.name for r in Registry(registry_db, readonly=True).runs()] == ["precious"]
+    with pytest.raises(NpuyoloError, match="registry"):
+        Workspace(registry_db).export("L4-relu", registry_db, imgsz=64, force=True)
+    assert sha(registry_db) == before
+
+
+def test_export_refuses_a_foreign_file_and_a_symlink_unless_forced(tmp_path):
+    mine = tmp_path / "notes.onnx"
+    mine.write_text("my notes")
+    target = tmp_path / "target.txt"
+    target.write_text("keep")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(target)
+    assert "did not write" in one_line_error(cli("export", "L4-relu", "--imgsz", "64", "--out", mine))
+    assert "symbolic link" in one_line_error(cli("export", "L4-relu", "--imgsz", "64", "--out", link))
+    assert mine.read_text() == "my notes" and target.read_text() == "keep"
+    r = cli("export", "L4-relu", "--imgsz", "64", "--out", link, "--force")
+    assert r.exit_code == 0, r.output
+    assert target.read_text() == "keep" and not link.is_symlink()  # the link is replaced, never written through
+    r = cli("export", "L4-relu", "--imgsz", "64", "--out", link)  # now a file npuyolo wrote: replaced freely
+    assert r.exit_code == 0, r.output
+
+
+def test_upper_case_suffixes_are_the_same_files(tmp_path, synth_data):
+    """`npu check X.ONNX` said 'expected a .pt checkpoint'; a .PT checkpoint was refused as well."""
+    from npuyolo.deploy.export import export_onnx
+    from npuyolo.variants.build import build_model
+
+    onnx_path = export_onnx(build_model("L4-relu", nc=6, verbose=False), tmp_path / "M.ONNX", imgsz=64)
+    r = cli("npu", "check", onnx_path, "-t", "relu-only", "--json", registry=tmp_path / "r.db")
+    assert r.exit_code == 0, r.output
+    pt = save_pt(tmp_path / "m.pt", imgsz=64).rename(tmp_path / "M.PT")
+    r = cli("export", pt, "--out", tmp_path / "e.onnx", registry=tmp_path / "r.db")
+    assert r.exit_code == 0, r.output
+
+
+def test_workspace_export_from_threads(tmp_path):
+    from npuyolo import Workspace
+    from npuyolo.deploy.export import onnx_metadata
+
+    pt = save_pt(tmp_path / "m.pt")
+    ws = Workspace(tmp_path / "r.db")
+    outs = [tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "same.onnx", tmp_path / "same.onnx"]
+    barrier, errors = threading.Barrier(len(outs)), []
+
+    def export(out: Path) -> None:
+        barrier.wait()
+        try:
+            ws.export(str(pt), out, imgsz=64)
+        except Exception as e:  # collected: the test reports what a thread raised
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=export, args=(out,)) for out in outs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert errors == []
+    for out in set(outs):
+        assert onnx_metadata(out)["imgsz"] == "[64, 64]"
+    assert not [p.name for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_a_failed_quantize_leaves_no_untagged_int8(tmp_path, monkeypatch, synth_data):
+    import npuyolo.deploy.quantize as quantize
+    from npuyolo.deploy.export import export_onnx
+    from npuyolo.variants.build import build_model
+
+    fp32 = export_onnx(build_model("L4-relu", nc=6, verbose=False), tmp_path / "m.onnx", imgsz=64)
+
+    def boom(*a, **k):
+        raise RuntimeError("killed mid-quantize")
+
+    monkeypatch.setattr(quantize.onnx.checker, "check_model", boom)
+    out = tmp_path / "m-int8.onnx"
+    with pytest.raises(RuntimeError, match="killed"):
+        quantize.quantize_onnx(fp32, out, synth_data, calib=2)
+    assert not out.exists() and not list(tmp_path.glob("*partial*"))
+
+
+def test_quantize_refuses_negative_auto_float(tmp_path, synth_data):
+    from npuyolo.deploy.evaluate import DeployError
+    from npuyolo.deploy.quantize import quantize_onnx
+
+    with pytest.raises(DeployError, match="auto_float") as e:
+        quantize_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", synth_data, auto_float=-1)
+    assert e.value.param == "auto_float" and "--" not in str(e.value)  # the API names its parameter; the CLI, its flag
+
+
+def test_garbage_and_metadata_less_onnx_in_deploy(tmp_path, synth_data):
+    import onnx
+
+    from npuyolo.deploy.export import export_onnx
+    from npuyolo.variants.build import build_model
+
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00\x01not onnx" * 50)
+    bare = export_onnx(build_model("L4-relu", nc=6, verbose=False), tmp_path / "bare.onnx", imgsz=64)
+    proto = onnx.load(str(bare))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(bare))
+    for f in (garbage, bare):
+        one_line_error(cli("deploy", "eval", f, "--data", synth_data, registry=tmp_path / "r.db"))
+        one_line_error(cli("deploy", "bench", f, "--runs", "1"))
+
+
+def test_deploy_eval_runs_the_data_check(tmp_path, synth_data):
+    from npuyolo.deploy.export import export_onnx
+    from npuyolo.variants.build import build_model
+
+    m = export_onnx(build_model("L4-relu", nc=6, verbose=False), tmp_path / "m.onnx", imgsz=64)
+    broken = data_yaml_with(tmp_path, synth_data, names=["only", "two"], nc=...)
+    assert "class id" in one_line_error(cli("deploy", "eval", m, "--data", broken, registry=tmp_path / "r.db"))
+
+
+def _meta(model: onnx.ModelProto, **changes: str) -> None:
+    props = {p.key: p.value for p in model.metadata_props} | changes
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+
+
+def _external_outside(model: onnx.ModelProto) -> None:
+    init = max(model.graph.initializer, key=lambda i: len(i.raw_data))
+    init.ClearField("raw_data")
+    init.data_location = onnx.TensorProto.EXTERNAL
+    init.external_data.add(key="location", value="../../../../etc/hostname")
+
+
+def _cyclic(model: onnx.ModelProto) -> None:
+    model.graph.node[1].input[0] = model.graph.node[5].output[0]
+
+
+def _missing_input(model: onnx.ModelProto) -> None:
+    model.graph.node[3].input[0] = "nowhere"
+
+
+def _opset1(model: onnx.ModelProto) -> None:
+    model.opset_import[0].version = 1
+
+
+BROKEN = {
+    "external-data-outside": (_external_outside, "ONNX Runtime cannot load it"),
+    "cyclic": (_cyclic, "ONNX Runtime cannot load it"),
+    "missing-input": (_missing_input, "ONNX Runtime cannot load it"),
+    "opset1": (_opset1, "ONNX Runtime cannot load it"),
+    "size-differs": (lambda m: _meta(m, imgsz="[96, 96]"), "metadata says 1x3x96x96"),
+    "strides-text": (lambda m: _meta(m, strides='["a", "b", "c"]'), "damaged npuyolo metadata"),
+    "strides-zero": (lambda m: _meta(m, strides="[0, 0, 0]"), "damaged npuyolo metadata"),
+    "strides-float": (lambda m: _meta(m, strides="[8.5, 16, 32]"), "damaged npuyolo metadata"),
+    "strides-two": (lambda m: _meta(m, strides="[8, 16]"), "outputs do not match its metadata"),
+    "reg-max-8": (lambda m: _meta(m, reg_max="8"), "outputs do not match its metadata"),
+}
+
+
+@pytest.fixture(scope="module")
+def good_onnx(tmp_path_factory) -> Path:
+    from npuyolo.deploy.export import export_onnx
+    from npuyolo.variants.build import build_model
+
+    return export_onnx(build_model("L4-relu", nc=6), tmp_path_factory.mktemp("onnx") / "m.onnx", imgsz=64)
+
+
+def broken_onnx(good: Path, folder: Path, kind: str) -> Path:
+    model = onnx.load(str(good))
+    BROKEN[kind][0](model)
+    path = folder / kind / f"{kind}.onnx"
+    path.parent.mkdir(parents=True)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+def test_broken_onnx_is_one_error_in_eval_bench_and_predict(tmp_path, good_onnx, synth_data, kind):
+    path = broken_onnx(good_onnx, tmp_path, kind)
+    images = synth_data.parent / "images" / "val"
+    for args in (("predict", path, images, "--out", tmp_path / "out"), ("deploy", "bench", path, "--runs", "1"),
+                 ("deploy", "eval", path, "--data", synth_data)):
+        output = one_line_error(cli(*args))
+        assert BROKEN[kind][1] in output and "Traceback" not in output, (args[0], output)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_good_export_still_predicts_and_benches(tmp_path, good_onnx, synth_data):
+    from npuyolo.deploy.latency import bench_onnx
+
+    assert bench_onnx(good_onnx, runs=1, warmup=0)["imgsz"] == 64
+    r = cli("predict", good_onnx, synth_data.parent / "images" / "val", "--out", tmp_path / "out", "--json")
+    assert r.exit_code == 0, r.output
+
+
+def test_a_failed_quantize_leaves_no_working_files(tmp_path, monkeypatch, synth_data, good_onnx):
+    import npuyolo.deploy.quantize as quantize
+
+    fp32 = Path(shutil.copy(good_onnx, tmp_path / "m.onnx"))
+
+    def boom(*a, **k):
+        raise RuntimeError("killed mid-quantize")
+
+    monkeypatch.setattr(quantize.onnx.checker, "check_model", boom)
+    with pytest.raises(RuntimeError, match="killed"):
+        quantize.quantize_onnx(fp32, tmp_path / "m-int8.onnx", synth_data, calib=2, bias_correct=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+# Two quantizes of one model, interleaved as they are with a full calibration set: the second has prepared its graph
+# and waits; the first runs to the end (and, before the fix, deleted the shared '.prep.onnx'); then the second goes on.
+QUANTIZE = """
+import sys, time
+from pathlib import Path
+import npuyolo.deploy.quantize as q
+
+fp32, out, data, me, sync = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5])
+real = q.quantize_static
+
+def wait_for(name):
+    deadline = time.time() + 120
+    while not (sync / name).exists():
+        assert time.time() < deadline, name
+        time.sleep(0.05)
+
+def interleaved(*a, **k):
+    if me == "first":
+        wait_for("second-prepared")
+    elif not (sync / "second-prepared").exists():
+        (sync / "second-prepared").touch()
+        wait_for("first-done")
+    return real(*a, **k)
+
+q.quantize_static = interleaved
+q.quantize_onnx(fp32, out, data, calib=4)
+(sync / f"{me}-done").touch()
+"""
+
+
+def test_two_quantizes_of_one_model_at_once(tmp_path, synth_data, good_onnx):
+    import subprocess
+    import sys
+
+    from npuyolo.deploy.export import onnx_metadata
+
+    work, sync = tmp_path / "deploy", tmp_path / "sync"
+    work.mkdir()
+    sync.mkdir()
+    fp32 = Path(shutil.copy(good_onnx, work / "m.onnx"))
+    out = work / "m-int8.onnx"
+    procs = [subprocess.Popen([sys.executable, "-c", QUANTIZE, str(fp32), str(out), str(synth_data), me, str(sync)],
+                              stderr=subprocess.PIPE, text=True) for me in ("first", "second")]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors[1][-600:]
+    assert "npuyolo_quant" in onnx_metadata(out)
+    assert sorted(p.name for p in work.iterdir()) == ["m-int8.onnx", "m.onnx"]

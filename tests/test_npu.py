@@ -341,3 +341,94 @@ def test_check_records_in_registry(tmp_path, monkeypatch):
     rows = Registry(db).npu_checks(model_ref="L2-relu6")
     assert {r.target for r in rows} == {"tidl", "hailo-8"} and all(0 < r.share_nodes <= 1 for r in rows)
     assert rows[0].report["placements"]
+
+
+# ------------------------------------------------------------------------------------------------ npu rewrite's output, names and full disks (the former test_hostile3*.py)
+import errno
+import os
+import stat
+
+from npuyolo.registry.db import Registry
+
+from .helpers import cli, leaky_onnx, one_line_error, sha
+
+def test_rewrite_output_rules(tmp_path, monkeypatch):
+    src = leaky_onnx(tmp_path / "m.onnx")
+    foreign = tmp_path / "data.yaml"
+    foreign.write_text("train: images\n")
+    target = tmp_path / "target.onnx"
+    target.write_text("keep")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(target)
+    db = tmp_path / "reg" / "npuyolo.db"
+    Registry(db).close()
+    monkeypatch.setenv("NPUYOLO_REGISTRY", str(db))
+    before = sha(db)
+    assert "did not write" in one_line_error(cli("npu", "rewrite", src, "--out", foreign))
+    assert "symbolic link" in one_line_error(cli("npu", "rewrite", src, "--out", link))
+    assert "registry" in one_line_error(cli("npu", "rewrite", src, "--out", db, "--force"))
+    assert "not a regular file" in one_line_error(cli("npu", "rewrite", src, "--out", "/dev/null", "--force"))
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert foreign.read_text() == "train: images\n" and target.read_text() == "keep" and sha(db) == before
+    out = tmp_path / "r.onnx"
+    for _ in range(2):  # its own output may be written again
+        assert cli("npu", "rewrite", src, "--out", out).exit_code == 0
+    assert cli("npu", "rewrite", src, "--out", foreign, "--force").exit_code == 0
+    assert onnx.load(str(foreign)).graph.node[0].op_type != "LeakyRelu"
+
+
+def test_rewrite_bad_places_are_one_line(tmp_path):
+    src = leaky_onnx(tmp_path / "m.onnx")
+    assert "is a folder" in one_line_error(cli("npu", "rewrite", src, "--out", tmp_path))
+    assert "is a folder" in one_line_error(cli("npu", "rewrite", src, "--out", f"{tmp_path}/nodir/"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert "cannot create" in one_line_error(cli("npu", "rewrite", src, "--out", blocker / "sub" / "x.onnx"))
+    assert "cannot write" in one_line_error(cli("npu", "rewrite", src, "--out", "/proc/x.onnx"))
+    r = cli("npu", "rewrite", src, "--out", tmp_path / "new" / "deeper" / "x.onnx")  # a missing folder is made
+    assert r.exit_code == 0 and (tmp_path / "new" / "deeper" / "x.onnx").is_file(), r.output
+
+
+def test_rewrite_on_a_full_disk_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    src = leaky_onnx(tmp_path / "m.onnx")
+    out = tmp_path / "m.relu-decomp.onnx"
+    assert cli("npu", "rewrite", src).exit_code == 0
+    before = sha(out)
+
+    def full_disk(model, path, *args, **kwargs):
+        Path(path).write_bytes(b"\x08\x07half")  # some bytes land, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(onnx, "save", full_disk)
+    assert "No space left on device" in one_line_error(cli("npu", "rewrite", src))
+    assert sha(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.relu-decomp.onnx"]  # no partial file left
+
+
+def clashing_graph(path: Path) -> Path:
+    """x -> Relu 'n/relu' -> Mul by 'npuyolo_const_0' -> LeakyRelu 'n' -> y: the names a rewrite of 'n' would generate."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["n/relu"], name="n/relu"),
+             helper.make_node("Mul", ["n/relu", "npuyolo_const_0"], ["n/ax"], name="n/ax"),
+             helper.make_node("LeakyRelu", ["n/ax"], ["y"], name="n", alpha=0.1)]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 8, 8]) for n in ("x", "y")]
+    graph = helper.make_graph(nodes, "g", io[:1], io[1:], [numpy_helper.from_array(np.array(2.0, np.float32), "npuyolo_const_0")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("method", ["relu-decomp", "relu-exact", "max"])
+def test_rewrite_of_a_graph_already_using_generated_names(tmp_path, method):
+    import numpy as np
+    import onnxruntime as ort
+
+    src = clashing_graph(tmp_path / "clash.onnx")
+    dst = tmp_path / f"out-{method}.onnx"
+    r = cli("npu", "rewrite", src, "--leaky", method, "--out", dst)
+    assert r.exit_code == 0, r.output
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    assert np.allclose(run(src), run(dst), atol=1e-6)
+    assert not [n for n in onnx.load(str(dst)).graph.node if n.op_type == "LeakyRelu"]

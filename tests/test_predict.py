@@ -283,3 +283,84 @@ def test_errors_are_npuyolo_errors(artefacts, images):
     with pytest.raises(PredictError, match="fixed 64 px"):
         load_predictor(str(artefacts["ultralytics"]), imgsz=96)
     assert load_predictor(str(artefacts["ultralytics"]), imgsz=IMGSZ).imgsz == IMGSZ
+
+
+# ------------------------------------------------------------------------------------------------ hostile and careless input (the former test_hostile2.py)
+import hashlib
+import shutil
+import struct
+import zlib
+
+import onnx
+
+from npuyolo import Workspace
+
+from .helpers import Payload, cli, one_line_error, save_pt
+
+
+@pytest.fixture
+def own_images(tmp_path, synth_data) -> Path:
+    """Two of the synthetic set's images in a folder of the user's own (the module's `images` is shared read-only)."""
+    folder = tmp_path / "own"
+    folder.mkdir()
+    for p in sorted((synth_data.parent / "images" / "val").iterdir())[:2]:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_predict_never_writes_over_the_users_files(tmp_path, own_images):
+    pt = save_pt(tmp_path / "m.pt")
+    (own_images / "predictions.json").write_text("mine")
+    before = file_digests(own_images)
+    assert "where the source images are" in one_line_error(cli("predict", pt, own_images, "--out", own_images))
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "predictions.csv").write_text("mine")
+    assert "did not write" in one_line_error(cli("predict", pt, own_images, "--out", other))
+    assert file_digests(own_images) == before and (other / "predictions.csv").read_text() == "mine"
+    fresh = tmp_path / "out"
+    for _ in range(2):  # a folder predict wrote may be written again
+        r = cli("predict", pt, own_images, "--out", fresh, "--json")
+        assert r.exit_code == 0, r.output
+
+
+def test_workspace_predict_and_a_pt_predicts_at_its_training_size(tmp_path, own_images):
+    result = Workspace(tmp_path / "r.db").predict(str(save_pt(tmp_path / "m.pt", imgsz=96)), own_images, out=tmp_path / "o")
+    assert result.imgsz == 96 and len(result.detections) == 2 and result.json_path.is_file()
+
+
+@pytest.mark.parametrize("key,value", [("names", "not json"), ("imgsz", "[]")])
+def test_damaged_onnx_metadata_is_one_error(tmp_path, own_images, key, value):
+    from npuyolo.deploy.export import export_onnx, set_metadata
+    from npuyolo.variants.build import build_model
+
+    path = export_onnx(build_model("L4-relu", nc=6), tmp_path / "m.onnx", imgsz=64)
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props} | {key: value}
+    set_metadata(proto, meta)
+    onnx.save(proto, str(path))
+    assert "damaged npuyolo metadata" in one_line_error(cli("predict", path, own_images, "--out", tmp_path / "o"))
+
+
+def test_predict_never_runs_a_checkpoints_code(tmp_path, own_images):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pt"
+    torch.save({"epoch": 0, "model": Payload(marker), "ema": None}, evil)
+    assert "refused to load" in one_line_error(cli("predict", evil, own_images, "--out", tmp_path / "o"))
+    assert not marker.exists() and not (tmp_path / "o").exists()
+
+
+def test_extreme_images(tmp_path):
+    pt = save_pt(tmp_path / "m.pt")
+    wide = tmp_path / "wide.png"
+    cv2.imwrite(str(wide), np.zeros((2, 3000, 3), np.uint8))
+    assert cli("predict", pt, wide, "--out", tmp_path / "o1").exit_code == 0
+    huge = tmp_path / "huge.png"  # a valid PNG header that declares 100000 x 100000 pixels
+    ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b""))
+    assert "unreadable image" in one_line_error(cli("predict", pt, huge, "--out", tmp_path / "o2"))

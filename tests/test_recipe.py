@@ -48,3 +48,41 @@ def test_cache_and_workers_reach_ultralytics(tmp_path):
         Recipe.load(cache="nvme")
     with pytest.raises(RecipeError, match="workers"):
         Recipe.load(workers=-1)
+
+
+# ------------------------------------------------------------------------------------------------ hostile recipe files and values (the former test_hostile*.py)
+from npuyolo.registry.db import Registry
+
+from .helpers import bomb_inline, cli, one_error_line, one_line_error, run_cli
+
+def test_bad_recipe_values_are_refused(synth_data, tmp_path):
+    for flags, expect in ((["--seed", "99999999999999999999"], "seed"), (["--warmup-epochs", "-3"], "warmup_epochs")):
+        r = cli("train", "--variant", "L4-relu", "--data", synth_data, *flags, registry=tmp_path / "r.db")
+        assert expect in one_line_error(r)
+    assert Registry(tmp_path / "r.db").runs() == []
+
+
+def test_alias_bomb_in_a_recipe_is_refused_before_training(data_copy):
+    recipe = data_copy.parent / "bomb-recipe.yaml"
+    recipe.write_text(f"ultralytics: {{mosaic: {bomb_inline()}}}\n")
+    assert len(recipe.read_bytes()) < 600
+    rc, said, _ = run_cli("train", "--variant", "L4-relu", "--data", data_copy, "--recipe", recipe, "--epochs", "1",
+                          "--imgsz", "64", "--registry", data_copy.parent / "reg" / "r.db", cwd=data_copy.parent, timeout=120)
+    assert "alias" in one_error_line(rc, said)
+
+
+def test_alias_bomb_in_a_series_recipe_is_refused(data_copy):
+    series = data_copy.parent / "bomb-series.yaml"
+    series.write_text(f"name: s\ndata: {data_copy}\nvariants: [L4-relu]\nrecipe: {{ultralytics: {{mosaic: {bomb_inline()}}}}}\n")
+    rc, said, _ = run_cli("series", "run", series, "--registry", data_copy.parent / "reg" / "r.db", cwd=data_copy.parent, timeout=120)
+    assert "alias" in one_error_line(rc, said)
+
+
+@pytest.mark.parametrize("text", ["1: 2\n", "name: s\ndata: d.yaml\nvariants: [L4-relu]\nrecipe: {1: 2}\n"])
+def test_settings_keyed_by_a_number_are_one_line(data_copy, text):
+    """`1: 2` in a recipe (or a series' recipe) reached Recipe(**values) and raised TypeError: keywords must be strings."""
+    f = data_copy.parent / "k.yaml"
+    f.write_text(text)
+    args = ("series", "run", f) if "variants" in text else ("train", "--variant", "L4-relu", "--data", data_copy, "--recipe", f)
+    result = cli(*args, registry=data_copy.parent / "r.db")
+    assert result.exit_code == 2 and "setting names must be text" in result.output, (result.output, result.exception)

@@ -365,3 +365,322 @@ def test_a_variant_holding_rich_markup_is_printed_as_text(two_runs, tmp_path):
     con.close()
     result = CliRunner().invoke(app, ["runs", "--registry", str(db), "show", "1"])
     assert result.exit_code == 0 and "variant [/]" in result.output, result.output
+
+
+# ------------------------------------------------------------------------------------------------ hostile and careless input (the former test_hostile*.py)
+"""Run folders and names, read commands that write nothing, broken or odd registry files, a full disk, registries
+opened at once, MLflow stores: each reproducer failed before its fix. Runs here are L4-relu rows made without training."""
+import errno
+import functools
+import hashlib
+import json
+import multiprocessing
+import os
+import socket
+import threading
+import time
+
+from .helpers import cli, finished_run, one_error_line, one_line_error, refuse_writes, run_cli
+from .helpers import new_run as new_relu_run
+
+@pytest.mark.parametrize("first,second", [("한국어 런", "테스트"), ("a/b", "a_b"), ("..", "x")])
+def test_every_run_owns_its_folder(tmp_path, first, second):
+    reg = Registry(tmp_path / "r.db")
+    a, b = reg.get_run(new_relu_run(reg, name=first)), reg.get_run(new_relu_run(reg, name=second))
+    train = (tmp_path / "train").resolve()
+    assert a.save_dir != b.save_dir
+    for run in (a, b):
+        folder = Path(run.save_dir)
+        assert folder.is_dir() and folder.parent == train  # inside train/, never above it
+    if first == "한국어 런":
+        assert "한국어" in Path(a.save_dir).name and "테스트" in Path(b.save_dir).name  # Unicode stays readable
+
+
+def test_two_registries_in_one_folder_never_share_a_run_folder(tmp_path):
+    one, two = Registry(tmp_path / "a.db"), Registry(tmp_path / "b.db")
+    r1, r2 = one.get_run(new_relu_run(one)), two.get_run(new_relu_run(two))
+    assert r1.name == r2.name == "L4-relu-1"
+    assert r1.save_dir != r2.save_dir
+
+
+def test_traversal_names_cannot_leave_the_registry_folder(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    run = reg.get_run(new_relu_run(reg, name="../../etc/x"))
+    deploy = reg.run_dir(run, "deploy")
+    assert tmp_path.resolve() in deploy.parents
+    assert not (tmp_path.parent / "etc").exists()
+
+
+def test_auto_names_skip_taken_names(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    new_relu_run(reg, name="L4-relu-2")
+    rid = new_relu_run(reg)  # would be L4-relu-2
+    assert reg.get_run(rid).name == "L4-relu-2-2"
+
+
+def test_ids_and_names_cannot_be_confused(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    for bad in ("1", "#1", "", "x\ny"):
+        with pytest.raises(RegistryError):
+            new_relu_run(reg, name=bad)
+    rid = new_relu_run(reg, name="first")
+    assert reg.resolve(f"#{rid}") == reg.resolve(str(rid)) == reg.resolve("first") == rid
+
+
+def test_a_run_cannot_be_named_like_a_variant(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    with pytest.raises(RegistryError, match="reads as a variant"):
+        new_relu_run(reg, name="L4-leaky")
+
+
+def test_listing_runs_writes_nothing(tmp_path):
+    db = tmp_path / "r.db"
+    reg = Registry(db)
+    rid = new_relu_run(reg)
+    reg.update_run(rid, pid=2 ** 22 + 12345)  # a process that does not exist: reaping would write
+    reg.close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    r = cli("runs", "--json", registry=db)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)[0]["status"] == "interrupted"  # shown as it is...
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before  # ...without writing it
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT status FROM runs").fetchone()[0] == "running"
+
+
+def test_read_commands_never_create_a_registry(tmp_path):
+    db = tmp_path / "typo" / "r.db"
+    for args in (["runs"], ["runs", "show", "1"], ["series", "rank", "v3"], ["report", "1"]):
+        one_line_error(cli(*args, registry=db))
+    assert not db.exists() and not db.parent.exists()
+
+
+def test_read_commands_leave_no_wal_or_shm_behind(tmp_path):
+    db = tmp_path / "r.db"
+    reg = Registry(db)
+    new_relu_run(reg)
+    reg.close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    for args in (["runs"], ["runs", "show", "1"], ["series", "rank", "nope"]):
+        cli(*args, registry=db)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("r.db")) == ["r.db"]
+
+
+@pytest.mark.parametrize("kind", ["garbage", "directory", "negative_version", "foreign"])
+def test_broken_registry_files_are_one_line_errors(tmp_path, kind):
+    db = tmp_path / "r.db"
+    if kind == "garbage":
+        db.write_bytes(b"this is not sqlite" * 100)
+    elif kind == "directory":
+        db.mkdir()
+    elif kind == "negative_version":
+        con = sqlite3.connect(db)
+        con.execute("PRAGMA user_version = -1")
+        con.close()
+    else:
+        con = sqlite3.connect(db)
+        con.execute("CREATE TABLE notes (x)")
+        con.close()
+    for args in (["runs"], ["train", "--resume", "1"]):
+        one_line_error(cli(*args, registry=db))
+    if kind == "negative_version":  # no migration was run over it
+        assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("message", ["database or disk is full", "disk I/O error"])
+@pytest.mark.parametrize("command", [["runs"], ["train", "--variant", "L4-relu", "--data", "{data}", "--epochs", "1"]])
+def test_a_registry_on_a_full_disk_says_disk_full(tmp_path, synth_data, monkeypatch, message, command):
+    """Seen on a full tmpfs: SQLite cannot grow the -shm ('disk I/O error', SQLITE_IOERR_SHMSIZE) and npuyolo said
+    'not an npuyolo registry', although the file is fine and works again once space is freed."""
+    db = tmp_path / "reg" / "r.db"
+    finished_run(db)[0].close()
+
+    class FullDisk(sqlite3.Connection):
+        def execute(self, *a, **k):
+            raise sqlite3.OperationalError(message)
+
+    monkeypatch.setattr(sqlite3, "connect", functools.partial(sqlite3.connect, factory=FullDisk))
+    refuse_writes(monkeypatch, db.parent, errno.ENOSPC)
+    out = one_line_error(cli(*(a.format(data=synth_data) for a in command), registry=db))
+    assert "disk full" in out and "not an npuyolo registry" not in out, out
+    monkeypatch.undo()
+    assert cli("runs", registry=db).exit_code == 0
+
+
+def test_a_registry_that_is_not_a_regular_file_is_refused(tmp_path):
+    """--registry /dev/null made SQLite create /dev/null-journal."""
+    journal = Path("/dev/null-journal")
+    existed = journal.exists()
+    try:
+        for command in (["runs"], ["npu", "check", "L4-relu", "-t", "relu-only", "--imgsz", "64"]):
+            assert "not a regular file" in one_line_error(cli(*command, registry=Path("/dev/null")))
+        assert journal.exists() == existed
+    finally:
+        if journal.exists() and not existed:
+            journal.unlink()
+
+
+def _open_registry(path: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        reg = Registry(path)
+        results.put(("ok", reg.schema_version))
+        reg.close()
+    except Exception as e:  # what a crashing opener raised, reported to the test
+        results.put(("error", repr(e)))
+
+
+def test_processes_opening_one_new_registry_at_once(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    for trial in range(3):
+        path = str(tmp_path / f"r{trial}.db")
+        barrier, results = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_open_registry, args=(path, barrier, results)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        got = [results.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        assert got == [("ok", Registry(path).schema_version)] * 6, got
+
+
+def test_threads_opening_one_new_registry_at_once(tmp_path):
+    class Results(list):
+        put = list.append
+
+    for trial in range(3):
+        path = str(tmp_path / f"r{trial}.db")
+        barrier, results = threading.Barrier(6), Results()
+        threads = [threading.Thread(target=_open_registry, args=(path, barrier, results)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert [r[0] for r in results] == ["ok"] * 6, results
+    reg = Registry(tmp_path / "r0.db")  # one transaction made every table, the newest status allowed included
+    run = new_relu_run(reg)
+    reg.set_status(run, "stopped")
+    assert reg.get_run(run).status == "stopped"
+
+
+def test_schema_version_and_tables_are_read_in_one_snapshot(tmp_path):
+    """Another opener committing the schema between the version read and the table read made a registry being created
+    look like a foreign SQLite file ('not an npuyolo registry'); seen once in six threads opening one new registry."""
+    import sqlite3
+
+    from npuyolo.registry.db import Registry
+
+    path = tmp_path / "r.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+
+    class Rows:
+        def __init__(self, rows):
+            self.rows = rows
+
+        def fetchone(self):
+            return self.rows[0] if self.rows else None
+
+        def fetchall(self):
+            return self.rows
+
+        def __iter__(self):
+            return iter(self.rows)
+
+    class Racing:
+        """A connection after whose first statement another process creates the registry."""
+
+        first = True
+
+        def execute(self, *args):
+            rows = conn.execute(*args).fetchall()
+            if self.first:
+                self.first = False
+                Registry(path).close()
+            return Rows(rows)
+
+    probe = object.__new__(Registry)
+    probe.path = path
+    assert probe._check_version(Racing()) == 0  # what the snapshot saw: an empty file, then the lock sorts it out
+    assert Registry(path).schema_version > 0
+
+
+def test_a_name_typed_in_decomposed_unicode_finds_its_run(tmp_path):
+    import unicodedata
+
+    reg = Registry(tmp_path / "r.db")
+    for name in ("한국어 런", "café"):
+        run_id = new_relu_run(reg, name=name)
+        typed = unicodedata.normalize("NFD", name)
+        assert typed != name and reg.resolve(typed) == run_id
+        r = cli("runs", "show", typed, "--json", registry=tmp_path / "r.db")
+        assert r.exit_code == 0 and json.loads(r.output)["id"] == run_id, r.output
+
+
+def test_mlflow_export_needs_a_registry_and_keeps_artefacts_beside_its_store(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "typo" / "r.db"
+    assert "no registry" in one_line_error(cli("runs", "export", "--mlflow", "sqlite:///x.db", registry=missing))
+    assert not missing.exists()
+    reg = Registry(tmp_path / "r.db")
+    rid = new_relu_run(reg)
+    reg.record_epoch(rid, 1, map50=0.1)
+    yaml_path = Path(reg.get_run(rid).save_dir) / "m.yaml"
+    yaml_path.write_text("nc: 2\n")
+    reg.add_artifact(rid, "model_yaml", yaml_path)
+    assert "names no database file" in one_line_error(cli("runs", "export", "--mlflow", "sqlite:///", registry=reg.path))
+    store = tmp_path / "ml" / "store.db"
+    store.parent.mkdir()
+    r = cli("runs", "export", "--mlflow", f"sqlite:///{store}", "--json", registry=reg.path)
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "mlruns").exists() and (store.parent / "mlruns").is_dir()
+
+
+def test_mlflow_export_to_a_dead_server_fails_fast(tmp_path):
+    reg = Registry(tmp_path / "r" / "npuyolo.db")
+    new_relu_run(reg, name="one")
+    reg.close()
+    rc, said, took = run_cli("runs", "export", "--mlflow", "http://127.0.0.1:9", "--registry", tmp_path / "r" / "npuyolo.db",
+                             cwd=tmp_path, timeout=60)
+    assert "cannot be reached" in one_error_line(rc, said)
+    assert took < 30
+
+
+def test_mlflow_export_to_a_stalled_server_times_out(tmp_path, monkeypatch):
+    """A server that accepts the connection but never answers: MLflow's own timeout, shortened, ends it."""
+    from npuyolo.registry import mlflow_export
+    from npuyolo.registry.mlflow_export import MlflowExportError, export_runs
+
+    for k in mlflow_export.HTTP_DEFAULTS:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setitem(mlflow_export.HTTP_DEFAULTS, "MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    reg = Registry(tmp_path / "npuyolo.db")
+    new_relu_run(reg, name="one")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        t0 = time.monotonic()
+        with pytest.raises(MlflowExportError) as e:
+            export_runs(reg, f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert time.monotonic() - t0 < 15
+    assert "\n" not in str(e.value)
+    assert not any(k in os.environ for k in mlflow_export.HTTP_DEFAULTS)  # the defaults were only lent
+
+
+def test_mlflow_export_into_the_registry_itself_is_refused(tmp_path):
+    db = tmp_path / "r" / "npuyolo.db"
+    reg = Registry(db)
+    new_relu_run(reg, name="one")
+    reg.close()
+    (tmp_path / "r" / "alias.db").symlink_to("npuyolo.db")
+    tables = lambda: sorted(r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type='table'"))  # noqa: E731
+    before = tables()
+    for uri in (f"sqlite:///{db}", f"sqlite:///{tmp_path / 'r' / 'alias.db'}"):
+        result = cli("runs", "export", "--mlflow", uri, registry=db)
+        assert result.exit_code == 2 and "registry itself" in result.output, result.output
+    assert tables() == before

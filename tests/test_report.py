@@ -541,3 +541,111 @@ def test_report_compare_states_the_paired_interval_or_says_one_seed(recorded, tm
     assert ("95% interval | verdict" if lang == "en" else "95% 구간 | 판정") in text
     assert ("v3-L4-leaky ahead" if lang == "en" else "v3-L4-leaky 우세") in text
     assert "one seed" not in text and "시드 하나" not in text
+
+
+# ------------------------------------------------------------------------------------------------ hostile and careless input (the former test_hostile*.py)
+import sqlite3
+from pathlib import Path
+
+from .helpers import cli, finished_run, new_run, one_line_error
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+def test_html_report_keeps_hostile_names_as_text(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg, name='<img src=x onerror=alert(1)> [x](javascript:alert(2))', class_names=[HOSTILE, "ok"])
+    for e in (1, 2):
+        reg.record_epoch(rid, e, map50=0.1 * e, map50_95=0.05 * e, precision=0.2, recall=0.1 * e, box_loss=2.0 / e,
+                         cls_loss=2.0 / e, dfl_loss=1.5 / e, lr=0.003)
+    reg.set_status(rid, "finished")
+    from npuyolo.report.render import render_run
+
+    for lang in ("en", "ko"):
+        html = render_run(reg, rid, tmp_path / "out", lang=lang, fmt="html").read_text()
+        assert "<script>" not in html
+        assert "<img src=x" not in html
+        assert 'href="javascript:' not in html
+        assert "&lt;img src=x onerror=alert(1)&gt;" in html.split("</title>")[0]  # the title too
+
+
+def test_markdown_tricks_in_names_stay_text(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg, name="x ![p](https://evil.example/name.gif)",
+                  class_names=["![t](https://evil.example/pixel.gif)", "![j](javascript:alert(1))", "a|b|c", "last"])
+    reg.record_epoch(rid, 1, map50=0.1, map50_95=0.05, precision=0.2, recall=0.1)
+    reg.set_status(rid, "finished")
+    from npuyolo.report.render import render_run
+
+    html = render_run(reg, rid, tmp_path / "out", lang="en", fmt="html").read_text()
+    assert "evil.example" not in "".join(html.split("<img")[1:]).split(">")[0]
+    assert not [tag for tag in html.split("<img")[1:] if 'src="data:image/png' not in tag.split(">")[0]]
+    assert "a|b|c, last" in html  # the pipe did not end the table cell
+    md = render_run(reg, rid, tmp_path / "md", lang="en").read_text()
+    assert "a\\|b\\|c" in md and "!\\[t\\](https://evil.example/pixel.gif)" in md
+
+
+def test_markdown_reports_keep_raw_html_and_emphasis_as_text(tmp_path):
+    from npuyolo.report.render import render_run
+
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg, name="<img src=x onerror=alert(1)> run", class_names=["</td><script>alert(1)</script>", "*em* _u_"])
+    reg.record_epoch(rid, 1, map50=0.1, map50_95=0.05, precision=0.2, recall=0.1)
+    reg.set_status(rid, "finished")
+    md = render_run(reg, rid, tmp_path / "md", lang="en").read_text()
+    table = md.split("```yaml")[0]
+    assert "<img" not in table and "<script>" not in table and "&lt;img src=x" in table and "\\*em\\*" in table
+    html = render_run(reg, rid, tmp_path / "html", lang="en", fmt="html").read_text()
+    assert "<em>" not in html and "*em* _u_" in html
+    meta = html.split("Training metadata")[1]
+    assert "model: &lt;img src=x onerror=alert(1)&gt; run_" in meta and "&amp;lt;" not in meta
+
+
+def test_series_report_of_a_traversal_name_stays_under_reports(tmp_path):
+    work = tmp_path / "a" / "b"  # ../../../X from the registry's folder would land beside tmp_path
+    db = work / "r.db"
+    reg = Registry(db)
+    name = "../../../X"
+    reg.upsert_series(name, {"variants": ["L4-relu"], "name": name})
+    rid = new_run(reg, name="member", series=name)
+    reg.set_series_member(name, "L4-relu", rid)
+    reg.record_epoch(rid, 1, map50=0.2, map50_95=0.1, precision=0.3, recall=0.2, box_loss=1.0, cls_loss=1.0, dfl_loss=1.0)
+    reg.set_status(rid, "finished")
+    r = cli("series", "report", name, registry=db)
+    assert r.exit_code == 0, r.output
+    written = Path(r.output.split("wrote ", 1)[1].strip())
+    assert written.is_file() and (work / "reports").resolve() in written.resolve().parents
+    assert not (tmp_path / "X").exists() and not (tmp_path.parent / "X").exists()
+
+
+def test_unwritable_report_out(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg)
+    reg.record_epoch(rid, 1, map50=0.1, map50_95=0.05, precision=0.2, recall=0.1)
+    reg.set_status(rid, "finished")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert "--out" in one_line_error(cli("report", rid, "--out", blocker / "sub", registry=tmp_path / "r.db"))
+
+
+def test_compare_with_itself(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg)
+    reg.record_epoch(rid, 1, map50=0.1, map50_95=0.05, precision=0.2, recall=0.1)
+    assert "itself" in one_line_error(cli("report", rid, "--compare", rid, registry=tmp_path / "r.db"))
+
+
+def test_a_read_command_never_writes_into_an_edited_save_dir(tmp_path):
+    """A registry whose save_dir was edited made `report` (a read command) write into that outside folder."""
+    db = tmp_path / "reg" / "r.db"
+    reg, rid = finished_run(db)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    con = sqlite3.connect(db)
+    con.execute("UPDATE runs SET save_dir = ? WHERE id = ?", (str(outside), rid))
+    con.commit()
+    con.close()
+    assert "outside the registry's folder" in one_line_error(cli("report", "base", registry=db))
+    assert list(outside.iterdir()) == []
+    r = cli("report", "base", "--out", tmp_path / "mine", registry=db)  # the user's own --out is still fine
+    assert r.exit_code == 0, r.output

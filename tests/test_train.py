@@ -429,3 +429,162 @@ def test_a_series_with_seed_replicates_trains_each_and_ranks_variants_over_seeds
     for lang, heading in (("en", "## Seed replicates"), ("ko", "## 시드 반복")):
         text = render_series(Registry(db), "rep", tmp_path / f"rep-{lang}", lang=lang).read_text(encoding="utf-8")
         assert heading in text and text.count("| L4-relu | 0, 1 |") == 1, text
+
+
+# ------------------------------------------------------------------------------------------------ hostile and careless input (the former test_hostile*.py)
+from .helpers import cli, new_run, one_line_error, save_ultralytics_checkpoint
+
+@pytest.mark.parametrize("extra", [["--device", "cuda:7"], ["--recipe", "{bad_key}"], ["--name", "x" * 300]])
+def test_errors_before_training_leave_no_phantom_run(tmp_path, synth_data, extra):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ultralytics: {no_such_key: 1}\n")
+    db = tmp_path / "r.db"
+    r = cli("train", "--variant", "L4-relu", "--data", synth_data, "--epochs", "1", "--imgsz", "64",
+            *(e.format(bad_key=bad) for e in extra), registry=db)
+    one_line_error(r)
+    assert Registry(db).runs() == []
+
+
+def test_a_failure_while_the_trainer_is_built_is_recorded_failed(tmp_path, synth_data, tiny_recipe, monkeypatch):
+    import errno
+
+    import npuyolo.train.trainer as trainer
+    from npuyolo.train.trainer import TrainError, train_variant
+
+    def disk_full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trainer, "trainer_for", lambda recipe: disk_full)
+    reg = Registry(tmp_path / "r.db")
+    with pytest.raises(TrainError, match="No space left"):
+        train_variant("L4-relu", synth_data, tiny_recipe, reg, verbose=False)
+    run = reg.get_run(1)
+    assert run.status == "failed" and "No space left on device" in run.error
+
+
+def test_save_model_keeps_the_previous_checkpoint(tmp_path):
+    from npuyolo.train.trainer import PREVIOUS, keep_previous
+
+    last = tmp_path / "last.pt"
+    last.write_bytes(b"epoch 3")
+    keep_previous(last)
+    assert last.read_bytes() == b"epoch 3" and (tmp_path / PREVIOUS).read_bytes() == b"epoch 3"
+
+
+def test_a_failed_resume_does_not_stay_running(tmp_path, monkeypatch):
+    import npuyolo.train.trainer as trainer
+
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg)
+    reg.set_status(rid, "interrupted")
+    yaml_path = Path(reg.get_run(rid).save_dir) / "model.yaml"
+    yaml_path.write_text("nc: 2\n")
+    reg.add_artifact(rid, "model_yaml", yaml_path)
+
+    class Broken:
+        def __init__(self, **kw):
+            raise RuntimeError("device vanished")
+
+    monkeypatch.setattr(trainer, "trainer_for", lambda recipe: Broken)
+    with pytest.raises(RuntimeError, match="vanished"):
+        trainer.resume_run(rid, reg)
+    assert reg.get_run(rid).status == "failed" and "device vanished" in reg.get_run(rid).error
+
+
+def test_resume_refuses_a_planted_last_pt(tmp_path, evil_pt):
+    from npuyolo.train.trainer import TrainError, resume_run
+
+    path, marker = evil_pt
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg)
+    reg.set_status(rid, "interrupted")
+    planted = Path(reg.get_run(rid).save_dir) / "weights" / "last.pt"
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(path.read_bytes())
+    with pytest.raises(TrainError, match="refused to load"):
+        resume_run(rid, reg)
+    assert not marker.exists()
+    assert reg.get_run(rid).status == "interrupted"  # not claimed, not left running
+
+
+def test_resume_refuses_a_planted_best_pt_that_ultralytics_would_open_at_the_end(tmp_path, evil_pt):
+    from npuyolo.train.trainer import TrainError, resume_run
+
+    path, marker = evil_pt
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg)
+    reg.set_status(rid, "interrupted")
+    wdir = Path(reg.get_run(rid).save_dir) / "weights"
+    save_ultralytics_checkpoint(wdir / "last.pt", epoch=0)
+    (wdir / "best.pt").write_bytes(path.read_bytes())
+    with pytest.raises(TrainError, match="best.pt: refused to load"):
+        resume_run(rid, reg)
+    assert not marker.exists() and reg.get_run(rid).status == "interrupted"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty"])
+def test_corrupt_last_pt_is_explained_and_offers_good_checkpoints(tmp_path, damage):
+    from npuyolo.train.trainer import PREVIOUS, TrainError, _resume_checkpoint
+
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg)
+    reg.set_status(rid, "interrupted")
+    wdir = Path(reg.get_run(rid).save_dir) / "weights"
+    last = save_ultralytics_checkpoint(wdir / "last.pt", epoch=4)
+    save_ultralytics_checkpoint(wdir / PREVIOUS, epoch=3)
+    save_ultralytics_checkpoint(wdir / "best.pt", epoch=2)
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"")
+    run = reg.get_run(rid)
+    with pytest.raises(TrainError) as e:
+        _resume_checkpoint(run, wdir.parent, "last")
+    msg = str(e.value)
+    assert ("truncated" in msg if damage == "truncate" else "empty" in msg)
+    assert "--from previous` (epoch 4)" in msg and "--from best` (epoch 3)" in msg
+    assert _resume_checkpoint(run, wdir.parent, "best") == (wdir / "best.pt", 2)
+    r = cli("train", "--resume", rid, registry=tmp_path / "r.db")
+    assert "--from best" in one_line_error(r)
+
+
+def test_resume_refuses_flags_it_would_ignore(tmp_path):
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg)
+    reg.set_status(rid, "interrupted")
+    out = one_line_error(cli("train", "--resume", rid, "--epochs", "26", "--act-anneal", "leaky0.3", registry=tmp_path / "r.db"))
+    assert "--epochs" in out and "--act-anneal" in out
+
+
+def test_deleting_the_registry_folder_during_a_train_fails_the_train(tmp_path, synth_data, monkeypatch):
+    """It ended with exit 0 and status 'finished', with nothing on disk."""
+    import shutil
+
+    import npuyolo.train.trainer as trainer
+
+    folder = tmp_path / "reg"
+    real = trainer.trainer_for
+
+    def deleting(recipe):
+        class Deleting(real(recipe)):
+            def train(self):
+                shutil.rmtree(folder)  # what `rm -rf runs/` does while the run trains
+
+        return Deleting
+
+    monkeypatch.setattr(trainer, "trainer_for", deleting)
+    out = one_line_error(cli("train", "--variant", "L4-relu", "--data", synth_data, "--epochs", "1", "--imgsz", "64",
+                             "--workers", "0", registry=folder / "r.db"))
+    assert "deleted" in out, out
+
+
+def test_a_second_series_run_at_once_does_not_talk_about_name(tmp_path, synth_data):
+    """The parallel `series run` that lost the race said "choose another --name"; series has no --name."""
+    db = tmp_path / "r.db"
+    reg = Registry(db)
+    new_run(reg, name="s-L4-relu")  # what the other `series run` registered a moment before this one
+    reg.close()
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: s\ndata: {synth_data}\nvariants: [L4-relu]\nrecipe: {{epochs: 1, imgsz: 64, workers: 0}}\n")
+    r = cli("series", "run", spec, registry=db)  # a member banner comes first, then the one error line
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert r.exit_code == 2 and len(errors) == 1 and "Traceback" not in r.output, r.output
+    assert "--name" not in errors[0] and "another run of this series" in errors[0], r.output

@@ -169,3 +169,33 @@ def test_scale_is_selectable():
     n = build_model("L1-relu", nc=2)
     s = build_model("L1-relu-s", nc=2)
     assert sum(p.numel() for p in s.parameters()) > 3 * sum(p.numel() for p in n.parameters())
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints that run code (the former test_hostile.py)
+from npuyolo.errors import CheckpointError
+
+from .helpers import save_ultralytics_checkpoint
+
+def test_a_checkpoint_that_runs_code_is_refused(evil_pt):
+    from npuyolo.variants.checkpoint import load_weights
+
+    path, marker = evil_pt
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load_weights(path)
+    assert not marker.exists()
+
+
+def test_real_checkpoints_still_load(tmp_path):
+    from npuyolo.variants.checkpoint import load_weights
+
+    model = load_weights(save_ultralytics_checkpoint(tmp_path / "good.pt"))
+    assert model.names == {0: "stop", 1: "yield"}
+
+
+def test_ultralytics_own_checkpoint_loads_are_weights_only(tmp_path, evil_pt):
+    import npuyolo.ultra  # noqa: F401  (installs the guards)
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    path, marker = evil_pt
+    strip_optimizer(path)  # called by Ultralytics' final_eval on best.pt / last.pt; it logs and skips what it cannot load
+    assert not marker.exists()
