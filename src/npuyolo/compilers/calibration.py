@@ -39,7 +39,7 @@ def calibration_arrays(data: str | Path | None, imgsz: int, count: int = CALIB_I
 
         rng = np.random.default_rng(0)
         images = [compose(imgsz, rng)[0] for _ in range(count)]
-        what = f"{count} synthetic images (no --data given; placement does not depend on calibration values)"
+        what = f"{count} synthetic images (no data set given; placement does not depend on calibration values)"
     return [letterbox(np.ascontiguousarray(image), imgsz) for image in images], what
 
 

@@ -22,10 +22,10 @@ REQUIRED_KEYS = ("train", "val", "names")
 class DataError(NpuyoloError, ValueError):
     """The data set cannot be trained on; `problems` lists every `file:line: message` found."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], param: str | None = None):
         self.problems = problems
         if len(problems) == 1:  # the common case reads as one line
-            super().__init__(problems[0])
+            super().__init__(problems[0], param=param)
             return
         shown = "\n".join(f"  {p}" for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""

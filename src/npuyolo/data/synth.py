@@ -191,9 +191,9 @@ def check_synth_args(out: str | Path, imgsz: int, seed: int, force: bool = False
 
     out = Path(out)
     if imgsz < 32:
-        raise DataError([f"--imgsz must be at least 32 px to draw signs, got {imgsz}"])
+        raise DataError([f"imgsz must be at least 32 px to draw signs, got {imgsz}"], param="imgsz")
     if seed < 0:
-        raise DataError([f"--seed must be 0 or more, got {seed}"])
+        raise DataError([f"seed must be 0 or more, got {seed}"], param="seed")
     if out.exists() and not out.is_dir():
         raise DataError([f"{out} is a file; name a folder to write the data set into"])
     try:
@@ -202,7 +202,7 @@ def check_synth_args(out: str | Path, imgsz: int, seed: int, force: bool = False
             raise DataError([f"{out} already holds files npuyolo did not write; give a new or empty folder"])
         if held and not force:
             raise DataError([f"{out} is not empty (a data set npuyolo wrote earlier); give a new or empty folder, or "
-                             "--force to empty it and write the set anew"])
+                             "`force` to empty it and write the set anew"])
         for p in held:  # forced, in a folder npuyolo marked as its own: links are removed, never followed
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         out.mkdir(parents=True, exist_ok=True)

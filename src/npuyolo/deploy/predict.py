@@ -163,7 +163,7 @@ def _onnx_predictor(path: Path, imgsz: int | None) -> Predictor:
     forward, meta = onnx_predictor(path)  # validates the npuyolo metadata
     size = json.loads(meta["imgsz"])[0]
     if imgsz is not None and imgsz != size:
-        raise PredictError(f"{path} has a fixed {size} px input; drop --imgsz or pass --imgsz {size}"
+        raise PredictError(f"{path} has a fixed {size} px input; leave `imgsz` out or set it to {size}"
                            " (export again for another size)")
     names = {int(k): v for k, v in json.loads(meta["names"]).items()}
     return Predictor(forward, size, names, slug(path.stem, "model"), "onnx", path=str(path), head=meta["npuyolo_head"])

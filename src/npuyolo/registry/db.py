@@ -372,11 +372,11 @@ class Registry:
         self.path = (Path(path) if path else default_path()).resolve()
         self.readonly = readonly
         if self.path.is_dir():
-            raise RegistryError(f"{self.path} is a folder; --registry names the SQLite file (e.g. runs/npuyolo.db)")
+            raise RegistryError(f"{self.path} is a folder; `registry` names the SQLite file (e.g. runs/npuyolo.db)")
         if self.path.exists() and not self.path.is_file():  # /dev/null, a FIFO: SQLite would write <path>-journal beside it
-            raise RegistryError(f"{self.path} is not a regular file; --registry names the SQLite file (e.g. runs/npuyolo.db)")
+            raise RegistryError(f"{self.path} is not a regular file; `registry` names the SQLite file (e.g. runs/npuyolo.db)")
         if (readonly or not create) and not self.path.is_file():
-            raise RegistryError(f"no registry at {self.path}: nothing recorded there yet (a mistyped --registry?)")
+            raise RegistryError(f"no registry at {self.path}: nothing recorded there yet (a mistyped `registry`?)")
         if readonly:
             self.conn = self._open_readonly()
         else:
@@ -539,7 +539,7 @@ class Registry:
             name = validate_run_name(name)
         with self.tx() as c:
             if name and c.execute("SELECT 1 FROM runs WHERE name = ?", (name,)).fetchone():
-                raise NameTakenError(f"a run named {name!r} already exists in {self.path}; choose another --name", name)
+                raise NameTakenError(f"a run named {name!r} already exists in {self.path}; choose another `name`", name)
             cur = c.execute(
                 "INSERT INTO runs (name, variant, series, status, recipe_json, data_path, data_hash, class_names,"
                 " weights_source, device, versions_json, started_at, pid, pid_started, host)"

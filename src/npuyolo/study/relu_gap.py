@@ -193,7 +193,7 @@ def relu_gap_study(registry, data: str | Path, *, name: str = "relu-gap", epochs
     except RegistryError:
         existing = None
     if existing is not None and existing.spec.get("kind") != KIND:
-        raise StudyError(f"{name!r} is already an ordinary series; give the study another --name")
+        raise StudyError(f"{name!r} is already an ordinary series; give the study another `name`")
     data = Path(data).resolve()
     check_dataset(data, cache_dir=registry.root / "cache")  # before anything is written
     base = Recipe.load(**{**(recipe or {}), "epochs": epochs, "imgsz": imgsz})

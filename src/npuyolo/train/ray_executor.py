@@ -44,8 +44,10 @@ class RayOptions:
     max_retries: int = 1
 
     def __post_init__(self) -> None:
-        if self.gpus_per_member < 0 or self.cpus_per_member <= 0:
-            raise ExecutorError("gpus_per_member must be >= 0 and --cpus-per-member > 0", param="gpus_per_member")
+        if self.gpus_per_member < 0:
+            raise ExecutorError(f"gpus_per_member must be 0 or more, got {self.gpus_per_member}", param="gpus_per_member")
+        if self.cpus_per_member <= 0:
+            raise ExecutorError(f"cpus_per_member must be more than 0, got {self.cpus_per_member}", param="cpus_per_member")
         if self.max_parallel is not None and self.max_parallel < 1:
             raise ExecutorError("max_parallel must be at least 1", param="max_parallel")
         if self.max_retries < 0:

@@ -243,7 +243,7 @@ def build_bundle(artefact: str | Path, out: str | Path, *, target: str | None = 
     out = make_dir(out)
     folder, archive = safe_join(out, name), safe_join(out, f"{name}.tar.gz")
     if folder.exists() and not (folder.is_dir() and _is_bundle(folder)):
-        raise BundleError(f"out {folder} exists and is not a bundle npuyolo wrote; choose another --out", param="out")
+        raise BundleError(f"out {folder} exists and is not a bundle npuyolo wrote; choose another folder", param="out")
     model_file = slug(art.path.name, "model")
     manifest = BundleManifest(
         npuyolo_version=npuyolo_version(), target=target, runtime=art.runtime,

@@ -23,7 +23,7 @@ def _planned(run: RunRecord, target: str) -> dict:
     make = f"make one with `npuyolo deploy plan {run.id} -t {target} --data DATA.yaml`"
     recorded = run.artifact("plan")
     if recorded is None:
-        raise BundleError(f"run {run.name} (#{run.id}) has no deployment plan for {target}; {make}, or pass --artefact FILE")
+        raise BundleError(f"run {run.name} (#{run.id}) has no deployment plan for {target}; {make}, or pass `artefact` (a file to ship)")
     try:
         plan = json.loads(Path(recorded.path).read_text(encoding="utf-8"))
         plans = {tp["target"]: tp for tp in plan["targets"]}
@@ -64,7 +64,7 @@ def _plan_choice(run: RunRecord, target: str, plan_json: str) -> tuple[Path, Pla
     if target in COMPILER_OF:
         compiler = COMPILER_OF[target][0]
         raise BundleError(f"run {run.name} (#{run.id}): the plan for {target} has no {compiler} build to ship ({p.get('compiler_status')});"
-                          f" install it (`npuyolo compilers install {compiler}`) and plan again, or pass --artefact FILE")
+                          f" install it (`npuyolo compilers install {compiler}`) and plan again, or pass `artefact` (a file to ship)")
     return shipped, figures
 
 
