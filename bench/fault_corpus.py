@@ -311,7 +311,7 @@ def cases_r4_severe_b(f: dict) -> list[tuple[str, list[str], dict, int]]:
 def cases_r4_medium_c(f: dict) -> list[tuple[str, list[str], dict, int]]:
     """Issue 21, medium items reachable from one CLI call: broken or hand-edited ONNX files given to deploy eval,
     deploy bench and predict; run lookups by a decomposed-Unicode name, '²' and a 23-digit id; npu rewrite of a graph
-    that already uses the names a rewrite generates. (The races: tests/test_hostile3_runtime.py.)"""
+    that already uses the names a rewrite generates. (The races: tests/test_registry.py and tests/test_deploy.py.)"""
     import unicodedata
 
     import numpy as np
@@ -391,7 +391,7 @@ def cases_r4_env_d(f: dict) -> list[tuple[str, list[str], dict, int]]:
     """Round 4 (issue 21), the environment: forged compiler manifests, huge declared inputs, odd files and registries.
 
     Builds what it needs under the work folder (f["data"].parent). Read-only and full disks need a mount and are
-    covered by tests/test_hostile3_env.py instead.
+    covered by tests/test_cli.py and tests/test_registry.py instead.
     """
     import sqlite3 as _sqlite3
 
