@@ -14,6 +14,7 @@ from pathlib import Path
 
 from npuyolo.deploy.evaluate import DeployError
 from npuyolo.deploy.service import quantize_run
+from npuyolo.registry.schema import RunStatus
 from npuyolo.resolve import resolve_model
 from npuyolo.train.recipe import Recipe
 from npuyolo.train.trainer import train_variant
@@ -49,7 +50,7 @@ def qat_run(registry, ref: str, data: str | Path | None = None, *, epochs: int =
                        "distill": None, "act_anneal": None, "ultralytics": {**base.ultralytics, "quantize": 8}})
     result = train_variant(parent.variant, data, recipe, registry, name=registry.unique_name(f"{parent.name[:80]}-qat"),
                            weights=best, verbose=verbose)
-    if result.status != "finished":
+    if result.status != RunStatus.FINISHED:
         raise DeployError(f"QAT run {result.name} ended {result.status}; resume it with `npuyolo train --resume {result.run_id}`")
     registry.add_artifact(result.run_id, "qat/parent", best, {"parent_run": parent.id, "parent_name": parent.name, "epochs": epochs,
                                                                "lr0": lr0, "fake_quant": "nvidia-modelopt INT8 (Ultralytics quantize=8)"})

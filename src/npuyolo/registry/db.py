@@ -132,6 +132,14 @@ def _best(text: Any) -> dict | None:
     return best
 
 
+def _status(text: Any) -> RunStatus:
+    """The status column as a RunStatus (a value npuyolo never writes is a damaged row, not a traceback)."""
+    try:
+        return RunStatus(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a status npuyolo writes") from None
+
+
 def _str_list(text: Any) -> list[str]:
     names = _json(text, list)
     if not all(isinstance(n, str) for n in names):
@@ -202,7 +210,7 @@ class RunRecord:
     name: str
     variant: str
     series: str | None
-    status: str
+    status: RunStatus
     recipe: dict
     data_path: str
     data_hash: str
@@ -248,7 +256,7 @@ class RunSummary:
     name: str
     variant: str
     series: str | None
-    status: str
+    status: RunStatus
     started_at: str
     duration_s: float | None
     save_dir: str | None
@@ -316,7 +324,7 @@ class DeployEvalRow:
 class SeriesMember:
     variant: str
     run_id: int | None
-    status: str | None  # None: not started
+    status: RunStatus | None  # None: not started
 
 
 @dataclass(frozen=True)
@@ -572,7 +580,7 @@ class Registry:
         label = f"run {name}"
         as_json = {"recipe_json": json.dumps(recipe), "class_names": json.dumps(class_names), "versions_json": json.dumps(versions),
                    "best_json": json.dumps(best) if best is not None else None}
-        self._check_run_row({**as_json, "name": name, "variant": variant, "status": "finished", "started_at": now()}, label)
+        self._check_run_row({**as_json, "name": name, "variant": variant, "status": RunStatus.FINISHED, "started_at": now()}, label)
         rows = []
         for e in epochs:
             row = {"epoch": e.get("epoch"), **{k: e.get(k) for k in EPOCH_FIELDS}}
@@ -695,14 +703,14 @@ class Registry:
         label = _label(row)
         parsed = self._check_run_row(row, label)
         if self.readonly and self._dead(row):
-            row["status"], row["error"] = RunStatus.INTERRUPTED.value, "process ended without closing the run (killed?)"
+            parsed["status"], row["error"] = RunStatus.INTERRUPTED, "process ended without closing the run (killed?)"
         artifacts = []
         for a in self.conn.execute("SELECT kind, path, meta_json, created_at FROM artifacts WHERE run_id = ? ORDER BY rowid", (run_id,)):
             with _reading(label, "artifacts.meta_json"):
                 meta = _json(a["meta_json"] or None, dict, nullable=True)
             artifacts.append(Artifact(a["kind"], a["path"], meta or None, a["created_at"]))
         return RunRecord(
-            id=row["id"], name=row["name"], variant=row["variant"], series=row["series"], status=row["status"],
+            id=row["id"], name=row["name"], variant=row["variant"], series=row["series"], status=parsed["status"],
             recipe=parsed["recipe_json"], data_path=row["data_path"], data_hash=row["data_hash"],
             class_names=parsed["class_names"], weights_source=row["weights_source"],
             weights_transferred=row["weights_transferred"], device=row["device"], versions=parsed["versions_json"],
@@ -725,6 +733,8 @@ class Registry:
         for column in ("name", "variant", "status", "started_at"):
             if not isinstance(row.get(column), str):
                 raise DamagedRowError(f"{label}: column {column} is damaged (not text); fix or delete that row")
+        with _reading(label, "status"):
+            parsed["status"] = _status(row["status"])
         return parsed
 
     def epochs(self, run_id: int, label: str | None = None) -> list[EpochRow]:
@@ -774,11 +784,13 @@ class Registry:
                 for column in ("name", "variant", "status", "started_at"):
                     if not isinstance(r[column], str):
                         raise DamagedRowError(f"{_label(r)}: column {column} is damaged (not text); fix or delete that row")
+                with _reading(_label(r), "status"):
+                    r["status"] = _status(r["status"])
             except DamagedRowError as e:
                 out.append(str(e))
                 continue
             if self.readonly and self._dead(r):  # show what reaping would record, without writing it
-                r["status"] = RunStatus.INTERRUPTED.value
+                r["status"] = RunStatus.INTERRUPTED
             for k in ("pid", "pid_started", "host"):
                 del r[k]
             out.append(RunSummary(**r))
@@ -853,8 +865,11 @@ class Registry:
         if row is None:
             known = [r[0] for r in self.conn.execute("SELECT name FROM series ORDER BY name")]
             raise RegistryError(f"no series {name!r}" + (f"; known: {', '.join(known)}" if known else "; none recorded yet"))
-        members = [SeriesMember(r["variant"], r["run_id"], r["status"]) for r in self.conn.execute(
-            "SELECT m.variant, m.run_id, r.status FROM series_members m LEFT JOIN runs r ON r.id = m.run_id WHERE m.series = ?", (name,))]
+        members = []
+        for r in self.conn.execute("SELECT m.variant, m.run_id, r.name, r.status FROM series_members m"
+                                   " LEFT JOIN runs r ON r.id = m.run_id WHERE m.series = ?", (name,)):
+            with _reading(f"series {name!r}: run {r['run_id']} ({r['name']})", "status"):
+                members.append(SeriesMember(r["variant"], r["run_id"], None if r["status"] is None else _status(r["status"])))
         with _reading(f"series {name!r}", "spec_json"):
             spec = _json(row["spec_json"], dict)
         return SeriesRecord(name, spec, row["created_at"], members)

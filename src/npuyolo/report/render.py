@@ -16,7 +16,7 @@ from npuyolo.npu.graph import GraphError, load_graph
 from npuyolo.npu.profiles import target as get_target
 from npuyolo.npu.rewrite import rewrite_leaky
 from npuyolo.paths import atomic_path, safe_join, unique_slug, write_text
-from npuyolo.registry.db import NpuCheckRow
+from npuyolo.registry.db import NpuCheckRow, RunStatus
 from npuyolo.report import plots, webfont
 from npuyolo.report.facts import METRICS, ReportError, RunFacts, plan_and_problem, run_facts
 from npuyolo.study.hybrid import pareto_front
@@ -29,7 +29,8 @@ METRIC_NAMES = {"map50": "mAP50", "map50_95": "mAP50-95", "precision": "precisio
 METRIC_NAMES_KO = {"map50": "mAP50", "map50_95": "mAP50-95", "precision": "정밀도", "recall": "재현율"}
 LOSS_NAMES = {"box_loss": "box loss", "cls_loss": "cls loss", "dfl_loss": "DFL loss"}
 LOSS_NAMES_KO = {"box_loss": "Box 손실", "cls_loss": "Cls 손실", "dfl_loss": "DFL 손실"}
-STATUS_KO = {"running": "학습 중", "finished": "완료", "failed": "실패", "interrupted": "중단됨", "stopped": "조기 종료", "derived": "파생"}
+STATUS_KO = {RunStatus.RUNNING: "학습 중", RunStatus.FINISHED: "완료", RunStatus.FAILED: "실패", RunStatus.INTERRUPTED: "중단됨",
+             RunStatus.STOPPED: "조기 종료", "derived": "파생"}
 NOTES_KO = {"class sigmoid moved to the host decode (no NPU Sigmoid on this target)":
             "이 타깃에는 NPU Sigmoid가 없어 클래스 시그모이드를 호스트 디코딩으로 옮겼습니다"}
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from npuyolo.deploy.check import check_model, record
 from npuyolo.npu.profiles import target as get_target
+from npuyolo.registry.schema import RunStatus
 from npuyolo.train.series import SeriesSpec, rank_series, run_series
 from npuyolo.variants.spec import parse_variant
 
@@ -35,7 +36,7 @@ def npu_shares(registry, rows: list[dict], target: str, imgsz: int) -> None:
     """Add each finished member's node share on `target` (checked now if not recorded yet)."""
 
     for r in rows:
-        if r["status"] != "finished":
+        if r["status"] != RunStatus.FINISHED:
             r["npu_share"] = None
             continue
         existing = [c for c in registry.npu_checks(run_id=r["run_id"]) if c.target == target]

@@ -19,7 +19,7 @@ from npuyolo.deploy.check import check_model, record
 from npuyolo.distill.run import distill
 from npuyolo.errors import NpuyoloError
 from npuyolo.npu.profiles import target as get_target
-from npuyolo.registry.db import RegistryError
+from npuyolo.registry.db import RegistryError, RunStatus
 from npuyolo.stats.compare import seed_gaps
 from npuyolo.stats.matched import StatsError
 from npuyolo.train.anneal import parse_anneal, with_anneal
@@ -82,7 +82,7 @@ def _summary(values: list[float]) -> tuple[float | None, float | None, float | N
 
 def _scores(run) -> dict[str, float] | None:
     """best.pt's validation (what would be deployed); the final epoch when the run recorded none."""
-    if run.status != "finished":
+    if run.status != RunStatus.FINISHED:
         return None
     if run.best and all(run.best.get(m) is not None for m in METRICS):
         return {m: float(run.best[m]) for m in METRICS}
@@ -99,7 +99,7 @@ def _gap_intervals(rows: list[RouteRow], runs: dict) -> None:
         if leaky is None or row is leaky:
             continue
         arms = [[final_stats(runs.get(rid)) for rid in r.runs if rid is not None and runs.get(rid) is not None
-                 and runs[rid].status == "finished"] for r in (row, leaky)]
+                 and runs[rid].status == RunStatus.FINISHED] for r in (row, leaky)]
         if not all(arms) or any(s is None for arm in arms for s in arm):
             continue
         try:
@@ -152,7 +152,7 @@ def study_table(registry, name: str) -> list[RouteRow]:
             row.beyond_spread[m] = (abs(row.gap_pp[m]) > max(spreads) * 100) if spreads and row.route != "leaky" else None
     _gap_intervals(rows, runs)
     for row in rows:
-        first = next((rid for rid in row.runs if rid is not None and runs[rid].status == "finished"), None)
+        first = next((rid for rid in row.runs if rid is not None and runs[rid].status == RunStatus.FINISHED), None)
         if first is not None:
             for check in registry.npu_checks(run_id=first):
                 r = check.report
@@ -208,7 +208,7 @@ def relu_gap_study(registry, data: str | Path, *, name: str = "relu-gap", epochs
             label = member_label(route, seed)
             members = {m.variant: m for m in registry.series(name).members}
             member = members[label]
-            action = "skip" if member.status == "finished" else "resume" if member.run_id is not None else "train"
+            action = "skip" if member.status == RunStatus.FINISHED else "resume" if member.run_id is not None else "train"
             if on_member:
                 on_member(label, action)
             if action == "resume":
@@ -220,7 +220,7 @@ def relu_gap_study(registry, data: str | Path, *, name: str = "relu-gap", epochs
             bind = lambda rid, lab=label: registry.set_series_member(name, lab, rid)  # noqa: E731
             if route == "distill":
                 teacher = members[member_label("leaky", seed)].run_id
-                if teacher is None or registry.get_run(teacher).status != "finished":
+                if teacher is None or registry.get_run(teacher).status != RunStatus.FINISHED:
                     raise StudyError(f"seed {seed}: the L4-leaky teacher did not finish; re-run the study to continue")
                 distill(registry, str(teacher), variant, data, r, name=run_name, verbose=verbose, series=name, on_created=bind)
             elif route == "anneal":

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from npuyolo.registry.schema import RunStatus
-from npuyolo.train.members import ExecutorError, MemberJob, MemberState
+from npuyolo.train.members import QUEUED, ExecutorError, MemberJob, MemberState
 from npuyolo.train.ray_executor import QueueSink, RayExecutor, RayOptions, _drainer, stop_reason
 from npuyolo.train.records import RecordSink, RegistrySink, finish_run
 from npuyolo.train.trainer import PreparedRun, train_into
@@ -43,8 +43,8 @@ class _ScheduledSink(RecordSink):
         self.sink.add_artifact(kind, path, meta)
 
     def set_status(self, status, error=None):
-        if status == "finished" and self.stopped_at is not None and self.stopped_at < self.budget:
-            status, error = "stopped", f"stopped early by ASHA after epoch {self.stopped_at} of {self.budget} ({self.metric} behind)"
+        if status == RunStatus.FINISHED and self.stopped_at is not None and self.stopped_at < self.budget:
+            status, error = RunStatus.STOPPED, f"stopped early by ASHA after epoch {self.stopped_at} of {self.budget} ({self.metric} behind)"
         self.sink.set_status(status, error=error)
 
 
@@ -110,7 +110,7 @@ class AshaExecutor(RayExecutor):
         from ray.util.queue import Queue
 
         o = self.options
-        states = [MemberState(j.variant, j.action, j.epochs, j.run_id, status="finished" if j.action == "skip" else "queued")
+        states = [MemberState(j.variant, j.action, j.epochs, j.run_id, status=RunStatus.FINISHED if j.action == "skip" else QUEUED)
                   for j in jobs]
         todo = [(j, s) for j, s in zip(jobs, states) if j.action != "skip"]
         if not todo:
@@ -124,7 +124,7 @@ class AshaExecutor(RayExecutor):
             for i, (job, state) in enumerate(todo):
                 run = job.prepare()
                 prepared[str(i)], members[str(i)] = run, state
-                state.run_id, state.status = run.run_id, "running"
+                state.run_id, state.status = run.run_id, RunStatus.RUNNING
                 state.epoch = len(registry.epochs(run.run_id))
                 by_run[run.run_id] = state
             drain = _drainer(queue, registry, by_run)
@@ -179,7 +179,7 @@ class AshaExecutor(RayExecutor):
     def _close_trial(self, registry, state: MemberState, error) -> None:
         """A trial the worker did not close itself: stopped by ASHA (no error) or lost (error)."""
         run = registry.get_run(state.run_id)
-        if run.status != "running":
+        if run.status != RunStatus.RUNNING:
             state.status = run.status
             return
         if error is not None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from npuyolo.registry.schema import RunStatus
 from npuyolo.train.asha import ASHA_METRICS, AshaExecutor
 from npuyolo.train.members import ExecutorError, MemberJob, MemberState, progress_table
 from npuyolo.train.ray_executor import FAULT_ENV, RayExecutor, RayOptions, require_ray, stop_reason, worker_env
@@ -50,12 +51,12 @@ class LocalExecutor:
             if self.on_member:
                 self.on_member(job.variant, job.action)
             if job.action == "skip":
-                state.status = registry.get_run(job.run_id).status if job.run_id is not None else "finished"
+                state.status = registry.get_run(job.run_id).status if job.run_id is not None else RunStatus.FINISHED
                 continue
             prepared = job.prepare()
             state.run_id = prepared.run_id
             result = run_prepared(prepared, registry)
-            state.status = str(result.status)
+            state.status = result.status
         return states
 
 

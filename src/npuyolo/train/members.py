@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from npuyolo.errors import NpuyoloError
+from npuyolo.registry.schema import RunStatus
 from npuyolo.train.trainer import PreparedRun
 
-__all__ = ["ExecutorError", "MemberJob", "MemberState", "progress_table"]
+__all__ = ["QUEUED", "ExecutorError", "MemberJob", "MemberState", "progress_table"]
+
+QUEUED: Literal["queued"] = "queued"  # a member not started yet: the one state shown that is no run status
 
 
 class ExecutorError(NpuyoloError, RuntimeError):
@@ -35,7 +39,7 @@ class MemberState:
     action: str
     epochs: int
     run_id: int | None = None
-    status: str = "queued"
+    status: RunStatus | Literal["queued"] = QUEUED
     epoch: int = 0
     map50: float | None = None
     epoch_times: list[float] = field(default_factory=list)
@@ -44,7 +48,7 @@ class MemberState:
 
     @property
     def eta_s(self) -> float | None:
-        if not self.epoch_times or self.status != "running":
+        if not self.epoch_times or self.status != RunStatus.RUNNING:
             return None
         return sum(self.epoch_times) / len(self.epoch_times) * max(self.epochs - self.epoch, 0)
 
@@ -57,7 +61,7 @@ def progress_table(states: list[MemberState], title: str):
     table = Table(title=Text(title))
     for col in ("member", "run", "epoch", "mAP50", "ETA", "status"):
         table.add_column(Text(col))
-    colours = {"finished": "green", "running": "cyan", "failed": "red", "interrupted": "yellow"}
+    colours = {RunStatus.FINISHED: "green", RunStatus.RUNNING: "cyan", RunStatus.FAILED: "red", RunStatus.INTERRUPTED: "yellow"}
     for s in states:
         eta = s.eta_s
         table.add_row(Text(s.variant), Text("-" if s.run_id is None else str(s.run_id)), Text(f"{s.epoch}/{s.epochs}"),

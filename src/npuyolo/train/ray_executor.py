@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from npuyolo.registry.schema import RunStatus
-from npuyolo.train.members import ExecutorError, MemberJob, MemberState
+from npuyolo.train.members import QUEUED, ExecutorError, MemberJob, MemberState
 from npuyolo.train.records import RecordSink, RegistrySink
 from npuyolo.train.trainer import PreparedRun, train_into
 from npuyolo.ultra import stdout_to_stderr
@@ -168,7 +168,7 @@ class RayExecutor:
 
     def _loop(self, ray, task, queue, jobs, registry, prepare_retry) -> list[MemberState]:
         o = self.options
-        states = [MemberState(j.variant, j.action, j.epochs, j.run_id, status="finished" if j.action == "skip" else "queued")
+        states = [MemberState(j.variant, j.action, j.epochs, j.run_id, status=RunStatus.FINISHED if j.action == "skip" else QUEUED)
                   for j in jobs]
         todo = [(j, s) for j, s in zip(jobs, states) if j.action != "skip"]
         in_flight: dict = {}  # ObjectRef -> MemberState
@@ -177,7 +177,7 @@ class RayExecutor:
         failures: list[str] = []
 
         def dispatch(state: MemberState, prepared: PreparedRun) -> None:
-            state.run_id, state.status, state.error = prepared.run_id, "running", None
+            state.run_id, state.status, state.error = prepared.run_id, RunStatus.RUNNING, None
             by_run[prepared.run_id] = state
             state.epoch = len(registry.epochs(prepared.run_id))  # a resume keeps the checkpointed epochs
             ref = task.options(num_cpus=o.cpus_per_member, num_gpus=o.gpus_per_member,
@@ -206,19 +206,19 @@ class RayExecutor:
                     try:
                         ray.get(ref)
                     except ray.exceptions.TaskCancelledError:
-                        self._close(registry, state, "interrupted", "cancelled")
+                        self._close(registry, state, RunStatus.INTERRUPTED, "cancelled")
                     except ray.exceptions.RayTaskError as e:  # an exception in npuyolo/Ultralytics: recorded, not retried
-                        if state.status == "failed" and state.error:  # the worker's own one-line record
+                        if state.status == RunStatus.FAILED and state.error:  # the worker's own one-line record
                             message = state.error
                         else:
                             cause = getattr(e, "cause", None) or e
                             message = " ".join(f"{type(cause).__name__}: {cause}".split())[:2000]
-                        if registry.get_run(state.run_id).status == "running":
-                            registry.set_status(state.run_id, "failed", error=message)
-                        state.status, state.error = "failed", message
+                        if registry.get_run(state.run_id).status == RunStatus.RUNNING:
+                            registry.set_status(state.run_id, RunStatus.FAILED, error=message)
+                        state.status, state.error = RunStatus.FAILED, message
                         failures.append(f"{state.variant} (run {state.run_id}): {message[:300]}")
                     except ray.exceptions.RayError as e:  # worker process or node gone: resume from the checkpoint
-                        self._close(registry, state, "interrupted", f"worker lost ({type(e).__name__}); attempt {state.attempt + 1}")
+                        self._close(registry, state, RunStatus.INTERRUPTED, f"worker lost ({type(e).__name__}); attempt {state.attempt + 1}")
                         progress()
                         if state.attempt < o.max_retries:
                             state.attempt += 1
@@ -237,9 +237,9 @@ class RayExecutor:
             raise ExecutorError(f"{len(failures)} member(s) failed: " + "; ".join(failures))
         return states
 
-    def _close(self, registry, state: MemberState, status: str, error: str) -> None:
+    def _close(self, registry, state: MemberState, status: RunStatus, error: str) -> None:
         run = registry.get_run(state.run_id)
-        if run.status == "running":
+        if run.status == RunStatus.RUNNING:
             registry.set_status(state.run_id, status, error=error)
         state.status, state.error = registry.get_run(state.run_id).status, error
 

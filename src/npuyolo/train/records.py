@@ -63,7 +63,7 @@ FINAL_STATS = "stats/val"  # the artefact kind of a run's final validation stati
 def final_stats(run) -> MatchedStats | None:
     """The per-image statistics a finished run's final validation of best.pt kept; None where it kept none (trained
     before they were kept), or they are damaged: callers then fall back to single numbers, said to be one seed."""
-    path = run.artifact_path(FINAL_STATS) if run is not None and run.status == "finished" else None
+    path = run.artifact_path(FINAL_STATS) if run is not None and run.status == RunStatus.FINISHED else None
     try:
         return load_stats(path) if path is not None else None
     except StatsError:
@@ -80,7 +80,7 @@ class RecordSink:
     def record_epoch(self, epoch: int, extra: dict | None = None, **row: float | None) -> None: ...
     def update_run(self, **fields) -> None: ...
     def add_artifact(self, kind: str, path: str | Path, meta: dict | None = None) -> None: ...
-    def set_status(self, status: str, error: str | None = None) -> None: ...
+    def set_status(self, status: RunStatus, error: str | None = None) -> None: ...
 
 
 class RegistrySink(RecordSink):

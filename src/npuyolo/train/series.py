@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from npuyolo.registry.db import DamagedRowError, NameTakenError, Registry, RegistryError
+from npuyolo.registry.db import DamagedRowError, NameTakenError, Registry, RegistryError, RunStatus
 from npuyolo.stats.bootstrap import detection_metrics
 from npuyolo.stats.compare import Verdict, compare_stats, seed_gaps
 from npuyolo.stats.matched import MatchedStats, StatsError
@@ -111,7 +111,7 @@ def _train_members(spec, recipe, registry, verbose, executor) -> list[dict]:
     jobs = []
     for key, variant, seed in keys:
         member = members[key]
-        if member.status in ("finished", "stopped"):  # stopped: ended early by a scheduler (ASHA), on purpose
+        if member.status in (RunStatus.FINISHED, RunStatus.STOPPED):  # stopped: ended early by a scheduler (ASHA), on purpose
             action = "skip"
         elif member.run_id is not None and close_if_trained(member.run_id, registry):  # trained, end not recorded
             action = "skip"
@@ -207,7 +207,7 @@ def rank_replicates(name: str, registry: Registry) -> list[dict]:
         by_variant.setdefault(variant, []).append({**r, "seed": seed})
     rows = []
     for variant, members in by_variant.items():
-        done = [m for m in members if m["status"] == "finished"]
+        done = [m for m in members if m["status"] == RunStatus.FINISHED]
         stats = [_kept_stats(registry, m["run_id"]) for m in done]
         values = {metric: [float(x[metric]) for x in done if x[metric] is not None] for metric in RANK_METRICS}
         if stats and all(st is not None for st in stats):  # best.pt's own figures, as the gaps are computed on
@@ -255,7 +255,7 @@ def rank_series(name: str, registry: Registry) -> list[dict]:
     intervals (`rank_with_intervals`: members the data cannot tell apart share a rank); otherwise from the final
     epoch's single numbers (`rank_basis` 'point': one seed, no interval)."""
     rows = ranked_rows(name, registry)
-    done = [r for r in rows if r["status"] == "finished"]
+    done = [r for r in rows if r["status"] == RunStatus.FINISHED]
     stats = [_kept_stats(registry, r["run_id"]) for r in done]
     if len(done) > 1 and all(s is not None for s in stats):
         try:
@@ -274,7 +274,7 @@ def ranked_rows(name: str, registry: Registry) -> list[dict]:
     """One row per member with its final-epoch metrics (None where unfinished or damaged)."""
     rows = []
     for m in registry.series(name).members:
-        finished = m.status == "finished"
+        finished = m.status == RunStatus.FINISHED
         try:
             metrics = final_metrics(registry, m.run_id) if finished else {k: None for k in RANK_METRICS}
             epochs = len(registry.epochs(m.run_id)) if m.run_id is not None else 0

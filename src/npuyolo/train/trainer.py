@@ -58,7 +58,7 @@ def model_yaml_path(save_dir: Path, scale: str, variant: str) -> Path:
 class RunResult:
     run_id: int
     name: str
-    status: str
+    status: RunStatus
     save_dir: Path
 
 
@@ -181,7 +181,7 @@ def prepare_variant(variant: str, data: str | Path, recipe: Recipe, registry: Re
         write_text(yaml_path, yaml.safe_dump(model_yaml(spec, nc=len(report.names), names=report.names), sort_keys=False))
         registry.add_artifact(run_id, "model_yaml", yaml_path)
     except BaseException as e:  # recorded like a failed build: never left `running`
-        registry.set_status(run_id, "failed", error=" ".join(f"{type(e).__name__}: {e}".split())[:2000])
+        registry.set_status(run_id, RunStatus.FAILED, error=" ".join(f"{type(e).__name__}: {e}".split())[:2000])
         if isinstance(e, OSError) and e.errno in _USER_OS_ERRORS:
             raise TrainError(f"run {run_id} failed: {e}") from e
         raise
@@ -244,7 +244,7 @@ def close_if_trained(ref: str | int, registry: Registry) -> bool:
     it fails. With every epoch recorded it is closed as finished; otherwise the gap is named.
     """
     run = registry.get_run(ref)
-    if run.status in ("finished", "running"):
+    if run.status in (RunStatus.FINISHED, RunStatus.RUNNING):
         return False
     wdir = (Path(run.save_dir) if run.save_dir else registry.run_dir(run)) / "weights"
     last = wdir / "last.pt"
@@ -272,9 +272,9 @@ def resume_run(ref: str | int, registry: Registry, verbose: bool = True, source:
 def prepare_resume(ref: str | int, registry: Registry, verbose: bool = True, source: str = "last") -> PreparedRun:
     """Claim an interrupted or failed run again and drop the epochs its checkpoint does not hold."""
     run = registry.get_run(ref)
-    if run.status == "finished":
+    if run.status == RunStatus.FINISHED:
         raise TrainError(f"run {run.name} already finished; start a new run instead")
-    if run.status == "running":
+    if run.status == RunStatus.RUNNING:
         raise TrainError(f"run {run.name} is still running (pid {run.pid})")
     save_dir = Path(run.save_dir) if run.save_dir else registry.run_dir(run)
     found = _resume_checkpoint(run, save_dir, source)
