@@ -244,6 +244,7 @@ class Workspace:
                 plot: str | Path | None = None, draw: bool = True):
         """Is the difference real? Each model's mAP50, mAP50-95, P and R with 95% intervals, each pair's paired-bootstrap
         difference and verdict; returns a `npuyolo.deploy.compare.CompareResult`. Models: runs, .pt, ONNX, compiled."""
+        from npuyolo.deploy.compare import compare_registry
         from npuyolo.services import compare
 
         if isinstance(models, (str, bytes, Path, int)) or not isinstance(models, (list, tuple)):
@@ -253,7 +254,7 @@ class Workspace:
         refs = [_ref(m, "models") for m in models]
         data = _path(data, "data")
         bootstrap, seed = _number(bootstrap, "bootstrap"), _number(seed, "seed")
-        return compare(self._registry(), refs, data, bootstrap=bootstrap, seed=seed, plot=_path(plot, "plot", optional=True),
+        return compare(compare_registry(self.registry_path), refs, data, bootstrap=bootstrap, seed=seed, plot=_path(plot, "plot", optional=True),
                        draw=bool(draw))
 
     def plan(self, model: str | int, targets: list[str], data: str | Path, **kwargs: Any):

@@ -18,7 +18,7 @@ from typing import Any
 
 from npuyolo.deploy.compare import CompareResult, compare_models
 from npuyolo.deploy.export import ExportError, check_imgsz, export_onnx
-from npuyolo.errors import NpuyoloError
+from npuyolo.errors import NpuyoloError, storage_error
 from npuyolo.paths import make_dir, safe_join
 from npuyolo.registry.db import Registry, RunRecord
 from npuyolo.resolve import ModelRef, default_imgsz, resolve_model
@@ -105,7 +105,8 @@ def compare(registry: Registry, models: list[str], data: str | Path, *, bootstra
             plot: str | Path | None = None, draw: bool = True, progress=None) -> CompareResult:
     """`npuyolo compare`: every model scored on one data set (statistics kept, so a second call runs no model), each
     pair's paired-bootstrap difference and verdict, and a forest plot of the mAP50 differences (to `plot`, else under
-    the registry's folder) when there is a pair to draw."""
+    the registry's folder) when there is a pair to draw. A registry opened read-only (or a folder that refuses the
+    plot) keeps nothing and draws nothing there: the result's `note` says so, in one line."""
     from npuyolo.report.plots import forest_plot  # matplotlib: loaded by compare only, not by train or export
 
     if draw and plot is not None:
@@ -114,12 +115,22 @@ def compare(registry: Registry, models: list[str], data: str | Path, *, bootstra
     pairs = [p for p in result.comparison.pairs if p.metric == "map50"]
     if not draw or not pairs:
         return result
-    if plot is None:
-        if registry.readonly:
-            return result  # nowhere of ours to draw it
+    title = f"mAP50 differences on {result.comparison.images} images ({bootstrap} paired resamples)"
+    if plot is not None:
+        path = Path(plot)
+        make_dir(path.parent)
+        forest_plot(pairs, path, title)
+        return dataclasses.replace(result, plot=path.resolve())
+    why = f"the registry {registry.path} is opened read-only" if registry.readonly else None
+    if why is None:  # our own place: a folder that cannot be written loses the plot, never the answer
         key = hashlib.sha1(json.dumps([m.label for m in result.models] + [str(result.data), bootstrap, seed]).encode()).hexdigest()[:10]
-        plot = safe_join(registry.root, "compare", f"forest-{key}.png")
-    path = Path(plot)
-    make_dir(path.parent)
-    forest_plot(pairs, path, f"mAP50 differences on {result.comparison.images} images ({bootstrap} paired resamples)")
-    return dataclasses.replace(result, plot=path.resolve())
+        path = safe_join(registry.root, "compare", f"forest-{key}.png")
+        try:
+            make_dir(path.parent)
+            forest_plot(pairs, path, title)
+            return dataclasses.replace(result, plot=path.resolve())
+        except OSError as e:
+            why = str(storage_error(e, path, writing=True) or f"cannot write {path}: {e.strerror or e}")
+    said = "no forest plot drawn (give a plot file to draw one)"
+    said = f"{result.note}; {said}" if result.note else f"{said}: {why}"
+    return dataclasses.replace(result, note=said)

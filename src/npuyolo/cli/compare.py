@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from npuyolo.cli.common import JsonOpt, RegistryOpt, app, err, open_registry, print_json, quiet_stdout, user_errors
+from npuyolo.cli.common import JsonOpt, RegistryOpt, app, err, print_json, quiet_stdout, user_errors
 from npuyolo.cli.tables import print_comparison
 
 
@@ -22,11 +22,14 @@ def compare(models: Annotated[list[str], typer.Argument(help="Two or more models
             as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """mAP50, mAP50-95, P and R of each model with 95% intervals; each pair's difference with its paired-bootstrap
     interval and a verdict: ahead, or tied within noise. Statistics are kept, so a second comparison runs no model."""
+    from npuyolo.deploy.compare import compare_registry
     from npuyolo.services import compare as compare_service
 
     with quiet_stdout(as_json), err.status("scoring...") as status:
-        result = compare_service(open_registry(registry), models, data, bootstrap=bootstrap, seed=seed, plot=plot,
+        result = compare_service(compare_registry(registry), models, data, bootstrap=bootstrap, seed=seed, plot=plot,
                                  progress=lambda msg: status.update(msg))
+    if result.note:  # what was not kept (a read-only registry): one line, beside the answer
+        err.print(f"note: {result.note}", highlight=False, markup=False, soft_wrap=True)
     if as_json:
         return print_json(result.as_dict())
     print_comparison(result)
