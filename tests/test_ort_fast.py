@@ -94,3 +94,23 @@ def test_entropy_ranges_identical_with_and_without_the_fast_search(synth_data, t
     monkeypatch.setattr(quantize, "fast_entropy", lambda cal: None)
     slow = quantize.entropy_ranges(fp32, reader, tmp_path)
     assert fast == slow
+
+
+@pytest.mark.parametrize("variant", ["L4-leaky", "L0-silu"])
+def test_minmax_ranges_equal_orts_own_calibrator_to_the_bit(synth_data, tmp_path, variant):
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32 = export_onnx(randomised(variant), tmp_path / "fp32.onnx", imgsz=64, head="ultralytics")
+    prepared = tmp_path / "prepared.onnx"
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    reader = quantize.ImageReader(quantize.calibration_images(synth_data, 6, 0), 64)
+    ours = quantize.minmax_ranges(prepared, reader, tmp_path)
+    cal = create_calibrator(str(prepared), None, str(tmp_path / "aug.onnx"), calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"symmetric": False})
+    reader.rewind()
+    cal.collect_data(reader)  # every image in one call: ORT's own merge, nothing dropped
+    theirs = {name: (float(np.min(td.range_value[0])), float(np.max(td.range_value[1])))
+              for name, td in cal.calibrate_tensors_range.data.items()}
+    assert ours.keys() == theirs.keys() and len(ours) > 100
+    assert ours == theirs

@@ -69,13 +69,29 @@ def check_threads(threads: int | None) -> int | None:
     return threads
 
 
-def session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
+# ONNX Runtime's intra-op threads spin while they wait for work (its default): turned off in the plan's worker
+# processes, which share the cores, where a spinning thread only takes time from the other worker. Spinning changes
+# no result; the thread COUNT does (MLAS splits a Conv's sums by it), so every session keeps ORT's default count.
+SPINNING = True
+
+
+def session_options(threads: int | None = None, optimize: bool = True) -> ort.SessionOptions:
+    """npuyolo's ONNX Runtime options: quiet, `threads` intra-op threads (None: ORT's default, every core), graph
+    optimisations on unless `optimize` is False (a calibration reads tensors as the graph computes them)."""
     check_threads(threads)
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not SPINNING:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return opts
+
+
+def session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 @dataclass

@@ -23,7 +23,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from npuyolo.data.calibration import calibration_images, holdout_images, letterbox
 from npuyolo.deploy.bias_correction import correct_biases
-from npuyolo.deploy.evaluate import DeployError, session
+from npuyolo.deploy.evaluate import DeployError, session, session_options
 from npuyolo.deploy.export import onnx_metadata, set_metadata
 from npuyolo.deploy.ort_fast import fast_entropy, fast_qdq
 from npuyolo.npu.profiles import target as load_target
@@ -212,33 +212,51 @@ def percentiles_ranges(model_path: Path, reader: CalibrationDataReader, workdir:
     return found
 
 
-def minmax_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path) -> dict[str, tuple[float, float]]:
-    """Tensor -> (rmin, rmax) from ORT's MinMax calibrator, built as `quantize_static` builds it (asymmetric, no moving
-    average), so the ranges are the ones it would use (the scales match to the bit) over EVERY calibration image.
+def minmax_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path,
+                  threads: int | None = None) -> dict[str, tuple[float, float]]:
+    """Tensor -> (rmin, rmax) over EVERY calibration image: the ranges ORT's MinMax calibrator (asymmetric, no moving
+    average, as `quantize_static` builds it) computes, to the bit, in one pass that holds one image's tensors at a time.
 
-    Fed CALIB_CHUNK images per `collect_data` call, each of which merges its chunk into the ranges. Not through ORT's
-    own `max_intermediate_outputs`: there (ORT 1.32) a full chunk is dropped without being merged, so only the last
-    `count % chunk` images counted, and a count that is a multiple of the chunk failed with "No data is collected"
-    (microsoft/onnxruntime#18893; the fix, #20226, was never merged)."""
-    from onnxruntime.quantization.calibrate import create_calibrator
+    ORT's calibrator adds a ReduceMin/ReduceMax pair per tensor (its graph surgery is quadratic Python: a scan of
+    every node per inserted node) and runs that graph with every optimisation off. Here the same tensors (chosen by
+    ORT's own `select_tensors_to_calibrate` on ORT's shape-inferred model) become graph outputs of a session with the
+    same optimisation level, and numpy takes their min and max: min and max are exact, so the values are ORT's.
+    Not through ORT's `max_intermediate_outputs` chunking either: there (ORT 1.32) a full chunk is dropped without
+    being merged (microsoft/onnxruntime#18893). `threads`: ONNX Runtime's intra-op threads (None: every core)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization.calibrate import MinMaxCalibrater
 
     with tempfile.TemporaryDirectory(prefix="npuyolo-calib-", dir=workdir) as tmp:
-        calibrator = create_calibrator(str(model_path), None, str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=CalibrationMethod.MinMax, extra_options={"symmetric": False})
+        inferred = Path(tmp) / "model.onnx"
+        shutil.copyfile(model_path, inferred)  # ORT writes its shape-inferred copy beside the file it reads
+        selector = MinMaxCalibrater(inferred, augmented_model_path=str(Path(tmp) / "unused.onnx"))
+        model = selector.model
+        tensors, value_infos = selector.select_tensors_to_calibrate(model)
+        inputs = {i.name for i in model.graph.input}
+        outputs = {o.name for o in model.graph.output}
+        model.graph.output.extend(value_infos[t] for t in sorted(tensors) if t not in outputs and t not in inputs)
+        augmented = Path(tmp) / "outputs.onnx"
+        onnx.save(model, str(augmented))
+        del model, selector
+        sess = ort.InferenceSession(str(augmented), session_options(threads, optimize=False),
+                                    providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs() if o.name in tensors]
+        lows: dict[str, float] = {}
+        highs: dict[str, float] = {}
         reader.rewind()
-        while True:
-            part = ChunkReader(reader, CALIB_CHUNK)
-            try:
-                calibrator.collect_data(part)
-            except ValueError:  # "No data is collected": the images ended exactly at a chunk's border
-                if part.count == 0 and calibrator.calibrate_tensors_range is not None:
-                    break
-                raise
-            if part.exhausted:
-                break
-        data = calibrator.calibrate_tensors_range
+        seen = 0
+        while (feed := reader.get_next()) is not None:
+            seen += 1
+            values = dict(zip(names, sess.run(names, feed), strict=True))
+            values.update({k: v for k, v in feed.items() if k in tensors})
+            for name, value in values.items():
+                lo, hi = np.nanmin(value), np.nanmax(value)
+                lows[name] = lo if name not in lows else min(lows[name], lo)
+                highs[name] = hi if name not in highs else max(highs[name], hi)
     reader.rewind()
-    return {name: (float(np.min(td.range_value[0])), float(np.max(td.range_value[1]))) for name, td in data.data.items()}
+    if not seen:
+        raise DeployError("no calibration image to read ranges from")
+    return {name: (float(lows[name]), float(highs[name])) for name in lows}
 
 
 # what `--sweep` tries; the best on held-back *train* images wins (never val: val is what the drop is measured on)
