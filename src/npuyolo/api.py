@@ -89,11 +89,12 @@ def _plan_options(kwargs: dict) -> dict:
     """`plan`/`series_plan` options of `deploy.plan.build_plan`, each of its type (a str number is not one)."""
     from npuyolo.errors import NpuyoloError
 
-    numbers = {"conf": (float, False), "calib": (int, False), "holdout": (int, False), "imgsz": (int, True)}
+    numbers = {"conf": (float, False), "calib": (int, False), "holdout": (int, False), "imgsz": (int, True),
+               "workers": (int, True)}
     for key, value in kwargs.items():
         if key in numbers:
             _number(value, key, numbers[key][0], optional=numbers[key][1])
-        elif key in ("sweep", "vendor_int8") and not isinstance(value, bool):
+        elif key in ("sweep", "vendor_int8", "reuse") and not isinstance(value, bool):
             raise NpuyoloError(f"{key} must be True or False, got {type(value).__name__} {value!r}"[:200], param=key)
     return kwargs
 

@@ -68,6 +68,8 @@ PlanConfOpt = Annotated[float, typer.Option("--conf", help="Deployment confidenc
 PlanCalibOpt = Annotated[int, typer.Option("--calib", help="Calibration images.")]
 PlanHoldoutOpt = Annotated[int, typer.Option("--holdout", help="Held-back train images the calibration sweep is judged on.")]
 PlanSweepOpt = Annotated[bool, typer.Option("--sweep/--no-sweep", help="Calibrate with the sweep's choice, or with MinMax.")]
+PlanWorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Processes that build the INT8 files and score every file [default: one per core]; the plan is the same whatever the number.")]
+PlanReuseOpt = Annotated[bool, typer.Option("--reuse/--no-reuse", help="Take the INT8 files and scores an earlier plan of this model built from the same inputs (content keys), or build everything again.")]
 
 
 class Table(RichTable):

@@ -14,7 +14,9 @@ from npuyolo.cli.common import (
     PlanCalibOpt,
     PlanConfOpt,
     PlanHoldoutOpt,
+    PlanReuseOpt,
     PlanSweepOpt,
+    PlanWorkersOpt,
     RegistryOpt,
     Table,
     app,
@@ -138,6 +140,8 @@ def deploy_plan(model: Annotated[str, typer.Argument(help="Run id/name or .pt ch
                 calib: PlanCalibOpt = 100,
                 holdout: PlanHoldoutOpt = 50,
                 sweep: PlanSweepOpt = True,
+                workers: PlanWorkersOpt = None,
+                reuse: PlanReuseOpt = True,
                 imgsz: Annotated[Optional[int], typer.Option(help="Export size [default: the run's].")] = None,
                 vendor_int8: Annotated[bool, typer.Option("--vendor-int8", help="Where the target's compiler is installed (rknn, vela): score the vendor's own INT8 model of each candidate and rank by it.")] = False,
                 as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
@@ -146,7 +150,7 @@ def deploy_plan(model: Annotated[str, typer.Argument(help="Run id/name or .pt ch
 
     with err.status("building and verifying candidates..."), quiet_stdout():
         plan = build_plan(open_registry(registry), model, target, data, conf=conf, calib=calib, holdout=holdout,
-                          imgsz=imgsz, sweep=sweep, vendor_int8=vendor_int8)
+                          imgsz=imgsz, sweep=sweep, vendor_int8=vendor_int8, workers=workers, reuse=reuse)
     if as_json:
         return print_json(plan.as_dict())
     print_plan(plan)

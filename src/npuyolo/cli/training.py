@@ -15,7 +15,9 @@ from npuyolo.cli.common import (
     PlanCalibOpt,
     PlanConfOpt,
     PlanHoldoutOpt,
+    PlanReuseOpt,
     PlanSweepOpt,
+    PlanWorkersOpt,
     RecipeDefaultsHelp,
     RegistryOpt,
     Table,
@@ -248,6 +250,8 @@ def series_plan(name: str,
                 calib: PlanCalibOpt = 100,
                 holdout: PlanHoldoutOpt = 50,
                 sweep: PlanSweepOpt = True,
+                workers: PlanWorkersOpt = None,
+                reuse: PlanReuseOpt = True,
                 imgsz: Annotated[Optional[int], typer.Option(help="Export size [default: each run's].")] = None,
                 as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """`deploy plan` for every finished member: which variant's artefact to ship on which NPU (variant x target)."""
@@ -255,7 +259,7 @@ def series_plan(name: str,
 
     with err.status("planning each member..."), quiet_stdout():
         sp = build_series_plan(open_registry(registry), name, target, data, conf=conf, calib=calib, holdout=holdout,
-                               imgsz=imgsz, sweep=sweep)
+                               imgsz=imgsz, sweep=sweep, workers=workers, reuse=reuse)
     if as_json:
         return print_json(sp.as_dict())
     print_series_plan(sp)

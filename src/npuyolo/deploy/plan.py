@@ -11,7 +11,6 @@ The core is pure: `candidates()` says what to build for a target, `rank()` choos
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -26,19 +25,21 @@ from npuyolo.compilers.envs import CompilerError, installed
 from npuyolo.data.check import check_dataset
 from npuyolo.deploy.check import check_model, sigmoid_on_npu
 from npuyolo.deploy.compile import compile_model, record
-from npuyolo.deploy.evaluate import DeployError, onnx_predictor, validate_matched
+from npuyolo.deploy.evaluate import DeployError
 from npuyolo.deploy.export import check_imgsz
-from npuyolo.deploy.quantize import ENDS, quantize_onnx
+from npuyolo.deploy.plan_work import QuantizeSettings, build_files
+from npuyolo.deploy.quantize import ENDS
 from npuyolo.errors import NpuyoloError
 from npuyolo.npu.graph import load_graph
 from npuyolo.npu.profiles import target as get_target
 from npuyolo.npu.rewrite import rewrite_leaky
 from npuyolo.paths import (FileReadError, atomic_path, file_problem, make_dir, read_regular_file, safe_join, sha256_file, slug,
                            write_text)
+from npuyolo.registry.schema import RunStatus
 from npuyolo.resolve import ModelRef
 from npuyolo.stats.bootstrap import map50_samples
 from npuyolo.stats.compare import Estimate
-from npuyolo.stats.matched import MatchedStats, save_stats
+from npuyolo.stats.matched import MatchedStats
 from npuyolo.train.series import variant_of
 from npuyolo.variants.spec import parse_variant
 
@@ -716,27 +717,6 @@ def write_graph(src: Path, dst: Path, graph: str) -> Path:
     return dst
 
 
-def scores(path: str | Path, data: str | Path, conf: float) -> tuple[Accuracy, Accuracy, MatchedStats]:
-    """Accuracy on val at mAP's usual threshold (0.001) and at the deployment threshold, from one forward pass, and the
-    per-image statistics at 0.001 (the accuracy guard's interval)."""
-
-    predict, meta = onnx_predictor(path)
-    seen: dict[str, object] = {}
-
-    def replay(images):  # the second validation sees the same images in the same order: reuse the outputs
-        key = hashlib.sha1(images.numpy().tobytes()).hexdigest()
-        if key not in seen:
-            seen[key] = predict(images)
-        return seen[key]
-
-    names = {int(k): v for k, v in json.loads(meta["names"]).items()}
-    imgsz = json.loads(meta["imgsz"])[0]
-
-    everything, stats = validate_matched(replay, data, imgsz, names, conf=0.001)
-    at_conf, _ = validate_matched(replay, data, imgsz, names, conf=conf)
-    return Accuracy.of(everything), Accuracy.of(at_conf), stats
-
-
 def _twin(registry, run_id: int | None) -> str | None:
     """The finished ReLU twin of a LeakyReLU run in the same series (L4-leaky -> L4-relu), as a run id; else None."""
     if run_id is None:
@@ -752,7 +732,7 @@ def _twin(registry, run_id: int | None) -> str | None:
     seed = run.recipe.get("seed")
     for m in registry.series(run.series).members:  # with seed replicates (`L4-relu/s1`), the twin of the same seed
         variant, member_seed = variant_of(m.variant)
-        if variant == twin and member_seed in (None, seed) and m.status == "finished" and m.run_id is not None:
+        if variant == twin and member_seed in (None, seed) and m.status == RunStatus.FINISHED and m.run_id is not None:
             return str(m.run_id)
     return None
 
@@ -836,13 +816,17 @@ def model_folder(registry, ref: str) -> Path | None:
 
 
 def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf: float = DEPLOY_CONF, calib: int = 100,
-               holdout: int = 50, imgsz: int | None = None, sweep: bool = True, vendor_int8: bool = False) -> Plan:
+               holdout: int = 50, imgsz: int | None = None, sweep: bool = True, vendor_int8: bool = False,
+               workers: int | None = None, reuse: bool = True) -> Plan:
     """Build every candidate for every target, verify it, choose; the artefacts go under the run's `plan/` folder, the
     plan itself to `plan.json` there (and, for a run, into the registry as its `plan` artefact).
 
     `sweep=False` calibrates with MinMax instead of the sweep's choice (minutes less on a large model).
     `vendor_int8`: where the target's compiler is installed (RKNN, Vela), also score the vendor's own quantized model
-    of each candidate (its simulator, TFLite's reference kernels) and rank by that INT8 accuracy: it is what ships."""
+    of each candidate (its simulator, TFLite's reference kernels) and rank by that INT8 accuracy: it is what ships.
+    `workers`: processes that build the INT8 files and score every file (None: one per core; 1: none, all here). The
+    plan is the same whatever the number. `reuse`: take the INT8 files and scores an earlier plan of this model built
+    from the same inputs (content keys in the plan folder's `plan-cache.json`); False builds and scores everything."""
 
     started = time.perf_counter()
     if not targets:
@@ -892,39 +876,24 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
                 graphs[(base, graph)] = write_graph(base, folder / f"{base.stem}.{graph}.onnx", graph)
         return graphs[(base, graph)]
 
-    chosen_cal: dict = {}
-    int8s: dict[tuple[Path, str], Path] = {}
-    ranges: dict[Path, dict] = defaultdict(dict)  # per FP32 graph: its activation ranges, read once for every route
-
-    def int8_file(fp32: Path, route: str) -> Path:
-        if (fp32, route) in int8s:
-            return int8s[(fp32, route)]
-        out = folder / f"{fp32.stem}-{route}.onnx"
-        seed = run.recipe.get("seed", 0) if run is not None else 0
-        with stage("quantize"):
-            if not chosen_cal and not sweep:
-                chosen_cal.update(method="minmax", percentile=None, label="minmax")
-            if not chosen_cal:  # the sweep runs once, on the first graph; every other graph uses its choice
-                info = quantize_onnx(fp32, folder / f"{fp32.stem}-int8.onnx", data, calib=calib, sweep=True,
-                                     holdout=holdout, seed=seed, ranges=ranges[fp32])
-                chosen_cal.update(method=info["method"], percentile=info["percentile"], label=info["calibration"])
-                int8s[(fp32, "int8")] = folder / f"{fp32.stem}-int8.onnx"
-                if route == "int8":
-                    return int8s[(fp32, route)]
-            quantize_onnx(fp32, out, data, calib=calib, method=chosen_cal["method"], percentile=chosen_cal["percentile"],
-                          ends=route.rsplit("-", 1)[1] if route.startswith("int8-ends-") else None, seed=seed,
-                          ranges=ranges[fp32])
-        int8s[(fp32, route)] = out
-        return out
-
+    # every candidate's FP32 graph first (exports and rewrites need PyTorch and the registry: this process)
+    specs = []
+    for t, profile in profiles.items():
+        base = export_for("export", t)
+        for c in candidates(profile, leaky_slopes(base), twin is not None):
+            specs.append((t, c, graph_file(export_for(c.source, t), c.graph)))
+    # then every INT8 file and every score, in worker processes (none of them touches the registry)
+    seed = run.recipe.get("seed", 0) if run is not None else 0
+    files = build_files([(fp32, c.route) for _, c, fp32 in specs], folder,
+                        QuantizeSettings(str(data), calib, holdout, seed, sweep), conf, workers, reuse)
+    for name, seconds in files.seconds.items():
+        stage.seconds[name] += seconds
     accuracy: dict[Path, tuple[Accuracy, Accuracy, MatchedStats]] = {}
 
     def measured(path: Path) -> tuple[Accuracy, Accuracy, MatchedStats]:
         if path not in accuracy:
-            with stage("evaluate"):
-                accuracy[path] = scores(path, data, conf)
-            # kept beside the plan: any later comparison of candidates runs no model
-            save_stats(accuracy[path][2], safe_join(folder, "stats", f"{path.stem}.npz"))
+            everything, at_conf, stats = files.scores[path]  # its statistics are kept in the plan's stats/
+            accuracy[path] = Accuracy.of(everything), Accuracy.of(at_conf), stats
         return accuracy[path]
 
     placed: dict[tuple[Path, Path, str], Placement] = {}
@@ -974,12 +943,10 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
 
     plans = []
     noise = AccuracyNoise()  # one set of paired resamples for the whole plan: each file's draws are made once
-    for t, profile in profiles.items():
-        base = export_for("export", t)
+    for t in profiles:
         rows = []
-        for c in candidates(profile, leaky_slopes(base), twin is not None):
-            fp32 = graph_file(export_for(c.source, t), c.graph)
-            int8 = int8_file(fp32, c.route)
+        for c, fp32 in ((c, fp32) for spec_t, c, fp32 in specs if spec_t == t):
+            int8 = files.int8[(fp32, c.route)]
             (f_all, f_conf, f_stats), (q_all, q_conf, q_stats) = measured(fp32), measured(int8)
             source_model = None if c.graph is not None else {"export": ref, "relu-twin": twin}.get(c.source)
             placed_here = placement(fp32, int8, t, source_model)
@@ -991,7 +958,7 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
             rows[-1].int8_drop_pp = None if drop is None else [round(drop.value, 3), round(drop.low, 3), round(drop.high, 3)]
         chosen, runner, why = rank(rows, noise)
         plans.append(TargetPlan(t, chosen, runner, why, rows, target_advice(t, rows, variant)))
-    plan = Plan(label, run_id, str(data), conf, chosen_cal.get("label"), plans,
+    plan = Plan(label, run_id, str(data), conf, files.calibration.label if files.calibration else None, plans,
                 twin_run_id=int(twin) if twin is not None else None, weights_note=weights_note(run))
     plan.seconds = time.perf_counter() - started
     plan.stages = {k: round(v, 3) for k, v in stage.seconds.items()}
@@ -1069,7 +1036,7 @@ def build_series_plan(registry, name: str, targets: list[str], data: str | Path 
         raise PlanError(f"series {name!r} records no data set; name one")
     plans, skipped = {}, {}
     for m in series.members:
-        if m.status != "finished" or m.run_id is None:
+        if m.status != RunStatus.FINISHED or m.run_id is None:
             skipped[m.variant] = f"not finished ({m.status or 'not started'})"
             continue
         plans[m.variant] = build_plan(registry, str(m.run_id), targets, data, **kwargs)

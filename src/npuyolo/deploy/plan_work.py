@@ -1,0 +1,379 @@
+"""The plan's heavy half: every INT8 file built and every ONNX file scored, in worker processes sized to the cores.
+
+A plan's candidates are independent once the calibration sweep has chosen its calibration: each FP32 graph's INT8
+routes share one set of activation ranges, and each file is scored alone. The sweep runs first (its choice serves every
+graph); then the graphs' INT8 routes and the scoring of every file fill the workers, the FP32 files from the start.
+Nothing here touches the registry: the results come back to the parent, which records them.
+
+Results do not depend on the number of workers (`tests/test_plan_work.py`): every ONNX Runtime session keeps ORT's
+default thread count (MLAS splits a Conv's sums by it, so the count changes the last bits), and the workers only stop
+ORT's idle threads from spinning. Workers are forked (Linux): the parent already holds every module, so a worker starts
+in milliseconds where a spawned one would import PyTorch and Ultralytics again.
+
+A second plan of the same model reuses what the first built (`plan-cache.json` in the plan folder): an INT8 file is
+kept under a key of everything its bytes depend on (the FP32 graph's bytes, the route, the calibration, the content of
+every calibration and held-back image, the npuyolo and ONNX Runtime versions), and a score under the scored file's bytes,
+the val images' and labels' content and the threshold. Any change to one of them builds and scores again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from npuyolo.data.calibration import calibration_images, holdout_images
+from npuyolo.deploy import evaluate
+from npuyolo.deploy.bundle.build import npuyolo_version
+from npuyolo.deploy.compare import val_fingerprint
+from npuyolo.deploy.quantize import quantize_onnx
+from npuyolo.errors import NpuyoloError
+from npuyolo.paths import read_regular_file, safe_join, sha256_file, write_text
+from npuyolo.stats.matched import StatsError, load_stats, save_stats
+
+__all__ = ["CACHE_FILE", "Calibration", "PlanFiles", "QuantizeSettings", "build_files", "default_workers", "int8_path",
+           "route_ends", "score_file", "stats_name"]
+
+
+@dataclass(frozen=True)
+class QuantizeSettings:
+    """How every INT8 file of one plan is calibrated (one calibration for all of them)."""
+
+    data: str
+    calib: int
+    holdout: int
+    seed: int = 0
+    sweep: bool = True
+
+
+@dataclass(frozen=True)
+class Calibration:
+    method: str
+    percentile: float | None
+    label: str
+
+
+@dataclass
+class PlanFiles:
+    """What the workers made: INT8 file per (FP32 graph, route), the calibration chosen, each file's scores."""
+
+    int8: dict[tuple[Path, str], Path] = field(default_factory=dict)
+    calibration: Calibration | None = None
+    scores: dict[Path, tuple[dict, dict, object]] = field(default_factory=dict)  # path -> (at 0.001, at conf, stats)
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # busy seconds per stage, all workers
+
+
+def default_workers() -> int:
+    """One worker per core this process may use; 1 (no pool) where workers cannot be forked."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def stats_name(path: Path) -> str:
+    """Where a scored file's per-image statistics are kept, relative to the plan folder."""
+    return f"stats/{path.stem}.npz"
+
+
+def int8_path(folder: Path, fp32: Path, route: str) -> Path:
+    return folder / f"{fp32.stem}-{route}.onnx"
+
+
+def route_ends(route: str) -> str | None:
+    """`int8-ends-int16` -> `int16`; `int8` -> None."""
+    return route.rsplit("-", 1)[1] if route.startswith("int8-ends-") else None
+
+
+def score_file(path: Path, data: str, conf: float) -> tuple[dict, dict, object]:
+    """Accuracy on val at mAP's usual threshold (0.001) and at the deployment threshold, from one forward pass, and the
+    per-image statistics at 0.001 (the accuracy guard's interval)."""
+    import hashlib
+    import json
+
+    predict, meta = evaluate.onnx_predictor(path)
+    seen: dict[str, object] = {}
+
+    def replay(images):  # the second validation sees the same images in the same order: reuse the outputs
+        key = hashlib.sha1(images.numpy().tobytes()).hexdigest()
+        if key not in seen:
+            seen[key] = predict(images)
+        return seen[key]
+
+    names = {int(k): v for k, v in json.loads(meta["names"]).items()}
+    imgsz = json.loads(meta["imgsz"])[0]
+    everything, stats = evaluate.validate_matched(replay, data, imgsz, names, conf=0.001)
+    at_conf, _ = evaluate.validate_matched(replay, data, imgsz, names, conf=conf)
+    return everything, at_conf, stats
+
+
+# -- the jobs (run in a worker, or inline with one worker) -----------------------------------------------------------
+def _sweep_job(fp32: Path, folder: Path, s: QuantizeSettings) -> tuple[Calibration, dict, Path, float]:
+    t = time.perf_counter()
+    ranges: dict = {}
+    out = int8_path(folder, fp32, "int8")
+    info = quantize_onnx(fp32, out, s.data, calib=s.calib, sweep=True, holdout=s.holdout, seed=s.seed, ranges=ranges)
+    return Calibration(info["method"], info["percentile"], info["calibration"]), ranges, out, time.perf_counter() - t
+
+
+def _quantize_job(fp32: Path, routes: list[str], folder: Path, s: QuantizeSettings, cal: Calibration,
+                  ranges: dict) -> tuple[dict[str, Path], float]:
+    t = time.perf_counter()
+    made = {}
+    for route in routes:
+        out = int8_path(folder, fp32, route)
+        quantize_onnx(fp32, out, s.data, calib=s.calib, method=cal.method, percentile=cal.percentile,
+                      ends=route_ends(route), seed=s.seed, ranges=ranges)
+        made[route] = out
+    return made, time.perf_counter() - t
+
+
+def _score_job(path: Path, data: str, conf: float) -> tuple[tuple[dict, dict, object], float]:
+    t = time.perf_counter()
+    return score_file(path, data, conf), time.perf_counter() - t
+
+
+def _worker_init() -> None:
+    evaluate.SPINNING = False
+    try:
+        import torch
+
+        torch.set_num_threads(1)  # the host-side NMS; a forked OpenMP pool is not to be trusted
+    except ImportError:  # pragma: no cover
+        pass
+
+
+class _Inline:
+    """ProcessPoolExecutor's `submit` run at once, in this process: the one-worker road (and the reference)."""
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001  (handed back through the future, as a pool would)
+            future.set_exception(e)
+        return future
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+CACHE_FILE = "plan-cache.json"
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _images_fingerprint(paths: list[Path]) -> str:
+    return _key([(p.name, sha256_file(p)) for p in paths])
+
+
+def build_files(pairs: list[tuple[Path, str]], folder: Path, settings: QuantizeSettings, conf: float,
+                workers: int | None = None, reuse: bool = True) -> PlanFiles:
+    """Every (FP32 graph, INT8 route) in `pairs` quantized into `folder`, and every FP32 and INT8 file scored on val.
+
+    The first pair's graph carries the calibration sweep (its `int8` route is the sweep's winner); without a sweep,
+    MinMax. `workers`: processes (None: one per core; 1: everything in this process, in order). `reuse`: take what an
+    earlier plan in `folder` built and scored from the same inputs (`plan-cache.json`)."""
+    workers = default_workers() if workers is None else max(1, workers)
+    routes: dict[Path, list[str]] = {}
+    for fp32, route in pairs:
+        routes.setdefault(fp32, [])
+        if route not in routes[fp32]:
+            routes[fp32].append(route)
+    files = PlanFiles()
+    if not routes:
+        return files
+    first = next(iter(routes))
+    keys = _Keys(folder, settings, conf, list(routes)) if reuse else None
+    if not settings.sweep:
+        files.calibration = Calibration("minmax", None, "minmax")
+    elif keys is not None and (hit := keys.sweep(first)) is not None:
+        files.calibration, files.int8[(first, "int8")] = hit
+    jobs = _Jobs(files, folder, settings, conf, keys, routes, first)
+    pool = _Inline() if workers == 1 else ProcessPoolExecutor(
+        max_workers=min(workers, max(1, len(routes) * 2)), mp_context=multiprocessing.get_context("fork"),
+        initializer=_worker_init)
+    with pool as ex:
+        jobs.ex = ex
+        if files.calibration is None:  # the critical path goes first
+            jobs.submit(_sweep_job, ("sweep", first), first, folder, settings)
+        for fp32 in routes:  # FP32 files need no calibration: scored from the start
+            jobs.score(fp32)
+        if files.calibration is not None:
+            jobs.quantize_all()
+        while jobs.pending:
+            done, _ = wait(list(jobs.pending), return_when=FIRST_COMPLETED)
+            for future in done:
+                jobs.finished(jobs.pending.pop(future), future.result())  # a job's error ends the plan, as before
+    if keys is not None:
+        keys.save(files)
+    return files
+
+
+class _Keys:
+    """Content keys of a plan's files and scores, and the cache index (`plan-cache.json`) they are looked up in."""
+
+    def __init__(self, folder: Path, settings: QuantizeSettings, conf: float, graphs: list[Path]):
+        import onnxruntime
+
+        self.folder, self.settings, self.conf = folder, settings, conf
+        self.path = folder / CACHE_FILE
+        self.index: dict = {"int8": {}, "sweep": {}, "scores": {}}
+        if self.path.is_file():
+            try:
+                loaded = json.loads(read_regular_file(self.path, 1 << 24))
+                if isinstance(loaded, dict) and all(isinstance(loaded.get(k), dict) for k in self.index):
+                    self.index = {k: loaded[k] for k in self.index}
+            except (OSError, ValueError):  # unreadable or hand-edited: everything is built again, and it is rewritten
+                pass
+        self.versions = (npuyolo_version(), onnxruntime.__version__)
+        calibration = calibration_images(settings.data, settings.calib, settings.seed)
+        held = holdout_images(settings.data, settings.holdout, calibration, settings.seed) if settings.sweep else []
+        self.images = _images_fingerprint(calibration + held)
+        self.val = val_fingerprint(settings.data)
+        self.graph = {g: sha256_file(g) for g in graphs}
+        self.scored_keys: dict[Path, str] = {}
+
+    def _entry(self, kind: str, key: str) -> dict | None:
+        """The entry under `key` whose file still holds the bytes it recorded (a later plan with other inputs writes
+        the same file names: its entries replace these, and a file rewritten since is a miss, never a wrong hit)."""
+        entry = self.index[kind].get(key)
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("sha"), str)):
+            return None
+        try:
+            path = safe_join(self.folder, entry["file"])
+            return entry if path.is_file() and sha256_file(path) == entry["sha"] else None
+        except (NpuyoloError, OSError):
+            return None
+
+    def _sweep_key(self, fp32: Path) -> str:
+        s = self.settings
+        return _key("sweep", self.graph[fp32], s.calib, s.holdout, s.seed, self.images, self.versions)
+
+    def _int8_key(self, fp32: Path, route: str, cal: Calibration) -> str:
+        s = self.settings
+        return _key("int8", self.graph[fp32], route, cal.method, cal.percentile, s.calib, s.seed, self.images,
+                    self.versions)
+
+    def _score_key(self, path: Path) -> str:
+        if path not in self.scored_keys:  # each file hashed once per plan
+            self.scored_keys[path] = _key("score", sha256_file(path), self.val, self.conf, self.versions)
+        return self.scored_keys[path]
+
+    def sweep(self, fp32: Path) -> tuple[Calibration, Path] | None:
+        entry = self._entry("sweep", self._sweep_key(fp32))
+        if entry is None:
+            return None
+        return Calibration(entry["method"], entry["percentile"], entry["label"]), self.folder / entry["file"]
+
+    def int8(self, fp32: Path, route: str, cal: Calibration) -> Path | None:
+        entry = self._entry("int8", self._int8_key(fp32, route, cal))
+        return None if entry is None or entry["file"] != int8_path(self.folder, fp32, route).name else (
+            self.folder / entry["file"])
+
+    def score(self, path: Path) -> tuple[dict, dict, object] | None:
+        entry = self._entry("scores", self._score_key(path))
+        if entry is None:
+            return None
+        try:
+            return entry["all"], entry["at_conf"], load_stats(self.folder / entry["file"])
+        except (StatsError, OSError, KeyError):
+            return None
+
+    def save(self, files: PlanFiles) -> None:
+        """Record this plan's files and scores (their statistics are already beside them, `stats/<stem>.npz`)."""
+        cal = files.calibration
+        first = next(iter(self.graph))
+        written = {p.name for p in files.int8.values()} | {stats_name(p) for p in files.scores}
+        # entries of earlier plans whose file this plan has (re)written are gone: their bytes are this plan's now
+        index = {kind: {k: e for k, e in entries.items() if not (isinstance(e, dict) and e.get("file") in written)}
+                 for kind, entries in self.index.items()}
+
+        def entry(name: str, **extra) -> dict:
+            return {"file": name, "sha": sha256_file(self.folder / name), **extra}
+
+        if self.settings.sweep and (first, "int8") in files.int8:
+            index["sweep"][self._sweep_key(first)] = entry(files.int8[(first, "int8")].name, method=cal.method,
+                                                           percentile=cal.percentile, label=cal.label)
+        for (fp32, route), path in files.int8.items():
+            if not (self.settings.sweep and fp32 == first and route == "int8"):
+                index["int8"][self._int8_key(fp32, route, cal)] = entry(path.name)
+        for path, (everything, at_conf, _) in files.scores.items():
+            index["scores"][self._score_key(path)] = entry(stats_name(path), all=everything, at_conf=at_conf)
+        write_text(self.path, json.dumps(index, indent=1, default=float) + "\n")
+
+
+class _Jobs:
+    """The jobs of one `build_files`, submitted as what they need becomes known, their results filed in `files`."""
+
+    def __init__(self, files: PlanFiles, folder: Path, settings: QuantizeSettings, conf: float, keys: _Keys | None,
+                 routes: dict[Path, list[str]], first: Path):
+        self.files, self.folder, self.settings, self.conf, self.keys = files, folder, settings, conf, keys
+        self.routes, self.first = routes, first
+        self.ex = None
+        self.pending: dict[Future, tuple] = {}
+        self.first_ranges: dict = {}
+        self.scored: set[Path] = set()
+
+    def submit(self, fn, tag: tuple, *args) -> None:
+        self.pending[self.ex.submit(fn, *args)] = tag
+
+    def score(self, path: Path) -> None:
+        if path in self.scored:
+            return
+        self.scored.add(path)
+        hit = self.keys.score(path) if self.keys is not None else None
+        if hit is not None:
+            self.files.scores[path] = hit
+        else:
+            self.submit(_score_job, ("score", path), path, self.settings.data, self.conf)
+
+    def quantize_all(self) -> None:
+        """Every graph's routes not built yet (reused where the cache holds them); each file scored once built."""
+        cal = self.files.calibration
+        for fp32, wanted in self.routes.items():
+            todo = []
+            for route in wanted:
+                if (fp32, route) not in self.files.int8 and self.keys is not None:
+                    hit = self.keys.int8(fp32, route, cal)
+                    if hit is not None:
+                        self.files.int8[(fp32, route)] = hit
+                if (fp32, route) in self.files.int8:
+                    self.score(self.files.int8[(fp32, route)])
+                else:
+                    todo.append(route)
+            if todo:
+                ranges = self.first_ranges if fp32 == self.first else {}
+                self.submit(_quantize_job, ("quantize", fp32), fp32, todo, self.folder, self.settings, cal, ranges)
+
+    def finished(self, tag: tuple, result) -> None:
+        kind, path = tag
+        if kind == "sweep":
+            self.files.calibration, self.first_ranges, out, seconds = result
+            self.files.int8[(path, "int8")] = out
+            self.files.seconds["quantize"] += seconds
+            self.quantize_all()  # scores the sweep's winner where a candidate ships it
+        elif kind == "quantize":
+            made, seconds = result
+            self.files.seconds["quantize"] += seconds
+            for route, out in made.items():
+                self.files.int8[(path, route)] = out
+                self.score(out)
+        else:
+            self.files.scores[path], seconds = result
+            self.files.seconds["evaluate"] += seconds
+            # kept beside the plan: a later comparison of candidates, or a later plan, runs no model
+            save_stats(result[0][2], safe_join(self.folder, stats_name(path)))

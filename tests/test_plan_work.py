@@ -1,0 +1,98 @@
+"""A plan's INT8 files and figures do not depend on how many worker processes built them (`deploy/plan_work.py`)."""
+
+import hashlib
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from npuyolo.deploy import plan_work
+from npuyolo.deploy.export import export_onnx
+from npuyolo.deploy.plan_work import QuantizeSettings, build_files, default_workers
+from npuyolo.npu.rewrite import rewrite_leaky
+
+from .test_deploy import randomised
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory):
+    import onnx
+
+    root = tmp_path_factory.mktemp("graphs")
+    leaky = export_onnx(randomised("L4-leaky"), root / "leaky.onnx", imgsz=64, head="npu")
+    model, _ = rewrite_leaky(onnx.load(str(leaky)), "relu-decomp")
+    decomp = root / "leaky.relu-decomp.onnx"
+    onnx.save(model, str(decomp))
+    return leaky, decomp
+
+
+def test_two_workers_build_the_same_files_and_scores_as_one(graphs, synth_data, tmp_path):
+    leaky, decomp = graphs
+    pairs = [(leaky, "int8"), (leaky, "int8-ends-int16"), (decomp, "int8"), (leaky, "int8")]
+    settings = QuantizeSettings(str(synth_data), calib=6, holdout=4, seed=0, sweep=True)
+    (tmp_path / "one").mkdir()
+    one = build_files(pairs, (tmp_path / "one").resolve(), settings, 0.25, workers=1)
+    (tmp_path / "two").mkdir()
+    two = build_files(pairs, (tmp_path / "two").resolve(), settings, 0.25, workers=2)
+    assert one.calibration == two.calibration and one.calibration.label in {"minmax", "entropy", "percentile99.99",
+                                                                           "percentile99.999"}
+    assert sorted(one.int8) == sorted(two.int8) == sorted(set(pairs))
+    for key in one.int8:
+        assert _digest(one.int8[key]) == _digest(two.int8[key]), key
+    # every FP32 and INT8 file scored once, with the same figures and per-image statistics
+    assert {p.name for p in one.scores} == {p.name for p in two.scores} == {leaky.name, decomp.name} | {
+        p.name for p in one.int8.values()}
+    by_name = {p.name: v for p, v in two.scores.items()}
+    for path, (everything, at_conf, stats) in one.scores.items():
+        other = by_name[path.name]
+        assert everything == other[0] and at_conf == other[1]
+        theirs = asdict(other[2])
+        for k, v in asdict(stats).items():
+            assert np.array_equal(v, theirs[k]) if isinstance(v, np.ndarray) else v == theirs[k], k
+
+
+def test_default_workers_is_the_usable_cores():
+    import os
+
+    assert default_workers() == len(os.sched_getaffinity(0))
+
+
+def test_a_second_plan_reuses_what_the_first_built_and_any_changed_input_rebuilds(graphs, data_copy, tmp_path,
+                                                                                 monkeypatch):
+    import yaml
+
+    from npuyolo.data.calibration import calibration_images
+
+    leaky, decomp = graphs
+    pairs = [(leaky, "int8"), (leaky, "int8-ends-int16"), (decomp, "int8")]
+    settings = QuantizeSettings(str(data_copy), calib=4, holdout=4, seed=0, sweep=True)
+    folder = tmp_path / "plan"
+    folder.mkdir()
+    first = build_files(pairs, folder, settings, 0.25, workers=1)
+    built = {k: _digest(p) for k, p in first.int8.items()}
+    again = build_files(pairs, folder, settings, 0.25, workers=1)
+    assert dict(again.seconds) == {}  # nothing quantized, nothing scored
+    assert again.calibration == first.calibration and {k: _digest(p) for k, p in again.int8.items()} == built
+    assert {p: v[:2] for p, v in again.scores.items()} == {p: v[:2] for p, v in first.scores.items()}
+
+    # a file rewritten since (another plan's inputs, a hand edit) is a miss, never a wrong hit
+    first.int8[(decomp, "int8")].write_bytes(b"not the recorded bytes")
+    third = build_files(pairs, folder, settings, 0.25, workers=1)
+    assert _digest(third.int8[(decomp, "int8")]) == built[(decomp, "int8")]
+    assert third.seconds["quantize"] > 0
+
+    # a changed calibration image: the INT8 files are built and scored again; the FP32 scores (val unchanged) reused
+    image = calibration_images(data_copy, 4, 0)[0]
+    image.write_bytes(image.read_bytes()[:-16] + bytes(16))
+    scored = []
+    real = plan_work._score_job
+    monkeypatch.setattr(plan_work, "_score_job", lambda path, *a: scored.append(path) or real(path, *a))
+    changed = build_files(pairs, folder, settings, 0.25, workers=1)
+    assert changed.seconds["quantize"] > 0 and yaml.safe_load((folder / "plan-cache.json").read_text())["sweep"]
+    assert leaky not in scored and decomp not in scored and set(scored) <= set(changed.int8.values())
+    unchanged = build_files(pairs, folder, settings, 0.25, workers=1, reuse=False)
+    assert {k: _digest(p) for k, p in unchanged.int8.items()} == {k: _digest(p) for k, p in changed.int8.items()}
