@@ -361,21 +361,20 @@ def test_a_driver_error_is_recorded_as_what_it_was_not_as_ctrl_c():
 def test_the_same_seed_and_threads_repeat_bit_for_bit_and_the_run_records_its_numerics(synth_data, tiny_recipe, tmp_path):
     """Two 1-epoch runs with the same seed, data and torch thread count give identical losses; each run records what
     its numbers depend on (threads, determinism flags, versions, machine), since another thread count does not repeat."""
-    import ultralytics.utils.torch_utils as torch_utils
+    import os
 
     reg = Registry(tmp_path / "reg" / "npuyolo.db")
-    saved = torch_utils.NUM_THREADS
-    torch_utils.NUM_THREADS = 1
-    try:
-        runs = [reg.get_run(train_variant("L4-relu", synth_data, tiny_recipe, reg, verbose=False).run_id) for _ in range(2)]
-    finally:
-        torch_utils.NUM_THREADS = saved
+    one_thread = tiny_recipe.model_copy(update={"threads": 1})
+    runs = [reg.get_run(train_variant("L4-relu", synth_data, one_thread, reg, verbose=False).run_id) for _ in range(2)]
     a, b = (r.epochs[0] for r in runs)
     for key in ("box_loss", "cls_loss", "dfl_loss", "map50", "precision", "recall"):
         assert a.value(key) == b.value(key), key
     n = runs[0].versions["numerics"]
     assert n["torch_threads"] == 1 and n["seed"] == 0 and n["deterministic"] is True and n["device"] == "cpu"
     assert n["cpus"] >= 1 and n["cpu"] and "platform" in n and runs[0].versions["torch"]
+    # without `threads`, a CPU run takes every core it may use (Ultralytics alone would take cores - 1)
+    default = reg.get_run(train_variant("L4-relu", synth_data, tiny_recipe, reg, verbose=False).run_id)
+    assert default.versions["numerics"]["torch_threads"] == len(os.sched_getaffinity(0))
 
 
 def test_members_the_data_cannot_tell_apart_share_a_rank():
