@@ -89,20 +89,17 @@ class Recipe(BaseModel):
     warmup_epochs: float = Field(ge=0)
     seed: int = Field(ge=0, lt=2**32)
     deterministic: bool
-    workers: int = Field(default_factory=default_workers, ge=0)
-    # torch threads of a CPU run; None: every core (Ultralytics' own cores - 1 leaves a core idle: it loads images in
-    # the training process on the CPU; 74 s against 41 s an epoch at 320 px on 2 cores). The count changes the numbers
-    threads: int | None = Field(None, ge=1)
-    # Ultralytics' image cache: ram (faster epochs; Ultralytics warns it may break determinism) or disk (.npy files
-    # written beside the images, so the data folder must be writable); false reads images every epoch
-    cache: Literal["ram", "disk"] | bool = False
-    patience: int = 100
-    close_mosaic: int = 10
-    device: str | None = None
-    plots: bool = True  # Ultralytics' own plots: confusion matrix, PR/F1 curves, labelled val batches (shown in reports)
-    fraction: float = Field(1.0, gt=0, le=1)
+    # the rest of the settings: their defaults are in default_recipe.yaml too, with why
+    workers: int | None = Field(ge=0)  # None: min(8, CPU count), filled in below
+    threads: int | None = Field(ge=1)  # torch threads of a CPU run; None: every core (the count changes the numbers)
+    cache: Literal["ram", "disk"] | bool
+    patience: int
+    close_mosaic: int
+    device: str | None
+    plots: bool  # Ultralytics' own plots: confusion matrix, PR/F1 curves, labelled val batches (shown in reports)
+    fraction: float = Field(gt=0, le=1)
     trackers: list[Literal["tensorboard", "mlflow", "wandb", "clearml", "comet", "dvc", "neptune"]] = Field(
-        default_factory=list, description="experiment trackers to let Ultralytics feed (off unless named; the registry is always on)")
+        description="experiment trackers to let Ultralytics feed (off unless named; the registry is always on)")
     ultralytics: dict[str, Any] = Field(default_factory=dict, description="any other Ultralytics train argument")
     distill: DistillConfig | None = Field(None, description="teacher and loss weights of a distillation run")
     act_anneal: dict[str, Any] | None = Field(None, description="LeakyReLU -> ReLU slope schedule (train/anneal.py)")
@@ -112,6 +109,11 @@ class Recipe(BaseModel):
     def _report_defaults(cls, data: Any) -> Any:
         """Settings not given take the report's values from default_recipe.yaml (their only home)."""
         return {**recipe_defaults(), **data} if isinstance(data, dict) else data
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_of_this_machine(cls, v: int | None) -> int:
+        return default_workers() if v is None else v
 
     @field_validator("imgsz")
     @classmethod
