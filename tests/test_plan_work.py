@@ -8,10 +8,15 @@ import pytest
 
 from npuyolo.deploy import plan_work
 from npuyolo.deploy.export import export_onnx
-from npuyolo.deploy.plan_work import QuantizeSettings, build_files, default_workers
+from npuyolo.deploy.plan_work import QuantizeSettings, build_files, default_workers, worker_pool
 from npuyolo.npu.rewrite import rewrite_leaky
 
 from .test_deploy import randomised
+
+
+def build(pairs, folder, settings, workers=1, **kwargs):
+    with worker_pool(workers) as pool:
+        return build_files(pairs, folder, settings, 0.25, pool, **kwargs)
 
 
 def _digest(path) -> str:
@@ -35,9 +40,9 @@ def test_two_workers_build_the_same_files_and_scores_as_one(graphs, synth_data, 
     pairs = [(leaky, "int8"), (leaky, "int8-ends-int16"), (decomp, "int8"), (leaky, "int8")]
     settings = QuantizeSettings(str(synth_data), calib=6, holdout=4, seed=0, sweep=True)
     (tmp_path / "one").mkdir()
-    one = build_files(pairs, (tmp_path / "one").resolve(), settings, 0.25, workers=1)
+    one = build(pairs, (tmp_path / "one").resolve(), settings, workers=1)
     (tmp_path / "two").mkdir()
-    two = build_files(pairs, (tmp_path / "two").resolve(), settings, 0.25, workers=2)
+    two = build(pairs, (tmp_path / "two").resolve(), settings, workers=2)
     assert one.calibration == two.calibration and one.calibration.label in {"minmax", "entropy", "percentile99.99",
                                                                            "percentile99.999"}
     assert sorted(one.int8) == sorted(two.int8) == sorted(set(pairs))
@@ -72,16 +77,16 @@ def test_a_second_plan_reuses_what_the_first_built_and_any_changed_input_rebuild
     settings = QuantizeSettings(str(data_copy), calib=4, holdout=4, seed=0, sweep=True)
     folder = tmp_path / "plan"
     folder.mkdir()
-    first = build_files(pairs, folder, settings, 0.25, workers=1)
+    first = build(pairs, folder, settings)
     built = {k: _digest(p) for k, p in first.int8.items()}
-    again = build_files(pairs, folder, settings, 0.25, workers=1)
+    again = build(pairs, folder, settings)
     assert dict(again.seconds) == {}  # nothing quantized, nothing scored
     assert again.calibration == first.calibration and {k: _digest(p) for k, p in again.int8.items()} == built
     assert {p: v[:2] for p, v in again.scores.items()} == {p: v[:2] for p, v in first.scores.items()}
 
     # a file rewritten since (another plan's inputs, a hand edit) is a miss, never a wrong hit
     first.int8[(decomp, "int8")].write_bytes(b"not the recorded bytes")
-    third = build_files(pairs, folder, settings, 0.25, workers=1)
+    third = build(pairs, folder, settings)
     assert _digest(third.int8[(decomp, "int8")]) == built[(decomp, "int8")]
     assert third.seconds["quantize"] > 0
 
@@ -91,8 +96,59 @@ def test_a_second_plan_reuses_what_the_first_built_and_any_changed_input_rebuild
     scored = []
     real = plan_work._score_job
     monkeypatch.setattr(plan_work, "_score_job", lambda path, *a: scored.append(path) or real(path, *a))
-    changed = build_files(pairs, folder, settings, 0.25, workers=1)
+    changed = build(pairs, folder, settings)
     assert changed.seconds["quantize"] > 0 and yaml.safe_load((folder / "plan-cache.json").read_text())["sweep"]
     assert leaky not in scored and decomp not in scored and set(scored) <= set(changed.int8.values())
-    unchanged = build_files(pairs, folder, settings, 0.25, workers=1, reuse=False)
+    unchanged = build(pairs, folder, settings, reuse=False)
     assert {k: _digest(p) for k, p in unchanged.int8.items()} == {k: _digest(p) for k, p in changed.int8.items()}
+
+
+def test_a_cache_entry_that_is_malformed_or_another_files_is_a_miss_never_a_crash(graphs, synth_data, tmp_path):
+    import json
+    import shutil
+
+    leaky, _ = graphs
+    own = tmp_path / "a.onnx"
+    shutil.copyfile(leaky, own)
+    settings = QuantizeSettings(str(synth_data), calib=4, holdout=4, seed=0, sweep=True)
+    folder = tmp_path / "plan"
+    folder.mkdir()
+    first = build([(own, "int8")], folder, settings)
+    index_path = folder / "plan-cache.json"
+    index = json.loads(index_path.read_text())
+    for entry in index["sweep"].values():
+        entry.pop("method")
+    for entry in index["scores"].values():
+        entry["all"] = {}
+    index_path.write_text(json.dumps(index))
+    again = build([(own, "int8")], folder, settings)
+    assert again.seconds["quantize"] > 0 and again.seconds["evaluate"] > 0  # built and scored again
+    assert _digest(again.int8[(own, "int8")]) == _digest(first.int8[(own, "int8")])
+    index_path.write_text("[" * 100000)  # nested past Python's recursion limit
+    assert build([(own, "int8")], folder, settings).calibration == first.calibration
+    # the same bytes under another name score again: its statistics are its own file
+    other = tmp_path / "b.onnx"
+    shutil.copyfile(own, other)
+    scored = build([(own, "int8"), (other, "int8")], folder, settings)
+    assert (folder / "stats" / "b.npz").is_file() and (folder / "stats" / "b-int8.npz").is_file()
+    assert scored.scores[other][:2] == scored.scores[own][:2]
+
+
+def test_a_workers_error_comes_back_whole_and_workers_are_checked(graphs, synth_data, tmp_path):
+    import pickle
+
+    from npuyolo import NpuyoloError, Workspace
+    from npuyolo.data.check import DataError
+    from npuyolo.npu.onnxfile import ExportError
+
+    problems = ["data.yaml: val: folder /x does not exist", "data.yaml: 3 labels name class 9"]
+    back = pickle.loads(pickle.dumps(DataError(problems, param="data")))
+    assert back.problems == problems and back.param == "data" and str(back) == str(DataError(problems))
+    settings = QuantizeSettings(str(synth_data), calib=4, holdout=4, seed=0, sweep=False)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not an ONNX graph")
+    with pytest.raises(ExportError, match="not a readable ONNX model"):  # raised in a worker, handed back whole
+        build([(garbage, "int8")], tmp_path, settings, workers=2)
+    for bad in (0, -3, 1.5, True):
+        with pytest.raises(NpuyoloError, match="workers must be"):
+            Workspace(tmp_path / "r.db").plan("L4-relu", ["relu-only"], synth_data, workers=bad)

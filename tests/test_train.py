@@ -358,7 +358,8 @@ def test_a_driver_error_is_recorded_as_what_it_was_not_as_ctrl_c():
     assert stop_reason(MemoryError()) == "stopped because the series driver failed (MemoryError)"
 
 
-def test_the_same_seed_and_threads_repeat_bit_for_bit_and_the_run_records_its_numerics(synth_data, tiny_recipe, tmp_path):
+def test_the_same_seed_and_threads_repeat_bit_for_bit_and_the_run_records_its_numerics(synth_data, tiny_recipe, tmp_path,
+                                                                                         monkeypatch):
     """Two 1-epoch runs with the same seed, data and torch thread count give identical losses; each run records what
     its numbers depend on (threads, determinism flags, versions, machine), since another thread count does not repeat."""
     import os
@@ -372,9 +373,16 @@ def test_the_same_seed_and_threads_repeat_bit_for_bit_and_the_run_records_its_nu
     n = runs[0].versions["numerics"]
     assert n["torch_threads"] == 1 and n["seed"] == 0 and n["deterministic"] is True and n["device"] == "cpu"
     assert n["cpus"] >= 1 and n["cpu"] and "platform" in n and runs[0].versions["torch"]
-    # without `threads`, a CPU run takes every core it may use (Ultralytics alone would take cores - 1)
+    # without `threads`, a CPU run takes every core it may use, at most 8 (Ultralytics alone would take cores - 1),
+    # or OMP_NUM_THREADS where set (Ray sets it per task)
+    from npuyolo.train.trainer import default_cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert default_cpu_threads() == min(8, len(os.sched_getaffinity(0)))
     default = reg.get_run(train_variant("L4-relu", synth_data, tiny_recipe, reg, verbose=False).run_id)
-    assert default.versions["numerics"]["torch_threads"] == len(os.sched_getaffinity(0))
+    assert default.versions["numerics"]["torch_threads"] == default_cpu_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert default_cpu_threads() == 1
 
 
 def test_members_the_data_cannot_tell_apart_share_a_rank():

@@ -29,7 +29,10 @@ class DataError(NpuyoloError, ValueError):
             return
         shown = "\n".join(f"  {p}" for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        super().__init__(f"{len(problems)} problems in the data set:\n{shown}{more}")
+        super().__init__(f"{len(problems)} problems in the data set:\n{shown}{more}", param=param)
+
+    def __reduce__(self):  # rebuilt from its problems (a plan's worker process hands it back pickled), not its message
+        return type(self), (self.problems, self.param)
 
 
 @dataclass

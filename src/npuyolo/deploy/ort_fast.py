@@ -12,6 +12,7 @@ calibrator (`fast_entropy`), never for the process.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -42,20 +43,26 @@ def replace_input_of_all_nodes(self: ONNXModel, old_input_name: str, new_input_n
             ONNXModel.replace_node_input(node, old_input_name, new_input_name)
 
 
+_PATCHING = threading.Lock()  # one patched block at a time: two threads never restore each other's patch
+# the ORT releases whose `get_entropy_threshold` `entropy_threshold` was checked against (tests/test_ort_fast.py)
+AUDITED_ENTROPY = ("1.32.",)
+
+
 @contextlib.contextmanager
 def fast_qdq() -> Iterator[None]:
     """For the length of the block, ORT's quantizer uses the two functions above (restored after, even on error)."""
-    saved = [(m, m.find_by_name) for m in _FIND_BY_NAME_USERS]
-    saved_replace = ONNXModel.replace_input_of_all_nodes
-    try:
-        for module, _ in saved:
-            module.find_by_name = find_by_name
-        ONNXModel.replace_input_of_all_nodes = replace_input_of_all_nodes
-        yield
-    finally:
-        for module, original in saved:
-            module.find_by_name = original
-        ONNXModel.replace_input_of_all_nodes = saved_replace
+    with _PATCHING:
+        saved = [(m, m.find_by_name) for m in _FIND_BY_NAME_USERS]
+        saved_replace = ONNXModel.replace_input_of_all_nodes
+        try:
+            for module, _ in saved:
+                module.find_by_name = find_by_name
+            ONNXModel.replace_input_of_all_nodes = replace_input_of_all_nodes
+            yield
+        finally:
+            for module, original in saved:
+                module.find_by_name = original
+            ONNXModel.replace_input_of_all_nodes = saved_replace
 
 
 def entropy_threshold(histogram, num_quantized_bins: int):
@@ -106,5 +113,7 @@ def entropy_threshold(histogram, num_quantized_bins: int):
 def fast_entropy(calibrator) -> None:
     """Make one ORT entropy calibrator (after `collect_data`, before `compute_data`) search thresholds with
     `entropy_threshold`."""
-    if calibrator.collector is not None:
-        calibrator.collector.get_entropy_threshold = entropy_threshold
+    import onnxruntime
+
+    if calibrator.collector is not None and onnxruntime.__version__.startswith(AUDITED_ENTROPY):
+        calibrator.collector.get_entropy_threshold = entropy_threshold  # elsewhere ORT's own search: slower, never other

@@ -27,7 +27,7 @@ from npuyolo.deploy.check import check_model, sigmoid_on_npu
 from npuyolo.deploy.compile import compile_model, record
 from npuyolo.deploy.evaluate import DeployError
 from npuyolo.deploy.export import check_imgsz
-from npuyolo.deploy.plan_work import QuantizeSettings, build_files
+from npuyolo.deploy.plan_work import QuantizeSettings, build_files, worker_pool
 from npuyolo.deploy.quantize import ENDS
 from npuyolo.errors import NpuyoloError
 from npuyolo.npu.graph import load_graph
@@ -839,6 +839,16 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
     check_dataset(data, cache_dir=registry.root / "cache")
     if registry.readonly:
         raise PlanError("a plan writes artefacts; open the registry writable")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise PlanError(f"workers must be a whole number of processes, at least 1, got {workers!r}"[:200],
+                        param="workers")
+    with worker_pool(workers) as pool:  # started now: the workers come up while this process exports
+        return _build_plan(registry, ref, profiles, data, conf, calib, holdout, imgsz, sweep, vendor_int8, reuse, pool,
+                           started)
+
+
+def _build_plan(registry, ref: str, profiles: dict, data, conf: float, calib: int, holdout: int, imgsz: int | None,
+                sweep: bool, vendor_int8: bool, reuse: bool, pool, started: float) -> Plan:
     stage = _Stages()
     # (source, NPU sigmoid?) -> the graph check_model exported: targets without an NPU sigmoid share the -logits file
     exports: dict[tuple[str, bool], Path] = {}
@@ -885,7 +895,7 @@ def build_plan(registry, ref: str, targets: list[str], data: str | Path, *, conf
     # then every INT8 file and every score, in worker processes (none of them touches the registry)
     seed = run.recipe.get("seed", 0) if run is not None else 0
     files = build_files([(fp32, c.route) for _, c, fp32 in specs], folder,
-                        QuantizeSettings(str(data), calib, holdout, seed, sweep), conf, workers, reuse)
+                        QuantizeSettings(str(data), calib, holdout, seed, sweep), conf, pool, reuse)
     for name, seconds in files.seconds.items():
         stage.seconds[name] += seconds
     accuracy: dict[Path, tuple[Accuracy, Accuracy, MatchedStats]] = {}

@@ -7,8 +7,8 @@ Nothing here touches the registry: the results come back to the parent, which re
 
 Results do not depend on the number of workers (`tests/test_plan_work.py`): every ONNX Runtime session keeps ORT's
 default thread count (MLAS splits a Conv's sums by it, so the count changes the last bits), and the workers only stop
-ORT's idle threads from spinning. Workers are forked (Linux): the parent already holds every module, so a worker starts
-in milliseconds where a spawned one would import PyTorch and Ultralytics again.
+ORT's idle threads from spinning. Workers are forked from a forkserver that imported this module once (Linux; elsewhere
+everything runs in the calling process), never from the parent, whose threads' locks a forked child would inherit.
 
 A second plan of the same model reuses what the first built (`plan-cache.json` in the plan folder): an INT8 file is
 kept under a key of everything its bytes depend on (the FP32 graph's bytes, the route, the calibration, the content of
@@ -18,13 +18,18 @@ the val images' and labels' content and the threshold. Any change to one of them
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import multiprocessing
 import os
+import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,13 +37,14 @@ from npuyolo.data.calibration import calibration_images, holdout_images
 from npuyolo.deploy import evaluate
 from npuyolo.deploy.bundle.build import npuyolo_version
 from npuyolo.deploy.compare import val_fingerprint
-from npuyolo.deploy.quantize import quantize_onnx
+from npuyolo.deploy.evaluate import DeployError
+from npuyolo.deploy.quantize import METHODS, quantize_onnx
 from npuyolo.errors import NpuyoloError
 from npuyolo.paths import read_regular_file, safe_join, sha256_file, write_text
 from npuyolo.stats.matched import StatsError, load_stats, save_stats
 
-__all__ = ["CACHE_FILE", "Calibration", "PlanFiles", "QuantizeSettings", "build_files", "default_workers", "int8_path",
-           "route_ends", "score_file", "stats_name"]
+__all__ = ["CACHE_FILE", "Calibration", "PlanFiles", "QuantizeSettings", "build_files", "default_workers", "environment",
+           "int8_path", "route_ends", "score_file", "stats_name", "worker_pool"]
 
 
 @dataclass(frozen=True)
@@ -69,14 +75,44 @@ class PlanFiles:
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # busy seconds per stage, all workers
 
 
-def default_workers() -> int:
-    """One worker per core this process may use; 1 (no pool) where workers cannot be forked."""
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return 1
+def _usable_cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def default_workers() -> int:
+    """One worker per core this process may use; 1 (everything in this process) off Linux."""
+    return _usable_cores() if sys.platform.startswith("linux") else 1
+
+
+def _warm() -> int:
+    return os.getpid()
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int | None = None) -> Iterator[ProcessPoolExecutor | _Inline]:
+    """The plan's worker processes, started at once so that their start overlaps the parent's exports.
+
+    Forked from a forkserver that has imported this module (and so PyTorch, ONNX Runtime, Ultralytics) once, never
+    from the parent: the parent may hold threads (the CLI's progress spinner, a user's thread pool, OpenMP) whose
+    locks a forked child would inherit held. One worker: no process at all, every job inline."""
+    n = default_workers() if workers is None else workers
+    if n == 1:
+        yield _Inline()
+        return
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    ex = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init)
+    try:
+        for _ in range(n):
+            ex.submit(_warm)
+        yield ex
+    except BaseException:
+        ex.shutdown(wait=False, cancel_futures=True)  # an error or Ctrl-C: no queued job runs after it
+        raise
+    ex.shutdown(wait=True)
 
 
 def stats_name(path: Path) -> str:
@@ -152,24 +188,41 @@ def _worker_init() -> None:
 
 
 class _Inline:
-    """ProcessPoolExecutor's `submit` run at once, in this process: the one-worker road (and the reference)."""
+    """ProcessPoolExecutor's `submit` run at once, in this process: the one-worker road (and the reference). An error
+    (or Ctrl-C) leaves at once, as it would from a plan without workers."""
 
     def submit(self, fn, *args) -> Future:
         future: Future = Future()
-        try:
-            future.set_result(fn(*args))
-        except BaseException as e:  # noqa: BLE001  (handed back through the future, as a pool would)
-            future.set_exception(e)
+        future.set_result(fn(*args))
         return future
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 CACHE_FILE = "plan-cache.json"
+FIGURES = ("precision", "recall", "map50", "map50_95")
+
+
+@functools.cache
+def environment() -> dict:
+    """What a plan's files and scores depend on besides their inputs: npuyolo's own code (a hash of its sources, so a
+    changed line in a development checkout is a miss), the libraries that quantize, score and serialise, and the
+    machine (MLAS kernels and ORT's default thread count change the last bits)."""
+    import cv2
+    import numpy
+    import onnx
+    import onnxruntime
+    import torch
+    import ultralytics
+
+    from npuyolo.train.records import cpu_model
+
+    root = Path(__file__).resolve().parents[1]
+    source = hashlib.sha256()
+    for f in sorted(root.rglob("*")):
+        if f.suffix in (".py", ".yaml", ".json") and f.is_file():
+            source.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return {"npuyolo": npuyolo_version(), "source": source.hexdigest()[:16], "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "ultralytics": ultralytics.__version__,
+            "numpy": numpy.__version__, "opencv": cv2.__version__, "cpu": cpu_model(), "cores": _usable_cores()}
 
 
 def _key(*parts) -> str:
@@ -181,13 +234,15 @@ def _images_fingerprint(paths: list[Path]) -> str:
 
 
 def build_files(pairs: list[tuple[Path, str]], folder: Path, settings: QuantizeSettings, conf: float,
-                workers: int | None = None, reuse: bool = True) -> PlanFiles:
+                pool: ProcessPoolExecutor | _Inline | None = None, reuse: bool = True) -> PlanFiles:
     """Every (FP32 graph, INT8 route) in `pairs` quantized into `folder`, and every FP32 and INT8 file scored on val.
 
     The first pair's graph carries the calibration sweep (its `int8` route is the sweep's winner); without a sweep,
-    MinMax. `workers`: processes (None: one per core; 1: everything in this process, in order). `reuse`: take what an
+    MinMax. `pool`: a `worker_pool()` (None: one of one worker per core, for this call). `reuse`: take what an
     earlier plan in `folder` built and scored from the same inputs (`plan-cache.json`)."""
-    workers = default_workers() if workers is None else max(1, workers)
+    if pool is None:
+        with worker_pool() as own:
+            return build_files(pairs, folder, settings, conf, own, reuse)
     routes: dict[Path, list[str]] = {}
     for fp32, route in pairs:
         routes.setdefault(fp32, [])
@@ -203,11 +258,8 @@ def build_files(pairs: list[tuple[Path, str]], folder: Path, settings: QuantizeS
     elif keys is not None and (hit := keys.sweep(first)) is not None:
         files.calibration, files.int8[(first, "int8")] = hit
     jobs = _Jobs(files, folder, settings, conf, keys, routes, first)
-    pool = _Inline() if workers == 1 else ProcessPoolExecutor(
-        max_workers=min(workers, max(1, len(routes) * 2)), mp_context=multiprocessing.get_context("fork"),
-        initializer=_worker_init)
-    with pool as ex:
-        jobs.ex = ex
+    jobs.ex = pool
+    try:
         if files.calibration is None:  # the critical path goes first
             jobs.submit(_sweep_job, ("sweep", first), first, folder, settings)
         for fp32 in routes:  # FP32 files need no calibration: scored from the start
@@ -218,6 +270,13 @@ def build_files(pairs: list[tuple[Path, str]], folder: Path, settings: QuantizeS
             done, _ = wait(list(jobs.pending), return_when=FIRST_COMPLETED)
             for future in done:
                 jobs.finished(jobs.pending.pop(future), future.result())  # a job's error ends the plan, as before
+    except BrokenProcessPool as e:  # a worker killed (out of memory, a signal): one line, and what to try
+        raise DeployError("a plan worker process died (out of memory?); plan with fewer `workers` (1: none)",
+                          param="workers") from e
+    except BaseException:
+        for future in jobs.pending:  # nothing queued runs after an error or Ctrl-C
+            future.cancel()
+        raise
     if keys is not None:
         keys.save(files)
     return files
@@ -227,8 +286,6 @@ class _Keys:
     """Content keys of a plan's files and scores, and the cache index (`plan-cache.json`) they are looked up in."""
 
     def __init__(self, folder: Path, settings: QuantizeSettings, conf: float, graphs: list[Path]):
-        import onnxruntime
-
         self.folder, self.settings, self.conf = folder, settings, conf
         self.path = folder / CACHE_FILE
         self.index: dict = {"int8": {}, "sweep": {}, "scores": {}}
@@ -237,9 +294,9 @@ class _Keys:
                 loaded = json.loads(read_regular_file(self.path, 1 << 24))
                 if isinstance(loaded, dict) and all(isinstance(loaded.get(k), dict) for k in self.index):
                     self.index = {k: loaded[k] for k in self.index}
-            except (OSError, ValueError):  # unreadable or hand-edited: everything is built again, and it is rewritten
+            except (OSError, ValueError, RecursionError):  # unreadable or hand-edited: all built again, and rewritten
                 pass
-        self.versions = (npuyolo_version(), onnxruntime.__version__)
+        self.versions = environment()
         calibration = calibration_images(settings.data, settings.calib, settings.seed)
         held = holdout_images(settings.data, settings.holdout, calibration, settings.seed) if settings.sweep else []
         self.images = _images_fingerprint(calibration + held)
@@ -274,10 +331,15 @@ class _Keys:
         return self.scored_keys[path]
 
     def sweep(self, fp32: Path) -> tuple[Calibration, Path] | None:
+        """The sweep's choice and its INT8 file, from an earlier plan; None (built again) for anything malformed."""
         entry = self._entry("sweep", self._sweep_key(fp32))
-        if entry is None:
+        if entry is None or entry["file"] != int8_path(self.folder, fp32, "int8").name:
             return None
-        return Calibration(entry["method"], entry["percentile"], entry["label"]), self.folder / entry["file"]
+        method, percentile, label = entry.get("method"), entry.get("percentile"), entry.get("label")
+        if method not in METHODS or not isinstance(label, str) or not (
+                percentile is None or (isinstance(percentile, float) and 50.0 < percentile <= 100.0)):
+            return None
+        return Calibration(method, percentile, label), self.folder / entry["file"]
 
     def int8(self, fp32: Path, route: str, cal: Calibration) -> Path | None:
         entry = self._entry("int8", self._int8_key(fp32, route, cal))
@@ -286,11 +348,14 @@ class _Keys:
 
     def score(self, path: Path) -> tuple[dict, dict, object] | None:
         entry = self._entry("scores", self._score_key(path))
-        if entry is None:
+        if entry is None or entry["file"] != stats_name(path):  # this file's own statistics, never another's
+            return None
+        figures = [entry.get("all"), entry.get("at_conf")]
+        if not all(isinstance(f, dict) and all(isinstance(f.get(k), float) for k in FIGURES) for f in figures):
             return None
         try:
-            return entry["all"], entry["at_conf"], load_stats(self.folder / entry["file"])
-        except (StatsError, OSError, KeyError):
+            return figures[0], figures[1], load_stats(self.folder / entry["file"])
+        except (StatsError, OSError):
             return None
 
     def save(self, files: PlanFiles) -> None:
@@ -305,13 +370,16 @@ class _Keys:
         def entry(name: str, **extra) -> dict:
             return {"file": name, "sha": sha256_file(self.folder / name), **extra}
 
-        if self.settings.sweep and (first, "int8") in files.int8:
+        files_int8 = {k: p for k, p in files.int8.items() if p.is_file()}
+        scores = {p: v for p, v in files.scores.items() if (self.folder / stats_name(p)).is_file()}
+
+        if self.settings.sweep and (first, "int8") in files_int8:
             index["sweep"][self._sweep_key(first)] = entry(files.int8[(first, "int8")].name, method=cal.method,
                                                            percentile=cal.percentile, label=cal.label)
-        for (fp32, route), path in files.int8.items():
+        for (fp32, route), path in files_int8.items():
             if not (self.settings.sweep and fp32 == first and route == "int8"):
                 index["int8"][self._int8_key(fp32, route, cal)] = entry(path.name)
-        for path, (everything, at_conf, _) in files.scores.items():
+        for path, (everything, at_conf, _) in scores.items():
             index["scores"][self._score_key(path)] = entry(stats_name(path), all=everything, at_conf=at_conf)
         write_text(self.path, json.dumps(index, indent=1, default=float) + "\n")
 

@@ -250,9 +250,13 @@ def minmax_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path
             values = dict(zip(names, sess.run(names, feed), strict=True))
             values.update({k: v for k, v in feed.items() if k in tensors})
             for name, value in values.items():
-                lo, hi = np.nanmin(value), np.nanmax(value)
-                lows[name] = lo if name not in lows else min(lows[name], lo)
-                highs[name] = hi if name not in highs else max(highs[name], hi)
+                if value.size == 0:
+                    continue
+                # as ORT: ReduceMin/ReduceMax per image (a NaN makes that image's value NaN), then a NaN-ignoring
+                # min/max over the images (np.nanmin over the per-image values)
+                lo, hi = value.min(), value.max()
+                lows[name] = lo if name not in lows else np.fmin(lows[name], lo)
+                highs[name] = hi if name not in highs else np.fmax(highs[name], hi)
     reader.rewind()
     if not seen:
         raise DeployError("no calibration image to read ranges from")

@@ -141,17 +141,28 @@ class PreparedRun:
         return trainer_for(self.recipe)(overrides=dict(self.overrides))
 
 
+MAX_DEFAULT_THREADS = 8  # Ultralytics' own cap: a nano model gains nothing from more
+
+
+def default_cpu_threads() -> int:
+    """Torch threads of a CPU run that does not set `threads`: OMP_NUM_THREADS where set (Ray sets it to a task's
+    CPUs, so members trained side by side do not each take every core), else every core this process may use, at most
+    8. Ultralytics' own default, cores - 1, trains at half speed on 2 cores."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_THREADS, cores))
+
+
 def use_cpu_threads(threads: int | None) -> None:
-    """The torch threads Ultralytics sets when its trainer picks the CPU (`select_device`): `threads`, else every core
-    this process may use (Ultralytics' default, cores - 1, trains at half speed on 2 cores)."""
+    """The torch threads Ultralytics sets when its trainer picks the CPU (`select_device`)."""
     import ultralytics.utils.torch_utils as torch_utils
 
-    if threads is None:
-        try:
-            threads = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            threads = os.cpu_count() or 1
-    torch_utils.NUM_THREADS = threads
+    torch_utils.NUM_THREADS = threads or default_cpu_threads()
 
 
 def train_variant(variant: str, data: str | Path, recipe: Recipe, registry: Registry, *, name: str | None = None,
