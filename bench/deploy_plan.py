@@ -69,9 +69,9 @@ def main() -> None:
     print(f"deploy plan: {plan.model_ref}, {len(plan.targets)} targets, {args.imgsz} px, no compilers, "
           f"calibration sweep -> {plan.calibration} ({args.calib} images, {args.holdout} held back), {workers} worker "
           f"process(es)")
-    print(f"total {wall:.1f} s wall (plan's own clock {plan.seconds:.1f} s), {cpu:.1f} s CPU (this process, its workers "
-          f"and all their threads; on a shared machine the wall time also holds other jobs' turns), load average "
-          f"{os.getloadavg()[0]:.1f} at the end")
+    print(f"total {wall:.1f} s wall (plan's own clock {plan.seconds:.1f} s), {cpu:.1f} s CPU in this process (with "
+          f"workers, theirs is not counted: they are the forkserver's children; on a shared machine the wall time also "
+          f"holds other jobs' turns), load average {os.getloadavg()[0]:.1f} at the end")
     stages = dict(plan.stages)
     print("  busy seconds per stage (quantize and evaluate: summed over the workers, which run side by side):")
     for name, seconds in sorted(stages.items(), key=lambda kv: -kv[1]):
@@ -94,7 +94,7 @@ def main() -> None:
 
 
 def _cpu_seconds() -> float:
-    """CPU time of this process and of its finished children (the plan's worker processes)."""
+    """CPU time of this process and of its finished children (a plan without workers: all of it)."""
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
 

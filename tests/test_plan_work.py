@@ -101,6 +101,7 @@ def test_a_second_plan_reuses_what_the_first_built_and_any_changed_input_rebuild
     assert leaky not in scored and decomp not in scored and set(scored) <= set(changed.int8.values())
     unchanged = build(pairs, folder, settings, reuse=False)
     assert {k: _digest(p) for k, p in unchanged.int8.items()} == {k: _digest(p) for k, p in changed.int8.items()}
+    assert dict(build(pairs, folder, settings).seconds) == {}  # what a reuse=False plan built is recorded and reused
 
 
 def test_a_cache_entry_that_is_malformed_or_another_files_is_a_miss_never_a_crash(graphs, synth_data, tmp_path):
@@ -152,3 +153,4 @@ def test_a_workers_error_comes_back_whole_and_workers_are_checked(graphs, synth_
     for bad in (0, -3, 1.5, True):
         with pytest.raises(NpuyoloError, match="workers must be"):
             Workspace(tmp_path / "r.db").plan("L4-relu", ["relu-only"], synth_data, workers=bad)
+

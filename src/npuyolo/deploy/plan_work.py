@@ -239,7 +239,8 @@ def build_files(pairs: list[tuple[Path, str]], folder: Path, settings: QuantizeS
 
     The first pair's graph carries the calibration sweep (its `int8` route is the sweep's winner); without a sweep,
     MinMax. `pool`: a `worker_pool()` (None: one of one worker per core, for this call). `reuse`: take what an
-    earlier plan in `folder` built and scored from the same inputs (`plan-cache.json`)."""
+    earlier plan in `folder` built and scored from the same inputs (`plan-cache.json`); either way, what this call
+    builds is recorded there for the next."""
     if pool is None:
         with worker_pool() as own:
             return build_files(pairs, folder, settings, conf, own, reuse)
@@ -252,12 +253,13 @@ def build_files(pairs: list[tuple[Path, str]], folder: Path, settings: QuantizeS
     if not routes:
         return files
     first = next(iter(routes))
-    keys = _Keys(folder, settings, conf, list(routes)) if reuse else None
+    keys = _Keys(folder, settings, conf, list(routes))  # what this plan builds is recorded even when it reuses nothing
+    lookup = keys if reuse else None
     if not settings.sweep:
         files.calibration = Calibration("minmax", None, "minmax")
-    elif keys is not None and (hit := keys.sweep(first)) is not None:
+    elif lookup is not None and (hit := lookup.sweep(first)) is not None:
         files.calibration, files.int8[(first, "int8")] = hit
-    jobs = _Jobs(files, folder, settings, conf, keys, routes, first)
+    jobs = _Jobs(files, folder, settings, conf, lookup, routes, first)
     jobs.ex = pool
     try:
         if files.calibration is None:  # the critical path goes first
@@ -277,8 +279,7 @@ def build_files(pairs: list[tuple[Path, str]], folder: Path, settings: QuantizeS
         for future in jobs.pending:  # nothing queued runs after an error or Ctrl-C
             future.cancel()
         raise
-    if keys is not None:
-        keys.save(files)
+    keys.save(files)
     return files
 
 
@@ -393,7 +394,7 @@ class _Jobs:
         self.routes, self.first = routes, first
         self.ex = None
         self.pending: dict[Future, tuple] = {}
-        self.first_ranges: dict = {}
+        self.ranges: dict[Path, dict] = {}  # FP32 graph -> its calibration ranges by label (the sweep's graph's)
         self.scored: set[Path] = set()
 
     def submit(self, fn, tag: tuple, *args) -> None:
@@ -411,26 +412,29 @@ class _Jobs:
 
     def quantize_all(self) -> None:
         """Every graph's routes not built yet (reused where the cache holds them); each file scored once built."""
+        for fp32 in self.routes:
+            self.quantize_graph(fp32)
+
+    def quantize_graph(self, fp32: Path) -> None:
         cal = self.files.calibration
-        for fp32, wanted in self.routes.items():
-            todo = []
-            for route in wanted:
-                if (fp32, route) not in self.files.int8 and self.keys is not None:
-                    hit = self.keys.int8(fp32, route, cal)
-                    if hit is not None:
-                        self.files.int8[(fp32, route)] = hit
-                if (fp32, route) in self.files.int8:
-                    self.score(self.files.int8[(fp32, route)])
-                else:
-                    todo.append(route)
-            if todo:
-                ranges = self.first_ranges if fp32 == self.first else {}
-                self.submit(_quantize_job, ("quantize", fp32), fp32, todo, self.folder, self.settings, cal, ranges)
+        todo = []
+        for route in self.routes[fp32]:
+            if (fp32, route) not in self.files.int8 and self.keys is not None:
+                hit = self.keys.int8(fp32, route, cal)
+                if hit is not None:
+                    self.files.int8[(fp32, route)] = hit
+            if (fp32, route) in self.files.int8:
+                self.score(self.files.int8[(fp32, route)])
+            else:
+                todo.append(route)
+        if todo:
+            self.submit(_quantize_job, ("quantize", fp32), fp32, todo, self.folder, self.settings, cal,
+                        self.ranges.get(fp32, {}))
 
     def finished(self, tag: tuple, result) -> None:
         kind, path = tag
         if kind == "sweep":
-            self.files.calibration, self.first_ranges, out, seconds = result
+            self.files.calibration, self.ranges[path], out, seconds = result
             self.files.int8[(path, "int8")] = out
             self.files.seconds["quantize"] += seconds
             self.quantize_all()  # scores the sweep's winner where a candidate ships it
