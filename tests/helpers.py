@@ -203,3 +203,15 @@ def bomb_inline(depth: int = 7, width: int = 9) -> str:
     items = [f"&b0 [{', '.join(['lol'] * width)}]"]
     items += [f"&b{i} [{', '.join([f'*b{i - 1}'] * width)}]" for i in range(1, depth + 1)]
     return "[" + ", ".join(items) + "]"
+
+
+def foreign_file_and_link(folder: Path, name: str, text: str) -> tuple[Path, Path, Path]:
+    """A user's own file `name` holding `text`, and a symbolic link `link.onnx` to another of their files
+    (`target.txt`, holding "keep"): what an output option must never overwrite or write through."""
+    foreign = folder / name
+    foreign.write_text(text)
+    target = folder / "target.txt"
+    target.write_text("keep")
+    link = folder / "link.onnx"
+    link.symlink_to(target)
+    return foreign, target, link

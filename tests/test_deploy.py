@@ -329,7 +329,7 @@ import threading
 
 from npuyolo import NpuyoloError, Workspace
 
-from .helpers import cli, data_yaml_with, new_run, one_line_error, save_pt, sha
+from .helpers import cli, data_yaml_with, foreign_file_and_link, new_run, one_line_error, save_pt, sha
 
 def test_a_failed_export_leaves_no_file(tmp_path, monkeypatch):
     import npuyolo.deploy.export as export
@@ -379,12 +379,7 @@ def test_export_never_overwrites_the_registry(tmp_path, registry_db):
 
 
 def test_export_refuses_a_foreign_file_and_a_symlink_unless_forced(tmp_path):
-    mine = tmp_path / "notes.onnx"
-    mine.write_text("my notes")
-    target = tmp_path / "target.txt"
-    target.write_text("keep")
-    link = tmp_path / "link.onnx"
-    link.symlink_to(target)
+    mine, target, link = foreign_file_and_link(tmp_path, "notes.onnx", "my notes")
     assert "did not write" in one_line_error(cli("export", "L4-relu", "--imgsz", "64", "--out", mine))
     assert "symbolic link" in one_line_error(cli("export", "L4-relu", "--imgsz", "64", "--out", link))
     assert mine.read_text() == "my notes" and target.read_text() == "keep"

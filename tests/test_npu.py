@@ -350,16 +350,11 @@ import stat
 
 from npuyolo.registry.db import Registry
 
-from .helpers import cli, leaky_onnx, one_line_error, sha
+from .helpers import cli, foreign_file_and_link, leaky_onnx, one_line_error, sha
 
 def test_rewrite_output_rules(tmp_path, monkeypatch):
     src = leaky_onnx(tmp_path / "m.onnx")
-    foreign = tmp_path / "data.yaml"
-    foreign.write_text("train: images\n")
-    target = tmp_path / "target.onnx"
-    target.write_text("keep")
-    link = tmp_path / "link.onnx"
-    link.symlink_to(target)
+    foreign, target, link = foreign_file_and_link(tmp_path, "data.yaml", "train: images\n")
     db = tmp_path / "reg" / "npuyolo.db"
     Registry(db).close()
     monkeypatch.setenv("NPUYOLO_REGISTRY", str(db))
