@@ -913,10 +913,19 @@ def _build_plan(registry, ref: str, profiles: dict, data, conf: float, calib: in
     compiled: dict[tuple[Path, str], Placement] = {}
     verdict = ("compiler", "compiler_status", "compiler_cpu_ops", "npu_ms", "compiled_file")
 
+    # the INT8 file that ships, placed like the graph it quantizes: each file read once for every target it serves
+    serves: dict[Path, list[str]] = {}
+    for t, c, fp32 in specs:
+        serves.setdefault(files.int8[(fp32, c.route)], [])
+        if t not in serves[files.int8[(fp32, c.route)]]:
+            serves[files.int8[(fp32, c.route)]].append(t)
+    with stage("place"):
+        reports = {(path, t): r for path, ts in serves.items() for t, r in zip(ts, check_model(str(path), ts).reports,
+                                                                                  strict=True)}
+
     def placement(fp32: Path, int8: Path, t: str, model_ref: str | None = None) -> Placement:
         if (fp32, int8, t) not in placed:
-            with stage("place"):
-                r = check_model(str(int8), [t]).reports[0]  # the INT8 file that ships, placed like the graph it quantizes
+            r = reports[(int8, t)]
             first_off = next((f"{n.op} {n.name}: {n.reason}" for n in r.placements if n.placement in ("cpu", "unknown")), None)
             p = Placement(r.share_nodes, r.nodes_total, r.nodes_cpu, r.nodes_unknown, r.partitions_host, r.fallback_ops,
                           r.unknown_ops, first_off_npu=first_off)
