@@ -228,3 +228,31 @@ def test_a_link_a_fifo_or_an_inflating_file_is_not_read_as_statistics(tmp_path):
         np.savez(fh, header=np.array("[" * 200_000))
     with pytest.raises(StatsError, match="damaged"):
         load_stats(tmp_path / "deep.npz")
+
+
+def test_a_kept_bootstrap_is_read_back_and_a_damaged_one_is_computed_again(tmp_path, monkeypatch):
+    """A report rendered in two languages and two formats drew its 1,000 resamples four times: they are kept under a
+    key of the statistics' content, n and seed, and read back; a damaged file is computed again, an unwritable folder
+    keeps nothing and still answers."""
+    import numpy as np
+
+    from npuyolo.stats import bootstrap
+    from npuyolo.stats.compare import compare_stats
+
+    a, b = as_stats(confident_model(seed=3, images=30)), as_stats(missing_half(confident_model(seed=3, images=30)))
+    first = compare_stats([a, b], ["a", "b"], n=200, keep_in=tmp_path / "kept")
+    (kept,) = (tmp_path / "kept").iterdir()
+    monkeypatch.setattr(bootstrap, "detection_metrics", lambda *args: pytest.fail("computed again"))
+    again = compare_stats([a, b], ["x", "y"], n=200, keep_in=tmp_path / "kept")  # labels do not change the numbers
+    assert [m.map50 for m in again.models] == [m.map50 for m in first.models]
+    assert [p.diff for p in again.pairs] == [p.diff for p in first.pairs]
+    monkeypatch.undo()
+    other_seed = compare_stats([a, b], ["a", "b"], n=200, seed=1, keep_in=tmp_path / "kept")
+    assert len(list((tmp_path / "kept").iterdir())) == 2 and other_seed.pairs[0].diff != first.pairs[0].diff
+    kept.write_bytes(b"damaged")
+    assert [p.diff for p in compare_stats([a, b], ["a", "b"], n=200, keep_in=tmp_path / "kept").pairs] == [
+        p.diff for p in first.pairs]
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    assert compare_stats([a, b], ["a", "b"], n=200, keep_in=blocked / "kept").pairs[0].diff == first.pairs[0].diff
+    assert np.isfinite(first.pairs[0].diff.value)

@@ -8,6 +8,7 @@ recorded `deploy plan` alone: each is a candidate that was built and measured, n
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from npuyolo.deploy.plan import PlanError, cell, chosen_row, load_recorded_plan
 from npuyolo.errors import NpuyoloError
@@ -15,7 +16,7 @@ from npuyolo.stats.compare import compare_stats
 from npuyolo.stats.matched import StatsError
 from npuyolo.registry.db import RECIPE_TYPES, CompilerRunRow, DeployEvalRow, EpochRow, NpuCheckRow, RegistryError, RunRecord
 from npuyolo.train.records import final_stats
-from npuyolo.train.series import rank_series
+from npuyolo.train.series import bootstrap_cache, rank_series
 
 METRICS = ("map50", "map50_95", "precision", "recall")
 LOSSES = ("box_loss", "cls_loss", "dfl_loss")
@@ -225,7 +226,7 @@ def _complete_recipe(run: RunRecord) -> None:
                           "fix or delete that row")
 
 
-def compare_intervals(run: RunRecord, other: RunRecord, n: int = 1000) -> dict | None:
+def compare_intervals(run: RunRecord, other: RunRecord, n: int = 1000, keep_in: Path | None = None) -> dict | None:
     """best.pt of `run` against `other`'s, from the per-image statistics their final validations kept: each metric's
     difference in points with its paired 95% interval and verdict. None where either kept none (older runs) or they
     were scored on other images: the report then says one seed, no interval."""
@@ -233,7 +234,7 @@ def compare_intervals(run: RunRecord, other: RunRecord, n: int = 1000) -> dict |
     if any(s is None for s in stats):
         return None
     try:
-        result = compare_stats(stats, ["a", "b"], n=n)
+        result = compare_stats(stats, ["a", "b"], n=n, keep_in=keep_in)
     except StatsError:  # scored on other images or labels
         return None
     return {p.metric: {**{k: v for k, v in asdict(p.diff.pp()).items()}, "verdict": p.verdict.value} for p in result.pairs}
@@ -275,7 +276,7 @@ def run_facts(registry, ref, compare_ref=None) -> RunFacts:
         npu=npu_rows(registry.npu_checks(run_id=run.id), registry.compiler_runs(run_id=run.id)), int8=deploy_rows(registry.deploy_evals(run.id)), judgements=[],
     )
     if compare is not None:
-        facts.compare_intervals = compare_intervals(run, compare)
+        facts.compare_intervals = compare_intervals(run, compare, keep_in=bootstrap_cache(registry))
     facts.plan, facts.plan_problem = plan_and_problem(run)
     twin = facts.plan.get("twin_run_id") if facts.plan else None
     if twin is not None:

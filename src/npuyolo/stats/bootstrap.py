@@ -11,14 +11,18 @@ models on a resample is paired: the images' difficulty cancels and only the mode
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from npuyolo.paths import atomic_path
 from npuyolo.stats.matched import MatchedStats, StatsError
 
-__all__ = ["METRICS", "Prepared", "common_images", "detection_metrics", "image_resamples", "map50", "map50_samples",
-           "paired_bootstrap", "prepare"]
+__all__ = ["BOOTSTRAP_FORMAT", "METRICS", "Prepared", "common_images", "detection_metrics", "image_resamples", "map50",
+           "map50_samples", "paired_bootstrap", "prepare", "stats_digest"]
 
 METRICS = ("map50", "map50_95", "precision", "recall")
 EPS = 1e-16  # Ultralytics' eps in ap_per_class
@@ -175,11 +179,46 @@ def image_resamples(n_images: int, n: int, seed: int) -> np.ndarray:
     return np.stack([np.bincount(d, minlength=n_images) for d in draws])
 
 
-def paired_bootstrap(stats: list[MatchedStats], labels: list[str], n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(point [models, 4], resampled [n, models, 4]): every model scored on the same n resamples of the images."""
+BOOTSTRAP_FORMAT = 1  # part of every kept result's key: raise it when the metrics or the resampling change
+
+
+def stats_digest(stats: MatchedStats) -> str:
+    """The content of one validation's statistics (images, classes, every array), as a hex digest."""
+    h = hashlib.sha256(json.dumps([list(stats.images), sorted(stats.names.items()), stats.pipeline]).encode())
+    for a in (stats.tp, stats.conf, stats.pred_cls, stats.pred_img, stats.target_cls, stats.target_img):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode() + a.tobytes())
+    return h.hexdigest()
+
+
+def paired_bootstrap(stats: list[MatchedStats], labels: list[str], n: int = 1000, seed: int = 0,
+                     keep_in: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(point [models, 4], resampled [n, models, 4]): every model scored on the same n resamples of the images.
+
+    `keep_in`: a folder where the result is kept under a key of the statistics' content, n and seed, and read back by
+    the next call with the same (a report rendered in two languages and two formats draws its resamples once).
+    A kept file that cannot be read is computed again; a folder that cannot be written keeps nothing."""
     images = common_images(stats, labels)
+    kept = None
+    if keep_in is not None:
+        key = hashlib.sha256(json.dumps([BOOTSTRAP_FORMAT, [stats_digest(s) for s in stats], n, seed]).encode())
+        kept = Path(keep_in) / f"{key.hexdigest()[:32]}.npz"
+        try:
+            with np.load(kept, allow_pickle=False) as z:
+                point, boot = z["point"], z["boot"]
+            if point.shape == (len(stats), 4) and boot.shape == (n, len(stats), 4):
+                return point, boot
+        except (OSError, ValueError, KeyError):  # not kept yet, or damaged: computed again
+            pass
     prepared = [prepare(s.reordered(images)) for s in stats]
     point = np.stack([detection_metrics(p) for p in prepared])
     weights = image_resamples(len(images), n, seed)
     boot = np.stack([[detection_metrics(p, w) for p in prepared] for w in weights]) if n else np.zeros((0, len(stats), 4))
+    if kept is not None:
+        try:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(kept) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, point=point, boot=boot)
+        except OSError:  # a read-only registry folder: nothing kept, the answer stands
+            pass
     return point, boot

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from enum import Enum
+from pathlib import Path
 
 import numpy as np
 
@@ -118,8 +119,9 @@ class Comparison:
 
 
 def compare_stats(stats: list[MatchedStats], labels: list[str], n: int = 1000, seed: int = 0,
-                  metrics: tuple[str, ...] = METRICS) -> Comparison:
-    """Every model's metrics with intervals, and every pair's paired difference with a verdict."""
+                  metrics: tuple[str, ...] = METRICS, keep_in: Path | None = None) -> Comparison:
+    """Every model's metrics with intervals, and every pair's paired difference with a verdict. `keep_in`: where the
+    resampled figures are kept for the next identical call (`paired_bootstrap`)."""
     if len(stats) < 1 or len(stats) != len(labels):
         raise StatsError("compare needs one label per model")
     if len(set(labels)) != len(labels):
@@ -127,7 +129,7 @@ def compare_stats(stats: list[MatchedStats], labels: list[str], n: int = 1000, s
     if stats[0].n_images < MIN_IMAGES:
         raise StatsError(f"{stats[0].n_images} val image(s) are too few for an interval (at least {MIN_IMAGES}); "
                          "compare on a larger val split")
-    point, boot = paired_bootstrap(stats, labels, n=n, seed=seed)
+    point, boot = paired_bootstrap(stats, labels, n=n, seed=seed, keep_in=keep_in)
     models = [ModelSummary(label, *(Estimate.of(point[i, k], boot[:, i, k]) for k in range(4)))
               for i, label in enumerate(labels)]
     pairs = []

@@ -158,11 +158,17 @@ def rank_rows(rows: list[dict]) -> list[dict]:
 RANK_BOOTSTRAP = 500  # paired resamples behind a series' ranks (each member's best.pt on the same val images)
 
 
-def rank_with_intervals(rows: list[dict], stats: list[MatchedStats]) -> list[dict]:
+def bootstrap_cache(registry: Registry) -> Path:
+    """Where a registry's resampled figures are kept (`paired_bootstrap(keep_in=)`): a report rendered in two languages
+    and two formats, or ranked again, draws its resamples once."""
+    return registry.root / "cache" / "bootstrap"
+
+
+def rank_with_intervals(rows: list[dict], stats: list[MatchedStats], keep_in: Path | None = None) -> list[dict]:
     """Ranks from the members' best.pt statistics: a member's rank is 1 + the number of members significantly ahead
     of it (the paired 95% interval of the difference excludes 0), so members the data cannot tell apart share a rank
     instead of being ordered by noise. Each row gets `<metric>_interval` [low, high] and `rank_basis` 'intervals'."""
-    comparison = compare_stats(stats, [str(r["run_id"]) for r in rows], n=RANK_BOOTSTRAP)
+    comparison = compare_stats(stats, [str(r["run_id"]) for r in rows], n=RANK_BOOTSTRAP, keep_in=keep_in)
     for r, summary in zip(rows, comparison.models):
         for metric in RANK_METRICS:
             e = getattr(summary, metric)
@@ -259,7 +265,7 @@ def rank_series(name: str, registry: Registry) -> list[dict]:
     stats = [_kept_stats(registry, r["run_id"]) for r in done]
     if len(done) > 1 and all(s is not None for s in stats):
         try:
-            rank_with_intervals(done, stats)
+            rank_with_intervals(done, stats, bootstrap_cache(registry))
             for r in rows:
                 for metric in RANK_METRICS:
                     r.setdefault(f"rank_{metric}", None)  # unfinished members: listed, unranked
