@@ -595,3 +595,32 @@ def test_a_second_series_run_at_once_does_not_talk_about_name(tmp_path, synth_da
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert r.exit_code == 2 and len(errors) == 1 and "Traceback" not in r.output, r.output
     assert "--name" not in errors[0] and "another run of this series" in errors[0], r.output
+
+
+def test_a_resume_records_the_epochs_its_checkpoint_holds_but_the_registry_lost(tmp_path):
+    """Ultralytics saves last.pt before the epoch is recorded: a Ctrl-C between the two resumed after an epoch the
+    registry never saw (a Ray series showed epochs 1, 2, 4, 5...). The figures come back from results.csv."""
+    from npuyolo.train.trainer import backfill_epochs
+
+    from .helpers import new_run
+
+    reg = Registry(tmp_path / "npuyolo.db")
+    run_id = new_run(reg)
+    reg.record_epoch(run_id, 1, box_loss=6.1, map50=0.0)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    assert backfill_epochs(reg, run_id, folder, 3) == []  # no results.csv: nothing to take
+    header = "epoch,time,train/box_loss,train/cls_loss,train/dfl_loss,metrics/precision(B),metrics/recall(B)," \
+             "metrics/mAP50(B),metrics/mAP50-95(B),val/box_loss,val/cls_loss,val/dfl_loss,lr/pg0,lr/pg1,lr/pg2"
+    rows = ["1,4.5,6.1,5.3,4.3,0,0,0,0,6.2,5.1,4.1,0.0094,0.0094,0.0147",
+            "2,9.0,5.6,4.9,4.0,0.1,0.2,0.05,0.02,6.2,5.1,4.1,0.0091,0.0091,0.0091",
+            "3,13.25,5.2,4.5,3.8,0.3,0.25,0.12,0.06,6.0,5.0,4.0,0.0088,0.0088,0.0088",
+            "4,17.5,5.0,4.4,3.7,0.3,0.3,0.15,0.07,5.9,4.9,3.9,0.0085,0.0085,0.0085"]
+    (folder / "results.csv").write_text("\n".join([header, *rows]) + "\n")
+    assert backfill_epochs(reg, run_id, folder, 3) == [2, 3]
+    epochs = reg.get_run(run_id).epochs
+    assert [e.epoch for e in epochs] == [1, 2, 3]  # epoch 4 is not in the checkpoint: the resume redoes it
+    third = epochs[2]
+    assert (third.box_loss, third.map50, third.map50_95, third.lr) == (5.2, 0.12, 0.06, 0.0088)
+    assert third.epoch_time_s == pytest.approx(4.25) and third.extra == {"from_results_csv": 1.0}
+    assert epochs[0].box_loss == 6.1 and epochs[0].extra is None  # a recorded epoch is never replaced

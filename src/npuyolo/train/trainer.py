@@ -323,7 +323,54 @@ def prepare_resume(ref: str | int, registry: Registry, verbose: bool = True, sou
         keep_epochs = epoch + 1
     registry.claim_run(run.id)
     registry.truncate_epochs(run.id, keep_epochs)
+    backfill_epochs(registry, run.id, save_dir, keep_epochs)
     return PreparedRun(run.id, recipe, overrides, action="resume")
+
+
+# results.csv column -> epoch field (the rest of a row, other losses and schedules, was never in results.csv)
+RESULTS_COLUMNS = {"box_loss": "train/box_loss", "cls_loss": "train/cls_loss", "dfl_loss": "train/dfl_loss",
+                   "precision": "metrics/precision(B)", "recall": "metrics/recall(B)", "map50": "metrics/mAP50(B)",
+                   "map50_95": "metrics/mAP50-95(B)", "lr": "lr/pg0"}
+
+
+def backfill_epochs(registry: Registry, run_id: int, save_dir: Path, upto: int) -> list[int]:
+    """Record the epochs a checkpoint holds but the registry lost: Ultralytics saves last.pt before the epoch's record
+    is written, so a stop between the two resumed after an epoch the registry never saw. Ultralytics writes
+    results.csv before last.pt, so the epoch's figures are there; they are recorded with `extra.from_results_csv`."""
+    have = {e.epoch for e in registry.get_run(run_id).epochs}
+    missing = [e for e in range(1, upto + 1) if e not in have]
+    csv_path = save_dir / "results.csv"
+    if not missing or not csv_path.is_file():
+        return []
+    import csv
+
+    rows: dict[int, dict] = {}
+    previous_time = 0.0
+    with open(csv_path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            try:
+                epoch, elapsed = int(float(row["epoch"])), float(row.get("time") or "nan")
+            except (KeyError, ValueError):
+                continue
+            rows[epoch] = {**row, "_epoch_time": elapsed - previous_time}
+            previous_time = elapsed
+
+    def number(text: str | None) -> float | None:
+        try:
+            return float(text) if text not in (None, "") else None
+        except ValueError:
+            return None
+
+    done = []
+    for epoch in missing:
+        if epoch in rows:
+            r = rows[epoch]
+            registry.record_epoch(run_id, epoch, extra={"from_results_csv": 1.0},
+                                  epoch_time_s=number(str(r["_epoch_time"])),
+                                  **{field: number(r.get(column)) for field, column in RESULTS_COLUMNS.items()})
+            done.append(epoch)
+    return done
 
 
 __all__ = ["close_if_trained", "NpuyoloTrainer", "PreparedRun", "RecordSink", "RegistryError", "RegistrySink", "RunResult", "TrainError",
