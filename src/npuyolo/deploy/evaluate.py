@@ -90,8 +90,8 @@ def session_options(threads: int | None = None, optimize: bool = True) -> ort.Se
     return opts
 
 
-def session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+def session(path: str | Path, threads: int | None = None, optimize: bool = True) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), session_options(threads, optimize), providers=["CPUExecutionProvider"])
 
 
 @dataclass

@@ -12,8 +12,9 @@ everything runs in the calling process), never from the parent, whose threads' l
 
 A second plan of the same model reuses what the first built (`plan-cache.json` in the plan folder): an INT8 file is
 kept under a key of everything its bytes depend on (the FP32 graph's bytes, the route, the calibration, the content of
-every calibration and held-back image, the npuyolo and ONNX Runtime versions), and a score under the scored file's bytes,
-the val images' and labels' content and the threshold. Any change to one of them builds and scores again.
+every calibration and held-back image, and `environment()`: npuyolo's source, the libraries, the machine), and a score
+under the scored file's bytes, the val images' and labels' content and the threshold. Any change to one of them builds
+and scores again.
 """
 
 from __future__ import annotations
@@ -132,9 +133,6 @@ def route_ends(route: str) -> str | None:
 def score_file(path: Path, data: str, conf: float) -> tuple[dict, dict, object]:
     """Accuracy on val at mAP's usual threshold (0.001) and at the deployment threshold, from one forward pass, and the
     per-image statistics at 0.001 (the accuracy guard's interval)."""
-    import hashlib
-    import json
-
     predict, meta = evaluate.onnx_predictor(path)
     seen: dict[str, object] = {}
 
@@ -259,8 +257,7 @@ def build_files(pairs: list[tuple[Path, str]], folder: Path, settings: QuantizeS
         files.calibration = Calibration("minmax", None, "minmax")
     elif lookup is not None and (hit := lookup.sweep(first)) is not None:
         files.calibration, files.int8[(first, "int8")] = hit
-    jobs = _Jobs(files, folder, settings, conf, lookup, routes, first)
-    jobs.ex = pool
+    jobs = _Jobs(pool, files, folder, settings, conf, lookup, routes, first)
     try:
         if files.calibration is None:  # the critical path goes first
             jobs.submit(_sweep_job, ("sweep", first), first, folder, settings)
@@ -388,13 +385,12 @@ class _Keys:
 class _Jobs:
     """The jobs of one `build_files`, submitted as what they need becomes known, their results filed in `files`."""
 
-    def __init__(self, files: PlanFiles, folder: Path, settings: QuantizeSettings, conf: float, keys: _Keys | None,
-                 routes: dict[Path, list[str]], first: Path):
-        self.files, self.folder, self.settings, self.conf, self.keys = files, folder, settings, conf, keys
+    def __init__(self, ex, files: PlanFiles, folder: Path, settings: QuantizeSettings, conf: float,
+                 keys: _Keys | None, routes: dict[Path, list[str]], first: Path):
+        self.ex, self.files, self.folder, self.settings, self.conf, self.keys = ex, files, folder, settings, conf, keys
         self.routes, self.first = routes, first
-        self.ex = None
         self.pending: dict[Future, tuple] = {}
-        self.ranges: dict[Path, dict] = {}  # FP32 graph -> its calibration ranges by label (the sweep's graph's)
+        self.first_ranges: dict = {}  # the sweep's graph's calibration ranges by label, shared by its other routes
         self.scored: set[Path] = set()
 
     def submit(self, fn, tag: tuple, *args) -> None:
@@ -412,29 +408,26 @@ class _Jobs:
 
     def quantize_all(self) -> None:
         """Every graph's routes not built yet (reused where the cache holds them); each file scored once built."""
-        for fp32 in self.routes:
-            self.quantize_graph(fp32)
-
-    def quantize_graph(self, fp32: Path) -> None:
         cal = self.files.calibration
-        todo = []
-        for route in self.routes[fp32]:
-            if (fp32, route) not in self.files.int8 and self.keys is not None:
-                hit = self.keys.int8(fp32, route, cal)
-                if hit is not None:
-                    self.files.int8[(fp32, route)] = hit
-            if (fp32, route) in self.files.int8:
-                self.score(self.files.int8[(fp32, route)])
-            else:
-                todo.append(route)
-        if todo:
-            self.submit(_quantize_job, ("quantize", fp32), fp32, todo, self.folder, self.settings, cal,
-                        self.ranges.get(fp32, {}))
+        for fp32, wanted in self.routes.items():
+            todo = []
+            for route in wanted:
+                if (fp32, route) not in self.files.int8 and self.keys is not None:
+                    hit = self.keys.int8(fp32, route, cal)
+                    if hit is not None:
+                        self.files.int8[(fp32, route)] = hit
+                if (fp32, route) in self.files.int8:
+                    self.score(self.files.int8[(fp32, route)])
+                else:
+                    todo.append(route)
+            if todo:
+                ranges = self.first_ranges if fp32 == self.first else {}
+                self.submit(_quantize_job, ("quantize", fp32), fp32, todo, self.folder, self.settings, cal, ranges)
 
     def finished(self, tag: tuple, result) -> None:
         kind, path = tag
         if kind == "sweep":
-            self.files.calibration, self.ranges[path], out, seconds = result
+            self.files.calibration, self.first_ranges, out, seconds = result
             self.files.int8[(path, "int8")] = out
             self.files.seconds["quantize"] += seconds
             self.quantize_all()  # scores the sweep's winner where a candidate ships it

@@ -23,7 +23,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from npuyolo.data.calibration import calibration_images, holdout_images, letterbox
 from npuyolo.deploy.bias_correction import correct_biases
-from npuyolo.deploy.evaluate import DeployError, session, session_options
+from npuyolo.deploy.evaluate import DeployError, session
 from npuyolo.deploy.export import onnx_metadata, set_metadata
 from npuyolo.deploy.ort_fast import fast_entropy, fast_qdq
 from npuyolo.npu.profiles import target as load_target
@@ -223,7 +223,6 @@ def minmax_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path
     same optimisation level, and numpy takes their min and max: min and max are exact, so the values are ORT's.
     Not through ORT's `max_intermediate_outputs` chunking either: there (ORT 1.32) a full chunk is dropped without
     being merged (microsoft/onnxruntime#18893). `threads`: ONNX Runtime's intra-op threads (None: every core)."""
-    import onnxruntime as ort
     from onnxruntime.quantization.calibrate import MinMaxCalibrater
 
     with tempfile.TemporaryDirectory(prefix="npuyolo-calib-", dir=workdir) as tmp:
@@ -238,8 +237,7 @@ def minmax_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path
         augmented = Path(tmp) / "outputs.onnx"
         onnx.save(model, str(augmented))
         del model, selector
-        sess = ort.InferenceSession(str(augmented), session_options(threads, optimize=False),
-                                    providers=["CPUExecutionProvider"])
+        sess = session(augmented, threads, optimize=False)
         names = [o.name for o in sess.get_outputs() if o.name in tensors]
         lows: dict[str, float] = {}
         highs: dict[str, float] = {}

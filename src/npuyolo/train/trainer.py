@@ -4,6 +4,7 @@ records modules define are re-exported here for callers of the old single module
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from collections.abc import Callable
@@ -342,19 +343,6 @@ def backfill_epochs(registry: Registry, run_id: int, save_dir: Path, upto: int) 
     csv_path = save_dir / "results.csv"
     if not missing or not csv_path.is_file():
         return []
-    import csv
-
-    rows: dict[int, dict] = {}
-    previous_time = 0.0
-    with open(csv_path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-            try:
-                epoch, elapsed = int(float(row["epoch"])), float(row.get("time") or "nan")
-            except (KeyError, ValueError):
-                continue
-            rows[epoch] = {**row, "_epoch_time": elapsed - previous_time}
-            previous_time = elapsed
 
     def number(text: str | None) -> float | None:
         try:
@@ -362,13 +350,23 @@ def backfill_epochs(registry: Registry, run_id: int, save_dir: Path, upto: int) 
         except ValueError:
             return None
 
+    rows: dict[int, dict] = {}
+    epoch_time: dict[int, float | None] = {}
+    previous = 0.0  # Ultralytics' `time` column: seconds since training started
+    with open(csv_path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            epoch, elapsed = number(row.get("epoch")), number(row.get("time"))
+            if epoch is None:
+                continue
+            rows[int(epoch)] = row
+            epoch_time[int(epoch)] = None if elapsed is None or previous is None else elapsed - previous
+            previous = elapsed
     done = []
     for epoch in missing:
         if epoch in rows:
-            r = rows[epoch]
-            registry.record_epoch(run_id, epoch, extra={"from_results_csv": 1.0},
-                                  epoch_time_s=number(str(r["_epoch_time"])),
-                                  **{field: number(r.get(column)) for field, column in RESULTS_COLUMNS.items()})
+            registry.record_epoch(run_id, epoch, extra={"from_results_csv": 1.0}, epoch_time_s=epoch_time[epoch],
+                                  **{field: number(rows[epoch].get(column)) for field, column in RESULTS_COLUMNS.items()})
             done.append(epoch)
     return done
 
