@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -22,6 +23,8 @@ from pathlib import Path
 import npuyolo  # noqa: F401  (offline guards before Ultralytics)
 from npuyolo.api import Workspace
 from npuyolo.paths import write_text
+from npuyolo.stats.compare import seed_gaps
+from npuyolo.stats.matched import load_stats
 from npuyolo.train.records import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +35,37 @@ DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "roadsign4" / "data.yaml"
 def members(size: int, names: list[str] | None) -> list[Path]:
     found = sorted(p.parent for p in (SEED / str(size)).glob("*/best.pt"))
     return [p for p in found if names is None or p.name in names]
+
+
+def arm_of(member: str) -> tuple[str, int]:
+    """`L4-leaky-s2` -> (`L4-leaky`, 2); a member without `-sN` is seed 0."""
+    match = re.fullmatch(r"(.+)-s(\d+)", member)
+    return (match.group(1), int(match.group(2))) if match else (member, 0)
+
+
+def seed_arms(chosen: list[Path]) -> dict[str, dict[int, Path]]:
+    """The members grouped by arm, seed -> folder (with its val-stats.npz)."""
+    arms: dict[str, dict[int, Path]] = {}
+    for member in chosen:
+        arm, seed = arm_of(member.name)
+        arms.setdefault(arm, {})[seed] = member
+    return arms
+
+
+def replicate_gaps(chosen: list[Path], pairs: list[tuple[str, str]], n: int, seed: int) -> list[dict]:
+    """Each (A, B) pair of arms with two or more seeds in either: mean +- sd over seeds and the gap's interval
+    combining image and seed variation (`stats.compare.seed_gaps`); one-seed arms are labelled so."""
+    arms = seed_arms(chosen)
+    out = []
+    for a, b in pairs:
+        if a not in arms or b not in arms or max(len(arms[a]), len(arms[b])) < 2:
+            continue
+        stats_a = [load_stats(arms[a][k] / "val-stats.npz") for k in sorted(arms[a])]
+        stats_b = [load_stats(arms[b][k] / "val-stats.npz") for k in sorted(arms[b])]
+        gaps = seed_gaps(stats_a, stats_b, a, b, n=n, seed=seed)
+        out.append({"a": a, "b": b, "seeds_a": sorted(arms[a]), "seeds_b": sorted(arms[b]),
+                    "metrics": {m: g.as_dict() for m, g in gaps.items()}})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,8 +110,16 @@ def main(argv: list[str] | None = None) -> int:
         if p.metric == "map50":
             d = p.diff.pp()
             print(f"  {p.a} - {p.b}: {d.value:+.1f} pp ({d.low:+.1f} to {d.high:+.1f}): {p.text}")
+    replicates = replicate_gaps(chosen, [("L4-leaky", "L4-relu")], args.bootstrap, 0)
+    for r in replicates:
+        g = r["metrics"]["map50"]
+        spread = lambda m: f"{m['mean'] * 100:.1f} +- {m['sd'] * 100:.1f}" if m["n"] > 1 else f"{m['mean'] * 100:.1f} (one seed)"  # noqa: E731
+        arm = lambda side: {"mean": g[f"{side}_mean"], "sd": g[f"{side}_sd"], "n": len(g[f"{side}_values"])}  # noqa: E731
+        print(f"  seeds {r['a']} {r['seeds_a']} vs {r['b']} {r['seeds_b']}: mAP50 {spread(arm('a'))} vs {spread(arm('b'))}; "
+              f"gap {g['gap']['value'] * 100:+.1f} pp ({g['gap']['low'] * 100:+.1f} to {g['gap']['high'] * 100:+.1f}, "
+              f"images and seeds): {g['verdict']}")
     write_text(args.out, json.dumps({"machine": {"cpu": cpu_model(), "cores": os.cpu_count()}, "timings": timings,
-                                     **warm.as_dict()}, indent=2, default=str) + "\n")
+                                     **warm.as_dict(), "seed_gaps": replicates}, indent=2, default=str) + "\n")
     print(f"written: {args.out}; forest plot: {warm.plot}")
     return 0
 

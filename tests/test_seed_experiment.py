@@ -180,3 +180,27 @@ def test_post_adopts_a_member_under_its_own_name(seed_module, tmp_path):
     run = seed_module.adopt_committed(db, "L4-relu", args, tmp_path / "data.yaml")
     assert run.name == "seed320-L4-relu-s1"
     assert seed_module.finished_run(Registry(db, readonly=True), "L4-relu", args).id == run.id
+
+
+def test_the_compare_bench_pools_replicates_by_arm_from_their_committed_statistics():
+    """bench/compare.py's seed section: `L4-leaky-s1` is seed 1 of the L4-leaky arm, each arm's per-seed values are the
+    members' whole-set mAP50 that compare_320.json printed, and the gap is the difference of the arms' means."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_bench", REPO / "bench" / "compare.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.arm_of("L4-leaky-s12") == ("L4-leaky", 12) and bench.arm_of("L4-relu-anneal") == ("L4-relu-anneal", 0)
+    chosen = [p for p in bench.members(320, None) if (p / "val-stats.npz").is_file()]
+    arms = bench.seed_arms(chosen)
+    if max(len(arms.get("L4-leaky", {})), len(arms.get("L4-relu", {}))) < 2:
+        pytest.skip("fewer than two seeds of the pair are committed")
+    (gap,) = bench.replicate_gaps(chosen, [("L4-leaky", "L4-relu")], n=50, seed=0)
+    printed = {m["label"].split("/")[0]: m["map50"]["value"]
+               for m in json.loads((REPO / "bench" / "compare_320.json").read_text())["models"]}
+    g = gap["metrics"]["map50"]
+    for side, arm in (("a", "L4-leaky"), ("b", "L4-relu")):
+        names = [arms[arm][s].name for s in gap[f"seeds_{side}"]]
+        assert g[f"{side}_values"] == pytest.approx([printed[n] for n in names], abs=1e-9)
+    assert g["gap"]["value"] == pytest.approx(g["a_mean"] - g["b_mean"], abs=1e-12)
+    assert g["gap"]["low"] <= g["gap"]["value"] <= g["gap"]["high"]
