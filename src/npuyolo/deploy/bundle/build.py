@@ -1,7 +1,9 @@
 """Write a bundle: the artefact, the torch-free runner, the C post-processor, manifest.json and a README for the board.
 
 `inspect_artefact` reads what an artefact is (an npuyolo ONNX export of either head, or a `.rknn` / int8 `.tflite`
-that `npu compile` built, whose `<file>.npuyolo.json` names the ONNX graph it came from); `build_bundle` writes the
+that `npu compile` built, whose `<file>.npuyolo.json` names the ONNX graph it came from, or an IMX500 build: the
+converter's packerOut.zip ships, with MCT's model_imx.onnx for a host check; the sensor runs the NMS, so its bundle
+has no C post-processor and the runner only thresholds, maps back and names); `build_bundle` writes the
 folder under a temporary name, renames it into place, then packs it into `<name>.tar.gz` (also written under a
 temporary name). The runner and the C files are package data (`templates/`), copied, not generated from strings.
 Nothing here imports PyTorch or Ultralytics: the bundle builder runs where the runner will.
@@ -31,7 +33,7 @@ from npuyolo.paths import atomic_path, file_problem, make_dir, safe_join, sha256
 __all__ = ["Artefact", "Bundle", "BundleError", "build_bundle", "inspect_artefact"]
 
 TEMPLATES = "templates"
-RUNTIME_OF = {"onnx": "onnxruntime", "rknn": "rknnlite", "tflite": "tflite"}
+RUNTIME_OF = {"onnx": "onnxruntime", "rknn": "rknnlite", "tflite": "tflite", "imx500": "picamera2"}
 DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET = 0.25, 0.7, 300
 
 
@@ -53,7 +55,7 @@ class Artefact:
     the runner needs from that graph's metadata."""
 
     path: Path
-    kind: str  # onnx | rknn | tflite
+    kind: str  # onnx | rknn | tflite | imx500
     reference: Path  # the npuyolo ONNX graph (the artefact itself for kind onnx)
     platform: str | None  # RKNN's target platform, from the build's manifest
     head: str
@@ -64,6 +66,8 @@ class Artefact:
     names: dict[str, str]
     input: InputSpec
     outputs: list[OutputSpec]
+    companions: tuple[tuple[str, Path], ...] = ()  # other files shipped beside the model: (name in the bundle, source)
+    device: dict | None = None  # what the device itself does (IMX500: its NMS and the files that run on the host)
 
     @property
     def runtime(self) -> str:
@@ -142,23 +146,119 @@ def _graph_io(path: Path, meta: dict) -> tuple[tuple[str, list[int], str], list[
     return _value_info(inputs[0]), specs
 
 
+# -------------------------------------------------------------------------------------------------- IMX500 builds
+IMX_PACKAGE, IMX_MODEL, IMX_LABELS = "packerOut.zip", "model_imx.onnx", "labels.txt"  # in the converter's <name>_imx_model/
+IMX_DENSE = "model_imx_dense.onnx"  # npu compile's copy of MCT's model without its NMS layer (what deploy eval scores)
+IMX_ROLES = ("boxes", "scores", "classes", "count")  # NMSWrapper's outputs, in order (Ultralytics' format='imx')
+
+
+def _imx500_folder(path: Path) -> Path:
+    """The `npu compile --compiler imx500` build folder that `path` is, or lies in: the folder holding
+    model_imx_dense.onnx and the converter's `*_imx_model/`; given that folder, `*_imx_model/` itself, packerOut.zip,
+    model_imx.onnx or model_imx_dense.onnx."""
+    if path.is_dir():
+        build = path.parent if path.name.endswith("_imx_model") else path
+    elif path.parent.name.endswith("_imx_model"):
+        build = path.parent.parent
+    else:
+        build = path.parent
+    if not (build / IMX_DENSE).is_file() or not manifest_path(build / IMX_DENSE).is_file():
+        raise BundleError(f"{path}: not an IMX500 build of `npuyolo npu compile --compiler imx500` (no {IMX_DENSE} and its "
+                          f"{manifest_path(Path(IMX_DENSE)).name} in {build}); build it with `npuyolo npu compile MODEL "
+                          "--compiler imx500 --data DATA.yaml` or `npuyolo deploy plan RUN -t imx500 --data DATA.yaml`")
+    return build
+
+
+def _imx_nms(graph) -> dict:
+    """The NMS layer Ultralytics wraps around MCT's model (edge-mdt-cl's MultiClassNMS*): its thresholds."""
+    nodes = [n for n in graph.node if "nms" in n.op_type.lower()]
+    if len(nodes) != 1:
+        return {}
+    attrs = {a.name: helper.get_attribute_value(a) for a in nodes[0].attribute}
+    out = {"op": f"{nodes[0].domain}::{nodes[0].op_type}" if nodes[0].domain else nodes[0].op_type}
+    for key in ("score_threshold", "iou_threshold", "max_detections"):
+        if isinstance(attrs.get(key), (int, float)):
+            out[key] = round(float(attrs[key]), 6) if key != "max_detections" else int(attrs[key])
+    return out
+
+
+def _imx500_artefact(path: Path) -> Artefact:
+    """An IMX500 build: packerOut.zip (what the camera runs, after `imx500-package` on the board), MCT's model_imx.onnx
+    (the same network for a host check) and labels.txt; names and size from the FP32 graph npu compile exported beside
+    it; the outputs and NMS thresholds from model_imx.onnx's graph."""
+    build = _imx500_folder(path)
+    dense = build / IMX_DENSE
+    redo = "compile it again with `npuyolo npu compile MODEL --compiler imx500 --data DATA.yaml`"
+    try:
+        record = json.loads(manifest_path(dense).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise BundleError(f"{manifest_path(dense)}: not a readable manifest ({e}); {redo}") from None
+    if not isinstance(record, dict) or record.get("kind") != "onnx" or record.get("mct") is not True or not isinstance(record.get("onnx"), str):
+        raise BundleError(f"{manifest_path(dense)}: not an IMX500 build's manifest (kind/mct/onnx); {redo}")
+    reference = (build / record["onnx"]).resolve()
+    if not reference.is_relative_to(build.resolve()) or file_problem(reference, empty_ok=False) is not None:
+        raise BundleError(f"{manifest_path(dense)}: its FP32 graph {reference} is gone; {redo}")
+    meta = _metadata(reference)
+    converted = sorted(d for d in build.glob("*_imx_model") if d.is_dir())
+    if len(converted) != 1:
+        raise BundleError(f"{build}: expected one converter output folder *_imx_model, found {len(converted)}; {redo}")
+    package, model, labels = (converted[0] / f for f in (IMX_PACKAGE, IMX_MODEL, IMX_LABELS))
+    for f, what in ((package, "the converter did not finish"), (model, "MCT did not write its model")):
+        if file_problem(f, empty_ok=False) is not None:
+            raise BundleError(f"{build}: no {f.name} in {converted[0].name} ({what}; see {build / 'imx500.log'}); {redo}")
+    try:
+        graph = onnx.load(str(model), load_external_data=False).graph
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise BundleError(f"{model}: not a readable ONNX model ({type(e).__name__}); {redo}") from None
+    size, nc = meta["imgsz"], len(meta["names"])
+    inits = {i.name for i in graph.initializer}
+    inputs = [_value_info(i) for i in graph.input if i.name not in inits]
+    outs = [_value_info(o) for o in graph.output]
+    n = outs[0][1][1] if outs and len(outs[0][1]) == 3 else -1
+    want = [[1, n, 4], [1, n], [1, n], [1, 1]]
+    if (len(inputs) != 1 or inputs[0][1][1:] != [3, size, size] or n < 1 or len(outs) != 4
+            or any(o[1][1:] != w[1:] for o, w in zip(outs, want))):
+        raise BundleError(f"{model}: not the {size} px detection model with on-sensor NMS npu compile builds (input "
+                          f"{[i[1] for i in inputs]}, outputs {[o[1] for o in outs]}); {redo}")
+    nms = _imx_nms(graph)
+    if set(nms) != {"op", "score_threshold", "iou_threshold", "max_detections"} or nms["max_detections"] != n:
+        raise BundleError(f"{model}: no NMS layer with its thresholds (found {nms or 'none'}); {redo}")
+    shipped = [(IMX_MODEL, model)]
+    if labels.is_file():
+        listed = labels.read_text(encoding="utf-8", errors="replace").splitlines()
+        if listed != list(meta["names"].values()):
+            raise BundleError(f"{labels}: its class names {listed[:5]} are not the model's {list(meta['names'].values())[:5]}; {redo}")
+        shipped.append((IMX_LABELS, labels))
+    inp = InputSpec(inputs[0][0], [1, 3, size, size], "NCHW", "RGB", "0-1", "float32")
+    outputs = [OutputSpec(o[0], [1, *o[1][1:]], o[2], role, None, "as given (picamera2: float32)", None)
+               for o, role in zip(outs, IMX_ROLES)]
+    device = {"nms": "on the sensor", **nms, "boxes": "x1 y1 x2 y2 in input-tensor pixels", "host_model": IMX_MODEL,
+              "host_model_sha256": sha256_file(model), "package": IMX_PACKAGE, "rpk": "network.rpk",
+              "build": build.name}
+    return Artefact(package, "imx500", reference, "imx500", meta["head"], size, meta["strides"], meta["reg_max"],
+                    meta["class_sigmoid"], meta["names"], inp, outputs, tuple(shipped), device)
+
+
 def inspect_artefact(path: str | Path) -> Artefact:
     """What `path` is and how to run it: every way it cannot be bundled is one BundleError."""
     path = Path(path)
+    if path.is_dir():  # an IMX500 build folder (or its converter output folder)
+        return _imx500_artefact(path)
     why = file_problem(path, empty_ok=False)
     if why is not None:
         raise BundleError(f"artefact not found: {path}" if why == "not found" else f"artefact {path} {why}")
     suffix = path.suffix.lower()
     compiled = manifest_path(path)
+    if path.name in (IMX_PACKAGE, IMX_MODEL, IMX_DENSE):
+        return _imx500_artefact(path)
     if suffix == ".onnx" and not compiled.is_file():
         meta = _metadata(path)
         (name, shape, dtype), outputs = _graph_io(path, meta)
         inp = InputSpec(name, [1, 3, meta["imgsz"], meta["imgsz"]], "NCHW", "RGB", "0-1", "float32")
         return Artefact(path, "onnx", path, None, meta["head"], meta["imgsz"], meta["strides"], meta["reg_max"],
                         meta["class_sigmoid"], meta["names"], inp, outputs)
-    if suffix == ".onnx":
-        raise BundleError(f"{path.name}: an IMX500 build (MCT's model); bundles for the IMX500 are not supported yet —"
-                          " bundle the FP32 or INT8 ONNX export instead")
+    if suffix == ".onnx":  # MCT's model under another name: a vendor's ONNX file npu compile marked
+        return _imx500_artefact(path)
     if suffix not in (".rknn", ".tflite"):
         raise BundleError(f"{path.name}: not an artefact deploy bundle can ship (an npuyolo .onnx export, or a .rknn / "
                           "int8 .tflite built by `npuyolo npu compile`)")
@@ -221,25 +321,37 @@ def c_workspace_bytes(imgsz: int, strides: list[int]) -> int:
 
 def render_readme(manifest: BundleManifest, name: str) -> str:
     env = jinja2.Environment(autoescape=False, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
-    return env.from_string(_template("README.md.j2")).render(m=manifest, name=name,
+    template = "README-imx500.md.j2" if manifest.runtime == "picamera2" else "README.md.j2"
+    return env.from_string(_template(template)).render(m=manifest, name=name,
                                                              workspace=c_workspace_bytes(manifest.imgsz, manifest.strides))
 
 
 def build_bundle(artefact: str | Path, out: str | Path, *, target: str | None = None, conf: float | None = None,
                  iou: float | None = None, max_det: int = DEFAULT_MAX_DET, plan: PlanFigures | None = None,
                  name: str | None = None) -> Bundle:
-    """`out/<name>/` (model, npuyolo_infer.py, postprocess.c/.h, manifest.json, README.md) and `out/<name>.tar.gz`.
+    """`out/<name>/` (model, npuyolo_infer.py, postprocess.c/.h, manifest.json, README.md) and `out/<name>.tar.gz`;
+    for an IMX500 build: packerOut.zip, model_imx.onnx and labels.txt, no C files, the build's NMS IoU.
 
     `target`: the label the bundle is for (default: the artefact's platform, else its runtime); `conf` defaults to the
     plan's deployment threshold, else 0.25. An earlier bundle of the same name is replaced; any other folder of that
     name is refused. Nothing is written outside `out`.
     """
     conf = (plan.conf if plan is not None else DEFAULT_CONF) if conf is None else conf
-    iou = DEFAULT_IOU if iou is None else iou
+    iou_given, iou = iou is not None, DEFAULT_IOU if iou is None else iou
     _check_thresholds(conf, iou, max_det)
     art = inspect_artefact(artefact)
     target = target or art.platform or art.runtime
-    name = slug(name or f"{art.path.stem}-{target}", "bundle")
+    imx = art.kind == "imx500"
+    if imx:  # the sensor's NMS ran at the build's IoU; the host only thresholds what it kept
+        if iou_given and abs(iou - art.device["iou_threshold"]) > 1e-6:
+            raise BundleError(f"iou {iou}: the IMX500 runs NMS on the sensor at IoU {art.device['iou_threshold']}, fixed "
+                              "when the model was compiled; leave iou out", param="iou")
+        iou = art.device["iou_threshold"]
+        max_det = min(max_det, art.device["max_detections"])
+        if conf < art.device["score_threshold"]:
+            raise BundleError(f"conf {conf} is below the sensor's NMS score threshold {art.device['score_threshold']}", param="conf")
+    stem = art.path.parent.parent.name.removeprefix("imx500-imx500-") if imx else art.path.stem
+    name = slug(name or f"{stem}-{target}", "bundle")
     out = make_dir(out)
     folder, archive = safe_join(out, name), safe_join(out, f"{name}.tar.gz")
     if folder.exists() and not (folder.is_dir() and _is_bundle(folder)):
@@ -251,17 +363,19 @@ def build_bundle(artefact: str | Path, out: str | Path, *, target: str | None = 
                   "source": str(art.path.resolve()), "reference_onnx": art.reference.name},
         head=art.head, imgsz=art.imgsz, strides=list(art.strides), reg_max=art.reg_max, class_sigmoid=art.class_sigmoid,
         names=art.names, conf=float(conf), iou=float(iou), max_det=int(max_det), input=art.input, outputs=list(art.outputs),
-        plan=plan)
+        plan=plan, device=art.device)
     tmp = safe_join(out, f".{name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
         shutil.copyfile(art.path, tmp / model_file)
+        for shipped, source in art.companions:
+            shutil.copyfile(source, tmp / shipped)
         runner = _template("npuyolo_infer.py.tmpl").replace("@NPUYOLO_VERSION@", npuyolo_version()).replace(
             "@TARGET@", target).replace("@RUNTIME@", art.runtime)
         write_text(tmp / "npuyolo_infer.py", runner)
         (tmp / "npuyolo_infer.py").chmod(0o755)
-        for c_file in ("postprocess.c", "postprocess.h"):
+        for c_file in () if imx else ("postprocess.c", "postprocess.h"):  # the sensor's outputs need no decode
             write_text(tmp / c_file, _template(c_file))
         write_text(tmp / "manifest.json", json.dumps(manifest.as_dict(), indent=1, sort_keys=True) + "\n")
         write_text(tmp / "README.md", render_readme(manifest, name))

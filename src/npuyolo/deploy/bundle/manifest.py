@@ -78,9 +78,9 @@ class PlanFigures:
 class BundleManifest:
     npuyolo_version: str
     target: str
-    runtime: str  # onnxruntime | rknnlite | tflite
+    runtime: str  # onnxruntime | rknnlite | tflite | picamera2 (IMX500)
     artefact: dict  # file, sha256, bytes, kind, source
-    head: str  # npu | ultralytics
+    head: str  # npu | ultralytics (IMX500: Ultralytics' head, then the sensor's NMS)
     imgsz: int
     strides: list[int]
     reg_max: int
@@ -93,6 +93,7 @@ class BundleManifest:
     outputs: list[OutputSpec]
     plan: PlanFigures | None = None
     format: str = FORMAT
+    device: dict | None = None  # IMX500: the sensor's NMS (op, thresholds), the host model and the package to convert
 
     def as_dict(self) -> dict:
         d = asdict(self)

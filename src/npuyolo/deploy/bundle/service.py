@@ -37,8 +37,8 @@ def _planned(run: RunRecord, target: str) -> dict:
 
 def _plan_choice(run: RunRecord, target: str, plan_json: str) -> tuple[Path, PlanFigures]:
     """The file to ship for `target` from the run's plan, and the plan's figures for it: the vendor's compiled model
-    where the compiler built one (.rknn, Vela's int8 .tflite), else our INT8 ONNX; a compiler target planned without
-    its compiler has nothing to ship for that NPU."""
+    where the compiler built one (.rknn, Vela's int8 .tflite, the IMX500 build whose packerOut.zip ships), else our INT8
+    ONNX; a compiler target planned without its compiler has nothing to ship for that NPU."""
     tp = _planned(run, target)
     try:
         row = chosen_row(tp)
@@ -56,13 +56,14 @@ def _plan_choice(run: RunRecord, target: str, plan_json: str) -> tuple[Path, Pla
         raise BundleError(f"run {run.name} (#{run.id}): its plan for {target} is damaged; make it again with "
                           f"`npuyolo deploy plan {run.id} -t {target} --data DATA.yaml`") from None
     shipped = Path(compiled) if compiled else Path(int8)
-    if (compiled or target not in COMPILER_OF) and not shipped.is_file():
+    needs_build = {**COMPILER_OF, "imx500": ("imx500", "imx500")}  # the IMX500 runs only what its converter packaged
+    if (compiled or target not in needs_build) and not shipped.is_file():
         raise BundleError(f"run {run.name} (#{run.id}): the plan's artefact for {target}, {shipped}, is gone; make the plan again"
                           f" with `npuyolo deploy plan {run.id} -t {target} --data DATA.yaml`")
     if compiled:
         return shipped, figures
-    if target in COMPILER_OF:
-        compiler = COMPILER_OF[target][0]
+    if target in needs_build:
+        compiler = needs_build[target][0]
         raise BundleError(f"run {run.name} (#{run.id}): the plan for {target} has no {compiler} build to ship ({p.get('compiler_status')});"
                           f" install it (`npuyolo compilers install {compiler}`) and plan again, or pass `artefact` (a file to ship)")
     return shipped, figures
