@@ -2,6 +2,7 @@
 
     python bench/bundle.py [--weights bench/seed_experiment/320/L4-relu/best.pt] [--images DIR] [--count 100]
     python bench/bundle.py --rknn BUILD.rknn --data data.yaml   # the .rknn bundle in RKNN-Toolkit2's simulator
+    python bench/bundle.py --tflite BUILD_full_integer_quant.tflite --data data.yaml   # the int8 .tflite bundle in LiteRT
 
 On the same NPU-head outputs of a 320 px model (the committed L4-relu unless --weights), per image:
 - the bundle's NumPy decode + NMS (`npuyolo_infer.py`: candidates over conf, DFL for them only, greedy class-aware NMS);
@@ -15,7 +16,9 @@ bundle's own detections (conf 0.001) on the whole val split with Ultralytics' ma
 
 With --rknn (a .rknn that `npuyolo npu compile` built): only the accuracy of that file's bundle as it runs, its
 `npuyolo_infer.py` in the compiler's environment with the simulator standing in for rknnlite, on --data's val split,
-beside `deploy eval` of the same file (issue 33: within 0.002).
+beside `deploy eval` of the same file (issue 33: within 0.002). With --tflite (the int8 .tflite that `npu compile
+--compiler vela` built, the file Vela compiles): the same, its runner in the vela environment on LiteRT itself
+(ai_edge_litert, installed there), where `deploy eval` runs TensorFlow Lite's reference kernels.
 """
 
 from __future__ import annotations
@@ -188,44 +191,65 @@ out.write_text(json.dumps(found))
 def rknn_scores(rknn: Path, data: Path) -> dict:
     """The .rknn bundle as it runs: `npuyolo_infer.py` on every val image (conf 0.001, IoU 0.7) in the compiler's
     environment with the simulator as rknnlite, scored here beside `deploy eval` of the same file."""
-    from npuyolo.compilers.envs import require
+    return compiled_scores(rknn, data)
+
+
+def tflite_scores(tflite: Path, data: Path) -> dict:
+    """The int8 .tflite bundle (what Vela compiles) as it runs: `npuyolo_infer.py` on every val image (conf 0.001,
+    IoU 0.7) in the vela environment, on LiteRT itself (ai_edge_litert, the runner's own first choice), scored here
+    beside `deploy eval` of the same file (TensorFlow Lite's reference kernels)."""
+    return compiled_scores(tflite, data)
+
+
+def compiled_scores(path: Path, data: Path) -> dict:
+    """A `npu compile` build's bundle, its runner run in the compiler's environment, scored beside `deploy eval`."""
+    from npuyolo.compilers.envs import clean_env, require
     from npuyolo.data.check import load_data_yaml
     from npuyolo.deploy.bundle import build_bundle
     from npuyolo.deploy.vendor import DRIVER, evaluate_compiled, read_compiled
 
-    work = Path(tempfile.mkdtemp(prefix="bench-bundle-rknn-"))
+    work = Path(tempfile.mkdtemp(prefix=f"bench-bundle-{path.suffix[1:]}-"))
     try:
-        art = read_compiled(rknn)
-        parser = argparse.ArgumentParser()
-        for flag in ("--onnx", "--target", "--dataset"):
-            parser.add_argument(flag)
-        parser.add_argument("--disable-rule", action="append", default=[])
+        art = read_compiled(path)
+        if art.kind not in ("rknn", "tflite"):
+            raise SystemExit(f"{path}: not a .rknn or int8 .tflite that `npu compile` built")
+        if art.kind == "rknn":
+            parser = argparse.ArgumentParser()
+            for flag in ("--onnx", "--target", "--dataset"):
+                parser.add_argument(flag)
+            parser.add_argument("--disable-rule", action="append", default=[])
+            target, where = f"rknn-{vars(parser.parse_args(art.args))['target']}", "the simulator"
+        else:  # the Vela target the int8 file is compiled for; the board runs it through LiteRT / TFLite Micro
+            target, where = "ethos-u55", "LiteRT"
         t = time.perf_counter()
-        bundle = build_bundle(rknn, work / "out", target=f"rknn-{vars(parser.parse_args(art.args))['target']}")
+        bundle = build_bundle(path, work / "out", target=target)
         bundle_s = time.perf_counter() - t
         private = private_data(data, work)
         cfg, root, _ = load_data_yaml(private)
         val = root / cfg["val"]
-        site = work / "site" / "rknnlite"
-        site.mkdir(parents=True)
-        (site / "__init__.py").write_text("")
-        (site / "api.py").write_text(SIM_RKNNLITE)
-        sim = {"sha256": json.loads((bundle.folder / "manifest.json").read_text())["artefact"]["sha256"],
-               "driver": str(DRIVER), "folder": str(art.folder), "args": vars(parser.parse_args(art.args))}
-        env = {**os.environ, "PYTHONPATH": str(work / "site"), "NPUYOLO_RKNN_SIM": json.dumps(sim)}
-        python = require("rknn").python
+        if art.kind == "rknn":
+            site = work / "site" / "rknnlite"
+            site.mkdir(parents=True)
+            (site / "__init__.py").write_text("")
+            (site / "api.py").write_text(SIM_RKNNLITE)
+            sim = {"sha256": json.loads((bundle.folder / "manifest.json").read_text())["artefact"]["sha256"],
+                   "driver": str(DRIVER), "folder": str(art.folder), "args": vars(parser.parse_args(art.args))}
+            env = {**os.environ, "PYTHONPATH": str(work / "site"), "NPUYOLO_RKNN_SIM": json.dumps(sim)}
+        else:  # nothing stands in: ai_edge_litert is installed in the vela environment
+            env = clean_env()
+        python = require("rknn" if art.kind == "rknn" else "vela").python
         t = time.perf_counter()  # 1. as a user runs it on the board: the CLI, results.json in the images' pixels
         done = subprocess.run([python, str(bundle.folder / "npuyolo_infer.py"), str(val), "--out", str(work / "r.json"),
                                "--conf", "0.001", "--iou", "0.7"], env=env, capture_output=True, text=True)
         run_s = time.perf_counter() - t
         if done.returncode:
-            raise SystemExit(f"the bundle's runner failed in the simulator:\n{done.stderr[-3000:]}")
+            raise SystemExit(f"the bundle's runner failed in {where}:\n{done.stderr[-3000:]}")
         # 2. the same runner's Bundle, its detections kept in letterbox pixels, unclipped: Ultralytics' validator (and
         # so deploy eval) matches there, while results.json clips boxes to the image (+0.008 mAP50-95 on the ONNX bundle)
         done = subprocess.run([python, "-c", LETTERBOX_DETS, str(bundle.folder), str(val), str(work / "lb.json")],
                               env=env, capture_output=True, text=True)
         if done.returncode:
-            raise SystemExit(f"the bundle's runner failed in the simulator:\n{done.stderr[-3000:]}")
+            raise SystemExit(f"the bundle's runner failed in {where}:\n{done.stderr[-3000:]}")
         spec = importlib.util.spec_from_file_location("npuyolo_infer", bundle.folder / "npuyolo_infer.py")
         infer = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(infer)
@@ -248,14 +272,14 @@ def rknn_scores(rknn: Path, data: Path) -> dict:
         images = sorted(p for p in val.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         mine = score_detections(detect, images)
         t = time.perf_counter()
-        theirs = evaluate_compiled(rknn, data)  # as the CLI runs it (its contract check reads a train photo)
+        theirs = evaluate_compiled(path, data)  # as the CLI runs it (its contract check reads a train photo)
         eval_s = time.perf_counter() - t
-        out = {"artefact": str(rknn), "bundle": mine, "cli_vs_bundle_max_px": gap,
+        out = {"artefact": str(path), "target": target, "bundle_runtime": where, "bundle": mine, "cli_vs_bundle_max_px": gap,
                "deploy_eval": {k: theirs.result[k] for k in ("map50", "map50_95", "images")},
                "diff_map50": mine["map50"] - theirs.result["map50"],
                "diff_map50_95": mine["map50_95"] - theirs.result["map50_95"],
-               "seconds": {"bundle_build": bundle_s, "bundle_run_in_simulator": run_s, "deploy_eval": eval_s}}
-        print(f"val ({mine['images']} images): .rknn bundle through the simulator mAP50 {mine['map50']:.4f} / mAP50-95 "
+               "seconds": {"bundle_build": bundle_s, "bundle_run_cli": run_s, "deploy_eval": eval_s}}
+        print(f"val ({mine['images']} images): .{art.kind} bundle through {where} mAP50 {mine['map50']:.4f} / mAP50-95 "
               f"{mine['map50_95']:.4f}; deploy eval {theirs.result['map50']:.4f} / {theirs.result['map50_95']:.4f} "
               f"(diff {out['diff_map50']:+.4f} / {out['diff_map50_95']:+.4f}); CLI boxes = the Bundle's within {gap:.4f} px; "
               f"runner CLI {run_s:.0f} s, deploy eval {eval_s:.0f} s")
@@ -274,11 +298,13 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA if DATA.is_file() else None, help="score the bundle on its val split")
     ap.add_argument("--rknn", type=Path, default=None, help="instead: score the bundle of this `npu compile` .rknn on --data's "
                     "val split, run through RKNN-Toolkit2's simulator in place of rknnlite, beside `deploy eval`")
+    ap.add_argument("--tflite", type=Path, default=None, help="instead: score the bundle of this int8 .tflite (what `npu compile "
+                    "--compiler vela` built and Vela compiled) on --data's val split, run through LiteRT, beside `deploy eval`")
     args = ap.parse_args()
-    if args.rknn is not None:
+    if args.rknn is not None or args.tflite is not None:
         if args.data is None:
-            raise SystemExit("--rknn needs --data")
-        rknn_scores(args.rknn, args.data)
+            raise SystemExit("--rknn / --tflite need --data")
+        compiled_scores(args.rknn or args.tflite, args.data)
         return
 
     import torch
