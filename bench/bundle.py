@@ -206,7 +206,7 @@ def compiled_scores(path: Path, data: Path) -> dict:
     from npuyolo.compilers.envs import clean_env, require
     from npuyolo.data.check import load_data_yaml
     from npuyolo.deploy.bundle import build_bundle
-    from npuyolo.deploy.vendor import DRIVER, evaluate_compiled, read_compiled
+    from npuyolo.deploy.eval.vendor import DRIVER, evaluate_compiled, read_compiled
 
     work = Path(tempfile.mkdtemp(prefix=f"bench-bundle-{path.suffix[1:]}-"))
     try:
@@ -312,7 +312,7 @@ def main() -> None:
     from npuyolo.deploy.bundle import build_bundle
     from npuyolo.deploy.decode import decode_npu_outputs, nms
     from npuyolo.deploy.export import export_onnx
-    from npuyolo.deploy.predict import load_predictor, predict_source
+    from npuyolo.deploy.infer.predict import load_predictor, predict_source
     from npuyolo.variants.checkpoint import load_weights
 
     images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:args.count]
@@ -387,7 +387,7 @@ def main() -> None:
         scores = None
         if args.data is not None:
             from npuyolo.data.check import load_data_yaml
-            from npuyolo.deploy.evaluate import evaluate_onnx
+            from npuyolo.deploy.eval.evaluate import evaluate_onnx
 
             data = private_data(args.data, work)
             cfg, root, _ = load_data_yaml(data)

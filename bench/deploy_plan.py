@@ -55,7 +55,7 @@ def main() -> None:
     os.environ["NPUYOLO_COMPILERS_DIR"] = tempfile.mkdtemp(prefix="npuyolo-no-compilers-")  # the plan's own cost only
 
     from npuyolo import Workspace
-    from npuyolo.deploy.plan_work import default_workers
+    from npuyolo.deploy.plan.work import default_workers
 
     workers = args.workers or default_workers()
 

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import npuyolo  # noqa: F401
-from npuyolo.deploy.evaluate import evaluate_onnx
+from npuyolo.deploy.eval.evaluate import evaluate_onnx
 from npuyolo.deploy.export import export_onnx, load_weights
-from npuyolo.deploy.quantize import quantize_onnx
+from npuyolo.deploy.int8.quantize import quantize_onnx
 
 
 def main() -> None:

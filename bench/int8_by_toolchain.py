@@ -29,8 +29,8 @@ from npuyolo.compilers.envs import installed
 from npuyolo.deploy.compile import compile_model
 from npuyolo.deploy.export import export_onnx
 from npuyolo.deploy.plan import Accuracy, scores
-from npuyolo.deploy.quantize import quantize_onnx
-from npuyolo.deploy.vendor import evaluate_compiled
+from npuyolo.deploy.int8.quantize import quantize_onnx
+from npuyolo.deploy.eval.vendor import evaluate_compiled
 from npuyolo.errors import NpuyoloError
 from npuyolo.variants.checkpoint import load_weights
 

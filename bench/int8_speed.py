@@ -21,8 +21,8 @@ import numpy as np
 import npuyolo  # noqa: F401
 from npuyolo.data.synth import synthesize
 from npuyolo.deploy.export import export_onnx
-from npuyolo.deploy.latency import bench_onnx
-from npuyolo.deploy.quantize import quantize_onnx
+from npuyolo.deploy.infer.latency import bench_onnx
+from npuyolo.deploy.int8.quantize import quantize_onnx
 from npuyolo.variants.build import build_model
 
 

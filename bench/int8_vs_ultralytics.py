@@ -22,11 +22,11 @@ from pathlib import Path
 import onnx
 
 import npuyolo  # noqa: F401  (offline guards before Ultralytics)
-from npuyolo.deploy.evaluate import evaluate_onnx
+from npuyolo.deploy.eval.evaluate import evaluate_onnx
 from npuyolo.deploy.export import export_onnx, load_weights, onnx_metadata, set_metadata
-from npuyolo.deploy.latency import bench_onnx
-from npuyolo.deploy.qdq import float_compute_nodes
-from npuyolo.deploy.quantize import quantize_onnx
+from npuyolo.deploy.infer.latency import bench_onnx
+from npuyolo.deploy.int8.qdq import float_compute_nodes
+from npuyolo.deploy.int8.quantize import quantize_onnx
 
 ROUTES = {  # label -> quantize_onnx options (NPU head cut, whole graph QDQ)
     "PTQ minmax per-tensor": {},

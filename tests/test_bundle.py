@@ -24,7 +24,7 @@ from npuyolo.deploy.bundle import BundleError, build_bundle, inspect_artefact
 from npuyolo.deploy.bundle.build import c_workspace_bytes
 from npuyolo.deploy.bundle.service import bundle_model
 from npuyolo.deploy.export import export_onnx
-from npuyolo.deploy.predict import load_predictor, predict_source
+from npuyolo.deploy.infer.predict import load_predictor, predict_source
 from npuyolo.errors import NpuyoloError
 from npuyolo.registry.db import Registry
 from npuyolo.variants.build import build_model

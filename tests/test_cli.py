@@ -181,7 +181,7 @@ def test_real_bugs_keep_their_traceback(monkeypatch):
 
 def test_every_error_class_is_an_npuyolo_error():
     from npuyolo.data.check import DataError
-    from npuyolo.deploy.evaluate import DeployError
+    from npuyolo.deploy.eval.evaluate import DeployError
     from npuyolo.distill.run import DistillError
     from npuyolo.npu.graph import GraphError
     from npuyolo.npu.profiles import TargetError

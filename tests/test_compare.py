@@ -95,7 +95,7 @@ def test_bad_models_are_one_line(models, synth_data, tmp_path, args, message):
 
 
 def test_models_of_another_data_set_are_one_clear_error(models, synth_data, tmp_path):
-    from npuyolo.deploy.compare import model_stats
+    from npuyolo.deploy.eval.compare import model_stats
     from npuyolo.registry.db import Registry
     from npuyolo.stats.compare import compare_stats
     from npuyolo.stats.matched import StatsError
@@ -349,7 +349,7 @@ def test_a_class_mismatch_is_refused_before_any_model_runs(models, other_classes
                                                            first, second, shown):
     """Before: found when the second model was scored (another count) or only once every model was scored (other
     names, the same count), minutes in on a real data set; a data set of other names was not refused at all."""
-    import npuyolo.deploy.compare as compare_module
+    import npuyolo.deploy.eval.compare as compare_module
 
     db = finished_runs(tmp_path / "reg" / "npuyolo.db", {"run_two": other_classes["two"]}, names=["stop", "yield"])
     refs = {**{k: str(v) for k, v in {**models, **other_classes}.items()}, "run_two": "run_two"}

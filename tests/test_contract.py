@@ -4,7 +4,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from npuyolo.deploy.contract import ContractError, InputContract, check_contract, golden_image, prepare
+from npuyolo.deploy.eval.contract import ContractError, InputContract, check_contract, golden_image, prepare
 from npuyolo.deploy.export import export_onnx
 from npuyolo.variants.checkpoint import load_weights
 

@@ -439,9 +439,9 @@ def test_yaml_loader_never_reads_a_fifo(tmp_path):
 
 
 def test_ultralytics_never_sees_a_bomb_through_validate(data_copy):
-    """deploy.evaluate.validate hands the yaml to Ultralytics' check_det_dataset: npuyolo's bounded parse goes first."""
+    """deploy.eval.evaluate.validate hands the yaml to Ultralytics' check_det_dataset: npuyolo's bounded parse goes first."""
     from npuyolo.data.check import DataError
-    from npuyolo.deploy.evaluate import validate
+    from npuyolo.deploy.eval.evaluate import validate
 
     bad = data_copy.parent / "bomb-val.yaml"
     bad.write_text(bomb_anchors() + "train: images/train\nval: images/val\nnames: [a, b, c, d, e, f]\nnc: *l8\n")

@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from npuyolo.data.calibration import CalibrationError
 from npuyolo.cli import app
-from npuyolo.deploy.evaluate import DeployError, evaluate_onnx, onnx_predictor, torch_predictor, validate
+from npuyolo.deploy.eval.evaluate import DeployError, evaluate_onnx, onnx_predictor, torch_predictor, validate
 from npuyolo.deploy.export import export_onnx
-from npuyolo.deploy.latency import bench_onnx
-from npuyolo.deploy.quantize import calibration_images, quantize_onnx
+from npuyolo.deploy.infer.latency import bench_onnx
+from npuyolo.deploy.int8.quantize import calibration_images, quantize_onnx
 from npuyolo.registry.db import Registry
 from npuyolo.train.trainer import train_variant
 from npuyolo.variants.build import build_model
@@ -154,8 +154,8 @@ def test_latency_bench_reports_percentiles(tmp_path):
 def test_cross_layer_equalization_is_exact_in_fp32_and_recorded(synth_data, tmp_path):
     import onnxruntime as ort
 
-    from npuyolo.deploy.equalize import equalize
-    from npuyolo.deploy.quantize import quantize_onnx
+    from npuyolo.deploy.int8.equalize import equalize
+    from npuyolo.deploy.int8.quantize import quantize_onnx
 
     fp32 = export_onnx(randomised("L4-leaky"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
     model = onnx.load(str(fp32))
@@ -431,7 +431,7 @@ def test_workspace_export_from_threads(tmp_path):
 
 
 def test_a_failed_quantize_leaves_no_untagged_int8(tmp_path, monkeypatch, synth_data):
-    import npuyolo.deploy.quantize as quantize
+    import npuyolo.deploy.int8.quantize as quantize
     from npuyolo.deploy.export import export_onnx
     from npuyolo.variants.build import build_model
 
@@ -448,8 +448,8 @@ def test_a_failed_quantize_leaves_no_untagged_int8(tmp_path, monkeypatch, synth_
 
 
 def test_quantize_refuses_negative_auto_float(tmp_path, synth_data):
-    from npuyolo.deploy.evaluate import DeployError
-    from npuyolo.deploy.quantize import quantize_onnx
+    from npuyolo.deploy.eval.evaluate import DeployError
+    from npuyolo.deploy.int8.quantize import quantize_onnx
 
     with pytest.raises(DeployError, match="auto_float") as e:
         quantize_onnx(tmp_path / "m.onnx", tmp_path / "q.onnx", synth_data, auto_float=-1)
@@ -551,7 +551,7 @@ def test_broken_onnx_is_one_error_in_eval_bench_and_predict(tmp_path, good_onnx,
 
 
 def test_the_good_export_still_predicts_and_benches(tmp_path, good_onnx, synth_data):
-    from npuyolo.deploy.latency import bench_onnx
+    from npuyolo.deploy.infer.latency import bench_onnx
 
     assert bench_onnx(good_onnx, runs=1, warmup=0)["imgsz"] == 64
     r = cli("predict", good_onnx, synth_data.parent / "images" / "val", "--out", tmp_path / "out", "--json")
@@ -559,7 +559,7 @@ def test_the_good_export_still_predicts_and_benches(tmp_path, good_onnx, synth_d
 
 
 def test_a_failed_quantize_leaves_no_working_files(tmp_path, monkeypatch, synth_data, good_onnx):
-    import npuyolo.deploy.quantize as quantize
+    import npuyolo.deploy.int8.quantize as quantize
 
     fp32 = Path(shutil.copy(good_onnx, tmp_path / "m.onnx"))
 
@@ -577,7 +577,7 @@ def test_a_failed_quantize_leaves_no_working_files(tmp_path, monkeypatch, synth_
 QUANTIZE = """
 import sys, time
 from pathlib import Path
-import npuyolo.deploy.quantize as q
+import npuyolo.deploy.int8.quantize as q
 
 fp32, out, data, me, sync = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5])
 real = q.quantize_static

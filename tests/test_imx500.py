@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from npuyolo.cli import app
 from npuyolo.compilers import envs
-from npuyolo.deploy.vendor import evaluate_compiled
+from npuyolo.deploy.eval.vendor import evaluate_compiled
 from npuyolo.compilers.imx500 import (Imx500Build, activation_layers, converter_ran, parse_activations, parse_driver, parse_error,
                                       parse_l2memory, parse_layer_types, parse_memory, write_data_yaml)
 
@@ -87,7 +87,7 @@ def test_data_yaml_lists_only_training_images_for_train_and_val(synth_data, tmp_
     assert "training images" in what
     val = {p.stem for p in (synth_data.parent / "images" / "val").iterdir()}
     from npuyolo.compilers.compile import calibration_arrays  # noqa: F401  (the same train-only source as rknn/vela)
-    from npuyolo.deploy.quantize import calibration_images
+    from npuyolo.deploy.int8.quantize import calibration_images
 
     assert not {p.stem for p in calibration_images(synth_data, 16)} & val
 

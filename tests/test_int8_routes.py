@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from npuyolo.data.calibration import CalibrationError
 from npuyolo.cli import app
-from npuyolo.deploy.bias_correction import correct_biases
-from npuyolo.deploy.evaluate import DeployError
+from npuyolo.deploy.int8.bias_correction import correct_biases
+from npuyolo.deploy.eval.evaluate import DeployError
 from npuyolo.deploy.export import export_onnx
-from npuyolo.deploy.qdq import end_convs, float_compute_nodes, is_full_integer, quantized_conv_weights
-from npuyolo.deploy.quantize import ImageReader, calibration_images, ends_allowed, quantize_onnx
+from npuyolo.deploy.int8.qdq import end_convs, float_compute_nodes, is_full_integer, quantized_conv_weights
+from npuyolo.deploy.int8.quantize import ImageReader, calibration_images, ends_allowed, quantize_onnx
 from npuyolo.registry.db import Registry
 from npuyolo.train.trainer import train_variant
 
@@ -245,7 +245,7 @@ def test_calibration_holds_a_bounded_number_of_images(synth_data, tmp_path, monk
     and the process was killed for memory. npuyolo feeds them in chunks, whatever the calibration count."""
     import onnxruntime.quantization.calibrate as calibrate
 
-    import npuyolo.deploy.quantize as quantize
+    import npuyolo.deploy.int8.quantize as quantize
 
     held: list[int] = []
     for cls in (calibrate.MinMaxCalibrater, calibrate.HistogramCalibrater):
@@ -265,7 +265,7 @@ def test_minmax_calibration_reads_one_image_at_a_time(synth_data, tmp_path, monk
     import onnxruntime as ort
     import onnxruntime.quantization.calibrate as calibrate
 
-    import npuyolo.deploy.quantize as quantize
+    import npuyolo.deploy.int8.quantize as quantize
 
     monkeypatch.setattr(calibrate.MinMaxCalibrater, "collect_data", lambda *a: pytest.fail("ORT's calibrator collected"))
     batches: list[int] = []
@@ -279,7 +279,7 @@ def test_minmax_calibration_reads_one_image_at_a_time(synth_data, tmp_path, monk
 
 def test_chunked_percentile_ranges_match_one_pass(synth_data, tmp_path):
     """Histograms merged over chunks give the ranges of one pass over all images (quantize_static's way)."""
-    from npuyolo.deploy.quantize import percentile_ranges
+    from npuyolo.deploy.int8.quantize import percentile_ranges
 
     fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
     reader = ImageReader(calibration_images(synth_data, 6), 64)
@@ -294,7 +294,7 @@ def test_chunked_percentile_ranges_match_one_pass(synth_data, tmp_path):
 def test_shared_minmax_ranges_give_the_same_int8_files_with_one_calibration(synth_data, tmp_path, monkeypatch):
     """`deploy plan` quantizes one graph through several routes: with `ranges` kept per graph, MinMax calibrates once
     and every route's file is bit-identical to a fresh quantization (and the sweep's entropy ranges are kept too)."""
-    from npuyolo.deploy import quantize
+    from npuyolo.deploy.int8 import quantize
 
     fp32 = export_onnx(randomised("L4-leaky"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
     calls = []
@@ -343,7 +343,7 @@ def test_percentiles_share_one_pass_of_histograms(synth_data, tmp_path, monkeypa
     """The sweep's two percentiles come from one set of histograms, with the ranges each would get alone."""
     import onnxruntime.quantization.calibrate as calibrate
 
-    from npuyolo.deploy.quantize import percentile_ranges, percentiles_ranges
+    from npuyolo.deploy.int8.quantize import percentile_ranges, percentiles_ranges
 
     fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
     reader = ImageReader(calibration_images(synth_data, 4), 64)
@@ -380,7 +380,7 @@ def test_our_minmax_int8_file_is_onnx_runtimes_own(synth_data, tmp_path):
 
 def test_the_sweep_reads_its_percentiles_from_one_pass(synth_data, tmp_path, monkeypatch):
     """`--sweep` tries two percentiles: one set of histograms serves both (before: one pass each)."""
-    from npuyolo.deploy import quantize
+    from npuyolo.deploy.int8 import quantize
 
     calls = []
     real = quantize.percentiles_ranges

@@ -1,4 +1,4 @@
-"""ORT's quantizer without its quadratic Python (`deploy/ort_fast.py`) writes the same bytes and finds the same
+"""ORT's quantizer without its quadratic Python (`deploy/int8/ort_fast.py`) writes the same bytes and finds the same
 thresholds as ORT's own code: the speed-up may never change an INT8 file."""
 
 import contextlib
@@ -9,9 +9,9 @@ from onnxruntime.quantization import qdq_quantizer
 from onnxruntime.quantization.calibrate import HistogramCollector
 from onnxruntime.quantization.onnx_model import ONNXModel
 
-from npuyolo.deploy import quantize
+from npuyolo.deploy.int8 import quantize
 from npuyolo.deploy.export import export_onnx
-from npuyolo.deploy.ort_fast import entropy_threshold, fast_qdq, find_by_name, replace_input_of_all_nodes
+from npuyolo.deploy.int8.ort_fast import entropy_threshold, fast_qdq, find_by_name, replace_input_of_all_nodes
 
 from .test_deploy import randomised
 

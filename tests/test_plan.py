@@ -92,7 +92,7 @@ def dominates_dict(a: dict, b: dict) -> bool:
 
 def test_the_plan_numbers_are_what_an_independent_check_measures(planned):
     """The chosen artefact placed by `npu check` and scored by `deploy eval`'s evaluator gives the plan's numbers."""
-    from npuyolo.deploy.evaluate import evaluate_onnx, onnx_predictor, validate
+    from npuyolo.deploy.eval.evaluate import evaluate_onnx, onnx_predictor, validate
     from npuyolo.deploy.check import check_model
 
     db, data, plan = planned
@@ -387,8 +387,8 @@ def test_a_vendor_int8_that_cannot_be_scored_sinks_only_its_own_row(planned, mon
 
     from npuyolo import Workspace
     from npuyolo.deploy import plan as plan_module
-    from npuyolo.deploy import vendor
-    from npuyolo.deploy.contract import ContractError
+    from npuyolo.deploy.eval import vendor
+    from npuyolo.deploy.eval.contract import ContractError
 
     db, data, _ = planned
 

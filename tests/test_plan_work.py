@@ -1,4 +1,4 @@
-"""A plan's INT8 files and figures do not depend on how many worker processes built them (`deploy/plan_work.py`)."""
+"""A plan's INT8 files and figures do not depend on how many worker processes built them (`deploy/plan/work.py`)."""
 
 import hashlib
 from dataclasses import asdict
@@ -6,9 +6,9 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from npuyolo.deploy import plan_work
+from npuyolo.deploy.plan import work as plan_work
 from npuyolo.deploy.export import export_onnx
-from npuyolo.deploy.plan_work import QuantizeSettings, build_files, default_workers, worker_pool
+from npuyolo.deploy.plan.work import QuantizeSettings, build_files, default_workers, worker_pool
 from npuyolo.npu.rewrite import rewrite_leaky
 
 from .test_deploy import randomised

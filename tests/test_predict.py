@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from npuyolo.cli import app
 from npuyolo.deploy.export import export_onnx
-from npuyolo.deploy.predict import Box, PredictError, list_sources, load_predictor, predict_source, run_predict
-from npuyolo.deploy.quantize import quantize_onnx
+from npuyolo.deploy.infer.predict import Box, PredictError, list_sources, load_predictor, predict_source, run_predict
+from npuyolo.deploy.int8.quantize import quantize_onnx
 from npuyolo.errors import NpuyoloError
 from npuyolo.npu.rewrite import rewrite_file
 from npuyolo.registry.db import Registry

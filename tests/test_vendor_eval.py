@@ -14,9 +14,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from npuyolo.deploy import vendor
-from npuyolo.deploy.contract import ContractError, InputContract, check_contract, golden_image
-from npuyolo.deploy.evaluate import DeployError, load_deployable
+from npuyolo.deploy.eval import vendor
+from npuyolo.deploy.eval.contract import ContractError, InputContract, check_contract, golden_image
+from npuyolo.deploy.eval.evaluate import DeployError, load_deployable
 from npuyolo.deploy.export import export_onnx
 from npuyolo.variants.checkpoint import load_weights
 
@@ -161,8 +161,8 @@ def test_our_qdq_layer_errors_join_the_vendor_rows_per_conv(tmp_path):
     """Per Conv: the vendor's row (the activation after the Conv wins, as both quantizers fuse them) beside our QDQ
     model's cosine and SQNR on the same image, worst vendor cosine first."""
     from npuyolo.data.calibration import calibration_images, letterbox
-    from npuyolo.deploy.layers import LayerError, compare_layers, qdq_layer_errors
-    from npuyolo.deploy.quantize import quantize_onnx
+    from npuyolo.deploy.eval.layers import LayerError, compare_layers, qdq_layer_errors
+    from npuyolo.deploy.int8.quantize import quantize_onnx
 
     import cv2
 
@@ -205,7 +205,7 @@ def test_layers_of_a_build_without_accuracy_analysis_is_one_line(monkeypatch, tm
 def test_rknn_error_analysis_table_is_read_as_rknn_writes_it():
     """A trimmed real error_analysis.txt (RKNN-Toolkit2's accuracy_analysis of L4-leaky at 320 px, rk3588): header and
     rows without figures (a Conv fused into the op after it) are skipped, every other row keeps its four figures."""
-    from npuyolo.deploy.layers import parse_error_analysis
+    from npuyolo.deploy.eval.layers import parse_error_analysis
 
     from .conftest import REPO
 
@@ -427,8 +427,8 @@ def test_a_float32_tflite_is_not_scored_as_int8(tmp_path):
 def test_layers_qdq_file_is_checked_first_loadable_and_of_the_same_graph(tmp_path, small_fp32, monkeypatch):
     """Issue 36: `--qdq /etc/passwd` failed after the whole evaluation with a protobuf traceback, and another model's
     QDQ file was taken (blaming our quantizer, cosine 0.14-0.50). Both are one line before anything is scored."""
-    from npuyolo.deploy.layers import check_qdq
-    from npuyolo.deploy.quantize import quantize_onnx
+    from npuyolo.deploy.eval.layers import check_qdq
+    from npuyolo.deploy.int8.quantize import quantize_onnx
 
     from .conftest import ROADSIGN4_MINI
 

@@ -244,8 +244,8 @@ class Workspace:
     def compare(self, models: list[str | int | Path], data: str | Path, *, bootstrap: int = 1000, seed: int = 0,
                 plot: str | Path | None = None, draw: bool = True):
         """Is the difference real? Each model's mAP50, mAP50-95, P and R with 95% intervals, each pair's paired-bootstrap
-        difference and verdict; returns a `npuyolo.deploy.compare.CompareResult`. Models: runs, .pt, ONNX, compiled."""
-        from npuyolo.deploy.compare import compare_registry
+        difference and verdict; returns a `npuyolo.deploy.eval.compare.CompareResult`. Models: runs, .pt, ONNX, compiled."""
+        from npuyolo.deploy.eval.compare import compare_registry
         from npuyolo.services import compare
 
         if isinstance(models, (str, bytes, Path, int)) or not isinstance(models, (list, tuple)):
@@ -289,7 +289,7 @@ class Workspace:
         return bundle_model(run, target, artefact=artefact, out=out, registry=self.registry_path, conf=conf, iou=iou)
 
     def bench(self, artefact: str | Path, runs: int = 50, threads: int | None = None) -> dict:
-        from npuyolo.deploy.latency import bench_onnx
+        from npuyolo.deploy.infer.latency import bench_onnx
 
         artefact, runs, threads = _path(artefact, "artefact"), _number(runs, "runs"), _number(threads, "threads", optional=True)
         return bench_onnx(artefact, runs=runs, threads=threads)
@@ -298,7 +298,7 @@ class Workspace:
                 out: str | Path | None = None, max_det: int = 300):
         """Detections of a run, .pt or ONNX artefact on an image, folder, glob or video; annotated copies and
         predictions.json/.csv are written to `out` (a run's predict/ folder by default). Returns a PredictResult."""
-        from npuyolo.deploy.predict import run_predict
+        from npuyolo.deploy.infer.predict import run_predict
 
         model, source, out = _ref(model, "model"), _path(source, "source"), _path(out, "out", optional=True)
         conf, iou = _number(conf, "conf", float), _number(iou, "iou", float)

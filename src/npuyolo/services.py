@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from npuyolo.deploy.compare import CompareResult, compare_models
+from npuyolo.deploy.eval.compare import CompareResult, compare_models
 from npuyolo.deploy.export import ExportError, check_imgsz, export_onnx
 from npuyolo.errors import NpuyoloError, storage_error
 from npuyolo.paths import make_dir, safe_join

@@ -22,7 +22,7 @@ def compare(models: Annotated[list[str], typer.Argument(help="Two or more models
             as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """mAP50, mAP50-95, P and R of each model with 95% intervals; each pair's difference with its paired-bootstrap
     interval and a verdict: ahead, or tied within noise. Statistics are kept, so a second comparison runs no model."""
-    from npuyolo.deploy.compare import compare_registry
+    from npuyolo.deploy.eval.compare import compare_registry
     from npuyolo.services import compare as compare_service
 
     with quiet_stdout(as_json), err.status("scoring...") as status:

@@ -187,7 +187,7 @@ def deploy_bench(artefact: Annotated[Path, typer.Argument(help="ONNX file.")],
                  threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads [default: all cores].")] = None,
                  as_json: JsonOpt = False) -> None:
     """ONNX Runtime CPU latency: model alone and the whole pipeline (pre-process, model, decode, NMS)."""
-    from npuyolo.deploy.latency import bench_onnx
+    from npuyolo.deploy.infer.latency import bench_onnx
 
     r = bench_onnx(artefact, runs=runs, threads=threads)
     if as_json:
@@ -214,7 +214,7 @@ def predict(model: Annotated[str, typer.Argument(help="Run id/name, .pt checkpoi
     """Detect objects: annotated images/videos, predictions.json and predictions.csv (ONNX decoded on the host like the .pt)."""
     from rich.progress import Progress
 
-    from npuyolo.deploy.predict import run_predict, stdout_to_stderr
+    from npuyolo.deploy.infer.predict import run_predict, stdout_to_stderr
 
     with contextlib.ExitStack() as stack, stdout_to_stderr():
         bars: list = []

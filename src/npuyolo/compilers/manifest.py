@@ -1,4 +1,4 @@
-"""`<compiled file>.npuyolo.json`: what scoring a compiled model later needs (`deploy eval`, deploy/vendor.py).
+"""`<compiled file>.npuyolo.json`: what scoring a compiled model later needs (`deploy eval`, deploy/eval/vendor.py).
 
 A .rknn file cannot be run by RKNN's simulator (only a fresh build can), and a Vela build's TFLite file does not say
 which ONNX file it came from. So each build records, beside the file it writes, the ONNX file the compiler was given

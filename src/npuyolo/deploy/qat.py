@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from npuyolo.deploy.evaluate import DeployError
+from npuyolo.deploy.runtime import DeployError
 from npuyolo.deploy.service import quantize_run
 from npuyolo.registry.schema import RunStatus
 from npuyolo.resolve import resolve_model

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from npuyolo.compilers.envs import require
 from npuyolo.data.check import check_dataset
-from npuyolo.deploy.compare import keep, model_stats, val_fingerprint
-from npuyolo.deploy.evaluate import DeployError, evaluate_onnx_matched, torch_predictor, validate
+from npuyolo.deploy.eval.compare import keep, model_stats, val_fingerprint
+from npuyolo.deploy.eval.evaluate import DeployError, evaluate_onnx_matched, torch_predictor, validate
 from npuyolo.deploy.export import check_imgsz, default_head, export_onnx, onnx_metadata
-from npuyolo.deploy.quantize import quantize_onnx
-from npuyolo.deploy.vendor import evaluate_compiled, is_compiled, read_compiled
+from npuyolo.deploy.int8.quantize import quantize_onnx
+from npuyolo.deploy.eval.vendor import evaluate_compiled, is_compiled, read_compiled
 from npuyolo.paths import slug
 from npuyolo.resolve import resolve_model
 from npuyolo.stats.compare import conversion_drop
@@ -29,7 +29,7 @@ def quantize_run(registry, ref: str, data: str | Path, *, calib: int = 200, meth
     if registry.readonly:
         raise DeployError("quantize records artefacts; open the registry writable")
     if ends is not None and target is not None:
-        from npuyolo.deploy.quantize import ends_allowed
+        from npuyolo.deploy.int8.quantize import ends_allowed
 
         ends_allowed(ends, target)
     resolved = resolve_model(ref, registry)
@@ -91,7 +91,7 @@ def evaluate_artefact(registry, path: str | Path, data: str | Path, layers: bool
 
     A vendor-compiled model (.rknn, the int8 .tflite behind a Vela build, MCT's model_imx_dense.onnx behind an IMX500
     build) is scored as the vendor quantized it, in
-    the compiler's own environment, beside the FP32 ONNX file it was compiled from (deploy/vendor.py)."""
+    the compiler's own environment, beside the FP32 ONNX file it was compiled from (deploy/eval/vendor.py)."""
 
     path = Path(path)
     if is_compiled(path):

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from npuyolo.data.check import check_dataset
-from npuyolo.deploy.evaluate import torch_predictor, validate
+from npuyolo.deploy.eval.evaluate import torch_predictor, validate
 from npuyolo.deploy.export import export_onnx, load_weights
-from npuyolo.deploy.latency import bench_onnx
+from npuyolo.deploy.infer.latency import bench_onnx
 from npuyolo.errors import NpuyoloError
 from npuyolo.paths import atomic_path
 from npuyolo.prune.modules import split_c2f

@@ -11,7 +11,8 @@ import numpy as np
 
 from npuyolo.data.calibration import letterbox
 from npuyolo.deploy.decode import nms
-from npuyolo.deploy.evaluate import DeployError, check_threads, load_deployable
+from npuyolo.deploy.eval.evaluate import load_deployable
+from npuyolo.deploy.runtime import DeployError, check_threads
 from npuyolo.npu.graph import load_graph, macs
 from npuyolo.paths import file_problem
 

@@ -7,7 +7,6 @@ pass swapped, so an FP32 export and the PyTorch model it came from are scored id
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 from collections.abc import Callable
@@ -22,16 +21,12 @@ import torch
 from npuyolo.data.check import load_data_yaml
 from npuyolo.deploy.decode import decode_npu_outputs
 from npuyolo.deploy.export import onnx_metadata
-from npuyolo.errors import NpuyoloError
+from npuyolo.deploy.runtime import DeployError, session
 from npuyolo.paths import file_problem
 from npuyolo.stats.matched import MatchedStats
 from npuyolo.ultra import DetectionValidator, check_det_dataset
 
 Predict = Callable[[torch.Tensor], torch.Tensor]  # [B, 3, H, W] in [0, 1] -> [B, 4 + nc, anchors]
-
-
-class DeployError(NpuyoloError, ValueError):
-    """An artefact or data set the deploy tools cannot use."""
 
 
 def check_metadata(path, meta: dict[str, str]) -> None:
@@ -56,42 +51,6 @@ def check_metadata(path, meta: dict[str, str]) -> None:
         ok = False
     if not ok:
         raise DeployError(f"{path}: damaged npuyolo metadata (imgsz/names/strides/reg_max); export it again with `npuyolo export`")
-
-
-def max_threads() -> int:
-    """More intra-op threads than 4 per core only slows ONNX Runtime down; 100000 of them hung the machine."""
-    return 4 * (os.cpu_count() or 1)
-
-
-def check_threads(threads: int | None) -> int | None:
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= max_threads()):
-        raise DeployError(f"threads must be 1..{max_threads()} (4 per CPU core), got {threads!r}", param="threads")
-    return threads
-
-
-# ONNX Runtime's intra-op threads spin while they wait for work (its default): turned off in the plan's worker
-# processes, which share the cores, where a spinning thread only takes time from the other worker. Spinning changes
-# no result; the thread COUNT does (MLAS splits a Conv's sums by it), so every session keeps ORT's default count.
-SPINNING = True
-
-
-def session_options(threads: int | None = None, optimize: bool = True) -> ort.SessionOptions:
-    """npuyolo's ONNX Runtime options: quiet, `threads` intra-op threads (None: ORT's default, every core), graph
-    optimisations on unless `optimize` is False (a calibration reads tensors as the graph computes them)."""
-    check_threads(threads)
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if not SPINNING:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    return opts
-
-
-def session(path: str | Path, threads: int | None = None, optimize: bool = True) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), session_options(threads, optimize), providers=["CPUExecutionProvider"])
 
 
 @dataclass

@@ -7,7 +7,7 @@ model without its NMS layer, in ONNX Runtime with MCT's quantizer ops): `compile
 and answers inference requests, while the letterbox, host decode, NMS and metrics stay npuyolo's own (the same
 `validate` as `deploy eval` of an ONNX file), so the numbers compare.
 
-Before any figure, the input contract is checked on one golden image (`deploy.contract`): a compiled model that
+Before any figure, the input contract is checked on one golden image (`deploy.eval.contract`): a compiled model that
 reads BGR for RGB or NHWC for NCHW is one clear error, not a silent zero mAP.
 
 `npu compile` writes `<compiled file>.npuyolo.json` beside each build: which ONNX file the compiler was given and,
@@ -32,17 +32,17 @@ import torch
 from npuyolo.compilers.envs import clean_env, require
 from npuyolo.compilers.manifest import file_digest, manifest_path
 from npuyolo.data.calibration import calibration_images, letterbox
-from npuyolo.deploy.contract import ContractReport, InputContract, check_contract, prepare
-from npuyolo.deploy.evaluate import Deployable, DeployError, load_deployable, validate_matched
+from npuyolo.deploy.eval.contract import ContractReport, InputContract, check_contract, prepare
+from npuyolo.deploy.eval.evaluate import Deployable, DeployError, load_deployable, validate_matched
 from npuyolo.stats.matched import MatchedStats
-from npuyolo.deploy.layers import LayerRow, check_qdq, compare_layers, parse_error_analysis, qdq_layer_errors
-from npuyolo.deploy.quantize import quantize_onnx
+from npuyolo.deploy.eval.layers import LayerRow, check_qdq, compare_layers, parse_error_analysis, qdq_layer_errors
+from npuyolo.deploy.int8.quantize import quantize_onnx
 from npuyolo.npu.onnxfile import written_by_npuyolo
 from npuyolo.paths import FileReadError, file_problem, read_regular_file, write_bytes
 
 __all__ = ["CompiledArtefact", "CompiledScore", "VendorRuntime", "evaluate_compiled", "is_compiled", "read_compiled"]
 
-DRIVER = Path(__file__).resolve().parent.parent / "compilers" / "score_driver.py"
+DRIVER = Path(__file__).resolve().parents[2] / "compilers" / "score_driver.py"
 Kind = Literal["rknn", "tflite", "onnx"]
 ENV = {"rknn": "rknn", "tflite": "vela", "onnx": "imx500"}  # the compiler environment that scores each kind
 # how each runtime wants the image (npuyolo's own ONNX files: NCHW RGB 0-1 float32)

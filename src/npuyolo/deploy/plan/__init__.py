@@ -25,10 +25,10 @@ from npuyolo.compilers.envs import CompilerError, installed
 from npuyolo.data.check import check_dataset
 from npuyolo.deploy.check import check_model, sigmoid_on_npu
 from npuyolo.deploy.compile import compile_model, record
-from npuyolo.deploy.evaluate import DeployError
+from npuyolo.deploy.runtime import DeployError
 from npuyolo.deploy.export import check_imgsz
-from npuyolo.deploy.plan_work import QuantizeSettings, build_files, worker_pool
-from npuyolo.deploy.quantize import ENDS
+from npuyolo.deploy.plan.work import QuantizeSettings, build_files, worker_pool
+from npuyolo.deploy.int8.quantize import ENDS
 from npuyolo.errors import NpuyoloError
 from npuyolo.npu.graph import load_graph
 from npuyolo.npu.profiles import target as get_target
@@ -948,7 +948,7 @@ def _build_plan(registry, ref: str, profiles: dict, data, conf: float, calib: in
         if not vendor_int8 or p.compiled_file is None:
             return None, None
         if p.compiled_file not in vendors:
-            from npuyolo.deploy import vendor
+            from npuyolo.deploy.eval import vendor
 
             try:
                 with stage("vendor int8"):

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from npuyolo.data.check import check_dataset, load_data_yaml
-from npuyolo.deploy.evaluate import DeployError, load_deployable, onnx_predictor, torch_predictor, validate_matched
+from npuyolo.deploy.eval.evaluate import DeployError, load_deployable, onnx_predictor, torch_predictor, validate_matched
 from npuyolo.deploy.export import check_imgsz
-from npuyolo.deploy.vendor import evaluate_compiled, is_compiled, read_compiled
+from npuyolo.deploy.eval.vendor import evaluate_compiled, is_compiled, read_compiled
 from npuyolo.errors import NpuyoloError, storage_error
 from npuyolo.npu.onnxfile import onnx_metadata
 from npuyolo.paths import safe_join, sha256_file, slug

@@ -35,11 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from npuyolo.data.calibration import calibration_images, holdout_images
-from npuyolo.deploy import evaluate
+from npuyolo.deploy import runtime
+from npuyolo.deploy.eval import evaluate
 from npuyolo.deploy.bundle.build import npuyolo_version
-from npuyolo.deploy.compare import val_fingerprint
-from npuyolo.deploy.evaluate import DeployError
-from npuyolo.deploy.quantize import METHODS, quantize_onnx
+from npuyolo.deploy.eval.compare import val_fingerprint
+from npuyolo.deploy.runtime import DeployError
+from npuyolo.deploy.int8.quantize import METHODS, quantize_onnx
 from npuyolo.errors import NpuyoloError
 from npuyolo.paths import read_regular_file, safe_join, sha256_file, write_text
 from npuyolo.stats.matched import StatsError, load_stats, save_stats
@@ -176,7 +177,7 @@ def _score_job(path: Path, data: str, conf: float) -> tuple[tuple[dict, dict, ob
 
 
 def _worker_init() -> None:
-    evaluate.SPINNING = False
+    runtime.SPINNING = False
     try:
         import torch
 
@@ -213,7 +214,7 @@ def environment() -> dict:
 
     from npuyolo.train.records import cpu_model
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     source = hashlib.sha256()
     for f in sorted(root.rglob("*")):
         if f.suffix in (".py", ".yaml", ".json") and f.is_file():

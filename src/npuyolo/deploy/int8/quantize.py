@@ -22,10 +22,10 @@ from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_ten
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from npuyolo.data.calibration import calibration_images, holdout_images, letterbox
-from npuyolo.deploy.bias_correction import correct_biases
-from npuyolo.deploy.evaluate import DeployError, session
+from npuyolo.deploy.int8.bias_correction import correct_biases
+from npuyolo.deploy.runtime import DeployError, session
 from npuyolo.deploy.export import onnx_metadata, set_metadata
-from npuyolo.deploy.ort_fast import fast_entropy, fast_qdq
+from npuyolo.deploy.int8.ort_fast import fast_entropy, fast_qdq
 from npuyolo.npu.profiles import target as load_target
 from npuyolo.npu.profiles import targets
 from npuyolo.paths import atomic_path
@@ -371,7 +371,7 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         equalized = 0
         if cle:  # exact in FP32 (ReLU/LeakyReLU are positively homogeneous); evens per-channel ranges for INT8
-            from npuyolo.deploy.equalize import equalize
+            from npuyolo.deploy.int8.equalize import equalize
 
             model = onnx.load(str(prepared))
             equalized = equalize(model)
@@ -383,7 +383,7 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
         missing = [k for k in keep if k not in names]
         if missing:
             raise DeployError(f"keep_float: no node named {missing[0]!r} in {fp32.name}", param="keep_float")
-        from npuyolo.deploy.qdq import decode_tail, end_convs
+        from npuyolo.deploy.int8.qdq import decode_tail, end_convs
 
         # the Ultralytics head's decode stays float (the host's part, as on every NPU); the NPU head has none in graph
         tail = decode_tail(graph) if meta.get("npuyolo_head") == "ultralytics" else []
@@ -447,8 +447,8 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, calib: int = 200, met
         corrected_graph = work / "bias-corrected.onnx"
         correction = None
         if bias_correct:  # weights round the same way whatever the calibration: one probe serves every run below
-            from npuyolo.deploy.bias_correction import conv_input_means
-            from npuyolo.deploy.qdq import quantized_conv_weights
+            from npuyolo.deploy.int8.bias_correction import conv_input_means
+            from npuyolo.deploy.int8.qdq import quantized_conv_weights
 
             probe = work / "weights-probe.onnx"
             run(keep, probe, chosen_cal)

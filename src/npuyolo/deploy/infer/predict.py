@@ -37,7 +37,7 @@ from npuyolo.resolve import ModelRef, default_imgsz, resolve_model
 __all__ = ["Box", "ImageDetections", "PredictError", "PredictResult", "Predictor", "detect", "list_sources", "load_predictor",
            "predict_source", "run_predict", "stdout_to_stderr"]
 
-from npuyolo.deploy.evaluate import onnx_predictor, torch_predictor
+from npuyolo.deploy.eval.evaluate import onnx_predictor, torch_predictor
 from npuyolo.registry.db import Registry, RegistryError
 from npuyolo.ultra import stdout_to_stderr  # noqa: E402  (re-exported: predict's callers import it from here)
 

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from npuyolo.deploy.evaluate import DeployError
+from npuyolo.deploy.eval.evaluate import DeployError
 from npuyolo.paths import file_problem
 
 __all__ = ["LayerError", "LayerRow", "check_qdq", "compare_layers", "parse_error_analysis", "qdq_layer_errors"]

@@ -1,0 +1,1 @@
+"""Using a deployed file: `predict` (images in, boxes out) and `latency` (timed forward passes)."""
