@@ -6,7 +6,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader
 
 from npuyolo.deploy.export import export_onnx
-from npuyolo.deploy.int8.quantize import CALIB_CHUNK, minmax_ranges, quantize_onnx
+from npuyolo.deploy.int8.calibrate import CALIB_CHUNK, minmax_ranges
+from npuyolo.deploy.int8.quantize import quantize_onnx
 
 from .test_deploy import randomised
 

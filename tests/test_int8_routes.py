@@ -245,14 +245,14 @@ def test_calibration_holds_a_bounded_number_of_images(synth_data, tmp_path, monk
     and the process was killed for memory. npuyolo feeds them in chunks, whatever the calibration count."""
     import onnxruntime.quantization.calibrate as calibrate
 
-    import npuyolo.deploy.int8.quantize as quantize
+    import npuyolo.deploy.int8.calibrate as npuyolo_calibrate
 
     held: list[int] = []
     for cls in (calibrate.MinMaxCalibrater, calibrate.HistogramCalibrater):
         real = cls.clear_collected_data
         monkeypatch.setattr(cls, "clear_collected_data", lambda self, real=real: (held.append(len(self.intermediate_outputs)),
                                                                                  real(self))[1])
-    monkeypatch.setattr(quantize, "CALIB_CHUNK", 2)
+    monkeypatch.setattr(npuyolo_calibrate, "CALIB_CHUNK", 2)
     fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
     info = quantize_onnx(fp32, tmp_path / "q.onnx", synth_data, calib=5, method=method, percentile=99.99 if method == "percentile" else None)
     assert len(info["calibration_images"]) == 5
@@ -279,7 +279,7 @@ def test_minmax_calibration_reads_one_image_at_a_time(synth_data, tmp_path, monk
 
 def test_chunked_percentile_ranges_match_one_pass(synth_data, tmp_path):
     """Histograms merged over chunks give the ranges of one pass over all images (quantize_static's way)."""
-    from npuyolo.deploy.int8.quantize import percentile_ranges
+    from npuyolo.deploy.int8.calibrate import percentile_ranges
 
     fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
     reader = ImageReader(calibration_images(synth_data, 6), 64)
@@ -343,7 +343,7 @@ def test_percentiles_share_one_pass_of_histograms(synth_data, tmp_path, monkeypa
     """The sweep's two percentiles come from one set of histograms, with the ranges each would get alone."""
     import onnxruntime.quantization.calibrate as calibrate
 
-    from npuyolo.deploy.int8.quantize import percentile_ranges, percentiles_ranges
+    from npuyolo.deploy.int8.calibrate import percentile_ranges, percentiles_ranges
 
     fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
     reader = ImageReader(calibration_images(synth_data, 4), 64)
@@ -389,3 +389,30 @@ def test_the_sweep_reads_its_percentiles_from_one_pass(synth_data, tmp_path, mon
     info = quantize_onnx(fp32, tmp_path / "q.onnx", synth_data, calib=4, sweep=True, holdout=2)
     assert [r["calibration"] for r in info["sweep"]] == ["minmax", "percentile99.99", "percentile99.999", "entropy"]
     assert calls == [[99.99, 99.999]]
+
+
+def test_quantize_takes_one_options_object_holding_each_default_once(synth_data, tmp_path):
+    """`QuantizeOptions` states every quantize option's default once (issue 32): `quantize_onnx` takes it, or its
+    fields as keywords (the same file either way; keywords replace the object's fields), and an unknown name is one
+    line naming it, as `Recipe` refuses one."""
+    import inspect
+
+    from npuyolo.deploy.int8.options import QuantizeOptions
+
+    assert set(inspect.signature(quantize_onnx).parameters) == {"fp32", "out", "data", "options", "ranges", "given"}
+    o = QuantizeOptions()
+    assert (o.calib, o.method, o.per_channel, o.keep_float, o.auto_float, o.seed, o.holdout) == (200, "minmax", False, None, 0, 0, 50)
+    assert QuantizeOptions.of(calib=4, keep_float=["a"]) == QuantizeOptions(calib=4, keep_float=("a",))
+    assert QuantizeOptions.of(QuantizeOptions(calib=4), per_channel=True) == QuantizeOptions(calib=4, per_channel=True)
+    with pytest.raises(DeployError, match="^unknown quantize option 'calibb'; the options are calib, method,") as e:
+        QuantizeOptions.of(calibb=4)
+    assert e.value.param == "calibb"
+    fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
+    with pytest.raises(DeployError, match="unknown quantize option 'percentil'"):
+        quantize_onnx(fp32, tmp_path / "x.onnx", synth_data, percentil=99.9)
+    with pytest.raises(DeployError, match="method must be one of minmax, entropy, percentile"):
+        quantize_onnx(fp32, tmp_path / "x.onnx", synth_data, QuantizeOptions(calib=4), method="kl")
+    by_object = quantize_onnx(fp32, tmp_path / "a.onnx", synth_data, QuantizeOptions(calib=4, per_channel=True))
+    by_keywords = quantize_onnx(fp32, tmp_path / "b.onnx", synth_data, calib=4, per_channel=True)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert {k: v for k, v in by_object.items() if k != "int8"} == {k: v for k, v in by_keywords.items() if k != "int8"}

@@ -9,7 +9,8 @@ from onnxruntime.quantization import qdq_quantizer
 from onnxruntime.quantization.calibrate import HistogramCollector
 from onnxruntime.quantization.onnx_model import ONNXModel
 
-from npuyolo.deploy.int8 import quantize
+from npuyolo.data.calibration import calibration_images
+from npuyolo.deploy.int8 import calibrate, quantize
 from npuyolo.deploy.export import export_onnx
 from npuyolo.deploy.int8.ort_fast import entropy_threshold, fast_qdq, find_by_name, replace_input_of_all_nodes
 
@@ -89,10 +90,10 @@ def test_quantized_file_is_byte_identical_with_and_without_the_fast_path(synth_d
 
 def test_entropy_ranges_identical_with_and_without_the_fast_search(synth_data, tmp_path, monkeypatch):
     fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
-    reader = quantize.ImageReader(quantize.calibration_images(synth_data, 8, 0), 64)
-    fast = quantize.entropy_ranges(fp32, reader, tmp_path)
-    monkeypatch.setattr(quantize, "fast_entropy", lambda cal: None)
-    slow = quantize.entropy_ranges(fp32, reader, tmp_path)
+    reader = calibrate.ImageReader(calibration_images(synth_data, 8, 0), 64)
+    fast = calibrate.entropy_ranges(fp32, reader, tmp_path)
+    monkeypatch.setattr(calibrate, "fast_entropy", lambda cal: None)
+    slow = calibrate.entropy_ranges(fp32, reader, tmp_path)
     assert fast == slow
 
 
@@ -104,8 +105,8 @@ def test_minmax_ranges_equal_orts_own_calibrator_to_the_bit(synth_data, tmp_path
     fp32 = export_onnx(randomised(variant), tmp_path / "fp32.onnx", imgsz=64, head="ultralytics")
     prepared = tmp_path / "prepared.onnx"
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    reader = quantize.ImageReader(quantize.calibration_images(synth_data, 6, 0), 64)
-    ours = quantize.minmax_ranges(prepared, reader, tmp_path)
+    reader = calibrate.ImageReader(calibration_images(synth_data, 6, 0), 64)
+    ours = calibrate.minmax_ranges(prepared, reader, tmp_path)
     cal = create_calibrator(str(prepared), None, str(tmp_path / "aug.onnx"), calibrate_method=CalibrationMethod.MinMax,
                             extra_options={"symmetric": False})
     reader.rewind()

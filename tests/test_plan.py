@@ -275,7 +275,7 @@ def test_python_api_plans_with_its_own_threshold(planned):
 
 def test_a_target_whose_compiler_is_missing_says_so(compilers_dir):
     """Nothing is installed (an empty compilers folder): the row says so and the profile's placement stands."""
-    from npuyolo.deploy.plan import _compile
+    from npuyolo.deploy.plan.build import _compile
 
     for name, compiler in (("ethos-u55", "vela"), ("rknn-rk3588", "rknn"), ("imx500", "imx500"), ("relu-only", None)):
         p = Placement(1.0, 10, 0, 0, 0, {}, {})
@@ -306,7 +306,7 @@ def test_imx500_is_compiled_once_per_model_and_never_for_a_rewrite(monkeypatch, 
     from types import SimpleNamespace
 
     from npuyolo.compilers.envs import CompilerError
-    from npuyolo.deploy import plan as plan_module
+    from npuyolo.deploy.plan import build as plan_module
 
     calls = []
 
@@ -344,7 +344,8 @@ def test_one_compile_per_graph_and_ethos_u_prefers_native_leaky_relu_to_a_rewrit
     Vela's times (faked here: native LeakyReLU 10 ms, each rewrite 25.4 ms, the ReLU twin 9 ms), no rewrite wins on
     Ethos-U, the note says to keep native LeakyReLU, and the faster ReLU twin is chosen."""
     from npuyolo import Workspace
-    from npuyolo.deploy import plan as plan_module
+    from npuyolo.deploy.plan import REWRITES
+    from npuyolo.deploy.plan import build as plan_module
 
     db, data, _ = planned
     compiled = []
@@ -352,7 +353,7 @@ def test_one_compile_per_graph_and_ethos_u_prefers_native_leaky_relu_to_a_rewrit
     def fake_compile(p, fp32, t, *args):
         compiled.append((str(fp32), t))
         p.compiler, p.compiler_status, p.compiler_cpu_ops = "vela 5.2.0", "compiled", 0
-        p.npu_ms = 25.4 if any(m in fp32.name for m in plan_module.REWRITES) else 9.0 if "L4-relu" in fp32.name else 10.0
+        p.npu_ms = 25.4 if any(m in fp32.name for m in REWRITES) else 9.0 if "L4-relu" in fp32.name else 10.0
 
     monkeypatch.setattr(plan_module, "_compile", fake_compile)
     plan = Workspace(db).plan("dp-L4-leaky", ["ethos-u55"], data, calib=4, sweep=False)
@@ -386,7 +387,7 @@ def test_a_vendor_int8_that_cannot_be_scored_sinks_only_its_own_row(planned, mon
     from types import SimpleNamespace
 
     from npuyolo import Workspace
-    from npuyolo.deploy import plan as plan_module
+    from npuyolo.deploy.plan import build as plan_module
     from npuyolo.deploy.eval import vendor
     from npuyolo.deploy.eval.contract import ContractError
 

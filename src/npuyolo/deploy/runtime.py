@@ -1,4 +1,4 @@
-"""What every deploy stage shares below scoring: `DeployError`, and npuyolo's ONNX Runtime session (options, threads).
+"""What every deploy stage shares below scoring: npuyolo's ONNX Runtime session (options, threads), `DeployError`.
 
 INT8 calibration and the evaluator both open their sessions here, so the quantizer needs nothing from the scoring
 room above it.
@@ -11,11 +11,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from npuyolo.errors import NpuyoloError
-
-
-class DeployError(NpuyoloError, ValueError):
-    """An artefact or data set the deploy tools cannot use."""
+from npuyolo.deploy.errors import DeployError
 
 
 def max_threads() -> int:
