@@ -214,15 +214,19 @@ def _imx500_artefact(path: Path) -> Artefact:
     inits = {i.name for i in graph.initializer}
     inputs = [_value_info(i) for i in graph.input if i.name not in inits]
     outs = [_value_info(o) for o in graph.output]
-    n = outs[0][1][1] if outs and len(outs[0][1]) == 3 else -1
-    want = [[1, n, 4], [1, n], [1, n], [1, 1]]
-    if (len(inputs) != 1 or inputs[0][1][1:] != [3, size, size] or n < 1 or len(outs) != 4
-            or any(o[1][1:] != w[1:] for o, w in zip(outs, want))):
+    nms = _imx_nms(graph)
+    if set(nms) != {"op", "score_threshold", "iou_threshold", "max_detections"}:
+        raise BundleError(f"{model}: no NMS layer with its thresholds (found {nms or 'none'}); {redo}")
+    n = nms["max_detections"]
+    want = [[1, n, 4], [1, n], [1, n], [1, 1]]  # MCT's export leaves these dims symbolic (-1 here): checked where set
+
+    def fits(got: list[int], shape: list[int]) -> bool:
+        return len(got) == len(shape) and all(g in (-1, d) for g, d in zip(got, shape))
+
+    if (len(inputs) != 1 or inputs[0][1][1:] != [3, size, size] or len(outs) != 4
+            or not all(fits(o[1], w) for o, w in zip(outs, want))):
         raise BundleError(f"{model}: not the {size} px detection model with on-sensor NMS npu compile builds (input "
                           f"{[i[1] for i in inputs]}, outputs {[o[1] for o in outs]}); {redo}")
-    nms = _imx_nms(graph)
-    if set(nms) != {"op", "score_threshold", "iou_threshold", "max_detections"} or nms["max_detections"] != n:
-        raise BundleError(f"{model}: no NMS layer with its thresholds (found {nms or 'none'}); {redo}")
     shipped = [(IMX_MODEL, model)]
     if labels.is_file():
         listed = labels.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -230,8 +234,8 @@ def _imx500_artefact(path: Path) -> Artefact:
             raise BundleError(f"{labels}: its class names {listed[:5]} are not the model's {list(meta['names'].values())[:5]}; {redo}")
         shipped.append((IMX_LABELS, labels))
     inp = InputSpec(inputs[0][0], [1, 3, size, size], "NCHW", "RGB", "0-1", "float32")
-    outputs = [OutputSpec(o[0], [1, *o[1][1:]], o[2], role, None, "as given (picamera2: float32)", None)
-               for o, role in zip(outs, IMX_ROLES)]
+    outputs = [OutputSpec(o[0], w, o[2], role, None, "as given (picamera2: float32)", None)
+               for o, w, role in zip(outs, want, IMX_ROLES)]
     device = {"nms": "on the sensor", **nms, "boxes": "x1 y1 x2 y2 in input-tensor pixels", "host_model": IMX_MODEL,
               "host_model_sha256": sha256_file(model), "package": IMX_PACKAGE, "rpk": "network.rpk",
               "build": build.name}
