@@ -402,20 +402,23 @@ def test_a_runs_imx500_plan_ships_its_build(fp32, tmp_path):
                          data_hash="x", class_names=NAMES, weights_source=None, device="cpu", versions={})
     build = fake_build(tmp_path / "builds", fp32)
 
-    def plan(status, compiled):
+    def plan(status, compiled, conf=0.3):
         acc = lambda v: Accuracy(0.8, 0.7, v, v * 0.6)  # noqa: E731
         placement = Placement(1.0, 300, 0, 0, 0, {}, {}, compiler="imx500 3.19.2", compiler_status=status,
                               compiler_cpu_ops=0, compiled_file=compiled)
         row = Row("imx500", Candidate("export", None, "int8"), str(fp32), str(fp32), placement, acc(0.62), acc(0.61),
-                  acc(0.55), acc(0.54), 0.3)
+                  acc(0.55), acc(0.54), conf)
         path = tmp_path / f"plan-{len(list(tmp_path.glob('plan-*')))}.json"
-        path.write_text(json.dumps(Plan("L4-leaky", run, "d.yaml", 0.3, "minmax", [TargetPlan("imx500", row, None, None, [row])]).as_dict()))
+        path.write_text(json.dumps(Plan("L4-leaky", run, "d.yaml", conf, "minmax", [TargetPlan("imx500", row, None, None, [row])]).as_dict()))
         reg.add_artifact(run, "plan", path)
 
     plan("compiled", str(build / "model_imx_dense.onnx"))
     b = bundle_model(str(run), "imx500", registry=tmp_path / "r.db", out=tmp_path / "out")
     m = json.loads((b.folder / "manifest.json").read_text())
     assert m["artefact"]["file"] == "packerOut.zip" and m["conf"] == 0.3 and m["plan"]["int8_map50"] == 0.61
+    plan("compiled", str(build / "model_imx_dense.onnx"), conf=0.1)  # under the sensor's cut: the bundle's conf is the cut
+    assert json.loads((bundle_model(str(run), "imx500", registry=tmp_path / "r.db", out=tmp_path / "o1").folder
+                       / "manifest.json").read_text())["conf"] == SCORE_THR
     assert "0.610" in (b.folder / "README.md").read_text()
     plan("compiler not installed", None)
     with pytest.raises(BundleError, match="no imx500 build to ship.*npuyolo compilers install imx500"):

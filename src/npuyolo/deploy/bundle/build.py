@@ -340,8 +340,9 @@ def build_bundle(artefact: str | Path, out: str | Path, *, target: str | None = 
     plan's deployment threshold, else 0.25. An earlier bundle of the same name is replaced; any other folder of that
     name is refused. Nothing is written outside `out`.
     """
+    conf_given, iou_given = conf is not None, iou is not None
     conf = (plan.conf if plan is not None else DEFAULT_CONF) if conf is None else conf
-    iou_given, iou = iou is not None, DEFAULT_IOU if iou is None else iou
+    iou = DEFAULT_IOU if iou is None else iou
     _check_thresholds(conf, iou, max_det)
     art = inspect_artefact(artefact)
     target = target or art.platform or art.runtime
@@ -352,8 +353,9 @@ def build_bundle(artefact: str | Path, out: str | Path, *, target: str | None = 
                               "when the model was compiled; leave iou out", param="iou")
         iou = art.device["iou_threshold"]
         max_det = min(max_det, art.device["max_detections"])
-        if conf < art.device["score_threshold"]:
+        if conf < art.device["score_threshold"] and conf_given:
             raise BundleError(f"conf {conf} is below the sensor's NMS score threshold {art.device['score_threshold']}", param="conf")
+        conf = max(conf, art.device["score_threshold"])  # a plan's lower threshold: the sensor already cut there
     stem = art.path.parent.parent.name.removeprefix("imx500-imx500-") if imx else art.path.stem
     name = slug(name or f"{stem}-{target}", "bundle")
     out = make_dir(out)
