@@ -188,6 +188,53 @@ out.write_text(json.dumps(found))
 """
 
 
+# The runner's own runtime and decode on the canvases `deploy eval` feeds the model (Ultralytics' validation loader):
+# what is left between the two once the letterbox is the same. Used with --tflite.
+EVAL_CANVAS_DETS = """
+import importlib.util, json, sys
+from pathlib import Path
+import numpy as np
+
+folder, canvases, out = map(Path, sys.argv[1:])
+spec = importlib.util.spec_from_file_location("npuyolo_infer", folder / "npuyolo_infer.py")
+infer = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(infer)
+bundle = infer.Bundle(folder)
+m, rt, found = bundle.manifest, bundle.runtime, {}
+arrays, frames = np.load(canvases), json.loads(canvases.with_suffix(".json").read_text())
+for name in arrays.files:
+    raw = rt.run(infer.prepare(arrays[name], m["input"], rt.input_quant))
+    dets = infer.postprocess(infer.arrange_outputs(raw, m, rt.output_quant), m, 0.001, 0.7)
+    found[name] = {"dets": dets.tolist(), **frames[name]}
+out.write_text(json.dumps(found))
+"""
+
+
+def eval_canvases(data: Path, imgsz: int, infer, out: Path) -> int:
+    """The letterboxed val images as `deploy eval` feeds them (Ultralytics' validation dataset, rect off) into
+    `out` (.npz, RGB HWC uint8) with each one's gain and pad (.json); returns how many differ from the bundle's own
+    letterbox (Ultralytics' loader sizes the short side with ceil, its predictor and the bundle round)."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data.build import build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+
+    info = check_det_dataset(str(data))
+    ds = build_yolo_dataset(get_cfg(overrides=dict(imgsz=imgsz, rect=False, batch=1, mode="val", task="detect")),
+                            info["val"], 1, info, mode="val", rect=False, stride=32)
+    arrays, frames, differ = {}, {}, 0
+    for i in range(len(ds)):
+        item = ds[i]
+        name = Path(item["im_file"]).name
+        arrays[name] = np.ascontiguousarray(item["img"].numpy().transpose(1, 2, 0))  # Format made it RGB CHW
+        (rh, rw), (pw, ph) = item["ratio_pad"]
+        frames[name] = {"gain": [float(rw), float(rh)], "pad": [float(pw), float(ph)], "hw": [int(v) for v in item["ori_shape"]]}
+        mine, _, _ = infer.letterbox(infer.read_image(Path(item["im_file"])), imgsz)
+        differ += int(not np.array_equal(mine, arrays[name]))
+    np.savez(out, **arrays)
+    out.with_suffix(".json").write_text(json.dumps(frames))
+    return differ
+
+
 def rknn_scores(rknn: Path, data: Path) -> dict:
     """The .rknn bundle as it runs: `npuyolo_infer.py` on every val image (conf 0.001, IoU 0.7) in the compiler's
     environment with the simulator as rknnlite, scored here beside `deploy eval` of the same file."""
@@ -271,6 +318,21 @@ def compiled_scores(path: Path, data: Path) -> dict:
 
         images = sorted(p for p in val.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         mine = score_detections(detect, images)
+        same_input = None
+        if art.kind == "tflite":  # 3. the runner's runtime and decode on deploy eval's own canvases
+            differ = eval_canvases(private, json.loads((bundle.folder / "manifest.json").read_text())["imgsz"], infer,
+                                   work / "canvases.npz")
+            done = subprocess.run([python, "-c", EVAL_CANVAS_DETS, str(bundle.folder), str(work / "canvases.npz"),
+                                   str(work / "ev.json")], env=env, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"the bundle's runner failed in {where}:\n{done.stderr[-3000:]}")
+            ev = json.loads((work / "ev.json").read_text())
+
+            def detect_ev(p):
+                r = ev[p.name]
+                return np.array(r["dets"], np.float32).reshape(-1, 6), r["gain"], r["pad"], r["hw"]
+
+            same_input = {**score_detections(detect_ev, images), "letterbox_differs": differ}
         t = time.perf_counter()
         theirs = evaluate_compiled(path, data)  # as the CLI runs it (its contract check reads a train photo)
         eval_s = time.perf_counter() - t
@@ -278,11 +340,18 @@ def compiled_scores(path: Path, data: Path) -> dict:
                "deploy_eval": {k: theirs.result[k] for k in ("map50", "map50_95", "images")},
                "diff_map50": mine["map50"] - theirs.result["map50"],
                "diff_map50_95": mine["map50_95"] - theirs.result["map50_95"],
+               "on_eval_letterbox": same_input and {**same_input, "diff_map50": same_input["map50"] - theirs.result["map50"],
+                                                    "diff_map50_95": same_input["map50_95"] - theirs.result["map50_95"]},
                "seconds": {"bundle_build": bundle_s, "bundle_run_cli": run_s, "deploy_eval": eval_s}}
         print(f"val ({mine['images']} images): .{art.kind} bundle through {where} mAP50 {mine['map50']:.4f} / mAP50-95 "
               f"{mine['map50_95']:.4f}; deploy eval {theirs.result['map50']:.4f} / {theirs.result['map50_95']:.4f} "
               f"(diff {out['diff_map50']:+.4f} / {out['diff_map50_95']:+.4f}); CLI boxes = the Bundle's within {gap:.4f} px; "
               f"runner CLI {run_s:.0f} s, deploy eval {eval_s:.0f} s")
+        if same_input:
+            e = out["on_eval_letterbox"]
+            print(f"the runner's runtime and decode on deploy eval's letterboxed images ({e['letterbox_differs']} of "
+                  f"{e['images']} differ from the bundle's): mAP50 {e['map50']:.4f} / mAP50-95 {e['map50_95']:.4f} "
+                  f"(diff {e['diff_map50']:+.4f} / {e['diff_map50_95']:+.4f})")
         print(json.dumps(out))
         return out
     finally:

@@ -640,3 +640,5 @@ def test_vela_tflite_bundle_runs_in_litert(photos, tmp_path):  # pragma: no cove
     scores = bench.tflite_scores(Path(result.build.tflite), MINI / "data.yaml")
     assert scores["bundle"]["images"] == scores["deploy_eval"]["images"] == 4 and scores["deploy_eval"]["map50"] > 0.3
     assert scores["cli_vs_bundle_max_px"] < 1e-3 and abs(scores["diff_map50"]) <= 0.002, scores
+    # and on deploy eval's own letterboxed images, the runner's kernels and decode give deploy eval's figure
+    assert scores["on_eval_letterbox"]["images"] == 4 and abs(scores["on_eval_letterbox"]["diff_map50"]) <= 0.002, scores
