@@ -398,7 +398,26 @@ def test_api_compile_names_the_install_command(compilers_dir, tmp_path):
     from npuyolo.compilers.envs import CompilerMissingError
 
     with pytest.raises(CompilerMissingError, match="npuyolo compilers install vela"):
-        Workspace(tmp_path / "r.db").compile("L4-leaky", "vela", "ethos-u55-128", None)
+        Workspace(tmp_path / "r.db").compile("L4-leaky", "vela", "ethos-u55-128", tmp_path / "data.yaml")
+
+
+def test_api_compile_needs_data_for_rknn_and_vela_as_the_cli_does(compilers_dir, tmp_path):
+    """Issue 32: `npu compile` asked for --data for rknn/vela, while `Workspace.compile` silently calibrated on
+    synthetic images; both doors now go through one service and say the same (the CLI with its flag)."""
+    from typer.testing import CliRunner
+
+    from npuyolo import NpuyoloError, Workspace
+    from npuyolo.cli import app
+
+    for compiler, target in (("vela", "ethos-u55-128"), ("rknn", "rk3588")):
+        with pytest.raises(NpuyoloError, match=f"^data is required for the {compiler} compiler"):
+            Workspace(tmp_path / "r.db").compile("L4-leaky", compiler, target, None)
+        said = CliRunner().invoke(app, ["npu", "compile", "L4-leaky", "--compiler", compiler, "-t", target,
+                                        "--registry", str(tmp_path / "r.db")]).output
+        assert f"--data is required for the {compiler} compiler" in said
+    with pytest.raises(NpuyoloError, match="^target is required for the rknn compiler"):
+        Workspace(tmp_path / "r.db").compile("L4-leaky", "rknn", data=tmp_path / "data.yaml")
+    assert not (tmp_path / "r.db").exists()
 
 
 def test_fused_row_names_are_read_as_whole_ops():

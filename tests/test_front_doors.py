@@ -127,3 +127,277 @@ def test_a_stray_file_named_like_a_run_id_does_not_hide_the_run(tmp_path, checkp
     for args in (["export", "signs", "--out", str(tmp_path / "three.onnx")], ["npu", "check", "signs", "-t", "relu-only"]):
         result = CliRunner().invoke(app, [*args, "--registry", str(db)])
         assert result.exit_code == 2 and "names both a file in this folder and run #1" in result.output, result.output
+
+
+# ------------------------------------------------------------------------------------------------ every operation, both doors (issue 32)
+import ast  # noqa: E402
+import hashlib  # noqa: E402
+import inspect  # noqa: E402
+
+import typer  # noqa: E402
+
+import npuyolo.api  # noqa: E402
+from npuyolo.cli import common as cli_common  # noqa: E402
+from npuyolo.data.synth import CLASSES  # noqa: E402
+from npuyolo.train.recipe import Recipe  # noqa: E402
+
+# each CLI command and the Workspace method that is its other door; both translate one service
+DOORS = {
+    "train": "train", "runs": "runs", "runs show": "run", "runs export": "mlflow_export", "series run": "series",
+    "series rank": "rank", "series plan": "series_plan", "series report": "series_report", "distill": "distill",
+    "prune": "prune", "hybrid search": "hybrid_search", "study relu-gap": "study_relu_gap", "study report": "study_report",
+    "variants": "variants", "variants show": "variant", "export": "export", "npu targets": "targets", "npu check": "check",
+    "npu compile": "compile", "npu rewrite": "rewrite", "data synth": "synth", "data check": "check_data",
+    "deploy quantize": "quantize", "deploy qat": "qat", "deploy eval": "evaluate", "deploy plan": "plan",
+    "deploy bundle": "bundle", "deploy bench": "bench", "predict": "predict", "compare": "compare", "report": "report",
+}
+CLI_ONLY = {"compilers list", "compilers install"}  # installing a referee: a tool's own business, no API method
+SERVICE_MODULES = {"training", "runs", "models", "datasets", "deploy", "reports", "comparison"}
+# what a command may import besides the services: printing helpers and the options a stage keeps (QuantizeOptions)
+DOOR_IMPORTS = ("npuyolo.services", "npuyolo.cli", "npuyolo.errors", "npuyolo.ultra", "npuyolo.train.members",
+                "npuyolo.deploy.int8.options", "rich", "dataclasses")
+
+
+def cli_commands() -> dict[str, object]:
+    """Every command of `npuyolo` by its words ('deploy plan'), a group's own callback under the group's name."""
+    found = {}
+
+    def walk(cmd, words):
+        for name, sub in getattr(cmd, "commands", {}).items():
+            if getattr(sub, "commands", None):
+                if sub.callback is not None and sub.invoke_without_command:
+                    found[" ".join([*words, name])] = sub.callback
+                walk(sub, [*words, name])
+            else:
+                found[" ".join([*words, name])] = sub.callback
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_operation_has_both_doors():
+    commands = cli_commands()
+    assert set(commands) == set(DOORS) | CLI_ONLY, set(commands) ^ (set(DOORS) | CLI_ONLY)
+    missing = [m for m in DOORS.values() if not callable(getattr(Workspace, m, None))]
+    assert not missing, missing
+
+
+def called_services(func) -> set[str]:
+    tree = ast.parse(_dedent(inspect.getsource(inspect.unwrap(func))))
+    return {n.value.id for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+            and n.value.id in SERVICE_MODULES}
+
+
+def _dedent(text: str) -> str:
+    import textwrap
+
+    return textwrap.dedent(text)
+
+
+def stage_imports(func) -> list[str]:
+    tree = ast.parse(_dedent(inspect.getsource(inspect.unwrap(func))))
+    names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    return [n for n in names if not n.startswith(DOOR_IMPORTS)]
+
+
+def test_every_door_is_a_thin_translation_of_one_service():
+    """27 of 31 commands and 15 of 19 Workspace methods wired the stages themselves, and drifted (issue 32): each
+    command and each method now calls a service and imports no stage."""
+    commands = cli_commands()
+    for words, method in DOORS.items():
+        cli_fn, api_fn = commands[words], getattr(Workspace, method)
+        assert called_services(cli_fn), f"`npuyolo {words}` calls no service"
+        assert called_services(api_fn), f"Workspace.{method} calls no service"
+        assert not stage_imports(cli_fn), f"`npuyolo {words}` imports {stage_imports(cli_fn)}"
+        assert not stage_imports(api_fn), f"Workspace.{method} imports {stage_imports(api_fn)}"
+    api_imports = [n.module for n in ast.parse(inspect.getsource(npuyolo.api)).body if isinstance(n, ast.ImportFrom)]
+    assert all(m.startswith(("npuyolo.services", "npuyolo.deploy.int8.options", "__future__", "pathlib", "typing"))
+               for m in api_imports), api_imports
+    assert cli_common.option  # the CLI's flags come from the options classes (tests/test_options.py)
+
+
+def strip(value, *roots: Path):
+    """A record with each door's own folder replaced by <root>, so the two doors' records compare."""
+    text = json.dumps(value, default=str, sort_keys=True)
+    for root in roots:
+        text = text.replace(str(Path(root).resolve()), "<root>").replace(str(root), "<root>")
+    return json.loads(text)
+
+
+def test_data_variants_and_targets_answer_alike_through_either_door(tmp_path, synth_data):
+    ws = Workspace(tmp_path / "r.db")
+    cli_set = cli("data", "synth", tmp_path / "cli", "--train", "3", "--val", "2", "--imgsz", "64", "--seed", "4", "--json")
+    api_set = ws.synth(tmp_path / "api", train=3, val=2, imgsz=64, seed=4)
+    assert strip(cli_set, tmp_path / "cli") == strip(api_set, tmp_path / "api")
+    files = {door: sorted((p.relative_to(tmp_path / door).as_posix(), p.read_bytes()) for p in (tmp_path / door).rglob("*")
+                          if p.is_file() and p.name != "data.yaml") for door in ("cli", "api")}
+    assert files["cli"] == files["api"] and len(files["cli"]) >= 10  # the same images and labels, byte for byte
+    assert cli("data", "check", synth_data, "--json") == json.loads(json.dumps(ws.check_data(synth_data), default=str))
+    assert cli("variants", "--json") == ws.variants()
+    assert cli("variants", "show", "L4-relu", "--nc", "2", "--imgsz", "64", "--json") == json.loads(
+        json.dumps(ws.variant("L4-relu", nc=2, imgsz=64), default=str))
+    assert cli("npu", "targets", "--json") == {n: p.model_dump() for n, p in ws.targets().items()}
+    assert not (tmp_path / "r.db").exists()  # none of these opens a registry
+
+
+def test_check_and_rewrite_record_and_write_alike_through_either_door(tmp_path):
+    """`npu check` recorded its rows in the CLI and `Workspace.check(record=True)` did it again itself ("check, then
+    record" written three times): one service records both; `npu rewrite` writes the same bytes."""
+    rows, written = {}, {}
+    for door in ("cli", "api"):
+        db = tmp_path / door / "r.db"
+        if door == "cli":
+            cli("npu", "check", "L4-leaky", "-t", "relu-only", "-t", "hailo-8", "--imgsz", "64", "--nc", "2", "--registry", db, "--json")
+        else:
+            Workspace(db).check("L4-leaky", ["relu-only", "hailo-8"], imgsz=64, nc=2)
+        checks = Registry(db, readonly=True).npu_checks(model_ref="L4-leaky")
+        rows[door] = strip([(c.target, c.model_ref, c.head, c.report) for c in checks], tmp_path / door)
+        onnx_file = Path(Registry(tmp_path / "cli" / "r.db", readonly=True).npu_checks(model_ref="L4-leaky")[0].onnx_path)
+        out = tmp_path / door / "leaky.relu-decomp.onnx"  # one input for both: an untrained variant's weights are random
+        if door == "cli":
+            cli("npu", "rewrite", onnx_file, "--out", out, "--json")
+        else:
+            Workspace(db).rewrite(onnx_file, out)
+        written[door] = out.read_bytes()
+    assert rows["cli"] == rows["api"] and len(rows["cli"]) == 2
+    assert written["cli"] == written["api"]
+
+
+@pytest.fixture(scope="module")
+def signs(tmp_path_factory) -> Path:
+    """An untrained L4-relu .pt with the synthetic set's 6 classes, trained (it says) at 64 px."""
+    model = build_model("L4-relu", nc=len(CLASSES), names=list(CLASSES))
+    model.args = {"imgsz": 64}
+    path = tmp_path_factory.mktemp("front-doors") / "signs6.pt"
+    torch.save({"model": None, "ema": model.half(), "epoch": -1, "train_args": {"imgsz": 64}}, path)
+    return path
+
+
+def fake_run(db: Path, checkpoint: Path, imgsz: int = 64) -> int:
+    """A finished run (one recorded epoch, best weights on disk) without training."""
+    reg = Registry(db)
+    rid = reg.create_run(name="signs", variant="L4-relu", recipe=Recipe.load(epochs=1, imgsz=imgsz, workers=0).model_dump(),
+                         data_path="d.yaml", data_hash="h", class_names=list(CLASSES), weights_source=None, device="cpu", versions={})
+    reg.add_artifact(rid, "weights/best", checkpoint.resolve())
+    reg.record_epoch(rid, 1, map50=0.1, map50_95=0.05, precision=0.2, recall=0.1, box_loss=1, cls_loss=1, dfl_loss=1)
+    reg.set_status(rid, "finished")
+    return rid
+
+
+def test_runs_and_reports_read_alike_through_either_door(tmp_path, signs):
+    db = tmp_path / "r.db"
+    rid = fake_run(db, signs)
+    ws = Workspace(db)
+    assert cli("runs", "--registry", db, "--json") == json.loads(json.dumps([r.as_dict() for r in ws.runs()], default=str))
+    assert cli("runs", "show", rid, "--registry", db, "--json") == json.loads(json.dumps(ws.run(rid).as_dict(), default=str))
+    text = {}
+    for door in ("cli", "api"):
+        out = tmp_path / f"report-{door}"
+        if door == "cli":
+            path = Path(cli("report", rid, "--lang", "ko", "--out", out, "--registry", db, "--json")["report"])
+        else:
+            path = ws.report(rid, lang="ko", out=out)
+        text[door] = strip(path.read_text(encoding="utf-8"), out)
+    assert text["cli"] == text["api"] and "signs" in text["cli"]
+
+
+def test_predict_writes_the_same_detections_through_either_door(tmp_path, signs, synth_data):
+    images = synth_data.parent / "images" / "val"
+    got = {}
+    for door in ("cli", "api"):
+        out = tmp_path / door
+        if door == "cli":
+            r = cli("predict", signs, images, "--conf", "0.01", "--max-det", "5", "--out", out, "--json")
+        else:
+            r = Workspace(tmp_path / "r.db").predict(signs, images, conf=0.01, max_det=5, out=out).as_dict()
+        got[door] = (strip(r, out), json.loads((out / "predictions.json").read_text()))
+    assert strip(got["cli"], tmp_path / "cli") == strip(got["api"], tmp_path / "api")
+    assert got["cli"][0]["images"] == 8 and got["cli"][0]["conf"] == 0.01
+
+
+def test_quantize_evaluate_and_bench_record_alike_through_either_door(tmp_path, signs, synth_data):
+    """The INT8 artefacts, their scores and the deploy-eval rows of one run, through `deploy quantize|eval|bench` and
+    through the Workspace: the same files and the same records."""
+    got = {}
+    for door in ("cli", "api"):
+        db = tmp_path / door / "r.db"
+        rid = fake_run(db, signs)
+        if door == "cli":
+            q = cli("deploy", "quantize", rid, "--data", synth_data, "--calib", "4", "--per-channel", "--registry", db, "--json")
+            e = cli("deploy", "eval", q["int8"], "--data", synth_data, "--registry", db, "--json")
+            b = cli("deploy", "bench", q["int8"], "--runs", "2", "--threads", "1", "--json")
+        else:
+            ws = Workspace(db)
+            q = ws.quantize(rid, synth_data, calib=4, per_channel=True)
+            e = ws.evaluate(q["int8"], synth_data)
+            b = ws.bench(q["int8"], runs=2, threads=1)
+        run = Registry(db, readonly=True).get_run(rid)
+        arts = [(a.kind, a.meta) for a in run.artifacts if a.kind.startswith("onnx/")]
+        evals = [(x.precision_kind, x.result) for x in Registry(db, readonly=True).deploy_evals(rid)]
+        got[door] = strip({"quantize": q, "eval": e, "artefacts": arts, "evals": evals, "bench": sorted(b)}, tmp_path / door)
+        got[door]["int8 sha256"] = hashlib.sha256(Path(q["int8"]).read_bytes()).hexdigest()
+    api = got["api"]["quantize"]  # the CLI prints how many calibration images, the API returns their names
+    api["calibration_count"] = len(api.pop("calibration_images"))
+    got["cli"]["quantize"].pop("holdout_images", None), api.pop("holdout_images", None)
+    timing = ("seconds", "time_s", "elapsed_s")
+    for d in got.values():  # wall-clock figures differ between any two calls
+        for key in ("quantize", "eval"):
+            for t in timing:
+                d[key].pop(t, None)
+    for key in got["cli"]:
+        assert got["cli"][key] == got["api"][key], (key, got["cli"][key], got["api"][key])
+    assert got["cli"]["eval"]["kind"] == "int8" and "drop_pp" in got["cli"]["eval"]
+
+
+def test_distill_takes_a_recipe_and_the_study_writes_its_reports_through_either_door(tmp_path, signs, synth_data, monkeypatch):
+    """Issue 32: the CLI's distill took a recipe file, the API's could not; `study relu-gap` wrote its ko/en reports
+    from the CLI only. The training itself is stubbed here (the stages have tests of their own): what each door
+    hands the stage, and what the service writes after it, are compared."""
+    import npuyolo.distill.run
+    import npuyolo.report.render
+    import npuyolo.study.relu_gap
+
+    seen = []
+
+    class Done:
+        run_id = 1
+
+    def distill(registry, teacher, student, data, recipe, **kw):
+        seen.append((teacher, student, recipe.model_dump(), kw))
+        return Done()
+
+    def study(registry, data, **kw):
+        seen.append(("study", kw.pop("on_member") is None, kw))
+        return []
+
+    def render(registry, name, out, lang):
+        path = Path(out) / f"{name}.{lang}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(lang)
+        return path
+
+    monkeypatch.setattr(npuyolo.distill.run, "distill", distill)
+    monkeypatch.setattr(npuyolo.study.relu_gap, "relu_gap_study", study)
+    monkeypatch.setattr(npuyolo.report.render, "render_study", render)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("lr0: 0.002\nbatch: 4\n")
+    db = tmp_path / "r.db"
+    fake_run(db, signs)
+    cli("distill", "--teacher", "signs", "--student-variant", "L4-relu", "--data", synth_data, "--recipe", recipe,
+        "--epochs", "2", "--gamma", "0.5", "--registry", db, "--json")
+    Workspace(db).distill("signs", "L4-relu", synth_data, recipe=recipe, epochs=2, gamma=0.5, verbose=False)
+    assert seen[0][2]["lr0"] == 0.002 and seen[0][2]["epochs"] == 2 and seen[0][3]["gamma"] == 0.5
+    assert seen[0][:3] == seen[1][:3] and {k: v for k, v in seen[0][3].items() if k != "verbose"} == \
+        {k: v for k, v in seen[1][3].items() if k != "verbose"}
+    reports = {}
+    for door in ("cli", "api"):
+        out = tmp_path / f"study-{door}"
+        if door == "cli":
+            reports[door] = cli("study", "relu-gap", "--data", synth_data, "--seeds", "0,3", "-t", "hailo-8", "--out", out,
+                                "--registry", db, "--json")["reports"]
+        else:
+            reports[door] = [str(p) for p in Workspace(db).study_relu_gap(synth_data, seeds=[0, 3], targets=["hailo-8"], out=out,
+                                                                           verbose=False).reports]
+        assert [Path(p).read_text() for p in reports[door]] == ["en", "ko"], door
+    assert {k: v for k, v in seen[2][2].items() if k != "verbose"} == {k: v for k, v in seen[3][2].items() if k != "verbose"}
+    assert seen[2][2]["seeds"] == [0, 3] and seen[2][2]["targets"] == ["hailo-8"]

@@ -10,7 +10,11 @@
     ws.series_plan("s1", ["amd-dpu", "edgetpu"]).cells()  # variant -> target -> its best artefact
     ws.report(run.id, lang="ko", fmt="html")
 
-Errors a user can fix raise `npuyolo.NpuyoloError` subclasses; nothing here prints tables or exits.
+Each method is a thin translation of one service in `npuyolo.services` (the CLI's commands are the other door onto
+the same services): it checks the arguments' types, calls the service and returns its record. Options come as the
+operation's options object (`npuyolo.services.options`: `PlanOptions`, `PredictOptions`, ...) or as its fields in
+keywords; an unknown keyword is refused. Errors a user can fix raise `npuyolo.NpuyoloError` subclasses; nothing here
+prints tables or exits.
 """
 
 from __future__ import annotations
@@ -18,305 +22,233 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from npuyolo.deploy.int8.options import QuantizeOptions
+from npuyolo.services import comparison, deploy, models, reports, runs, training
+from npuyolo.services import data as datasets
+from npuyolo.services.common import path_arg as _path
+from npuyolo.services.common import ref_arg as _ref
+from npuyolo.services.options import (BenchOptions, BundleOptions, CheckOptions, CompareOptions, CompileOptions,
+                                      DistillOptions, EvalOptions, ExecutorOptions, ExportOptions, HybridOptions,
+                                      PlanOptions, PredictOptions, PruneOptions, QatOptions, ReluGapOptions,
+                                      ReportOptions, RewriteOptions, SeriesReportOptions, SynthOptions, TrainOptions,
+                                      VariantOptions, of)
+
 __all__ = ["Workspace"]
 
 
-def _known(func, kwargs: dict) -> None:
-    """An unknown keyword is the caller's mistake: one NpuyoloError naming it and the accepted ones."""
-    import inspect
-
-    from npuyolo.errors import NpuyoloError
-
-    accepted = [p for p in inspect.signature(func).parameters if p not in ("registry", "data", "ref")]
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise NpuyoloError(f"unknown option(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}")
-
-
-def _path(value: Any, what: str, optional: bool = False) -> Path | None:
-    """A path argument: str or os.PathLike (None only where optional); bytes, None or a number is the caller's mistake."""
-    import os
-
-    from npuyolo.errors import NpuyoloError
-
-    if value is None and optional:
-        return None
-    if isinstance(value, str) or (isinstance(value, os.PathLike) and isinstance(os.fspath(value), str)):
-        if not str(value).strip():
-            raise NpuyoloError(f"{what} must not be empty")
-        return Path(value)
-    raise NpuyoloError(f"{what} must be a path (str or pathlib.Path), got {type(value).__name__}")
-
-
-def _ref(value: Any, what: str, optional: bool = False) -> str | None:
-    """A run, model or name argument: a non-empty str, an int id, or (for files) a pathlib.Path."""
-    import os
-
-    from npuyolo.errors import NpuyoloError
-
-    if value is None and optional:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, str) or (isinstance(value, os.PathLike) and isinstance(os.fspath(value), str)):
-        if not str(value).strip():
-            raise NpuyoloError(f"{what} must not be empty")
-        return str(value)
-    raise NpuyoloError(f"{what} must be a str (a name or path) or an int id, got {type(value).__name__}")
-
-
-def _number(value: Any, what: str, kind: type = int, optional: bool = False):
-    """An int (or, for kind=float, a real number) argument; a str such as "64" is named as a str, not shown as 64."""
-    from npuyolo.errors import NpuyoloError
-
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        raise NpuyoloError(f"{what} must be {'a number' if kind is float else 'an int'}, got {type(value).__name__} {value!r}"[:200])
-    return value
-
-
-def _targets(value: Any) -> list[str]:
-    """A list (or tuple) of target names; a bare str would be read letter by letter."""
-    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(t, str) for t in value):
-        from npuyolo.errors import NpuyoloError
-
-        raise NpuyoloError(f"targets must be a list of target names, got {value!r}"[:200], param="targets")
-    return list(value)
-
-
-def _plan_options(kwargs: dict) -> dict:
-    """`plan`/`series_plan` options of `deploy.plan.build_plan`, each of its type (a str number is not one)."""
-    from npuyolo.errors import NpuyoloError
-
-    numbers = {"conf": (float, False), "calib": (int, False), "holdout": (int, False), "imgsz": (int, True),
-               "workers": (int, True)}
-    for key, value in kwargs.items():
-        if key in numbers:
-            _number(value, key, numbers[key][0], optional=numbers[key][1])
-        elif key in ("sweep", "vendor_int8", "reuse") and not isinstance(value, bool):
-            raise NpuyoloError(f"{key} must be True or False, got {type(value).__name__} {value!r}"[:200], param=key)
-    return kwargs
+def _split(cls, options, kwargs: dict):
+    """The options object of `cls` from `options` and the keywords that are its fields; the other keywords stay (the
+    recipe's fields, for train and distill, which `Recipe` checks)."""
+    return cls.of(options, **{k: kwargs.pop(k) for k in cls.names() if k in kwargs})
 
 
 class Workspace:
     """One registry and its run folders. `registry=None` uses NPUYOLO_REGISTRY or runs/npuyolo.db."""
 
     def __init__(self, registry: str | Path | None = None):
-        from npuyolo.registry.db import default_path
+        from npuyolo.paths import default_registry_path
 
-        self.registry_path = _path(registry, "registry", optional=True) or default_path()
+        self.registry_path = _path(registry, "registry", optional=True) or default_registry_path()
 
-    def _registry(self, readonly: bool = False):
-        from npuyolo.registry.db import Registry
+    # -- data and variants --------------------------------------------------------------------------------
+    def synth(self, out: str | Path, options: SynthOptions | None = None, **kwargs: Any) -> dict:
+        """A synthetic traffic-sign set (6 classes) with its data.yaml, in a new or empty folder (as `data synth`)."""
+        return datasets.synth(_path(out, "out"), SynthOptions.of(options, **kwargs))
 
-        return Registry(self.registry_path, readonly=readonly)
+    def check_data(self, data: str | Path) -> dict:
+        """A data set validated: per-split image and per-class instance counts (as `data check`)."""
+        return datasets.check(_path(data, "data"))
+
+    def variants(self, scale: str = "n") -> list[dict]:
+        """Every level x activation variant (as `variants --json`)."""
+        return models.variants(scale)["variants"]
+
+    def variant(self, name: str, options: VariantOptions | None = None, **kwargs: Any) -> dict:
+        """A variant's model YAML, parameters, GFLOPs and activations (as `variants show --json`)."""
+        info = models.variant_show(_ref(name, "name"), VariantOptions.of(options, **kwargs))
+        return {k: v for k, v in info.items() if k not in ("text", "summary")}
 
     # -- training ---------------------------------------------------------------------------------------
-    def train(self, variant: str, data: str | Path, *, recipe: str | Path | None = None, name: str | None = None,
-              weights: str | Path | None = None, act_anneal: str | None = None, anneal_epochs: str | None = None,
-              anneal_schedule: str = "linear", verbose: bool = True, **overrides: Any):
-        """Train a variant (recipe file, then `overrides` such as epochs=30, imgsz=320); returns its RunRecord."""
-        from npuyolo.services import train_model
-
+    def train(self, variant: str, data: str | Path, options: TrainOptions | None = None, *, verbose: bool = True,
+              **kwargs: Any):
+        """Train a variant: `TrainOptions` fields (recipe file, name, weights, act_anneal, ...) and recipe fields such
+        as epochs=30, imgsz=320 as keywords; returns its RunRecord."""
         variant, data = _ref(variant, "variant"), _path(data, "data")
-        recipe, weights = _path(recipe, "recipe", optional=True), _path(weights, "weights", optional=True)
-        name = _ref(name, "name", optional=True)
-        return train_model(self._registry(), variant, data, recipe=recipe, name=name, weights=weights, act_anneal=act_anneal,
-                           anneal_epochs=anneal_epochs, anneal_schedule=anneal_schedule, verbose=verbose, **overrides)
+        o = _split(TrainOptions, options, kwargs)
+        return training.train(self.registry_path, variant, data, o, verbose=verbose, **kwargs)
 
     def resume(self, run: str | int, source: str = "last", verbose: bool = True):
         """Continue an interrupted run from its `last`, `previous` or `best` checkpoint."""
-        from npuyolo.train.trainer import resume_run
+        return training.resume(self.registry_path, _ref(run, "run"), source, verbose=verbose)
 
-        run = _ref(run, "run")
-        reg = self._registry()
-        return reg.get_run(resume_run(run, reg, verbose=verbose, source=source).run_id)
-
-    def series(self, spec_file: str | Path, verbose: bool = True, executor: str = "local", **ray_options: Any) -> list[dict]:
+    def series(self, spec_file: str | Path, options: ExecutorOptions | None = None, *, verbose: bool = True,
+               **kwargs: Any) -> list[dict]:
         """Train a series file's members (skipping finished, resuming interrupted); returns the ranking.
 
-        `executor="ray"` trains them as Ray tasks; `ray_options` are `RayOptions` fields (address, gpus_per_member,
-        cpus_per_member, max_parallel, max_retries).
+        `executor="ray"` trains them as Ray tasks; the other `ExecutorOptions` fields (address, gpus_per_member,
+        cpus_per_member, max_parallel, max_retries) go with it.
         """
-        from npuyolo.train.executors import make_executor
-        from npuyolo.train.series import SeriesSpec, run_series
+        spec_file = _path(spec_file, "spec_file")
+        return training.series_run(self.registry_path, spec_file, ExecutorOptions.of(options, **kwargs), verbose=verbose).members
 
-        spec = SeriesSpec.load(_path(spec_file, "spec_file"))
-        runner = make_executor(executor, **ray_options)  # before the registry: a missing Ray creates nothing
-        return run_series(spec, self._registry(), verbose=verbose, executor=runner)
-
-    def distill(self, teacher: str | int, student_variant: str, data: str | Path, *, name: str | None = None,
-                alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.0, temperature: float = 2.0, verbose: bool = True,
-                **overrides: Any):
-        from npuyolo.distill.run import distill
-        from npuyolo.train.recipe import Recipe
-
+    def distill(self, teacher: str | int, student_variant: str, data: str | Path, options: DistillOptions | None = None,
+                *, verbose: bool = True, **kwargs: Any):
+        """A student trained with distillation from a teacher run: `DistillOptions` fields (alpha, beta, gamma,
+        temperature, recipe file, name) and recipe fields as keywords; returns the student's RunRecord."""
         teacher, student_variant, data = _ref(teacher, "teacher"), _ref(student_variant, "student_variant"), _path(data, "data")
-        name = _ref(name, "name", optional=True)
-        reg = self._registry()
-        result = distill(reg, teacher, student_variant, data, Recipe.load(None, **overrides), alpha=alpha, beta=beta,
-                         gamma=gamma, temperature=temperature, name=name, verbose=verbose)
-        return reg.get_run(result.run_id)
+        o = _split(DistillOptions, options, kwargs)
+        return training.distill(self.registry_path, teacher, student_variant, data, o, verbose=verbose, **kwargs)
 
-    def study_relu_gap(self, data: str | Path, **kwargs: Any):
-        """L4-leaky vs L4-relu vs distilled vs annealed over seeds; see `npuyolo.study.relu_gap.relu_gap_study`."""
-        from npuyolo.study.relu_gap import relu_gap_study
+    def prune(self, run: str | int, options: PruneOptions | None = None, *, verbose: bool = True, **kwargs: Any) -> dict:
+        """Channel pruning of a run's best weights, fine-tuned as a new run; size, mAP and latency before and after."""
+        return training.prune(self.registry_path, _ref(run, "run"), PruneOptions.of(options, **kwargs), verbose=verbose)
 
-        _known(relu_gap_study, kwargs)
-        return relu_gap_study(self._registry(), _path(data, "data"), **kwargs)
+    def hybrid_search(self, data: str | Path, options: HybridOptions | None = None,
+                      executor: ExecutorOptions | None = None, *, verbose: bool = True, **kwargs: Any) -> list[dict]:
+        """Hybrid candidates trained as a series, checked on a target, mAP against NPU share (Pareto front)."""
+        data, o = _path(data, "data"), _split(HybridOptions, options, kwargs)
+        return training.hybrid_search(self.registry_path, data, o, ExecutorOptions.of(executor, **kwargs), verbose=verbose)
+
+    def study_relu_gap(self, data: str | Path, options: ReluGapOptions | None = None, *, verbose: bool = True,
+                       **kwargs: Any):
+        """L4-leaky vs L4-relu vs distilled vs annealed over seeds, and the study's ko/en reports (as `study
+        relu-gap`); returns a `StudyResult` (rows, reports)."""
+        data = _path(data, "data")
+        return training.relu_gap(self.registry_path, data, ReluGapOptions.of(options, **kwargs), verbose=verbose)
+
+    def study_report(self, name: str, lang: str = ReportOptions.lang, out: str | Path | None = None) -> Path:
+        return training.study_report(self.registry_path, _ref(name, "name"), lang, _path(out, "out", optional=True))
 
     # -- reading ------------------------------------------------------------------------------------------
     def run(self, ref: str | int):
-        return self._registry(readonly=True).get_run(_ref(ref, "run"))
+        return runs.run(self.registry_path, _ref(ref, "run"))
 
     def runs(self, series: str | None = None):
-        """Every run (of `series`), as `npuyolo.registry.db.RunSummary` rows."""
-        return self._registry(readonly=True).runs(_ref(series, "series", optional=True))
+        """Every run (of `series`), as `npuyolo.registry.db.RunSummary` rows (a damaged row is left out)."""
+        return runs.runs(self.registry_path, _ref(series, "series", optional=True))[0]
 
     def rank(self, series: str) -> list[dict]:
         """The series' members ranked (with intervals where they kept statistics); a series with seed replicates
         gives one row per variant, mean ± sd over seeds (as `npuyolo series rank`)."""
-        from npuyolo.train.series import has_replicates, rank_replicates, rank_series
+        return training.rank(self.registry_path, _ref(series, "series")).rows
 
-        name, reg = _ref(series, "series"), self._registry(readonly=True)
-        return rank_replicates(name, reg) if has_replicates(name, reg) else rank_series(name, reg)
+    def mlflow_export(self, uri: str, refs: list[str | int] | None = None, experiment: str = "npuyolo") -> list[dict]:
+        """Runs (`refs`, default all) copied into the MLflow store at `uri` (as `runs export --mlflow`)."""
+        refs = None if refs is None else [_ref(r, "refs") for r in refs]
+        return runs.mlflow_export(self.registry_path, _ref(uri, "uri"), refs, experiment)
 
     # -- NPU and deployment ----------------------------------------------------------------------------------
-    def check(self, model: str | int, targets: list[str], *, imgsz: int | None = None, head: str | None = None, nc: int = 80,
-              record: bool = True):
+    def targets(self) -> dict:
+        """The NPU target profiles, by name (as `npu targets --json`)."""
+        return models.npu_targets()
+
+    def check(self, model: str | int, targets: list[str], options: CheckOptions | None = None, *, record: bool = True,
+              **kwargs: Any):
         """Per-node NPU placement of a variant, run, .pt or .onnx on each target (recorded in the registry)."""
-        from npuyolo.deploy.check import check_model
-        from npuyolo.npu.check import record as record_check
+        model = _ref(model, "model")
+        return models.check(self.registry_path, model, targets, CheckOptions.of(options, **kwargs), record=record)
 
-        model, imgsz, nc = _ref(model, "model"), _number(imgsz, "imgsz", optional=True), _number(nc, "nc")
-        targets = _targets(targets)
-        reg = self._registry()
-        result = check_model(model, targets, reg, imgsz=imgsz, head=head, nc=nc)
-        if record:
-            record_check(result, reg, head)
-        return result
-
-    def compile(self, model: str | int, compiler: str, target: str, data: str | Path | None, *, imgsz: int | None = None,
-                head: str | None = None, nc: int = 80, calib: int = 8, record: bool = True):
-        """Compile with a real vendor compiler (`npuyolo compilers install rknn|vela|imx500` first); placement beside the
-        profile's, recorded in the registry. See `npuyolo.deploy.compile.compile_model`."""
-        from npuyolo.deploy.compile import compile_model
-        from npuyolo.compilers.compile import record as record_compile
-
+    def referee(self, model: str | int, targets: list[str], compiler: str, data: str | Path | None = None,
+                options: CheckOptions | None = None, **kwargs: Any) -> list:
+        """`check` refereed by a vendor compiler (as `npu check --referee`): both placements, recorded."""
         model, data = _ref(model, "model"), _path(data, "data", optional=True)
-        imgsz, nc = _number(imgsz, "imgsz", optional=True), _number(nc, "nc")
-        reg = self._registry()
-        result = compile_model(model, _ref(compiler, "compiler"), _ref(target, "target"), data, reg, imgsz=imgsz, head=head, nc=nc,
-                               calib=_number(calib, "calib"))
-        if record:
-            record_compile(result, reg)
-        return result
+        return models.referee(self.registry_path, model, targets, _ref(compiler, "compiler"), data,
+                              CheckOptions.of(options, **kwargs))
 
-    def export(self, model: str | int, out: str | Path, *, imgsz: int | None = None, head: str | None = None, nc: int = 80,
-               force: bool = False) -> Path:
-        """Static-shape ONNX (as `npuyolo export`, through `npuyolo.services.export_model`): at the size it was trained
-        at unless `imgsz` says otherwise; a run's file is recorded as its `onnx/<head>` artefact.
+    def compile(self, model: str | int, compiler: str, target: str | None = None, data: str | Path | None = None,
+                options: CompileOptions | None = None, *, record: bool = True, **kwargs: Any):
+        """Compile with a real vendor compiler (`npuyolo compilers install rknn|vela|imx500` first); placement beside the
+        profile's, recorded in the registry. rknn and vela calibrate on `data`'s train images (required)."""
+        model, data = _ref(model, "model"), _path(data, "data", optional=True)
+        return models.compile_model(self.registry_path, model, _ref(compiler, "compiler"), _ref(target, "target", optional=True),
+                                    data, CompileOptions.of(options, **kwargs), record=record)
+
+    def export(self, model: str | int, out: str | Path, options: ExportOptions | None = None, **kwargs: Any) -> Path:
+        """Static-shape ONNX (as `npuyolo export`): at the size it was trained at unless `imgsz` says otherwise; a run's
+        file is recorded as its `onnx/<head>` artefact.
 
         `out` may replace an earlier npuyolo ONNX file; another existing file or a symlink only with `force`;
         never the registry."""
-        from npuyolo.services import export_model
-
         model, out = _ref(model, "model"), _path(out, "out")
-        imgsz, nc = _number(imgsz, "imgsz", optional=True), _number(nc, "nc")
-        return export_model(model, out, registry=self.registry_path, imgsz=imgsz, head=head, nc=nc, force=force).onnx
+        return models.export_model(self.registry_path, model, out, ExportOptions.of(options, **kwargs)).onnx
 
-    def quantize(self, run: str | int, data: str | Path, **kwargs: Any) -> dict:
-        """FP32 + INT8 QDQ ONNX of a run (calibrated on train images only); see `deploy.service.quantize_run`."""
-        from npuyolo.deploy.service import quantize_run
+    def rewrite(self, model: str | Path, out: str | Path | None = None, options: RewriteOptions | None = None,
+                **kwargs: Any) -> dict:
+        """Every LeakyRelu replaced by an equivalent of ReLU-NPU ops (as `npu rewrite`)."""
+        model, out = _path(model, "model"), _path(out, "out", optional=True)
+        return models.rewrite(model, out, RewriteOptions.of(options, **kwargs), registry=self.registry_path)
 
-        _known(quantize_run, kwargs)
+    def quantize(self, run: str | int, data: str | Path, options: QuantizeOptions | None = None, *,
+                 imgsz: int | None = None, target: str | None = None, **kwargs: Any) -> dict:
+        """FP32 + INT8 QDQ ONNX of a run (calibrated on train images only): `QuantizeOptions` or its fields (calib,
+        method, per_channel, sweep, ...) as keywords; `target`: with `ends`, refuse what its profile cannot run."""
         run, data = _ref(run, "run"), _path(data, "data")
-        return quantize_run(self._registry(), run, data, **kwargs)
+        o = of(QuantizeOptions, options, **kwargs)
+        return deploy.quantize(self.registry_path, run, data, o, imgsz=imgsz, target=_ref(target, "target", optional=True))
 
-    def evaluate(self, artefact: str | Path, data: str | Path) -> dict:
-        """mAP of an ONNX artefact with Ultralytics' validator (and the INT8 drop for a run's INT8 file)."""
-        from npuyolo.deploy.service import evaluate_artefact
+    def qat(self, run: str | int, data: str | Path | None = None, options: QatOptions | None = None, *,
+            verbose: bool = True, **kwargs: Any) -> dict:
+        """Quantization-aware fine-tuning as a new run, then its INT8 QDQ export (as `deploy qat`)."""
+        run, data = _ref(run, "run"), _path(data, "data", optional=True)
+        return deploy.qat(self.registry_path, run, data, QatOptions.of(options, **kwargs), verbose=verbose)
 
+    def evaluate(self, artefact: str | Path, data: str | Path, options: EvalOptions | None = None, **kwargs: Any) -> dict:
+        """mAP of an artefact with Ultralytics' validator (and the INT8 drop for a run's INT8 file)."""
         artefact, data = _path(artefact, "artefact"), _path(data, "data")
-        return evaluate_artefact(self._registry(), artefact, data)
+        return deploy.evaluate(self.registry_path, artefact, data, EvalOptions.of(options, **kwargs))
 
-    def compare(self, models: list[str | int | Path], data: str | Path, *, bootstrap: int = 1000, seed: int = 0,
-                plot: str | Path | None = None, draw: bool = True):
+    def compare(self, models: list[str | int | Path], data: str | Path, options: CompareOptions | None = None,
+                **kwargs: Any):
         """Is the difference real? Each model's mAP50, mAP50-95, P and R with 95% intervals, each pair's paired-bootstrap
         difference and verdict; returns a `npuyolo.deploy.eval.compare.CompareResult`. Models: runs, .pt, ONNX, compiled."""
-        from npuyolo.deploy.eval.compare import compare_registry
-        from npuyolo.services import compare
-
         if isinstance(models, (str, bytes, Path, int)) or not isinstance(models, (list, tuple)):
             from npuyolo.errors import NpuyoloError
 
-            raise NpuyoloError(f"models must be a list of model references, got {type(models).__name__}")
+            raise NpuyoloError(f"models must be a list of model references, got {type(models).__name__}", param="models")
         refs = [_ref(m, "models") for m in models]
-        data = _path(data, "data")
-        bootstrap, seed = _number(bootstrap, "bootstrap"), _number(seed, "seed")
-        return compare(compare_registry(self.registry_path), refs, data, bootstrap=bootstrap, seed=seed, plot=_path(plot, "plot", optional=True),
-                       draw=bool(draw))
+        return comparison.compare(self.registry_path, refs, _path(data, "data"), CompareOptions.of(options, **kwargs))
 
-    def plan(self, model: str | int, targets: list[str], data: str | Path, **kwargs: Any):
+    def plan(self, model: str | int, targets: list[str], data: str | Path, options: PlanOptions | None = None,
+             **kwargs: Any):
         """Every artefact that could serve each target, verified (placement, FP32/INT8 accuracy, accuracy at the
-        deployment threshold) and ranked; returns a `npuyolo.deploy.plan.Plan`. See `deploy.plan.build_plan`."""
-        from npuyolo.deploy.plan import build_plan
+        deployment threshold) and ranked; returns a `npuyolo.deploy.plan.Plan`."""
+        model, data = _ref(model, "model"), _path(data, "data")
+        return deploy.plan(self.registry_path, model, targets, data, PlanOptions.of(options, **kwargs))
 
-        _known(build_plan, kwargs)
-        model, targets, data = _ref(model, "model"), _targets(targets), _path(data, "data")
-        return build_plan(self._registry(), model, targets, data, **_plan_options(kwargs))
-
-    def series_plan(self, name: str, targets: list[str], data: str | Path | None = None, **kwargs: Any):
+    def series_plan(self, name: str, targets: list[str], data: str | Path | None = None,
+                    options: PlanOptions | None = None, **kwargs: Any):
         """`plan` for each finished member of a series (each recorded on its run): a `SeriesPlan` whose `cells()` say
         which artefact of which variant to ship on which target. `data` defaults to the series' own data set."""
-        from npuyolo.deploy.plan import build_plan, build_series_plan
-
-        _known(build_plan, kwargs)
-        name, targets, data = _ref(name, "name"), _targets(targets), _path(data, "data", optional=True)
-        return build_series_plan(self._registry(), name, targets, data, **_plan_options(kwargs))
+        name, data = _ref(name, "name"), _path(data, "data", optional=True)
+        return deploy.series_plan(self.registry_path, name, targets, data, PlanOptions.of(options, **kwargs))
 
     def bundle(self, run: str | int | None = None, target: str | None = None, *, artefact: str | Path | None = None,
-               out: str | Path | None = None, conf: float | None = None, iou: float | None = None):
+               out: str | Path | None = None, options: BundleOptions | None = None, **kwargs: Any):
         """A torch-free board package (folder + .tar.gz) of the target's chosen artefact in the run's recorded plan, or
-        of `artefact`; returns a `npuyolo.deploy.bundle.Bundle`. See `deploy.bundle.service.bundle_model`."""
-        from npuyolo.deploy.bundle.service import bundle_model
-
+        of `artefact`; returns a `npuyolo.deploy.bundle.Bundle`."""
         run, target = _ref(run, "run", optional=True), _ref(target, "target", optional=True)
-        artefact = _path(artefact, "artefact", optional=True)
-        out = _path(out, "out", optional=True)
-        conf, iou = _number(conf, "conf", float, optional=True), _number(iou, "iou", float, optional=True)
-        return bundle_model(run, target, artefact=artefact, out=out, registry=self.registry_path, conf=conf, iou=iou)
+        artefact, out = _path(artefact, "artefact", optional=True), _path(out, "out", optional=True)
+        return deploy.bundle(self.registry_path, run, target, artefact=artefact, out=out,
+                             options=BundleOptions.of(options, **kwargs))
 
-    def bench(self, artefact: str | Path, runs: int = 50, threads: int | None = None) -> dict:
-        from npuyolo.deploy.infer.latency import bench_onnx
+    def bench(self, artefact: str | Path, options: BenchOptions | None = None, **kwargs: Any) -> dict:
+        """ONNX Runtime CPU latency: the model alone and the whole pipeline (as `deploy bench`)."""
+        return deploy.bench(_path(artefact, "artefact"), BenchOptions.of(options, **kwargs))
 
-        artefact, runs, threads = _path(artefact, "artefact"), _number(runs, "runs"), _number(threads, "threads", optional=True)
-        return bench_onnx(artefact, runs=runs, threads=threads)
-
-    def predict(self, model: str | int, source: str | Path, *, conf: float = 0.25, iou: float = 0.7, imgsz: int | None = None,
-                out: str | Path | None = None, max_det: int = 300):
+    def predict(self, model: str | int, source: str | Path, options: PredictOptions | None = None, *,
+                out: str | Path | None = None, **kwargs: Any):
         """Detections of a run, .pt or ONNX artefact on an image, folder, glob or video; annotated copies and
         predictions.json/.csv are written to `out` (a run's predict/ folder by default). Returns a PredictResult."""
-        from npuyolo.deploy.infer.predict import run_predict
-
         model, source, out = _ref(model, "model"), _path(source, "source"), _path(out, "out", optional=True)
-        conf, iou = _number(conf, "conf", float), _number(iou, "iou", float)
-        imgsz, max_det = _number(imgsz, "imgsz", optional=True), _number(max_det, "max_det")
-        return run_predict(model, source, conf=conf, iou=iou, imgsz=imgsz, out=out, max_det=max_det,
-                           registry=self.registry_path)  # opened (read-only) only when MODEL is a run
+        return deploy.predict(self.registry_path, model, source, PredictOptions.of(options, **kwargs), out=out)
 
     # -- reports ------------------------------------------------------------------------------------------
-    def report(self, run: str | int, *, compare: str | int | None = None, lang: str = "en", fmt: str = "md",
-               out: str | Path | None = None) -> Path:
-        from npuyolo.report.render import render_run
-
+    def report(self, run: str | int, options: ReportOptions | None = None, *, compare: str | int | None = None,
+               out: str | Path | None = None, **kwargs: Any) -> Path:
         run, compare, out = _ref(run, "run"), _ref(compare, "compare", optional=True), _path(out, "out", optional=True)
-        return render_run(self._registry(readonly=True), run, out, lang=lang, fmt=fmt, compare=compare)
+        return reports.report(self.registry_path, run, ReportOptions.of(options, **kwargs), compare=compare, out=out)
 
-    def series_report(self, name: str, *, lang: str = "en", fmt: str = "md", target: str = "relu-only",
-                      out: str | Path | None = None) -> Path:
-        from npuyolo.report.render import render_series
-
+    def series_report(self, name: str, options: SeriesReportOptions | None = None, *, out: str | Path | None = None,
+                      **kwargs: Any) -> Path:
         name, out = _ref(name, "name"), _path(out, "out", optional=True)
-        return render_series(self._registry(readonly=True), name, out, lang=lang, target=target, fmt=fmt)
+        return reports.series_report(self.registry_path, name, SeriesReportOptions.of(options, **kwargs), out=out)

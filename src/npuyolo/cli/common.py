@@ -61,15 +61,21 @@ class RecipeDefaultsHelp(TyperCommand):
 console = Console(width=None if sys.stdout.isatty() else 160)  # no truncated tables when piped
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
+
+def option(options: type, name: str, *flags: str, **kwargs):
+    """A command's flag for one field of an operation's options class (`npuyolo.services.options`): its help and, where
+    it is not --<name>, its flags come from the field; the parameter's default is the class's (`= PlanOptions.conf`),
+    so each default is stated once, there."""
+    flags = flags or (options.flags(name) if hasattr(options, "flags") else ())
+    if flags and flags[0] != "--" + name.replace("_", "-"):  # an error about `name` names the flag the user typed
+        FLAG_NAMES.setdefault(name, flags[0].split("/")[0])
+    if "help" not in kwargs:  # an options class without help of its own (QuantizeOptions) gets it from the command
+        kwargs["help"] = options.help(name)
+    return typer.Option(*flags, **kwargs)
+
+
 RegistryOpt = Annotated[Optional[Path], typer.Option("--registry", envvar="NPUYOLO_REGISTRY", help="SQLite registry file [default: runs/npuyolo.db]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-# the options `deploy plan` and `series plan` share
-PlanConfOpt = Annotated[float, typer.Option("--conf", help="Deployment confidence threshold (what the NPU runtime bakes in).")]
-PlanCalibOpt = Annotated[int, typer.Option("--calib", help="Calibration images.")]
-PlanHoldoutOpt = Annotated[int, typer.Option("--holdout", help="Held-back train images the calibration sweep is judged on.")]
-PlanSweepOpt = Annotated[bool, typer.Option("--sweep/--no-sweep", help="Calibrate with the sweep's choice, or with MinMax.")]
-PlanWorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Processes that build the INT8 files and score every file [default: one per core]; the plan is the same whatever the number.")]
-PlanReuseOpt = Annotated[bool, typer.Option("--reuse/--no-reuse", help="Take the INT8 files and scores an earlier plan of this model built from the same inputs (content keys), or build everything again.")]
 
 
 class Table(RichTable):

@@ -1,4 +1,5 @@
-"""`npuyolo compare`: is the difference real? Models scored on one data set, each pair with its paired interval."""
+"""`npuyolo compare`: is the difference real? Models scored on one data set, each pair with its paired interval; a thin
+translation of `npuyolo.services.compare`."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from npuyolo.cli.common import JsonOpt, RegistryOpt, app, err, print_json, quiet_stdout, user_errors
+from npuyolo.cli.common import JsonOpt, RegistryOpt, app, err, option, print_json, quiet_stdout, user_errors
 from npuyolo.cli.tables import print_comparison
+from npuyolo.services.options import CompareOptions
 
 
 @app.command("compare")
@@ -16,18 +18,17 @@ from npuyolo.cli.tables import print_comparison
 def compare(models: Annotated[list[str], typer.Argument(help="Two or more models: run ids or names, .pt checkpoints, ONNX files "
                                                                  "npuyolo wrote, or models `npu compile` built (.rknn, Vela's int8 .tflite).")],
             data: Annotated[Path, typer.Option(help="data.yaml; its val split is scored, the same images for every model.")],
-            bootstrap: Annotated[int, typer.Option(help="Paired resamples of the val images.")] = 1000,
-            seed: Annotated[int, typer.Option(help="Seed of the resamples (the same seed, the same intervals).")] = 0,
-            plot: Annotated[Optional[Path], typer.Option(help="Forest plot of the mAP50 differences (PNG) [default: under the registry's folder].")] = None,
+            bootstrap: Annotated[int, option(CompareOptions, "bootstrap")] = CompareOptions.bootstrap,
+            seed: Annotated[int, option(CompareOptions, "seed")] = CompareOptions.seed,
+            plot: Annotated[Optional[Path], option(CompareOptions, "plot")] = CompareOptions.plot,
             as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """mAP50, mAP50-95, P and R of each model with 95% intervals; each pair's difference with its paired-bootstrap
     interval and a verdict: ahead, or tied within noise. Statistics are kept, so a second comparison runs no model."""
-    from npuyolo.deploy.eval.compare import compare_registry
-    from npuyolo.services import compare as compare_service
+    from npuyolo.services import comparison
 
+    options = CompareOptions(bootstrap=bootstrap, seed=seed, plot=plot)
     with quiet_stdout(as_json), err.status("scoring...") as status:
-        result = compare_service(compare_registry(registry), models, data, bootstrap=bootstrap, seed=seed, plot=plot,
-                                 progress=lambda msg: status.update(msg))
+        result = comparison.compare(registry, models, data, options, progress=lambda msg: status.update(msg))
     if result.note:  # what was not kept (a read-only registry): one line, beside the answer
         err.print(f"note: {result.note}", highlight=False, markup=False, soft_wrap=True)
     if as_json:

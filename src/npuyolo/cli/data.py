@@ -1,4 +1,4 @@
-"""Data sets: `npuyolo data synth|check`."""
+"""Data sets: `npuyolo data synth|check`: thin translations of `npuyolo.services.data`."""
 
 from __future__ import annotations
 
@@ -7,41 +7,39 @@ from typing import Annotated
 
 import typer
 
-from npuyolo.cli.common import JsonOpt, Table, console, data_app, err, print_json, user_errors
+from npuyolo.cli.common import JsonOpt, Table, console, data_app, err, option, print_json, user_errors
+from npuyolo.services.options import SynthOptions
 
 
 @data_app.command("synth")
 @user_errors
-def data_synth(out: Path, train: Annotated[int, typer.Option(help="Training images.")] = 400,
-               val: Annotated[int, typer.Option(help="Validation images.")] = 100,
-               imgsz: Annotated[int, typer.Option(help="Image side in px.")] = 320,
-               seed: Annotated[int, typer.Option()] = 0,
-               force: Annotated[bool, typer.Option("--force", help="Empty a set npuyolo wrote there before, then write anew.")] = False,
+def data_synth(out: Path, train: Annotated[int, option(SynthOptions, "train")] = SynthOptions.train,
+               val: Annotated[int, option(SynthOptions, "val")] = SynthOptions.val,
+               imgsz: Annotated[int, option(SynthOptions, "imgsz")] = SynthOptions.imgsz,
+               seed: Annotated[int, option(SynthOptions, "seed")] = SynthOptions.seed,
+               force: Annotated[bool, option(SynthOptions, "force")] = SynthOptions.force,
                as_json: JsonOpt = False) -> None:
     """Write a synthetic traffic-sign set (6 classes) in YOLO format with a data.yaml, into a new or empty folder."""
+    from npuyolo.services import data as datasets
     from rich.progress import Progress
 
-    from npuyolo.data.check import DataError
-    from npuyolo.data.synth import CLASSES, check_synth_args, synthesize
-
-    if train < 1 or val < 1:
-        raise DataError(["--train and --val must be at least 1"])
-    check_synth_args(out, imgsz, seed, force)
     with Progress(console=err) as progress:
-        task = progress.add_task("drawing signs", total=train + val)
-        path = synthesize(out, train, val, imgsz, seed, progress=lambda n: progress.advance(task, n), force=force)
+        bar = []
+        r = datasets.synth(out, SynthOptions.pick(locals()), on_start=lambda total: bar.append(progress.add_task("drawing signs", total=total)),
+                       progress=lambda n: progress.advance(bar[0], n))
     if as_json:
-        return print_json({"data": str(Path(path).resolve()), "train": train, "val": val, "classes": list(CLASSES)})
-    console.print(f"wrote {path} ({train} train / {val} val images, classes: {', '.join(CLASSES)})", highlight=False, markup=False)
+        return print_json(r)
+    console.print(f"wrote {r['data']} ({r['train']} train / {r['val']} val images, classes: {', '.join(r['classes'])})",
+                  highlight=False, markup=False)
 
 
 @data_app.command("check")
 @user_errors
 def data_check(data: Path, as_json: JsonOpt = False) -> None:
     """Validate a data set and print per-split image and per-class instance counts."""
-    from npuyolo.data.check import check_dataset
+    from npuyolo.services import data as datasets
 
-    report = check_dataset(data).as_dict()
+    report = datasets.check(data)
     for warning in report["warnings"]:  # legal, likely a mistake (duplicate boxes): said on stderr, in JSON too
         err.print(f"warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     if as_json:

@@ -1,4 +1,5 @@
-"""Deployment: `npuyolo deploy quantize|qat|eval|plan|bundle|bench`, `npuyolo predict`."""
+"""Deployment: `npuyolo deploy quantize|qat|eval|plan|bundle|bench`, `npuyolo predict`: thin translations of
+`npuyolo.services.deploy` (parse, call one service, print)."""
 
 from __future__ import annotations
 
@@ -11,51 +12,46 @@ from rich.text import Text
 
 from npuyolo.cli.common import (
     JsonOpt,
-    PlanCalibOpt,
-    PlanConfOpt,
-    PlanHoldoutOpt,
-    PlanReuseOpt,
-    PlanSweepOpt,
-    PlanWorkersOpt,
     RegistryOpt,
     Table,
     app,
     console,
     deploy_app,
     err,
-    open_registry,
+    option,
     print_json,
     quiet_stdout,
     user_errors,
 )
 from npuyolo.cli.tables import print_layers, print_plan, print_quantized
+from npuyolo.deploy.int8.options import QuantizeOptions
+from npuyolo.services.options import BenchOptions, BundleOptions, EvalOptions, PlanOptions, PredictOptions, QatOptions
 
 
 @deploy_app.command("quantize")
 @user_errors
 def deploy_quantize(run: Annotated[str, typer.Argument(help="Run id or name.")],
                     data: Annotated[Path, typer.Option(help="data.yaml; calibration images come from its train split only.")],
-                    calib: Annotated[int, typer.Option(help="Calibration images.")] = 200,
-                    method: Annotated[str, typer.Option(help="minmax, entropy (KL, 512 bins) or percentile.")] = "minmax",
-                    percentile: Annotated[Optional[float], typer.Option(help="With --method percentile: share of values kept [default: 99.999].")] = None,
-                    sweep: Annotated[bool, typer.Option("--sweep", help="Try minmax, percentile 99.99/99.999 and entropy; keep the most faithful to FP32 on held-back train images.")] = False,
-                    holdout: Annotated[int, typer.Option(help="With --sweep: held-back train images (never val, never calibration).")] = 50,
-                    per_channel: Annotated[bool, typer.Option("--per-channel", help="Per-channel weight scales.")] = False,
-                    bias_correct: Annotated[bool, typer.Option("--bias-correct", help="Remove the mean shift weight rounding adds to each Conv (Nagel et al. 2019).")] = False,
-                    ends: Annotated[Optional[str], typer.Option(help="First Conv and output Convs at higher precision: int16 (still integer) or float.")] = None,
+                    calib: Annotated[int, option(QuantizeOptions, "calib", help="Calibration images.")] = QuantizeOptions.calib,
+                    method: Annotated[str, option(QuantizeOptions, "method", help="minmax, entropy (KL, 512 bins) or percentile.")] = QuantizeOptions.method,
+                    percentile: Annotated[Optional[float], option(QuantizeOptions, "percentile", help="With --method percentile: share of values kept [default: 99.999].")] = QuantizeOptions.percentile,
+                    sweep: Annotated[bool, option(QuantizeOptions, "sweep", "--sweep", help="Try minmax, percentile 99.99/99.999 and entropy; keep the most faithful to FP32 on held-back train images.")] = QuantizeOptions.sweep,
+                    holdout: Annotated[int, option(QuantizeOptions, "holdout", help="With --sweep: held-back train images (never val, never calibration).")] = QuantizeOptions.holdout,
+                    per_channel: Annotated[bool, option(QuantizeOptions, "per_channel", "--per-channel", help="Per-channel weight scales.")] = QuantizeOptions.per_channel,
+                    bias_correct: Annotated[bool, option(QuantizeOptions, "bias_correct", "--bias-correct", help="Remove the mean shift weight rounding adds to each Conv (Nagel et al. 2019).")] = QuantizeOptions.bias_correct,
+                    ends: Annotated[Optional[str], option(QuantizeOptions, "ends", help="First Conv and output Convs at higher precision: int16 (still integer) or float.")] = QuantizeOptions.ends,
                     target: Annotated[Optional[str], typer.Option(help="With --ends: refuse what this NPU target's profile cannot run.")] = None,
-                    keep_float: Annotated[Optional[list[str]], typer.Option("--keep-float", help="Node name to keep float (repeatable).")] = None,
-                    auto_float: Annotated[int, typer.Option(help="Also keep the N most sensitive Conv nodes float (by SQNR).")] = 0,
+                    keep_float: Annotated[Optional[list[str]], option(QuantizeOptions, "keep_float", "--keep-float", help="Node name to keep float (repeatable).")] = QuantizeOptions.keep_float,
+                    auto_float: Annotated[int, option(QuantizeOptions, "auto_float", help="Also keep the N most sensitive Conv nodes float (by SQNR).")] = QuantizeOptions.auto_float,
                     imgsz: Annotated[Optional[int], typer.Option(help="Export size [default: the run's].")] = None,
-                    cle: Annotated[bool, typer.Option("--cle", help="Cross-layer equalization before quantizing (exact in FP32; ReLU/LeakyReLU chains).")] = False,
+                    cle: Annotated[bool, option(QuantizeOptions, "cle", "--cle", help="Cross-layer equalization before quantizing (exact in FP32; ReLU/LeakyReLU chains).")] = QuantizeOptions.cle,
                     as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Export a run to ONNX (L4: NPU head cut) and quantize it to INT8 (ONNX Runtime, QDQ over the whole graph)."""
-    from npuyolo.deploy.service import quantize_run
+    from npuyolo.services import deploy
 
+    options = QuantizeOptions.of(**{k: v for k, v in locals().items() if k in QuantizeOptions.names()})
     with err.status("calibrating and quantizing..."), quiet_stdout():
-        info = quantize_run(open_registry(registry), run, data, calib=calib, method=method, per_channel=per_channel,
-                            keep_float=keep_float, auto_float=auto_float, imgsz=imgsz, cle=cle, percentile=percentile,
-                            bias_correct=bias_correct, ends=ends, target=target, sweep=sweep, holdout=holdout)
+        info = deploy.quantize(registry, run, data, options, imgsz=imgsz, target=target)
     print_quantized(info, as_json)
 
 
@@ -63,19 +59,18 @@ def deploy_quantize(run: Annotated[str, typer.Argument(help="Run id or name.")],
 @user_errors
 def deploy_qat(run: Annotated[str, typer.Argument(help="Trained run id or name (the parent).")],
                data: Annotated[Optional[Path], typer.Option(help="data.yaml [default: the parent run's].")] = None,
-               epochs: Annotated[int, typer.Option(help="Fine-tuning epochs with INT8 fake-quantization.")] = 5,
-               lr0: Annotated[Optional[float], typer.Option(help="Learning rate [default: a tenth of the parent's lr0].")] = None,
-               calib: Annotated[int, typer.Option(help="Calibration images for the INT8 export.")] = 200,
-               per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales of the export (QAT trains per-channel).")] = True,
-               bias_correct: Annotated[bool, typer.Option("--bias-correct", help="Bias correction in the export.")] = False,
-               ends: Annotated[Optional[str], typer.Option(help="int16 or float first/output Convs in the export.")] = None,
+               epochs: Annotated[int, option(QatOptions, "epochs")] = QatOptions.epochs,
+               lr0: Annotated[Optional[float], option(QatOptions, "lr0")] = QatOptions.lr0,
+               calib: Annotated[int, option(QatOptions, "calib")] = QatOptions.calib,
+               per_channel: Annotated[bool, option(QatOptions, "per_channel")] = QatOptions.per_channel,
+               bias_correct: Annotated[bool, option(QatOptions, "bias_correct")] = QatOptions.bias_correct,
+               ends: Annotated[Optional[str], option(QatOptions, "ends")] = QatOptions.ends,
                as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Quantization-aware fine-tuning (NVIDIA ModelOpt through Ultralytics) as a new run, then its INT8 QDQ export."""
-    from npuyolo.deploy.qat import qat_run
+    from npuyolo.services import deploy
 
     with quiet_stdout(as_json):
-        info = qat_run(open_registry(registry), run, data, epochs=epochs, lr0=lr0, calib=calib, per_channel=per_channel,
-                       bias_correct=bias_correct, ends=ends, verbose=not as_json)
+        info = deploy.qat(registry, run, data, QatOptions.pick(locals()), verbose=not as_json)
     if not as_json:
         console.print(f"QAT run {info['qat_run']} ({info['qat_name']}) from run {info['parent_run']}", highlight=False, markup=False)
     print_quantized(info, as_json)
@@ -86,8 +81,8 @@ def deploy_qat(run: Annotated[str, typer.Argument(help="Trained run id or name (
 def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written by npuyolo, or a model `npu compile` built: "
                                                            ".rknn, the int8 .tflite behind a Vela build, or an IMX500 build's model_imx_dense.onnx (MCT's quantized model).")],
                 data: Annotated[Path, typer.Option(help="data.yaml; its val split is scored.")],
-                layers: Annotated[bool, typer.Option("--layers", help="With a .rknn: RKNN's per-layer cosine (accuracy_analysis) beside our QDQ model's, on the same photo.")] = False,
-                qdq: Annotated[Optional[Path], typer.Option(help="With --layers: our INT8 QDQ ONNX file to compare [default: quantized here, per-channel MinMax].")] = None,
+                layers: Annotated[bool, option(EvalOptions, "layers")] = EvalOptions.layers,
+                qdq: Annotated[Optional[Path], option(EvalOptions, "qdq")] = EvalOptions.qdq,
                 top: Annotated[int, typer.Option(help="With --layers: the worst layers shown.")] = 15,
                 as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Score the deployed model (ONNX Runtime + host decode + NMS) with Ultralytics' metrics.
@@ -96,13 +91,12 @@ def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written
     Vela's input; MCT's model for IMX500 in ONNX Runtime), in the compiler's environment, beside its FP32 ONNX file;
     its input contract is checked first."""
     from npuyolo.errors import NpuyoloError
+    from npuyolo.services import deploy
 
     if top < 1:
         raise NpuyoloError(f"top must be at least 1 (the worst layers shown), got {top}", param="top")
-    from npuyolo.deploy.service import evaluate_artefact
-
     with err.status("evaluating..."), quiet_stdout():  # Ultralytics' progress stays off stdout
-        r = evaluate_artefact(open_registry(registry), artefact, data, layers=layers, qdq=qdq)
+        r = deploy.evaluate(registry, artefact, data, EvalOptions.pick(locals()))
     if as_json:
         return print_json(r)
     kind = "IMX500 (MCT)" if "runtime" in r and r["kind"] == "onnx" else r["kind"].upper()  # MCT's model is an .onnx
@@ -136,25 +130,23 @@ def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written
 def deploy_plan(model: Annotated[str, typer.Argument(help="Run id/name or .pt checkpoint.")],
                 target: Annotated[list[str], typer.Option("--target", "-t", help="Target profile (repeatable).")],
                 data: Annotated[Path, typer.Option(help="data.yaml: train images calibrate, val images score.")],
-                conf: PlanConfOpt = 0.25,
-                calib: PlanCalibOpt = 100,
-                holdout: PlanHoldoutOpt = 50,
-                sweep: PlanSweepOpt = True,
-                workers: PlanWorkersOpt = None,
-                reuse: PlanReuseOpt = True,
-                imgsz: Annotated[Optional[int], typer.Option(help="Export size [default: the run's].")] = None,
-                vendor_int8: Annotated[bool, typer.Option("--vendor-int8", help="Where the target's compiler is installed (rknn, vela): score the vendor's own INT8 model of each candidate and rank by it.")] = False,
+                conf: Annotated[float, option(PlanOptions, "conf")] = PlanOptions.conf,
+                calib: Annotated[int, option(PlanOptions, "calib")] = PlanOptions.calib,
+                holdout: Annotated[int, option(PlanOptions, "holdout")] = PlanOptions.holdout,
+                sweep: Annotated[bool, option(PlanOptions, "sweep")] = PlanOptions.sweep,
+                workers: Annotated[Optional[int], option(PlanOptions, "workers", min=1)] = PlanOptions.workers,
+                reuse: Annotated[bool, option(PlanOptions, "reuse")] = PlanOptions.reuse,
+                imgsz: Annotated[Optional[int], option(PlanOptions, "imgsz")] = PlanOptions.imgsz,
+                vendor_int8: Annotated[bool, option(PlanOptions, "vendor_int8")] = PlanOptions.vendor_int8,
                 as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Build every artefact that could serve each target, verify each (placement, FP32/INT8 accuracy), choose."""
-    from npuyolo.deploy.plan import build_plan
+    from npuyolo.services import deploy
 
     with err.status("building and verifying candidates..."), quiet_stdout():
-        plan = build_plan(open_registry(registry), model, target, data, conf=conf, calib=calib, holdout=holdout,
-                          imgsz=imgsz, sweep=sweep, vendor_int8=vendor_int8, workers=workers, reuse=reuse)
+        plan = deploy.plan(registry, model, target, data, PlanOptions.pick(locals()))
     if as_json:
         return print_json(plan.as_dict())
     print_plan(plan)
-
 
 
 @deploy_app.command("bundle")
@@ -163,13 +155,13 @@ def deploy_bundle(run: Annotated[Optional[str], typer.Argument(help="Run id or n
                   target: Annotated[Optional[str], typer.Option("--target", "-t", help="Target profile the bundle is for (required with a run).")] = None,
                   artefact: Annotated[Optional[Path], typer.Option(help="Ship this file instead of the plan's choice: an npuyolo .onnx, or a .rknn / int8 .tflite `npu compile` built.")] = None,
                   out: Annotated[Optional[Path], typer.Option(help="Folder for <name>/ and <name>.tar.gz [default: the run's bundle/, else ./bundle].")] = None,
-                  conf: Annotated[Optional[float], typer.Option(help="Default score threshold in the manifest [default: the plan's, else 0.25].")] = None,
-                  iou: Annotated[Optional[float], typer.Option(help="Default NMS IoU threshold in the manifest [default: 0.7].")] = None,
+                  conf: Annotated[Optional[float], option(BundleOptions, "conf")] = BundleOptions.conf,
+                  iou: Annotated[Optional[float], option(BundleOptions, "iou")] = BundleOptions.iou,
                   as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """A torch-free package for the board: the model, npuyolo_infer.py (NumPy, Pillow, the runtime), postprocess.c/.h, manifest.json, README.md; and a .tar.gz of it."""
-    from npuyolo.deploy.bundle.service import bundle_model
+    from npuyolo.services import deploy
 
-    b = bundle_model(run, target, artefact=artefact, out=out, registry=registry, conf=conf, iou=iou)
+    b = deploy.bundle(registry, run, target, artefact=artefact, out=out, options=BundleOptions.pick(locals()))
     if as_json:
         return print_json(b.as_dict())
     m = b.manifest
@@ -183,13 +175,13 @@ def deploy_bundle(run: Annotated[Optional[str], typer.Argument(help="Run id or n
 @deploy_app.command("bench")
 @user_errors
 def deploy_bench(artefact: Annotated[Path, typer.Argument(help="ONNX file.")],
-                 runs: Annotated[int, typer.Option(help="Timed runs (after 10 warm-up runs).")] = 50,
-                 threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads [default: all cores].")] = None,
+                 runs: Annotated[int, option(BenchOptions, "runs")] = BenchOptions.runs,
+                 threads: Annotated[Optional[int], option(BenchOptions, "threads")] = BenchOptions.threads,
                  as_json: JsonOpt = False) -> None:
     """ONNX Runtime CPU latency: model alone and the whole pipeline (pre-process, model, decode, NMS)."""
-    from npuyolo.deploy.infer.latency import bench_onnx
+    from npuyolo.services import deploy
 
-    r = bench_onnx(artefact, runs=runs, threads=threads)
+    r = deploy.bench(artefact, BenchOptions.pick(locals()))
     if as_json:
         return print_json(r)
     table = Table(title=f"{artefact} at {r['imgsz']} px, {r['threads']} threads, {r['macs'] / 1e9:.2f} GMACs")
@@ -205,17 +197,19 @@ def deploy_bench(artefact: Annotated[Path, typer.Argument(help="ONNX file.")],
 @user_errors
 def predict(model: Annotated[str, typer.Argument(help="Run id/name, .pt checkpoint, or npuyolo ONNX file (either head, INT8, rewritten).")],
             source: Annotated[str, typer.Argument(help="Image, folder, glob pattern (quote it: 'imgs/*.jpg') or video (.mp4/.avi/.mov/.mkv).")],
-            conf: Annotated[float, typer.Option(help="Confidence threshold, in (0, 1].")] = 0.25,
-            iou: Annotated[float, typer.Option(help="NMS IoU threshold, in (0, 1].")] = 0.7,
-            imgsz: Annotated[Optional[int], typer.Option(help="Input size [default: the ONNX file's, the run's, else 640].")] = None,
+            conf: Annotated[float, option(PredictOptions, "conf")] = PredictOptions.conf,
+            iou: Annotated[float, option(PredictOptions, "iou")] = PredictOptions.iou,
+            imgsz: Annotated[Optional[int], option(PredictOptions, "imgsz")] = PredictOptions.imgsz,
             out: Annotated[Optional[Path], typer.Option(help="Output folder [default: the run's predict/, else ./predict/<model>].")] = None,
-            max_det: Annotated[int, typer.Option("--max-det", help="Most boxes kept per image.")] = 300,
+            max_det: Annotated[int, option(PredictOptions, "max_det")] = PredictOptions.max_det,
             as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Detect objects: annotated images/videos, predictions.json and predictions.csv (ONNX decoded on the host like the .pt)."""
+    from npuyolo.services import deploy
     from rich.progress import Progress
 
-    from npuyolo.deploy.infer.predict import run_predict, stdout_to_stderr
+    from npuyolo.ultra import stdout_to_stderr
 
+    options = PredictOptions.pick(locals())
     with contextlib.ExitStack() as stack, stdout_to_stderr():
         bars: list = []
 
@@ -224,8 +218,8 @@ def predict(model: Annotated[str, typer.Argument(help="Run id/name, .pt checkpoi
                 progress = stack.enter_context(Progress(console=err, transient=True, disable=not err.is_terminal))
                 bars.append((progress, progress.add_task("predicting", total=total)))
 
-        r = run_predict(model, source, conf=conf, iou=iou, imgsz=imgsz, out=out, max_det=max_det, registry=registry,
-                        on_start=start, on_frame=lambda: [p.advance(t) for p, t in bars])
+        r = deploy.predict(registry, model, source, options, out=out, on_start=start,
+                           on_frame=lambda: [p.advance(t) for p, t in bars])
     if as_json:
         return print_json(r.as_dict())
     frames = sum(d.frame is not None for d in r.detections)

@@ -1,4 +1,5 @@
-"""NPU placement and vendor compilers: `npuyolo npu`, `npuyolo compilers`."""
+"""NPU placement and vendor compilers: `npuyolo npu`, `npuyolo compilers`: thin translations of `npuyolo.services.models`
+(and, for installing a compiler, of `npuyolo.compilers.envs`)."""
 
 from __future__ import annotations
 
@@ -16,21 +17,22 @@ from npuyolo.cli.common import (
     console,
     err,
     npu_app,
-    open_registry,
+    option,
     print_json,
     quiet_stdout,
     user_errors,
 )
 from npuyolo.cli.tables import print_imx500, print_referee
+from npuyolo.services.options import CheckOptions, CompileOptions, RewriteOptions
 
 
 @npu_app.command("targets")
 @user_errors
 def npu_targets(as_json: JsonOpt = False) -> None:
     """List NPU target profiles with their sources."""
-    from npuyolo.npu.profiles import targets
+    from npuyolo.services import models
 
-    profiles = targets()
+    profiles = models.npu_targets()
     if as_json:
         return print_json({name: p.model_dump() for name, p in profiles.items()})
     table = Table(title="NPU targets (rules: op -> npu/cpu/unknown + constraints, each with a source)")
@@ -45,28 +47,22 @@ def npu_targets(as_json: JsonOpt = False) -> None:
 @user_errors
 def npu_check(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx or variant name.")],
               target: Annotated[list[str], typer.Option("--target", "-t", help="Target profile (repeatable).")],
-              imgsz: Annotated[Optional[int], typer.Option(help="Export size for non-ONNX models [default: the size it was trained at (run or .pt), else 640].")] = None,
-              head: Annotated[Optional[str], typer.Option(help="npu or ultralytics [default: the level's head]")] = None,
-              nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
+              imgsz: Annotated[Optional[int], option(CheckOptions, "imgsz")] = CheckOptions.imgsz,
+              head: Annotated[Optional[str], option(CheckOptions, "head")] = CheckOptions.head,
+              nc: Annotated[int, option(CheckOptions, "nc")] = CheckOptions.nc,
               nodes: Annotated[bool, typer.Option("--nodes", help="Also print every node not on the NPU.")] = False,
               referee: Annotated[Optional[str], typer.Option(help="Also compile with this vendor compiler (rknn: node by node; vela: by operator counts; imx500: pass/fail and memory fit) and compare.")] = None,
               data: Annotated[Optional[Path], typer.Option(help="With --referee: data.yaml whose train images calibrate [default: synthetic images].")] = None,
               as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Place every ONNX node on each target and report shares, partitions and fallbacks."""
-    from npuyolo.deploy.check import check_model, record
+    from npuyolo.services import models
 
-    if referee is not None:
-        from npuyolo.compilers.compile import profile_for
-        from npuyolo.compilers.envs import require
-
-        for t in target:  # every target and the compiler checked before a registry is opened or a slow export starts
-            profile_for(referee, t)
-        require(referee)
-        _check_calibration_data(data)
-        return _npu_referee(model, target, referee, data, open_registry(registry), imgsz, head, nc, as_json)
-    reg = open_registry(registry)
-    result = check_model(model, target, reg, imgsz=imgsz, head=head, nc=nc)
-    record(result, reg, head)
+    options = CheckOptions.pick(locals())
+    if referee is not None:  # our placement beside the compiler's, every disagreement listed
+        with quiet_stdout(as_json):
+            results = models.referee(registry, model, target, referee, data, options)
+        return print_json([r.as_dict() for r in results]) if as_json else print_referee(results)
+    result = models.check(registry, model, target, options)
     if as_json:
         return print_json([{**r.as_dict(), "onnx": result.onnx_paths[r.target], "notes": result.notes.get(r.target, [])}
                            for r in result.reports])
@@ -92,66 +88,26 @@ def npu_check(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx
             console.print(t)
 
 
-def _check_calibration_data(data: Path | None) -> None:
-    """A wrong data.yaml is one line before a registry file is created."""
-    if data is not None:
-        from npuyolo.data.calibration import calibration_images
-
-        calibration_images(data, 1)
-
-
-def _npu_referee(model, targets, compiler, data, reg, imgsz, head, nc, as_json) -> None:
-    """`npu check --referee`: our placement beside the compiler's, every disagreement listed."""
-    from npuyolo.deploy.compile import compile_model
-    from npuyolo.deploy.compile import record as record_compile
-    from npuyolo.npu.check import CheckResult, record
-
-    results = []
-    with quiet_stdout(as_json):
-        for t in targets:
-            res = compile_model(model, compiler, t, data, reg, imgsz=imgsz, head=head, nc=nc)
-            record_compile(res, reg)
-            record(CheckResult(res.model_ref, res.run_id, [res.ours], {res.profile: res.build.onnx},
-                               {res.profile: [f"referee {res.build.compiler} {res.build.version}: {res.agreement.agree}/"
-                                              f"{res.agreement.mapped} mapped nodes agree"]}), reg, head)
-            results.append(res)
-    if as_json:
-        return print_json([r.as_dict() for r in results])
-    print_referee(results)
-
-
 @npu_app.command("compile")
 @user_errors
 def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx or variant name.")],
                 compiler: Annotated[str, typer.Option(help="Vendor compiler: rknn, vela or imx500.")],
                 target: Annotated[Optional[str], typer.Option("--target", "-t", help="Compiler target: rk3588, rk3566 (rknn); ethos-u55-128, ethos-u85-256 (vela); imx500 (imx500, the default there).")] = None,
                 data: Annotated[Optional[Path], typer.Option(help="data.yaml: its train images (never val) calibrate the INT8 build [imx500: default synthetic images].")] = None,
-                imgsz: Annotated[Optional[int], typer.Option(help="Export size for non-ONNX models [default: the size it was trained at (run or .pt), else 640].")] = None,
-                head: Annotated[Optional[str], typer.Option(help="npu or ultralytics [default: the level's head]")] = None,
-                nc: Annotated[int, typer.Option(help="Classes, for an untrained variant.")] = 80,
-                calib: Annotated[int, typer.Option(help="Training images the vendor quantizer calibrates on (rknn, vela; imx500: at least 16, what MCT's mixed-precision search needs); placement does not depend on it, the accuracy `deploy eval` of the build measures does.")] = 8,
+                imgsz: Annotated[Optional[int], option(CompileOptions, "imgsz")] = CompileOptions.imgsz,
+                head: Annotated[Optional[str], option(CompileOptions, "head")] = CompileOptions.head,
+                nc: Annotated[int, option(CompileOptions, "nc")] = CompileOptions.nc,
+                calib: Annotated[int, option(CompileOptions, "calib")] = CompileOptions.calib,
                 as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Compile with a real vendor compiler (installed by `npuyolo compilers install`) and record its placement."""
-    from npuyolo.compilers.compile import profile_for
-    from npuyolo.compilers.envs import CompilerError, require
-    from npuyolo.deploy.compile import compile_model, record
+    from npuyolo.services import models
 
-    if target is None and compiler == "imx500":
-        target = "imx500"
-    if target is None:
-        raise CompilerError(f"--target is required for the {compiler} compiler")
-    if data is None and compiler != "imx500":
-        raise CompilerError(f"--data is required for the {compiler} compiler: its train images calibrate the INT8 build")
-    profile_for(compiler, target)
-    require(compiler)  # a missing compiler is one line, before any registry is created
-    _check_calibration_data(data)
-    reg = open_registry(registry)
+    options = CompileOptions.pick(locals())
     with quiet_stdout(as_json):
-        res = compile_model(model, compiler, target, data, reg, imgsz=imgsz, head=head, nc=nc, calib=calib)
-        record(res, reg)
+        res = models.compile_model(registry, model, compiler, target, data, options)
     if as_json:
         return print_json(res.as_dict(with_nodes=True))
-    if compiler == "imx500":
+    if res.build.compiler == "imx500":
         return print_imx500(res)
     s = res.build.summary()
     memory = ", ".join(f"{k.removesuffix('_kb').removesuffix('_kib')} {v:.0f} KiB" for k, v in res.build.memory.items()) or "not reported"
@@ -208,14 +164,14 @@ def compilers_install(name: Annotated[str, typer.Argument(help="rknn, vela or im
 @npu_app.command("rewrite")
 @user_errors
 def npu_rewrite(model: Annotated[Path, typer.Argument(help="ONNX file.")],
-                leaky: Annotated[str, typer.Option(help="relu-decomp (a*x + (1-a)*relu(x)), relu-exact or max.")] = "relu-decomp",
+                leaky: Annotated[str, option(RewriteOptions, "leaky")] = RewriteOptions.leaky,
                 out: Annotated[Optional[str], typer.Option(help="Output file [default: MODEL.<method>.onnx].")] = None,
-                force: Annotated[bool, typer.Option("--force", help="Let the output replace a file npuyolo did not write, or a symlink (never the registry).")] = False,
+                force: Annotated[bool, option(RewriteOptions, "force")] = RewriteOptions.force,
                 as_json: JsonOpt = False) -> None:
     """Replace every LeakyRelu with an equivalent built from ReLU-NPU ops."""
-    from npuyolo.npu.rewrite import rewrite_file
+    from npuyolo.services import models
 
-    dst, count = rewrite_file(model, out, leaky, force=force)
+    r = models.rewrite(model, out, RewriteOptions.pick(locals()))
     if as_json:
-        return print_json({"onnx": str(Path(dst).resolve()), "rewritten": count, "method": leaky})
-    console.print(f"rewrote {count} LeakyRelu node(s) as {leaky}: {dst}", highlight=False, markup=False)
+        return print_json(r)
+    console.print(f"rewrote {r['rewritten']} LeakyRelu node(s) as {leaky}: {r['onnx']}", highlight=False, markup=False)

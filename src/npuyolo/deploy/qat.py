@@ -13,7 +13,7 @@ import importlib.util
 from pathlib import Path
 
 from npuyolo.deploy.runtime import DeployError
-from npuyolo.deploy.service import quantize_run
+from npuyolo.deploy.int8.run import quantize_run
 from npuyolo.registry.schema import RunStatus
 from npuyolo.resolve import resolve_model
 from npuyolo.train.recipe import Recipe
