@@ -1,5 +1,5 @@
 """`npuyolo compare`: is the difference real? Models scored on one data set, each pair with its paired interval; a thin
-translation of `npuyolo.services.compare`."""
+translation of `npuyolo.services.comparison`."""
 
 from __future__ import annotations
 
