@@ -574,6 +574,13 @@ def test_compiled_bundles_run_through_their_runtime(models, photos, kind, tmp_pa
     m = json.loads((b.folder / "manifest.json").read_text())
     assert m["runtime"] == ("rknnlite" if kind == "rknn" else "tflite") and m["input"]["layout"] == "NHWC"
     assert m["target"] == ("rk3588" if kind == "rknn" else "tflite") and m["artefact"]["file"] == compiled.name
+    readme = (b.folder / "README.md").read_text()
+    if kind == "tflite":  # the board's README: LiteRT on a host, Vela's file and postprocess.c's NHWC int8 on the Ethos-U
+        assert "pip install numpy pillow ai-edge-litert" in readme and "XNNPACK" in readme
+        assert "vela model.tflite --accelerator-config" in readme and "model_vela.tflite" in readme
+        assert "TensorFlow Lite Micro" in readme and "NPUYOLO_NHWC" in readme and "1 x g x g x 64" in readme
+    else:
+        assert "rknn_toolkit_lite2" in readme and "_vela" not in readme and "XNNPACK" not in readme
     fake = tmp_path / "site"
     package = fake / ("rknnlite" if kind == "rknn" else "ai_edge_litert")
     package.mkdir(parents=True)
