@@ -483,6 +483,46 @@ def test_a_run_ships_its_planned_artefact(models, tmp_path, monkeypatch):
     assert (api.folder / "manifest.json").read_bytes() == (tmp_path / "o" / api.folder.name / "manifest.json").read_bytes()
 
 
+
+def test_a_run_ships_its_planned_vela_build_from_cli_and_api(models, tmp_path, monkeypatch):
+    """An ethos-u55 plan whose Vela build compiled ships that build's int8 .tflite (runtime tflite, Vela's NPU time),
+    from the CLI and from the API alike (issue 33: deploy bundle for a vela target); no compiler needed here."""
+    from npuyolo import Workspace
+    from npuyolo.deploy.plan import Accuracy, Candidate, Placement, Plan, Row, TargetPlan
+
+    build = tmp_path / "npu" / "vela-ethos-u55-128" / "tflite"
+    build.mkdir(parents=True)
+    tflite = build / "m_full_integer_quant.tflite"
+    tflite.write_bytes(b"TFL3" + b"\0" * 64)
+    shutil.copyfile(models["npu"], build / "m.onnx")
+    (build / f"{tflite.name}.npuyolo.json").write_text(json.dumps({"kind": "tflite", "onnx": "m.onnx"}))
+    reg = Registry(tmp_path / "r.db")
+    run = _run(reg, "velarun")
+    acc = lambda v: Accuracy(0.8, 0.7, v, v * 0.6)  # noqa: E731
+    placement = Placement(1.0, 223, 0, 0, 0, {}, {}, compiler="vela 5.2.0", compiler_status="compiled", compiler_cpu_ops=0,
+                          npu_ms=19.14, compiled_file=str(tflite))
+    row = Row("ethos-u55", Candidate("export", None, "int8"), str(models["npu"]), str(models["npu"]), placement, acc(0.70),
+              acc(0.69), acc(0.6), acc(0.59), 0.25)
+    (tmp_path / "plan").mkdir()
+    (tmp_path / "plan" / "plan.json").write_text(json.dumps(Plan("L4-leaky", run, "d.yaml", 0.25, "minmax",
+                                                                 [TargetPlan("ethos-u55", row, None, None, [row])]).as_dict()))
+    reg.add_artifact(run, "plan", tmp_path / "plan" / "plan.json")
+
+    monkeypatch.chdir(tmp_path)
+    done = runner.invoke(app, ["deploy", "bundle", "velarun", "-t", "ethos-u55", "--registry", str(tmp_path / "r.db"),
+                               "--out", "cli", "--json"])
+    assert done.exit_code == 0, done.output
+    cli = json.loads(done.output)
+    assert cli["runtime"] == "tflite" and cli["artefact"] == tflite.name and cli["plan"]["npu_ms"] == 19.14
+    api = Workspace(tmp_path / "r.db").bundle("velarun", "ethos-u55", out=tmp_path / "api")
+    m = json.loads((api.folder / "manifest.json").read_text())
+    assert m["target"] == "ethos-u55" and m["runtime"] == "tflite" and m["artefact"]["kind"] == "tflite"
+    assert (m["input"]["layout"], m["input"]["dtype"]) == ("NHWC", "int8") and m["plan"]["compiler"] == "vela 5.2.0"
+    assert (api.folder / tflite.name).read_bytes() == tflite.read_bytes()
+    assert (api.folder / "manifest.json").read_bytes() == (tmp_path / "cli" / api.folder.name / "manifest.json").read_bytes()
+    readme = (api.folder / "README.md").read_text()
+    assert "19.14 ms (vela 5.2.0's estimate)" in readme and f"vela {tflite.name} --accelerator-config" in readme
+
 # ------------------------------------------------------------------------------------------ the board runtimes, stood in for
 FAKE_RKNN = """
 import os
