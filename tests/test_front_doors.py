@@ -401,3 +401,96 @@ def test_distill_takes_a_recipe_and_the_study_writes_its_reports_through_either_
         assert [Path(p).read_text() for p in reports[door]] == ["en", "ko"], door
     assert {k: v for k, v in seen[2][2].items() if k != "verbose"} == {k: v for k, v in seen[3][2].items() if k != "verbose"}
     assert seen[2][2]["seeds"] == [0, 3] and seen[2][2]["targets"] == ["hailo-8"]
+
+
+class Stub:
+    """A stage stood in for: each call's arguments kept (paths as text, other objects by their type and fields, a
+    callback by the word 'callback'), a fixed answer given."""
+
+    def __init__(self, answer):
+        self.answer, self.calls = answer, []
+
+    @staticmethod
+    def text(v):
+        if isinstance(v, Path):
+            return str(v)
+        if callable(v) or isinstance(v, Registry):
+            return type(v).__name__ if isinstance(v, Registry) else "callback"
+        fields = {k: x for k, x in vars(v).items() if x is not None and not callable(x)} if hasattr(v, "__dict__") else {}
+        return [type(v).__name__, fields]
+
+    def __call__(self, *args, **kwargs):
+        kwargs.pop("verbose", None)  # what is printed while it works: each door's own (quiet under --json)
+        self.calls.append(json.loads(json.dumps([args, kwargs], default=self.text)))
+        return self.answer
+
+
+class Answer(dict):
+    """A stage's record as the doors print it (`as_dict()`) or read it (attributes)."""
+
+    def __getattr__(self, name):
+        return self[name]
+
+    def as_dict(self):
+        return dict(self)
+
+
+def test_every_other_operation_hands_its_stage_the_same_request_through_either_door(tmp_path, signs, synth_data, monkeypatch):
+    """The operations too slow to run twice here (training, plans, bundles, QAT, MLflow) have tests of their own; this
+    stands their stage in and checks that both doors hand it the same request (the services decide it, once)."""
+    import npuyolo.deploy.bundle.service
+    import npuyolo.deploy.plan
+    import npuyolo.deploy.qat
+    import npuyolo.prune.prune
+    import npuyolo.registry.mlflow_export
+    import npuyolo.report.render
+    import npuyolo.study.hybrid
+    import npuyolo.train.series
+    import npuyolo.train.trainer
+
+    db = tmp_path / "r.db"
+    rid = fake_run(db, signs)
+    ws = Workspace(db)
+    spec = tmp_path / "series.yaml"
+    spec.write_text(f"name: s\ndata: {synth_data}\nvariants: [L4-relu]\nrecipe: {{epochs: 1}}\n")
+    report = tmp_path / "report.md"
+    report.write_text("#")
+    quantized = {"int8": "q.onnx", "calibration_images": ["a.jpg"]}
+    cases = {  # stage to stand in, its answer, the CLI's words, the API's call
+        "resume": ((npuyolo.train.trainer, "resume_run"), Answer(run_id=rid), ["train", "--resume", rid, "--from", "best"],
+                   lambda: ws.resume(rid, "best")),
+        "series run": ((npuyolo.train.series, "run_series"), [{"variant": "L4-relu"}], ["series", "run", spec, "--max-retries", "1"],
+                       lambda: ws.series(spec)),
+        "series rank": ((npuyolo.train.series, "rank_series"), [{"variant": "L4-relu"}], ["series", "rank", "s"], lambda: ws.rank("s")),
+        "series plan": ((npuyolo.deploy.plan, "build_series_plan"), Answer(cells={}), ["series", "plan", "s", "-t", "edgetpu", "--calib", "9"],
+                        lambda: ws.series_plan("s", ["edgetpu"], calib=9)),
+        "series report": ((npuyolo.report.render, "render_series"), report, ["series", "report", "s", "--format", "html", "-t", "edgetpu"],
+                          lambda: ws.series_report("s", fmt="html", target="edgetpu")),
+        "study report": ((npuyolo.report.render, "render_study"), report, ["study", "report", "st", "--lang", "ko"],
+                         lambda: ws.study_report("st", "ko")),
+        "prune": ((npuyolo.prune.prune, "prune_run"), {"run_id": 2}, ["prune", rid, "--ratio", "0.5", "--epochs", "2"],
+                  lambda: ws.prune(rid, ratio=0.5, finetune_epochs=2)),
+        "hybrid search": ((npuyolo.study.hybrid, "hybrid_search"), [], ["hybrid", "search", "--data", synth_data, "--candidate", "L4-hybrid:a",
+                                                                        "--epochs", "3", "-t", "edgetpu"],
+                          lambda: ws.hybrid_search(synth_data, candidates=["L4-hybrid:a"], budget=3, target="edgetpu")),
+        "qat": ((npuyolo.deploy.qat, "qat_run"), quantized | {"qat_run": 2, "qat_name": "q", "parent_run": rid},
+                ["deploy", "qat", rid, "--epochs", "2", "--per-tensor"], lambda: ws.qat(rid, epochs=2, per_channel=False)),
+        "plan": ((npuyolo.deploy.plan, "build_plan"), Answer(targets={}), ["deploy", "plan", rid, "-t", "edgetpu", "-t", "hailo-8",
+                                                                          "--data", synth_data, "--no-sweep", "--workers", "1"],
+                 lambda: ws.plan(rid, ["edgetpu", "hailo-8"], synth_data, sweep=False, workers=1)),
+        "bundle": ((npuyolo.deploy.bundle.service, "bundle_model"), Answer(folder="b"), ["deploy", "bundle", rid, "-t", "edgetpu", "--iou", "0.5"],
+                   lambda: ws.bundle(rid, "edgetpu", iou=0.5)),
+        "runs export": ((npuyolo.registry.mlflow_export, "export_runs"), [], ["runs", "export", "--mlflow", "sqlite:///m.db", "--run", rid],
+                        lambda: ws.mlflow_export("sqlite:///m.db", [rid])),
+    }
+    monkeypatch.setattr(npuyolo.train.series, "has_replicates", lambda name, reg: False)
+    for name, ((module, attr), answer, words, api) in cases.items():
+        stub = Stub(answer)
+        monkeypatch.setattr(module, attr, stub)
+        registry = ["--registry", db] if words[0] != "runs" else []
+        if words[0] == "runs":
+            words = ["runs", "--registry", db, *words[1:]]
+        result = CliRunner().invoke(app, [str(w) for w in [*words, *registry, *(["--json"] if "report" not in words else [])]])
+        assert result.exit_code == 0, (name, result.output, result.exception)
+        api()
+        assert len(stub.calls) == 2 and stub.calls[0] == stub.calls[1], (name, stub.calls)
