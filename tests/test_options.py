@@ -27,7 +27,7 @@ COMMANDS = {
     "series plan": opts.PlanOptions, "deploy qat": opts.QatOptions, "deploy eval": opts.EvalOptions,
     "deploy bench": opts.BenchOptions, "predict": opts.PredictOptions, "deploy bundle": opts.BundleOptions,
     "compare": opts.CompareOptions, "report": opts.ReportOptions, "series report": opts.SeriesReportOptions,
-    "deploy quantize": QuantizeOptions,
+    "deploy quantize": QuantizeOptions, "variants": opts.VariantsOptions, "runs export": opts.MlflowOptions,
 }
 NOT_FLAGS = {"draw", "seed"}  # compare(draw=False) and quantize(seed=...): the API's only (the CLI draws; quantizes with the run's seed)
 
@@ -102,7 +102,7 @@ def test_no_door_or_service_restates_a_default():
 def test_the_scan_sees_a_restated_default():
     code = ("def quantize(run, calib: int = 200, *, holdout=50): ...\n"
             "build_plan(reg, m, conf=0.25, iou=0.7)\n"
-            "fine(calib=PlanOptions.calib, scale='n')\n")
+            "fine(calib=PlanOptions.calib, label='n')\n")
     found = restated_defaults(ast.parse(code), "x.py", forbidden_defaults())
     assert [f.split(": ")[1] for f in found] == ["calib=200", "holdout=50", "conf=0.25", "iou=0.7"], found
 

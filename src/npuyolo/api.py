@@ -29,9 +29,10 @@ from npuyolo.services.common import path_arg as _path
 from npuyolo.services.common import ref_arg as _ref
 from npuyolo.services.options import (BenchOptions, BundleOptions, CheckOptions, CompareOptions, CompileOptions,
                                       DistillOptions, EvalOptions, ExecutorOptions, ExportOptions, HybridOptions,
-                                      PlanOptions, PredictOptions, PruneOptions, QatOptions, ReluGapOptions,
-                                      ReportOptions, RewriteOptions, SeriesReportOptions, SynthOptions, TrainOptions,
-                                      VariantOptions, of)
+                                      MlflowOptions, PlanOptions, PredictOptions, PruneOptions, QatOptions,
+                                      ReluGapOptions, ReportOptions, ResumeOptions, RewriteOptions,
+                                      SeriesReportOptions, SynthOptions, TrainOptions, VariantOptions, VariantsOptions,
+                                      of)
 
 __all__ = ["Workspace"]
 
@@ -59,7 +60,7 @@ class Workspace:
         """A data set validated: per-split image and per-class instance counts (as `data check`)."""
         return datasets.check(_path(data, "data"))
 
-    def variants(self, scale: str = "n") -> list[dict]:
+    def variants(self, scale: str = VariantsOptions.scale) -> list[dict]:
         """Every level x activation variant (as `variants --json`)."""
         return models.variants(scale)["variants"]
 
@@ -77,7 +78,7 @@ class Workspace:
         o = _split(TrainOptions, options, kwargs)
         return training.train(self.registry_path, variant, data, o, verbose=verbose, **kwargs)
 
-    def resume(self, run: str | int, source: str = "last", verbose: bool = True):
+    def resume(self, run: str | int, source: str = ResumeOptions.source, verbose: bool = True):
         """Continue an interrupted run from its `last`, `previous` or `best` checkpoint."""
         return training.resume(self.registry_path, _ref(run, "run"), source, verbose=verbose)
 
@@ -132,7 +133,8 @@ class Workspace:
         gives one row per variant, mean ± sd over seeds (as `npuyolo series rank`)."""
         return training.rank(self.registry_path, _ref(series, "series")).rows
 
-    def mlflow_export(self, uri: str, refs: list[str | int] | None = None, experiment: str = "npuyolo") -> list[dict]:
+    def mlflow_export(self, uri: str, refs: list[str | int] | None = None,
+                      experiment: str = MlflowOptions.experiment) -> list[dict]:
         """Runs (`refs`, default all) copied into the MLflow store at `uri` (as `runs export --mlflow`)."""
         refs = None if refs is None else [_ref(r, "refs") for r in refs]
         return runs.mlflow_export(self.registry_path, _ref(uri, "uri"), refs, experiment)

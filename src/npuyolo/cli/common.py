@@ -67,8 +67,6 @@ def option(options: type, name: str, *flags: str, **kwargs):
     it is not --<name>, its flags come from the field; the parameter's default is the class's (`= PlanOptions.conf`),
     so each default is stated once, there."""
     flags = flags or (options.flags(name) if hasattr(options, "flags") else ())
-    if flags and flags[0] != "--" + name.replace("_", "-"):  # an error about `name` names the flag the user typed
-        FLAG_NAMES.setdefault(name, flags[0].split("/")[0])
     if "help" not in kwargs:  # an options class without help of its own (QuantizeOptions) gets it from the command
         kwargs["help"] = options.help(name)
     return typer.Option(*flags, **kwargs)

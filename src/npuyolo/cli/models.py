@@ -8,13 +8,13 @@ from typing import Annotated, Optional
 import typer
 
 from npuyolo.cli.common import JsonOpt, RegistryOpt, Table, app, console, option, print_json, user_errors, variants_app
-from npuyolo.services.options import ExportOptions, VariantOptions
+from npuyolo.services.options import ExportOptions, VariantOptions, VariantsOptions
 
 
 @variants_app.callback()
 @user_errors
 def variants_list(ctx: typer.Context, as_json: JsonOpt = False,
-                  scale: Annotated[str, typer.Option(help="Width/depth scale: n, s, m, l, x.")] = "n") -> None:
+                  scale: Annotated[str, option(VariantsOptions, "scale")] = VariantsOptions.scale) -> None:
     """List every level x activation variant."""
     from npuyolo.services import models
 

@@ -31,8 +31,8 @@ from npuyolo.cli.common import (
     user_errors,
 )
 from npuyolo.cli.tables import print_ranking, print_replicates, print_result, print_run, print_series_plan, print_study
-from npuyolo.services.options import (DistillOptions, ExecutorOptions, HybridOptions, PlanOptions, PruneOptions,
-                                      ReluGapOptions, ReportOptions, TrainOptions)
+from npuyolo.services.options import (DistillOptions, ExecutorOptions, HybridOptions, MlflowOptions, PlanOptions,
+                                      PruneOptions, ReluGapOptions, ReportOptions, ResumeOptions, TrainOptions)
 
 @app.command(cls=RecipeDefaultsHelp,  # {key}: the recipe's default, filled in when the help is shown
              short_help="Train a variant with the report's recipe (defaults in train/default_recipe.yaml).",
@@ -58,7 +58,7 @@ def train(variant: Annotated[Optional[str], typer.Option(help="Variant, e.g. L4-
           weights: Annotated[Optional[Path], option(TrainOptions, "weights")] = TrainOptions.weights,
           name: Annotated[Optional[str], option(TrainOptions, "name")] = TrainOptions.name,
           resume: Annotated[Optional[str], typer.Option(help="Continue this interrupted run (id, #id or name).")] = None,
-          from_checkpoint: Annotated[str, typer.Option("--from", help="With --resume: last, previous (the checkpoint before last) or best.")] = "last",
+          source: Annotated[str, option(ResumeOptions, "source")] = ResumeOptions.source,
           act_anneal: Annotated[Optional[str], option(TrainOptions, "act_anneal")] = TrainOptions.act_anneal,
           anneal_epochs: Annotated[Optional[str], option(TrainOptions, "anneal_epochs")] = TrainOptions.anneal_epochs,
           anneal_schedule: Annotated[str, option(TrainOptions, "anneal_schedule")] = TrainOptions.anneal_schedule,
@@ -78,7 +78,7 @@ def train(variant: Annotated[Optional[str], typer.Option(help="Variant, e.g. L4-
                 if given:
                     raise NpuyoloError(f"--resume continues a run with its own recorded recipe; drop {', '.join(given)}"
                                      " (or start a new run without --resume)")
-                run = training.resume(registry, resume, from_checkpoint)
+                run = training.resume(registry, resume, source)
             elif not variant or not data:
                 raise NpuyoloError("--variant and --data are required (or --resume RUN)")
             else:
@@ -131,7 +131,7 @@ def runs_show(ctx: typer.Context, run: str, as_json: JsonOpt = False,
 @user_errors
 def runs_export(ctx: typer.Context, mlflow: Annotated[str, typer.Option("--mlflow", help="MLflow tracking URI to copy runs into, e.g. sqlite:///mlflow.db.")],
                 run: Annotated[Optional[list[str]], typer.Option("--run", help="Run to export (repeatable) [default: all].")] = None,
-                experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "npuyolo",
+                experiment: Annotated[str, option(MlflowOptions, "experiment")] = MlflowOptions.experiment,
                 as_json: JsonOpt = False,
                 registry: Annotated[Optional[Path], typer.Option("--registry", help="SQLite registry file [default: the group's]")] = None) -> None:
     """Copy runs (recipe, per-epoch metrics, NPU checks, INT8 results, reports) into MLflow for `mlflow ui`."""

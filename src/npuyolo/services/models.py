@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from npuyolo.services.common import registry_of, registry_path, targets_arg
-from npuyolo.services.options import CheckOptions, CompileOptions, ExportOptions, RewriteOptions, VariantOptions
+from npuyolo.services.options import (CheckOptions, CompileOptions, ExportOptions, RewriteOptions, VariantOptions,
+                                      VariantsOptions)
 
 __all__ = ["HEADS", "ExportRecord", "check", "compile_model", "export_model", "npu_targets", "referee", "rewrite",
            "variant_show", "variants"]
@@ -28,7 +29,7 @@ class ExportRecord:
         return {"onnx": str(self.onnx), "run_id": self.run_id, "imgsz": self.imgsz, "head": self.head}
 
 
-def variants(scale: str = "n") -> dict[str, Any]:
+def variants(scale: str = VariantsOptions.scale) -> dict[str, Any]:
     """Every level x activation variant of a scale, and the levels' summaries."""
     from npuyolo.variants.spec import all_variants, levels
 
@@ -103,11 +104,14 @@ def check(registry: Any, model: str, targets: list[str], options: CheckOptions |
 
 
 def compile_target(compiler: str, target: str | None) -> str:
-    """The compiler's target: imx500 has one (its own name); every other compiler needs it named."""
+    """The compiler's target: one with a default platform (imx500: its own name) takes it; every other compiler needs it
+    named (`CompilerSpec.default_platform`)."""
     from npuyolo.compilers.envs import CompilerError
+    from npuyolo.compilers.registry import COMPILERS
 
-    if target is None and compiler == "imx500":
-        return "imx500"
+    chosen = COMPILERS.get(compiler)  # an unknown name: profile_for says so, after what the user forgot
+    if target is None and chosen is not None and chosen.default_platform is not None:
+        return chosen.default_platform
     if target is None:
         raise CompilerError(f"target is required for the {compiler} compiler", param="target")
     return target
@@ -115,10 +119,10 @@ def compile_target(compiler: str, target: str | None) -> str:
 
 def _ready(compiler: str, targets: list[str], data: str | Path | None, need_data: bool) -> None:
     """Every target, the compiler and the calibration data checked before a registry is opened or an export starts."""
-    from npuyolo.compilers.compile import profile_for
-    from npuyolo.compilers.envs import CompilerError, require
+    from npuyolo.compilers.envs import CompilerError
+    from npuyolo.compilers.registry import COMPILERS, profile_for, require
 
-    if need_data and data is None and compiler != "imx500":
+    if need_data and data is None and (compiler not in COMPILERS or COMPILERS[compiler].needs_data):
         raise CompilerError(f"data is required for the {compiler} compiler: its train images calibrate the INT8 build",
                             param="data")
     for t in targets:

@@ -19,9 +19,9 @@ from typing import Any, ClassVar, TypeVar
 from npuyolo.errors import NpuyoloError
 
 __all__ = ["BenchOptions", "BundleOptions", "CheckOptions", "CompareOptions", "CompileOptions", "DistillOptions",
-           "EvalOptions", "ExecutorOptions", "ExportOptions", "Field", "HybridOptions", "Options", "PlanOptions",
-           "PredictOptions", "PruneOptions", "QatOptions", "ReluGapOptions", "ReportOptions", "RewriteOptions",
-           "SeriesReportOptions", "SynthOptions", "TrainOptions", "VariantOptions", "check_types", "fields_of", "of",
+           "EvalOptions", "ExecutorOptions", "ExportOptions", "Field", "HybridOptions", "MlflowOptions", "Options", "PlanOptions",
+           "PredictOptions", "PruneOptions", "QatOptions", "ReluGapOptions", "ReportOptions", "ResumeOptions", "RewriteOptions",
+           "SeriesReportOptions", "SynthOptions", "TrainOptions", "VariantOptions", "VariantsOptions", "check_types", "fields_of", "of",
            "opt"]
 
 O = TypeVar("O", bound="Options")
@@ -220,6 +220,11 @@ class CompileOptions(CheckOptions):
                         "mixed-precision search needs); placement does not depend on it, the accuracy `deploy eval` of the build measures does.")
 
 
+class VariantsOptions(Options):
+    operation: ClassVar[str] = "variants"
+    scale: str = opt("n", "Width/depth scale: n, s, m, l, x.")
+
+
 class VariantOptions(Options):
     operation: ClassVar[str] = "variants show"
     nc: int = opt(80, "Number of classes.")
@@ -253,6 +258,16 @@ class TrainOptions(Options):
     act_anneal: str | None = opt(None, "Train a ReLU variant through this LeakyReLU (e.g. leaky0.1), slope annealed to exactly 0.", "--act-anneal")
     anneal_epochs: str | None = opt(None, "START:END epochs of the slope's fall (from 1) [default: 1:half of training].", "--anneal-epochs")
     anneal_schedule: str = opt("linear", "linear or cosine.", "--anneal-schedule")
+
+
+class ResumeOptions(Options):
+    operation: ClassVar[str] = "resume"
+    source: str = opt("last", "With --resume: last, previous (the checkpoint before last) or best.", "--from")
+
+
+class MlflowOptions(Options):
+    operation: ClassVar[str] = "runs export"
+    experiment: str = opt("npuyolo", "MLflow experiment name.")
 
 
 class DistillOptions(Options):

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from npuyolo.services.common import registry_of
+from npuyolo.services.options import MlflowOptions
 
 __all__ = ["mlflow_export", "run", "runs"]
 
@@ -21,7 +22,8 @@ def run(registry: Any, ref: str):
     return registry_of(registry, readonly=True).get_run(ref)
 
 
-def mlflow_export(registry: Any, uri: str, runs: list[str] | None = None, experiment: str = "npuyolo") -> list[dict]:
+def mlflow_export(registry: Any, uri: str, runs: list[str] | None = None,
+                  experiment: str = MlflowOptions.experiment) -> list[dict]:
     """Copy runs (recipe, per-epoch metrics, NPU checks, INT8 results, reports) into the MLflow store at `uri`."""
     from npuyolo.registry.db import Registry
     from npuyolo.registry.mlflow_export import export_runs

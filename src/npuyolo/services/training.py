@@ -10,7 +10,7 @@ from typing import Any
 
 from npuyolo.services.common import registry_of
 from npuyolo.services.options import (DistillOptions, ExecutorOptions, HybridOptions, PruneOptions, ReluGapOptions,
-                                      ReportOptions, TrainOptions)
+                                      ReportOptions, ResumeOptions, TrainOptions)
 
 __all__ = ["Ranking", "SeriesRun", "StudyResult", "distill", "hybrid_search", "make_executor", "prune", "rank",
            "relu_gap", "resume", "series_run", "study_report", "train"]
@@ -30,7 +30,7 @@ def train(registry: Any, variant: str, data: str | Path, options: TrainOptions |
     return reg.get_run(train_variant(variant, data, recipe, reg, name=o.name, weights=o.weights, verbose=verbose).run_id)
 
 
-def resume(registry: Any, run: str, source: str = "last", *, verbose: bool = True):
+def resume(registry: Any, run: str, source: str = ResumeOptions.source, *, verbose: bool = True):
     """Continue an interrupted run from its `last`, `previous` or `best` checkpoint; returns the run as recorded."""
     from npuyolo.train.trainer import resume_run
 
