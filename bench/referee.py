@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import npuyolo  # noqa: F401
-from npuyolo.compilers.compile import PROFILES, agreement, write_calibration
+from npuyolo.compilers.compile import agreement, write_calibration
+from npuyolo.compilers.registry import COMPILERS
 from npuyolo.compilers.envs import require
 from npuyolo.compilers.rknn import compile_onnx
 from npuyolo.deploy.check import check_model
@@ -57,7 +58,7 @@ def main() -> None:
 
     env = require("rknn")
     work = Path(tempfile.mkdtemp(prefix="npuyolo-referee-"))
-    profiles = PROFILES["rknn"]  # platform -> our profile
+    profiles = COMPILERS["rknn"].platforms  # platform -> our profile
     calib, what = write_calibration(args.data, args.imgsz, work)
     results = []
     started = time.perf_counter()
@@ -112,7 +113,9 @@ def main() -> None:
 
 def vela_grid(args) -> None:
     from npuyolo.compilers.compile import calibration_arrays
-    from npuyolo.compilers.vela import ACCELERATORS, compile_onnx as vela_compile, to_tflite, write_calibration_npy
+    from npuyolo.compilers.vela import compile_onnx as vela_compile, to_tflite, write_calibration_npy
+
+    ACCELERATORS = COMPILERS["vela"].platforms  # vela --accelerator-config -> our profile
 
     env = require("vela")
     work = Path(tempfile.mkdtemp(prefix="npuyolo-vela-"))

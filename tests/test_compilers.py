@@ -1,6 +1,7 @@
 """Vendor compilers as referees: parsers on recorded real logs (no compiler needed), the install/list plumbing,
 and — only where `npuyolo compilers install rknn` was run — a real RKNN build."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from npuyolo.cli import app
-from npuyolo.compilers import envs
+from npuyolo.compilers import envs, registry
 from npuyolo.compilers.rknn import IO_OPS, failed_rule, map_to_onnx, parse_layer_table, parse_memory, parse_rewrites, parse_version
 
 FIX = Path(__file__).parent / "fixtures" / "compilers"
@@ -190,21 +191,21 @@ def test_list_and_a_half_finished_install(compilers_dir):
 
 def test_install_makes_a_venv_and_writes_the_manifest_last(compilers_dir, monkeypatch):
     """The real install path, offline: a spec with no packages to fetch (the venv's own pip is the 'compiler')."""
-    fake = envs.CompilerSpec(name="rknn", title="t", distribution="pip", steps=(), check="import json", licence="l")
-    monkeypatch.setitem(envs.COMPILERS, "rknn", fake)
+    fake = dataclasses.replace(registry.COMPILERS["rknn"], distribution="pip", steps=(), check="import json")
+    monkeypatch.setitem(registry.COMPILERS, "rknn", fake)
     (compilers_dir / "rknn" / "venv-killed").mkdir(parents=True)  # a killed install of ours
     (compilers_dir / "rknn" / envs.MARKER).write_text("")
-    env = envs.install("rknn")
+    env = registry.install("rknn")
     assert Path(env.python).is_file() and env.version and not (compilers_dir / "rknn" / "venv-killed").exists()
     assert json.loads((compilers_dir / "rknn" / "manifest.json").read_text())["python"] == env.python
-    assert envs.install("rknn") == env  # installed: kept as it is
-    failing = envs.CompilerSpec(name="rknn", title="t", distribution="pip", steps=(), check="import no_such_module_here", licence="l")
-    monkeypatch.setitem(envs.COMPILERS, "rknn", failing)
+    assert registry.install("rknn") == env  # installed: kept as it is
+    failing = dataclasses.replace(fake, check="import no_such_module_here")
+    monkeypatch.setitem(registry.COMPILERS, "rknn", failing)
     with pytest.raises(envs.CompilerError, match="install.log"):
-        envs.install("rknn", force=True)
+        registry.install("rknn", force=True)
     assert envs.installed("rknn") == env  # a failed --force keeps the working install
-    monkeypatch.setitem(envs.COMPILERS, "rknn", fake)
-    again = envs.install("rknn", force=True)
+    monkeypatch.setitem(registry.COMPILERS, "rknn", fake)
+    again = registry.install("rknn", force=True)
     assert again.venv != env.venv and not Path(env.venv).exists() and Path(again.python).is_file()
 
 
@@ -214,7 +215,7 @@ def test_install_never_deletes_a_folder_it_did_not_make(compilers_dir):
     mine.parent.mkdir(parents=True)
     mine.write_text("user's work")
     with pytest.raises(envs.CompilerError, match="not made by npuyolo"):
-        envs.install("rknn", python="/bin/false")
+        registry.install("rknn", python="/bin/false")
     assert mine.read_text() == "user's work"
 
 
@@ -530,16 +531,16 @@ def test_rknn_calibration_list_has_no_spaces_whatever_the_registry_path(tmp_path
 
 def test_compilers_are_chosen_from_one_registry_and_share_a_build_type(monkeypatch, synth_data, tmp_path):
     """Choosing a compiler was an if/else and the build records shared no type: now every profile's compiler is an
-    entry of deploy.compile.COMPILERS, and each build record class has what the registry and tables read."""
+    entry of the compiler registry (compilers/registry.py), and each build record class has what the registry and
+    tables read."""
     import dataclasses
 
-    from npuyolo.compilers.compile import PROFILES, Build
+    from npuyolo.compilers.compile import Build
     from npuyolo.compilers.imx500 import Imx500Build
     from npuyolo.compilers.rknn import RknnBuild
     from npuyolo.compilers.vela import VelaBuild
     from npuyolo.deploy import compile as compile_mod
 
-    assert set(compile_mod.COMPILERS) == set(PROFILES)
     wanted = {name for name in Build.__annotations__}
     for cls in (RknnBuild, VelaBuild, Imx500Build):
         assert wanted <= {f.name for f in dataclasses.fields(cls)} and callable(cls.summary), cls
@@ -551,7 +552,7 @@ def test_compilers_are_chosen_from_one_registry_and_share_a_build_type(monkeypat
                          seconds=0.0, network={"npu_ops": 7, "cpu_ops": 0}, performance={}), "fake calibration"
 
     monkeypatch.setattr(compile_mod, "require", lambda name: None)
-    monkeypatch.setitem(compile_mod.COMPILERS, "vela", compile_mod.Compiler("vela", fake_build, compile_mod.agreement))
+    monkeypatch.setitem(registry.COMPILERS, "vela", dataclasses.replace(registry.COMPILERS["vela"], build=fake_build))
     result = compile_mod.compile_model("L4-relu", "vela", "ethos-u55-128", synth_data, imgsz=64, workdir=tmp_path, calib=3)
     assert isinstance(result.build, Build) and result.build.version == "test" and result.calibration == "fake calibration"
     assert (seen["job"].platform, seen["job"].calib, seen["job"].imgsz) == ("ethos-u55-128", 3, 64)
@@ -614,8 +615,6 @@ def test_npu_compile_refuses_a_huge_declared_input_before_allocating(compilers_d
     import onnx
     from onnx import TensorProto, helper
 
-    import npuyolo.deploy.compile as compile_mod
-
     fake_install(compilers_dir)
     side = 100000
     x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, side, side])
@@ -626,8 +625,8 @@ def test_npu_compile_refuses_a_huge_declared_input_before_allocating(compilers_d
     def allocates(*a, **k):
         raise AssertionError("calibration images were made at the declared size")
 
-    monkeypatch.setattr(compile_mod, "write_calibration", allocates)
-    monkeypatch.setattr(compile_mod, "calibration_arrays", allocates)
+    monkeypatch.setattr(registry, "write_calibration", allocates)  # what the rknn and vela builds calibrate with
+    monkeypatch.setattr(registry, "calibration_arrays", allocates)
     out = one_line_error(cli("npu", "compile", tmp_path / "big.onnx", "--compiler", "rknn", "--target", "rk3588",
                              "--data", synth_data, registry=tmp_path / "r.db"))
     assert "4096" in out
@@ -658,6 +657,6 @@ def test_compiler_envs_that_run_bundles_install_what_the_runner_imports():
     top_level = {m for m in _imported(tmpl) - set(sys.stdlib_module_names) if m != "__future__"}
     assert {"numpy", "PIL"} <= top_level
     for name, runtime in (("vela", "ai_edge_litert"), ("rknn", "rknn")):
-        s = envs.COMPILERS[name]
+        s = registry.COMPILERS[name]
         assert top_level | {runtime} <= _imported(s.check), (name, s.check)
         assert "pillow" in {a.lower().split("=")[0].split("<")[0] for step in s.steps for a in step}, name

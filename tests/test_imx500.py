@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from npuyolo.cli import app
-from npuyolo.compilers import envs
+from npuyolo.compilers import envs, registry
 from npuyolo.deploy.eval.vendor import evaluate_compiled
 from npuyolo.compilers.imx500 import (Imx500Build, activation_layers, converter_ran, parse_activations, parse_driver, parse_error,
                                       parse_l2memory, parse_layer_types, parse_memory, write_data_yaml)
@@ -171,7 +171,7 @@ def test_missing_imx500_names_the_install_command(compilers_dir, tmp_path):
     assert r.exit_code == 2 and "--target is required" in r.output
     r = runner.invoke(app, ["npu", "compile", "L0-silu", "--compiler", "rknn", "--target", "rk3588"])
     assert r.exit_code == 2 and "--data is required" in r.output
-    assert "imx500" in envs.COMPILERS and any("imx500-converter" in p for p in envs.COMPILERS["imx500"].steps[0])
+    assert "imx500" in registry.COMPILERS and any("imx500-converter" in p for p in registry.COMPILERS["imx500"].steps[0])
 
 
 # ------------------------------------------------------------------------------------ the real converter (slow)

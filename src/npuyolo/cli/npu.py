@@ -1,5 +1,5 @@
 """NPU placement and vendor compilers: `npuyolo npu`, `npuyolo compilers`: thin translations of `npuyolo.services.models`
-(and, for installing a compiler, of `npuyolo.compilers.envs`)."""
+(and, for listing and installing compilers, of `npuyolo.compilers.registry`)."""
 
 from __future__ import annotations
 
@@ -107,7 +107,9 @@ def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .on
         res = models.compile_model(registry, model, compiler, target, data, options)
     if as_json:
         return print_json(res.as_dict(with_nodes=True))
-    if res.build.compiler == "imx500":
+    from npuyolo.compilers.registry import spec
+
+    if spec(res.build.compiler).whole_model:  # the whole model on the device or nothing: its fit and memory
         return print_imx500(res)
     s = res.build.summary()
     memory = ", ".join(f"{k.removesuffix('_kb').removesuffix('_kib')} {v:.0f} KiB" for k, v in res.build.memory.items()) or "not reported"
@@ -127,7 +129,8 @@ def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .on
 @user_errors
 def compilers_list(as_json: JsonOpt = False) -> None:
     """Known vendor compilers: installed version and where their environment lives."""
-    from npuyolo.compilers.envs import compilers_root, listing
+    from npuyolo.compilers.envs import compilers_root
+    from npuyolo.compilers.registry import listing
 
     rows = listing()
     if as_json:
@@ -149,7 +152,7 @@ def compilers_install(name: Annotated[str, typer.Argument(help="rknn, vela or im
     """Create the compiler's own virtual environment and pip-install its pinned packages (this downloads)."""
     from dataclasses import asdict
 
-    from npuyolo.compilers.envs import COMPILERS, install, spec
+    from npuyolo.compilers.registry import COMPILERS, install, spec
 
     s = spec(name)
     if not as_json:

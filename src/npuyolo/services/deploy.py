@@ -129,7 +129,7 @@ def evaluate(registry: Any, artefact: str | Path, data: str | Path, options: Eva
 
 def _evaluate_compiled(registry: Any, path: Path, data: str | Path, o: EvalOptions) -> dict:
     """`evaluate` of a vendor-compiled model, beside the FP32 ONNX file it was built from."""
-    from npuyolo.compilers.envs import require
+    from npuyolo.compilers.registry import require
     from npuyolo.data.check import check_dataset
     from npuyolo.deploy.eval.compare import keep, model_stats, val_fingerprint
     from npuyolo.deploy.eval.vendor import evaluate_compiled, read_compiled

@@ -24,13 +24,13 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
-from npuyolo.compilers.envs import clean_env, require
+from npuyolo.compilers.envs import clean_env
 from npuyolo.compilers.manifest import file_digest, manifest_path
+from npuyolo.compilers.registry import COMPILERS, require, scorer
 from npuyolo.data.calibration import calibration_images, letterbox
 from npuyolo.deploy.eval.contract import ContractReport, InputContract, check_contract, prepare
 from npuyolo.deploy.eval.evaluate import Deployable, DeployError, load_deployable, validate_matched
@@ -43,13 +43,14 @@ from npuyolo.paths import FileReadError, file_problem, read_regular_file, write_
 __all__ = ["CompiledArtefact", "CompiledScore", "VendorRuntime", "evaluate_compiled", "is_compiled", "read_compiled"]
 
 DRIVER = Path(__file__).resolve().parents[2] / "compilers" / "score_driver.py"
-Kind = Literal["rknn", "tflite", "onnx"]
-ENV = {"rknn": "rknn", "tflite": "vela", "onnx": "imx500"}  # the compiler environment that scores each kind
-# how each runtime wants the image (npuyolo's own ONNX files: NCHW RGB 0-1 float32)
-CONTRACTS = {"rknn": dict(layout="NHWC", channels="RGB", scale="0-255", dtype="uint8"),  # config std 255 divides
-             "tflite": dict(layout="NHWC", channels="RGB", scale="0-1", dtype="float32"),  # driver quantizes the input
-             "onnx": dict(layout="NCHW", channels="RGB", scale="0-1", dtype="float32")}  # MCT calibrates on img / 255
-SUFFIXES = {".rknn": "rknn", ".tflite": "tflite"}
+# a compiler's scoring kind (rknn, tflite, onnx: MCT's model for IMX500, ...): its `Scoring` in compilers/registry.py
+# says which compiler's environment scores it, how the file is recognised and how its runtime wants the image
+Kind = str
+
+
+def suffixes() -> dict[str, Kind]:
+    """A compiled file's suffix -> its kind (`.rknn`, `.tflite`), from the compiler registry."""
+    return {s.scoring.suffix: s.scoring.kind for s in COMPILERS.values() if s.scoring.suffix}
 
 
 @dataclass(frozen=True)
@@ -65,14 +66,15 @@ class CompiledArtefact:
 
     @property
     def compiler(self) -> str:
-        return ENV[self.kind]
+        """The compiler whose environment scores this kind."""
+        return scorer(self.kind).name
 
 
 def is_compiled(path: str | Path) -> bool:
     """A file `deploy eval` scores in a compiler's environment: .rknn, .tflite, or an ONNX file a vendor tool wrote
     (MCT's quantized model for IMX500), which `npu compile` marks with a manifest beside it."""
     path = Path(path)
-    if path.suffix.lower() in SUFFIXES:
+    if path.suffix.lower() in suffixes():
         return True
     if path.suffix.lower() != ".onnx" or not manifest_path(path).is_file():
         return False
@@ -118,7 +120,7 @@ def read_compiled(path: str | Path) -> CompiledArtefact:
     why = file_problem(path, empty_ok=False)
     if why is not None:
         raise DeployError(f"compiled model {path} {why}")
-    kind = SUFFIXES.get(path.suffix.lower()) or ("onnx" if is_compiled(path) else None)
+    kind = suffixes().get(path.suffix.lower()) or ("onnx" if is_compiled(path) else None)
     if kind is None:
         raise DeployError(f"{path.name}: not a compiled model deploy eval can score (.rknn, the int8 .tflite behind a "
                           "Vela build, or the IMX500 build's model_imx_dense.onnx)")
@@ -158,7 +160,7 @@ def read_compiled(path: str | Path) -> CompiledArtefact:
         args = ("--model", str(path.resolve()))
     _check_unchanged(path, record, manifest)
     imgsz = load_deployable(onnx).imgsz
-    return CompiledArtefact(kind, path, onnx, args, InputContract(imgsz, **CONTRACTS[kind]), folder)
+    return CompiledArtefact(kind, path, onnx, args, InputContract(imgsz, **scorer(kind).scoring.contract), folder)
 
 
 def _check_unchanged(path: Path, record: dict, manifest: Path) -> None:
@@ -277,6 +279,12 @@ class VendorRuntime:
         self.close()
 
 
+def runtime_for(art: CompiledArtefact, log: Path):
+    """The compiled model's runtime: its compiler's own (`Scoring.runtime`), else score_driver.py in its environment."""
+    made = scorer(art.kind).scoring.runtime
+    return (made or VendorRuntime)(art, log)
+
+
 def _onnx_runner(model: Deployable):
     return lambda x: model.sess.run(None, {model.input_name: x})
 
@@ -358,7 +366,7 @@ def evaluate_compiled(path: str | Path, data: str | Path, batch: int = 8, conf: 
     log = art.path.with_name(art.path.name + ".eval.log")
     golden = _golden(data, model.imgsz)
     vendor_rows = None
-    with VendorRuntime(art, log) as runtime:
+    with runtime_for(art, log) as runtime:
         report = check_runtime(model, runtime, art, golden)
         kept: list = []
         scored, *at_conf = _validate_at(model, runtime, report, data, batch, confs, art.contract, keep=kept)

@@ -8,14 +8,15 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from npuyolo.compilers.envs import CompilerError, installed
+from npuyolo.compilers.envs import CompilerError
+from npuyolo.compilers.registry import installed, serving
 from npuyolo.data.check import check_dataset
 from npuyolo.deploy.check import check_model, sigmoid_on_npu
 from npuyolo.deploy.compile import compile_model, record
 from npuyolo.deploy.eval import vendor
 from npuyolo.deploy.export import check_imgsz
 from npuyolo.deploy.plan.choose import AccuracyNoise, Plan, TargetPlan, candidates, rank, target_advice
-from npuyolo.deploy.plan.records import COMPILER_OF, DEPLOY_CONF, Accuracy, Candidate, Placement, PlanError, Row, VendorInt8
+from npuyolo.deploy.plan.records import DEPLOY_CONF, Accuracy, Candidate, Placement, PlanError, Row, VendorInt8
 from npuyolo.deploy.plan.work import QuantizeSettings, build_files, worker_pool
 from npuyolo.errors import NpuyoloError
 from npuyolo.npu.graph import load_graph
@@ -105,60 +106,53 @@ def _twin(registry, run_id: int | None) -> str | None:
 
 
 def _compile(placement: Placement, fp32: Path, target: str, data, registry, model_ref: str | None = None,
-             imgsz: int | None = None, imx_builds: dict | None = None) -> None:
-    """The vendor compiler's verdict on the FP32 graph (it quantizes itself), when one exists and is installed.
+             imgsz: int | None = None, model_builds: dict | None = None) -> None:
+    """The vendor compiler's verdict (its `CompilerSpec`, `compilers/registry.py`) on the FP32 graph (it quantizes
+    itself), when one serves the target and is installed.
 
-    IMX500 converts the PyTorch model (MCT quantizes it, the sensor runs all of it or nothing): `model_ref` is the
-    model behind the candidate, None for a graph rewrite (which has no PyTorch model); one build per model, shared by
-    its INT8 routes through `imx_builds` (MCT quantizes itself, whichever route we would take)."""
+    A compiler that converts the PyTorch model (IMX500: MCT quantizes it, the sensor runs all of it or nothing) takes
+    `model_ref`, the model behind the candidate, None for a graph rewrite (which has no PyTorch model); one build per
+    model, shared by its INT8 routes through `model_builds` (it quantizes itself, whichever route we would take)."""
 
-    if target == "imx500":
-        env = installed("imx500")
-        placement.compiler = "imx500" if env is None else f"imx500 {env.version}"
-        if env is None:
-            placement.compiler_status = "compiler not installed"
-            return
-        if model_ref is None or str(model_ref).lower().endswith(".onnx"):
-            placement.compiler_status = ("not compiled: a graph rewrite has no PyTorch model for MCT to quantize"
-                                         if model_ref is None else "not compiled: an ONNX file has no PyTorch model for MCT")
-            return
-        builds = imx_builds if imx_builds is not None else {}
-        if model_ref not in builds:
-            try:
-                builds[model_ref] = compile_model(model_ref, "imx500", "imx500", data, registry, imgsz=imgsz)
-                record(builds[model_ref], registry)
-            except NpuyoloError as e:  # the compiler's or the FP32 export beside it: this target's row says so
-                builds[model_ref] = e
-        result = builds[model_ref]
-        if isinstance(result, NpuyoloError):
-            placement.compiler_status = f"failed: {result}"
-            return
-        build = result.build
-        fits = build.ok and build.memory.get("fits") is True
-        placement.compiler_status = "compiled" if fits else f"failed: {build.error or 'does not fit in the sensor'}"
-        placement.compiler_cpu_ops = 0 if fits else None  # all of it on the sensor, or nothing
-        placement.compiled_file = build.scored or None
+    served = serving(target)
+    if served is None:
         return
-    if target not in COMPILER_OF:
-        return
-    compiler, platform = COMPILER_OF[target]
-    env = installed(compiler)
-    placement.compiler = compiler if env is None else f"{compiler} {env.version}"
+    compiler, platform = served
+    env = installed(compiler.name)
+    placement.compiler = compiler.name if env is None else f"{compiler.name} {env.version}"
     if env is None:
         placement.compiler_status = "compiler not installed"
         return
-
-    try:
-        result = compile_model(str(fp32), compiler, platform, data, registry)
-    except CompilerError as e:
-        placement.compiler_status = f"failed: {e}"
-        return
-    record(result, registry)
-    summary = result.build.as_dict().get("summary", {})
-    placement.compiler_status = "compiled"
-    placement.compiler_cpu_ops = summary.get("rows_cpu")
-    placement.npu_ms = summary.get("inference_ms")
-    placement.compiled_file = result.build.rknn_file or getattr(result.build, "tflite", None) or None
+    if compiler.takes_onnx:
+        try:
+            result = compile_model(str(fp32), compiler.name, platform, data, registry)
+        except CompilerError as e:
+            placement.compiler_status = f"failed: {e}"
+            return
+        record(result, registry)
+    else:
+        if model_ref is None or str(model_ref).lower().endswith(".onnx"):
+            placement.compiler_status = (f"not compiled: a graph rewrite has no PyTorch model for {compiler.quantizer} to "
+                                         "quantize" if model_ref is None
+                                         else f"not compiled: an ONNX file has no PyTorch model for {compiler.quantizer}")
+            return
+        builds = model_builds if model_builds is not None else {}
+        key = (compiler.name, platform, model_ref)
+        if key not in builds:
+            try:
+                builds[key] = compile_model(model_ref, compiler.name, platform, data, registry, imgsz=imgsz)
+                record(builds[key], registry)
+            except NpuyoloError as e:  # the compiler's or the FP32 export beside it: this target's row says so
+                builds[key] = e
+        result = builds[key]
+        if isinstance(result, NpuyoloError):
+            placement.compiler_status = f"failed: {result}"
+            return
+    verdict = compiler.verdict(result.build)
+    placement.compiler_status = verdict.status
+    placement.compiler_cpu_ops = verdict.cpu_ops
+    placement.npu_ms = verdict.npu_ms
+    placement.compiled_file = verdict.compiled_file
 
 
 def weights_note(run) -> str | None:
@@ -231,7 +225,7 @@ class PlanBuilder:
         self.graphs: dict[tuple[Path, str | None], Path] = {}
         self.accuracy: dict[Path, tuple[Accuracy, Accuracy, MatchedStats]] = {}
         self.placed: dict[tuple[Path, Path, str], Placement] = {}
-        self.imx_builds: dict = {}
+        self.model_builds: dict = {}  # (compiler, platform, model) -> a build of a compiler that converts the model
         # (FP32 graph, target) -> the compiler's verdict: it quantizes the FP32 graph itself, so one compile serves every
         # INT8 route of that graph (a Vela or RKNN build is tens of seconds)
         self.compiled: dict[tuple[Path, str], Placement] = {}
@@ -329,7 +323,7 @@ class PlanBuilder:
                           r.unknown_ops, first_off_npu=first_off)
             if (fp32, t) not in self.compiled:
                 with self.stage("compile"):
-                    _compile(p, fp32, t, self.data, self.registry, model_ref, self.size, self.imx_builds)
+                    _compile(p, fp32, t, self.data, self.registry, model_ref, self.size, self.model_builds)
                 self.compiled[(fp32, t)] = p
             else:
                 for name in VERDICT:

