@@ -28,3 +28,12 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     graph.write_text(graph.read_text() + "\n\ndef _upward():\n    from npuyolo.deploy.export import export_onnx  # noqa\n")
     done = lint(copy)
     assert done.returncode != 0 and "npuyolo.npu.graph -> npuyolo.deploy.export" in done.stdout, done.stdout[-2000:]
+
+
+def test_no_module_of_deploy_is_over_500_lines():
+    """Issue 32: deploy/ is split by stage into rooms (int8/, eval/, infer/, plan/, bundle/; ARCHITECTURE.md maps them)
+    and no module of it is over 500 lines: one that grows past that is split by what it does."""
+    root = REPO / "src" / "npuyolo" / "deploy"
+    long = {str(p.relative_to(root)): n for p in sorted(root.rglob("*.py")) if (n := len(p.read_text().splitlines())) > 500}
+    assert not long, long
+    assert {p.name for p in root.iterdir() if p.is_dir() and (p / "__init__.py").is_file()} >= {"int8", "eval", "infer", "plan", "bundle"}
