@@ -496,6 +496,9 @@ def test_a_run_ships_its_planned_vela_build_from_cli_and_api(models, tmp_path, m
     tflite.write_bytes(b"TFL3" + b"\0" * 64)
     shutil.copyfile(models["npu"], build / "m.onnx")
     (build / f"{tflite.name}.npuyolo.json").write_text(json.dumps({"kind": "tflite", "onnx": "m.onnx"}))
+    for config in ("ethos-u55-128", "ethos-u85-256"):  # Vela's compilations, as npu compile leaves them beside it
+        (build.parent / f"vela-{config}").mkdir()
+        (build.parent / f"vela-{config}" / "m_full_integer_quant_vela.tflite").write_bytes(b"TFL3" + config.encode())
     reg = Registry(tmp_path / "r.db")
     run = _run(reg, "velarun")
     acc = lambda v: Accuracy(0.8, 0.7, v, v * 0.6)  # noqa: E731
@@ -520,8 +523,14 @@ def test_a_run_ships_its_planned_vela_build_from_cli_and_api(models, tmp_path, m
     assert (m["input"]["layout"], m["input"]["dtype"]) == ("NHWC", "int8") and m["plan"]["compiler"] == "vela 5.2.0"
     assert (api.folder / tflite.name).read_bytes() == tflite.read_bytes()
     assert (api.folder / "manifest.json").read_bytes() == (tmp_path / "cli" / api.folder.name / "manifest.json").read_bytes()
+    # the Ethos-U's own file ships beside it, the one for this target only, checksummed
+    vela = api.folder / "m_full_integer_quant_vela.tflite"
+    assert vela.read_bytes() == b"TFL3ethos-u55-128" and m["device"]["npu_models"] == [
+        {"file": vela.name, "accelerator": "ethos-u55-128", "sha256": hashlib.sha256(vela.read_bytes()).hexdigest(), "bytes": 17}]
+    assert sorted(p.name for p in api.folder.glob("*.tflite")) == ["m_full_integer_quant.tflite", vela.name]
     readme = (api.folder / "README.md").read_text()
-    assert "19.14 ms (vela 5.2.0's estimate)" in readme and f"vela {tflite.name} --accelerator-config" in readme
+    assert "19.14 ms (vela 5.2.0's estimate)" in readme and f"`{vela.name}` for `ethos-u55-128`" in readme
+    assert f"vela {tflite.name} --accelerator-config ethos-u65-256" in readme
 
 # ------------------------------------------------------------------------------------------ the board runtimes, stood in for
 FAKE_RKNN = """
@@ -673,6 +682,8 @@ def test_vela_tflite_bundle_runs_in_litert(photos, tmp_path):  # pragma: no cove
     b = build_bundle(result.build.tflite, tmp_path / "out", target="ethos-u55")
     m = json.loads((b.folder / "manifest.json").read_text())
     assert m["runtime"] == "tflite" and m["input"]["layout"] == "NHWC" and m["input"]["dtype"] == "int8"
+    vela = b.folder / f"{Path(result.build.tflite).stem}_vela.tflite"  # what the Ethos-U runs, shipped beside it
+    assert vela.is_file() and [v["accelerator"] for v in m["device"]["npu_models"]] == ["ethos-u55-128"]
     env = installed("vela")
     out = tmp_path / "r.json"
     done = subprocess.run([env.python, str(b.folder / "npuyolo_infer.py"), str(photos), "--out", str(out)],

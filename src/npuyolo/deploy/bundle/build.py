@@ -295,6 +295,17 @@ def inspect_artefact(path: str | Path) -> Artefact:
 
 
 # -------------------------------------------------------------------------------------------------- writing
+def vela_builds(tflite: Path, target: str) -> list[tuple[str, Path]]:
+    """Vela's compilations of an int8 .tflite that `npu compile` left beside it (`<build>/vela-<config>/<stem>_vela.tflite`,
+    the file an Ethos-U runs), as (accelerator config, path): those for `target` (ethos-u55 -> ethos-u55-128) when
+    any is, else all of them."""
+    build = tflite.parent.parent if tflite.parent.name == "tflite" else tflite.parent
+    found = sorted((d.name.removeprefix("vela-"), d / f"{tflite.stem}_vela.tflite") for d in build.glob("vela-*") if d.is_dir())
+    found = [(config, f) for config, f in found if file_problem(f, empty_ok=False) is None]
+    mine = [(config, f) for config, f in found if config == target or config.startswith(f"{target}-")]
+    return mine or found
+
+
 def _template(name: str) -> str:
     return resources.files("npuyolo.deploy.bundle").joinpath(TEMPLATES, name).read_text(encoding="utf-8")
 
@@ -363,19 +374,26 @@ def build_bundle(artefact: str | Path, out: str | Path, *, target: str | None = 
     if folder.exists() and not (folder.is_dir() and _is_bundle(folder)):
         raise BundleError(f"out {folder} exists and is not a bundle npuyolo wrote; choose another folder", param="out")
     model_file = slug(art.path.name, "model")
+    companions, device = art.companions, art.device
+    if art.kind == "tflite":  # Vela's compilation ships beside the int8 file it was made from: the Ethos-U runs it
+        builds = vela_builds(art.path, target)
+        names = [slug(f"{art.path.stem}_vela{'' if len(builds) == 1 else '_' + config}.tflite", "vela") for config, _ in builds]
+        companions = tuple(zip(names, (f for _, f in builds)))
+        device = {"npu_models": [{"file": n, "accelerator": config, "sha256": sha256_file(f), "bytes": f.stat().st_size}
+                                 for n, (config, f) in zip(names, builds)]} if builds else None
     manifest = BundleManifest(
         npuyolo_version=npuyolo_version(), target=target, runtime=art.runtime,
         artefact={"file": model_file, "sha256": sha256_file(art.path), "bytes": art.path.stat().st_size, "kind": art.kind,
                   "source": str(art.path.resolve()), "reference_onnx": art.reference.name},
         head=art.head, imgsz=art.imgsz, strides=list(art.strides), reg_max=art.reg_max, class_sigmoid=art.class_sigmoid,
         names=art.names, conf=float(conf), iou=float(iou), max_det=int(max_det), input=art.input, outputs=list(art.outputs),
-        plan=plan, device=art.device)
+        plan=plan, device=device)
     tmp = safe_join(out, f".{name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
         shutil.copyfile(art.path, tmp / model_file)
-        for shipped, source in art.companions:
+        for shipped, source in companions:
             shutil.copyfile(source, tmp / shipped)
         runner = _template("npuyolo_infer.py.tmpl").replace("@NPUYOLO_VERSION@", npuyolo_version()).replace(
             "@TARGET@", target).replace("@RUNTIME@", art.runtime)
