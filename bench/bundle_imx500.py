@@ -108,7 +108,12 @@ def imx500_scores(build: Path, data: Path, conf: float | None = None) -> dict:
         images = sorted(p for p in val.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         mine = bench.score_detections(detect, images)
         t = time.perf_counter()
-        theirs = evaluate_compiled(build / "model_imx_dense.onnx", data, conf=conf)  # as `deploy eval --conf` runs it
+        # as `deploy eval --conf` runs it, on the private copy of val (Ultralytics writes labels/val.cache beside the
+        # labels: never into a shared data set) with the user's train images for the contract check's golden photo
+        user_cfg, user_root, _ = load_data_yaml(data)
+        scored = private.with_name("eval.yaml")
+        scored.write_text(private.read_text().replace("train: images/val", f"train: {(user_root / user_cfg['train']).resolve()}", 1))
+        theirs = evaluate_compiled(build / "model_imx_dense.onnx", scored, conf=conf)
         eval_s = time.perf_counter() - t
         counts = [lb[p.name]["count"] for p in images]
         out = {"build": str(build), "conf": conf, "bundle": mine, "cli_vs_bundle_max_px": gap,
