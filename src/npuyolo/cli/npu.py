@@ -107,9 +107,7 @@ def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .on
         res = models.compile_model(registry, model, compiler, target, data, options)
     if as_json:
         return print_json(res.as_dict(with_nodes=True))
-    from npuyolo.compilers.registry import spec
-
-    if spec(res.build.compiler).whole_model:  # the whole model on the device or nothing: its fit and memory
+    if models.whole_model(res.build.compiler):  # the whole model on the device or nothing: its fit and memory
         return print_imx500(res)
     s = res.build.summary()
     memory = ", ".join(f"{k.removesuffix('_kb').removesuffix('_kib')} {v:.0f} KiB" for k, v in res.build.memory.items()) or "not reported"

@@ -11,7 +11,7 @@ from npuyolo.services.options import (CheckOptions, CompileOptions, ExportOption
                                       VariantsOptions)
 
 __all__ = ["HEADS", "ExportRecord", "check", "compile_model", "export_model", "npu_targets", "referee", "rewrite",
-           "variant_show", "variants"]
+           "variant_show", "variants", "whole_model"]
 
 HEADS = ("npu", "ultralytics")
 
@@ -115,6 +115,14 @@ def compile_target(compiler: str, target: str | None) -> str:
     if target is None:
         raise CompilerError(f"target is required for the {compiler} compiler", param="target")
     return target
+
+
+def whole_model(compiler: str) -> bool:
+    """A compiler that places the whole model on the device or none of it (imx500): what a door shows of its build is
+    its fit and memory, not a per-operator split (`CompilerSpec.whole_model`)."""
+    from npuyolo.compilers.registry import spec
+
+    return spec(compiler).whole_model
 
 
 def _ready(compiler: str, targets: list[str], data: str | Path | None, need_data: bool) -> None:
