@@ -135,6 +135,12 @@ def test_an_imx500_build_bundles_its_package(bundle, fp32, tmp_path):
     assert "--camera 100" in readme and "IoU 0.7" in readme and "no accuracy was measured" in readme
     with tarfile.open(b.archive) as tar:
         assert sorted(tar.getnames()) == sorted(f"{b.folder.name}/{f}" for f in files)
+    from typer.testing import CliRunner
+
+    from npuyolo.cli import app
+
+    done = CliRunner().invoke(app, ["deploy", "bundle", "--artefact", str(build), "--out", str(tmp_path / "cli")])
+    assert done.exit_code == 0 and "imx500-package -i packerOut.zip -o . && python3 npuyolo_infer.py --camera" in done.output
     # every way to name the build is the same build
     for given in (conv, conv / "packerOut.zip", conv / "model_imx.onnx", build / "model_imx_dense.onnx"):
         assert inspect_artefact(given).path == conv / "packerOut.zip"

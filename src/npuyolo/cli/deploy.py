@@ -170,6 +170,10 @@ def deploy_bundle(run: Annotated[Optional[str], typer.Argument(help="Run id or n
         console.print(f"plan: {m.plan.candidate}, INT8 mAP50 {m.plan.int8_map50:.3f} ({m.plan.int8_scored_by}),"
                       f" {100 * m.plan.share_nodes:.1f}% of nodes on the NPU"
                       f"{f', {m.plan.npu_ms:.2f} ms NPU' if m.plan.npu_ms is not None else ''}", highlight=False)
+    if m.runtime == "picamera2":  # IMX500: the package becomes the sensor's firmware file on the Pi; the camera runs it
+        console.print(f"on the Pi: imx500-package -i {m.artefact['file']} -o . && python3 npuyolo_infer.py --camera FRAMES "
+                      f"--out results.json (see {b.folder / 'README.md'})", highlight=False)
+        return
     console.print(f"on the board: python npuyolo_infer.py IMAGE|FOLDER --out results.json (see {b.folder / 'README.md'})", highlight=False)
 
 @deploy_app.command("bench")
