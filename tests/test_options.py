@@ -128,9 +128,10 @@ def test_options_refuse_unknown_keys_and_wrong_types_in_one_line():
 
 def test_one_default_for_what_lower_layers_state_too():
     """The stages keep defaults of their own for direct callers; where both state one, they agree."""
+    from npuyolo.compilers.calibration import CALIB_IMAGES
     from npuyolo.deploy.plan import DEPLOY_CONF
     from npuyolo.train.ray_executor import RayOptions
 
-    assert opts.PlanOptions.conf == opts.PredictOptions.conf == DEPLOY_CONF
+    assert opts.PlanOptions.conf == opts.PredictOptions.conf == DEPLOY_CONF and opts.CompileOptions.calib == CALIB_IMAGES
     ray = {f.name: f.default for f in opts.fields_of(RayOptions)}
     assert {k: v for k, v in opts.ExecutorOptions().as_dict().items() if k != "executor"} == ray
