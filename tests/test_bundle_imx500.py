@@ -426,6 +426,8 @@ def test_a_runs_imx500_plan_ships_its_build(fp32, tmp_path):
     assert json.loads((bundle_model(str(run), "imx500", registry=tmp_path / "r.db", out=tmp_path / "o1").folder
                        / "manifest.json").read_text())["conf"] == SCORE_THR
     assert "0.610" in (b.folder / "README.md").read_text()
+    given = bundle_model(str(run), "imx500", artefact=build, registry=tmp_path / "r.db", out=tmp_path / "o2")
+    assert given.manifest.plan is not None and given.manifest.plan.int8_map50 == 0.61  # the planned build, named by folder
     plan("compiler not installed", None)
     with pytest.raises(BundleError, match="no imx500 build to ship.*npuyolo compilers install imx500"):
         bundle_model(str(run), "imx500", registry=tmp_path / "r.db", out=tmp_path / "out2")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from npuyolo.deploy.bundle.build import Bundle, BundleError, build_bundle
+from npuyolo.deploy.bundle.build import Bundle, BundleError, build_bundle, inspect_artefact
 from npuyolo.deploy.bundle.manifest import PlanFigures
 from npuyolo.deploy.plan import COMPILER_OF, chosen_row
 from npuyolo.registry.db import Registry, RunRecord
@@ -69,6 +69,14 @@ def _plan_choice(run: RunRecord, target: str, plan_json: str) -> tuple[Path, Pla
     return shipped, figures
 
 
+def _shipped(path: Path) -> Path:
+    """The file a bundle of `path` ships: an IMX500 build is named by its folder or any of its files."""
+    try:
+        return inspect_artefact(path).path.resolve()
+    except BundleError:
+        return path.resolve()
+
+
 def bundle_model(run: str | None = None, target: str | None = None, *, artefact: str | Path | None = None,
                  out: str | Path | None = None, registry: str | Path | None = None, conf: float | None = None,
                  iou: float | None = None) -> Bundle:
@@ -93,7 +101,7 @@ def bundle_model(run: str | None = None, target: str | None = None, *, artefact:
     elif record.artifact("plan") is not None:
         try:
             planned, figures = _plan_choice(record, target, record.artifact("plan").path)
-            figures = figures if planned.resolve() == Path(artefact).resolve() else None
+            figures = figures if _shipped(planned) == _shipped(Path(artefact)) else None
         except BundleError:
             figures = None
     bundle = build_bundle(artefact, out or reg.run_dir(record, "bundle"), target=target, conf=conf, iou=iou, plan=figures)
