@@ -311,8 +311,12 @@ def member_dir(args, member: str) -> Path:
     return args.out / member_key(member, args.seed)
 
 
+TWINS = {"L4-leaky": "L4-relu", "L4-relu": "L4-leaky"}  # the report's pair: each one's report compares the other
+
+
 def cmd_finish(args) -> int:
-    """Copy each finished member out: best.pt, the registry row as JSON, ko/en reports (Markdown with PNG plots)."""
+    """Copy each finished member out: best.pt, the registry row as JSON, ko/en reports (Markdown with PNG plots); the
+    pair's reports compare each with its twin of the same seed (paired intervals) once both are finished here."""
     from npuyolo.registry.db import Registry
     from npuyolo.report.render import render_run
 
@@ -331,8 +335,9 @@ def cmd_finish(args) -> int:
             else machine()
         record["wall_time_s"] = run.duration_s
         write_json(out / "run.json", record)
+        twin = finished_run(reg, TWINS[name], args) if name in TWINS else None
         for lang in ("en", "ko"):
-            render_run(reg, run.id, out / "reports", lang=lang, fmt="md")
+            render_run(reg, run.id, out / "reports", lang=lang, fmt="md", compare=twin.id if twin else None)
         log(f"{name}: copied to {out} (mAP50 {run.best and run.best.get('map50')})")
     return 0
 
