@@ -381,8 +381,27 @@ def test_the_same_seed_and_threads_repeat_bit_for_bit_and_the_run_records_its_nu
     assert default_cpu_threads() == min(8, len(os.sched_getaffinity(0)))
     default = reg.get_run(train_variant("L4-relu", synth_data, tiny_recipe, reg, verbose=False).run_id)
     assert default.versions["numerics"]["torch_threads"] == default_cpu_threads()
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert default_cpu_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_cpu_threads() == 3
+
+
+@pytest.mark.parametrize("omp", [None, "1", "3"])
+def test_cpu_threads_default_survives_ultralytics_own_omp_setting(omp):
+    """`import ultralytics` sets OMP_NUM_THREADS=1 where it is unset; read after that import, the default took it for
+    the user's setting and every CPU run trained on one thread (seen: L4-relu seed 1 recorded torch_threads 1 while
+    `seed_experiment.py` asked for 2). A fresh process, as a user's: unset -> every core up to 8; set -> that value."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if omp is not None:
+        env["OMP_NUM_THREADS"] = omp
+    code = ("import npuyolo.ultra, os; from npuyolo.train.trainer import default_cpu_threads; "
+            "print(os.environ.get('OMP_NUM_THREADS'), default_cpu_threads())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == (omp or "1")  # Ultralytics' own default is still in place for its loaders
+    assert int(out[1]) == (int(omp) if omp else min(8, len(os.sched_getaffinity(0))))
 
 
 def test_members_the_data_cannot_tell_apart_share_a_rank():

@@ -14,8 +14,14 @@ module through which npuyolo imports Ultralytics) then:
 from __future__ import annotations
 
 import os
+import sys
 from functools import cache
 from pathlib import Path
+
+# `import ultralytics` sets OMP_NUM_THREADS=1 where it is unset: what the user's environment held before that import
+# (None: unset, or unknown where Ultralytics was imported before npuyolo) is kept here for `train.trainer`
+OMP_NUM_THREADS_BEFORE_ULTRALYTICS = None if "ultralytics" in sys.modules else os.environ.get("OMP_NUM_THREADS")
+ULTRALYTICS_OMP_DEFAULT = "1"
 
 os.environ.setdefault("YOLO_OFFLINE", "true")  # ultralytics.utils.is_online() -> False: no events, no hub
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # check_requirements() never runs pip

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from npuyolo import offline
 from npuyolo.data.check import check_dataset
 from npuyolo.errors import USER_OS_ERRNOS, CheckpointError, NpuyoloError
 from npuyolo.paths import slug, write_text
@@ -150,6 +151,8 @@ def default_cpu_threads() -> int:
     CPUs, so members trained side by side do not each take every core), else every core this process may use, at most
     8. Ultralytics' own default, cores - 1, trains at half speed on 2 cores."""
     env = os.environ.get("OMP_NUM_THREADS", "")
+    if env == offline.ULTRALYTICS_OMP_DEFAULT and offline.OMP_NUM_THREADS_BEFORE_ULTRALYTICS is None:
+        env = ""  # Ultralytics' own import-time default, not the user's choice
     if env.isdigit() and int(env) >= 1:
         return int(env)
     try:
