@@ -195,10 +195,8 @@ def train_one(member: Member, args, data: Path) -> None:
     # against 41 s with two (measured on roadsign4, L4-leaky); a CPU run takes every core unless told otherwise
     if args.threads is None and str(args.device) == "cpu":
         args.threads = os.cpu_count()
-    if args.threads:
-        import ultralytics.utils.torch_utils as torch_utils
-
-        torch_utils.NUM_THREADS = args.threads
+    if args.threads:  # the recipe's `threads`: the trainer sets it and the run records it (numerics)
+        overrides["threads"] = args.threads
     ws = Workspace(registry_path(args.work))
     t = time.time()
     earlier = unfinished_run(registry_path(args.work), run_name(member.name, args), args.epochs)

@@ -73,7 +73,7 @@ def test_a_member_stopped_midway_is_resumed_by_the_next_train_call(synth_data, t
     work = tmp_path / "work"
     cmd = [sys.executable, str(REPO / "bench" / "seed_experiment.py"), "train", "--members", "L4-relu", "--work", str(work),
            "--data", str(synth_data), "--imgsz", "64", "--epochs", "3", "--batch", "8", "--device", "cpu",
-           "--workers", "0", "--threads", "1"]
+           "--workers", "0", "--threads", "2"]
     db = work / "runs" / "npuyolo.db"
     kill_after_first_epoch(cmd, db, 1)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -83,6 +83,8 @@ def test_a_member_stopped_midway_is_resumed_by_the_next_train_call(synth_data, t
     runs = reg.runs()
     assert [(r.id, r.name, r.status) for r in runs] == [(1, "seed64-L4-relu", "finished")]
     assert len(reg.get_run(1).epochs) == 3
+    run = reg.get_run(1)  # --threads reaches the trainer through the recipe and is what the run records
+    assert run.recipe["threads"] == 2 and run.versions["numerics"]["torch_threads"] == 2
 
 
 def test_adopting_a_committed_member_keeps_every_epoch_as_recorded(tmp_path, monkeypatch):
