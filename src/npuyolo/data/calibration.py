@@ -4,6 +4,7 @@ INT8 drop is measured on."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import cv2
@@ -12,18 +13,30 @@ import numpy as np
 from npuyolo.data.check import IMAGE_SUFFIXES, load_data_yaml, split_images
 from npuyolo.errors import NpuyoloError
 
-__all__ = ["CalibrationError", "calibration_images", "holdout_images", "letterbox"]
+__all__ = ["CalibrationError", "calibration_images", "holdout_images", "letterbox", "letterbox_size"]
 
 
 class CalibrationError(NpuyoloError, ValueError):
     """No usable calibration images (a count below one, a data set without training images)."""
 
 
-def letterbox(image: np.ndarray, size: int) -> np.ndarray:
-    """BGR uint8 image -> [3, size, size] float32 RGB in [0, 1], aspect kept, grey (114) padding like Ultralytics."""
-    h, w = image.shape[:2]
+def letterbox_size(h: int, w: int, size: int, ceil: bool = False) -> tuple[int, int]:
+    """(rows, columns) the image is resized to before the centred padding. By default rounded, as Ultralytics'
+    predictor (and the calibration images every compiler has been given). `ceil`: as Ultralytics' training and
+    validation loader (BaseDataset.load_image: the long side to size, each side math.ceil(side * r), capped at size),
+    the pixels the model trained on and `deploy eval` scores."""
+    if ceil:
+        r = size / max(h, w)
+        return min(math.ceil(h * r), size), min(math.ceil(w * r), size)
     r = min(size / h, size / w)
-    nh, nw = max(1, round(h * r)), max(1, round(w * r))  # a 2x3000 image must not round to 0 rows
+    return max(1, round(h * r)), max(1, round(w * r))  # a 2x3000 image must not round to 0 rows
+
+
+def letterbox(image: np.ndarray, size: int, ceil: bool = False) -> np.ndarray:
+    """BGR uint8 image -> [3, size, size] float32 RGB in [0, 1], aspect kept, grey (114) padding like Ultralytics;
+    `ceil`: sized as its training and validation loader does (`letterbox_size`)."""
+    h, w = image.shape[:2]
+    nh, nw = letterbox_size(h, w, size, ceil)
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else image
     canvas = np.full((size, size, 3), 114, np.uint8)
     top, left = (size - nh) // 2, (size - nw) // 2

@@ -1,6 +1,7 @@
 """Predict on images, folders, globs and videos with any npuyolo model: a run, a .pt, or an ONNX artefact.
 
-Every model goes through the same pipeline: npuyolo's letterbox (square, grey 114, centred), one forward pass
+Every model goes through the same pipeline: npuyolo's letterbox (square, grey 114, centred; sized as Ultralytics'
+training and validation loader, so the pixels `deploy eval` scores and `deploy bundle`'s runner gives), one forward pass
 giving Ultralytics' Detect output ([1, 4 + nc, anchors]; for an NPU-head ONNX file the host decode rebuilds it),
 Ultralytics' NMS, and boxes mapped back to the original image. So an FP32 export predicts the boxes its .pt does.
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 import npuyolo.ultra  # noqa: F401  (Ultralytics only behind npuyolo's offline guards)
-from npuyolo.data.calibration import letterbox
+from npuyolo.data.calibration import letterbox, letterbox_size
 from npuyolo.data.check import IMAGE_SUFFIXES
 from npuyolo.deploy.decode import nms
 from npuyolo.errors import NpuyoloError, storage_error
@@ -282,13 +283,12 @@ def detect(predictor: Predictor, image: np.ndarray, conf: float = 0.25, iou: flo
 
     h, w = image.shape[:2]
     size = predictor.imgsz
-    x = torch.from_numpy(letterbox(image, size))[None]
+    x = torch.from_numpy(letterbox(image, size, ceil=True))[None]  # the pixels it trained on, as deploy eval scores
     raw = predictor.forward(x)
     det = nms(raw.detach().cpu().float().numpy(), conf=conf, iou=iou, max_det=max_det)[0]
     if not len(det):
         return []
-    r = min(size / h, size / w)  # the letterbox's own geometry, so the mapping back is exact
-    nh, nw = round(h * r), round(w * r)
+    nh, nw = letterbox_size(h, w, size, ceil=True)  # the letterbox's own geometry, so the mapping back is exact
     ratio_pad = ((nh / h, nw / w), ((size - nw) // 2, (size - nh) // 2))
     xyxy = scale_boxes((size, size), torch.from_numpy(det[:, :4].copy()), (h, w), ratio_pad=ratio_pad).numpy()
     return [Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(d[4]), int(d[5]),
