@@ -202,6 +202,66 @@ def load_runner(folder: Path):
     return module
 
 
+# (width, height) at 320 px: ceil and round differ on the short side (400x228 -> 320x182.4, 228x400 the other way,
+# 500x333 -> 213.1), an exact 2x shrink (OpenCV then averages), an enlargement (150x100 -> 320x213.3) and a square.
+TRAINING_SIZES = [(400, 228), (228, 400), (500, 333), (640, 480), (150, 100), (97, 61), (320, 320)]
+
+
+def test_runner_letterbox_is_the_training_loaders(models, bundles, tmp_path):
+    """The runner's letterboxed input is, byte for byte, the image Ultralytics' training and validation loader
+    (YOLODataset at mode "val", as deploy eval scores) gives the network: the long side to imgsz with ceil, not the
+    predictor's round (one pixel more on 400x228's short side), OpenCV's bilinear either way, then centred grey padding.
+    `npuyolo predict` feeds its model the same pixels (so the bundle's boxes stay predict's)."""
+    import dataclasses
+
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data.build import build_yolo_dataset
+    from ultralytics.utils import DEFAULT_CFG
+
+    from npuyolo.deploy.infer.predict import detect
+
+    images, labels = tmp_path / "images" / "val", tmp_path / "labels" / "val"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for w, h in TRAINING_SIZES:  # smooth colour fields with noise: every resize weight shows in the pixels
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) * 127 // (w + h)], axis=2)
+        rgb = np.clip(base + rng.integers(-40, 41, base.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(images / f"im_{w}x{h}.png"), rgb[..., ::-1])  # lossless: Pillow and OpenCV read the same pixels
+        (labels / f"im_{w}x{h}.txt").write_text("0 0.5 0.5 0.25 0.25\n")
+    data = {"path": str(tmp_path), "val": "images/val", "names": {0: "a"}, "nc": 1, "channels": 3}
+    run = load_runner(bundles["npu"].folder)
+    seen = []
+    plain = load_predictor(str(models["npu"]))
+    predictor = dataclasses.replace(plain, forward=lambda x: seen.append(x) or plain.forward(x))
+    for size in (320, IMGSZ):
+        cfg = get_cfg(DEFAULT_CFG, {"imgsz": size, "rect": False, "cache": False})
+        dataset = build_yolo_dataset(cfg, str(images), 1, data, mode="val", rect=False)
+        assert len(dataset) == len(TRAINING_SIZES)
+        for i in range(len(dataset)):
+            item = dataset[i]
+            name = Path(item["im_file"]).name
+            trained = item["img"].numpy().transpose(1, 2, 0)  # CHW -> HWC, in the channel order the network saw
+            ours, gain, pad = run.letterbox(run.read_image(images / name), size)
+            h0, w0 = item["ori_shape"]
+            assert ours.shape == trained.shape == (size, size, 3), (size, name)
+            gap = np.abs(ours.astype(int) - trained)
+            if max(h0, w0) >= size:  # shrinking (and the untouched square): byte for byte
+                assert np.array_equal(ours, trained), (size, name, int(gap.max()), int((gap > 0).sum()))
+            else:  # enlarging: OpenCV's bilinear rounds a few pixels one LSB apart from the runner's integer arithmetic
+                assert gap.max() <= 1 and (gap > 0).mean() < 0.01, (size, name, int(gap.max()), int((gap > 0).sum()))
+            (gy, gx), (px, py) = item["ratio_pad"]  # what the validator maps boxes back with
+            assert gain == pytest.approx((gx, gy), abs=1e-12) and pad == (px, py), (size, name, gain, pad, item["ratio_pad"])
+            if size == IMGSZ:  # predict's model input: OpenCV's resize itself, so the loader's pixels exactly
+                detect(predictor, cv2.imread(str(images / name)))
+                fed = np.rint(seen.pop()[0].numpy().transpose(1, 2, 0) * 255).astype(int)
+                assert np.array_equal(fed, trained), (name, int(np.abs(fed - trained).max()))
+    # the case the issue measured: 400x228 is 183 rows high in training, where the predictor's rounding gives 182
+    canvas, _, (_, top) = run.letterbox(np.zeros((228, 400, 3), np.uint8), 320)
+    assert (canvas[:, 0, 0] == 0).sum() == 183 and top == 68
+
+
 @pytest.fixture(scope="module")
 def c_lib(bundles, tmp_path_factory):
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")

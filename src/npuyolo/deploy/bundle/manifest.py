@@ -35,6 +35,8 @@ class InputSpec:
     dtype: str  # float32 | uint8 | int8
     quantization: str | None = None
     letterbox: dict = field(default_factory=lambda: {"pad": 114, "centre": True, "auto": False, "scaleup": True,
+                                                     "size": "long side to imgsz, the other ceil(side * imgsz / long side)"
+                                                             " (Ultralytics' training and validation loader)",
                                                      "resize": "bilinear (OpenCV INTER_LINEAR)"})
 
 
