@@ -213,7 +213,8 @@ out.write_text(json.dumps(found))
 def eval_canvases(data: Path, imgsz: int, infer, out: Path) -> int:
     """The letterboxed val images as `deploy eval` feeds them (Ultralytics' validation dataset, rect off) into
     `out` (.npz, RGB HWC uint8) with each one's gain and pad (.json); returns how many differ from the bundle's own
-    letterbox (Ultralytics' loader sizes the short side with ceil, its predictor and the bundle round)."""
+    letterbox (none since the runner sizes the short side with ceil as Ultralytics' loader does, where its predictor
+    rounds; before issue 33's fix, 4 of roadsign4's 175 at 320 px)."""
     from ultralytics.cfg import get_cfg
     from ultralytics.data.build import build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
