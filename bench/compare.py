@@ -68,6 +68,12 @@ def replicate_gaps(chosen: list[Path], pairs: list[tuple[str, str]], n: int, see
     return out
 
 
+def arm_text(gap: dict, side: str) -> str:
+    """One arm of a `SeedGap.as_dict()` in points: mean +- sd over seeds, or its one value said to be one seed."""
+    mean, sd = gap[f"{side}_mean"] * 100, gap[f"{side}_sd"] * 100
+    return f"{mean:.1f} +- {sd:.1f}" if len(gap[f"{side}_values"]) > 1 else f"{mean:.1f} (one seed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -113,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     replicates = replicate_gaps(chosen, [("L4-leaky", "L4-relu")], args.bootstrap, 0)
     for r in replicates:
         g = r["metrics"]["map50"]
-        spread = lambda m: f"{m['mean'] * 100:.1f} +- {m['sd'] * 100:.1f}" if m["n"] > 1 else f"{m['mean'] * 100:.1f} (one seed)"  # noqa: E731
-        arm = lambda side: {"mean": g[f"{side}_mean"], "sd": g[f"{side}_sd"], "n": len(g[f"{side}_values"])}  # noqa: E731
-        print(f"  seeds {r['a']} {r['seeds_a']} vs {r['b']} {r['seeds_b']}: mAP50 {spread(arm('a'))} vs {spread(arm('b'))}; "
+        print(f"  seeds {r['a']} {r['seeds_a']} vs {r['b']} {r['seeds_b']}: mAP50 {arm_text(g, 'a')} vs {arm_text(g, 'b')}; "
               f"gap {g['gap']['value'] * 100:+.1f} pp ({g['gap']['low'] * 100:+.1f} to {g['gap']['high'] * 100:+.1f}, "
               f"images and seeds): {g['verdict']}")
     write_text(args.out, json.dumps({"machine": {"cpu": cpu_model(), "cores": os.cpu_count()}, "timings": timings,
