@@ -464,7 +464,7 @@ def test_every_other_operation_hands_its_stage_the_same_request_through_either_d
         "series rank": ((npuyolo.train.series, "rank_series"), [{"variant": "L4-relu"}], ["series", "rank", "s"], lambda: ws.rank("s")),
         "series plan": ((npuyolo.deploy.plan, "build_series_plan"), Answer(cells={}), ["series", "plan", "s", "-t", "edgetpu", "--calib", "9"],
                         lambda: ws.series_plan("s", ["edgetpu"], calib=9)),
-        "series report": ((npuyolo.report.render, "render_series"), report, ["series", "report", "s", "--format", "html", "-t", "edgetpu"],
+        "series report": ((npuyolo.report.render, "render_series_all"), [report], ["series", "report", "s", "--format", "html", "-t", "edgetpu"],
                           lambda: ws.series_report("s", fmt="html", target="edgetpu")),
         "study report": ((npuyolo.report.render, "render_study"), report, ["study", "report", "st", "--lang", "ko"],
                          lambda: ws.study_report("st", "ko")),

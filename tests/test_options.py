@@ -28,6 +28,7 @@ COMMANDS = {
     "deploy bench": opts.BenchOptions, "predict": opts.PredictOptions, "deploy bundle": opts.BundleOptions,
     "compare": opts.CompareOptions, "report": opts.ReportOptions, "series report": opts.SeriesReportOptions,
     "deploy quantize": QuantizeOptions, "variants": opts.VariantsOptions, "runs export": opts.MlflowOptions,
+    "study report": opts.StudyReportOptions,
 }
 NOT_FLAGS = {"draw", "seed"}  # compare(draw=False) and quantize(seed=...): the API's only (the CLI draws; quantizes with the run's seed)
 

@@ -31,8 +31,8 @@ from npuyolo.services.options import (BenchOptions, BundleOptions, CheckOptions,
                                       DistillOptions, EvalOptions, ExecutorOptions, ExportOptions, HybridOptions,
                                       MlflowOptions, PlanOptions, PredictOptions, PruneOptions, QatOptions,
                                       ReluGapOptions, ReportOptions, ResumeOptions, RewriteOptions,
-                                      SeriesReportOptions, SynthOptions, TrainOptions, VariantOptions, VariantsOptions,
-                                      of)
+                                      SeriesReportOptions, StudyReportOptions, SynthOptions, TrainOptions, VariantOptions,
+                                      VariantsOptions, of)
 
 __all__ = ["Workspace"]
 
@@ -117,7 +117,7 @@ class Workspace:
         data = _path(data, "data")
         return training.relu_gap(self.registry_path, data, ReluGapOptions.of(options, **kwargs), verbose=verbose)
 
-    def study_report(self, name: str, lang: str = ReportOptions.lang, out: str | Path | None = None) -> Path:
+    def study_report(self, name: str, lang: str = StudyReportOptions.lang, out: str | Path | None = None) -> Path:
         return training.study_report(self.registry_path, _ref(name, "name"), lang, _path(out, "out", optional=True))
 
     # -- reading ------------------------------------------------------------------------------------------
@@ -246,11 +246,14 @@ class Workspace:
 
     # -- reports ------------------------------------------------------------------------------------------
     def report(self, run: str | int, options: ReportOptions | None = None, *, compare: str | int | None = None,
-               out: str | Path | None = None, **kwargs: Any) -> Path:
+               out: str | Path | None = None, **kwargs: Any) -> Path | list[Path]:
+        """The run's report (as `npuyolo report`): `lang="ko"` one, `lang=["ko", "en"], fmt=["md", "html"]` every
+        language in every format from one reading of the run; one report's path, or the list of every path."""
         run, compare, out = _ref(run, "run"), _ref(compare, "compare", optional=True), _path(out, "out", optional=True)
         return reports.report(self.registry_path, run, ReportOptions.of(options, **kwargs), compare=compare, out=out)
 
     def series_report(self, name: str, options: SeriesReportOptions | None = None, *, out: str | Path | None = None,
-                      **kwargs: Any) -> Path:
+                      **kwargs: Any) -> Path | list[Path]:
+        """The series overview (as `npuyolo series report`), in one or several languages and formats, as `report`."""
         name, out = _ref(name, "name"), _path(out, "out", optional=True)
         return reports.series_report(self.registry_path, name, SeriesReportOptions.of(options, **kwargs), out=out)

@@ -32,7 +32,7 @@ from npuyolo.cli.common import (
 )
 from npuyolo.cli.tables import print_ranking, print_replicates, print_result, print_run, print_series_plan, print_study
 from npuyolo.services.options import (DistillOptions, ExecutorOptions, HybridOptions, MlflowOptions, PlanOptions,
-                                      PruneOptions, ReluGapOptions, ReportOptions, ResumeOptions, TrainOptions)
+                                      PruneOptions, ReluGapOptions, ResumeOptions, StudyReportOptions, TrainOptions)
 
 @app.command(cls=RecipeDefaultsHelp,  # {key}: the recipe's default, filled in when the help is shown
              short_help="Train a variant with the report's recipe (defaults in train/default_recipe.yaml).",
@@ -366,7 +366,7 @@ def study_relu_gap(data: Annotated[Path, typer.Option(help="data.yaml.")],
 
 @study_app.command("report")
 @user_errors
-def study_report(name: str, lang: Annotated[str, option(ReportOptions, "lang")] = ReportOptions.lang,
+def study_report(name: str, lang: Annotated[str, option(StudyReportOptions, "lang")] = StudyReportOptions.lang,
                  out: Annotated[Optional[Path], typer.Option(help="Output folder.")] = None, registry: RegistryOpt = None) -> None:
     """Write a study's report again from the registry (e.g. after more seeds finished)."""
     from npuyolo.services import training

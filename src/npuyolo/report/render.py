@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -25,6 +26,7 @@ from npuyolo.train.series import has_replicates, rank_replicates, rank_series
 from npuyolo.variants.spec import parse_variant
 
 LANGS = ("en", "ko")
+FORMATS = ("md", "html")
 METRIC_NAMES = {"map50": "mAP50", "map50_95": "mAP50-95", "precision": "precision", "recall": "recall"}
 METRIC_NAMES_KO = {"map50": "mAP50", "map50_95": "mAP50-95", "precision": "정밀도", "recall": "재현율"}
 LOSS_NAMES = {"box_loss": "box loss", "cls_loss": "cls loss", "dfl_loss": "DFL loss"}
@@ -56,8 +58,6 @@ def md_safe_run(run, html_output: bool = True):
     """The run as templates see it: every free-text field a user controls made literal Markdown."""
     if run is None:
         return None
-    from dataclasses import replace
-
     t = lambda v: md_text(v, html_output)  # noqa: E731
     return replace(run, name=t(run.name), series=t(run.series), error=t(run.error), data_path=t(run.data_path),
                    weights_source=t(run.weights_source), device=t(run.device), class_names=[t(c) for c in run.class_names])
@@ -162,29 +162,49 @@ def to_html(markdown_text: str, folder: Path, title: str) -> str:
             f"</head><body>{body}</body></html>\n")
 
 
+def check_langs_formats(langs, fmts) -> None:
+    """Every language and format asked for is one we render, checked before anything is read or written."""
+    for lang in langs:
+        if lang not in LANGS:
+            raise ReportError(f"lang must be one of {', '.join(LANGS)}, got {lang!r}", param="lang")
+    for fmt in fmts:
+        if fmt not in FORMATS:
+            raise ReportError(f"format must be md or html, got {fmt!r}", param="format")
+
+
 def render_run(registry, ref, out: Path | None = None, lang: str = "en", fmt: str = "md", compare=None) -> Path:
     """A run's report; `out` defaults to the run's own folder, reports/."""
-    if lang not in LANGS:
-        raise ReportError(f"lang must be one of {', '.join(LANGS)}, got {lang!r}", param="lang")
-    if fmt not in ("md", "html"):
-        raise ReportError(f"format must be md or html, got {fmt!r}", param="format")
+    return render_runs(registry, ref, out, langs=[lang], fmts=[fmt], compare=compare)[0]
+
+
+def render_runs(registry, ref, out: Path | None = None, langs=("en",), fmts=("md",), compare=None) -> list[Path]:
+    """A run's report in each language and format asked for (languages in the order given, each in every format), from
+    one reading of the run: its facts (the paired bootstrap behind `compare` included) and plots are made once."""
+    langs, fmts = list(dict.fromkeys(langs)), list(dict.fromkeys(fmts))
+    check_langs_formats(langs, fmts)
     facts = run_facts(registry, ref, compare)
     out = Path(out) if out else registry.run_dir(facts.run, "reports")
     _make_dir(out)
     img = write_run_plots(facts, out)
     title, raw = facts.run.name, facts.run
-    facts.run, facts.compare = md_safe_run(facts.run, fmt == "html"), md_safe_run(facts.compare, fmt == "html")
-    env = environment(html_output=fmt == "html")
-    say = env.get_template(f"say_{lang}.j2").module.say
-    spec = parse_variant(facts.run.variant)
-    text = env.get_template(f"run_{lang}.md.j2").render(
-        f=facts, spec=spec, level=spec.settings, act_label=activation_label(spec), say=say, registry_path=str(registry.path), img=img,
-        raw=raw)
-    text = tidy_markdown(text)
-    name = f"report_{facts.run.id}_{lang}"
-    if fmt == "md":
-        return write_text(out / f"{name}.md", text)
-    return write_text(out / f"{name}.html", to_html(text, out, title))
+    spec = parse_variant(raw.variant)
+    written = []
+    for lang in langs:
+        for fmt in fmts:
+            html_output = fmt == "html"
+            shown = replace(facts, run=md_safe_run(raw, html_output), compare=md_safe_run(facts.compare, html_output))
+            env = environment(html_output=html_output)
+            say = env.get_template(f"say_{lang}.j2").module.say
+            text = env.get_template(f"run_{lang}.md.j2").render(
+                f=shown, spec=spec, level=spec.settings, act_label=activation_label(spec), say=say,
+                registry_path=str(registry.path), img=img, raw=raw)
+            text = tidy_markdown(text)
+            name = f"report_{raw.id}_{lang}"
+            if fmt == "md":
+                written.append(write_text(out / f"{name}.md", text))
+            else:
+                written.append(write_text(out / f"{name}.html", to_html(text, out, title)))
+    return written
 
 
 def _make_dir(out: Path) -> None:
@@ -252,7 +272,15 @@ def copy_validation_plots(run, out: Path, stem: str) -> dict[str, str]:
 def render_series(registry, name: str, out: Path | None = None, lang: str = "en", target: str = "relu-only",
                   fmt: str = "md") -> Path:
     """The series overview; `out` defaults to <registry dir>/reports/series-<name>."""
+    return render_series_all(registry, name, out, langs=[lang], target=target, fmts=[fmt])[0]
 
+
+def render_series_all(registry, name: str, out: Path | None = None, langs=("en",), target: str = "relu-only",
+                      fmts=("md",)) -> list[Path]:
+    """The series overview in each language and format asked for, from one reading of the series: its ranking (the
+    paired bootstraps behind it), the rewritten placements and the plots are made once."""
+    langs, fmts = list(dict.fromkeys(langs)), list(dict.fromkeys(fmts))
+    check_langs_formats(langs, fmts)
     rows = rank_series(name, registry)
     ranked = [r for r in rows if r["rank_map50"] is not None]
     if not ranked:
@@ -260,8 +288,6 @@ def render_series(registry, name: str, out: Path | None = None, lang: str = "en"
     out = Path(out) if out else registry.output_dir("reports", f"series-{unique_slug(name, 'series')}")
     _make_dir(out)
     runs = [registry.get_run(r["run_id"]) for r in ranked]
-    if fmt not in ("md", "html"):
-        raise ReportError(f"format must be md or html, got {fmt!r}", param="format")
     stem = f"series_{unique_slug(name, 'series')}"
     img = {"curves": f"{stem}_curves.png", "scatter": f"{stem}_accuracy_vs_npu.png"}
     plots.compare_curves(runs, out / img["curves"])
@@ -290,16 +316,21 @@ def render_series(registry, name: str, out: Path | None = None, lang: str = "en"
     if points:
         plots.accuracy_vs_npu(points, out / img["scatter"], target)
     plan_targets, plan_cells, plan_problems = series_plan_matrix(registry, ranked)
-    env = environment(html_output=fmt == "html")
     replicates = rank_replicates(name, registry) if has_replicates(name, registry) else []
-    text = env.get_template(f"series_{lang}.md.j2").render(name=md_text(name, fmt == "html"), rows=rows, target=target, has_scatter=bool(points), img=img,
-                                                            replicates=replicates,
-                                                            metrics=METRICS, checked_by=checked_by, plan_targets=plan_targets,
-                                                            plan_cells=plan_cells, plan_problems=plan_problems)
-    text = tidy_markdown(text)
-    if fmt == "html":
-        return write_text(out / f"{stem}_{lang}.html", to_html(text, out, f"series {name}"))
-    return write_text(out / f"{stem}_{lang}.md", text)
+    written = []
+    for lang in langs:
+        for fmt in fmts:
+            env = environment(html_output=fmt == "html")
+            text = env.get_template(f"series_{lang}.md.j2").render(
+                name=md_text(name, fmt == "html"), rows=rows, target=target, has_scatter=bool(points), img=img,
+                replicates=replicates, metrics=METRICS, checked_by=checked_by, plan_targets=plan_targets,
+                plan_cells=plan_cells, plan_problems=plan_problems)
+            text = tidy_markdown(text)
+            if fmt == "html":
+                written.append(write_text(out / f"{stem}_{lang}.html", to_html(text, out, f"series {name}")))
+            else:
+                written.append(write_text(out / f"{stem}_{lang}.md", text))
+    return written
 
 
 def series_plan_matrix(registry, members: list[dict]) -> tuple[list[str], dict[str, dict[str, dict]], dict[str, dict]]:

@@ -21,8 +21,8 @@ from npuyolo.errors import NpuyoloError
 __all__ = ["BenchOptions", "BundleOptions", "CheckOptions", "CompareOptions", "CompileOptions", "DistillOptions",
            "EvalOptions", "ExecutorOptions", "ExportOptions", "Field", "HybridOptions", "MlflowOptions", "Options", "PlanOptions",
            "PredictOptions", "PruneOptions", "QatOptions", "ReluGapOptions", "ReportOptions", "ResumeOptions", "RewriteOptions",
-           "SeriesReportOptions", "SynthOptions", "TrainOptions", "VariantOptions", "VariantsOptions", "check_types", "fields_of", "of",
-           "opt"]
+           "SeriesReportOptions", "StudyReportOptions", "SynthOptions", "TrainOptions", "VariantOptions", "VariantsOptions",
+           "check_types", "fields_of", "of", "opt"]
 
 O = TypeVar("O", bound="Options")
 
@@ -402,10 +402,29 @@ class CompareOptions(Options):
 
 
 # ---------------------------------------------------------------------------------------------- reports
-class ReportOptions(Options):
-    operation: ClassVar[str] = "report"
+class StudyReportOptions(Options):
+    operation: ClassVar[str] = "study report"
     lang: str = opt("en", "ko or en.")
-    fmt: str = opt("md", "md or html (one self-contained file).", "--format")
+
+
+class ReportOptions(Options):
+    """A run's (or series') reports: every language in every format, from one reading of the registry (issue 34). One
+    value (`lang="ko"`) is a list of one."""
+
+    operation: ClassVar[str] = "report"
+    lang: list[str] = opt(["en"], "ko or en (repeatable: --lang ko --lang en writes both).")
+    fmt: list[str] = opt(["md"], "md or html, one self-contained file (repeatable: --format md --format html writes both).",
+                         "--format")
+
+    def __post_init__(self) -> None:
+        for name in ("lang", "fmt"):
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, [getattr(self, name)])
+        super().__post_init__()
+        for name in ("lang", "fmt"):
+            if not getattr(self, name):
+                raise NpuyoloError(f"{name} must name at least one {'language' if name == 'lang' else 'format'}", param=name)
+            object.__setattr__(self, name, list(dict.fromkeys(getattr(self, name))))  # each once, in the order given
 
 
 class SeriesReportOptions(ReportOptions):

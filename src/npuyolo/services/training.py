@@ -10,7 +10,7 @@ from typing import Any
 
 from npuyolo.services.common import registry_of
 from npuyolo.services.options import (DistillOptions, ExecutorOptions, HybridOptions, PruneOptions, ReluGapOptions,
-                                      ReportOptions, ResumeOptions, TrainOptions)
+                                      ResumeOptions, StudyReportOptions, TrainOptions)
 
 __all__ = ["Ranking", "SeriesRun", "StudyResult", "distill", "hybrid_search", "make_executor", "prune", "rank",
            "relu_gap", "resume", "series_run", "study_report", "train"]
@@ -159,7 +159,7 @@ def relu_gap(registry: Any, data: str | Path, options: ReluGapOptions | None = N
     return StudyResult(o.name, rows, reports)
 
 
-def study_report(registry: Any, name: str, lang: str = ReportOptions.lang, out: str | Path | None = None) -> Path:
+def study_report(registry: Any, name: str, lang: str = StudyReportOptions.lang, out: str | Path | None = None) -> Path:
     """A study's report written again from the registry (e.g. after more seeds finished)."""
     from npuyolo.report.render import render_study
 
