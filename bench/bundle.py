@@ -462,7 +462,7 @@ def main() -> None:
             data = private_data(args.data, work)
             cfg, root, _ = load_data_yaml(data)
             val = sorted(p for p in (root / cfg["val"]).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-            mine, theirs = bundle_map(infer, runner, val), evaluate_onnx(onnx, data)
+            mine, theirs = bundle_map(infer, runner, val), evaluate_onnx(onnx, data).as_dict()
             scores = {"bundle": mine, "deploy_eval": {k: theirs[k] for k in ("map50", "map50_95", "images")}}
             print(f"val ({mine['images']} images): bundle mAP50 {mine['map50']:.4f} / mAP50-95 {mine['map50_95']:.4f}; "
                   f"deploy eval {theirs['map50']:.4f} / {theirs['map50_95']:.4f} ({theirs['images']} images)")

@@ -39,7 +39,7 @@ def main() -> None:
 
     def score(label: str, path: Path, extra: str = "") -> dict:
         t = time.time()
-        r = evaluate_onnx(path, data)
+        r = evaluate_onnx(path, data).as_dict()
         rows.append((label, r, extra))
         print(f"{label:44s} mAP50 {r['map50']:.4f}  mAP50-95 {r['map50_95']:.4f}  P {r['precision']:.3f}  R {r['recall']:.3f}"
               f"  ({time.time() - t:.0f} s eval){extra}", flush=True)

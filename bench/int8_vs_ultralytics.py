@@ -94,7 +94,7 @@ def main() -> None:
     rows = []
 
     def measure(label: str, path: Path, note: str = "") -> dict:
-        r = evaluate_onnx(path, data)
+        r = evaluate_onnx(path, data).as_dict()
         lat = bench_onnx(path, runs=args.runs, warmup=5, threads=args.threads)["model"]["p50_ms"]
         floats = len(float_compute_nodes(onnx.load(str(path))))
         row = {"route": label, "map50": r["map50"], "map50_95": r["map50_95"], "p50_ms": lat, "float_nodes": floats, "note": note}
@@ -113,13 +113,13 @@ def main() -> None:
         note = f"chosen: {info['calibration']}" if opts.get("sweep") else ""
         measure(label, Path(info["int8"]), note)
     if args.qat_epochs and registry_path:
-        from npuyolo.deploy.qat import qat_run
-        from npuyolo.registry.db import Registry
+        from npuyolo.services import deploy
+        from npuyolo.services.options import QatOptions
 
-        reg = Registry(registry_path)
-        info = qat_run(reg, run_name, data, epochs=args.qat_epochs, calib=args.calib, per_channel=True, bias_correct=True, verbose=False)
-        measure(f"QAT {args.qat_epochs} epochs + per-channel + bias correction", Path(info["int8"]))
-        measure(f"  (its FP32, after {args.qat_epochs} more epochs)", Path(info["fp32"]))
+        info = deploy.qat(registry_path, run_name, data, QatOptions(epochs=args.qat_epochs, calib=args.calib, per_channel=True,
+                                                                    bias_correct=True), verbose=False).quantized
+        measure(f"QAT {args.qat_epochs} epochs + per-channel + bias correction", Path(info.int8))
+        measure(f"  (its FP32, after {args.qat_epochs} more epochs)", Path(info.fp32))
     elif args.qat_epochs:
         print("QAT: needs a registry run; run without --weights (demo scale) or use `npuyolo deploy qat RUN`")
 

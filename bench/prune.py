@@ -23,7 +23,7 @@ def main() -> None:
     args = ap.parse_args()
 
     r = prune_run(Registry(args.registry), args.run, ratio=args.ratio, method=args.method,
-                  finetune_epochs=args.finetune_epochs, data=args.data)
+                  finetune_epochs=args.finetune_epochs, data=args.data).as_dict()
     print(f"\nprune {args.method} ratio {args.ratio} of run {r['parent_run']}, fine-tuned {args.finetune_epochs} epochs -> run {r['run_id']}")
     for label, key in (("parent", "before"), ("pruned, before fine-tune", "pruned_before_finetune"), ("pruned + fine-tuned", "after")):
         v = r[key]

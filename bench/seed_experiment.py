@@ -364,13 +364,13 @@ def cmd_post(args) -> int:
         if "int8" not in post:
             t = time.time()
             q = ws.quantize(run.id, data, sweep=True, bias_correct=True, per_channel=True)
-            fp32 = ws.evaluate(q["fp32"], data)
-            int8 = ws.evaluate(q["int8"], data)
+            fp32 = ws.evaluate(q.fp32, data)
+            int8 = ws.evaluate(q.int8, data)
             keys = ("map50", "map50_95", "precision", "recall")
-            post["pt"] = {k: (int8.get("pt") or {}).get(k) for k in keys}  # best.pt through the same letterbox pipeline
-            post["fp32"] = {k: fp32.get(k) for k in keys}
-            post["int8"] = {k: int8.get(k) for k in keys} | {"drop_pp": int8.get("drop_pp"), "file": Path(q["int8"]).name}
-            post["int8"]["route"] = {k: v for k, v in q.items()
+            post["pt"] = {k: (int8.pt or {}).get(k) for k in keys}  # best.pt through the same letterbox pipeline
+            post["fp32"] = {k: getattr(fp32, k) for k in keys}
+            post["int8"] = {k: getattr(int8, k) for k in keys} | {"drop_pp": int8.drop_pp, "file": Path(q.int8).name}
+            post["int8"]["route"] = {k: v for k, v in q.as_dict().items()
                                      if k not in ("fp32", "int8", "run_id", "calibration_images", "holdout_images")}
             post["int8_seconds"] = round(time.time() - t)
             write_json(post_file, post)

@@ -30,11 +30,11 @@ def test_workspace_train_check_quantize_evaluate_report(synth_data, tmp_path):
     check = ws.check(run.id, ["relu-only"])
     assert check.reports[0].target == "relu-only" and 0 < check.reports[0].share_nodes < 1
     q = ws.quantize(run.id, synth_data, calib=4)
-    result = ws.evaluate(q["int8"], synth_data)
-    assert result["kind"] == "int8" and "drop_pp" in result
+    result = ws.evaluate(q.int8, synth_data)
+    assert result.kind == "int8" and result.drop_pp is not None and result.recorded
     # best.pt scored through the same square pipeline as the ONNX files, so the two agree like for like
-    assert result["pt"]["imgsz"] == result["fp32"]["imgsz"] == 64
-    assert abs(result["pt"]["map50"] - result["fp32"]["map50"]) <= 0.005
+    assert result.pt["imgsz"] == result.fp32["imgsz"] == 64
+    assert abs(result.pt["map50"] - result.fp32["map50"]) <= 0.005
     assert "The PT row is best.pt" in ws.report(run.id, lang="en").read_text()
     report = ws.report(run.id, lang="ko")
     assert report.is_file() and report.parent == Path(run.save_dir) / "reports"

@@ -39,10 +39,10 @@ def test_fp32_onnx_eval_equals_pytorch_val(synth_data, tmp_path, head):
     torch.testing.assert_close(onnx_out, torch_out, rtol=1e-3, atol=1e-2)  # fused-BN export vs unfused module
     deployed = evaluate_onnx(path, synth_data)
     reference = validate(torch_predictor(model), synth_data, 96, model.names)
-    assert deployed["images"] == reference["images"] == 8
+    assert deployed.images == reference["images"] == 8 and deployed.head == head and deployed.artefact == str(path)
     for m in ("map50", "map50_95", "precision", "recall"):
-        assert abs(deployed[m] - reference[m]) <= 0.002, m
-    assert deployed["per_class"] and set(deployed["per_class"]) <= set(model.names.values())
+        assert abs(getattr(deployed, m) - reference[m]) <= 0.002, m
+    assert deployed.per_class and set(deployed.per_class) <= set(model.names.values())
 
 
 def test_calibration_reads_train_images_only(synth_data, tmp_path, monkeypatch):

@@ -17,6 +17,8 @@ from npuyolo.registry.db import Registry
 from npuyolo.resolve import ModelRef
 from npuyolo.variants.build import build_model
 
+from .test_seams import EVAL_JSON, QUANTIZE_JSON
+
 NAMES = ["stop", "speedlimit"]
 
 
@@ -326,10 +328,13 @@ def test_quantize_evaluate_and_bench_record_alike_through_either_door(tmp_path, 
             q = cli("deploy", "quantize", rid, "--data", synth_data, "--calib", "4", "--per-channel", "--registry", db, "--json")
             e = cli("deploy", "eval", q["int8"], "--data", synth_data, "--registry", db, "--json")
             b = cli("deploy", "bench", q["int8"], "--runs", "2", "--threads", "1", "--json")
+            assert list(q) == QUANTIZE_JSON and list(e) == EVAL_JSON  # the keys, in the order, they had as dicts
         else:
             ws = Workspace(db)
-            q = ws.quantize(rid, synth_data, calib=4, per_channel=True)
-            e = ws.evaluate(q["int8"], synth_data)
+            quantized = ws.quantize(rid, synth_data, calib=4, per_channel=True)
+            scored = ws.evaluate(quantized.int8, synth_data)
+            assert scored.kind == "int8" and scored.drop_pp is not None and scored.map50 == scored.as_dict()["map50"]
+            q, e = quantized.as_dict(), scored.as_dict()  # what the CLI prints
             b = ws.bench(q["int8"], runs=2, threads=1)
         run = Registry(db, readonly=True).get_run(rid)
         arts = [(a.kind, a.meta) for a in run.artifacts if a.kind.startswith("onnx/")]
@@ -442,6 +447,8 @@ def test_every_other_operation_hands_its_stage_the_same_request_through_either_d
     import npuyolo.deploy.plan
     import npuyolo.deploy.qat
     import npuyolo.prune.prune
+    from npuyolo.deploy.int8.run import QuantizeResult
+    from npuyolo.deploy.qat import QatResult
     import npuyolo.registry.mlflow_export
     import npuyolo.report.render
     import npuyolo.study.hybrid
@@ -455,7 +462,10 @@ def test_every_other_operation_hands_its_stage_the_same_request_through_either_d
     spec.write_text(f"name: s\ndata: {synth_data}\nvariants: [L4-relu]\nrecipe: {{epochs: 1}}\n")
     report = tmp_path / "report.md"
     report.write_text("#")
-    quantized = {"int8": "q.onnx", "calibration_images": ["a.jpg"]}
+    quantized = QuantizeResult(run_id=rid, fp32="f.onnx", int8="q.onnx", calibration_images=["a.jpg"], holdout_images=[],
+                               auto_float=[], calibration="minmax", method="minmax", percentile=None, calib=1,
+                               per_channel=False, keep_float=[], float_tail=[], cle_pairs=0, bias_corrected=0,
+                               ends=None, int16_nodes=[], sweep=[], holdout=0, imgsz=64, head="npu")
     cases = {  # stage to stand in, its answer, the CLI's words, the API's call
         "resume": ((npuyolo.train.trainer, "resume_run"), Answer(run_id=rid), ["train", "--resume", rid, "--from", "best"],
                    lambda: ws.resume(rid, "best")),
@@ -468,12 +478,12 @@ def test_every_other_operation_hands_its_stage_the_same_request_through_either_d
                           lambda: ws.series_report("s", fmt="html", target="edgetpu")),
         "study report": ((npuyolo.report.render, "render_study"), report, ["study", "report", "st", "--lang", "ko"],
                          lambda: ws.study_report("st", "ko")),
-        "prune": ((npuyolo.prune.prune, "prune_run"), {"run_id": 2}, ["prune", rid, "--ratio", "0.5", "--epochs", "2"],
+        "prune": ((npuyolo.prune.prune, "prune_run"), Answer(run_id=2), ["prune", rid, "--ratio", "0.5", "--epochs", "2"],
                   lambda: ws.prune(rid, ratio=0.5, finetune_epochs=2)),
         "hybrid search": ((npuyolo.study.hybrid, "hybrid_search"), [], ["hybrid", "search", "--data", synth_data, "--candidate", "L4-hybrid:a",
                                                                         "--epochs", "3", "-t", "edgetpu"],
                           lambda: ws.hybrid_search(synth_data, candidates=["L4-hybrid:a"], budget=3, target="edgetpu")),
-        "qat": ((npuyolo.deploy.qat, "qat_run"), quantized | {"qat_run": 2, "qat_name": "q", "parent_run": rid},
+        "qat": ((npuyolo.deploy.qat, "qat_run"), QatResult(parent_run=rid, qat_run=rid, qat_name="q", quantized=quantized),
                 ["deploy", "qat", rid, "--epochs", "2", "--per-tensor"], lambda: ws.qat(rid, epochs=2, per_channel=False)),
         "plan": ((npuyolo.deploy.plan, "build_plan"), Answer(targets={}), ["deploy", "plan", rid, "-t", "edgetpu", "-t", "hailo-8",
                                                                           "--data", synth_data, "--no-sweep", "--workers", "1"],

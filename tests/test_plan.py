@@ -101,7 +101,7 @@ def test_the_plan_numbers_are_what_an_independent_check_measures(planned):
     report = check_model(chosen["int8_path"], [t["target"]]).reports[0]
     assert (report.share_nodes, report.partitions_host) == (chosen["placement"]["share_nodes"], chosen["placement"]["partitions_host"])
     scored = evaluate_onnx(chosen["int8_path"], data)
-    assert scored["map50"] == pytest.approx(chosen["int8"]["map50"]) and scored["recall"] == pytest.approx(chosen["int8"]["recall"])
+    assert scored.map50 == pytest.approx(chosen["int8"]["map50"]) and scored.recall == pytest.approx(chosen["int8"]["recall"])
     predict, meta = onnx_predictor(chosen["fp32_path"])
     at_conf = validate(predict, data, 64, {int(k): v for k, v in json.loads(meta["names"]).items()}, conf=0.25)
     assert at_conf["precision"] == pytest.approx(chosen["fp32_at_conf"]["precision"])

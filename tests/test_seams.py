@@ -189,3 +189,65 @@ def test_the_api_says_the_parameter_and_the_cli_its_flag(tmp_path):
 
     _, what = calibration_arrays(None, 64, count=1)  # recorded with the compile: no flag of a command never run
     assert "--" not in what and "no data set given" in what
+
+
+# what `deploy quantize --json` and `deploy eval --json` printed before they returned typed records (issue 32): the same
+# keys in the same order (tests/test_front_doors.py checks the commands' own output against these)
+QUANTIZE_JSON = ["run_id", "fp32", "int8", "auto_float", "calibration", "method", "percentile", "calib", "per_channel",
+                 "keep_float", "float_tail", "cle_pairs", "bias_corrected", "ends", "int16_nodes", "sweep", "holdout",
+                 "calibration_count"]
+EVAL_JSON = ["kind", "run_id", "artefact", "head", "precision", "recall", "map50", "map50_95", "images", "imgsz",
+             "per_class", "data_fingerprint", "pt", "fp32", "drop_pp", "drop_pp_per_class", "drop_interval"]
+SCORES = {"precision": 0.5, "recall": 0.4, "map50": 0.3, "map50_95": 0.2, "images": 8, "imgsz": 64,
+          "per_class": {"stop": {"precision": 0.5, "recall": 0.4, "map50": 0.3, "map50_95": 0.2}}}
+
+
+def quantize_result(**changes):
+    from npuyolo.deploy.int8.run import QuantizeResult
+
+    return QuantizeResult(**{"run_id": 1, "fp32": "f.onnx", "int8": "q.onnx", "calibration_images": ["a.jpg", "b.jpg"],
+                             "holdout_images": [], "auto_float": [], "calibration": "minmax", "method": "minmax",
+                             "percentile": None, "calib": 2, "per_channel": True, "keep_float": [], "float_tail": [],
+                             "cle_pairs": 0, "bias_corrected": 0, "ends": None, "int16_nodes": [], "sweep": [], "holdout": 0,
+                             "imgsz": 64, "head": "npu"} | changes)
+
+
+def test_typed_results_print_the_json_they_always_printed():
+    """Quantize, QAT, eval (an ONNX file and a compiled model) and prune return frozen records; `as_dict()` is what the
+    CLI's --json printed when they returned dicts, key for key."""
+    import dataclasses
+
+    from npuyolo.deploy.eval.evaluate import EvalResult
+    from npuyolo.deploy.eval.vendor import CompiledScore
+    from npuyolo.deploy.qat import QatResult
+    from npuyolo.prune.prune import PruneResult
+
+    q = quantize_result()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        q.int8 = "other.onnx"
+    printed = {k: v for k, v in q.as_dict().items() if k not in ("calibration_images", "holdout_images")} | {"calibration_count": 2}
+    assert list(printed) == QUANTIZE_JSON  # cli.tables.print_quantized's --json, from as_dict()
+    kinds = [(kind, meta) for kind, _, meta in q.artefacts("edgetpu")]
+    assert kinds == [("onnx/fp32", {"imgsz": 64, "head": "npu"}),
+                     ("onnx/int8", {k: v for k, v in printed.items() if k not in ("run_id", "fp32", "int8", "calibration_count")}
+                      | {"int8": "q.onnx", "calibration_count": 2, "target": "edgetpu"})]
+    qat = QatResult(parent_run=1, qat_run=2, qat_name="a-qat", quantized=quantize_result(run_id=2))
+    assert list(qat.as_dict()) == ["parent_run", "qat_run", "qat_name", *quantize_result().as_dict()]
+
+    fp32 = SCORES | {"artefact": "f.onnx", "head": "npu", "data_fingerprint": "abc"}
+    e = EvalResult(kind="int8", run_id=1, artefact="q.onnx", head="npu", **SCORES, data_fingerprint="abc", recorded=True,
+                   pt=None, fp32=fp32, drop_pp={"map50": 0.0}, drop_pp_per_class={"stop": 0.0}, drop_interval={})
+    assert list(e.as_dict()) == EVAL_JSON and e.as_dict()["pt"] is None  # a run without best.pt on disk: "pt": null
+    unrecorded = EvalResult(kind="fp32", run_id=None, artefact="f.onnx", head="npu", **SCORES, data_fingerprint="abc")
+    assert list(unrecorded.as_dict()) == [k for k in EVAL_JSON[:12]]  # no run: no pt, no FP32 twin
+
+    score = CompiledScore(artefact="m.rknn", kind="rknn", runtime="rknn-toolkit2 simulator", onnx="f.onnx", contract="NHWC uint8",
+                          cosine=[0.99, None], result=SCORES | {"data_fingerprint": "abc"}, fp32=fp32, seconds=3.0)
+    before = {"run_id": 1, **score.as_dict(), "drop_interval": {"map50": {}}}  # what the eval service returned
+    typed = EvalResult(run_id=1, **score.as_dict(), drop_interval={"map50": {}}, recorded=True)
+    assert typed.compiled and json.dumps(typed.as_dict()) == json.dumps(before)
+
+    report = {"parent_run": 1, "ratio": 0.3, "method": "l1", "finetune_epochs": 2, "before": {}, "pruned_before_finetune": {},
+              "after": {}, "ort_p50_ms": {"parent": 2.0, "pruned": 1.0}, "pruned_checkpoint": "p.pt"}
+    pruned = PruneResult(run_id=2, **report)
+    assert json.dumps(pruned.as_dict()) == json.dumps({"run_id": 2, **report}) and pruned.report() == report

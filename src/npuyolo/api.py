@@ -5,7 +5,7 @@
     run = ws.train("L4-leaky", "data.yaml", epochs=30, imgsz=320)
     ws.check(run.id, ["relu-only", "rknn-rk3588"])
     q = ws.quantize(run.id, "data.yaml", per_channel=True)
-    print(ws.evaluate(q["int8"], "data.yaml")["map50"])
+    print(ws.evaluate(q.int8, "data.yaml").map50)
     plan = ws.plan(run.id, ["amd-dpu", "edgetpu"], "data.yaml")  # the verified best artefact per NPU
     ws.series_plan("s1", ["amd-dpu", "edgetpu"]).cells()  # variant -> target -> its best artefact
     ws.report(run.id, lang="ko", fmt="html")
@@ -100,8 +100,9 @@ class Workspace:
         o = _split(DistillOptions, options, kwargs)
         return training.distill(self.registry_path, teacher, student_variant, data, o, verbose=verbose, **kwargs)
 
-    def prune(self, run: str | int, options: PruneOptions | None = None, *, verbose: bool = True, **kwargs: Any) -> dict:
-        """Channel pruning of a run's best weights, fine-tuned as a new run; size, mAP and latency before and after."""
+    def prune(self, run: str | int, options: PruneOptions | None = None, *, verbose: bool = True, **kwargs: Any):
+        """Channel pruning of a run's best weights, fine-tuned as a new run; size, mAP and latency before and after
+        (a `PruneResult`)."""
         return training.prune(self.registry_path, _ref(run, "run"), PruneOptions.of(options, **kwargs), verbose=verbose)
 
     def hybrid_search(self, data: str | Path, options: HybridOptions | None = None,
@@ -181,21 +182,22 @@ class Workspace:
         return models.rewrite(model, out, RewriteOptions.of(options, **kwargs), registry=self.registry_path)
 
     def quantize(self, run: str | int, data: str | Path, options: QuantizeOptions | None = None, *,
-                 imgsz: int | None = None, target: str | None = None, **kwargs: Any) -> dict:
+                 imgsz: int | None = None, target: str | None = None, **kwargs: Any):
         """FP32 + INT8 QDQ ONNX of a run (calibrated on train images only): `QuantizeOptions` or its fields (calib,
-        method, per_channel, sweep, ...) as keywords; `target`: with `ends`, refuse what its profile cannot run."""
+        method, per_channel, sweep, ...) as keywords; `target`: with `ends`, refuse what its profile cannot run.
+        Returns a `QuantizeResult` (`.int8`, `.fp32`, the route; `.as_dict()` as `deploy quantize` gives it)."""
         run, data = _ref(run, "run"), _path(data, "data")
         o = of(QuantizeOptions, options, **kwargs)
         return deploy.quantize(self.registry_path, run, data, o, imgsz=imgsz, target=_ref(target, "target", optional=True))
 
     def qat(self, run: str | int, data: str | Path | None = None, options: QatOptions | None = None, *,
-            verbose: bool = True, **kwargs: Any) -> dict:
-        """Quantization-aware fine-tuning as a new run, then its INT8 QDQ export (as `deploy qat`)."""
+            verbose: bool = True, **kwargs: Any):
+        """Quantization-aware fine-tuning as a new run, then its INT8 QDQ export (as `deploy qat`): a `QatResult`."""
         run, data = _ref(run, "run"), _path(data, "data", optional=True)
         return deploy.qat(self.registry_path, run, data, QatOptions.of(options, **kwargs), verbose=verbose)
 
-    def evaluate(self, artefact: str | Path, data: str | Path, options: EvalOptions | None = None, **kwargs: Any) -> dict:
-        """mAP of an artefact with Ultralytics' validator (and the INT8 drop for a run's INT8 file)."""
+    def evaluate(self, artefact: str | Path, data: str | Path, options: EvalOptions | None = None, **kwargs: Any):
+        """mAP of an artefact with Ultralytics' validator (and the INT8 drop for a run's INT8 file): an `EvalResult`."""
         artefact, data = _path(artefact, "artefact"), _path(data, "data")
         return deploy.evaluate(self.registry_path, artefact, data, EvalOptions.of(options, **kwargs))
 

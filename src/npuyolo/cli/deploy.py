@@ -52,7 +52,7 @@ def deploy_quantize(run: Annotated[str, typer.Argument(help="Run id or name.")],
     options = QuantizeOptions.of(**{k: v for k, v in locals().items() if k in QuantizeOptions.names()})
     with err.status("calibrating and quantizing..."), quiet_stdout():
         info = deploy.quantize(registry, run, data, options, imgsz=imgsz, target=target)
-    print_quantized(info, as_json)
+    print_quantized(info.as_dict(), as_json)
 
 
 @deploy_app.command("qat")
@@ -72,8 +72,8 @@ def deploy_qat(run: Annotated[str, typer.Argument(help="Trained run id or name (
     with quiet_stdout(as_json):
         info = deploy.qat(registry, run, data, QatOptions.pick(locals()), verbose=not as_json)
     if not as_json:
-        console.print(f"QAT run {info['qat_run']} ({info['qat_name']}) from run {info['parent_run']}", highlight=False, markup=False)
-    print_quantized(info, as_json)
+        console.print(f"QAT run {info.qat_run} ({info.qat_name}) from run {info.parent_run}", highlight=False, markup=False)
+    print_quantized(info.as_dict(), as_json)
 
 
 @deploy_app.command("eval")
@@ -98,31 +98,32 @@ def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written
     with err.status("evaluating..."), quiet_stdout():  # Ultralytics' progress stays off stdout
         r = deploy.evaluate(registry, artefact, data, EvalOptions.pick(locals()))
     if as_json:
-        return print_json(r)
-    kind = "IMX500 (MCT)" if "runtime" in r and r["kind"] == "onnx" else r["kind"].upper()  # MCT's model is an .onnx
-    console.print(f"{kind} {artefact}: P {r['precision']:.3f}  R {r['recall']:.3f}  mAP50 {r['map50']:.3f}  "
-                  f"mAP50-95 {r['map50_95']:.3f}  ({r['images']} val images at {r['imgsz']} px)", highlight=False)
-    if "runtime" in r:
-        console.print(f"scored by {r['runtime']}; input contract {r['contract']} checked on a training photo (cosine per "
-                      f"output {', '.join('-' if c is None else f'{c:.3f}' for c in r['cosine'])}; '-': no signal to judge); "
-                      f"FP32: {r['onnx']}", highlight=False)
-    table = Table(title="per class" + (" (drop vs FP32 in mAP50 points)" if "drop_pp_per_class" in r else ""))
-    for col in ("class", "P", "R", "mAP50", "mAP50-95", *(["mAP50 drop"] if "drop_pp_per_class" in r else [])):
+        return print_json(r.as_dict())
+    kind = "IMX500 (MCT)" if r.compiled and r.kind == "onnx" else r.kind.upper()  # MCT's model is an .onnx
+    console.print(f"{kind} {artefact}: P {r.precision:.3f}  R {r.recall:.3f}  mAP50 {r.map50:.3f}  "
+                  f"mAP50-95 {r.map50_95:.3f}  ({r.images} val images at {r.imgsz} px)", highlight=False)
+    if r.compiled:
+        console.print(f"scored by {r.runtime}; input contract {r.contract} checked on a training photo (cosine per "
+                      f"output {', '.join('-' if c is None else f'{c:.3f}' for c in r.cosine)}; '-': no signal to judge); "
+                      f"FP32: {r.onnx}", highlight=False)
+    per_class_drop = r.drop_pp_per_class
+    table = Table(title="per class" + (" (drop vs FP32 in mAP50 points)" if per_class_drop is not None else ""))
+    for col in ("class", "P", "R", "mAP50", "mAP50-95", *(["mAP50 drop"] if per_class_drop is not None else [])):
         table.add_column(col)
-    for c, v in r["per_class"].items():
-        drop = [f"{r['drop_pp_per_class'][c]:+.2f}"] if "drop_pp_per_class" in r else []
+    for c, v in r.per_class.items():
+        drop = [f"{per_class_drop[c]:+.2f}"] if per_class_drop is not None else []
         table.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['map50']:.3f}", f"{v['map50_95']:.3f}", *drop)
     console.print(table)
-    if "drop_pp" in r:
-        what = f"{kind} INT8" if "runtime" in r else "INT8"
-        if "drop_interval" in r:  # the paired interval over the same images: is the loss real?
+    if r.drop_pp is not None:
+        what = f"{kind} INT8" if r.compiled else "INT8"
+        if r.drop_interval is not None:  # the paired interval over the same images: is the loss real?
             console.print(f"{what} drop vs FP32 (paired 95% interval over the val images): mAP50 "
-                          f"{r['drop_interval']['map50']['text']}; mAP50-95 {r['drop_interval']['map50_95']['text']}",
+                          f"{r.drop_interval['map50']['text']}; mAP50-95 {r.drop_interval['map50_95']['text']}",
                           highlight=False, markup=False)
         else:
-            console.print(f"{what} drop vs FP32: mAP50 {r['drop_pp']['map50']:.2f} points, mAP50-95 {r['drop_pp']['map50_95']:.2f} points (one model, no interval)")
-    if r.get("layers") is not None:
-        print_layers(r["layers"], r["qdq"], top)
+            console.print(f"{what} drop vs FP32: mAP50 {r.drop_pp['map50']:.2f} points, mAP50-95 {r.drop_pp['map50_95']:.2f} points (one model, no interval)")
+    if r.layers is not None:
+        print_layers(r.layers, r.qdq, top)
 
 
 @deploy_app.command("plan")

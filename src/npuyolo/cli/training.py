@@ -290,14 +290,14 @@ def prune(run: Annotated[str, typer.Argument(help="Run id or name (attention-fre
     with quiet_stdout(as_json):
         r = training.prune(registry, run, options)
     if as_json:
-        return print_json(r)
-    table = Table(title=f"prune {method} {ratio:g} of run {r['parent_run']} -> run {r['run_id']}")
+        return print_json(r.as_dict())
+    table = Table(title=f"prune {method} {ratio:g} of run {r.parent_run} -> run {r.run_id}")
     for col in ("model", "parameters", "GFLOPs", "mAP50", "mAP50-95", "ORT p50 ms"):
         table.add_column(col, justify="right")
     for label, key, lat in (("parent", "before", "parent"), ("pruned", "pruned_before_finetune", None), ("pruned + fine-tuned", "after", "pruned")):
-        v = r[key]
+        v = getattr(r, key)
         table.add_row(label, f"{v['parameters']:,}", f"{v['gflops']:.2f}", f"{v['map50']:.3f}", f"{v['map50_95']:.3f}",
-                      f"{r['ort_p50_ms'][lat]:.1f}" if lat else "-")
+                      f"{r.ort_p50_ms[lat]:.1f}" if lat else "-")
     console.print(table)
 
 

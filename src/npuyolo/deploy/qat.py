@@ -4,28 +4,45 @@ The fake-quantization is NVIDIA ModelOpt's INT8 (per-channel weights, per-tensor
 Ultralytics itself (`quantize=8`): ModelOpt is maintained, Ultralytics already saves, resumes and strips its state in
 checkpoints, so npuyolo adds no observers of its own. The fine-tuned float weights are then quantized by
 `deploy quantize`'s route (ONNX Runtime QDQ over the whole graph, NPU head cut), so the QAT artefact is
-full-integer and is taken by `deploy eval/bench`, `predict` and `npu check` like any other.
+full-integer and is taken by `deploy eval/bench`, `predict` and `npu check` like any other. As for `deploy quantize`,
+`services.deploy.qat` records the INT8 files as the QAT run's artefacts.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 from npuyolo.deploy.runtime import DeployError
-from npuyolo.deploy.int8.run import quantize_run
+from npuyolo.deploy.int8.run import QuantizeResult, quantize_run
 from npuyolo.registry.schema import RunStatus
 from npuyolo.resolve import resolve_model
 from npuyolo.train.recipe import Recipe
 from npuyolo.train.trainer import train_variant
 
-__all__ = ["qat_run"]
+__all__ = ["QatResult", "qat_run"]
+
+
+@dataclass(frozen=True)
+class QatResult:
+    """A QAT run (its parent recorded on it) and its INT8 QDQ export, quantized as `deploy quantize` does."""
+
+    parent_run: int
+    qat_run: int
+    qat_name: str
+    quantized: QuantizeResult
+
+    def as_dict(self) -> dict:
+        """The shape `deploy qat` has always returned: the runs, then the quantize result's keys."""
+        return {"parent_run": self.parent_run, "qat_run": self.qat_run, "qat_name": self.qat_name, **self.quantized.as_dict()}
 
 
 def qat_run(registry, ref: str, data: str | Path | None = None, *, epochs: int = 5, lr0: float | None = None,
             calib: int = 200, per_channel: bool = True, bias_correct: bool = False, ends: str | None = None,
-            verbose: bool = True) -> dict:
-    """Fine-tune run `ref` with INT8 fake-quantization as a new run (its parent recorded), then export its INT8 QDQ."""
+            verbose: bool = True) -> QatResult:
+    """Fine-tune run `ref` with INT8 fake-quantization as a new run (its parent recorded), then export its INT8 QDQ (the
+    caller records those files, `services.deploy.qat`)."""
 
     if importlib.util.find_spec("modelopt") is None:
         raise DeployError("deploy qat needs NVIDIA ModelOpt (the fake-quantization Ultralytics trains with): "
@@ -54,5 +71,6 @@ def qat_run(registry, ref: str, data: str | Path | None = None, *, epochs: int =
         raise DeployError(f"QAT run {result.name} ended {result.status}; resume it with `npuyolo train --resume {result.run_id}`")
     registry.add_artifact(result.run_id, "qat/parent", best, {"parent_run": parent.id, "parent_name": parent.name, "epochs": epochs,
                                                                "lr0": lr0, "fake_quant": "nvidia-modelopt INT8 (Ultralytics quantize=8)"})
-    info = quantize_run(registry, str(result.run_id), data, calib=calib, per_channel=per_channel, bias_correct=bias_correct, ends=ends)
-    return {"parent_run": parent.id, "qat_run": result.run_id, "qat_name": result.name, **info}
+    quantized = quantize_run(registry, str(result.run_id), data, calib=calib, per_channel=per_channel,
+                             bias_correct=bias_correct, ends=ends)
+    return QatResult(parent.id, result.run_id, result.name, quantized)

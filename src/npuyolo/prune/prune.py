@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -76,8 +77,38 @@ def save_checkpoint(model: torch.nn.Module, path: Path, extra: dict | None = Non
     return path
 
 
+@dataclass(frozen=True)
+class PruneResult:
+    """A pruned, fine-tuned run beside its parent: size, accuracy and ONNX Runtime latency before and after.
+
+    `before`, `pruned_before_finetune` and `after` each hold parameters, gflops, map50, map50_95, precision, recall;
+    `ort_p50_ms` the parent's and the pruned model's median latency ("parent", "pruned")."""
+
+    run_id: int  # the fine-tuned run
+    parent_run: int
+    ratio: float
+    method: str
+    finetune_epochs: int
+    before: dict[str, float]
+    pruned_before_finetune: dict[str, float]
+    after: dict[str, float]
+    ort_p50_ms: dict[str, float]
+    pruned_checkpoint: str
+
+    def report(self) -> dict:
+        """What the fine-tuned run records as its `prune/report` artefact (everything but its own id)."""
+        return {k: v for k, v in self.as_dict().items() if k != "run_id"}
+
+    def as_dict(self) -> dict:
+        """The shape `prune --json` has always printed."""
+        return {"run_id": self.run_id, "parent_run": self.parent_run, "ratio": self.ratio, "method": self.method,
+                "finetune_epochs": self.finetune_epochs, "before": self.before,
+                "pruned_before_finetune": self.pruned_before_finetune, "after": self.after,
+                "ort_p50_ms": self.ort_p50_ms, "pruned_checkpoint": self.pruned_checkpoint}
+
+
 def prune_run(registry, ref: str, *, ratio: float = 0.3, method: str = "l1", finetune_epochs: int = 10,
-              data: str | Path | None = None, bench_runs: int = 20, verbose: bool = True) -> dict:
+              data: str | Path | None = None, bench_runs: int = 20, verbose: bool = True) -> PruneResult:
     """Prune a run's best weights, fine-tune them as a new run, and record size, accuracy and latency before/after."""
 
     parent = registry.get_run(ref)
@@ -106,11 +137,11 @@ def prune_run(registry, ref: str, *, ratio: float = 0.3, method: str = "l1", fin
     for label, m in (("parent", model), ("pruned", tuned)):
         onnx_path = export_onnx(m, out / f"{label}.onnx", imgsz=imgsz)
         latency[label] = bench_onnx(onnx_path, runs=bench_runs, warmup=3)["model"]["p50_ms"]
-    report = {"parent_run": parent.id, "ratio": ratio, "method": method, "finetune_epochs": finetune_epochs,
-              "before": before, "pruned_before_finetune": pruned_only, "after": after, "ort_p50_ms": latency,
-              "pruned_checkpoint": str(ckpt)}
-    registry.add_artifact(result.run_id, "prune/report", ckpt, report)
-    return {"run_id": result.run_id, **report}
+    outcome = PruneResult(run_id=result.run_id, parent_run=parent.id, ratio=ratio, method=method,
+                          finetune_epochs=finetune_epochs, before=before, pruned_before_finetune=pruned_only, after=after,
+                          ort_p50_ms=latency, pruned_checkpoint=str(ckpt))
+    registry.add_artifact(result.run_id, "prune/report", ckpt, outcome.report())
+    return outcome
 
 
 def _scores(r: dict) -> dict:

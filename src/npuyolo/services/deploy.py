@@ -17,24 +17,38 @@ __all__ = ["bench", "bundle", "checkpoint_baseline", "evaluate", "plan", "precis
 
 # ---------------------------------------------------------------------------------------------- INT8
 def quantize(registry: Any, run: str, data: str | Path, options=None, *, imgsz: int | None = None,
-             target: str | None = None) -> dict:
-    """FP32 + INT8 QDQ ONNX of a run (calibrated on train images only), both recorded as the run's artefacts.
-    `options`: a `QuantizeOptions` (deploy/int8/options.py); `target`: with `ends`, refuse what its profile cannot run."""
+             target: str | None = None):
+    """FP32 + INT8 QDQ ONNX of a run (calibrated on train images only), both recorded as the run's artefacts; returns
+    a `npuyolo.deploy.int8.run.QuantizeResult`. `options`: a `QuantizeOptions` (deploy/int8/options.py); `target`:
+    with `ends`, refuse what its profile cannot run."""
     from npuyolo.deploy.int8.options import QuantizeOptions
     from npuyolo.deploy.int8.run import quantize_run
 
     o = of(QuantizeOptions, options)
-    return quantize_run(registry_of(registry), run, data, o, imgsz=imgsz, target=target)
+    registry = registry_of(registry)
+    result = quantize_run(registry, run, data, o, imgsz=imgsz, target=target)
+    record_quantized(registry, result, target)
+    return result
+
+
+def record_quantized(registry, result, target: str | None = None) -> None:
+    """The record step of a quantize: the FP32 export and the INT8 file (with its route) as the run's artefacts."""
+    for kind, path, meta in result.artefacts(target):
+        registry.add_artifact(result.run_id, kind, path, meta)
 
 
 def qat(registry: Any, run: str, data: str | Path | None = None, options: QatOptions | None = None, *,
-        verbose: bool = True) -> dict:
-    """Quantization-aware fine-tuning of a run as a new run (NVIDIA ModelOpt through Ultralytics), then its INT8 QDQ."""
+        verbose: bool = True):
+    """Quantization-aware fine-tuning of a run as a new run (NVIDIA ModelOpt through Ultralytics), then its INT8 QDQ,
+    recorded on the new run as `quantize` records; returns a `npuyolo.deploy.qat.QatResult`."""
     from npuyolo.deploy.qat import qat_run
 
     o = options or QatOptions()
-    return qat_run(registry_of(registry), run, data, epochs=o.epochs, lr0=o.lr0, calib=o.calib, per_channel=o.per_channel,
-                   bias_correct=o.bias_correct, ends=o.ends, verbose=verbose)
+    registry = registry_of(registry)
+    result = qat_run(registry, run, data, epochs=o.epochs, lr0=o.lr0, calib=o.calib, per_channel=o.per_channel,
+                     bias_correct=o.bias_correct, ends=o.ends, verbose=verbose)
+    record_quantized(registry, result.quantized)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
@@ -75,11 +89,12 @@ def same_data(evals, artefact: str | Path, fingerprint: str) -> list:
     return [e for e in evals if e.artefact == str(artefact) and e.result.get("data_fingerprint") == fingerprint]
 
 
-def evaluate(registry: Any, artefact: str | Path, data: str | Path, options: EvalOptions | None = None) -> dict:
+def evaluate(registry: Any, artefact: str | Path, data: str | Path, options: EvalOptions | None = None):
     """Score an artefact on `data`'s val split; for a run's INT8 artefact also its FP32 twin, and the drop per class
     with its paired interval. A vendor-compiled model (.rknn, the int8 .tflite behind a Vela build, MCT's
     model_imx_dense.onnx behind an IMX500 build) is scored as the vendor quantized it, in the compiler's own
-    environment, beside the FP32 ONNX file it was compiled from (deploy/eval/vendor.py). Recorded on the run."""
+    environment, beside the FP32 ONNX file it was compiled from (deploy/eval/vendor.py). Recorded on the run; returns a
+    `npuyolo.deploy.eval.evaluate.EvalResult`."""
     from npuyolo.deploy.eval.vendor import is_compiled
 
     o = options or EvalOptions()
@@ -88,7 +103,7 @@ def evaluate(registry: Any, artefact: str | Path, data: str | Path, options: Eva
         return _evaluate_compiled(registry, path, data, o)
     from npuyolo.data.check import check_dataset
     from npuyolo.deploy.eval.compare import keep, model_stats, val_fingerprint
-    from npuyolo.deploy.eval.evaluate import DeployError, evaluate_onnx_matched
+    from npuyolo.deploy.eval.evaluate import DeployError, EvalResult, evaluate_onnx_matched
     from npuyolo.deploy.export import onnx_metadata
     from npuyolo.stats.compare import conversion_drop
 
@@ -97,16 +112,16 @@ def evaluate(registry: Any, artefact: str | Path, data: str | Path, options: Eva
     onnx_metadata(path)  # a missing or garbage file fails here, before the data set is read
     registry = registry_of(registry)
     check_dataset(data, cache_dir=registry.root / "cache")
-    result, stats = evaluate_onnx_matched(path, data)
+    score, stats = evaluate_onnx_matched(path, data)
     kind = precision_kind(path)
     run_id = registry.artifact_run(path)
     fingerprint = val_fingerprint(data)
-    result["data_fingerprint"] = fingerprint
-    keep(registry, stats, path, run_id, fingerprint, result["imgsz"])
-    out = {"kind": kind, "run_id": run_id, **result}
+    result = score.as_dict() | {"data_fingerprint": fingerprint}  # what the deploy-eval row records
+    keep(registry, stats, path, run_id, fingerprint, score.imgsz)
+    found: dict[str, Any] = {}
     if run_id is not None and not registry.readonly:
         registry.add_deploy_eval(run_id=run_id, artefact=str(path.resolve()), precision_kind=kind, result=result)
-        out["pt"] = checkpoint_baseline(registry, run_id, data, result["imgsz"], fingerprint)
+        found |= {"recorded": True, "pt": checkpoint_baseline(registry, run_id, data, score.imgsz, fingerprint)}
         if kind == "int8":
             fp32 = registry.get_run(run_id).artifact_path("onnx/fp32")
             if fp32 is not None:
@@ -115,23 +130,24 @@ def evaluate(registry: Any, artefact: str | Path, data: str | Path, options: Eva
                 if done:
                     base, fp32_stats = done[-1].result, model_stats(registry, str(fp32), data, fingerprint)[0]
                 else:
-                    base, fp32_stats = evaluate_onnx_matched(fp32, data)
-                    base["data_fingerprint"] = fingerprint
+                    fp32_score, fp32_stats = evaluate_onnx_matched(fp32, data)
+                    base = fp32_score.as_dict() | {"data_fingerprint": fingerprint}
                     keep(registry, fp32_stats, fp32, run_id, fingerprint, base["imgsz"])
                     registry.add_deploy_eval(run_id=run_id, artefact=str(fp32), precision_kind="fp32", result=base)
-                out["fp32"] = base
-                out["drop_pp"] = {m: (base[m] - result[m]) * 100 for m in ("map50", "map50_95", "precision", "recall")}
-                out["drop_pp_per_class"] = {c: (base["per_class"][c]["map50"] - v["map50"]) * 100
-                                            for c, v in result["per_class"].items() if c in base["per_class"]}
-                out["drop_interval"] = {m: d.as_dict() for m, d in conversion_drop(fp32_stats, stats).items()}
-    return out
+                found |= {"fp32": base,
+                          "drop_pp": {m: (base[m] - result[m]) * 100 for m in ("map50", "map50_95", "precision", "recall")},
+                          "drop_pp_per_class": {c: (base["per_class"][c]["map50"] - v["map50"]) * 100
+                                                for c, v in result["per_class"].items() if c in base["per_class"]},
+                          "drop_interval": {m: d.as_dict() for m, d in conversion_drop(fp32_stats, stats).items()}}
+    return EvalResult(kind=kind, run_id=run_id, **result, **found)
 
 
-def _evaluate_compiled(registry: Any, path: Path, data: str | Path, o: EvalOptions) -> dict:
+def _evaluate_compiled(registry: Any, path: Path, data: str | Path, o: EvalOptions):
     """`evaluate` of a vendor-compiled model, beside the FP32 ONNX file it was built from."""
     from npuyolo.compilers.registry import require
     from npuyolo.data.check import check_dataset
     from npuyolo.deploy.eval.compare import keep, model_stats, val_fingerprint
+    from npuyolo.deploy.eval.evaluate import EvalResult
     from npuyolo.deploy.eval.vendor import evaluate_compiled, read_compiled
     from npuyolo.stats.compare import conversion_drop
 
@@ -144,7 +160,7 @@ def _evaluate_compiled(registry: Any, path: Path, data: str | Path, o: EvalOptio
     done = same_data(registry.deploy_evals(run_id), art.onnx, fingerprint) if run_id is not None else []
     score = evaluate_compiled(path, data, fp32=done[-1].result if done else None, layers=o.layers, qdq=o.qdq)
     score.fp32["data_fingerprint"] = score.result["data_fingerprint"] = fingerprint
-    out = {"run_id": run_id, **score.as_dict()}
+    drop_interval = None
     if score.stats is not None:
         keep(registry, score.stats, path, None, fingerprint, None)
         fp32_stats = score.fp32_stats
@@ -152,12 +168,14 @@ def _evaluate_compiled(registry: Any, path: Path, data: str | Path, o: EvalOptio
             keep(registry, fp32_stats, art.onnx, run_id, fingerprint, fp32_stats.meta.get("imgsz"))
         else:
             fp32_stats = model_stats(registry, str(art.onnx), data, fingerprint)[0]
-        out["drop_interval"] = {m: d.as_dict() for m, d in conversion_drop(fp32_stats, score.stats).items()}
-    if run_id is not None and not registry.readonly:
+        drop_interval = {m: d.as_dict() for m, d in conversion_drop(fp32_stats, score.stats).items()}
+    recorded = run_id is not None and not registry.readonly
+    out = EvalResult(run_id=run_id, **score.as_dict(), drop_interval=drop_interval, recorded=recorded)
+    if recorded:
         if not done:
             registry.add_deploy_eval(run_id=run_id, artefact=str(art.onnx), precision_kind="fp32", result=score.fp32)
         registry.add_deploy_eval(run_id=run_id, artefact=str(path.resolve()), precision_kind=score.kind,
-                                 result={k: v for k, v in out.items() if k != "fp32"})
+                                 result={k: v for k, v in out.as_dict().items() if k != "fp32"})
     return out
 
 

@@ -107,8 +107,9 @@ def distill(registry: Any, teacher: str, student_variant: str, data: str | Path,
     return reg.get_run(result.run_id)
 
 
-def prune(registry: Any, run: str, options: PruneOptions | None = None, *, verbose: bool = True) -> dict:
-    """Prune a run's best weights, fine-tune them as a new run; size, mAP and latency before and after, recorded."""
+def prune(registry: Any, run: str, options: PruneOptions | None = None, *, verbose: bool = True):
+    """Prune a run's best weights, fine-tune them as a new run; size, mAP and latency before and after, recorded.
+    Returns a `npuyolo.prune.prune.PruneResult`."""
     from npuyolo.prune.prune import prune_run
 
     o = options or PruneOptions()

@@ -10,9 +10,10 @@ import json
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -207,11 +208,103 @@ def validate_matched(predict: Predict, data: str | Path, imgsz: int, names: dict
     }, matched
 
 
-def evaluate_onnx(path: str | Path, data: str | Path, batch: int = 8, threads: int | None = None) -> dict:
+SCORES = ("precision", "recall", "map50", "map50_95")
+
+
+@dataclass(frozen=True)
+class OnnxScore:
+    """An ONNX file scored on a data set's val split (`evaluate_onnx`): P, R, mAP50, mAP50-95, per class."""
+
+    artefact: str
+    head: str  # "npu" (cut, host decode) or "ultralytics"
+    precision: float
+    recall: float
+    map50: float
+    map50_95: float
+    images: int
+    imgsz: int
+    per_class: dict[str, dict[str, float]]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What `deploy eval` found for one artefact (`services.deploy.evaluate`).
+
+    For an ONNX file (`kind` fp32 or int8): its scores, the run's best.pt through the same pipeline (`pt`, when the
+    evaluation was recorded on a run), and for a run's INT8 file its FP32 twin with the drop, per class, and its paired
+    interval. For a vendor-compiled model (`kind` rknn, tflite, onnx for MCT's model): the runtime that scored it, the FP32
+    file it was compiled from (`onnx`) and that file's scores, the input contract checked and its per-output cosines."""
+
+    kind: str  # fp32 | int8 (an ONNX file npuyolo wrote) | rknn | tflite | onnx (a compiled model)
+    run_id: int | None  # the run the artefact belongs to (None: none known)
+    artefact: str
+    precision: float
+    recall: float
+    map50: float
+    map50_95: float
+    images: int
+    imgsz: int
+    per_class: dict[str, dict[str, float]]
+    data_fingerprint: str  # which val set (`deploy/eval/compare.val_fingerprint`)
+    head: str | None = None  # an ONNX file's head
+    recorded: bool = False  # recorded on its run (then `pt` is asked for)
+    pt: dict | None = None  # the run's best.pt scored through the same letterbox pipeline (None: no weights on disk)
+    fp32: dict | None = None  # the FP32 twin's (or the compiled model's source file's) scores
+    drop_pp: dict[str, float] | None = None  # FP32 minus this, in points
+    drop_pp_per_class: dict[str, float] | None = None
+    drop_interval: dict[str, dict] | None = None  # the paired 95% interval of each drop over the val images
+    runtime: str | None = None  # a compiled model: what scored it
+    onnx: str | None = None  # a compiled model: the FP32 file it was compiled from
+    contract: str | None = None  # a compiled model: its input contract, checked on a training photo
+    cosine: list[float | None] | None = None  # a compiled model: per output, against FP32
+    seconds: float | None = None
+    layers: list[dict] | None = None  # RKNN's per-layer errors beside our QDQ model's (`layers`)
+    qdq: str | None = None  # our QDQ model those were compared with
+    deploy_conf: float | None = None
+    at_conf: dict | None = None
+    fp32_at_conf: dict | None = None
+    retention: dict | None = None
+
+    @property
+    def compiled(self) -> bool:
+        return self.runtime is not None
+
+    def scores(self) -> dict[str, Any]:
+        """The scores as recorded in a deploy-eval row of an ONNX file."""
+        return {m: getattr(self, m) for m in (*SCORES, "images", "imgsz", "per_class", "data_fingerprint")}
+
+    def as_dict(self) -> dict:
+        """The shape `deploy eval --json` prints (and a compiled model's deploy-eval row records, less `fp32`): only
+        what was found, in the order it has always had."""
+        if not self.compiled:
+            out = {"kind": self.kind, "run_id": self.run_id, "artefact": self.artefact, "head": self.head, **self.scores()}
+            if self.recorded:
+                out["pt"] = self.pt
+            if self.fp32 is not None:
+                out |= {"fp32": self.fp32, "drop_pp": self.drop_pp, "drop_pp_per_class": self.drop_pp_per_class,
+                        "drop_interval": self.drop_interval}
+            return out
+        out = {"run_id": self.run_id, "kind": self.kind, "artefact": self.artefact, "runtime": self.runtime, "onnx": self.onnx,
+               "contract": self.contract, "cosine": self.cosine, **self.scores(), "fp32": self.fp32, "drop_pp": self.drop_pp,
+               "drop_pp_per_class": self.drop_pp_per_class, "seconds": self.seconds}
+        if self.layers is not None:
+            out |= {"layers": self.layers, "qdq": self.qdq}
+        if self.at_conf is not None:
+            out |= {"deploy_conf": self.deploy_conf, "at_conf": self.at_conf, "fp32_at_conf": self.fp32_at_conf,
+                    "retention": self.retention}
+        if self.drop_interval is not None:
+            out["drop_interval"] = self.drop_interval
+        return out
+
+
+def evaluate_onnx(path: str | Path, data: str | Path, batch: int = 8, threads: int | None = None) -> OnnxScore:
     return evaluate_onnx_matched(path, data, batch, threads)[0]
 
 
-def evaluate_onnx_matched(path: str | Path, data: str | Path, batch: int = 8, threads: int | None = None) -> tuple[dict, MatchedStats]:
+def evaluate_onnx_matched(path: str | Path, data: str | Path, batch: int = 8, threads: int | None = None) -> tuple[OnnxScore, MatchedStats]:
     """`evaluate_onnx`, and the per-image statistics its figures come from."""
     path = Path(path)
     why = file_problem(path, empty_ok=False)
@@ -221,4 +314,4 @@ def evaluate_onnx_matched(path: str | Path, data: str | Path, batch: int = 8, th
     names = {int(k): v for k, v in json.loads(meta["names"]).items()}
     imgsz = json.loads(meta["imgsz"])[0]
     result, stats = validate_matched(predict, data, imgsz, names, batch)
-    return {"artefact": str(path), "head": meta["npuyolo_head"], **result}, stats
+    return OnnxScore(artefact=str(path), head=meta["npuyolo_head"], **result), stats
