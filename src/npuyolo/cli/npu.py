@@ -45,7 +45,7 @@ def npu_targets(as_json: JsonOpt = False) -> None:
 
 @npu_app.command("check")
 @user_errors
-def npu_check(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx or variant name.")],
+def npu_check(model: Annotated[list[str], typer.Argument(help="Run id/name, .pt, .onnx or variant name (several: each in turn, one start).")],
               target: Annotated[list[str], typer.Option("--target", "-t", help="Target profile (repeatable).")],
               imgsz: Annotated[Optional[int], option(CheckOptions, "imgsz")] = CheckOptions.imgsz,
               head: Annotated[Optional[str], option(CheckOptions, "head")] = CheckOptions.head,
@@ -54,18 +54,28 @@ def npu_check(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx
               referee: Annotated[Optional[str], typer.Option(help="Also compile with this vendor compiler (rknn: node by node; vela: by operator counts; imx500: pass/fail and memory fit) and compare.")] = None,
               data: Annotated[Optional[Path], typer.Option(help="With --referee: data.yaml whose train images calibrate [default: synthetic images].")] = None,
               as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
-    """Place every ONNX node on each target and report shares, partitions and fallbacks."""
+    """Place every ONNX node on each target and report shares, partitions and fallbacks; several models are checked
+    one after the other in this one process (--json: one list, each row naming its model)."""
     from npuyolo.services import models
 
     options = CheckOptions.pick(locals())
     if referee is not None:  # our placement beside the compiler's, every disagreement listed
         with quiet_stdout(as_json):
-            results = models.referee(registry, model, target, referee, data, options)
+            results = [r for m in model for r in models.referee(registry, m, target, referee, data, options)]
         return print_json([r.as_dict() for r in results]) if as_json else print_referee(results)
-    result = models.check(registry, model, target, options)
+    rows = []
+    for m in model:  # each model's table as soon as it is checked
+        result = models.check(registry, m, target, options)
+        if not as_json:
+            _print_check(result, nodes)
+            continue
+        rows += [{**r.as_dict(), "model": result.model_ref, "onnx": result.onnx_paths[r.target],
+                  "notes": result.notes.get(r.target, [])} for r in result.reports]
     if as_json:
-        return print_json([{**r.as_dict(), "onnx": result.onnx_paths[r.target], "notes": result.notes.get(r.target, [])}
-                           for r in result.reports])
+        print_json(rows)
+
+
+def _print_check(result, nodes: bool) -> None:
     table = Table(title=f"NPU compatibility of {result.model_ref}")
     for col in ("target", "nodes", "NPU share", "share (fused act.)", "MAC share", "partitions NPU/host", "transitions", "fallback ops", "unknown ops"):
         table.add_column(col)
