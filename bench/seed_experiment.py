@@ -12,6 +12,9 @@ epochs, seed 0, deterministic); only the size and the device change with the mac
     python bench/seed_experiment.py finish --work /tmp/seed320 --out bench/seed_experiment
     # and the deployment figures of each finished member (FP32/INT8 eval, NPU placement)
     python bench/seed_experiment.py post --work /tmp/seed320 --out bench/seed_experiment
+    # and the pair's reports again, each against its same-seed twin, with NPU checks, INT8 scores and a deployment plan
+    # (a member committed in an earlier session is adopted from its run.json)
+    python bench/seed_experiment.py report --members L4-leaky L4-relu --seed 0 --work /tmp/seed320 --out bench/seed_experiment
 
 Members: L4-leaky and L4-relu (the report's pair), L0-silu (stock YOLO11n), L4-relu-anneal (L4-relu trained through
 LeakyReLU 0.1 annealed to 0). The work folder holds a copy of the data set, the registry and every run folder; a member
@@ -110,7 +113,7 @@ def finished_run(reg, member: str, args):
     for row in reg.runs():
         if row.name == run_name(member, args) and row.status == "finished":
             run = reg.get_run(row.id)
-            if run.recipe.get("epochs") == epochs and len(run.epochs) == epochs:
+            if run.recipe.epochs == epochs and len(run.epochs) == epochs:
                 return run
     return None
 
@@ -170,7 +173,7 @@ def unfinished_run(db: Path, name: str, epochs: int) -> int | None:
     try:
         rows = [row for row in reg.runs() if row.name == name]
         if not rows or rows[0].status == "finished":
-            if rows and reg.get_run(rows[0].id).recipe.get("epochs") != epochs:
+            if rows and reg.get_run(rows[0].id).recipe.epochs != epochs:
                 raise SystemExit(f"{name}: a finished run of another budget holds this name in {db}; "
                                  "use another --work folder")
             return None
@@ -316,7 +319,7 @@ def cmd_finish(args) -> int:
     """Copy each finished member out: best.pt, the registry row as JSON, ko/en reports (Markdown with PNG plots); the
     pair's reports compare each with its twin of the same seed (paired intervals) once both are finished here."""
     from npuyolo.registry.db import Registry
-    from npuyolo.report.render import render_run
+    from npuyolo.report.render import render_runs
 
     reg = Registry(registry_path(args.work), readonly=True)
     for name in args.members:
@@ -334,8 +337,7 @@ def cmd_finish(args) -> int:
         record["wall_time_s"] = run.duration_s
         write_json(out / "run.json", record)
         twin = finished_run(reg, TWINS[name], args) if name in TWINS else None
-        for lang in ("en", "ko"):
-            render_run(reg, run.id, out / "reports", lang=lang, fmt="md", compare=twin.id if twin else None)
+        render_runs(reg, run.id, out / "reports", langs=("en", "ko"), fmts=("md",), compare=twin.id if twin else None)
         log(f"{name}: copied to {out} (mAP50 {run.best and run.best.get('map50')})")
     return 0
 
@@ -384,10 +386,68 @@ def cmd_post(args) -> int:
             post["compilers"] = compiler_verdicts(ws, run.id, data)
             write_json(post_file, post)
         if "int8_vs_ultralytics" not in post and "int8_vs_ultralytics" not in args.skip:
-            post["int8_vs_ultralytics"] = int8_vs_ultralytics(run.artifact_path("weights/best"), data, run.recipe["imgsz"],
+            post["int8_vs_ultralytics"] = int8_vs_ultralytics(run.artifact_path("weights/best"), data, run.recipe.imgsz,
                                                               args.work / "int8_vs_ultralytics" / member_key(name, args.seed))
             write_json(post_file, post)
         log(f"{name}: post {json.dumps(post, default=str)[:400]}")
+    return 0
+
+
+def calibration(args) -> dict:
+    """--calib/--holdout where given (a small data set), else the operations' own defaults."""
+    return {k: getattr(args, k) for k in ("calib", "holdout") if getattr(args, k, None) is not None}
+
+
+def cmd_report(args) -> int:
+    """The pair's committed reports rendered again from a registry holding everything a report reads: the run (adopted
+    from its committed run.json where this work folder never trained it), its NPU checks over --targets, its INT8 file
+    with FP32/INT8 scores (post's route: sweep, bias correction, per-channel), its deployment plan over --plan-targets,
+    and its twin of the same seed for the paired comparison. Each step is done only when the registry lacks it."""
+    from npuyolo.api import Workspace
+    from npuyolo.registry.db import Registry
+    from npuyolo.report.render import render_runs
+
+    db = registry_path(args.work)
+    ws = Workspace(db)
+    data = copy_data(args.data.resolve(), args.work)
+    runs = {}
+    for name in args.members:
+        run = finished_run(Registry(db, readonly=True), name, args) if db.is_file() else None
+        runs[name] = run or adopt_committed(db, name, args, data)
+        if runs[name] is None:
+            log(f"{name}: neither finished in {args.work} nor committed in {member_dir(args, name)}; no report")
+    for name, run in runs.items():
+        if run is None:
+            continue
+        reg = Registry(db, readonly=True)
+        checked = {c.target for c in reg.npu_checks(run_id=run.id)}
+        if set(args.targets) - checked:
+            ws.check(run.id, args.targets)
+        int8_rows = [e for e in reg.deploy_evals(run.id) if e.precision_kind == "int8"]
+        if int8_rows and "drop_interval" not in int8_rows[-1].result:  # scored before drops kept their interval:
+            ws.evaluate(int8_rows[-1].artefact, data)  # the INT8 file scored again, its FP32 side read back
+        if not int8_rows:
+            q = ws.quantize(run.id, data, sweep=True, bias_correct=True, per_channel=True, **calibration(args))
+            ws.evaluate(q.fp32, data)
+            int8 = ws.evaluate(q.int8, data)
+            committed = json.loads((member_dir(args, name) / "post.json").read_text()).get("int8", {}) \
+                if (member_dir(args, name) / "post.json").is_file() else {}
+            if committed.get("map50") is not None and committed["map50"] != int8.map50:
+                log(f"{name}: INT8 mAP50 {int8.map50} here, {committed['map50']} in post.json")
+        if reg.get_run(run.id).artifact("plan") is None and args.plan_targets:
+            t = time.time()
+            ws.plan(run.id, args.plan_targets, data, **calibration(args))
+            log(f"{name}: plan over {args.plan_targets} in {time.time() - t:.0f} s")
+        reg.close()
+    reg = Registry(db, readonly=True)
+    for name, run in runs.items():
+        if run is None:
+            continue
+        twin = runs.get(TWINS.get(name)) or (finished_run(reg, TWINS[name], args) if name in TWINS else None)
+        render_runs(reg, run.id, member_dir(args, name) / "reports", langs=("en", "ko"), fmts=("md",),
+                    compare=twin.id if twin else None)
+        log(f"{name}: reports rendered in {member_dir(args, name) / 'reports'}"
+            + (f" (against {TWINS[name]})" if twin else " (no twin of this seed)"))
     return 0
 
 
@@ -428,7 +488,7 @@ def int8_vs_ultralytics(weights: Path, data: Path, imgsz: int, work: Path) -> li
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["train", "finish", "post"])
+    ap.add_argument("command", choices=["train", "finish", "post", "report"])
     ap.add_argument("--members", nargs="+", default=list(MEMBERS), choices=list(MEMBERS))
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--work", type=Path, required=True, help="data copy, registry and run folders")
@@ -449,13 +509,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", nargs="+", default=[], choices=["compilers", "int8_vs_ultralytics"],
                     help="post: steps left out (e.g. int8_vs_ultralytics at 640 px on a CPU: about 40 min per member)")
     ap.add_argument("-t", "--targets", nargs="+", default=["rknn-rk3588", "rknn-rk3566", "ethos-u55", "imx500", "amd-dpu", "edgetpu", "relu-only"])
+    ap.add_argument("--plan-targets", nargs="*", default=["rknn-rk3588", "ethos-u55", "amd-dpu", "relu-only"],
+                    help="report: the targets of the deployment plan in each member's report (none: no plan)")
+    ap.add_argument("--calib", type=int, default=None, help="report: calibration images [default: the operations' own]")
+    ap.add_argument("--holdout", type=int, default=None, help="report: held-back images the sweep is judged on [default: the operations' own]")
     args = ap.parse_args(argv)
     if args.command == "train":
         (args.work).mkdir(parents=True, exist_ok=True)
         if not (args.work / "machine.json").is_file():
             write_json(args.work / "machine.json", machine())
         return cmd_train(args)
-    return {"finish": cmd_finish, "post": cmd_post}[args.command](args)
+    return {"finish": cmd_finish, "post": cmd_post, "report": cmd_report}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def test_a_member_stopped_midway_is_resumed_by_the_next_train_call(synth_data, t
     assert [(r.id, r.name, r.status) for r in runs] == [(1, "seed64-L4-relu", "finished")]
     assert len(reg.get_run(1).epochs) == 3
     run = reg.get_run(1)  # --threads reaches the trainer through the recipe and is what the run records
-    assert run.recipe["threads"] == 2 and run.versions["numerics"]["torch_threads"] == 2
+    assert run.recipe.threads == 2 and run.versions["numerics"]["torch_threads"] == 2
 
 
 def test_adopting_a_committed_member_keeps_every_epoch_as_recorded(tmp_path, monkeypatch):
@@ -206,3 +206,41 @@ def test_the_compare_bench_pools_replicates_by_arm_from_their_committed_statisti
         assert g[f"{side}_values"] == pytest.approx([printed[n] for n in names], abs=1e-9)
     assert g["gap"]["value"] == pytest.approx(g["a_mean"] - g["b_mean"], abs=1e-12)
     assert g["gap"]["low"] <= g["gap"]["value"] <= g["gap"]["high"]
+
+
+@pytest.mark.slow
+def test_report_renders_each_pair_member_against_its_twin_with_checks_int8_and_a_plan(synth_data, tmp_path):
+    """`report` gives the pair's committed reports everything they show: the twin's paired comparison, the NPU
+    section, the INT8 table and the deployment plan, each built only when the work registry lacks it."""
+    import subprocess
+    import sys
+
+    from npuyolo.registry.db import Registry
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    common = ["--members", "L4-leaky", "L4-relu", "--work", str(work), "--out", str(out), "--data", str(synth_data),
+              "--imgsz", "64", "--epochs", "1"]
+    script = str(REPO / "bench" / "seed_experiment.py")
+    train = subprocess.run([sys.executable, script, "train", *common, "--batch", "8", "--device", "cpu", "--workers", "0",
+                            "--threads", "2"], capture_output=True, text=True, timeout=900)
+    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-2000:]
+    cmd = [sys.executable, script, "report", *common, "-t", "relu-only", "--plan-targets", "relu-only", "--calib", "12",
+                                   "--holdout", "8"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    reg = Registry(work / "runs" / "npuyolo.db", readonly=True)
+    for name, twin in (("L4-leaky", "seed64-L4-relu"), ("L4-relu", "seed64-L4-leaky")):
+        run = reg.get_run(f"seed64-{name}")
+        assert {c.target for c in reg.npu_checks(run_id=run.id)} == {"relu-only"}
+        assert reg.deploy_evals(run.id) and run.artifact("plan") is not None
+        reports = sorted(p.name for p in (out / name / "reports").glob("report_*.md"))
+        assert len(reports) == 2 and {r[-5:-3] for r in reports} == {"en", "ko"}
+        en = next((out / name / "reports").glob("report_*_en.md")).read_text()
+        assert f"| {twin} |" in en.split("## 5. Comparison", 1)[1].split("## 6.", 1)[0]  # the twin's column
+        assert "paired bootstrap" in en and "no deployment plan recorded" not in en
+        assert "| relu-only |" in en.split("## 6.", 1)[1]
+    checks = len(reg.npu_checks())
+    reg.close()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)  # nothing rebuilt: only rendered
+    assert again.returncode == 0 and "plan over" not in again.stdout
+    assert len(Registry(work / "runs" / "npuyolo.db", readonly=True).npu_checks()) == checks
