@@ -440,7 +440,7 @@ def main() -> None:
                   f"post-processing at conf {conf}: numpy {numpy_ms:.3f} ms, Ultralytics {ultra_ms:.3f} ms (no C compiler)")
 
         torch.set_num_threads(threads)
-        predictor = load_predictor(str(onnx))
+        predictor = load_predictor(None, str(onnx))
         mismatched = 0
         ref = predict_source(predictor, images)
         for d, p in zip(ref, images):

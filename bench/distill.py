@@ -46,7 +46,7 @@ def main() -> None:
     recipe = Recipe.load(**over)
     reg = Registry(args.registry)
     t = time.time()
-    plain = train_variant(args.student, data, recipe, reg, name=f"bench-plain-{args.student}")
+    plain = train_variant(reg, args.student, data, recipe, name=f"bench-plain-{args.student}")
     t_plain = time.time() - t
     t = time.time()
     kd = distill(reg, args.teacher, args.student, data, recipe, alpha=args.alpha, beta=args.beta, gamma=args.gamma,

@@ -124,7 +124,7 @@ def main() -> None:
                 continue
             t = time.perf_counter()
             try:
-                res = compile_model(str(pt), compiler, target, args.data, imgsz=args.imgsz, head="npu",
+                res = compile_model(None, str(pt), compiler, target, args.data, imgsz=args.imgsz, head="npu",
                                     workdir=work / "npu", calib=args.vendor_calib)
                 built = {"rknn": lambda b: b.rknn_file, "vela": lambda b: b.tflite, "imx500": lambda b: b.scored}[compiler](res.build)
                 if not built:

@@ -48,7 +48,7 @@ def demo_model(work: Path, epochs: int, val: int) -> tuple[Path, Path, str, Path
     data = synthesize(work / "synth", n_train=300, n_val=val, imgsz=320, seed=0, force=True)  # --work reused: the same set
     reg = Registry(work / "runs" / "npuyolo.db")
     recipe = Recipe(epochs=epochs, imgsz=160, batch=16, lr0=0.01, warmup_epochs=1, plots=False)
-    run = train_variant("L4-leaky", data, recipe, reg, name="bench-L4-leaky", verbose=False)
+    run = train_variant(reg, "L4-leaky", data, recipe, name="bench-L4-leaky", verbose=False)
     return reg.get_run(run.run_id).artifact_path("weights/best"), data, "bench-L4-leaky", reg.path
 
 

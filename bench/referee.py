@@ -65,17 +65,17 @@ def main() -> None:
     jobs = [f"{lv}-{act}" for lv in args.levels for act in args.acts]
     for name in jobs + (["L4-leaky+relu-decomp"] if "L4" in args.levels and "leaky" in args.acts else []):
         if name.endswith("+relu-decomp"):
-            base = check_model("L4-leaky", list(profiles.values()), imgsz=args.imgsz, workdir=work / "onnx")
+            base = check_model(None, "L4-leaky", list(profiles.values()), imgsz=args.imgsz, workdir=work / "onnx")
             paths = {}
             for profile, path in base.onnx_paths.items():
                 dst = Path(path).with_name(Path(path).stem + ".relu-decomp.onnx")
                 if not dst.exists():
                     rewrite_file(path, dst, "relu-decomp")
                 paths[profile] = dst
-            checks = {p: check_model(str(paths[p]), [p]) for p in profiles.values()}
+            checks = {p: check_model(None, str(paths[p]), [p]) for p in profiles.values()}
             per = {p: (Path(c.onnx_paths[p]), c.reports[0]) for p, c in checks.items()}
         else:
-            c = check_model(name, list(profiles.values()), imgsz=args.imgsz, workdir=work / "onnx")
+            c = check_model(None, name, list(profiles.values()), imgsz=args.imgsz, workdir=work / "onnx")
             per = {r.target: (Path(c.onnx_paths[r.target]), r) for r in c.reports}
         for platform, profile in profiles.items():
             onnx_path, ours = per[profile]
@@ -129,14 +129,14 @@ def vela_grid(args) -> None:
     started = time.perf_counter()
     for name in names:
         if name.endswith("+relu-decomp"):
-            base = check_model("L4-leaky", profiles, imgsz=args.imgsz, workdir=work / "onnx")
+            base = check_model(None, "L4-leaky", profiles, imgsz=args.imgsz, workdir=work / "onnx")
             src = Path(next(iter(base.onnx_paths.values())))
             dst = src.with_name(src.stem + ".relu-decomp.onnx")
             if not dst.exists():
                 rewrite_file(src, dst, "relu-decomp")
-            c = check_model(str(dst), profiles)
+            c = check_model(None, str(dst), profiles)
         else:
-            c = check_model(name, profiles, imgsz=args.imgsz, workdir=work / "onnx")
+            c = check_model(None, name, profiles, imgsz=args.imgsz, workdir=work / "onnx")
         tflites: dict[str, Path] = {}
         for accelerator, profile in ACCELERATORS.items():
             onnx_path = Path(c.onnx_paths[profile])

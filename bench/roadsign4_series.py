@@ -43,7 +43,7 @@ def main() -> None:
     spec = SeriesSpec(name=args.name, data=str(work / src.name / "data.yaml"), variants=args.variants, recipe=recipe)
     reg = Registry(args.registry)
     t = time.time()
-    rows = run_series(spec, reg, on_member=lambda v, a: print(f"== {v}: {a}", flush=True), verbose=True)
+    rows = run_series(reg, spec, on_member=lambda v, a: print(f"== {v}: {a}", flush=True), verbose=True)
     print(f"\nseries {args.name}: {len(args.variants)} variants x {args.epochs} epochs at {args.imgsz} px in {time.time() - t:.0f} s")
     print(f"{'variant':10s} {'run':>4s} {'mAP50':>7s} {'mAP50-95':>9s} {'P':>7s} {'R':>7s}")
     for r in rows:

@@ -31,7 +31,7 @@ VARIANTS = ["L4-relu", "L4-leaky", "L2-relu6"]
 def timed_series(spec: SeriesSpec, db: Path, executor) -> tuple[float, Registry]:
     reg = Registry(db)
     t = time.perf_counter()
-    rows = run_series(spec, reg, verbose=False, executor=executor)
+    rows = run_series(reg, spec, verbose=False, executor=executor)
     wall = time.perf_counter() - t
     assert all(r["status"] == "finished" for r in rows), rows
     return wall, reg

@@ -51,7 +51,7 @@ def main() -> None:
                                    pretrained=False, amp=False, **recipe.ultralytics_args())
         plain.append(time.perf_counter() - t)
         t = time.perf_counter()
-        train_variant("L2-relu", data, recipe, Registry(work / f"reg{r}" / "npuyolo.db"), verbose=False)
+        train_variant(Registry(work / f"reg{r}" / "npuyolo.db"), "L2-relu", data, recipe, verbose=False)
         ours.append(time.perf_counter() - t)
 
     p, o = statistics.median(plain), statistics.median(ours)

@@ -64,7 +64,7 @@ def test_annealed_run_is_a_relu_network_with_the_plain_export(synth_data, tiny_r
 
     reg = Registry(tmp_path / "r.db")
     recipe = with_anneal(tiny_recipe.model_copy(update={"epochs": 3}), "leaky0.1", "1:2")
-    result = train_variant("L4-relu", synth_data, recipe, reg, verbose=False)
+    result = train_variant(reg, "L4-relu", synth_data, recipe, verbose=False)
     run = reg.get_run(result.run_id)
     assert [e.extra["act_slope"] for e in run.epochs] == [0.1, 0.0, 0.0]
     assert run.recipe["act_anneal"]["end"] == 2
@@ -85,7 +85,7 @@ def test_killed_annealed_run_resumes_with_the_right_slope(synth_data, tmp_path):
     kill_after_first_epoch(cmd, db, 1)
     reg = Registry(db)
     assert reg.get_run(1).status == "interrupted"
-    resume_run(1, reg, verbose=False)
+    resume_run(reg, 1, verbose=False)
     run = reg.get_run(1)
     assert run.status == "finished"
     assert [(e.epoch, e.extra["act_slope"]) for e in run.epochs] == [(1, 0.1), (2, 0.05), (3, 0.0)]
@@ -99,7 +99,7 @@ def test_anneal_refuses_a_variant_without_relu(synth_data, tiny_recipe, tmp_path
 
     recipe = with_anneal(tiny_recipe.model_copy(update={"epochs": 2}), "leaky0.1")
     with pytest.raises(TrainError, match="no ReLU"):
-        train_variant("L4-leaky", synth_data, recipe, Registry(tmp_path / "r.db"), verbose=False)
+        train_variant(Registry(tmp_path / "r.db"), "L4-leaky", synth_data, recipe, verbose=False)
 
 
 @pytest.mark.slow

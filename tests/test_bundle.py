@@ -124,7 +124,7 @@ def test_runner_without_torch_gives_predicts_detections(models, bundles, photos,
     assert done.returncode == 0, done.stderr
     assert "blocked" not in done.stderr
     doc = json.loads(out.read_text())
-    reference = predict_source(load_predictor(str(models[head])), photos)
+    reference = predict_source(load_predictor(None, str(models[head])), photos)
     found = [b for d in reference for b in d.boxes]
     assert len(found) >= 50 and len({b.cls for b in found}) >= 3  # a meaningful comparison, not empty outputs
     assert len({round(b.conf, 3) for b in found}) > 20
@@ -233,7 +233,7 @@ def test_runner_letterbox_is_the_training_loaders(models, bundles, tmp_path):
     data = {"path": str(tmp_path), "val": "images/val", "names": {0: "a"}, "nc": 1, "channels": 3}
     run = load_runner(bundles["npu"].folder)
     seen = []
-    plain = load_predictor(str(models["npu"]))
+    plain = load_predictor(None, str(models["npu"]))
     predictor = dataclasses.replace(plain, forward=lambda x: seen.append(x) or plain.forward(x))
     for size in (320, IMGSZ):
         cfg = get_cfg(DEFAULT_CFG, {"imgsz": size, "rect": False, "cache": False})
@@ -439,7 +439,7 @@ def test_grey_and_16_bit_images_work_as_predict_reads_them(models, bundles, phot
     assert done.returncode == 0, done.stderr
     doc = json.loads(out.read_text())
     assert doc["images"] == 2 and doc["detections"] > 0
-    assert_same_detections(predict_source(load_predictor(str(models["npu"])), folder), doc["predictions"])
+    assert_same_detections(predict_source(load_predictor(None, str(models["npu"])), folder), doc["predictions"])
 
 
 # ------------------------------------------------------------------------------------------ building: errors and plans
@@ -497,7 +497,7 @@ def test_a_run_ships_its_planned_artefact(models, tmp_path, monkeypatch):
     _record_plan(reg, planned, tmp_path / "plan", models["npu"])
     before = tree(tmp_path / "plan")
 
-    b = bundle_model(str(planned), "relu-only", registry=tmp_path / "r.db")  # the run's own bundle/ folder
+    b = bundle_model(tmp_path / "r.db", str(planned), "relu-only")  # the run's own bundle/ folder
     assert b.folder.parent == Path(reg.get_run(planned).save_dir).resolve() / "bundle"
     m = json.loads((b.folder / "manifest.json").read_text())
     assert m["target"] == "relu-only" and m["plan"]["candidate"] == "export+int8" and m["plan"]["int8_map50"] == 0.61
@@ -508,19 +508,19 @@ def test_a_run_ships_its_planned_artefact(models, tmp_path, monkeypatch):
     assert tree(tmp_path / "plan") == before
 
     with pytest.raises(BundleError) as e:  # no plan at all
-        bundle_model(str(bare), "relu-only", registry=tmp_path / "r.db")
+        bundle_model(tmp_path / "r.db", str(bare), "relu-only")
     assert f"npuyolo deploy plan {bare} -t relu-only" in str(e.value)
     with pytest.raises(BundleError, match="planned: relu-only, rknn-rk3588.*npuyolo deploy plan"):
-        bundle_model("planned", "edgetpu", registry=tmp_path / "r.db")
+        bundle_model(tmp_path / "r.db", "planned", "edgetpu")
     with pytest.raises(BundleError, match="no rknn build to ship.*npuyolo compilers install rknn"):
-        bundle_model("planned", "rknn-rk3588", registry=tmp_path / "r.db")
+        bundle_model(tmp_path / "r.db", "planned", "rknn-rk3588")
     with pytest.raises(NpuyoloError, match="target is required"):
-        bundle_model("planned", None, registry=tmp_path / "r.db")
+        bundle_model(tmp_path / "r.db", "planned", None)
     moved = models["npu"].with_name("moved.onnx")
     models["npu"].rename(moved)
     try:
         with pytest.raises(BundleError, match="the plan's artefact for relu-only, .* is gone.*npuyolo deploy plan"):
-            bundle_model("planned", "relu-only", registry=tmp_path / "r.db")
+            bundle_model(tmp_path / "r.db", "planned", "relu-only")
     finally:
         moved.rename(models["npu"])
 
@@ -700,7 +700,7 @@ def test_compiled_bundles_run_through_their_runtime(models, photos, kind, tmp_pa
     done = subprocess.run([sys.executable, "-c", NO_TORCH, str(b.folder / "npuyolo_infer.py"), str(photos), "--out", str(out)],
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
-    reference = predict_source(load_predictor(str(models["npu"])), photos)
+    reference = predict_source(load_predictor(None, str(models["npu"])), photos)
     boxes, _, _ = assert_same_detections(reference, json.loads(out.read_text())["predictions"])
     assert boxes >= 50
     done = subprocess.run([sys.executable, "-c", NO_TORCH, str(b.folder / "npuyolo_infer.py"), str(photos), "--out", str(out)],
@@ -717,7 +717,7 @@ def test_rknn_bundle_in_the_simulator(tmp_path):  # pragma: no cover - needs the
 
     # the committed 320 px L4-relu (trained: a mAP worth comparing on the mini val photos); registry under tmp_path
     weights = REPO / "bench" / "seed_experiment" / "320" / "L4-relu" / "best.pt"
-    result = compile_model(str(weights), "rknn", "rk3588", MINI / "data.yaml", Registry(tmp_path / "r.db"), imgsz=320)
+    result = compile_model(Registry(tmp_path / "r.db"), str(weights), "rknn", "rk3588", MINI / "data.yaml", imgsz=320)
     b = build_bundle(result.build.rknn_file, tmp_path / "out", target="rknn-rk3588")
     m = json.loads((b.folder / "manifest.json").read_text())
     assert m["runtime"] == "rknnlite" and m["input"]["layout"] == "NHWC" and m["input"]["dtype"] == "uint8"
@@ -738,7 +738,7 @@ def test_vela_tflite_bundle_runs_in_litert(photos, tmp_path):  # pragma: no cove
 
     # the committed 320 px L4-relu, as for the .rknn: the int8 .tflite Vela compiles, bundled for ethos-u55
     weights = REPO / "bench" / "seed_experiment" / "320" / "L4-relu" / "best.pt"
-    result = compile_model(str(weights), "vela", "ethos-u55-128", MINI / "data.yaml", Registry(tmp_path / "r.db"), imgsz=320)
+    result = compile_model(Registry(tmp_path / "r.db"), str(weights), "vela", "ethos-u55-128", MINI / "data.yaml", imgsz=320)
     b = build_bundle(result.build.tflite, tmp_path / "out", target="ethos-u55")
     m = json.loads((b.folder / "manifest.json").read_text())
     assert m["runtime"] == "tflite" and m["input"]["layout"] == "NHWC" and m["input"]["dtype"] == "int8"

@@ -419,18 +419,18 @@ def test_a_runs_imx500_plan_ships_its_build(fp32, tmp_path):
         reg.add_artifact(run, "plan", path)
 
     plan("compiled", str(build / "model_imx_dense.onnx"))
-    b = bundle_model(str(run), "imx500", registry=tmp_path / "r.db", out=tmp_path / "out")
+    b = bundle_model(tmp_path / "r.db", str(run), "imx500", out=tmp_path / "out")
     m = json.loads((b.folder / "manifest.json").read_text())
     assert m["artefact"]["file"] == "packerOut.zip" and m["conf"] == 0.3 and m["plan"]["int8_map50"] == 0.61
     plan("compiled", str(build / "model_imx_dense.onnx"), conf=0.1)  # under the sensor's cut: the bundle's conf is the cut
-    assert json.loads((bundle_model(str(run), "imx500", registry=tmp_path / "r.db", out=tmp_path / "o1").folder
+    assert json.loads((bundle_model(tmp_path / "r.db", str(run), "imx500", out=tmp_path / "o1").folder
                        / "manifest.json").read_text())["conf"] == SCORE_THR
     assert "0.610" in (b.folder / "README.md").read_text()
-    given = bundle_model(str(run), "imx500", artefact=build, registry=tmp_path / "r.db", out=tmp_path / "o2")
+    given = bundle_model(tmp_path / "r.db", str(run), "imx500", artefact=build, out=tmp_path / "o2")
     assert given.manifest.plan is not None and given.manifest.plan.int8_map50 == 0.61  # the planned build, named by folder
     plan("compiler not installed", None)
     with pytest.raises(BundleError, match="no imx500 build to ship.*npuyolo compilers install imx500"):
-        bundle_model(str(run), "imx500", registry=tmp_path / "r.db", out=tmp_path / "out2")
+        bundle_model(tmp_path / "r.db", str(run), "imx500", out=tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
 
 
@@ -517,7 +517,7 @@ def test_real_imx500_bundle_runs_like_deploy_eval(tmp_path):  # pragma: no cover
     from npuyolo.registry.db import Registry
 
     weights = REPO / "bench" / "seed_experiment" / "320" / "L4-relu" / "best.pt"
-    result = compile_model(str(weights), "imx500", "imx500", MINI / "data.yaml", Registry(tmp_path / "r.db"), imgsz=320)
+    result = compile_model(Registry(tmp_path / "r.db"), str(weights), "imx500", "imx500", MINI / "data.yaml", imgsz=320)
     assert result.build.ok and result.build.scored, result.build.error
     build = Path(result.build.scored).parent
     b = build_bundle(build, tmp_path / "out")

@@ -121,7 +121,7 @@ def test_a_compiler_added_in_one_place_is_listed_compiled_planned_and_scored(fak
 
     reg = Registry(tmp_path / "r.db")
     fp32 = export_onnx(randomised("L4-relu"), tmp_path / "m.onnx", imgsz=64, head="npu")  # 6 classes, as the data
-    compiled = compile_model(str(fp32), "fake", "fake-npu", synth_data, reg)
+    compiled = compile_model(reg, str(fp32), "fake", "fake-npu", synth_data)
     assert compiled.profile == "relu-only" and compiled.calibration == "8 images, not read"
     assert compiled.agreement.compiler == "fake" and compiled.agreement.mapped == 0  # no per-node map: nothing compared
 

@@ -449,7 +449,7 @@ def test_real_rknn_compile_of_a_run_is_kept_with_the_run(synth_data, tiny_recipe
     from npuyolo.train.trainer import train_variant
 
     db = tmp_path / "r.db"
-    run = train_variant("L4-relu", synth_data, tiny_recipe, Registry(db), verbose=False)
+    run = train_variant(Registry(db), "L4-relu", synth_data, tiny_recipe, verbose=False)
     r = runner.invoke(app, ["npu", "compile", str(run.run_id), "--compiler", "rknn", "--target", "rk3566", "--data", str(synth_data),
                             "--registry", str(db), "--json"])
     assert r.exit_code == 0, r.output
@@ -553,7 +553,7 @@ def test_compilers_are_chosen_from_one_registry_and_share_a_build_type(monkeypat
 
     monkeypatch.setattr(compile_mod, "require", lambda name: None)
     monkeypatch.setitem(registry.COMPILERS, "vela", dataclasses.replace(registry.COMPILERS["vela"], build=fake_build))
-    result = compile_mod.compile_model("L4-relu", "vela", "ethos-u55-128", synth_data, imgsz=64, workdir=tmp_path, calib=3)
+    result = compile_mod.compile_model(None, "L4-relu", "vela", "ethos-u55-128", synth_data, imgsz=64, workdir=tmp_path, calib=3)
     assert isinstance(result.build, Build) and result.build.version == "test" and result.calibration == "fake calibration"
     assert (seen["job"].platform, seen["job"].calib, seen["job"].imgsz) == ("ethos-u55-128", 3, 64)
     assert result.agreement.basis == "whole graph"

@@ -65,7 +65,7 @@ def test_calibration_reads_train_images_only(synth_data, tmp_path, monkeypatch):
 
 def test_int8_quantize_eval_and_drop_recorded(synth_data, tiny_recipe, tmp_path):
     db = tmp_path / "r.db"
-    train_variant("L4-relu", synth_data, tiny_recipe, Registry(db), verbose=False)
+    train_variant(Registry(db), "L4-relu", synth_data, tiny_recipe, verbose=False)
     result = runner.invoke(app, ["deploy", "quantize", "1", "--data", str(synth_data), "--calib", "8", "--per-channel",
                                  "--auto-float", "2", "--registry", str(db)])
     assert result.exit_code == 0, result.output

@@ -67,7 +67,7 @@ def test_kd_terms_are_finite_and_training_closes_the_gap():
 
 def test_distill_run_records_teacher_and_terms(synth_data, tiny_recipe, tmp_path):
     db = tmp_path / "r.db"
-    teacher = train_variant("L4-leaky", synth_data, tiny_recipe, Registry(db), verbose=False)
+    teacher = train_variant(Registry(db), "L4-leaky", synth_data, tiny_recipe, verbose=False)
     result = runner.invoke(app, ["distill", "--teacher", str(teacher.run_id), "--student-variant", "L4-relu", "--data",
                                  str(synth_data), "--epochs", "2", "--imgsz", "64", "--batch", "8", "--workers", "0",
                                  "--gamma", "0.5", "--registry", str(db)])
@@ -94,7 +94,7 @@ def test_distill_run_resumes_after_sigkill(synth_data, tiny_recipe, tmp_path):
     from .conftest import kill_after_first_epoch
 
     db = tmp_path / "kd" / "npuyolo.db"
-    teacher = train_variant("L4-leaky", synth_data, tiny_recipe, Registry(db), verbose=False)
+    teacher = train_variant(Registry(db), "L4-leaky", synth_data, tiny_recipe, verbose=False)
     kill_after_first_epoch([sys.executable, "-m", "npuyolo.cli", "distill", "--teacher", str(teacher.run_id),
                             "--student-variant", "L4-relu", "--data", str(synth_data), "--epochs", "4", "--imgsz", "64",
                             "--batch", "8", "--workers", "0"], db, run_id=2)

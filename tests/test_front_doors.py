@@ -493,7 +493,7 @@ def test_every_other_operation_hands_its_stage_the_same_request_through_either_d
         "runs export": ((npuyolo.registry.mlflow_export, "export_runs"), [], ["runs", "export", "--mlflow", "sqlite:///m.db", "--run", rid],
                         lambda: ws.mlflow_export("sqlite:///m.db", [rid])),
     }
-    monkeypatch.setattr(npuyolo.train.series, "has_replicates", lambda name, reg: False)
+    monkeypatch.setattr(npuyolo.train.series, "has_replicates", lambda reg, name: False)
     for name, ((module, attr), answer, words, api) in cases.items():
         stub = Stub(answer)
         monkeypatch.setattr(module, attr, stub)

@@ -171,7 +171,7 @@ def test_sweep_judges_on_held_back_train_images_never_val(synth_data, tmp_path, 
 @pytest.mark.slow
 def test_qat_fine_tunes_a_run_and_exports_full_integer_int8(synth_data, tiny_recipe, tmp_path):
     db = tmp_path / "r.db"
-    train_variant("L4-leaky", synth_data, tiny_recipe, Registry(db), verbose=False)
+    train_variant(Registry(db), "L4-leaky", synth_data, tiny_recipe, verbose=False)
     result = runner.invoke(app, ["deploy", "qat", "1", "--epochs", "1", "--calib", "6", "--json", "--registry", str(db)])
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
@@ -199,8 +199,8 @@ def test_npu_check_places_an_int8_artefact_like_its_fp32_graph(synth_data, tmp_p
     fp32 = export_onnx(randomised("L4-leaky"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
     quantize_onnx(fp32, tmp_path / "q.onnx", synth_data, calib=4, per_channel=True, ends="int16")
     targets = ["ethos-u55", "edgetpu", "nxp-neutron"]
-    ref = {r.target: r for r in check_model(str(fp32), targets).reports}
-    got = {r.target: r for r in check_model(str(tmp_path / "q.onnx"), targets).reports}
+    ref = {r.target: r for r in check_model(None, str(fp32), targets).reports}
+    got = {r.target: r for r in check_model(None, str(tmp_path / "q.onnx"), targets).reports}
     for t in targets:
         assert got[t].nodes_total == ref[t].nodes_total and not got[t].unknown_ops
         assert (got[t].share_nodes, got[t].fallback_ops, got[t].partitions_npu) == (ref[t].share_nodes, ref[t].fallback_ops, ref[t].partitions_npu)

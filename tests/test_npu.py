@@ -262,7 +262,7 @@ def test_bad_inputs_give_one_clear_error(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- levels on real graphs
 def shares(variant, targets_, imgsz=64):
-    result = check_model(variant, targets_, imgsz=imgsz, nc=4)
+    result = check_model(None, variant, targets_, imgsz=imgsz, nc=4)
     return {r.target: r for r in result.reports}
 
 

@@ -29,10 +29,10 @@ def test_check_output_file_unit(tmp_path):
     db.write_bytes(b"SQLite format 3\x00")
     (tmp_path / "dirlink").symlink_to(tmp_path)
     with pytest.raises(UnsafePathError, match="registry"):
-        check_output_file(tmp_path / "dirlink" / "r.db", registry=db, force=True)  # through a linked folder
-    assert check_output_file(tmp_path / "new" / "x.onnx", registry=db) == tmp_path / "new" / "x.onnx"
+        check_output_file(tmp_path / "dirlink" / "r.db", registry_path=db, force=True)  # through a linked folder
+    assert check_output_file(tmp_path / "new" / "x.onnx", registry_path=db) == tmp_path / "new" / "x.onnx"
     assert (tmp_path / "new").is_dir()
     (tmp_path / "ours.onnx").write_text("x")
-    assert check_output_file(tmp_path / "ours.onnx", registry=db, ours=lambda p: True)
+    assert check_output_file(tmp_path / "ours.onnx", registry_path=db, ours=lambda p: True)
     with pytest.raises(UnsafePathError, match="did not write"):
-        check_output_file(tmp_path / "ours.onnx", registry=db, ours=lambda p: False)
+        check_output_file(tmp_path / "ours.onnx", registry_path=db, ours=lambda p: False)

@@ -35,7 +35,7 @@ def planned(synth_data, tmp_path_factory):
     spec = root / "series.yaml"
     spec.write_text(f"name: dp\ndata: {synth_data}\nvariants: [L4-leaky, L4-relu]\n"
                     "recipe: {epochs: 1, imgsz: 64, batch: 8, workers: 0, plots: false}\n")
-    run_series(SeriesSpec.load(spec), Registry(db), verbose=False)
+    run_series(Registry(db), SeriesSpec.load(spec), verbose=False)
     result = runner.invoke(app, ["deploy", "plan", "dp-L4-leaky", "-t", "relu-only", "-t", "amd-dpu", "--data", str(synth_data),
                                  "--calib", "8", "--holdout", "8", "--json", "--registry", str(db)])
     assert result.exit_code == 0, result.output
@@ -98,7 +98,7 @@ def test_the_plan_numbers_are_what_an_independent_check_measures(planned):
     db, data, plan = planned
     t = plan["targets"][1]
     chosen = next(r for r in t["rows"] if r["candidate"]["name"] == t["chosen"])
-    report = check_model(chosen["int8_path"], [t["target"]]).reports[0]
+    report = check_model(None, chosen["int8_path"], [t["target"]]).reports[0]
     assert (report.share_nodes, report.partitions_host) == (chosen["placement"]["share_nodes"], chosen["placement"]["partitions_host"])
     scored = evaluate_onnx(chosen["int8_path"], data)
     assert scored.map50 == pytest.approx(chosen["int8"]["map50"]) and scored.recall == pytest.approx(chosen["int8"]["recall"])
@@ -279,7 +279,7 @@ def test_a_target_whose_compiler_is_missing_says_so(compilers_dir):
 
     for name, compiler in (("ethos-u55", "vela"), ("rknn-rk3588", "rknn"), ("imx500", "imx500"), ("relu-only", None)):
         p = Placement(1.0, 10, 0, 0, 0, {}, {})
-        _compile(p, compilers_dir / "never-read.onnx", name, None, None)
+        _compile(None, p, compilers_dir / "never-read.onnx", name, None)
         assert (p.compiler, p.compiler_status) == ((compiler, "compiler not installed") if compiler else (None, None))
         assert p.npu_ms is None and p.off_npu == 0
 
@@ -310,7 +310,7 @@ def test_imx500_is_compiled_once_per_model_and_never_for_a_rewrite(monkeypatch, 
 
     calls = []
 
-    def fake_compile(ref, compiler, target, data, registry, imgsz=None):
+    def fake_compile(registry, ref, compiler, target, data, imgsz=None):
         calls.append((ref, compiler, target, imgsz))
         if ref == "too-big":
             build = SimpleNamespace(ok=True, error=None, memory={"fits": False}, scored="")
@@ -322,12 +322,12 @@ def test_imx500_is_compiled_once_per_model_and_never_for_a_rewrite(monkeypatch, 
 
     monkeypatch.setattr(plan_module, "installed", lambda name: SimpleNamespace(version="3.19.2"))
     monkeypatch.setattr(plan_module, "compile_model", fake_compile)
-    monkeypatch.setattr(plan_module, "record", lambda result, registry: None)
+    monkeypatch.setattr(plan_module, "record", lambda registry, result: None)
     builds: dict = {}
     placed = []
     for ref in ("run-7", "run-7", None, "too-big", "broken"):  # export+int8, export+int8-ends-int16, a rewrite, ...
         p = Placement(1.0, 10, 0, 0, 0, {}, {})
-        plan_module._compile(p, tmp_path / "never-read.onnx", "imx500", "d.yaml", None, ref, 320, builds)
+        plan_module._compile(None, p, tmp_path / "never-read.onnx", "imx500", "d.yaml", ref, 320, builds)
         placed.append(p)
     assert calls == [("run-7", "imx500", "imx500", 320), ("too-big", "imx500", "imx500", 320), ("broken", "imx500", "imx500", 320)]
     first, second, rewrite, big, broken = placed
@@ -350,7 +350,7 @@ def test_one_compile_per_graph_and_ethos_u_prefers_native_leaky_relu_to_a_rewrit
     db, data, _ = planned
     compiled = []
 
-    def fake_compile(p, fp32, t, *args):
+    def fake_compile(registry, p, fp32, t, *args):
         compiled.append((str(fp32), t))
         p.compiler, p.compiler_status, p.compiler_cpu_ops = "vela 5.2.0", "compiled", 0
         p.npu_ms = 25.4 if any(m in fp32.name for m in REWRITES) else 9.0 if "L4-relu" in fp32.name else 10.0
@@ -393,7 +393,7 @@ def test_a_vendor_int8_that_cannot_be_scored_sinks_only_its_own_row(planned, mon
 
     db, data, _ = planned
 
-    def fake_compile(p, fp32, t, *args):
+    def fake_compile(registry, p, fp32, t, *args):
         p.compiler, p.compiler_status, p.compiler_cpu_ops, p.compiled_file = "rknn 2", "compiled", 0, f"{fp32}.{t}.rknn"
 
     def fake_eval(path, data, **kwargs):

@@ -81,8 +81,8 @@ def assert_same_boxes(reference, other) -> float:
 
 @pytest.mark.parametrize("head", ["npu", "ultralytics"])
 def test_onnx_boxes_match_pt(artefacts, images, head, capsys):
-    pt = load_predictor(str(artefacts["pt"]), imgsz=IMGSZ)
-    onnx = load_predictor(str(artefacts[head]))
+    pt = load_predictor(None, str(artefacts["pt"]), imgsz=IMGSZ)
+    onnx = load_predictor(None, str(artefacts[head]))
     assert pt.kind == "pt" and onnx.kind == "onnx" and onnx.head == head and onnx.imgsz == IMGSZ
     assert onnx.names == pt.names == dict(enumerate(NAMES))
     ref, dep = predict_source(pt, images), predict_source(onnx, images)
@@ -99,7 +99,7 @@ def test_onnx_boxes_match_pt(artefacts, images, head, capsys):
 
 def test_letterbox_padding_is_undone(artefacts, images):
     """A padded image predicts the same boxes as the same pixels pasted into a square canvas, shifted back."""
-    pt = load_predictor(str(artefacts["pt"]), imgsz=IMGSZ)
+    pt = load_predictor(None, str(artefacts["pt"]), imgsz=IMGSZ)
     wide = cv2.imread(str(images / "img2.png"))  # 96 x 72: letterboxed with 12 px (at 96 px scale) of grey above and below
     square = np.full((96, 96, 3), 114, np.uint8)
     square[12:84] = wide
@@ -115,7 +115,7 @@ def test_letterbox_padding_is_undone(artefacts, images):
 def test_int8_qdq_predicts_and_writes(artefacts, images, synth_data, tmp_path):
     int8 = tmp_path / "leaky-npu-int8.onnx"
     quantize_onnx(artefacts["npu"], int8, synth_data, calib=4)
-    r = run_predict(str(int8), images, out=tmp_path / "out")
+    r = run_predict(None, str(int8), images, out=tmp_path / "out")
     assert r.kind == "onnx/npu" and r.imgsz == IMGSZ and len(r.detections) == 3
     assert sorted(p.name for p in r.annotated) == ["img0.png", "img1.png", "img2.png"]
     for p in r.annotated:
@@ -129,9 +129,9 @@ def test_int8_qdq_predicts_and_writes(artefacts, images, synth_data, tmp_path):
 def test_leaky_rewrite_gives_fp32_boxes(artefacts, images, tmp_path):
     rewritten, count = rewrite_file(artefacts["npu"], tmp_path / "leaky-npu.relu-decomp.onnx", "relu-decomp")
     assert count > 0
-    ref = predict_source(load_predictor(str(artefacts["npu"])), images)
+    ref = predict_source(load_predictor(None, str(artefacts["npu"])), images)
     assert len(boxes_of(ref)) >= 20
-    assert_same_boxes(ref, predict_source(load_predictor(str(rewritten)), images))
+    assert_same_boxes(ref, predict_source(load_predictor(None, str(rewritten)), images))
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float = 5.0) -> Path:
@@ -178,7 +178,7 @@ def test_folder_glob_and_video_sources(artefacts, images, synth_data, tmp_path):
     write_video(mixed / "clip.mp4", frames)
     (mixed / "notes.txt").write_text("not an image")
 
-    folder = run_predict(model, mixed, out=tmp_path / "folder")  # 3 images + a 5-frame video; the .txt is ignored
+    folder = run_predict(None, model, mixed, out=tmp_path / "folder")  # 3 images + a 5-frame video; the .txt is ignored
     doc = check_outputs(folder, 3 + 5)
     assert sorted(p.name for p in folder.annotated) == ["clip.mp4", "img0.png", "img1.png", "img2.png"]
     assert [d["frame"] for d in doc["predictions"] if d["source"].endswith("clip.mp4")] == [0, 1, 2, 3, 4]
@@ -190,14 +190,14 @@ def test_folder_glob_and_video_sources(artefacts, images, synth_data, tmp_path):
     assert {r["frame"] for r in video_rows} <= {"0", "1", "2", "3", "4"}
 
     pattern = str(mixed / "img[01].png")
-    globbed = run_predict(model, pattern, out=tmp_path / "glob")
+    globbed = run_predict(None, model, pattern, out=tmp_path / "glob")
     check_outputs(globbed, 2)
     assert sorted(p.name for p in globbed.annotated) == ["img0.png", "img1.png"]
     # the same images predicted through the folder give the same boxes through the glob
     by_source = {Path(d.source).name: d for d in folder.detections if d.frame is None}
     assert_same_boxes([by_source["img0.png"], by_source["img1.png"]], globbed.detections)
 
-    video = run_predict(model, mixed / "clip.mp4", out=tmp_path / "video")
+    video = run_predict(None, model, mixed / "clip.mp4", out=tmp_path / "video")
     check_outputs(video, 5)
     assert [p.name for p in video.annotated] == ["clip.mp4"] and len(read_frames(video.annotated[0])) == 5
     assert [len(d.boxes) for d in video.detections] == [len(d.boxes) for d in folder.detections if d.frame is not None]
@@ -210,11 +210,11 @@ def test_run_model_defaults(artefacts, images, tmp_path):
     reg.add_artifact(run_id, "weights/best", artefacts["pt"].resolve())
     reg.set_status(run_id, "finished")
     for ref in (str(run_id), f"#{run_id}", "signs"):
-        p = load_predictor(ref, reg)
+        p = load_predictor(reg, ref)
         assert (p.run_id, p.imgsz, p.kind, p.label) == (run_id, IMGSZ, "pt", "signs")
-    r = run_predict("signs", images, registry=reg.path)
+    r = run_predict(reg.path, "signs", images)
     assert r.out == reg.run_dir(reg.get_run(run_id), "predict") and r.json_path.is_file() and len(r.annotated) == 3
-    onnx = run_predict(str(artefacts["npu"]), images / "img0.png", out=tmp_path / "o")
+    onnx = run_predict(None, str(artefacts["npu"]), images / "img0.png", out=tmp_path / "o")
     reference = [d for d in r.detections if Path(d.source).name == "img0.png"]
     assert_same_boxes(reference, onnx.detections)
 
@@ -281,8 +281,8 @@ def test_errors_are_npuyolo_errors(artefacts, images):
     with pytest.raises(PredictError, match="no images or videos matched"):
         list_sources(str(images / "*.gif"))
     with pytest.raises(PredictError, match="fixed 64 px"):
-        load_predictor(str(artefacts["ultralytics"]), imgsz=96)
-    assert load_predictor(str(artefacts["ultralytics"]), imgsz=IMGSZ).imgsz == IMGSZ
+        load_predictor(None, str(artefacts["ultralytics"]), imgsz=96)
+    assert load_predictor(None, str(artefacts["ultralytics"]), imgsz=IMGSZ).imgsz == IMGSZ
 
 
 # ------------------------------------------------------------------------------------------------ hostile and careless input (the former test_hostile2.py)

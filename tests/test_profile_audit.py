@@ -25,7 +25,7 @@ def reports(tmp_path_factory):
     work = tmp_path_factory.mktemp("audit")
     targets = ["edgetpu", "deepx-dx-m1", "nxp-neutron", "amd-dpu", "tidl", "ethos-u85", "rknn-rk3566"]
     for variant in ("L4-relu", "L4-leaky", "L4-leaky0.1015625"):
-        result = check_model(variant, targets, None, imgsz=64, nc=2, workdir=work / variant)
+        result = check_model(None, variant, targets, imgsz=64, nc=2, workdir=work / variant)
         out[variant] = {r.target: r for r in result.reports}
         out[variant]["_onnx"] = result.onnx_paths
     return out
@@ -127,7 +127,7 @@ def test_amd_dpu_runs_leakyrelu_only_at_26_over_256(reports):
 
 def test_hailo_follows_the_model_zoo_cut_at_the_six_head_convs(tmp_path):
     """hailo_model_zoo yolov11n.yaml parses up to cv2.x.2/cv3.x.2: attention and splits on chip, DFL+decode on host."""
-    result = check_model("L0-silu", ["hailo-8"], None, imgsz=64, nc=2, workdir=tmp_path / "l0")
+    result = check_model(None, "L0-silu", ["hailo-8"], imgsz=64, nc=2, workdir=tmp_path / "l0")
     r = result.reports[0]
     assert not r.unknown_ops and r.partitions_host == 1 and r.partitions_npu == 1
     by_name = {p.name: p for p in r.placements}
@@ -139,7 +139,7 @@ def test_hailo_follows_the_model_zoo_cut_at_the_six_head_convs(tmp_path):
     host = [p for p in r.placements if p.placement == "cpu"]
     assert host and all(p.reason.startswith("after the vendor's end nodes") for p in host)
     assert {"Softmax", "Div"} <= {p.op for p in host}  # DFL softmax and the decode
-    l4 = check_model("L4-leaky", ["hailo-8"], None, imgsz=64, nc=2, workdir=tmp_path / "l4").reports[0]
+    l4 = check_model(None, "L4-leaky", ["hailo-8"], imgsz=64, nc=2, workdir=tmp_path / "l4").reports[0]
     assert l4.share_nodes == 1.0 and not l4.fallback_ops  # the NPU head's class sigmoid fuses into its end conv
 
 
@@ -155,8 +155,8 @@ def test_end_nodes_must_cite_a_source():
 
 def test_edgetpu_maps_no_activation_larger_than_documented(tmp_path):
     """YOLOv8n maps whole at 224 px, not at 320 (ultralytics#4754); at 640 px 13 of 257 ops (#4719)."""
-    small = check_model("L4-relu", ["edgetpu"], None, imgsz=224, nc=2, workdir=tmp_path / "224").reports[0]
-    large = check_model("L4-relu", ["edgetpu"], None, imgsz=320, nc=2, workdir=tmp_path / "320").reports[0]
+    small = check_model(None, "L4-relu", ["edgetpu"], imgsz=224, nc=2, workdir=tmp_path / "224").reports[0]
+    large = check_model(None, "L4-relu", ["edgetpu"], imgsz=320, nc=2, workdir=tmp_path / "320").reports[0]
     assert small.share_nodes == 1.0
     first = next(p for p in large.placements if p.op == "Conv")
     assert first.placement == "cpu" and "larger than the largest activation" in first.reason and "#4754" in first.source

@@ -47,7 +47,7 @@ def test_prune_model_shrinks_keeps_shapes_and_exports(tmp_path):
 def test_prune_run_records_and_keeps_npu_share(synth_data, tiny_recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "r.db"
-    train_variant("L4-relu", synth_data, tiny_recipe, Registry(db), verbose=False)
+    train_variant(Registry(db), "L4-relu", synth_data, tiny_recipe, verbose=False)
     result = runner.invoke(app, ["prune", "1", "--ratio", "0.3", "--finetune-epochs", "1", "--json", "--registry", str(db)])
     assert result.exit_code == 0, result.output
     r = json.loads(result.stdout)
@@ -64,6 +64,6 @@ def test_prune_run_records_and_keeps_npu_share(synth_data, tiny_recipe, tmp_path
     plain = YOLO(r["pruned_checkpoint"])  # loadable and usable by Ultralytics itself
     assert len(plain.predict(np.zeros((64, 64, 3), dtype=np.uint8), imgsz=64, verbose=False)) == 1
     reg = Registry(db)
-    parent = {x.target: x.share_nodes for x in check_model("1", ["relu-only", "rknn-rk3588"], reg, imgsz=64).reports}
-    child = {x.target: x.share_nodes for x in check_model(str(r["run_id"]), ["relu-only", "rknn-rk3588"], reg, imgsz=64).reports}
+    parent = {x.target: x.share_nodes for x in check_model(reg, "1", ["relu-only", "rknn-rk3588"], imgsz=64).reports}
+    child = {x.target: x.share_nodes for x in check_model(reg, str(r["run_id"]), ["relu-only", "rknn-rk3588"], imgsz=64).reports}
     assert parent == child

@@ -53,10 +53,10 @@ def content(reg: Registry) -> dict:
 def test_ray_series_records_what_the_serial_executor_records(ray_runtime, synth_data, tmp_path):
     spec = SeriesSpec.load(series_file(tmp_path, synth_data, "par", ["L4-relu", "L4-leaky"], epochs=1))
     serial = Registry(tmp_path / "serial" / "npuyolo.db")
-    run_series(spec, serial, verbose=False)
+    run_series(serial, spec, verbose=False)
     parallel = Registry(tmp_path / "ray" / "npuyolo.db")
     seen = []
-    rows = run_series(spec, parallel, verbose=False,
+    rows = run_series(parallel, spec, verbose=False,
                       executor=RayExecutor(RayOptions(max_parallel=2), on_progress=lambda s: seen.append([m.status for m in s])))
     assert content(parallel) == content(serial)
     assert content(parallel)["L4-relu"]["status"] == "finished" and content(parallel)["L4-relu"]["epochs"] == [1]
@@ -79,7 +79,7 @@ def test_killed_worker_is_retried_from_its_checkpoint_without_duplicate_epochs(r
     spec = SeriesSpec.load(series_file(tmp_path, synth_data, "fault", ["L4-relu"], epochs=2))
     reg = Registry(tmp_path / "reg" / "npuyolo.db")
     states = []
-    run_series(spec, reg, verbose=False, executor=RayExecutor(RayOptions(max_retries=1), on_progress=lambda s: states.append(
+    run_series(reg, spec, verbose=False, executor=RayExecutor(RayOptions(max_retries=1), on_progress=lambda s: states.append(
         [(m.status, m.attempt) for m in s])))
     run = reg.get_run(1)
     assert run.status == "finished" and [e.epoch for e in run.epochs] == [1, 2]
@@ -95,11 +95,11 @@ def test_retries_exhausted_leave_the_member_interrupted_and_a_rerun_continues(ra
     from npuyolo.train.executors import ExecutorError
 
     with pytest.raises(ExecutorError, match="left interrupted"):  # before: returned normally, the CLI exited 0
-        run_series(spec, reg, verbose=False, executor=RayExecutor(RayOptions(max_retries=0)))
+        run_series(reg, spec, verbose=False, executor=RayExecutor(RayOptions(max_retries=0)))
     run = reg.get_run(1)
     assert run.status == "interrupted" and "worker lost" in run.error and [e.epoch for e in run.epochs] == [1]
     monkeypatch.delenv(FAULT_ENV)
-    rows = run_series(spec, reg, verbose=False, executor=RayExecutor(RayOptions()))
+    rows = run_series(reg, spec, verbose=False, executor=RayExecutor(RayOptions()))
     assert rows[0]["status"] == "finished" and [e.epoch for e in reg.get_run(1).epochs] == [1, 2] and len(reg.runs()) == 1
 
 
@@ -125,7 +125,7 @@ def test_ctrl_c_on_the_driver_interrupts_all_members_and_a_rerun_continues(ray_r
     reg = Registry(db)
     before = {r.id: r for r in reg.runs()}
     assert {r.status for r in before.values()} == {"interrupted"} and len(before) == 2
-    rows = run_series(SeriesSpec.load(spec_file), reg, verbose=False, executor=RayExecutor(RayOptions()))
+    rows = run_series(reg, SeriesSpec.load(spec_file), verbose=False, executor=RayExecutor(RayOptions()))
     assert {r["status"] for r in rows} == {"finished"} and {r["run_id"] for r in rows} == set(before)  # same runs
     for run_id in before:
         assert [e.epoch for e in reg.get_run(run_id).epochs] == list(range(1, epochs + 1))
@@ -140,7 +140,7 @@ def test_an_error_inside_a_member_marks_it_failed_with_its_message(ray_runtime, 
     path.write_text(yaml.safe_dump(spec))
     reg = Registry(tmp_path / "reg" / "npuyolo.db")
     with pytest.raises(ExecutorError, match=r"1 member\(s\) failed: L4-relu \(run 1\): .*NoSuchOptimizer"):
-        run_series(SeriesSpec.load(path), reg, verbose=False, executor=RayExecutor(RayOptions(max_retries=1)))
+        run_series(reg, SeriesSpec.load(path), verbose=False, executor=RayExecutor(RayOptions(max_retries=1)))
     run = reg.get_run(1)
     assert run.status == "failed" and "NoSuchOptimizer" in run.error and "\n" not in run.error and run.epochs == []
 
@@ -183,9 +183,9 @@ def test_asha_stops_a_hopeless_candidate_before_its_budget(ray_runtime, synth_da
     steps = {"warmup_epochs": 0, "ultralytics": {"nbs": 8}}  # an optimizer step every batch from the first (no accumulation)
     good = Recipe.load(epochs=4, lr0=0.02, **steps, **RECIPE)
     hopeless = Recipe.load(epochs=4, lr0=1e-12, lr_final=1e-12, **steps, **RECIPE)
-    jobs = [MemberJob(label, "train", lambda r=recipe, n=label: prepare_variant("L4-relu", synth_data, r, reg, name=n, verbose=False), 4)
+    jobs = [MemberJob(label, "train", lambda r=recipe, n=label: prepare_variant(reg, "L4-relu", synth_data, r, name=n, verbose=False), 4)
             for label, recipe in (("good", good), ("hopeless", hopeless))]
-    states = AshaExecutor(RayOptions(max_parallel=1), grace_epochs=1, metric="val_loss").run(jobs, reg)
+    states = AshaExecutor(RayOptions(max_parallel=1), grace_epochs=1, metric="val_loss").run(reg, jobs)
     first, second = reg.get_run("good"), reg.get_run("hopeless")
     assert first.status == "finished" and [e.epoch for e in first.epochs] == [1, 2, 3, 4]
     assert second.status == "stopped" and [e.epoch for e in second.epochs] == [1], second.error

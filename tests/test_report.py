@@ -198,7 +198,7 @@ def test_report_shows_ultralytics_validation_plots(synth_data, tiny_recipe, tmp_
     from npuyolo.train.trainer import train_variant
 
     reg = Registry(tmp_path / "r.db")
-    run = train_variant("L4-relu", synth_data, tiny_recipe.model_copy(update={"plots": True}), reg, verbose=False)
+    run = train_variant(reg, "L4-relu", synth_data, tiny_recipe.model_copy(update={"plots": True}), verbose=False)
     html = render_run(reg, run.run_id, tmp_path / "out", lang="en", fmt="html").read_text()
     assert (tmp_path / "out" / f"run{run.run_id}_confusion.png").is_file() and (tmp_path / "out" / f"run{run.run_id}_val_pred.jpg").is_file()
     assert 'alt="confusion matrix" src="data:image/png;base64,' in html and 'alt="val predictions" src="data:image/jpeg;base64,' in html
@@ -216,7 +216,7 @@ def test_series_plot_includes_the_recommended_rewrite_and_it_dominates_relu(tmp_
         reg.set_series_member("v", variant, rid)
         reg.record_epoch(rid, 1, map50=map50, map50_95=map50 / 2, precision=0.5, recall=0.4)
         reg.set_status(rid, "finished")
-        checked = check_model(variant, ["relu-only"], None, imgsz=64, nc=1, workdir=tmp_path / variant)  # as `npu check` does
+        checked = check_model(None, variant, ["relu-only"], imgsz=64, nc=1, workdir=tmp_path / variant)  # as `npu check` does
         reg.add_npu_check(run_id=rid, model_ref=variant, onnx_path=checked.onnx_paths["relu-only"], head="npu",
                           report=checked.reports[0].as_dict())
     text = render_series(reg, "v", tmp_path / "out", lang="en", target="relu-only").read_text()

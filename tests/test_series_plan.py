@@ -27,7 +27,7 @@ def series_planned(synth_data, tmp_path_factory):
     spec = root / "series.yaml"
     spec.write_text(f"name: sp\ndata: {synth_data}\nvariants: [L4-leaky, L4-relu]\n"
                     "recipe: {epochs: 1, imgsz: 64, batch: 8, workers: 0, plots: false}\n")
-    run_series(SeriesSpec.load(spec), Registry(db), verbose=False)
+    run_series(Registry(db), SeriesSpec.load(spec), verbose=False)
     args = ["series", "plan", "sp", *[a for t in TARGETS for a in ("-t", t)], "--calib", "8", "--holdout", "8", "--json",
             "--registry", str(db)]
     result = runner.invoke(app, args)  # no --data: the series' own data set

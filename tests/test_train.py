@@ -69,7 +69,7 @@ def test_one_epoch_train_records_one_finished_run_offline(synth_data, tiny_recip
 
     assert not ONLINE and not AUTOINSTALL
     reg = Registry(tmp_path / "reg" / "npuyolo.db")
-    result = train_variant("L4-leaky", synth_data, tiny_recipe, reg, verbose=False)
+    result = train_variant(reg, "L4-leaky", synth_data, tiny_recipe, verbose=False)
     assert no_network == []
     runs = reg.runs()
     assert len(runs) == 1 and runs[0].status == "finished" and runs[0].epochs == 1
@@ -116,14 +116,14 @@ def test_train_cli_checks_data_first(data_copy):
 
 def test_weights_transfer_is_counted(synth_data, tiny_recipe, tmp_path):
     reg = Registry(tmp_path / "r.db")
-    first = train_variant("L4-relu", synth_data, tiny_recipe, reg, verbose=False)
+    first = train_variant(reg, "L4-relu", synth_data, tiny_recipe, verbose=False)
     best = next(a.path for a in reg.get_run(first.run_id).artifacts if a.kind == "weights/best")
-    second = train_variant("L4-leaky", synth_data, tiny_recipe, reg, weights=best, verbose=False)
+    second = train_variant(reg, "L4-leaky", synth_data, tiny_recipe, weights=best, verbose=False)
     run = reg.get_run(second.run_id)
     moved, total = map(int, run.weights_transferred.split("/"))
     assert moved == total > 400 and run.weights_source == str(Path(best).resolve())
     with pytest.raises(TrainError, match="never downloads"):
-        train_variant("L4-relu", synth_data, tiny_recipe, reg, weights="yolo11n.pt", verbose=False)
+        train_variant(reg, "L4-relu", synth_data, tiny_recipe, weights="yolo11n.pt", verbose=False)
 
 
 def test_sigkill_mid_run_then_resume_finishes(synth_data, tmp_path):
@@ -139,7 +139,7 @@ def test_sigkill_mid_run_then_resume_finishes(synth_data, tmp_path):
     assert run.status == "finished"
     assert [e.epoch for e in run.epochs] == [1, 2, 3, 4, 5]
     with pytest.raises(TrainError, match="already finished"):
-        resume_run(1, Registry(db))
+        resume_run(Registry(db), 1)
 
 
 def test_ctrl_c_marks_run_interrupted(synth_data, tmp_path):
@@ -168,7 +168,7 @@ def test_series_runs_members_skips_finished_and_ranks(synth_data, tmp_path):
     reg = Registry(db)
     assert [r.name for r in reg.runs()] == ["v3-L4-relu", "v3-L4-leaky"]
     actions = []
-    run_series(SeriesSpec.load(spec_file), reg, on_member=lambda v, a: actions.append((v, a)), verbose=False)
+    run_series(reg, SeriesSpec.load(spec_file), on_member=lambda v, a: actions.append((v, a)), verbose=False)
     assert actions == [("L4-relu", "skip"), ("L4-leaky", "skip")] and len(reg.runs()) == 2
     ranked = json.loads(runner.invoke(app, ["series", "rank", "v3", "--json", "--registry", str(db)]).stdout)
     assert {r["variant"] for r in ranked} == {"L4-relu", "L4-leaky"} and all(r["rank_map50"] >= 1 for r in ranked)
@@ -193,7 +193,7 @@ def test_rank_rows_ranks_each_metric():
 
 def test_runs_cli(synth_data, tiny_recipe, tmp_path):
     db = tmp_path / "c.db"
-    train_variant("L2-relu6", synth_data, tiny_recipe, Registry(db), verbose=False)
+    train_variant(Registry(db), "L2-relu6", synth_data, tiny_recipe, verbose=False)
     listed = json.loads(runner.invoke(app, ["runs", "--json", "--registry", str(db)]).stdout)
     assert listed[0]["variant"] == "L2-relu6"
     shown = runner.invoke(app, ["runs", "--registry", str(db), "show", "1"])
@@ -272,7 +272,7 @@ def test_amp_requested_on_cpu_is_recorded_off_and_nothing_downloads(synth_data, 
     try:
         recipe = tiny_recipe.model_copy(update={"ultralytics": {"amp": True}})
         reg = Registry(tmp_path / "reg" / "npuyolo.db")
-        run = reg.get_run(train_variant("L4-relu", synth_data, recipe, reg, verbose=False).run_id)
+        run = reg.get_run(train_variant(reg, "L4-relu", synth_data, recipe, verbose=False).run_id)
     finally:
         monkeypatch.undo()
     assert no_network == [] and len(checked) == 1  # the check ran (AMP was asked for) and reached nothing
@@ -280,7 +280,7 @@ def test_amp_requested_on_cpu_is_recorded_off_and_nothing_downloads(synth_data, 
     shown = runner.invoke(app, ["runs", "--registry", str(reg.path), "show", str(run.id)])
     assert "AMP off" in shown.stdout and json.loads(runner.invoke(app, ["runs", "--registry", str(reg.path), "show", str(run.id), "--json"]).stdout)["amp"] is False
     off = tiny_recipe.model_copy(update={"ultralytics": {"amp": False}})
-    assert reg.get_run(train_variant("L4-relu", synth_data, off, reg, verbose=False).run_id).amp is False
+    assert reg.get_run(train_variant(reg, "L4-relu", synth_data, off, verbose=False).run_id).amp is False
 
 
 def test_offline_amp_check_follows_the_device_and_ultralytics_bad_gpu_list(monkeypatch):
@@ -331,14 +331,14 @@ def test_a_run_trained_on_disk_but_recorded_interrupted_is_closed_not_retrained(
     spec_file.write_text(yaml.safe_dump({"name": "raced", "data": str(synth_data), "variants": ["L4-relu"],
                                          "recipe": tiny_recipe.model_dump(exclude_defaults=True)}))
     spec = SeriesSpec.load(spec_file)
-    run_series(spec, Registry(db), verbose=False)
+    run_series(Registry(db), spec, verbose=False)
     con = sqlite3.connect(db)
     with con:  # what the race leaves: the weights artefacts and the final status never recorded
         con.execute("UPDATE runs SET status = 'interrupted', error = 'stopped by the user (Ctrl-C)' WHERE id = 1")
         con.execute("DELETE FROM artifacts WHERE run_id = 1 AND kind LIKE 'weights/%'")
     con.close()
     epochs = [e.epoch for e in Registry(db).get_run(1).epochs]
-    rows = run_series(spec, Registry(db), verbose=False)
+    rows = run_series(Registry(db), spec, verbose=False)
     run = Registry(db).get_run(1)
     assert rows[0]["status"] == "finished" and run.status == "finished" and run.artifact_path("weights/best") is not None
     assert [e.epoch for e in run.epochs] == epochs and len(Registry(db).runs()) == 1  # nothing trained again
@@ -346,7 +346,7 @@ def test_a_run_trained_on_disk_but_recorded_interrupted_is_closed_not_retrained(
     with con:
         con.execute("UPDATE runs SET status = 'interrupted' WHERE id = 1")
     con.close()
-    assert resume_run(1, Registry(db), verbose=False).status == "finished"
+    assert resume_run(Registry(db), 1, verbose=False).status == "finished"
 
 
 def test_a_driver_error_is_recorded_as_what_it_was_not_as_ctrl_c():
@@ -366,7 +366,7 @@ def test_the_same_seed_and_threads_repeat_bit_for_bit_and_the_run_records_its_nu
 
     reg = Registry(tmp_path / "reg" / "npuyolo.db")
     one_thread = tiny_recipe.model_copy(update={"threads": 1})
-    runs = [reg.get_run(train_variant("L4-relu", synth_data, one_thread, reg, verbose=False).run_id) for _ in range(2)]
+    runs = [reg.get_run(train_variant(reg, "L4-relu", synth_data, one_thread, verbose=False).run_id) for _ in range(2)]
     a, b = (r.epochs[0] for r in runs)
     for key in ("box_loss", "cls_loss", "dfl_loss", "map50", "precision", "recall"):
         assert a.value(key) == b.value(key), key
@@ -379,7 +379,7 @@ def test_the_same_seed_and_threads_repeat_bit_for_bit_and_the_run_records_its_nu
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert default_cpu_threads() == min(8, len(os.sched_getaffinity(0)))
-    default = reg.get_run(train_variant("L4-relu", synth_data, tiny_recipe, reg, verbose=False).run_id)
+    default = reg.get_run(train_variant(reg, "L4-relu", synth_data, tiny_recipe, verbose=False).run_id)
     assert default.versions["numerics"]["torch_threads"] == default_cpu_threads()
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert default_cpu_threads() == 3
@@ -483,7 +483,7 @@ def test_a_failure_while_the_trainer_is_built_is_recorded_failed(tmp_path, synth
     monkeypatch.setattr(trainer, "trainer_for", lambda recipe: disk_full)
     reg = Registry(tmp_path / "r.db")
     with pytest.raises(TrainError, match="No space left"):
-        train_variant("L4-relu", synth_data, tiny_recipe, reg, verbose=False)
+        train_variant(reg, "L4-relu", synth_data, tiny_recipe, verbose=False)
     run = reg.get_run(1)
     assert run.status == "failed" and "No space left on device" in run.error
 
@@ -513,7 +513,7 @@ def test_a_failed_resume_does_not_stay_running(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "trainer_for", lambda recipe: Broken)
     with pytest.raises(RuntimeError, match="vanished"):
-        trainer.resume_run(rid, reg)
+        trainer.resume_run(reg, rid)
     assert reg.get_run(rid).status == "failed" and "device vanished" in reg.get_run(rid).error
 
 
@@ -528,7 +528,7 @@ def test_resume_refuses_a_planted_last_pt(tmp_path, evil_pt):
     planted.parent.mkdir(parents=True)
     planted.write_bytes(path.read_bytes())
     with pytest.raises(TrainError, match="refused to load"):
-        resume_run(rid, reg)
+        resume_run(reg, rid)
     assert not marker.exists()
     assert reg.get_run(rid).status == "interrupted"  # not claimed, not left running
 
@@ -544,7 +544,7 @@ def test_resume_refuses_a_planted_best_pt_that_ultralytics_would_open_at_the_end
     save_ultralytics_checkpoint(wdir / "last.pt", epoch=0)
     (wdir / "best.pt").write_bytes(path.read_bytes())
     with pytest.raises(TrainError, match="best.pt: refused to load"):
-        resume_run(rid, reg)
+        resume_run(reg, rid)
     assert not marker.exists() and reg.get_run(rid).status == "interrupted"
 
 

@@ -179,7 +179,7 @@ class Workspace:
                 **kwargs: Any) -> dict:
         """Every LeakyRelu replaced by an equivalent of ReLU-NPU ops (as `npu rewrite`)."""
         model, out = _path(model, "model"), _path(out, "out", optional=True)
-        return models.rewrite(model, out, RewriteOptions.of(options, **kwargs), registry=self.registry_path)
+        return models.rewrite(self.registry_path, model, out, RewriteOptions.of(options, **kwargs))
 
     def quantize(self, run: str | int, data: str | Path, options: QuantizeOptions | None = None, *,
                  imgsz: int | None = None, target: str | None = None, **kwargs: Any):

@@ -201,7 +201,7 @@ def write_bytes(dst: str | Path, data: bytes) -> Path:
     return Path(dst)
 
 
-def check_output_file(path: str | Path, *, registry: str | Path | None = None, force: bool = False,
+def check_output_file(path: str | Path, *, registry_path: str | Path | None = None, force: bool = False,
                       ours: Callable[[Path], bool] | None = None, label: str = "output",
                       error: type[Exception] = UnsafePathError) -> Path:
     """`path` as a file npuyolo may write (then through `atomic_path`), its folder created; else one-line `error`.
@@ -209,7 +209,7 @@ def check_output_file(path: str | Path, *, registry: str | Path | None = None, f
     `label`: how the message names the path, a parameter's name (`out`) or "output".
 
     Always refused: a folder (or a name ending in '/'), anything that is not a regular file (a FIFO, a device),
-    the registry (`registry`, and the default one) with its journal files, a folder that cannot be created or
+    the registry (`registry_path`, and the default one) with its journal files, a folder that cannot be created or
     written. Refused unless `force`: a symlink (forced, the link itself is replaced, never its target, because
     the write renames over it) and an existing file that `ours(path)` does not recognise as npuyolo's own.
     Why: an output name is one typo away from the registry or a user's file, and a rename cannot be undone.
@@ -220,7 +220,7 @@ def check_output_file(path: str | Path, *, registry: str | Path | None = None, f
     param = None if label == "output" else label  # a parameter's name: the CLI shows its flag
     if text.endswith(("/", "\\")) or path.is_dir():
         raise error(f"{label} {text} is a folder; name the file to write", param=param)
-    if _is_registry(path, registry):
+    if _is_registry(path, registry_path):
         raise error(f"{label} {text} is the npuyolo registry; every run's record is in it", param=param)
     try:
         st = path.lstat()
@@ -252,7 +252,7 @@ def default_registry_path() -> Path:
     return Path(os.environ.get("NPUYOLO_REGISTRY") or DEFAULT_REGISTRY)
 
 
-def _is_registry(path: Path, registry: str | Path | None) -> bool:
+def _is_registry(path: Path, registry_path: str | Path | None) -> bool:
     """`path` names the registry this command uses or the default one, or one of their SQLite journal files."""
     default_path = default_registry_path
 
@@ -263,7 +263,7 @@ def _is_registry(path: Path, registry: str | Path | None) -> bool:
             return p.absolute()
 
     target = canonical(path)
-    for db in {Path(registry), default_path()} if registry else {default_path()}:
+    for db in {Path(registry_path), default_path()} if registry_path else {default_path()}:
         for name in (db.name, f"{db.name}-journal", f"{db.name}-wal", f"{db.name}-shm"):
             candidate = db.with_name(name)
             if canonical(candidate) == target:

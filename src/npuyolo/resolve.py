@@ -86,7 +86,7 @@ def _bare_name(ref: str) -> bool:
     return "/" not in ref and not ref.lower().endswith((".pt", ".onnx"))
 
 
-def _refuse_if_also_a_run(ref: str, registry) -> None:
+def _refuse_if_also_a_run(registry: Registry | str | Path | None, ref: str) -> None:
     """A stray file in the working folder named like a run must not silently hide the run: say which was meant."""
     path = Path(registry) if isinstance(registry, (str, Path)) else None
     if isinstance(registry, Registry):
@@ -107,13 +107,13 @@ def _refuse_if_also_a_run(ref: str, registry) -> None:
                         f"the file or #{run.id} for the run")
 
 
-def resolve_model(ref: str | ModelRef, registry=None, nc: int = 80) -> ResolvedModel:
+def resolve_model(registry: Registry | str | Path | None, ref: str | ModelRef, nc: int = 80) -> ResolvedModel:
     """A .pt is loaded safely (never runs code from the file); a variant is built untrained; anything else is a run."""
     parsed = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
     ref = parsed.text
     if parsed.kind in ("pt", "onnx"):  # an .onnx here is no checkpoint: the safe loader names the problem
         if parsed.kind == "pt" and _bare_name(ref):
-            _refuse_if_also_a_run(ref, registry)
+            _refuse_if_also_a_run(registry, ref)
         model = load_weights(ref)
         return ResolvedModel(model, slug(Path(ref).stem, "model"), trained_imgsz=_checkpoint_imgsz(model))
     if parsed.kind == "variant":

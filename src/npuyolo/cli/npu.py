@@ -182,7 +182,7 @@ def npu_rewrite(model: Annotated[Path, typer.Argument(help="ONNX file.")],
     """Replace every LeakyRelu with an equivalent built from ReLU-NPU ops."""
     from npuyolo.services import models
 
-    r = models.rewrite(model, out, RewriteOptions.pick(locals()))
+    r = models.rewrite(None, model, out, RewriteOptions.pick(locals()))
     if as_json:
         return print_json(r)
     console.print(f"rewrote {r['rewritten']} LeakyRelu node(s) as {leaky}: {r['onnx']}", highlight=False, markup=False)

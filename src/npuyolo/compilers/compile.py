@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from npuyolo.compilers.agree import Agreement, Build, agreement, imx_agreement
 from npuyolo.compilers.calibration import calibration_arrays, write_calibration
 from npuyolo.compilers.envs import CompilerError
 from npuyolo.compilers.registry import profile_for
 from npuyolo.npu.analyze import TargetReport
+
+if TYPE_CHECKING:
+    from npuyolo.registry.db import Registry
 
 __all__ = ["MAX_SIDE", "Agreement", "Build", "CompileResult", "agreement", "calibration_arrays", "imx_agreement",
            "input_side", "profile_for", "record", "write_calibration"]
@@ -57,7 +61,7 @@ def input_side(onnx_path: Path) -> int:
     return int(w)
 
 
-def record(result: CompileResult, registry) -> int:
+def record(registry: Registry, result: CompileResult) -> int:
     """One registry row per compile (per-node placement inside); for a run, the log also becomes a run artefact."""
     b = result.build
     row = registry.add_compiler_run(run_id=result.run_id, model_ref=result.model_ref, onnx_path=b.onnx, compiler=b.compiler,

@@ -10,12 +10,13 @@ from npuyolo.npu.analyze import analyze
 from npuyolo.npu.check import CheckResult, check_onnx, record, sigmoid_on_npu
 from npuyolo.npu.graph import load_graph
 from npuyolo.npu.profiles import target
+from npuyolo.registry.db import Registry
 from npuyolo.resolve import ModelRef, default_imgsz, output_dir_for, resolve_model
 
 __all__ = ["CheckResult", "check_model", "record", "sigmoid_on_npu"]
 
 
-def check_model(ref: str, target_names: list[str], registry=None, imgsz: int | None = None, head: str | None = None,
+def check_model(registry: Registry | str | Path | None, ref: str, target_names: list[str], imgsz: int | None = None, head: str | None = None,
                 nc: int = 80, workdir: Path | None = None) -> CheckResult:
     """Analyze an ONNX file as it is, or export a variant/run/checkpoint the way each target needs it.
 
@@ -26,7 +27,7 @@ def check_model(ref: str, target_names: list[str], registry=None, imgsz: int | N
     if parsed.kind == "onnx":
         return check_onnx(parsed.text, target_names)
     profiles = [target(t) for t in target_names]
-    resolved = resolve_model(parsed, registry, nc=nc)
+    resolved = resolve_model(registry, parsed, nc=nc)
     if imgsz is None:  # checked at the size it was trained for, as it will be deployed
         imgsz = default_imgsz(resolved)
     check_imgsz(int(imgsz))

@@ -18,12 +18,13 @@ from npuyolo.deploy.check import check_model
 from npuyolo.deploy.export import export_onnx
 from npuyolo.npu.normalize import fold_qdq, slices_to_split
 from npuyolo.paths import atomic_path, safe_join, slug
+from npuyolo.registry.db import Registry
 from npuyolo.resolve import ModelRef, resolve_model
 
 __all__ = ["compile_model", "record"]
 
 
-def compile_model(ref: str, compiler: str, target: str, data: str | Path | None, registry=None, imgsz: int | None = None,
+def compile_model(registry: Registry | str | Path | None, ref: str, compiler: str, target: str, data: str | Path | None, imgsz: int | None = None,
                   head: str | None = None, nc: int = 80, workdir: Path | None = None,
                   calib: int = CALIB_IMAGES) -> CompileResult:
     """Export + analyze exactly as `npu check` does for this target, then compile that same ONNX file.
@@ -43,7 +44,7 @@ def compile_model(ref: str, compiler: str, target: str, data: str | Path | None,
         raise CompilerError(f"imgsz {imgsz} is larger than npu compile takes ({MAX_SIDE} px per side)", param="imgsz")
     if data is not None:  # a wrong data.yaml, too, before the export
         calibration_images(data, 1)
-    check = check_model(ref, [profile], registry, imgsz=imgsz, head=head, nc=nc, workdir=workdir)
+    check = check_model(registry, ref, [profile], imgsz=imgsz, head=head, nc=nc, workdir=workdir)
     onnx_path = Path(check.onnx_paths[profile])
     ours = check.reports[0]
     if is_onnx:  # the user's file: work beside the registry, on the graph the analyzer saw
@@ -60,7 +61,7 @@ def compile_model(ref: str, compiler: str, target: str, data: str | Path | None,
     else:  # one folder per compiled file: exports at other sizes/heads never share (or overwrite) logs
         folder = onnx_path.parent / f"{compiler}-{platform}-{slug(onnx_path.stem, 'model')}"
     job = CompileJob(onnx_path, platform, folder, data, calib, input_side(onnx_path),
-                     model=lambda: resolve_model(ref, registry, nc=nc).model,  # the model check_model exported
+                     model=lambda: resolve_model(registry, ref, nc=nc).model,  # the model check_model exported
                      export=export_onnx)
     build, what = chosen.build(job)
     return CompileResult(model_ref=check.model_ref, run_id=check.run_id, profile=profile, build=build, calibration=what,

@@ -42,7 +42,7 @@ def check_imgsz(imgsz: int, param: str = "imgsz", error: type[Exception] = Expor
 
 
 def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head: Head | None = None, simplify: bool = True,
-                class_sigmoid: bool = True, force: bool = False, registry: str | Path | None = None) -> Path:
+                class_sigmoid: bool = True, force: bool = False, registry_path: str | Path | None = None) -> Path:
     """Write a batch-1, static-shape ONNX file; `head='npu'` cuts the graph before DFL and decode.
 
     `class_sigmoid=False` (NPU head only) leaves the class sigmoid to the host decode, for targets without one.
@@ -64,7 +64,7 @@ def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head:
     else:
         detect.export, detect.format, detect.dynamic = True, "onnx", False
         net, outputs = model, ["output0"]
-    out = check_out_file(out, force=force, registry=registry)
+    out = check_out_file(out, force=force, registry_path=registry_path)
     im = torch.zeros(1, 3, imgsz, imgsz)
     try:
         with _EXPORT_LOCK, atomic_path(out) as tmp:  # a killed export never leaves a metadata-less file under the final name
@@ -102,6 +102,6 @@ def export_onnx(model: torch.nn.Module, out: str | Path, imgsz: int = 640, head:
     return out
 
 
-def check_out_file(out: str | Path, force: bool = False, registry: str | Path | None = None) -> Path:
+def check_out_file(out: str | Path, force: bool = False, registry_path: str | Path | None = None) -> Path:
     """An output .onnx path that may be written: `npuyolo.paths.check_output_file` with ONNX files npuyolo wrote as ours."""
-    return check_output_file(out, registry=registry, force=force, ours=written_by_npuyolo, label="out", error=ExportError)
+    return check_output_file(out, registry_path=registry_path, force=force, ours=written_by_npuyolo, label="out", error=ExportError)

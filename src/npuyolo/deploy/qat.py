@@ -53,7 +53,7 @@ def qat_run(registry, ref: str, data: str | Path | None = None, *, epochs: int =
         raise DeployError(f"lr0 must be positive, got {lr0:g}", param="lr0")
     if registry.readonly:
         raise DeployError("qat records a new run; open the registry writable")
-    resolved = resolve_model(ref, registry)
+    resolved = resolve_model(registry, ref)
     if resolved.run_id is None:
         raise DeployError(f"{ref!r} is not a run; qat fine-tunes a trained run (id or name)")
     parent = registry.get_run(resolved.run_id)
@@ -65,7 +65,7 @@ def qat_run(registry, ref: str, data: str | Path | None = None, *, epochs: int =
     lr0 = lr0 if lr0 is not None else base.lr0 * 0.1  # fine-tuning near a minimum: a tenth of the parent's start
     recipe = Recipe(**{**parent.recipe, "epochs": epochs, "warmup_epochs": 0, "lr0": lr0, "lr_final": min(base.lr_final, lr0),
                        "distill": None, "act_anneal": None, "ultralytics": {**base.ultralytics, "quantize": 8}})
-    result = train_variant(parent.variant, data, recipe, registry, name=registry.unique_name(f"{parent.name[:80]}-qat"),
+    result = train_variant(registry, parent.variant, data, recipe, name=registry.unique_name(f"{parent.name[:80]}-qat"),
                            weights=best, verbose=verbose)
     if result.status != RunStatus.FINISHED:
         raise DeployError(f"QAT run {result.name} ended {result.status}; resume it with `npuyolo train --resume {result.run_id}`")

@@ -38,4 +38,4 @@ def distill(registry, teacher: str, student_variant: str, data: str | Path, reci
         teacher_run=t["id"], teacher_variant=t["variant"], teacher_weights=str(Path(weights).resolve()), alpha=alpha,
         beta=beta, gamma=gamma, temperature=temperature)})
     name = name or registry.unique_name(f"{spec.name}-distilled-from-{t['id'] or t['name'][:60]}")
-    return train_variant(spec.name, data, recipe, registry, name=name, verbose=verbose, series=series, on_created=on_created)
+    return train_variant(registry, spec.name, data, recipe, name=name, verbose=verbose, series=series, on_created=on_created)

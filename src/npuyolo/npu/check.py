@@ -4,10 +4,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
 from npuyolo.npu.analyze import TargetReport, analyze
 from npuyolo.npu.graph import load_graph
 from npuyolo.npu.normalize import fold_qdq, slices_to_split
 from npuyolo.npu.profiles import TargetProfile, target
+
+if TYPE_CHECKING:
+    from npuyolo.registry.db import Registry
 
 __all__ = ["CheckResult", "check_onnx", "record", "sigmoid_on_npu"]
 
@@ -36,7 +41,7 @@ def check_onnx(path: str, target_names: list[str]) -> CheckResult:
     return CheckResult(path, None, [analyze(g, p) for p in profiles], {p.name: path for p in profiles})
 
 
-def record(result: CheckResult, registry, head: str | None) -> None:
+def record(registry: Registry, result: CheckResult, head: str | None) -> None:
     for r in result.reports:
         registry.add_npu_check(run_id=result.run_id, model_ref=result.model_ref, onnx_path=result.onnx_paths[r.target],
                                head=head, report={**r.as_dict(), "notes": result.notes.get(r.target, [])})

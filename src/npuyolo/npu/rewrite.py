@@ -113,7 +113,7 @@ def rewrite_leaky(model: onnx.ModelProto, method: str = "relu-decomp") -> tuple[
 
 
 def rewrite_file(src: str | Path, dst: str | Path | None = None, method: str = "relu-decomp", force: bool = False,
-                 registry: str | Path | None = None) -> tuple[Path, int]:
+                 registry_path: str | Path | None = None) -> tuple[Path, int]:
     """Rewrite `src` into `dst` [default: beside it, SRC.<method>.onnx]: written under a temporary name, then renamed.
 
     `dst` follows `npuyolo.paths.check_output_file` (an earlier npuyolo ONNX may be replaced; another file or a
@@ -126,7 +126,7 @@ def rewrite_file(src: str | Path, dst: str | Path | None = None, method: str = "
     if count == 0:
         raise RewriteError(f"{src}: no LeakyRelu nodes to rewrite")
     label = "out" if dst else "output"
-    dst = check_output_file(dst or src.with_name(f"{src.stem}.{method}.onnx"), registry=registry, force=force,
+    dst = check_output_file(dst or src.with_name(f"{src.stem}.{method}.onnx"), registry_path=registry_path, force=force,
                             ours=written_by_npuyolo, label=label, error=RewriteError)
     try:
         with atomic_path(dst) as tmp:

@@ -129,7 +129,7 @@ def prune_run(registry, ref: str, *, ratio: float = 0.3, method: str = "l1", fin
     names = model.names
     before = {**count(model, imgsz), **_scores(validate(torch_predictor(model), data, imgsz, names))}
     pruned_only = {**count(pruned, imgsz), **_scores(validate(torch_predictor(pruned), data, imgsz, names))}
-    result = train_variant(parent.variant, data, recipe, registry, name=registry.unique_name(f"{parent.name[:80]}-pruned{ratio:g}-{method}"),
+    result = train_variant(registry, parent.variant, data, recipe, name=registry.unique_name(f"{parent.name[:80]}-pruned{ratio:g}-{method}"),
                            weights=ckpt, series=None, verbose=verbose)
     tuned = load_weights(registry.get_run(result.run_id).artifact_path("weights/best"))
     after = {**count(tuned, imgsz), **_scores(validate(torch_predictor(tuned), data, imgsz, names))}

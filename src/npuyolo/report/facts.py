@@ -257,7 +257,7 @@ def run_facts(registry, ref, compare_ref=None) -> RunFacts:
     compare_final = final_and_first(compare)[0] if compare else None
     ranks, size, tied = None, None, {}
     if run.series and final:
-        ranked = rank_series(run.series, registry)
+        ranked = rank_series(registry, run.series)
         me = next((r for r in ranked if r["run_id"] == run.id), None)
         if me and me["rank_map50"] is not None:
             ranks = {m: me[f"rank_{m}"] for m in METRICS}

@@ -281,7 +281,7 @@ def render_series_all(registry, name: str, out: Path | None = None, langs=("en",
     paired bootstraps behind it), the rewritten placements and the plots are made once."""
     langs, fmts = list(dict.fromkeys(langs)), list(dict.fromkeys(fmts))
     check_langs_formats(langs, fmts)
-    rows = rank_series(name, registry)
+    rows = rank_series(registry, name)
     ranked = [r for r in rows if r["rank_map50"] is not None]
     if not ranked:
         raise ReportError(f"series {name!r} has no finished member yet; run `npuyolo series run` first")
@@ -316,7 +316,7 @@ def render_series_all(registry, name: str, out: Path | None = None, langs=("en",
     if points:
         plots.accuracy_vs_npu(points, out / img["scatter"], target)
     plan_targets, plan_cells, plan_problems = series_plan_matrix(registry, ranked)
-    replicates = rank_replicates(name, registry) if has_replicates(name, registry) else []
+    replicates = rank_replicates(registry, name) if has_replicates(registry, name) else []
     written = []
     for lang in langs:
         for fmt in fmts:

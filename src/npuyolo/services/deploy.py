@@ -209,7 +209,7 @@ def bundle(registry: Any, run: str | None = None, target: str | None = None, *, 
     from npuyolo.deploy.bundle.service import bundle_model
 
     o = options or BundleOptions()
-    return bundle_model(run, target, artefact=artefact, out=out, registry=registry_path(registry), conf=o.conf, iou=o.iou)
+    return bundle_model(registry_path(registry), run, target, artefact=artefact, out=out, conf=o.conf, iou=o.iou)
 
 
 def bench(artefact: str | Path, options: BenchOptions | None = None) -> dict:
@@ -229,5 +229,5 @@ def predict(registry: Any, model: str, source: str | Path, options: PredictOptio
     from npuyolo.deploy.infer.predict import run_predict
 
     o = options or PredictOptions()
-    return run_predict(model, source, conf=o.conf, iou=o.iou, imgsz=o.imgsz, out=out, max_det=o.max_det,
-                       registry=registry_path(registry), on_start=on_start, on_frame=on_frame)
+    return run_predict(registry_path(registry), model, source, conf=o.conf, iou=o.iou, imgsz=o.imgsz, out=out,
+                       max_det=o.max_det, on_start=on_start, on_frame=on_frame)

@@ -69,13 +69,13 @@ def export_model(registry: Any, model: str, out: str | Path | None = None,
         raise ExportError(f"head must be npu or ultralytics, got {o.head!r}", param="head")
     ref = ModelRef.parse(model)
     reg = registry_of(registry) if ref.is_run else None  # exporting a variant or a file touches no registry
-    resolved = resolve_model(ref, reg if reg is not None else registry_path(registry), nc=o.nc)
+    resolved = resolve_model(reg if reg is not None else registry_path(registry), ref, nc=o.nc)
     imgsz = default_imgsz(resolved) if o.imgsz is None else o.imgsz
     check_imgsz(imgsz)
     name = f"{resolved.label}-{o.head or 'default'}-{imgsz}.onnx"
     if out is None:
         out = reg.run_dir(reg.get_run(resolved.run_id), "export") / name if reg is not None else Path(name)
-    path = export_onnx(resolved.model, out, imgsz=imgsz, head=o.head, force=o.force, registry=registry_path(registry)).resolve()
+    path = export_onnx(resolved.model, out, imgsz=imgsz, head=o.head, force=o.force, registry_path=registry_path(registry)).resolve()
     if reg is not None:
         reg.add_artifact(resolved.run_id, f"onnx/{o.head or 'default'}", path, {"imgsz": imgsz})
     return ExportRecord(path, resolved.run_id, imgsz, o.head)
@@ -97,9 +97,9 @@ def check(registry: Any, model: str, targets: list[str], options: CheckOptions |
     o = options or CheckOptions()
     targets = targets_arg(targets)
     reg = registry_of(registry)
-    result = check_model(model, targets, reg, imgsz=o.imgsz, head=o.head, nc=o.nc)
+    result = check_model(reg, model, targets, imgsz=o.imgsz, head=o.head, nc=o.nc)
     if record:
-        record_check(result, reg, o.head)
+        record_check(reg, result, o.head)
     return result
 
 
@@ -154,9 +154,9 @@ def compile_model(registry: Any, model: str, compiler: str, target: str | None, 
     target = compile_target(compiler, target)
     _ready(compiler, [target], data, need_data=True)
     reg = registry_of(registry)
-    result = build(model, compiler, target, data, reg, imgsz=o.imgsz, head=o.head, nc=o.nc, calib=o.calib)
+    result = build(reg, model, compiler, target, data, imgsz=o.imgsz, head=o.head, nc=o.nc, calib=o.calib)
     if record:
-        record_compile(result, reg)
+        record_compile(reg, result)
     return result
 
 
@@ -175,20 +175,20 @@ def referee(registry: Any, model: str, targets: list[str], compiler: str, data: 
     reg = registry_of(registry)
     results = []
     for t in targets:
-        res = build(model, compiler, t, data, reg, imgsz=o.imgsz, head=o.head, nc=o.nc)
-        record_compile(res, reg)
-        record_check(CheckResult(res.model_ref, res.run_id, [res.ours], {res.profile: res.build.onnx},
+        res = build(reg, model, compiler, t, data, imgsz=o.imgsz, head=o.head, nc=o.nc)
+        record_compile(reg, res)
+        record_check(reg, CheckResult(res.model_ref, res.run_id, [res.ours], {res.profile: res.build.onnx},
                                  {res.profile: [f"referee {res.build.compiler} {res.build.version}: {res.agreement.agree}/"
-                                                f"{res.agreement.mapped} mapped nodes agree"]}), reg, o.head)
+                                                f"{res.agreement.mapped} mapped nodes agree"]}), o.head)
         results.append(res)
     return results
 
 
-def rewrite(model: str | Path, out: str | Path | None = None, options: RewriteOptions | None = None,
-            registry: Any = None) -> dict:
+def rewrite(registry: Any, model: str | Path, out: str | Path | None = None,
+            options: RewriteOptions | None = None) -> dict:
     """Every LeakyRelu of an ONNX file replaced by an equivalent of ReLU-NPU ops, into `out` [default: beside it]."""
     from npuyolo.npu.rewrite import rewrite_file
 
     o = options or RewriteOptions()
-    dst, count = rewrite_file(model, out, o.leaky, force=o.force, registry=registry_path(registry))
+    dst, count = rewrite_file(model, out, o.leaky, force=o.force, registry_path=registry_path(registry))
     return {"onnx": str(Path(dst).resolve()), "rewritten": count, "method": o.leaky}

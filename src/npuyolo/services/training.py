@@ -27,7 +27,7 @@ def train(registry: Any, variant: str, data: str | Path, options: TrainOptions |
     o = options or TrainOptions()
     recipe = with_anneal(Recipe.load(o.recipe, **overrides), o.act_anneal, o.anneal_epochs, o.anneal_schedule)
     reg = registry_of(registry)
-    return reg.get_run(train_variant(variant, data, recipe, reg, name=o.name, weights=o.weights, verbose=verbose).run_id)
+    return reg.get_run(train_variant(reg, variant, data, recipe, name=o.name, weights=o.weights, verbose=verbose).run_id)
 
 
 def resume(registry: Any, run: str, source: str = ResumeOptions.source, *, verbose: bool = True):
@@ -35,7 +35,7 @@ def resume(registry: Any, run: str, source: str = ResumeOptions.source, *, verbo
     from npuyolo.train.trainer import resume_run
 
     reg = registry_of(registry)
-    return reg.get_run(resume_run(run, reg, verbose=verbose, source=source).run_id)
+    return reg.get_run(resume_run(reg, run, verbose=verbose, source=source).run_id)
 
 
 def make_executor(options: ExecutorOptions | None = None, on_progress: Callable | None = None, **scheduler: Any):
@@ -71,7 +71,7 @@ def series_run(registry: Any, spec_file: str | Path, options: ExecutorOptions | 
     reg = registry_of(registry)  # after the executor checks: a missing Ray or a bad option registers nothing
     if isinstance(runner, LocalExecutor) and on_member is not None:
         runner.on_member = lambda variant, action: on_member(spec.name, variant, action)
-    return SeriesRun(spec.name, run_series(spec, reg, executor=runner, verbose=verbose))
+    return SeriesRun(spec.name, run_series(reg, spec, executor=runner, verbose=verbose))
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,9 @@ def rank(registry: Any, name: str) -> Ranking:
     from npuyolo.train.series import has_replicates, rank_replicates, rank_series
 
     reg = registry_of(registry, readonly=True)
-    if has_replicates(name, reg):
-        return Ranking(name, rank_replicates(name, reg), True)
-    return Ranking(name, rank_series(name, reg), False)
+    if has_replicates(reg, name):
+        return Ranking(name, rank_replicates(reg, name), True)
+    return Ranking(name, rank_series(reg, name), False)
 
 
 def distill(registry: Any, teacher: str, student_variant: str, data: str | Path, options: DistillOptions | None = None,

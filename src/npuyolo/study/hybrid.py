@@ -41,8 +41,8 @@ def npu_shares(registry, rows: list[dict], target: str, imgsz: int) -> None:
             continue
         existing = [c for c in registry.npu_checks(run_id=r["run_id"]) if c.target == target]
         if not existing:
-            result = check_model(str(r["run_id"]), [target], registry, imgsz=imgsz)
-            record(result, registry, None)
+            result = check_model(registry, str(r["run_id"]), [target], imgsz=imgsz)
+            record(registry, result, None)
             existing = [c for c in registry.npu_checks(run_id=r["run_id"]) if c.target == target]
         r["npu_share"] = existing[-1].share_nodes
 
@@ -59,8 +59,8 @@ def hybrid_search(registry, data: str | Path, candidates: list[str] | None = Non
     variants = [parse_variant(v).name for v in (candidates or DEFAULT_CANDIDATES)]
     spec = SeriesSpec(name=name, data=str(Path(data).resolve()), variants=variants,
                       recipe={**(recipe or {}), "epochs": budget, "imgsz": imgsz})
-    run_series(spec, registry, verbose=verbose, executor=executor)
-    rows = rank_series(name, registry)
+    run_series(registry, spec, verbose=verbose, executor=executor)
+    rows = rank_series(registry, name)
     npu_shares(registry, rows, target, imgsz)
     front = set(pareto_front(rows))
     for i, r in enumerate(rows):

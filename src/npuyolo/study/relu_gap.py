@@ -212,7 +212,7 @@ def relu_gap_study(registry, data: str | Path, *, name: str = "relu-gap", epochs
             if on_member:
                 on_member(label, action)
             if action == "resume":
-                resume_run(member.run_id, registry, verbose=verbose)
+                resume_run(registry, member.run_id, verbose=verbose)
                 continue
             if action == "skip":
                 continue
@@ -224,17 +224,17 @@ def relu_gap_study(registry, data: str | Path, *, name: str = "relu-gap", epochs
                     raise StudyError(f"seed {seed}: the L4-leaky teacher did not finish; re-run the study to continue")
                 distill(registry, str(teacher), variant, data, r, name=run_name, verbose=verbose, series=name, on_created=bind)
             elif route == "anneal":
-                train_variant(variant, data, with_anneal(r, anneal), registry, name=run_name, series=name, verbose=verbose,
+                train_variant(registry, variant, data, with_anneal(r, anneal), name=run_name, series=name, verbose=verbose,
                               on_created=bind)
             else:
-                train_variant(variant, data, r, registry, name=run_name, series=name, verbose=verbose, on_created=bind)
+                train_variant(registry, variant, data, r, name=run_name, series=name, verbose=verbose, on_created=bind)
     members = {m.variant: m for m in registry.series(name).members}
     for route in routes:  # placement depends on the architecture only: one member per route is checked
         rid = members[member_label(route, seeds[0])].run_id
         done = {c.target for c in registry.npu_checks(run_id=rid)}
         missing = [t for t in targets if t not in done]
         if missing:
-            record(check_model(str(rid), missing, registry, imgsz=imgsz), registry, None)
+            record(registry, check_model(registry, str(rid), missing, imgsz=imgsz), None)
     rows = study_table(registry, name)
     registry.upsert_series(name, {**spec, "table": [asdict(r) for r in rows]})
     return rows

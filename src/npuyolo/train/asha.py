@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from npuyolo.registry.db import Registry
 from npuyolo.registry.schema import RunStatus
 from npuyolo.train.members import QUEUED, ExecutorError, MemberJob, MemberState
 from npuyolo.train.ray_executor import QueueSink, RayExecutor, RayOptions, _drainer, stop_reason
@@ -100,7 +101,7 @@ class AshaExecutor(RayExecutor):
             raise ExecutorError("the ASHA reduction factor must be at least 2")
         self.grace_epochs, self.metric, self.reduction_factor = grace_epochs, metric, reduction_factor
 
-    def run(self, jobs: list[MemberJob], registry, prepare_retry=None) -> list[MemberState]:
+    def run(self, registry: Registry, jobs: list[MemberJob], prepare_retry=None) -> list[MemberState]:
         import threading
 
         self.open()
@@ -127,7 +128,7 @@ class AshaExecutor(RayExecutor):
                 state.run_id, state.status = run.run_id, RunStatus.RUNNING
                 state.epoch = len(registry.epochs(run.run_id))
                 by_run[run.run_id] = state
-            drain = _drainer(queue, registry, by_run)
+            drain = _drainer(registry, queue, by_run)
             budget = max(s.epochs for s in members.values())
             # max_t one past the budget: a trial that trains its whole budget ends by returning (final validation,
             # artefacts, `finished`), never by the scheduler stopping it at its last epoch
@@ -176,7 +177,7 @@ class AshaExecutor(RayExecutor):
             self.on_progress(states)
         return states
 
-    def _close_trial(self, registry, state: MemberState, error) -> None:
+    def _close_trial(self, registry: Registry, state: MemberState, error) -> None:
         """A trial the worker did not close itself: stopped by ASHA (no error) or lost (error)."""
         run = registry.get_run(state.run_id)
         if run.status != RunStatus.RUNNING:

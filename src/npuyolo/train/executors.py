@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from npuyolo.registry.db import Registry
 from npuyolo.registry.schema import RunStatus
 from npuyolo.train.asha import ASHA_METRICS, AshaExecutor
 from npuyolo.train.members import ExecutorError, MemberJob, MemberState, progress_table
@@ -25,7 +26,7 @@ class Executor(Protocol):
 
     def open(self) -> None: ...
 
-    def run(self, jobs: list[MemberJob], registry, prepare_retry=None) -> list[MemberState]: ...
+    def run(self, registry: Registry, jobs: list[MemberJob], prepare_retry=None) -> list[MemberState]: ...
 
     def close(self) -> None: ...
 
@@ -43,7 +44,7 @@ class LocalExecutor:
     def close(self) -> None:
         pass
 
-    def run(self, jobs: list[MemberJob], registry, prepare_retry=None) -> list[MemberState]:
+    def run(self, registry: Registry, jobs: list[MemberJob], prepare_retry=None) -> list[MemberState]:
         states = []
         for job in jobs:
             state = MemberState(job.variant, job.action, job.epochs, job.run_id)
@@ -55,7 +56,7 @@ class LocalExecutor:
                 continue
             prepared = job.prepare()
             state.run_id = prepared.run_id
-            result = run_prepared(prepared, registry)
+            result = run_prepared(registry, prepared)
             state.status = result.status
         return states
 

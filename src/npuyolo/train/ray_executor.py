@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from npuyolo.registry.db import Registry
 from npuyolo.registry.schema import RunStatus
 from npuyolo.train.members import QUEUED, ExecutorError, MemberJob, MemberState
 from npuyolo.train.records import RecordSink, RegistrySink
@@ -153,7 +154,7 @@ class RayExecutor:
         if ray is not None and self._started:
             ray.shutdown()
 
-    def run(self, jobs: list[MemberJob], registry, prepare_retry: Callable[[int], PreparedRun]) -> list[MemberState]:
+    def run(self, registry: Registry, jobs: list[MemberJob], prepare_retry: Callable[[int], PreparedRun]) -> list[MemberState]:
         """Train every job that is not `skip`; retry members whose worker died (from their last checkpoint)."""
         self.open()
         ray = self._ray
@@ -162,11 +163,11 @@ class RayExecutor:
         try:
             queue = Queue()
             task = ray.remote(max_retries=0)(train_member)  # retries are the driver's: it re-claims the run first
-            return self._loop(ray, task, queue, jobs, registry, prepare_retry)
+            return self._loop(registry, ray, task, queue, jobs, prepare_retry)
         finally:
             self.close()
 
-    def _loop(self, ray, task, queue, jobs, registry, prepare_retry) -> list[MemberState]:
+    def _loop(self, registry: Registry, ray, task, queue, jobs, prepare_retry) -> list[MemberState]:
         o = self.options
         states = [MemberState(j.variant, j.action, j.epochs, j.run_id, status=RunStatus.FINISHED if j.action == "skip" else QUEUED)
                   for j in jobs]
@@ -185,7 +186,7 @@ class RayExecutor:
                 prepared, queue, state.attempt, fault if state.attempt == 0 else None)
             in_flight[ref] = state
 
-        drain = _drainer(queue, registry, by_run)
+        drain = _drainer(registry, queue, by_run)
 
         def progress() -> None:
             if self.on_progress:
@@ -230,20 +231,20 @@ class RayExecutor:
                 if changed:
                     progress()
         except BaseException as e:
-            self._cancel(ray, registry, in_flight, drain, stop_reason(e))
+            self._cancel(registry, ray, in_flight, drain, stop_reason(e))
             progress()
             raise
         if failures:
             raise ExecutorError(f"{len(failures)} member(s) failed: " + "; ".join(failures))
         return states
 
-    def _close(self, registry, state: MemberState, status: RunStatus, error: str) -> None:
+    def _close(self, registry: Registry, state: MemberState, status: RunStatus, error: str) -> None:
         run = registry.get_run(state.run_id)
         if run.status == RunStatus.RUNNING:
             registry.set_status(state.run_id, status, error=error)
         state.status, state.error = registry.get_run(state.run_id).status, error
 
-    def _cancel(self, ray, registry, in_flight: dict, drain: Callable[[], bool], reason: str) -> None:
+    def _cancel(self, registry: Registry, ray, in_flight: dict, drain: Callable[[], bool], reason: str) -> None:
         """Ctrl-C (or a driver error): stop every member, keep what they sent, mark the rest interrupted, saying why."""
         refs = list(in_flight)
         for ref in refs:
@@ -296,7 +297,7 @@ def stop_reason(exc: BaseException) -> str:
     return f"stopped because the series driver failed ({type(exc).__name__}{': ' + text if text else ''})"
 
 
-def _drainer(queue, registry, by_run: dict[int, MemberState]) -> Callable[[], bool]:
+def _drainer(registry: Registry, queue, by_run: dict[int, MemberState]) -> Callable[[], bool]:
     """A function that applies every queued worker record to the registry (and the progress states)."""
 
     def drain() -> bool:

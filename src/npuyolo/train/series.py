@@ -76,7 +76,7 @@ def variant_of(key: str) -> tuple[str, int | None]:
     return (variant, int(seed)) if sep and seed.isdigit() else (key, None)
 
 
-def run_series(spec: SeriesSpec, registry: Registry, on_member: Callable[[str, str], None] | None = None,
+def run_series(registry: Registry, spec: SeriesSpec, on_member: Callable[[str, str], None] | None = None,
                verbose: bool = True, executor: Executor | None = None) -> list[dict]:
     """Train each member; finished members are skipped, interrupted or failed ones resumed.
 
@@ -89,21 +89,21 @@ def run_series(spec: SeriesSpec, registry: Registry, on_member: Callable[[str, s
         executor = LocalExecutor(on_member=on_member)
     executor.open()  # Ray up and large enough before anything is registered
     try:
-        return _run_series(spec, recipe, registry, verbose, executor)
+        return _run_series(registry, spec, recipe, verbose, executor)
     finally:
         executor.close()
 
 
-def _run_series(spec, recipe, registry, verbose, executor) -> list[dict]:
+def _run_series(registry: Registry, spec, recipe, verbose, executor) -> list[dict]:
     """`_train_members`; a member's run name taken meanwhile means another `series run` of this series is training it."""
     try:
-        return _train_members(spec, recipe, registry, verbose, executor)
+        return _train_members(registry, spec, recipe, verbose, executor)
     except NameTakenError as e:
         raise RegistryError(f"series {spec.name}: member run {e.name!r} was just created by another run of this series "
                             "(two at once?); run it again once that one ends, and it continues where it stopped") from None
 
 
-def _train_members(spec, recipe, registry, verbose, executor) -> list[dict]:
+def _train_members(registry: Registry, spec, recipe, verbose, executor) -> list[dict]:
     keys = spec.members()
     registry.upsert_series(spec.name, {**spec.model_dump(), "variants": [k for k, _, _ in keys],
                                        "variant_names": spec.variants, "recipe_resolved": recipe.model_dump()})
@@ -113,28 +113,28 @@ def _train_members(spec, recipe, registry, verbose, executor) -> list[dict]:
         member = members[key]
         if member.status in (RunStatus.FINISHED, RunStatus.STOPPED):  # stopped: ended early by a scheduler (ASHA), on purpose
             action = "skip"
-        elif member.run_id is not None and close_if_trained(member.run_id, registry):  # trained, end not recorded
+        elif member.run_id is not None and close_if_trained(registry, member.run_id):  # trained, end not recorded
             action = "skip"
         elif member.run_id is not None:
             action = "resume"
         else:
             action = "train"
         member_recipe = recipe if seed is None else recipe.model_copy(update={"seed": seed})
-        jobs.append(_job(spec, member_recipe, registry, key, action, member.run_id, verbose))
-    executor.run(jobs, registry, prepare_retry=lambda run_id: prepare_resume(run_id, registry, verbose=False))
-    return rank_series(spec.name, registry)
+        jobs.append(_job(registry, spec, member_recipe, key, action, member.run_id, verbose))
+    executor.run(registry, jobs, prepare_retry=lambda run_id: prepare_resume(registry, run_id, verbose=False))
+    return rank_series(registry, spec.name)
 
 
-def _job(spec: SeriesSpec, recipe: Recipe, registry: Registry, key: str, action: str, run_id: int | None,
+def _job(registry: Registry, spec: SeriesSpec, recipe: Recipe, key: str, action: str, run_id: int | None,
          verbose: bool = False) -> MemberJob:
     """A member for an executor: its run is registered (or re-claimed) on this process when it is dispatched."""
     variant, seed = variant_of(key)
     if action == "resume":
-        prepare = lambda: prepare_resume(run_id, registry, verbose=verbose)  # noqa: E731
+        prepare = lambda: prepare_resume(registry, run_id, verbose=verbose)  # noqa: E731
         epochs = Recipe(**registry.get_run(run_id).recipe).epochs
     else:
         run_name = f"{spec.name}-{variant}" + ("" if seed is None else f"-s{seed}")
-        prepare = lambda: prepare_variant(variant, spec.data, recipe, registry, name=run_name,  # noqa: E731
+        prepare = lambda: prepare_variant(registry, variant, spec.data, recipe, name=run_name,  # noqa: E731
                                           series=spec.name, verbose=verbose,
                                           on_created=lambda rid: registry.set_series_member(spec.name, key, rid))
         epochs = recipe.epochs
@@ -202,13 +202,13 @@ def _kept_stats(registry: Registry, run_id: int) -> MatchedStats | None:
 SEED_BOOTSTRAP = 300  # resamples of images and seeds behind a seeded series' ranks
 
 
-def rank_replicates(name: str, registry: Registry) -> list[dict]:
+def rank_replicates(registry: Registry, name: str) -> list[dict]:
     """A series with seed replicates, one row per variant: each metric's mean ± sd over its finished seeds (best.pt's
     figures) and the per-seed values; with every run's per-image statistics, rank = 1 + the variants significantly
     ahead, their gap's interval combining image and seed variation (stats.compare.seed_gaps), so variants the data
     cannot tell apart share a rank. Without statistics, ranks come from the means ('point': no interval)."""
     by_variant: dict[str, list[dict]] = {}
-    for r in ranked_rows(name, registry):
+    for r in ranked_rows(registry, name):
         variant, seed = variant_of(r["variant"])
         by_variant.setdefault(variant, []).append({**r, "seed": seed})
     rows = []
@@ -251,16 +251,16 @@ def rank_replicates(name: str, registry: Registry) -> list[dict]:
     return sorted(rows, key=lambda r: (r["rank_map50"] is None, r["rank_map50"] or 0, -(r["map50"] or 0)))
 
 
-def has_replicates(name: str, registry: Registry) -> bool:
+def has_replicates(registry: Registry, name: str) -> bool:
     return bool(registry.series(name).spec.get("seeds"))
 
 
-def rank_series(name: str, registry: Registry) -> list[dict]:
+def rank_series(registry: Registry, name: str) -> list[dict]:
     """Members ranked by their metrics; unfinished members (stopped early too) are listed, unranked, with the epochs
     they reached. Where every finished member kept its best.pt's per-image statistics, ranks come from paired
     intervals (`rank_with_intervals`: members the data cannot tell apart share a rank); otherwise from the final
     epoch's single numbers (`rank_basis` 'point': one seed, no interval)."""
-    rows = ranked_rows(name, registry)
+    rows = ranked_rows(registry, name)
     done = [r for r in rows if r["status"] == RunStatus.FINISHED]
     stats = [_kept_stats(registry, r["run_id"]) for r in done]
     if len(done) > 1 and all(s is not None for s in stats):
@@ -276,7 +276,7 @@ def rank_series(name: str, registry: Registry) -> list[dict]:
     return rank_rows(rows)
 
 
-def ranked_rows(name: str, registry: Registry) -> list[dict]:
+def ranked_rows(registry: Registry, name: str) -> list[dict]:
     """One row per member with its final-epoch metrics (None where unfinished or damaged)."""
     rows = []
     for m in registry.series(name).members:

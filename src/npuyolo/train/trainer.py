@@ -112,12 +112,12 @@ def train_into(build: Callable[[], NpuyoloTrainer], sink: RecordSink, label: str
     return Path(trainer.save_dir)
 
 
-def run_prepared(prepared: PreparedRun, registry: Registry) -> RunResult:
+def run_prepared(registry: Registry, prepared: PreparedRun) -> RunResult:
     """Train a prepared run in this process, writing straight into the registry."""
-    return _run_trainer(prepared.build, registry, prepared.run_id)
+    return _run_trainer(registry, prepared.build, prepared.run_id)
 
 
-def _run_trainer(build: Callable[[], NpuyoloTrainer], registry: Registry, run_id: int) -> RunResult:
+def _run_trainer(registry: Registry, build: Callable[[], NpuyoloTrainer], run_id: int) -> RunResult:
     """Train in this process, writing straight into the registry."""
     save_dir = train_into(build, RegistrySink(registry, run_id), f"run {run_id}")
     if not registry.path.is_file():  # SQLite kept writing into the deleted file: the record is gone with it
@@ -169,16 +169,16 @@ def use_cpu_threads(threads: int | None) -> None:
     torch_utils.NUM_THREADS = threads or default_cpu_threads()
 
 
-def train_variant(variant: str, data: str | Path, recipe: Recipe, registry: Registry, *, name: str | None = None,
+def train_variant(registry: Registry, variant: str, data: str | Path, recipe: Recipe, *, name: str | None = None,
                   weights: str | Path | None = None, series: str | None = None, verbose: bool = True,
                   on_created: Callable[[int], None] | None = None) -> RunResult:
     """Check the data, register the run, train it with Ultralytics, record every epoch."""
-    prepared = prepare_variant(variant, data, recipe, registry, name=name, weights=weights, series=series,
+    prepared = prepare_variant(registry, variant, data, recipe, name=name, weights=weights, series=series,
                                verbose=verbose, on_created=on_created)
-    return _run_trainer(prepared.build, registry, prepared.run_id)
+    return _run_trainer(registry, prepared.build, prepared.run_id)
 
 
-def prepare_variant(variant: str, data: str | Path, recipe: Recipe, registry: Registry, *, name: str | None = None,
+def prepare_variant(registry: Registry, variant: str, data: str | Path, recipe: Recipe, *, name: str | None = None,
                     weights: str | Path | None = None, series: str | None = None, verbose: bool = True,
                     on_created: Callable[[int], None] | None = None) -> PreparedRun:
     """Check the data, register the run and write its model YAML; training is left to the caller."""
@@ -265,7 +265,7 @@ def _resume_checkpoint(run: RunRecord, save_dir: Path, source: str) -> tuple[Pat
         raise TrainError(f"{e}{hint}") from e
 
 
-def close_if_trained(ref: str | int, registry: Registry) -> bool:
+def close_if_trained(registry: Registry, ref: str | int) -> bool:
     """Record as finished a run whose training completed on disk but whose end never reached the registry.
 
     Ultralytics strips last.pt at the end of training (epoch -1); a stop that lands between that and the final
@@ -289,16 +289,16 @@ def close_if_trained(ref: str | int, registry: Registry) -> bool:
     return True
 
 
-def resume_run(ref: str | int, registry: Registry, verbose: bool = True, source: str = "last") -> RunResult:
+def resume_run(registry: Registry, ref: str | int, verbose: bool = True, source: str = "last") -> RunResult:
     """Continue an interrupted or failed run from its last checkpoint (or from the start if it has none)."""
-    if source == "last" and close_if_trained(ref, registry):
+    if source == "last" and close_if_trained(registry, ref):
         run = registry.get_run(ref)
         return RunResult(run.id, run.name, run.status, Path(run.save_dir) if run.save_dir else registry.run_dir(run))
-    prepared = prepare_resume(ref, registry, verbose=verbose, source=source)
-    return _run_trainer(prepared.build, registry, prepared.run_id)
+    prepared = prepare_resume(registry, ref, verbose=verbose, source=source)
+    return _run_trainer(registry, prepared.build, prepared.run_id)
 
 
-def prepare_resume(ref: str | int, registry: Registry, verbose: bool = True, source: str = "last") -> PreparedRun:
+def prepare_resume(registry: Registry, ref: str | int, verbose: bool = True, source: str = "last") -> PreparedRun:
     """Claim an interrupted or failed run again and drop the epochs its checkpoint does not hold."""
     run = registry.get_run(ref)
     if run.status == RunStatus.FINISHED:

@@ -77,8 +77,8 @@ def _shipped(path: Path) -> Path:
         return path.resolve()
 
 
-def bundle_model(run: str | None = None, target: str | None = None, *, artefact: str | Path | None = None,
-                 out: str | Path | None = None, registry: str | Path | None = None, conf: float | None = None,
+def bundle_model(registry: str | Path | None, run: str | None = None, target: str | None = None, *,
+                 artefact: str | Path | None = None, out: str | Path | None = None, conf: float | None = None,
                  iou: float | None = None) -> Bundle:
     """A board bundle (folder + .tar.gz) of a run's planned artefact for `target`, or of `artefact`.
 

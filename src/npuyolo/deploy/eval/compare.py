@@ -298,7 +298,7 @@ def model_stats(registry: Registry, ref: str, data: str | Path, fingerprint: str
         names = {int(k): v for k, v in json.loads(meta["names"]).items()}
         _, stats = validate_matched(predict, data, imgsz, names)
     elif kind.startswith("pt"):
-        resolved = resolve_model(ModelRef(str(source), "pt"))
+        resolved = resolve_model(None, ModelRef(str(source), "pt"))
         imgsz = imgsz or default_imgsz(resolved)
         check_imgsz(imgsz)
         model = resolved.model

@@ -133,7 +133,7 @@ def check_settings(conf: float, iou: float, max_det: int, imgsz: int | None) -> 
 
 
 # ------------------------------------------------------------------------------------------------ models
-def load_predictor(ref: str, registry=None, imgsz: int | None = None) -> Predictor:
+def load_predictor(registry: Registry | str | Path | None, ref: str, imgsz: int | None = None) -> Predictor:
     """A run (`7`, `#7` or its name), a .pt checkpoint or an npuyolo ONNX file, ready to predict.
 
     Input size: an ONNX file's own (fixed; a different `imgsz` is refused), a run's recipe size, else 640.
@@ -154,9 +154,9 @@ def load_predictor(ref: str, registry=None, imgsz: int | None = None) -> Predict
             raise PredictError(f"model not found: {ref}")
         if path.suffix.lower() != ".pt":
             raise PredictError(f"{ref}: expected a .pt checkpoint or an .onnx file")
-        resolved = resolve_model(str(path))
+        resolved = resolve_model(None, str(path))
         return _torch_predictor(resolved.model, imgsz or default_imgsz(resolved), resolved.label, path=str(path))
-    return _run_predictor(ref, registry, imgsz)
+    return _run_predictor(registry, ref, imgsz)
 
 
 def _onnx_predictor(path: Path, imgsz: int | None) -> Predictor:
@@ -177,7 +177,7 @@ def _torch_predictor(model: torch.nn.Module, imgsz: int, label: str, **kw) -> Pr
     return Predictor(torch_predictor(model), imgsz, names, label, "pt", **kw)
 
 
-def _run_predictor(ref: str, registry, imgsz: int | None) -> Predictor:
+def _run_predictor(registry: Registry | str | Path | None, ref: str, imgsz: int | None) -> Predictor:
 
     if any(c in ref for c in "/\\"):
         raise PredictError(f"model not found: {ref} (give a run id or name, a .pt checkpoint or an .onnx file)")
@@ -194,7 +194,7 @@ def _run_predictor(ref: str, registry, imgsz: int | None) -> Predictor:
             raise PredictError(f"{ref!r} is a variant name, not a trained model: give a run, a .pt checkpoint"
                                " or an .onnx file") from None
         raise PredictError(f"unknown model {ref!r}: not a file and not a run ({e})") from None
-    resolved = resolve_model(str(run.id), reg)
+    resolved = resolve_model(reg, str(run.id))
     size = imgsz or default_imgsz(resolved)
     path = run.artifact_path("weights/best", "weights/last")
     return _torch_predictor(resolved.model, size, resolved.label, path=str(path), run_id=run.id,
@@ -434,8 +434,8 @@ def output_dir(out: str | Path | None, predictor: Predictor, sources: list[Path]
     return out
 
 
-def run_predict(model: str, source: str | Path, *, conf: float = 0.25, iou: float = 0.7, imgsz: int | None = None,
-                out: str | Path | None = None, max_det: int = 300, registry=None,
+def run_predict(registry: Registry | str | Path | None, model: str, source: str | Path, *, conf: float = 0.25,
+                iou: float = 0.7, imgsz: int | None = None, out: str | Path | None = None, max_det: int = 300,
                 on_start: Callable[[int], None] | None = None, on_frame: Callable[[], None] | None = None) -> PredictResult:
     """Predict, then write annotated images/videos, predictions.json and predictions.csv into the output folder.
 
@@ -446,7 +446,7 @@ def run_predict(model: str, source: str | Path, *, conf: float = 0.25, iou: floa
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise PredictError(f"out {out} is an existing file; give a folder", param="out")
     paths = list_sources(source)
-    predictor = load_predictor(model, registry, imgsz)
+    predictor = load_predictor(registry, model, imgsz)
     folder = output_dir(out, predictor, paths)
     if on_start is not None:
         on_start(frame_count(paths))

@@ -72,7 +72,7 @@ def quantize_run(registry, ref: str, data: str | Path, options: QuantizeOptions 
         raise DeployError("quantize records artefacts; open the registry writable")
     if opts.ends is not None and target is not None:
         ends_allowed(opts.ends, target)
-    resolved = resolve_model(ref, registry)
+    resolved = resolve_model(registry, ref)
     if resolved.run_id is None:
         raise DeployError(f"{ref!r} is not a run; quantize takes a run id or name (train one with `npuyolo train`)")
     run = registry.get_run(resolved.run_id)

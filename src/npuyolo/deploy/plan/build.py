@@ -23,6 +23,7 @@ from npuyolo.npu.graph import load_graph
 from npuyolo.npu.profiles import target as get_target
 from npuyolo.npu.rewrite import rewrite_leaky
 from npuyolo.paths import atomic_path, file_problem, make_dir, safe_join, sha256_file, slug, write_text
+from npuyolo.registry.db import Registry
 from npuyolo.registry.schema import RunStatus
 from npuyolo.resolve import ModelRef
 from npuyolo.stats.matched import MatchedStats
@@ -105,7 +106,7 @@ def _twin(registry, run_id: int | None) -> str | None:
     return None
 
 
-def _compile(placement: Placement, fp32: Path, target: str, data, registry, model_ref: str | None = None,
+def _compile(registry: Registry, placement: Placement, fp32: Path, target: str, data, model_ref: str | None = None,
              imgsz: int | None = None, model_builds: dict | None = None) -> None:
     """The vendor compiler's verdict (its `CompilerSpec`, `compilers/registry.py`) on the FP32 graph (it quantizes
     itself), when one serves the target and is installed.
@@ -125,11 +126,11 @@ def _compile(placement: Placement, fp32: Path, target: str, data, registry, mode
         return
     if compiler.takes_onnx:
         try:
-            result = compile_model(str(fp32), compiler.name, platform, data, registry)
+            result = compile_model(registry, str(fp32), compiler.name, platform, data)
         except CompilerError as e:
             placement.compiler_status = f"failed: {e}"
             return
-        record(result, registry)
+        record(registry, result)
     else:
         if model_ref is None or str(model_ref).lower().endswith(".onnx"):
             placement.compiler_status = (f"not compiled: a graph rewrite has no PyTorch model for {compiler.quantizer} to "
@@ -140,8 +141,8 @@ def _compile(placement: Placement, fp32: Path, target: str, data, registry, mode
         key = (compiler.name, platform, model_ref)
         if key not in builds:
             try:
-                builds[key] = compile_model(model_ref, compiler.name, platform, data, registry, imgsz=imgsz)
-                record(builds[key], registry)
+                builds[key] = compile_model(registry, model_ref, compiler.name, platform, data, imgsz=imgsz)
+                record(registry, builds[key])
             except NpuyoloError as e:  # the compiler's or the FP32 export beside it: this target's row says so
                 builds[key] = e
         result = builds[key]
@@ -248,7 +249,7 @@ class PlanBuilder:
         t0 = next(iter(profiles))
         self.own = model_folder(registry, self.ref)  # a checkpoint or ONNX file: its own folder, exports included
         with self.stage("export"):
-            first = check_model(self.ref, [t0], registry, imgsz=self.imgsz, workdir=self.own)
+            first = check_model(registry, self.ref, [t0], imgsz=self.imgsz, workdir=self.own)
         self.run_id, self.label = first.run_id, first.model_ref
         self.exports[("export", sigmoid_on_npu(profiles[t0]))] = Path(first.onnx_paths[t0])
         run = registry.get_run(self.run_id) if self.run_id is not None else None  # read once: folder, variant, size, seed
@@ -266,7 +267,7 @@ class PlanBuilder:
         key = (source, sigmoid_on_npu(self.profiles[t]))
         if key not in self.exports:
             with self.stage("export"):
-                result = check_model(self.twin if source == "relu-twin" else self.ref, [t], self.registry, imgsz=self.size,
+                result = check_model(self.registry, self.twin if source == "relu-twin" else self.ref, [t], imgsz=self.size,
                                      workdir=self.own if source == "export" else None)
             self.exports[key] = Path(result.onnx_paths[t])
         return self.exports[key]
@@ -307,7 +308,7 @@ class PlanBuilder:
                 serves[self.files.int8[(fp32, c.route)]].append(t)
         with self.stage("place"):
             self.reports = {(path, t): r for path, ts in serves.items()
-                            for t, r in zip(ts, check_model(str(path), ts).reports, strict=True)}
+                            for t, r in zip(ts, check_model(None, str(path), ts).reports, strict=True)}
 
     def measured(self, path: Path) -> tuple[Accuracy, Accuracy, MatchedStats]:
         if path not in self.accuracy:
@@ -323,7 +324,7 @@ class PlanBuilder:
                           r.unknown_ops, first_off_npu=first_off)
             if (fp32, t) not in self.compiled:
                 with self.stage("compile"):
-                    _compile(p, fp32, t, self.data, self.registry, model_ref, self.size, self.model_builds)
+                    _compile(self.registry, p, fp32, t, self.data, model_ref, self.size, self.model_builds)
                 self.compiled[(fp32, t)] = p
             else:
                 for name in VERDICT:
