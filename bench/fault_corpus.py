@@ -62,7 +62,7 @@ def setup(work: Path) -> dict:
     reg.add_artifact(rid, "weights/best", best)
     reg.record_epoch(rid, 1, map50=0.1, map50_95=0.05, precision=0.2, recall=0.1, box_loss=1, cls_loss=1, dfl_loss=1)
     reg.set_status(rid, "finished")
-    interrupted = reg.create_run(name="stopped", variant="L4-relu", recipe=run.recipe, data_path=str(data), data_hash="h",
+    interrupted = reg.create_run(name="stopped", variant="L4-relu", recipe=run.recipe.as_dict(), data_path=str(data), data_hash="h",
                                  class_names=["a"] * 6, weights_source=None, device="cpu", versions={})
     reg.set_status(interrupted, "interrupted")
     reg.close()

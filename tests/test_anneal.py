@@ -67,7 +67,7 @@ def test_annealed_run_is_a_relu_network_with_the_plain_export(synth_data, tiny_r
     result = train_variant(reg, "L4-relu", synth_data, recipe, verbose=False)
     run = reg.get_run(result.run_id)
     assert [e.extra["act_slope"] for e in run.epochs] == [0.1, 0.0, 0.0]
-    assert run.recipe["act_anneal"]["end"] == 2
+    assert run.recipe.act_anneal["end"] == 2
     best = load_weights(run.artifact_path("weights/best"))
     assert set(activation_census(best)) == {"ReLU"}
     annealed = op_census(export_onnx(best, tmp_path / "annealed.onnx", imgsz=64))
@@ -122,7 +122,7 @@ def test_relu_gap_study_writes_a_complete_table_for_two_seeds(synth_data, tmp_pa
     reg = Registry(db, readonly=True)
     for row in rows.values():
         assert row["seeds"] == [0, 1] and len(row["runs"]) == 2 and len(row["map50"]) == 2 and row["cost_s"] > 0
-        assert all(reg.get_run(rid).status == "finished" and reg.get_run(rid).recipe["seed"] == seed for rid, seed in zip(row["runs"], [0, 1]))
+        assert all(reg.get_run(rid).status == "finished" and reg.get_run(rid).recipe.seed == seed for rid, seed in zip(row["runs"], [0, 1]))
         share = row["npu"]["relu-only"]["share_nodes"]
         assert share == 1.0 if row["variant"] == "L4-relu" else 0.5 < share < 1.0  # LeakyRelu leaves a ReLU-only NPU
     for route in ("relu", "distill", "anneal"):  # each gap carries an interval over images and seeds, and a verdict
@@ -131,7 +131,7 @@ def test_relu_gap_study_writes_a_complete_table_for_two_seeds(synth_data, tmp_pa
         assert rows[route]["gap_verdict"]["map50"] in ("ahead", "tied", "behind")
     assert rows["leaky"]["gap_interval_pp"]["map50"] is None
     for seed, rid in enumerate(rows["distill"]["runs"]):  # each student learned from its own seed's teacher
-        assert reg.get_run(rid).recipe["distill"]["teacher_run"] == rows["leaky"]["runs"][seed]
+        assert reg.get_run(rid).recipe.distill["teacher_run"] == rows["leaky"]["runs"][seed]
     assert rows["distill"]["cost_s"] > reg.get_run(rows["distill"]["runs"][0]).duration_s  # teacher time included
     assert reg.series("relu-gap").spec["kind"] == "study:relu-gap" and len(reg.series("relu-gap").spec["table"]) == 4
     for lang in ("en", "ko"):

@@ -74,7 +74,7 @@ def test_distill_run_records_teacher_and_terms(synth_data, tiny_recipe, tmp_path
     assert result.exit_code == 0, result.output
     run = Registry(db).get_run(2)
     assert run.status == "finished" and run.variant == "L4-relu" and len(run.epochs) == 2
-    d = run.recipe["distill"]
+    d = run.recipe.distill
     assert d["teacher_run"] == teacher.run_id and (d["alpha"], d["beta"], d["gamma"], d["temperature"]) == (1.0, 1.0, 0.5, 2.0)
     for e in run.epochs:
         assert set(KD_TERMS) <= set(e.extra) and all(math.isfinite(e.extra[k]) for k in KD_TERMS)

@@ -177,7 +177,7 @@ def test_qat_fine_tunes_a_run_and_exports_full_integer_int8(synth_data, tiny_rec
     info = json.loads(result.stdout)
     assert info["parent_run"] == 1 and info["qat_run"] == 2
     child = Registry(db).get_run(2)
-    assert child.status == "finished" and child.recipe["ultralytics"]["quantize"] == 8 and child.recipe["epochs"] == 1
+    assert child.status == "finished" and child.recipe.ultralytics["quantize"] == 8 and child.recipe.epochs == 1
     assert child.artifact("qat/parent").meta["parent_run"] == 1
     int8 = onnx.load(info["int8"])
     assert is_full_integer(int8) and not [n for n in float_compute_nodes(int8) if n.op_type == "Conv"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import npuyolo
-from npuyolo.registry.db import Registry
+from npuyolo.registry.db import DamagedRowError, Registry
 from npuyolo.registry.schema import RunStatus
 
 SRC = Path(npuyolo.__file__).resolve().parent
@@ -251,3 +251,34 @@ def test_typed_results_print_the_json_they_always_printed():
               "after": {}, "ort_p50_ms": {"parent": 2.0, "pruned": 1.0}, "pruned_checkpoint": "p.pt"}
     pruned = PruneResult(run_id=2, **report)
     assert json.dumps(pruned.as_dict()) == json.dumps({"run_id": 2, **report}) and pruned.report() == report
+
+
+def test_the_run_row_carries_a_typed_recipe_read_as_recorded(tmp_path):
+    """`run.recipe` is a `RunRecipe`: its settings as fields, parsed when the row is read. An old row loads as it was
+    recorded: a setting it lacks is None (not today's default), a setting npuyolo no longer knows is kept, and
+    `as_dict()` gives back the stored JSON (runs show --json, run.json, MLflow)."""
+    from npuyolo.registry.schema import RunRecipe
+    from npuyolo.train.recipe import Recipe
+
+    assert {f for f in RunRecipe.__dataclass_fields__ if f != "stored"} == set(Recipe.model_fields)  # one field each
+    reg = Registry(tmp_path / "r.db")
+    today = Recipe.load(epochs=3, imgsz=64, workers=0).model_dump()
+    new = reg.create_run(name="new", variant="L4-relu", recipe=today, data_path="d.yaml", data_hash="h",
+                         class_names=["x"], weights_source=None, device="cpu", versions={})
+    old_recipe = {"epochs": 5, "imgsz": 320, "lr0": 0.01, "seed": 2, "mixup_legacy": 0.5}  # no threads, trackers...
+    old = reg.create_run(name="old", variant="L4-relu", recipe=old_recipe, data_path="d.yaml", data_hash="h",
+                         class_names=["x"], weights_source=None, device="cpu", versions={})
+    run = reg.get_run(new)
+    assert type(run.recipe) is RunRecipe and run.recipe.imgsz == 64 and run.recipe.epochs == 3 and run.recipe.workers == 0
+    assert run.recipe.as_dict() == today and Recipe(**run.recipe.as_dict()) == Recipe(**today)
+    legacy = reg.get_run(old).recipe
+    assert (legacy.epochs, legacy.imgsz, legacy.lr0, legacy.seed) == (5, 320, 0.01, 2)
+    assert legacy.threads is None and legacy.trackers is None and "threads" not in legacy and "epochs" in legacy
+    assert legacy.unknown() == {"mixup_legacy": 0.5} and legacy.as_dict() == old_recipe
+    assert json.loads(json.dumps(reg.get_run(old).as_dict()))["recipe"] == old_recipe
+    legacy.as_dict()["epochs"] = 99  # a copy: the row's recipe does not change under its reader
+    assert reg.get_run(old).recipe.epochs == 5 and legacy.epochs == 5
+    reg.conn.execute("UPDATE runs SET recipe_json = ? WHERE id = ?", (json.dumps({"epochs": "five"}), old))
+    reg.conn.commit()
+    with pytest.raises(DamagedRowError, match="column recipe_json is damaged"):  # a setting a report reads, mistyped
+        reg.get_run(old)

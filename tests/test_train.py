@@ -76,7 +76,7 @@ def test_one_epoch_train_records_one_finished_run_offline(synth_data, tiny_recip
     run = reg.get_run(result.run_id)
     epoch = run.epochs[0]
     assert epoch.epoch == 1 and all(epoch.value(k) is not None and epoch.value(k) >= 0 for k in ("box_loss", "cls_loss", "dfl_loss", "lr", "map50"))
-    assert run.recipe["lr0"] == 0.003 and run.recipe["epochs"] == 1
+    assert run.recipe.lr0 == 0.003 and run.recipe.epochs == 1
     assert run.class_names[0] == "speed_limit" and len(run.data_hash) == 16
     assert run.versions["torch"] and run.device == "cpu" and run.duration_s > 0
     kinds = {a.kind: a.path for a in run.artifacts}
@@ -436,7 +436,7 @@ def test_a_series_with_seed_replicates_trains_each_and_ranks_variants_over_seeds
     reg = Registry(db, readonly=True)
     runs = {r.name: reg.get_run(r.id) for r in reg.runs()}
     assert sorted(runs) == ["rep-L4-leaky-s0", "rep-L4-leaky-s1", "rep-L4-relu-s0", "rep-L4-relu-s1"]
-    assert all(run.recipe["seed"] == int(name[-1]) for name, run in runs.items())
+    assert all(run.recipe.seed == int(name[-1]) for name, run in runs.items())
     assert sorted(m.variant for m in reg.series("rep").members) == ["L4-leaky/s0", "L4-leaky/s1", "L4-relu/s0", "L4-relu/s1"]
     cli = json.loads(runner.invoke(app, ["series", "rank", "rep", "--json", "--registry", str(db)]).stdout)
     api = Workspace(db).rank("rep")

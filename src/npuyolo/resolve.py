@@ -125,4 +125,4 @@ def resolve_model(registry: Registry | str | Path | None, ref: str | ModelRef, n
     path = run.artifact_path("weights/best", "weights/last")
     if path is None:
         raise RegistryError(f"run {run.name} has no weights on disk (status {run.status})")
-    return ResolvedModel(load_weights(path), slug(run.name), run.id, trained_imgsz=run.recipe.get("imgsz"))
+    return ResolvedModel(load_weights(path), slug(run.name), run.id, trained_imgsz=run.recipe.imgsz)

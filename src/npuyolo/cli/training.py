@@ -124,7 +124,7 @@ def runs_show(ctx: typer.Context, run: str, as_json: JsonOpt = False,
     if as_json:
         return print_json(record.as_dict())
     print_run(record)
-    console.print("recipe: " + json.dumps(record.recipe, sort_keys=True), highlight=False, markup=False)
+    console.print("recipe: " + json.dumps(record.recipe.as_dict(), sort_keys=True), highlight=False, markup=False)
 
 
 @runs_app.command("export")

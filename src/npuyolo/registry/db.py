@@ -19,10 +19,10 @@ from typing import Any
 from npuyolo.errors import NpuyoloError, UnsafePathError
 from npuyolo.paths import claim_dir, make_dir, out_of_space, safe_join, slug
 from npuyolo.paths import default_registry_path as default_path
-from npuyolo.registry.schema import MIGRATIONS, RUN_COLUMNS, SCHEMA_VERSION, RunStatus, widen_status_check
+from npuyolo.registry.schema import MIGRATIONS, RUN_COLUMNS, SCHEMA_VERSION, RunRecipe, RunStatus, widen_status_check
 from npuyolo.variants.spec import HYBRID_RE, NAME_RE
 
-__all__ = ["Artifact", "DamagedRowError", "EpochRow", "NameTakenError", "Registry", "RegistryError", "RunRecord", "RunStatus", "default_path", "validate_run_name"]
+__all__ = ["Artifact", "DamagedRowError", "EpochRow", "NameTakenError", "Registry", "RegistryError", "RunRecipe", "RunRecord", "RunStatus", "default_path", "validate_run_name"]
 
 MAX_NAME_CHARS = 100
 # sqlite messages that mean "the file or disk", not "our SQL": shown to the user as one line
@@ -113,12 +113,14 @@ def _json(text: Any, kind: type, nullable: bool = False) -> Any:
     return value
 
 
-def _recipe(text: Any) -> dict:
+def _recipe(text: Any) -> RunRecipe:
+    """The recipe column, typed: the settings a report reads must have their types when present (else the row is
+    damaged); missing and unknown settings load (`RunRecipe` says how)."""
     recipe = _json(text, dict)
     wrong = [k for k, types in RECIPE_TYPES.items() if k in recipe and not _is(recipe[k], types)]
     if wrong:
         raise ValueError(f"{wrong[0]} is {recipe[wrong[0]]!r}")
-    return recipe
+    return RunRecipe.of(recipe)
 
 
 def _best(text: Any) -> dict | None:
@@ -211,7 +213,7 @@ class RunRecord:
     variant: str
     series: str | None
     status: RunStatus
-    recipe: dict
+    recipe: RunRecipe
     data_path: str
     data_hash: str
     class_names: list[str]
@@ -245,7 +247,7 @@ class RunRecord:
         return None
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "epochs": [e.as_dict() for e in self.epochs]}
+        return {**asdict(self), "recipe": self.recipe.as_dict(), "epochs": [e.as_dict() for e in self.epochs]}
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ def _export(registry, uri: str, ids: list[int], experiment: str, artifacts: str 
         tags = {"npuyolo.registry": str(registry.path), "npuyolo.run_id": str(run.id), "npuyolo.variant": run.variant,
                 "npuyolo.status": run.status, "npuyolo.series": run.series or ""}
         with mlflow.start_run(experiment_id=exp.experiment_id, run_name=run.name, tags=tags) as active:
-            mlflow.log_params(_flat({"recipe": run.recipe, "data": run.data_path, "data_hash": run.data_hash,
+            mlflow.log_params(_flat({"recipe": run.recipe.as_dict(), "data": run.data_path, "data_hash": run.data_hash,
                                      "weights_source": run.weights_source or "", "device": run.device or ""}))
             for e in run.epochs:
                 values = {k: e.value(k) for k in EPOCH_FIELDS if isinstance(e.value(k), (int, float))}

@@ -1,9 +1,15 @@
-"""Registry schema as an ordered list of migrations; PRAGMA user_version holds how many have run."""
+"""Registry schema as an ordered list of migrations; PRAGMA user_version holds how many have run. Also the typed
+values of a run row that are not rows of their own: its status and its recipe."""
 
+from __future__ import annotations
+
+import copy
 import re
+from dataclasses import dataclass, field, fields
 from enum import Enum
+from typing import Any
 
-__all__ = ["MIGRATIONS", "RUN_COLUMNS", "SCHEMA_VERSION", "RunStatus", "widen_status_check"]
+__all__ = ["MIGRATIONS", "RUN_COLUMNS", "SCHEMA_VERSION", "RunRecipe", "RunStatus", "widen_status_check"]
 
 
 class RunStatus(str, Enum):
@@ -22,6 +28,67 @@ class RunStatus(str, Enum):
 
     def __format__(self, spec: str) -> str:
         return format(self.value, spec)
+
+
+@dataclass(frozen=True)
+class RunRecipe:
+    """The recipe a run recorded (train/recipe.py's `Recipe`, as it stood when the run trained), read back typed.
+
+    Read as recorded, never re-filled: a setting the row lacks (a run recorded before npuyolo had that setting) is
+    None here, not today's default, and a setting npuyolo no longer has is kept (`unknown()`), so `as_dict()` gives back
+    the stored JSON whole. The registry checks the types of the settings a report reads when it reads the row
+    (`registry.db.RECIPE_TYPES`: a wrong one is a damaged row). To train from it again, `Recipe(**run.recipe.as_dict())`
+    applies today's checks and defaults."""
+
+    epochs: int | None = None
+    batch: int | None = None
+    imgsz: int | None = None
+    optimizer: str | None = None
+    lr0: float | None = None
+    lr_final: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    seed: int | None = None
+    deterministic: bool | None = None
+    workers: int | None = None
+    threads: int | None = None  # torch threads of a CPU run (None: every core, or not recorded)
+    cache: str | bool | None = None
+    patience: int | None = None
+    close_mosaic: int | None = None
+    device: str | None = None
+    plots: bool | None = None
+    fraction: float | None = None
+    trackers: list[str] | None = None
+    ultralytics: dict[str, Any] | None = None  # other Ultralytics train arguments (e.g. quantize: 8 for QAT)
+    distill: dict[str, Any] | None = None  # a distillation run's teacher and loss weights (DistillConfig's fields)
+    act_anneal: dict[str, Any] | None = None  # an annealed run's slope schedule
+    stored: dict[str, Any] = field(default_factory=dict, repr=False)  # the recipe as the row holds it
+
+    @classmethod
+    def of(cls, recipe: dict[str, Any]) -> RunRecipe:
+        """The typed view of a recorded recipe (a JSON object): its known settings as fields, the whole kept."""
+        known = {k: v for k, v in recipe.items() if k in _RECIPE_FIELDS}
+        return cls(**known, stored=copy.deepcopy(recipe))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The recipe as recorded (a copy): the JSON of `runs show --json`, run.json and MLflow parameters."""
+        return copy.deepcopy(self.stored)
+
+    def unknown(self) -> dict[str, Any]:
+        """Settings the row holds that this npuyolo does not know (removed since, or written by another tool)."""
+        return {k: v for k, v in self.stored.items() if k not in _RECIPE_FIELDS}
+
+    def __contains__(self, key: str) -> bool:
+        """Whether the row recorded this setting (a missing one reads as None)."""
+        return key in self.stored
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A setting by a name chosen at run time (`recipe.get(name)`); code that knows the name reads the field."""
+        return self.stored.get(key, default)
+
+
+_RECIPE_FIELDS = frozenset(f.name for f in fields(RunRecipe)) - {"stored"}
 
 
 # the runs table's columns after every migration; `Registry.update_run` writes no other name into its SQL

@@ -269,7 +269,7 @@ def run_facts(registry, ref, compare_ref=None) -> RunFacts:
         improvement_factor=ratio(final.map50, first.map50) if final and first else None,
         loss_reduction_pct={k: (-pct_change(first.value(k), final.value(k)) if pct_change(first.value(k), final.value(k)) is not None else None)
                             for k in LOSSES} if final and first else {k: None for k in LOSSES},
-        lr_final_over_initial_pct=ratio(recipe.get("lr_final"), recipe.get("lr0")) * 100 if recipe.get("lr0") else None,
+        lr_final_over_initial_pct=ratio(recipe.lr_final, recipe.lr0) * 100 if recipe.lr0 else None,
         series_ranks=ranks, series_size=size, series_tied=tied, compare=compare, compare_final=compare_final,
         diffs_pp={m: ((final.value(m) - compare_final.value(m)) * 100 if final and compare_final and final.value(m) is not None
                       and compare_final.value(m) is not None else None) for m in METRICS},

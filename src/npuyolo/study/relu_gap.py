@@ -135,8 +135,9 @@ def study_table(registry, name: str) -> list[RouteRow]:
                 row.map50_95.append(scores["map50_95"])
             if run and run.duration_s:
                 cost += run.duration_s
-                if route == "distill" and run.recipe.get("distill", {}).get("teacher_run") in runs:
-                    cost += runs[run.recipe["distill"]["teacher_run"]].duration_s or 0.0
+                teacher = (run.recipe.distill or {}).get("teacher_run")
+                if route == "distill" and teacher in runs:
+                    cost += runs[teacher].duration_s or 0.0
         row.cost_s = cost or None
         for m in METRICS:
             row.mean[m], row.std[m], row.spread[m] = _summary(getattr(row, m))

@@ -282,8 +282,8 @@ def close_if_trained(registry: Registry, ref: str | int) -> bool:
             return False
     except CheckpointError:
         return False
-    if len(run.epochs) < run.recipe["epochs"]:
-        raise TrainError(f"run {run.name} finished training on disk, but only {len(run.epochs)} of its {run.recipe['epochs']} "
+    if len(run.epochs) < run.recipe.epochs:
+        raise TrainError(f"run {run.name} finished training on disk, but only {len(run.epochs)} of its {run.recipe.epochs} "
                          f"epochs were recorded; its weights are in {wdir}")
     finish_run(RegistrySink(registry, run.id), wdir.parent)
     return True
@@ -307,7 +307,7 @@ def prepare_resume(registry: Registry, ref: str | int, verbose: bool = True, sou
         raise TrainError(f"run {run.name} is still running (pid {run.pid})")
     save_dir = Path(run.save_dir) if run.save_dir else registry.run_dir(run)
     found = _resume_checkpoint(run, save_dir, source)
-    recipe = Recipe(**run.recipe)
+    recipe = Recipe(**run.recipe.as_dict())
     if found is None:  # killed before the first checkpoint: start over with the recorded recipe
         yaml_art = run.artifact("model_yaml")
         yaml_path = Path(yaml_art.path) if yaml_art else save_dir / "model.yaml"

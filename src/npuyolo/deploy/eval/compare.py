@@ -185,7 +185,7 @@ def identify(registry: Registry, ref: str) -> tuple[Path, str, int | None, int |
         if best is None:
             raise DeployError(f"run {run.name} has no weights on disk")
         kind = "pt" if run.artifact_path("weights/best") else "pt (last.pt: its best.pt is gone)"
-        return Path(best), kind, run.id, run.recipe.get("imgsz"), _names(run.class_names)
+        return Path(best), kind, run.id, run.recipe.imgsz, _names(run.class_names)
     return path, "pt", None, None, None  # read from the checkpoint only where no statistics are kept (compare_models)
 
 

@@ -77,8 +77,8 @@ def quantize_run(registry, ref: str, data: str | Path, options: QuantizeOptions 
         raise DeployError(f"{ref!r} is not a run; quantize takes a run id or name (train one with `npuyolo train`)")
     run = registry.get_run(resolved.run_id)
     if "seed" not in given and opts.seed == QuantizeOptions.seed:  # no seed asked for: the run's own draw of images
-        opts = QuantizeOptions.of(opts, seed=run.recipe.get("seed", QuantizeOptions.seed))
-    imgsz = imgsz or run.recipe["imgsz"]
+        opts = QuantizeOptions.of(opts, seed=QuantizeOptions.seed if run.recipe.seed is None else run.recipe.seed)
+    imgsz = imgsz or run.recipe.imgsz
     out_dir = out_dir or registry.run_dir(run, "deploy")
     head = default_head(resolved.model)
     stem = slug(run.name)
