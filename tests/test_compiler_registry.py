@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,7 +36,7 @@ class FakeBuild:
     fake_file: str
 
     def summary(self) -> dict:
-        return {"rows_npu": 3, "rows_cpu": 0, "inference_ms": 1.25}
+        return {"rows": 3, "rows_npu": 3, "rows_cpu": 0, "cpu_rows": [], "inference_ms": 1.25}
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "summary": self.summary()}
@@ -80,7 +81,7 @@ FAKE = registry.CompilerSpec(
     platforms={"fake-npu": "relu-only"}, build=fake_build, agree=agreement, verdict=fake_verdict,
     scoring=registry.Scoring("fake", ".fake", dict(layout="NCHW", channels="RGB", scale="0-1", dtype="float32"),
                              runtime=FakeRuntime),
-    in_process=CompilerEnv("fake", "1.0", sys.executable, "", "", []))
+    in_process=CompilerEnv("fake", "1.0", sys.executable, "", "", []), memory_text=lambda memory: "4/16 slots")
 
 
 @pytest.fixture
@@ -103,6 +104,12 @@ def test_every_compiler_table_is_derived_from_the_registry():
     assert registry.serving("relu-only") is None
     assert vendor.suffixes() == {".rknn": "rknn", ".tflite": "tflite"}
     assert {k: registry.scorer(k).name for k in ("rknn", "tflite", "onnx")} == {"rknn": "rknn", "tflite": "vela", "onnx": "imx500"}
+    assert vendor.onnx_kinds() == ["onnx"]
+    assert vendor.scored_files() == ".rknn, the int8 .tflite behind a Vela build, or the IMX500 build's model_imx_dense.onnx"
+    assert [registry.scorer(k).scoring.layers for k in ("rknn", "tflite", "onnx")] == ["RKNN's accuracy_analysis", None, None]
+    assert registry.memory_text("rknn", {"internal_kb": 1234.4, "weight_kib": 56.0}) == "internal 1234 KiB, weight 56 KiB"
+    assert registry.memory_text("imx500", {"used_mb": 3.7, "available_mb": 8.0, "fits": True}) == "3.70/8.00 MB"
+    assert registry.memory_text("imx500", {}) == ""
     with pytest.raises(CompilerError, match="compiler must be one of rknn, vela, imx500, got 'nope'"):
         registry.profile_for("nope", "rk3588")
 
@@ -134,3 +141,39 @@ def test_a_compiler_added_in_one_place_is_listed_compiled_planned_and_scored(fak
     # scored as the vendor's INT8, by its own runtime: it "compiled" the FP32 graph unchanged, so it scores as FP32 does
     assert row.vendor is not None and row.vendor_error is None and row.vendor.runtime == "fake runtime (ONNX Runtime)"
     assert row.vendor.int8 == row.fp32 and row.vendor.int8_at_conf == row.fp32_at_conf
+
+
+def test_a_compiler_added_in_one_place_reaches_deploy_eval_and_the_cli_tables(fake_compiler, synth_data, tmp_path,
+                                                                               monkeypatch, capsys):
+    """How `deploy eval` recognises, reads and starts a compiled file, and the units the CLI prints, come from the spec:
+    the fake's `.fake` file is compiled, its manifest read with the spec's defaults, its memory printed in its own unit."""
+    from npuyolo.cli.common import console
+    from npuyolo.cli.tables import print_referee
+    from npuyolo.deploy.compile import compile_model
+    from npuyolo.deploy.eval import vendor
+    from npuyolo.deploy.export import export_onnx
+    from npuyolo.deploy.runtime import DeployError
+    from npuyolo.registry.db import Registry
+
+    from .test_deploy import randomised
+
+    assert vendor.suffixes()[".fake"] == "fake"
+    assert vendor.scored_files().endswith("model_imx_dense.onnx, or .fake")  # its suffix, as it describes nothing else
+    fp32 = export_onnx(randomised("L4-relu"), tmp_path / "m.onnx", imgsz=64, head="npu")
+    compiled = compile_model(Registry(tmp_path / "r.db"), str(fp32), "fake", "fake-npu", synth_data)
+    built = compiled.build.fake_file
+    assert vendor.is_compiled(built)
+    art = vendor.read_compiled(built)
+    assert (art.kind, art.compiler, art.onnx) == ("fake", "fake", Path(compiled.build.onnx).resolve())
+    assert art.args == ("--model", str(art.path.resolve()))  # the spec's default arguments, no branch of its own
+    assert art.contract.layout == "NCHW" and art.contract.imgsz == 64
+    other = tmp_path / "m.bin"
+    other.write_bytes(b"x")
+    with pytest.raises(DeployError, match=r"not a compiled model deploy eval can score \(.*, or \.fake\)"):
+        vendor.read_compiled(other)
+
+    assert compiled.memory == "4/16 slots"  # the spec's unit, as the CLI prints it
+    monkeypatch.setattr(console, "width", 250)
+    print_referee([compiled])
+    out = capsys.readouterr().out
+    assert "memory" in out and "4/16 slots" in out and "KiB" not in out

@@ -22,7 +22,7 @@ from npuyolo.cli.common import (
     quiet_stdout,
     user_errors,
 )
-from npuyolo.cli.tables import print_imx500, print_referee
+from npuyolo.cli.tables import print_referee, print_whole_model
 from npuyolo.services.options import CheckOptions, CompileOptions, RewriteOptions
 
 
@@ -118,9 +118,9 @@ def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .on
     if as_json:
         return print_json(res.as_dict(with_nodes=True))
     if models.whole_model(res.build.compiler):  # the whole model on the device or nothing: its fit and memory
-        return print_imx500(res)
+        return print_whole_model(res)
     s = res.build.summary()
-    memory = ", ".join(f"{k.removesuffix('_kb').removesuffix('_kib')} {v:.0f} KiB" for k, v in res.build.memory.items()) or "not reported"
+    memory = res.memory or "not reported"  # in the compiler's own unit (`CompilerSpec.memory_text`)
     mapped = f"{s['nodes_mapped']}/{s['nodes']} of our nodes mapped" if res.build.mappings else "TFLite operators, compared by counts"
     console.print(f"{res.build.compiler} {res.build.version} on {res.build.platform}: {s['rows_npu']} NPU / {s['rows_cpu']} CPU "
                   f"operators in {res.build.seconds:.1f} s; {mapped}; memory {memory}", highlight=False, markup=False)

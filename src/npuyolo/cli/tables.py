@@ -109,13 +109,11 @@ def print_replicates(name: str, rows: list[dict]) -> None:
 def print_referee(results) -> None:
     table = Table(title="NPU placement: profile vs compiler")
     for col in ("target", "compiler", "nodes", "mapped", "agree", "agreement", "profile CPU/unknown", "compiler CPU ops",
-                "memory KiB", "est. ms"):
+                "memory", "est. ms"):
         table.add_column(col)
     for r in results:
         a, b, s = r.agreement, r.build, r.build.summary()
-        memory = ", ".join(f"{k.removesuffix('_kb').removesuffix('_kib')} {v:.0f}" for k, v in b.memory.items()) or "-"
-        if b.compiler == "imx500":  # MB of the sensor's memory, the converter's own unit
-            memory = f"{b.memory['used_mb']:.2f}/{b.memory['available_mb']:.2f} MB" if "used_mb" in b.memory and "available_mb" in b.memory else "-"
+        memory = r.memory or "-"  # in the compiler's own unit (`CompilerSpec.memory_text`)
         table.add_row(r.profile, f"{b.compiler} {b.version}", str(a.nodes), str(a.mapped), str(a.agree),
                       "-" if a.share is None else f"{a.share:.1%}" + ("" if a.basis == "nodes" else f" ({a.basis})"),
                       f"{r.ours.nodes_cpu}/{r.ours.nodes_unknown}",
@@ -140,7 +138,8 @@ def print_referee(results) -> None:
                           f"({r.agreement.nodes - r.agreement.mapped} not mappable from the log)", highlight=False, markup=False)
 
 
-def print_imx500(res) -> None:
+def print_whole_model(res) -> None:
+    """A compiler that runs the whole model on the device or none of it (`CompilerSpec.whole_model`): its fit and memory."""
     b = res.build
     m = b.memory
     memory = (f"{m['used_mb']:.2f} MB of {m['available_mb']:.2f} MB ({'fits' if m.get('fits') else 'does NOT fit'})"
@@ -149,7 +148,7 @@ def print_imx500(res) -> None:
         memory += f", coefficients {m['coefficients_bytes'] / 1024:.1f} KiB"
     acts = ", ".join(f"{k}×{v}" for k, v in b.activations.items()) or "-"
     verdict = "compiled" if b.ok else "FAILED"
-    console.print(f"imx500 {b.version}: {verdict} in {b.seconds:.0f} s; {memory}; activations: {acts}", highlight=False, markup=False)
+    console.print(f"{b.compiler} {b.version}: {verdict} in {b.seconds:.0f} s; {memory}; activations: {acts}", highlight=False, markup=False)
     if b.error:
         console.print(f"  error: {b.error}", highlight=False, markup=False)
     console.print(f"calibration: {b.calibration}", highlight=False, markup=False)

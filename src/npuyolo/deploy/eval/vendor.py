@@ -30,7 +30,7 @@ import torch
 
 from npuyolo.compilers.envs import clean_env
 from npuyolo.compilers.manifest import file_digest, manifest_path
-from npuyolo.compilers.registry import COMPILERS, require, scorer
+from npuyolo.compilers.registry import COMPILERS, DamagedManifest, ScoreInputs, require, scorer
 from npuyolo.data.calibration import calibration_images, letterbox
 from npuyolo.deploy.eval.contract import ContractReport, InputContract, check_contract, prepare
 from npuyolo.deploy.eval.evaluate import Deployable, DeployError, load_deployable, validate_matched
@@ -51,6 +51,17 @@ Kind = str
 def suffixes() -> dict[str, Kind]:
     """A compiled file's suffix -> its kind (`.rknn`, `.tflite`), from the compiler registry."""
     return {s.scoring.suffix: s.scoring.kind for s in COMPILERS.values() if s.scoring.suffix}
+
+
+def onnx_kinds() -> list[Kind]:
+    """The kinds written as ONNX files that a manifest marks as compiled (MCT's model for IMX500), registry order."""
+    return [s.scoring.kind for s in COMPILERS.values() if s.scoring.suffix is None]
+
+
+def scored_files() -> str:
+    """What `deploy eval` scores in a compiler's environment, in words, from the registry."""
+    said = [s.scoring.description for s in COMPILERS.values()]
+    return ", ".join(said[:-1]) + f", or {said[-1]}" if len(said) > 1 else "".join(said)
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,7 @@ def is_compiled(path: str | Path) -> bool:
     path = Path(path)
     if path.suffix.lower() in suffixes():
         return True
-    if path.suffix.lower() != ".onnx" or not manifest_path(path).is_file():
+    if path.suffix.lower() != ".onnx" or not onnx_kinds() or not manifest_path(path).is_file():
         return False
     try:  # a manifest written for another file (copied beside a plain export) does not make this one compiled
         record = json.loads(read_regular_file(manifest_path(path), MANIFEST_MAX_BYTES).decode("utf-8"))
@@ -97,6 +108,13 @@ def one_line(text: str, limit: int = 300) -> str:
     lines = [" ".join(x.split()) for x in str(text).splitlines() if x.strip()] or ["no message"]
     said = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
     return said if len(said) <= limit else said[:limit - 3] + "..."
+
+
+def _listing(folder: Path, value, what: str, manifest: Path) -> Path:
+    """A file list the manifest names (RKNN's calibration list), inside the build folder, every file it lists too."""
+    listing = _file(folder, value, what, manifest, folder)
+    _check_calibration_list(listing, folder, manifest)
+    return listing
 
 
 def _file(folder: Path, value, what: str, manifest: Path, root: Path) -> Path:
@@ -120,10 +138,9 @@ def read_compiled(path: str | Path) -> CompiledArtefact:
     why = file_problem(path, empty_ok=False)
     if why is not None:
         raise DeployError(f"compiled model {path} {why}")
-    kind = suffixes().get(path.suffix.lower()) or ("onnx" if is_compiled(path) else None)
+    kind = suffixes().get(path.suffix.lower()) or (onnx_kinds()[0] if is_compiled(path) else None)
     if kind is None:
-        raise DeployError(f"{path.name}: not a compiled model deploy eval can score (.rknn, the int8 .tflite behind a "
-                          "Vela build, or the IMX500 build's model_imx_dense.onnx)")
+        raise DeployError(f"{path.name}: not a compiled model deploy eval can score ({scored_files()})")
     manifest = manifest_path(path)
     if not manifest.is_file():
         raise DeployError(f"{path.name} has no {manifest.name} beside it: only models built by `npuyolo npu compile` "
@@ -136,31 +153,23 @@ def read_compiled(path: str | Path) -> CompiledArtefact:
         raise DeployError(f"{manifest}: not a readable manifest (nested too deep); compile it again") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DeployError(f"{manifest}: not a readable manifest ({one_line(e)}); compile it again") from None
+    if isinstance(record, dict) and path.suffix.lower() == ".onnx" and record.get("kind") in onnx_kinds():
+        kind = record["kind"]  # of the ONNX kinds, the one its manifest says
     if not isinstance(record, dict) or record.get("kind") != kind:
         raise DeployError(f"{manifest}: it describes a {record.get('kind') if isinstance(record, dict) else '?'} build, "
                           f"not this {kind} file; compile it again")
     folder = path.parent.resolve()
-    # where npu compile puts the ONNX file it compiled: beside an IMX500 model; the export folder holding a .rknn's
-    # build folder; one more level for Vela (its int8 TFLite lies in the build folder's tflite/)
-    root = folder if kind == "onnx" else folder.parent.parent if kind == "tflite" and folder.name == "tflite" else folder.parent
-    onnx = _file(folder, record.get("onnx"), "ONNX file", manifest, root)
-    if kind == "rknn":
-        target = record.get("target")
-        rules = record.get("disabled_rules", [])
-        if not isinstance(target, str) or not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
-            raise DeployError(f"{manifest}: damaged (target, disabled_rules); compile it again")
-        dataset = _file(folder, record.get("dataset"), "calibration list", manifest, folder)
-        _check_calibration_list(dataset, folder, manifest)
-        args = ("--onnx", str(onnx), "--target", target, "--dataset", str(dataset.relative_to(folder)))
-        args += tuple(x for r in rules for x in ("--disable-rule", r))
-    elif kind == "onnx":  # MCT's model: its quantizer ops registered; IMX's boxes and scores joined as Detect ends
-        args = ("--model", str(path.resolve()), *(("--mct",) if record.get("mct") is True else ()),
-                *(("--boxes-scores",) if record.get("outputs") == "boxes,scores" else ()))
-    else:
-        args = ("--model", str(path.resolve()))
+    scoring = scorer(kind).scoring
+    # where npu compile puts the ONNX file it compiled, from the compiled file's folder (`Scoring.root`)
+    onnx = _file(folder, record.get("onnx"), "ONNX file", manifest, scoring.root(folder))
+    try:  # the compiler's own arguments for score_driver.py, from the manifest (`Scoring.args`)
+        args = tuple(scoring.args(ScoreInputs(path, record, onnx, lambda key, what: _listing(folder, record.get(key), what,
+                                                                                               manifest))))
+    except DamagedManifest as e:
+        raise DeployError(f"{manifest}: damaged ({e}); compile it again") from None
     _check_unchanged(path, record, manifest)
     imgsz = load_deployable(onnx).imgsz
-    return CompiledArtefact(kind, path, onnx, args, InputContract(imgsz, **scorer(kind).scoring.contract), folder)
+    return CompiledArtefact(kind, path, onnx, args, InputContract(imgsz, **scoring.contract), folder)
 
 
 def _check_unchanged(path: Path, record: dict, manifest: Path) -> None:
@@ -351,8 +360,9 @@ def evaluate_compiled(path: str | Path, data: str | Path, batch: int = 8, conf: 
     from the same forward passes."""
     started = time.perf_counter()
     art = read_compiled(path)
-    if layers and art.kind != "rknn":
-        raise DeployError(f"per-layer analysis needs RKNN's accuracy_analysis; {art.path.name} is a {art.kind} build")
+    if layers and scorer(art.kind).scoring.layers is None:
+        have = " or ".join(s.scoring.layers for s in COMPILERS.values() if s.scoring.layers) or "a toolkit's analysis"
+        raise DeployError(f"per-layer analysis needs {have}; {art.path.name} is a {art.kind} build")
     require(art.compiler)  # a missing compiler is the first thing the user hears, not after the FP32 validation
     if qdq is not None:  # loadable, and quantized from this build's FP32 graph: before any scoring
         check_qdq(art.onnx, Path(qdq))
@@ -403,10 +413,10 @@ def check_runtime(model: Deployable, runtime: VendorRuntime, art: CompiledArtefa
     """What the runtime said of its model, then the input contract on the golden image (with the input size it
     reports, so a build at another size than its FP32 file is named as such)."""
     info = runtime.info
-    if art.kind == "tflite" and info.get("int8_tensors") == 0:
-        raise DeployError(f"{art.path.name} has no int8 tensor (input {info.get('input_dtype', '?')}): a float TFLite "
-                          "(onnx2tf's *_float32.tflite), not the full-integer model Vela compiles; its figures would be "
-                          "FP32's. Give the build's *_full_integer_quant.tflite")
+    refuse = scorer(art.kind).scoring.refuse  # what the runtime's first answer shows wrong with the file, if anything
+    why = refuse(info) if refuse is not None else None
+    if why:
+        raise DeployError(f"{art.path.name} {why}")
     return check_contract(_onnx_runner(model), runtime, art.contract, image=golden,
                           compiled_imgsz=compiled_side(info, art.contract))
 
