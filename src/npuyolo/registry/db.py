@@ -527,7 +527,8 @@ class Registry:
 
     def reap_dead_runs(self) -> list[int]:
         """Mark 'running' runs whose process on this host is gone as interrupted (e.g. after SIGKILL)."""
-        rows = self.conn.execute("SELECT id, status, pid, pid_started, host FROM runs WHERE status = 'running'").fetchall()
+        rows = self.conn.execute("SELECT id, status, pid, pid_started, host FROM runs WHERE status = ?",
+                                 (RunStatus.RUNNING.value,)).fetchall()
         dead = [r["id"] for r in rows if self._dead(r)]
         for run_id in dead:
             self.set_status(run_id, RunStatus.INTERRUPTED, error="process ended without closing the run (killed?)")
@@ -553,8 +554,8 @@ class Registry:
             cur = c.execute(
                 "INSERT INTO runs (name, variant, series, status, recipe_json, data_path, data_hash, class_names,"
                 " weights_source, device, versions_json, started_at, pid, pid_started, host)"
-                " VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name or f"#pending-{os.getpid()}-{now()}", variant, series, json.dumps(recipe, sort_keys=True),
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name or f"#pending-{os.getpid()}-{now()}", variant, series, RunStatus.RUNNING.value, json.dumps(recipe, sort_keys=True),
                  data_path, data_hash, json.dumps(class_names), weights_source, device, json.dumps(versions, sort_keys=True),
                  now(), os.getpid(), process_started(os.getpid()), socket.gethostname()),
             )
@@ -598,9 +599,9 @@ class Registry:
                 raise NameTakenError(f"a run named {name!r} already exists in {self.path}", name)
             run_id = c.execute(
                 "INSERT INTO runs (name, variant, status, recipe_json, data_path, data_hash, class_names, weights_source,"
-                " device, versions_json, started_at, ended_at, duration_s, best_json) VALUES (?, ?, 'finished', ?, ?, ?, ?,"
+                " device, versions_json, started_at, ended_at, duration_s, best_json) VALUES (?, ?, ?, ?, ?, ?, ?,"
                 " NULL, ?, ?, ?, ?, ?, ?)",
-                (name, variant, as_json["recipe_json"], data_path, data_hash, as_json["class_names"], device,
+                (name, variant, RunStatus.FINISHED.value, as_json["recipe_json"], data_path, data_hash, as_json["class_names"], device,
                  as_json["versions_json"], now(), now(), duration, as_json["best_json"])).lastrowid
             for row, extra in rows:
                 c.execute(f"INSERT INTO epochs (run_id, epoch, {', '.join(EPOCH_FIELDS)}, extra_json, recorded_at)"
