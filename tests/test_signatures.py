@@ -52,3 +52,16 @@ def test_the_scan_sees_a_misplaced_registry():
                      "    def go(self, jobs, registry): ...\n"
                      "def d(ref, registry_path=None): ...\n")
     assert [name for _, name in misplaced(tree)] == ["b", "c", "go"]
+
+
+def test_the_two_plan_commands_take_the_one_plan_options():
+    """`deploy plan` and `series plan` state none of PlanOptions' fields: `with_options` makes them flags from the class
+    (the same flags, defaults and help as every other command's, `tests/test_options.py`), handed over as one object."""
+    from npuyolo.services.options import PlanOptions, fields_of
+
+    fields = {f.name for f in fields_of(PlanOptions)}
+    for rel, name in (("cli/deploy.py", "deploy_plan"), ("cli/training.py", "series_plan")):
+        (fn,) = [f for f in functions(ast.parse((SRC / rel).read_text(encoding="utf-8"))) if f.name == name]
+        params = {p.arg for p in fn.args.args + fn.args.kwonlyargs}
+        assert "options" in params and not params & fields, (rel, sorted(params & fields))
+        assert any(isinstance(d, ast.Call) and getattr(d.func, "id", None) == "with_options" for d in fn.decorator_list)

@@ -72,6 +72,47 @@ def option(options: type, name: str, *flags: str, **kwargs):
     return typer.Option(*flags, **kwargs)
 
 
+def _flag_type(options: type, annotation: str):
+    """A field's annotation (text, as the options class keeps it) as the type Typer reads: `int | None` is Optional[int]."""
+    import sys as _sys
+    import types
+
+    made = eval(annotation, vars(_sys.modules[options.__module__]))  # noqa: S307 - the options classes' own annotations
+    if isinstance(made, types.UnionType) and type(None) in made.__args__:
+        (inner,) = [a for a in made.__args__ if a is not type(None)]
+        return Optional[inner]
+    return made
+
+
+def with_options(options: type, **flags: dict):
+    """A command whose flags are the fields of one options class, stated once there: each field becomes a flag (its
+    default and help from the field, `flags[name]` any other keyword of `option`, e.g. a help of its own), placed
+    before --json, and the command receives them as one `options` object (`options.pick`). Two commands that take the
+    same options (`deploy plan`, `series plan`) list none of them."""
+    from npuyolo.services.options import fields_of
+
+    def wrap(fn):
+        names = [f.name for f in fields_of(options)]
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            return fn(**{k: v for k, v in kwargs.items() if k not in names}, options=options.pick(kwargs))
+
+        signature = inspect.signature(fn, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "options"]
+        at = next(i for i, p in enumerate(own) if p.name == "as_json")
+        added = [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default,
+                                   annotation=Annotated[_flag_type(options, f.type),
+                                                        option(options, f.name, **flags.get(f.name, {}))])
+                 for f in fields_of(options)]
+        parameters = own[:at] + added + own[at:]
+        command.__signature__ = signature.replace(parameters=parameters)
+        command.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": signature.return_annotation}
+        return command
+
+    return wrap
+
+
 RegistryOpt = Annotated[Optional[Path], typer.Option("--registry", envvar="NPUYOLO_REGISTRY", help="SQLite registry file [default: runs/npuyolo.db]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

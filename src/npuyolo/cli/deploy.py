@@ -22,6 +22,7 @@ from npuyolo.cli.common import (
     print_json,
     quiet_stdout,
     user_errors,
+    with_options,
 )
 from npuyolo.cli.tables import print_layers, print_plan, print_quantized
 from npuyolo.deploy.int8.options import QuantizeOptions
@@ -128,23 +129,16 @@ def deploy_eval(artefact: Annotated[Path, typer.Argument(help="ONNX file written
 
 @deploy_app.command("plan")
 @user_errors
+@with_options(PlanOptions, workers=dict(min=1))
 def deploy_plan(model: Annotated[str, typer.Argument(help="Run id/name or .pt checkpoint.")],
                 target: Annotated[list[str], typer.Option("--target", "-t", help="Target profile (repeatable).")],
                 data: Annotated[Path, typer.Option(help="data.yaml: train images calibrate, val images score.")],
-                conf: Annotated[float, option(PlanOptions, "conf")] = PlanOptions.conf,
-                calib: Annotated[int, option(PlanOptions, "calib")] = PlanOptions.calib,
-                holdout: Annotated[int, option(PlanOptions, "holdout")] = PlanOptions.holdout,
-                sweep: Annotated[bool, option(PlanOptions, "sweep")] = PlanOptions.sweep,
-                workers: Annotated[Optional[int], option(PlanOptions, "workers", min=1)] = PlanOptions.workers,
-                reuse: Annotated[bool, option(PlanOptions, "reuse")] = PlanOptions.reuse,
-                imgsz: Annotated[Optional[int], option(PlanOptions, "imgsz")] = PlanOptions.imgsz,
-                vendor_int8: Annotated[bool, option(PlanOptions, "vendor_int8")] = PlanOptions.vendor_int8,
-                as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
+                options: PlanOptions, as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Build every artefact that could serve each target, verify each (placement, FP32/INT8 accuracy), choose."""
     from npuyolo.services import deploy
 
     with err.status("building and verifying candidates..."), quiet_stdout():
-        plan = deploy.plan(registry, model, target, data, PlanOptions.pick(locals()))
+        plan = deploy.plan(registry, model, target, data, options)
     if as_json:
         return print_json(plan.as_dict())
     print_plan(plan)

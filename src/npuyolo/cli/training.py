@@ -29,6 +29,7 @@ from npuyolo.cli.common import (
     series_app,
     study_app,
     user_errors,
+    with_options,
 )
 from npuyolo.cli.tables import print_ranking, print_replicates, print_result, print_run, print_series_plan, print_study
 from npuyolo.services.options import (DistillOptions, ExecutorOptions, HybridOptions, MlflowOptions, PlanOptions,
@@ -221,23 +222,17 @@ def series_rank(name: str, as_json: JsonOpt = False, registry: RegistryOpt = Non
 
 @series_app.command("plan")
 @user_errors
+@with_options(PlanOptions, workers=dict(min=1), imgsz=dict(help="Export size [default: each run's]."))
 def series_plan(name: str,
                 target: Annotated[list[str], typer.Option("--target", "-t", help="Target profile (repeatable).")],
+                options: PlanOptions,
                 data: Annotated[Optional[Path], typer.Option(help="data.yaml [default: the series' own].")] = None,
-                conf: Annotated[float, option(PlanOptions, "conf")] = PlanOptions.conf,
-                calib: Annotated[int, option(PlanOptions, "calib")] = PlanOptions.calib,
-                holdout: Annotated[int, option(PlanOptions, "holdout")] = PlanOptions.holdout,
-                sweep: Annotated[bool, option(PlanOptions, "sweep")] = PlanOptions.sweep,
-                workers: Annotated[Optional[int], option(PlanOptions, "workers", min=1)] = PlanOptions.workers,
-                reuse: Annotated[bool, option(PlanOptions, "reuse")] = PlanOptions.reuse,
-                imgsz: Annotated[Optional[int], typer.Option(help="Export size [default: each run's].")] = PlanOptions.imgsz,
-                vendor_int8: Annotated[bool, option(PlanOptions, "vendor_int8")] = PlanOptions.vendor_int8,
                 as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """`deploy plan` for every finished member: which variant's artefact to ship on which NPU (variant x target)."""
     from npuyolo.services import deploy
 
     with err.status("planning each member..."), quiet_stdout():
-        sp = deploy.series_plan(registry, name, target, data, PlanOptions.pick(locals()))
+        sp = deploy.series_plan(registry, name, target, data, options)
     if as_json:
         return print_json(sp.as_dict())
     print_series_plan(sp)
