@@ -410,6 +410,7 @@ class _Jobs:
     def quantize_all(self) -> None:
         """Every graph's routes not built yet (reused where the cache holds them); each file scored once built."""
         cal = self.files.calibration
+        jobs = []
         for fp32, wanted in self.routes.items():
             todo = []
             for route in wanted:
@@ -422,8 +423,11 @@ class _Jobs:
                 else:
                     todo.append(route)
             if todo:
-                ranges = self.first_ranges if fp32 == self.first else {}
-                self.submit(_quantize_job, ("quantize", fp32), fp32, todo, self.folder, self.settings, cal, ranges)
+                jobs.append((fp32, todo))
+        # the graphs with most routes first: the workers' queue ends on short jobs (a plan is the same in any order)
+        for fp32, todo in sorted(jobs, key=lambda job: -len(job[1])):
+            ranges = self.first_ranges if fp32 == self.first else {}
+            self.submit(_quantize_job, ("quantize", fp32), fp32, todo, self.folder, self.settings, cal, ranges)
 
     def finished(self, tag: tuple, result) -> None:
         kind, path = tag
