@@ -378,17 +378,19 @@ def test_our_minmax_int8_file_is_onnx_runtimes_own(synth_data, tmp_path):
     assert [k for k in ours if not np.array_equal(ours[k], theirs[k])] == []
 
 
-def test_the_sweep_reads_its_percentiles_from_one_pass(synth_data, tmp_path, monkeypatch):
-    """`--sweep` tries two percentiles: one set of histograms serves both (before: one pass each)."""
+def test_the_sweep_reads_its_calibrations_from_one_pass(synth_data, tmp_path, monkeypatch):
+    """`--sweep` tries four calibrations (MinMax, two percentiles, entropy): one pass of the images serves them all
+    (before: a MinMax pass, then ORT's percentile and entropy calibrators, each a pass)."""
     from npuyolo.deploy.int8 import quantize
 
     calls = []
-    real = quantize.percentiles_ranges
-    monkeypatch.setattr(quantize, "percentiles_ranges", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    real = quantize.calibration_ranges
+    monkeypatch.setattr(quantize, "calibration_ranges", lambda *a, **k: calls.append([c.label for c in a[3]]) or real(*a, **k))
+    monkeypatch.setattr(quantize, "minmax_ranges", lambda *a: pytest.fail("a second pass"))
     fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
     info = quantize_onnx(fp32, tmp_path / "q.onnx", synth_data, calib=4, sweep=True, holdout=2)
     assert [r["calibration"] for r in info["sweep"]] == ["minmax", "percentile99.99", "percentile99.999", "entropy"]
-    assert calls == [[99.99, 99.999]]
+    assert calls == [["minmax", "percentile99.99", "percentile99.999", "entropy"]]
 
 
 def test_quantize_takes_one_options_object_holding_each_default_once(synth_data, tmp_path):

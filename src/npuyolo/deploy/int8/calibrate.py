@@ -19,28 +19,43 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
 
 from npuyolo.data.calibration import letterbox
 from npuyolo.deploy.errors import DeployError
-from npuyolo.deploy.int8.ort_fast import fast_entropy
+from npuyolo.deploy.int8.ort_fast import fast_entropy, fast_entropy_collector
 from npuyolo.deploy.runtime import session
 
 
 class ImageReader(CalibrationDataReader):
-    """Feeds letterboxed images to ONNX Runtime's calibrator; `rewind()` makes it reusable."""
+    """Feeds letterboxed images to ONNX Runtime's calibrator; `rewind()` makes it reusable.
+
+    A quantization reads its images several times (a sweep: the calibration pass, then the held-back images once per
+    candidate): each is decoded and letterboxed once per reader and kept, read-only, up to CACHE_BYTES in all."""
+
+    CACHE_BYTES = 256 << 20
 
     def __init__(self, paths: list[Path], imgsz: int, input_name: str = "images"):
         self.paths, self.imgsz, self.input_name = paths, imgsz, input_name
-        self._it: Iterator[Path] = iter(paths)
+        self._it: Iterator[int] = iter(range(len(paths)))
+        self._kept: dict[int, np.ndarray] = {}
+        self._kept_bytes = 0
 
     def get_next(self) -> dict | None:
-        path = next(self._it, None)
-        if path is None:
+        i = next(self._it, None)
+        if i is None:
             return None
-        image = cv2.imread(str(path))
+        image = self._kept.get(i)
         if image is None:
-            raise DeployError(f"calibration image unreadable: {path}")
-        return {self.input_name: letterbox(image, self.imgsz)[None]}
+            path = self.paths[i]
+            decoded = cv2.imread(str(path))
+            if decoded is None:
+                raise DeployError(f"calibration image unreadable: {path}")
+            image = letterbox(decoded, self.imgsz)[None]
+            image.flags.writeable = False
+            if self._kept_bytes + image.nbytes <= self.CACHE_BYTES:
+                self._kept[i] = image
+                self._kept_bytes += image.nbytes
+        return {self.input_name: image}
 
     def rewind(self) -> None:
-        self._it = iter(self.paths)
+        self._it = iter(range(len(self.paths)))
 
 
 def sensitive_nodes(fp32: Path, int8: Path, reader: ImageReader, count: int, workdir: Path) -> list[dict]:
@@ -164,8 +179,12 @@ def entropy_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Pat
     cache. The KL
     threshold is symmetric around 0; it is clipped to the values actually seen, so a ReLU tensor keeps [0, t].
     """
-    data = histogram_data(model_path, reader, workdir, CalibrationMethod.Entropy,
-                          {"symmetric": False, "num_bins": ENTROPY_BINS, "num_quantized_bins": 128})
+    return _entropy_read(histogram_data(model_path, reader, workdir, CalibrationMethod.Entropy,
+                                        {"symmetric": False, "num_bins": ENTROPY_BINS, "num_quantized_bins": 128}))
+
+
+def _entropy_read(data) -> dict[str, tuple[float, float]]:
+    """Entropy TensorsData -> tensor -> (rmin, rmax), clipped to the values the histogram saw and widened to hold 0."""
     ranges = {}
     for name, td in data.data.items():
         lo, hi = (float(v) for v in td.range_value)
@@ -213,8 +232,34 @@ def minmax_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path
     same optimisation level, and numpy takes their min and max: min and max are exact, so the values are ORT's.
     Not through ORT's `max_intermediate_outputs` chunking either: there (ORT 1.32) a full chunk is dropped without
     being merged (microsoft/onnxruntime#18893). `threads`: ONNX Runtime's intra-op threads (None: every core)."""
-    from onnxruntime.quantization.calibrate import MinMaxCalibrater
+    return calibration_ranges(model_path, reader, workdir, [Calibration("minmax")], threads=threads)["minmax"]
 
+
+def calibration_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path, wanted: list[Calibration],
+                       chunk: int | None = None, threads: int | None = None) -> dict[str, dict[str, tuple[float, float]]]:
+    """Calibration label -> tensor -> (rmin, rmax), for every calibration in `wanted`, from ONE pass of the images
+    through the graph (the sweep's four calibrations were three passes: MinMax, ORT's percentile calibrator, ORT's
+    entropy calibrator, each running the graph with every tensor an output).
+
+    Each range is the one its own reader gives, to the bit: MinMax as `minmax_ranges` says; percentile and entropy
+    from ORT's own `HistogramCollector`, built with the settings its `PercentileCalibrater` (ORT's defaults, as
+    `percentiles_ranges`) and its `EntropyCalibrater` (as `entropy_ranges`) give it, fed the same tensors (the graph
+    outputs of a session with every optimisation off, as ORT's calibrators run) `chunk` images at a time, as
+    `histogram_calibrator` feeds ORT's calibrators, so its histograms merge in the same steps."""
+    from onnxruntime.quantization.calibrate import HistogramCollector, MinMaxCalibrater, TensorsData
+
+    chunk = chunk or CALIB_CHUNK
+    percentiles = [c.percentile for c in wanted if c.method == "percentile"]
+    if None in percentiles and len(percentiles) > 1:
+        raise ValueError("ORT's default percentile (None) is read alone")
+    # ORT's PercentileCalibrater as create_calibrator builds it (symmetric, 2048 bins; the percentile only reads out),
+    # and its EntropyCalibrater with entropy_ranges' bins
+    collectors = {}
+    if percentiles:
+        collectors["percentile"] = HistogramCollector("percentile", True, 2048, 2048,
+                                                      99.999 if percentiles[0] is None else percentiles[0], "same")
+    if any(c.method == "entropy" for c in wanted):
+        collectors["entropy"] = HistogramCollector("entropy", False, ENTROPY_BINS, 128, 99.999, "same")
     with tempfile.TemporaryDirectory(prefix="npuyolo-calib-", dir=workdir) as tmp:
         inferred = Path(tmp) / "model.onnx"
         shutil.copyfile(model_path, inferred)  # ORT writes its shape-inferred copy beside the file it reads
@@ -231,6 +276,15 @@ def minmax_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path
         names = [o.name for o in sess.get_outputs() if o.name in tensors]
         lows: dict[str, float] = {}
         highs: dict[str, float] = {}
+        held: dict[str, list[np.ndarray]] = {}  # this chunk's tensors, for the histograms
+
+        def collect() -> None:
+            if held:
+                with contextlib.redirect_stdout(sys.stderr):  # ORT prints progress; stdout may carry --json
+                    for collector in collectors.values():
+                        collector.collect(held)
+                held.clear()
+
         reader.rewind()
         seen = 0
         while (feed := reader.get_next()) is not None:
@@ -238,6 +292,8 @@ def minmax_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path
             values = dict(zip(names, sess.run(names, feed), strict=True))
             values.update({k: v for k, v in feed.items() if k in tensors})
             for name, value in values.items():
+                if collectors:
+                    held.setdefault(name, []).append(value)
                 if value.size == 0:
                     continue
                 # as ORT: ReduceMin/ReduceMax per image (a NaN makes that image's value NaN), then a NaN-ignoring
@@ -245,10 +301,32 @@ def minmax_ranges(model_path: Path, reader: CalibrationDataReader, workdir: Path
                 lo, hi = value.min(), value.max()
                 lows[name] = lo if name not in lows else np.fmin(lows[name], lo)
                 highs[name] = hi if name not in highs else np.fmax(highs[name], hi)
+            if seen % chunk == 0:
+                collect()
+        collect()
     reader.rewind()
     if not seen:
         raise DeployError("no calibration image to read ranges from")
-    return {name: (float(lows[name]), float(highs[name])) for name in lows}
+    found: dict[str, dict[str, tuple[float, float]]] = {}
+    for cal in wanted:
+        if cal.method == "minmax":
+            found[cal.label] = {name: (float(lows[name]), float(highs[name])) for name in lows}
+        elif cal.method == "percentile":
+            collector = collectors["percentile"]
+            if cal.percentile is not None:
+                collector.percentile = cal.percentile
+            with contextlib.redirect_stdout(sys.stderr):
+                data = TensorsData(CalibrationMethod.Percentile, collector.compute_collection_result())
+            found[cal.label] = {name: tuple(float(v) for v in td.range_value) for name, td in data.data.items()}
+        elif cal.method == "entropy":
+            collector = collectors["entropy"]
+            fast_entropy_collector(collector)
+            with contextlib.redirect_stdout(sys.stderr):
+                found[cal.label] = _entropy_read(TensorsData(CalibrationMethod.Entropy,
+                                                             collector.compute_collection_result()))
+        else:
+            raise ValueError(f"unknown calibration method {cal.method!r}")
+    return found
 
 
 # what `--sweep` tries; the best on held-back *train* images wins (never val: val is what the drop is measured on)

@@ -24,8 +24,8 @@ from npuyolo.data.calibration import calibration_images, holdout_images
 from npuyolo.deploy.errors import DeployError
 from npuyolo.deploy.export import onnx_metadata, set_metadata
 from npuyolo.deploy.int8.bias_correction import conv_input_means, correct_biases
-from npuyolo.deploy.int8.calibrate import (SWEEP, Calibration, ImageReader, entropy_ranges, minmax_ranges, outputs,
-                                           percentiles_ranges, sensitive_nodes, sqnr_db)
+from npuyolo.deploy.int8.calibrate import (SWEEP, Calibration, ImageReader, calibration_ranges, minmax_ranges, outputs,
+                                           sensitive_nodes, sqnr_db)
 from npuyolo.deploy.int8.equalize import equalize
 from npuyolo.deploy.int8.options import ENDS, METHOD_NAMES, QuantizeOptions
 from npuyolo.deploy.int8.ort_fast import fast_qdq
@@ -97,6 +97,7 @@ class Quantization:
         self.end_nodes: list[str] = []
         self.overrides: dict = {}
         self.initializer_names: set[str] = set()
+        self.swept: dict[str, tuple[Path, list[str], Path]] = {}  # sweep label -> (its file, nodes kept float, graph)
 
     def prepare(self) -> None:
         """ORT's pre-processing, then CLE when asked; the nodes kept float (asked, the float decode tail, float ends)
@@ -131,17 +132,14 @@ class Quantization:
         if cal.method == "minmax" and self.opts.bias_correct and graph is not None:
             return minmax_ranges(graph, reader, work)
         if cal.label not in cache:
-            if cal.method == "entropy":
-                cache[cal.label] = entropy_ranges(prepared, reader, work)
-            elif cal.method == "percentile":  # a sweep reads all its percentiles from one set of histograms
-                wanted = [cal.percentile]
-                if self.opts.sweep and cal.percentile is not None:
-                    wanted += [c.percentile for c in SWEEP if c.method == "percentile" and c.label not in cache
-                               and c.percentile != cal.percentile]
-                for p, found in percentiles_ranges(prepared, reader, work, wanted).items():
-                    cache[Calibration("percentile", p).label] = found
-            else:
+            # one pass of the images serves every calibration this quantization may read: the sweep's four, or the
+            # one asked and MinMax (run() fills the tensors a histogram leaves without a range from MinMax's)
+            wanted = list(SWEEP) if self.opts.sweep else [cal] + ([Calibration("minmax")] if cal.method != "minmax" else [])
+            wanted = [c for c in wanted if c.label not in cache]
+            if [c.method for c in wanted] == ["minmax"]:
                 cache[cal.label] = minmax_ranges(prepared, reader, work)
+            else:
+                cache.update(calibration_ranges(prepared, reader, work, wanted))
         return cache[cal.label]
 
     def run(self, exclude: list[str], dst: Path, cal: Calibration, graph: Path | None = None) -> None:
@@ -198,14 +196,23 @@ class Quantization:
         """Every calibration of SWEEP, scored by its fidelity to FP32 on the held-back train images."""
         swept: list[dict] = []
         graph, _ = self.source(self.keep)
-        with tempfile.TemporaryDirectory(prefix="sweep-", dir=self.work) as tmp:
-            reference = outputs(self.prepared, held_reader)
-            for cal in SWEEP:
-                candidate = Path(tmp) / f"{cal.label}.onnx"
-                self.run(self.keep, candidate, cal, graph)
-                swept.append({"calibration": cal.label, "method": cal.method, "percentile": cal.percentile,
-                              "sqnr_db": sqnr_db(reference, outputs(candidate, held_reader))})
+        reference = outputs(self.prepared, held_reader)
+        for cal in SWEEP:
+            candidate = self.work / f"sweep-{cal.label}.onnx"
+            self.run(self.keep, candidate, cal, graph)
+            swept.append({"calibration": cal.label, "method": cal.method, "percentile": cal.percentile,
+                          "sqnr_db": sqnr_db(reference, outputs(candidate, held_reader))})
+            self.swept[cal.label] = (candidate, list(self.keep), graph)
         return swept
+
+    def build(self, dst: Path, cal: Calibration, graph: Path) -> None:
+        """`run(self.keep, dst, cal, graph)`; a sweep candidate quantized from the same graph with the same nodes kept
+        float and the same calibration is that file already (quantize_static is deterministic): copied, not redone."""
+        built = self.swept.get(cal.label)
+        if built is not None and built[1] == self.keep and built[2] == graph and graph != self.corrected_graph:
+            shutil.copyfile(built[0], dst)
+        else:
+            self.run(self.keep, dst, cal, graph)
 
     def keep_sensitive(self, cal: Calibration, reader: ImageReader) -> list[dict]:
         """The `auto_float` Conv nodes whose INT8 outputs drift most from float, added to the nodes kept float."""
@@ -258,7 +265,7 @@ def quantize_onnx(fp32: Path, out: Path, data: str | Path, options: QuantizeOpti
                     "float_tail": q.tail, "cle_pairs": q.equalized, "bias_corrected": corrected, "ends": opts.ends,
                     "int16_nodes": q.end_nodes if opts.ends == "int16" else [], "sweep": swept, "holdout": len(held)}
         with atomic_path(out) as tmp:  # the INT8 tag and the weights appear under the final name together, or not at all
-            q.run(q.keep, tmp, chosen_cal, graph)
+            q.build(tmp, chosen_cal, graph)
             model = onnx.load(str(tmp))
             props = {p.key: p.value for p in model.metadata_props} | meta | {"npuyolo_quant": json.dumps(settings)}
             set_metadata(model, props)
