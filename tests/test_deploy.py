@@ -88,6 +88,14 @@ def test_int8_quantize_eval_and_drop_recorded(synth_data, tiny_recipe, tmp_path)
         d = r["drop_interval"][metric]
         assert abs(d["pp"]["value"] - r["drop_pp"][metric]) < 1e-9 and d["pp"]["low"] <= d["pp"]["value"] <= d["pp"]["high"]
         assert d["verdict"] in ("ahead", "tied", "behind") and "95%" in d["text"]
+    # and the INT8 row records it, so a report prints the interval without scoring again (it printed the point alone)
+    row = next(e for e in Registry(db).deploy_evals(1) if e.precision_kind == "int8")
+    assert row.result["drop_interval"]["map50"]["pp"] == r["drop_interval"]["map50"]["pp"]
+    from npuyolo.report.render import render_run
+
+    text = render_run(Registry(db), 1, tmp_path / "report").read_text()
+    pp = r["drop_interval"]["map50"]["pp"]
+    assert f"{r['drop_pp']['map50']:.2f} points (95% {pp['low']:+.2f} to {pp['high']:+.2f}" in text
     table = runner.invoke(app, ["deploy", "eval", arts["onnx/int8"].path, "--data", str(synth_data), "--registry", str(db)])
     assert table.exit_code == 0 and "paired 95% interval" in table.stdout, table.output
     # on another data set the FP32 baseline is scored there too (it was taken from the first data set's eval)

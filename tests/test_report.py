@@ -100,7 +100,7 @@ def test_consistency_every_derived_figure_recomputed(recorded, tmp_path):
         assert f"{(last[m] - RELU_FINAL[m]) * 100:+.1f} pp" in text
     assert f"({RECIPE['lr_final'] / RECIPE['lr0'] * 100:.1f}% of lr0)" in text
     fp32, int8 = INT8_EVALS
-    assert f"| leaky-int8.onnx | INT8 | {int8['map50']:.3f} | {int8['map50_95']:.3f} | {(fp32['map50'] - int8['map50']) * 100:.2f} points |" in text
+    assert f"| leaky-int8.onnx | INT8 | {int8['map50']:.3f} | {int8['map50_95']:.3f} | {(fp32['map50'] - int8['map50']) * 100:.2f} points (no interval recorded) |" in text
     # every 3- or 4-decimal number printed is a recorded value
     recorded_values = {f"{v:.3f}" for row in (*LEAKY, RELU_FINAL) for v in row.values()}
     recorded_values |= {f"{v:.4f}" for row in (*LEAKY, RELU_FINAL) for v in row.values()}
@@ -123,6 +123,32 @@ def test_judgements_follow_the_numbers(recorded, tmp_path):
     # to make a plan (issue 22: before, "rewrite LeakyReLU" was advised where the rewrite did not fit)
     assert {(j.kind, j.key) for j in facts.judgements if j.kind in ("strategy", "recommendation")} == {
         ("strategy", "no_plan"), ("recommendation", "run_plan")}
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_an_int8_drop_within_noise_is_said_so_and_is_no_weakness(recorded, tmp_path, lang):
+    """Issue 31: the INT8 drop was printed as a fact (and a drop over 1 point called a weakness) with no interval."""
+    reg, leaky, relu, _ = recorded
+    drop = {"map50": {"metric": "map50", "pp": {"value": 1.5, "low": -0.4, "high": 3.1}, "verdict": "tied", "text": "t"}}
+    reg.add_deploy_eval(run_id=leaky, artefact="/d/leaky-int8b.onnx", precision_kind="int8",
+                        result={"map50": 0.519, "map50_95": 0.37, "precision": 0.8, "recall": 0.5, "per_class": {},
+                                "drop_interval": drop})
+    real = {"map50": {"metric": "map50", "pp": {"value": 2.4, "low": 1.1, "high": 3.9}, "verdict": "ahead", "text": "t"}}
+    reg.add_deploy_eval(run_id=leaky, artefact="/d/leaky-int8c.onnx", precision_kind="int8",
+                        result={"map50": 0.510, "map50_95": 0.36, "precision": 0.8, "recall": 0.5, "per_class": {},
+                                "drop_interval": real})
+    facts = run_facts(reg, leaky)
+    by_artefact = {j.values["artefact"]: j for j in facts.judgements if j.key == "int8_drop"}
+    assert by_artefact["leaky-int8b.onnx"].kind == "strength" and by_artefact["leaky-int8b.onnx"].values["ci"]["tied"]
+    assert by_artefact["leaky-int8c.onnx"].kind == "weakness" and not by_artefact["leaky-int8c.onnx"].values["ci"]["tied"]
+    text = render_run(reg, leaky, tmp_path / lang, lang=lang).read_text(encoding="utf-8")
+    if lang == "en":
+        assert "| 1.50 points (95% -0.40 to +3.10, within noise) |" in text
+        assert "| 2.40 points (95% +1.10 to +3.90) |" in text
+        assert "loses 1.50 mAP50 points against FP32 (95% -0.40 to +3.10 over the val images: within noise)" in text
+    else:
+        assert "| 1.50포인트 (95% 구간 -0.40 ~ +3.10, 잡음 범위 안) |" in text
+        assert "| 2.40포인트 (95% 구간 +1.10 ~ +3.90) |" in text
 
 
 def test_missing_data_is_named_with_its_command(recorded, tmp_path):

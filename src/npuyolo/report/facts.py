@@ -106,6 +106,17 @@ def npu_rows(checks: list[NpuCheckRow], compiles: list[CompilerRunRow] | None = 
     return rows
 
 
+def drop_interval(result: dict) -> dict | None:
+    """The mAP50 drop's paired 95% interval (points) recorded with an INT8 evaluation: {"low", "high", "tied"}, or None
+    for a row scored before intervals were recorded (or a damaged one)."""
+    try:
+        pp = result["drop_interval"]["map50"]["pp"]
+        low, high = float(pp["low"]), float(pp["high"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return {"low": low, "high": high, "tied": low <= 0 <= high}
+
+
 def deploy_rows(evals: list[DeployEvalRow]) -> list[dict]:
     """Latest evaluation per artefact; INT8 rows carry their drop against the latest FP32 evaluation."""
     latest = {}
@@ -117,7 +128,8 @@ def deploy_rows(evals: list[DeployEvalRow]) -> list[dict]:
     for e in latest.values():
         drop = (base.map50 - e.map50) * 100 if base and e.precision_kind == "int8" else None
         rows.append({"artefact": e.artefact.rsplit("/", 1)[-1], "kind": e.precision_kind, "map50": e.map50,
-                     "map50_95": e.map50_95, "drop_pp": drop})
+                     "map50_95": e.map50_95, "drop_pp": drop,
+                     "drop_interval": drop_interval(e.result) if drop is not None else None})
     return sorted(rows, key=lambda r: {"pt": 0, "fp32": 1}.get(r["kind"], 2))
 
 
@@ -163,8 +175,10 @@ def judge(facts: RunFacts) -> list[Judgement]:
                                                               "transitions": row["transitions"]}))
     for r in facts.int8:
         if r["drop_pp"] is not None:
-            kind = "strength" if r["drop_pp"] <= INT8_OK_DROP_PP else "weakness"
-            out.append(Judgement(kind, "int8_drop", {"artefact": r["artefact"], "pp": r["drop_pp"]}))
+            ci = r["drop_interval"]
+            # a loss within the images' noise is no weakness, whatever its point value
+            kind = "strength" if r["drop_pp"] <= INT8_OK_DROP_PP or (ci and ci["tied"]) else "weakness"
+            out.append(Judgement(kind, "int8_drop", {"artefact": r["artefact"], "pp": r["drop_pp"], "ci": ci}))
     return out + plan_judgements(facts)
 
 
