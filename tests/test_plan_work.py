@@ -8,6 +8,7 @@ import pytest
 
 from npuyolo.deploy.plan import work as plan_work
 from npuyolo.deploy.export import export_onnx
+from npuyolo.deploy.int8.options import QuantizeOptions
 from npuyolo.deploy.plan.work import QuantizeSettings, build_files, default_workers, worker_pool
 from npuyolo.npu.rewrite import rewrite_leaky
 
@@ -38,7 +39,7 @@ def graphs(tmp_path_factory):
 def test_two_workers_build_the_same_files_and_scores_as_one(graphs, synth_data, tmp_path):
     leaky, decomp = graphs
     pairs = [(leaky, "int8"), (leaky, "int8-ends-int16"), (decomp, "int8"), (leaky, "int8")]
-    settings = QuantizeSettings(str(synth_data), calib=6, holdout=4, seed=0, sweep=True)
+    settings = QuantizeSettings(str(synth_data), QuantizeOptions(calib=6, holdout=4, seed=0, sweep=True))
     (tmp_path / "one").mkdir()
     one = build(pairs, (tmp_path / "one").resolve(), settings, workers=1)
     (tmp_path / "two").mkdir()
@@ -74,7 +75,7 @@ def test_a_second_plan_reuses_what_the_first_built_and_any_changed_input_rebuild
 
     leaky, decomp = graphs
     pairs = [(leaky, "int8"), (leaky, "int8-ends-int16"), (decomp, "int8")]
-    settings = QuantizeSettings(str(data_copy), calib=4, holdout=4, seed=0, sweep=True)
+    settings = QuantizeSettings(str(data_copy), QuantizeOptions(calib=4, holdout=4, seed=0, sweep=True))
     folder = tmp_path / "plan"
     folder.mkdir()
     first = build(pairs, folder, settings)
@@ -111,7 +112,7 @@ def test_a_cache_entry_that_is_malformed_or_another_files_is_a_miss_never_a_cras
     leaky, _ = graphs
     own = tmp_path / "a.onnx"
     shutil.copyfile(leaky, own)
-    settings = QuantizeSettings(str(synth_data), calib=4, holdout=4, seed=0, sweep=True)
+    settings = QuantizeSettings(str(synth_data), QuantizeOptions(calib=4, holdout=4, seed=0, sweep=True))
     folder = tmp_path / "plan"
     folder.mkdir()
     first = build([(own, "int8")], folder, settings)
@@ -145,7 +146,7 @@ def test_a_workers_error_comes_back_whole_and_workers_are_checked(graphs, synth_
     problems = ["data.yaml: val: folder /x does not exist", "data.yaml: 3 labels name class 9"]
     back = pickle.loads(pickle.dumps(DataError(problems, param="data")))
     assert back.problems == problems and back.param == "data" and str(back) == str(DataError(problems))
-    settings = QuantizeSettings(str(synth_data), calib=4, holdout=4, seed=0, sweep=False)
+    settings = QuantizeSettings(str(synth_data), QuantizeOptions(calib=4, holdout=4, seed=0, sweep=False))
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not an ONNX graph")
     with pytest.raises(ExportError, match="not a readable ONNX model"):  # raised in a worker, handed back whole

@@ -15,6 +15,7 @@ from npuyolo.deploy.check import check_model, sigmoid_on_npu
 from npuyolo.deploy.compile import compile_model, record
 from npuyolo.deploy.eval import vendor
 from npuyolo.deploy.export import check_imgsz
+from npuyolo.deploy.int8.options import QuantizeOptions
 from npuyolo.deploy.plan.choose import AccuracyNoise, Plan, TargetPlan, candidates, rank, target_advice
 from npuyolo.deploy.plan.records import DEPLOY_CONF, Accuracy, Candidate, Placement, PlanError, Row, VendorInt8
 from npuyolo.deploy.plan.work import QuantizeSettings, build_files, worker_pool
@@ -292,9 +293,10 @@ class PlanBuilder:
     def int8_files(self, specs: list[tuple[str, Candidate, Path]]):
         """Every INT8 file and every score, in worker processes (none of them touches the registry)."""
         seed = self.run.recipe.get("seed", 0) if self.run is not None else 0
-        files = build_files([(fp32, c.route) for _, c, fp32 in specs], self.folder,
-                            QuantizeSettings(str(self.data), self.calib, self.holdout, seed, self.sweep), self.conf,
-                            self.pool, self.reuse)
+        settings = QuantizeSettings(str(self.data), QuantizeOptions(calib=self.calib, holdout=self.holdout, seed=seed,
+                                                                    sweep=self.sweep))
+        files = build_files([(fp32, c.route) for _, c, fp32 in specs], self.folder, settings, self.conf, self.pool,
+                            self.reuse)
         for name, seconds in files.seconds.items():
             self.stage.seconds[name] += seconds
         return files

@@ -40,6 +40,7 @@ from npuyolo.deploy.eval import evaluate
 from npuyolo.deploy.bundle.build import npuyolo_version
 from npuyolo.deploy.eval.compare import val_fingerprint
 from npuyolo.deploy.runtime import DeployError
+from npuyolo.deploy.int8.options import QuantizeOptions
 from npuyolo.deploy.int8.quantize import METHODS, quantize_onnx
 from npuyolo.errors import NpuyoloError
 from npuyolo.paths import read_regular_file, safe_join, sha256_file, write_text
@@ -51,13 +52,27 @@ __all__ = ["CACHE_FILE", "Calibration", "PlanFiles", "QuantizeSettings", "build_
 
 @dataclass(frozen=True)
 class QuantizeSettings:
-    """How every INT8 file of one plan is calibrated (one calibration for all of them)."""
+    """How every INT8 file of one plan is calibrated (one calibration for all of them): the data set and the quantizer's
+    own options (calib, holdout, seed, sweep: `QuantizeOptions`, where each is stated once)."""
 
     data: str
-    calib: int
-    holdout: int
-    seed: int = 0
-    sweep: bool = True
+    options: QuantizeOptions
+
+    @property
+    def calib(self) -> int:
+        return self.options.calib
+
+    @property
+    def holdout(self) -> int:
+        return self.options.holdout
+
+    @property
+    def seed(self) -> int:
+        return self.options.seed
+
+    @property
+    def sweep(self) -> bool:
+        return self.options.sweep
 
 
 @dataclass(frozen=True)
