@@ -25,10 +25,9 @@ int8=$(npuyolo deploy quantize demo-v3-L4-leaky --data "$OUT/synth/data.yaml" --
 npuyolo deploy eval "$int8" --data "$OUT/synth/data.yaml"
 npuyolo deploy bench "$int8" --runs 30
 
-# NPU compatibility of every member, then the LeakyReLU rewrite for the ReLU-only target
-for member in L0-silu L4-relu L4-leaky; do
-  npuyolo npu check "demo-v3-$member" -t relu-only -t rknn-rk3588 -t edgetpu -t ethos-u55 -t nxp-neutron -t amd-dpu
-done
+# NPU compatibility of every member (one call, one start), then the LeakyReLU rewrite for the ReLU-only target
+npuyolo npu check demo-v3-L0-silu demo-v3-L4-relu demo-v3-L4-leaky \
+  -t relu-only -t rknn-rk3588 -t edgetpu -t ethos-u55 -t nxp-neutron -t amd-dpu
 leaky_onnx=$(npuyolo npu check demo-v3-L4-leaky -t relu-only --json | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['onnx'])")
 npuyolo npu rewrite "$leaky_onnx" --leaky relu-decomp --out "$OUT/L4-leaky-relu-decomp.onnx"
 npuyolo npu check "$OUT/L4-leaky-relu-decomp.onnx" -t relu-only
@@ -37,11 +36,8 @@ npuyolo npu check "$OUT/L4-leaky-relu-decomp.onnx" -t relu-only
 # ReLU twin, INT8 routes) built and measured, vendor compilers used where installed; the reports below follow it
 npuyolo series plan demo-v3 -t relu-only -t amd-dpu -t edgetpu -t ethos-u55 -t rknn-rk3588
 
-# reports: the LeakyReLU run against its ReLU twin, in Korean and English, and the series overview
-for lang in ko en; do
-  npuyolo report demo-v3-L4-leaky --compare demo-v3-L4-relu --lang $lang --format md --out "$OUT/reports"
-  npuyolo report demo-v3-L4-leaky --compare demo-v3-L4-relu --lang $lang --format html --out "$OUT/reports"
-  npuyolo series report demo-v3 --lang $lang --out "$OUT/reports/series"
-  npuyolo series report demo-v3 --lang $lang --format html --out "$OUT/reports/series"
-done
+# reports: the LeakyReLU run against its ReLU twin, and the series overview, each in Korean and English, Markdown and
+# HTML: one call each renders all four from one reading (the comparison's bootstrap and the plots made once)
+npuyolo report demo-v3-L4-leaky --compare demo-v3-L4-relu --lang ko --lang en --format md --format html --out "$OUT/reports"
+npuyolo series report demo-v3 --lang ko --lang en --format md --format html --out "$OUT/reports/series"
 echo "demo done: registry $NPUYOLO_REGISTRY, reports in $OUT/reports, ONNX in $OUT"
