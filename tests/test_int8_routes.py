@@ -252,6 +252,10 @@ def test_calibration_holds_a_bounded_number_of_images(synth_data, tmp_path, monk
         real = cls.clear_collected_data
         monkeypatch.setattr(cls, "clear_collected_data", lambda self, real=real: (held.append(len(self.intermediate_outputs)),
                                                                                  real(self))[1])
+    # the one-pass calibration (calibration_ranges) hands ORT's HistogramCollector each chunk's tensors, then drops them
+    real_collect = calibrate.HistogramCollector.collect
+    monkeypatch.setattr(calibrate.HistogramCollector, "collect", lambda self, data, real=real_collect: (
+        held.append(max(len(v) for v in data.values())), real(self, data))[1])
     monkeypatch.setattr(npuyolo_calibrate, "CALIB_CHUNK", 2)
     fp32 = export_onnx(randomised("L4-relu"), tmp_path / "fp32.onnx", imgsz=64, head="npu")
     info = quantize_onnx(fp32, tmp_path / "q.onnx", synth_data, calib=5, method=method, percentile=99.99 if method == "percentile" else None)
