@@ -5,6 +5,7 @@ FP32 that the calibration sweep ranks by; the Conv nodes that drift most from fl
 from __future__ import annotations
 
 import contextlib
+import io
 import shutil
 import sys
 import tempfile
@@ -19,7 +20,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
 
 from npuyolo.data.calibration import letterbox
 from npuyolo.deploy.errors import DeployError
-from npuyolo.deploy.int8.ort_fast import fast_entropy, fast_entropy_collector
+from npuyolo.deploy.int8.ort_fast import fast_entropy, fast_entropy_collector, fast_histogram_collector
 from npuyolo.deploy.runtime import session
 
 
@@ -258,6 +259,7 @@ def calibration_ranges(model_path: Path, reader: CalibrationDataReader, workdir:
     if percentiles:
         collectors["percentile"] = HistogramCollector("percentile", True, 2048, 2048,
                                                       99.999 if percentiles[0] is None else percentiles[0], "same")
+        fast_histogram_collector(collectors["percentile"])  # the same histograms, merged without numpy's sort
     if any(c.method == "entropy" for c in wanted):
         collectors["entropy"] = HistogramCollector("entropy", False, ENTROPY_BINS, 128, 99.999, "same")
     with tempfile.TemporaryDirectory(prefix="npuyolo-calib-", dir=workdir) as tmp:
@@ -277,12 +279,13 @@ def calibration_ranges(model_path: Path, reader: CalibrationDataReader, workdir:
         lows: dict[str, float] = {}
         highs: dict[str, float] = {}
         held: dict[str, list[np.ndarray]] = {}  # this chunk's tensors, for the histograms
+        refused: dict[str, set[str]] = {key: set() for key in collectors}  # tensors a collector cannot histogram
 
         def collect() -> None:
             if held:
                 with contextlib.redirect_stdout(sys.stderr):  # ORT prints progress; stdout may carry --json
-                    for collector in collectors.values():
-                        collector.collect(held)
+                    for key, collector in collectors.items():
+                        _collect(collector, held, refused[key])
                 held.clear()
 
         reader.rewind()
@@ -311,6 +314,8 @@ def calibration_ranges(model_path: Path, reader: CalibrationDataReader, workdir:
     for cal in wanted:
         if cal.method == "minmax":
             found[cal.label] = {name: (float(lows[name]), float(highs[name])) for name in lows}
+        elif cal.method in collectors and not collectors[cal.method].histogram_dict:  # all refused: MinMax serves
+            found[cal.label] = {}
         elif cal.method == "percentile":
             collector = collectors["percentile"]
             if cal.percentile is not None:
@@ -327,6 +332,33 @@ def calibration_ranges(model_path: Path, reader: CalibrationDataReader, workdir:
         else:
             raise ValueError(f"unknown calibration method {cal.method!r}")
     return found
+
+
+def _collect(collector, held: dict[str, list[np.ndarray]], refused: set[str]) -> None:
+    """`collector.collect(held)` (ORT's HistogramCollector), less the tensors whose histogram numpy cannot make.
+
+    numpy refuses to split a range narrower than the float32 steps it would need into the collector's bins ("Too many
+    bins for data range. Cannot create 2048 finite-sized bins"): an untrained model's box outputs lie within a few
+    steps of one value (1.99997..2.00003), and ORT's own percentile calibrator stops there with that error. Such a
+    tensor is left out of this collector for good (a later chunk alone would give it a histogram of part of the
+    images) and gets no range from it; the quantization gives it MinMax's, as it does every tensor a histogram leaves
+    without a range (Quantization.run). When no tensor is refused this is `collector.collect(held)`, nothing more."""
+    feed = {k: v for k, v in held.items() if k not in refused} if refused else held
+    before = dict(collector.histogram_dict)  # ORT replaces a tensor's entry, never changes it in place
+    try:
+        collector.collect(feed)
+        return
+    except ValueError:
+        collector.histogram_dict = before
+    with contextlib.redirect_stdout(io.StringIO()):  # ORT's progress line, once per tensor here
+        for name, arrays in feed.items():
+            try:
+                collector.collect({name: arrays})
+            except ValueError as e:
+                if "Too many bins" not in str(e):  # numpy's words; any other refusal is not this one
+                    raise
+                refused.add(name)
+                collector.histogram_dict.pop(name, None)
 
 
 # what `--sweep` tries; the best on held-back *train* images wins (never val: val is what the drop is measured on)
