@@ -449,6 +449,7 @@ def test_every_other_operation_hands_its_stage_the_same_request_through_either_d
     import npuyolo.prune.prune
     from npuyolo.deploy.int8.run import QuantizeResult
     from npuyolo.deploy.qat import QatResult
+    from npuyolo.prune.prune import PruneResult
     import npuyolo.registry.mlflow_export
     import npuyolo.report.render
     import npuyolo.study.hybrid
@@ -466,6 +467,8 @@ def test_every_other_operation_hands_its_stage_the_same_request_through_either_d
                                auto_float=[], calibration="minmax", method="minmax", percentile=None, calib=1,
                                per_channel=False, keep_float=[], float_tail=[], cle_pairs=0, bias_corrected=0,
                                ends=None, int16_nodes=[], sweep=[], holdout=0, imgsz=64, head="npu")
+    pruned = PruneResult(run_id=rid, parent_run=rid, ratio=0.5, method="l1", finetune_epochs=2, before={},
+                         pruned_before_finetune={}, after={}, ort_p50_ms={}, pruned_checkpoint="p.pt")
     cases = {  # stage to stand in, its answer, the CLI's words, the API's call
         "resume": ((npuyolo.train.trainer, "resume_run"), Answer(run_id=rid), ["train", "--resume", rid, "--from", "best"],
                    lambda: ws.resume(rid, "best")),
@@ -478,12 +481,13 @@ def test_every_other_operation_hands_its_stage_the_same_request_through_either_d
                           lambda: ws.series_report("s", fmt="html", target="edgetpu")),
         "study report": ((npuyolo.report.render, "render_study"), report, ["study", "report", "st", "--lang", "ko"],
                          lambda: ws.study_report("st", "ko")),
-        "prune": ((npuyolo.prune.prune, "prune_run"), Answer(run_id=2), ["prune", rid, "--ratio", "0.5", "--epochs", "2"],
+        "prune": ((npuyolo.prune.prune, "prune_run"), pruned, ["prune", rid, "--ratio", "0.5", "--epochs", "2"],
                   lambda: ws.prune(rid, ratio=0.5, finetune_epochs=2)),
         "hybrid search": ((npuyolo.study.hybrid, "hybrid_search"), [], ["hybrid", "search", "--data", synth_data, "--candidate", "L4-hybrid:a",
                                                                         "--epochs", "3", "-t", "edgetpu"],
                           lambda: ws.hybrid_search(synth_data, candidates=["L4-hybrid:a"], budget=3, target="edgetpu")),
-        "qat": ((npuyolo.deploy.qat, "qat_run"), QatResult(parent_run=rid, qat_run=rid, qat_name="q", quantized=quantized),
+        "qat": ((npuyolo.deploy.qat, "qat_run"), QatResult(parent_run=rid, qat_run=rid, qat_name="q", quantized=quantized,
+                                                           parent_name="signs", parent_weights=str(signs), epochs=2, lr0=0.001),
                 ["deploy", "qat", rid, "--epochs", "2", "--per-tensor"], lambda: ws.qat(rid, epochs=2, per_channel=False)),
         "plan": ((npuyolo.deploy.plan, "build_plan"), Answer(targets={}), ["deploy", "plan", rid, "-t", "edgetpu", "-t", "hailo-8",
                                                                           "--data", synth_data, "--no-sweep", "--workers", "1"],

@@ -251,8 +251,11 @@ def test_typed_results_print_the_json_they_always_printed():
     assert kinds == [("onnx/fp32", {"imgsz": 64, "head": "npu"}),
                      ("onnx/int8", {k: v for k, v in printed.items() if k not in ("run_id", "fp32", "int8", "calibration_count")}
                       | {"int8": "q.onnx", "calibration_count": 2, "target": "edgetpu"})]
-    qat = QatResult(parent_run=1, qat_run=2, qat_name="a-qat", quantized=quantize_result(run_id=2))
+    qat = QatResult(parent_run=1, qat_run=2, qat_name="a-qat", quantized=quantize_result(run_id=2), parent_name="a",
+                    parent_weights="best.pt", epochs=2, lr0=0.001)
     assert list(qat.as_dict()) == ["parent_run", "qat_run", "qat_name", *quantize_result().as_dict()]
+    assert qat.parent_artefact() == ("qat/parent", Path("best.pt"), {"parent_run": 1, "parent_name": "a", "epochs": 2,
+                                                                     "lr0": 0.001, "fake_quant": "nvidia-modelopt INT8 (Ultralytics quantize=8)"})
 
     fp32 = SCORES | {"artefact": "f.onnx", "head": "npu", "data_fingerprint": "abc"}
     e = EvalResult(kind="int8", run_id=1, artefact="q.onnx", head="npu", **SCORES, data_fingerprint="abc", recorded=True,
@@ -271,6 +274,7 @@ def test_typed_results_print_the_json_they_always_printed():
               "after": {}, "ort_p50_ms": {"parent": 2.0, "pruned": 1.0}, "pruned_checkpoint": "p.pt"}
     pruned = PruneResult(run_id=2, **report)
     assert json.dumps(pruned.as_dict()) == json.dumps({"run_id": 2, **report}) and pruned.report() == report
+    assert pruned.artefact() == ("prune/report", Path("p.pt"), report)
 
 
 def test_the_run_row_carries_a_typed_recipe_read_as_recorded(tmp_path):

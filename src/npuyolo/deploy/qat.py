@@ -5,7 +5,7 @@ Ultralytics itself (`quantize=8`): ModelOpt is maintained, Ultralytics already s
 checkpoints, so npuyolo adds no observers of its own. The fine-tuned float weights are then quantized by
 `deploy quantize`'s route (ONNX Runtime QDQ over the whole graph, NPU head cut), so the QAT artefact is
 full-integer and is taken by `deploy eval/bench`, `predict` and `npu check` like any other. As for `deploy quantize`,
-`services.deploy.qat` records the INT8 files as the QAT run's artefacts.
+this only computes: `services.deploy.qat` records the parent (`qat/parent`) and the INT8 files on the QAT run.
 """
 
 from __future__ import annotations
@@ -23,26 +23,38 @@ from npuyolo.train.trainer import train_variant
 
 __all__ = ["QatResult", "qat_run"]
 
+FAKE_QUANT = "nvidia-modelopt INT8 (Ultralytics quantize=8)"
+
 
 @dataclass(frozen=True)
 class QatResult:
-    """A QAT run (its parent recorded on it) and its INT8 QDQ export, quantized as `deploy quantize` does."""
+    """A QAT run (the weights it was fine-tuned from and how) and its INT8 QDQ export, quantized as `deploy quantize`
+    does."""
 
     parent_run: int
     qat_run: int
     qat_name: str
     quantized: QuantizeResult
+    parent_name: str
+    parent_weights: str  # the parent's best weights the QAT run started from
+    epochs: int
+    lr0: float
 
     def as_dict(self) -> dict:
         """The shape `deploy qat` has always returned: the runs, then the quantize result's keys."""
         return {"parent_run": self.parent_run, "qat_run": self.qat_run, "qat_name": self.qat_name, **self.quantized.as_dict()}
 
+    def parent_artefact(self) -> tuple[str, Path, dict]:
+        """(kind, file, meta) the QAT run records of its parent (`services.deploy.qat`), before its INT8 files."""
+        return "qat/parent", Path(self.parent_weights), {"parent_run": self.parent_run, "parent_name": self.parent_name,
+                                                         "epochs": self.epochs, "lr0": self.lr0, "fake_quant": FAKE_QUANT}
+
 
 def qat_run(registry, ref: str, data: str | Path | None = None, *, epochs: int = 5, lr0: float | None = None,
             calib: int = 200, per_channel: bool = True, bias_correct: bool = False, ends: str | None = None,
             verbose: bool = True) -> QatResult:
-    """Fine-tune run `ref` with INT8 fake-quantization as a new run (its parent recorded), then export its INT8 QDQ (the
-    caller records those files, `services.deploy.qat`)."""
+    """Fine-tune run `ref` with INT8 fake-quantization as a new run, then export its INT8 QDQ (the caller records the
+    parent and those files on the new run, `services.deploy.qat`)."""
 
     if importlib.util.find_spec("modelopt") is None:
         raise DeployError("deploy qat needs NVIDIA ModelOpt (the fake-quantization Ultralytics trains with): "
@@ -69,8 +81,7 @@ def qat_run(registry, ref: str, data: str | Path | None = None, *, epochs: int =
                            weights=best, verbose=verbose)
     if result.status != RunStatus.FINISHED:
         raise DeployError(f"QAT run {result.name} ended {result.status}; resume it with `npuyolo train --resume {result.run_id}`")
-    registry.add_artifact(result.run_id, "qat/parent", best, {"parent_run": parent.id, "parent_name": parent.name, "epochs": epochs,
-                                                               "lr0": lr0, "fake_quant": "nvidia-modelopt INT8 (Ultralytics quantize=8)"})
     quantized = quantize_run(registry, str(result.run_id), data, calib=calib, per_channel=per_channel,
                              bias_correct=bias_correct, ends=ends)
-    return QatResult(parent.id, result.run_id, result.name, quantized)
+    return QatResult(parent.id, result.run_id, result.name, quantized, parent_name=parent.name, parent_weights=str(best),
+                     epochs=epochs, lr0=lr0)

@@ -99,6 +99,10 @@ class PruneResult:
         """What the fine-tuned run records as its `prune/report` artefact (everything but its own id)."""
         return {k: v for k, v in self.as_dict().items() if k != "run_id"}
 
+    def artefact(self) -> tuple[str, Path, dict]:
+        """(kind, file, meta) the fine-tuned run records (`services.training.prune`): the pruned checkpoint, reported."""
+        return "prune/report", Path(self.pruned_checkpoint), self.report()
+
     def as_dict(self) -> dict:
         """The shape `prune --json` has always printed."""
         return {"run_id": self.run_id, "parent_run": self.parent_run, "ratio": self.ratio, "method": self.method,
@@ -109,7 +113,8 @@ class PruneResult:
 
 def prune_run(registry, ref: str, *, ratio: float = 0.3, method: str = "l1", finetune_epochs: int = 10,
               data: str | Path | None = None, bench_runs: int = 20, verbose: bool = True) -> PruneResult:
-    """Prune a run's best weights, fine-tune them as a new run, and record size, accuracy and latency before/after."""
+    """Prune a run's best weights, fine-tune them as a new run, and measure size, accuracy and latency before/after;
+    recording the report on the new run is the caller's (`services.training.prune`)."""
 
     parent = registry.get_run(ref)
     best = parent.artifact_path("weights/best")
@@ -137,11 +142,9 @@ def prune_run(registry, ref: str, *, ratio: float = 0.3, method: str = "l1", fin
     for label, m in (("parent", model), ("pruned", tuned)):
         onnx_path = export_onnx(m, out / f"{label}.onnx", imgsz=imgsz)
         latency[label] = bench_onnx(onnx_path, runs=bench_runs, warmup=3)["model"]["p50_ms"]
-    outcome = PruneResult(run_id=result.run_id, parent_run=parent.id, ratio=ratio, method=method,
-                          finetune_epochs=finetune_epochs, before=before, pruned_before_finetune=pruned_only, after=after,
-                          ort_p50_ms=latency, pruned_checkpoint=str(ckpt))
-    registry.add_artifact(result.run_id, "prune/report", ckpt, outcome.report())
-    return outcome
+    return PruneResult(run_id=result.run_id, parent_run=parent.id, ratio=ratio, method=method,
+                       finetune_epochs=finetune_epochs, before=before, pruned_before_finetune=pruned_only, after=after,
+                       ort_p50_ms=latency, pruned_checkpoint=str(ckpt))
 
 
 def _scores(r: dict) -> dict:

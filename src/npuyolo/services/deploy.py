@@ -39,14 +39,15 @@ def record_quantized(registry, result, target: str | None = None) -> None:
 
 def qat(registry: Any, run: str, data: str | Path | None = None, options: QatOptions | None = None, *,
         verbose: bool = True):
-    """Quantization-aware fine-tuning of a run as a new run (NVIDIA ModelOpt through Ultralytics), then its INT8 QDQ,
-    recorded on the new run as `quantize` records; returns a `npuyolo.deploy.qat.QatResult`."""
+    """Quantization-aware fine-tuning of a run as a new run (NVIDIA ModelOpt through Ultralytics), then its INT8 QDQ;
+    the new run records its parent, then the files as `quantize` records them. Returns a `npuyolo.deploy.qat.QatResult`."""
     from npuyolo.deploy.qat import qat_run
 
     o = options or QatOptions()
     registry = registry_of(registry)
     result = qat_run(registry, run, data, epochs=o.epochs, lr0=o.lr0, calib=o.calib, per_channel=o.per_channel,
                      bias_correct=o.bias_correct, ends=o.ends, verbose=verbose)
+    registry.add_artifact(result.qat_run, *result.parent_artefact())  # the parent first, as the stage recorded it
     record_quantized(registry, result.quantized)
     return result
 

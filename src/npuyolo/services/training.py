@@ -113,8 +113,11 @@ def prune(registry: Any, run: str, options: PruneOptions | None = None, *, verbo
     from npuyolo.prune.prune import prune_run
 
     o = options or PruneOptions()
-    return prune_run(registry_of(registry), run, ratio=o.ratio, method=o.method, finetune_epochs=o.finetune_epochs,
-                     data=o.data, verbose=verbose)
+    registry = registry_of(registry)
+    result = prune_run(registry, run, ratio=o.ratio, method=o.method, finetune_epochs=o.finetune_epochs, data=o.data,
+                       verbose=verbose)
+    registry.add_artifact(result.run_id, *result.artefact())  # the record step: the report on the fine-tuned run
+    return result
 
 
 def hybrid_search(registry: Any, data: str | Path, options: HybridOptions | None = None,
