@@ -99,7 +99,7 @@ def _twin(registry, run_id: int | None) -> str | None:
     if spec.is_hybrid or spec.activation != "leaky":
         return None
     twin = spec.model_copy(update={"activation": "relu", "slope": None}).name
-    seed = run.recipe.get("seed")
+    seed = run.recipe.seed  # None for a run recorded without one: then only a member without a seed is its twin
     for m in registry.series(run.series).members:  # with seed replicates (`L4-relu/s1`), the twin of the same seed
         variant, member_seed = variant_of(m.variant)
         if variant == twin and member_seed in (None, seed) and m.status == RunStatus.FINISHED and m.run_id is not None:
@@ -262,7 +262,7 @@ class PlanBuilder:
         self.variant = run.variant if run is not None else None
         self.size = self.imgsz
         if self.size is None and run is not None:
-            self.size = run.recipe.get("imgsz")
+            self.size = run.recipe.imgsz  # None for a row without one: the export's own default then
 
     def export_for(self, source: str, t: str) -> Path:
         key = (source, sigmoid_on_npu(self.profiles[t]))
@@ -292,7 +292,8 @@ class PlanBuilder:
 
     def int8_files(self, specs: list[tuple[str, Candidate, Path]]):
         """Every INT8 file and every score, in worker processes (none of them touches the registry)."""
-        seed = self.run.recipe.get("seed", 0) if self.run is not None else 0
+        seed = self.run.recipe.seed if self.run is not None else None
+        seed = 0 if seed is None else seed  # a model file, or a run recorded without a seed: 0
         settings = QuantizeSettings(str(self.data), QuantizeOptions(calib=self.calib, holdout=self.holdout, seed=seed,
                                                                     sweep=self.sweep))
         files = build_files([(fp32, c.route) for _, c, fp32 in specs], self.folder, settings, self.conf, self.pool,
