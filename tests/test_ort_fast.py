@@ -44,6 +44,56 @@ def test_entropy_threshold_equals_orts_on_every_histogram_shape():
         assert [np.asarray(v).tobytes() for v in ours] == [np.asarray(v).tobytes() for v in theirs], name
 
 
+def _adversarial_values(rng) -> list[np.ndarray]:
+    """Chunks of |x| as the percentile collector sees them: each chunk may reach past the edges so far (ORT grows
+    them with np.arange), values sit exactly on edges, below the first edge, NaN, and a chunk of one repeated value."""
+    base = np.abs(rng.normal(0, 1, 50_000)).astype(np.float32)
+    edges = np.histogram(base, bins=2048)[1].astype(np.float32)
+    on_edges = np.repeat(edges, 3)
+    wider = np.abs(rng.standard_t(2, 150_000)).astype(np.float32) * 3  # more than two of its blocks
+    with_nan = np.concatenate([np.abs(rng.normal(0, 1, 1000)).astype(np.float32), [np.nan, 0.0, edges[-1]]]).astype(np.float32)
+    return [base, np.concatenate([on_edges, np.float32([0.0, edges[0] / 2, edges[-1]])]), wider, with_nan,
+            np.full(777, edges[5], np.float32)]
+
+
+def test_histogram_on_edges_counts_as_numpy_does(rng=None):
+    rng = np.random.default_rng(1)
+    chunks = _adversarial_values(rng)
+    edges = np.histogram(chunks[0], bins=2048)[1].astype(np.float32)
+    grown = np.hstack((edges, np.arange(edges[-1] + (edges[1] - edges[0]), np.float32(40), edges[1] - edges[0])))
+    uneven = np.concatenate([np.linspace(0, 1, 50), np.geomspace(1.1, 100, 50)]).astype(np.float32)
+    repeated = np.sort(np.concatenate([edges, edges[100:110]]))  # equal neighbouring edges: empty bins
+    for bins in (edges, grown, uneven, repeated, np.float32([0.0, 1.0])):
+        for values in chunks:
+            want = np.histogram(values, bins=bins)[0]
+            got = ort_fast.histogram_on_edges(values, bins)
+            assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_the_fast_percentile_collector_keeps_orts_histograms_to_the_bit():
+    rng = np.random.default_rng(2)
+    chunks = _adversarial_values(rng)
+    calls = [{"a": c, "b": (c * 0.5 + 1).astype(np.float32)} for c in chunks]
+    theirs = HistogramCollector("percentile", True, 2048, 2048, 99.999, "same")
+    ours = HistogramCollector("percentile", True, 2048, 2048, 99.999, "same")
+    ort_fast.fast_histogram_collector(ours)
+    with contextlib.redirect_stdout(None):
+        for arrays in calls:
+            theirs.collect({k: [v[: v.size // 2], v[v.size // 2:]] if k == "b" and v.size % 2 == 0 else v for k, v in arrays.items()})
+            ours.collect({k: [v[: v.size // 2], v[v.size // 2:]] if k == "b" and v.size % 2 == 0 else v for k, v in arrays.items()})
+    assert theirs.histogram_dict.keys() == ours.histogram_dict.keys()
+    assert any(h[0].size > 2048 for h in theirs.histogram_dict.values())  # the edges grew
+    for name, want in theirs.histogram_dict.items():
+        got = ours.histogram_dict[name]
+        for w, g in zip(want, got, strict=True):
+            assert np.asarray(w).dtype == np.asarray(g).dtype
+            assert np.array_equal(np.asarray(w), np.asarray(g), equal_nan=True), name
+    # and the read-out: the same percentile ranges
+    with contextlib.redirect_stdout(None):
+        assert {k: tuple(map(float, v)) for k, v in theirs.compute_collection_result().items()} == \
+            {k: tuple(map(float, v)) for k, v in ours.compute_collection_result().items()}
+
+
 def test_find_by_name_and_replace_inputs_do_what_orts_do():
     import onnx
     from onnx import helper

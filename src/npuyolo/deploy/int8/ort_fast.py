@@ -26,7 +26,8 @@ from onnxruntime.quantization.calibrate import entropy
 from onnxruntime.quantization.onnx_model import ONNXModel
 from onnxruntime.quantization.quant_utils import smooth_distribution
 
-__all__ = ["entropy_threshold", "fast_entropy", "fast_entropy_collector", "fast_qdq", "find_by_name", "replace_input_of_all_nodes"]
+__all__ = ["entropy_threshold", "fast_entropy", "fast_entropy_collector", "fast_histogram_collector", "fast_qdq", "find_by_name",
+           "histogram_on_edges", "replace_input_of_all_nodes"]
 
 # the modules that imported ORT's `find_by_name` by name (each holds its own reference)
 _FIND_BY_NAME_USERS = (base_quantizer, onnx_model, onnx_quantizer, qdq_quantizer)
@@ -284,3 +285,91 @@ def fast_entropy_collector(collector) -> None:
 
     if onnxruntime.__version__.startswith(AUDITED_ENTROPY):
         collector.get_entropy_threshold = entropy_threshold  # elsewhere ORT's own search: slower, never other
+
+
+def histogram_on_edges(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """`np.histogram(values, bins=edges)[0]` for nearly even edges, without numpy's sort of every value.
+
+    Given an array of edges numpy sorts the values and counts them between edges (`searchsorted`): bin i holds
+    edges[i] <= v < edges[i+1], the last bin also v == edges[-1]; values outside the edges and NaNs are not counted.
+    Here each value's bin is first computed from the even spacing, then the values that the same comparisons with the
+    real edges place elsewhere are moved, a bin at a time, until none is left, so every value ends in the bin numpy
+    puts it in (the edges only need to be monotonic; uneven edges, where values would move far, fall back to numpy)."""
+    n = edges.size - 1
+    first, last = edges[0], edges[-1]
+    if n < 1 or not (last > first) or np.any(edges[1:] < edges[:-1]):
+        return np.histogram(values, bins=edges)[0]
+    upper = edges[1:].copy()
+    upper[-1] = np.inf  # the last bin holds its right edge
+    counts = np.zeros(n, np.intp)
+    for start in range(0, values.size, _BLOCK):  # blocks that stay in cache: 6x faster than whole arrays here
+        counts += _count_block(values[start:start + _BLOCK], edges, upper)
+    return counts
+
+
+_BLOCK = 1 << 16
+
+
+def _count_block(values: np.ndarray, edges: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    n, first, last = edges.size - 1, edges[0], edges[-1]
+    inside = values[(values >= first) & (values <= last)]  # NaN compares False both ways
+    index = ((inside - first) * (n / (float(last) - float(first)))).astype(np.intp)  # an estimate; checked below
+    np.minimum(index, n - 1, out=index)
+    moving = np.flatnonzero((inside < edges[index]) | (inside >= upper[index]))
+    for _ in range(8):
+        if not moving.size:
+            return np.bincount(index, minlength=n)
+        v, i = inside[moving], index[moving]
+        i = i - (v < edges[i]) + (v >= upper[i])
+        index[moving] = i
+        moving = moving[(v < edges[i]) | (v >= upper[i])]
+    return np.histogram(values, bins=edges)[0]
+
+
+def _collect_absolute_value(self, name_to_arr) -> None:
+    """ORT's `HistogramCollector.collect_absolute_value` (ORT 1.32: the percentile calibration's histograms), its
+    merge of a later chunk counted by `histogram_on_edges` instead of `np.histogram` on the grown edges."""
+    for tensor, data_arr in name_to_arr.items():
+        if isinstance(data_arr, list):
+            for arr in data_arr:
+                assert isinstance(arr, np.ndarray), f"Unexpected type {type(arr)} for tensor={tensor!r}"
+            dtypes = {a.dtype for a in data_arr}
+            assert len(dtypes) == 1, f"The calibration expects only one element type but got {dtypes} for tensor={tensor!r}"
+            data = np.asarray(data_arr)
+        elif not isinstance(data_arr, np.ndarray):
+            raise ValueError(f"Unexpected type {type(data_arr)} for tensor={tensor!r}")
+        else:
+            data = data_arr
+        data = data.flatten()
+        if data.size > 0:
+            min_value, max_value = np.nanmin(data), np.nanmax(data)
+        else:
+            min_value = max_value = np.array(0, dtype=data.dtype)
+        data = np.absolute(data)
+        assert data.dtype != np.float64, "only float32 or float16 is supported, every constant must be explicitly typed"
+        if tensor not in self.histogram_dict:
+            hist, edges = np.histogram(data, bins=self.num_bins)  # even bins: numpy counts without sorting
+            self.histogram_dict[tensor] = (hist, edges.astype(data.dtype), min_value, max_value)
+            continue
+        old_hist, old_edges, old_min, old_max = self.histogram_dict[tensor]
+        top = np.nanmax(data)
+        if top > old_edges[-1]:
+            width = old_edges[1] - old_edges[0]
+            old_edges = np.hstack((old_edges, np.arange(old_edges[-1] + width, top + width, width)))
+        hist = histogram_on_edges(data, np.asarray(old_edges))
+        hist[: len(old_hist)] += old_hist
+        self.histogram_dict[tensor] = (hist, np.asarray(old_edges).astype(data.dtype), min(old_min, min_value),
+                                       max(old_max, max_value))
+
+
+AUDITED_HISTOGRAM = ("1.32.",)
+
+
+def fast_histogram_collector(collector) -> None:
+    """Make one ORT `HistogramCollector` merge its percentile histograms with `histogram_on_edges` (the same counts;
+    numpy's sort of every value of every tensor in every chunk was most of a plan's time when the sweep chose a
+    percentile). Other ORT versions keep their own method."""
+    import onnxruntime
+
+    if onnxruntime.__version__.startswith(AUDITED_HISTOGRAM):
+        collector.collect_absolute_value = _collect_absolute_value.__get__(collector)
