@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from npuyolo.cli import app
 from npuyolo.deploy.export import onnx_metadata
-from npuyolo.deploy.plan import (Accuracy, Candidate, Placement, Row, candidates, dominates, rank, retrain_advised,
-                                 target_notes)
+from npuyolo.deploy.plan import (Accuracy, Candidate, Placement, Row, TargetPlan, candidates, dominates, rank,
+                                 retrain_advised, target_notes)
 from npuyolo.npu.profiles import target
 from npuyolo.registry.db import Registry
 
@@ -173,7 +173,8 @@ def test_ranking_order_and_why_the_runner_up_lost():
     chosen, _, why = rank([rewrite, native])
     assert chosen is native and why.startswith("slower on the NPU: 25.40 ms against 10.00 ms")
     chosen, _, why = rank([row(None, map50=0.50), row("relu-exact", map50=0.52)])
-    assert chosen.candidate.graph == "relu-exact" and why == "lower INT8 mAP50: 0.500 against 0.520"
+    assert chosen.candidate.graph == "relu-exact" and why == ("lower INT8 mAP50: 0.500 against 0.520 "
+                                                             "(no interval: per-image statistics missing)")
     first, second = row(None), row("relu-decomp")
     assert rank([first, second])[0] is first and rank([first, second])[2].startswith("tied on every axis")
 
@@ -296,7 +297,7 @@ def test_the_vendors_own_int8_ranks_when_it_was_scored():
     rewrite.vendor = VendorInt8("rknn-toolkit2 simulator", acc(0.40), acc(0.30))
     chosen, runner, why = rank([export, rewrite])
     assert chosen is export and runner is rewrite
-    assert why == "lower INT8 mAP50 (the vendor's own INT8): 0.400 against 0.490"
+    assert why == "lower INT8 mAP50 (the vendor's own INT8): 0.400 against 0.490 (no interval: per-image statistics missing)"
     assert export.retention["map50"] == pytest.approx(0.45 / 0.5) and export.as_dict()["vendor"]["int8"]["map50"] == 0.49
 
 
@@ -521,3 +522,56 @@ def test_a_plan_calls_a_tie_a_tie_and_guards_only_a_significant_gap():
     data = lost_on(best, far, [best, far])
     assert data["axis"] == "accuracy_guard" and data["guard_pp"] is None and data["gap_pp"][1] > 0
     assert np.isfinite(data["gap_pp"]).all()
+
+
+def _scored_pair(first_misses, second_misses):
+    """Two hand-made rows with per-image statistics on the same 80 val images and no NPU time (no compiler gave one):
+    one detector, which misses every object on the images each row names."""
+    from npuyolo.stats.bootstrap import detection_metrics
+
+    from .test_stats import as_stats, confident_model
+
+    per = confident_model(seed=11, images=80)
+
+    def scored(misses, graph=None):
+        mine = {k: list(v) for k, v in per.items()}
+        for i in misses:
+            for k in ("tp", "conf", "pred_cls"):
+                mine[k][i] = mine[k][i][:0]
+        stats = as_stats(mine)
+        r = row(graph, map50=float(detection_metrics(stats)[0]))
+        r.int8_stats = stats
+        return r
+
+    return scored(first_misses), scored(second_misses, "relu-decomp")
+
+
+def test_a_runner_up_within_the_noise_on_int8_map50_is_said_to_be_tied_with_its_interval():
+    """Without an NPU time, the INT8 mAP50 point value decides. Two rows that miss different images (40; 3 and 17)
+    are a point apart, within the noise of 80 images: the plan says the two tied on accuracy, with the paired 95%
+    interval of winner - runner-up, and that the higher point value shipped; the recorded plan takes the interval."""
+    from npuyolo.deploy.plan import lost_on
+    from npuyolo.deploy.plan.recorded import RecordedPlan
+
+    best, close = _scored_pair((40,), (3, 17))
+    chosen, runner, why = rank([close, best])
+    assert chosen is best and runner is close and best.int8.map50 > close.int8.map50
+    data = lost_on(best, close, [best, close])
+    v, lo, hi = data["gap_pp"]
+    assert data["axis"] == "int8_map50" and lo < 0 < hi and v == pytest.approx((best.int8.map50 - close.int8.map50) * 100, abs=1e-3)
+    assert why == (f"tied on INT8 mAP50: {close.int8.map50:.3f} against {best.int8.map50:.3f} (the chosen {v:+.1f} points, "
+                   f"95% {lo:+.1f} to {hi:+.1f}: within noise); the higher point value was shipped")
+    assert "lower" not in why
+    RecordedPlan.model_validate({"model_ref": "m", "run_id": None, "data": "d", "conf": 0.25, "calibration": None,
+                                 "targets": [TargetPlan("t", best, close, why, [best, close]).as_dict()]})
+
+
+def test_a_runner_up_clearly_below_on_int8_map50_is_said_lower_with_its_interval():
+    from npuyolo.deploy.plan import lost_on
+
+    best, far = _scored_pair((), range(0, 80, 2))
+    chosen, runner, why = rank([far, best])
+    assert chosen is best and runner is far
+    v, lo, hi = lost_on(best, far, [best, far])["gap_pp"]
+    assert 0 < lo < v < hi
+    assert why == f"lower INT8 mAP50: {far.int8.map50:.3f} against {best.int8.map50:.3f} (the chosen {v:+.1f} points, 95% {lo:+.1f} to {hi:+.1f})"

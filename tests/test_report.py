@@ -675,3 +675,40 @@ def test_a_read_command_never_writes_into_an_edited_save_dir(tmp_path):
     assert list(outside.iterdir()) == []
     r = cli("report", "base", "--out", tmp_path / "mine", registry=db)  # the user's own --out is still fine
     assert r.exit_code == 0, r.output
+
+
+def test_an_int8_map50_loss_is_worded_with_its_interval_and_an_old_plan_says_none_was_recorded(recorded, tmp_path):
+    """The runner-up that lost on INT8 mAP50 alone (no NPU time): a plan.json recorded before the interval (no `gap_pp`)
+    still loads and renders, saying no interval was recorded; a recorded interval that spans 0 is a tie on accuracy,
+    one that excludes 0 a loss with its interval, in both languages."""
+    from npuyolo.deploy.plan import load_recorded_plan, lost_text
+
+    reg, leaky, relu, _ = recorded
+    _record_plan(reg, leaky, relu, tmp_path / "plan")
+    path = tmp_path / "plan" / "plan.json"
+    recorded_plan = json.loads(path.read_text())
+    cases = {  # gap_pp (None: recorded before it) -> what the en and ko reports say of ethos-u55's runner-up
+        None: ("lost: lower INT8 mAP50: 0.726 against 0.728 (no interval recorded).",
+               "INT8 mAP50이 낮음: 0.726 (선택한 산출물은 0.728; 구간 기록 없음)"),
+        (0.2, -1.3, 1.7): ("lost: tied on INT8 mAP50: 0.726 against 0.728 (the chosen +0.2 points, 95% -1.3 to +1.7: "
+                           "within noise); the higher point value was shipped.",
+                           "INT8 mAP50은 동률: 0.726 (선택한 산출물은 0.728; 선택한 산출물이 +0.2%p, 95% 구간 -1.3%p~+1.7%p: "
+                           "잡음 범위 안), 점추정이 더 높은 쪽을 배포"),
+        (2.0, 0.5, 3.6): ("lost: lower INT8 mAP50: 0.706 against 0.728 (the chosen +2.0 points, 95% +0.5 to +3.6).",
+                          "INT8 mAP50이 낮음: 0.706 (선택한 산출물은 0.728; 선택한 산출물이 +2.0%p, 95% 구간 +0.5%p~+3.6%p)"),
+    }
+    for gap, (en, ko) in cases.items():
+        d = json.loads(json.dumps(recorded_plan))
+        why = {"axis": "int8_map50", "loser": 0.726 if gap is None or gap[1] <= 0 else 0.706, "winner": 0.728}
+        if gap is None:
+            d["targets"][3]["why_runner_up_lost"] = "lower INT8 mAP50: 0.726 against 0.728"  # the old wording
+        else:
+            why["gap_pp"] = list(gap)
+            d["targets"][3]["why_runner_up_lost"] = lost_text(why)
+        d["targets"][3]["runner_up_lost_on"] = why
+        path.write_text(json.dumps(d))
+        assert load_recorded_plan(path)["targets"][3]["runner_up_lost_on"] == why
+        said = {lang: " ".join(render_run(reg, leaky, tmp_path / f"{gap}-{lang}", lang=lang).read_text(encoding="utf-8")
+                               .split()) for lang in ("en", "ko")}
+        assert f"runner-up export+relu-decomp+int8 {en}" in said["en"], gap
+        assert ko in said["ko"], gap

@@ -11,7 +11,7 @@ from npuyolo.deploy.int8.options import ENDS
 from npuyolo.deploy.plan.records import (ACCURACY_GUARD_PP, MOSTLY_ON_NPU, PLAN_BOOTSTRAP, RETRAIN_ABOVE_PP, REWRITES,
                                          VELA_U55_REWRITE_COST, Advice, Candidate, PlanError, Row)
 from npuyolo.stats.bootstrap import map50_samples
-from npuyolo.stats.compare import Estimate
+from npuyolo.stats.compare import Estimate, Verdict, verdict_of
 from npuyolo.stats.matched import MatchedStats
 
 def int8_routes(dtypes: list[str]) -> list[str]:
@@ -130,7 +130,9 @@ def dominates(a: Row, b: Row) -> bool:
 def lost_on(winner: Row, loser: Row, rows: list[Row] | None = None, noise: AccuracyNoise | None = None) -> dict:
     """The first ranking axis on which `loser` is behind `winner`, as data: {axis, loser, winner} (a report words it).
     `rows`: every candidate ranked with them, for the accuracy guard (the most accurate candidate placed alike). Where
-    the winner won on NPU time while less accurate, `accuracy_tie` holds the gap and its interval: a tie on accuracy."""
+    the winner won on NPU time while less accurate, `accuracy_tie` holds the gap and its interval: a tie on accuracy.
+    Where INT8 mAP50 decided, `gap_pp` holds winner - loser in points with its paired 95% interval over the val images
+    (None without statistics for both): a tie where the interval spans 0, the higher point value shipped."""
     noise = noise or AccuracyNoise()
     w, l = winner.placement, loser.placement
     if l.off_npu != w.off_npu:
@@ -156,8 +158,10 @@ def lost_on(winner: Row, loser: Row, rows: list[Row] | None = None, noise: Accur
         return {"axis": "npu_ms_missing", "loser": None, "winner": w.npu_ms}
     if loser.shipped_int8.map50 != winner.shipped_int8.map50:
         vendor = winner.vendor is not None and loser.vendor is not None
+        gap = noise.gap(winner, loser)  # winner - loser over the same val images; None without statistics for both
         return {"axis": "vendor_int8_map50" if vendor else "int8_map50", "loser": loser.shipped_int8.map50,
-                "winner": winner.shipped_int8.map50}
+                "winner": winner.shipped_int8.map50,
+                "gap_pp": None if gap is None else [round(gap.value, 3), round(gap.low, 3), round(gap.high, 3)]}
     return {"axis": "tie", "loser": None, "winner": None}
 
 
@@ -189,7 +193,15 @@ def lost_text(why: dict) -> str:
         return "no NPU time estimated"
     if axis in ("int8_map50", "vendor_int8_map50"):
         whose = " (the vendor's own INT8)" if axis == "vendor_int8_map50" else ""
-        return f"lower INT8 mAP50{whose}: {l:.3f} against {w:.3f}"
+        if "gap_pp" not in why:  # recorded before the interval was
+            return f"lower INT8 mAP50{whose}: {l:.3f} against {w:.3f} (no interval recorded)"
+        if not why["gap_pp"]:
+            return f"lower INT8 mAP50{whose}: {l:.3f} against {w:.3f} (no interval: per-image statistics missing)"
+        v, lo, hi = why["gap_pp"]
+        said = f"(the chosen {v:+.1f} points, 95% {lo:+.1f} to {hi:+.1f}"
+        if verdict_of(Estimate(v, lo, hi)) is Verdict.AHEAD:
+            return f"lower INT8 mAP50{whose}: {l:.3f} against {w:.3f} {said})"
+        return f"tied on INT8 mAP50{whose}: {l:.3f} against {w:.3f} {said}: within noise); the higher point value was shipped"
     return "tied on every axis (placement, NPU time, INT8 mAP50); kept in candidate order (export, rewrites, re-slope, twin)"
 
 
