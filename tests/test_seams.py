@@ -237,7 +237,7 @@ def test_typed_results_print_the_json_they_always_printed():
     CLI's --json printed when they returned dicts, key for key."""
     import dataclasses
 
-    from npuyolo.deploy.eval.evaluate import EvalResult
+    from npuyolo.deploy.eval.evaluate import EvalResult, OnnxScore
     from npuyolo.deploy.eval.vendor import CompiledScore
     from npuyolo.deploy.qat import QatResult
     from npuyolo.prune.prune import PruneResult
@@ -263,6 +263,9 @@ def test_typed_results_print_the_json_they_always_printed():
     assert list(e.as_dict()) == EVAL_JSON and e.as_dict()["pt"] is None  # a run without best.pt on disk: "pt": null
     unrecorded = EvalResult(kind="fp32", run_id=None, artefact="f.onnx", head="npu", **SCORES, data_fingerprint="abc")
     assert list(unrecorded.as_dict()) == [k for k in EVAL_JSON[:12]]  # no run: no pt, no FP32 twin
+    onnx_score = OnnxScore(artefact="f.onnx", head="npu", **SCORES)  # the deploy-eval row of an ONNX file starts with it
+    assert json.dumps(onnx_score.as_dict()) == json.dumps({"artefact": "f.onnx", "head": "npu", **SCORES})
+    assert onnx_score.as_dict() | {"data_fingerprint": "abc"} == unrecorded.scores() | {"artefact": "f.onnx", "head": "npu"}
 
     score = CompiledScore(artefact="m.rknn", kind="rknn", runtime="rknn-toolkit2 simulator", onnx="f.onnx", contract="NHWC uint8",
                           cosine=[0.99, None], result=SCORES | {"data_fingerprint": "abc"}, fp32=fp32, seconds=3.0)

@@ -211,9 +211,11 @@ def validate_matched(predict: Predict, data: str | Path, imgsz: int, names: dict
 SCORES = ("precision", "recall", "map50", "map50_95")
 
 
-@dataclass(frozen=True)
-class OnnxScore:
-    """An ONNX file scored on a data set's val split (`evaluate_onnx`): P, R, mAP50, mAP50-95, per class."""
+@dataclass(frozen=True, kw_only=True)
+class FileScore:
+    """One file scored on a data set's val split: P, R, mAP50, mAP50-95 over `images` at `imgsz`, per class. The fields
+    `OnnxScore` and `EvalResult` share, stated once (keyword-only, so a subclass may add fields with or without
+    defaults)."""
 
     artefact: str
     head: str  # "npu" (cut, host decode) or "ultralytics"
@@ -225,12 +227,17 @@ class OnnxScore:
     imgsz: int
     per_class: dict[str, dict[str, float]]
 
+
+@dataclass(frozen=True, kw_only=True)
+class OnnxScore(FileScore):
+    """An ONNX file scored on a data set's val split (`evaluate_onnx`): P, R, mAP50, mAP50-95, per class."""
+
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class EvalResult:
+@dataclass(frozen=True, kw_only=True)
+class EvalResult(FileScore):
     """What `deploy eval` found for one artefact (`services.deploy.evaluate`).
 
     For an ONNX file (`kind` fp32 or int8): its scores, the run's best.pt through the same pipeline (`pt`, when the
@@ -240,16 +247,8 @@ class EvalResult:
 
     kind: str  # fp32 | int8 (an ONNX file npuyolo wrote) | rknn | tflite | onnx (a compiled model)
     run_id: int | None  # the run the artefact belongs to (None: none known)
-    artefact: str
-    precision: float
-    recall: float
-    map50: float
-    map50_95: float
-    images: int
-    imgsz: int
-    per_class: dict[str, dict[str, float]]
     data_fingerprint: str  # which val set (`deploy/eval/compare.val_fingerprint`)
-    head: str | None = None  # an ONNX file's head
+    head: str | None = None  # an ONNX file's head (a compiled model has none)
     recorded: bool = False  # recorded on its run (then `pt` is asked for)
     pt: dict | None = None  # the run's best.pt scored through the same letterbox pipeline (None: no weights on disk)
     fp32: dict | None = None  # the FP32 twin's (or the compiled model's source file's) scores
