@@ -81,7 +81,8 @@ FAKE = registry.CompilerSpec(
     platforms={"fake-npu": "relu-only"}, build=fake_build, agree=agreement, verdict=fake_verdict,
     scoring=registry.Scoring("fake", ".fake", dict(layout="NCHW", channels="RGB", scale="0-1", dtype="float32"),
                              runtime=FakeRuntime),
-    in_process=CompilerEnv("fake", "1.0", sys.executable, "", "", []), memory_text=lambda memory: "4/16 slots")
+    in_process=CompilerEnv("fake", "1.0", sys.executable, "", "", []), memory_text=lambda memory: "4/16 slots",
+    referees="by fake slots", estimate="the fake's own clock")
 
 
 @pytest.fixture
@@ -112,6 +113,58 @@ def test_every_compiler_table_is_derived_from_the_registry():
     assert registry.memory_text("imx500", {}) == ""
     with pytest.raises(CompilerError, match="compiler must be one of rknn, vela, imx500, got 'nope'"):
         registry.profile_for("nope", "rk3588")
+
+
+def helped(*words: str) -> str:
+    """A command's --help, its lines joined (the help wraps at the terminal's width)."""
+    result = cli(*words, "--help")
+    assert result.exit_code == 0, result.output
+    return " ".join(result.stdout.split())
+
+
+def test_the_cli_help_names_the_compilers_from_the_registry():
+    """What `npu check`, `npu compile` and `compilers install` say of the real compilers, word for word as the help
+    said when it spelled them by hand."""
+    assert registry.help_texts() == {
+        "compilers": "rknn, vela or imx500",
+        "referees": "rknn: node by node; vela: by operator counts; imx500: pass/fail and memory fit",
+        "targets": "rk3588, rk3566 (rknn); ethos-u55-128, ethos-u85-256 (vela); imx500 (imx500, the default there)",
+        "synthetic": " [imx500: default synthetic images]"}
+    assert ("Also compile with this vendor compiler (rknn: node by node; vela: by operator counts; imx500: pass/fail and "
+            "memory fit) and compare.") in helped("npu", "check")
+    text = helped("npu", "compile")
+    assert "Vendor compiler: rknn, vela or imx500." in text
+    assert ("Compiler target: rk3588, rk3566 (rknn); ethos-u55-128, ethos-u85-256 (vela); imx500 (imx500, the default "
+            "there).") in text
+    assert "calibrate the INT8 build [imx500: default synthetic images]." in text
+    assert "name <str> rknn, vela or imx500. [required]" in helped("compilers", "install")
+    assert registry.estimated_on("vela", "ethos-u55-128") == "ethos-u55-128, Vela's default system config"
+    assert registry.estimated_on("rknn", "rk3588") == registry.estimated_on("nope", "rk3588") == "rk3588"
+
+
+def test_a_compiler_added_in_one_place_is_named_in_the_cli_help(fake_compiler, monkeypatch, synth_data, tmp_path):
+    """The help of `npu check --referee`, `npu compile` and `compilers install`, and the estimate `npu compile` prints,
+    come from the specs: the fake is named with how it referees, its target, and its estimate's own basis (not Vela's)."""
+    from npuyolo.deploy.export import export_onnx
+
+    from .test_deploy import randomised
+
+    assert "imx500: pass/fail and memory fit; fake: by fake slots) and compare." in helped("npu", "check")
+    text = helped("npu", "compile")
+    assert "Vendor compiler: rknn, vela, imx500 or fake." in text
+    assert "imx500 (imx500, the default there); fake-npu (fake)." in text
+    assert "calibrate the INT8 build [imx500: default synthetic images]." in text  # the fake needs data
+    assert "name <str> rknn, vela, imx500 or fake. [required]" in helped("compilers", "install")
+    monkeypatch.setitem(registry.COMPILERS, "fake", dataclasses.replace(FAKE, needs_data=False, default_platform="fake-npu"))
+    text = helped("npu", "compile")
+    assert "fake-npu (fake, the default there)." in text and "[imx500, fake: default synthetic images]." in text
+    monkeypatch.setitem(registry.COMPILERS, "fake", FAKE)
+
+    fp32 = export_onnx(randomised("L4-relu"), tmp_path / "m.onnx", imgsz=64, head="npu")
+    result = cli("npu", "compile", fp32, "--compiler", "fake", "-t", "fake-npu", "--data", synth_data, registry=tmp_path / "r.db")
+    assert result.exit_code == 0, result.output
+    assert "estimated inference time (fake-npu, the fake's own clock): 1.2 ms" in result.stdout  # 1.25, as Python rounds
+    assert "Vela" not in result.stdout
 
 
 def test_a_compiler_added_in_one_place_is_listed_compiled_planned_and_scored(fake_compiler, synth_data, tmp_path):

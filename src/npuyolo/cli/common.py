@@ -42,20 +42,45 @@ compilers_app = typer.Typer(help="Vendor NPU compilers as referees, each in its 
                             no_args_is_help=True, rich_markup_mode=MARKUP)
 app.add_typer(compilers_app, name="compilers")
 
-class RecipeDefaultsHelp(TyperCommand):
+class FilledHelp(TyperCommand):
+    """A command whose help (its text and its parameters') holds `{name}` phrases that `fields()` fills each time the
+    help is shown, so their source is read only then; the templates stay, so a later help reads it afresh."""
+
+    def fields(self) -> dict:
+        raise NotImplementedError
+
+    def format_help(self, ctx, formatter):
+        fields = self.fields()
+        templates = [(self, self.help), *((p, getattr(p, "help", None)) for p in self.params)]
+        try:
+            for holder, text in templates:
+                if text:
+                    holder.help = text.format_map(fields)
+            super().format_help(ctx, formatter)
+        finally:
+            for holder, text in templates:
+                holder.help = text
+
+
+class RecipeDefaultsHelp(FilledHelp):
     """A command whose help quotes the report's recipe: `{epochs}` and the like are filled from default_recipe.yaml
     only when this help is shown, so that `npuyolo --help` and every other command start without PyYAML (issue 23)."""
 
-    def format_help(self, ctx, formatter):
+    def fields(self) -> dict:
         from npuyolo.train.defaults import recipe_defaults  # PyYAML; measured: 10 ms of a 150 ms start
 
-        defaults = recipe_defaults()
-        if self.help:
-            self.help = self.help.format_map(defaults)
-        for param in self.params:
-            if getattr(param, "help", None):
-                param.help = param.help.format_map(defaults)
-        super().format_help(ctx, formatter)
+        return recipe_defaults()
+
+
+class CompilersHelp(FilledHelp):
+    """A command whose help names the vendor compilers (`{compilers}`, `{referees}`, `{targets}`, `{synthetic}`): each
+    phrase from the compiler registry (`services.models.compiler_help`), read only when this help is shown (the
+    registry imports ONNX: most of a second), so a compiler added there is named here without an edit."""
+
+    def fields(self) -> dict:
+        from npuyolo.services.models import compiler_help
+
+        return compiler_help()
 
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # no truncated tables when piped

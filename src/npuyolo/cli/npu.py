@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from npuyolo.cli.common import (
+    CompilersHelp,
     JsonOpt,
     RegistryOpt,
     Table,
@@ -43,7 +44,7 @@ def npu_targets(as_json: JsonOpt = False) -> None:
     console.print(table)
 
 
-@npu_app.command("check")
+@npu_app.command("check", cls=CompilersHelp)  # {referees}: from the compiler registry, when the help is shown
 @user_errors
 def npu_check(model: Annotated[list[str], typer.Argument(help="Run id/name, .pt, .onnx or variant name (several: each in turn, one start).")],
               target: Annotated[list[str], typer.Option("--target", "-t", help="Target profile (repeatable).")],
@@ -51,7 +52,7 @@ def npu_check(model: Annotated[list[str], typer.Argument(help="Run id/name, .pt,
               head: Annotated[Optional[str], option(CheckOptions, "head")] = CheckOptions.head,
               nc: Annotated[int, option(CheckOptions, "nc")] = CheckOptions.nc,
               nodes: Annotated[bool, typer.Option("--nodes", help="Also print every node not on the NPU.")] = False,
-              referee: Annotated[Optional[str], typer.Option(help="Also compile with this vendor compiler (rknn: node by node; vela: by operator counts; imx500: pass/fail and memory fit) and compare.")] = None,
+              referee: Annotated[Optional[str], typer.Option(help="Also compile with this vendor compiler ({referees}) and compare.")] = None,
               data: Annotated[Optional[Path], typer.Option(help="With --referee: data.yaml whose train images calibrate [default: synthetic images].")] = None,
               as_json: JsonOpt = False, registry: RegistryOpt = None) -> None:
     """Place every ONNX node on each target and report shares, partitions and fallbacks; several models are checked
@@ -98,12 +99,12 @@ def _print_check(result, nodes: bool) -> None:
             console.print(t)
 
 
-@npu_app.command("compile")
+@npu_app.command("compile", cls=CompilersHelp)  # {compilers}, {targets}, {synthetic}: from the compiler registry
 @user_errors
 def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .onnx or variant name.")],
-                compiler: Annotated[str, typer.Option(help="Vendor compiler: rknn, vela or imx500.")],
-                target: Annotated[Optional[str], typer.Option("--target", "-t", help="Compiler target: rk3588, rk3566 (rknn); ethos-u55-128, ethos-u85-256 (vela); imx500 (imx500, the default there).")] = None,
-                data: Annotated[Optional[Path], typer.Option(help="data.yaml: its train images (never val) calibrate the INT8 build [imx500: default synthetic images].")] = None,
+                compiler: Annotated[str, typer.Option(help="Vendor compiler: {compilers}.")],
+                target: Annotated[Optional[str], typer.Option("--target", "-t", help="Compiler target: {targets}.")] = None,
+                data: Annotated[Optional[Path], typer.Option(help="data.yaml: its train images (never val) calibrate the INT8 build{synthetic}.")] = None,
                 imgsz: Annotated[Optional[int], option(CompileOptions, "imgsz")] = CompileOptions.imgsz,
                 head: Annotated[Optional[str], option(CompileOptions, "head")] = CompileOptions.head,
                 nc: Annotated[int, option(CompileOptions, "nc")] = CompileOptions.nc,
@@ -127,7 +128,7 @@ def npu_compile(model: Annotated[str, typer.Argument(help="Run id/name, .pt, .on
     for row in s["cpu_rows"]:
         console.print(f"  CPU: {row}", highlight=False, markup=False)
     if s.get("inference_ms") is not None:
-        console.print(f"estimated inference time ({res.build.platform}, Vela's default system config): {s['inference_ms']:.1f} ms",
+        console.print(f"estimated inference time ({res.estimated_on}): {s['inference_ms']:.1f} ms",
                       highlight=False, markup=False)
     console.print(f"log: {res.build.log}" + (f"; model: {res.build.rknn_file}" if res.build.rknn_file else ""), highlight=False, markup=False)
     print_referee([res])
@@ -152,9 +153,9 @@ def compilers_list(as_json: JsonOpt = False) -> None:
     console.print(table)
 
 
-@compilers_app.command("install")
+@compilers_app.command("install", cls=CompilersHelp)  # {compilers}: from the compiler registry
 @user_errors
-def compilers_install(name: Annotated[str, typer.Argument(help="rknn, vela or imx500.")],
+def compilers_install(name: Annotated[str, typer.Argument(help="{compilers}.")],
                       force: Annotated[bool, typer.Option("--force", help="Reinstall even if installed.")] = False,
                       as_json: JsonOpt = False) -> None:
     """Create the compiler's own virtual environment and pip-install its pinned packages (this downloads)."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from npuyolo.compilers.agree import Agreement, Build, agreement, imx_agreement
 from npuyolo.compilers.calibration import calibration_arrays, write_calibration
 from npuyolo.compilers.envs import CompilerError
-from npuyolo.compilers.registry import memory_text, profile_for
+from npuyolo.compilers.registry import estimated_on, memory_text, profile_for
 from npuyolo.npu.analyze import TargetReport
 
 if TYPE_CHECKING:
@@ -35,6 +35,12 @@ class CompileResult:
     def memory(self) -> str:
         """The build's memory figures with their unit, as its compiler reports them (`CompilerSpec.memory_text`)."""
         return memory_text(self.build.compiler, getattr(self.build, "memory", None) or {})
+
+    @property
+    def estimated_on(self) -> str:
+        """What the build's NPU time estimate holds for: its platform and what its compiler assumes
+        (`CompilerSpec.estimate`: Vela's default system config)."""
+        return estimated_on(self.build.compiler, self.build.platform)
 
     def as_dict(self, with_nodes: bool = False) -> dict:
         from dataclasses import asdict

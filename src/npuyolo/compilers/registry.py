@@ -3,7 +3,8 @@ which of our NPU profiles it serves, how it builds, how its placement is compare
 build, and how the file it writes is scored (`deploy eval`, a plan's `vendor_int8`). Every other table is derived from
 `COMPILERS`: `profile_for` (`npu compile`'s targets), `serving` (the compiler of a profile, for a plan), the kinds
 `deploy eval` scores and how it reads, starts and checks each (`Scoring`), the memory the CLI prints (`memory_text`),
-`compilers list` and `compilers install`. Adding a compiler is one entry here.
+`compilers list` and `compilers install`, and what the CLI's help and `npu compile` say of the compilers (`help_texts`,
+`estimated_on`). Adding a compiler is one entry here.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from npuyolo.compilers.vela import compile_onnx as vela_compile
 from npuyolo.compilers.vela import write_calibration_npy
 from npuyolo.npu.analyze import TargetReport
 
-__all__ = ["COMPILERS", "CompileJob", "CompilerSpec", "DamagedManifest", "ScoreInputs", "Scoring", "Verdict", "install",
-           "installed", "kib_memory", "listing", "memory_text", "model_args", "profile_for", "require", "scorer", "sensor_memory",
-           "serving", "spec"]
+__all__ = ["COMPILERS", "CompileJob", "CompilerSpec", "DamagedManifest", "ScoreInputs", "Scoring", "Verdict",
+           "estimated_on", "help_texts", "install", "installed", "kib_memory", "listing", "memory_text", "model_args",
+           "profile_for", "require", "scorer", "sensor_memory", "serving", "spec"]
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,8 @@ class CompilerSpec:
     needs_data: bool = True  # `npu compile` needs a data set to calibrate (False: synthetic images by default)
     in_process: CompilerEnv | None = None  # a compiler that runs in npuyolo's own process: nothing to install
     memory_text: Callable[[dict], str] = kib_memory  # a build's memory figures as the CLI prints them, with their unit
+    referees: str = ""  # how its placement is compared with ours, as `npu check --referee`'s help says
+    estimate: str = ""  # what its NPU time estimate assumes, printed beside the platform ("": nothing to add)
 
 
 # -- how each compiler builds -----------------------------------------------------------------------------------------
@@ -231,7 +234,7 @@ COMPILERS: dict[str, CompilerSpec] = {
         licence="RKNN SDK License: use solely for developing and testing applications for Rockchip products; no reverse "
                 "engineering. npuyolo reads only the compiler's printed log, never .rknn internals.",
         platforms={"rk3588": "rknn-rk3588", "rk3566": "rknn-rk3566"},
-        build=_rknn, agree=agreement, verdict=operator_verdict,
+        build=_rknn, agree=agreement, verdict=operator_verdict, referees="node by node",
         # config std 255 divides
         scoring=Scoring("rknn", ".rknn", dict(layout="NHWC", channels="RGB", scale="0-255", dtype="uint8"), args=rknn_args,
                         layers="RKNN's accuracy_analysis")),
@@ -245,7 +248,8 @@ COMPILERS: dict[str, CompilerSpec] = {
         check="import ethosu.vela, onnx2tf, tensorflow, ai_edge_litert.interpreter, numpy, PIL.Image",
         licence="Apache-2.0",
         platforms={"ethos-u55-128": "ethos-u55", "ethos-u85-256": "ethos-u85"},  # vela --accelerator-config -> our profile
-        build=_vela, agree=agreement, verdict=operator_verdict,
+        build=_vela, agree=agreement, verdict=operator_verdict, referees="by operator counts",
+        estimate="Vela's default system config",
         # the driver quantizes the input
         scoring=Scoring("tflite", ".tflite", dict(layout="NHWC", channels="RGB", scale="0-1", dtype="float32"),
                         describes="the int8 .tflite behind a Vela build", root=beside_vela_build, refuse=float_tflite)),
@@ -263,7 +267,7 @@ COMPILERS: dict[str, CompilerSpec] = {
                 "model-compression-toolkit: Apache-2.0. npuyolo never redistributes it and reads only the converter's log and "
                 "memory report.",
         platforms={"imx500": "imx500"},
-        build=_imx500, agree=imx_agreement, verdict=fit_verdict,
+        build=_imx500, agree=imx_agreement, verdict=fit_verdict, referees="pass/fail and memory fit",
         # MCT calibrates on img / 255
         scoring=Scoring("onnx", None, dict(layout="NCHW", channels="RGB", scale="0-1", dtype="float32"),
                         describes="the IMX500 build's model_imx_dense.onnx", root=in_build, args=mct_args),
@@ -305,6 +309,33 @@ def memory_text(compiler: str, memory: dict) -> str:
     """A build's memory figures in its compiler's own unit (`CompilerSpec.memory_text`; KiB for a name not listed)."""
     s = COMPILERS.get(compiler)
     return (s.memory_text if s is not None else kib_memory)(memory)
+
+
+def estimated_on(compiler: str, platform: str) -> str:
+    """What a build's NPU time estimate holds for: its platform and what its compiler assumes (`CompilerSpec.estimate`;
+    the platform alone for a name not listed)."""
+    s = COMPILERS.get(compiler)
+    return ", ".join(x for x in (platform, s.estimate if s is not None else "") if x)
+
+
+def _either(names: list[str]) -> str:
+    return " or ".join(filter(None, (", ".join(names[:-1]), names[-1]))) if names else "-"
+
+
+def help_texts() -> dict[str, str]:
+    """What the CLI's help says of the compilers, each phrase from their specs (filled in when a help is shown):
+    `compilers` (rknn, vela or imx500), `referees` (how each is compared), `targets` (each one's platforms, with its
+    default), `synthetic` (" [imx500: default synthetic images]": those that calibrate without data; "" if none)."""
+    def targets(s: CompilerSpec) -> str:
+        default = "" if s.default_platform is None else (
+            ", the default there" if list(s.platforms) == [s.default_platform] else f", default {s.default_platform}")
+        return f"{', '.join(s.platforms)} ({s.name}{default})"
+
+    synthetic = [n for n, s in COMPILERS.items() if not s.needs_data]
+    return {"compilers": _either(list(COMPILERS)),
+            "referees": "; ".join(f"{n}: {s.referees}" if s.referees else n for n, s in COMPILERS.items()),
+            "targets": "; ".join(map(targets, COMPILERS.values())),
+            "synthetic": f" [{', '.join(synthetic)}: default synthetic images]" if synthetic else ""}
 
 
 def installed(name: str) -> CompilerEnv | None:

@@ -10,8 +10,8 @@ from npuyolo.services.common import registry_of, registry_path, targets_arg
 from npuyolo.services.options import (CheckOptions, CompileOptions, ExportOptions, RewriteOptions, VariantOptions,
                                       VariantsOptions)
 
-__all__ = ["HEADS", "ExportRecord", "check", "compile_model", "export_model", "npu_targets", "referee", "rewrite",
-           "variant_show", "variants", "whole_model"]
+__all__ = ["HEADS", "ExportRecord", "check", "compile_model", "compiler_help", "export_model", "npu_targets", "referee",
+           "rewrite", "variant_show", "variants", "whole_model"]
 
 HEADS = ("npu", "ultralytics")
 
@@ -115,6 +115,14 @@ def compile_target(compiler: str, target: str | None) -> str:
     if target is None:
         raise CompilerError(f"target is required for the {compiler} compiler", param="target")
     return target
+
+
+def compiler_help() -> dict[str, str]:
+    """The phrases the doors' help says of the compilers (`{compilers}`, `{referees}`, `{targets}`, `{synthetic}`),
+    from the compiler registry (`npuyolo.compilers.registry.help_texts`), so a compiler added there is named there."""
+    from npuyolo.compilers.registry import help_texts
+
+    return help_texts()
 
 
 def whole_model(compiler: str) -> bool:
