@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from npuyolo.registry.db import Registry
 from npuyolo.registry.schema import RunStatus
 from npuyolo.train.recipe import Recipe
@@ -123,3 +125,32 @@ def test_qat_run_alone_records_no_parent_its_service_records_it_before_the_int8_
                                                   "fake_quant": "nvidia-modelopt INT8 (Ultralytics quantize=8)"})
     assert served.as_dict() == {"parent_run": rid, "qat_run": served.qat_run, "qat_name": served.qat_name,
                                 **served.quantized.as_dict()}
+
+
+def test_a_qat_run_whose_quantization_fails_still_records_its_parent(tmp_path, monkeypatch):
+    """The fine-tuning is the hours; a quantization error after it must not leave a QAT run that no longer says what
+    it was fine-tuned from (the service records the parent as soon as the training finished)."""
+    import importlib.util
+
+    import npuyolo.deploy.qat as stage
+    from npuyolo.deploy.runtime import DeployError
+    from npuyolo.services import deploy
+    from npuyolo.services.options import QatOptions
+
+    db = tmp_path / "r.db"
+    rid = parent_run(db, tmp_path)
+
+    def quantize(registry, ref, data, **_):
+        raise DeployError("no calibration image")
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "modelopt" else find_spec(name, *a))
+    monkeypatch.setattr(stage, "resolve_model", lambda registry, ref: SimpleNamespace(run_id=registry.resolve(ref)))
+    monkeypatch.setattr(stage, "train_variant", fake_training(tmp_path))
+    monkeypatch.setattr(stage, "quantize_run", quantize)
+
+    with pytest.raises(DeployError, match="no calibration image"):
+        deploy.qat(db, str(rid), tmp_path / "d.yaml", QatOptions(epochs=2, lr0=0.001, calib=4), verbose=False)
+    qat = [r for r in Registry(db).runs() if r.id != rid]
+    assert len(qat) == 1 and kinds(db, qat[0].id) == ["weights/best", "qat/parent"]
+    assert Registry(db).get_run(qat[0].id).artifact("qat/parent").meta["parent_run"] == rid

@@ -11,6 +11,7 @@ this only computes: `services.deploy.qat` records the parent (`qat/parent`) and 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,15 +47,21 @@ class QatResult:
 
     def parent_artefact(self) -> tuple[str, Path, dict]:
         """(kind, file, meta) the QAT run records of its parent (`services.deploy.qat`), before its INT8 files."""
-        return "qat/parent", Path(self.parent_weights), {"parent_run": self.parent_run, "parent_name": self.parent_name,
-                                                         "epochs": self.epochs, "lr0": self.lr0, "fake_quant": FAKE_QUANT}
+        return parent_artefact(self.parent_run, self.parent_name, self.parent_weights, self.epochs, self.lr0)
+
+
+def parent_artefact(parent_run: int, parent_name: str, weights: str | Path, epochs: int, lr0: float) -> tuple[str, Path, dict]:
+    return "qat/parent", Path(weights), {"parent_run": parent_run, "parent_name": parent_name, "epochs": epochs, "lr0": lr0,
+                                         "fake_quant": FAKE_QUANT}
 
 
 def qat_run(registry, ref: str, data: str | Path | None = None, *, epochs: int = 5, lr0: float | None = None,
             calib: int = 200, per_channel: bool = True, bias_correct: bool = False, ends: str | None = None,
-            verbose: bool = True) -> QatResult:
+            verbose: bool = True, on_trained: Callable[[int, tuple[str, Path, dict]], None] | None = None) -> QatResult:
     """Fine-tune run `ref` with INT8 fake-quantization as a new run, then export its INT8 QDQ (the caller records the
-    parent and those files on the new run, `services.deploy.qat`)."""
+    parent and those files on the new run, `services.deploy.qat`). `on_trained(qat_run_id, parent_row)` is called
+    once the training finished, before the quantization: the caller records the parent there, so a quantization that
+    fails leaves a QAT run that still says what it was fine-tuned from."""
 
     if importlib.util.find_spec("modelopt") is None:
         raise DeployError("deploy qat needs NVIDIA ModelOpt (the fake-quantization Ultralytics trains with): "
@@ -81,6 +88,8 @@ def qat_run(registry, ref: str, data: str | Path | None = None, *, epochs: int =
                            weights=best, verbose=verbose)
     if result.status != RunStatus.FINISHED:
         raise DeployError(f"QAT run {result.name} ended {result.status}; resume it with `npuyolo train --resume {result.run_id}`")
+    if on_trained is not None:
+        on_trained(result.run_id, parent_artefact(parent.id, parent.name, best, epochs, lr0))
     quantized = quantize_run(registry, str(result.run_id), data, calib=calib, per_channel=per_channel,
                              bias_correct=bias_correct, ends=ends)
     return QatResult(parent.id, result.run_id, result.name, quantized, parent_name=parent.name, parent_weights=str(best),

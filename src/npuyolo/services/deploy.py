@@ -46,8 +46,8 @@ def qat(registry: Any, run: str, data: str | Path | None = None, options: QatOpt
     o = options or QatOptions()
     registry = registry_of(registry)
     result = qat_run(registry, run, data, epochs=o.epochs, lr0=o.lr0, calib=o.calib, per_channel=o.per_channel,
-                     bias_correct=o.bias_correct, ends=o.ends, verbose=verbose)
-    registry.add_artifact(result.qat_run, *result.parent_artefact())  # the parent first, as the stage recorded it
+                     bias_correct=o.bias_correct, ends=o.ends, verbose=verbose,
+                     on_trained=lambda run_id, row: registry.add_artifact(run_id, *row))  # the parent, before quantizing
     record_quantized(registry, result.quantized)
     return result
 
