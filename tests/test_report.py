@@ -627,6 +627,36 @@ def test_markdown_reports_keep_raw_html_and_emphasis_as_text(tmp_path):
     assert "model: &lt;img src=x onerror=alert(1)&gt; run_" in meta and "&amp;lt;" not in meta
 
 
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_a_hostile_artefact_name_on_int8_rows_with_a_drop_interval_stays_text(tmp_path, lang):
+    """An INT8 file is named after its run (`deploy quantize` writes <run name>-...onnx): markup in the name stays text
+    in the INT8 table and in the drop's judgement, beside its interval, in the HTML report (autoescaped) and in the .md
+    report (entities, as every other recorded name there: before, the .md kept the raw tag and a | split the cell)."""
+    name = "<img src=x onerror=alert(1)> run"
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg, name=name, class_names=["a", "b"])
+    reg.record_epoch(rid, 1, map50=0.5, map50_95=0.3, precision=0.6, recall=0.5)
+    reg.set_status(rid, "finished")
+    scores = {"map50_95": 0.37, "precision": 0.8, "recall": 0.5, "per_class": {}}
+    reg.add_deploy_eval(run_id=rid, artefact=f"/d/{name}-fp32.onnx", precision_kind="fp32", result={**scores, "map50": 0.534})
+    tied = {"map50": {"metric": "map50", "pp": {"value": 1.5, "low": -0.4, "high": 3.1}, "verdict": "tied", "text": "t"}}
+    reg.add_deploy_eval(run_id=rid, artefact=f"/d/{name}|x-int8.onnx", precision_kind="int8",
+                        result={**scores, "map50": 0.519, "drop_interval": tied})
+    cell = {"en": "1.50 points (95% -0.40 to +3.10, within noise)", "ko": "1.50포인트 (95% 구간 -0.40 ~ +3.10, 잡음 범위 안)"}[lang]
+
+    html = render_run(reg, rid, tmp_path / "html", lang=lang, fmt="html").read_text(encoding="utf-8")
+    assert "<img src=x" not in html and "<img" not in html.replace('<img alt="', "")  # only the report's own plots
+    row = html.split("<td>&lt;img src=x onerror=alert(1)&gt; run|x-int8.onnx</td>")[1].split("</tr>")[0]
+    assert f"<td>{cell}</td>" in row  # the whole name in one cell, its drop and interval beside it
+    assert "(&lt;img src=x onerror=alert(1)&gt; run|x-int8.onnx)" in html  # the drop's judgement
+
+    md = render_run(reg, rid, tmp_path / "md", lang=lang).read_text(encoding="utf-8")
+    prose = md.split("```yaml")[0]  # what a Markdown viewer renders (the metadata after it is a code block)
+    assert "<img" not in prose and "<" not in prose.replace("<br>", "")
+    assert f"| &lt;img src=x onerror=alert(1)&gt; run\\|x-int8.onnx | INT8 | 0.519 | 0.370 | {cell} |" in prose
+    assert "(&lt;img src=x onerror=alert(1)&gt; run\\|x-int8.onnx)" in prose
+
+
 def test_series_report_of_a_traversal_name_stays_under_reports(tmp_path):
     work = tmp_path / "a" / "b"  # ../../../X from the registry's folder would land beside tmp_path
     db = work / "r.db"
