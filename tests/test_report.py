@@ -742,3 +742,24 @@ def test_an_int8_map50_loss_is_worded_with_its_interval_and_an_old_plan_says_non
                                .split()) for lang in ("en", "ko")}
         assert f"runner-up export+relu-decomp+int8 {en}" in said["en"], gap
         assert ko in said["ko"], gap
+
+
+@pytest.mark.parametrize("pp", [{"low": 10 ** 400, "high": 2.0}, {"low": "-0.4", "high": "3.1"}, {"low": "nan", "high": 1.0},
+                                {"low": True, "high": 2.0}, {"low": float("-inf"), "high": float("inf")}])
+def test_a_damaged_drop_interval_on_an_int8_row_is_no_interval(tmp_path, pp):
+    """The INT8 row's recorded drop interval is read back from the registry (its result_json): a number too large for a
+    float stopped `report` with OverflowError's traceback, and text, a bool or an infinity was printed as an interval
+    ("+nan", "within noise" over -inf..+inf). Each is a damaged interval: the row says none was recorded."""
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg, name="base")
+    reg.record_epoch(rid, 1, map50=0.5, map50_95=0.3, precision=0.6, recall=0.5)
+    reg.set_status(rid, "finished")
+    scores = {"map50_95": 0.37, "precision": 0.8, "recall": 0.5, "per_class": {}}
+    reg.add_deploy_eval(run_id=rid, artefact="/d/a-fp32.onnx", precision_kind="fp32", result={**scores, "map50": 0.534})
+    reg.add_deploy_eval(run_id=rid, artefact="/d/a-int8.onnx", precision_kind="int8",
+                        result={**scores, "map50": 0.519, "drop_interval": {"map50": {"pp": pp}}})
+    r = cli("report", "base", "--out", tmp_path / "out", registry=tmp_path / "r.db")
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "out" / f"report_{rid}_en.md").read_text(encoding="utf-8")
+    assert "| a-int8.onnx | INT8 | 0.519 | 0.370 | 1.50 points (no interval recorded) |" in text
+    assert "nan" not in text and "inf" not in text.replace("info", "")

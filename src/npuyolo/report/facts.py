@@ -7,6 +7,7 @@ recorded `deploy plan` alone: each is a candidate that was built and measured, n
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -111,8 +112,16 @@ def drop_interval(result: dict) -> dict | None:
     for a row scored before intervals were recorded (or a damaged one)."""
     try:
         pp = result["drop_interval"]["map50"]["pp"]
-        low, high = float(pp["low"]), float(pp["high"])
-    except (KeyError, TypeError, ValueError):
+        low, high = pp["low"], pp["high"]
+    except (KeyError, TypeError, IndexError):
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        return None  # text or a bool in a hand-edited row is no number
+    try:
+        low, high = float(low), float(high)
+    except OverflowError:  # an integer too large for a float
+        return None
+    if not (math.isfinite(low) and math.isfinite(high)):
         return None
     return {"low": low, "high": high, "tied": low <= 0 <= high}
 
