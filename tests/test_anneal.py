@@ -168,3 +168,47 @@ def test_study_names_are_checked_before_anything_is_written(tmp_path, synth_data
     one_line_error(cli("study", "relu-gap", "--data", tmp_path / "nope.yaml", "--name", "nodata", registry=db))
     names = [r[0] for r in sqlite3.connect(db).execute("SELECT name FROM series")]
     assert names == ["plain"] and Registry(db).series("plain").spec.get("kind") is None
+
+
+def test_a_study_member_with_a_hand_edited_distill_setting_is_tabled(tmp_path):
+    """A run's recorded recipe is read back typed (RunRecipe), its `distill` unchecked: the study table read every
+    member's `distill.get("teacher_run")`, so a relu member whose row holds distill as text stopped `study report` with
+    AttributeError's traceback (before the typed recipe only distill members read it), and a distill member whose
+    teacher_run is a list with TypeError (unhashable). Such a setting names no teacher: the member costs its own time."""
+    import json
+
+    from npuyolo.study.relu_gap import KIND, ROUTES, study_table
+
+    from .helpers import new_run
+
+    db = tmp_path / "r.db"
+    reg = Registry(db)
+    routes = ("leaky", "relu", "distill")
+    reg.upsert_series("st", {"kind": KIND, "name": "st", "data": "/d.yaml", "variants": [f"{r}/s0" for r in routes],
+                             "routes": list(routes), "seeds": [0], "route_variants": {r: list(ROUTES[r]) for r in routes},
+                             "targets": ["relu-only"], "anneal": None, "recipe_resolved": {"epochs": 1, "imgsz": 64,
+                                                                                         "lr0": 0.01, "batch": 8}})
+    ids = {}
+    for route in routes:
+        ids[route] = new_run(reg, name=f"st-{route}", variant=ROUTES[route][0], series="st")
+        reg.record_epoch(ids[route], 1, map50=0.5, map50_95=0.3, precision=0.6, recall=0.5, epoch_time_s=3.0)
+        reg.set_status(ids[route], "finished")
+        reg.set_series_member("st", f"{route}/s0", ids[route])
+    con = sqlite3.connect(db)
+    for route, distill in (("relu", "x"), ("distill", {"teacher_run": [ids["leaky"]]})):
+        recipe = json.loads(con.execute("SELECT recipe_json FROM runs WHERE id = ?", (ids[route],)).fetchone()[0])
+        con.execute("UPDATE runs SET recipe_json = ? WHERE id = ?", (json.dumps({**recipe, "distill": distill}), ids[route]))
+    con.execute("UPDATE runs SET duration_s = 5.0")
+    con.commit()
+    con.close()
+    assert {r.route: r.cost_s for r in study_table(Registry(db, readonly=True), "st")} == {
+        "leaky": 5.0, "relu": 5.0, "distill": 5.0}
+    r = cli("study", "report", "st", "--out", tmp_path / "out", registry=db)
+    assert r.exit_code == 0, r.output
+    con = sqlite3.connect(db)  # a teacher recorded as the run id it is: the distilled member costs its teacher's time too
+    recipe = json.loads(con.execute("SELECT recipe_json FROM runs WHERE id = ?", (ids["distill"],)).fetchone()[0])
+    con.execute("UPDATE runs SET recipe_json = ? WHERE id = ?",
+                (json.dumps({**recipe, "distill": {"teacher_run": ids["leaky"]}}), ids["distill"]))
+    con.commit()
+    con.close()
+    assert {r.route: r.cost_s for r in study_table(Registry(db, readonly=True), "st")}["distill"] == 10.0

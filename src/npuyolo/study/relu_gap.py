@@ -135,8 +135,9 @@ def study_table(registry, name: str) -> list[RouteRow]:
                 row.map50_95.append(scores["map50_95"])
             if run and run.duration_s:
                 cost += run.duration_s
-                teacher = (run.recipe.distill or {}).get("teacher_run")
-                if route == "distill" and teacher in runs:
+                distill = run.recipe.distill  # unchecked when the row is read: a hand-edited one names no teacher
+                teacher = distill.get("teacher_run") if route == "distill" and isinstance(distill, dict) else None
+                if isinstance(teacher, int) and not isinstance(teacher, bool) and teacher in runs:
                     cost += runs[teacher].duration_s or 0.0
         row.cost_s = cost or None
         for m in METRICS:
