@@ -291,6 +291,9 @@ DAMAGE = {  # one column edited by hand: (SQL, the column the error must name)
     "meta_json broken": ("UPDATE artifacts SET meta_json = '{' WHERE run_id = 1", "artifacts.meta_json"),
     "extra_json broken": ("UPDATE epochs SET extra_json = '[' WHERE run_id = 1", "epochs.extra_json"),
     "class_names broken": ("UPDATE runs SET class_names = 'x' WHERE id = 1", "class_names"),
+    # JSON that json.loads reads (600 levels) but the typed recipe's copy of it (two frames a level) could not: a traceback
+    "recipe nested deep": ("UPDATE runs SET recipe_json = '{\"epochs\": 1, \"imgsz\": 64, \"x\": " + "[" * 600 + "]" * 600
+                           + "}' WHERE id = 1", "recipe_json"),
 }
 
 

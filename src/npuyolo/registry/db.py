@@ -113,6 +113,21 @@ def _json(text: Any, kind: type, nullable: bool = False) -> Any:
     return value
 
 
+MAX_RECIPE_DEPTH = 32  # a recorded recipe is a few levels deep (Ultralytics' arguments, distill, act_anneal)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether JSON `value` nests lists or objects more than `limit` levels (walked without recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, (dict, list)):
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 def _recipe(text: Any) -> RunRecipe:
     """The recipe column, typed: the settings a report reads must have their types when present (else the row is
     damaged); missing and unknown settings load (`RunRecipe` says how)."""
@@ -120,6 +135,8 @@ def _recipe(text: Any) -> RunRecipe:
     wrong = [k for k, types in RECIPE_TYPES.items() if k in recipe and not _is(recipe[k], types)]
     if wrong:
         raise ValueError(f"{wrong[0]} is {recipe[wrong[0]]!r}")
+    if _deeper_than(recipe, MAX_RECIPE_DEPTH):  # RunRecipe keeps a deep copy: Python's copy recurses, two frames a level
+        raise ValueError(f"nested more than {MAX_RECIPE_DEPTH} levels deep")
     return RunRecipe.of(recipe)
 
 
