@@ -763,3 +763,30 @@ def test_a_damaged_drop_interval_on_an_int8_row_is_no_interval(tmp_path, pp):
     text = (tmp_path / "out" / f"report_{rid}_en.md").read_text(encoding="utf-8")
     assert "| a-int8.onnx | INT8 | 0.519 | 0.370 | 1.50 points (no interval recorded) |" in text
     assert "nan" not in text and "inf" not in text.replace("info", "")
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_a_recorded_optimizer_with_markup_stays_text_in_its_cell(tmp_path, lang):
+    """The recipe's optimizer is only checked to be text when the row is read (a run.json imported whole, or an edited
+    registry): the .md report printed it raw (<img ... onerror=...> live in a Markdown viewer) and a | in it split the
+    setup table's cell, dropping the momentum beside it from the HTML report too."""
+    import json
+
+    db = tmp_path / "r.db"
+    reg = Registry(db)
+    rid = new_run(reg, name="base")
+    reg.record_epoch(rid, 1, map50=0.5, map50_95=0.3, precision=0.6, recall=0.5)
+    reg.set_status(rid, "finished")
+    con = sqlite3.connect(db)
+    recipe = json.loads(con.execute("SELECT recipe_json FROM runs WHERE id = ?", (rid,)).fetchone()[0])
+    con.execute("UPDATE runs SET recipe_json = ? WHERE id = ?",
+                (json.dumps({**recipe, "optimizer": "<img src=x onerror=alert(1)>|SGD", "momentum": 0.937}), rid))
+    con.commit()
+    con.close()
+    word = {"en": "momentum", "ko": "모멘텀"}[lang]
+    html = render_run(Registry(db, readonly=True), rid, tmp_path / "html", lang=lang, fmt="html").read_text(encoding="utf-8")
+    assert "<img src=x" not in html
+    assert f"<td>&lt;img src=x onerror=alert(1)&gt;|SGD, {word} 0.937</td>" in html
+    md = render_run(Registry(db, readonly=True), rid, tmp_path / "md", lang=lang).read_text(encoding="utf-8")
+    assert "<img" not in md
+    assert f"| &lt;img src=x onerror=alert(1)&gt;\\|SGD, {word} 0.937 |" in md
