@@ -790,3 +790,20 @@ def test_a_recorded_optimizer_with_markup_stays_text_in_its_cell(tmp_path, lang)
     md = render_run(Registry(db, readonly=True), rid, tmp_path / "md", lang=lang).read_text(encoding="utf-8")
     assert "<img" not in md
     assert f"| &lt;img src=x onerror=alert(1)&gt;\\|SGD, {word} 0.937 |" in md
+
+
+def test_series_report_refuses_an_unknown_target_before_writing(tmp_path):
+    """`series report --target` took any text: a typo (or markup) wrote a report that called the members unchecked on
+    a target that does not exist, with the name raw in the .md (its | splitting the table's header)."""
+    db = tmp_path / "r.db"
+    reg = Registry(db)
+    reg.upsert_series("s", {"variants": ["L4-relu"], "name": "s"})
+    rid = new_run(reg, name="m", series="s")
+    reg.set_series_member("s", "L4-relu", rid)
+    reg.record_epoch(rid, 1, map50=0.2, map50_95=0.1, precision=0.3, recall=0.2, box_loss=1.0, cls_loss=1.0, dfl_loss=1.0)
+    reg.set_status(rid, "finished")
+    for target in ("rknn-rk3589", "<img src=x onerror=alert(1)>|y"):
+        out = one_line_error(cli("series", "report", "s", "--target", target, "--out", tmp_path / "out", registry=db))
+        assert "unknown --target" in out and "rknn-rk3588" in out
+    assert not (tmp_path / "out").exists()
+    assert cli("series", "report", "s", "--target", "rknn-rk3588", "--out", tmp_path / "out", registry=db).exit_code == 0

@@ -14,6 +14,7 @@ from npuyolo.deploy.plan import matrix
 from npuyolo.errors import UnsafePathError
 from npuyolo.npu.analyze import analyze
 from npuyolo.npu.graph import GraphError, load_graph
+from npuyolo.npu.profiles import TargetError
 from npuyolo.npu.profiles import target as get_target
 from npuyolo.npu.rewrite import rewrite_leaky
 from npuyolo.paths import atomic_path, safe_join, unique_slug, write_text
@@ -281,6 +282,10 @@ def render_series_all(registry, name: str, out: Path | None = None, langs=("en",
     paired bootstraps behind it), the rewritten placements and the plots are made once."""
     langs, fmts = list(dict.fromkeys(langs)), list(dict.fromkeys(fmts))
     check_langs_formats(langs, fmts)
+    try:  # a target no profile has would be reported as unchecked everywhere, its name printed as given
+        get_target(target)
+    except TargetError as e:
+        raise ReportError(str(e), param="target") from None
     rows = rank_series(registry, name)
     ranked = [r for r in rows if r["rank_map50"] is not None]
     if not ranked:
