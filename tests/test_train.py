@@ -643,3 +643,27 @@ def test_a_resume_records_the_epochs_its_checkpoint_holds_but_the_registry_lost(
     assert (third.box_loss, third.map50, third.map50_95, third.lr) == (5.2, 0.12, 0.06, 0.0088)
     assert third.epoch_time_s == pytest.approx(4.25) and third.extra == {"from_results_csv": 1.0}
     assert epochs[0].box_loss == 6.1 and epochs[0].extra is None  # a recorded epoch is never replaced
+
+
+@pytest.mark.parametrize("command", [("train", "--resume", "base"), ("deploy", "qat", "base", "--data", "{data}"),
+                                     ("prune", "base", "--data", "{data}")])
+def test_a_recorded_recipe_this_npuyolo_refuses_is_one_line_naming_the_run(tmp_path, synth_data, command):
+    """A run row keeps a setting npuyolo no longer has (RunRecipe.unknown()); resume, QAT and prune rebuild a training
+    recipe from it, and pydantic's ValidationError came out as a traceback. Now one line naming the run and the setting,
+    before anything trains."""
+    import sqlite3
+
+    from .helpers import cli, finished_run, one_line_error
+
+    db = tmp_path / "r.db"
+    reg, rid = finished_run(db)
+    con = sqlite3.connect(db)
+    recipe = json.loads(con.execute("SELECT recipe_json FROM runs WHERE id = ?", (rid,)).fetchone()[0])
+    status = "interrupted" if command[0] == "train" else "finished"
+    con.execute("UPDATE runs SET recipe_json = ?, status = ? WHERE id = ?",
+                (json.dumps({**recipe, "retired_setting": 1}), status, rid))
+    con.commit()
+    con.close()
+    out = one_line_error(cli(*(a.format(data=synth_data) for a in command), registry=db))
+    assert "run base's recorded recipe" in out and "retired_setting" in out
+    assert [r.id for r in Registry(db).runs()] == [rid]  # nothing trained, no new run

@@ -80,9 +80,9 @@ def qat_run(registry, ref: str, data: str | Path | None = None, *, epochs: int =
     if best is None:
         raise DeployError(f"run {parent.name} has no best weights on disk (status {parent.status})")
     data = Path(data or parent.data_path)
-    base = Recipe(**parent.recipe.as_dict())
+    base = Recipe.recorded(parent)
     lr0 = lr0 if lr0 is not None else base.lr0 * 0.1  # fine-tuning near a minimum: a tenth of the parent's start
-    recipe = Recipe(**{**parent.recipe.as_dict(), "epochs": epochs, "warmup_epochs": 0, "lr0": lr0, "lr_final": min(base.lr_final, lr0),
+    recipe = Recipe.recorded(parent, **{"epochs": epochs, "warmup_epochs": 0, "lr0": lr0, "lr_final": min(base.lr_final, lr0),
                        "distill": None, "act_anneal": None, "ultralytics": {**base.ultralytics, "quantize": 8}})
     result = train_variant(registry, parent.variant, data, recipe, name=registry.unique_name(f"{parent.name[:80]}-qat"),
                            weights=best, verbose=verbose)

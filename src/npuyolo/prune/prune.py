@@ -125,7 +125,7 @@ def prune_run(registry, ref: str, *, ratio: float = 0.3, method: str = "l1", fin
     data = Path(data or parent.data_path)
 
     check_dataset(data, cache_dir=registry.root / "cache")  # npuyolo's bounded check before Ultralytics reads the set
-    recipe = Recipe(**{**parent.recipe.as_dict(), "epochs": finetune_epochs, "warmup_epochs": 0})
+    recipe = Recipe.recorded(parent, epochs=finetune_epochs, warmup_epochs=0)
     imgsz = recipe.imgsz
     model = load_weights(best)
     pruned = prune_model(model, ratio, method, imgsz)

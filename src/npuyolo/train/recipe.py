@@ -148,6 +148,16 @@ class Recipe(BaseModel):
         return cls()
 
     @classmethod
+    def recorded(cls, run: Any, **overrides: Any) -> Recipe:
+        """The recipe a run recorded (`run.recipe`, a `RunRecipe`), with `overrides` over it, under today's checks: a
+        setting this npuyolo no longer has (the row keeps it) or a value it refuses is one RecipeError naming the run,
+        for what trains from a recorded run again (resume, QAT, prune, a series member)."""
+        try:
+            return cls(**{**run.recipe.as_dict(), **overrides})
+        except ValidationError as e:
+            raise RecipeError(validation_message(e, f"run {run.name}'s recorded recipe")) from None
+
+    @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> Recipe:
         """Defaults, then the YAML file, then non-None overrides (CLI flags)."""
         values = cls.default().model_dump()

@@ -131,7 +131,7 @@ def _job(registry: Registry, spec: SeriesSpec, recipe: Recipe, key: str, action:
     variant, seed = variant_of(key)
     if action == "resume":
         prepare = lambda: prepare_resume(registry, run_id, verbose=verbose)  # noqa: E731
-        epochs = Recipe(**registry.get_run(run_id).recipe.as_dict()).epochs
+        epochs = Recipe.recorded(registry.get_run(run_id)).epochs
     else:
         run_name = f"{spec.name}-{variant}" + ("" if seed is None else f"-s{seed}")
         prepare = lambda: prepare_variant(registry, variant, spec.data, recipe, name=run_name,  # noqa: E731

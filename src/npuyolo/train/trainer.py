@@ -307,7 +307,7 @@ def prepare_resume(registry: Registry, ref: str | int, verbose: bool = True, sou
         raise TrainError(f"run {run.name} is still running (pid {run.pid})")
     save_dir = Path(run.save_dir) if run.save_dir else registry.run_dir(run)
     found = _resume_checkpoint(run, save_dir, source)
-    recipe = Recipe(**run.recipe.as_dict())
+    recipe = Recipe.recorded(run)
     if found is None:  # killed before the first checkpoint: start over with the recorded recipe
         yaml_art = run.artifact("model_yaml")
         yaml_path = Path(yaml_art.path) if yaml_art else save_dir / "model.yaml"
