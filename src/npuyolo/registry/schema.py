@@ -37,8 +37,8 @@ class RunRecipe:
     Read as recorded, never re-filled: a setting the row lacks (a run recorded before npuyolo had that setting) is
     None here, not today's default, and a setting npuyolo no longer has is kept (`unknown()`), so `as_dict()` gives back
     the stored JSON whole. The registry checks the types of the settings a report reads when it reads the row
-    (`registry.db.RECIPE_TYPES`: a wrong one is a damaged row). To train from it again, `Recipe(**run.recipe.as_dict())`
-    applies today's checks and defaults."""
+    (`registry.db.RECIPE_TYPES`: a wrong one is a damaged row). To train from it again, `Recipe.recorded(run)`
+    applies today's checks and defaults (a refused setting is one RecipeError naming the run)."""
 
     epochs: int | None = None
     batch: int | None = None
