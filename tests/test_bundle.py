@@ -760,3 +760,38 @@ def test_vela_tflite_bundle_runs_in_litert(photos, tmp_path):  # pragma: no cove
     assert scores["cli_vs_bundle_max_px"] < 1e-3 and abs(scores["diff_map50"]) <= 0.002, scores
     # and on deploy eval's own letterboxed images, the runner's kernels and decode give deploy eval's figure
     assert scores["on_eval_letterbox"]["images"] == 4 and abs(scores["on_eval_letterbox"]["diff_map50"]) <= 0.002, scores
+
+
+@pytest.mark.parametrize("plan", ["nested", "fifo"])
+def test_a_recorded_plan_nested_too_deep_or_a_fifo_is_one_line_never_a_hang(tmp_path, plan):
+    """`deploy bundle RUN -t TARGET` read the run's plan.json with read_text and json.loads: a plan nested 100,000 deep
+    stopped it with RecursionError's traceback, and a FIFO at the plan's path blocked it for ever."""
+    import signal
+
+    reg = Registry(tmp_path / "r.db")
+    run = _run(reg, "planned")
+    path = tmp_path / "plan" / "plan.json"
+    path.parent.mkdir()
+    if plan == "nested":
+        path.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        os.mkfifo(path)
+    reg.add_artifact(run, "plan", path)
+
+    class Hung(BaseException):  # not an OSError: the bundle's own handlers must not take it for a damaged plan
+        pass
+
+    def hung(*_):
+        raise Hung("deploy bundle blocked on the plan")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        done = runner.invoke(app, ["deploy", "bundle", "planned", "-t", "relu-only", "--registry", str(tmp_path / "r.db"),
+                                   "--out", str(tmp_path / "out")])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert done.exit_code == 2 and len(done.output.strip().splitlines()) == 1, (done.output, done.exception)
+    assert "plan" in done.output and "damaged" in done.output
+    assert not (tmp_path / "out").exists()

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from npuyolo.deploy.bundle.build import Bundle, BundleError, build_bundle, inspect_artefact
 from npuyolo.deploy.bundle.manifest import PlanFigures
-from npuyolo.deploy.plan import COMPILER_OF, chosen_row
+from npuyolo.deploy.plan import COMPILER_OF, MAX_PLAN_BYTES, chosen_row
+from npuyolo.paths import FileReadError, read_regular_file
 from npuyolo.registry.db import Registry, RunRecord
 
 __all__ = ["bundle_model"]
@@ -24,10 +25,10 @@ def _planned(run: RunRecord, target: str) -> dict:
     recorded = run.artifact("plan")
     if recorded is None:
         raise BundleError(f"run {run.name} (#{run.id}) has no deployment plan for {target}; {make}, or pass `artefact` (a file to ship)")
-    try:
-        plan = json.loads(Path(recorded.path).read_text(encoding="utf-8"))
+    try:  # a regular file of a bounded size: a FIFO there blocked for ever
+        plan = json.loads(read_regular_file(recorded.path, MAX_PLAN_BYTES).decode("utf-8"))
         plans = {tp["target"]: tp for tp in plan["targets"]}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, FileReadError):
         raise BundleError(f"run {run.name} (#{run.id}): its plan {recorded.path} is missing or damaged; {make}") from None
     if target not in plans:
         raise BundleError(f"run {run.name} (#{run.id}) has no deployment plan for {target} (planned: "
