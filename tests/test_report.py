@@ -810,3 +810,24 @@ def test_series_report_refuses_an_unknown_target_before_writing(tmp_path):
         assert "unknown --target" in out and "rknn-rk3588" in out
     assert not (tmp_path / "out").exists()
     assert cli("series", "report", "s", "--target", "rknn-rk3588", "--out", tmp_path / "out", registry=db).exit_code == 0
+
+
+def test_a_zero_width_int8_drop_interval_is_within_noise_as_deploy_eval_says(tmp_path):
+    """Every resample alike (a tiny val set) gives a zero-width interval, which stats.compare.verdict_of calls no
+    evidence ('tied'; `deploy eval` prints 'within noise'): the report called a 1.5-point drop with the interval
+    +1.50 to +1.50 a real loss and listed it among the weaknesses."""
+    reg = Registry(tmp_path / "r.db")
+    rid = new_run(reg, name="base")
+    reg.record_epoch(rid, 1, map50=0.5, map50_95=0.3, precision=0.6, recall=0.5)
+    reg.set_status(rid, "finished")
+    scores = {"map50_95": 0.37, "precision": 0.8, "recall": 0.5, "per_class": {}}
+    reg.add_deploy_eval(run_id=rid, artefact="/d/a-fp32.onnx", precision_kind="fp32", result={**scores, "map50": 0.534})
+    flat = {"map50": {"metric": "map50", "pp": {"value": 1.5, "low": 1.5, "high": 1.5}, "verdict": "tied",
+                      "text": "+1.50 pp (95% +1.50 to +1.50): within noise"}}
+    reg.add_deploy_eval(run_id=rid, artefact="/d/a-int8.onnx", precision_kind="int8",
+                        result={**scores, "map50": 0.519, "drop_interval": flat})
+    facts = run_facts(reg, rid)
+    (j,) = [j for j in facts.judgements if j.key == "int8_drop"]
+    assert j.kind == "strength" and j.values["ci"]["tied"]
+    text = render_run(reg, rid, tmp_path / "en").read_text(encoding="utf-8")
+    assert "| 1.50 points (95% +1.50 to +1.50, within noise) |" in text

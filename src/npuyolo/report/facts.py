@@ -123,7 +123,8 @@ def drop_interval(result: dict) -> dict | None:
         return None
     if not (math.isfinite(low) and math.isfinite(high)):
         return None
-    return {"low": low, "high": high, "tied": low <= 0 <= high}
+    # as stats.compare.verdict_of: spanning 0, or zero-width (every resample alike: no evidence), is a tie
+    return {"low": low, "high": high, "tied": not high > low or low <= 0 <= high}
 
 
 def deploy_rows(evals: list[DeployEvalRow]) -> list[dict]:
