@@ -155,3 +155,43 @@ def test_a_workers_error_comes_back_whole_and_workers_are_checked(graphs, synth_
         with pytest.raises(NpuyoloError, match="workers must be"):
             Workspace(tmp_path / "r.db").plan("L4-relu", ["relu-only"], synth_data, workers=bad)
 
+
+
+def test_a_plan_takes_what_another_members_plan_built_from_the_same_graph(graphs, synth_data, tmp_path, monkeypatch):
+    """A series' ReLU twin is planned twice: as the LeakyReLU member's twin and in its own plan. The second plan
+    copies the first's INT8 files and statistics (same content keys) instead of building and scoring them again, and
+    gets the same bytes and figures a plan without the other folder builds; a damaged file there is built here."""
+    import shutil
+
+    leaky, decomp = graphs
+    own = tmp_path / "own.onnx"  # the second plan's own first graph
+    shutil.copyfile(leaky, own)
+    settings = QuantizeSettings(str(synth_data), QuantizeOptions(calib=4, holdout=4, seed=0, sweep=False))
+    first_folder, second_folder, alone_folder = (tmp_path / n for n in ("first", "second", "alone"))
+    for f in (first_folder, second_folder, alone_folder):
+        f.mkdir()
+    first = build([(leaky, "int8"), (decomp, "int8"), (decomp, "int8-ends-int16")], first_folder, settings)
+    pairs = [(own, "int8"), (decomp, "int8"), (decomp, "int8-ends-int16")]
+    alone = build(pairs, alone_folder, settings)
+
+    quantized, scored = [], []
+    real_quantize, real_score = plan_work._quantize_job, plan_work._score_job
+    monkeypatch.setattr(plan_work, "_quantize_job", lambda fp32, *a: quantized.append(fp32) or real_quantize(fp32, *a))
+    monkeypatch.setattr(plan_work, "_score_job", lambda path, *a: scored.append(path) or real_score(path, *a))
+    second = build(pairs, second_folder, settings, shared=[first_folder])
+    assert quantized == [own]  # the twin's routes were taken, not built
+    assert decomp not in scored and not any(p.parent == second_folder and p.name.startswith(decomp.stem) for p in scored)
+    for key in ((decomp, "int8"), (decomp, "int8-ends-int16")):
+        path = second.int8[key]
+        assert path.parent == second_folder and _digest(path) == _digest(first.int8[key]) == _digest(alone.int8[key])
+        assert (second_folder / "stats" / f"{path.stem}.npz").is_file()  # its statistics are this plan's own copy
+    assert {p.name: v[:2] for p, v in second.scores.items()} == {p.name: v[:2] for p, v in alone.scores.items()}
+    assert dict(build(pairs, second_folder, settings).seconds) == {}  # and recorded here for the next plan
+
+    # a file changed in the other folder since it was recorded is not taken: built here, the same bytes
+    again_folder = tmp_path / "again"
+    again_folder.mkdir()
+    first.int8[(decomp, "int8")].write_bytes(b"damaged")
+    quantized.clear()
+    again = build(pairs, again_folder, settings, shared=[first_folder])
+    assert decomp in quantized and _digest(again.int8[(decomp, "int8")]) == _digest(alone.int8[(decomp, "int8")])

@@ -637,13 +637,17 @@ class Registry:
         Run folders live under the registry's folder; a recorded `save_dir` elsewhere (an edited registry) is refused
         rather than written into.
         """
+        return make_dir(self.run_path(run, *parts))
+
+    def run_path(self, run: RunRecord, *parts: str) -> Path:
+        """`run_dir` without creating it: where another run's files are read from (never written)."""
         base = Path(run.save_dir) if run.save_dir else self.root / "train" / f"{run.id}-{slug(run.name)}"
         try:
             safe_join(self.root, base)
         except UnsafePathError:
             raise RegistryError(f"run {run.name}'s folder {base} is outside the registry's folder {self.root}; "
                                 "not writing there (was the registry edited or moved?)") from None
-        return make_dir(safe_join(base, *parts))
+        return safe_join(base, *parts)
 
     def output_dir(self, *parts: str) -> Path:
         """A folder under the registry's folder for outputs that belong to no run (series reports, variant checks)."""

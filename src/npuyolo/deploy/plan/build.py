@@ -107,6 +107,25 @@ def _twin(registry, run_id: int | None) -> str | None:
     return None
 
 
+def sibling_plan_folders(registry, run) -> list[Path]:
+    """The plan folders of the other members of the run's series (read, never written): a plan takes from their
+    content caches the INT8 files and scores of graphs it shares with them (the ReLU twin's, planned again in the
+    twin's own plan), the same bytes by their keys. A run in no series: none."""
+    if run is None or not run.series:
+        return []
+    folders = []
+    for m in registry.series(run.series).members:
+        if m.run_id is None or m.run_id == run.id:
+            continue
+        try:
+            folder = registry.run_path(registry.get_run(m.run_id), "plan")
+        except NpuyoloError:  # a member whose folder is not where a registry keeps it: nothing taken from it
+            continue
+        if folder.is_dir():
+            folders.append(folder)
+    return folders
+
+
 def _compile(registry: Registry, placement: Placement, fp32: Path, target: str, data, model_ref: str | None = None,
              imgsz: int | None = None, model_builds: dict | None = None) -> None:
     """The vendor compiler's verdict (its `CompilerSpec`, `compilers/registry.py`) on the FP32 graph (it quantizes
@@ -297,7 +316,7 @@ class PlanBuilder:
         settings = QuantizeSettings(str(self.data), QuantizeOptions(calib=self.calib, holdout=self.holdout, seed=seed,
                                                                     sweep=self.sweep))
         files = build_files([(fp32, c.route) for _, c, fp32 in specs], self.folder, settings, self.conf, self.pool,
-                            self.reuse)
+                            self.reuse, shared=sibling_plan_folders(self.registry, self.run) if self.reuse else [])
         for name, seconds in files.seconds.items():
             self.stage.seconds[name] += seconds
         return files

@@ -43,7 +43,7 @@ from npuyolo.deploy.runtime import DeployError
 from npuyolo.deploy.int8.options import QuantizeOptions
 from npuyolo.deploy.int8.quantize import METHODS, quantize_onnx
 from npuyolo.errors import NpuyoloError
-from npuyolo.paths import read_regular_file, safe_join, sha256_file, write_text
+from npuyolo.paths import read_regular_file, safe_join, sha256_file, write_bytes, write_text
 from npuyolo.stats.matched import StatsError, load_stats, save_stats
 
 __all__ = ["CACHE_FILE", "Calibration", "PlanFiles", "QuantizeSettings", "build_files", "default_workers", "environment",
@@ -248,16 +248,18 @@ def _images_fingerprint(paths: list[Path]) -> str:
 
 
 def build_files(pairs: list[tuple[Path, str]], folder: Path, settings: QuantizeSettings, conf: float,
-                pool: ProcessPoolExecutor | _Inline | None = None, reuse: bool = True) -> PlanFiles:
+                pool: ProcessPoolExecutor | _Inline | None = None, reuse: bool = True,
+                shared: list[Path] | tuple[Path, ...] = ()) -> PlanFiles:
     """Every (FP32 graph, INT8 route) in `pairs` quantized into `folder`, and every FP32 and INT8 file scored on val.
 
     The first pair's graph carries the calibration sweep (its `int8` route is the sweep's winner); without a sweep,
     MinMax. `pool`: a `worker_pool()` (None: one of one worker per core, for this call). `reuse`: take what an
     earlier plan in `folder` built and scored from the same inputs (`plan-cache.json`); either way, what this call
-    builds is recorded there for the next."""
+    builds is recorded there for the next. `shared`: other plans' folders (a series' other members) whose caches are
+    read too: an INT8 file or a score found there under the same content key is copied into `folder`, not rebuilt."""
     if pool is None:
         with worker_pool() as own:
-            return build_files(pairs, folder, settings, conf, own, reuse)
+            return build_files(pairs, folder, settings, conf, own, reuse, shared)
     routes: dict[Path, list[str]] = {}
     for fp32, route in pairs:
         routes.setdefault(fp32, [])
@@ -267,7 +269,7 @@ def build_files(pairs: list[tuple[Path, str]], folder: Path, settings: QuantizeS
     if not routes:
         return files
     first = next(iter(routes))
-    keys = _Keys(folder, settings, conf, list(routes))  # what this plan builds is recorded even when it reuses nothing
+    keys = _Keys(folder, settings, conf, list(routes), shared if reuse else ())  # recorded even when nothing is reused
     lookup = keys if reuse else None
     if not settings.sweep:
         files.calibration = Calibration("minmax", None, "minmax")
@@ -296,20 +298,29 @@ def build_files(pairs: list[tuple[Path, str]], folder: Path, settings: QuantizeS
     return files
 
 
+def _read_index(path: Path) -> dict:
+    """A plan folder's cache index (`plan-cache.json`); empty when missing, unreadable or hand-edited (then all is
+    built again, and the index rewritten)."""
+    index: dict = {"int8": {}, "sweep": {}, "scores": {}}
+    if path.is_file():
+        try:
+            loaded = json.loads(read_regular_file(path, 1 << 24))
+            if isinstance(loaded, dict) and all(isinstance(loaded.get(k), dict) for k in index):
+                index = {k: loaded[k] for k in index}
+        except (OSError, ValueError, RecursionError, NpuyoloError):
+            pass
+    return index
+
+
 class _Keys:
     """Content keys of a plan's files and scores, and the cache index (`plan-cache.json`) they are looked up in."""
 
-    def __init__(self, folder: Path, settings: QuantizeSettings, conf: float, graphs: list[Path]):
+    def __init__(self, folder: Path, settings: QuantizeSettings, conf: float, graphs: list[Path],
+                 shared: list[Path] | tuple[Path, ...] = ()):
         self.folder, self.settings, self.conf = folder, settings, conf
         self.path = folder / CACHE_FILE
-        self.index: dict = {"int8": {}, "sweep": {}, "scores": {}}
-        if self.path.is_file():
-            try:
-                loaded = json.loads(read_regular_file(self.path, 1 << 24))
-                if isinstance(loaded, dict) and all(isinstance(loaded.get(k), dict) for k in self.index):
-                    self.index = {k: loaded[k] for k in self.index}
-            except (OSError, ValueError, RecursionError):  # unreadable or hand-edited: all built again, and rewritten
-                pass
+        self.index = _read_index(self.path)
+        self.shared = [(f, _read_index(f / CACHE_FILE)) for f in shared if Path(f) != Path(folder)]
         self.versions = environment()
         calibration = calibration_images(settings.data, settings.calib, settings.seed)
         held = holdout_images(settings.data, settings.holdout, calibration, settings.seed) if settings.sweep else []
@@ -329,6 +340,27 @@ class _Keys:
             return entry if path.is_file() and sha256_file(path) == entry["sha"] else None
         except (NpuyoloError, OSError):
             return None
+
+    def _borrow(self, kind: str, key: str, name: str) -> None:
+        """Copy file `name` (an INT8 file, or a score's statistics) from the first shared plan folder whose cache holds
+        it under `key` with the bytes it recorded, into this plan's folder under the same name, and index it here. The
+        key holds everything the file depends on (the graph's bytes, the images, the settings, npuyolo's code), so
+        another member's plan that built the same graph (a LeakyReLU run's ReLU twin) built these bytes."""
+        if self.index[kind].get(key) is not None and self._entry(kind, key) is not None:
+            return
+        for other, index in self.shared:
+            entry = index[kind].get(key)
+            if not (isinstance(entry, dict) and entry.get("file") == name and isinstance(entry.get("sha"), str)):
+                continue
+            try:
+                data = read_regular_file(safe_join(other, name), 1 << 31)
+                if hashlib.sha256(data).hexdigest() != entry["sha"]:
+                    continue
+                write_bytes(safe_join(self.folder, name), data)
+            except (NpuyoloError, OSError):
+                continue
+            self.index[kind][key] = dict(entry)
+            return
 
     def _sweep_key(self, fp32: Path) -> str:
         s = self.settings
@@ -356,12 +388,18 @@ class _Keys:
         return Calibration(method, percentile, label), self.folder / entry["file"]
 
     def int8(self, fp32: Path, route: str, cal: Calibration) -> Path | None:
-        entry = self._entry("int8", self._int8_key(fp32, route, cal))
+        key = self._int8_key(fp32, route, cal)
+        if self.shared:
+            self._borrow("int8", key, int8_path(self.folder, fp32, route).name)
+        entry = self._entry("int8", key)
         return None if entry is None or entry["file"] != int8_path(self.folder, fp32, route).name else (
             self.folder / entry["file"])
 
     def score(self, path: Path) -> tuple[dict, dict, object] | None:
-        entry = self._entry("scores", self._score_key(path))
+        key = self._score_key(path)
+        if self.shared:
+            self._borrow("scores", key, stats_name(path))
+        entry = self._entry("scores", key)
         if entry is None or entry["file"] != stats_name(path):  # this file's own statistics, never another's
             return None
         figures = [entry.get("all"), entry.get("at_conf")]
