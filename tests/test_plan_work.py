@@ -195,3 +195,52 @@ def test_a_plan_takes_what_another_members_plan_built_from_the_same_graph(graphs
     quantized.clear()
     again = build(pairs, again_folder, settings, shared=[first_folder])
     assert decomp in quantized and _digest(again.int8[(decomp, "int8")]) == _digest(alone.int8[(decomp, "int8")])
+
+
+@pytest.mark.parametrize("method, percentile", [("minmax", None), ("percentile", 99.999)])
+def test_a_logits_twin_calibrated_from_its_sigmoid_graph_gives_the_same_files(synth_data, tmp_path, monkeypatch, method,
+                                                                              percentile):
+    """A graph with the class sigmoid computes every tensor of its logits twin; the twin's ranges are read from that
+    graph's calibration instead of a pass of its own, and its INT8 files are the bytes a calibration of its own gives.
+    A graph that shares only part of its tensors (another slope) is calibrated on its own."""
+    import onnx
+
+    from npuyolo.deploy.int8.quantize import quantize_onnx, subset_ranges
+    from npuyolo.deploy.plan.work import Calibration, _quantize_job, subsets_of
+
+    model = randomised("L4-leaky")
+    sigmoid = export_onnx(model, tmp_path / "m.onnx", imgsz=64, head="npu")
+    logits = export_onnx(model, tmp_path / "m-logits.onnx", imgsz=64, head="npu", class_sigmoid=False)
+    from npuyolo.deploy.plan.build import write_graph
+
+    other = write_graph(logits, tmp_path / "m-logits.slope0.125.onnx", "slope0.125")
+    assert subsets_of([logits, other, sigmoid]) == {sigmoid: [logits], other: []}
+
+    settings = QuantizeSettings(str(synth_data), QuantizeOptions(calib=6, holdout=4, seed=0, sweep=False))
+    cal = Calibration(method, percentile, "minmax" if percentile is None else f"percentile{percentile:g}")
+    routes = ["int8", "int8-ends-int16", "int8-ends-float"]
+    shared, alone = tmp_path / "shared", tmp_path / "alone"
+    shared.mkdir()
+    alone.mkdir()
+    from npuyolo.deploy.int8 import quantize as quantize_module
+
+    passes = []  # the graphs a calibration pass ran on (their prepared copies' folders say whose)
+    for name in ("calibration_ranges", "minmax_ranges"):
+        real = getattr(quantize_module, name)
+        monkeypatch.setattr(quantize_module, name, lambda path, *a, _real=real, **k: passes.append(path) or _real(path, *a, **k))
+    made, _ = _quantize_job(sigmoid, routes, shared, settings, cal, {}, [(logits, routes), (other, ["int8"])])
+    assert len(passes) == 2  # the sigmoid graph's and the re-sloped graph's: none for the logits twin
+    monkeypatch.undo()
+    assert set(made) == {(g, r) for g in (sigmoid, logits) for r in routes} | {(other, "int8")}
+    for (graph, route), path in made.items():
+        own = alone / path.name
+        quantize_onnx(graph, own, str(synth_data), calib=6, method=method, percentile=percentile,
+                      ends=plan_work.route_ends(route), seed=0)
+        assert _digest(path) == _digest(own), (graph.name, route)
+
+    ranges: dict = {}
+    quantize_onnx(sigmoid, tmp_path / "s.onnx", str(synth_data), calib=6, method=method, percentile=percentile, seed=0,
+                  ranges=ranges)
+    assert subset_ranges(sigmoid, logits, ranges)  # read from the sigmoid graph's calibration
+    assert subset_ranges(sigmoid, other, ranges) == {}  # another slope: its tensors are not all computed there
+    assert subset_ranges(logits, sigmoid, subset_ranges(sigmoid, logits, ranges)) == {}  # the sigmoid is not in its twin

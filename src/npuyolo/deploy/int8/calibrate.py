@@ -263,17 +263,13 @@ def calibration_ranges(model_path: Path, reader: CalibrationDataReader, workdir:
     if any(c.method == "entropy" for c in wanted):
         collectors["entropy"] = HistogramCollector("entropy", False, ENTROPY_BINS, 128, 99.999, "same")
     with tempfile.TemporaryDirectory(prefix="npuyolo-calib-", dir=workdir) as tmp:
-        inferred = Path(tmp) / "model.onnx"
-        shutil.copyfile(model_path, inferred)  # ORT writes its shape-inferred copy beside the file it reads
-        selector = MinMaxCalibrater(inferred, augmented_model_path=str(Path(tmp) / "unused.onnx"))
-        model = selector.model
-        tensors, value_infos = selector.select_tensors_to_calibrate(model)
+        model, tensors, value_infos = calibrated_tensors(model_path, Path(tmp))
         inputs = {i.name for i in model.graph.input}
         outputs = {o.name for o in model.graph.output}
         model.graph.output.extend(value_infos[t] for t in sorted(tensors) if t not in outputs and t not in inputs)
         augmented = Path(tmp) / "outputs.onnx"
         onnx.save(model, str(augmented))
-        del model, selector
+        del model
         sess = session(augmented, threads, optimize=False)
         names = [o.name for o in sess.get_outputs() if o.name in tensors]
         lows: dict[str, float] = {}
@@ -332,6 +328,74 @@ def calibration_ranges(model_path: Path, reader: CalibrationDataReader, workdir:
         else:
             raise ValueError(f"unknown calibration method {cal.method!r}")
     return found
+
+
+def calibrated_tensors(model_path: Path, tmp: Path):
+    """(ORT's shape-inferred model, the tensors its MinMax calibrator calibrates, their value infos): ORT's own
+    `select_tensors_to_calibrate`, on a copy in `tmp` (ORT writes its inferred copy beside the file it reads)."""
+    from onnxruntime.quantization.calibrate import MinMaxCalibrater
+
+    inferred = tmp / "model.onnx"
+    shutil.copyfile(model_path, inferred)
+    selector = MinMaxCalibrater(inferred, augmented_model_path=str(tmp / "unused.onnx"))
+    model = selector.model
+    tensors, value_infos = selector.select_tensors_to_calibrate(model)
+    return model, tensors, value_infos
+
+
+def tensor_signatures(model: onnx.ModelProto) -> dict[str, str]:
+    """Tensor name -> a hash of how it is computed: its node's type, domain and attributes and its inputs' hashes,
+    down to the graph inputs (by name and type) and the initializers' bytes. Two tensors with one hash are computed
+    by the same operations from the same input: the same values in any graph that holds them."""
+    import hashlib
+
+    def digest(*parts) -> str:
+        h = hashlib.sha256()
+        for p in parts:
+            h.update(p if isinstance(p, bytes) else str(p).encode())
+            h.update(b"\0")
+        return h.hexdigest()
+
+    sig: dict[str, str] = {}
+    for i in model.graph.input:
+        sig[i.name] = digest("input", i.name, i.type.SerializeToString())
+    for t in model.graph.initializer:
+        nameless = onnx.TensorProto()
+        nameless.CopyFrom(t)
+        nameless.name = ""
+        sig[t.name] = digest("initializer", nameless.SerializeToString())
+    for n in model.graph.node:  # ONNX keeps nodes in topological order
+        attributes = [part for a in sorted(n.attribute, key=lambda a: a.name) for part in (a.name, a.SerializeToString())]
+        inputs = [sig.get(x, f"unknown:{x}") if x else "" for x in n.input]
+        node = digest("node", n.domain, n.op_type, len(attributes), *attributes, len(inputs), *inputs)
+        for k, out in enumerate(n.output):
+            if out:
+                sig[out] = digest(node, k)
+    return sig
+
+
+def ranges_from(superset: Path, subset: Path, ranges: dict[str, dict[str, tuple[float, float]]],
+                workdir: Path) -> dict[str, dict[str, tuple[float, float]]]:
+    """The calibration ranges of graph `subset` read from those of graph `superset` (`ranges`: label -> tensor ->
+    range, as `calibration_ranges` gives them for `superset`), without running `subset`: every tensor `subset`
+    calibrates is computed in `superset` by the same operations from the same inputs (`tensor_signatures`), so ORT
+    computes the same values for it there, and every range read from them (MinMax, a percentile's or entropy's
+    histograms, merged over the same chunks of the same images) is the same. A graph with the class sigmoid and the
+    same graph without it (its logits twin) are such a pair. Empty (calibrate `subset` itself) when any tensor of
+    `subset` has no twin in `superset`, or `ranges` holds no MinMax. Both paths are the graphs as calibrated (ORT's
+    pre-processing done)."""
+    if "minmax" not in ranges:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="npuyolo-calib-", dir=workdir) as tmp:
+        model, tensors, _ = calibrated_tensors(subset, Path(tmp))
+    mine = tensor_signatures(model)
+    theirs: dict[str, str] = {}
+    for name, signature in tensor_signatures(onnx.load(str(superset))).items():
+        theirs.setdefault(signature, name)
+    twin = {t: theirs.get(mine.get(t, "")) for t in tensors}
+    if not all(twin[t] is not None and twin[t] in ranges["minmax"] for t in tensors):
+        return {}
+    return {label: {t: found[twin[t]] for t in tensors if twin[t] in found} for label, found in ranges.items()}
 
 
 def _collect(collector, held: dict[str, list[np.ndarray]], refused: set[str]) -> None:

@@ -25,7 +25,7 @@ from npuyolo.deploy.errors import DeployError
 from npuyolo.deploy.export import onnx_metadata, set_metadata
 from npuyolo.deploy.int8.bias_correction import conv_input_means, correct_biases
 from npuyolo.deploy.int8.calibrate import (SWEEP, Calibration, ImageReader, calibration_ranges, minmax_ranges, outputs,
-                                           sensitive_nodes, sqnr_db)
+                                           ranges_from, sensitive_nodes, sqnr_db)
 from npuyolo.deploy.int8.equalize import equalize
 from npuyolo.deploy.int8.options import ENDS, METHOD_NAMES, QuantizeOptions
 from npuyolo.deploy.int8.ort_fast import fast_qdq
@@ -222,6 +222,20 @@ class Quantization:
         probe.unlink(missing_ok=True)
         self.keep += [c["node"] for c in chosen if c["node"] not in self.keep]
         return chosen
+
+
+def subset_ranges(superset: Path, subset: Path, ranges: dict, workdir: Path | None = None) -> dict:
+    """The `ranges` dict (as `quantize_onnx` fills it) for FP32 graph `subset`, read from the one filled quantizing
+    `superset` with the same calibration images and settings (no CLE, no bias correction), where every tensor `subset`
+    calibrates is computed in `superset` too (`calibrate.ranges_from`); empty (`subset` is calibrated itself)
+    otherwise. Both graphs go through ORT's pre-processing as `quantize_onnx` prepares them."""
+    if not ranges:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="npuyolo-subset-", dir=workdir) as tmp:
+        prepared = [Path(tmp) / "superset.onnx", Path(tmp) / "subset.onnx"]
+        for src, dst in zip((superset, subset), prepared, strict=True):
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        return ranges_from(prepared[0], prepared[1], ranges, Path(tmp))
 
 
 def quantize_onnx(fp32: Path, out: Path, data: str | Path, options: QuantizeOptions | None = None, *,

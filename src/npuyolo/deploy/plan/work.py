@@ -34,6 +34,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import onnx
+
 from npuyolo.data.calibration import calibration_images, holdout_images
 from npuyolo.deploy import runtime
 from npuyolo.deploy.eval import evaluate
@@ -41,7 +43,8 @@ from npuyolo.deploy.bundle.build import npuyolo_version
 from npuyolo.deploy.eval.compare import val_fingerprint
 from npuyolo.deploy.runtime import DeployError
 from npuyolo.deploy.int8.options import QuantizeOptions
-from npuyolo.deploy.int8.quantize import METHODS, quantize_onnx
+from npuyolo.deploy.int8.calibrate import tensor_signatures
+from npuyolo.deploy.int8.quantize import METHODS, quantize_onnx, subset_ranges
 from npuyolo.errors import NpuyoloError
 from npuyolo.paths import read_regular_file, safe_join, sha256_file, write_bytes, write_text
 from npuyolo.stats.matched import StatsError, load_stats, save_stats
@@ -174,16 +177,35 @@ def _sweep_job(fp32: Path, folder: Path, s: QuantizeSettings) -> tuple[Calibrati
     return Calibration(info["method"], info["percentile"], info["calibration"]), ranges, out, time.perf_counter() - t
 
 
-def _quantize_job(fp32: Path, routes: list[str], folder: Path, s: QuantizeSettings, cal: Calibration,
-                  ranges: dict) -> tuple[dict[str, Path], float]:
+def _quantize_job(fp32: Path, routes: list[str], folder: Path, s: QuantizeSettings, cal: Calibration, ranges: dict,
+                  subsets: list[tuple[Path, list[str]]] = ()) -> tuple[dict[tuple[Path, str], Path], float]:
+    """`fp32`'s routes, then each of `subsets` (graphs whose every calibrated tensor `fp32` computes too: its logits
+    twin) with the ranges `fp32`'s calibration found, read, not run again (`subset_ranges`; the same files)."""
     t = time.perf_counter()
     made = {}
-    for route in routes:
-        out = int8_path(folder, fp32, route)
-        quantize_onnx(fp32, out, s.data, calib=s.calib, method=cal.method, percentile=cal.percentile,
-                      ends=route_ends(route), seed=s.seed, ranges=ranges)
-        made[route] = out
+    for graph, todo, graph_ranges in [(fp32, routes, ranges)] + [(g, r, None) for g, r in subsets]:
+        if graph_ranges is None:
+            graph_ranges = subset_ranges(fp32, graph, ranges, folder)
+        for route in todo:
+            out = int8_path(folder, graph, route)
+            quantize_onnx(graph, out, s.data, calib=s.calib, method=cal.method, percentile=cal.percentile,
+                          ends=route_ends(route), seed=s.seed, ranges=graph_ranges)
+            made[(graph, route)] = out
     return made, time.perf_counter() - t
+
+
+def subsets_of(graphs: list[Path]) -> dict[Path, list[Path]]:
+    """Each graph -> the graphs whose every tensor it computes too (`calibrate.tensor_signatures`: the same operations
+    on the same inputs), each graph under the largest one that holds it; the others map to []."""
+    signatures = {g: set(tensor_signatures(onnx.load(str(g), load_external_data=False)).values()) for g in graphs}
+    groups: dict[Path, list[Path]] = {}
+    for g in sorted(graphs, key=lambda g: -len(signatures[g])):  # stable: equal sizes keep the plan's order
+        holder = next((r for r in groups if signatures[g] <= signatures[r]), None)
+        if holder is None:
+            groups[g] = []
+        else:
+            groups[holder].append(g)
+    return groups
 
 
 def _score_job(path: Path, data: str, conf: float) -> tuple[tuple[dict, dict, object], float]:
@@ -477,10 +499,17 @@ class _Jobs:
                     todo.append(route)
             if todo:
                 jobs.append((fp32, todo))
-        # the graphs with most routes first: the workers' queue ends on short jobs (a plan is the same in any order)
-        for fp32, todo in sorted(jobs, key=lambda job: -len(job[1])):
+        # a graph and its logits twin in one job: the twin's calibration is read from the graph's (the sweep's graph
+        # has its own ranges already, so it stays alone)
+        todo_of = dict(jobs)
+        others = [g for g in todo_of if g != self.first]
+        grouped = subsets_of(others) if len(others) > 1 else {g: [] for g in others}
+        merged = [(self.first, todo_of[self.first], [])] if self.first in todo_of else []
+        merged += [(g, todo_of[g], [(s, todo_of[s]) for s in subs]) for g, subs in grouped.items()]
+        # the jobs with most routes first: the workers' queue ends on short jobs (a plan is the same in any order)
+        for fp32, todo, subsets in sorted(merged, key=lambda job: -(len(job[1]) + sum(len(r) for _, r in job[2]))):
             ranges = self.first_ranges if fp32 == self.first else {}
-            self.submit(_quantize_job, ("quantize", fp32), fp32, todo, self.folder, self.settings, cal, ranges)
+            self.submit(_quantize_job, ("quantize", fp32), fp32, todo, self.folder, self.settings, cal, ranges, subsets)
 
     def finished(self, tag: tuple, result) -> None:
         kind, path = tag
@@ -492,8 +521,8 @@ class _Jobs:
         elif kind == "quantize":
             made, seconds = result
             self.files.seconds["quantize"] += seconds
-            for route, out in made.items():
-                self.files.int8[(path, route)] = out
+            for key, out in made.items():
+                self.files.int8[key] = out
                 self.score(out)
         else:
             self.files.scores[path], seconds = result
