@@ -575,3 +575,17 @@ def test_a_runner_up_clearly_below_on_int8_map50_is_said_lower_with_its_interval
     v, lo, hi = lost_on(best, far, [best, far])["gap_pp"]
     assert 0 < lo < v < hi
     assert why == f"lower INT8 mAP50: {far.int8.map50:.3f} against {best.int8.map50:.3f} (the chosen {v:+.1f} points, 95% {lo:+.1f} to {hi:+.1f})"
+
+
+def test_a_zero_width_gap_is_no_evidence_for_the_guard_or_the_tie(monkeypatch):
+    """Every resample alike (+1.5 to +1.5) says nothing about the images: `verdict_of` calls it a tie, and so must the
+    accuracy guard (it is not a significant loss that bars a faster candidate) and the NPU-time tie note."""
+    from npuyolo.deploy.plan import choose
+    from npuyolo.stats.compare import Estimate
+
+    best, fast = row(None, ms=20.0, map50=0.500), row("relu-decomp", ms=10.0, map50=0.485)
+    monkeypatch.setattr(choose.AccuracyNoise, "gap", lambda self, a, b: Estimate(1.5, 1.5, 1.5))
+    chosen, runner, _ = choose.rank([best, fast])
+    assert chosen is fast and runner is best  # not guarded: NPU time decides
+    data = choose.lost_on(fast, best, [best, fast])
+    assert data["axis"] == "npu_ms" and data["accuracy_tie_pp"] == [1.5, 1.5, 1.5]

@@ -104,7 +104,7 @@ def _guarded(row: Row, best: dict[tuple[int, int], Row], noise: AccuracyNoise) -
     gap = noise.gap(top, row)
     if gap is None:
         return (top.shipped_int8.map50 - row.shipped_int8.map50) * 100 > ACCURACY_GUARD_PP
-    return gap.low > 0
+    return verdict_of(gap) is Verdict.AHEAD  # a zero-width interval (every resample alike) is no evidence
 
 
 def sort_keys(rows: list[Row], noise: AccuracyNoise | None = None) -> list[tuple]:
@@ -151,7 +151,7 @@ def lost_on(winner: Row, loser: Row, rows: list[Row] | None = None, noise: Accur
         out = {"axis": "npu_ms", "loser": l.npu_ms, "winner": w.npu_ms}
         if loser.shipped_int8.map50 > winner.shipped_int8.map50:  # the winner is faster but less accurate
             gap = noise.gap(loser, winner)
-            if gap is not None and gap.low <= 0 <= gap.high:  # said to be a tie only where the interval spans 0
+            if gap is not None and verdict_of(gap) is Verdict.TIED:  # a tie where the interval spans 0 (or has no width)
                 out["accuracy_tie_pp"] = [round(gap.value, 3), round(gap.low, 3), round(gap.high, 3)]
         return out
     if w.npu_ms is not None and l.npu_ms is None:
