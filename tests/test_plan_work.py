@@ -244,3 +244,23 @@ def test_a_logits_twin_calibrated_from_its_sigmoid_graph_gives_the_same_files(sy
     assert subset_ranges(sigmoid, logits, ranges)  # read from the sigmoid graph's calibration
     assert subset_ranges(sigmoid, other, ranges) == {}  # another slope: its tensors are not all computed there
     assert subset_ranges(logits, sigmoid, subset_ranges(sigmoid, logits, ranges)) == {}  # the sigmoid is not in its twin
+
+
+def test_a_sweep_entry_whose_label_does_not_say_its_method_is_a_miss(graphs, synth_data, tmp_path):
+    """The sweep's label is printed and recorded in plan.json: a cache entry saying 'percentile99.999 <img ...>' for
+    files built with MinMax is not taken (the sweep runs again), never shown as the plan's calibration."""
+    import json
+
+    leaky, _ = graphs
+    settings = QuantizeSettings(str(synth_data), QuantizeOptions(calib=4, holdout=4, seed=0, sweep=True))
+    folder = tmp_path / "plan"
+    folder.mkdir()
+    first = build([(leaky, "int8")], folder, settings)
+    index_path = folder / "plan-cache.json"
+    index = json.loads(index_path.read_text())
+    for entry in index["sweep"].values():
+        entry["label"] = "percentile99.999 <img src=x onerror=alert(1)>"
+    index_path.write_text(json.dumps(index))
+    again = build([(leaky, "int8")], folder, settings)
+    assert again.seconds["quantize"] > 0  # swept again
+    assert again.calibration == first.calibration and "<" not in again.calibration.label

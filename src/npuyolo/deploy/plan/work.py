@@ -85,6 +85,11 @@ class Calibration:
     label: str
 
 
+def calibration_label(method: str, percentile: float | None) -> str:
+    """The label a calibration is known by (`int8.calibrate.Calibration.label`)."""
+    return f"percentile{percentile:g}" if method == "percentile" and percentile is not None else method
+
+
 @dataclass
 class PlanFiles:
     """What the workers made: INT8 file per (FP32 graph, route), the calibration chosen, each file's scores."""
@@ -404,8 +409,10 @@ class _Keys:
         if entry is None or entry["file"] != int8_path(self.folder, fp32, "int8").name:
             return None
         method, percentile, label = entry.get("method"), entry.get("percentile"), entry.get("label")
-        if method not in METHODS or not isinstance(label, str) or not (
+        if method not in METHODS or not (
                 percentile is None or (isinstance(percentile, float) and 50.0 < percentile <= 100.0)):
+            return None
+        if label != calibration_label(method, percentile):  # the label is printed and recorded: it must say the method
             return None
         return Calibration(method, percentile, label), self.folder / entry["file"]
 
