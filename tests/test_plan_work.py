@@ -105,6 +105,18 @@ def test_a_second_plan_reuses_what_the_first_built_and_any_changed_input_rebuild
     assert dict(build(pairs, folder, settings).seconds) == {}  # what a reuse=False plan built is recorded and reused
 
 
+def _swept_once(graph, data, tmp_path):
+    """One plan of `graph`'s int8 route with the sweep, in tmp_path/plan: (settings, folder, files, index path, index)."""
+    import json
+
+    settings = QuantizeSettings(str(data), QuantizeOptions(calib=4, holdout=4, seed=0, sweep=True))
+    folder = tmp_path / "plan"
+    folder.mkdir()
+    first = build([(graph, "int8")], folder, settings)
+    index_path = folder / "plan-cache.json"
+    return settings, folder, first, index_path, json.loads(index_path.read_text())
+
+
 def test_a_cache_entry_that_is_malformed_or_another_files_is_a_miss_never_a_crash(graphs, synth_data, tmp_path):
     import json
     import shutil
@@ -112,12 +124,7 @@ def test_a_cache_entry_that_is_malformed_or_another_files_is_a_miss_never_a_cras
     leaky, _ = graphs
     own = tmp_path / "a.onnx"
     shutil.copyfile(leaky, own)
-    settings = QuantizeSettings(str(synth_data), QuantizeOptions(calib=4, holdout=4, seed=0, sweep=True))
-    folder = tmp_path / "plan"
-    folder.mkdir()
-    first = build([(own, "int8")], folder, settings)
-    index_path = folder / "plan-cache.json"
-    index = json.loads(index_path.read_text())
+    settings, folder, first, index_path, index = _swept_once(own, synth_data, tmp_path)
     for entry in index["sweep"].values():
         entry.pop("method")
     for entry in index["scores"].values():
@@ -252,12 +259,7 @@ def test_a_sweep_entry_whose_label_does_not_say_its_method_is_a_miss(graphs, syn
     import json
 
     leaky, _ = graphs
-    settings = QuantizeSettings(str(synth_data), QuantizeOptions(calib=4, holdout=4, seed=0, sweep=True))
-    folder = tmp_path / "plan"
-    folder.mkdir()
-    first = build([(leaky, "int8")], folder, settings)
-    index_path = folder / "plan-cache.json"
-    index = json.loads(index_path.read_text())
+    settings, folder, first, index_path, index = _swept_once(leaky, synth_data, tmp_path)
     for entry in index["sweep"].values():
         entry["label"] = "percentile99.999 <img src=x onerror=alert(1)>"
     index_path.write_text(json.dumps(index))

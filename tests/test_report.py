@@ -747,12 +747,8 @@ def test_an_int8_map50_loss_is_worded_with_its_interval_and_an_old_plan_says_non
         assert ko in said["ko"], gap
 
 
-@pytest.mark.parametrize("pp", [{"low": 10 ** 400, "high": 2.0}, {"low": "-0.4", "high": "3.1"}, {"low": "nan", "high": 1.0},
-                                {"low": True, "high": 2.0}, {"low": float("-inf"), "high": float("inf")}])
-def test_a_damaged_drop_interval_on_an_int8_row_is_no_interval(tmp_path, pp):
-    """The INT8 row's recorded drop interval is read back from the registry (its result_json): a number too large for a
-    float stopped `report` with OverflowError's traceback, and text, a bool or an infinity was printed as an interval
-    ("+nan", "within noise" over -inf..+inf). Each is a damaged interval: the row says none was recorded."""
+def _run_with_int8_drop(tmp_path, drop_interval) -> tuple[Registry, int]:
+    """A finished run 'base' with an FP32 row (mAP50 0.534) and an INT8 row (0.519) recording `drop_interval`."""
     reg = Registry(tmp_path / "r.db")
     rid = new_run(reg, name="base")
     reg.record_epoch(rid, 1, map50=0.5, map50_95=0.3, precision=0.6, recall=0.5)
@@ -760,7 +756,17 @@ def test_a_damaged_drop_interval_on_an_int8_row_is_no_interval(tmp_path, pp):
     scores = {"map50_95": 0.37, "precision": 0.8, "recall": 0.5, "per_class": {}}
     reg.add_deploy_eval(run_id=rid, artefact="/d/a-fp32.onnx", precision_kind="fp32", result={**scores, "map50": 0.534})
     reg.add_deploy_eval(run_id=rid, artefact="/d/a-int8.onnx", precision_kind="int8",
-                        result={**scores, "map50": 0.519, "drop_interval": {"map50": {"pp": pp}}})
+                        result={**scores, "map50": 0.519, "drop_interval": drop_interval})
+    return reg, rid
+
+
+@pytest.mark.parametrize("pp", [{"low": 10 ** 400, "high": 2.0}, {"low": "-0.4", "high": "3.1"}, {"low": "nan", "high": 1.0},
+                                {"low": True, "high": 2.0}, {"low": float("-inf"), "high": float("inf")}])
+def test_a_damaged_drop_interval_on_an_int8_row_is_no_interval(tmp_path, pp):
+    """The INT8 row's recorded drop interval is read back from the registry (its result_json): a number too large for a
+    float stopped `report` with OverflowError's traceback, and text, a bool or an infinity was printed as an interval
+    ("+nan", "within noise" over -inf..+inf). Each is a damaged interval: the row says none was recorded."""
+    _, rid = _run_with_int8_drop(tmp_path, {"map50": {"pp": pp}})
     r = cli("report", "base", "--out", tmp_path / "out", registry=tmp_path / "r.db")
     assert r.exit_code == 0, r.output
     text = (tmp_path / "out" / f"report_{rid}_en.md").read_text(encoding="utf-8")
@@ -816,16 +822,9 @@ def test_a_zero_width_int8_drop_interval_is_within_noise_as_deploy_eval_says(tmp
     """Every resample alike (a tiny val set) gives a zero-width interval, which stats.compare.verdict_of calls no
     evidence ('tied'; `deploy eval` prints 'within noise'): the report called a 1.5-point drop with the interval
     +1.50 to +1.50 a real loss and listed it among the weaknesses."""
-    reg = Registry(tmp_path / "r.db")
-    rid = new_run(reg, name="base")
-    reg.record_epoch(rid, 1, map50=0.5, map50_95=0.3, precision=0.6, recall=0.5)
-    reg.set_status(rid, "finished")
-    scores = {"map50_95": 0.37, "precision": 0.8, "recall": 0.5, "per_class": {}}
-    reg.add_deploy_eval(run_id=rid, artefact="/d/a-fp32.onnx", precision_kind="fp32", result={**scores, "map50": 0.534})
-    flat = {"map50": {"metric": "map50", "pp": {"value": 1.5, "low": 1.5, "high": 1.5}, "verdict": "tied",
-                      "text": "+1.50 pp (95% +1.50 to +1.50): within noise"}}
-    reg.add_deploy_eval(run_id=rid, artefact="/d/a-int8.onnx", precision_kind="int8",
-                        result={**scores, "map50": 0.519, "drop_interval": flat})
+    reg, rid = _run_with_int8_drop(tmp_path, {"map50": {"metric": "map50", "pp": {"value": 1.5, "low": 1.5, "high": 1.5},
+                                                        "verdict": "tied",
+                                                        "text": "+1.50 pp (95% +1.50 to +1.50): within noise"}})
     facts = run_facts(reg, rid)
     (j,) = [j for j in facts.judgements if j.key == "int8_drop"]
     assert j.kind == "strength" and j.values["ci"]["tied"]

@@ -19,16 +19,11 @@ and scores again.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
-import multiprocessing
-import os
-import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -37,7 +32,6 @@ from pathlib import Path
 import onnx
 
 from npuyolo.data.calibration import calibration_images, holdout_images
-from npuyolo.deploy import runtime
 from npuyolo.deploy.eval import evaluate
 from npuyolo.deploy.bundle.build import npuyolo_version
 from npuyolo.deploy.eval.compare import val_fingerprint
@@ -45,6 +39,7 @@ from npuyolo.deploy.runtime import DeployError
 from npuyolo.deploy.int8.options import QuantizeOptions
 from npuyolo.deploy.int8.calibrate import tensor_signatures
 from npuyolo.deploy.int8.quantize import METHODS, quantize_onnx, subset_ranges
+from npuyolo.deploy.plan.pool import _Inline, _usable_cores, default_workers, worker_pool
 from npuyolo.errors import NpuyoloError
 from npuyolo.paths import read_regular_file, safe_join, sha256_file, write_bytes, write_text
 from npuyolo.stats.matched import StatsError, load_stats, save_stats
@@ -98,46 +93,6 @@ class PlanFiles:
     calibration: Calibration | None = None
     scores: dict[Path, tuple[dict, dict, object]] = field(default_factory=dict)  # path -> (at 0.001, at conf, stats)
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # busy seconds per stage, all workers
-
-
-def _usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def default_workers() -> int:
-    """One worker per core this process may use; 1 (everything in this process) off Linux."""
-    return _usable_cores() if sys.platform.startswith("linux") else 1
-
-
-def _warm() -> int:
-    return os.getpid()
-
-
-@contextlib.contextmanager
-def worker_pool(workers: int | None = None) -> Iterator[ProcessPoolExecutor | _Inline]:
-    """The plan's worker processes, started at once so that their start overlaps the parent's exports.
-
-    Forked from a forkserver that has imported this module (and so PyTorch, ONNX Runtime, Ultralytics) once, never
-    from the parent: the parent may hold threads (the CLI's progress spinner, a user's thread pool, OpenMP) whose
-    locks a forked child would inherit held. One worker: no process at all, every job inline."""
-    n = default_workers() if workers is None else workers
-    if n == 1:
-        yield _Inline()
-        return
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
-    ex = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init)
-    try:
-        for _ in range(n):
-            ex.submit(_warm)
-        yield ex
-    except BaseException:
-        ex.shutdown(wait=False, cancel_futures=True)  # an error or Ctrl-C: no queued job runs after it
-        raise
-    ex.shutdown(wait=True)
 
 
 def stats_name(path: Path) -> str:
@@ -216,26 +171,6 @@ def subsets_of(graphs: list[Path]) -> dict[Path, list[Path]]:
 def _score_job(path: Path, data: str, conf: float) -> tuple[tuple[dict, dict, object], float]:
     t = time.perf_counter()
     return score_file(path, data, conf), time.perf_counter() - t
-
-
-def _worker_init() -> None:
-    runtime.SPINNING = False
-    try:
-        import torch
-
-        torch.set_num_threads(1)  # the host-side NMS; a forked OpenMP pool is not to be trusted
-    except ImportError:  # pragma: no cover
-        pass
-
-
-class _Inline:
-    """ProcessPoolExecutor's `submit` run at once, in this process: the one-worker road (and the reference). An error
-    (or Ctrl-C) leaves at once, as it would from a plan without workers."""
-
-    def submit(self, fn, *args) -> Future:
-        future: Future = Future()
-        future.set_result(fn(*args))
-        return future
 
 
 CACHE_FILE = "plan-cache.json"
