@@ -37,6 +37,7 @@ from npuyolo.deploy.bundle.build import npuyolo_version
 from npuyolo.deploy.eval.compare import val_fingerprint
 from npuyolo.deploy.runtime import DeployError
 from npuyolo.deploy.int8.options import QuantizeOptions
+from npuyolo.deploy.int8.calibrate import Calibration as IntCalibration
 from npuyolo.deploy.int8.calibrate import tensor_signatures
 from npuyolo.deploy.int8.quantize import METHODS, quantize_onnx, subset_ranges
 from npuyolo.deploy.plan.pool import _Inline, _usable_cores, default_workers, worker_pool
@@ -78,11 +79,6 @@ class Calibration:
     method: str
     percentile: float | None
     label: str
-
-
-def calibration_label(method: str, percentile: float | None) -> str:
-    """The label a calibration is known by (`int8.calibrate.Calibration.label`)."""
-    return f"percentile{percentile:g}" if method == "percentile" and percentile is not None else method
 
 
 @dataclass
@@ -347,7 +343,9 @@ class _Keys:
         if method not in METHODS or not (
                 percentile is None or (isinstance(percentile, float) and 50.0 < percentile <= 100.0)):
             return None
-        if label != calibration_label(method, percentile):  # the label is printed and recorded: it must say the method
+        if (method == "percentile") != (percentile is not None):  # the sweep's percentiles always name their value
+            return None
+        if label != IntCalibration(method, percentile).label:  # the label is printed and recorded: it must say the method
             return None
         return Calibration(method, percentile, label), self.folder / entry["file"]
 
