@@ -4,7 +4,6 @@
 one group of commands. Importing this package registers them all on `app`.
 """
 
-from __future__ import annotations
 
 # registration order is the order `npuyolo --help` lists the top-level commands in
 from npuyolo.cli import data, deploy, models, npu, reports, training, compare  # noqa: F401,I001

@@ -1,6 +1,5 @@
 """What every command module shares: the Typer apps, the consoles, the options, the one-line error wrapper."""
 
-from __future__ import annotations
 
 import contextlib
 import functools

@@ -1,7 +1,6 @@
 """`npuyolo compare`: is the difference real? Models scored on one data set, each pair with its paired interval; a thin
 translation of `npuyolo.services.comparison`."""
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Optional

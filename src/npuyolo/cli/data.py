@@ -1,6 +1,5 @@
 """Data sets: `npuyolo data synth|check`: thin translations of `npuyolo.services.data`."""
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated

@@ -1,7 +1,6 @@
 """Deployment: `npuyolo deploy quantize|qat|eval|plan|bundle|bench`, `npuyolo predict`: thin translations of
 `npuyolo.services.deploy` (parse, call one service, print)."""
 
-from __future__ import annotations
 
 import contextlib
 from pathlib import Path

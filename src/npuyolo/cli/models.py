@@ -1,6 +1,5 @@
 """Variants and export: `npuyolo variants`, `npuyolo export`: thin translations of `npuyolo.services.models`."""
 
-from __future__ import annotations
 
 import sys
 from typing import Annotated, Optional

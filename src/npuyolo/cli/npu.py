@@ -1,7 +1,6 @@
 """NPU placement and vendor compilers: `npuyolo npu`, `npuyolo compilers`: thin translations of `npuyolo.services.models`
 (and, for listing and installing compilers, of `npuyolo.compilers.registry`)."""
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Optional

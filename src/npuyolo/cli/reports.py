@@ -1,6 +1,5 @@
 """Reports: `npuyolo report`, `npuyolo series report`: thin translations of `npuyolo.services.reports`."""
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Optional

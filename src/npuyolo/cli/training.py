@@ -1,7 +1,6 @@
 """Training: `npuyolo train`, `runs`, `series`, `distill`, `prune`, `hybrid`, `study`: thin translations of
 `npuyolo.services.training` (parse, call one service, print)."""
 
-from __future__ import annotations
 
 import contextlib
 import json
