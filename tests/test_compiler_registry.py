@@ -129,6 +129,7 @@ def test_the_cli_help_names_the_compilers_from_the_registry():
         "compilers": "rknn, vela or imx500",
         "referees": "rknn: node by node; vela: by operator counts; imx500: pass/fail and memory fit",
         "targets": "rk3588, rk3566 (rknn); ethos-u55-128, ethos-u85-256 (vela); imx500 (imx500, the default there)",
+        "calib": "rknn, vela; imx500: at least 16, what MCT's mixed-precision search needs",
         "synthetic": " [imx500: default synthetic images]"}
     assert ("Also compile with this vendor compiler (rknn: node by node; vela: by operator counts; imx500: pass/fail and "
             "memory fit) and compare.") in helped("npu", "check")
@@ -158,6 +159,10 @@ def test_a_compiler_added_in_one_place_is_named_in_the_cli_help(fake_compiler, m
     monkeypatch.setitem(registry.COMPILERS, "fake", dataclasses.replace(FAKE, needs_data=False, default_platform="fake-npu"))
     text = helped("npu", "compile")
     assert "fake-npu (fake, the default there)." in text and "[imx500, fake: default synthetic images]." in text
+    assert "calibrates on (rknn, vela, fake; imx500: at least 16, what MCT" in " ".join(text.split())
+    monkeypatch.setitem(registry.COMPILERS, "fake", dataclasses.replace(FAKE, min_calib=4, min_calib_why="its slots"))
+    text = helped("npu", "compile")
+    assert "(rknn, vela; imx500: at least 16, what MCT's mixed-precision search needs; fake: at least 4, its slots)" in text
     monkeypatch.setitem(registry.COMPILERS, "fake", FAKE)
 
     fp32 = export_onnx(randomised("L4-relu"), tmp_path / "m.onnx", imgsz=64, head="npu")

@@ -17,6 +17,7 @@ from npuyolo.compilers import envs
 from npuyolo.compilers.calibration import calibration_arrays, write_calibration
 from npuyolo.compilers.agree import Agreement, Build, agreement, imx_agreement
 from npuyolo.compilers.envs import CompilerEnv, CompilerError
+from npuyolo.compilers.imx500 import CALIB_IMAGES as IMX_CALIB_IMAGES
 from npuyolo.compilers.imx500 import compile_model as imx_compile
 from npuyolo.compilers.manifest import write_manifest
 from npuyolo.compilers.rknn import compile_onnx as rknn_compile
@@ -185,6 +186,8 @@ class CompilerSpec:
     memory_text: Callable[[dict], str] = kib_memory  # a build's memory figures as the CLI prints them, with their unit
     referees: str = ""  # how its placement is compared with ours, as `npu check --referee`'s help says
     estimate: str = ""  # what its NPU time estimate assumes, printed beside the platform ("": nothing to add)
+    min_calib: int = 1  # the fewest calibration images its quantizer works with (a build takes at least these)
+    min_calib_why: str = ""  # why, as `npu compile --calib`'s help says it
 
 
 # -- how each compiler builds -----------------------------------------------------------------------------------------
@@ -272,7 +275,8 @@ COMPILERS: dict[str, CompilerSpec] = {
         scoring=Scoring("onnx", None, dict(layout="NCHW", channels="RGB", scale="0-1", dtype="float32"),
                         describes="the IMX500 build's model_imx_dense.onnx", root=in_build, args=mct_args),
         takes_onnx=False, converts="Ultralytics' format='imx' quantizes it with model-compression-toolkit first",
-        quantizer="MCT", whole_model=True, default_platform="imx500", needs_data=False, memory_text=sensor_memory),
+        quantizer="MCT", whole_model=True, default_platform="imx500", needs_data=False, memory_text=sensor_memory,
+        min_calib=IMX_CALIB_IMAGES, min_calib_why="what MCT's mixed-precision search needs"),
 }
 
 
@@ -325,14 +329,17 @@ def _either(names: list[str]) -> str:
 def help_texts() -> dict[str, str]:
     """What the CLI's help says of the compilers, each phrase from their specs (filled in when a help is shown):
     `compilers` (rknn, vela or imx500), `referees` (how each is compared), `targets` (each one's platforms, with its
-    default), `synthetic` (" [imx500: default synthetic images]": those that calibrate without data; "" if none)."""
+    default), `calib` (who needs how many calibration images), `synthetic` (" [imx500: default synthetic images]": those that calibrate without data; "" if none)."""
     def targets(s: CompilerSpec) -> str:
         default = "" if s.default_platform is None else (
             ", the default there" if list(s.platforms) == [s.default_platform] else f", default {s.default_platform}")
         return f"{', '.join(s.platforms)} ({s.name}{default})"
 
     synthetic = [n for n, s in COMPILERS.items() if not s.needs_data]
-    return {"compilers": _either(list(COMPILERS)),
+    least = [f"{n}: at least {s.min_calib}{', ' + s.min_calib_why if s.min_calib_why else ''}"
+             for n, s in COMPILERS.items() if s.min_calib > 1]
+    calib = "; ".join([", ".join(n for n, s in COMPILERS.items() if s.min_calib <= 1), *least])
+    return {"compilers": _either(list(COMPILERS)), "calib": calib,
             "referees": "; ".join(f"{n}: {s.referees}" if s.referees else n for n, s in COMPILERS.items()),
             "targets": "; ".join(map(targets, COMPILERS.values())),
             "synthetic": f" [{', '.join(synthetic)}: default synthetic images]" if synthetic else ""}

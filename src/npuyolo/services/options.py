@@ -45,8 +45,8 @@ class CheckOptions(Options):
 
 class CompileOptions(CheckOptions):
     operation: ClassVar[str] = "compile"
-    calib: int = opt(8, "Training images the vendor quantizer calibrates on (rknn, vela; imx500: at least 16, what MCT's "
-                        "mixed-precision search needs); placement does not depend on it, the accuracy `deploy eval` of the build measures does.")
+    # {calib}: who needs how many, filled from the compiler registry when `npu compile --help` is shown (CompilersHelp)
+    calib: int = opt(8, "Training images the vendor quantizer calibrates on ({calib}); placement does not depend on it, the accuracy `deploy eval` of the build measures does.")
 
 
 class VariantsOptions(Options):
