@@ -312,7 +312,10 @@ def test_ray_executor_without_ray_is_one_line(monkeypatch, synth_data, tmp_path)
     assert result.exit_code == 2 and "pip install 'npuyolo[ray]'" in result.output
     assert not (tmp_path / "r.db").exists()  # refused before anything was registered
     wrong = runner.invoke(app, ["series", "run", str(spec_file), "--max-parallel", "2", "--registry", str(tmp_path / "r.db")])
-    assert wrong.exit_code == 2 and "need --executor ray" in wrong.output
+    assert wrong.exit_code == 2 and "need --executor process or ray" in wrong.output
+    remote = runner.invoke(app, ["series", "run", str(spec_file), "--executor", "process", "--address", "auto",
+                                 "--registry", str(tmp_path / "r.db")])
+    assert remote.exit_code == 2 and "--address need --executor ray" in remote.output
     from npuyolo import Workspace
     from npuyolo.train.executors import ExecutorError
 

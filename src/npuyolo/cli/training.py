@@ -166,8 +166,9 @@ RetriesOpt = Annotated[int, EXEC["max_retries"]]
 
 @contextlib.contextmanager
 def ray_progress(options: ExecutorOptions, what: str, as_json: bool):
-    """With the Ray executor (not with --json): a live member table on stderr, fed by the service's `on_progress`."""
-    if options.executor != "ray" or as_json:
+    """With the Ray or process executor (not with --json): a live member table on stderr, fed by the service's
+    `on_progress`."""
+    if options.executor == "local" or as_json:
         yield None
         return
     from rich.live import Live
@@ -175,7 +176,8 @@ def ray_progress(options: ExecutorOptions, what: str, as_json: bool):
     from npuyolo.train.members import progress_table
 
     with Live(console=err, refresh_per_second=2) as live:
-        yield lambda name, states: live.update(progress_table(states, f"{what} {name} on Ray"))
+        where = "on Ray" if options.executor == "ray" else "in processes"
+        yield lambda name, states: live.update(progress_table(states, f"{what} {name} {where}"))
 
 
 @series_app.command("run")

@@ -118,15 +118,18 @@ class PruneOptions(Options):
 
 
 class ExecutorOptions(Options):
-    """Where a series' members train; the Ray fields are `train.ray_executor.RayOptions`' (a test holds them equal)."""
+    """Where a series' members train; the Ray fields are `train.ray_executor.RayOptions`' (a test holds them equal),
+    and `process` takes three of them (`train.process_executor.ProcessOptions`)."""
 
     operation: ClassVar[str] = "series"
-    executor: str = opt("local", "local (one member after another, here) or ray (members in parallel as Ray tasks).")
+    executor: str = opt("local", "local (one member after another, here), process (members side by side in processes on "
+                                 "this machine, no Ray needed) or ray (members in parallel as Ray tasks).")
     address: str | None = opt(None, "Ray cluster: auto or ray://HOST:PORT [default: a local Ray runtime].")
     gpus_per_member: float = opt(0.0, "GPUs per member with --executor ray (fractions share a GPU, e.g. 0.25).")
-    cpus_per_member: float = opt(1.0, "CPUs per member with --executor ray.")
-    max_parallel: int | None = opt(None, "Members training at once with --executor ray [default: as resources allow].")
-    max_retries: int = opt(1, "Retries of a member whose Ray worker died, from its last checkpoint (--executor ray).")
+    cpus_per_member: float = opt(1.0, "CPUs per member with --executor ray; torch threads per member with --executor process.")
+    max_parallel: int | None = opt(None, "Members training at once with --executor ray or process [default: as resources "
+                                         "allow; process: cores / cpus-per-member].")
+    max_retries: int = opt(1, "Retries of a member whose worker died, from its last checkpoint (--executor ray or process).")
 
     def ray_fields(self) -> dict[str, Any]:
         """The Ray fields that differ from their defaults (so the local executor refuses Ray-only ones given)."""

@@ -44,7 +44,7 @@ def make_executor(options: ExecutorOptions | None = None, on_progress: Callable 
     from npuyolo.train.executors import make_executor as make
 
     o = options or ExecutorOptions()
-    progress = {"on_progress": on_progress} if on_progress is not None and o.executor == "ray" else {}
+    progress = {"on_progress": on_progress} if on_progress is not None and o.executor != "local" else {}
     return make(o.executor, **progress, **scheduler, **o.ray_fields())
 
 
@@ -61,7 +61,7 @@ def series_run(registry: Any, spec_file: str | Path, options: ExecutorOptions | 
                on_member: Callable[[str, str, str], None] | None = None, on_progress: Callable | None = None,
                verbose: bool = True) -> SeriesRun:
     """Train a series file's members (skipping finished, resuming interrupted) and rank them. `on_progress(series,
-    states)`: the Ray executor's member states as they change; `on_member(series, variant, action)`: each member
+    states)`: the Ray or process executor's member states as they change; `on_member(series, variant, action)`: each member
     the local executor starts."""
     from npuyolo.train.executors import LocalExecutor
     from npuyolo.train.series import SeriesSpec, run_series

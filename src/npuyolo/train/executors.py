@@ -1,5 +1,6 @@
-"""Where a series' members train: here, one after another (`LocalExecutor`), as Ray tasks side by side
-(`RayExecutor`, in `train.ray_executor`), or under ASHA early stopping (`AshaExecutor`, in `train.asha`). Every
+"""Where a series' members train: here, one after another (`LocalExecutor`), in child processes side by side on this
+machine (`ProcessExecutor`, in `train.process_executor`), as Ray tasks side by side (`RayExecutor`, in
+`train.ray_executor`), or under ASHA early stopping (`AshaExecutor`, in `train.asha`). Every
 executor takes the same jobs and returns the same member states; Ray is imported only when one is used."""
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from npuyolo.registry.db import Registry
 from npuyolo.registry.schema import RunStatus
 from npuyolo.train.asha import ASHA_METRICS, AshaExecutor
 from npuyolo.train.members import ExecutorError, MemberJob, MemberState, progress_table
+from npuyolo.train.process_executor import ProcessExecutor, ProcessOptions
 from npuyolo.train.ray_executor import FAULT_ENV, RayExecutor, RayOptions, require_ray, stop_reason, worker_env
 from npuyolo.train.trainer import run_prepared
 
 __all__ = ["ASHA_METRICS", "EXECUTORS", "FAULT_ENV", "AshaExecutor", "Executor", "ExecutorError", "LocalExecutor",
-           "MemberJob", "MemberState", "RayExecutor", "RayOptions", "make_executor", "progress_table", "require_ray",
+           "MemberJob", "MemberState", "ProcessExecutor", "ProcessOptions", "RayExecutor", "RayOptions", "make_executor", "progress_table", "require_ray",
            "stop_reason", "worker_env"]
 
 
@@ -61,14 +63,15 @@ class LocalExecutor:
         return states
 
 
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local", "process", "ray")
 
 
 def make_executor(kind: str = "local", on_progress: Callable[[list[MemberState]], None] | None = None,
                   scheduler: str | None = None, grace_epochs: int = 1, asha_metric: str = "map50_95",
                   **options) -> Executor:
-    """A LocalExecutor for `local` (members train in this process, one after another); a RayExecutor for `ray` (an
-    AshaExecutor with `scheduler="asha"`), checked before anything is registered."""
+    """A LocalExecutor for `local` (members train in this process, one after another); a ProcessExecutor for
+    `process` (child processes side by side on this machine); a RayExecutor for `ray` (an AshaExecutor with
+    `scheduler="asha"`), checked before anything is registered."""
     if scheduler not in (None, "asha"):
         raise ExecutorError(f"scheduler must be asha, got {scheduler!r}", param="scheduler")
     if scheduler and kind != "ray":
@@ -77,9 +80,12 @@ def make_executor(kind: str = "local", on_progress: Callable[[list[MemberState]]
         raise ExecutorError(f"executor must be one of {', '.join(EXECUTORS)}, got {kind!r}", param="executor")
     if kind == "local":
         if options:
-            names = ", ".join(f"`{k}`" for k in sorted(options))
-            raise ExecutorError(f"{names} need `executor` ray")
+            raise ExecutorError(_needs(set(options)))
         return LocalExecutor()
+    if kind == "process":
+        if set(options) - set(ProcessOptions.__dataclass_fields__):
+            raise ExecutorError(_needs(set(options) - set(ProcessOptions.__dataclass_fields__)))
+        return ProcessExecutor(ProcessOptions(**options), on_progress=on_progress)
     require_ray()
     unknown = set(options) - set(RayOptions.__dataclass_fields__)
     if unknown:
@@ -92,3 +98,10 @@ def make_executor(kind: str = "local", on_progress: Callable[[list[MemberState]]
         return AshaExecutor(RayOptions(**options), grace_epochs=grace_epochs, metric=asha_metric, on_progress=on_progress)
     return RayExecutor(RayOptions(**options), on_progress=on_progress)
 
+
+
+def _needs(given: set[str]) -> str:
+    """Which executors take the options given (`max_parallel` and the like: process or ray; `address`: ray only)."""
+    ray_only = given - set(ProcessOptions.__dataclass_fields__)
+    names = ", ".join(f"`{k}`" for k in sorted(ray_only or given))
+    return f"{names} need `executor` ray" if ray_only else f"{names} need `executor` process or ray"

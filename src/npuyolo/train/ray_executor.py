@@ -19,7 +19,7 @@ from npuyolo.train.records import RecordSink, RegistrySink
 from npuyolo.train.trainer import PreparedRun, train_into
 from npuyolo.ultra import stdout_to_stderr
 
-__all__ = ["FAULT_ENV", "QueueSink", "RayExecutor", "RayOptions", "require_ray", "stop_reason", "train_member",
+__all__ = ["FAULT_ENV", "QueueSink", "RayExecutor", "RayOptions", "apply_records", "fault_epoch", "require_ray", "stop_reason", "train_member",
            "worker_env"]
 
 
@@ -102,7 +102,8 @@ def worker_env() -> dict | None:
     return None
 
 
-def _fault_epoch() -> int | None:
+def fault_epoch() -> int | None:
+    """The epoch after which a first attempt ends its process (the `FAULT_ENV` test hook), or None."""
     value = os.environ.get(FAULT_ENV, "").strip()
     return int(value) if value.isdigit() and int(value) > 0 else None
 
@@ -174,7 +175,7 @@ class RayExecutor:
         todo = [(j, s) for j, s in zip(jobs, states) if j.action != "skip"]
         in_flight: dict = {}  # ObjectRef -> MemberState
         by_run: dict[int, MemberState] = {}
-        fault = _fault_epoch()
+        fault = fault_epoch()
         failures: list[str] = []
 
         def dispatch(state: MemberState, prepared: PreparedRun) -> None:
@@ -297,24 +298,29 @@ def stop_reason(exc: BaseException) -> str:
     return f"stopped because the series driver failed ({type(exc).__name__}{': ' + text if text else ''})"
 
 
+def apply_records(registry: Registry, items: list, by_run: dict[int, MemberState]) -> None:
+    """Apply workers' records (run, attempt, operation, args, kwargs) to the registry and the progress states, in order;
+    a late record of a dead attempt (its run re-claimed since) is dropped. Shared with the process executor."""
+    for run_id, attempt, op, args, kwargs in items:
+        state = by_run.get(run_id)
+        if state is None or attempt != state.attempt:
+            continue
+        getattr(RegistrySink(registry, run_id), op)(*args, **kwargs)
+        if op == "record_epoch":
+            state.epoch, state.map50 = args[0], kwargs.get("map50")
+            if kwargs.get("epoch_time_s"):
+                state.epoch_times.append(kwargs["epoch_time_s"])
+        elif op == "set_status":
+            state.status, state.error = args[0], kwargs.get("error")
+
+
 def _drainer(registry: Registry, queue, by_run: dict[int, MemberState]) -> Callable[[], bool]:
     """A function that applies every queued worker record to the registry (and the progress states)."""
 
     def drain() -> bool:
         n = queue.size()
         items = queue.get_nowait_batch(n) if n else []
-        for run_id, attempt, op, args, kwargs in items:
-            state = by_run.get(run_id)
-            if state is None or attempt != state.attempt:
-                continue  # a late record of a dead attempt: its run was re-claimed since
-            getattr(RegistrySink(registry, run_id), op)(*args, **kwargs)
-            if op == "record_epoch":
-                state.epoch, state.map50 = args[0], kwargs.get("map50")
-                if kwargs.get("epoch_time_s"):
-                    state.epoch_times.append(kwargs["epoch_time_s"])
-            elif op == "set_status":
-                state.status, state.error = args[0], kwargs.get("error")
+        apply_records(registry, items, by_run)
         return bool(items)
 
     return drain
-
