@@ -589,3 +589,32 @@ def test_a_zero_width_gap_is_no_evidence_for_the_guard_or_the_tie(monkeypatch):
     assert chosen is fast and runner is best  # not guarded: NPU time decides
     data = choose.lost_on(fast, best, [best, fast])
     assert data["axis"] == "npu_ms" and data["accuracy_tie_pp"] == [1.5, 1.5, 1.5]
+
+
+def test_the_plans_resamples_are_drawn_once_per_file_content_not_per_object(monkeypatch):
+    """Rows of different targets load the same INT8 file's statistics as separate objects: the plan's paired
+    resamples are keyed by what they are computed from, so each file's are drawn once (the L4-leaky demo plan drew
+    them 42 times for its files), and a changed file is drawn afresh."""
+    import dataclasses
+
+    from npuyolo.deploy.plan import choose
+    from npuyolo.stats import bootstrap
+
+    from .test_stats import as_stats, confident_model, missing_half
+
+    calls = []
+    original = bootstrap.map50_samples
+    monkeypatch.setattr(choose, "map50_samples", lambda *a, **k: calls.append(1) or original(*a, **k))
+    per = confident_model(seed=11, images=40)
+    a, a_again = as_stats(per), as_stats(per)
+    b = as_stats(missing_half(per))
+    assert a is not a_again
+    noise = choose.AccuracyNoise(n=50)
+    first = noise.between(a, b)
+    assert noise.between(a_again, b) == first and noise.between(b, a_again).value == -first.value
+    assert len(calls) == 2  # a (and its equal copy) once, b once
+    shifted = dataclasses.replace(a, conf=a.conf * 0.5)  # the same images and hits, other confidences: another file
+    noise.between(shifted, b)
+    assert len(calls) == 3
+    fresh = choose.AccuracyNoise(n=50).between(a_again, b)
+    assert (fresh.value, fresh.low, fresh.high) == (first.value, first.low, first.high)

@@ -4,8 +4,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from npuyolo.deploy.int8.options import ENDS
 from npuyolo.deploy.plan.records import (ACCURACY_GUARD_PP, MOSTLY_ON_NPU, PLAN_BOOTSTRAP, RETRAIN_ABOVE_PP, REWRITES,
@@ -63,7 +66,7 @@ class AccuracyNoise:
 
     def __init__(self, n: int = PLAN_BOOTSTRAP, seed: int = 0):
         self.n, self.seed = n, seed
-        self._draws: dict[int, tuple[MatchedStats, float, object]] = {}  # id -> (the stats, kept alive; point; draws)
+        self._draws: dict[bytes, tuple[float, object]] = {}  # content key -> (point; draws)
 
     def gap(self, best: Row, row: Row) -> Estimate | None:
         """best - row, INT8 mAP50 in points, with its paired 95% interval; None without statistics for both."""
@@ -77,10 +80,22 @@ class AccuracyNoise:
         return Estimate.of(pa - pb, da - db).pp()
 
     def _of(self, stats: MatchedStats):
-        if id(stats) not in self._draws:
-            self._draws[id(stats)] = (stats, *map50_samples(stats, self.n, self.seed))
-        _, point, draws = self._draws[id(stats)]
-        return point, draws
+        key = _content_key(stats)  # rows of different targets load the same file's statistics as separate objects
+        if key not in self._draws:
+            self._draws[key] = map50_samples(stats, self.n, self.seed)
+        return self._draws[key]
+
+
+def _content_key(stats: MatchedStats) -> bytes:
+    """What mAP50 and its resamples are computed from (the images, predictions and labels), hashed: equal statistics
+    give equal draws, however many times a plan reads them."""
+    h = hashlib.sha256("\0".join(stats.images).encode())
+    for a in (stats.tp, stats.conf, stats.pred_cls, stats.pred_img, stats.target_cls, stats.target_img):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    h.update(repr(sorted(stats.names.items())).encode())
+    return h.digest()
 
 
 def _best_placed_alike(rows: list[Row]) -> dict[tuple[int, int], Row]:
