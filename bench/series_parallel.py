@@ -3,8 +3,8 @@
 
 Runs of the same series, each into a fresh registry:
   serial      one member after another in this process (torch uses every core);
-  process     members side by side in child processes, one torch thread each, all at once (--max-parallel 3), and
-              as many at once as there are cores (the default);
+  process     members side by side in child processes, one torch thread each, all at once (the default), and
+              as many at once as there are cores (--max-parallel <cores>);
   ray x1      Ray, one member at a time with every CPU (--max-parallel 1 --cpus-per-member <all>): the same work as
               serial, so the difference is Ray's cost (runtime start-up, worker start, records shipped to the driver);
   ray         Ray, members side by side (--cpus-per-member 1): what `--executor ray` gives on this machine.
@@ -67,7 +67,7 @@ def main() -> None:
 
     serial, reg_s = timed_series(spec, work / "serial" / "npuyolo.db", None)
     proc_all, reg_a = timed_series(spec, work / "proc3" / "npuyolo.db", ProcessExecutor(ProcessOptions(max_parallel=len(VARIANTS))))
-    proc_cores, reg_c = timed_series(spec, work / "proc" / "npuyolo.db", ProcessExecutor(ProcessOptions()))
+    proc_cores, reg_c = timed_series(spec, work / "proc" / "npuyolo.db", ProcessExecutor(ProcessOptions(max_parallel=cpus)))
 
     from npuyolo.train.trainer import default_cpu_threads
 
@@ -78,9 +78,10 @@ def main() -> None:
     print(f"serial (local)                 wall {serial:7.1f} s   members' train time {sum(member_seconds(reg_s)):6.1f} s "
           f"({', '.join(f'{x:.1f}' for x in member_seconds(reg_s))})")
     print(f"process, all {len(VARIANTS)} at once       wall {proc_all:7.1f} s   members' train time {sum(member_seconds(reg_a)):6.1f} s")
-    print(f"process, {ProcessOptions().parallel} at once (default)  wall {proc_cores:7.1f} s   members' train time "
+    print(f"process, {cpus} at once (the cores)  wall {proc_cores:7.1f} s   members' train time "
           f"{sum(member_seconds(reg_c)):6.1f} s")
-    print(f"speed-up serial / process all at once: {serial / proc_all:.2f}x; / process default: {serial / proc_cores:.2f}x")
+    print(f"speed-up serial / process all at once (the default): {serial / proc_all:.2f}x; / process, {cpus} at once: "
+          f"{serial / proc_cores:.2f}x")
     if ray is None:
         print("Ray rows left out (not installed, or --no-ray)")
         return

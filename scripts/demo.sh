@@ -14,7 +14,9 @@ variants: [L0-silu, L4-relu, L4-leaky]
 # the report's recipe, shortened for 2 CPU cores: 160 px, 12 epochs, lr0 0.01 (from scratch), 1 warm-up epoch
 recipe: {epochs: ${DEMO_EPOCHS:-12}, imgsz: 160, batch: 16, lr0: 0.01, warmup_epochs: 1}
 YAML
-npuyolo series run "$OUT/series.yaml"
+# the three members side by side, one torch thread each (a nano model at 160 px leaves cores idle between its ops:
+# 176 s for the three against 217 s one after another with two threads, on 2 cores; bench/RESULTS.md)
+npuyolo series run "$OUT/series.yaml" --executor process
 npuyolo series rank demo-v3
 npuyolo runs
 npuyolo export demo-v3-L4-leaky --head npu --out "$OUT/L4-leaky-npu-head.onnx"   # the run's own 160 px

@@ -15,6 +15,7 @@ import yaml
 from npuyolo.registry.db import Registry
 from npuyolo.train.executors import FAULT_ENV, ExecutorError, ProcessExecutor, ProcessOptions, make_executor
 from npuyolo.train.series import SeriesSpec, run_series
+from npuyolo.train.trainer import default_cpu_threads
 
 from .conftest import epochs_in
 
@@ -131,8 +132,11 @@ def test_process_options_are_checked_before_anything_is_registered():
         make_executor("process", address="auto")
     with pytest.raises(ExecutorError, match="cpus_per_member must be at least 1 with executor process"):
         make_executor("process", cpus_per_member=0.5)
-    assert make_executor("process", max_parallel=3).options.parallel == 3
+    assert make_executor("process", max_parallel=3).options.parallel(5) == 3
     assert ProcessOptions(cpus_per_member=2).threads == 2
+    cores = default_cpu_threads()
+    assert ProcessOptions().parallel(3) == min(3, 2 * cores)  # every member at once, up to twice the cores
+    assert ProcessOptions().parallel(50) == 2 * cores and ProcessOptions(cpus_per_member=2).parallel(50) == max(1, cores // 2) * 2
 
 
 def test_cli_series_run_with_the_process_executor(synth_data, tmp_path):

@@ -127,8 +127,8 @@ class ExecutorOptions(Options):
     address: str | None = opt(None, "Ray cluster: auto or ray://HOST:PORT [default: a local Ray runtime].")
     gpus_per_member: float = opt(0.0, "GPUs per member with --executor ray (fractions share a GPU, e.g. 0.25).")
     cpus_per_member: float = opt(1.0, "CPUs per member with --executor ray; torch threads per member with --executor process.")
-    max_parallel: int | None = opt(None, "Members training at once with --executor ray or process [default: as resources "
-                                         "allow; process: cores / cpus-per-member].")
+    max_parallel: int | None = opt(None, "Members training at once with --executor ray or process [default: ray: as "
+                                         "resources allow; process: every member, at most twice the cores / cpus-per-member].")
     max_retries: int = opt(1, "Retries of a member whose worker died, from its last checkpoint (--executor ray or process).")
 
     def ray_fields(self) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Members side by side on this machine, each in its own process (`--executor process`), without Ray.
 
-On a small CPU a nano model at a small size leaves cores idle between its ops: two members with one torch thread each
-train in 48 s what one after the other with two threads takes 69 s (bench/RESULTS.md). The records travel as with Ray:
+On a small CPU a nano model at a small size leaves cores idle between its ops: three 12-epoch members at 160 px, one
+torch thread each, all at once, took 176 s on 2 cores against 217 s one after another with two threads each
+(bench/RESULTS.md, one run each). The records travel as with Ray:
 the parent registers each run before it starts (so it owns the run's folder), a child trains there and sends its epoch
 records, run fields, artefacts and status through a pipe, and the parent alone writes them to the registry, one
 transaction each. A child's output goes to `train.log` in its run's folder, not over the parent's progress table.
@@ -34,7 +35,7 @@ class ProcessOptions:
     """How many members train at once, and the torch threads each takes (Ray's names for the same two things)."""
 
     cpus_per_member: float = 1.0  # torch threads of each member (whole threads: 1.5 is 1)
-    max_parallel: int | None = None  # None: the cores this process may use, divided by cpus_per_member
+    max_parallel: int | None = None  # None: every member at once, at most twice the cores / cpus_per_member
     max_retries: int = 1  # retries of a member whose process died (killed, out of memory), from its last checkpoint
 
     def __post_init__(self) -> None:
@@ -50,9 +51,11 @@ class ProcessOptions:
     def threads(self) -> int:
         return int(self.cpus_per_member)
 
-    @property
-    def parallel(self) -> int:
-        return self.max_parallel or max(1, default_cpu_threads() // self.threads)
+    def parallel(self, members: int) -> int:
+        """Members training at once. By default all of them, up to twice the cores: a member alone with one thread
+        leaves a core idle, so on 2 cores three 12-epoch members took 176 s all at once, 241 s two at a time and
+        217 s one after another with two threads each (bench/RESULTS.md, one run each)."""
+        return self.max_parallel or max(1, min(members, 2 * max(1, default_cpu_threads() // self.threads)))
 
 
 class _Pipe:
@@ -150,6 +153,7 @@ class ProcessExecutor:
             if job.action == "skip" and job.run_id is not None:
                 state.status = registry.get_run(job.run_id).status
         todo = [(j, s) for j, s in zip(jobs, states) if j.action != "skip"]
+        limit = o.parallel(len(todo))
         children: list[_Child] = []
         failures: list[str] = []
 
@@ -168,7 +172,7 @@ class ProcessExecutor:
         try:
             progress()
             while todo or children:
-                while todo and len(children) < o.parallel:
+                while todo and len(children) < limit:
                     job, state = todo.pop(0)
                     children.append(self._start(registry, state, job.prepare()))
                     progress()
