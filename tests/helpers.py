@@ -1,5 +1,6 @@
 """Helpers shared by the rooms' tests of hostile and careless input (the former test_hostile*.py rounds): a CLI
-invocation, the one-line-error check, runs and checkpoints built without training, a simulated read-only or full disk.
+invocation, the one-line-error check, runs and checkpoints built without training, a simulated read-only or full disk;
+and the executors' tests' series file and registry content.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import builtins
 import hashlib
 import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -215,3 +217,78 @@ def foreign_file_and_link(folder: Path, name: str, text: str) -> tuple[Path, Pat
     link = folder / "link.onnx"
     link.symlink_to(target)
     return foreign, target, link
+
+
+EXECUTOR_RECIPE = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False}
+
+
+def series_file(tmp_path: Path, data: Path, name: str, variants: list[str], epochs: int, **recipe) -> Path:
+    """A series file for the executors' tests: tiny members, `recipe` over the shared settings."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "data": str(data), "variants": variants,
+                                    "recipe": {**EXECUTOR_RECIPE, "epochs": epochs, **recipe}}))
+    return path
+
+
+def registry_content(reg: Registry) -> dict:
+    """What must not depend on the executor: per member its status, epoch numbers, artefact kinds, device, AMP."""
+    out = {}
+    for r in reg.runs():
+        run = reg.get_run(r.id)
+        out[run.variant] = {"name": run.name, "status": run.status, "epochs": [e.epoch for e in run.epochs],
+                            "artifacts": sorted(a.kind for a in run.artifacts), "device": run.device, "amp": run.amp,
+                            "best": sorted(run.best or {}), "metrics_recorded": all(e.map50 is not None for e in run.epochs)}
+    return out
+
+
+def interrupted_series(spec_file: Path, db: Path, executor: str, wait_for_all: bool) -> Registry:
+    """`series run --executor EXECUTOR` of a two-member series in a fresh process, sent SIGINT (the parent only, the
+    process a terminal's Ctrl-C reaches first) once one member (or, `wait_for_all`, both) recorded an epoch: the command
+    must exit 130 saying how to continue, print nothing on stdout, and leave both runs interrupted."""
+    from .conftest import epochs_in
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "npuyolo.cli", "series", "run", str(spec_file), "--registry", str(db),
+           "--executor", executor, "--max-parallel", "2", "--json"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, started = time.time() + 150, (all if wait_for_all else any)
+    while not started(epochs_in(db, i) >= 1 for i in (1, 2)) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the series ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "again to continue" in stderr and stdout == ""
+    reg = Registry(db)
+    assert {r.status for r in reg.runs()} == {"interrupted"} and len(reg.runs()) == 2
+    return reg
+
+
+def retried_after_a_lost_worker(monkeypatch, tmp_path: Path, data: Path, make_executor) -> Registry:
+    """A one-member, two-epoch series whose first attempt's worker exits right after sending epoch 1 (`FAULT_ENV`),
+    under `make_executor(on_progress)`: the member must be retried from its checkpoint and finish in the same run,
+    every epoch recorded once (the parent is the only writer, so every epoch record passes its `record_epoch`)."""
+    from npuyolo.train.executors import FAULT_ENV
+    from npuyolo.train.series import SeriesSpec, run_series
+
+    calls = []
+    original = Registry.record_epoch
+
+    def counted(self, run_id, epoch, *a, **k):
+        calls.append((run_id, epoch))
+        return original(self, run_id, epoch, *a, **k)
+
+    monkeypatch.setattr(Registry, "record_epoch", counted)
+    monkeypatch.setenv(FAULT_ENV, "1")
+    spec = SeriesSpec.load(series_file(tmp_path, data, "fault", ["L4-relu"], epochs=2))
+    reg = Registry(tmp_path / "reg" / "npuyolo.db")
+    states = []
+    run_series(reg, spec, verbose=False, executor=make_executor(lambda s: states.append([(m.status, m.attempt) for m in s])))
+    run = reg.get_run(1)
+    assert run.status == "finished" and [e.epoch for e in run.epochs] == [1, 2]
+    assert calls == [(1, 1), (1, 2)]  # epoch 1 came from the checkpoint, never trained or recorded again
+    assert ("interrupted", 0) in [s[0] for s in states] and states[-1] == [("finished", 1)]
+    assert run.artifact("weights/last") and len(reg.runs()) == 1  # the same run continued, no second one
+    monkeypatch.undo()
+    return reg

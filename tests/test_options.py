@@ -136,3 +136,23 @@ def test_one_default_for_what_lower_layers_state_too():
     assert opts.PlanOptions.conf == opts.PredictOptions.conf == DEPLOY_CONF and opts.CompileOptions.calib == CALIB_IMAGES
     ray = {f.name: f.default for f in opts.fields_of(RayOptions)}
     assert {k: v for k, v in opts.ExecutorOptions().as_dict().items() if k != "executor"} == ray
+
+
+def test_numbers_of_other_libraries_are_taken_as_the_python_number_of_their_field():
+    """A value read from an array (numpy's int64, float32, bool_) was taken by QuantizeOptions when it was a dataclass;
+    an Options class takes it too, as the plain number (JSON-writable), while a str number stays refused."""
+    import json
+
+    import numpy as np
+
+    from npuyolo.errors import NpuyoloError
+
+    q = QuantizeOptions(calib=np.int64(5), percentile=np.float32(99.5), per_channel=np.True_)
+    assert (q.calib, q.percentile, q.per_channel) == (5, 99.5, True)
+    assert (type(q.calib), type(q.percentile), type(q.per_channel)) == (int, float, bool)
+    plan = opts.PlanOptions.of(conf=np.float64(0.3), calib=np.int32(8))
+    assert json.dumps({"conf": plan.conf, "calib": plan.calib}) == '{"conf": 0.3, "calib": 8}'
+    with pytest.raises(NpuyoloError, match="calib must be an int, got str '5'"):
+        QuantizeOptions(calib="5")
+    with pytest.raises(NpuyoloError, match="calib must be an int, got float"):
+        QuantizeOptions(calib=np.float64(5.0))

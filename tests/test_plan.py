@@ -618,3 +618,5 @@ def test_the_plans_resamples_are_drawn_once_per_file_content_not_per_object(monk
     assert len(calls) == 3
     fresh = choose.AccuracyNoise(n=50).between(a_again, b)
     assert (fresh.value, fresh.low, fresh.high) == (first.value, first.low, first.high)
+    odd = tuple(f"{name}\udcff" for name in a.images)  # a name the file system gave as undecodable bytes
+    assert noise.between(dataclasses.replace(a, images=odd), dataclasses.replace(b, images=odd)) is not None

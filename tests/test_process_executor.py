@@ -4,40 +4,18 @@ alone writes the registry, as with Ray (tests/test_ray_executor.py holds the sam
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from npuyolo.registry.db import Registry
 from npuyolo.train.executors import FAULT_ENV, ExecutorError, ProcessExecutor, ProcessOptions, make_executor
 from npuyolo.train.series import SeriesSpec, run_series
 from npuyolo.train.trainer import default_cpu_threads
 
-from .conftest import epochs_in
-
-RECIPE = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False}
-
-
-def series_file(tmp_path: Path, data: Path, name: str, variants: list[str], epochs: int, **recipe) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "data": str(data), "variants": variants,
-                                    "recipe": {**RECIPE, "epochs": epochs, **recipe}}))
-    return path
-
-
-def content(reg: Registry) -> dict:
-    """What must not depend on the executor: per member its status, epoch numbers, artefact kinds, device, AMP."""
-    out = {}
-    for r in reg.runs():
-        run = reg.get_run(r.id)
-        out[run.variant] = {"name": run.name, "status": run.status, "epochs": [e.epoch for e in run.epochs],
-                            "artifacts": sorted(a.kind for a in run.artifacts), "device": run.device, "amp": run.amp,
-                            "best": sorted(run.best or {}), "metrics_recorded": all(e.map50 is not None for e in run.epochs)}
-    return out
+from .helpers import registry_content as content
+from .helpers import interrupted_series, retried_after_a_lost_worker, series_file
 
 
 def test_process_series_records_what_the_serial_executor_records(synth_data, tmp_path):
@@ -59,25 +37,7 @@ def test_process_series_records_what_the_serial_executor_records(synth_data, tmp
 
 
 def test_a_killed_member_process_is_retried_from_its_checkpoint_without_duplicate_epochs(synth_data, tmp_path, monkeypatch):
-    calls = []
-    original = Registry.record_epoch
-
-    def counted(self, run_id, epoch, *a, **k):  # the parent is the only writer: every epoch record passes here
-        calls.append((run_id, epoch))
-        return original(self, run_id, epoch, *a, **k)
-
-    monkeypatch.setattr(Registry, "record_epoch", counted)
-    monkeypatch.setenv(FAULT_ENV, "1")  # first attempt: the child exits (os._exit) right after sending epoch 1
-    spec = SeriesSpec.load(series_file(tmp_path, synth_data, "fault", ["L4-relu"], epochs=2))
-    reg = Registry(tmp_path / "reg" / "npuyolo.db")
-    states = []
-    run_series(reg, spec, verbose=False, executor=ProcessExecutor(ProcessOptions(max_retries=1), on_progress=lambda s: states.append(
-        [(m.status, m.attempt) for m in s])))
-    run = reg.get_run(1)
-    assert run.status == "finished" and [e.epoch for e in run.epochs] == [1, 2]
-    assert calls == [(1, 1), (1, 2)]  # epoch 1 came from the checkpoint, never trained or recorded again
-    assert ("interrupted", 0) in [s[0] for s in states] and states[-1] == [("finished", 1)]
-    assert len(reg.runs()) == 1  # the same run continued, no second one
+    reg = retried_after_a_lost_worker(monkeypatch, tmp_path, synth_data, lambda progress: ProcessExecutor(ProcessOptions(max_retries=1), on_progress=progress))
 
     monkeypatch.setenv(FAULT_ENV, "1")  # no retries left: interrupted, the series says so, a re-run continues
     spec = SeriesSpec.load(series_file(tmp_path, synth_data, "noretry", ["L4-leaky"], epochs=2))
@@ -103,24 +63,9 @@ def test_an_error_inside_a_member_marks_it_failed_with_its_message(synth_data, t
 def test_ctrl_c_on_the_parent_interrupts_all_members_and_a_rerun_continues(synth_data, tmp_path):
     epochs = 8  # a Ctrl-C after the first epoch lands well before the end
     spec_file = series_file(tmp_path, synth_data, "stop", ["L4-relu", "L4-leaky"], epochs=epochs)
-    db = tmp_path / "reg" / "npuyolo.db"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "npuyolo.cli", "series", "run", str(spec_file), "--registry", str(db),
-           "--executor", "process", "--max-parallel", "2", "--json"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 150
-    while not (epochs_in(db, 1) >= 1 and epochs_in(db, 2) >= 1) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    assert proc.poll() is None, "the series ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)  # the parent only; it stops its children itself
-    stdout, stderr = proc.communicate(timeout=90)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "again to continue" in stderr and stdout == ""
-    reg = Registry(db)
+    reg = interrupted_series(spec_file, tmp_path / "reg" / "npuyolo.db", "process", wait_for_all=True)
     before = {r.id: reg.get_run(r.id) for r in reg.runs()}
-    assert {r.status for r in before.values()} == {"interrupted"} and len(before) == 2
-    assert {r.error for r in before.values()} == {"stopped by the user (Ctrl-C)"}
+    assert {r.error for r in before.values()} == {"stopped by the user (Ctrl-C)"}  # the parent stopped its children
     rows = run_series(reg, SeriesSpec.load(spec_file), verbose=False, executor=ProcessExecutor())
     assert {r["status"] for r in rows} == {"finished"} and {r["run_id"] for r in rows} == set(before)  # same runs
     for run_id in before:
@@ -149,3 +94,99 @@ def test_cli_series_run_with_the_process_executor(synth_data, tmp_path):
                                       "--registry", str(tmp_path / "r.db")])
     assert result.exit_code == 0, result.output
     assert [m["status"] for m in json.loads(result.stdout)["members"]] == ["finished"]
+
+
+def _refuse_to_load():
+    raise RuntimeError("this object cannot be loaded in a child")
+
+
+class _LoadsNowhere:
+    """Pickles in the parent, fails when the child loads it: a child that dies before it trains."""
+
+    def __reduce__(self):
+        return (_refuse_to_load, ())
+
+
+def _claimed_job(reg: Registry, synth_data, overrides: dict):
+    """A member whose `prepare()` claims a run (running) as a series does, with `overrides` for its trainer."""
+    from npuyolo.train.executors import MemberJob
+    from npuyolo.train.recipe import Recipe
+    from npuyolo.train.trainer import PreparedRun
+
+    from .helpers import RUN_ARGS
+
+    def prepare():
+        run_id = reg.create_run(**{**RUN_ARGS, "name": None, "data_path": str(synth_data)})
+        return PreparedRun(run_id, Recipe.load(epochs=1, imgsz=64, batch=8, workers=0), overrides)
+
+    return MemberJob("L4-relu", "train", prepare, epochs=1)
+
+
+def test_a_member_that_cannot_start_is_failed_not_retried_and_never_left_running(synth_data, tmp_path):
+    """A child that dies before it trains (here: its run cannot be loaded there) is a failed start with its reason,
+    not a lost worker to retry; a start that fails in the parent (nothing picklable to send) leaves the claimed run
+    interrupted, never `running` (a re-run in the same process would be refused as still running)."""
+    reg = Registry(tmp_path / "reg" / "npuyolo.db")
+    with pytest.raises(ExecutorError, match=r"could not start \(exit code 1\)"):
+        ProcessExecutor(ProcessOptions(max_retries=3)).run(reg, [_claimed_job(reg, synth_data, {"x": _LoadsNowhere()})],
+                                                           prepare_retry=lambda run_id: pytest.fail("retried"))
+    run = reg.get_run(1)
+    assert run.status == "failed" and "could not start" in run.error
+    with pytest.raises(Exception, match="pickle"):
+        ProcessExecutor().run(reg, [_claimed_job(reg, synth_data, {"x": lambda: 0})], prepare_retry=lambda run_id: None)
+    run = reg.get_run(2)
+    assert run.status == "interrupted" and "pickle" in run.error
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _a_long_epoch(marker: str) -> None:
+    """A child's body that takes its signals as a member does, then trains one endless epoch."""
+    from npuyolo.train.process_executor import become_member
+
+    become_member()
+    try:
+        time.sleep(600)
+    except KeyboardInterrupt:  # what Ultralytics' loop would see: the run is closed as interrupted
+        Path(marker).write_text("stopped")
+
+
+def test_a_member_stops_when_its_parent_is_killed(tmp_path):
+    """`kill -9` of the command (the OOM killer, a CI cancel) runs none of its clean-up: a child in the middle of an
+    epoch notices its parent is gone and stops, instead of training on into a folder a re-run would resume."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "stopped"
+    parent = ("import multiprocessing as mp, sys, time\n"
+              "from tests.test_process_executor import _a_long_epoch\n"
+              "if __name__ == '__main__':\n"
+              f"    child = mp.get_context('spawn').Process(target=_a_long_epoch, args=({str(marker)!r},))\n"
+              "    child.start()\n"
+              "    print(child.pid, flush=True)\n"
+              "    time.sleep(600)\n")
+    script = tmp_path / "parent.py"
+    script.write_text(parent)
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env, cwd=root)
+    child = int(proc.stdout.readline())
+    time.sleep(3)  # the child is in its epoch
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 30
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    if Path(f"/proc/{child}").exists() and not marker.exists():
+        os.kill(child, signal.SIGKILL)  # never leave it behind
+    assert marker.read_text() == "stopped"

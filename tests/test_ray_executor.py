@@ -4,10 +4,8 @@ Skipped where Ray is not installed (`make test-ray` installs the `ray` extra and
 """
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,9 +18,8 @@ from npuyolo.registry.db import Registry  # noqa: E402
 from npuyolo.train.executors import FAULT_ENV, RayExecutor, RayOptions, worker_env  # noqa: E402
 from npuyolo.train.series import SeriesSpec, run_series  # noqa: E402
 
-from .conftest import epochs_in  # noqa: E402
-
-RECIPE = {"imgsz": 64, "batch": 8, "workers": 0, "plots": False}
+from .helpers import registry_content as content  # noqa: E402
+from .helpers import EXECUTOR_RECIPE, interrupted_series, retried_after_a_lost_worker, series_file  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -31,23 +28,6 @@ def ray_runtime():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, runtime_env=worker_env())
     yield
     ray.shutdown()
-
-
-def series_file(tmp_path: Path, data: Path, name: str, variants: list[str], epochs: int) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "data": str(data), "variants": variants, "recipe": {**RECIPE, "epochs": epochs}}))
-    return path
-
-
-def content(reg: Registry) -> dict:
-    """What must not depend on the executor: per member its status, epoch numbers, artefact kinds, device, AMP."""
-    out = {}
-    for r in reg.runs():
-        run = reg.get_run(r.id)
-        out[run.variant] = {"name": run.name, "status": run.status, "epochs": [e.epoch for e in run.epochs],
-                            "artifacts": sorted(a.kind for a in run.artifacts), "device": run.device, "amp": run.amp,
-                            "best": sorted(run.best or {}), "metrics_recorded": all(e.map50 is not None for e in run.epochs)}
-    return out
 
 
 def test_ray_series_records_what_the_serial_executor_records(ray_runtime, synth_data, tmp_path):
@@ -67,25 +47,7 @@ def test_ray_series_records_what_the_serial_executor_records(ray_runtime, synth_
 
 
 def test_killed_worker_is_retried_from_its_checkpoint_without_duplicate_epochs(ray_runtime, synth_data, tmp_path, monkeypatch):
-    calls = []
-    original = Registry.record_epoch
-
-    def counted(self, run_id, epoch, *a, **k):  # the driver is the only writer: every epoch record passes here
-        calls.append((run_id, epoch))
-        return original(self, run_id, epoch, *a, **k)
-
-    monkeypatch.setattr(Registry, "record_epoch", counted)
-    monkeypatch.setenv(FAULT_ENV, "1")  # first attempt: the worker process exits right after recording epoch 1
-    spec = SeriesSpec.load(series_file(tmp_path, synth_data, "fault", ["L4-relu"], epochs=2))
-    reg = Registry(tmp_path / "reg" / "npuyolo.db")
-    states = []
-    run_series(reg, spec, verbose=False, executor=RayExecutor(RayOptions(max_retries=1), on_progress=lambda s: states.append(
-        [(m.status, m.attempt) for m in s])))
-    run = reg.get_run(1)
-    assert run.status == "finished" and [e.epoch for e in run.epochs] == [1, 2]
-    assert calls == [(1, 1), (1, 2)]  # epoch 1 came from the checkpoint, never trained or recorded again
-    assert ("interrupted", 0) in [s[0] for s in states] and states[-1] == [("finished", 1)]
-    assert run.artifact("weights/last") and len(reg.runs()) == 1  # the same run continued, no second one
+    retried_after_a_lost_worker(monkeypatch, tmp_path, synth_data, lambda progress: RayExecutor(RayOptions(max_retries=1), on_progress=progress))
 
 
 def test_retries_exhausted_leave_the_member_interrupted_and_a_rerun_continues(ray_runtime, synth_data, tmp_path, monkeypatch):
@@ -108,23 +70,8 @@ def test_ctrl_c_on_the_driver_interrupts_all_members_and_a_rerun_continues(ray_r
     # training and is stripping its checkpoint when it is stopped is a different case (close_if_trained)
     epochs = 8
     spec_file = series_file(tmp_path, synth_data, "stop", ["L4-relu", "L4-leaky"], epochs=epochs)
-    db = tmp_path / "reg" / "npuyolo.db"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "npuyolo.cli", "series", "run", str(spec_file), "--registry", str(db),
-           "--executor", "ray", "--max-parallel", "2", "--json"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 150
-    while not (epochs_in(db, 1) >= 1 or epochs_in(db, 2) >= 1) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    assert proc.poll() is None, "the series ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)  # the driver only, as a terminal's Ctrl-C reaches the foreground command
-    stdout, stderr = proc.communicate(timeout=90)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "again to continue" in stderr and stdout == ""
-    reg = Registry(db)
+    reg = interrupted_series(spec_file, tmp_path / "reg" / "npuyolo.db", "ray", wait_for_all=False)
     before = {r.id: r for r in reg.runs()}
-    assert {r.status for r in before.values()} == {"interrupted"} and len(before) == 2
     rows = run_series(reg, SeriesSpec.load(spec_file), verbose=False, executor=RayExecutor(RayOptions()))
     assert {r["status"] for r in rows} == {"finished"} and {r["run_id"] for r in rows} == set(before)  # same runs
     for run_id in before:
@@ -181,8 +128,8 @@ def test_asha_stops_a_hopeless_candidate_before_its_budget(ray_runtime, synth_da
 
     reg = Registry(tmp_path / "reg" / "npuyolo.db")
     steps = {"warmup_epochs": 0, "ultralytics": {"nbs": 8}}  # an optimizer step every batch from the first (no accumulation)
-    good = Recipe.load(epochs=4, lr0=0.02, **steps, **RECIPE)
-    hopeless = Recipe.load(epochs=4, lr0=1e-12, lr_final=1e-12, **steps, **RECIPE)
+    good = Recipe.load(epochs=4, lr0=0.02, **steps, **EXECUTOR_RECIPE)
+    hopeless = Recipe.load(epochs=4, lr0=1e-12, lr_final=1e-12, **steps, **EXECUTOR_RECIPE)
     jobs = [MemberJob(label, "train", lambda r=recipe, n=label: prepare_variant(reg, "L4-relu", synth_data, r, name=n, verbose=False), 4)
             for label, recipe in (("good", good), ("hopeless", hopeless))]
     states = AshaExecutor(RayOptions(max_parallel=1), grace_epochs=1, metric="val_loss").run(reg, jobs)

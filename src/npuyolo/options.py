@@ -10,6 +10,7 @@ imports nothing but the error base.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -65,6 +66,21 @@ def _kind(value: Any, base: str) -> bool:
     return True
 
 
+def _plain_number(value: Any, annotation: str) -> Any:
+    """A number of another library (numpy's int64, float32, bool_) as the Python number its field holds, so that an
+    option read from an array is taken and written to JSON alike; text stays text (a str number is refused)."""
+    if type(value) in (int, float, bool, str):
+        return value
+    base = annotation.removesuffix("| None").strip()
+    if base == "bool" and type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):
+        return bool(value)  # numpy's bool is no numbers.Number
+    if base == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if base == "float" and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 WANTED = {"bool": "True or False", "int": "an int", "float": "a number", "str": "a str",
           "Path": "a path (str or pathlib.Path)"}
 
@@ -72,7 +88,9 @@ WANTED = {"bool": "True or False", "int": "an int", "float": "a number", "str": 
 def check_types(options: Any) -> None:
     """Every field of an options object of its annotated type (a str number is not a number): one NpuyoloError
     naming the field. For the options classes here and for those a stage defines (`QuantizeOptions`)."""
-    error = getattr(options, "error", NpuyoloError)  # a stage's own error class (QuantizeOptions: DeployError)
+    error = getattr(type(options), "error", NpuyoloError)  # a stage's own error class (QuantizeOptions: DeployError)
+    if not (isinstance(error, type) and issubclass(error, NpuyoloError)):  # a field that happens to be named `error`
+        error = NpuyoloError
     for f in fields_of(options):
         value = getattr(options, f.name)
         optional = f.type.endswith("| None")
@@ -129,7 +147,7 @@ class Options:
         if unknown:
             raise NpuyoloError(f"unknown option(s) {', '.join(unknown)} for {self.operation}; accepted: {', '.join(self._fields)}")
         for name, f in self._fields.items():
-            value = values.get(name, f.default)
+            value = _plain_number(values.get(name, f.default), f.type)
             object.__setattr__(self, name, list(value) if isinstance(value, tuple) and f.type.startswith("list[") else value)
         self.__post_init__()
 

@@ -168,7 +168,7 @@ RetriesOpt = Annotated[int, EXEC["max_retries"]]
 def ray_progress(options: ExecutorOptions, what: str, as_json: bool):
     """With the Ray or process executor (not with --json): a live member table on stderr, fed by the service's
     `on_progress`."""
-    if options.executor == "local" or as_json:
+    if options.executor not in ("process", "ray") or as_json:  # a misspelt one is refused before any table
         yield None
         return
     from rich.live import Live

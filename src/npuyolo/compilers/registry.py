@@ -186,7 +186,7 @@ class CompilerSpec:
     memory_text: Callable[[dict], str] = kib_memory  # a build's memory figures as the CLI prints them, with their unit
     referees: str = ""  # how its placement is compared with ours, as `npu check --referee`'s help says
     estimate: str = ""  # what its NPU time estimate assumes, printed beside the platform ("": nothing to add)
-    min_calib: int = 1  # the fewest calibration images its quantizer works with (a build takes at least these)
+    min_calib: int = 1  # the fewest calibration images its quantizer works with (its build raises a smaller --calib)
     min_calib_why: str = ""  # why, as `npu compile --calib`'s help says it
 
 
@@ -338,7 +338,8 @@ def help_texts() -> dict[str, str]:
     synthetic = [n for n, s in COMPILERS.items() if not s.needs_data]
     least = [f"{n}: at least {s.min_calib}{', ' + s.min_calib_why if s.min_calib_why else ''}"
              for n, s in COMPILERS.items() if s.min_calib > 1]
-    calib = "; ".join([", ".join(n for n, s in COMPILERS.items() if s.min_calib <= 1), *least])
+    plain = ", ".join(n for n, s in COMPILERS.items() if s.min_calib <= 1)
+    calib = "; ".join([plain, *least] if plain else least)
     return {"compilers": _either(list(COMPILERS)), "calib": calib,
             "referees": "; ".join(f"{n}: {s.referees}" if s.referees else n for n, s in COMPILERS.items()),
             "targets": "; ".join(map(targets, COMPILERS.values())),

@@ -14,6 +14,8 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -23,7 +25,7 @@ from npuyolo.registry.db import Registry
 from npuyolo.registry.schema import RunStatus
 from npuyolo.train.members import QUEUED, ExecutorError, MemberJob, MemberState
 from npuyolo.train.ray_executor import apply_records, fault_epoch, stop_reason, train_member
-from npuyolo.train.trainer import PreparedRun, default_cpu_threads
+from npuyolo.train.trainer import PreparedRun
 
 __all__ = ["ProcessExecutor", "ProcessOptions"]
 
@@ -55,7 +57,15 @@ class ProcessOptions:
         """Members training at once. By default all of them, up to twice the cores: a member alone with one thread
         leaves a core idle, so on 2 cores three 12-epoch members took 176 s all at once, 241 s two at a time and
         217 s one after another with two threads each (bench/RESULTS.md, one run each)."""
-        return self.max_parallel or max(1, min(members, 2 * max(1, default_cpu_threads() // self.threads)))
+        return self.max_parallel or max(1, min(members, 2 * max(1, _cores() // self.threads)))
+
+
+def _cores() -> int:
+    """The cores this process may use (not OMP_NUM_THREADS, which may be 1 in a container, nor torch's cap of 8)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class _Pipe:
@@ -73,12 +83,28 @@ def _stop_training(signum, frame) -> None:
     raise KeyboardInterrupt  # Ultralytics stops, and `train_into` records the run interrupted
 
 
+def _stop_with_parent() -> None:
+    """A child whose parent is gone (killed, out of memory) stops as if told to: nobody would read its records, and a
+    re-run must not resume a run an orphan still writes."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        wait([parent.sentinel])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def become_member() -> None:
+    """How a child takes its signals: a terminal's Ctrl-C reaches the parent alone, which stops each child with
+    SIGTERM; SIGTERM, or the parent's death, stops training as a Ctrl-C would (the run recorded interrupted)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_training)
+    threading.Thread(target=_stop_with_parent, name="npuyolo-parent-watch", daemon=True).start()
+
+
 def _member(prepared: PreparedRun, connection, attempt: int, log: str, fault_epoch: int | None) -> None:
     """A child's body: train one prepared run, its output to `log`, its records through `connection`. The run's
     closing status (finished, failed with its message, interrupted) is among the records; the exit code says only
-    whether it ended normally. A terminal's Ctrl-C reaches the parent alone, which stops each child with SIGTERM."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _stop_training)
+    whether it ended normally."""
+    become_member()
     with open(log, "a", encoding="utf-8") as out:
         os.dup2(out.fileno(), 1)
         os.dup2(out.fileno(), 2)
@@ -113,6 +139,8 @@ class _Child:
     process: multiprocessing.process.BaseProcess
     reader: object  # the parent's end of the child's records pipe
     state: MemberState
+    ended: bool = False  # the pipe read as ended: the child closed it (or is gone); never waited on again
+    received: int = 0  # records read from it: none means the child never started training
 
 
 class ProcessExecutor:
@@ -144,6 +172,19 @@ class ProcessExecutor:
         writer.close()  # the child holds its own copy: the pipe reads as ended when the child is gone
         return _Child(process, reader, state)
 
+    def _launch(self, registry: Registry, state: MemberState, prepare: Callable[[], PreparedRun]) -> _Child:
+        """Claim the member's run (`prepare`) and start its child; a start that fails leaves the claimed run
+        interrupted with the reason, never `running` (a re-run in this process would be refused as still running)."""
+        prepared = prepare()
+        try:
+            return self._start(registry, state, prepared)
+        except BaseException as e:
+            reason = stop_reason(e)
+            if registry.get_run(prepared.run_id).status == RunStatus.RUNNING:
+                registry.set_status(prepared.run_id, RunStatus.INTERRUPTED, error=reason)
+            state.status, state.error = RunStatus.INTERRUPTED, reason
+            raise
+
     def run(self, registry: Registry, jobs: list[MemberJob], prepare_retry: Callable[[int], PreparedRun]) -> list[MemberState]:
         """Train every job that is not `skip`, at most `parallel` at once; retry members whose process died."""
         o = self.options
@@ -163,9 +204,12 @@ class ProcessExecutor:
 
         def drain(child: _Child) -> bool:
             items = []
-            with contextlib.suppress(EOFError, OSError):
-                while child.reader.poll():
+            try:
+                while not child.ended and child.reader.poll():
                     items.append(child.reader.recv())
+            except (EOFError, OSError):  # an ended pipe reads as ready forever: leave it out of every later wait
+                child.ended = True
+            child.received += len(items)
             apply_records(registry, items, {child.state.run_id: child.state})
             return bool(items)
 
@@ -174,9 +218,9 @@ class ProcessExecutor:
             while todo or children:
                 while todo and len(children) < limit:
                     job, state = todo.pop(0)
-                    children.append(self._start(registry, state, job.prepare()))
+                    children.append(self._launch(registry, state, job.prepare))
                     progress()
-                wait([c.reader for c in children] + [c.process.sentinel for c in children], timeout=0.5)
+                wait(_waitables(children), timeout=0.5)
                 changed = any([drain(c) for c in children])
                 for child in [c for c in children if not c.process.is_alive()]:
                     children.remove(child)
@@ -187,7 +231,8 @@ class ProcessExecutor:
                     if retry:
                         progress()  # the interruption is shown before the retry starts
                         child.state.attempt += 1
-                        children.append(self._start(registry, child.state, prepare_retry(child.state.run_id)))
+                        run_id = child.state.run_id
+                        children.append(self._launch(registry, child.state, lambda: prepare_retry(run_id)))
                     changed = True
                 if changed:
                     progress()
@@ -210,8 +255,16 @@ class ProcessExecutor:
             state.status, state.error = run.status, run.error
             failures.append(f"{state.variant} (run {state.run_id}): {run.status}: {(run.error or '')[:300]}")
             return False
+        log = registry.run_path(run, LOG_NAME)
+        if child.received == 0 and code is not None and code > 0:  # it never trained: retrying would fail alike
+            note = (f"member process could not start (exit code {code}); its output: {log} and this command's "
+                    "stderr (an API script needs `if __name__ == '__main__':` for child processes)")
+            registry.set_status(state.run_id, RunStatus.FAILED, error=note)
+            state.status, state.error = RunStatus.FAILED, note
+            failures.append(f"{state.variant} (run {state.run_id}): {note}")
+            return False
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        note = f"worker process lost ({how}); attempt {state.attempt + 1}; its output: {registry.run_path(run, LOG_NAME)}"
+        note = f"worker process lost ({how}); attempt {state.attempt + 1}; its output: {log}"
         registry.set_status(state.run_id, RunStatus.INTERRUPTED, error=note)
         state.status, state.error = RunStatus.INTERRUPTED, note
         if state.attempt < self.options.max_retries:
@@ -222,22 +275,39 @@ class ProcessExecutor:
 
     def _stop(self, registry: Registry, children: list[_Child], drain: Callable[[_Child], bool], reason: str) -> None:
         """Ctrl-C or a parent error: each child is stopped (SIGTERM: it closes its run as interrupted) and given 30 s,
-        then killed. What they sent is kept; each run left running or closed by the child is marked interrupted with
-        the parent's reason (a parent bug must not read as the user's Ctrl-C)."""
-        for child in children:
-            if child.process.is_alive():
-                child.process.terminate()
-        for child in children:
-            child.process.join(30)
-            if child.process.is_alive():
-                child.process.kill()
+        its records read meanwhile, then killed. Each run left running or closed by the child is marked interrupted
+        with the parent's reason (a parent bug must not read as the user's Ctrl-C). A second Ctrl-C cannot cut this
+        short: children left unjoined would hold the command's exit until they finished training."""
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            for child in children:
+                if child.process.is_alive():
+                    child.process.terminate()
+            deadline = time.monotonic() + 30
+            while any(c.process.is_alive() for c in children) and time.monotonic() < deadline:
+                wait(_waitables(children), timeout=0.5)
+                for child in children:
+                    with contextlib.suppress(Exception):
+                        drain(child)
+            for child in children:
+                if child.process.is_alive():
+                    child.process.kill()
                 child.process.join()
-            with contextlib.suppress(Exception):
-                drain(child)
-            run = registry.get_run(child.state.run_id)
-            if run.status == RunStatus.RUNNING or (run.status == RunStatus.INTERRUPTED and run.error != reason):
-                registry.set_status(child.state.run_id, RunStatus.INTERRUPTED, error=reason)
-            child.state.status = registry.get_run(child.state.run_id).status
+                with contextlib.suppress(Exception):
+                    drain(child)
+                run = registry.get_run(child.state.run_id)
+                if run.status == RunStatus.RUNNING or (run.status == RunStatus.INTERRUPTED and run.error != reason):
+                    registry.set_status(child.state.run_id, RunStatus.INTERRUPTED, error=reason)
+                child.state.status = registry.get_run(child.state.run_id).status
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
+
+
+def _waitables(children: list[_Child]) -> list:
+    """What the parent waits on: each child's pipe until it has ended, and each child's process."""
+    return [c.reader for c in children if not c.ended] + [c.process.sentinel for c in children]
 
 
 def log_of(registry: Registry, run_id: int) -> Path:

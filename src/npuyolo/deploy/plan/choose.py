@@ -89,7 +89,7 @@ class AccuracyNoise:
 def _content_key(stats: MatchedStats) -> bytes:
     """What mAP50 and its resamples are computed from (the images, predictions and labels), hashed: equal statistics
     give equal draws, however many times a plan reads them."""
-    h = hashlib.sha256("\0".join(stats.images).encode())
+    h = hashlib.sha256("\0".join(stats.images).encode("utf-8", "surrogatepass"))  # names as the file system gave them
     for a in (stats.tp, stats.conf, stats.pred_cls, stats.pred_img, stats.target_cls, stats.target_img):
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
