@@ -87,7 +87,9 @@ class Workspace:
         """Train a series file's members (skipping finished, resuming interrupted); returns the ranking.
 
         `executor="ray"` trains them as Ray tasks; the other `ExecutorOptions` fields (address, gpus_per_member,
-        cpus_per_member, max_parallel, max_retries) go with it.
+        cpus_per_member, max_parallel, max_retries) go with it. `executor="process"` trains them in child processes
+        of this one (cpus_per_member, max_parallel, max_retries): a script that calls it needs the
+        `if __name__ == "__main__":` guard, as every spawned child runs the script's top level again.
         """
         spec_file = _path(spec_file, "spec_file")
         return training.series_run(self.registry_path, spec_file, ExecutorOptions.of(options, **kwargs), verbose=verbose).members
