@@ -12,7 +12,6 @@ import pytest
 from npuyolo.registry.db import Registry
 from npuyolo.train.executors import FAULT_ENV, ExecutorError, ProcessExecutor, ProcessOptions, make_executor
 from npuyolo.train.series import SeriesSpec, run_series
-from npuyolo.train.trainer import default_cpu_threads
 
 from .helpers import registry_content as content
 from .helpers import interrupted_series, retried_after_a_lost_worker, series_file
@@ -79,7 +78,7 @@ def test_process_options_are_checked_before_anything_is_registered():
         make_executor("process", cpus_per_member=0.5)
     assert make_executor("process", max_parallel=3).options.parallel(5) == 3
     assert ProcessOptions(cpus_per_member=2).threads == 2
-    cores = default_cpu_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert ProcessOptions().parallel(3) == min(3, 2 * cores)  # every member at once, up to twice the cores
     assert ProcessOptions().parallel(50) == 2 * cores and ProcessOptions(cpus_per_member=2).parallel(50) == max(1, cores // 2) * 2
 
