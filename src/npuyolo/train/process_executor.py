@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import wait
-from pathlib import Path
 
 from npuyolo.registry.db import Registry
 from npuyolo.registry.schema import RunStatus
@@ -308,8 +307,3 @@ class ProcessExecutor:
 def _waitables(children: list[_Child]) -> list:
     """What the parent waits on: each child's pipe until it has ended, and each child's process."""
     return [c.reader for c in children if not c.ended] + [c.process.sentinel for c in children]
-
-
-def log_of(registry: Registry, run_id: int) -> Path:
-    """Where a member trained by this executor wrote its output."""
-    return registry.run_path(registry.get_run(run_id), LOG_NAME)
